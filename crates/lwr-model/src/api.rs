@@ -1,0 +1,277 @@
+//! The v1 wire types: request and response bodies of the `/v1` HTTP API.
+//!
+//! Shared by the server, the typed client, the node and the CLI so that all of them agree on
+//! one shape. Fields are only ever added (with serde defaults), never renamed or removed: a v1
+//! client keeps working against every later server.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::graph::{ArtifactDecl, Graph, JobSpec};
+use crate::job::{JobState, RunState};
+use crate::node::NodeProperties;
+
+/// The JSON body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// One line for a person.
+    pub error: String,
+    /// The request field at fault, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// `POST /v1/graphs`: a push, with the graph it produced.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SubmitGraph {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    pub graph: Graph,
+}
+
+/// Counts of a graph's jobs by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StateCounts {
+    pub pending: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub exception: u64,
+    pub blocked: u64,
+    pub cancelled: u64,
+}
+
+impl StateCounts {
+    pub fn add(&mut self, state: JobState, n: u64) {
+        let slot = match state {
+            JobState::Pending => &mut self.pending,
+            JobState::Running => &mut self.running,
+            JobState::Succeeded => &mut self.succeeded,
+            JobState::Failed => &mut self.failed,
+            JobState::Exception => &mut self.exception,
+            JobState::Blocked => &mut self.blocked,
+            JobState::Cancelled => &mut self.cancelled,
+        };
+        *slot += n;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.pending
+            + self.running
+            + self.succeeded
+            + self.failed
+            + self.exception
+            + self.blocked
+            + self.cancelled
+    }
+
+    /// Every job reached a terminal state.
+    pub fn finished(&self) -> bool {
+        self.pending == 0 && self.running == 0
+    }
+}
+
+/// A graph and where its jobs stand.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GraphInfo {
+    pub id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    pub counts: StateCounts,
+    /// True when no job is pending or running.
+    pub finished: bool,
+    /// Server change counter at the time of the answer; pass it back as `after` to long-poll
+    /// for the next change.
+    pub seq: i64,
+}
+
+/// A job in listings (`GET /v1/jobs`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobInfo {
+    pub id: i64,
+    pub graph_id: i64,
+    pub name: String,
+    pub state: JobState,
+    /// Name of the node that holds or held the latest run.
+    pub node: Option<String>,
+    /// Number of runs (attempts) so far.
+    pub runs: u32,
+    /// Why the job is in its state, when there is more to say (exit code, blocked by, waiting
+    /// for a node with ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `GET /v1/jobs` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobInfo>,
+}
+
+/// One run (attempt) of a job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunInfo {
+    pub id: i64,
+    /// 1 for the first attempt.
+    pub number: u32,
+    pub state: RunState,
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Bytes of stored log (0 until the node uploads it).
+    pub log_size: u64,
+}
+
+/// `GET /v1/jobs/{id}`: a job with its spec and every run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub info: JobInfo,
+    pub spec: JobSpec,
+    pub needs: Vec<i64>,
+    pub run_history: Vec<RunInfo>,
+}
+
+/// `POST /v1/nodes`: a node announces itself (again, after a restart: same name, same node).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegisterNode {
+    pub name: String,
+    pub properties: NodeProperties,
+    /// Jobs it runs at once.
+    pub slots: u32,
+}
+
+/// A node as the server sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeInfo {
+    pub id: i64,
+    pub name: String,
+    pub properties: NodeProperties,
+    pub slots: u32,
+    /// `idle`, `busy` or `lost`.
+    pub state: String,
+    /// Runs it holds now.
+    pub running: u32,
+    /// RFC 3339 time of its last request.
+    pub last_seen: String,
+}
+
+/// `GET /v1/nodes` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeList {
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// `POST /v1/nodes/{id}/claim`: ask for up to `max` jobs, waiting up to `wait_ms` for one.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClaimRequest {
+    pub max: u32,
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// Work handed to a node: one run of one job. The node holds a lease on it that it must
+/// renew (heartbeat) within `lease_secs`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Assignment {
+    pub run_id: i64,
+    pub run_number: u32,
+    pub job_id: i64,
+    pub job_name: String,
+    pub graph_id: i64,
+    pub command: String,
+    pub env: BTreeMap<String, String>,
+    pub timeout_secs: u64,
+    pub lease_secs: u64,
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactDecl>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClaimResponse {
+    pub assignments: Vec<Assignment>,
+}
+
+/// `POST /v1/nodes/{id}/heartbeat`: renews the leases of the runs the node holds.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Heartbeat {
+    pub runs: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatResponse {
+    pub lease_secs: u64,
+    /// Runs the node holds that are no longer its own (lease expired, cancelled): it must
+    /// kill them and not report them.
+    pub abandon: Vec<i64>,
+}
+
+/// How a run ended, as the node saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Exit code 0.
+    Succeeded,
+    /// Non-zero exit or timeout: the job's own fault, not retried.
+    Failed,
+    /// The node could not run it (spawn error, work dir error): retried while retries remain.
+    Exception,
+}
+
+/// One finished run, reported by its node (`POST /v1/nodes/{id}/results`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunResult {
+    pub run_id: i64,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReportResults {
+    pub results: Vec<RunResult>,
+}
+
+/// The server's answer per reported run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ResultAck {
+    pub run_id: i64,
+    /// True when the result is recorded (now or by an earlier report of the same result).
+    /// False when the run is no longer the node's to report (its lease expired): the node
+    /// drops it.
+    pub recorded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReportAck {
+    pub acks: Vec<ResultAck>,
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub database: String,
+}

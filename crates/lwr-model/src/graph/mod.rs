@@ -1,0 +1,94 @@
+//! Graphs: the jobs of one `lwr.yml` at one commit, expanded and validated.
+//!
+//! `parse` reads the file (with line numbers for every error), expands matrices, normalizes
+//! names and resolves `needs`; `Graph::validate` checks an already expanded graph (what the
+//! server does with a submitted graph, because it trusts no client).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::node::Requirements;
+
+mod parse;
+mod validate;
+
+pub use parse::{parse, parse_duration};
+pub use validate::GraphError;
+
+/// Default number of extra runs after an infrastructure failure.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Default job timeout: one hour.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
+
+/// An expanded, validated job graph.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Graph {
+    /// Jobs in the order the file declares them (matrix expansions in place).
+    pub jobs: Vec<JobSpec>,
+}
+
+/// One job as the server stores it and a node runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobSpec {
+    /// Normalized name, unique in the graph.
+    pub name: String,
+    /// Shell command, run with `sh -c`.
+    pub run: String,
+    /// Normalized names of the jobs this one needs (matrix needs expanded).
+    #[serde(default)]
+    pub needs: Vec<String>,
+    /// Requirements on the node.
+    #[serde(default)]
+    pub node: Requirements,
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactDecl>,
+    /// Extra runs allowed after an infrastructure failure (`exception`).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_retries() -> u32 {
+    DEFAULT_RETRIES
+}
+
+fn default_timeout() -> u64 {
+    DEFAULT_TIMEOUT_SECS
+}
+
+/// An artifact a job declares: `{name, path, kind}`; `path` may be a glob in the job dir.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ArtifactDecl {
+    pub name: String,
+    pub path: String,
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub optional: bool,
+}
+
+fn default_kind() -> String {
+    "other".to_string()
+}
+
+/// Normalizes a job name: lowercase; spaces, `/`, `_` and `.` become `-`; runs of `-`
+/// collapse; leading and trailing `-` go. `"Test Linux/opt"` → `"test-linux-opt"`.
+pub fn normalize_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars().flat_map(char::to_lowercase) {
+        let c = if matches!(c, ' ' | '/' | '_' | '.' | '\t') { '-' } else { c };
+        if c == '-' && (out.is_empty() || out.ends_with('-')) {
+            continue;
+        }
+        out.push(c);
+    }
+    while out.ends_with('-') {
+        out.pop();
+    }
+    out
+}

@@ -1,0 +1,1575 @@
+//! Reading `lwr.yml`: YAML → jobs as written (with their lines) → matrix expansion → the
+//! checks shared with `Graph::validate`.
+//!
+//! The YAML is walked by hand (not through serde) so that every error can name the line, the
+//! job and the field, and so that unknown keys are errors rather than silently ignored.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::{LoadError, LoaderOptions, Marker, Node};
+
+use super::validate::{ARTIFACT_KEYS, JOB_KEYS, JobLines, MAX_JOBS, TOP_KEYS, MAX_NEEDS, check, env_name_message, is_env_name, show};
+use super::{ArtifactDecl, DEFAULT_RETRIES, DEFAULT_TIMEOUT_SECS, Graph, GraphError, JobSpec};
+use crate::graph::normalize_name;
+use crate::node::Requirements;
+
+/// Most combinations one job's matrix may expand to.
+const MAX_MATRIX: usize = 1000;
+/// Deepest structural indentation accepted. The YAML parser recurses once per nesting level,
+/// and nesting needs indentation, so this bounds its stack use; real files never come close.
+const MAX_INDENT: usize = 400;
+
+const DURATION_HELP: &str = "use e.g. 90s, 30m, 1h, 2h30m or 1d; a bare number means seconds";
+
+/// Parses an `lwr.yml`: reads it, expands matrices, normalizes names, resolves `needs` and
+/// checks the result. `file` only names the file in errors (e.g. `lwr.yml`).
+pub fn parse(text: &str, file: &str) -> Result<Graph, GraphError> {
+    let root = load(text, file)?;
+    let cx = Cx { file, job: None };
+    let Some(top) = root.as_mapping() else {
+        let expected = "a mapping with 'version' and 'jobs'";
+        return Err(cx.wrong_type(line_of(&root), None, expected, &root));
+    };
+    // Version first: a file for a later format should say so, not trip on its new keys.
+    check_version(&cx, top)?;
+    for key in top.keys() {
+        if !TOP_KEYS.contains(&key.as_str()) {
+            return Err(cx.unknown_key(key, None, TOP_KEYS));
+        }
+    }
+    let jobs = read_jobs(&cx, top)?;
+    let (graph, lines) = expand(file, &jobs)?;
+    check(&graph, file, &lines)?;
+    Ok(graph)
+}
+
+/// Seconds in a duration: `90s`, `30m`, `1h`, `2h30m`, `1d`, or a bare number of seconds.
+/// Empty, zero, negative, unknown units and overflow are errors saying what is accepted.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let bad = |why: String| format!("bad duration '{}'{why} ({DURATION_HELP})", show(s));
+    let text = s.trim();
+    if text.is_empty() {
+        return Err(format!("empty duration ({DURATION_HELP})"));
+    }
+    if text.starts_with('-') {
+        return Err(bad(": must not be negative".into()));
+    }
+    let too_long = || bad(": too long".into());
+    let total = if text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse::<u64>().map_err(|_| too_long())?
+    } else {
+        let mut total = 0u64;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                return Err(bad(String::new()));
+            }
+            let (number, tail) = rest.split_at(digits);
+            let unit = match tail.chars().next() {
+                Some('s') => 1,
+                Some('m') => 60,
+                Some('h') => 3600,
+                Some('d') => 86_400,
+                Some(other) => {
+                    return Err(bad(format!(
+                        ": unknown unit '{}'",
+                        show(&other.to_string())
+                    )));
+                }
+                None => return Err(bad(format!(": '{number}' has no unit"))),
+            };
+            let number: u64 = number.parse().map_err(|_| too_long())?;
+            let seconds = number.checked_mul(unit).ok_or_else(too_long)?;
+            total = total.checked_add(seconds).ok_or_else(too_long)?;
+            rest = &tail[1..]; // every unit is one ASCII byte
+        }
+        total
+    };
+    if total == 0 {
+        return Err(bad(": must be more than zero".into()));
+    }
+    Ok(total)
+}
+
+/// A job as the file declares it, before matrix expansion.
+struct RawJob {
+    /// The name as written (shown in errors), and normalized.
+    written: String,
+    name: String,
+    line: Option<usize>,
+    run: String,
+    run_line: Option<usize>,
+    /// (normalized need, line, need as written)
+    needs: Vec<(String, Option<usize>, String)>,
+    node: Requirements,
+    artifacts: Vec<ArtifactDecl>,
+    artifact_lines: Vec<Option<usize>>,
+    retries: u32,
+    timeout_secs: u64,
+    timeout_line: Option<usize>,
+    env: BTreeMap<String, String>,
+    /// Keys in file order, each with its values in list order.
+    matrix: Vec<(String, Vec<String>)>,
+}
+
+/// Error context: the file, and the job being read (as written) if any.
+struct Cx<'a> {
+    file: &'a str,
+    job: Option<String>,
+}
+
+impl Cx<'_> {
+    fn wrong_type(
+        &self,
+        line: Option<usize>,
+        field: Option<&str>,
+        expected: &str,
+        found: &Node,
+    ) -> GraphError {
+        GraphError::WrongType {
+            file: self.file.into(),
+            line,
+            job: self.job.clone(),
+            field: field.map(show),
+            expected: expected.into(),
+            found: describe(found),
+        }
+    }
+
+    fn invalid(&self, line: Option<usize>, field: &str, message: String) -> GraphError {
+        GraphError::InvalidValue {
+            file: self.file.into(),
+            line,
+            job: self.job.clone(),
+            field: Some(show(field)),
+            message,
+        }
+    }
+
+    fn missing(&self, line: Option<usize>, field: &str) -> GraphError {
+        GraphError::MissingField {
+            file: self.file.into(),
+            line,
+            job: self.job.clone(),
+            field: field.into(),
+        }
+    }
+
+    fn unknown_key(
+        &self,
+        key: &MarkedScalarNode,
+        field: Option<&str>,
+        expected: &[&str],
+    ) -> GraphError {
+        GraphError::UnknownKey {
+            file: self.file.into(),
+            line: key_line(key),
+            job: self.job.clone(),
+            field: field.map(show),
+            key: show(key.as_str()),
+            expected: expected.join(", "),
+        }
+    }
+
+    /// A non-null scalar's text, or a `WrongType` error.
+    fn scalar<'n>(
+        &self,
+        line: Option<usize>,
+        field: &str,
+        node: &'n Node,
+    ) -> Result<&'n str, GraphError> {
+        match node {
+            Node::Scalar(s) if !is_null(s) => Ok(s.as_str()),
+            _ => Err(self.wrong_type(line, Some(field), "a string, number or boolean", node)),
+        }
+    }
+
+    /// One string or a list of strings (null: none), each with its line.
+    fn string_list(
+        &self,
+        line: Option<usize>,
+        field: &str,
+        node: &Node,
+    ) -> Result<Vec<(String, Option<usize>)>, GraphError> {
+        match node {
+            Node::Scalar(s) if is_null(s) => Ok(Vec::new()),
+            Node::Scalar(s) => Ok(vec![(s.as_str().to_string(), line_of(node).or(line))]),
+            Node::Sequence(items) => items
+                .iter()
+                .map(|item| {
+                    let item_line = line_of(item).or(line);
+                    Ok((self.scalar(item_line, field, item)?.to_string(), item_line))
+                })
+                .collect(),
+            Node::Mapping(_) => {
+                Err(self.wrong_type(line, Some(field), "a string or a list of strings", node))
+            }
+        }
+    }
+
+    /// A mapping, or `None` for null; anything else is a `WrongType` error.
+    fn mapping<'n>(
+        &self,
+        line: Option<usize>,
+        field: &str,
+        node: &'n Node,
+        expected: &str,
+    ) -> Result<Option<&'n MarkedMappingNode>, GraphError> {
+        match node {
+            Node::Mapping(map) => Ok(Some(map)),
+            Node::Scalar(s) if is_null(s) => Ok(None),
+            _ => Err(self.wrong_type(line, Some(field), expected, node)),
+        }
+    }
+}
+
+/// YAML text → node tree, with every failure (even a panic in the YAML crate) as an error.
+fn load(text: &str, file: &str) -> Result<Node, GraphError> {
+    check_indentation(text, file)?;
+    let options = LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true);
+    // The loader has `unreachable!()`s; a panic there must not take a server or CLI down.
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        marked_yaml::parse_yaml_with_options(0, text, options)
+    }));
+    match loaded {
+        Ok(Ok(node)) => Ok(node),
+        Ok(Err(e)) => Err(load_error(file, e)),
+        Err(_) => Err(GraphError::Yaml {
+            file: file.into(),
+            line: None,
+            column: None,
+            message: "the YAML parser failed on this input".into(),
+        }),
+    }
+}
+
+fn load_error(file: &str, error: LoadError) -> GraphError {
+    let yaml = |mark: &Marker, message: &str| GraphError::Yaml {
+        file: file.into(),
+        line: Some(mark.line()),
+        column: Some(mark.column()),
+        message: message.into(),
+    };
+    match error {
+        LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => {
+            yaml(&m, "the file must be a mapping with 'version' and 'jobs'")
+        }
+        LoadError::UnexpectedAnchor(m) => {
+            yaml(&m, "anchors and aliases (&name, *name) are not supported")
+        }
+        LoadError::MappingKeyMustBeScalar(m) => yaml(&m, "mapping keys must be plain strings"),
+        LoadError::UnexpectedTag(m) => yaml(&m, "YAML tags (!tag) are not supported"),
+        LoadError::ScanError(m, e) => yaml(&m, &show(e.info())),
+        LoadError::DuplicateKey(inner) => GraphError::DuplicateKey {
+            file: file.into(),
+            line: key_line(&inner.key),
+            key: show(inner.key.as_str()),
+            first_line: key_line(&inner.prev_key),
+        },
+    }
+}
+
+/// Rejects nesting deep enough to exhaust the YAML parser's stack. Block nesting needs
+/// indentation (spaces, or `- `, `? `, `: ` indicators) and flow nesting is capped at 255 by
+/// the parser, so bounding this prefix bounds the depth.
+fn check_indentation(text: &str, file: &str) -> Result<(), GraphError> {
+    for (number, line) in text.split('\n').enumerate() {
+        // A lone `\r` also ends a line for YAML.
+        for part in line.split('\r') {
+            let prefix = structural_prefix(part);
+            if prefix > MAX_INDENT {
+                return Err(GraphError::Yaml {
+                    file: file.into(),
+                    line: Some(number + 1),
+                    column: Some(prefix + 1),
+                    message: format!("nested deeper than {MAX_INDENT} columns of indentation"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Length of a line's leading whitespace and block indicators; 0 for a blank line.
+fn structural_prefix(line: &str) -> usize {
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    let mut indicators = false;
+    loop {
+        while i < bytes.len() && matches!(bytes[i], b' ' | b'\t') {
+            i += 1;
+        }
+        let indicator = i < bytes.len() && matches!(bytes[i], b'-' | b'?' | b':');
+        if indicator && bytes.get(i + 1).is_none_or(|b| matches!(b, b' ' | b'\t')) {
+            indicators = true;
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if i == bytes.len() && !indicators {
+        0
+    } else {
+        i
+    }
+}
+
+fn check_version(cx: &Cx, top: &MarkedMappingNode) -> Result<(), GraphError> {
+    let Some((key, node)) = top.get_key_value("version") else {
+        return Err(cx.missing(None, "version"));
+    };
+    let line = key_line(key);
+    match node {
+        Node::Scalar(s) if s.as_str().trim() == "1" => Ok(()),
+        Node::Scalar(s) if is_null(s) => Err(cx.missing(line, "version")),
+        Node::Scalar(s) => Err(GraphError::UnsupportedVersion {
+            file: cx.file.into(),
+            line,
+            found: show(s.as_str()),
+        }),
+        _ => Err(cx.wrong_type(line, Some("version"), "the number 1", node)),
+    }
+}
+
+fn read_jobs(cx: &Cx, top: &MarkedMappingNode) -> Result<Vec<RawJob>, GraphError> {
+    let Some((key, node)) = top.get_key_value("jobs") else {
+        return Err(cx.missing(None, "jobs"));
+    };
+    let line = key_line(key);
+    let Some(map) = cx.mapping(line, "jobs", node, "a mapping of job name to job")? else {
+        return Err(cx.missing(line, "jobs"));
+    };
+    if map.is_empty() {
+        return Err(cx.invalid(line, "jobs", "has no jobs; declare at least one".into()));
+    }
+    if map.len() > MAX_JOBS {
+        let (what, limit) = ("jobs".to_string(), MAX_JOBS);
+        return Err(GraphError::GraphTooLarge {
+            file: cx.file.into(),
+            line,
+            what,
+            limit,
+        });
+    }
+    // normalized name → (name as written) of the job that took it
+    let mut taken: HashMap<String, String> = HashMap::with_capacity(map.len());
+    let mut jobs = Vec::with_capacity(map.len());
+    for (key, value) in map.iter() {
+        let (written, line) = (key.as_str(), key_line(key));
+        let name = normalize_name(written);
+        if name.is_empty() {
+            return Err(GraphError::EmptyName {
+                file: cx.file.into(),
+                line,
+                name: show(written),
+            });
+        }
+        if let Some(first) = taken.get(&name) {
+            return Err(GraphError::DuplicateName {
+                file: cx.file.into(),
+                line,
+                first: first.clone(),
+                second: show(written),
+                normalized: show(&name),
+            });
+        }
+        taken.insert(name.clone(), show(written));
+        let job_cx = Cx {
+            file: cx.file,
+            job: Some(show(written)),
+        };
+        jobs.push(read_job(&job_cx, written, name, line, value)?);
+    }
+    Ok(jobs)
+}
+
+fn read_job(
+    cx: &Cx,
+    written: &str,
+    name: String,
+    line: Option<usize>,
+    node: &Node,
+) -> Result<RawJob, GraphError> {
+    let expected = "a mapping of job fields (run, needs, ...)";
+    let map = match node {
+        Node::Mapping(map) => map,
+        Node::Scalar(s) if is_null(s) => return Err(cx.missing(line, "run")),
+        _ => return Err(cx.wrong_type(line, None, expected, node)),
+    };
+    let mut job = RawJob {
+        written: show(written),
+        name,
+        line,
+        run: String::new(),
+        run_line: None,
+        needs: Vec::new(),
+        node: Requirements::default(),
+        artifacts: Vec::new(),
+        artifact_lines: Vec::new(),
+        retries: DEFAULT_RETRIES,
+        timeout_secs: DEFAULT_TIMEOUT_SECS,
+        timeout_line: None,
+        env: BTreeMap::new(),
+        matrix: Vec::new(),
+    };
+    for (key, value) in map.iter() {
+        read_field(cx, &mut job, key, value)?;
+    }
+    if job.run_line.is_none() {
+        return Err(cx.missing(line, "run"));
+    }
+    check_matrix_refs(cx, &job)?;
+    Ok(job)
+}
+
+/// Reads one `key: value` of a job into `job`.
+fn read_field(
+    cx: &Cx,
+    job: &mut RawJob,
+    key: &MarkedScalarNode,
+    value: &Node,
+) -> Result<(), GraphError> {
+    let line = key_line(key);
+    match key.as_str() {
+        "run" => {
+            job.run = match value {
+                // `run:` with nothing: empty, reported by the shared checks.
+                Node::Scalar(s) if is_null(s) => String::new(),
+                Node::Scalar(s) => s.as_str().to_string(),
+                _ => {
+                    return Err(cx.wrong_type(
+                        line,
+                        Some("run"),
+                        "a shell command (a string)",
+                        value,
+                    ));
+                }
+            };
+            job.run_line = line;
+        }
+        "needs" => {
+            let needs = cx.string_list(line, "needs", value)?;
+            job.needs = needs
+                .into_iter()
+                .map(|(n, l)| (normalize_name(&n), l, show(&n)))
+                .collect();
+        }
+        "node" => job.node = read_node(cx, line, value)?,
+        "artifacts" => {
+            (job.artifacts, job.artifact_lines) =
+                read_artifacts(cx, line, value)?.into_iter().unzip()
+        }
+        "retries" => job.retries = read_retries(cx, line, value)?,
+        "timeout" => {
+            let text = cx.scalar(line, "timeout", value)?;
+            job.timeout_secs = parse_duration(text).map_err(|e| cx.invalid(line, "timeout", e))?;
+            job.timeout_line = line;
+        }
+        "env" => job.env = read_env(cx, line, value)?,
+        "matrix" => job.matrix = read_matrix(cx, line, value)?,
+        _ => return Err(cx.unknown_key(key, None, JOB_KEYS)),
+    }
+    Ok(())
+}
+
+/// `node:`: os, arch, hostname and tags are fields of `Requirements`; any other key is a
+/// property matched against the node's tags.
+fn read_node(cx: &Cx, line: Option<usize>, node: &Node) -> Result<Requirements, GraphError> {
+    let mut req = Requirements::default();
+    let Some(map) = cx.mapping(line, "node", node, "a mapping of required node properties")? else {
+        return Ok(req);
+    };
+    for (key, value) in map.iter() {
+        let (k, line) = (key.as_str(), key_line(key));
+        let field = format!("node.{k}");
+        match k {
+            "tags" => {
+                req.tags = cx
+                    .string_list(line, &field, value)?
+                    .into_iter()
+                    .map(|t| t.0)
+                    .collect()
+            }
+            "os" => req.os = Some(cx.scalar(line, &field, value)?.to_string()),
+            "arch" => req.arch = Some(cx.scalar(line, &field, value)?.to_string()),
+            "hostname" => req.hostname = Some(cx.scalar(line, &field, value)?.to_string()),
+            _ => {
+                let v = cx.scalar(line, &field, value)?.to_string();
+                req.properties.insert(k.to_string(), v);
+            }
+        }
+    }
+    Ok(req)
+}
+
+fn read_artifacts(
+    cx: &Cx,
+    line: Option<usize>,
+    node: &Node,
+) -> Result<Vec<(ArtifactDecl, Option<usize>)>, GraphError> {
+    let items = match node {
+        Node::Sequence(items) => items,
+        Node::Scalar(s) if is_null(s) => return Ok(Vec::new()),
+        _ => {
+            return Err(cx.wrong_type(
+                line,
+                Some("artifacts"),
+                "a list of {name, path, kind}",
+                node,
+            ));
+        }
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let item_line = line_of(item).or(line);
+            Ok((
+                read_artifact(cx, &format!("artifacts[{i}]"), item_line, item)?,
+                item_line,
+            ))
+        })
+        .collect()
+}
+
+fn read_artifact(
+    cx: &Cx,
+    field: &str,
+    line: Option<usize>,
+    node: &Node,
+) -> Result<ArtifactDecl, GraphError> {
+    let Node::Mapping(map) = node else {
+        return Err(cx.wrong_type(line, Some(field), "a mapping {name, path, kind}", node));
+    };
+    let (mut name, mut path, mut kind, mut optional) = (None, None, None, false);
+    for (key, value) in map.iter() {
+        let (k, key_line) = (key.as_str(), key_line(key));
+        let sub = format!("{field}.{k}");
+        match k {
+            "name" => name = Some(cx.scalar(key_line, &sub, value)?.to_string()),
+            "path" => path = Some(cx.scalar(key_line, &sub, value)?.to_string()),
+            "kind" => kind = Some(cx.scalar(key_line, &sub, value)?.to_string()),
+            "optional" => optional = read_bool(cx, key_line, &sub, value)?,
+            _ => return Err(cx.unknown_key(key, Some(field), ARTIFACT_KEYS)),
+        }
+    }
+    let name = name.ok_or_else(|| cx.missing(line, &format!("{field}.name")))?;
+    let path = path.ok_or_else(|| cx.missing(line, &format!("{field}.path")))?;
+    let kind = kind.unwrap_or_else(|| "other".to_string());
+    Ok(ArtifactDecl {
+        name,
+        path,
+        kind,
+        optional,
+    })
+}
+
+fn read_bool(cx: &Cx, line: Option<usize>, field: &str, node: &Node) -> Result<bool, GraphError> {
+    match node {
+        Node::Scalar(s) if matches!(s.as_str(), "true" | "True" | "TRUE") => Ok(true),
+        Node::Scalar(s) if matches!(s.as_str(), "false" | "False" | "FALSE") => Ok(false),
+        _ => Err(cx.wrong_type(line, Some(field), "true or false", node)),
+    }
+}
+
+fn read_retries(cx: &Cx, line: Option<usize>, node: &Node) -> Result<u32, GraphError> {
+    let text = cx.scalar(line, "retries", node)?.trim();
+    text.parse::<u32>().map_err(|_| {
+        let message = if text.starts_with('-') {
+            format!("'{}' is negative; use 0 or more", show(text))
+        } else if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            format!("'{}' is too large", show(text))
+        } else {
+            format!("'{}' is not a whole number; use e.g. 0, 1, 2", show(text))
+        };
+        cx.invalid(line, "retries", message)
+    })
+}
+
+fn read_env(
+    cx: &Cx,
+    line: Option<usize>,
+    node: &Node,
+) -> Result<BTreeMap<String, String>, GraphError> {
+    let mut env = BTreeMap::new();
+    let Some(map) = cx.mapping(line, "env", node, "a mapping of variable name to value")? else {
+        return Ok(env);
+    };
+    for (key, value) in map.iter() {
+        let (k, line) = (key.as_str(), key_line(key));
+        let field = format!("env.{k}");
+        if !is_env_name(k) {
+            return Err(cx.invalid(line, &field, env_name_message(&show(k))));
+        }
+        env.insert(k.to_string(), cx.scalar(line, &field, value)?.to_string());
+    }
+    Ok(env)
+}
+
+fn read_matrix(
+    cx: &Cx,
+    line: Option<usize>,
+    node: &Node,
+) -> Result<Vec<(String, Vec<String>)>, GraphError> {
+    let Some(map) = cx.mapping(line, "matrix", node, "a mapping of key to list of values")? else {
+        return Ok(Vec::new());
+    };
+    let mut matrix = Vec::with_capacity(map.len());
+    let mut env_names: HashMap<String, String> = HashMap::new();
+    let mut combinations = 1usize;
+    for (key, value) in map.iter() {
+        let (k, line) = (key.as_str(), key_line(key));
+        let field = format!("matrix.{k}");
+        if k.trim().is_empty() {
+            return Err(cx.invalid(line, "matrix", "has an empty key".into()));
+        }
+        // Two keys must not share one LWR_MATRIX_ variable.
+        if let Some(other) = env_names.insert(matrix_env_name(k), k.to_string()) {
+            let message = format!(
+                "keys '{}' and '{}' both give {}",
+                show(&other),
+                show(k),
+                matrix_env_name(k)
+            );
+            return Err(cx.invalid(line, "matrix", message));
+        }
+        let Node::Sequence(items) = value else {
+            return Err(cx.wrong_type(line, Some(&field), "a list of values", value));
+        };
+        if items.is_empty() {
+            return Err(cx.invalid(
+                line,
+                &field,
+                "is an empty list; give at least one value".into(),
+            ));
+        }
+        let values = items
+            .iter()
+            .map(|item| {
+                cx.scalar(line_of(item).or(line), &field, item)
+                    .map(str::to_string)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        combinations = combinations.saturating_mul(values.len());
+        matrix.push((k.to_string(), values));
+    }
+    if combinations > MAX_MATRIX {
+        return Err(GraphError::MatrixTooLarge {
+            file: cx.file.into(),
+            line,
+            job: cx.job.clone().unwrap_or_default(),
+            combinations,
+            limit: MAX_MATRIX,
+        });
+    }
+    Ok(matrix)
+}
+
+/// `LWR_MATRIX_` + the key uppercased, anything not alphanumeric as `_`.
+fn matrix_env_name(key: &str) -> String {
+    let suffix: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("LWR_MATRIX_{suffix}")
+}
+
+/// Every `${matrix.KEY}` in `run` must name a key of the job's matrix.
+fn check_matrix_refs(cx: &Cx, job: &RawJob) -> Result<(), GraphError> {
+    let known = |key: &str| job.matrix.iter().any(|(k, _)| k == key).then_some("");
+    substitute(&job.run, known).map(|_| ()).map_err(|key| {
+        let message = if job.matrix.is_empty() {
+            format!("uses ${{matrix.{}}} but the job has no matrix", show(&key))
+        } else {
+            format!(
+                "uses ${{matrix.{}}} but the matrix has no key '{}'",
+                show(&key),
+                show(&key)
+            )
+        };
+        cx.invalid(job.run_line, "run", message)
+    })
+}
+
+/// `run` with each `${matrix.KEY}` replaced by `value(KEY)`, in one pass (so a value that
+/// itself contains `${matrix.…}` is left alone); `Err(KEY)` for a key without a value.
+fn substitute<'v>(run: &str, value: impl Fn(&str) -> Option<&'v str>) -> Result<String, String> {
+    const OPEN: &str = "${matrix.";
+    let mut out = String::with_capacity(run.len());
+    let mut rest = run;
+    while let Some(start) = rest.find(OPEN) {
+        let after = &rest[start + OPEN.len()..];
+        let Some(end) = after.find('}') else { break };
+        let key = &after[..end];
+        out.push_str(&rest[..start]);
+        out.push_str(value(key).ok_or_else(|| key.to_string())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// One expansion of a job: its name and one value per matrix key.
+struct Expansion<'a> {
+    name: String,
+    values: Vec<&'a str>,
+}
+
+/// The combinations of a job's matrix in order (first key slowest), or the job itself.
+fn expansions(job: &RawJob) -> Vec<Expansion<'_>> {
+    let mut out = vec![Expansion {
+        name: job.name.clone(),
+        values: Vec::new(),
+    }];
+    for (_, values) in &job.matrix {
+        out = out
+            .iter()
+            .flat_map(|e| {
+                values.iter().map(move |v| {
+                    let mut values = e.values.clone();
+                    values.push(v.as_str());
+                    Expansion {
+                        name: String::new(),
+                        values,
+                    }
+                })
+            })
+            .collect();
+    }
+    if !job.matrix.is_empty() {
+        for e in &mut out {
+            e.name = normalize_name(&format!("{}-{}", job.name, e.values.join("-")));
+        }
+    }
+    out
+}
+
+/// Expands matrices and resolves needs: the graph and, parallel to it, the source lines.
+fn expand(file: &str, jobs: &[RawJob]) -> Result<(Graph, Vec<JobLines>), GraphError> {
+    let all: Vec<Vec<Expansion>> = jobs.iter().map(expansions).collect();
+    check_expanded_names(file, jobs, &all)?;
+    let declared: HashMap<&str, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.name.as_str(), i))
+        .collect();
+    let mut graph = Graph {
+        jobs: Vec::with_capacity(all.iter().map(Vec::len).sum()),
+    };
+    let mut lines = Vec::with_capacity(graph.jobs.capacity());
+    let mut edges = 0usize;
+    for (job, exps) in jobs.iter().zip(&all) {
+        let needs = resolve_needs(job, &declared, &all);
+        edges = edges.saturating_add(needs.len().saturating_mul(exps.len()));
+        if edges > MAX_NEEDS {
+            let (what, limit) = ("needs".to_string(), MAX_NEEDS);
+            return Err(GraphError::GraphTooLarge {
+                file: file.into(),
+                line: job.line,
+                what,
+                limit,
+            });
+        }
+        for e in exps {
+            graph.jobs.push(expanded_job(job, e, &needs));
+            lines.push(JobLines {
+                job: job.line,
+                run: job.run_line,
+                timeout: job.timeout_line,
+                needs: needs.iter().map(|n| (n.1, n.2.clone())).collect(),
+                artifacts: job.artifact_lines.clone(),
+            });
+        }
+    }
+    Ok((graph, lines))
+}
+
+/// Expanded names must be unique, and must not take the name of a matrix job (a need naming
+/// it would be ambiguous).
+fn check_expanded_names(
+    file: &str,
+    jobs: &[RawJob],
+    all: &[Vec<Expansion>],
+) -> Result<(), GraphError> {
+    let total = all.iter().map(Vec::len).fold(0usize, usize::saturating_add);
+    if total > MAX_JOBS {
+        let (what, limit) = ("jobs".to_string(), MAX_JOBS);
+        return Err(GraphError::GraphTooLarge {
+            file: file.into(),
+            line: None,
+            what,
+            limit,
+        });
+    }
+    let declared: HashMap<&str, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.name.as_str(), i))
+        .collect();
+    let mut owner: HashMap<&str, usize> = HashMap::with_capacity(total);
+    for (i, exps) in all.iter().enumerate() {
+        for e in exps {
+            let clash = match declared.get(e.name.as_str()) {
+                Some(&other) if other != i => Some(other),
+                _ => owner.insert(e.name.as_str(), i),
+            };
+            if let Some(other) = clash {
+                return Err(GraphError::NameCollision {
+                    file: file.into(),
+                    line: jobs[i].line,
+                    name: show(&e.name),
+                    first: jobs[other].written.clone(),
+                    second: jobs[i].written.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A job's needs with matrix jobs replaced by their expansions, duplicates dropped, order
+/// kept; unknown names pass through for the shared checks to report with their line.
+fn resolve_needs(
+    job: &RawJob,
+    declared: &HashMap<&str, usize>,
+    all: &[Vec<Expansion>],
+) -> Vec<(String, Option<usize>, String)> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (need, line, written) in &job.needs {
+        let names: Vec<&str> = match declared.get(need.as_str()) {
+            Some(&i) => all[i].iter().map(|e| e.name.as_str()).collect(),
+            None => vec![need.as_str()],
+        };
+        for name in names {
+            if seen.insert(name) {
+                out.push((name.to_string(), *line, written.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn expanded_job(job: &RawJob, e: &Expansion, needs: &[(String, Option<usize>, String)]) -> JobSpec {
+    let mut env = job.env.clone();
+    // The matrix variables win over a same-named `env` entry: they define the expansion.
+    for ((key, _), value) in job.matrix.iter().zip(&e.values) {
+        env.insert(matrix_env_name(key), value.to_string());
+    }
+    let value = |key: &str| {
+        job.matrix
+            .iter()
+            .position(|(k, _)| k == key)
+            .and_then(|i| e.values.get(i).copied())
+    };
+    JobSpec {
+        name: e.name.clone(),
+        // Unknown keys were rejected by `check_matrix_refs`, so this cannot fail.
+        run: substitute(&job.run, value).unwrap_or_else(|_| job.run.clone()),
+        needs: needs.iter().map(|n| n.0.clone()).collect(),
+        node: job.node.clone(),
+        artifacts: job.artifacts.clone(),
+        retries: job.retries,
+        timeout_secs: job.timeout_secs,
+        env,
+    }
+}
+
+/// A null scalar: `~`, `null` or nothing, unquoted.
+fn is_null(s: &MarkedScalarNode) -> bool {
+    s.may_coerce() && matches!(s.as_str(), "" | "~" | "null" | "Null" | "NULL")
+}
+
+fn line_of(node: &Node) -> Option<usize> {
+    node.span().start().map(Marker::line)
+}
+
+fn key_line(key: &MarkedScalarNode) -> Option<usize> {
+    key.span().start().map(Marker::line)
+}
+
+/// What a node is, for "expected X, found Y".
+fn describe(node: &Node) -> String {
+    match node {
+        Node::Mapping(_) => "a mapping".into(),
+        Node::Sequence(_) => "a list".into(),
+        Node::Scalar(s) if is_null(s) => "nothing".into(),
+        Node::Scalar(s) => format!("'{}'", show(s.as_str())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> GraphError {
+        match parse(text, "lwr.yml") {
+            Ok(graph) => panic!("expected an error, got {graph:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn names(graph: &Graph) -> Vec<&str> {
+        graph.jobs.iter().map(|j| j.name.as_str()).collect()
+    }
+
+    const FULL: &str = r#"version: 1
+jobs:
+  build:
+    run: make
+    node: {os: linux, arch: x86_64, hostname: box1, tags: [build-tools], gpu: "yes", speed: 1, fast: true}
+    artifacts:
+      - {name: installer, path: "dist/app-*.tar.gz", kind: installer}
+      - name: notes
+        path: NOTES.txt
+        optional: true
+    retries: 0
+    timeout: 30m
+    env: {KEY: value, N: 3, FLAG: false}
+  "Test Linux/opt":
+    run: make test
+    needs: build
+  deploy:
+    run: ./deploy
+    needs: [test-linux-opt, "Build"]
+    timeout: 90
+"#;
+
+    #[test]
+    fn every_field_is_read() {
+        let g = parse(FULL, "lwr.yml").unwrap();
+        assert_eq!(names(&g), ["build", "test-linux-opt", "deploy"]);
+        let build = &g.jobs[0];
+        assert_eq!(build.run, "make");
+        assert!(build.needs.is_empty());
+        assert_eq!(build.node.os.as_deref(), Some("linux"));
+        assert_eq!(build.node.arch.as_deref(), Some("x86_64"));
+        assert_eq!(build.node.hostname.as_deref(), Some("box1"));
+        assert_eq!(build.node.tags, ["build-tools"]);
+        let props: Vec<(&str, &str)> = build
+            .node
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(props, [("fast", "true"), ("gpu", "yes"), ("speed", "1")]);
+        assert_eq!(
+            build.artifacts,
+            [
+                ArtifactDecl {
+                    name: "installer".into(),
+                    path: "dist/app-*.tar.gz".into(),
+                    kind: "installer".into(),
+                    optional: false
+                },
+                ArtifactDecl {
+                    name: "notes".into(),
+                    path: "NOTES.txt".into(),
+                    kind: "other".into(),
+                    optional: true
+                },
+            ]
+        );
+        assert_eq!(build.retries, 0);
+        assert_eq!(build.timeout_secs, 1800);
+        let env: Vec<(&str, &str)> = build
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(env, [("FLAG", "false"), ("KEY", "value"), ("N", "3")]);
+
+        let test = &g.jobs[1];
+        assert_eq!(test.needs, ["build"]);
+        assert_eq!(test.retries, DEFAULT_RETRIES);
+        assert_eq!(test.timeout_secs, DEFAULT_TIMEOUT_SECS);
+        assert!(test.node.is_empty());
+        assert_eq!(g.jobs[2].needs, ["test-linux-opt", "build"]);
+        assert_eq!(g.jobs[2].timeout_secs, 90);
+        assert_eq!(g.validate(), Ok(()));
+    }
+
+    #[test]
+    fn needs_resolve_through_normalization() {
+        let text = "version: 1\njobs:\n  Test Linux/opt: {run: a}\n  b: {run: b, needs: [\"Test Linux/opt\"]}\n  c: {run: c, needs: [test_linux.opt, b, B]}\n";
+        let g = parse(text, "lwr.yml").unwrap();
+        assert_eq!(names(&g), ["test-linux-opt", "b", "c"]);
+        assert_eq!(g.jobs[1].needs, ["test-linux-opt"]);
+        assert_eq!(g.jobs[2].needs, ["test-linux-opt", "b"]);
+    }
+
+    #[test]
+    fn names_that_normalize_alike_are_rejected() {
+        let e = err("version: 1\njobs:\n  A: {run: x}\n  a: {run: y}\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:4: jobs 'A' and 'a' both normalize to 'a'"
+        );
+        let e = err("version: 1\njobs:\n  a: {run: x}\n  a: {run: y}\n");
+        assert!(
+            matches!(
+                e,
+                GraphError::DuplicateKey {
+                    line: Some(4),
+                    first_line: Some(3),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:4: duplicate key 'a' (first on line 3)"
+        );
+        let e = err("version: 1\njobs:\n  '//': {run: x}\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:3: job name '//' is empty after normalization (use letters or digits)"
+        );
+    }
+
+    #[test]
+    fn cycles_are_found_with_their_path() {
+        let e = err("version: 1\njobs:\n  a: {run: x, needs: b}\n  b: {run: x, needs: a}\n");
+        assert_eq!(e.to_string(), "lwr.yml: cycle in needs: a -> b -> a");
+        let text = "version: 1\njobs:\n  a: {run: x, needs: c}\n  b: {run: x, needs: a}\n  c: {run: x, needs: b}\n";
+        let e = err(text);
+        assert_eq!(e.to_string(), "lwr.yml: cycle in needs: a -> c -> b -> a");
+        assert!(matches!(e, GraphError::Cycle { ref path, .. } if path.len() == 4));
+    }
+
+    #[test]
+    fn unknown_and_self_needs_name_job_and_line() {
+        let text = "version: 1\njobs:\n  build:\n    run: make\n  test:\n    run: make test\n    needs: [build, nosuchjob]\n";
+        let e = err(text);
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:7: job 'test': needs 'nosuchjob', which is not a job in this graph"
+        );
+        let text = "version: 1\njobs:\n  test:\n    run: make test\n    needs:\n      - Test\n";
+        let e = err(text);
+        assert_eq!(e.to_string(), "lwr.yml:6: job 'test': needs itself");
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    needs: No Such/Job\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:5: job 'a': needs 'No Such/Job', which is not a job in this graph"
+        );
+    }
+
+    #[test]
+    fn run_must_be_present_and_not_empty() {
+        let e = err("version: 1\njobs:\n  a:\n    needs: []\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:3: job 'a': missing required field 'run' (the shell command to run)"
+        );
+        let e = err("version: 1\njobs:\n  a:\n");
+        assert!(
+            matches!(e, GraphError::MissingField { line: Some(3), .. }),
+            "{e}"
+        );
+        for run in ["''", "'   '", ""] {
+            let e = err(&format!("version: 1\njobs:\n  a:\n    run: {run}\n"));
+            assert_eq!(
+                e.to_string(),
+                "lwr.yml:4: job 'a': field 'run': is empty; give the shell command to run"
+            );
+        }
+        let e = err("version: 1\njobs:\n  a:\n    run: [make]\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:4: job 'a': field 'run': expected a shell command (a string), found a list"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_key_job_and_line() {
+        let e = err("version: 1\njobs:\n  a: {run: x}\njob:\n  b: {}\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:4: unknown key 'job' (expected one of version, jobs)"
+        );
+        let e = err("version: 1\njobs:\n  b: {run: x}\n  a:\n    rnu: make\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:5: job 'a': unknown key 'rnu' (expected one of run, needs, node, artifacts, retries, timeout, env, matrix)"
+        );
+        assert_eq!(
+            (e.line(), e.job(), e.field()),
+            (Some(5), Some("a"), Some("rnu"))
+        );
+        let text = "version: 1\njobs:\n  a:\n    run: x\n    artifacts:\n      - name: n\n        path: p\n      - name: m\n        paht: q\n";
+        let e = err(text);
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:9: job 'a': field 'artifacts[1]': unknown key 'paht' (expected one of name, path, kind, optional)"
+        );
+    }
+
+    #[test]
+    fn artifacts_need_name_and_path_and_unique_names() {
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    artifacts:\n      - {name: n}\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:6: job 'a': missing required field 'artifacts[0].path'"
+        );
+        let e = err(
+            "version: 1\njobs:\n  a:\n    run: x\n    artifacts:\n      - {name: n, path: p}\n      - {name: n, path: q}\n",
+        );
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:7: job 'a': artifact 'n' is declared more than once"
+        );
+        let e = err(
+            "version: 1\njobs:\n  a:\n    run: x\n    artifacts: [{name: n, path: p, optional: maybe}]\n",
+        );
+        assert!(
+            e.to_string()
+                .contains("field 'artifacts[0].optional': expected true or false, found 'maybe'"),
+            "{e}"
+        );
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    artifacts: {name: n}\n");
+        assert!(matches!(e, GraphError::WrongType { .. }), "{e}");
+    }
+
+    #[test]
+    fn bad_durations_and_retries_are_explained() {
+        let e =
+            err("version: 1\njobs:\n  a: {run: x}\n  build:\n    run: make\n    timeout: soon\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:6: job 'build': field 'timeout': bad duration 'soon' (use e.g. 90s, 30m, 1h, 2h30m or 1d; a bare number means seconds)"
+        );
+        for timeout in ["0", "-5m", "1x", "[1h]", "''"] {
+            let e = err(&format!(
+                "version: 1\njobs:\n  a:\n    run: x\n    timeout: {timeout}\n"
+            ));
+            assert_eq!(
+                (e.line(), e.field()),
+                (Some(5), Some("timeout")),
+                "{timeout}: {e}"
+            );
+        }
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    timeout: 400d\n");
+        assert!(
+            e.to_string().contains("field 'timeout': must be between"),
+            "{e}"
+        );
+        for (retries, says) in [
+            ("-1", "negative"),
+            ("1.5", "whole number"),
+            ("lots", "whole number"),
+            ("99999999999", "too large"),
+        ] {
+            let e = err(&format!(
+                "version: 1\njobs:\n  a:\n    run: x\n    retries: {retries}\n"
+            ));
+            assert!(
+                e.to_string()
+                    .starts_with("lwr.yml:5: job 'a': field 'retries': "),
+                "{e}"
+            );
+            assert!(e.to_string().contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn version_must_be_1() {
+        let e = err("jobs:\n  a: {run: x}\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml: missing required field 'version' (add 'version: 1')"
+        );
+        let e = err("version: 2\njobs:\n  a: {run: x}\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:1: unsupported version '2' (this lwr reads version 1)"
+        );
+        let e = err("version: 2\nstages: []\n");
+        assert!(matches!(e, GraphError::UnsupportedVersion { .. }), "{e}");
+        assert!(matches!(
+            err("version: [1]\njobs: {}\n"),
+            GraphError::WrongType { .. }
+        ));
+        assert!(parse("version: '1'\njobs:\n  a: {run: x}\n", "f").is_ok());
+    }
+
+    #[test]
+    fn jobs_must_be_a_nonempty_mapping() {
+        let e = err("version: 1\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml: missing required field 'jobs' (a mapping of job name to job)"
+        );
+        let e = err("version: 1\njobs: [a, b]\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:2: field 'jobs': expected a mapping of job name to job, found a list"
+        );
+        let e = err("version: 1\njobs: {}\n");
+        assert!(e.to_string().contains("has no jobs"), "{e}");
+        let e = err("version: 1\njobs:\n  a: make\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:3: job 'a': expected a mapping of job fields (run, needs, ...), found 'make'"
+        );
+        let e = err("- a\n- b\n");
+        assert!(matches!(e, GraphError::Yaml { line: Some(1), .. }), "{e}");
+        assert!(matches!(err(""), GraphError::MissingField { .. }));
+    }
+
+    #[test]
+    fn broken_yaml_is_an_error_with_line_and_column() {
+        let e = err("jobs:\n  a: [\n");
+        assert!(
+            matches!(
+                e,
+                GraphError::Yaml {
+                    line: Some(_),
+                    column: Some(_),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("lwr.yml:3:"), "{e}");
+        let e = err("version: 1\njobs:\n  a: &x {run: x}\n  b: *x\n");
+        assert!(e.to_string().contains("anchors and aliases"), "{e}");
+        let e = err("version: 1\njobs:\n  a: !!map {run: x}\n");
+        assert!(e.to_string().contains("tags"), "{e}");
+        let e = err("version: 1\n\tjobs: x\n");
+        assert!(matches!(e, GraphError::Yaml { .. }), "{e}");
+    }
+
+    #[test]
+    fn node_env_and_needs_types_are_checked() {
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    env: {1BAD: x}\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:5: job 'a': field 'env.1BAD': '1BAD' is not a valid environment variable name (use letters, digits and _, not starting with a digit)"
+        );
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    env:\n      A: [1]\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:6: job 'a': field 'env.A': expected a string, number or boolean, found a list"
+        );
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    node: {tags: {x: y}}\n");
+        assert!(matches!(e, GraphError::WrongType { .. }), "{e}");
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    needs: {b: c}\n");
+        assert!(
+            matches!(e, GraphError::WrongType { line: Some(5), .. }),
+            "{e}"
+        );
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    needs:\n      - ~\n");
+        assert!(e.to_string().contains("found nothing"), "{e}");
+    }
+
+    #[test]
+    fn matrix_with_one_key_expands_in_place() {
+        let text = "version: 1\njobs:\n  build: {run: make}\n  test:\n    run: make test CHUNK=${matrix.chunk}\n    needs: build\n    matrix:\n      chunk: [1, 2, 3]\n  report:\n    run: cat\n    needs: [test, build]\n";
+        let g = parse(text, "lwr.yml").unwrap();
+        assert_eq!(names(&g), ["build", "test-1", "test-2", "test-3", "report"]);
+        assert_eq!(g.jobs[2].run, "make test CHUNK=2");
+        assert_eq!(
+            g.jobs[2].env.get("LWR_MATRIX_CHUNK").map(String::as_str),
+            Some("2")
+        );
+        assert_eq!(g.jobs[2].needs, ["build"]);
+        assert_eq!(g.jobs[4].needs, ["test-1", "test-2", "test-3", "build"]);
+    }
+
+    #[test]
+    fn matrix_with_two_keys_is_a_cartesian_product() {
+        let text = "version: 1\njobs:\n  Test:\n    run: run ${matrix.os} ${matrix.chunk} ${matrix.os}\n    env: {KEEP: me}\n    matrix:\n      os: [linux, Mac]\n      chunk: [1, 2]\n  one: {run: x, needs: [test-mac-2]}\n";
+        let g = parse(text, "lwr.yml").unwrap();
+        assert_eq!(
+            names(&g),
+            [
+                "test-linux-1",
+                "test-linux-2",
+                "test-mac-1",
+                "test-mac-2",
+                "one"
+            ]
+        );
+        let mac2 = &g.jobs[3];
+        assert_eq!(mac2.run, "run Mac 2 Mac");
+        let env: Vec<(&str, &str)> = mac2
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("KEEP", "me"),
+                ("LWR_MATRIX_CHUNK", "2"),
+                ("LWR_MATRIX_OS", "Mac")
+            ]
+        );
+        assert_eq!(g.jobs[4].needs, ["test-mac-2"]);
+    }
+
+    #[test]
+    fn matrix_errors() {
+        let e = err(
+            "version: 1\njobs:\n  t:\n    run: echo ${matrix.nope}\n    matrix: {chunk: [1]}\n",
+        );
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:4: job 't': field 'run': uses ${matrix.nope} but the matrix has no key 'nope'"
+        );
+        let e = err("version: 1\njobs:\n  t:\n    run: echo ${matrix.x}\n");
+        assert!(e.to_string().contains("the job has no matrix"), "{e}");
+        let e = err("version: 1\njobs:\n  t:\n    run: x\n    matrix: {chunk: []}\n");
+        assert!(
+            e.to_string()
+                .contains("field 'matrix.chunk': is an empty list"),
+            "{e}"
+        );
+        let e = err("version: 1\njobs:\n  t:\n    run: x\n    matrix: {chunk: 3}\n");
+        assert!(matches!(e, GraphError::WrongType { .. }), "{e}");
+        let e = err(
+            "version: 1\njobs:\n  t-1: {run: x}\n  t:\n    run: x\n    matrix: {chunk: [1, 2]}\n",
+        );
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:4: jobs 't-1' and 't' both produce the job name 't-1' (matrix expansion)"
+        );
+        let e = err("version: 1\njobs:\n  t:\n    run: x\n    matrix: {chunk: [a, A]}\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:3: job 't': matrix expands to 't-a' twice (duplicate matrix values?)"
+        );
+        let e =
+            err("version: 1\njobs:\n  t:\n    run: x\n    needs: t\n    matrix: {chunk: [a, b]}\n");
+        assert_eq!(e.to_string(), "lwr.yml:5: job 't-a': needs itself");
+        let e = err("version: 1\njobs:\n  t:\n    run: x\n    matrix: {a-b: [1], a_b: [2]}\n");
+        assert!(e.to_string().contains("both give LWR_MATRIX_A_B"), "{e}");
+    }
+
+    #[test]
+    fn matrix_size_is_capped() {
+        let values: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+        let list = values.join(", ");
+        let text = format!(
+            "version: 1\njobs:\n  t:\n    run: x\n    matrix: {{a: [{list}], b: [{list}]}}\n"
+        );
+        let e = err(&text);
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:5: job 't': matrix has 1600 combinations, more than the limit of 1000"
+        );
+        // 101 jobs of 1000 combinations each: over the graph limit without building it.
+        let big: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+        let mut text = String::from("version: 1\njobs:\n");
+        for j in 0..101 {
+            text.push_str(&format!(
+                "  t{j}:\n    run: x\n    matrix: {{c: [{}]}}\n",
+                big.join(",")
+            ));
+        }
+        let e = err(&text);
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml: graph has more than 100000 jobs after matrix expansion"
+        );
+        // Two 1000-job matrices where each job of one needs all of the other: 1,000,000+ needs.
+        let text = format!(
+            "version: 1\njobs:\n  a: {{run: x, matrix: {{c: [{0}]}}}}\n  b: {{run: x, needs: [a, a-1], matrix: {{c: [{0}]}}}}\n  c: {{run: x, needs: a}}\n",
+            big.join(",")
+        );
+        let e = err(&text);
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:5: graph has more than 1000000 needs after matrix expansion"
+        );
+    }
+
+    #[test]
+    fn parse_duration_table() {
+        let good = [
+            ("30s", 30),
+            ("30m", 1800),
+            ("1h", 3600),
+            ("2h30m", 9000),
+            ("1d", 86_400),
+            ("90", 90),
+            (" 45 ", 45),
+            ("1d2h3m4s", 93_784),
+        ];
+        for (text, secs) in good {
+            assert_eq!(parse_duration(text), Ok(secs), "{text}");
+        }
+        let bad = [
+            ("", "empty"),
+            ("0", "more than zero"),
+            ("0s", "more than zero"),
+            ("-5", "negative"),
+            ("-1h", "negative"),
+            ("5x", "unknown unit 'x'"),
+            ("1.5h", "unknown unit '.'"),
+            ("1h30", "'30' has no unit"),
+            ("h", "bad duration 'h'"),
+            ("99999999999999999999", "too long"),
+            ("999999999999999999d", "too long"),
+            ("18446744073709551615s1s", "too long"),
+        ];
+        for (text, says) in bad {
+            let e = parse_duration(text).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+            assert!(e.contains("use e.g. 90s, 30m, 1h"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn errors_are_one_line_even_for_strange_input() {
+        let e = err("version: 1\njobs:\n  \"a\\nb\": {run: x}\n");
+        assert!(!e.to_string().contains('\n'), "{e}");
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    \"bad\\nkey\": 1\n");
+        assert_eq!(e.to_string().lines().count(), 1, "{e}");
+        let e = err("version: \"2\\n3\"\njobs: {}\n");
+        assert_eq!(e.to_string().lines().count(), 1, "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        // Runs on a test thread (2 MiB stack): the parser's recursion must stay well inside it.
+        let mut text = String::from("version: 1\njobs:\n  a:\n    run: x\n    node:\n");
+        for depth in 0..(MAX_INDENT - 6) {
+            text.push_str(&" ".repeat(6 + depth));
+            text.push_str("k:\n");
+        }
+        assert!(parse(&text, "f").is_err());
+        text.push_str(&format!(
+            "{}k: {}{}\n",
+            " ".repeat(MAX_INDENT),
+            "[".repeat(250),
+            "]".repeat(250)
+        ));
+        assert!(parse(&text, "f").is_err());
+        let deeper = format!("a:\n{}b: 1\n", " ".repeat(MAX_INDENT + 1));
+        assert!(matches!(err(&deeper), GraphError::Yaml { .. }));
+        let dashes = format!("a: {}\n", "- ".repeat(100_000));
+        let _ = parse(&dashes, "f");
+        let seq = format!("a:\n{}x\n", "- ".repeat(100_000));
+        assert!(matches!(err(&seq), GraphError::Yaml { .. }));
+        let flow = format!("a: {}\n", "[".repeat(100_000));
+        assert!(matches!(err(&flow), GraphError::Yaml { .. }));
+        let blank_lines = format!(
+            "version: 1\njobs:\n  a:\n    run: |\n      x\n{}\n      y\n",
+            " ".repeat(1000)
+        );
+        assert!(parse(&blank_lines, "f").is_ok());
+        assert!(parse(&"\r ".repeat(100_000), "f").is_err());
+    }
+
+    /// A tiny deterministic generator, so the garbage is the same on every run.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn garbage_and_truncations_never_panic() {
+        for cut in 0..=FULL.len() {
+            if FULL.is_char_boundary(cut) {
+                let _ = parse(&FULL[..cut], "lwr.yml");
+            }
+        }
+        let alphabet: Vec<char> = "ab1 :-[]{},\n\t'\"&*!|>?#%@`~\\$.\r é".chars().collect();
+        let mut rng = Rng(0x5eed);
+        for _ in 0..3000 {
+            let len = (rng.next() % 80) as usize;
+            let text: String = (0..len)
+                .map(|_| alphabet[(rng.next() % alphabet.len() as u64) as usize])
+                .collect();
+            let _ = parse(&text, "lwr.yml");
+        }
+        // Mutations of a valid file: one byte replaced by a structural character.
+        let bytes: Vec<char> = FULL.chars().collect();
+        for _ in 0..2000 {
+            let mut text = bytes.clone();
+            let at = (rng.next() % text.len() as u64) as usize;
+            text[at] = alphabet[(rng.next() % alphabet.len() as u64) as usize];
+            let text: String = text.into_iter().collect();
+            if let Err(e) = parse(&text, "lwr.yml") {
+                assert!(!e.to_string().contains('\n'), "{e}");
+            }
+        }
+    }
+
+    fn chain(n: usize) -> String {
+        let mut text = String::from("version: 1\njobs:\n");
+        for i in 0..n {
+            text.push_str(&format!("  job {i}:\n    run: echo {i}\n"));
+            if i > 0 {
+                text.push_str(&format!("    needs: [Job {}]\n", i - 1));
+            }
+        }
+        text
+    }
+
+    fn wide(n: usize) -> String {
+        let mut text = String::from("version: 1\njobs:\n");
+        for i in 0..n - 1 {
+            text.push_str(&format!("  w{i}: {{run: echo {i}, needs: root}}\n"));
+        }
+        text.push_str("  root: {run: echo root}\n  all:\n    run: echo done\n    needs:\n");
+        for i in 0..n - 1 {
+            text.push_str(&format!("      - w{i}\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn big_graphs_parse_quickly() {
+        let n = 10_000;
+        let text = chain(n);
+        let start = std::time::Instant::now();
+        let g = parse(&text, "lwr.yml").unwrap();
+        println!(
+            "big: 10,000-job chain parsed and validated in {:?}",
+            start.elapsed()
+        );
+        assert_eq!(g.jobs.len(), n);
+        assert_eq!(g.jobs[n - 1].name, format!("job-{}", n - 1));
+        assert_eq!(g.jobs[n - 1].needs, [format!("job-{}", n - 2)]);
+
+        let text = wide(n);
+        let start = std::time::Instant::now();
+        let g = parse(&text, "lwr.yml").unwrap();
+        println!(
+            "big: 10,000-job wide graph parsed and validated in {:?}",
+            start.elapsed()
+        );
+        assert_eq!(g.jobs.len(), n + 1);
+        assert_eq!(g.jobs[n].needs.len(), n - 1);
+
+        // A cycle closing a 10,000-job chain is found without deep recursion.
+        let text = chain(n).replacen(
+            "    run: echo 0\n",
+            "    run: echo 0\n    needs: job 9999\n",
+            1,
+        );
+        match parse(&text, "lwr.yml") {
+            Err(GraphError::Cycle { path, .. }) => assert_eq!(path.len(), n + 1),
+            other => panic!("expected a cycle, got {other:?}"),
+        }
+    }
+}

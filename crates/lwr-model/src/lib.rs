@@ -1,0 +1,13 @@
+//! The lwr model: graphs, jobs, runs, nodes, requirements and the v1 wire types.
+//!
+//! This crate does no I/O. Everything here is plain data and pure functions so that the
+//! server, the node, the CLI and the tests agree on one definition of each thing.
+
+pub mod api;
+pub mod graph;
+pub mod job;
+pub mod node;
+
+pub use graph::{ArtifactDecl, Graph, GraphError, JobSpec, normalize_name};
+pub use job::{JobState, RunState};
+pub use node::{NodeProperties, Requirements};

@@ -1,0 +1,295 @@
+//! Running one job: a fresh directory, its own process group, output to a log file on disk.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use lwr_model::api::{Outcome, RunResult};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use tokio::sync::oneshot;
+
+/// Time between SIGTERM and SIGKILL when a job is stopped.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// Everything needed to start a job's process.
+pub struct Launch {
+    pub run_id: i64,
+    pub command: String,
+    pub env: BTreeMap<String, String>,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    /// Holds the process group id while the job runs, so a restarted node can stop a job
+    /// its previous life left behind.
+    pub pid_file: PathBuf,
+    pub timeout: Duration,
+}
+
+/// Why a job must stop before it ends by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The server says the run is no longer ours.
+    Abandoned,
+}
+
+/// Runs the job to its end and says how it ended. The process runs in its own process
+/// group, so a timeout or a stop kills everything it started.
+pub async fn run(launch: Launch, stop: oneshot::Receiver<Stop>) -> RunResult {
+    let run_id = launch.run_id;
+    let exception = |reason: String| RunResult {
+        run_id,
+        outcome: Outcome::Exception,
+        exit_code: None,
+        reason: Some(reason),
+    };
+    if let Err(e) = std::fs::create_dir_all(&launch.dir) {
+        return exception(format!("cannot create job dir {}: {e}", launch.dir.display()));
+    }
+    let log = match std::fs::File::create(&launch.log) {
+        Ok(f) => f,
+        Err(e) => return exception(format!("cannot create log {}: {e}", launch.log.display())),
+    };
+    let log_err = match log.try_clone() {
+        Ok(f) => f,
+        Err(e) => return exception(format!("cannot share log file: {e}")),
+    };
+    let mut cmd = command(&launch.command);
+    cmd.current_dir(&launch.dir)
+        .envs(&launch.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        .process_group(0)
+        .kill_on_drop(false);
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return not_started(&launch, run_id, e),
+    };
+    let pgid = child.id().map(|pid| Pid::from_raw(pid as i32));
+    if let Some(pgid) = pgid {
+        let _ = std::fs::write(&launch.pid_file, pgid.to_string());
+    }
+    let result = wait(&launch, child, pgid, stop).await;
+    let _ = std::fs::remove_file(&launch.pid_file);
+    result
+}
+
+async fn wait(
+    launch: &Launch,
+    mut child: tokio::process::Child,
+    pgid: Option<Pid>,
+    stop: oneshot::Receiver<Stop>,
+) -> RunResult {
+    let run_id = launch.run_id;
+    let exception = |reason: String| RunResult {
+        run_id,
+        outcome: Outcome::Exception,
+        exit_code: None,
+        reason: Some(reason),
+    };
+    let ended = tokio::select! {
+        status = child.wait() => Ended::Exited(status),
+        _ = tokio::time::sleep(launch.timeout) => Ended::TimedOut,
+        Ok(why) = stop => Ended::Stopped(why),
+    };
+    match ended {
+        Ended::Exited(Ok(status)) => {
+            // The job's own process is gone; anything it left running in its group goes too.
+            if let Some(pgid) = pgid {
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+            match status.code() {
+                Some(0) => RunResult { run_id, outcome: Outcome::Succeeded, exit_code: Some(0), reason: None },
+                Some(code) => RunResult {
+                    run_id,
+                    outcome: Outcome::Failed,
+                    exit_code: Some(code),
+                    reason: Some(format!("exit code {code}")),
+                },
+                None => RunResult {
+                    run_id,
+                    outcome: Outcome::Failed,
+                    exit_code: None,
+                    reason: Some(format!("killed by a signal ({status})")),
+                },
+            }
+        }
+        Ended::Exited(Err(e)) => exception(format!("lost track of the job's process: {e}")),
+        Ended::TimedOut => {
+            terminate(&mut child, pgid).await;
+            RunResult {
+                run_id,
+                outcome: Outcome::Failed,
+                exit_code: None,
+                reason: Some(format!("timed out after {}", human(launch.timeout))),
+            }
+        }
+        Ended::Stopped(Stop::Abandoned) => {
+            terminate(&mut child, pgid).await;
+            exception("abandoned: the server no longer holds this run for the node".into())
+        }
+    }
+}
+
+/// A command that cannot start is the job's fault, as in a shell: 127 when the program is
+/// missing, 126 when it may not run; anything else is the node's problem.
+fn not_started(launch: &Launch, run_id: i64, e: std::io::Error) -> RunResult {
+    let code = match e.kind() {
+        std::io::ErrorKind::NotFound => 127,
+        std::io::ErrorKind::PermissionDenied => 126,
+        _ => {
+            return RunResult {
+                run_id,
+                outcome: Outcome::Exception,
+                exit_code: None,
+                reason: Some(format!("cannot start `{}`: {e}", launch.command)),
+            };
+        }
+    };
+    let _ = std::fs::write(&launch.log, format!("lwr: cannot start `{}`: {e}\n", launch.command));
+    RunResult {
+        run_id,
+        outcome: Outcome::Failed,
+        exit_code: Some(code),
+        reason: Some(format!("exit code {code}: cannot start `{}`: {e}", launch.command)),
+    }
+}
+
+enum Ended {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    TimedOut,
+    Stopped(Stop),
+}
+
+/// SIGTERM to the group, then SIGKILL after a grace period.
+async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>) {
+    let Some(pgid) = pgid else { return };
+    let _ = killpg(pgid, Signal::SIGTERM);
+    if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+}
+
+/// Builds the process for a job's command. A command made only of plain words runs
+/// directly, as make does; anything a shell would interpret goes through `sh -c`.
+fn command(line: &str) -> Command {
+    match plain_words(line) {
+        Some(words) => {
+            let mut cmd = Command::new(words[0]);
+            cmd.args(&words[1..]);
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c").arg(line);
+            cmd
+        }
+    }
+}
+
+/// The words of a command line with nothing for a shell to interpret: no quotes,
+/// variables, globs, redirections, separators, or shell keywords and builtins that differ
+/// from a program of the same name.
+fn plain_words(line: &str) -> Option<Vec<&str>> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    if !line.chars().all(|c| plain(c) || c == ' ') {
+        return None;
+    }
+    let words: Vec<&str> = line.split(' ').filter(|w| !w.is_empty()).collect();
+    let first = *words.first()?;
+    // An assignment (`A=1 cmd`) and shell builtins need a shell.
+    const SHELL_ONLY: &[&str] = &[
+        "cd", "exit", "export", "set", "unset", "source", ".", "exec", "eval", "alias", "read",
+        "wait", "trap", "ulimit", "umask", "shift", "return", "if", "for", "while", "case",
+        "until", "function", "type", "command", "hash", "times", "readonly", "local",
+    ];
+    if first.contains('=') || SHELL_ONLY.contains(&first) {
+        return None;
+    }
+    Some(words)
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Kills the process group a previous life of the node left running for a run.
+pub fn kill_leftover(pid_file: &Path) {
+    if let Some(pgid) = std::fs::read_to_string(pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok())
+        && pgid > 1
+    {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
+/// The directory a run works in.
+pub fn job_dir(work_dir: &Path, run_id: i64) -> PathBuf {
+    work_dir.join("jobs").join(run_id.to_string())
+}
+
+/// The log file of a run; outside the job dir so it never mixes with the job's files.
+pub fn log_path(work_dir: &Path, run_id: i64) -> PathBuf {
+    work_dir.join("logs").join(format!("{run_id}.log"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_commands_skip_the_shell() {
+        assert_eq!(plain_words("true"), Some(vec!["true"]));
+        assert_eq!(plain_words("make -j2 all"), Some(vec!["make", "-j2", "all"]));
+        for shell in ["echo $HOME", "a && b", "exit 3", "x > f", "echo 'a b'", "A=1 env", "ls *", "cd /"] {
+            assert_eq!(plain_words(shell), None, "{shell}");
+        }
+    }
+
+    async fn run_line(line: &str, timeout: Duration) -> (RunResult, String) {
+        let tmp = tempfile::tempdir().unwrap();
+        let launch = Launch {
+            run_id: 1,
+            command: line.to_string(),
+            env: [("GREETING".to_string(), "hi".to_string())].into_iter().collect(),
+            dir: tmp.path().join("job"),
+            log: tmp.path().join("log"),
+            pid_file: tmp.path().join("pid"),
+            timeout,
+        };
+        let log = launch.log.clone();
+        let (_tx, rx) = oneshot::channel();
+        let result = run(launch, rx).await;
+        (result, std::fs::read_to_string(log).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn exit_codes_and_output_are_kept() {
+        let (ok, log) = run_line("echo $GREETING; echo err >&2", Duration::from_secs(10)).await;
+        assert_eq!(ok.outcome, Outcome::Succeeded);
+        assert_eq!(log, "hi\nerr\n");
+        let (bad, _) = run_line("exit 3", Duration::from_secs(10)).await;
+        assert_eq!((bad.outcome, bad.exit_code), (Outcome::Failed, Some(3)));
+        let (missing, log) = run_line("no-such-program-lwr", Duration::from_secs(10)).await;
+        assert_eq!((missing.outcome, missing.exit_code), (Outcome::Failed, Some(127)));
+        assert!(log.contains("no-such-program-lwr"));
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_whole_group() {
+        let start = std::time::Instant::now();
+        let (r, _) = run_line("sleep 30 & sleep 30", Duration::from_millis(300)).await;
+        assert_eq!(r.outcome, Outcome::Failed);
+        assert!(r.reason.unwrap().contains("timed out"));
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,332 @@
+//! The `/v1` HTTP API: routes, thin handlers and the OpenAPI document generated from them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use lwr_model::api::*;
+use lwr_model::{ArtifactDecl, Graph, JobSpec, JobState, NodeProperties, Requirements, RunState};
+use serde::Deserialize;
+use utoipa::{IntoParams, OpenApi};
+
+use crate::{ApiError, AppState, logs};
+
+type Shared = State<Arc<AppState>>;
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Largest JSON body accepted (a 10,000-job graph is a few MB).
+const MAX_JSON_BODY: usize = 32 << 20;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi_json))
+        .route("/v1/graphs", post(submit_graph))
+        .route("/v1/graphs/{id}", get(get_graph))
+        .route("/v1/graphs/{id}/jobs/{name}", get(get_job_by_name))
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/log", get(get_log))
+        .route("/v1/nodes", post(register_node).get(list_nodes))
+        .route("/v1/nodes/{id}/claim", post(claim))
+        .route("/v1/nodes/{id}/heartbeat", post(heartbeat))
+        .route("/v1/nodes/{id}/results", post(report_results))
+        .route(
+            "/v1/runs/{id}/log",
+            put(upload_log).layer(DefaultBodyLimit::disable()),
+        )
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// JSON body extractor whose rejections are JSON errors like every other error.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(ApiError::new(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/openapi.json")
+}
+
+#[utoipa::path(get, path = "/v1/health", responses((status = 200, body = Health)))]
+async fn health(State(state): Shared) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        database: state.queue.store().dialect().name().into(),
+    })
+}
+
+async fn openapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_string()).into_response()
+}
+
+#[utoipa::path(
+    post, path = "/v1/graphs", request_body = SubmitGraph,
+    responses(
+        (status = 201, description = "the graph is stored and its ready jobs queued", body = GraphInfo),
+        (status = 422, description = "the graph is invalid", body = ErrorBody),
+    )
+)]
+async fn submit_graph(
+    State(state): Shared,
+    ApiJson(sub): ApiJson<SubmitGraph>,
+) -> ApiResult<(StatusCode, Json<GraphInfo>)> {
+    let info = state.queue.submit(&sub).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct GraphWait {
+    /// Wait for a change newer than this `seq` (from an earlier answer).
+    after: Option<i64>,
+    /// How long to wait for it, in milliseconds (at most 60000).
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+#[utoipa::path(
+    get, path = "/v1/graphs/{id}", params(("id" = i64, Path), GraphWait),
+    responses((status = 200, body = GraphInfo), (status = 404, body = ErrorBody))
+)]
+async fn get_graph(
+    State(state): Shared,
+    Path(id): Path<i64>,
+    Query(q): Query<GraphWait>,
+) -> ApiResult<Json<GraphInfo>> {
+    let info = state.queue.graph(id, q.after, Duration::from_millis(q.wait_ms)).await?;
+    Ok(Json(info))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct JobFilter {
+    /// Only jobs of this graph.
+    graph: Option<i64>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/jobs", params(JobFilter), responses((status = 200, body = JobList))
+)]
+async fn list_jobs(State(state): Shared, Query(q): Query<JobFilter>) -> ApiResult<Json<JobList>> {
+    Ok(Json(JobList { jobs: state.queue.store().jobs(q.graph).await? }))
+}
+
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", params(("id" = i64, Path)),
+    responses((status = 200, body = JobDetail), (status = 404, body = ErrorBody))
+)]
+async fn get_job(State(state): Shared, Path(id): Path<i64>) -> ApiResult<Json<JobDetail>> {
+    Ok(Json(state.queue.store().job(id).await?))
+}
+
+#[utoipa::path(
+    get, path = "/v1/graphs/{id}/jobs/{name}",
+    params(("id" = i64, Path), ("name" = String, Path, description = "normalized job name")),
+    responses((status = 200, body = JobDetail), (status = 404, body = ErrorBody))
+)]
+async fn get_job_by_name(
+    State(state): Shared,
+    Path((graph, name)): Path<(i64, String)>,
+) -> ApiResult<Json<JobDetail>> {
+    let id = state.queue.store().job_by_name(graph, &name).await?;
+    Ok(Json(state.queue.store().job(id).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct LogQuery {
+    /// Run number (1 for the first attempt); default the latest run.
+    run: Option<u32>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/log", params(("id" = i64, Path), LogQuery),
+    responses(
+        (status = 200, description = "the stored log of the run", content_type = "text/plain", body = String),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the run is still going; its log is on its node", body = ErrorBody),
+    )
+)]
+async fn get_log(
+    State(state): Shared,
+    Path(id): Path<i64>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
+    let job = state.queue.store().job(id).await?;
+    let run = match q.run {
+        Some(n) => job.run_history.iter().find(|r| r.number == n),
+        None => job.run_history.last(),
+    };
+    let Some(run) = run else {
+        let msg = match q.run {
+            Some(n) => format!("job {id} has no run {n}"),
+            None => format!("job {id} has not run yet (state {})", job.info.state),
+        };
+        return Err(ApiError::new(StatusCode::NOT_FOUND, msg));
+    };
+    if run.state == RunState::Running {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("run {} of job {id} is still running; its log stays on node {} until it ends", run.number, run.node),
+        ));
+    }
+    let bytes = logs::read(&state.config.data_dir, run.id).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+}
+
+#[utoipa::path(
+    post, path = "/v1/nodes", request_body = RegisterNode,
+    responses((status = 200, description = "the node's id", body = NodeInfo), (status = 400, body = ErrorBody))
+)]
+async fn register_node(
+    State(state): Shared,
+    ApiJson(reg): ApiJson<RegisterNode>,
+) -> ApiResult<Json<NodeInfo>> {
+    if reg.name.trim().is_empty() || reg.name.len() > 200 {
+        return Err(ApiError::field(StatusCode::BAD_REQUEST, "name", "node name must be 1 to 200 characters"));
+    }
+    if reg.slots == 0 {
+        return Err(ApiError::field(StatusCode::BAD_REQUEST, "slots", "a node needs at least one slot"));
+    }
+    let now = lwr_store::now_ms();
+    let id = state.queue.store().register_node(&reg, now).await?;
+    let node = state
+        .queue
+        .store()
+        .nodes(now)
+        .await?
+        .into_iter()
+        .find(|n| n.id == id)
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "node vanished after registering"))?;
+    Ok(Json(node))
+}
+
+#[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = NodeList)))]
+async fn list_nodes(State(state): Shared) -> ApiResult<Json<NodeList>> {
+    Ok(Json(NodeList { nodes: state.queue.store().nodes(lwr_store::now_ms()).await? }))
+}
+
+#[utoipa::path(
+    post, path = "/v1/nodes/{id}/claim", params(("id" = i64, Path)), request_body = ClaimRequest,
+    responses(
+        (status = 200, description = "jobs for the node, possibly none after the wait", body = ClaimResponse),
+        (status = 404, description = "unknown node: register again", body = ErrorBody),
+    )
+)]
+async fn claim(
+    State(state): Shared,
+    Path(node): Path<i64>,
+    ApiJson(req): ApiJson<ClaimRequest>,
+) -> ApiResult<Json<ClaimResponse>> {
+    let assignments =
+        state.queue.claim(node, req.max.min(256), Duration::from_millis(req.wait_ms)).await?;
+    Ok(Json(ClaimResponse { assignments }))
+}
+
+#[utoipa::path(
+    post, path = "/v1/nodes/{id}/heartbeat", params(("id" = i64, Path)), request_body = Heartbeat,
+    responses((status = 200, body = HeartbeatResponse))
+)]
+async fn heartbeat(
+    State(state): Shared,
+    Path(node): Path<i64>,
+    ApiJson(hb): ApiJson<Heartbeat>,
+) -> ApiResult<Json<HeartbeatResponse>> {
+    let abandon = state.queue.heartbeat(node, &hb.runs).await?;
+    Ok(Json(HeartbeatResponse { lease_secs: state.queue.lease().as_secs(), abandon }))
+}
+
+#[utoipa::path(
+    post, path = "/v1/nodes/{id}/results", params(("id" = i64, Path)), request_body = ReportResults,
+    responses((status = 200, body = ReportAck))
+)]
+async fn report_results(
+    State(state): Shared,
+    Path(node): Path<i64>,
+    ApiJson(rep): ApiJson<ReportResults>,
+) -> ApiResult<Json<ReportAck>> {
+    Ok(Json(ReportAck { acks: state.queue.report(node, &rep.results).await? }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct UploadQuery {
+    /// The node uploading; it must hold the run.
+    node: i64,
+}
+
+#[utoipa::path(
+    put, path = "/v1/runs/{id}/log", params(("id" = i64, Path), UploadQuery),
+    request_body(content = String, content_type = "application/octet-stream"),
+    responses(
+        (status = 204, description = "stored"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+    )
+)]
+async fn upload_log(
+    State(state): Shared,
+    Path(run): Path<i64>,
+    Query(q): Query<UploadQuery>,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    let store = state.queue.store();
+    match store.run_owner(run).await? {
+        None => return Err(ApiError::new(StatusCode::NOT_FOUND, format!("run {run} not found"))),
+        Some((owner, _)) if owner != q.node => {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, format!("run {run} belongs to another node")));
+        }
+        Some(_) => {}
+    }
+    let size = logs::store(&state.config.data_dir, run, body, state.config.max_log_bytes).await?;
+    store.set_log_size(run, size).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "lwr", description = "The lwr server's v1 API: graphs, jobs, runs and nodes."),
+    paths(
+        health, submit_graph, get_graph, get_job_by_name, list_jobs, get_job, get_log,
+        register_node, list_nodes, claim, heartbeat, report_results, upload_log
+    ),
+    components(schemas(
+        ErrorBody, SubmitGraph, Graph, JobSpec, ArtifactDecl, Requirements, GraphInfo, StateCounts,
+        JobInfo, JobList, JobDetail, RunInfo, JobState, RunState, RegisterNode, NodeProperties,
+        NodeInfo, NodeList, ClaimRequest, ClaimResponse, Assignment, Heartbeat, HeartbeatResponse,
+        Outcome, RunResult, ReportResults, ResultAck, ReportAck, Health
+    ))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of the v1 API, generated from the handlers and types above.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    // A fixed version keeps the checked-in document stable across releases of the binary.
+    doc.info.version = "1".into();
+    doc
+}
+
+/// The OpenAPI document as the server serves it and the repository keeps it.
+pub fn openapi_string() -> String {
+    let mut text = openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    text.push('\n');
+    text
+}

@@ -1,0 +1,48 @@
+//! API errors: every error answer is a status and a JSON body naming the problem.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use lwr_model::api::ErrorBody;
+use lwr_store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
+        ApiError { status, body: ErrorBody { error: error.into(), field: None } }
+    }
+
+    pub fn field(status: StatusCode, field: &str, error: impl Into<String>) -> ApiError {
+        ApiError { status, body: ErrorBody { error: error.into(), field: Some(field.into()) } }
+    }
+
+    pub fn bad_request(error: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, error)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> ApiError {
+        match &err {
+            StoreError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, err.to_string()),
+            StoreError::InvalidGraph(e) => {
+                ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, "graph", e.to_string())
+            }
+            _ => {
+                tracing::error!("{err}");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}

@@ -1,0 +1,91 @@
+//! The lwr server: a thin axum layer over the store and the queue.
+//!
+//! The server holds no per-project logic. It stores graphs, hands ready jobs to nodes that
+//! long-poll for them, records results, and wakes whoever waits for a change. Handlers in
+//! [`api`] only translate HTTP to calls on [`Queue`], which holds the in-memory wake-ups and
+//! is usable (and tested) without sockets.
+
+pub mod api;
+mod error;
+mod logs;
+pub mod queue;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lwr_store::Store;
+use thiserror::Error;
+use tokio::net::TcpListener;
+
+pub use api::{openapi, router};
+pub use error::ApiError;
+pub use queue::Queue;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// A run whose node does not renew it for this long ends as `exception` (claim-expired).
+    pub lease: Duration,
+    /// Largest log a node may upload.
+    pub max_log_bytes: u64,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf) -> Config {
+        Config { data_dir, lease: Duration::from_secs(30), max_log_bytes: 1 << 30 }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create data dir {dir}: {source}")]
+    DataDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] lwr_store::StoreError),
+    #[error("server stopped: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Shared state of a running server.
+pub struct AppState {
+    pub queue: Queue,
+    pub config: Config,
+}
+
+/// Binds `addr` and returns the bound address and a future that serves until `shutdown`
+/// resolves. Binding first lets callers print the real port before serving.
+pub async fn bind(
+    addr: SocketAddr,
+    store: Store,
+    config: Config,
+) -> Result<(SocketAddr, impl Future<Output = Result<(), ServerError>>), ServerError> {
+    std::fs::create_dir_all(config.data_dir.join("logs"))
+        .map_err(|source| ServerError::DataDir { dir: config.data_dir.clone(), source })?;
+    let listener =
+        TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { addr, source })?;
+    let local = listener.local_addr().map_err(|source| ServerError::Listen { addr, source })?;
+    let queue = Queue::new(store, config.lease);
+    queue.on_start().await?;
+    let state = Arc::new(AppState { queue, config });
+    let sweeper = tokio::spawn(queue::sweep_leases(state.clone()));
+    let app = router(state);
+    let serve = async move {
+        let result = axum::serve(listener, app).await.map_err(ServerError::Serve);
+        sweeper.abort();
+        result
+    };
+    Ok((local, serve))
+}

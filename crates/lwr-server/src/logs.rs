@@ -1,0 +1,58 @@
+//! Stored run logs: one file per run under `<data-dir>/logs`.
+
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::ApiError;
+
+pub(crate) fn path(data_dir: &Path, run_id: i64) -> PathBuf {
+    data_dir.join("logs").join(format!("{run_id}.log"))
+}
+
+/// Streams an upload to the run's log file, never holding it whole in memory. The file
+/// appears under its final name only when complete.
+pub(crate) async fn store(
+    data_dir: &Path,
+    run_id: i64,
+    body: Body,
+    limit: u64,
+) -> Result<u64, ApiError> {
+    let final_path = path(data_dir, run_id);
+    let tmp = final_path.with_extension("part");
+    let io_err = |e: std::io::Error| {
+        tracing::error!("writing log of run {run_id}: {e}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store log: {e}"))
+    };
+    let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err)?;
+    let mut size = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("log upload broke off: {e}")))?;
+        size += chunk.len() as u64;
+        if size > limit {
+            drop(file);
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("log larger than the server's limit of {limit} bytes"),
+            ));
+        }
+        file.write_all(&chunk).await.map_err(io_err)?;
+    }
+    file.flush().await.map_err(io_err)?;
+    drop(file);
+    tokio::fs::rename(&tmp, &final_path).await.map_err(io_err)?;
+    Ok(size)
+}
+
+pub(crate) async fn read(data_dir: &Path, run_id: i64) -> Result<Vec<u8>, ApiError> {
+    match tokio::fs::read(path(data_dir, run_id)).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read log: {e}"))),
+    }
+}

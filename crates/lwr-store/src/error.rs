@@ -1,0 +1,48 @@
+use thiserror::Error;
+
+/// What can go wrong in the store. Each variant says what was being done.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("unsupported database URL '{url}' (use sqlite:///path/lwr.db or postgres://...)")]
+    BadUrl { url: String },
+    #[error("cannot open database {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database error while {op}: {source}")]
+    Db {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "the database has schema version {found}, newer than this lwr understands ({supported}); \
+         upgrade lwr before starting it on this database"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("migration to schema version {version} failed: {source}")]
+    Migrate {
+        version: i64,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("stored {what} is unreadable: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("invalid graph: {0}")]
+    InvalidGraph(#[from] lwr_model::GraphError),
+}
+
+/// Attaches what the store was doing to a sqlx error.
+pub(crate) trait Op<T> {
+    fn op(self, op: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Op<T> for Result<T, sqlx::Error> {
+    fn op(self, op: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Db { op, source })
+    }
+}

@@ -1,0 +1,228 @@
+//! Submitting graphs and reading graphs and jobs back.
+
+use std::collections::HashMap;
+
+use lwr_model::api::{GraphInfo, JobDetail, JobInfo, RunInfo, StateCounts, SubmitGraph};
+use lwr_model::{JobSpec, JobState, RunState};
+use sqlx::any::AnyRow;
+
+use crate::error::Op;
+use crate::rows::{col, json, to_json, u32_of};
+use crate::{Result, Store, StoreError, rfc3339};
+
+const JOB_COLUMNS: &str = "id, graph_id, name, state, node, runs, reason";
+
+impl Store {
+    /// Stores a push's graph and all its jobs in one transaction; returns the graph id.
+    /// The graph is validated again here: the store trusts no client.
+    pub async fn submit_graph(&self, sub: &SubmitGraph, now: i64) -> Result<i64> {
+        sub.graph.validate()?;
+        let mut tx = self.write.begin().await.op("starting graph submission")?;
+        let graph_id: i64 = col(
+            &sqlx::query(
+                "INSERT INTO graphs (repository, branch, revision, created_at) \
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(sub.repository.clone())
+            .bind(sub.branch.clone())
+            .bind(sub.revision.clone())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .op("inserting graph")?,
+            "id",
+        )?;
+        let mut ids: HashMap<&str, i64> = HashMap::with_capacity(sub.graph.jobs.len());
+        for job in &sub.graph.jobs {
+            let requirements = if job.node.is_empty() {
+                None
+            } else {
+                Some(to_json(&job.node, "requirements")?)
+            };
+            let id: i64 = col(
+                &sqlx::query(
+                    "INSERT INTO jobs (graph_id, name, state, unmet, spec, requirements, \
+                     retries_left, updated_at) \
+                     VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7) RETURNING id",
+                )
+                .bind(graph_id)
+                .bind(job.name.clone())
+                .bind(job.needs.len() as i64)
+                .bind(to_json(job, "job spec")?)
+                .bind(requirements)
+                .bind(i64::from(job.retries))
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await
+                .op("inserting job")?,
+                "id",
+            )?;
+            ids.insert(job.name.as_str(), id);
+        }
+        for job in &sub.graph.jobs {
+            for need in &job.needs {
+                // validate() guarantees every need names a job of this graph.
+                let (Some(job_id), Some(need_id)) = (ids.get(job.name.as_str()), ids.get(need.as_str()))
+                else {
+                    continue;
+                };
+                sqlx::query("INSERT INTO job_needs (job_id, need_id) VALUES ($1, $2)")
+                    .bind(*job_id)
+                    .bind(*need_id)
+                    .execute(&mut *tx)
+                    .await
+                    .op("inserting job needs")?;
+            }
+        }
+        tx.commit().await.op("committing graph")?;
+        Ok(graph_id)
+    }
+
+    /// A graph with its job counts; `seq` is left 0 for the caller to fill.
+    pub async fn graph(&self, id: i64) -> Result<GraphInfo> {
+        let row = sqlx::query(
+            "SELECT id, repository, branch, revision, created_at FROM graphs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await
+        .op("reading graph")?
+        .ok_or_else(|| StoreError::NotFound { what: "graph", id: id.to_string() })?;
+        let counts = self.counts(Some(id)).await?;
+        Ok(GraphInfo {
+            id,
+            repository: col(&row, "repository")?,
+            branch: col(&row, "branch")?,
+            revision: col(&row, "revision")?,
+            created_at: rfc3339(col(&row, "created_at")?),
+            finished: counts.finished(),
+            counts,
+            seq: 0,
+        })
+    }
+
+    /// Job counts by state, for one graph or all.
+    pub async fn counts(&self, graph: Option<i64>) -> Result<StateCounts> {
+        let rows = match graph {
+            Some(g) => {
+                sqlx::query(
+                    "SELECT state, COUNT(*) AS n FROM jobs WHERE graph_id = $1 GROUP BY state",
+                )
+                .bind(g)
+                .fetch_all(&self.read)
+                .await
+            }
+            None => {
+                sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+                    .fetch_all(&self.read)
+                    .await
+            }
+        }
+        .op("counting jobs")?;
+        let mut counts = StateCounts::default();
+        for row in rows {
+            let state: String = col(&row, "state")?;
+            let n: i64 = col(&row, "n")?;
+            counts.add(parse_job_state(&state)?, n.max(0) as u64);
+        }
+        Ok(counts)
+    }
+
+    /// Jobs, oldest first, optionally of one graph.
+    pub async fn jobs(&self, graph: Option<i64>) -> Result<Vec<JobInfo>> {
+        let rows = match graph {
+            Some(g) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE graph_id = $1 ORDER BY id"
+                )))
+                .bind(g)
+                .fetch_all(&self.read)
+                .await
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id")))
+                    .fetch_all(&self.read)
+                    .await
+            }
+        }
+        .op("listing jobs")?;
+        rows.iter().map(job_info).collect()
+    }
+
+    /// Finds a job by `graph_id/name`.
+    pub async fn job_by_name(&self, graph_id: i64, name: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT id FROM jobs WHERE graph_id = $1 AND name = $2")
+            .bind(graph_id)
+            .bind(name.to_string())
+            .fetch_optional(&self.read)
+            .await
+            .op("finding job by name")?
+            .ok_or_else(|| StoreError::NotFound { what: "job", id: format!("{graph_id}/{name}") })?;
+        col(&row, "id")
+    }
+
+    /// A job with its spec, needs and every run.
+    pub async fn job(&self, id: i64) -> Result<JobDetail> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS}, spec FROM jobs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await
+        .op("reading job")?
+        .ok_or_else(|| StoreError::NotFound { what: "job", id: id.to_string() })?;
+        let info = job_info(&row)?;
+        let spec: JobSpec = json(&col::<String>(&row, "spec")?, "job spec")?;
+        let needs = sqlx::query("SELECT need_id FROM job_needs WHERE job_id = $1 ORDER BY need_id")
+            .bind(id)
+            .fetch_all(&self.read)
+            .await
+            .op("reading job needs")?
+            .iter()
+            .map(|r| col(r, "need_id"))
+            .collect::<Result<Vec<i64>>>()?;
+        let runs = sqlx::query(
+            "SELECT r.id, r.number, r.state, n.name AS node, r.exit_code, r.reason, \
+             r.started_at, r.finished_at, r.log_size \
+             FROM runs r JOIN nodes n ON n.id = r.node_id WHERE r.job_id = $1 ORDER BY r.number",
+        )
+        .bind(id)
+        .fetch_all(&self.read)
+        .await
+        .op("reading runs")?;
+        let run_history = runs.iter().map(run_info).collect::<Result<Vec<_>>>()?;
+        Ok(JobDetail { info, spec, needs, run_history })
+    }
+}
+
+fn job_info(row: &AnyRow) -> Result<JobInfo> {
+    Ok(JobInfo {
+        id: col(row, "id")?,
+        graph_id: col(row, "graph_id")?,
+        name: col(row, "name")?,
+        state: parse_job_state(&col::<String>(row, "state")?)?,
+        node: col(row, "node")?,
+        runs: u32_of(col(row, "runs")?),
+        reason: col(row, "reason")?,
+    })
+}
+
+fn run_info(row: &AnyRow) -> Result<RunInfo> {
+    let state: String = col(row, "state")?;
+    Ok(RunInfo {
+        id: col(row, "id")?,
+        number: u32_of(col(row, "number")?),
+        state: RunState::parse(&state)
+            .ok_or(StoreError::Corrupt { what: "run state", detail: state.clone() })?,
+        node: col(row, "node")?,
+        exit_code: col::<Option<i64>>(row, "exit_code")?.map(|c| c as i32),
+        reason: col(row, "reason")?,
+        started_at: rfc3339(col(row, "started_at")?),
+        finished_at: col::<Option<i64>>(row, "finished_at")?.map(rfc3339),
+        log_size: col::<i64>(row, "log_size")?.max(0) as u64,
+    })
+}
+
+pub(crate) fn parse_job_state(s: &str) -> Result<JobState> {
+    JobState::parse(s).ok_or_else(|| StoreError::Corrupt { what: "job state", detail: s.to_string() })
+}

@@ -1,0 +1,172 @@
+//! The lwr store: graphs, jobs, runs and nodes in SQLite or PostgreSQL.
+//!
+//! One implementation serves both databases through sqlx's `Any` driver: the SQL is written
+//! once with `$n` placeholders, and [`Dialect`] switches the few statements that differ
+//! (row locking, schema). Every state change of the queue is one transaction; the functions
+//! take `now` (milliseconds since the epoch) as an argument so tests can drive time.
+
+mod error;
+mod graphs;
+mod migrate;
+mod nodes;
+mod queue;
+mod rows;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor};
+
+pub use error::StoreError;
+pub use migrate::SCHEMA_VERSION;
+pub use queue::Effects;
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+}
+
+impl FromStr for Dialect {
+    type Err = StoreError;
+
+    fn from_str(url: &str) -> Result<Dialect> {
+        if url.starts_with("sqlite:") {
+            Ok(Dialect::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Dialect::Postgres)
+        } else {
+            Err(StoreError::BadUrl { url: url.to_string() })
+        }
+    }
+}
+
+/// The database handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    /// All writes go here. For SQLite it holds one connection, so writers queue in the pool
+    /// instead of failing with `SQLITE_BUSY`.
+    write: AnyPool,
+    /// Reads; for SQLite in WAL mode they never block the writer.
+    read: AnyPool,
+    dialect: Dialect,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `url`: `sqlite:///path/lwr.db`
+    /// or `postgres://user@host/db`.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let dialect: Dialect = url.parse()?;
+        let connect = |max: u32| {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(30))
+                .after_connect(move |conn, _meta| {
+                    Box::pin(async move {
+                        if dialect == Dialect::Sqlite {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                        }
+                        Ok(())
+                    })
+                })
+        };
+        let (write, read) = match dialect {
+            Dialect::Sqlite => {
+                let url = sqlite_create_url(url);
+                let write = connect(1).connect(&url).await.map_err(|source| {
+                    StoreError::Connect { url: url.clone(), source }
+                })?;
+                let read = connect(4).connect(&url).await.map_err(|source| {
+                    StoreError::Connect { url: url.clone(), source }
+                })?;
+                (write, read)
+            }
+            Dialect::Postgres => {
+                let pool = connect(16)
+                    .connect(url)
+                    .await
+                    .map_err(|source| StoreError::Connect { url: redact(url), source })?;
+                (pool.clone(), pool)
+            }
+        };
+        let store = Store { write, read, dialect };
+        migrate::run(&store).await?;
+        Ok(store)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+/// SQLite creates the file only when asked to.
+fn sqlite_create_url(url: &str) -> String {
+    if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") }
+}
+
+/// Hides a password in a database URL before it goes into an error message.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339, for API answers.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// The current time in milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_pick_the_dialect() {
+        assert_eq!("sqlite:///tmp/x.db".parse::<Dialect>().unwrap(), Dialect::Sqlite);
+        assert_eq!("postgres://u@h/db".parse::<Dialect>().unwrap(), Dialect::Postgres);
+        assert!("mysql://h/db".parse::<Dialect>().is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -1,0 +1,53 @@
+//! Embedded schema migrations, one list per dialect, applied in order on open.
+
+use sqlx::Row;
+
+use crate::error::Op;
+use crate::{Dialect, Result, Store, StoreError};
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SQLITE: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const POSTGRES: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+
+pub(crate) async fn run(store: &Store) -> Result<()> {
+    let steps = match store.dialect {
+        Dialect::Sqlite => SQLITE,
+        Dialect::Postgres => POSTGRES,
+    };
+    let mut tx = store.write.begin().await.op("starting migration")?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS lwr_schema (version BIGINT NOT NULL)")
+        .execute(&mut *tx)
+        .await
+        .op("creating the schema table")?;
+    if store.dialect == Dialect::Postgres {
+        // Two servers starting on one database must not migrate at the same time.
+        sqlx::query("LOCK TABLE lwr_schema IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .op("locking the schema table")?;
+    }
+    let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM lwr_schema")
+        .fetch_one(&mut *tx)
+        .await
+        .op("reading the schema version")?
+        .try_get("v")
+        .op("reading the schema version")?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew { found: current, supported: SCHEMA_VERSION });
+    }
+    for (version, sql) in steps.iter().filter(|(v, _)| *v > current) {
+        sqlx::raw_sql(*sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|source| StoreError::Migrate { version: *version, source })?;
+        sqlx::query("INSERT INTO lwr_schema (version) VALUES ($1)")
+            .bind(*version)
+            .execute(&mut *tx)
+            .await
+            .op("recording the schema version")?;
+    }
+    tx.commit().await.op("committing migration")?;
+    Ok(())
+}

@@ -1,0 +1,415 @@
+//! The queue: claims, leases, results and what follows from them.
+//!
+//! Each public function is one transaction. Readiness of dependents, blocking after a failure
+//! and retries after an infrastructure error are decided in the same transaction as the
+//! result that causes them, so no crash can leave a graph half-updated.
+
+use lwr_model::api::{Assignment, Outcome, ResultAck, RunResult};
+use lwr_model::{JobSpec, Requirements};
+use sqlx::{Any, Transaction};
+
+use crate::error::Op;
+use crate::rows::{col, json, u32_of};
+use crate::{Dialect, Result, Store};
+
+/// Jobs looked at per step while searching for ones a node can run.
+const SCAN_PAGE: i64 = 256;
+
+/// What a transaction changed, so the server knows whom to wake.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// A job became ready to claim: wake the waiting nodes.
+    pub ready: bool,
+    /// Some job changed state: wake those watching graphs.
+    pub changed: bool,
+}
+
+impl Effects {
+    pub fn merge(&mut self, other: Effects) {
+        self.ready |= other.ready;
+        self.changed |= other.changed;
+    }
+}
+
+type Tx = Transaction<'static, Any>;
+
+impl Store {
+    /// Hands up to `max` ready jobs that `node_id` can run to that node, each as a new run
+    /// with a lease until `now + lease_ms`. A job is handed to one node only: SQLite has a
+    /// single writer, and PostgreSQL locks the rows it takes (`FOR UPDATE SKIP LOCKED`).
+    pub async fn claim(
+        &self,
+        node_id: i64,
+        max: u32,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<(Vec<Assignment>, Effects)> {
+        let (node_name, props) = self.node_properties(node_id).await?;
+        let mut tx = self.write.begin().await.op("starting claim")?;
+        sqlx::query("UPDATE nodes SET last_seen = $1 WHERE id = $2")
+            .bind(now)
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await
+            .op("touching node")?;
+        let select = match self.dialect {
+            Dialect::Sqlite => {
+                "SELECT id, requirements FROM jobs WHERE state = 'pending' AND unmet = 0 \
+                 AND id > $1 ORDER BY id LIMIT $2"
+            }
+            Dialect::Postgres => {
+                "SELECT id, requirements FROM jobs WHERE state = 'pending' AND unmet = 0 \
+                 AND id > $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"
+            }
+        };
+        let mut picked = Vec::new();
+        let mut after = 0i64;
+        'scan: while picked.len() < max as usize {
+            let rows = sqlx::query(select)
+                .bind(after)
+                .bind(SCAN_PAGE)
+                .fetch_all(&mut *tx)
+                .await
+                .op("finding ready jobs")?;
+            let page_len = rows.len();
+            for row in rows {
+                let id: i64 = col(&row, "id")?;
+                after = id;
+                let fits = match col::<Option<String>>(&row, "requirements")? {
+                    None => true,
+                    Some(text) => json::<Requirements>(&text, "requirements")?.matches(&props),
+                };
+                if fits {
+                    picked.push(id);
+                    if picked.len() == max as usize {
+                        break 'scan;
+                    }
+                }
+            }
+            if page_len < SCAN_PAGE as usize {
+                break;
+            }
+        }
+        let mut assignments = Vec::with_capacity(picked.len());
+        for job_id in picked {
+            let row = sqlx::query(
+                "UPDATE jobs SET state = 'running', runs = runs + 1, node = $2, reason = NULL, \
+                 updated_at = $3 WHERE id = $1 AND state = 'pending' \
+                 RETURNING runs, graph_id, spec",
+            )
+            .bind(job_id)
+            .bind(node_name.clone())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .op("marking job running")?;
+            let number: i64 = col(&row, "runs")?;
+            let graph_id: i64 = col(&row, "graph_id")?;
+            let spec: JobSpec = json(&col::<String>(&row, "spec")?, "job spec")?;
+            let run_id: i64 = col(
+                &sqlx::query(
+                    "INSERT INTO runs (job_id, number, node_id, uid, state, started_at, \
+                     lease_expires) VALUES ($1, $2, $3, $4, 'running', $5, $6) RETURNING id",
+                )
+                .bind(job_id)
+                .bind(number)
+                .bind(node_id)
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(now)
+                .bind(now + lease_ms)
+                .fetch_one(&mut *tx)
+                .await
+                .op("creating run")?,
+                "id",
+            )?;
+            assignments.push(Assignment {
+                run_id,
+                run_number: u32_of(number),
+                job_id,
+                job_name: spec.name,
+                graph_id,
+                command: spec.run,
+                env: spec.env,
+                timeout_secs: spec.timeout_secs,
+                lease_secs: (lease_ms / 1000).max(1) as u64,
+                artifacts: spec.artifacts,
+            });
+        }
+        tx.commit().await.op("committing claim")?;
+        let effects = Effects { ready: false, changed: !assignments.is_empty() };
+        Ok((assignments, effects))
+    }
+
+    /// Renews the leases of the runs a node still holds. Returns the runs in `runs` that are
+    /// no longer the node's (expired, cancelled, unknown): the node must drop them.
+    pub async fn heartbeat(
+        &self,
+        node_id: i64,
+        runs: &[i64],
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<i64>> {
+        let mut tx = self.write.begin().await.op("starting heartbeat")?;
+        sqlx::query("UPDATE nodes SET last_seen = $1 WHERE id = $2")
+            .bind(now)
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await
+            .op("touching node")?;
+        let mut abandon = Vec::new();
+        for &run_id in runs {
+            let renewed = sqlx::query(
+                "UPDATE runs SET lease_expires = $1 \
+                 WHERE id = $2 AND node_id = $3 AND state = 'running'",
+            )
+            .bind(now + lease_ms)
+            .bind(run_id)
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await
+            .op("renewing lease")?
+            .rows_affected();
+            if renewed == 0 {
+                abandon.push(run_id);
+            }
+        }
+        tx.commit().await.op("committing heartbeat")?;
+        Ok(abandon)
+    }
+
+    /// Records the results a node reports. Reporting the same result twice is harmless (the
+    /// node retries until it hears back), and a result for a run the node no longer holds is
+    /// refused so that each run's result is recorded exactly once.
+    pub async fn report(
+        &self,
+        node_id: i64,
+        results: &[RunResult],
+        now: i64,
+    ) -> Result<(Vec<ResultAck>, Effects)> {
+        let mut tx = self.write.begin().await.op("starting report")?;
+        let mut effects = Effects::default();
+        let mut acks = Vec::with_capacity(results.len());
+        for result in results {
+            let row = sqlx::query("SELECT job_id, node_id, state, reason FROM runs WHERE id = $1")
+                .bind(result.run_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .op("reading run")?;
+            let ack = |recorded: bool, note: Option<String>| ResultAck {
+                run_id: result.run_id,
+                recorded,
+                note,
+            };
+            let Some(row) = row else {
+                acks.push(ack(false, Some("no such run".into())));
+                continue;
+            };
+            let job_id: i64 = col(&row, "job_id")?;
+            let owner: i64 = col(&row, "node_id")?;
+            let state: String = col(&row, "state")?;
+            if owner != node_id {
+                acks.push(ack(false, Some("the run belongs to another node".into())));
+                continue;
+            }
+            if state != "running" {
+                let same = state == outcome_state(result.outcome);
+                let reason: Option<String> = col(&row, "reason")?;
+                let note = format!(
+                    "the run already ended as {state}{}",
+                    reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                );
+                acks.push(ack(same, Some(note)));
+                continue;
+            }
+            sqlx::query(
+                "UPDATE runs SET state = $2, exit_code = $3, reason = $4, finished_at = $5, \
+                 lease_expires = NULL WHERE id = $1",
+            )
+            .bind(result.run_id)
+            .bind(outcome_state(result.outcome))
+            .bind(result.exit_code.map(i64::from))
+            .bind(result.reason.clone())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .op("finishing run")?;
+            let job_effects = match result.outcome {
+                Outcome::Succeeded => succeed_job(&mut tx, job_id, now).await?,
+                Outcome::Failed => {
+                    let reason = result.reason.clone().unwrap_or_else(|| match result.exit_code {
+                        Some(code) => format!("exit code {code}"),
+                        None => "failed".to_string(),
+                    });
+                    end_job(&mut tx, job_id, "failed", &reason, now).await?
+                }
+                Outcome::Exception => {
+                    let reason = result.reason.clone().unwrap_or_else(|| "exception".into());
+                    retry_or_end(&mut tx, job_id, &reason, now).await?
+                }
+            };
+            effects.merge(job_effects);
+            acks.push(ack(true, None));
+        }
+        tx.commit().await.op("committing report")?;
+        Ok((acks, effects))
+    }
+
+    /// Ends every run whose lease ran out before `now` as `exception` (claim-expired) and
+    /// puts its job back in the queue while it has retries left.
+    pub async fn expire_leases(&self, now: i64) -> Result<Effects> {
+        let mut tx = self.write.begin().await.op("starting lease expiry")?;
+        let expired = sqlx::query(
+            "SELECT id, job_id FROM runs WHERE state = 'running' AND lease_expires < $1",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .op("finding expired leases")?;
+        let mut effects = Effects::default();
+        for row in expired {
+            let run_id: i64 = col(&row, "id")?;
+            let job_id: i64 = col(&row, "job_id")?;
+            sqlx::query(
+                "UPDATE runs SET state = 'exception', reason = 'claim-expired', \
+                 finished_at = $2, lease_expires = NULL WHERE id = $1",
+            )
+            .bind(run_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .op("expiring run")?;
+            effects.merge(retry_or_end(&mut tx, job_id, "claim-expired", now).await?);
+        }
+        tx.commit().await.op("committing lease expiry")?;
+        Ok(effects)
+    }
+
+    /// Gives every live lease at least `lease_ms` from `now`. Called when a server starts:
+    /// nodes could not renew while it was down, and that is not their fault.
+    pub async fn extend_leases(&self, now: i64, lease_ms: i64) -> Result<u64> {
+        let n = sqlx::query(
+            "UPDATE runs SET lease_expires = $1 WHERE state = 'running' AND lease_expires < $1",
+        )
+        .bind(now + lease_ms)
+        .execute(&self.write)
+        .await
+        .op("extending leases")?
+        .rows_affected();
+        Ok(n)
+    }
+
+    /// Records the size of a run's stored log.
+    pub async fn set_log_size(&self, run_id: i64, size: u64) -> Result<()> {
+        sqlx::query("UPDATE runs SET log_size = $2 WHERE id = $1")
+            .bind(run_id)
+            .bind(size as i64)
+            .execute(&self.write)
+            .await
+            .op("recording log size")?;
+        Ok(())
+    }
+
+    /// The node that holds a run and whether the run is still live: `(node_id, running)`.
+    pub async fn run_owner(&self, run_id: i64) -> Result<Option<(i64, bool)>> {
+        let row = sqlx::query("SELECT node_id, state FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.read)
+            .await
+            .op("reading run")?;
+        row.map(|r| Ok((col(&r, "node_id")?, col::<String>(&r, "state")? == "running")))
+            .transpose()
+    }
+}
+
+fn outcome_state(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed => "failed",
+        Outcome::Exception => "exception",
+    }
+}
+
+/// The job succeeded: each dependent has one unmet need fewer; those at zero become ready.
+async fn succeed_job(tx: &mut Tx, job_id: i64, now: i64) -> Result<Effects> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'succeeded', reason = NULL, updated_at = $2 \
+         WHERE id = $1 AND state = 'running'",
+    )
+    .bind(job_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .op("marking job succeeded")?;
+    let rows = sqlx::query(
+        "UPDATE jobs SET unmet = unmet - 1, updated_at = $2 WHERE state = 'pending' \
+         AND id IN (SELECT job_id FROM job_needs WHERE need_id = $1) RETURNING unmet",
+    )
+    .bind(job_id)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await
+    .op("releasing dependents")?;
+    let mut ready = false;
+    for row in rows {
+        ready |= col::<i64>(&row, "unmet")? == 0;
+    }
+    Ok(Effects { ready, changed: true })
+}
+
+/// An infrastructure error: run the job again while it has retries, else end it.
+async fn retry_or_end(tx: &mut Tx, job_id: i64, reason: &str, now: i64) -> Result<Effects> {
+    let retried = sqlx::query(
+        "UPDATE jobs SET state = 'pending', retries_left = retries_left - 1, reason = $2, \
+         updated_at = $3 WHERE id = $1 AND state = 'running' AND retries_left > 0",
+    )
+    .bind(job_id)
+    .bind(format!("retrying after {reason}"))
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .op("requeueing job")?
+    .rows_affected();
+    if retried > 0 {
+        return Ok(Effects { ready: true, changed: true });
+    }
+    end_job(tx, job_id, "exception", &format!("{reason}; no retries left"), now).await
+}
+
+/// Ends a running job without success and blocks everything that depends on it.
+async fn end_job(tx: &mut Tx, job_id: i64, state: &str, reason: &str, now: i64) -> Result<Effects> {
+    let row = sqlx::query(
+        "UPDATE jobs SET state = $2, reason = $3, updated_at = $4 \
+         WHERE id = $1 AND state = 'running' RETURNING name",
+    )
+    .bind(job_id)
+    .bind(state.to_string())
+    .bind(reason.to_string())
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await
+    .op("ending job")?;
+    if let Some(row) = row {
+        let name: String = col(&row, "name")?;
+        block_dependents(tx, job_id, &format!("needs {name}, which ended {state}"), now).await?;
+    }
+    Ok(Effects { ready: false, changed: true })
+}
+
+/// Marks every pending job that transitively needs `job_id` as blocked.
+pub(crate) async fn block_dependents(tx: &mut Tx, job_id: i64, reason: &str, now: i64) -> Result<u64> {
+    let n = sqlx::query(
+        "WITH RECURSIVE deps (id) AS ( \
+             SELECT job_id FROM job_needs WHERE need_id = $1 \
+             UNION SELECT jn.job_id FROM job_needs jn JOIN deps d ON jn.need_id = d.id) \
+         UPDATE jobs SET state = 'blocked', reason = $2, updated_at = $3 \
+         WHERE state = 'pending' AND id IN (SELECT id FROM deps)",
+    )
+    .bind(job_id)
+    .bind(reason.to_string())
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .op("blocking dependents")?
+    .rows_affected();
+    Ok(n)
+}

@@ -1,0 +1,153 @@
+//! Command-line arguments.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// lwr: a lightweight CI and release job scheduler.
+///
+/// A small server keeps graphs, jobs and runs; nodes long-poll it for jobs and run them
+/// detached; graphs of jobs live in each repository's lwr.yml.
+#[derive(Debug, Parser)]
+#[command(name = "lwr", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: the /v1 API, the queue, and the store.
+    Server(ServerArgs),
+    /// Run a node that claims jobs from a server and runs them.
+    Node(NodeArgs),
+    /// Run a laptop cluster: a server and N nodes in one process, SQLite in the data dir.
+    Dev(DevArgs),
+    /// Read lwr.yml, expand and validate its graph, and print it (no server needed).
+    Graph(GraphArgs),
+    /// Submit the graph of a repository's HEAD to the server.
+    Push(PushArgs),
+    /// List jobs and their states.
+    Jobs(JobsArgs),
+    /// Print the stored log of a job.
+    Logs(LogsArgs),
+    /// List the nodes the server knows.
+    Nodes(NodesArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServerConn {
+    /// The lwr server's URL.
+    #[arg(long, env = "LWR_SERVER", default_value = lwr_client::DEFAULT_SERVER, global = true)]
+    pub server: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7370")]
+    pub listen: SocketAddr,
+    /// Directory for the SQLite database and stored logs.
+    #[arg(long, default_value = "./.lwr")]
+    pub data_dir: PathBuf,
+    /// Database URL (postgres://...); default SQLite in the data dir.
+    #[arg(long, env = "LWR_DB")]
+    pub db: Option<String>,
+    /// A run whose node stops renewing it for this long ends as `exception` and is retried.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub lease: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// Node name, unique per server; default the hostname.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A property for job requirements: key=value, or a bare key meaning key=true. Repeatable.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    /// Jobs run at once; default the number of cores.
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Where job directories, logs and unreported results live.
+    #[arg(long, default_value = "./.lwr-node")]
+    pub work_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Nodes to start beside the server, named dev-1, dev-2, ...
+    #[arg(long, default_value_t = 2)]
+    pub nodes: u32,
+    /// Slots per node; default the number of cores.
+    #[arg(long)]
+    pub slots: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// Repository whose lwr.yml to read (the working tree, committed or not).
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// Print the expanded graph as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// Repository whose HEAD to push.
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// Wait for the graph to finish, showing progress; exit 0 only if every job succeeded.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// Only jobs of this graph.
+    #[arg(long)]
+    pub graph: Option<i64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// Job id, or GRAPH/NAME (e.g. 3/build).
+    pub job: String,
+    /// Run number; default the latest run.
+    #[arg(long)]
+    pub run: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    lwr_model::graph::parse_duration(s).map(Duration::from_secs)
+}

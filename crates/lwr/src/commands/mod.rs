@@ -1,0 +1,23 @@
+//! One module per group of subcommands; each turns arguments into library calls.
+
+mod graph;
+mod push;
+mod query;
+mod serve;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Server(args) => serve::server(args).await,
+        Command::Node(args) => serve::node(args).await,
+        Command::Dev(args) => serve::dev(args).await,
+        Command::Graph(args) => graph::run(args),
+        Command::Push(args) => push::run(args).await,
+        Command::Jobs(args) => query::jobs(args).await,
+        Command::Logs(args) => query::logs(args).await,
+        Command::Nodes(args) => query::nodes(args).await,
+    }
+}

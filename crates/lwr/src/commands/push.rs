@@ -1,0 +1,183 @@
+//! `lwr push`: submit the graph of a repository's HEAD, and optionally wait for it.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use lwr_client::Client;
+use lwr_model::JobState;
+use lwr_model::api::{GraphInfo, StateCounts, SubmitGraph};
+
+use super::graph::{GRAPH_FILE, read_working_tree};
+use crate::cli::PushArgs;
+
+/// How long one wait request is held by the server.
+const WAIT: Duration = Duration::from_secs(25);
+/// Least time between two progress requests: changes in between arrive together.
+const MIN_POLL: Duration = Duration::from_millis(50);
+
+pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
+    let sub = read_head(&args.repo)?;
+    let client = Client::new(&args.conn.server)?;
+    let info = client.submit_graph(&sub).await?;
+    println!(
+        "pushed graph {} ({} jobs{})",
+        info.id,
+        info.counts.total(),
+        sub.revision.as_deref().map(|r| format!(" at {}", short(r))).unwrap_or_default()
+    );
+    if !args.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = wait(&client, info).await?;
+    summarize(&client, &done).await
+}
+
+/// The graph in `repo`'s committed lwr.yml at HEAD, with the push's revision and branch.
+/// A directory that is not a git repository is pushed from its working tree.
+fn read_head(repo: &Path) -> anyhow::Result<SubmitGraph> {
+    let repository = std::fs::canonicalize(repo)
+        .with_context(|| format!("cannot find repository {}", repo.display()))?
+        .display()
+        .to_string();
+    let Some(revision) = git(repo, &["rev-parse", "--verify", "HEAD"]) else {
+        eprintln!("note: {} is not a git repository with commits; pushing its working tree", repo.display());
+        let graph = read_working_tree(repo)?;
+        return Ok(SubmitGraph { repository: Some(repository), branch: None, revision: None, graph });
+    };
+    let text = git(repo, &["show", &format!("HEAD:{GRAPH_FILE}")]).with_context(|| {
+        format!("HEAD ({}) of {} has no {GRAPH_FILE}; commit one first", short(&revision), repo.display())
+    })?;
+    let label = format!("{GRAPH_FILE}@{}", short(&revision));
+    let graph = lwr_model::graph::parse(&text, &label)?;
+    let branch = git(repo, &["rev-parse", "--abbrev-ref", "HEAD"]).filter(|b| b != "HEAD");
+    Ok(SubmitGraph { repository: Some(repository), branch, revision: Some(revision), graph })
+}
+
+/// Runs git in `repo`; `None` when git fails.
+fn git(repo: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git").arg("-C").arg(repo).args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string())
+}
+
+fn short(rev: &str) -> &str {
+    &rev[..rev.len().min(12)]
+}
+
+/// Long-polls the graph until it finishes, showing progress. Rides out a server restart.
+async fn wait(client: &Client, mut info: GraphInfo) -> anyhow::Result<GraphInfo> {
+    let mut progress = Progress::new(&info);
+    let mut outage: Option<Instant> = None;
+    while !info.finished {
+        let asked = Instant::now();
+        match client.graph(info.id, Some(info.seq), WAIT).await {
+            Ok(next) => {
+                outage = None;
+                info = next;
+                progress.show(&info.counts);
+            }
+            Err(e) if e.is_unreachable() => {
+                let since = *outage.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(600) {
+                    bail!("gave up waiting for graph {}: {e}", info.id);
+                }
+                progress.note(&format!("server unreachable, still waiting: {e}"));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let spent = asked.elapsed();
+        if !info.finished && spent < MIN_POLL {
+            tokio::time::sleep(MIN_POLL - spent).await;
+        }
+    }
+    progress.finish(&info.counts);
+    Ok(info)
+}
+
+/// Prints how the graph ended and names every job that did not succeed.
+async fn summarize(client: &Client, info: &GraphInfo) -> anyhow::Result<ExitCode> {
+    let c = &info.counts;
+    println!(
+        "graph {}: {} succeeded, {} failed, {} exception, {} blocked, {} cancelled of {}",
+        info.id, c.succeeded, c.failed, c.exception, c.blocked, c.cancelled, c.total()
+    );
+    if c.succeeded == c.total() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let jobs = client.jobs(Some(info.id)).await?;
+    for job in jobs.jobs.iter().filter(|j| j.state != JobState::Succeeded) {
+        println!(
+            "  {:<10} {} (job {}){}",
+            job.state.as_str(),
+            job.name,
+            job.id,
+            job.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// Progress on a terminal (a bar) or in a log (a line per change, at most one a second).
+struct Progress {
+    bar: Option<ProgressBar>,
+    graph: i64,
+    last_line: Option<Instant>,
+}
+
+impl Progress {
+    fn new(info: &GraphInfo) -> Progress {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = ProgressBar::new(info.counts.total());
+            if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]") {
+                bar.set_style(style);
+            }
+            bar
+        });
+        let mut p = Progress { bar, graph: info.id, last_line: None };
+        p.show(&info.counts);
+        p
+    }
+
+    fn show(&mut self, c: &StateCounts) {
+        let msg = format!(
+            "pending {} running {} succeeded {} failed {}",
+            c.pending,
+            c.running,
+            c.succeeded,
+            c.failed + c.exception + c.blocked + c.cancelled
+        );
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(c.total() - c.pending - c.running);
+                bar.set_message(msg);
+            }
+            None => {
+                if self.last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    println!("graph {}: {msg}", self.graph);
+                    self.last_line = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    fn note(&self, msg: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+
+    fn finish(&mut self, c: &StateCounts) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(c.total());
+            bar.finish();
+        }
+    }
+}
