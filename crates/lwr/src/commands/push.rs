@@ -48,7 +48,7 @@ fn read_head(repo: &Path) -> anyhow::Result<SubmitGraph> {
         let graph = read_working_tree(repo)?;
         return Ok(SubmitGraph { repository: Some(repository), branch: None, revision: None, graph });
     };
-    let text = git(repo, &["show", &format!("HEAD:{GRAPH_FILE}")]).with_context(|| {
+    let text = git(repo, &["show", &format!("HEAD:./{GRAPH_FILE}")]).with_context(|| {
         format!("HEAD ({}) of {} has no {GRAPH_FILE}; commit one first", short(&revision), repo.display())
     })?;
     let label = format!("{GRAPH_FILE}@{}", short(&revision));
