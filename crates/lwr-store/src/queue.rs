@@ -12,7 +12,8 @@ use crate::error::Op;
 use crate::rows::{col, json, u32_of};
 use crate::{Dialect, Result, Store};
 
-/// Jobs looked at per step while searching for ones a node can run.
+/// Jobs looked at per step while searching for ones a node can run, after a first small
+/// step (most nodes can run most jobs, so the first few usually do).
 const SCAN_PAGE: i64 = 256;
 
 /// What a transaction changed, so the server knows whom to wake.
@@ -64,10 +65,11 @@ impl Store {
         };
         let mut picked = Vec::new();
         let mut after = 0i64;
+        let mut page = (i64::from(max) * 4).clamp(16, SCAN_PAGE);
         'scan: while picked.len() < max as usize {
             let rows = sqlx::query(select)
                 .bind(after)
-                .bind(SCAN_PAGE)
+                .bind(page)
                 .fetch_all(&mut *tx)
                 .await
                 .op("finding ready jobs")?;
@@ -86,9 +88,10 @@ impl Store {
                     }
                 }
             }
-            if page_len < SCAN_PAGE as usize {
+            if page_len < page as usize {
                 break;
             }
+            page = SCAN_PAGE;
         }
         let mut assignments = Vec::with_capacity(picked.len());
         for job_id in picked {

@@ -768,6 +768,22 @@ fn expansions(job: &RawJob) -> Vec<Expansion<'_>> {
 
 /// Expands matrices and resolves needs: the graph and, parallel to it, the source lines.
 fn expand(file: &str, jobs: &[RawJob]) -> Result<(Graph, Vec<JobLines>), GraphError> {
+    // Count before building: many jobs of big matrices must not be materialized to be refused.
+    let count = |job: &RawJob| {
+        job.matrix
+            .iter()
+            .map(|(_, v)| v.len())
+            .fold(1usize, usize::saturating_mul)
+    };
+    if jobs.iter().map(count).fold(0usize, usize::saturating_add) > MAX_JOBS {
+        let (what, limit) = ("jobs".to_string(), MAX_JOBS);
+        return Err(GraphError::GraphTooLarge {
+            file: file.into(),
+            line: None,
+            what,
+            limit,
+        });
+    }
     let all: Vec<Vec<Expansion>> = jobs.iter().map(expansions).collect();
     check_expanded_names(file, jobs, &all)?;
     let declared: HashMap<&str, usize> = jobs
@@ -813,16 +829,7 @@ fn check_expanded_names(
     jobs: &[RawJob],
     all: &[Vec<Expansion>],
 ) -> Result<(), GraphError> {
-    let total = all.iter().map(Vec::len).fold(0usize, usize::saturating_add);
-    if total > MAX_JOBS {
-        let (what, limit) = ("jobs".to_string(), MAX_JOBS);
-        return Err(GraphError::GraphTooLarge {
-            file: file.into(),
-            line: None,
-            what,
-            limit,
-        });
-    }
+    let total = all.iter().map(Vec::len).sum();
     let declared: HashMap<&str, usize> = jobs
         .iter()
         .enumerate()
@@ -858,8 +865,11 @@ fn resolve_needs(
 ) -> Vec<(String, Option<usize>, String)> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
+    let mut expanded = HashSet::new();
     for (need, line, written) in &job.needs {
         let names: Vec<&str> = match declared.get(need.as_str()) {
+            // A repeated matrix need is skipped whole, so `[t, t, t, ...]` stays cheap.
+            Some(&i) if !expanded.insert(i) => continue,
             Some(&i) => all[i].iter().map(|e| e.name.as_str()).collect(),
             None => vec![need.as_str()],
         };
@@ -1288,7 +1298,7 @@ jobs:
 
     #[test]
     fn matrix_with_one_key_expands_in_place() {
-        let text = "version: 1\njobs:\n  build: {run: make}\n  test:\n    run: make test CHUNK=${matrix.chunk}\n    needs: build\n    matrix:\n      chunk: [1, 2, 3]\n  report:\n    run: cat\n    needs: [test, build]\n";
+        let text = "version: 1\njobs:\n  build: {run: make}\n  test:\n    run: make test CHUNK=${matrix.chunk}\n    needs: build\n    matrix:\n      chunk: [1, 2, 3]\n  report:\n    run: cat\n    needs: [test, build, Test, test-2]\n";
         let g = parse(text, "lwr.yml").unwrap();
         assert_eq!(names(&g), ["build", "test-1", "test-2", "test-3", "report"]);
         assert_eq!(g.jobs[2].run, "make test CHUNK=2");

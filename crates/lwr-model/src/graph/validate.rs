@@ -508,8 +508,8 @@ fn check_job(job: &JobSpec, file: &str, lines: Option<&JobLines>) -> Result<(), 
         if !is_env_name(key) {
             return Err(invalid(
                 job_line,
-                format!("env.{key}"),
-                env_name_message(key),
+                format!("env.{}", show(key)),
+                env_name_message(&show(key)),
             ));
         }
     }
@@ -536,7 +536,7 @@ fn check_job(job: &JobSpec, file: &str, lines: Option<&JobLines>) -> Result<(), 
                 file: file.into(),
                 line,
                 job: job.name.clone(),
-                artifact: artifact.name.clone(),
+                artifact: show(&artifact.name),
             });
         }
     }
@@ -586,7 +586,7 @@ fn resolve_needs(
                 .or(lines.get(i).and_then(|l| l.job));
             let (file, job) = (file.to_string(), job.name.clone());
             let Some(&target) = index.get(need.as_str()) else {
-                let need = source.map_or(need, |s| &s.1).clone();
+                let need = show(source.map_or(need, |s| &s.1));
                 return Err(GraphError::UnknownNeed {
                     file,
                     line,
@@ -602,7 +602,7 @@ fn resolve_needs(
                     file,
                     line,
                     job,
-                    need: need.clone(),
+                    need: show(need),
                 });
             }
             edges.push(target);
@@ -829,6 +829,21 @@ mod tests {
             err.to_string(),
             "graph: job 'a': artifact 'x' is declared more than once"
         );
+    }
+
+    #[test]
+    fn messages_stay_on_one_line() {
+        let mut env = job("a", &[]);
+        env.env.insert("A\nB".into(), "x".into());
+        let graphs = [
+            graph(vec![job("a\nb", &[])]),
+            graph(vec![job("a", &["x\ny"])]),
+            graph(vec![env]),
+        ];
+        for g in graphs {
+            let err = g.validate().unwrap_err();
+            assert_eq!(err.to_string().lines().count(), 1, "{err}");
+        }
     }
 
     #[test]

@@ -1,0 +1,98 @@
+//! The server's queue without sockets: long-poll claims and graph waits wake on changes.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use lwr_model::api::{Outcome, RegisterNode, RunResult, SubmitGraph};
+use lwr_model::{Graph, JobSpec, NodeProperties, Requirements};
+use lwr_server::Queue;
+use lwr_store::Store;
+
+async fn queue() -> (Queue, i64, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}", dir.path().join("lwr.db").display()))
+        .await
+        .unwrap();
+    let reg = RegisterNode { name: "n".into(), properties: NodeProperties::default(), slots: 1 };
+    let node = store.register_node(&reg, lwr_store::now_ms()).await.unwrap();
+    (Queue::new(store, Duration::from_secs(30)), node, dir)
+}
+
+fn graph(names: &[(&str, &[&str])]) -> SubmitGraph {
+    let jobs = names
+        .iter()
+        .map(|(name, needs)| JobSpec {
+            name: name.to_string(),
+            run: "true".into(),
+            needs: needs.iter().map(|n| n.to_string()).collect(),
+            node: Requirements::default(),
+            artifacts: vec![],
+            retries: 2,
+            timeout_secs: 60,
+            env: BTreeMap::new(),
+        })
+        .collect();
+    SubmitGraph { repository: None, branch: None, revision: None, graph: Graph { jobs } }
+}
+
+#[tokio::test]
+async fn a_waiting_claim_wakes_when_a_job_becomes_ready() {
+    let (queue, node, _dir) = queue().await;
+    let queue = std::sync::Arc::new(queue);
+    let waiting = {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let got = queue.claim(node, 1, Duration::from_secs(30)).await.unwrap();
+            (got, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "nothing to claim yet, so the claim waits");
+    queue.submit(&graph(&[("a", &[]), ("b", &["a"])])).await.unwrap();
+    let (got, waited) = waiting.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].job_name, "a");
+    assert!(waited < Duration::from_secs(30), "woken by the submission, not the timeout");
+
+    // b becomes ready when a succeeds: a claim waiting for it wakes too.
+    let waiting = {
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.claim(node, 1, Duration::from_secs(30)).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished());
+    let result = RunResult { run_id: got[0].run_id, outcome: Outcome::Succeeded, exit_code: Some(0), reason: None };
+    queue.report(node, &[result]).await.unwrap();
+    let got = waiting.await.unwrap();
+    assert_eq!(got[0].job_name, "b");
+}
+
+#[tokio::test]
+async fn a_claim_with_nothing_to_do_returns_empty_after_its_wait() {
+    let (queue, node, _dir) = queue().await;
+    let got = queue.claim(node, 4, Duration::from_millis(50)).await.unwrap();
+    assert!(got.is_empty());
+}
+
+#[tokio::test]
+async fn a_graph_wait_answers_on_the_next_change() {
+    let (queue, node, _dir) = queue().await;
+    let queue = std::sync::Arc::new(queue);
+    let info = queue.submit(&graph(&[("a", &[])])).await.unwrap();
+    assert!(!info.finished);
+    let waiter = {
+        let queue = queue.clone();
+        let (id, seq) = (info.id, info.seq);
+        tokio::spawn(async move { queue.graph(id, Some(seq), Duration::from_secs(30)).await.unwrap() })
+    };
+    let got = queue.claim(node, 1, Duration::ZERO).await.unwrap();
+    let running = waiter.await.unwrap();
+    assert!(running.seq > info.seq);
+    assert_eq!(running.counts.running, 1);
+    let result = RunResult { run_id: got[0].run_id, outcome: Outcome::Succeeded, exit_code: Some(0), reason: None };
+    queue.report(node, &[result]).await.unwrap();
+    let done = queue.graph(info.id, Some(running.seq), Duration::from_secs(30)).await.unwrap();
+    assert!(done.finished);
+    assert_eq!(done.counts.succeeded, 1);
+}
