@@ -20,12 +20,23 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum ClientError {
     #[error("bad server URL '{url}': {reason}")]
     BadUrl { url: String, reason: String },
-    #[error("cannot reach the lwr server at {server}: {detail} (is `lwr server` or `lwr dev` running there?)")]
+    #[error(
+        "cannot reach the lwr server at {server}: {detail} (is `lwr server` or `lwr dev` running there?)"
+    )]
     Unreachable { server: String, detail: String },
     #[error("{method} {path}: {error} (HTTP {status})")]
-    Api { method: Method, path: String, status: StatusCode, error: String },
+    Api {
+        method: Method,
+        path: String,
+        status: StatusCode,
+        error: String,
+    },
     #[error("{method} {path}: unreadable answer: {detail}")]
-    Decode { method: Method, path: String, detail: String },
+    Decode {
+        method: Method,
+        path: String,
+        detail: String,
+    },
     #[error("reading {path}: {source}")]
     File {
         path: String,
@@ -70,7 +81,10 @@ impl Client {
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(50))
             .build()
-            .map_err(|e| ClientError::BadUrl { url: server.to_string(), reason: e.to_string() })?;
+            .map_err(|e| ClientError::BadUrl {
+                url: server.to_string(),
+                reason: e.to_string(),
+            })?;
         Ok(Client { http, base })
     }
 
@@ -79,10 +93,17 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str, timeout: Duration) -> RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).timeout(timeout)
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(timeout)
     }
 
-    async fn send(&self, method: Method, path: &str, req: RequestBuilder) -> Result<reqwest::Response> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        req: RequestBuilder,
+    ) -> Result<reqwest::Response> {
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         if status.is_success() {
@@ -91,8 +112,19 @@ impl Client {
         let text = resp.text().await.unwrap_or_default();
         let error = serde_json::from_str::<ErrorBody>(&text)
             .map(|b| b.error)
-            .unwrap_or_else(|_| if text.is_empty() { status.to_string() } else { text });
-        Err(ClientError::Api { method, path: path.to_string(), status, error })
+            .unwrap_or_else(|_| {
+                if text.is_empty() {
+                    status.to_string()
+                } else {
+                    text
+                }
+            });
+        Err(ClientError::Api {
+            method,
+            path: path.to_string(),
+            status,
+            error,
+        })
     }
 
     fn unreachable(&self, e: reqwest::Error) -> ClientError {
@@ -102,7 +134,10 @@ impl Client {
             detail = s.to_string();
             source = s.source();
         }
-        ClientError::Unreachable { server: self.base.clone(), detail }
+        ClientError::Unreachable {
+            server: self.base.clone(),
+            detail,
+        }
     }
 
     async fn json<T: DeserializeOwned>(
@@ -126,11 +161,13 @@ impl Client {
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.json(Method::GET, path, None::<&()>, REQUEST_TIMEOUT).await
+        self.json(Method::GET, path, None::<&()>, REQUEST_TIMEOUT)
+            .await
     }
 
     async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
-        self.json(Method::POST, path, Some(body), REQUEST_TIMEOUT).await
+        self.json(Method::POST, path, Some(body), REQUEST_TIMEOUT)
+            .await
     }
 
     pub async fn health(&self) -> Result<Health> {
@@ -147,7 +184,8 @@ impl Client {
             Some(seq) => format!("/v1/graphs/{id}?after={seq}&wait_ms={}", wait.as_millis()),
             None => format!("/v1/graphs/{id}"),
         };
-        self.json(Method::GET, &path, None::<&()>, REQUEST_TIMEOUT + wait).await
+        self.json(Method::GET, &path, None::<&()>, REQUEST_TIMEOUT + wait)
+            .await
     }
 
     pub async fn jobs(&self, graph: Option<i64>) -> Result<JobList> {
@@ -188,7 +226,13 @@ impl Client {
     /// Long-polls for work: the server answers as soon as a job is ready, or after the wait.
     pub async fn claim(&self, node: i64, req: &ClaimRequest) -> Result<ClaimResponse> {
         let timeout = REQUEST_TIMEOUT + Duration::from_millis(req.wait_ms);
-        self.json(Method::POST, &format!("/v1/nodes/{node}/claim"), Some(req), timeout).await
+        self.json(
+            Method::POST,
+            &format!("/v1/nodes/{node}/claim"),
+            Some(req),
+            timeout,
+        )
+        .await
     }
 
     pub async fn heartbeat(&self, node: i64, hb: &Heartbeat) -> Result<HeartbeatResponse> {
@@ -201,10 +245,12 @@ impl Client {
 
     /// Uploads a run's log file as a stream.
     pub async fn upload_log(&self, run: i64, node: i64, file: &std::path::Path) -> Result<()> {
-        let f = tokio::fs::File::open(file).await.map_err(|source| ClientError::File {
-            path: file.display().to_string(),
-            source,
-        })?;
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|source| ClientError::File {
+                path: file.display().to_string(),
+                source,
+            })?;
         let path = format!("/v1/runs/{run}/log?node={node}");
         let req = self
             .request(Method::PUT, &path, Duration::from_secs(600))

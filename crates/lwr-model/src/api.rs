@@ -180,11 +180,15 @@ pub struct NodeList {
 }
 
 /// `POST /v1/nodes/{id}/claim`: ask for up to `max` jobs, waiting up to `wait_ms` for one.
+/// A node that just finished runs sends their results along (recorded first, in the same
+/// transaction as the claim), saving a round trip per job.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ClaimRequest {
     pub max: u32,
     #[serde(default)]
     pub wait_ms: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<RunResult>,
 }
 
 /// Work handed to a node: one run of one job. The node holds a lease on it that it must
@@ -207,6 +211,9 @@ pub struct Assignment {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ClaimResponse {
     pub assignments: Vec<Assignment>,
+    /// One answer per result sent with the claim.
+    #[serde(default)]
+    pub acks: Vec<ResultAck>,
 }
 
 /// `POST /v1/nodes/{id}/heartbeat`: renews the leases of the runs the node holds.

@@ -119,7 +119,10 @@ mod tests {
 
     #[test]
     fn only_pending_and_running_are_not_terminal() {
-        let live: Vec<_> = JobState::ALL.into_iter().filter(|s| !s.is_terminal()).collect();
+        let live: Vec<_> = JobState::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal())
+            .collect();
         assert_eq!(live, vec![JobState::Pending, JobState::Running]);
     }
 }

@@ -110,7 +110,11 @@ impl Requirements {
     /// The requirements as one line, for listings and reasons: `os=linux, tags=[gpu]`.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
-        for (k, v) in [("os", &self.os), ("arch", &self.arch), ("hostname", &self.hostname)] {
+        for (k, v) in [
+            ("os", &self.os),
+            ("arch", &self.arch),
+            ("hostname", &self.hostname),
+        ] {
             if let Some(v) = v {
                 parts.push(format!("{k}={v}"));
             }
@@ -140,9 +144,12 @@ mod tests {
             hostname: "box1".into(),
             cores: 8,
             memory_mb: 16000,
-            tags: [("gpu".to_string(), "yes".to_string()), ("speed".into(), "10".into())]
-                .into_iter()
-                .collect(),
+            tags: [
+                ("gpu".to_string(), "yes".to_string()),
+                ("speed".into(), "10".into()),
+            ]
+            .into_iter()
+            .collect(),
         }
     }
 
@@ -155,28 +162,44 @@ mod tests {
     #[test]
     fn each_kind_of_requirement_is_checked() {
         let node = linux_node();
-        let os = Requirements { os: Some("plan9".into()), ..Default::default() };
+        let os = Requirements {
+            os: Some("plan9".into()),
+            ..Default::default()
+        };
         assert_eq!(os.unmet_by(&node).unwrap(), "os=plan9 (node has linux)");
-        let tag = Requirements { tags: vec!["build-tools".into()], ..Default::default() };
+        let tag = Requirements {
+            tags: vec!["build-tools".into()],
+            ..Default::default()
+        };
         assert!(tag.unmet_by(&node).unwrap().contains("build-tools"));
         let gpu = Requirements {
-            properties: [("gpu".to_string(), "yes".to_string())].into_iter().collect(),
+            properties: [("gpu".to_string(), "yes".to_string())]
+                .into_iter()
+                .collect(),
             ..Default::default()
         };
         assert!(gpu.matches(&node));
         let slow = Requirements {
-            properties: [("speed".to_string(), "1".to_string())].into_iter().collect(),
+            properties: [("speed".to_string(), "1".to_string())]
+                .into_iter()
+                .collect(),
             ..Default::default()
         };
         assert_eq!(slow.unmet_by(&node).unwrap(), "speed=1 (node has 10)");
-        let host = Requirements { hostname: Some("BOX1".into()), ..Default::default() };
+        let host = Requirements {
+            hostname: Some("BOX1".into()),
+            ..Default::default()
+        };
         assert!(host.matches(&node));
     }
 
     #[test]
     fn tags_parse_with_and_without_values() {
         assert_eq!(parse_tag("gpu=yes").unwrap(), ("gpu".into(), "yes".into()));
-        assert_eq!(parse_tag("build-tools").unwrap(), ("build-tools".into(), "true".into()));
+        assert_eq!(
+            parse_tag("build-tools").unwrap(),
+            ("build-tools".into(), "true".into())
+        );
         assert!(parse_tag("=x").is_err());
     }
 }

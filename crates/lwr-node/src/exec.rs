@@ -1,8 +1,10 @@
 //! Running one job: a fresh directory, its own process group, output to a log file on disk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use lwr_model::api::{Outcome, RunResult};
@@ -21,9 +23,6 @@ pub struct Launch {
     pub env: BTreeMap<String, String>,
     pub dir: PathBuf,
     pub log: PathBuf,
-    /// Holds the process group id while the job runs, so a restarted node can stop a job
-    /// its previous life left behind.
-    pub pid_file: PathBuf,
     pub timeout: Duration,
 }
 
@@ -35,8 +34,13 @@ pub enum Stop {
 }
 
 /// Runs the job to its end and says how it ended. The process runs in its own process
-/// group, so a timeout or a stop kills everything it started.
-pub async fn run(launch: Launch, stop: oneshot::Receiver<Stop>) -> RunResult {
+/// group, so a timeout or a stop kills everything it started; `started` learns the group
+/// as soon as it exists.
+pub async fn run(
+    launch: Launch,
+    stop: oneshot::Receiver<Stop>,
+    started: impl FnOnce(i32),
+) -> RunResult {
     let run_id = launch.run_id;
     let exception = |reason: String| RunResult {
         run_id,
@@ -44,8 +48,11 @@ pub async fn run(launch: Launch, stop: oneshot::Receiver<Stop>) -> RunResult {
         exit_code: None,
         reason: Some(reason),
     };
-    if let Err(e) = std::fs::create_dir_all(&launch.dir) {
-        return exception(format!("cannot create job dir {}: {e}", launch.dir.display()));
+    if let Err(e) = fresh_dir(&launch.dir) {
+        return exception(format!(
+            "cannot prepare job dir {}: {e}",
+            launch.dir.display()
+        ));
     }
     let log = match std::fs::File::create(&launch.log) {
         Ok(f) => f,
@@ -55,7 +62,7 @@ pub async fn run(launch: Launch, stop: oneshot::Receiver<Stop>) -> RunResult {
         Ok(f) => f,
         Err(e) => return exception(format!("cannot share log file: {e}")),
     };
-    let mut cmd = command(&launch.command);
+    let mut cmd = command(&launch.command, &launch.env);
     cmd.current_dir(&launch.dir)
         .envs(&launch.env)
         .stdin(Stdio::null())
@@ -69,11 +76,9 @@ pub async fn run(launch: Launch, stop: oneshot::Receiver<Stop>) -> RunResult {
     };
     let pgid = child.id().map(|pid| Pid::from_raw(pid as i32));
     if let Some(pgid) = pgid {
-        let _ = std::fs::write(&launch.pid_file, pgid.to_string());
+        started(pgid.as_raw());
     }
-    let result = wait(&launch, child, pgid, stop).await;
-    let _ = std::fs::remove_file(&launch.pid_file);
-    result
+    wait(&launch, child, pgid, stop).await
 }
 
 async fn wait(
@@ -101,7 +106,12 @@ async fn wait(
                 let _ = killpg(pgid, Signal::SIGKILL);
             }
             match status.code() {
-                Some(0) => RunResult { run_id, outcome: Outcome::Succeeded, exit_code: Some(0), reason: None },
+                Some(0) => RunResult {
+                    run_id,
+                    outcome: Outcome::Succeeded,
+                    exit_code: Some(0),
+                    reason: None,
+                },
                 Some(code) => RunResult {
                     run_id,
                     outcome: Outcome::Failed,
@@ -148,12 +158,18 @@ fn not_started(launch: &Launch, run_id: i64, e: std::io::Error) -> RunResult {
             };
         }
     };
-    let _ = std::fs::write(&launch.log, format!("lwr: cannot start `{}`: {e}\n", launch.command));
+    let _ = std::fs::write(
+        &launch.log,
+        format!("lwr: cannot start `{}`: {e}\n", launch.command),
+    );
     RunResult {
         run_id,
         outcome: Outcome::Failed,
         exit_code: Some(code),
-        reason: Some(format!("exit code {code}: cannot start `{}`: {e}", launch.command)),
+        reason: Some(format!(
+            "exit code {code}: cannot start `{}`: {e}",
+            launch.command
+        )),
     }
 }
 
@@ -167,7 +183,10 @@ enum Ended {
 async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>) {
     let Some(pgid) = pgid else { return };
     let _ = killpg(pgid, Signal::SIGTERM);
-    if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+    if tokio::time::timeout(KILL_GRACE, child.wait())
+        .await
+        .is_err()
+    {
         let _ = killpg(pgid, Signal::SIGKILL);
         let _ = child.wait().await;
     }
@@ -176,10 +195,14 @@ async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>) {
 
 /// Builds the process for a job's command. A command made only of plain words runs
 /// directly, as make does; anything a shell would interpret goes through `sh -c`.
-fn command(line: &str) -> Command {
+fn command(line: &str, env: &BTreeMap<String, String>) -> Command {
     match plain_words(line) {
         Some(words) => {
-            let mut cmd = Command::new(words[0]);
+            let program = match env.contains_key("PATH") {
+                true => PathBuf::from(words[0]),
+                false => resolve(words[0]),
+            };
+            let mut cmd = Command::new(program);
             cmd.args(&words[1..]);
             cmd
         }
@@ -188,6 +211,37 @@ fn command(line: &str) -> Command {
             cmd.arg("-c").arg(line);
             cmd
         }
+    }
+}
+
+/// Finds a program on the node's PATH once and remembers it: a search tries every PATH entry
+/// with a failing exec, which adds up over thousands of short jobs.
+fn resolve(program: &str) -> PathBuf {
+    static FOUND: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    let found = FOUND.get_or_init(Default::default);
+    if let Some(path) = found.lock().ok().and_then(|m| m.get(program).cloned()) {
+        return path;
+    }
+    let hit = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| {
+                std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+    });
+    match hit {
+        Some(path) => {
+            if let Ok(mut m) = found.lock() {
+                m.insert(program.to_string(), path.clone());
+            }
+            path
+        }
+        // Not found: let the spawn fail with the usual error.
+        None => PathBuf::from(program),
     }
 }
 
@@ -222,19 +276,31 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// Kills the process group a previous life of the node left running for a run.
-pub fn kill_leftover(pid_file: &Path) {
-    if let Some(pgid) = std::fs::read_to_string(pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok())
-        && pgid > 1
-    {
+/// Kills a process group a previous life of the node left running.
+pub fn kill_group(pgid: i32) {
+    if pgid > 1 {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
     }
-    let _ = std::fs::remove_file(pid_file);
 }
 
-/// The directory a run works in.
-pub fn job_dir(work_dir: &Path, run_id: i64) -> PathBuf {
-    work_dir.join("jobs").join(run_id.to_string())
+/// Makes `dir` an empty directory, reusing it when it exists: a slot's directory serves
+/// job after job, so short jobs do not create and delete a directory each.
+pub fn fresh_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    std::fs::remove_dir_all(entry.path())?;
+                } else {
+                    std::fs::remove_file(entry.path())?;
+                }
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir),
+        Err(e) => Err(e),
+    }
 }
 
 /// The log file of a run; outside the job dir so it never mixes with the job's files.
@@ -249,8 +315,20 @@ mod tests {
     #[test]
     fn plain_commands_skip_the_shell() {
         assert_eq!(plain_words("true"), Some(vec!["true"]));
-        assert_eq!(plain_words("make -j2 all"), Some(vec!["make", "-j2", "all"]));
-        for shell in ["echo $HOME", "a && b", "exit 3", "x > f", "echo 'a b'", "A=1 env", "ls *", "cd /"] {
+        assert_eq!(
+            plain_words("make -j2 all"),
+            Some(vec!["make", "-j2", "all"])
+        );
+        for shell in [
+            "echo $HOME",
+            "a && b",
+            "exit 3",
+            "x > f",
+            "echo 'a b'",
+            "A=1 env",
+            "ls *",
+            "cd /",
+        ] {
             assert_eq!(plain_words(shell), None, "{shell}");
         }
     }
@@ -260,15 +338,16 @@ mod tests {
         let launch = Launch {
             run_id: 1,
             command: line.to_string(),
-            env: [("GREETING".to_string(), "hi".to_string())].into_iter().collect(),
+            env: [("GREETING".to_string(), "hi".to_string())]
+                .into_iter()
+                .collect(),
             dir: tmp.path().join("job"),
             log: tmp.path().join("log"),
-            pid_file: tmp.path().join("pid"),
             timeout,
         };
         let log = launch.log.clone();
         let (_tx, rx) = oneshot::channel();
-        let result = run(launch, rx).await;
+        let result = run(launch, rx, |_| {}).await;
         (result, std::fs::read_to_string(log).unwrap_or_default())
     }
 
@@ -280,8 +359,23 @@ mod tests {
         let (bad, _) = run_line("exit 3", Duration::from_secs(10)).await;
         assert_eq!((bad.outcome, bad.exit_code), (Outcome::Failed, Some(3)));
         let (missing, log) = run_line("no-such-program-lwr", Duration::from_secs(10)).await;
-        assert_eq!((missing.outcome, missing.exit_code), (Outcome::Failed, Some(127)));
+        assert_eq!(
+            (missing.outcome, missing.exit_code),
+            (Outcome::Failed, Some(127))
+        );
         assert!(log.contains("no-such-program-lwr"));
+    }
+
+    #[test]
+    fn a_fresh_dir_is_empty_and_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("slot");
+        fresh_dir(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+        std::fs::write(dir.join("sub/f"), "x").unwrap();
+        std::fs::write(dir.join("g"), "y").unwrap();
+        fresh_dir(&dir).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     }
 
     #[tokio::test]

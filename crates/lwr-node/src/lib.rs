@@ -7,21 +7,23 @@
 //! loses one.
 
 mod exec;
+mod journal;
 pub mod props;
 mod report;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lwr_client::{Client, ClientError, StatusCode};
 use lwr_model::api::{Assignment, ClaimRequest, Heartbeat, RegisterNode};
 use thiserror::Error;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::exec::{Launch, Stop};
+use crate::journal::Journal;
 use crate::report::Reporter;
 
 /// How long one claim waits on the server for a job before asking again.
@@ -60,102 +62,168 @@ pub enum NodeError {
 struct Node {
     config: NodeConfig,
     client: Client,
-    id: AtomicI64,
+    id: i64,
     lease_secs: AtomicU64,
     /// Runs in progress, each with the handle that stops it.
     running: Mutex<HashMap<i64, oneshot::Sender<Stop>>>,
+    /// Job directories and log files not in use: one pair per slot, reused job after job,
+    /// so thousands of short jobs do not create and delete thousands of files.
+    free_dirs: Mutex<Vec<(PathBuf, PathBuf)>>,
+    journal: Arc<Journal>,
     reporter: Reporter,
 }
 
 /// Runs the node until `shutdown` resolves; then it claims nothing more, lets its running
 /// jobs finish and reports their results.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
-    for sub in ["jobs", "logs", "results", "pids"] {
-        let dir = config.work_dir.join(sub);
-        std::fs::create_dir_all(&dir).map_err(|source| NodeError::WorkDir { dir, source })?;
+    let work_error = |source| NodeError::WorkDir {
+        dir: config.work_dir.clone(),
+        source,
+    };
+    for sub in ["jobs", "logs"] {
+        std::fs::create_dir_all(config.work_dir.join(sub)).map_err(work_error)?;
+    }
+    let (journal, recovered) = Journal::open(&config.work_dir).map_err(work_error)?;
+    let journal = Arc::new(journal);
+    // Jobs a previous life of the node left running: the server has (or will have) given
+    // them to someone else, so they stop here and are reported as exceptions.
+    let mut unreported = recovered.unreported;
+    for (run, pgid) in recovered.leftovers {
+        exec::kill_group(pgid);
+        let result = journal::restarted(run);
+        journal.ended(&result);
+        unreported.push(result);
     }
     let client = Client::new(&config.server)?;
-    let reporter = Reporter::start(client.clone(), config.work_dir.clone())
-        .map_err(|source| NodeError::WorkDir { dir: config.work_dir.clone(), source })?;
+    let id = register(&client, &config).await?;
+    let reporter = Reporter::start(
+        client.clone(),
+        journal.clone(),
+        config.work_dir.clone(),
+        id,
+        unreported,
+    );
+    let slots = config.slots.max(1);
+    let free_dirs = (1..=slots)
+        .map(|k| {
+            let dir = config.work_dir.join("jobs").join(k.to_string());
+            (
+                dir,
+                config.work_dir.join("logs").join(format!("slot-{k}.log")),
+            )
+        })
+        .collect();
     let node = Arc::new(Node {
         client,
-        id: AtomicI64::new(0),
-        lease_secs: AtomicU64::new(30),
+        id,
+        // The first heartbeat goes out within a second; the server's answer sets the pace.
+        lease_secs: AtomicU64::new(1),
         running: Mutex::new(HashMap::new()),
+        free_dirs: Mutex::new(free_dirs),
+        journal,
         reporter,
         config,
     });
-    node.register().await?;
-    node.reporter.set_node(node.id.load(Ordering::SeqCst));
     tracing::info!(
-        "node {} (id {}) serving {} with {} slots, work dir {}",
+        "node {} (id {id}) serving {} with {slots} slots, work dir {}",
         node.config.name,
-        node.id.load(Ordering::SeqCst),
         node.config.server,
-        node.config.slots,
         node.config.work_dir.display()
     );
     let heartbeat = tokio::spawn(node.clone().heartbeat_loop());
-    let slots = Arc::new(Semaphore::new(node.config.slots.max(1) as usize));
-    tokio::select! {
-        _ = node.clone().claim_loop(slots.clone()) => {}
-        _ = shutdown => tracing::info!("node {} stopping: no new jobs; finishing running ones", node.config.name),
-    }
-    // Every slot back means every job has ended and its result is queued.
-    let _all = slots.acquire_many(node.config.slots.max(1)).await;
+    let permits = Arc::new(Semaphore::new(slots as usize));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let claims = tokio::spawn(node.clone().claim_loop(permits.clone(), stop_rx));
+    shutdown.await;
+    tracing::info!(
+        "node {} stopping: no new jobs; finishing running ones",
+        node.config.name
+    );
+    let _ = stop_tx.send(true);
+    let _ = claims.await;
+    // Every permit back means every job has ended and its result is queued.
+    let _all = permits.acquire_many(slots).await;
     heartbeat.abort();
     node.reporter.flush(Duration::from_secs(10)).await;
     Ok(())
 }
 
-impl Node {
-    fn id(&self) -> i64 {
-        self.id.load(Ordering::SeqCst)
-    }
-
-    /// Registers, retrying while the server cannot be reached.
-    async fn register(&self) -> Result<(), NodeError> {
-        let reg = RegisterNode {
-            name: self.config.name.clone(),
-            properties: props::discover(self.config.tags.clone()),
-            slots: self.config.slots.max(1),
-        };
-        let mut backoff = Backoff::new();
-        loop {
-            match self.client.register_node(&reg).await {
-                Ok(info) => {
-                    self.id.store(info.id, Ordering::SeqCst);
-                    self.reporter.set_node(info.id);
-                    return Ok(());
-                }
-                Err(e) if e.is_unreachable() || e.status().is_some_and(|s| s.is_server_error()) => {
-                    backoff.wait(&format!("registering with {}: {e}", self.config.server)).await;
-                }
-                Err(source) => {
-                    return Err(NodeError::Refused { name: self.config.name.clone(), source });
-                }
+/// Registers the node, retrying while the server cannot be reached; returns its id.
+async fn register(client: &Client, config: &NodeConfig) -> Result<i64, NodeError> {
+    let reg = RegisterNode {
+        name: config.name.clone(),
+        properties: props::discover(config.tags.clone()),
+        slots: config.slots.max(1),
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        match client.register_node(&reg).await {
+            Ok(info) => return Ok(info.id),
+            Err(e) if e.is_unreachable() || e.status().is_some_and(|s| s.is_server_error()) => {
+                backoff
+                    .wait(&format!("registering with {}: {e}", config.server))
+                    .await;
+            }
+            Err(source) => {
+                return Err(NodeError::Refused {
+                    name: config.name.clone(),
+                    source,
+                });
             }
         }
     }
+}
 
-    async fn claim_loop(self: Arc<Self>, slots: Arc<Semaphore>) {
+impl Node {
+    /// Claims work while slots are free, until `stop` turns true.
+    async fn claim_loop(self: Arc<Self>, slots: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::new();
         loop {
-            let Ok(first) = slots.clone().acquire_owned().await else { return };
+            let first = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let Ok(first) = first else { return };
             let mut permits = vec![first];
             while let Ok(p) = slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
-            let req = ClaimRequest { max: permits.len() as u32, wait_ms: CLAIM_WAIT.as_millis() as u64 };
-            match self.client.claim(self.id(), &req).await {
+            let results = match self.reporter.begin_claim().await {
+                Ok(results) => results,
+                Err(e) => {
+                    backoff.wait(&format!("uploading logs: {e}")).await;
+                    continue;
+                }
+            };
+            let req = ClaimRequest {
+                max: permits.len() as u32,
+                wait_ms: CLAIM_WAIT.as_millis() as u64,
+                results,
+            };
+            let answer = tokio::select! {
+                answer = self.client.claim(self.id, &req) => answer,
+                _ = stop.wait_for(|s| *s) => {
+                    // Results go back to the outbox; a job the server handed out just now
+                    // is retried after its lease runs out.
+                    self.reporter.end_claim(req.results, None);
+                    return;
+                }
+            };
+            self.reporter
+                .end_claim(req.results, answer.as_ref().ok().map(|r| r.acks.as_slice()));
+            match answer {
                 Ok(resp) => {
                     backoff.reset();
                     for assignment in resp.assignments {
                         let Some(permit) = permits.pop() else {
-                            tracing::error!("server sent more jobs than asked for; run {} left to expire", assignment.run_id);
+                            tracing::error!(
+                                "server sent more jobs than asked for; run {} left to expire",
+                                assignment.run_id
+                            );
                             continue;
                         };
-                        self.lease_secs.store(assignment.lease_secs, Ordering::Relaxed);
+                        self.lease_secs
+                            .store(assignment.lease_secs, Ordering::Relaxed);
                         let node = self.clone();
                         tokio::spawn(async move {
                             node.run_job(assignment).await;
@@ -163,12 +231,13 @@ impl Node {
                         });
                     }
                 }
+                // The server lost its database: nothing this node holds means anything there.
                 Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
-                    tracing::warn!("the server does not know this node any more; registering again");
-                    if let Err(e) = self.register().await {
-                        tracing::error!("{e}");
-                        backoff.wait("registering again").await;
-                    }
+                    tracing::error!(
+                        "the server does not know this node (id {}); restart the node to register again",
+                        self.id
+                    );
+                    backoff.wait("claiming work").await;
                 }
                 Err(e) => backoff.wait(&format!("claiming work: {e}")).await,
             }
@@ -176,7 +245,11 @@ impl Node {
     }
 
     async fn run_job(&self, a: Assignment) {
-        let work = &self.config.work_dir;
+        let Some((dir, slot_log)) = lock(&self.free_dirs).pop() else {
+            // More jobs than slots cannot happen: each job holds a slot's permit.
+            tracing::error!("run {}: no free job directory; left to expire", a.run_id);
+            return;
+        };
         let mut env = a.env.clone();
         env.insert("LWR_SERVER".into(), self.config.server.clone());
         env.insert("LWR_JOB_ID".into(), a.job_id.to_string());
@@ -188,20 +261,37 @@ impl Node {
             run_id: a.run_id,
             command: a.command.clone(),
             env,
-            dir: exec::job_dir(work, a.run_id),
-            log: exec::log_path(work, a.run_id),
-            pid_file: work.join("pids").join(a.run_id.to_string()),
+            dir: dir.clone(),
+            log: slot_log.clone(),
             timeout: Duration::from_secs(a.timeout_secs.max(1)),
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         lock(&self.running).insert(a.run_id, stop_tx);
         tracing::debug!("run {} of {} started", a.run_id, a.job_name);
-        let dir = launch.dir.clone();
-        let result = exec::run(launch, stop_rx).await;
-        tracing::debug!("run {} of {} ended: {:?}", a.run_id, a.job_name, result.outcome);
+        let result = exec::run(launch, stop_rx, |pgid| self.journal.started(a.run_id, pgid)).await;
+        tracing::debug!(
+            "run {} of {} ended: {:?}",
+            a.run_id,
+            a.job_name,
+            result.outcome
+        );
+        // A log with something in it becomes the run's; an empty one stays for the next job.
+        if std::fs::metadata(&slot_log).is_ok_and(|m| m.len() > 0) {
+            let kept = exec::log_path(&self.config.work_dir, a.run_id);
+            if let Err(e) = std::fs::rename(&slot_log, &kept) {
+                tracing::warn!(
+                    "run {}: cannot keep its log as {}: {e}",
+                    a.run_id,
+                    kept.display()
+                );
+            }
+        }
         self.reporter.submit(result);
         lock(&self.running).remove(&a.run_id);
-        let _ = tokio::fs::remove_dir_all(dir).await;
+        if let Err(e) = exec::fresh_dir(&dir) {
+            tracing::warn!("cannot empty job dir {}: {e}", dir.display());
+        }
+        lock(&self.free_dirs).push((dir, slot_log));
     }
 
     /// Renews the leases of running jobs and stops those the server gave up on.
@@ -210,12 +300,15 @@ impl Node {
             let every = Duration::from_secs((self.lease_secs.load(Ordering::Relaxed) / 3).max(1));
             tokio::time::sleep(every).await;
             let runs: Vec<i64> = lock(&self.running).keys().copied().collect();
-            match self.client.heartbeat(self.id(), &Heartbeat { runs }).await {
+            match self.client.heartbeat(self.id, &Heartbeat { runs }).await {
                 Ok(resp) => {
-                    self.lease_secs.store(resp.lease_secs.max(1), Ordering::Relaxed);
+                    self.lease_secs
+                        .store(resp.lease_secs.max(1), Ordering::Relaxed);
                     for run in resp.abandon {
                         if let Some(stop) = lock(&self.running).remove(&run) {
-                            tracing::warn!("run {run}: the server no longer holds it for this node; stopping it");
+                            tracing::warn!(
+                                "run {run}: the server no longer holds it for this node; stopping it"
+                            );
                             let _ = stop.send(Stop::Abandoned);
                         }
                     }
@@ -239,7 +332,10 @@ struct Backoff {
 
 impl Backoff {
     fn new() -> Backoff {
-        Backoff { delay: Duration::from_millis(100), warned: false }
+        Backoff {
+            delay: Duration::from_millis(100),
+            warned: false,
+        }
     }
 
     fn reset(&mut self) {

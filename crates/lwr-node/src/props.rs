@@ -9,7 +9,9 @@ pub fn discover(tags: BTreeMap<String, String>) -> NodeProperties {
         os: std::env::consts::OS.to_string(),
         arch: std::env::consts::ARCH.to_string(),
         hostname: hostname(),
-        cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
         memory_mb: memory_mb().unwrap_or(0),
         tags,
     }

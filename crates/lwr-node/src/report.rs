@@ -1,32 +1,51 @@
-//! Reporting results: each result is on disk before it is sent, and is sent (log first,
-//! then the result, in batches) until the server takes it.
+//! Reporting results. Each result is in the journal before it is sent, and is sent until the
+//! server takes it: log first, then the result.
+//!
+//! Results wait in an outbox. The claim loop takes them along with its next claim (a job just
+//! ended, so a slot is free and a claim follows at once), which saves a request per job. If a
+//! claim is already in flight (it may be held open for a while), the reporting task sends
+//! them on their own instead, so no result waits for a long poll to end.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lwr_client::{Client, ClientError};
-use lwr_model::api::{Outcome, ReportResults, RunResult};
-use tokio::sync::{Notify, mpsc};
+use lwr_model::api::{ReportResults, ResultAck, RunResult};
+use tokio::sync::Notify;
 
-use crate::{Backoff, exec};
+use crate::journal::Journal;
+use crate::{Backoff, exec, lock};
 
-/// Most results sent in one report.
+/// Most results sent in one request.
 const MAX_BATCH: usize = 500;
 
+#[derive(Clone)]
 pub(crate) struct Reporter {
-    tx: mpsc::UnboundedSender<RunResult>,
     shared: Arc<Shared>,
 }
 
 struct Shared {
     client: Client,
+    journal: Arc<Journal>,
     work_dir: PathBuf,
-    node: AtomicI64,
+    node: i64,
+    outbox: Mutex<Outbox>,
+    /// Wakes the reporting task when it should send the outbox itself.
+    send_now: Notify,
     /// Results not yet taken by the server.
     pending: AtomicUsize,
     drained: Notify,
+}
+
+#[derive(Default)]
+struct Outbox {
+    results: Vec<Pending>,
+    /// A claim is in flight: results arriving now go out on their own.
+    claiming: bool,
+    /// No claim will follow (the node is stopping): everything goes out on its own.
+    direct: bool,
 }
 
 struct Pending {
@@ -35,42 +54,103 @@ struct Pending {
 }
 
 impl Reporter {
-    /// Starts the reporting task, first queueing what a previous life of the node left:
-    /// results not yet reported, and runs that were going when it stopped.
-    pub(crate) fn start(client: Client, work_dir: PathBuf) -> std::io::Result<Reporter> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            client,
-            work_dir,
-            node: AtomicI64::new(0),
-            pending: AtomicUsize::new(0),
-            drained: Notify::new(),
-        });
-        let reporter = Reporter { tx, shared: shared.clone() };
-        for result in recover(&shared.work_dir)? {
-            shared.pending.fetch_add(1, Ordering::SeqCst);
-            let _ = reporter.tx.send(result);
+    /// Starts reporting for the registered node `node`, beginning with `unreported`: results
+    /// a previous life of the node left.
+    pub(crate) fn start(
+        client: Client,
+        journal: Arc<Journal>,
+        work_dir: PathBuf,
+        node: i64,
+        unreported: Vec<RunResult>,
+    ) -> Reporter {
+        let reporter = Reporter {
+            shared: Arc::new(Shared {
+                client,
+                journal,
+                work_dir,
+                node,
+                outbox: Mutex::new(Outbox::default()),
+                send_now: Notify::new(),
+                pending: AtomicUsize::new(0),
+                drained: Notify::new(),
+            }),
+        };
+        if !unreported.is_empty() {
+            tracing::info!(
+                "{} results from before the node restarted will be reported",
+                unreported.len()
+            );
         }
-        tokio::spawn(shared.run(rx));
-        Ok(reporter)
+        for result in unreported {
+            reporter.queue(result);
+        }
+        tokio::spawn(reporter.shared.clone().run());
+        reporter
     }
 
-    pub(crate) fn set_node(&self, id: i64) {
-        self.shared.node.store(id, Ordering::SeqCst);
-    }
-
-    /// Keeps a result on disk and queues it for reporting.
+    /// Records a result in the journal and queues it for reporting.
     pub(crate) fn submit(&self, result: RunResult) {
-        if let Err(e) = save(&self.shared.work_dir, &result) {
-            tracing::error!("run {}: cannot keep the result on disk ({e}); reporting it anyway", result.run_id);
-        }
-        self.shared.pending.fetch_add(1, Ordering::SeqCst);
-        let _ = self.tx.send(result);
+        self.shared.journal.ended(&result);
+        self.queue(result);
     }
 
-    /// Waits until every queued result is reported, or `limit` passes (what is left stays
-    /// on disk for the node's next start).
+    fn queue(&self, result: RunResult) {
+        self.shared.pending.fetch_add(1, Ordering::SeqCst);
+        let mut outbox = lock(&self.shared.outbox);
+        outbox.results.push(Pending {
+            result,
+            log_sent: false,
+        });
+        if outbox.claiming || outbox.direct {
+            self.shared.send_now.notify_one();
+        }
+    }
+
+    /// Called by the claim loop before it claims: takes the waiting results, with their logs
+    /// uploaded, to send with the claim. Until [`Reporter::end_claim`], new results go out on
+    /// their own.
+    pub(crate) async fn begin_claim(&self) -> Result<Vec<RunResult>, ClientError> {
+        let mut taken = {
+            let mut outbox = lock(&self.shared.outbox);
+            outbox.claiming = true;
+            let n = outbox.results.len().min(MAX_BATCH);
+            outbox.results.drain(..n).collect::<Vec<_>>()
+        };
+        if let Err(e) = self.shared.upload_logs(&mut taken).await {
+            self.put_back(taken);
+            return Err(e);
+        }
+        Ok(taken.into_iter().map(|p| p.result).collect())
+    }
+
+    /// Called by the claim loop when its claim is answered (`acks`) or failed (`None`: the
+    /// results go back to the outbox and are sent again; a repeated result is harmless).
+    pub(crate) fn end_claim(&self, sent: Vec<RunResult>, acks: Option<&[ResultAck]>) {
+        match acks {
+            Some(acks) => self.shared.acked(acks),
+            None => self.put_back(
+                sent.into_iter()
+                    .map(|result| Pending {
+                        result,
+                        log_sent: true,
+                    })
+                    .collect(),
+            ),
+        }
+        lock(&self.shared.outbox).claiming = false;
+    }
+
+    fn put_back(&self, results: Vec<Pending>) {
+        let mut outbox = lock(&self.shared.outbox);
+        outbox.claiming = false;
+        outbox.results.splice(0..0, results);
+    }
+
+    /// Sends everything still waiting and waits until the server took it, or `limit` passes
+    /// (what is left stays in the journal for the node's next start).
     pub(crate) async fn flush(&self, limit: Duration) {
+        lock(&self.shared.outbox).direct = true;
+        self.shared.send_now.notify_one();
         let wait = async {
             loop {
                 // Register interest before looking, so a drain in between is not missed.
@@ -85,7 +165,7 @@ impl Reporter {
         };
         if tokio::time::timeout(limit, wait).await.is_err() {
             tracing::warn!(
-                "{} results not reported yet; they stay on disk for the next start",
+                "{} results not reported yet; they stay in the journal for the next start",
                 self.shared.pending.load(Ordering::SeqCst)
             );
         }
@@ -93,40 +173,62 @@ impl Reporter {
 }
 
 impl Shared {
-    async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<RunResult>) {
-        let mut batch: Vec<Pending> = Vec::new();
+    /// The reporting task: sends the outbox whenever no claim will carry it.
+    async fn run(self: Arc<Self>) {
         let mut backoff = Backoff::new();
         loop {
-            if batch.is_empty() {
-                match rx.recv().await {
-                    Some(result) => batch.push(Pending { result, log_sent: false }),
-                    None => return,
+            self.send_now.notified().await;
+            loop {
+                let mut batch = {
+                    let mut outbox = lock(&self.outbox);
+                    if !(outbox.claiming || outbox.direct) || outbox.results.is_empty() {
+                        break;
+                    }
+                    let n = outbox.results.len().min(MAX_BATCH);
+                    outbox.results.drain(..n).collect::<Vec<_>>()
+                };
+                // Until the server answers, this batch is ours: retry it, adding nothing.
+                loop {
+                    match self.send(&mut batch).await {
+                        Ok(()) => {
+                            backoff.reset();
+                            break;
+                        }
+                        Err(e) => {
+                            backoff
+                                .wait(&format!("reporting {} results: {e}", batch.len()))
+                                .await
+                        }
+                    }
                 }
-            }
-            // Whatever piled up while the last report was in flight goes in this one.
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(result) => batch.push(Pending { result, log_sent: false }),
-                    Err(_) => break,
-                }
-            }
-            match self.send(&mut batch).await {
-                Ok(()) => backoff.reset(),
-                Err(e) => backoff.wait(&format!("reporting {} results: {e}", batch.len())).await,
             }
         }
     }
 
-    async fn send(&self, batch: &mut Vec<Pending>) -> Result<(), ClientError> {
-        let node = self.node.load(Ordering::SeqCst);
+    async fn send(&self, batch: &mut [Pending]) -> Result<(), ClientError> {
+        self.upload_logs(batch).await?;
+        let report = ReportResults {
+            results: batch.iter().map(|p| p.result.clone()).collect(),
+        };
+        let ack = self.client.report(self.node, &report).await?;
+        self.acked(&ack.acks);
+        Ok(())
+    }
+
+    /// Uploads the logs of finished runs that have one and have not sent it yet.
+    async fn upload_logs(&self, batch: &mut [Pending]) -> Result<(), ClientError> {
         for p in batch.iter_mut().filter(|p| !p.log_sent) {
             let log = exec::log_path(&self.work_dir, p.result.run_id);
             let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
             if size > 0 {
-                match self.client.upload_log(p.result.run_id, node, &log).await {
+                match self
+                    .client
+                    .upload_log(p.result.run_id, self.node, &log)
+                    .await
+                {
                     Ok(()) => {}
                     // The server will not take it (not our run any more, too large): the
-                    // result report below says what the server thinks of the run.
+                    // result report says what the server thinks of the run.
                     Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
                         tracing::warn!("run {}: log not stored: {e}", p.result.run_id);
                     }
@@ -135,75 +237,25 @@ impl Shared {
             }
             p.log_sent = true;
         }
-        let report = ReportResults { results: batch.iter().map(|p| p.result.clone()).collect() };
-        let ack = self.client.report(node, &report).await?;
-        for a in ack.acks {
+        Ok(())
+    }
+
+    fn acked(&self, acks: &[ResultAck]) {
+        let mut done = Vec::with_capacity(acks.len());
+        for a in acks {
             if !a.recorded {
                 tracing::warn!(
                     "run {}: result not recorded: {}",
                     a.run_id,
-                    a.note.unwrap_or_else(|| "refused".into())
+                    a.note.as_deref().unwrap_or("refused")
                 );
             }
-            let _ = std::fs::remove_file(result_path(&self.work_dir, a.run_id));
+            done.push(a.run_id);
         }
-        let n = batch.len();
-        batch.clear();
-        if self.pending.fetch_sub(n, Ordering::SeqCst) == n {
+        self.journal.reported(&done);
+        let n = done.len();
+        if n > 0 && self.pending.fetch_sub(n, Ordering::SeqCst) == n {
             self.drained.notify_waiters();
         }
-        Ok(())
     }
-}
-
-fn result_path(work_dir: &Path, run_id: i64) -> PathBuf {
-    work_dir.join("results").join(format!("{run_id}.json"))
-}
-
-fn save(work_dir: &Path, result: &RunResult) -> std::io::Result<()> {
-    let path = result_path(work_dir, result.run_id);
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(result).map_err(std::io::Error::other)?)?;
-    std::fs::rename(tmp, path)
-}
-
-/// Results left by a previous life of the node, plus an `exception` for each run that was
-/// still going when it stopped (its process group is killed: the server retries the job).
-fn recover(work_dir: &Path) -> std::io::Result<Vec<RunResult>> {
-    let mut results = Vec::new();
-    for entry in std::fs::read_dir(work_dir.join("results"))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "json") {
-            match std::fs::read(&path).map(|b| serde_json::from_slice::<RunResult>(&b)) {
-                Ok(Ok(result)) => results.push(result),
-                _ => {
-                    tracing::warn!("dropping unreadable result file {}", path.display());
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-        }
-    }
-    for entry in std::fs::read_dir(work_dir.join("pids"))? {
-        let path = entry?.path();
-        let Some(run_id) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<i64>().ok())
-        else {
-            continue;
-        };
-        exec::kill_leftover(&path);
-        if results.iter().any(|r| r.run_id == run_id) {
-            continue;
-        }
-        let result = RunResult {
-            run_id,
-            outcome: Outcome::Exception,
-            exit_code: None,
-            reason: Some("the node restarted while the job ran".into()),
-        };
-        save(work_dir, &result)?;
-        results.push(result);
-    }
-    if !results.is_empty() {
-        tracing::info!("{} results from before the node restarted will be reported", results.len());
-    }
-    Ok(results)
 }

@@ -65,7 +65,10 @@ where
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/openapi.json")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see /v1/openapi.json",
+    )
 }
 
 #[utoipa::path(get, path = "/v1/health", responses((status = 200, body = Health)))]
@@ -78,7 +81,11 @@ async fn health(State(state): Shared) -> Json<Health> {
 }
 
 async fn openapi_json() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], openapi_string()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi_string(),
+    )
+        .into_response()
 }
 
 #[utoipa::path(
@@ -114,7 +121,10 @@ async fn get_graph(
     Path(id): Path<i64>,
     Query(q): Query<GraphWait>,
 ) -> ApiResult<Json<GraphInfo>> {
-    let info = state.queue.graph(id, q.after, Duration::from_millis(q.wait_ms)).await?;
+    let info = state
+        .queue
+        .graph(id, q.after, Duration::from_millis(q.wait_ms))
+        .await?;
     Ok(Json(info))
 }
 
@@ -128,7 +138,9 @@ pub struct JobFilter {
     get, path = "/v1/jobs", params(JobFilter), responses((status = 200, body = JobList))
 )]
 async fn list_jobs(State(state): Shared, Query(q): Query<JobFilter>) -> ApiResult<Json<JobList>> {
-    Ok(Json(JobList { jobs: state.queue.store().jobs(q.graph).await? }))
+    Ok(Json(JobList {
+        jobs: state.queue.store().jobs(q.graph).await?,
+    }))
 }
 
 #[utoipa::path(
@@ -186,7 +198,10 @@ async fn get_log(
     if run.state == RunState::Running {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("run {} of job {id} is still running; its log stays on node {} until it ends", run.number, run.node),
+            format!(
+                "run {} of job {id} is still running; its log stays on node {} until it ends",
+                run.number, run.node
+            ),
         ));
     }
     let bytes = logs::read(&state.config.data_dir, run.id).await?;
@@ -202,10 +217,18 @@ async fn register_node(
     ApiJson(reg): ApiJson<RegisterNode>,
 ) -> ApiResult<Json<NodeInfo>> {
     if reg.name.trim().is_empty() || reg.name.len() > 200 {
-        return Err(ApiError::field(StatusCode::BAD_REQUEST, "name", "node name must be 1 to 200 characters"));
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "name",
+            "node name must be 1 to 200 characters",
+        ));
     }
     if reg.slots == 0 {
-        return Err(ApiError::field(StatusCode::BAD_REQUEST, "slots", "a node needs at least one slot"));
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "slots",
+            "a node needs at least one slot",
+        ));
     }
     let now = lwr_store::now_ms();
     let id = state.queue.store().register_node(&reg, now).await?;
@@ -216,13 +239,20 @@ async fn register_node(
         .await?
         .into_iter()
         .find(|n| n.id == id)
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "node vanished after registering"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "node vanished after registering",
+            )
+        })?;
     Ok(Json(node))
 }
 
 #[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = NodeList)))]
 async fn list_nodes(State(state): Shared) -> ApiResult<Json<NodeList>> {
-    Ok(Json(NodeList { nodes: state.queue.store().nodes(lwr_store::now_ms()).await? }))
+    Ok(Json(NodeList {
+        nodes: state.queue.store().nodes(lwr_store::now_ms()).await?,
+    }))
 }
 
 #[utoipa::path(
@@ -237,9 +267,15 @@ async fn claim(
     Path(node): Path<i64>,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> ApiResult<Json<ClaimResponse>> {
-    let assignments =
-        state.queue.claim(node, req.max.min(256), Duration::from_millis(req.wait_ms)).await?;
-    Ok(Json(ClaimResponse { assignments }))
+    let wait = Duration::from_millis(req.wait_ms);
+    let claimed = state
+        .queue
+        .claim(node, req.max.min(256), &req.results, wait)
+        .await?;
+    Ok(Json(ClaimResponse {
+        assignments: claimed.assignments,
+        acks: claimed.acks,
+    }))
 }
 
 #[utoipa::path(
@@ -252,7 +288,10 @@ async fn heartbeat(
     ApiJson(hb): ApiJson<Heartbeat>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
     let abandon = state.queue.heartbeat(node, &hb.runs).await?;
-    Ok(Json(HeartbeatResponse { lease_secs: state.queue.lease().as_secs(), abandon }))
+    Ok(Json(HeartbeatResponse {
+        lease_secs: state.queue.lease().as_secs(),
+        abandon,
+    }))
 }
 
 #[utoipa::path(
@@ -264,7 +303,9 @@ async fn report_results(
     Path(node): Path<i64>,
     ApiJson(rep): ApiJson<ReportResults>,
 ) -> ApiResult<Json<ReportAck>> {
-    Ok(Json(ReportAck { acks: state.queue.report(node, &rep.results).await? }))
+    Ok(Json(ReportAck {
+        acks: state.queue.report(node, &rep.results).await?,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -289,29 +330,82 @@ async fn upload_log(
 ) -> ApiResult<StatusCode> {
     let store = state.queue.store();
     match store.run_owner(run).await? {
-        None => return Err(ApiError::new(StatusCode::NOT_FOUND, format!("run {run} not found"))),
+        None => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("run {run} not found"),
+            ));
+        }
         Some((owner, _)) if owner != q.node => {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, format!("run {run} belongs to another node")));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("run {run} belongs to another node"),
+            ));
         }
         Some(_) => {}
     }
-    let size = logs::store(&state.config.data_dir, run, body, state.config.max_log_bytes).await?;
+    let size = logs::store(
+        &state.config.data_dir,
+        run,
+        body,
+        state.config.max_log_bytes,
+    )
+    .await?;
     store.set_log_size(run, size).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "lwr", description = "The lwr server's v1 API: graphs, jobs, runs and nodes."),
+    info(
+        title = "lwr",
+        description = "The lwr server's v1 API: graphs, jobs, runs and nodes."
+    ),
     paths(
-        health, submit_graph, get_graph, get_job_by_name, list_jobs, get_job, get_log,
-        register_node, list_nodes, claim, heartbeat, report_results, upload_log
+        health,
+        submit_graph,
+        get_graph,
+        get_job_by_name,
+        list_jobs,
+        get_job,
+        get_log,
+        register_node,
+        list_nodes,
+        claim,
+        heartbeat,
+        report_results,
+        upload_log
     ),
     components(schemas(
-        ErrorBody, SubmitGraph, Graph, JobSpec, ArtifactDecl, Requirements, GraphInfo, StateCounts,
-        JobInfo, JobList, JobDetail, RunInfo, JobState, RunState, RegisterNode, NodeProperties,
-        NodeInfo, NodeList, ClaimRequest, ClaimResponse, Assignment, Heartbeat, HeartbeatResponse,
-        Outcome, RunResult, ReportResults, ResultAck, ReportAck, Health
+        ErrorBody,
+        SubmitGraph,
+        Graph,
+        JobSpec,
+        ArtifactDecl,
+        Requirements,
+        GraphInfo,
+        StateCounts,
+        JobInfo,
+        JobList,
+        JobDetail,
+        RunInfo,
+        JobState,
+        RunState,
+        RegisterNode,
+        NodeProperties,
+        NodeInfo,
+        NodeList,
+        ClaimRequest,
+        ClaimResponse,
+        Assignment,
+        Heartbeat,
+        HeartbeatResponse,
+        Outcome,
+        RunResult,
+        ReportResults,
+        ResultAck,
+        ReportAck,
+        Health
     ))
 )]
 struct ApiDoc;
@@ -326,7 +420,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The OpenAPI document as the server serves it and the repository keeps it.
 pub fn openapi_string() -> String {
-    let mut text = openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let mut text = openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     text.push('\n');
     text
 }

@@ -14,11 +14,23 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
-        ApiError { status, body: ErrorBody { error: error.into(), field: None } }
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: error.into(),
+                field: None,
+            },
+        }
     }
 
     pub fn field(status: StatusCode, field: &str, error: impl Into<String>) -> ApiError {
-        ApiError { status, body: ErrorBody { error: error.into(), field: Some(field.into()) } }
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: error.into(),
+                field: Some(field.into()),
+            },
+        }
     }
 
     pub fn bad_request(error: impl Into<String>) -> ApiError {

@@ -35,7 +35,11 @@ pub struct Config {
 
 impl Config {
     pub fn new(data_dir: PathBuf) -> Config {
-        Config { data_dir, lease: Duration::from_secs(30), max_log_bytes: 1 << 30 }
+        Config {
+            data_dir,
+            lease: Duration::from_secs(30),
+            max_log_bytes: 1 << 30,
+        }
     }
 }
 
@@ -72,11 +76,18 @@ pub async fn bind(
     store: Store,
     config: Config,
 ) -> Result<(SocketAddr, impl Future<Output = Result<(), ServerError>>), ServerError> {
-    std::fs::create_dir_all(config.data_dir.join("logs"))
-        .map_err(|source| ServerError::DataDir { dir: config.data_dir.clone(), source })?;
-    let listener =
-        TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { addr, source })?;
-    let local = listener.local_addr().map_err(|source| ServerError::Listen { addr, source })?;
+    std::fs::create_dir_all(config.data_dir.join("logs")).map_err(|source| {
+        ServerError::DataDir {
+            dir: config.data_dir.clone(),
+            source,
+        }
+    })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen { addr, source })?;
     let queue = Queue::new(store, config.lease);
     queue.on_start().await?;
     let state = Arc::new(AppState { queue, config });

@@ -25,13 +25,17 @@ pub(crate) async fn store(
     let tmp = final_path.with_extension("part");
     let io_err = |e: std::io::Error| {
         tracing::error!("writing log of run {run_id}: {e}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store log: {e}"))
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot store log: {e}"),
+        )
     };
     let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err)?;
     let mut size = 0u64;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("log upload broke off: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("log upload broke off: {e}")))?;
         size += chunk.len() as u64;
         if size > limit {
             drop(file);
@@ -53,6 +57,9 @@ pub(crate) async fn read(data_dir: &Path, run_id: i64) -> Result<Vec<u8>, ApiErr
     match tokio::fs::read(path(data_dir, run_id)).await {
         Ok(bytes) => Ok(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read log: {e}"))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot read log: {e}"),
+        )),
     }
 }

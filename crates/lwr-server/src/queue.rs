@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lwr_model::api::{Assignment, GraphInfo, ResultAck, RunResult, SubmitGraph};
-use lwr_store::{Effects, Store, StoreError, now_ms};
+use lwr_model::api::{GraphInfo, ResultAck, RunResult, SubmitGraph};
+use lwr_store::{Claimed, Effects, Store, StoreError, now_ms};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
@@ -31,7 +31,12 @@ impl Queue {
         // holding a counter from before a restart still sees the next change.
         let (changes, _) = watch::channel(now_ms() * 1000);
         let (ready, _) = watch::channel(0);
-        Queue { store, lease, ready, changes }
+        Queue {
+            store,
+            lease,
+            ready,
+            changes,
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -63,7 +68,10 @@ impl Queue {
 
     pub async fn submit(&self, sub: &SubmitGraph) -> Result<GraphInfo, StoreError> {
         let id = self.store.submit_graph(sub, now_ms()).await?;
-        self.wake(Effects { ready: true, changed: true });
+        self.wake(Effects {
+            ready: true,
+            changed: true,
+        });
         self.graph(id, None, Duration::ZERO).await
     }
 
@@ -88,34 +96,55 @@ impl Queue {
         Ok(info)
     }
 
-    /// Claims up to `max` jobs for a node, waiting up to `wait` for one to become ready.
+    /// Records the results a node sends along, then claims up to `max` jobs for it, waiting
+    /// up to `wait` for one to become ready.
     pub async fn claim(
         &self,
         node_id: i64,
         max: u32,
+        results: &[RunResult],
         wait: Duration,
-    ) -> Result<Vec<Assignment>, StoreError> {
+    ) -> Result<Claimed, StoreError> {
         let deadline = Instant::now() + wait.min(MAX_WAIT);
         let mut rx = self.ready.subscribe();
+        let mut results = results;
+        let mut acks = Vec::new();
         loop {
             // Mark the counter seen before looking, so a job made ready while we look
             // wakes us instead of being missed.
             rx.borrow_and_update();
-            let (assignments, effects) =
-                self.store.claim(node_id, max.max(1), now_ms(), self.lease_ms()).await?;
-            self.wake(effects);
-            if !assignments.is_empty() {
-                return Ok(assignments);
+            let claimed = self
+                .store
+                .claim(node_id, max, results, now_ms(), self.lease_ms())
+                .await?;
+            self.wake(claimed.effects);
+            if !results.is_empty() {
+                acks = claimed.acks;
+                results = &[];
+            }
+            if !claimed.assignments.is_empty() || max == 0 {
+                return Ok(Claimed {
+                    assignments: claimed.assignments,
+                    acks,
+                    effects: claimed.effects,
+                });
             }
             match timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => return Ok(Vec::new()),
+                _ => {
+                    return Ok(Claimed {
+                        acks,
+                        ..Claimed::default()
+                    });
+                }
             }
         }
     }
 
     pub async fn heartbeat(&self, node_id: i64, runs: &[i64]) -> Result<Vec<i64>, StoreError> {
-        self.store.heartbeat(node_id, runs, now_ms(), self.lease_ms()).await
+        self.store
+            .heartbeat(node_id, runs, now_ms(), self.lease_ms())
+            .await
     }
 
     pub async fn report(

@@ -30,7 +30,15 @@ fn every_route_is_documented_under_v1() {
     let doc = lwr_server::api::openapi();
     let paths: Vec<&String> = doc.paths.paths.keys().collect();
     assert!(paths.iter().all(|p| p.starts_with("/v1/")), "{paths:?}");
-    for needed in ["/v1/graphs", "/v1/jobs", "/v1/nodes/{id}/claim", "/v1/jobs/{id}/log"] {
-        assert!(paths.iter().any(|p| *p == needed), "{needed} missing from {paths:?}");
+    for needed in [
+        "/v1/graphs",
+        "/v1/jobs",
+        "/v1/nodes/{id}/claim",
+        "/v1/jobs/{id}/log",
+    ] {
+        assert!(
+            paths.iter().any(|p| *p == needed),
+            "{needed} missing from {paths:?}"
+        );
     }
 }

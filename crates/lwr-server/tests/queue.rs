@@ -13,8 +13,15 @@ async fn queue() -> (Queue, i64, tempfile::TempDir) {
     let store = Store::open(&format!("sqlite://{}", dir.path().join("lwr.db").display()))
         .await
         .unwrap();
-    let reg = RegisterNode { name: "n".into(), properties: NodeProperties::default(), slots: 1 };
-    let node = store.register_node(&reg, lwr_store::now_ms()).await.unwrap();
+    let reg = RegisterNode {
+        name: "n".into(),
+        properties: NodeProperties::default(),
+        slots: 1,
+    };
+    let node = store
+        .register_node(&reg, lwr_store::now_ms())
+        .await
+        .unwrap();
     (Queue::new(store, Duration::from_secs(30)), node, dir)
 }
 
@@ -32,7 +39,12 @@ fn graph(names: &[(&str, &[&str])]) -> SubmitGraph {
             env: BTreeMap::new(),
         })
         .collect();
-    SubmitGraph { repository: None, branch: None, revision: None, graph: Graph { jobs } }
+    SubmitGraph {
+        repository: None,
+        branch: None,
+        revision: None,
+        graph: Graph { jobs },
+    }
 }
 
 #[tokio::test]
@@ -43,26 +55,50 @@ async fn a_waiting_claim_wakes_when_a_job_becomes_ready() {
         let queue = queue.clone();
         tokio::spawn(async move {
             let start = Instant::now();
-            let got = queue.claim(node, 1, Duration::from_secs(30)).await.unwrap();
+            let got = queue
+                .claim(node, 1, &[], Duration::from_secs(30))
+                .await
+                .unwrap()
+                .assignments;
             (got, start.elapsed())
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!waiting.is_finished(), "nothing to claim yet, so the claim waits");
-    queue.submit(&graph(&[("a", &[]), ("b", &["a"])])).await.unwrap();
+    assert!(
+        !waiting.is_finished(),
+        "nothing to claim yet, so the claim waits"
+    );
+    queue
+        .submit(&graph(&[("a", &[]), ("b", &["a"])]))
+        .await
+        .unwrap();
     let (got, waited) = waiting.await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].job_name, "a");
-    assert!(waited < Duration::from_secs(30), "woken by the submission, not the timeout");
+    assert!(
+        waited < Duration::from_secs(30),
+        "woken by the submission, not the timeout"
+    );
 
     // b becomes ready when a succeeds: a claim waiting for it wakes too.
     let waiting = {
         let queue = queue.clone();
-        tokio::spawn(async move { queue.claim(node, 1, Duration::from_secs(30)).await.unwrap() })
+        tokio::spawn(async move {
+            queue
+                .claim(node, 1, &[], Duration::from_secs(30))
+                .await
+                .unwrap()
+                .assignments
+        })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiting.is_finished());
-    let result = RunResult { run_id: got[0].run_id, outcome: Outcome::Succeeded, exit_code: Some(0), reason: None };
+    let result = RunResult {
+        run_id: got[0].run_id,
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+    };
     queue.report(node, &[result]).await.unwrap();
     let got = waiting.await.unwrap();
     assert_eq!(got[0].job_name, "b");
@@ -71,7 +107,11 @@ async fn a_waiting_claim_wakes_when_a_job_becomes_ready() {
 #[tokio::test]
 async fn a_claim_with_nothing_to_do_returns_empty_after_its_wait() {
     let (queue, node, _dir) = queue().await;
-    let got = queue.claim(node, 4, Duration::from_millis(50)).await.unwrap();
+    let got = queue
+        .claim(node, 4, &[], Duration::from_millis(50))
+        .await
+        .unwrap()
+        .assignments;
     assert!(got.is_empty());
 }
 
@@ -84,15 +124,62 @@ async fn a_graph_wait_answers_on_the_next_change() {
     let waiter = {
         let queue = queue.clone();
         let (id, seq) = (info.id, info.seq);
-        tokio::spawn(async move { queue.graph(id, Some(seq), Duration::from_secs(30)).await.unwrap() })
+        tokio::spawn(async move {
+            queue
+                .graph(id, Some(seq), Duration::from_secs(30))
+                .await
+                .unwrap()
+        })
     };
-    let got = queue.claim(node, 1, Duration::ZERO).await.unwrap();
+    let got = queue
+        .claim(node, 1, &[], Duration::ZERO)
+        .await
+        .unwrap()
+        .assignments;
     let running = waiter.await.unwrap();
     assert!(running.seq > info.seq);
     assert_eq!(running.counts.running, 1);
-    let result = RunResult { run_id: got[0].run_id, outcome: Outcome::Succeeded, exit_code: Some(0), reason: None };
+    let result = RunResult {
+        run_id: got[0].run_id,
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+    };
     queue.report(node, &[result]).await.unwrap();
-    let done = queue.graph(info.id, Some(running.seq), Duration::from_secs(30)).await.unwrap();
+    let done = queue
+        .graph(info.id, Some(running.seq), Duration::from_secs(30))
+        .await
+        .unwrap();
     assert!(done.finished);
     assert_eq!(done.counts.succeeded, 1);
+}
+
+#[tokio::test]
+async fn results_sent_with_a_claim_are_recorded_and_release_dependents() {
+    let (queue, node, _dir) = queue().await;
+    queue
+        .submit(&graph(&[("a", &[]), ("b", &["a"])]))
+        .await
+        .unwrap();
+    let a = queue
+        .claim(node, 1, &[], Duration::ZERO)
+        .await
+        .unwrap()
+        .assignments;
+    let done = RunResult {
+        run_id: a[0].run_id,
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+    };
+    let claimed = queue
+        .claim(node, 1, &[done], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.acks.len(), 1);
+    assert!(claimed.acks[0].recorded);
+    assert_eq!(
+        claimed.assignments[0].job_name, "b",
+        "a's success made b ready in the same claim"
+    );
 }

@@ -62,7 +62,8 @@ impl Store {
         for job in &sub.graph.jobs {
             for need in &job.needs {
                 // validate() guarantees every need names a job of this graph.
-                let (Some(job_id), Some(need_id)) = (ids.get(job.name.as_str()), ids.get(need.as_str()))
+                let (Some(job_id), Some(need_id)) =
+                    (ids.get(job.name.as_str()), ids.get(need.as_str()))
                 else {
                     continue;
                 };
@@ -87,7 +88,10 @@ impl Store {
         .fetch_optional(&self.read)
         .await
         .op("reading graph")?
-        .ok_or_else(|| StoreError::NotFound { what: "graph", id: id.to_string() })?;
+        .ok_or_else(|| StoreError::NotFound {
+            what: "graph",
+            id: id.to_string(),
+        })?;
         let counts = self.counts(Some(id)).await?;
         Ok(GraphInfo {
             id,
@@ -140,9 +144,11 @@ impl Store {
                 .await
             }
             None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id")))
-                    .fetch_all(&self.read)
-                    .await
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs ORDER BY id"
+                )))
+                .fetch_all(&self.read)
+                .await
             }
         }
         .op("listing jobs")?;
@@ -157,7 +163,10 @@ impl Store {
             .fetch_optional(&self.read)
             .await
             .op("finding job by name")?
-            .ok_or_else(|| StoreError::NotFound { what: "job", id: format!("{graph_id}/{name}") })?;
+            .ok_or_else(|| StoreError::NotFound {
+                what: "job",
+                id: format!("{graph_id}/{name}"),
+            })?;
         col(&row, "id")
     }
 
@@ -170,7 +179,10 @@ impl Store {
         .fetch_optional(&self.read)
         .await
         .op("reading job")?
-        .ok_or_else(|| StoreError::NotFound { what: "job", id: id.to_string() })?;
+        .ok_or_else(|| StoreError::NotFound {
+            what: "job",
+            id: id.to_string(),
+        })?;
         let info = job_info(&row)?;
         let spec: JobSpec = json(&col::<String>(&row, "spec")?, "job spec")?;
         let needs = sqlx::query("SELECT need_id FROM job_needs WHERE job_id = $1 ORDER BY need_id")
@@ -191,7 +203,12 @@ impl Store {
         .await
         .op("reading runs")?;
         let run_history = runs.iter().map(run_info).collect::<Result<Vec<_>>>()?;
-        Ok(JobDetail { info, spec, needs, run_history })
+        Ok(JobDetail {
+            info,
+            spec,
+            needs,
+            run_history,
+        })
     }
 }
 
@@ -212,8 +229,10 @@ fn run_info(row: &AnyRow) -> Result<RunInfo> {
     Ok(RunInfo {
         id: col(row, "id")?,
         number: u32_of(col(row, "number")?),
-        state: RunState::parse(&state)
-            .ok_or(StoreError::Corrupt { what: "run state", detail: state.clone() })?,
+        state: RunState::parse(&state).ok_or(StoreError::Corrupt {
+            what: "run state",
+            detail: state.clone(),
+        })?,
         node: col(row, "node")?,
         exit_code: col::<Option<i64>>(row, "exit_code")?.map(|c| c as i32),
         reason: col(row, "reason")?,
@@ -224,5 +243,8 @@ fn run_info(row: &AnyRow) -> Result<RunInfo> {
 }
 
 pub(crate) fn parse_job_state(s: &str) -> Result<JobState> {
-    JobState::parse(s).ok_or_else(|| StoreError::Corrupt { what: "job state", detail: s.to_string() })
+    JobState::parse(s).ok_or_else(|| StoreError::Corrupt {
+        what: "job state",
+        detail: s.to_string(),
+    })
 }

@@ -20,7 +20,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use error::StoreError;
 pub use migrate::SCHEMA_VERSION;
-pub use queue::Effects;
+pub use queue::{Claimed, Effects};
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -49,7 +49,9 @@ impl FromStr for Dialect {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Dialect::Postgres)
         } else {
-            Err(StoreError::BadUrl { url: url.to_string() })
+            Err(StoreError::BadUrl {
+                url: url.to_string(),
+            })
         }
     }
 }
@@ -63,6 +65,8 @@ pub struct Store {
     /// Reads; for SQLite in WAL mode they never block the writer.
     read: AnyPool,
     dialect: Dialect,
+    /// Node names and properties by id, read on every claim.
+    nodes: nodes::NodeCache,
 }
 
 impl Store {
@@ -91,23 +95,42 @@ impl Store {
         let (write, read) = match dialect {
             Dialect::Sqlite => {
                 let url = sqlite_create_url(url);
-                let write = connect(1).connect(&url).await.map_err(|source| {
-                    StoreError::Connect { url: url.clone(), source }
-                })?;
-                let read = connect(4).connect(&url).await.map_err(|source| {
-                    StoreError::Connect { url: url.clone(), source }
-                })?;
+                let write =
+                    connect(1)
+                        .connect(&url)
+                        .await
+                        .map_err(|source| StoreError::Connect {
+                            url: url.clone(),
+                            source,
+                        })?;
+                let read =
+                    connect(4)
+                        .connect(&url)
+                        .await
+                        .map_err(|source| StoreError::Connect {
+                            url: url.clone(),
+                            source,
+                        })?;
                 (write, read)
             }
             Dialect::Postgres => {
-                let pool = connect(16)
-                    .connect(url)
-                    .await
-                    .map_err(|source| StoreError::Connect { url: redact(url), source })?;
+                let pool =
+                    connect(16)
+                        .connect(url)
+                        .await
+                        .map_err(|source| StoreError::Connect {
+                            url: redact(url),
+                            source,
+                        })?;
                 (pool.clone(), pool)
             }
         };
-        let store = Store { write, read, dialect };
+        let store = Store {
+            write,
+            read,
+            dialect,
+            nodes: Default::default(),
+        };
         migrate::run(&store).await?;
         Ok(store)
     }
@@ -124,7 +147,11 @@ impl Store {
 
 /// SQLite creates the file only when asked to.
 fn sqlite_create_url(url: &str) -> String {
-    if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") }
+    if url.contains('?') {
+        url.to_string()
+    } else {
+        format!("{url}?mode=rwc")
+    }
 }
 
 /// Hides a password in a database URL before it goes into an error message.
@@ -159,8 +186,14 @@ mod tests {
 
     #[test]
     fn urls_pick_the_dialect() {
-        assert_eq!("sqlite:///tmp/x.db".parse::<Dialect>().unwrap(), Dialect::Sqlite);
-        assert_eq!("postgres://u@h/db".parse::<Dialect>().unwrap(), Dialect::Postgres);
+        assert_eq!(
+            "sqlite:///tmp/x.db".parse::<Dialect>().unwrap(),
+            Dialect::Sqlite
+        );
+        assert_eq!(
+            "postgres://u@h/db".parse::<Dialect>().unwrap(),
+            Dialect::Postgres
+        );
         assert!("mysql://h/db".parse::<Dialect>().is_err());
     }
 

@@ -35,13 +35,19 @@ pub(crate) async fn run(store: &Store) -> Result<()> {
         .try_get("v")
         .op("reading the schema version")?;
     if current > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew { found: current, supported: SCHEMA_VERSION });
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
     }
     for (version, sql) in steps.iter().filter(|(v, _)| *v > current) {
         sqlx::raw_sql(*sql)
             .execute(&mut *tx)
             .await
-            .map_err(|source| StoreError::Migrate { version: *version, source })?;
+            .map_err(|source| StoreError::Migrate {
+                version: *version,
+                source,
+            })?;
         sqlx::query("INSERT INTO lwr_schema (version) VALUES ($1)")
             .bind(*version)
             .execute(&mut *tx)

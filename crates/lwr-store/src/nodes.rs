@@ -1,11 +1,48 @@
 //! Node registration and listing.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use lwr_model::NodeProperties;
 use lwr_model::api::{NodeInfo, RegisterNode};
 
 use crate::error::Op;
 use crate::rows::{col, json, to_json, u32_of};
 use crate::{Result, Store, StoreError, rfc3339};
+
+/// How long a cached view of a node is trusted. Properties change only when a node
+/// registers again, which may go through another server sharing the database.
+const CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// A node's name and properties, as a claim needs them.
+#[derive(Debug)]
+pub struct KnownNode {
+    pub name: String,
+    pub properties: NodeProperties,
+}
+
+/// A cached node and when it was read.
+type Cached = (Instant, Arc<KnownNode>);
+
+/// Cached nodes by id, so a claim need not read them each time.
+#[derive(Clone, Default)]
+pub(crate) struct NodeCache(Arc<Mutex<HashMap<i64, Cached>>>);
+
+impl NodeCache {
+    fn get(&self, id: i64) -> Option<Arc<KnownNode>> {
+        let map = self.0.lock().ok()?;
+        map.get(&id)
+            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
+            .map(|(_, node)| node.clone())
+    }
+
+    fn put(&self, id: i64, node: Arc<KnownNode>) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(id, (Instant::now(), node));
+        }
+    }
+}
 
 /// A node that has not been heard from for this long is shown as `lost`.
 pub const LOST_AFTER_MS: i64 = 60_000;
@@ -28,26 +65,45 @@ impl Store {
         .fetch_one(&self.write)
         .await
         .op("registering node")?;
-        col(&row, "id")
+        let id = col(&row, "id")?;
+        self.nodes.put(
+            id,
+            Arc::new(KnownNode {
+                name: reg.name.clone(),
+                properties: reg.properties.clone(),
+            }),
+        );
+        Ok(id)
     }
 
     /// A node's properties, or `NotFound` when the server forgot it (the node re-registers).
-    pub async fn node_properties(&self, node_id: i64) -> Result<(String, NodeProperties)> {
+    pub async fn node_properties(&self, node_id: i64) -> Result<Arc<KnownNode>> {
+        if let Some(node) = self.nodes.get(node_id) {
+            return Ok(node);
+        }
         let row = sqlx::query("SELECT name, properties FROM nodes WHERE id = $1")
             .bind(node_id)
             .fetch_optional(&self.read)
             .await
             .op("reading node")?
-            .ok_or_else(|| StoreError::NotFound { what: "node", id: node_id.to_string() })?;
+            .ok_or_else(|| StoreError::NotFound {
+                what: "node",
+                id: node_id.to_string(),
+            })?;
         let props = json(&col::<String>(&row, "properties")?, "node properties")?;
-        Ok((col(&row, "name")?, props))
+        let node = Arc::new(KnownNode {
+            name: col(&row, "name")?,
+            properties: props,
+        });
+        self.nodes.put(node_id, node.clone());
+        Ok(node)
     }
 
     pub async fn nodes(&self, now: i64) -> Result<Vec<NodeInfo>> {
         let rows = sqlx::query(
-            "SELECT n.id, n.name, n.properties, n.slots, n.last_seen, \
-             (SELECT COUNT(*) FROM runs r WHERE r.node_id = n.id AND r.state = 'running') AS running \
-             FROM nodes n ORDER BY n.name",
+            "SELECT n.id, n.name, n.properties, n.slots, n.last_seen, COALESCE(r.running, 0) AS running \
+             FROM nodes n LEFT JOIN (SELECT node_id, COUNT(*) AS running FROM runs \
+             WHERE state = 'running' GROUP BY node_id) r ON r.node_id = n.id ORDER BY n.name",
         )
         .fetch_all(&self.read)
         .await

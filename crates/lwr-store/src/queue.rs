@@ -9,6 +9,7 @@ use lwr_model::{JobSpec, Requirements};
 use sqlx::{Any, Transaction};
 
 use crate::error::Op;
+use crate::nodes::KnownNode;
 use crate::rows::{col, json, u32_of};
 use crate::{Dialect, Result, Store};
 
@@ -34,25 +35,56 @@ impl Effects {
 
 type Tx = Transaction<'static, Any>;
 
+/// What a claim did: the jobs handed out, the answers to the results sent along, and whom
+/// to wake.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub assignments: Vec<Assignment>,
+    pub acks: Vec<ResultAck>,
+    pub effects: Effects,
+}
+
 impl Store {
-    /// Hands up to `max` ready jobs that `node_id` can run to that node, each as a new run
-    /// with a lease until `now + lease_ms`. A job is handed to one node only: SQLite has a
-    /// single writer, and PostgreSQL locks the rows it takes (`FOR UPDATE SKIP LOCKED`).
+    /// Records `results` the node sends along, then hands it up to `max` ready jobs it can
+    /// run, each as a new run with a lease until `now + lease_ms`; one transaction. A job is
+    /// handed to one node only: SQLite has a single writer, and PostgreSQL locks the rows it
+    /// takes (`FOR UPDATE SKIP LOCKED`).
     pub async fn claim(
         &self,
         node_id: i64,
         max: u32,
+        results: &[RunResult],
         now: i64,
         lease_ms: i64,
-    ) -> Result<(Vec<Assignment>, Effects)> {
-        let (node_name, props) = self.node_properties(node_id).await?;
+    ) -> Result<Claimed> {
+        let node = self.node_properties(node_id).await?;
         let mut tx = self.write.begin().await.op("starting claim")?;
-        sqlx::query("UPDATE nodes SET last_seen = $1 WHERE id = $2")
-            .bind(now)
-            .bind(node_id)
-            .execute(&mut *tx)
-            .await
-            .op("touching node")?;
+        let (acks, mut effects) = report_in(&mut tx, node_id, results, now).await?;
+        let assignments = self
+            .claim_in(&mut tx, node_id, &node, max, now, lease_ms)
+            .await?;
+        tx.commit().await.op("committing claim")?;
+        effects.changed |= !assignments.is_empty();
+        Ok(Claimed {
+            assignments,
+            acks,
+            effects,
+        })
+    }
+
+    async fn claim_in(
+        &self,
+        tx: &mut Tx,
+        node_id: i64,
+        node: &KnownNode,
+        max: u32,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<Assignment>> {
+        let (node_name, props) = (&node.name, &node.properties);
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         let select = match self.dialect {
             Dialect::Sqlite => {
                 "SELECT id, requirements FROM jobs WHERE state = 'pending' AND unmet = 0 \
@@ -70,7 +102,7 @@ impl Store {
             let rows = sqlx::query(select)
                 .bind(after)
                 .bind(page)
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut **tx)
                 .await
                 .op("finding ready jobs")?;
             let page_len = rows.len();
@@ -79,7 +111,7 @@ impl Store {
                 after = id;
                 let fits = match col::<Option<String>>(&row, "requirements")? {
                     None => true,
-                    Some(text) => json::<Requirements>(&text, "requirements")?.matches(&props),
+                    Some(text) => json::<Requirements>(&text, "requirements")?.matches(props),
                 };
                 if fits {
                     picked.push(id);
@@ -103,7 +135,7 @@ impl Store {
             .bind(job_id)
             .bind(node_name.clone())
             .bind(now)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await
             .op("marking job running")?;
             let number: i64 = col(&row, "runs")?;
@@ -120,7 +152,7 @@ impl Store {
                 .bind(uuid::Uuid::new_v4().to_string())
                 .bind(now)
                 .bind(now + lease_ms)
-                .fetch_one(&mut *tx)
+                .fetch_one(&mut **tx)
                 .await
                 .op("creating run")?,
                 "id",
@@ -138,9 +170,7 @@ impl Store {
                 artifacts: spec.artifacts,
             });
         }
-        tx.commit().await.op("committing claim")?;
-        let effects = Effects { ready: false, changed: !assignments.is_empty() };
-        Ok((assignments, effects))
+        Ok(assignments)
     }
 
     /// Renews the leases of the runs a node still holds. Returns the runs in `runs` that are
@@ -190,71 +220,9 @@ impl Store {
         now: i64,
     ) -> Result<(Vec<ResultAck>, Effects)> {
         let mut tx = self.write.begin().await.op("starting report")?;
-        let mut effects = Effects::default();
-        let mut acks = Vec::with_capacity(results.len());
-        for result in results {
-            let row = sqlx::query("SELECT job_id, node_id, state, reason FROM runs WHERE id = $1")
-                .bind(result.run_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .op("reading run")?;
-            let ack = |recorded: bool, note: Option<String>| ResultAck {
-                run_id: result.run_id,
-                recorded,
-                note,
-            };
-            let Some(row) = row else {
-                acks.push(ack(false, Some("no such run".into())));
-                continue;
-            };
-            let job_id: i64 = col(&row, "job_id")?;
-            let owner: i64 = col(&row, "node_id")?;
-            let state: String = col(&row, "state")?;
-            if owner != node_id {
-                acks.push(ack(false, Some("the run belongs to another node".into())));
-                continue;
-            }
-            if state != "running" {
-                let same = state == outcome_state(result.outcome);
-                let reason: Option<String> = col(&row, "reason")?;
-                let note = format!(
-                    "the run already ended as {state}{}",
-                    reason.map(|r| format!(" ({r})")).unwrap_or_default()
-                );
-                acks.push(ack(same, Some(note)));
-                continue;
-            }
-            sqlx::query(
-                "UPDATE runs SET state = $2, exit_code = $3, reason = $4, finished_at = $5, \
-                 lease_expires = NULL WHERE id = $1",
-            )
-            .bind(result.run_id)
-            .bind(outcome_state(result.outcome))
-            .bind(result.exit_code.map(i64::from))
-            .bind(result.reason.clone())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .op("finishing run")?;
-            let job_effects = match result.outcome {
-                Outcome::Succeeded => succeed_job(&mut tx, job_id, now).await?,
-                Outcome::Failed => {
-                    let reason = result.reason.clone().unwrap_or_else(|| match result.exit_code {
-                        Some(code) => format!("exit code {code}"),
-                        None => "failed".to_string(),
-                    });
-                    end_job(&mut tx, job_id, "failed", &reason, now).await?
-                }
-                Outcome::Exception => {
-                    let reason = result.reason.clone().unwrap_or_else(|| "exception".into());
-                    retry_or_end(&mut tx, job_id, &reason, now).await?
-                }
-            };
-            effects.merge(job_effects);
-            acks.push(ack(true, None));
-        }
+        let answer = report_in(&mut tx, node_id, results, now).await?;
         tx.commit().await.op("committing report")?;
-        Ok((acks, effects))
+        Ok(answer)
     }
 
     /// Ends every run whose lease ran out before `now` as `exception` (claim-expired) and
@@ -319,9 +287,101 @@ impl Store {
             .fetch_optional(&self.read)
             .await
             .op("reading run")?;
-        row.map(|r| Ok((col(&r, "node_id")?, col::<String>(&r, "state")? == "running")))
-            .transpose()
+        row.map(|r| {
+            Ok((
+                col(&r, "node_id")?,
+                col::<String>(&r, "state")? == "running",
+            ))
+        })
+        .transpose()
     }
+}
+
+/// The answer for a result that did not end a live run of the node: a repeat of the
+/// recorded result is acknowledged; anything else is refused, saying why.
+async fn refusal(tx: &mut Tx, node_id: i64, result: &RunResult) -> Result<ResultAck> {
+    let row = sqlx::query("SELECT node_id, state, reason FROM runs WHERE id = $1")
+        .bind(result.run_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .op("reading run")?;
+    let (recorded, note) = match row {
+        None => (false, "no such run".to_string()),
+        Some(row) if col::<i64>(&row, "node_id")? != node_id => {
+            (false, "the run belongs to another node".to_string())
+        }
+        Some(row) => {
+            let state: String = col(&row, "state")?;
+            let reason: Option<String> = col(&row, "reason")?;
+            let note = format!(
+                "the run already ended as {state}{}",
+                reason.map(|r| format!(" ({r})")).unwrap_or_default()
+            );
+            (state == outcome_state(result.outcome), note)
+        }
+    };
+    Ok(ResultAck {
+        run_id: result.run_id,
+        recorded,
+        note: Some(note),
+    })
+}
+
+/// Records results inside a transaction; see [`Store::report`].
+async fn report_in(
+    tx: &mut Tx,
+    node_id: i64,
+    results: &[RunResult],
+    now: i64,
+) -> Result<(Vec<ResultAck>, Effects)> {
+    let mut effects = Effects::default();
+    let mut acks = Vec::with_capacity(results.len());
+    for result in results {
+        // The common case in one statement: the node's own live run ends.
+        let finished = sqlx::query(
+            "UPDATE runs SET state = $3, exit_code = $4, reason = $5, finished_at = $6, \
+                 lease_expires = NULL WHERE id = $1 AND node_id = $2 AND state = 'running' \
+                 RETURNING job_id",
+        )
+        .bind(result.run_id)
+        .bind(node_id)
+        .bind(outcome_state(result.outcome))
+        .bind(result.exit_code.map(i64::from))
+        .bind(result.reason.clone())
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await
+        .op("finishing run")?;
+        let Some(finished) = finished else {
+            acks.push(refusal(tx, node_id, result).await?);
+            continue;
+        };
+        let job_id: i64 = col(&finished, "job_id")?;
+        let job_effects = match result.outcome {
+            Outcome::Succeeded => succeed_job(tx, job_id, now).await?,
+            Outcome::Failed => {
+                let reason = result
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| match result.exit_code {
+                        Some(code) => format!("exit code {code}"),
+                        None => "failed".to_string(),
+                    });
+                end_job(tx, job_id, "failed", &reason, now).await?
+            }
+            Outcome::Exception => {
+                let reason = result.reason.clone().unwrap_or_else(|| "exception".into());
+                retry_or_end(tx, job_id, &reason, now).await?
+            }
+        };
+        effects.merge(job_effects);
+        acks.push(ResultAck {
+            run_id: result.run_id,
+            recorded: true,
+            note: None,
+        });
+    }
+    Ok((acks, effects))
 }
 
 fn outcome_state(outcome: Outcome) -> &'static str {
@@ -356,7 +416,10 @@ async fn succeed_job(tx: &mut Tx, job_id: i64, now: i64) -> Result<Effects> {
     for row in rows {
         ready |= col::<i64>(&row, "unmet")? == 0;
     }
-    Ok(Effects { ready, changed: true })
+    Ok(Effects {
+        ready,
+        changed: true,
+    })
 }
 
 /// An infrastructure error: run the job again while it has retries, else end it.
@@ -373,9 +436,19 @@ async fn retry_or_end(tx: &mut Tx, job_id: i64, reason: &str, now: i64) -> Resul
     .op("requeueing job")?
     .rows_affected();
     if retried > 0 {
-        return Ok(Effects { ready: true, changed: true });
+        return Ok(Effects {
+            ready: true,
+            changed: true,
+        });
     }
-    end_job(tx, job_id, "exception", &format!("{reason}; no retries left"), now).await
+    end_job(
+        tx,
+        job_id,
+        "exception",
+        &format!("{reason}; no retries left"),
+        now,
+    )
+    .await
 }
 
 /// Ends a running job without success and blocks everything that depends on it.
@@ -393,13 +466,27 @@ async fn end_job(tx: &mut Tx, job_id: i64, state: &str, reason: &str, now: i64) 
     .op("ending job")?;
     if let Some(row) = row {
         let name: String = col(&row, "name")?;
-        block_dependents(tx, job_id, &format!("needs {name}, which ended {state}"), now).await?;
+        block_dependents(
+            tx,
+            job_id,
+            &format!("needs {name}, which ended {state}"),
+            now,
+        )
+        .await?;
     }
-    Ok(Effects { ready: false, changed: true })
+    Ok(Effects {
+        ready: false,
+        changed: true,
+    })
 }
 
 /// Marks every pending job that transitively needs `job_id` as blocked.
-pub(crate) async fn block_dependents(tx: &mut Tx, job_id: i64, reason: &str, now: i64) -> Result<u64> {
+pub(crate) async fn block_dependents(
+    tx: &mut Tx,
+    job_id: i64,
+    reason: &str,
+    now: i64,
+) -> Result<u64> {
     let n = sqlx::query(
         "WITH RECURSIVE deps (id) AS ( \
              SELECT job_id FROM job_needs WHERE need_id = $1 \

@@ -10,15 +10,22 @@ pub(crate) fn col<'r, T>(row: &'r AnyRow, name: &'static str) -> Result<T>
 where
     T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
 {
-    row.try_get(name).map_err(|source| StoreError::Db { op: name, source })
+    row.try_get(name)
+        .map_err(|source| StoreError::Db { op: name, source })
 }
 
 pub(crate) fn json<T: DeserializeOwned>(text: &str, what: &'static str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { what, detail: e.to_string() })
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
 }
 
 pub(crate) fn to_json<T: serde::Serialize>(value: &T, what: &'static str) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt { what, detail: e.to_string() })
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
 }
 
 pub(crate) fn u32_of(v: i64) -> u32 {

@@ -16,7 +16,10 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("lwr.db").display());
-    Fixture { store: Store::open(&url).await.unwrap(), _dir: dir }
+    Fixture {
+        store: Store::open(&url).await.unwrap(),
+        _dir: dir,
+    }
 }
 
 fn job(name: &str, needs: &[&str]) -> JobSpec {
@@ -33,7 +36,12 @@ fn job(name: &str, needs: &[&str]) -> JobSpec {
 }
 
 fn graph(jobs: Vec<JobSpec>) -> SubmitGraph {
-    SubmitGraph { repository: None, branch: None, revision: None, graph: Graph { jobs } }
+    SubmitGraph {
+        repository: None,
+        branch: None,
+        revision: None,
+        graph: Graph { jobs },
+    }
 }
 
 async fn node(store: &Store, name: &str, tags: &[(&str, &str)]) -> i64 {
@@ -43,9 +51,22 @@ async fn node(store: &Store, name: &str, tags: &[(&str, &str)]) -> i64 {
         hostname: name.into(),
         cores: 2,
         memory_mb: 1024,
-        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        tags: tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     };
-    store.register_node(&RegisterNode { name: name.into(), properties, slots: 4 }, 0).await.unwrap()
+    store
+        .register_node(
+            &RegisterNode {
+                name: name.into(),
+                properties,
+                slots: 4,
+            },
+            0,
+        )
+        .await
+        .unwrap()
 }
 
 fn result(run_id: i64, outcome: Outcome) -> RunResult {
@@ -54,30 +75,84 @@ fn result(run_id: i64, outcome: Outcome) -> RunResult {
         Outcome::Failed => Some(1),
         Outcome::Exception => None,
     };
-    RunResult { run_id, outcome, exit_code, reason: None }
+    RunResult {
+        run_id,
+        outcome,
+        exit_code,
+        reason: None,
+    }
 }
 
 async fn states(store: &Store) -> BTreeMap<String, JobState> {
-    store.jobs(None).await.unwrap().into_iter().map(|j| (j.name, j.state)).collect()
+    store
+        .jobs(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| (j.name, j.state))
+        .collect()
 }
 
 #[tokio::test]
 async fn only_ready_jobs_are_claimed_and_success_releases_dependents() {
     let f = fixture().await;
-    f.store.submit_graph(&graph(vec![job("a", &[]), job("b", &["a"]), job("c", &["a", "b"])]), 0).await.unwrap();
+    f.store
+        .submit_graph(
+            &graph(vec![job("a", &[]), job("b", &["a"]), job("c", &["a", "b"])]),
+            0,
+        )
+        .await
+        .unwrap();
     let n = node(&f.store, "n1", &[]).await;
-    let (got, _) = f.store.claim(n, 10, 1, LEASE).await.unwrap();
-    assert_eq!(got.iter().map(|a| a.job_name.as_str()).collect::<Vec<_>>(), ["a"]);
+    let got = f
+        .store
+        .claim(n, 10, &[], 1, LEASE)
+        .await
+        .unwrap()
+        .assignments;
+    assert_eq!(
+        got.iter().map(|a| a.job_name.as_str()).collect::<Vec<_>>(),
+        ["a"]
+    );
     assert_eq!(got[0].run_number, 1);
-    assert!(f.store.claim(n, 10, 2, LEASE).await.unwrap().0.is_empty(), "b waits for a");
+    assert!(
+        f.store
+            .claim(n, 10, &[], 2, LEASE)
+            .await
+            .unwrap()
+            .assignments
+            .is_empty(),
+        "b waits for a"
+    );
 
-    let (acks, effects) = f.store.report(n, &[result(got[0].run_id, Outcome::Succeeded)], 3).await.unwrap();
+    let (acks, effects) = f
+        .store
+        .report(n, &[result(got[0].run_id, Outcome::Succeeded)], 3)
+        .await
+        .unwrap();
     assert!(acks[0].recorded);
     assert!(effects.ready && effects.changed);
-    let (got, _) = f.store.claim(n, 10, 4, LEASE).await.unwrap();
-    assert_eq!(got.iter().map(|a| a.job_name.as_str()).collect::<Vec<_>>(), ["b"], "c still needs b");
-    f.store.report(n, &[result(got[0].run_id, Outcome::Succeeded)], 5).await.unwrap();
-    let (got, _) = f.store.claim(n, 10, 6, LEASE).await.unwrap();
+    let got = f
+        .store
+        .claim(n, 10, &[], 4, LEASE)
+        .await
+        .unwrap()
+        .assignments;
+    assert_eq!(
+        got.iter().map(|a| a.job_name.as_str()).collect::<Vec<_>>(),
+        ["b"],
+        "c still needs b"
+    );
+    f.store
+        .report(n, &[result(got[0].run_id, Outcome::Succeeded)], 5)
+        .await
+        .unwrap();
+    let got = f
+        .store
+        .claim(n, 10, &[], 6, LEASE)
+        .await
+        .unwrap()
+        .assignments;
     assert_eq!(got[0].job_name, "c");
 }
 
@@ -96,7 +171,7 @@ async fn concurrent_claims_never_hand_a_job_twice() {
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let (got, _) = store.claim(n, 3, 1, LEASE).await.unwrap();
+                let got = store.claim(n, 3, &[], 1, LEASE).await.unwrap().assignments;
                 if got.is_empty() {
                     return mine;
                 }
@@ -119,13 +194,29 @@ async fn concurrent_claims_never_hand_a_job_twice() {
 async fn failure_blocks_every_transitive_dependent_but_not_others() {
     let f = fixture().await;
     f.store
-        .submit_graph(&graph(vec![job("bad", &[]), job("x", &["bad"]), job("y", &["x"]), job("free", &[])]), 0)
+        .submit_graph(
+            &graph(vec![
+                job("bad", &[]),
+                job("x", &["bad"]),
+                job("y", &["x"]),
+                job("free", &[]),
+            ]),
+            0,
+        )
         .await
         .unwrap();
     let n = node(&f.store, "n1", &[]).await;
-    let (got, _) = f.store.claim(n, 10, 1, LEASE).await.unwrap();
+    let got = f
+        .store
+        .claim(n, 10, &[], 1, LEASE)
+        .await
+        .unwrap()
+        .assignments;
     let bad = got.iter().find(|a| a.job_name == "bad").unwrap();
-    f.store.report(n, &[result(bad.run_id, Outcome::Failed)], 2).await.unwrap();
+    f.store
+        .report(n, &[result(bad.run_id, Outcome::Failed)], 2)
+        .await
+        .unwrap();
     let s = states(&f.store).await;
     assert_eq!(s["bad"], JobState::Failed);
     assert_eq!(s["x"], JobState::Blocked);
@@ -133,7 +224,11 @@ async fn failure_blocks_every_transitive_dependent_but_not_others() {
     assert_eq!(s["free"], JobState::Running);
     let jobs = f.store.jobs(None).await.unwrap();
     let y = jobs.iter().find(|j| j.name == "x").unwrap();
-    assert!(y.reason.as_deref().unwrap().contains("bad"), "{:?}", y.reason);
+    assert!(
+        y.reason.as_deref().unwrap().contains("bad"),
+        "{:?}",
+        y.reason
+    );
 }
 
 #[tokio::test]
@@ -141,24 +236,54 @@ async fn expired_leases_retry_then_end_in_exception() {
     let f = fixture().await;
     let mut once = job("flaky", &[]);
     once.retries = 1;
-    f.store.submit_graph(&graph(vec![once, job("after", &["flaky"])]), 0).await.unwrap();
+    f.store
+        .submit_graph(&graph(vec![once, job("after", &["flaky"])]), 0)
+        .await
+        .unwrap();
     let n = node(&f.store, "n1", &[]).await;
 
-    let (first, _) = f.store.claim(n, 1, 0, LEASE).await.unwrap();
-    let renewed = f.store.heartbeat(n, &[first[0].run_id], LEASE - 1, LEASE).await.unwrap();
+    let first = f
+        .store
+        .claim(n, 1, &[], 0, LEASE)
+        .await
+        .unwrap()
+        .assignments;
+    let renewed = f
+        .store
+        .heartbeat(n, &[first[0].run_id], LEASE - 1, LEASE)
+        .await
+        .unwrap();
     assert!(renewed.is_empty());
-    assert!(!f.store.expire_leases(LEASE + 1).await.unwrap().changed, "the heartbeat renewed it");
+    assert!(
+        !f.store.expire_leases(LEASE + 1).await.unwrap().changed,
+        "the heartbeat renewed it"
+    );
     let effects = f.store.expire_leases(3 * LEASE).await.unwrap();
     assert!(effects.ready, "job back in the queue");
     assert_eq!(states(&f.store).await["flaky"], JobState::Pending);
 
     // The old holder's late report and heartbeat are refused.
-    let (acks, _) = f.store.report(n, &[result(first[0].run_id, Outcome::Succeeded)], 3 * LEASE).await.unwrap();
+    let (acks, _) = f
+        .store
+        .report(n, &[result(first[0].run_id, Outcome::Succeeded)], 3 * LEASE)
+        .await
+        .unwrap();
     assert!(!acks[0].recorded);
     assert!(acks[0].note.as_deref().unwrap().contains("claim-expired"));
-    assert_eq!(f.store.heartbeat(n, &[first[0].run_id], 3 * LEASE, LEASE).await.unwrap(), [first[0].run_id]);
+    assert_eq!(
+        f.store
+            .heartbeat(n, &[first[0].run_id], 3 * LEASE, LEASE)
+            .await
+            .unwrap(),
+        [first[0].run_id]
+    );
 
-    let (second, _) = f.store.claim(n, 1, 3 * LEASE, LEASE).await.unwrap();
+    let second = f
+        .store
+        .claim(n, 1, &[], 3 * LEASE, LEASE)
+        .await
+        .unwrap()
+        .assignments;
     assert_eq!(second[0].run_number, 2);
     f.store.expire_leases(10 * LEASE).await.unwrap();
     let s = states(&f.store).await;
@@ -166,25 +291,54 @@ async fn expired_leases_retry_then_end_in_exception() {
     assert_eq!(s["after"], JobState::Blocked);
     let detail = f.store.job(second[0].job_id).await.unwrap();
     assert_eq!(detail.run_history.len(), 2);
-    assert!(detail.run_history.iter().all(|r| r.state == RunState::Exception));
+    assert!(
+        detail
+            .run_history
+            .iter()
+            .all(|r| r.state == RunState::Exception)
+    );
 }
 
 #[tokio::test]
 async fn a_result_is_recorded_once_and_only_from_its_node() {
     let f = fixture().await;
-    f.store.submit_graph(&graph(vec![job("a", &[])]), 0).await.unwrap();
+    f.store
+        .submit_graph(&graph(vec![job("a", &[])]), 0)
+        .await
+        .unwrap();
     let n1 = node(&f.store, "n1", &[]).await;
     let n2 = node(&f.store, "n2", &[]).await;
-    let (got, _) = f.store.claim(n1, 1, 0, LEASE).await.unwrap();
+    let got = f
+        .store
+        .claim(n1, 1, &[], 0, LEASE)
+        .await
+        .unwrap()
+        .assignments;
     let run = got[0].run_id;
-    let (acks, _) = f.store.report(n2, &[result(run, Outcome::Succeeded)], 1).await.unwrap();
+    let (acks, _) = f
+        .store
+        .report(n2, &[result(run, Outcome::Succeeded)], 1)
+        .await
+        .unwrap();
     assert!(!acks[0].recorded, "another node cannot report it");
-    let (acks, _) = f.store.report(n1, &[result(run, Outcome::Succeeded)], 2).await.unwrap();
+    let (acks, _) = f
+        .store
+        .report(n1, &[result(run, Outcome::Succeeded)], 2)
+        .await
+        .unwrap();
     assert!(acks[0].recorded);
-    let (acks, effects) = f.store.report(n1, &[result(run, Outcome::Succeeded)], 3).await.unwrap();
+    let (acks, effects) = f
+        .store
+        .report(n1, &[result(run, Outcome::Succeeded)], 3)
+        .await
+        .unwrap();
     assert!(acks[0].recorded, "a repeated report is acknowledged");
     assert!(!effects.changed, "and changes nothing");
-    let (acks, _) = f.store.report(n1, &[result(run, Outcome::Failed)], 4).await.unwrap();
+    let (acks, _) = f
+        .store
+        .report(n1, &[result(run, Outcome::Failed)], 4)
+        .await
+        .unwrap();
     assert!(!acks[0].recorded, "a different second result is refused");
     let detail = f.store.job(got[0].job_id).await.unwrap();
     assert_eq!(detail.info.state, JobState::Succeeded);
@@ -198,20 +352,43 @@ async fn jobs_go_only_to_nodes_that_meet_their_requirements() {
     gpu.node.properties.insert("gpu".into(), "yes".into());
     let mut plan9 = job("plan9", &[]);
     plan9.node.os = Some("plan9".into());
-    f.store.submit_graph(&graph(vec![plan9, gpu, job("any", &[])]), 0).await.unwrap();
+    f.store
+        .submit_graph(&graph(vec![plan9, gpu, job("any", &[])]), 0)
+        .await
+        .unwrap();
     let plain = node(&f.store, "plain", &[]).await;
-    let (got, _) = f.store.claim(plain, 10, 1, LEASE).await.unwrap();
-    assert_eq!(got.iter().map(|a| a.job_name.as_str()).collect::<Vec<_>>(), ["any"]);
+    let got = f
+        .store
+        .claim(plain, 10, &[], 1, LEASE)
+        .await
+        .unwrap()
+        .assignments;
+    assert_eq!(
+        got.iter().map(|a| a.job_name.as_str()).collect::<Vec<_>>(),
+        ["any"]
+    );
     let with_gpu = node(&f.store, "gpu-box", &[("gpu", "yes")]).await;
-    let (got, _) = f.store.claim(with_gpu, 10, 2, LEASE).await.unwrap();
-    assert_eq!(got.iter().map(|a| a.job_name.as_str()).collect::<Vec<_>>(), ["gpu"]);
+    let got = f
+        .store
+        .claim(with_gpu, 10, &[], 2, LEASE)
+        .await
+        .unwrap()
+        .assignments;
+    assert_eq!(
+        got.iter().map(|a| a.job_name.as_str()).collect::<Vec<_>>(),
+        ["gpu"]
+    );
     assert_eq!(states(&f.store).await["plan9"], JobState::Pending);
 }
 
 #[tokio::test]
 async fn invalid_graphs_are_refused_and_store_nothing() {
     let f = fixture().await;
-    let err = f.store.submit_graph(&graph(vec![job("a", &["b"]), job("b", &["a"])]), 0).await.unwrap_err();
+    let err = f
+        .store
+        .submit_graph(&graph(vec![job("a", &["b"]), job("b", &["a"])]), 0)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::InvalidGraph(_)), "{err}");
     assert!(err.to_string().contains("cycle"), "{err}");
     assert!(f.store.jobs(None).await.unwrap().is_empty());
@@ -220,9 +397,12 @@ async fn invalid_graphs_are_refused_and_store_nothing() {
 #[tokio::test]
 async fn leases_are_extended_when_a_server_starts() {
     let f = fixture().await;
-    f.store.submit_graph(&graph(vec![job("a", &[])]), 0).await.unwrap();
+    f.store
+        .submit_graph(&graph(vec![job("a", &[])]), 0)
+        .await
+        .unwrap();
     let n = node(&f.store, "n1", &[]).await;
-    f.store.claim(n, 1, 0, LEASE).await.unwrap();
+    f.store.claim(n, 1, &[], 0, LEASE).await.unwrap();
     // The server was down for ten leases; on start it gives the node a fresh lease.
     assert_eq!(f.store.extend_leases(10 * LEASE, LEASE).await.unwrap(), 1);
     assert!(!f.store.expire_leases(10 * LEASE + 1).await.unwrap().changed);
@@ -247,5 +427,8 @@ async fn sqlx_bump(url: &str) -> bool {
     use sqlx::Connection;
     sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    sqlx::query("INSERT INTO lwr_schema (version) VALUES (999)").execute(&mut conn).await.is_ok()
+    sqlx::query("INSERT INTO lwr_schema (version) VALUES (999)")
+        .execute(&mut conn)
+        .await
+        .is_ok()
 }

@@ -81,7 +81,11 @@ fn default_kind() -> String {
 pub fn normalize_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for c in name.chars().flat_map(char::to_lowercase) {
-        let c = if matches!(c, ' ' | '/' | '_' | '.' | '\t') { '-' } else { c };
+        let c = if matches!(c, ' ' | '/' | '_' | '.' | '\t') {
+            '-'
+        } else {
+            c
+        };
         if c == '-' && (out.is_empty() || out.ends_with('-')) {
             continue;
         }

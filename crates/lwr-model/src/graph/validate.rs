@@ -389,6 +389,16 @@ impl Graph {
     /// repeated, and acyclic; artifact names non-empty and unique per job; env var names
     /// valid; timeout in `1..=MAX_TIMEOUT_SECS`.
     pub fn validate(&self) -> Result<(), GraphError> {
+        // A push with nothing to run is a mistake, as `parse` says for `jobs: {}`.
+        if self.jobs.is_empty() {
+            return Err(GraphError::InvalidValue {
+                file: "graph".into(),
+                line: None,
+                job: None,
+                field: Some("jobs".into()),
+                message: "has no jobs; declare at least one".into(),
+            });
+        }
         check(self, "graph", &[])
     }
 
@@ -705,7 +715,8 @@ mod tests {
             Some(vec!["a".to_string()])
         );
         assert!(g.job("zz").is_none());
-        assert_eq!(Graph::default().validate(), Ok(()));
+        let empty = Graph::default().validate().unwrap_err();
+        assert!(empty.to_string().contains("has no jobs"), "{empty}");
     }
 
     #[test]

@@ -22,10 +22,11 @@ CREATE TABLE jobs (
     node          TEXT,
     reason        TEXT,
     updated_at    INTEGER NOT NULL,
+    -- also the index for a graph's jobs; deliberately none on state, so a state change
+    -- rewrites no index page beyond jobs_ready
     UNIQUE (graph_id, name)
 );
 CREATE INDEX jobs_ready ON jobs (id) WHERE state = 'pending' AND unmet = 0;
-CREATE INDEX jobs_state ON jobs (graph_id, state);
 
 CREATE TABLE job_needs (
     job_id   INTEGER NOT NULL REFERENCES jobs (id),
@@ -59,4 +60,3 @@ CREATE TABLE runs (
     UNIQUE (job_id, number)
 );
 CREATE INDEX runs_live ON runs (lease_expires) WHERE state = 'running';
-CREATE INDEX runs_node ON runs (node_id) WHERE state = 'running';

@@ -41,7 +41,10 @@ pub fn describe(graph: &Graph) -> String {
         if !job.node.is_empty() {
             out.push_str(&format!("  node:  {}\n", job.node.describe()));
         }
-        out.push_str(&format!("  run:   {}\n", job.run.lines().next().unwrap_or("")));
+        out.push_str(&format!(
+            "  run:   {}\n",
+            job.run.lines().next().unwrap_or("")
+        ));
     }
     out
 }

@@ -27,7 +27,10 @@ pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
         "pushed graph {} ({} jobs{})",
         info.id,
         info.counts.total(),
-        sub.revision.as_deref().map(|r| format!(" at {}", short(r))).unwrap_or_default()
+        sub.revision
+            .as_deref()
+            .map(|r| format!(" at {}", short(r)))
+            .unwrap_or_default()
     );
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
@@ -44,26 +47,52 @@ fn read_head(repo: &Path) -> anyhow::Result<SubmitGraph> {
         .display()
         .to_string();
     let Some(revision) = git(repo, &["rev-parse", "--verify", "HEAD"]) else {
-        eprintln!("note: {} is not a git repository with commits; pushing its working tree", repo.display());
+        eprintln!(
+            "note: {} is not a git repository with commits; pushing its working tree",
+            repo.display()
+        );
         let graph = read_working_tree(repo)?;
-        return Ok(SubmitGraph { repository: Some(repository), branch: None, revision: None, graph });
+        return Ok(SubmitGraph {
+            repository: Some(repository),
+            branch: None,
+            revision: None,
+            graph,
+        });
     };
     let text = git(repo, &["show", &format!("HEAD:./{GRAPH_FILE}")]).with_context(|| {
-        format!("HEAD ({}) of {} has no {GRAPH_FILE}; commit one first", short(&revision), repo.display())
+        format!(
+            "HEAD ({}) of {} has no {GRAPH_FILE}; commit one first",
+            short(&revision),
+            repo.display()
+        )
     })?;
     let label = format!("{GRAPH_FILE}@{}", short(&revision));
     let graph = lwr_model::graph::parse(&text, &label)?;
     let branch = git(repo, &["rev-parse", "--abbrev-ref", "HEAD"]).filter(|b| b != "HEAD");
-    Ok(SubmitGraph { repository: Some(repository), branch, revision: Some(revision), graph })
+    Ok(SubmitGraph {
+        repository: Some(repository),
+        branch,
+        revision: Some(revision),
+        graph,
+    })
 }
 
 /// Runs git in `repo`; `None` when git fails.
 fn git(repo: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git").arg("-C").arg(repo).args(args).output().ok()?;
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
-    Some(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string())
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .trim_end_matches('\n')
+            .to_string(),
+    )
 }
 
 fn short(rev: &str) -> &str {
@@ -106,7 +135,13 @@ async fn summarize(client: &Client, info: &GraphInfo) -> anyhow::Result<ExitCode
     let c = &info.counts;
     println!(
         "graph {}: {} succeeded, {} failed, {} exception, {} blocked, {} cancelled of {}",
-        info.id, c.succeeded, c.failed, c.exception, c.blocked, c.cancelled, c.total()
+        info.id,
+        c.succeeded,
+        c.failed,
+        c.exception,
+        c.blocked,
+        c.cancelled,
+        c.total()
     );
     if c.succeeded == c.total() {
         return Ok(ExitCode::SUCCESS);
@@ -118,7 +153,10 @@ async fn summarize(client: &Client, info: &GraphInfo) -> anyhow::Result<ExitCode
             job.state.as_str(),
             job.name,
             job.id,
-            job.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            job.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
         );
     }
     Ok(ExitCode::FAILURE)
@@ -135,12 +173,18 @@ impl Progress {
     fn new(info: &GraphInfo) -> Progress {
         let bar = std::io::stdout().is_terminal().then(|| {
             let bar = ProgressBar::new(info.counts.total());
-            if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]") {
+            if let Ok(style) =
+                ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
+            {
                 bar.set_style(style);
             }
             bar
         });
-        let mut p = Progress { bar, graph: info.id, last_line: None };
+        let mut p = Progress {
+            bar,
+            graph: info.id,
+            last_line: None,
+        };
         p.show(&info.counts);
         p
     }
@@ -159,7 +203,10 @@ impl Progress {
                 bar.set_message(msg);
             }
             None => {
-                if self.last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                if self
+                    .last_line
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                {
                     println!("graph {}: {msg}", self.graph);
                     self.last_line = Some(Instant::now());
                 }

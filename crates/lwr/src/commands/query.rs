@@ -15,7 +15,10 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut out = format!("{:>6} {:>5}  {:<30} {:<10} {:<12} {:>4}  REASON\n", "ID", "GRAPH", "NAME", "STATE", "NODE", "RUNS");
+    let mut out = format!(
+        "{:>6} {:>5}  {:<30} {:<10} {:<12} {:>4}  REASON\n",
+        "ID", "GRAPH", "NAME", "STATE", "NODE", "RUNS"
+    );
     for j in &list.jobs {
         out.push_str(&format!(
             "{:>6} {:>5}  {:<30} {:<10} {:<12} {:>4}  {}\n",
@@ -37,7 +40,9 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let job = resolve_job(&client, &args.job).await?;
     let bytes = client.log(job, args.run).await?;
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(&bytes).context("writing the log to stdout")?;
+    stdout
+        .write_all(&bytes)
+        .context("writing the log to stdout")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -52,7 +57,11 @@ pub async fn resolve_job(client: &Client, job: &str) -> anyhow::Result<i64> {
     let graph: i64 = graph
         .parse()
         .with_context(|| format!("'{job}': the part before / must be a graph id"))?;
-    Ok(client.job_by_name(graph, &lwr_model::normalize_name(name)).await?.info.id)
+    Ok(client
+        .job_by_name(graph, &lwr_model::normalize_name(name))
+        .await?
+        .info
+        .id)
 }
 
 pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
@@ -62,12 +71,26 @@ pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<16} {:<6} {:>7} {:>5}  {:<8} {:<8} TAGS", "NAME", "STATE", "RUNNING", "SLOTS", "OS", "ARCH");
+    println!(
+        "{:<16} {:<6} {:>7} {:>5}  {:<8} {:<8} TAGS",
+        "NAME", "STATE", "RUNNING", "SLOTS", "OS", "ARCH"
+    );
     for n in &list.nodes {
-        let tags: Vec<String> = n.properties.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let tags: Vec<String> = n
+            .properties
+            .tags
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         println!(
             "{:<16} {:<6} {:>7} {:>5}  {:<8} {:<8} {}",
-            n.name, n.state, n.running, n.slots, n.properties.os, n.properties.arch, tags.join(",")
+            n.name,
+            n.state,
+            n.running,
+            n.slots,
+            n.properties.os,
+            n.properties.arch,
+            tags.join(",")
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -82,7 +82,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
 /// Opens the store and binds the listener; returns the server's URL and the serving future.
 async fn start_server(
     args: &ServeArgs,
-) -> anyhow::Result<(String, impl Future<Output = Result<(), lwr_server::ServerError>> + use<>)> {
+) -> anyhow::Result<(
+    String,
+    impl Future<Output = Result<(), lwr_server::ServerError>> + use<>,
+)> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
     let url = match &args.db {
@@ -103,7 +106,11 @@ fn sqlite_url(data_dir: &Path) -> anyhow::Result<String> {
 }
 
 fn db_label(args: &ServeArgs) -> &'static str {
-    if args.db.is_some() { "postgres" } else { "sqlite" }
+    if args.db.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    }
 }
 
 fn parse_tags(tags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -113,7 +120,9 @@ fn parse_tags(tags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 fn default_slots() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -1,0 +1,107 @@
+//! CLI errors: one clear line and a non-zero exit, never a backtrace.
+
+mod common;
+
+use std::net::TcpListener;
+
+use common::*;
+
+#[test]
+fn an_unreachable_server_is_one_clear_line() {
+    for args in [
+        vec!["jobs", "--server", "http://127.0.0.1:1"],
+        vec!["jobs", "--json", "--server", "http://127.0.0.1:1"],
+        vec!["nodes", "--server", "http://127.0.0.1:1"],
+        vec!["logs", "1", "--server", "http://127.0.0.1:1"],
+    ] {
+        let out = lwr(&args);
+        out.assert_clear_error(1)
+            .assert_stderr_has(&["cannot reach", "127.0.0.1:1"]);
+        assert!(out.stdout.is_empty(), "nothing on stdout: {out}");
+    }
+    // LWR_SERVER works as --server does.
+    let out = lwr_at(Some("http://127.0.0.1:1"), &["jobs"]);
+    out.assert_clear_error(1)
+        .assert_stderr_has(&["cannot reach", "127.0.0.1:1"]);
+}
+
+#[test]
+fn a_bad_server_url_is_one_clear_line() {
+    let out = lwr(&["jobs", "--server", "localhost:7370"]);
+    out.assert_clear_error(1)
+        .assert_stderr_has(&["localhost:7370"]);
+}
+
+#[test]
+fn logs_of_an_unknown_job_is_a_clear_error() {
+    let tmp = tempdir();
+    let server = Server::start(tmp.path());
+    for (job, names) in [
+        ("nosuch", "nosuch"),
+        ("999", "999"),
+        ("1/nosuch", "nosuch"),
+        ("x/build", "x/build"),
+    ] {
+        let out = server.lwr(&["logs", job]);
+        out.assert_clear_error(1).assert_stderr_has(&[names]);
+    }
+}
+
+#[test]
+fn pushing_what_is_not_a_repository_is_a_clear_error() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(dir);
+
+    let out = server.lwr(&["push", "--repo", "/nonexistent"]);
+    out.assert_clear_error(2)
+        .assert_stderr_has(&["/nonexistent"]);
+
+    // A git repository whose HEAD has no lwr.yml.
+    let repo = dir.join("no-graph");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("README"), "hello\n").unwrap();
+    git_init_commit(&repo);
+    let out = server.push(&repo, false);
+    out.assert_clear_error(2).assert_stderr_has(&["lwr.yml"]);
+
+    // lwr.yml in the working tree but never committed: push reads HEAD, not the disk.
+    std::fs::write(
+        repo.join("lwr.yml"),
+        "version: 1\njobs:\n  a:\n    run: true\n",
+    )
+    .unwrap();
+    let out = server.push(&repo, false);
+    out.assert_clear_error(2).assert_stderr_has(&["lwr.yml"]);
+
+    let json = server.jobs_json();
+    assert_eq!(json["jobs"].as_array().map(Vec::len), Some(0), "{json:#}");
+
+    // And to a server that is not there.
+    let good = git_repo(
+        &dir.join("good"),
+        "version: 1\njobs:\n  a:\n    run: true\n",
+    );
+    let out = lwr(&[
+        "push",
+        "--repo",
+        &good.display().to_string(),
+        "--server",
+        "http://127.0.0.1:1",
+    ]);
+    out.assert_clear_error(1)
+        .assert_stderr_has(&["cannot reach"]);
+}
+
+#[test]
+fn a_server_on_a_taken_port_says_so_once() {
+    let tmp = tempdir();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let data = tmp.path().join("data").display().to_string();
+    let out = lwr(&["server", "--listen", &addr, "--data-dir", &data]);
+    out.assert_clear_error(1)
+        .assert_stderr_has(&["cannot listen", &addr]);
+    let repeats = out.stderr.matches("Address already in use").count();
+    assert_eq!(repeats, 1, "the cause should be said once: {out}");
+}

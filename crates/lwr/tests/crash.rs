@@ -1,0 +1,258 @@
+//! Crashes: nodes and the server killed with SIGKILL mid-job. Nothing is lost: a job is
+//! retried or its result recorded, exactly once.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use lwr_model::JobState;
+use lwr_model::job::RunState;
+
+fn one_job_repo(dir: &Path, run: &str) -> std::path::PathBuf {
+    git_repo(
+        &dir.join("repo"),
+        &format!("version: 1\njobs:\n  slow:\n    run: {run}\n"),
+    )
+}
+
+#[test]
+fn a_node_killed_mid_job_has_the_job_retried_on_another_node() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(dir); // lease 2s
+    let mut a = server.node(dir, "a", 1, &[]);
+    let repo = one_job_repo(dir, "sleep 3; echo finished");
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let graph = out.pushed_graph();
+
+    server.wait_job(graph, "slow", JobState::Running, Some("a"));
+    a.kill();
+    let _b = server.node(dir, "b", 1, &[]);
+    server.wait_finished(graph);
+
+    let job = server.job(graph, "slow");
+    let runs = &job.run_history;
+    assert_eq!(job.info.state, JobState::Succeeded, "{job:#?}");
+    assert_eq!(runs.len(), 2, "{job:#?}");
+    assert_eq!(runs[0].state, RunState::Exception, "{job:#?}");
+    assert_eq!(runs[0].node, "a", "{job:#?}");
+    assert!(
+        runs[0]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("claim-expired"),
+        "{job:#?}"
+    );
+    assert_eq!(runs[1].state, RunState::Succeeded, "{job:#?}");
+    assert_eq!(runs[1].node, "b", "{job:#?}");
+    assert_eq!(runs[1].number, 2, "{job:#?}");
+
+    let log = server.lwr(&["logs", &job.info.id.to_string()]);
+    log.assert_success();
+    assert!(log.stdout.contains("finished"), "{log}");
+    let json = server.jobs_json();
+    assert_eq!(json["jobs"][0]["runs"], 2, "{json:#}");
+    assert_eq!(json["jobs"][0]["node"], "b", "{json:#}");
+}
+
+#[test]
+fn a_node_killed_and_restarted_mid_job_kills_the_leftover_and_the_job_is_retried() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let pids = dir.join("pids.txt");
+    let server = Server::start(dir);
+    let mut a = server.node(dir, "a", 1, &[]);
+    let repo = one_job_repo(
+        dir,
+        &format!("echo $$ >> {}; sleep 3; echo finished", sh_quote(&pids)),
+    );
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let graph = out.pushed_graph();
+
+    server.wait_job(graph, "slow", JobState::Running, Some("a"));
+    a.kill();
+    a.daemon.start(); // same name, same work dir
+    server.wait_finished(graph);
+
+    let job = server.job(graph, "slow");
+    let runs = &job.run_history;
+    assert_eq!(job.info.state, JobState::Succeeded, "{job:#?}");
+    assert_eq!(runs.len(), 2, "{job:#?}");
+    assert_eq!(runs[0].state, RunState::Exception, "{job:#?}");
+    assert!(runs[0].reason.is_some(), "{job:#?}");
+    assert_eq!(runs[1].state, RunState::Succeeded, "{job:#?}");
+
+    // The first run's processes did not outlive the restart; the second run's ended.
+    let text = std::fs::read_to_string(&pids).expect("the job wrote its pids");
+    let groups: Vec<i32> = text
+        .lines()
+        .map(|l| l.trim().parse().expect("a pid"))
+        .collect();
+    assert_eq!(groups.len(), 2, "two runs, two process groups: {groups:?}");
+    for pgid in groups {
+        wait_until("the job's process group to be gone", DEADLINE, || {
+            if group_alive(pgid) {
+                Err(format!("process group {pgid} still has live processes"))
+            } else {
+                Ok(())
+            }
+        });
+    }
+}
+
+#[test]
+fn a_server_killed_and_restarted_mid_job_records_the_result_exactly_once() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let mut server = Server::start(dir);
+    let _a = server.node(dir, "a", 1, &[]);
+    let repo = one_job_repo(dir, "sleep 3; echo done");
+
+    // `push --wait` rides out the restart.
+    let push_log = dir.join("push.log");
+    let mut push = Daemon::new(
+        "push --wait",
+        vec![
+            "push".into(),
+            "--server".into(),
+            server.url.clone(),
+            "--repo".into(),
+            repo.display().to_string(),
+            "--wait".into(),
+        ],
+        push_log.clone(),
+        Vec::new(),
+    );
+    push.start();
+    let graph = wait_until("push to print the graph id", DEADLINE, || {
+        parse_pushed_graph(&tail(&push_log, 50)).ok_or_else(|| tail(&push_log, 20))
+    });
+
+    server.wait_job(graph, "slow", JobState::Running, Some("a"));
+    server.kill();
+    // The outage itself: the server stays down for a second while the job runs on.
+    std::thread::sleep(Duration::from_secs(1));
+    server.restart();
+    server.wait_finished(graph);
+
+    let job = server.job(graph, "slow");
+    assert_eq!(job.info.state, JobState::Succeeded, "{job:#?}");
+    assert_eq!(
+        job.run_history.len(),
+        1,
+        "the result is recorded exactly once, in the one run: {job:#?}"
+    );
+    assert_eq!(job.run_history[0].state, RunState::Succeeded, "{job:#?}");
+    let log = server.lwr(&["logs", &format!("{graph}/slow")]);
+    log.assert_success();
+    assert!(log.stdout.contains("done"), "{log}");
+
+    let status = wait_until("push --wait to exit", DEADLINE, || {
+        push.exited().ok_or_else(|| tail(&push_log, 20))
+    });
+    assert!(
+        status.success(),
+        "push --wait should succeed across the restart ({status}):\n{}",
+        tail(&push_log, 30)
+    );
+}
+
+#[test]
+fn a_job_that_ends_while_the_server_is_down_is_reported_after_the_restart() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let mut server = Server::start(dir); // lease 2s: the outage below outlasts it
+    let a = server.node(dir, "a", 1, &[]);
+    let repo = one_job_repo(dir, "sleep 2; echo done");
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let graph = out.pushed_graph();
+
+    server.wait_job(graph, "slow", JobState::Running, Some("a"));
+    server.kill();
+    let down = Instant::now();
+    // The job ends with no server to tell: the node keeps the result on disk.
+    wait_until("the node to keep the result on disk", DEADLINE, || {
+        let files = a.unreported_results();
+        if files.is_empty() {
+            Err(format!(
+                "no unreported result in {}/journal.jsonl",
+                a.work_dir.display()
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    // Stay down longer than the lease, so the restarted server must not expire the run.
+    let outage = Duration::from_secs(3);
+    if let Some(left) = outage.checked_sub(down.elapsed()) {
+        std::thread::sleep(left);
+    }
+    server.restart();
+    server.wait_finished(graph);
+
+    let job = server.job(graph, "slow");
+    assert_eq!(job.info.state, JobState::Succeeded, "{job:#?}");
+    assert_eq!(job.run_history.len(), 1, "{job:#?}");
+    assert_eq!(job.run_history[0].state, RunState::Succeeded, "{job:#?}");
+    assert_eq!(job.run_history[0].node, "a", "{job:#?}");
+    let log = server.lwr(&["logs", &format!("{graph}/slow")]);
+    log.assert_success();
+    assert!(log.stdout.contains("done"), "{log}");
+    wait_until("the node to drop the reported result", DEADLINE, || {
+        let files = a.unreported_results();
+        if files.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still on disk: {files:?}"))
+        }
+    });
+}
+
+#[test]
+fn a_result_kept_on_disk_survives_a_node_restart() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let mut server = Server::start(dir);
+    let mut a = server.node(dir, "a", 1, &[]);
+    let repo = one_job_repo(dir, "sleep 1; echo done");
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let graph = out.pushed_graph();
+
+    server.wait_job(graph, "slow", JobState::Running, Some("a"));
+    server.kill();
+    wait_until("the node to keep the result on disk", DEADLINE, || {
+        let files = a.unreported_results();
+        if files.is_empty() {
+            Err(format!(
+                "no unreported result in {}/journal.jsonl",
+                a.work_dir.display()
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    // The node dies too, before it could report; both come back.
+    a.kill();
+    server.restart();
+    a.daemon.start();
+    server.wait_finished(graph);
+
+    let job = server.job(graph, "slow");
+    assert_eq!(job.info.state, JobState::Succeeded, "{job:#?}");
+    assert_eq!(
+        job.run_history.len(),
+        1,
+        "the result kept on disk must be reported by the restarted node, not lost: {job:#?}"
+    );
+    assert_eq!(job.run_history[0].state, RunState::Succeeded, "{job:#?}");
+    let log = server.lwr(&["logs", &format!("{graph}/slow")]);
+    log.assert_success();
+    assert!(log.stdout.contains("done"), "{log}");
+}

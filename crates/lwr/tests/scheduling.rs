@@ -1,0 +1,458 @@
+//! Graphs through a real server and real nodes: dependency order, failures and what they
+//! block, the job environment, timeouts, matrices and node requirements.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use lwr_model::JobState;
+use lwr_model::job::RunState;
+
+/// One job of a test graph: name, needs, shell command.
+struct J<'a> {
+    name: &'a str,
+    needs: &'a [&'a str],
+    run: String,
+}
+
+/// An lwr.yml for `jobs`; each `run` is a YAML block scalar, so any shell text is safe.
+fn yml(jobs: &[J]) -> String {
+    let mut s = String::from("version: 1\njobs:\n");
+    for j in jobs {
+        s.push_str(&format!("  {}:\n    run: |\n      {}\n", j.name, j.run));
+        if !j.needs.is_empty() {
+            s.push_str(&format!("    needs: [{}]\n", j.needs.join(", ")));
+        }
+    }
+    s
+}
+
+/// `echo NAME >> FILE`, optionally after a short sleep.
+fn append(name: &str, file: &Path, sleep: &str) -> String {
+    let pre = if sleep.is_empty() {
+        String::new()
+    } else {
+        format!("sleep {sleep}; ")
+    };
+    format!("{pre}echo {name} >> {}", sh_quote(file))
+}
+
+fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn dependency_order_is_respected() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let order = dir.join("order.txt");
+    let server = Server::start(dir);
+    let _a = server.node(dir, "a", 2, &[]);
+    let _b = server.node(dir, "b", 2, &[]);
+
+    // A diamond (b is slower than c, so d must really wait for both) and a chain of 5.
+    let jobs = [
+        J {
+            name: "a",
+            needs: &[],
+            run: append("a", &order, "0.2"),
+        },
+        J {
+            name: "b",
+            needs: &["a"],
+            run: append("b", &order, "0.3"),
+        },
+        J {
+            name: "c",
+            needs: &["a"],
+            run: append("c", &order, ""),
+        },
+        J {
+            name: "d",
+            needs: &["b", "c"],
+            run: append("d", &order, ""),
+        },
+        J {
+            name: "chain-1",
+            needs: &[],
+            run: append("chain-1", &order, ""),
+        },
+        J {
+            name: "chain-2",
+            needs: &["chain-1"],
+            run: append("chain-2", &order, ""),
+        },
+        J {
+            name: "chain-3",
+            needs: &["chain-2"],
+            run: append("chain-3", &order, ""),
+        },
+        J {
+            name: "chain-4",
+            needs: &["chain-3"],
+            run: append("chain-4", &order, ""),
+        },
+        J {
+            name: "chain-5",
+            needs: &["chain-4"],
+            run: append("chain-5", &order, ""),
+        },
+    ];
+    let repo = git_repo(&dir.join("repo"), &yml(&jobs));
+
+    let out = server.push(&repo, true);
+    out.assert_success();
+    let graph = out.pushed_graph();
+
+    let lines = read_lines(&order);
+    let mut sorted = lines.clone();
+    sorted.sort();
+    let mut expected: Vec<String> = jobs.iter().map(|j| j.name.to_string()).collect();
+    expected.sort();
+    assert_eq!(
+        sorted, expected,
+        "every job must run exactly once; order file: {lines:?}"
+    );
+    let pos = |name: &str| lines.iter().position(|l| l == name).unwrap();
+    for j in &jobs {
+        for need in j.needs {
+            assert!(
+                pos(need) < pos(j.name),
+                "{} ran before its need {need}: order {lines:?}\n{}",
+                j.name,
+                server.describe(Some(graph))
+            );
+        }
+    }
+
+    // The contract of `lwr jobs --json`: id, graph_id, name, state, node, runs.
+    let json = server.jobs_json();
+    let listed = json["jobs"].as_array().expect("a 'jobs' array");
+    assert_eq!(listed.len(), jobs.len(), "{json:#}");
+    for j in listed {
+        assert!(j["id"].is_i64(), "{j}");
+        assert_eq!(j["graph_id"].as_i64(), Some(graph), "{j}");
+        assert_eq!(j["state"], "succeeded", "{j}");
+        assert_eq!(j["runs"], 1, "{j}");
+        let node = j["node"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no node in {j}"));
+        assert!(node == "a" || node == "b", "{j}");
+    }
+    let names: BTreeSet<&str> = listed.iter().filter_map(|j| j["name"].as_str()).collect();
+    assert_eq!(names, jobs.iter().map(|j| j.name).collect());
+}
+
+#[test]
+fn a_failed_job_blocks_its_dependents_and_push_wait_fails() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(dir);
+    let _a = server.node(dir, "a", 2, &[]);
+    let repo = git_repo(
+        &dir.join("repo"),
+        "version: 1
+jobs:
+  bad:
+    run: echo about to fail; exit 3
+    retries: 0
+  after:
+    run: echo after
+    needs: [bad]
+  after2:
+    run: echo after2
+    needs: [after]
+  ok:
+    run: echo ok
+",
+    );
+
+    let out = server.push(&repo, true);
+    out.assert_failure();
+    assert!(
+        out.stdout.contains("bad"),
+        "push --wait must name the failed job: {out}"
+    );
+    let graph = out.pushed_graph();
+
+    let jobs = server.jobs(graph);
+    let table = server.describe(Some(graph));
+    assert_eq!(jobs.len(), 4, "{table}");
+    let bad = &jobs["bad"];
+    assert_eq!(bad.state, JobState::Failed, "{table}");
+    let reason = bad.reason.as_deref().unwrap_or("");
+    assert!(
+        reason.contains("exit code 3"),
+        "reason of bad should give the exit code: {table}"
+    );
+    assert_eq!(jobs["ok"].state, JobState::Succeeded, "{table}");
+    for name in ["after", "after2"] {
+        let j = &jobs[name];
+        assert_eq!(j.state, JobState::Blocked, "{table}");
+        assert_eq!(j.runs, 0, "a blocked job never runs: {table}");
+        assert!(
+            j.reason.as_deref().unwrap_or("").contains("bad"),
+            "{name} should say it is blocked by bad: {table}"
+        );
+    }
+
+    // A failure is the job's own fault: no retry even with retries left, one run, exit 3.
+    let detail = server.job(graph, "bad");
+    assert_eq!(detail.run_history.len(), 1, "{detail:#?}");
+    assert_eq!(detail.run_history[0].state, RunState::Failed, "{detail:#?}");
+    assert_eq!(detail.run_history[0].exit_code, Some(3), "{detail:#?}");
+    let log = server.lwr(&["logs", &format!("{graph}/bad")]);
+    log.assert_success();
+    assert!(log.stdout.contains("about to fail"), "{log}");
+}
+
+#[test]
+fn jobs_see_their_environment() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(dir);
+    let _a = server.node(dir, "a", 1, &[]);
+    let repo = git_repo(
+        &dir.join("repo"),
+        r#"version: 1
+jobs:
+  Show_Env.Vars:
+    run: echo "name=$LWR_JOB_NAME id=$LWR_JOB_ID graph=$LWR_GRAPH_ID run=$LWR_RUN greeting=$GREETING server=$LWR_SERVER"
+    env:
+      GREETING: hello world
+"#,
+    );
+    let out = server.push(&repo, true);
+    out.assert_success();
+    let graph = out.pushed_graph();
+    let job = server.job(graph, "show-env-vars");
+
+    // By graph/name as written in lwr.yml (normalized by the CLI), and by id.
+    for spec in [format!("{graph}/Show_Env.Vars"), job.info.id.to_string()] {
+        let log = server.lwr(&["logs", &spec]);
+        log.assert_success();
+        let want = format!(
+            "name=show-env-vars id={} graph={graph} run=1 greeting=hello world server={}",
+            job.info.id, server.url
+        );
+        assert!(
+            log.stdout.contains(&want),
+            "expected '{want}' in the log: {log}"
+        );
+    }
+}
+
+#[test]
+fn a_timeout_fails_the_job_kills_its_processes_and_blocks_dependents() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(dir);
+    let _a = server.node(dir, "a", 2, &[]);
+    let pid_file = dir.join("slow.pid");
+    let repo = git_repo(
+        &dir.join("repo"),
+        &format!(
+            "version: 1
+jobs:
+  slow:
+    run: echo $$ > {}; sleep 30
+    timeout: 1s
+  after-slow:
+    run: echo never
+    needs: [slow]
+",
+            sh_quote(&pid_file)
+        ),
+    );
+
+    let started = Instant::now();
+    let out = server.push(&repo, true);
+    let took = started.elapsed();
+    out.assert_failure();
+    assert!(
+        took < Duration::from_secs(15),
+        "a 1s timeout took {took:?} to end the graph: {out}"
+    );
+    let graph = out.pushed_graph();
+    let jobs = server.jobs(graph);
+    let table = server.describe(Some(graph));
+    assert_eq!(jobs["slow"].state, JobState::Failed, "{table}");
+    assert!(
+        jobs["slow"]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("timed out"),
+        "{table}"
+    );
+    assert_eq!(jobs["after-slow"].state, JobState::Blocked, "{table}");
+
+    // The whole process group went, `sleep 30` included.
+    let pgid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("the job wrote its pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    wait_until(
+        "the timed-out job's process group to be gone",
+        DEADLINE,
+        || {
+            if group_alive(pgid) {
+                Err(format!("process group {pgid} still has live processes"))
+            } else {
+                Ok(())
+            }
+        },
+    );
+}
+
+#[test]
+fn a_matrix_expands_and_needs_on_it_mean_every_expansion() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let order = dir.join("order.txt");
+    let server = Server::start(dir);
+    let _a = server.node(dir, "a", 2, &[]);
+    let _b = server.node(dir, "b", 2, &[]);
+    let repo = git_repo(
+        &dir.join("repo"),
+        &format!(
+            "version: 1
+jobs:
+  test:
+    run: echo chunk ${{matrix.chunk}}; sleep 0.${{matrix.chunk}}; echo test-${{matrix.chunk}} >> {order}
+    matrix:
+      chunk: [1, 2, 3]
+  report:
+    run: echo report >> {order}
+    needs: [test]
+",
+            order = sh_quote(&order)
+        ),
+    );
+
+    // Offline, the graph already shows the expansion.
+    let offline = lwr(&["graph", "--repo", &repo.display().to_string(), "--json"]);
+    offline.assert_success();
+    let g = offline.json();
+    let names: Vec<&str> = g["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["name"].as_str())
+        .collect();
+    assert_eq!(names, ["test-1", "test-2", "test-3", "report"], "{offline}");
+
+    let out = server.push(&repo, true);
+    out.assert_success();
+    let graph = out.pushed_graph();
+    let jobs = server.jobs(graph);
+    let table = server.describe(Some(graph));
+    assert_eq!(
+        jobs.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["report", "test-1", "test-2", "test-3"],
+        "{table}"
+    );
+    assert!(
+        jobs.values().all(|j| j.state == JobState::Succeeded),
+        "{table}"
+    );
+
+    let lines = read_lines(&order);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("report"),
+        "report must run after every test-N: {lines:?}"
+    );
+    let log = server.lwr(&["logs", &format!("{graph}/test-2")]);
+    log.assert_success();
+    assert!(log.stdout.contains("chunk 2"), "{log}");
+}
+
+#[test]
+fn jobs_run_only_on_nodes_that_meet_their_requirements() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(dir);
+    // First only b, which has no tags: it must leave the gpu and tagged jobs alone.
+    let _b = server.node(dir, "b", 2, &[]);
+    server.wait_node("b");
+    let repo = git_repo(
+        &dir.join("repo"),
+        r#"version: 1
+jobs:
+  on-gpu:
+    run: echo gpu
+    node: {gpu: "yes"}
+  tagged:
+    run: echo fast
+    node: {tags: [fast]}
+  plain-1:
+    run: echo one
+  plain-2:
+    run: echo two
+  plain-3:
+    run: echo three
+    needs: [plain-1, plain-2]
+  on-plan9:
+    run: echo never
+    node: {os: plan9}
+"#,
+    );
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let graph = out.pushed_graph();
+
+    for name in ["plain-1", "plain-2", "plain-3"] {
+        server.wait_job(graph, name, JobState::Succeeded, Some("b"));
+    }
+    // b claimed plain-3 after the others were ready, so it had every chance to take them.
+    let jobs = server.jobs(graph);
+    let table = server.describe(Some(graph));
+    for name in ["on-gpu", "tagged", "on-plan9"] {
+        assert_eq!(
+            jobs[name].state,
+            JobState::Pending,
+            "{name} must wait for a suitable node: {table}"
+        );
+        assert_eq!(jobs[name].runs, 0, "{table}");
+    }
+
+    let _a = server.node(dir, "a", 2, &["gpu=yes", "fast"]);
+    server.wait_job(graph, "on-gpu", JobState::Succeeded, Some("a"));
+    server.wait_job(graph, "tagged", JobState::Succeeded, Some("a"));
+
+    // The rest of the graph is done; the plan9 job still waits, and the graph is not finished.
+    let jobs = server.jobs(graph);
+    let table = server.describe(Some(graph));
+    let done = jobs
+        .values()
+        .filter(|j| j.state == JobState::Succeeded)
+        .count();
+    assert_eq!(done, 5, "{table}");
+    assert_eq!(jobs["on-plan9"].state, JobState::Pending, "{table}");
+    assert_eq!(jobs["on-plan9"].runs, 0, "{table}");
+    let info = server.api.graph(graph).expect("reading the graph");
+    assert!(
+        !info.finished,
+        "a graph with a pending job is not finished: {info:?}"
+    );
+
+    // The node listing shows a's tags.
+    let nodes = server.lwr(&["nodes", "--json"]);
+    nodes.assert_success();
+    let json = nodes.json();
+    let a = json["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["name"] == "a"))
+        .unwrap_or_else(|| panic!("no node a in {json:#}"));
+    assert_eq!(a["properties"]["tags"]["gpu"], "yes", "{json:#}");
+}
