@@ -11,7 +11,17 @@ use clap::{Args, Parser, Subcommand};
 /// A small server keeps graphs, jobs and runs; nodes long-poll it for jobs and run them
 /// detached; graphs of jobs live in each repository's lwr.yml.
 #[derive(Debug, Parser)]
-#[command(name = "lwr", version, propagate_version = true)]
+#[command(
+    name = "lwr",
+    version,
+    propagate_version = true,
+    after_help = "Examples:\n  \
+        lwr graph --repo .                 check lwr.yml offline\n  \
+        lwr dev --nodes 2                  a server and two nodes on this machine\n  \
+        lwr push --repo . --wait           run the graph of HEAD and wait for it\n  \
+        lwr jobs --json                    every job and its state\n  \
+        lwr logs 1/build                   the log of job build in graph 1"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -58,6 +68,10 @@ pub struct ServeArgs {
     /// A run whose node stops renewing it for this long ends as `exception` and is retried.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub lease: Duration,
+    /// Serve on a non-loopback address without authentication. Anyone who can reach the
+    /// server can then run commands on every node: only for networks you fully trust.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 #[derive(Debug, Args)]

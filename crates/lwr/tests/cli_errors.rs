@@ -105,3 +105,20 @@ fn a_server_on_a_taken_port_says_so_once() {
     let repeats = out.stderr.matches("Address already in use").count();
     assert_eq!(repeats, 1, "the cause should be said once: {out}");
 }
+
+#[test]
+fn a_server_refuses_a_non_loopback_address_without_auth() {
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    let addr = format!("0.0.0.0:{}", free_port());
+    let out = lwr(&[
+        "server",
+        "--listen",
+        &addr,
+        "--data-dir",
+        &data.display().to_string(),
+    ]);
+    out.assert_clear_error(1)
+        .assert_stderr_has(&["refusing", "--insecure-no-auth"]);
+    assert!(!data.exists(), "a refused server writes nothing");
+}

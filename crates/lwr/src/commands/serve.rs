@@ -15,9 +15,14 @@ use crate::cli::{DevArgs, NodeArgs, ServeArgs, ServerArgs};
 pub async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let (url, serve) = start_server(&args.serve).await?;
     println!(
-        "lwr server listening on {url} (data dir {}, database {})",
+        "lwr server listening on {url} (data dir {}, database {}, {})",
         args.serve.data_dir.display(),
-        db_label(&args.serve)
+        db_label(&args.serve),
+        if args.serve.insecure_no_auth {
+            "NO AUTHENTICATION"
+        } else {
+            "loopback only, no authentication"
+        }
     );
     tokio::select! {
         result = serve => result?,
@@ -86,6 +91,16 @@ async fn start_server(
     String,
     impl Future<Output = Result<(), lwr_server::ServerError>> + use<>,
 )> {
+    // Whoever can submit a graph runs commands on every node: without authentication the
+    // server stays on this machine unless told otherwise.
+    if !args.listen.ip().is_loopback() && !args.insecure_no_auth {
+        anyhow::bail!(
+            "refusing to serve {} without authentication: anyone reaching it could run commands \
+             on every node. Listen on a loopback address (127.0.0.1), or pass --insecure-no-auth \
+             on a network you fully trust",
+            args.listen
+        );
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
     let url = match &args.db {
