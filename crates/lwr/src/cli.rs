@@ -111,11 +111,34 @@ pub struct DevArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct GraphArgs {
+    #[command(subcommand)]
+    pub action: Option<GraphAction>,
     /// Repository whose lwr.yml to read (the working tree, committed or not).
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,
     /// Print the expanded graph as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GraphAction {
+    /// Compare two graphs: added, removed and changed jobs and edges.
+    ///
+    /// OLD and NEW are each a JSON file from `lwr graph --json`, a directory holding an
+    /// lwr.yml, or a git revision of --repo (e.g. HEAD~1 HEAD).
+    Diff(GraphDiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GraphDiffArgs {
+    pub old: String,
+    pub new: String,
+    /// Repository whose revisions OLD and NEW name.
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
     #[arg(long)]
     pub json: bool,
 }

@@ -11,9 +11,11 @@ use utoipa::ToSchema;
 
 use crate::node::Requirements;
 
+mod diff;
 mod parse;
 mod validate;
 
+pub use diff::{GraphDiff, JobChange, diff};
 pub use parse::{parse, parse_duration};
 pub use validate::GraphError;
 

@@ -78,7 +78,7 @@ fn read_head(repo: &Path) -> anyhow::Result<SubmitGraph> {
 }
 
 /// Runs git in `repo`; `None` when git fails.
-fn git(repo: &Path, args: &[&str]) -> Option<String> {
+pub(super) fn git(repo: &Path, args: &[&str]) -> Option<String> {
     let out = Command::new("git")
         .arg("-C")
         .arg(repo)
