@@ -344,3 +344,47 @@ fn the_server_refuses_an_empty_graph_as_lwr_graph_does() {
     let server = Server::start(tmp.path());
     assert_server_refuses(&server, vec![("no jobs", vec![])]);
 }
+
+#[test]
+fn graph_diff_names_exactly_the_changed_jobs() {
+    let tmp = tempdir();
+    let repo = tmp.path().join("repo");
+    git_repo(
+        &repo,
+        "version: 1\njobs:\n  hello:\n    run: echo one\n  steady:\n    run: echo same\n",
+    );
+    let old_json = lwr(&["graph", "--repo", &repo.display().to_string(), "--json"]);
+    old_json.assert_success();
+    let old_file = tmp.path().join("old.json");
+    std::fs::write(&old_file, &old_json.stdout).unwrap();
+    std::fs::write(
+        repo.join("lwr.yml"),
+        "version: 1\njobs:\n  hello:\n    run: echo two\n  steady:\n    run: echo same\n  extra:\n    run: x\n    needs: [steady]\n",
+    )
+    .unwrap();
+    git_init_commit(&repo);
+
+    let repo_arg = repo.display().to_string();
+    for (old, new) in [
+        (old_file.display().to_string(), repo_arg.clone()),
+        ("HEAD~1".to_string(), "HEAD".to_string()),
+    ] {
+        let out = lwr(&["graph", "diff", &old, &new, "--repo", &repo_arg]);
+        out.assert_success();
+        assert!(out.stdout.contains("~ hello (run)"), "{out}");
+        assert!(out.stdout.contains("+ extra"), "{out}");
+        assert!(out.stdout.contains("+ edge extra needs steady"), "{out}");
+        assert!(
+            !out.stdout.contains("steady ("),
+            "an unchanged job is named: {out}"
+        );
+    }
+    let json = lwr(&[
+        "graph", "diff", "HEAD~1", "HEAD", "--repo", &repo_arg, "--json",
+    ]);
+    json.assert_success();
+    assert_eq!(json.json()["changed"][0]["name"], "hello");
+    lwr(&["graph", "diff", "nosuchrev", "HEAD", "--repo", &repo_arg])
+        .assert_clear_error(1)
+        .assert_stderr_has(&["nosuchrev"]);
+}
