@@ -215,6 +215,22 @@ impl Client {
         Ok(bytes.to_vec())
     }
 
+    pub async fn cancel_job(&self, job: i64) -> Result<CancelResult> {
+        self.post(&format!("/v1/jobs/{job}/cancel"), &()).await
+    }
+
+    pub async fn cancel_graph(&self, graph: i64) -> Result<CancelResult> {
+        self.post(&format!("/v1/graphs/{graph}/cancel"), &()).await
+    }
+
+    pub async fn retrigger(&self, job: i64, with_dependents: bool) -> Result<RetriggerResult> {
+        self.post(
+            &format!("/v1/jobs/{job}/retrigger"),
+            &RetriggerRequest { with_dependents },
+        )
+        .await
+    }
+
     pub async fn register_node(&self, reg: &RegisterNode) -> Result<NodeInfo> {
         self.post("/v1/nodes", reg).await
     }

@@ -275,6 +275,29 @@ pub struct ReportAck {
     pub acks: Vec<ResultAck>,
 }
 
+/// What `POST /v1/jobs/{id}/cancel` or `POST /v1/graphs/{id}/cancel` stopped.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CancelResult {
+    /// Jobs that were pending or running and are now cancelled.
+    pub jobs: u64,
+    /// Runs that were going; their nodes kill them at their next heartbeat.
+    pub runs: u64,
+}
+
+/// `POST /v1/jobs/{id}/retrigger`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct RetriggerRequest {
+    /// Also run again every job that depends on this one.
+    #[serde(default)]
+    pub with_dependents: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RetriggerResult {
+    /// Ids of the jobs put back in the queue, the retriggered one first.
+    pub jobs: Vec<i64>,
+}
+
 /// `GET /v1/health`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {

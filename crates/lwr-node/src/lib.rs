@@ -297,7 +297,9 @@ impl Node {
     /// Renews the leases of running jobs and stops those the server gave up on.
     async fn heartbeat_loop(self: Arc<Self>) {
         loop {
-            let every = Duration::from_secs((self.lease_secs.load(Ordering::Relaxed) / 3).max(1));
+            // A third of the lease, and at most 5 s so a cancelled job stops soon.
+            let every =
+                Duration::from_secs((self.lease_secs.load(Ordering::Relaxed) / 3).clamp(1, 5));
             tokio::time::sleep(every).await;
             let runs: Vec<i64> = lock(&self.running).keys().copied().collect();
             match self.client.heartbeat(self.id, &Heartbeat { runs }).await {

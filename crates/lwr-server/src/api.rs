@@ -30,9 +30,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/graphs", post(submit_graph))
         .route("/v1/graphs/{id}", get(get_graph))
         .route("/v1/graphs/{id}/jobs/{name}", get(get_job_by_name))
+        .route("/v1/graphs/{id}/cancel", post(cancel_graph))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/log", get(get_log))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/retrigger", post(retrigger_job))
         .route("/v1/nodes", post(register_node).get(list_nodes))
         .route("/v1/nodes/{id}/claim", post(claim))
         .route("/v1/nodes/{id}/heartbeat", post(heartbeat))
@@ -206,6 +209,52 @@ async fn get_log(
     }
     let bytes = logs::read(&state.config.data_dir, run.id).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+}
+
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/cancel", params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "the job is cancelled and its dependents blocked", body = CancelResult),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the job already ended", body = ErrorBody),
+    )
+)]
+async fn cancel_job(State(state): Shared, Path(id): Path<i64>) -> ApiResult<Json<CancelResult>> {
+    let c = state.queue.cancel_job(id).await?;
+    Ok(Json(CancelResult {
+        jobs: c.jobs,
+        runs: c.runs,
+    }))
+}
+
+#[utoipa::path(
+    post, path = "/v1/graphs/{id}/cancel", params(("id" = i64, Path)),
+    responses((status = 200, body = CancelResult), (status = 404, body = ErrorBody))
+)]
+async fn cancel_graph(State(state): Shared, Path(id): Path<i64>) -> ApiResult<Json<CancelResult>> {
+    let c = state.queue.cancel_graph(id).await?;
+    Ok(Json(CancelResult {
+        jobs: c.jobs,
+        runs: c.runs,
+    }))
+}
+
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/retrigger", params(("id" = i64, Path)), request_body = RetriggerRequest,
+    responses(
+        (status = 200, description = "the job (and dependents) are back in the queue as new runs", body = RetriggerResult),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the job has not ended, or a need did not succeed", body = ErrorBody),
+    )
+)]
+async fn retrigger_job(
+    State(state): Shared,
+    Path(id): Path<i64>,
+    ApiJson(req): ApiJson<RetriggerRequest>,
+) -> ApiResult<Json<RetriggerResult>> {
+    Ok(Json(RetriggerResult {
+        jobs: state.queue.retrigger(id, req.with_dependents).await?,
+    }))
 }
 
 #[utoipa::path(

@@ -42,6 +42,7 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match &err {
             StoreError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, err.to_string()),
+            StoreError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, err.to_string()),
             StoreError::InvalidGraph(e) => {
                 ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, "graph", e.to_string())
             }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lwr_model::api::{GraphInfo, ResultAck, RunResult, SubmitGraph};
-use lwr_store::{Claimed, Effects, Store, StoreError, now_ms};
+use lwr_store::{Cancelled, Claimed, Effects, Store, StoreError, now_ms};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
@@ -155,6 +155,27 @@ impl Queue {
         let (acks, effects) = self.store.report(node_id, results, now_ms()).await?;
         self.wake(effects);
         Ok(acks)
+    }
+
+    pub async fn cancel_job(&self, job: i64) -> Result<Cancelled, StoreError> {
+        let cancelled = self.store.cancel_job(job, now_ms()).await?;
+        self.wake(cancelled.effects);
+        Ok(cancelled)
+    }
+
+    pub async fn cancel_graph(&self, graph: i64) -> Result<Cancelled, StoreError> {
+        let cancelled = self.store.cancel_graph(graph, now_ms()).await?;
+        self.wake(cancelled.effects);
+        Ok(cancelled)
+    }
+
+    pub async fn retrigger(&self, job: i64, with_dependents: bool) -> Result<Vec<i64>, StoreError> {
+        let jobs = self.store.retrigger(job, with_dependents, now_ms()).await?;
+        self.wake(Effects {
+            ready: true,
+            changed: true,
+        });
+        Ok(jobs)
     }
 
     pub async fn expire_leases(&self) -> Result<(), StoreError> {

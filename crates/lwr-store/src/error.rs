@@ -30,6 +30,9 @@ pub enum StoreError {
     },
     #[error("{what} {id} not found")]
     NotFound { what: &'static str, id: String },
+    /// The request makes no sense in the current state (cancelling an ended job...).
+    #[error("{0}")]
+    Conflict(String),
     #[error("stored {what} is unreadable: {detail}")]
     Corrupt { what: &'static str, detail: String },
     #[error("invalid graph: {0}")]

@@ -33,7 +33,7 @@ impl Effects {
     }
 }
 
-type Tx = Transaction<'static, Any>;
+pub(crate) type Tx = Transaction<'static, Any>;
 
 /// What a claim did: the jobs handed out, the answers to the results sent along, and whom
 /// to wake.

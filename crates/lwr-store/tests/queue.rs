@@ -432,3 +432,152 @@ async fn sqlx_bump(url: &str) -> bool {
         .await
         .is_ok()
 }
+
+#[tokio::test]
+async fn cancelling_a_running_job_ends_its_run_and_blocks_dependents() {
+    let f = fixture().await;
+    f.store
+        .submit_graph(
+            &graph(vec![job("a", &[]), job("b", &["a"]), job("free", &[])]),
+            0,
+        )
+        .await
+        .unwrap();
+    let n = node(&f.store, "n1", &[]).await;
+    let got = f
+        .store
+        .claim(n, 1, &[], 1, LEASE)
+        .await
+        .unwrap()
+        .assignments;
+    assert_eq!(got[0].job_name, "a");
+    let cancelled = f.store.cancel_job(got[0].job_id, 2).await.unwrap();
+    assert_eq!((cancelled.jobs, cancelled.runs), (1, 1));
+    let s = states(&f.store).await;
+    assert_eq!(s["a"], JobState::Cancelled);
+    assert_eq!(s["b"], JobState::Blocked);
+    assert_eq!(s["free"], JobState::Pending);
+    // The node is told to drop the run, and its late result is refused.
+    let abandon = f
+        .store
+        .heartbeat(n, &[got[0].run_id], 3, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(abandon, [got[0].run_id]);
+    let ok = RunResult {
+        run_id: got[0].run_id,
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+    };
+    let (acks, _) = f.store.report(n, &[ok], 4).await.unwrap();
+    assert!(!acks[0].recorded);
+    // An ended job cannot be cancelled again.
+    let err = f.store.cancel_job(got[0].job_id, 5).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+}
+
+#[tokio::test]
+async fn cancelling_a_graph_stops_everything_not_ended() {
+    let f = fixture().await;
+    let g = f
+        .store
+        .submit_graph(
+            &graph(vec![job("a", &[]), job("b", &["a"]), job("c", &[])]),
+            0,
+        )
+        .await
+        .unwrap();
+    let n = node(&f.store, "n1", &[]).await;
+    f.store.claim(n, 1, &[], 1, LEASE).await.unwrap();
+    let cancelled = f.store.cancel_graph(g, 2).await.unwrap();
+    assert_eq!((cancelled.jobs, cancelled.runs), (3, 1));
+    assert!(
+        states(&f.store)
+            .await
+            .values()
+            .all(|s| *s == JobState::Cancelled)
+    );
+    assert!(f.store.graph(g).await.unwrap().finished);
+    assert!(matches!(
+        f.store.cancel_graph(999, 3).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn retrigger_runs_a_job_again_with_its_dependents() {
+    let f = fixture().await;
+    let mut flaky = job("flaky", &[]);
+    flaky.retries = 0;
+    f.store
+        .submit_graph(
+            &graph(vec![
+                flaky,
+                job("after", &["flaky"]),
+                job("last", &["after"]),
+            ]),
+            0,
+        )
+        .await
+        .unwrap();
+    let n = node(&f.store, "n1", &[]).await;
+    let got = f
+        .store
+        .claim(n, 1, &[], 1, LEASE)
+        .await
+        .unwrap()
+        .assignments;
+    let failed = RunResult {
+        run_id: got[0].run_id,
+        outcome: Outcome::Failed,
+        exit_code: Some(1),
+        reason: None,
+    };
+    f.store.report(n, &[failed], 2).await.unwrap();
+    assert_eq!(states(&f.store).await["after"], JobState::Blocked);
+
+    // A blocked job cannot run while its need has failed: the error says what to do.
+    let after_id = f
+        .store
+        .jobs(None)
+        .await
+        .unwrap()
+        .iter()
+        .find(|j| j.name == "after")
+        .unwrap()
+        .id;
+    let err = f.store.retrigger(after_id, false, 3).await.unwrap_err();
+    assert!(err.to_string().contains("retrigger flaky"), "{err}");
+
+    let queued = f.store.retrigger(got[0].job_id, true, 4).await.unwrap();
+    assert_eq!(queued.len(), 3);
+    let s = states(&f.store).await;
+    assert!(s.values().all(|st| *st == JobState::Pending), "{s:?}");
+    let again = f
+        .store
+        .claim(n, 10, &[], 5, LEASE)
+        .await
+        .unwrap()
+        .assignments;
+    assert_eq!(again.len(), 1, "dependents wait for the new run");
+    assert_eq!(
+        (again[0].job_name.as_str(), again[0].run_number),
+        ("flaky", 2)
+    );
+    let ok = RunResult {
+        run_id: again[0].run_id,
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+    };
+    let claimed = f.store.claim(n, 10, &[ok], 6, LEASE).await.unwrap();
+    assert_eq!(claimed.assignments[0].job_name, "after");
+    // A pending or running job is not retriggered.
+    let err = f
+        .store
+        .retrigger(claimed.assignments[0].job_id, false, 7)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+}

@@ -45,6 +45,33 @@ pub enum Command {
     Logs(LogsArgs),
     /// List the nodes the server knows.
     Nodes(NodesArgs),
+    /// Stop a job (or every job of a graph) that has not ended; dependents are blocked.
+    Cancel(CancelArgs),
+    /// Run an ended job again as a new run, optionally with everything that depends on it.
+    Retrigger(RetriggerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// Job id, or GRAPH/NAME.
+    #[arg(required_unless_present = "graph", conflicts_with = "graph")]
+    pub job: Option<String>,
+    /// Cancel every job of this graph that has not ended.
+    #[arg(long)]
+    pub graph: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RetriggerArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// Job id, or GRAPH/NAME.
+    pub job: String,
+    /// Also run again every job that depends on it.
+    #[arg(long)]
+    pub with_dependents: bool,
 }
 
 #[derive(Debug, Clone, Args)]

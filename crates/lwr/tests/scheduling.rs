@@ -456,3 +456,82 @@ jobs:
         .unwrap_or_else(|| panic!("no node a in {json:#}"));
     assert_eq!(a["properties"]["tags"]["gpu"], "yes", "{json:#}");
 }
+
+#[test]
+fn cancel_stops_a_running_job_and_retrigger_runs_it_again() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(dir);
+    let _a = server.node(dir, "a", 2, &[]);
+    let pid_file = dir.join("slow.pid");
+    let repo = git_repo(
+        &dir.join("repo"),
+        &format!(
+            "version: 1
+jobs:
+  slow:
+    run: test -f {marker} || {{ echo $$ > {pid}; sleep 30; }}
+  after:
+    run: echo after ran
+    needs: [slow]
+",
+            marker = sh_quote(&dir.join("fast-now")),
+            pid = sh_quote(&pid_file)
+        ),
+    );
+    let graph = server.push(&repo, false).pushed_graph();
+    server.wait_job(graph, "slow", JobState::Running, Some("a"));
+    wait_until("the job to write its pid", DEADLINE, || {
+        std::fs::read_to_string(&pid_file).map_err(|e| e.to_string())
+    });
+    let pgid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    let started = Instant::now();
+    let out = server.lwr(&["cancel", &format!("{graph}/slow")]);
+    out.assert_success();
+    assert!(out.stdout.contains("1 running runs"), "{out}");
+    wait_until(
+        "the cancelled job's process group to be gone",
+        DEADLINE,
+        || {
+            if group_alive(pgid) {
+                Err(format!("process group {pgid} still alive"))
+            } else {
+                Ok(())
+            }
+        },
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+    let table = server.describe(Some(graph));
+    let jobs = server.jobs(graph);
+    assert_eq!(jobs["slow"].state, JobState::Cancelled, "{table}");
+    assert_eq!(jobs["after"].state, JobState::Blocked, "{table}");
+    server
+        .lwr(&["cancel", &format!("{graph}/slow")])
+        .assert_clear_error(1)
+        .assert_stderr_has(&["already ended"]);
+
+    // Retriggered with its dependents (and quick this time), the graph finishes.
+    std::fs::write(dir.join("fast-now"), "").unwrap();
+    server
+        .lwr(&["retrigger", &format!("{graph}/after")])
+        .assert_clear_error(1)
+        .assert_stderr_has(&["retrigger slow"]);
+    server
+        .lwr(&["retrigger", &format!("{graph}/slow"), "--with-dependents"])
+        .assert_success();
+    server.wait_finished(graph);
+    let jobs = server.jobs(graph);
+    let table = server.describe(Some(graph));
+    assert_eq!(jobs["slow"].state, JobState::Succeeded, "{table}");
+    assert_eq!(jobs["slow"].runs, 2, "{table}");
+    assert_eq!(jobs["after"].state, JobState::Succeeded, "{table}");
+}
