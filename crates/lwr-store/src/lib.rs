@@ -6,19 +6,23 @@
 //! take `now` (milliseconds since the epoch) as an argument so tests can drive time.
 
 mod error;
+mod events;
 mod graphs;
 mod migrate;
 mod nodes;
 mod queue;
 mod rows;
+pub mod scratch;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 
 pub use error::StoreError;
+pub use events::{CHANNEL, Event, Events};
 pub use migrate::SCHEMA_VERSION;
 pub use queue::{Claimed, Effects};
 
@@ -67,6 +71,10 @@ pub struct Store {
     dialect: Dialect,
     /// Node names and properties by id, read on every claim.
     nodes: nodes::NodeCache,
+    /// Names this store in notifications, so a server skips its own.
+    instance: Arc<str>,
+    /// For listening to other servers (PostgreSQL only).
+    postgres_url: Option<String>,
 }
 
 impl Store {
@@ -130,6 +138,8 @@ impl Store {
             read,
             dialect,
             nodes: Default::default(),
+            instance: uuid::Uuid::new_v4().simple().to_string().into(),
+            postgres_url: (dialect == Dialect::Postgres).then(|| url.to_string()),
         };
         migrate::run(&store).await?;
         Ok(store)
