@@ -707,6 +707,39 @@ async fn changes_on_one_server_wake_the_other(f: Fixture) {
     other.close().await;
 }
 
+async fn a_node_registering_again_through_another_server_is_seen_by_both(f: Fixture) {
+    let other = Store::open(&f.url).await.unwrap();
+    let mut events = other.events().await.unwrap().expect("PostgreSQL listens");
+    let follower = tokio::spawn(async move {
+        loop {
+            events.next(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let mut gpu = job("gpu", &[]);
+    gpu.node.properties.insert("gpu".into(), "yes".into());
+    f.store.submit_graph(&graph(vec![gpu]), 0).await.unwrap();
+    let n = node(&f.store, "n1", &[]).await;
+    // The other server reads the node (and caches it): no gpu, no job.
+    let got = other.claim(n, 1, &[], 1, LEASE).await.unwrap();
+    assert!(got.assignments.is_empty());
+    // The node comes back with a gpu, registering through the first server.
+    assert_eq!(node(&f.store, "n1", &[("gpu", "yes")]).await, n);
+    let start = std::time::Instant::now();
+    loop {
+        let got = other.claim(n, 1, &[], 2, LEASE).await.unwrap();
+        if !got.assignments.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "the other server still uses the node's old properties"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    follower.abort();
+    other.close().await;
+}
+
 /// Ends every connection of the database that is listening for notifications.
 async fn kill_listeners(url: &str) {
     use sqlx::Connection;
@@ -739,4 +772,5 @@ on_postgres!(
     two_sweepers_expire_a_run_once,
     servers_starting_at_once_migrate_once,
     changes_on_one_server_wake_the_other,
+    a_node_registering_again_through_another_server_is_seen_by_both,
 );

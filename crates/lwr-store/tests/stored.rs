@@ -91,7 +91,10 @@ async fn make(url: &str) {
             reason: None,
         },
     ];
-    store.claim(node, 0, &results, t0 + 2, 30_000).await.unwrap();
+    store
+        .claim(node, 0, &results, t0 + 2, 30_000)
+        .await
+        .unwrap();
     store.close().await;
 }
 
@@ -110,7 +113,10 @@ async fn a_database_written_by_schema_1_still_loads() {
         .unwrap();
 
     let graph = store.graph(1).await.unwrap();
-    assert_eq!(graph.repository.as_deref(), Some("https://example.org/r.git"));
+    assert_eq!(
+        graph.repository.as_deref(),
+        Some("https://example.org/r.git")
+    );
     assert_eq!(graph.revision.as_deref(), Some("cafe"));
     assert_eq!(graph.created_at, "2023-11-14T22:13:20.000Z");
     let states: BTreeMap<String, (JobState, u32)> = store

@@ -93,6 +93,23 @@ fn two_servers_on_one_database_run_a_2000_job_graph_once_each() {
     // And both see the same state.
     let seen_by_one = one.api.graph(graph).expect("graph on server 1");
     assert_eq!(seen_by_one.counts.succeeded, 2000);
+
+    // A log lives in the data dir of the server its node uploaded it to: that server serves
+    // it, the other says where it is instead of answering with an empty log.
+    let repo = git_repo(
+        &dir.join("logs-repo"),
+        "version: 1\njobs:\n  hello:\n    run: echo hello from a job\n",
+    );
+    let out = one.push(&repo, true);
+    out.assert_success();
+    let graph = out.pushed_graph();
+    let job = format!("{graph}/hello");
+    let (a, b) = (one.lwr(&["logs", &job]), two.lwr(&["logs", &job]));
+    let (served, other) = if a.success() { (a, b) } else { (b, a) };
+    assert!(served.stdout.contains("hello from a job"), "{served}");
+    other
+        .assert_clear_error(3)
+        .assert_stderr_has(&["another server", "--data-dir"]);
 }
 
 #[test]
