@@ -208,6 +208,17 @@ async fn get_log(
         ));
     }
     let bytes = logs::read(&state.config.data_dir, run.id).await?;
+    if bytes.is_empty() && run.log_size > 0 {
+        // Uploaded through another server sharing the database, into its data dir.
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "the log of run {} of job {id} ({} bytes) was stored by another server; \
+                 servers sharing a database must share --data-dir",
+                run.number, run.log_size
+            ),
+        ));
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
 }
 

@@ -88,14 +88,23 @@ pub async fn bind(
     let local = listener
         .local_addr()
         .map_err(|source| ServerError::Listen { addr, source })?;
+    // Listen before serving, so no change another server makes after we start is missed.
+    let events = store.events().await?;
     let queue = Queue::new(store, config.lease);
     queue.on_start().await?;
     let state = Arc::new(AppState { queue, config });
     let sweeper = tokio::spawn(queue::sweep_leases(state.clone()));
+    let follower = events.map(|events| {
+        let state = state.clone();
+        tokio::spawn(async move { state.queue.follow(events).await })
+    });
     let app = router(state);
     let serve = async move {
         let result = axum::serve(listener, app).await.map_err(ServerError::Serve);
         sweeper.abort();
+        if let Some(follower) = follower {
+            follower.abort();
+        }
         result
     };
     Ok((local, serve))

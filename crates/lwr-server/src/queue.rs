@@ -4,12 +4,16 @@
 //! claimable; nodes waiting in a long-poll claim wake on it, so an idle node gets new work
 //! within milliseconds and nothing in the dispatch path sleeps. `changes` moves when any job
 //! changes state; `push --wait` long-polls on it.
+//!
+//! Servers sharing a PostgreSQL database hear each other's changes through LISTEN/NOTIFY
+//! ([`Queue::follow`]) and move the same counters, so a node waiting on one server
+//! wakes when a job is made ready through another.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use lwr_model::api::{GraphInfo, ResultAck, RunResult, SubmitGraph};
-use lwr_store::{Cancelled, Claimed, Effects, Store, StoreError, now_ms};
+use lwr_store::{Cancelled, Claimed, Effects, Event, Events, Store, StoreError, now_ms};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
@@ -48,12 +52,16 @@ impl Queue {
     }
 
     /// Wakes whoever the effects of a transaction concern.
-    fn wake(&self, effects: Effects) {
+    pub fn wake(&self, effects: Effects) {
         if effects.ready {
             self.ready.send_modify(|n| *n += 1);
         }
         if effects.changed {
-            self.changes.send_modify(|n| *n += 1);
+            // At least the clock, so counters of servers sharing a database stay close and
+            // a client that moves to another server behind a load balancer still sees the
+            // next change there.
+            let clock = now_ms() * 1000;
+            self.changes.send_modify(|n| *n = (*n + 1).max(clock));
         }
     }
 
@@ -182,6 +190,22 @@ impl Queue {
         let effects = self.store.expire_leases(now_ms()).await?;
         self.wake(effects);
         Ok(())
+    }
+
+    /// Wakes this server's waiters when another server sharing the database changes
+    /// something; runs until dropped. After the listening connection was lost it wakes
+    /// everyone once: what was sent meanwhile is gone, and a waiter that looks again finds
+    /// any job it missed.
+    pub async fn follow(&self, mut events: Events) {
+        loop {
+            match events.next(Duration::from_secs(1)).await {
+                Event::Wake(effects) => self.wake(effects),
+                Event::Reconnected => self.wake(Effects {
+                    ready: true,
+                    changed: true,
+                }),
+            }
+        }
     }
 
     pub fn lease(&self) -> Duration {

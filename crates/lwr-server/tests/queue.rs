@@ -183,3 +183,92 @@ async fn results_sent_with_a_claim_are_recorded_and_release_dependents() {
         "a's success made b ready in the same claim"
     );
 }
+
+/// A second server on the same PostgreSQL database, as `lwr server` runs it: a queue that
+/// follows the other servers' notifications.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "set LWR_TEST_POSTGRES_URL and run with --include-ignored"]
+async fn a_claim_waiting_on_one_server_wakes_when_a_job_is_submitted_on_another() {
+    let admin = std::env::var(lwr_store::scratch::POSTGRES_URL_VAR)
+        .expect("set LWR_TEST_POSTGRES_URL to run the PostgreSQL tests");
+    let db = lwr_store::scratch::ScratchDb::create(&admin).await.unwrap();
+    let outcome = tokio::spawn(two_servers_wake_each_other(db.url.clone())).await;
+    db.drop_db().await.unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn two_servers_wake_each_other(url: String) {
+    let one_store = Store::open(&url).await.unwrap();
+    let one_events = one_store.events().await.unwrap().expect("PostgreSQL");
+    let one = std::sync::Arc::new(Queue::new(one_store, Duration::from_secs(30)));
+    let one_follower = {
+        let one = one.clone();
+        tokio::spawn(async move { one.follow(one_events).await })
+    };
+    let two_store = Store::open(&url).await.unwrap();
+    let events = two_store.events().await.unwrap().expect("PostgreSQL");
+    let two = std::sync::Arc::new(Queue::new(two_store, Duration::from_secs(30)));
+    let follower = {
+        let two = two.clone();
+        tokio::spawn(async move { two.follow(events).await })
+    };
+    let reg = RegisterNode {
+        name: "n".into(),
+        properties: NodeProperties::default(),
+        slots: 1,
+    };
+    let node = two
+        .store()
+        .register_node(&reg, lwr_store::now_ms())
+        .await
+        .unwrap();
+    let waiting = {
+        let two = two.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let got = two
+                .claim(node, 1, &[], Duration::from_secs(30))
+                .await
+                .unwrap()
+                .assignments;
+            (got, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "nothing to claim yet");
+    let info = one.submit(&graph(&[("a", &[])])).await.unwrap();
+    let (got, waited) = waiting.await.unwrap();
+    assert_eq!(got.len(), 1, "the job submitted on the other server");
+    assert!(
+        waited < Duration::from_secs(5),
+        "woken by the notification, not the timeout ({waited:?})"
+    );
+
+    // A graph watcher on the first server hears the result reported to the second.
+    let watcher = {
+        let one = one.clone();
+        tokio::spawn(async move {
+            one.graph(info.id, Some(info.seq), Duration::from_secs(30))
+                .await
+                .unwrap()
+        })
+    };
+    let result = RunResult {
+        run_id: got[0].run_id,
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+    };
+    two.report(node, &[result]).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), watcher)
+        .await
+        .expect("the watcher on the other server woke")
+        .unwrap();
+    assert!(seen.seq > info.seq);
+    follower.abort();
+    one_follower.abort();
+    one.store().close().await;
+    two.store().close().await;
+}

@@ -46,14 +46,16 @@ impl Store {
             now,
         )
         .await?;
+        let effects = Effects {
+            ready: false,
+            changed: true,
+        };
+        self.notify_in(&mut tx, effects).await?;
         tx.commit().await.op("committing cancel")?;
         Ok(Cancelled {
             jobs: 1,
             runs,
-            effects: Effects {
-                ready: false,
-                changed: true,
-            },
+            effects,
         })
     }
 
@@ -88,14 +90,16 @@ impl Store {
         .await
         .op("cancelling graph")?
         .rows_affected();
+        let effects = Effects {
+            ready: false,
+            changed: jobs > 0,
+        };
+        self.notify_in(&mut tx, effects).await?;
         tx.commit().await.op("committing cancel")?;
         Ok(Cancelled {
             jobs,
             runs,
-            effects: Effects {
-                ready: false,
-                changed: jobs > 0,
-            },
+            effects,
         })
     }
 
@@ -189,6 +193,14 @@ impl Store {
             .await
             .op("counting needs")?;
         }
+        self.notify_in(
+            &mut tx,
+            Effects {
+                ready: true,
+                changed: true,
+            },
+        )
+        .await?;
         tx.commit().await.op("committing retrigger")?;
         Ok(targets)
     }

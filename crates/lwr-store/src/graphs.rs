@@ -75,6 +75,14 @@ impl Store {
                     .op("inserting job needs")?;
             }
         }
+        self.notify_in(
+            &mut tx,
+            crate::Effects {
+                ready: true,
+                changed: true,
+            },
+        )
+        .await?;
         tx.commit().await.op("committing graph")?;
         Ok(graph_id)
     }

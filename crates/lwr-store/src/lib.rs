@@ -7,13 +7,16 @@
 
 mod control;
 mod error;
+mod events;
 mod graphs;
 mod migrate;
 mod nodes;
 mod queue;
 mod rows;
+pub mod scratch;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
@@ -21,6 +24,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use control::Cancelled;
 pub use error::StoreError;
+pub use events::{CHANNEL, Event, Events};
 pub use migrate::SCHEMA_VERSION;
 pub use queue::{Claimed, Effects};
 
@@ -69,6 +73,10 @@ pub struct Store {
     dialect: Dialect,
     /// Node names and properties by id, read on every claim.
     nodes: nodes::NodeCache,
+    /// Names this store in notifications, so a server skips its own.
+    instance: Arc<str>,
+    /// For listening to other servers (PostgreSQL only).
+    postgres_url: Option<String>,
 }
 
 impl Store {
@@ -132,6 +140,8 @@ impl Store {
             read,
             dialect,
             nodes: Default::default(),
+            instance: uuid::Uuid::new_v4().simple().to_string().into(),
+            postgres_url: (dialect == Dialect::Postgres).then(|| url.to_string()),
         };
         migrate::run(&store).await?;
         Ok(store)

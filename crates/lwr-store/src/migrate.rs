@@ -8,6 +8,9 @@ use crate::{Dialect, Result, Store, StoreError};
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i64 = 1;
 
+/// The advisory lock key migrations hold on PostgreSQL ("lwr" and the default port).
+const MIGRATION_LOCK: i64 = 0x6c77_7200_1cc2;
+
 const SQLITE: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
 const POSTGRES: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
 
@@ -17,17 +20,22 @@ pub(crate) async fn run(store: &Store) -> Result<()> {
         Dialect::Postgres => POSTGRES,
     };
     let mut tx = store.write.begin().await.op("starting migration")?;
+    if store.dialect == Dialect::Postgres {
+        // Two servers starting on one database must not migrate at the same time: the
+        // second waits here until the first commits, then finds the schema current. The
+        // lock is taken before creating lwr_schema, because two concurrent
+        // `CREATE TABLE IF NOT EXISTS` can both try to create it and one fails. It is a
+        // transaction-scoped advisory lock, so it goes with the transaction whatever happens.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)::text AS locked")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .op("locking the schema for migration")?;
+    }
     sqlx::query("CREATE TABLE IF NOT EXISTS lwr_schema (version BIGINT NOT NULL)")
         .execute(&mut *tx)
         .await
         .op("creating the schema table")?;
-    if store.dialect == Dialect::Postgres {
-        // Two servers starting on one database must not migrate at the same time.
-        sqlx::query("LOCK TABLE lwr_schema IN EXCLUSIVE MODE")
-            .execute(&mut *tx)
-            .await
-            .op("locking the schema table")?;
-    }
     let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM lwr_schema")
         .fetch_one(&mut *tx)
         .await

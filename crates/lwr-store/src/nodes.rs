@@ -37,6 +37,12 @@ impl NodeCache {
             .map(|(_, node)| node.clone())
     }
 
+    pub(crate) fn forget(&self, id: i64) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(&id);
+        }
+    }
+
     fn put(&self, id: i64, node: Arc<KnownNode>) {
         if let Ok(mut map) = self.0.lock() {
             map.insert(id, (Instant::now(), node));
@@ -66,6 +72,7 @@ impl Store {
         .await
         .op("registering node")?;
         let id = col(&row, "id")?;
+        self.notify_node(id).await?;
         self.nodes.put(
             id,
             Arc::new(KnownNode {

@@ -4,22 +4,94 @@ use std::collections::BTreeMap;
 
 use lwr_model::api::{Outcome, RegisterNode, RunResult, SubmitGraph};
 use lwr_model::{Graph, JobSpec, JobState, NodeProperties, Requirements, RunState};
-use lwr_store::{Store, StoreError};
+use lwr_store::scratch::{POSTGRES_URL_VAR, ScratchDb};
+use lwr_store::{Dialect, Effects, Event, Store, StoreError};
 
 const LEASE: i64 = 30_000;
 
+/// A fresh, migrated store for one test body, on either backend.
 struct Fixture {
     store: Store,
-    _dir: tempfile::TempDir,
+    /// The database's URL, for tests that open it again.
+    url: String,
 }
 
-async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("lwr.db").display());
-    Fixture {
-        store: Store::open(&url).await.unwrap(),
-        _dir: dir,
+/// Runs `body` against a fresh database of `dialect`: a SQLite file in a temp dir, or a
+/// database of its own on the PostgreSQL server named by `LWR_TEST_POSTGRES_URL`, dropped
+/// afterwards whether the body passed or not.
+async fn run<F, Fut>(dialect: Dialect, body: F)
+where
+    F: FnOnce(Fixture) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (url, _dir, scratch) = match dialect {
+        Dialect::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("lwr.db").display());
+            (url, Some(dir), None)
+        }
+        Dialect::Postgres => {
+            let admin = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
+                panic!("set {POSTGRES_URL_VAR} (e.g. postgres://postgres@127.0.0.1:5432/test) to run the PostgreSQL variants")
+            });
+            let db = ScratchDb::create(&admin).await.unwrap();
+            (db.url.clone(), None, Some(db))
+        }
+    };
+    let store = Store::open(&url).await.unwrap();
+    assert_eq!(store.dialect(), dialect);
+    let outcome = tokio::spawn(body(Fixture {
+        store: store.clone(),
+        url,
+    }))
+    .await;
+    store.close().await;
+    if let Some(db) = scratch {
+        db.drop_db().await.unwrap();
     }
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Each test body runs twice: `sqlite::NAME` always, and `postgres::NAME`, which is
+/// ignored (reported as such) unless run with `--include-ignored`, and then needs
+/// `LWR_TEST_POSTGRES_URL`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::run(lwr_store::Dialect::Sqlite, super::$name).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "set LWR_TEST_POSTGRES_URL and run with --include-ignored"]
+                async fn $name() {
+                    super::run(lwr_store::Dialect::Postgres, super::$name).await
+                }
+            )*
+        }
+    };
+}
+
+/// Tests of PostgreSQL only (plans, locks), ignored unless asked for like the others.
+macro_rules! on_postgres {
+    ($($name:ident),* $(,)?) => {
+        mod postgres_only {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "set LWR_TEST_POSTGRES_URL and run with --include-ignored"]
+                async fn $name() {
+                    super::run(lwr_store::Dialect::Postgres, super::$name).await
+                }
+            )*
+        }
+    };
 }
 
 fn job(name: &str, needs: &[&str]) -> JobSpec {
@@ -93,9 +165,7 @@ async fn states(store: &Store) -> BTreeMap<String, JobState> {
         .collect()
 }
 
-#[tokio::test]
-async fn only_ready_jobs_are_claimed_and_success_releases_dependents() {
-    let f = fixture().await;
+async fn only_ready_jobs_are_claimed_and_success_releases_dependents(f: Fixture) {
     f.store
         .submit_graph(
             &graph(vec![job("a", &[]), job("b", &["a"]), job("c", &["a", "b"])]),
@@ -156,9 +226,7 @@ async fn only_ready_jobs_are_claimed_and_success_releases_dependents() {
     assert_eq!(got[0].job_name, "c");
 }
 
-#[tokio::test]
-async fn concurrent_claims_never_hand_a_job_twice() {
-    let f = fixture().await;
+async fn concurrent_claims_never_hand_a_job_twice(f: Fixture) {
     let jobs: Vec<JobSpec> = (0..200).map(|i| job(&format!("j{i}"), &[])).collect();
     f.store.submit_graph(&graph(jobs), 0).await.unwrap();
     let mut nodes = Vec::new();
@@ -190,9 +258,7 @@ async fn concurrent_claims_never_hand_a_job_twice() {
     assert_eq!(all.len(), 200, "no job handed out twice");
 }
 
-#[tokio::test]
-async fn failure_blocks_every_transitive_dependent_but_not_others() {
-    let f = fixture().await;
+async fn failure_blocks_every_transitive_dependent_but_not_others(f: Fixture) {
     f.store
         .submit_graph(
             &graph(vec![
@@ -231,9 +297,7 @@ async fn failure_blocks_every_transitive_dependent_but_not_others() {
     );
 }
 
-#[tokio::test]
-async fn expired_leases_retry_then_end_in_exception() {
-    let f = fixture().await;
+async fn expired_leases_retry_then_end_in_exception(f: Fixture) {
     let mut once = job("flaky", &[]);
     once.retries = 1;
     f.store
@@ -299,9 +363,7 @@ async fn expired_leases_retry_then_end_in_exception() {
     );
 }
 
-#[tokio::test]
-async fn a_result_is_recorded_once_and_only_from_its_node() {
-    let f = fixture().await;
+async fn a_result_is_recorded_once_and_only_from_its_node(f: Fixture) {
     f.store
         .submit_graph(&graph(vec![job("a", &[])]), 0)
         .await
@@ -345,9 +407,7 @@ async fn a_result_is_recorded_once_and_only_from_its_node() {
     assert_eq!(detail.run_history.len(), 1);
 }
 
-#[tokio::test]
-async fn jobs_go_only_to_nodes_that_meet_their_requirements() {
-    let f = fixture().await;
+async fn jobs_go_only_to_nodes_that_meet_their_requirements(f: Fixture) {
     let mut gpu = job("gpu", &[]);
     gpu.node.properties.insert("gpu".into(), "yes".into());
     let mut plan9 = job("plan9", &[]);
@@ -381,9 +441,7 @@ async fn jobs_go_only_to_nodes_that_meet_their_requirements() {
     assert_eq!(states(&f.store).await["plan9"], JobState::Pending);
 }
 
-#[tokio::test]
-async fn invalid_graphs_are_refused_and_store_nothing() {
-    let f = fixture().await;
+async fn invalid_graphs_are_refused_and_store_nothing(f: Fixture) {
     let err = f
         .store
         .submit_graph(&graph(vec![job("a", &["b"]), job("b", &["a"])]), 0)
@@ -394,9 +452,7 @@ async fn invalid_graphs_are_refused_and_store_nothing() {
     assert!(f.store.jobs(None).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn leases_are_extended_when_a_server_starts() {
-    let f = fixture().await;
+async fn leases_are_extended_when_a_server_starts(f: Fixture) {
     f.store
         .submit_graph(&graph(vec![job("a", &[])]), 0)
         .await
@@ -409,21 +465,20 @@ async fn leases_are_extended_when_a_server_starts() {
     assert_eq!(states(&f.store).await["a"], JobState::Running);
 }
 
-#[tokio::test]
-async fn a_database_from_a_newer_lwr_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("lwr.db").display());
-    let store = Store::open(&url).await.unwrap();
-    store.close().await;
-    let raw = sqlx_bump(&url).await;
-    assert!(raw);
-    let err = Store::open(&url).await.err().expect("newer schema refused");
+async fn a_database_from_a_newer_lwr_is_refused(f: Fixture) {
+    f.store.close().await;
+    assert!(bump_schema(&f.url).await);
+    let err = Store::open(&f.url)
+        .await
+        .err()
+        .expect("newer schema refused");
     assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err}");
     assert!(err.to_string().contains("upgrade lwr"), "{err}");
+    assert!(err.to_string().contains("999"), "{err}");
 }
 
 /// Records a schema version from the future, as a newer lwr would.
-async fn sqlx_bump(url: &str) -> bool {
+async fn bump_schema(url: &str) -> bool {
     use sqlx::Connection;
     sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
@@ -433,9 +488,272 @@ async fn sqlx_bump(url: &str) -> bool {
         .is_ok()
 }
 
-#[tokio::test]
-async fn cancelling_a_running_job_ends_its_run_and_blocks_dependents() {
-    let f = fixture().await;
+async fn two_servers_on_one_database_never_hand_out_a_job_twice(f: Fixture) {
+    // A second store on the same database is what a second server is.
+    let other = Store::open(&f.url).await.unwrap();
+    let jobs: Vec<JobSpec> = (0..300).map(|i| job(&format!("j{i}"), &[])).collect();
+    f.store.submit_graph(&graph(jobs), 0).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let store = if i % 2 == 0 {
+            f.store.clone()
+        } else {
+            other.clone()
+        };
+        let n = node(&store, &format!("n{i}"), &[]).await;
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let mut done = Vec::new();
+            loop {
+                let got = store
+                    .claim(n, 4, &done, 1, LEASE)
+                    .await
+                    .unwrap()
+                    .assignments;
+                if got.is_empty() {
+                    return mine;
+                }
+                done = got
+                    .iter()
+                    .map(|a| result(a.run_id, Outcome::Succeeded))
+                    .collect();
+                mine.extend(got.into_iter().map(|a| a.job_id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, 300, "every job handed out");
+    assert_eq!(all.len(), 300, "no job handed out twice");
+    other.close().await;
+}
+
+async fn two_sweepers_expire_a_run_once(f: Fixture) {
+    let other = Store::open(&f.url).await.unwrap();
+    let mut once = job("flaky", &[]);
+    once.retries = 1;
+    f.store.submit_graph(&graph(vec![once]), 0).await.unwrap();
+    let n = node(&f.store, "n1", &[]).await;
+    f.store.claim(n, 1, &[], 0, LEASE).await.unwrap();
+    let (a, b) = tokio::join!(
+        f.store.expire_leases(3 * LEASE),
+        other.expire_leases(3 * LEASE)
+    );
+    assert!(
+        a.unwrap().ready ^ b.unwrap().ready,
+        "exactly one sweeper expired it"
+    );
+    // One retry used: the job is pending again with its one run, not ended.
+    assert_eq!(states(&f.store).await["flaky"], JobState::Pending);
+    let second = f.store.claim(n, 1, &[], 3 * LEASE, LEASE).await.unwrap();
+    assert_eq!(second.assignments[0].run_number, 2);
+    other.close().await;
+}
+
+async fn the_claim_reads_the_ready_index_not_every_job(f: Fixture) {
+    // Thousands of finished jobs and a few ready ones: the claim must not read them all.
+    let jobs: Vec<JobSpec> = (0..3000).map(|i| job(&format!("j{i}"), &[])).collect();
+    f.store.submit_graph(&graph(jobs), 0).await.unwrap();
+    finish_all_but(&f.url, 5).await;
+    f.store.analyze().await.unwrap();
+    let plan = f.store.explain_claim().await.unwrap().join("\n");
+    eprintln!("claim plan on {:?}:\n{plan}", f.store.dialect());
+    assert!(plan.contains("jobs_ready"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    assert!(
+        !plan.contains("SCAN jobs\n") && !plan.ends_with("SCAN jobs"),
+        "{plan}"
+    );
+    let n = node(&f.store, "n1", &[]).await;
+    let got = f.store.claim(n, 10, &[], 1, LEASE).await.unwrap();
+    assert_eq!(got.assignments.len(), 5);
+}
+
+/// Marks all jobs but the last `keep` succeeded, behind the store's back.
+async fn finish_all_but(url: &str, keep: i64) {
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::query("UPDATE jobs SET state = 'succeeded' WHERE id <= (SELECT MAX(id) FROM jobs) - $1")
+        .bind(keep)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+async fn servers_starting_at_once_migrate_once(f: Fixture) {
+    // The fixture migrated its own database; this test needs an empty one beside it.
+    let admin = std::env::var(POSTGRES_URL_VAR).unwrap();
+    let db = ScratchDb::create(&admin).await.unwrap();
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = db.url.clone();
+            tokio::spawn(async move { Store::open(&url).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for o in opens {
+        stores.push(o.await.unwrap().expect("every server starts"));
+    }
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+    let n: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT COUNT(*) AS n FROM lwr_schema")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap(),
+        "n",
+    );
+    assert_eq!(n, 1, "the schema was migrated once");
+    drop(conn);
+    for s in stores {
+        s.close().await;
+    }
+    db.drop_db().await.unwrap();
+    let _ = f;
+}
+
+async fn changes_on_one_server_wake_the_other(f: Fixture) {
+    let other = Store::open(&f.url).await.unwrap();
+    let mut events = other.events().await.unwrap().expect("PostgreSQL listens");
+    let retry = std::time::Duration::from_millis(100);
+    let wait = std::time::Duration::from_secs(10);
+    f.store
+        .submit_graph(&graph(vec![job("a", &[]), job("b", &["a"])]), 0)
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(wait, events.next(retry))
+        .await
+        .unwrap();
+    assert_eq!(
+        ev,
+        Event::Wake(Effects {
+            ready: true,
+            changed: true
+        })
+    );
+    let n = node(&f.store, "n1", &[]).await;
+    let got = f.store.claim(n, 1, &[], 1, LEASE).await.unwrap();
+    let ev = tokio::time::timeout(wait, events.next(retry))
+        .await
+        .unwrap();
+    assert_eq!(
+        ev,
+        Event::Wake(Effects {
+            ready: false,
+            changed: true
+        }),
+        "a claim changes a job's state"
+    );
+    f.store
+        .report(
+            n,
+            &[result(got.assignments[0].run_id, Outcome::Succeeded)],
+            2,
+        )
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(wait, events.next(retry))
+        .await
+        .unwrap();
+    assert_eq!(
+        ev,
+        Event::Wake(Effects {
+            ready: true,
+            changed: true
+        }),
+        "a's success made b ready"
+    );
+    // A server does not hear itself: its own waiters were woken in memory.
+    other
+        .submit_graph(&graph(vec![job("c", &[])]), 3)
+        .await
+        .unwrap();
+    f.store
+        .submit_graph(&graph(vec![job("d", &[])]), 4)
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(wait, events.next(retry))
+        .await
+        .unwrap();
+    assert!(matches!(ev, Event::Wake(_)));
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), events.next(retry))
+            .await
+            .is_err(),
+        "only d's submission arrives"
+    );
+    // When the listening connection drops, the listener says so once it is back.
+    kill_listeners(&f.url).await;
+    let ev = tokio::time::timeout(wait, events.next(retry))
+        .await
+        .unwrap();
+    assert_eq!(ev, Event::Reconnected);
+    f.store
+        .submit_graph(&graph(vec![job("e", &[])]), 5)
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(wait, events.next(retry))
+        .await
+        .unwrap();
+    assert!(
+        matches!(ev, Event::Wake(_)),
+        "listening again after reconnecting"
+    );
+    other.close().await;
+}
+
+async fn a_node_registering_again_through_another_server_is_seen_by_both(f: Fixture) {
+    let other = Store::open(&f.url).await.unwrap();
+    let mut events = other.events().await.unwrap().expect("PostgreSQL listens");
+    let follower = tokio::spawn(async move {
+        loop {
+            events.next(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let mut gpu = job("gpu", &[]);
+    gpu.node.properties.insert("gpu".into(), "yes".into());
+    f.store.submit_graph(&graph(vec![gpu]), 0).await.unwrap();
+    let n = node(&f.store, "n1", &[]).await;
+    // The other server reads the node (and caches it): no gpu, no job.
+    let got = other.claim(n, 1, &[], 1, LEASE).await.unwrap();
+    assert!(got.assignments.is_empty());
+    // The node comes back with a gpu, registering through the first server.
+    assert_eq!(node(&f.store, "n1", &[("gpu", "yes")]).await, n);
+    let start = std::time::Instant::now();
+    loop {
+        let got = other.claim(n, 1, &[], 2, LEASE).await.unwrap();
+        if !got.assignments.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "the other server still uses the node's old properties"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    follower.abort();
+    other.close().await;
+}
+
+/// Ends every connection of the database that is listening for notifications.
+async fn kill_listeners(url: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::query(
+        "SELECT COUNT(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+}
+
+async fn cancelling_a_running_job_ends_its_run_and_blocks_dependents(f: Fixture) {
     f.store
         .submit_graph(
             &graph(vec![job("a", &[]), job("b", &["a"]), job("free", &[])]),
@@ -477,9 +795,7 @@ async fn cancelling_a_running_job_ends_its_run_and_blocks_dependents() {
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
 }
 
-#[tokio::test]
-async fn cancelling_a_graph_stops_everything_not_ended() {
-    let f = fixture().await;
+async fn cancelling_a_graph_stops_everything_not_ended(f: Fixture) {
     let g = f
         .store
         .submit_graph(
@@ -505,9 +821,7 @@ async fn cancelling_a_graph_stops_everything_not_ended() {
     ));
 }
 
-#[tokio::test]
-async fn retrigger_runs_a_job_again_with_its_dependents() {
-    let f = fixture().await;
+async fn retrigger_runs_a_job_again_with_its_dependents(f: Fixture) {
     let mut flaky = job("flaky", &[]);
     flaky.retries = 0;
     f.store
@@ -581,3 +895,28 @@ async fn retrigger_runs_a_job_again_with_its_dependents() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
 }
+
+on_both_backends!(
+    only_ready_jobs_are_claimed_and_success_releases_dependents,
+    concurrent_claims_never_hand_a_job_twice,
+    failure_blocks_every_transitive_dependent_but_not_others,
+    expired_leases_retry_then_end_in_exception,
+    a_result_is_recorded_once_and_only_from_its_node,
+    jobs_go_only_to_nodes_that_meet_their_requirements,
+    invalid_graphs_are_refused_and_store_nothing,
+    leases_are_extended_when_a_server_starts,
+    a_database_from_a_newer_lwr_is_refused,
+    the_claim_reads_the_ready_index_not_every_job,
+    cancelling_a_running_job_ends_its_run_and_blocks_dependents,
+    cancelling_a_graph_stops_everything_not_ended,
+    retrigger_runs_a_job_again_with_its_dependents,
+);
+
+// Several servers share a database only on PostgreSQL; SQLite has one server per file.
+on_postgres!(
+    two_servers_on_one_database_never_hand_out_a_job_twice,
+    two_sweepers_expire_a_run_once,
+    servers_starting_at_once_migrate_once,
+    changes_on_one_server_wake_the_other,
+    a_node_registering_again_through_another_server_is_seen_by_both,
+);

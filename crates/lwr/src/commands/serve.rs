@@ -121,11 +121,11 @@ fn sqlite_url(data_dir: &Path) -> anyhow::Result<String> {
 }
 
 fn db_label(args: &ServeArgs) -> &'static str {
-    if args.db.is_some() {
-        "postgres"
-    } else {
-        "sqlite"
-    }
+    args.db
+        .as_deref()
+        .and_then(|url| url.parse::<lwr_store::Dialect>().ok())
+        .unwrap_or(lwr_store::Dialect::Sqlite)
+        .name()
 }
 
 fn parse_tags(tags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {

@@ -576,6 +576,27 @@ impl Server {
         })
     }
 
+    /// `lwr server --db DB` named `label` (its log and data dir are named after it), with
+    /// lease `lease`: one of several servers sharing a PostgreSQL database.
+    pub fn start_on_db(dir: &Path, label: &str, db: &str, lease: &str) -> Server {
+        let data_dir = dir.join(label);
+        let data = data_dir.display().to_string();
+        let (db, lease) = (db.to_string(), lease.to_string());
+        Server::spawn(dir, label, data_dir, Vec::new(), move |listen| {
+            vec![
+                "server".into(),
+                "--listen".into(),
+                listen,
+                "--data-dir".into(),
+                data.clone(),
+                "--db".into(),
+                db.clone(),
+                "--lease".into(),
+                lease.clone(),
+            ]
+        })
+    }
+
     /// `lwr dev --nodes N --slots S`: the server and its nodes in one process; nodes are
     /// named dev-1, dev-2, ... with work dirs under DIR/dev/nodes.
     pub fn dev(dir: &Path, nodes: u32, slots: u32) -> Server {
@@ -859,4 +880,64 @@ impl Node {
         }
         pending.into_iter().collect()
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL
+
+/// A fresh database of its own on the PostgreSQL server named by `LWR_TEST_POSTGRES_URL`,
+/// dropped (with whoever is still connected) when the test ends, passed or failed.
+pub struct PgDb {
+    pub url: String,
+    scratch: lwr_store::scratch::ScratchDb,
+}
+
+impl PgDb {
+    /// Panics with how to set it up when `LWR_TEST_POSTGRES_URL` is not set: these tests
+    /// are `#[ignore]`d, so they only run when asked for.
+    pub fn create() -> PgDb {
+        let var = lwr_store::scratch::POSTGRES_URL_VAR;
+        let admin = std::env::var(var).unwrap_or_else(|_| {
+            panic!("set {var} (e.g. postgres://postgres@127.0.0.1:5432/test) to run the PostgreSQL tests")
+        });
+        let scratch = pg_runtime()
+            .block_on(lwr_store::scratch::ScratchDb::create(&admin))
+            .unwrap_or_else(|e| panic!("creating a database on {admin}: {e}"));
+        PgDb {
+            url: scratch.url.clone(),
+            scratch,
+        }
+    }
+
+    /// Runs SQL on the database (for what a test does behind the server's back).
+    pub fn execute(&self, sql: &str) {
+        use sqlx::Connection;
+        let url = self.url.clone();
+        let sql = sql.to_string();
+        pg_runtime().block_on(async move {
+            sqlx::any::install_default_drivers();
+            let mut conn = sqlx::AnyConnection::connect(&url)
+                .await
+                .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        });
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        if let Err(e) = pg_runtime().block_on(self.scratch.drop_db()) {
+            eprintln!("could not drop test database {}: {e}", self.scratch.name);
+        }
+    }
+}
+
+fn pg_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building a tokio runtime")
 }
