@@ -5,6 +5,7 @@
 //! (row locking, schema). Every state change of the queue is one transaction; the functions
 //! take `now` (milliseconds since the epoch) as an argument so tests can drive time.
 
+mod artifacts;
 mod error;
 mod graphs;
 mod migrate;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 
+pub use artifacts::{NewArtifact, StoredArtifact, UploadTarget, location};
 pub use error::StoreError;
 pub use migrate::SCHEMA_VERSION;
 pub use queue::{Claimed, Effects};
