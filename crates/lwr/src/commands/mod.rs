@@ -1,5 +1,6 @@
 //! One module per group of subcommands; each turns arguments into library calls.
 
+mod artifacts;
 mod graph;
 mod push;
 mod query;
@@ -19,5 +20,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(args) => query::jobs(args).await,
         Command::Logs(args) => query::logs(args).await,
         Command::Nodes(args) => query::nodes(args).await,
+        Command::Fetch(args) => artifacts::fetch(args).await,
+        Command::Manifest(args) => artifacts::manifest(args).await,
+        Command::Artifacts(args) => artifacts::list(args).await,
     }
 }
