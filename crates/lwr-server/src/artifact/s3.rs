@@ -27,7 +27,16 @@ impl S3Store {
     /// A store in `bucket` under `prefix`, configured from the `AWS_*` environment variables
     /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, ..., `AWS_ALLOW_HTTP`).
     pub fn from_env(bucket: &str, prefix: &str) -> Result<S3Store, ArtifactError> {
-        let store = AmazonS3Builder::from_env()
+        S3Store::from_builder(AmazonS3Builder::from_env(), bucket, prefix)
+    }
+
+    /// A store from an explicit configuration (tests, embedding).
+    pub fn from_builder(
+        builder: AmazonS3Builder,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<S3Store, ArtifactError> {
+        let store = builder
             .with_bucket_name(bucket)
             .build()
             .map_err(|e| ArtifactError::Config {

@@ -287,6 +287,18 @@ pub fn lwr_at(server: Option<&str>, args: &[&str]) -> Out {
     }
 }
 
+/// `PATH` with the binary under test first, so that jobs can run `lwr fetch`.
+pub fn path_with_bin() -> String {
+    let dir = Path::new(bin())
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    match std::env::var("PATH") {
+        Ok(path) => format!("{dir}:{path}"),
+        Err(_) => dir,
+    }
+}
+
 /// Runs `lwr ARGS` with no `LWR_SERVER` (commands that need no server).
 pub fn lwr(args: &[&str]) -> Out {
     lwr_at(None, args)
@@ -304,6 +316,8 @@ pub struct Daemon {
     pub log: PathBuf,
     /// Directories where nodes record the process group of each running job.
     pub job_pid_dirs: Vec<PathBuf>,
+    /// Extra environment for the process.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     starts: u32,
 }
@@ -315,6 +329,7 @@ impl Daemon {
             args,
             log,
             job_pid_dirs,
+            env: Vec::new(),
             child: None,
             starts: 0,
         }
@@ -340,6 +355,9 @@ impl Daemon {
             .args(&self.args)
             .env_remove("LWR_SERVER")
             .env_remove("LWR_DB")
+            .env_remove("LWR_ARTIFACT_STORE")
+            .env("PATH", path_with_bin())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("LWR_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -576,6 +594,30 @@ impl Server {
         })
     }
 
+    /// A server with extra arguments (after the usual ones) and environment.
+    pub fn start_with(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let data_dir = dir.join("data");
+        let data = data_dir.display().to_string();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Server::spawn_env(dir, "server", data_dir, Vec::new(), env, move |listen| {
+            let mut args = vec![
+                "server".into(),
+                "--listen".into(),
+                listen,
+                "--data-dir".into(),
+                data.clone(),
+                "--lease".into(),
+                LEASE.into(),
+            ];
+            args.extend(extra.iter().cloned());
+            args
+        })
+    }
+
     /// `lwr dev --nodes N --slots S`: the server and its nodes in one process; nodes are
     /// named dev-1, dev-2, ... with work dirs under DIR/dev/nodes.
     pub fn dev(dir: &Path, nodes: u32, slots: u32) -> Server {
@@ -607,6 +649,17 @@ impl Server {
         job_pid_dirs: Vec<PathBuf>,
         args: impl Fn(String) -> Vec<String>,
     ) -> Server {
+        Server::spawn_env(dir, label, data_dir, job_pid_dirs, Vec::new(), args)
+    }
+
+    fn spawn_env(
+        dir: &Path,
+        label: &str,
+        data_dir: PathBuf,
+        job_pid_dirs: Vec<PathBuf>,
+        env: Vec<(String, String)>,
+        args: impl Fn(String) -> Vec<String>,
+    ) -> Server {
         let log = dir.join(format!("{}.log", label.replace(' ', "-")));
         // A free port can be taken by someone else before the server binds it: try again.
         let mut last = String::new();
@@ -625,6 +678,7 @@ impl Server {
                     job_pid_dirs.clone(),
                 ),
             };
+            server.daemon.env = env.clone();
             server.daemon.start();
             match server.try_wait_ready() {
                 Ok(()) => return server,
