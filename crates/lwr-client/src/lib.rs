@@ -6,11 +6,11 @@ use futures_util::StreamExt;
 use lwr_model::api::*;
 use lwr_model::manifest::Manifest;
 use reqwest::{Method, RequestBuilder};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 use thiserror::Error;
+use tokio::io::AsyncWriteExt;
 
 pub use reqwest::StatusCode;
 
@@ -374,7 +374,10 @@ impl Client {
     /// The manifest of a job's latest run (or of run `run`).
     pub async fn job_manifest(&self, job: i64, run: Option<u32>) -> Result<Manifest> {
         match run {
-            Some(n) => self.manifest_at(&format!("/v1/jobs/{job}/manifest?run={n}")).await,
+            Some(n) => {
+                self.manifest_at(&format!("/v1/jobs/{job}/manifest?run={n}"))
+                    .await
+            }
             None => self.manifest_at(&format!("/v1/jobs/{job}/manifest")).await,
         }
     }

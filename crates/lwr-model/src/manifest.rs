@@ -149,8 +149,8 @@ pub fn read(text: &[u8]) -> Result<Manifest, ManifestError> {
 /// The JSON Schema of manifest v1, as the repository keeps it and the server serves it.
 pub fn schema_json() -> String {
     let schema = schemars::schema_for!(Manifest);
-    let mut text = serde_json::to_string_pretty(&schema)
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let mut text =
+        serde_json::to_string_pretty(&schema).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     text.push('\n');
     text
 }
@@ -184,7 +184,11 @@ pub fn check_artifact_name(name: &str) -> Result<(), String> {
     }
     for part in name.split('/') {
         match part {
-            "" => return Err(format!("artifact name '{name}' has an empty path component")),
+            "" => {
+                return Err(format!(
+                    "artifact name '{name}' has an empty path component"
+                ));
+            }
             "." | ".." => {
                 return Err(format!(
                     "artifact name '{name}' contains '{part}': names stay inside their run"
@@ -228,7 +232,9 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// True for 64 lowercase hex digits.
 pub fn valid_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The content type of a file, from its name; `application/octet-stream` when unknown.
@@ -337,7 +343,16 @@ mod tests {
             assert!(check_artifact_name(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "/etc/passwd", "../x", "a/../b", "a/./b", "a//b", "a/", "nul\0x", "a\\b", "tab\t",
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a/./b",
+            "a//b",
+            "a/",
+            "nul\0x",
+            "a\\b",
+            "tab\t",
         ] {
             assert!(check_artifact_name(bad).is_err(), "{bad:?}");
         }
@@ -368,7 +383,14 @@ mod tests {
     #[test]
     fn the_schema_names_every_field() {
         let s = schema_json();
-        for field in ["manifest_version", "sha256", "location", "extra", "missing", "uid"] {
+        for field in [
+            "manifest_version",
+            "sha256",
+            "location",
+            "extra",
+            "missing",
+            "uid",
+        ] {
             assert!(s.contains(field), "{field}");
         }
     }

@@ -304,7 +304,10 @@ pub(crate) async fn upload(
             Err(e) if e.status() == Some(StatusCode::CONFLICT) => sent.push(a.name.clone()),
             Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
                 tracing::warn!("run {run}: artifact '{}' refused: {e}", a.name);
-                fail(result, &format!("artifact '{}' refused by the server: {e}", a.name));
+                fail(
+                    result,
+                    &format!("artifact '{}' refused by the server: {e}", a.name),
+                );
             }
             Err(e) => return Err(e),
         }
@@ -392,16 +395,28 @@ mod tests {
             names,
             ["installer", "symbols/dist/a.sym", "symbols/dist/b.sym"]
         );
-        assert_eq!(plan.artifacts[0].sha256, manifest::hex(&Sha256::digest(b"installer-bytes")));
+        assert_eq!(
+            plan.artifacts[0].sha256,
+            manifest::hex(&Sha256::digest(b"installer-bytes"))
+        );
         assert_eq!(plan.missing.len(), 1);
         assert!(plan.missing[0].optional);
 
         let mut result = ok(6);
-        collect(&work, &job, &[decl("report", "out/*.xml", false)], Default::default(), &mut result)
-            .unwrap();
+        collect(
+            &work,
+            &job,
+            &[decl("report", "out/*.xml", false)],
+            Default::default(),
+            &mut result,
+        )
+        .unwrap();
         assert_eq!(result.outcome, Outcome::Failed);
         assert!(
-            result.reason.unwrap().contains("'report' (out/*.xml) is missing")
+            result
+                .reason
+                .unwrap()
+                .contains("'report' (out/*.xml) is missing")
         );
     }
 
@@ -414,8 +429,14 @@ mod tests {
         std::os::unix::fs::symlink(tmp.path().join("secret"), job.join("link")).unwrap();
         for path in ["../secret", "/etc/passwd", "link"] {
             let mut result = ok(7);
-            collect(&work, &job, &[decl("x", path, false)], Default::default(), &mut result)
-                .unwrap();
+            collect(
+                &work,
+                &job,
+                &[decl("x", path, false)],
+                Default::default(),
+                &mut result,
+            )
+            .unwrap();
             assert_eq!(result.outcome, Outcome::Failed, "{path}");
             let reason = result.reason.unwrap();
             assert!(reason.contains("artifact 'x'"), "{path}: {reason}");
@@ -432,6 +453,11 @@ mod tests {
         assert_eq!(take_extra(&f).unwrap().unwrap()["version"], "1.2.3");
         assert!(!f.exists(), "read once, then removed");
         std::fs::write(&f, "[1]").unwrap();
-        assert!(take_extra(&f).unwrap_err().to_string().contains("JSON object"));
+        assert!(
+            take_extra(&f)
+                .unwrap_err()
+                .to_string()
+                .contains("JSON object")
+        );
     }
 }

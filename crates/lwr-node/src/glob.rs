@@ -175,7 +175,10 @@ mod tests {
             ["dist/sub/deep/r.xml", "r.xml", "x/r.xml"]
         );
         assert_eq!(find(d, "./r.xml").unwrap(), ["r.xml"]);
-        assert!(find(d, "dist").unwrap().is_empty(), "directories do not match");
+        assert!(
+            find(d, "dist").unwrap().is_empty(),
+            "directories do not match"
+        );
         assert!(find(d, "nope/*").unwrap().is_empty());
     }
 }

@@ -158,7 +158,10 @@ fn drop_orphan_outboxes(work_dir: &std::path::Path, unreported: &[RunResult]) {
         return;
     };
     for entry in entries.flatten() {
-        let run = entry.file_name().to_str().and_then(|s| s.parse::<i64>().ok());
+        let run = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i64>().ok());
         if run.is_none_or(|run| !unreported.iter().any(|r| r.run_id == run)) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -281,7 +284,8 @@ impl Node {
         let mut cannot_start = None;
         if !a.manifests.is_empty() {
             let file = dir.with_extension("manifests.json");
-            if let Err(e) = artifact::write_manifests_file(&file, self.client.server(), &a.manifests)
+            if let Err(e) =
+                artifact::write_manifests_file(&file, self.client.server(), &a.manifests)
             {
                 cannot_start = Some(format!("cannot write {}: {e}", file.display()));
             }

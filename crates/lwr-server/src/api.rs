@@ -46,7 +46,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             put(upload_artifact).layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/runs/{id}/artifacts/{*name}", get(get_artifact))
-        .route("/v1/runs/{id}/manifest", put(put_manifest).get(get_run_manifest))
+        .route(
+            "/v1/runs/{id}/manifest",
+            put(put_manifest).get(get_run_manifest),
+        )
         .route("/v1/jobs/{id}/manifest", get(get_job_manifest))
         .route("/v1/schemas/manifest-v1.json", get(manifest_schema))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
@@ -529,7 +532,9 @@ async fn manifest_schema() -> Response {
 /// The server's URL as the client reached it, for absolute locations in manifests.
 fn base_url(headers: &HeaderMap) -> String {
     match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
-        Some(host) if !host.is_empty() && !host.contains(['/', ' ', '@']) => format!("http://{host}"),
+        Some(host) if !host.is_empty() && !host.contains(['/', ' ', '@']) => {
+            format!("http://{host}")
+        }
         _ => String::new(),
     }
 }

@@ -53,14 +53,22 @@ fn check_info(info: &UploadInfo, limit: u64) -> Result<String, ApiError> {
         return Err(bad("sha256", "sha256 must be 64 lowercase hex digits"));
     }
     if !manifest::valid_kind(&info.kind) {
-        return Err(bad("kind", format!("'{}' is not an artifact kind", info.kind)));
+        return Err(bad(
+            "kind",
+            format!("'{}' is not an artifact kind", info.kind),
+        ));
     }
     if info.path.len() > 4096 || info.path.contains('\0') {
         return Err(bad("path", "path must be at most 4096 bytes, without NUL"));
     }
     let content_type = match &info.content_type {
-        Some(ct) if ct.is_empty() || ct.len() > 200 || !ct.bytes().all(|b| (32..127).contains(&b)) => {
-            return Err(bad("content_type", "content_type must be 1 to 200 printable ASCII characters"));
+        Some(ct)
+            if ct.is_empty() || ct.len() > 200 || !ct.bytes().all(|b| (32..127).contains(&b)) =>
+        {
+            return Err(bad(
+                "content_type",
+                "content_type must be 1 to 200 printable ASCII characters",
+            ));
         }
         Some(ct) => ct.clone(),
         None => manifest::content_type(&info.name).to_string(),

@@ -6,9 +6,9 @@
 //! is usable (and tested) without sockets.
 
 pub mod api;
-mod error;
-mod artifacts;
 pub mod artifact;
+mod artifacts;
+mod error;
 mod logs;
 pub mod queue;
 

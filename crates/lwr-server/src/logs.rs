@@ -62,7 +62,9 @@ pub(crate) async fn store(
         return Err(ApiError::field(
             StatusCode::UNPROCESSABLE_ENTITY,
             "sha256",
-            format!("sha256 mismatch for the log of run {run_id}: declared {expected}, received {sha256}"),
+            format!(
+                "sha256 mismatch for the log of run {run_id}: declared {expected}, received {sha256}"
+            ),
         ));
     }
     tokio::fs::rename(&tmp, &final_path).await.map_err(io_err)?;

@@ -38,7 +38,10 @@ async fn suite(store: &dyn ArtifactStore) {
     put(store, "1/big", &[a, b]).await;
     assert_eq!(read_all(store, "1/big").await.unwrap(), big);
     put(store, "1/small", &[b"installer-bytes"]).await;
-    assert_eq!(read_all(store, "1/small").await.unwrap(), b"installer-bytes");
+    assert_eq!(
+        read_all(store, "1/small").await.unwrap(),
+        b"installer-bytes"
+    );
     put(store, "1/empty", &[]).await;
     assert_eq!(read_all(store, "1/empty").await.unwrap(), b"");
 
@@ -115,7 +118,14 @@ impl Moto {
             .ok()?
             .port();
         let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -154,7 +164,10 @@ impl Moto {
         .unwrap();
         let mut answer = String::new();
         let _ = s.read_to_string(&mut answer);
-        assert!(answer.starts_with("HTTP/1.1 200"), "creating bucket: {answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "creating bucket: {answer}"
+        );
     }
 }
 

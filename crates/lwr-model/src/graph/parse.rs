@@ -1183,12 +1183,17 @@ jobs:
     fn expires_is_a_duration_within_bounds() {
         let e = err("version: 1\njobs:\n  a:\n    run: x\n    expires: never\n");
         assert!(
-            e.to_string().starts_with("lwr.yml:5: job 'a': field 'expires': bad duration 'never'"),
+            e.to_string()
+                .starts_with("lwr.yml:5: job 'a': field 'expires': bad duration 'never'"),
             "{e}"
         );
         let e = err("version: 1\njobs:\n  a:\n    run: x\n    expires: 5000d\n");
         assert_eq!((e.line(), e.field()), (Some(5), Some("expires")), "{e}");
-        let g = parse("version: 1\njobs:\n  a: {run: x, expires: 90s}\n", "lwr.yml").unwrap();
+        let g = parse(
+            "version: 1\njobs:\n  a: {run: x, expires: 90s}\n",
+            "lwr.yml",
+        )
+        .unwrap();
         assert_eq!(g.jobs[0].expires_secs, Some(90));
     }
 
@@ -1197,9 +1202,17 @@ jobs:
         for (decl, field, says) in [
             ("{name: log, path: x}", "artifacts[0].name", "reserved"),
             ("{name: ../up, path: x}", "artifacts[0].name", "'..'"),
-            ("{name: a, path: /etc/passwd}", "artifacts[0].path", "absolute"),
+            (
+                "{name: a, path: /etc/passwd}",
+                "artifacts[0].path",
+                "absolute",
+            ),
             ("{name: a, path: ../x}", "artifacts[0].path", "'..'"),
-            ("{name: a, path: x, kind: Big Kind}", "artifacts[0].kind", "not a kind"),
+            (
+                "{name: a, path: x, kind: Big Kind}",
+                "artifacts[0].kind",
+                "not a kind",
+            ),
         ] {
             let e = err(&format!(
                 "version: 1\njobs:\n  a:\n    run: x\n    artifacts:\n      - {decl}\n"

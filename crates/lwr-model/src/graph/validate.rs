@@ -523,7 +523,8 @@ fn check_job(job: &JobSpec, file: &str, lines: Option<&JobLines>) -> Result<(), 
         && (expires == 0 || expires > MAX_EXPIRES_SECS)
     {
         let line = lines.and_then(|l| l.expires).or(job_line);
-        let message = format!("must be between 1 second and {MAX_EXPIRES_SECS} seconds (3660 days)");
+        let message =
+            format!("must be between 1 second and {MAX_EXPIRES_SECS} seconds (3660 days)");
         return Err(invalid(line, "expires".into(), message));
     }
     for key in job.env.keys() {

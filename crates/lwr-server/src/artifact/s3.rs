@@ -36,13 +36,14 @@ impl S3Store {
         bucket: &str,
         prefix: &str,
     ) -> Result<S3Store, ArtifactError> {
-        let store = builder
-            .with_bucket_name(bucket)
-            .build()
-            .map_err(|e| ArtifactError::Config {
-                spec: format!("s3://{bucket}/{prefix}"),
-                reason: e.to_string(),
-            })?;
+        let store =
+            builder
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| ArtifactError::Config {
+                    spec: format!("s3://{bucket}/{prefix}"),
+                    reason: e.to_string(),
+                })?;
         Ok(S3Store {
             store: Arc::new(store),
             bucket: bucket.into(),

@@ -73,7 +73,11 @@ async fn from_needs(
         let needs: Vec<&str> = manifests.keys().map(String::as_str).collect();
         bail!(
             "this job does not need '{need}', so it has no manifest of it (it needs: {})",
-            if needs.is_empty() { "nothing".to_string() } else { needs.join(", ") }
+            if needs.is_empty() {
+                "nothing".to_string()
+            } else {
+                needs.join(", ")
+            }
         );
     };
     Ok((client.manifest_at(location).await?, name.to_string()))
