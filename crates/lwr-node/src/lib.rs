@@ -354,6 +354,10 @@ impl Node {
             let _ = std::fs::remove_file(extra_file);
             return (result, false);
         }
+        // The common case, no artifacts and no `$LWR_EXTRA`, costs one `stat` and no thread.
+        if decls.is_empty() && std::fs::symlink_metadata(extra_file).is_err() {
+            return (result, false);
+        }
         let (work, dir, extra_file) = (
             self.config.work_dir.clone(),
             dir.to_path_buf(),
