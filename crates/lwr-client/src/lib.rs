@@ -41,6 +41,33 @@ async fn open(file: &std::path::Path) -> Result<tokio::fs::File> {
         })
 }
 
+/// Bytes read from a file per chunk of an upload: large enough that a big artifact is a few
+/// hundred reads, small enough to keep a node's memory flat.
+const UPLOAD_CHUNK: usize = 1 << 20;
+
+/// A file as a streamed request body, read a chunk at a time (never whole in memory).
+fn file_body(file: tokio::fs::File) -> reqwest::Body {
+    use tokio::io::AsyncReadExt;
+    let chunks = futures_util::stream::try_unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; UPLOAD_CHUNK];
+        let mut filled = 0;
+        // Fill the chunk: a file read may return less than asked.
+        while filled < buf.len() {
+            let n = file.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Ok::<_, std::io::Error>(None);
+        }
+        buf.truncate(filled);
+        Ok(Some((bytes::Bytes::from(buf), file)))
+    });
+    reqwest::Body::wrap_stream(chunks)
+}
+
 /// A temporary name in the same directory as `dest`, so the final rename is atomic.
 fn temp_beside(dest: &std::path::Path) -> std::path::PathBuf {
     let name = dest
@@ -312,7 +339,7 @@ impl Client {
         let path = format!("/v1/runs/{run}/log?node={node}&sha256={sha256}");
         let req = self
             .request(Method::PUT, &path, UPLOAD_TIMEOUT)
-            .body(reqwest::Body::from(f));
+            .body(file_body(f));
         self.send(Method::PUT, &path, req).await?;
         Ok(())
     }
@@ -346,7 +373,7 @@ impl Client {
                 ("content_type", &meta.content_type),
             ])
             .header(reqwest::header::CONTENT_LENGTH, len)
-            .body(reqwest::Body::from(f));
+            .body(file_body(f));
         self.send(Method::PUT, &format!("{path} ({})", meta.name), req)
             .await?;
         Ok(())
