@@ -444,6 +444,12 @@ async fn get_artifact(
     Path((run, name)): Path<(i64, String)>,
 ) -> ApiResult<Response> {
     if name == lwr_model::manifest::LOG_ARTIFACT {
+        if state.queue.store().run_owner(run).await?.is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("run {run} not found"),
+            ));
+        }
         let bytes = logs::read(&state.config.data_dir, run).await?;
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response());
     }
