@@ -2,11 +2,15 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use lwr_model::api::*;
+use lwr_model::manifest::Manifest;
 use reqwest::{Method, RequestBuilder};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 use thiserror::Error;
+use tokio::io::AsyncWriteExt;
 
 pub use reqwest::StatusCode;
 
@@ -15,6 +19,63 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7370";
 
 /// Time allowed for an ordinary request; long polls add their wait to it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for moving a log or an artifact.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// What the node says about an artifact it uploads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactMeta {
+    pub name: String,
+    pub sha256: String,
+    pub kind: String,
+    pub path: String,
+    pub content_type: String,
+}
+
+async fn open(file: &std::path::Path) -> Result<tokio::fs::File> {
+    tokio::fs::File::open(file)
+        .await
+        .map_err(|source| ClientError::File {
+            path: file.display().to_string(),
+            source,
+        })
+}
+
+/// Bytes read from a file per chunk of an upload: large enough that a big artifact is a few
+/// hundred reads, small enough to keep a node's memory flat.
+const UPLOAD_CHUNK: usize = 1 << 20;
+
+/// A file as a streamed request body, read a chunk at a time (never whole in memory).
+fn file_body(file: tokio::fs::File) -> reqwest::Body {
+    use tokio::io::AsyncReadExt;
+    let chunks = futures_util::stream::try_unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; UPLOAD_CHUNK];
+        let mut filled = 0;
+        // Fill the chunk: a file read may return less than asked.
+        while filled < buf.len() {
+            let n = file.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Ok::<_, std::io::Error>(None);
+        }
+        buf.truncate(filled);
+        Ok(Some((bytes::Bytes::from(buf), file)))
+    });
+    reqwest::Body::wrap_stream(chunks)
+}
+
+/// A temporary name in the same directory as `dest`, so the final rename is atomic.
+fn temp_beside(dest: &std::path::Path) -> std::path::PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "download".into());
+    dest.with_file_name(format!(".{name}.lwr-part-{}", std::process::id()))
+}
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -37,11 +98,26 @@ pub enum ClientError {
         path: String,
         detail: String,
     },
-    #[error("reading {path}: {source}")]
+    #[error("{path}: {source}")]
     File {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{url}: {source}")]
+    Manifest {
+        url: String,
+        #[source]
+        source: lwr_model::manifest::ManifestError,
+    },
+    #[error(
+        "{url}: sha256 mismatch: the manifest says {expected}, the download has {got}; \
+         nothing was kept"
+    )]
+    HashMismatch {
+        url: String,
+        expected: String,
+        got: String,
     },
 }
 
@@ -93,9 +169,17 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str, timeout: Duration) -> RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .timeout(timeout)
+        self.http.request(method, self.url(path)).timeout(timeout)
+    }
+
+    /// `path` on this server, or `path` itself when it is already a URL (a manifest's
+    /// locations are).
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.base)
+        }
     }
 
     async fn send(
@@ -259,20 +343,132 @@ impl Client {
         self.post(&format!("/v1/nodes/{node}/results"), rep).await
     }
 
-    /// Uploads a run's log file as a stream.
-    pub async fn upload_log(&self, run: i64, node: i64, file: &std::path::Path) -> Result<()> {
-        let f = tokio::fs::File::open(file)
+    /// Uploads a run's log file as a stream, with its SHA-256 for the server to check.
+    pub async fn upload_log(
+        &self,
+        run: i64,
+        node: i64,
+        file: &std::path::Path,
+        sha256: &str,
+    ) -> Result<()> {
+        let f = open(file).await?;
+        let path = format!("/v1/runs/{run}/log?node={node}&sha256={sha256}");
+        let req = self
+            .request(Method::PUT, &path, UPLOAD_TIMEOUT)
+            .body(file_body(f));
+        self.send(Method::PUT, &path, req).await?;
+        Ok(())
+    }
+
+    /// Uploads one artifact of a run as a stream; the server checks it against `meta.sha256`.
+    pub async fn upload_artifact(
+        &self,
+        run: i64,
+        node: i64,
+        meta: &ArtifactMeta,
+        file: &std::path::Path,
+    ) -> Result<()> {
+        let f = open(file).await?;
+        let len = f
+            .metadata()
             .await
             .map_err(|source| ClientError::File {
                 path: file.display().to_string(),
                 source,
-            })?;
-        let path = format!("/v1/runs/{run}/log?node={node}");
+            })?
+            .len();
+        let path = format!("/v1/runs/{run}/artifacts");
         let req = self
-            .request(Method::PUT, &path, Duration::from_secs(600))
-            .body(reqwest::Body::from(f));
+            .request(Method::PUT, &path, UPLOAD_TIMEOUT)
+            .query(&[
+                ("node", node.to_string().as_str()),
+                ("name", &meta.name),
+                ("sha256", &meta.sha256),
+                ("kind", &meta.kind),
+                ("path", &meta.path),
+                ("content_type", &meta.content_type),
+            ])
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(file_body(f));
+        self.send(Method::PUT, &format!("{path} ({})", meta.name), req)
+            .await?;
+        Ok(())
+    }
+
+    /// Sends the node's part of a run's manifest, after its artifacts.
+    pub async fn put_manifest(&self, run: i64, node: i64, m: &ManifestUpload) -> Result<()> {
+        let path = format!("/v1/runs/{run}/manifest?node={node}");
+        let req = self.request(Method::PUT, &path, REQUEST_TIMEOUT).json(m);
         self.send(Method::PUT, &path, req).await?;
         Ok(())
+    }
+
+    /// The manifest at `location` (a URL or a path on this server), read by the v1 reader.
+    pub async fn manifest_at(&self, location: &str) -> Result<Manifest> {
+        let req = self.request(Method::GET, location, REQUEST_TIMEOUT);
+        let resp = self.send(Method::GET, location, req).await?;
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        lwr_model::manifest::read(&bytes).map_err(|source| ClientError::Manifest {
+            url: self.url(location),
+            source,
+        })
+    }
+
+    /// The manifest of a job's latest run (or of run `run`).
+    pub async fn job_manifest(&self, job: i64, run: Option<u32>) -> Result<Manifest> {
+        match run {
+            Some(n) => {
+                self.manifest_at(&format!("/v1/jobs/{job}/manifest?run={n}"))
+                    .await
+            }
+            None => self.manifest_at(&format!("/v1/jobs/{job}/manifest")).await,
+        }
+    }
+
+    /// Downloads `location` to `dest`, streaming, and checks it against `sha256`. On a
+    /// mismatch or an error `dest` is left as it was: the bytes go to a temporary file
+    /// beside it that replaces `dest` only when verified. Returns the size.
+    pub async fn download_verified(
+        &self,
+        location: &str,
+        sha256: &str,
+        dest: &std::path::Path,
+    ) -> Result<u64> {
+        let file_err = |source| ClientError::File {
+            path: dest.display().to_string(),
+            source,
+        };
+        let req = self.request(Method::GET, location, UPLOAD_TIMEOUT);
+        let resp = self.send(Method::GET, location, req).await?;
+        let tmp = temp_beside(dest);
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(file_err)?;
+        let result = async {
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            let mut stream = resp.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| self.unreachable(e))?;
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                file.write_all(&chunk).await.map_err(file_err)?;
+            }
+            file.flush().await.map_err(file_err)?;
+            let got = lwr_model::manifest::hex(&hasher.finalize());
+            if got != sha256 {
+                return Err(ClientError::HashMismatch {
+                    url: self.url(location),
+                    expected: sha256.to_string(),
+                    got,
+                });
+            }
+            tokio::fs::rename(&tmp, dest).await.map_err(file_err)?;
+            Ok(size)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
     }
 }
 

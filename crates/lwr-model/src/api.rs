@@ -206,6 +206,27 @@ pub struct Assignment {
     pub lease_secs: u64,
     #[serde(default)]
     pub artifacts: Vec<ArtifactDecl>,
+    /// Each job this one needs, with the location of its manifest on the server
+    /// (`/v1/runs/{id}/manifest`). The node writes it to the file named by `$LWR_MANIFESTS`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub manifests: BTreeMap<String, String>,
+}
+
+/// `PUT /v1/runs/{id}/manifest`: the node's part of a run's manifest, sent after the run's
+/// artifacts. The server adds the job and run fields and the artifacts' locations.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ManifestUpload {
+    /// Names of the artifacts the node uploaded for the run; each must be stored.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
+    /// Declared artifacts the run did not produce.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub missing: Vec<crate::manifest::MissingArtifact>,
+    /// What the job wrote to `$LWR_EXTRA`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod graph;
 pub mod job;
+pub mod manifest;
 pub mod node;
 
 pub use graph::{ArtifactDecl, Graph, GraphError, JobSpec, normalize_name};

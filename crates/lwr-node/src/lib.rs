@@ -6,7 +6,9 @@
 //! reported until the server takes them, so neither a server restart nor a node restart
 //! loses one.
 
+mod artifact;
 mod exec;
+mod glob;
 mod journal;
 pub mod props;
 mod report;
@@ -18,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lwr_client::{Client, ClientError, StatusCode};
-use lwr_model::api::{Assignment, ClaimRequest, Heartbeat, RegisterNode};
+use lwr_model::api::{Assignment, ClaimRequest, Heartbeat, Outcome, RegisterNode, RunResult};
 use thiserror::Error;
 use tokio::sync::{Semaphore, oneshot, watch};
 
@@ -80,7 +82,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         dir: config.work_dir.clone(),
         source,
     };
-    for sub in ["jobs", "logs"] {
+    for sub in ["jobs", "logs", "outbox"] {
         std::fs::create_dir_all(config.work_dir.join(sub)).map_err(work_error)?;
     }
     let (journal, recovered) = Journal::open(&config.work_dir).map_err(work_error)?;
@@ -94,6 +96,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         journal.ended(&result);
         unreported.push(result);
     }
+    drop_orphan_outboxes(&config.work_dir, &unreported);
     let client = Client::new(&config.server)?;
     let id = register(&client, &config).await?;
     let reporter = Reporter::start(
@@ -146,6 +149,23 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     heartbeat.abort();
     node.reporter.flush(Duration::from_secs(10)).await;
     Ok(())
+}
+
+/// Removes outboxes of runs with no result waiting: the node stopped between moving their
+/// artifacts and recording the result, and such a run is reported as an exception.
+fn drop_orphan_outboxes(work_dir: &std::path::Path, unreported: &[RunResult]) {
+    let Ok(entries) = std::fs::read_dir(work_dir.join("outbox")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let run = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i64>().ok());
+        if run.is_none_or(|run| !unreported.iter().any(|r| r.run_id == run)) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Registers the node, retrying while the server cannot be reached; returns its id.
@@ -257,6 +277,20 @@ impl Node {
         env.insert("LWR_GRAPH_ID".into(), a.graph_id.to_string());
         env.insert("LWR_RUN".into(), a.run_number.to_string());
         env.insert("LWR_RUN_ID".into(), a.run_id.to_string());
+        // Beside the job dir, not in it: the job may write them, the node reads them after.
+        let extra_file = dir.with_extension("extra.json");
+        let _ = std::fs::remove_file(&extra_file);
+        env.insert("LWR_EXTRA".into(), extra_file.display().to_string());
+        let mut cannot_start = None;
+        if !a.manifests.is_empty() {
+            let file = dir.with_extension("manifests.json");
+            if let Err(e) =
+                artifact::write_manifests_file(&file, self.client.server(), &a.manifests)
+            {
+                cannot_start = Some(format!("cannot write {}: {e}", file.display()));
+            }
+            env.insert("LWR_MANIFESTS".into(), file.display().to_string());
+        }
         let launch = Launch {
             run_id: a.run_id,
             command: a.command.clone(),
@@ -268,7 +302,18 @@ impl Node {
         let (stop_tx, stop_rx) = oneshot::channel();
         lock(&self.running).insert(a.run_id, stop_tx);
         tracing::debug!("run {} of {} started", a.run_id, a.job_name);
-        let result = exec::run(launch, stop_rx, |pgid| self.journal.started(a.run_id, pgid)).await;
+        let result = match cannot_start {
+            None => exec::run(launch, stop_rx, |pgid| self.journal.started(a.run_id, pgid)).await,
+            Some(reason) => RunResult {
+                run_id: a.run_id,
+                outcome: Outcome::Exception,
+                exit_code: None,
+                reason: Some(reason),
+            },
+        };
+        let (result, outputs) = self
+            .collect_artifacts(result, &dir, &extra_file, &a.artifacts)
+            .await;
         tracing::debug!(
             "run {} of {} ended: {:?}",
             a.run_id,
@@ -286,12 +331,74 @@ impl Node {
                 );
             }
         }
-        self.reporter.submit(result);
+        self.reporter.submit(result, outputs);
         lock(&self.running).remove(&a.run_id);
         if let Err(e) = exec::fresh_dir(&dir) {
             tracing::warn!("cannot empty job dir {}: {e}", dir.display());
         }
         lock(&self.free_dirs).push((dir, slot_log));
+    }
+
+    /// Moves a finished run's artifacts out of its job dir into its outbox before the dir
+    /// is emptied; returns the result (a missing artifact fails it) and whether there is an
+    /// outbox to upload. A job without artifacts or `$LWR_EXTRA` costs one `stat` here.
+    async fn collect_artifacts(
+        &self,
+        mut result: RunResult,
+        dir: &std::path::Path,
+        extra_file: &std::path::Path,
+        decls: &[lwr_model::ArtifactDecl],
+    ) -> (RunResult, bool) {
+        if result.outcome == Outcome::Exception {
+            // Retried elsewhere: what this run left is not its job's output.
+            let _ = std::fs::remove_file(extra_file);
+            return (result, false);
+        }
+        // The common case, no artifacts and no `$LWR_EXTRA`, costs one `stat` and no thread.
+        if decls.is_empty() && std::fs::symlink_metadata(extra_file).is_err() {
+            return (result, false);
+        }
+        let (work, dir, extra_file) = (
+            self.config.work_dir.clone(),
+            dir.to_path_buf(),
+            extra_file.to_path_buf(),
+        );
+        let decls = decls.to_vec();
+        let run = result.run_id;
+        let collected = tokio::task::spawn_blocking(move || {
+            let extra = match artifact::take_extra(&extra_file) {
+                Ok(extra) => extra,
+                Err(e) => {
+                    artifact::fail(&mut result, &e.to_string());
+                    Some(Default::default())
+                }
+            };
+            if decls.is_empty() && extra.is_none() {
+                return (result, false);
+            }
+            let extra = extra.unwrap_or_default();
+            match artifact::collect(&work, &dir, &decls, extra, &mut result) {
+                Ok(outputs) => (result, outputs),
+                Err(e) => {
+                    // The node's own trouble (disk): retry the job elsewhere.
+                    result.outcome = Outcome::Exception;
+                    result.reason = Some(e.to_string());
+                    (result, false)
+                }
+            }
+        })
+        .await;
+        collected.unwrap_or_else(|e| {
+            (
+                RunResult {
+                    run_id: run,
+                    outcome: Outcome::Exception,
+                    exit_code: None,
+                    reason: Some(format!("collecting artifacts failed: {e}")),
+                },
+                false,
+            )
+        })
     }
 
     /// Renews the leases of running jobs and stops those the server gave up on.

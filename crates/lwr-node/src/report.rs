@@ -16,7 +16,7 @@ use lwr_model::api::{ReportResults, ResultAck, RunResult};
 use tokio::sync::Notify;
 
 use crate::journal::Journal;
-use crate::{Backoff, exec, lock};
+use crate::{Backoff, artifact, exec, lock};
 
 /// Most results sent in one request.
 const MAX_BATCH: usize = 500;
@@ -51,6 +51,8 @@ struct Outbox {
 struct Pending {
     result: RunResult,
     log_sent: bool,
+    /// The run has an outbox of artifacts to upload before its result.
+    outputs: bool,
 }
 
 impl Reporter {
@@ -82,24 +84,27 @@ impl Reporter {
             );
         }
         for result in unreported {
-            reporter.queue(result);
+            let outputs = artifact::outbox(&reporter.shared.work_dir, result.run_id).exists();
+            reporter.queue(result, outputs);
         }
         tokio::spawn(reporter.shared.clone().run());
         reporter
     }
 
-    /// Records a result in the journal and queues it for reporting.
-    pub(crate) fn submit(&self, result: RunResult) {
+    /// Records a result in the journal and queues it for reporting; `outputs` says the run
+    /// has artifacts waiting in its outbox.
+    pub(crate) fn submit(&self, result: RunResult, outputs: bool) {
         self.shared.journal.ended(&result);
-        self.queue(result);
+        self.queue(result, outputs);
     }
 
-    fn queue(&self, result: RunResult) {
+    fn queue(&self, result: RunResult, outputs: bool) {
         self.shared.pending.fetch_add(1, Ordering::SeqCst);
         let mut outbox = lock(&self.shared.outbox);
         outbox.results.push(Pending {
             result,
             log_sent: false,
+            outputs,
         });
         if outbox.claiming || outbox.direct {
             self.shared.send_now.notify_one();
@@ -133,6 +138,7 @@ impl Reporter {
                     .map(|result| Pending {
                         result,
                         log_sent: true,
+                        outputs: false,
                     })
                     .collect(),
             ),
@@ -215,15 +221,33 @@ impl Shared {
         Ok(())
     }
 
-    /// Uploads the logs of finished runs that have one and have not sent it yet.
+    /// Uploads what finished runs leave besides their result: artifacts and manifest (from
+    /// the run's outbox, when it has one), then the log (when the job wrote one).
     async fn upload_logs(&self, batch: &mut [Pending]) -> Result<(), ClientError> {
         for p in batch.iter_mut().filter(|p| !p.log_sent) {
+            if p.outputs {
+                artifact::upload(&self.client, &self.work_dir, self.node, &mut p.result).await?;
+                p.outputs = false;
+            }
             let log = exec::log_path(&self.work_dir, p.result.run_id);
             let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
             if size > 0 {
+                let path = log.clone();
+                let hashed = tokio::task::spawn_blocking(move || artifact::sha256_file(&path))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r);
+                let sha256 = match hashed {
+                    Ok((sha256, _)) => sha256,
+                    Err(e) => {
+                        tracing::warn!("run {}: cannot read its log: {e}", p.result.run_id);
+                        p.log_sent = true;
+                        continue;
+                    }
+                };
                 match self
                     .client
-                    .upload_log(p.result.run_id, self.node, &log)
+                    .upload_log(p.result.run_id, self.node, &log, &sha256)
                     .await
                 {
                     Ok(()) => {}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -15,7 +15,7 @@ use lwr_model::{ArtifactDecl, Graph, JobSpec, JobState, NodeProperties, Requirem
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
 
-use crate::{ApiError, AppState, logs};
+use crate::{ApiError, AppState, artifacts, logs};
 
 type Shared = State<Arc<AppState>>;
 type ApiResult<T> = Result<T, ApiError>;
@@ -44,6 +44,17 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/runs/{id}/log",
             put(upload_log).layer(DefaultBodyLimit::disable()),
         )
+        .route(
+            "/v1/runs/{id}/artifacts",
+            put(upload_artifact).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/runs/{id}/artifacts/{*name}", get(get_artifact))
+        .route(
+            "/v1/runs/{id}/manifest",
+            put(put_manifest).get(get_run_manifest),
+        )
+        .route("/v1/jobs/{id}/manifest", get(get_job_manifest))
+        .route("/v1/schemas/manifest-v1.json", get(manifest_schema))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .fallback(not_found)
         .with_state(state)
@@ -372,6 +383,9 @@ async fn report_results(
 pub struct UploadQuery {
     /// The node uploading; it must hold the run.
     node: i64,
+    /// SHA-256 of the log (64 lowercase hex digits); when given, a log that does not match
+    /// is refused.
+    sha256: Option<String>,
 }
 
 #[utoipa::path(
@@ -404,15 +418,191 @@ async fn upload_log(
         }
         Some(_) => {}
     }
-    let size = logs::store(
+    let (size, sha256) = logs::store(
         &state.config.data_dir,
         run,
         body,
         state.config.max_log_bytes,
+        q.sha256.as_deref(),
     )
     .await?;
-    store.set_log_size(run, size).await?;
+    store.set_log_size(run, size, &sha256).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ArtifactUploadQuery {
+    /// The node uploading; it must hold the run.
+    node: i64,
+    /// Artifact name, unique in the run: a relative path of plain components (no `..`, no
+    /// leading `/`, no NUL).
+    name: String,
+    /// SHA-256 of the content, 64 lowercase hex digits; an upload that does not match is
+    /// refused and nothing is stored.
+    sha256: String,
+    /// `installer`, `symbols`, `tests`, `report`, `other` or a custom word.
+    #[serde(default = "other_kind")]
+    kind: String,
+    /// The file's path in the job dir.
+    #[serde(default)]
+    path: String,
+    /// Default: guessed from the name.
+    content_type: Option<String>,
+}
+
+fn other_kind() -> String {
+    "other".into()
+}
+
+#[utoipa::path(
+    put, path = "/v1/runs/{id}/artifacts", params(("id" = i64, Path), ArtifactUploadQuery),
+    request_body(content = String, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "stored; the artifact as manifests list it", content_type = "application/json"),
+        (status = 400, description = "bad name, kind, hash or path", body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the run already has an artifact of that name", body = ErrorBody),
+        (status = 413, description = "larger than the server's limit", body = ErrorBody),
+        (status = 422, description = "the content does not match its sha256", body = ErrorBody),
+    )
+)]
+async fn upload_artifact(
+    State(state): Shared,
+    Path(run): Path<i64>,
+    Query(q): Query<ArtifactUploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let info = artifacts::UploadInfo {
+        node: q.node,
+        name: q.name,
+        sha256: q.sha256,
+        kind: q.kind,
+        path: q.path,
+        content_type: q.content_type,
+        length,
+    };
+    let mut artifact = artifacts::upload(&state, run, info, body).await?;
+    artifact.location = format!("{}{}", base_url(&headers), artifact.location);
+    Ok((StatusCode::CREATED, Json(artifact)).into_response())
+}
+
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/artifacts/{name}",
+    params(("id" = i64, Path), ("name" = String, Path, description = "artifact name; `log` is the run's log")),
+    responses(
+        (status = 200, description = "the artifact's bytes; `X-Lwr-Sha256` holds their hash", content_type = "application/octet-stream"),
+        (status = 404, body = ErrorBody),
+    )
+)]
+async fn get_artifact(
+    State(state): Shared,
+    Path((run, name)): Path<(i64, String)>,
+) -> ApiResult<Response> {
+    if name == lwr_model::manifest::LOG_ARTIFACT {
+        if state.queue.store().run_owner(run).await?.is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("run {run} not found"),
+            ));
+        }
+        let bytes = logs::read(&state.config.data_dir, run).await?;
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response());
+    }
+    let (content_type, size, sha256, stream) = artifacts::download(&state, run, &name).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (header::HeaderName::from_static("x-lwr-sha256"), sha256),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct NodeQuery {
+    /// The node sending; it must hold the run.
+    node: i64,
+}
+
+#[utoipa::path(
+    put, path = "/v1/runs/{id}/manifest", params(("id" = i64, Path), NodeQuery),
+    request_body = ManifestUpload,
+    responses(
+        (status = 204, description = "recorded"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the run already has a manifest", body = ErrorBody),
+        (status = 422, description = "a listed artifact was not uploaded", body = ErrorBody),
+    )
+)]
+async fn put_manifest(
+    State(state): Shared,
+    Path(run): Path<i64>,
+    Query(q): Query<NodeQuery>,
+    ApiJson(upload): ApiJson<ManifestUpload>,
+) -> ApiResult<StatusCode> {
+    artifacts::put_manifest(&state, run, q.node, &upload).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/manifest", params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "the run's manifest (JSON Schema: /v1/schemas/manifest-v1.json)", content_type = "application/json"),
+        (status = 404, body = ErrorBody),
+    )
+)]
+async fn get_run_manifest(
+    State(state): Shared,
+    Path(run): Path<i64>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let m = artifacts::manifest(&state, run, &base_url(&headers)).await?;
+    Ok(Json(m).into_response())
+}
+
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/manifest", params(("id" = i64, Path), LogQuery),
+    responses(
+        (status = 200, description = "the manifest of the job's latest run, or of run `run`", content_type = "application/json"),
+        (status = 404, body = ErrorBody),
+    )
+)]
+async fn get_job_manifest(
+    State(state): Shared,
+    Path(job): Path<i64>,
+    Query(q): Query<LogQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let run = state.queue.store().run_of_job(job, q.run).await?;
+    let m = artifacts::manifest(&state, run, &base_url(&headers)).await?;
+    Ok(Json(m).into_response())
+}
+
+#[utoipa::path(
+    get, path = "/v1/schemas/manifest-v1.json",
+    responses((status = 200, description = "the JSON Schema of manifest v1", content_type = "application/schema+json"))
+)]
+async fn manifest_schema() -> Response {
+    static SCHEMA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = SCHEMA.get_or_init(lwr_model::manifest::schema_json).clone();
+    ([(header::CONTENT_TYPE, "application/schema+json")], text).into_response()
+}
+
+/// The server's URL as the client reached it, for absolute locations in manifests.
+fn base_url(headers: &HeaderMap) -> String {
+    match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        Some(host) if !host.is_empty() && !host.contains(['/', ' ', '@']) => {
+            format!("http://{host}")
+        }
+        _ => String::new(),
+    }
 }
 
 #[derive(OpenApi)]
@@ -434,7 +624,13 @@ async fn upload_log(
         claim,
         heartbeat,
         report_results,
-        upload_log
+        upload_log,
+        upload_artifact,
+        get_artifact,
+        put_manifest,
+        get_run_manifest,
+        get_job_manifest,
+        manifest_schema
     ),
     components(schemas(
         ErrorBody,
@@ -465,6 +661,7 @@ async fn upload_log(
         ReportResults,
         ResultAck,
         ReportAck,
+        ManifestUpload,
         Health
     ))
 )]

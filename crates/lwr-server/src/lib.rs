@@ -6,6 +6,8 @@
 //! is usable (and tested) without sockets.
 
 pub mod api;
+pub mod artifact;
+mod artifacts;
 mod error;
 mod logs;
 pub mod queue;
@@ -20,6 +22,7 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 
 pub use api::{openapi, router};
+pub use artifacts::sweep_once;
 pub use error::ApiError;
 pub use queue::Queue;
 
@@ -31,6 +34,14 @@ pub struct Config {
     pub lease: Duration,
     /// Largest log a node may upload.
     pub max_log_bytes: u64,
+    /// Largest artifact a node may upload.
+    pub max_artifact_bytes: u64,
+    /// How long artifacts are kept when their job does not say (`expires` in lwr.yml).
+    pub artifact_expiry: Duration,
+    /// How often expired artifacts are deleted.
+    pub artifact_sweep: Duration,
+    /// Where artifacts live: `dir` (under the data dir), `dir:///path` or `s3://bucket/prefix`.
+    pub artifact_store: String,
 }
 
 impl Config {
@@ -39,6 +50,10 @@ impl Config {
             data_dir,
             lease: Duration::from_secs(30),
             max_log_bytes: 1 << 30,
+            max_artifact_bytes: 10 << 30,
+            artifact_expiry: Duration::from_secs(30 * 24 * 3600),
+            artifact_sweep: Duration::from_secs(60),
+            artifact_store: "dir".into(),
         }
     }
 }
@@ -59,6 +74,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Store(#[from] lwr_store::StoreError),
+    #[error(transparent)]
+    Artifacts(#[from] artifact::ArtifactError),
     #[error("server stopped: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -67,6 +84,7 @@ pub enum ServerError {
 pub struct AppState {
     pub queue: Queue,
     pub config: Config,
+    pub artifacts: Arc<dyn artifact::ArtifactStore>,
 }
 
 /// Binds `addr` and returns the bound address and a future that serves until `shutdown`
@@ -90,14 +108,21 @@ pub async fn bind(
         .map_err(|source| ServerError::Listen { addr, source })?;
     // Listen before serving, so no change another server makes after we start is missed.
     let events = store.events().await?;
+    let artifacts = artifact::open(&config.artifact_store, &config.data_dir)?;
+    tracing::info!("artifacts in {}", artifacts.describe());
     let queue = Queue::new(store, config.lease);
     queue.on_start().await?;
-    let state = Arc::new(AppState { queue, config });
+    let state = Arc::new(AppState {
+        queue,
+        config,
+        artifacts,
+    });
     let sweeper = tokio::spawn(queue::sweep_leases(state.clone()));
     let follower = events.map(|events| {
         let state = state.clone();
         tokio::spawn(async move { state.queue.follow(events).await })
     });
+    let artifact_sweeper = tokio::spawn(artifacts::sweep(state.clone()));
     let app = router(state);
     let serve = async move {
         let result = axum::serve(listener, app).await.map_err(ServerError::Serve);
@@ -105,6 +130,7 @@ pub async fn bind(
         if let Some(follower) = follower {
             follower.abort();
         }
+        artifact_sweeper.abort();
         result
     };
     Ok((local, serve))

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use axum::body::Body;
 use axum::http::StatusCode;
 use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::ApiError;
@@ -13,14 +14,16 @@ pub(crate) fn path(data_dir: &Path, run_id: i64) -> PathBuf {
     data_dir.join("logs").join(format!("{run_id}.log"))
 }
 
-/// Streams an upload to the run's log file, never holding it whole in memory. The file
-/// appears under its final name only when complete.
+/// Streams an upload to the run's log file, never holding it whole in memory, and returns
+/// its size and SHA-256. The file appears under its final name only when complete and, if
+/// the node sent `expected` hash, only when it matches.
 pub(crate) async fn store(
     data_dir: &Path,
     run_id: i64,
     body: Body,
     limit: u64,
-) -> Result<u64, ApiError> {
+    expected: Option<&str>,
+) -> Result<(u64, String), ApiError> {
     let final_path = path(data_dir, run_id);
     let tmp = final_path.with_extension("part");
     let io_err = |e: std::io::Error| {
@@ -32,6 +35,7 @@ pub(crate) async fn store(
     };
     let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err)?;
     let mut size = 0u64;
+    let mut hasher = Sha256::new();
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk =
@@ -45,12 +49,26 @@ pub(crate) async fn store(
                 format!("log larger than the server's limit of {limit} bytes"),
             ));
         }
+        hasher.update(&chunk);
         file.write_all(&chunk).await.map_err(io_err)?;
     }
     file.flush().await.map_err(io_err)?;
     drop(file);
+    let sha256 = lwr_model::manifest::hex(&hasher.finalize());
+    if let Some(expected) = expected
+        && expected != sha256
+    {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "sha256",
+            format!(
+                "sha256 mismatch for the log of run {run_id}: declared {expected}, received {sha256}"
+            ),
+        ));
+    }
     tokio::fs::rename(&tmp, &final_path).await.map_err(io_err)?;
-    Ok(size)
+    Ok((size, sha256))
 }
 
 pub(crate) async fn read(data_dir: &Path, run_id: i64) -> Result<Vec<u8>, ApiError> {

@@ -36,6 +36,7 @@ fn graph(names: &[(&str, &[&str])]) -> SubmitGraph {
             artifacts: vec![],
             retries: 2,
             timeout_secs: 60,
+            expires_secs: None,
             env: BTreeMap::new(),
         })
         .collect();

@@ -6,6 +6,7 @@
 //! take `now` (milliseconds since the epoch) as an argument so tests can drive time.
 
 mod control;
+mod artifacts;
 mod error;
 mod events;
 mod graphs;
@@ -23,6 +24,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 
 pub use control::Cancelled;
+pub use artifacts::{NewArtifact, StoredArtifact, UploadTarget, location};
 pub use error::StoreError;
 pub use events::{CHANNEL, Event, Events};
 pub use migrate::SCHEMA_VERSION;

@@ -4,6 +4,8 @@
 //! and retries after an infrastructure error are decided in the same transaction as the
 //! result that causes them, so no crash can leave a graph half-updated.
 
+use std::collections::BTreeMap;
+
 use lwr_model::api::{Assignment, Outcome, ResultAck, RunResult};
 use lwr_model::{JobSpec, Requirements};
 use sqlx::{Any, Transaction};
@@ -149,6 +151,12 @@ impl Store {
                 .op("creating run")?,
                 "id",
             )?;
+            // Dependents learn where their needs' manifests are, never guessing a URL.
+            let manifests = if spec.needs.is_empty() {
+                Default::default()
+            } else {
+                needs_manifests(tx, job_id).await?
+            };
             assignments.push(Assignment {
                 run_id,
                 run_number: u32_of(number),
@@ -160,6 +168,7 @@ impl Store {
                 timeout_secs: spec.timeout_secs,
                 lease_secs: (lease_ms / 1000).max(1) as u64,
                 artifacts: spec.artifacts,
+                manifests,
             });
         }
         Ok(assignments)
@@ -268,11 +277,12 @@ impl Store {
         Ok(n)
     }
 
-    /// Records the size of a run's stored log.
-    pub async fn set_log_size(&self, run_id: i64, size: u64) -> Result<()> {
-        sqlx::query("UPDATE runs SET log_size = $2 WHERE id = $1")
+    /// Records the size and hash of a run's stored log.
+    pub async fn set_log_size(&self, run_id: i64, size: u64, sha256: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET log_size = $2, log_sha256 = $3 WHERE id = $1")
             .bind(run_id)
             .bind(size as i64)
+            .bind(sha256.to_string())
             .execute(&self.write)
             .await
             .op("recording log size")?;
@@ -344,6 +354,25 @@ impl Store {
             .op("analyzing tables")?;
         Ok(())
     }
+}
+
+/// Each need of job `job_id` with the manifest location of its latest run (the one that
+/// succeeded, since the job is ready).
+async fn needs_manifests(tx: &mut Tx, job_id: i64) -> Result<BTreeMap<String, String>> {
+    let rows = sqlx::query(
+        "SELECT j.name, r.id FROM job_needs jn JOIN jobs j ON j.id = jn.need_id \
+         JOIN runs r ON r.job_id = j.id AND r.number = j.runs WHERE jn.job_id = $1",
+    )
+    .bind(job_id)
+    .fetch_all(&mut **tx)
+    .await
+    .op("finding needs' manifests")?;
+    rows.iter()
+        .map(|r| {
+            let run: i64 = col(r, "id")?;
+            Ok((col(r, "name")?, format!("/v1/runs/{run}/manifest")))
+        })
+        .collect()
 }
 
 /// The answer for a result that did not end a live run of the node: a repeat of the

@@ -103,6 +103,7 @@ fn job(name: &str, needs: &[&str]) -> JobSpec {
         artifacts: vec![],
         retries: 2,
         timeout_secs: 60,
+        expires_secs: None,
         env: BTreeMap::new(),
     }
 }

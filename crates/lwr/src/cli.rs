@@ -45,6 +45,14 @@ pub enum Command {
     Logs(LogsArgs),
     /// List the nodes the server knows.
     Nodes(NodesArgs),
+    /// Download an artifact named in a manifest and check its sha256. Inside a job:
+    /// NEED/ARTIFACT (a job this one needs, via $LWR_MANIFESTS); elsewhere JOB/ARTIFACT,
+    /// JOB being an id (42/installer) or GRAPH/NAME (3/build/installer).
+    Fetch(FetchArgs),
+    /// Print the manifest of a job's latest run (or of --run N).
+    Manifest(ManifestArgs),
+    /// List the artifacts of a job's latest run (or of --run N).
+    Artifacts(ArtifactsArgs),
     /// Stop a job (or every job of a graph) that has not ended; dependents are blocked.
     Cancel(CancelArgs),
     /// Run an ended job again as a new run, optionally with everything that depends on it.
@@ -99,6 +107,19 @@ pub struct ServeArgs {
     /// server can then run commands on every node: only for networks you fully trust.
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Where artifacts live: dir (under the data dir), dir:///path, or s3://bucket/prefix
+    /// (configured by the usual AWS_* variables, e.g. AWS_ENDPOINT_URL, AWS_ALLOW_HTTP).
+    #[arg(long, env = "LWR_ARTIFACT_STORE", default_value = "dir")]
+    pub artifact_store: String,
+    /// How long artifacts are kept when their job sets no `expires`.
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    pub artifact_expires: Duration,
+    /// How often expired artifacts are deleted.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub artifact_sweep: Duration,
+    /// Largest artifact a node may upload: bytes, or with a K, M or G suffix.
+    #[arg(long, default_value = "10G", value_parser = parse_size)]
+    pub max_artifact_size: u64,
 }
 
 #[derive(Debug, Args)]
@@ -210,6 +231,62 @@ pub struct NodesArgs {
     pub conn: ServerConn,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// NEED/ARTIFACT inside a job; JOB/ARTIFACT outside one.
+    pub artifact: String,
+    /// Where to write it; default the artifact's file name in the current directory.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// Job id, or GRAPH/NAME (e.g. 3/build).
+    pub job: String,
+    /// Run number; default the latest run.
+    #[arg(long)]
+    pub run: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct ArtifactsArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// Job id, or GRAPH/NAME (e.g. 3/build).
+    pub job: String,
+    /// Run number; default the latest run.
+    #[arg(long)]
+    pub run: Option<u32>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `123`, `10K`, `5M`, `2G` (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, unit) = match s.trim().char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.trim().split_at(i),
+        None => (s.trim(), ""),
+    };
+    let shift = match unit {
+        "" | "B" => 0,
+        "K" | "k" | "KB" | "KiB" => 10,
+        "M" | "m" | "MB" | "MiB" => 20,
+        "G" | "g" | "GB" | "GiB" => 30,
+        _ => return Err(format!("bad size '{s}': use e.g. 500M or 10G")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("bad size '{s}': use e.g. 500M or 10G"))?;
+    n.checked_mul(1 << shift)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("bad size '{s}': must be more than 0 and fit in 64 bits"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -51,6 +51,9 @@ pub struct JobSpec {
     pub retries: u32,
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+    /// How long the server keeps the job's artifacts; `None` means the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_secs: Option<u64>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }

@@ -140,6 +140,8 @@ struct RawJob {
     retries: u32,
     timeout_secs: u64,
     timeout_line: Option<usize>,
+    expires_secs: Option<u64>,
+    expires_line: Option<usize>,
     env: BTreeMap<String, String>,
     /// Keys in file order, each with its values in list order.
     matrix: Vec<(String, Vec<String>)>,
@@ -425,6 +427,8 @@ fn read_job(
         retries: DEFAULT_RETRIES,
         timeout_secs: DEFAULT_TIMEOUT_SECS,
         timeout_line: None,
+        expires_secs: None,
+        expires_line: None,
         env: BTreeMap::new(),
         matrix: Vec::new(),
     };
@@ -480,6 +484,12 @@ fn read_field(
             let text = cx.scalar(line, "timeout", value)?;
             job.timeout_secs = parse_duration(text).map_err(|e| cx.invalid(line, "timeout", e))?;
             job.timeout_line = line;
+        }
+        "expires" => {
+            let text = cx.scalar(line, "expires", value)?;
+            let secs = parse_duration(text).map_err(|e| cx.invalid(line, "expires", e))?;
+            job.expires_secs = Some(secs);
+            job.expires_line = line;
         }
         "env" => job.env = read_env(cx, line, value)?,
         "matrix" => job.matrix = read_matrix(cx, line, value)?,
@@ -814,6 +824,7 @@ fn expand(file: &str, jobs: &[RawJob]) -> Result<(Graph, Vec<JobLines>), GraphEr
                 job: job.line,
                 run: job.run_line,
                 timeout: job.timeout_line,
+                expires: job.expires_line,
                 needs: needs.iter().map(|n| (n.1, n.2.clone())).collect(),
                 artifacts: job.artifact_lines.clone(),
             });
@@ -903,6 +914,7 @@ fn expanded_job(job: &RawJob, e: &Expansion, needs: &[(String, Option<usize>, St
         artifacts: job.artifacts.clone(),
         retries: job.retries,
         timeout_secs: job.timeout_secs,
+        expires_secs: job.expires_secs,
         env,
     }
 }
@@ -957,6 +969,7 @@ jobs:
         optional: true
     retries: 0
     timeout: 30m
+    expires: 7d
     env: {KEY: value, N: 3, FLAG: false}
   "Test Linux/opt":
     run: make test
@@ -1004,6 +1017,8 @@ jobs:
         );
         assert_eq!(build.retries, 0);
         assert_eq!(build.timeout_secs, 1800);
+        assert_eq!(build.expires_secs, Some(7 * 24 * 3600));
+        assert_eq!(g.jobs[1].expires_secs, None);
         let env: Vec<(&str, &str)> = build
             .env
             .iter()
@@ -1124,7 +1139,7 @@ jobs:
         let e = err("version: 1\njobs:\n  b: {run: x}\n  a:\n    rnu: make\n");
         assert_eq!(
             e.to_string(),
-            "lwr.yml:5: job 'a': unknown key 'rnu' (expected one of run, needs, node, artifacts, retries, timeout, env, matrix)"
+            "lwr.yml:5: job 'a': unknown key 'rnu' (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix)"
         );
         assert_eq!(
             (e.line(), e.job(), e.field()),
@@ -1162,6 +1177,49 @@ jobs:
         );
         let e = err("version: 1\njobs:\n  a:\n    run: x\n    artifacts: {name: n}\n");
         assert!(matches!(e, GraphError::InvalidValue { .. }), "{e}");
+    }
+
+    #[test]
+    fn expires_is_a_duration_within_bounds() {
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    expires: never\n");
+        assert!(
+            e.to_string()
+                .starts_with("lwr.yml:5: job 'a': field 'expires': bad duration 'never'"),
+            "{e}"
+        );
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    expires: 5000d\n");
+        assert_eq!((e.line(), e.field()), (Some(5), Some("expires")), "{e}");
+        let g = parse(
+            "version: 1\njobs:\n  a: {run: x, expires: 90s}\n",
+            "lwr.yml",
+        )
+        .unwrap();
+        assert_eq!(g.jobs[0].expires_secs, Some(90));
+    }
+
+    #[test]
+    fn artifact_names_paths_and_kinds_are_checked() {
+        for (decl, field, says) in [
+            ("{name: log, path: x}", "artifacts[0].name", "reserved"),
+            ("{name: ../up, path: x}", "artifacts[0].name", "'..'"),
+            (
+                "{name: a, path: /etc/passwd}",
+                "artifacts[0].path",
+                "absolute",
+            ),
+            ("{name: a, path: ../x}", "artifacts[0].path", "'..'"),
+            (
+                "{name: a, path: x, kind: Big Kind}",
+                "artifacts[0].kind",
+                "not a kind",
+            ),
+        ] {
+            let e = err(&format!(
+                "version: 1\njobs:\n  a:\n    run: x\n    artifacts:\n      - {decl}\n"
+            ));
+            assert_eq!((e.line(), e.field()), (Some(6), Some(field)), "{decl}: {e}");
+            assert!(e.to_string().contains(says), "{decl}: {e}");
+        }
     }
 
     #[test]

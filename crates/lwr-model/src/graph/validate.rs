@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{Graph, JobSpec, normalize_name};
+use crate::manifest;
 
 /// Most jobs one graph may hold after matrix expansion (a hostile file must not exhaust memory).
 pub(crate) const MAX_JOBS: usize = 100_000;
@@ -11,6 +12,8 @@ pub(crate) const MAX_JOBS: usize = 100_000;
 pub(crate) const MAX_NEEDS: usize = 1_000_000;
 /// Longest timeout: a year. Beyond that a node's deadline arithmetic could overflow.
 pub(crate) const MAX_TIMEOUT_SECS: u64 = 366 * 24 * 3600;
+/// Longest artifact lifetime: ten years.
+pub(crate) const MAX_EXPIRES_SECS: u64 = 3660 * 24 * 3600;
 
 /// Why a graph (or the `lwr.yml` it came from) is not acceptable.
 ///
@@ -236,6 +239,7 @@ pub(crate) const JOB_KEYS: &[&str] = &[
     "artifacts",
     "retries",
     "timeout",
+    "expires",
     "env",
     "matrix",
 ];
@@ -377,6 +381,7 @@ pub(crate) struct JobLines {
     pub job: Option<usize>,
     pub run: Option<usize>,
     pub timeout: Option<usize>,
+    pub expires: Option<usize>,
     /// Per need of the `JobSpec`: its line and the name as the file wrote it.
     pub needs: Vec<(Option<usize>, String)>,
     /// Per artifact of the `JobSpec`.
@@ -514,6 +519,14 @@ fn check_job(job: &JobSpec, file: &str, lines: Option<&JobLines>) -> Result<(), 
         let message = format!("must be between 1 second and {MAX_TIMEOUT_SECS} seconds (366 days)");
         return Err(invalid(line, "timeout".into(), message));
     }
+    if let Some(expires) = job.expires_secs
+        && (expires == 0 || expires > MAX_EXPIRES_SECS)
+    {
+        let line = lines.and_then(|l| l.expires).or(job_line);
+        let message =
+            format!("must be between 1 second and {MAX_EXPIRES_SECS} seconds (3660 days)");
+        return Err(invalid(line, "expires".into(), message));
+    }
     for key in job.env.keys() {
         if !is_env_name(key) {
             return Err(invalid(
@@ -540,6 +553,25 @@ fn check_job(job: &JobSpec, file: &str, lines: Option<&JobLines>) -> Result<(), 
                     "is empty".into(),
                 ));
             }
+        }
+        let field = |what: &str| format!("artifacts[{i}].{what}");
+        if let Err(message) = manifest::check_artifact_name(&artifact.name) {
+            return Err(invalid(line, field("name"), message));
+        }
+        if artifact.name == manifest::LOG_ARTIFACT {
+            let message = "'log' is reserved for the run's log; choose another name".into();
+            return Err(invalid(line, field("name"), message));
+        }
+        if let Err(message) = manifest::check_artifact_path(&artifact.path) {
+            return Err(invalid(line, field("path"), message));
+        }
+        if !manifest::valid_kind(&artifact.kind) {
+            let message = format!(
+                "'{}' is not a kind: use one of {} or a custom word of a-z, 0-9, '-', '_', '.'",
+                show(&artifact.kind),
+                manifest::KNOWN_KINDS.join(", ")
+            );
+            return Err(invalid(line, field("kind"), message));
         }
         if !seen.insert(artifact.name.as_str()) {
             return Err(GraphError::DuplicateArtifact {
@@ -698,6 +730,7 @@ mod tests {
             artifacts: vec![],
             retries: DEFAULT_RETRIES,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
+            expires_secs: None,
             env: Default::default(),
         }
     }

@@ -1,6 +1,7 @@
 //! One module per group of subcommands; each turns arguments into library calls.
 
 mod control;
+mod artifacts;
 mod graph;
 mod push;
 mod query;
@@ -22,5 +23,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Nodes(args) => query::nodes(args).await,
         Command::Cancel(args) => control::cancel(args).await,
         Command::Retrigger(args) => control::retrigger(args).await,
+        Command::Fetch(args) => artifacts::fetch(args).await,
+        Command::Manifest(args) => artifacts::manifest(args).await,
+        Command::Artifacts(args) => artifacts::list(args).await,
     }
 }

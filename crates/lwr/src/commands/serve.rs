@@ -110,6 +110,10 @@ async fn start_server(
     let store = Store::open(&url).await?;
     let mut config = Config::new(args.data_dir.clone());
     config.lease = args.lease;
+    config.artifact_store = args.artifact_store.clone();
+    config.artifact_expiry = args.artifact_expires;
+    config.artifact_sweep = args.artifact_sweep;
+    config.max_artifact_bytes = args.max_artifact_size;
     let (addr, serve) = lwr_server::bind(args.listen, store, config).await?;
     Ok((format!("http://{addr}"), serve))
 }

@@ -287,6 +287,18 @@ pub fn lwr_at(server: Option<&str>, args: &[&str]) -> Out {
     }
 }
 
+/// `PATH` with the binary under test first, so that jobs can run `lwr fetch`.
+pub fn path_with_bin() -> String {
+    let dir = Path::new(bin())
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    match std::env::var("PATH") {
+        Ok(path) => format!("{dir}:{path}"),
+        Err(_) => dir,
+    }
+}
+
 /// Runs `lwr ARGS` with no `LWR_SERVER` (commands that need no server).
 pub fn lwr(args: &[&str]) -> Out {
     lwr_at(None, args)
@@ -304,6 +316,8 @@ pub struct Daemon {
     pub log: PathBuf,
     /// Directories where nodes record the process group of each running job.
     pub job_pid_dirs: Vec<PathBuf>,
+    /// Extra environment for the process.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     starts: u32,
 }
@@ -315,6 +329,7 @@ impl Daemon {
             args,
             log,
             job_pid_dirs,
+            env: Vec::new(),
             child: None,
             starts: 0,
         }
@@ -340,6 +355,9 @@ impl Daemon {
             .args(&self.args)
             .env_remove("LWR_SERVER")
             .env_remove("LWR_DB")
+            .env_remove("LWR_ARTIFACT_STORE")
+            .env("PATH", path_with_bin())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("LWR_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -487,6 +505,15 @@ impl Api {
         self.rt.block_on(self.client.health())
     }
 
+    /// Runs any client call to completion.
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub fn jobs(&self, graph: Option<i64>) -> Result<JobList, ClientError> {
         self.rt.block_on(self.client.jobs(graph))
     }
@@ -597,6 +624,30 @@ impl Server {
         })
     }
 
+    /// A server with extra arguments (after the usual ones) and environment.
+    pub fn start_with(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let data_dir = dir.join("data");
+        let data = data_dir.display().to_string();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Server::spawn_env(dir, "server", data_dir, Vec::new(), env, move |listen| {
+            let mut args = vec![
+                "server".into(),
+                "--listen".into(),
+                listen,
+                "--data-dir".into(),
+                data.clone(),
+                "--lease".into(),
+                LEASE.into(),
+            ];
+            args.extend(extra.iter().cloned());
+            args
+        })
+    }
+
     /// `lwr dev --nodes N --slots S`: the server and its nodes in one process; nodes are
     /// named dev-1, dev-2, ... with work dirs under DIR/dev/nodes.
     pub fn dev(dir: &Path, nodes: u32, slots: u32) -> Server {
@@ -628,6 +679,17 @@ impl Server {
         job_pid_dirs: Vec<PathBuf>,
         args: impl Fn(String) -> Vec<String>,
     ) -> Server {
+        Server::spawn_env(dir, label, data_dir, job_pid_dirs, Vec::new(), args)
+    }
+
+    fn spawn_env(
+        dir: &Path,
+        label: &str,
+        data_dir: PathBuf,
+        job_pid_dirs: Vec<PathBuf>,
+        env: Vec<(String, String)>,
+        args: impl Fn(String) -> Vec<String>,
+    ) -> Server {
         let log = dir.join(format!("{}.log", label.replace(' ', "-")));
         // A free port can be taken by someone else before the server binds it: try again.
         let mut last = String::new();
@@ -646,6 +708,7 @@ impl Server {
                     job_pid_dirs.clone(),
                 ),
             };
+            server.daemon.env = env.clone();
             server.daemon.start();
             match server.try_wait_ready() {
                 Ok(()) => return server,
@@ -940,4 +1003,91 @@ fn pg_runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("building a tokio runtime")
+}
+// A real S3-compatible server
+
+/// A moto S3 server (`python3 -m moto.server`) on a free loopback port, killed on drop.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+    pub url: String,
+}
+
+impl Moto {
+    /// Starts moto, or returns `None` (after saying "skipped") when it is not installed.
+    pub fn start() -> Option<Moto> {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok()?;
+        let mut moto = Moto {
+            child,
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            if let Ok(Some(_)) = moto.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = moto.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                eprintln!(
+                    "skipped: moto is not installed (pip install 'moto[server]'): {}",
+                    err.trim()
+                );
+                return None;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(moto);
+            }
+            std::thread::sleep(POLL);
+        }
+        panic!("moto did not listen on port {port} within {DEADLINE:?}");
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connecting to moto");
+        write!(
+            s,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .expect("asking moto for a bucket");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "creating bucket: {answer}"
+        );
+    }
+
+    /// The environment an lwr server needs to use this moto.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.url.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

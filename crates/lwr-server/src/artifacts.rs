@@ -1,0 +1,308 @@
+//! Artifact uploads, downloads, manifests and the expiry sweep.
+//!
+//! Every refusal happens before anything becomes visible: the bytes go to a fresh key that
+//! is committed only after the size and hash check out, and the row that names them is
+//! added last (a duplicate name found then deletes the fresh key again).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use futures_util::StreamExt;
+use lwr_model::api::ManifestUpload;
+use lwr_model::manifest::{self, Artifact, LOG_ARTIFACT, Manifest};
+use lwr_store::{NewArtifact, now_ms, rfc3339};
+use sha2::{Digest, Sha256};
+
+use crate::artifact::{ArtifactError, ArtifactStore, ByteStream};
+use crate::{ApiError, AppState};
+
+/// What the node says about an artifact it uploads.
+#[derive(Debug, Clone)]
+pub(crate) struct UploadInfo {
+    pub node: i64,
+    pub name: String,
+    pub sha256: String,
+    pub kind: String,
+    pub path: String,
+    pub content_type: Option<String>,
+    /// The request's `Content-Length`, when it has one.
+    pub length: Option<u64>,
+}
+
+fn bad(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::field(StatusCode::BAD_REQUEST, field, message)
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!("artifact store: {e}");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// Checks what an upload claims before reading its body.
+fn check_info(info: &UploadInfo, limit: u64) -> Result<String, ApiError> {
+    manifest::check_artifact_name(&info.name).map_err(|m| bad("name", m))?;
+    if info.name == LOG_ARTIFACT {
+        return Err(bad(
+            "name",
+            "'log' is the run's log: upload it with PUT /v1/runs/{id}/log",
+        ));
+    }
+    if !manifest::valid_sha256(&info.sha256) {
+        return Err(bad("sha256", "sha256 must be 64 lowercase hex digits"));
+    }
+    if !manifest::valid_kind(&info.kind) {
+        return Err(bad(
+            "kind",
+            format!("'{}' is not an artifact kind", info.kind),
+        ));
+    }
+    if info.path.len() > 4096 || info.path.contains('\0') {
+        return Err(bad("path", "path must be at most 4096 bytes, without NUL"));
+    }
+    let content_type = match &info.content_type {
+        Some(ct)
+            if ct.is_empty() || ct.len() > 200 || !ct.bytes().all(|b| (32..127).contains(&b)) =>
+        {
+            return Err(bad(
+                "content_type",
+                "content_type must be 1 to 200 printable ASCII characters",
+            ));
+        }
+        Some(ct) => ct.clone(),
+        None => manifest::content_type(&info.name).to_string(),
+    };
+    if let Some(len) = info.length
+        && len > limit
+    {
+        return Err(too_large(limit));
+    }
+    Ok(content_type)
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("artifact larger than the server's limit of {limit} bytes"),
+    )
+}
+
+/// Checks that `node` holds run `run`; returns the job's own expiry, if any.
+async fn owned_run(state: &AppState, run: i64, node: i64) -> Result<Option<u64>, ApiError> {
+    match state.queue.store().upload_target(run).await? {
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("run {run} not found"),
+        )),
+        Some(t) if t.node_id != node => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("run {run} belongs to another node"),
+        )),
+        Some(t) => Ok(t.expires_secs),
+    }
+}
+
+/// Stores one artifact of run `run` from `body`, verifying its size and hash.
+pub(crate) async fn upload(
+    state: &AppState,
+    run: i64,
+    info: UploadInfo,
+    body: Body,
+) -> Result<Artifact, ApiError> {
+    let limit = state.config.max_artifact_bytes;
+    let content_type = check_info(&info, limit)?;
+    let expires = owned_run(state, run, info.node)
+        .await?
+        .map(Duration::from_secs)
+        .unwrap_or(state.config.artifact_expiry);
+    let store = state.queue.store();
+    if store.has_artifact(run, &info.name).await? {
+        return Err(duplicate(run, &info.name));
+    }
+    let key = format!("{run}/{}", uuid::Uuid::new_v4());
+    let artifacts = &state.artifacts;
+    let mut upload = artifacts.begin(&key).await.map_err(internal)?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut stream = body.into_data_stream();
+    let refused = loop {
+        let chunk = match stream.next().await {
+            None => break None,
+            Some(Ok(chunk)) => chunk,
+            Some(Err(e)) => break Some(ApiError::bad_request(format!("upload broke off: {e}"))),
+        };
+        size += chunk.len() as u64;
+        if size > limit {
+            break Some(too_large(limit));
+        }
+        hasher.update(&chunk);
+        if let Err(e) = upload.write(chunk).await {
+            break Some(internal(e));
+        }
+    };
+    let got = manifest::hex(&hasher.finalize());
+    let refused = refused.or_else(|| {
+        (got != info.sha256).then(|| {
+            ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "sha256",
+                format!(
+                    "sha256 mismatch for artifact '{}': declared {}, received {got} ({size} bytes)",
+                    info.name, info.sha256
+                ),
+            )
+        })
+    });
+    if let Some(err) = refused {
+        if let Err(e) = upload.abort().await {
+            tracing::warn!("run {run}: dropping refused upload {key}: {e}");
+        }
+        return Err(err);
+    }
+    upload.commit().await.map_err(internal)?;
+    let now = now_ms();
+    let expires_at = now.saturating_add(i64::try_from(expires.as_millis()).unwrap_or(i64::MAX));
+    let row = NewArtifact {
+        run_id: run,
+        name: info.name.clone(),
+        kind: info.kind.clone(),
+        path: info.path.clone(),
+        size,
+        sha256: got.clone(),
+        content_type: content_type.clone(),
+        storage_key: key.clone(),
+        created_at: now,
+        expires_at,
+    };
+    let added = store.add_artifact(&row).await;
+    if !matches!(added, Ok(true)) {
+        // Lost a race with an upload of the same name, or the database failed: the bytes
+        // must not outlive the refusal.
+        if let Err(e) = artifacts.delete(&key).await {
+            tracing::warn!("run {run}: cannot delete refused upload {key}: {e}");
+        }
+        added?;
+        return Err(duplicate(run, &info.name));
+    }
+    Ok(Artifact {
+        location: lwr_store::location(run, &info.name),
+        name: info.name,
+        kind: info.kind,
+        path: info.path,
+        size,
+        sha256: got,
+        content_type,
+        expires_at: Some(rfc3339(expires_at)),
+    })
+}
+
+fn duplicate(run: i64, name: &str) -> ApiError {
+    ApiError::field(
+        StatusCode::CONFLICT,
+        "name",
+        format!("run {run} already has an artifact named '{name}'"),
+    )
+}
+
+/// Records the node's part of a run's manifest, once its artifacts are stored.
+pub(crate) async fn put_manifest(
+    state: &AppState,
+    run: i64,
+    node: i64,
+    upload: &ManifestUpload,
+) -> Result<(), ApiError> {
+    owned_run(state, run, node).await?;
+    let store = state.queue.store();
+    for name in &upload.artifacts {
+        if name != LOG_ARTIFACT && !store.has_artifact(run, name).await? {
+            return Err(ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "artifacts",
+                format!("artifact '{name}' of run {run} was not uploaded"),
+            ));
+        }
+    }
+    for m in &upload.missing {
+        manifest::check_artifact_name(&m.name).map_err(|e| bad("missing", e))?;
+    }
+    if !store
+        .set_manifest(run, &upload.missing, &upload.extra, now_ms())
+        .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("run {run} already has a manifest"),
+        ));
+    }
+    Ok(())
+}
+
+/// The manifest of run `run`, with locations made absolute on `base`.
+pub(crate) async fn manifest(state: &AppState, run: i64, base: &str) -> Result<Manifest, ApiError> {
+    let mut m = state.queue.store().manifest(run).await?;
+    for a in &mut m.artifacts {
+        a.location = format!("{base}{}", a.location);
+    }
+    Ok(m)
+}
+
+/// The bytes of artifact `name` of run `run`: `(content type, size, sha256, stream)`.
+pub(crate) async fn download(
+    state: &AppState,
+    run: i64,
+    name: &str,
+) -> Result<(String, u64, String, ByteStream), ApiError> {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("run {run} has no artifact named '{name}'"),
+        )
+    };
+    let stored = state
+        .queue
+        .store()
+        .artifact(run, name)
+        .await?
+        .ok_or_else(not_found)?;
+    let stream = match state.artifacts.get(&stored.storage_key).await {
+        Ok(s) => s,
+        Err(ArtifactError::NotFound { .. }) => return Err(not_found()),
+        Err(e) => return Err(internal(e)),
+    };
+    Ok((stored.content_type, stored.size, stored.sha256, stream))
+}
+
+/// Deletes expired artifacts and their rows, a batch at a time, beside the dispatch path.
+pub(crate) async fn sweep(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(state.config.artifact_sweep);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sweep_once(&state.queue.store().clone(), state.artifacts.as_ref()).await {
+            tracing::warn!("artifact sweep failed: {e}");
+        }
+    }
+}
+
+/// One pass of the sweep; returns how many artifacts it deleted.
+pub async fn sweep_once(
+    store: &lwr_store::Store,
+    artifacts: &dyn ArtifactStore,
+) -> Result<usize, String> {
+    let mut deleted = 0;
+    loop {
+        let batch = store
+            .expired_artifacts(now_ms(), 100)
+            .await
+            .map_err(|e| e.to_string())?;
+        if batch.is_empty() {
+            return Ok(deleted);
+        }
+        for (id, key) in batch {
+            // Bytes first: a row without bytes is a 404, bytes without a row would leak.
+            artifacts.delete(&key).await.map_err(|e| e.to_string())?;
+            store.delete_artifact(id).await.map_err(|e| e.to_string())?;
+            deleted += 1;
+        }
+    }
+}
