@@ -220,3 +220,23 @@ fn a_server_refuses_a_database_with_a_newer_schema() {
     out.assert_clear_error(3)
         .assert_stderr_has(&["schema version 999", "upgrade lwr"]);
 }
+
+#[test]
+#[ignore = "set LWR_TEST_POSTGRES_URL and run with --include-ignored"]
+fn two_servers_starting_at_once_on_an_empty_database_migrate_it_once() {
+    let db = PgDb::create();
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let (one, two) = std::thread::scope(|s| {
+        let one = s.spawn(|| Server::start_on_db(dir, "server-1", &db.url, "30s"));
+        let two = s.spawn(|| Server::start_on_db(dir, "server-2", &db.url, "30s"));
+        (
+            one.join().expect("server 1 started"),
+            two.join().expect("server 2 started"),
+        )
+    });
+    assert_eq!(db.query_i64("SELECT COUNT(*) AS n FROM lwr_schema"), 1);
+    // Both serve the same database.
+    let _b = two.node(dir, "b", 1, &[]);
+    one.wait_node("b");
+}

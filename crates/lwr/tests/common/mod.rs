@@ -990,6 +990,27 @@ impl PgDb {
     }
 }
 
+impl PgDb {
+    /// The first column of the first row of `sql`, an integer.
+    pub fn query_i64(&self, sql: &str) -> i64 {
+        use sqlx::{Connection, Row};
+        let url = self.url.clone();
+        let sql = sql.to_string();
+        pg_runtime().block_on(async move {
+            sqlx::any::install_default_drivers();
+            let mut conn = sqlx::AnyConnection::connect(&url)
+                .await
+                .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            row.try_get::<i64, _>(0)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        })
+    }
+}
+
 impl Drop for PgDb {
     fn drop(&mut self) {
         if let Err(e) = pg_runtime().block_on(self.scratch.drop_db()) {
