@@ -27,6 +27,7 @@ fn job(name: &str, needs: &[&str]) -> JobSpec {
         retries: 2,
         timeout_secs: 60,
         env: BTreeMap::from([("K".to_string(), "v".to_string())]),
+        expires_secs: None,
     }
 }
 
