@@ -8,6 +8,7 @@
 pub mod api;
 mod error;
 mod logs;
+pub mod poller;
 pub mod queue;
 
 use std::net::SocketAddr;
@@ -67,6 +68,7 @@ pub enum ServerError {
 pub struct AppState {
     pub queue: Queue,
     pub config: Config,
+    pub poll: Arc<poller::PollStatus>,
 }
 
 /// Binds `addr` and returns the bound address and a future that serves until `shutdown`
@@ -90,12 +92,18 @@ pub async fn bind(
         .map_err(|source| ServerError::Listen { addr, source })?;
     let queue = Queue::new(store, config.lease);
     queue.on_start().await?;
-    let state = Arc::new(AppState { queue, config });
+    let state = Arc::new(AppState {
+        queue,
+        config,
+        poll: Default::default(),
+    });
     let sweeper = tokio::spawn(queue::sweep_leases(state.clone()));
+    let poller = tokio::spawn(poller::poll_repos(state.clone()));
     let app = router(state);
     let serve = async move {
         let result = axum::serve(listener, app).await.map_err(ServerError::Serve);
         sweeper.abort();
+        poller.abort();
         result
     };
     Ok((local, serve))

@@ -39,7 +39,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .op("cancelling job")?;
-        block_dependents(
+        let ready = block_dependents(
             &mut tx,
             job_id,
             &format!("needs {name}, which was cancelled"),
@@ -51,7 +51,7 @@ impl Store {
             jobs: 1,
             runs,
             effects: Effects {
-                ready: false,
+                ready,
                 changed: true,
             },
         })
@@ -116,9 +116,13 @@ impl Store {
                 "job {job_id} ({name}) is {state}; only an ended job can run again"
             )));
         }
+        // An all-finished job needs its needs ended; any other job needs them succeeded.
         let unmet = sqlx::query(
             "SELECT n.name, n.state FROM job_needs jn JOIN jobs n ON n.id = jn.need_id \
-             WHERE jn.job_id = $1 AND n.state <> 'succeeded' ORDER BY n.id LIMIT 1",
+             JOIN jobs j ON j.id = jn.job_id WHERE jn.job_id = $1 \
+             AND (n.state IN ('pending', 'running') \
+                  OR (j.all_finished = 0 AND n.state <> 'succeeded')) \
+             ORDER BY n.id LIMIT 1",
         )
         .bind(job_id)
         .fetch_optional(&mut *tx)
@@ -179,19 +183,28 @@ impl Store {
         // Needs are counted once every target is pending again, so a dependent waits for
         // the retriggered job.
         for &id in &targets {
-            sqlx::query(
-                "UPDATE jobs SET unmet = (SELECT COUNT(*) FROM job_needs jn \
-                 JOIN jobs n ON n.id = jn.need_id WHERE jn.job_id = $1 AND n.state <> 'succeeded') \
-                 WHERE id = $1",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .op("counting needs")?;
+            count_unmet(&mut tx, id).await?;
         }
         tx.commit().await.op("committing retrigger")?;
         Ok(targets)
     }
+}
+
+/// Sets a pending job's count of needs it still waits for: needs not yet succeeded, or for
+/// an all-finished job, needs not yet ended.
+pub(crate) async fn count_unmet(tx: &mut Tx, job_id: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET unmet = (SELECT COUNT(*) FROM job_needs jn \
+         JOIN jobs n ON n.id = jn.need_id WHERE jn.job_id = $1 \
+         AND (n.state IN ('pending', 'running') \
+              OR (jobs.all_finished = 0 AND n.state <> 'succeeded'))) \
+         WHERE id = $1",
+    )
+    .bind(job_id)
+    .execute(&mut **tx)
+    .await
+    .op("counting needs")?;
+    Ok(())
 }
 
 async fn job_state(tx: &mut Tx, job_id: i64) -> Result<(String, lwr_model::JobState)> {

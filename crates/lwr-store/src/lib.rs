@@ -10,6 +10,7 @@ mod error;
 mod graphs;
 mod migrate;
 mod nodes;
+mod pushes;
 mod queue;
 mod rows;
 
@@ -22,6 +23,7 @@ use sqlx::{AnyPool, Executor};
 pub use control::Cancelled;
 pub use error::StoreError;
 pub use migrate::SCHEMA_VERSION;
+pub use pushes::{DEFAULT_EVERY_MS, PollTarget};
 pub use queue::{Claimed, Effects};
 
 pub type Result<T> = std::result::Result<T, StoreError>;

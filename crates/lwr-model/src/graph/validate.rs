@@ -238,6 +238,8 @@ pub(crate) const JOB_KEYS: &[&str] = &[
     "timeout",
     "env",
     "matrix",
+    "requires",
+    "when",
 ];
 pub(crate) const ARTIFACT_KEYS: &[&str] = &["name", "path", "kind", "optional"];
 
@@ -523,6 +525,12 @@ fn check_job(job: &JobSpec, file: &str, lines: Option<&JobLines>) -> Result<(), 
             ));
         }
     }
+    if let Some(when) = &job.when
+        && (when.changed.is_empty() || when.changed.iter().any(|p| p.trim().is_empty()))
+    {
+        let message = "needs at least one non-empty path pattern".to_string();
+        return Err(invalid(job_line, "when.changed".into(), message));
+    }
     let mut seen = HashSet::new();
     for (i, artifact) in job.artifacts.iter().enumerate() {
         let line = lines
@@ -699,6 +707,8 @@ mod tests {
             retries: DEFAULT_RETRIES,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             env: Default::default(),
+            requires: Default::default(),
+            when: None,
         }
     }
 
