@@ -37,14 +37,11 @@ fn graph(names: &[(&str, &[&str])]) -> SubmitGraph {
             retries: 2,
             timeout_secs: 60,
             env: BTreeMap::new(),
+            requires: Default::default(),
+            when: None,
         })
         .collect();
-    SubmitGraph {
-        repository: None,
-        branch: None,
-        revision: None,
-        graph: Graph { jobs },
-    }
+    SubmitGraph::new(Graph { jobs })
 }
 
 #[tokio::test]
