@@ -185,6 +185,24 @@ impl Store {
         for &id in &targets {
             count_unmet(&mut tx, id).await?;
         }
+        // A pending job that needs a target counted it as done already; it waits for the
+        // new run now (else it would be released twice, and start too early).
+        for &id in &targets {
+            let waiting = sqlx::query(
+                "SELECT jn.job_id FROM job_needs jn JOIN jobs j ON j.id = jn.job_id \
+                 WHERE jn.need_id = $1 AND j.state = 'pending'",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .op("finding waiting dependents")?;
+            for row in waiting {
+                let dependent: i64 = col(&row, "job_id")?;
+                if !targets.contains(&dependent) {
+                    count_unmet(&mut tx, dependent).await?;
+                }
+            }
+        }
         tx.commit().await.op("committing retrigger")?;
         Ok(targets)
     }

@@ -411,3 +411,63 @@ async fn trigger_refuses_a_job_whose_need_failed() {
         other => panic!("expected a conflict naming build, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_retriggered_need_is_waited_for_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let n = node(&store).await;
+    let g = store
+        .submit_graph(
+            &SubmitGraph::new(Graph {
+                jobs: vec![
+                    job("a", &[]),
+                    job("slow", &[]),
+                    job("both", &["a", "slow"]),
+                    all_finished("report", &["a", "slow"]),
+                ],
+            }),
+            0,
+        )
+        .await
+        .unwrap();
+    // a succeeds; slow is taken by a node and keeps running.
+    let got = store.claim(n, 2, &[], 10, LEASE).await.unwrap().assignments;
+    let a = got.iter().find(|x| x.job_name == "a").unwrap();
+    let slow = got.iter().find(|x| x.job_name == "slow").unwrap().run_id;
+    store
+        .report(
+            n,
+            &[RunResult {
+                run_id: a.run_id,
+                outcome: Outcome::Succeeded,
+                exit_code: Some(0),
+                reason: None,
+            }],
+            11,
+        )
+        .await
+        .unwrap();
+    // a runs again and succeeds again: both and report still wait for slow.
+    store.retrigger(a.job_id, false, 20).await.unwrap();
+    assert_eq!(run_ready(&store, n, &[], 30).await, ["a"]);
+    let s = states(&store, g).await;
+    assert_eq!(
+        (s["both"], s["report"]),
+        (JobState::Pending, JobState::Pending)
+    );
+    store
+        .report(
+            n,
+            &[RunResult {
+                run_id: slow,
+                outcome: Outcome::Succeeded,
+                exit_code: Some(0),
+                reason: None,
+            }],
+            40,
+        )
+        .await
+        .unwrap();
+    assert_eq!(run_ready(&store, n, &[], 50).await, ["both", "report"]);
+}
