@@ -98,7 +98,7 @@ pub async fn bind(
         poll: Default::default(),
     });
     let sweeper = tokio::spawn(queue::sweep_leases(state.clone()));
-    let poller = tokio::spawn(poller::poll_repos(state.clone()));
+    let poller = tokio::spawn(poller::supervise(state.clone()));
     let app = router(state);
     let serve = async move {
         let result = axum::serve(listener, app).await.map_err(ServerError::Serve);

@@ -74,11 +74,38 @@ struct Entry {
     recorded: Option<Vec<(String, String)>>,
 }
 
+/// Runs the poller until the server stops, starting it again should it ever panic: one bad
+/// repository must not end polling for all.
+pub(crate) async fn supervise(state: Arc<AppState>) {
+    /// Stops the poller when the supervisor is stopped.
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    loop {
+        let task = tokio::spawn(poll_repos(state.clone()));
+        let _stop = AbortOnDrop(task.abort_handle());
+        match task.await {
+            Ok(()) => return,
+            Err(e) if e.is_cancelled() => return,
+            Err(e) => {
+                tracing::error!("the poller failed ({e}); starting it again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 /// The poller task: runs until the server stops.
-pub(crate) async fn poll_repos(state: Arc<AppState>) {
+async fn poll_repos(state: Arc<AppState>) {
     let status = state.poll.clone();
     let mut repos: BTreeMap<i64, Entry> = BTreeMap::new();
-    let mut polls: JoinSet<(i64, Result<Heads, String>)> = JoinSet::new();
+    let mut polls: JoinSet<Result<Heads, String>> = JoinSet::new();
+    // Which repository each poll task is for, so that even a task that panicked frees its
+    // repository for the next poll.
+    let mut tasks: HashMap<tokio::task::Id, i64> = HashMap::new();
     let mut reload_at = Instant::now();
     loop {
         let now = Instant::now();
@@ -99,8 +126,9 @@ pub(crate) async fn poll_repos(state: Arc<AppState>) {
             }
             entry.in_flight = true;
             in_flight += 1;
-            let (id, url) = (*id, entry.target.url.clone());
-            polls.spawn(async move { (id, list_heads(&url).await) });
+            let url = entry.target.url.clone();
+            let task = polls.spawn(async move { list_heads(&url).await });
+            tasks.insert(task.id(), *id);
         }
         let next = repos
             .values()
@@ -110,10 +138,15 @@ pub(crate) async fn poll_repos(state: Arc<AppState>) {
             .unwrap_or(reload_at)
             .min(reload_at);
         tokio::select! {
-            Some(done) = polls.join_next() => match done {
-                Ok((id, result)) => finish(&state, &mut repos, id, result).await,
-                Err(e) => tracing::error!("poller: a poll task failed: {e}"),
-            },
+            Some(done) = polls.join_next_with_id() => {
+                let (task, result) = match done {
+                    Ok((task, result)) => (task, result),
+                    Err(e) => (e.id(), Err(format!("the poll failed: {e}"))),
+                };
+                if let Some(id) = tasks.remove(&task) {
+                    finish(&state, &mut repos, id, result).await;
+                }
+            }
             _ = tokio::time::sleep_until(next) => {}
             _ = status.changed.notified() => reload_at = Instant::now(),
         }
