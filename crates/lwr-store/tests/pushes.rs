@@ -1,6 +1,9 @@
 //! Pushes and `requires: all-finished` as plain store calls: one push per head across
 //! restarts, decision jobs, push graphs with jobs left out, trigger, and readiness of jobs
 //! that wait for their needs to finish whatever the result.
+//!
+//! SQLite by default; with `LWR_TEST_POSTGRES=postgres://user@host:port` each test gets a
+//! database of its own on that server instead.
 
 use std::collections::BTreeMap;
 
@@ -12,8 +15,36 @@ use lwr_store::{Store, StoreError};
 const LEASE: i64 = 30_000;
 
 async fn open(dir: &tempfile::TempDir) -> Store {
+    if let Ok(server) = std::env::var("LWR_TEST_POSTGRES") {
+        return open_postgres(&server, dir).await;
+    }
     let url = format!("sqlite://{}", dir.path().join("lwr.db").display());
     Store::open(&url).await.unwrap()
+}
+
+/// A database named after the test's temp dir, so that opening it again (a restart) finds
+/// the same data.
+async fn open_postgres(server: &str, dir: &tempfile::TempDir) -> Store {
+    use sqlx::Executor;
+    sqlx::any::install_default_drivers();
+    let name: String = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let name = format!("lwr_test_{}", name.to_lowercase());
+    let admin = sqlx::AnyPool::connect(&format!("{server}/postgres"))
+        .await
+        .unwrap();
+    // Exists already when the test reopens it.
+    let _ = admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await;
+    admin.close().await;
+    Store::open(&format!("{server}/{name}")).await.unwrap()
 }
 
 fn job(name: &str, needs: &[&str]) -> JobSpec {

@@ -334,11 +334,20 @@ fn a_failing_repository_is_shown_and_retried_without_stopping_the_others() {
         "{out}"
     );
     // The same URL twice is refused.
-    let good = good.display().to_string();
+    let good_url = good.display().to_string();
     server
-        .lwr(&["repos", "add", &good])
+        .lwr(&["repos", "add", &good_url])
         .assert_clear_error(2)
         .assert_stderr_has(&["already polled"]);
+
+    // Without --push, `lwr graph --submit` pushes the working tree by hand, like `lwr push`.
+    let out = server.lwr(&["graph", "--repo", &good_url, "--submit"]);
+    out.assert_success();
+    let manual = out.pushed_graph();
+    let info = server.wait_finished(manual);
+    assert_eq!(info.counts.succeeded, 2, "{out}");
+    let spec = server.api.graph_spec(manual).unwrap();
+    assert_eq!((spec.push, spec.graph.jobs.len()), (None, 2));
 }
 
 #[test]
