@@ -185,6 +185,29 @@ impl Store {
         for &id in &targets {
             count_unmet(&mut tx, id).await?;
         }
+        // A dependent run again that also needs a job which did not succeed can never run:
+        // it is blocked again (with what depends on it), not left waiting for ever.
+        for &id in &targets[1..] {
+            let stuck = sqlx::query(
+                "UPDATE jobs SET state = 'blocked', updated_at = $2, \
+                 reason = 'needs a job that did not succeed' \
+                 WHERE id = $1 AND state = 'pending' AND all_finished = 0 AND EXISTS ( \
+                     SELECT 1 FROM job_needs jn JOIN jobs n ON n.id = jn.need_id \
+                     WHERE jn.job_id = $1 \
+                     AND n.state IN ('failed', 'exception', 'blocked', 'cancelled')) \
+                 RETURNING name",
+            )
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await
+            .op("blocking a dependent that cannot run")?;
+            if let Some(row) = stuck {
+                let dep: String = col(&row, "name")?;
+                block_dependents(&mut tx, id, &format!("needs {dep}, which is blocked"), now)
+                    .await?;
+            }
+        }
         // A pending job that needs a target counted it as done already; it waits for the
         // new run now (else it would be released twice, and start too early).
         for &id in &targets {

@@ -502,3 +502,43 @@ async fn a_retriggered_need_is_waited_for_again() {
         .unwrap();
     assert_eq!(run_ready(&store, n, &[], 50).await, ["both", "report"]);
 }
+
+#[tokio::test]
+async fn a_dependent_run_again_with_a_failed_need_is_blocked_not_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let n = node(&store).await;
+    let g = store
+        .submit_graph(
+            &SubmitGraph::new(Graph {
+                jobs: vec![
+                    job("a", &[]),
+                    job("bad", &[]),
+                    job("both", &["a", "bad"]),
+                    job("after", &["both"]),
+                    all_finished("report", &["both"]),
+                ],
+            }),
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        run_ready(&store, n, &[("bad", Outcome::Failed)], 10).await,
+        ["a", "bad"]
+    );
+    assert_eq!(run_ready(&store, n, &[], 20).await, ["report"]);
+    // a runs again with its dependents; both still needs bad, which failed, so both and
+    // after are blocked at once, and report (all-finished) may run again straight away.
+    let a = store.job_by_name(g, "a").await.unwrap();
+    store.retrigger(a, true, 30).await.unwrap();
+    assert_eq!(run_ready(&store, n, &[], 40).await, ["a", "report"]);
+    assert!(run_ready(&store, n, &[], 50).await.is_empty());
+    let s = states(&store, g).await;
+    assert_eq!(
+        (s["both"], s["after"], s["report"]),
+        (JobState::Blocked, JobState::Blocked, JobState::Succeeded)
+    );
+    let info = store.graph(g).await.unwrap();
+    assert!(info.finished, "{:?}", info.counts);
+}
