@@ -195,6 +195,19 @@ fn two_quick_commits_make_two_pushes_and_a_broken_lwr_yml_fails_its_decision_job
     let log = server.api.log(decision.info.id).unwrap();
     assert!(log.contains("lwr.yml:4: job 'a': needs itself"), "{log}");
     assert!(!server.api.push(broken.id).unwrap().decided);
+
+    // Fixed again: the diff compares with the last push that had a graph.
+    std::fs::write(repo_dir.join("lwr.yml"), HELLO_ONE).unwrap();
+    git_commit_all(&repo_dir, "fixed");
+    let fixed = wait_pushes(&server, 5).remove(4);
+    server.wait_job(fixed.graph_id, "hello", JobState::Succeeded, None);
+    let out = server.lwr(&["graph", "diff", "--push", &fixed.id.to_string()]);
+    out.assert_success();
+    assert!(
+        out.stdout.contains(&format!("push {} ", pushes[2].id))
+            && out.stdout.contains("~ hello (run)"),
+        "{out}"
+    );
 }
 
 #[test]

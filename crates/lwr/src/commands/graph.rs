@@ -53,18 +53,26 @@ async fn run_diff(args: GraphDiffArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The graphs of the push before `push` on its branch and of `push`, and a line saying
-/// which pushes they are.
+/// which pushes they are. Earlier pushes without a graph (a broken lwr.yml) are skipped.
 async fn push_graphs(server: &str, push: i64) -> anyhow::Result<(Graph, Graph, String)> {
     let client = Client::new(server)?;
     let new = client.push(push).await?;
-    let Some(previous) = new.previous else {
-        bail!(
-            "push {push} is the first push of {} in {}: there is nothing to compare it with",
-            new.branch,
-            new.repository
-        );
+    let mut previous = new.previous;
+    let old = loop {
+        let Some(id) = previous else {
+            bail!(
+                "push {push} is the first push of {} in {} with a graph: there is nothing to \
+                 compare it with",
+                new.branch,
+                new.repository
+            );
+        };
+        let old = client.push(id).await?;
+        if old.decided {
+            break old;
+        }
+        previous = old.previous;
     };
-    let old = client.push(previous).await?;
     let old_spec = client.graph_spec(old.graph_id).await?;
     let new_spec = client.graph_spec(new.graph_id).await?;
     let header = format!(
