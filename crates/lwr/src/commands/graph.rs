@@ -208,6 +208,12 @@ pub fn describe(graph: &Graph) -> String {
         if !job.node.is_empty() {
             out.push_str(&format!("  node:  {}\n", job.node.describe()));
         }
+        if !job.requires.is_default() {
+            out.push_str(&format!("  requires: {}\n", job.requires.as_str()));
+        }
+        if let Some(when) = &job.when {
+            out.push_str(&format!("  when:  changed {}\n", when.changed.join(", ")));
+        }
         out.push_str(&format!(
             "  run:   {}\n",
             job.run.lines().next().unwrap_or("")
