@@ -130,13 +130,19 @@ async fn poll_repos(state: Arc<AppState>) {
             let task = polls.spawn(async move { list_heads(&url).await });
             tasks.insert(task.id(), *id);
         }
-        let next = repos
-            .values()
-            .filter(|e| !e.in_flight)
-            .map(|e| e.due)
-            .min()
-            .unwrap_or(reload_at)
-            .min(reload_at);
+        // With every poll slot taken, only a finished poll (or a reload) can start another:
+        // waking for a due repository would spin.
+        let next = if in_flight >= MAX_IN_FLIGHT {
+            reload_at
+        } else {
+            repos
+                .values()
+                .filter(|e| !e.in_flight)
+                .map(|e| e.due)
+                .min()
+                .unwrap_or(reload_at)
+                .min(reload_at)
+        };
         tokio::select! {
             Some(done) = polls.join_next_with_id() => {
                 let (task, result) = match done {
