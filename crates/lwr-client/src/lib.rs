@@ -315,6 +315,46 @@ impl Client {
         .await
     }
 
+    /// The job definitions of a graph, as submitted (for a push, with the jobs left out).
+    pub async fn graph_spec(&self, graph: i64) -> Result<GraphSpec> {
+        self.get(&format!("/v1/graphs/{graph}/spec")).await
+    }
+
+    pub async fn add_repo(&self, add: &AddRepo) -> Result<RepoInfo> {
+        self.post("/v1/repos", add).await
+    }
+
+    pub async fn repos(&self) -> Result<RepoList> {
+        self.get("/v1/repos").await
+    }
+
+    pub async fn remove_repo(&self, id: i64) -> Result<()> {
+        let path = format!("/v1/repos/{id}");
+        let req = self.request(Method::DELETE, &path, REQUEST_TIMEOUT);
+        self.send(Method::DELETE, &path, req).await?;
+        Ok(())
+    }
+
+    pub async fn pushes(&self, repo: Option<i64>) -> Result<PushList> {
+        match repo {
+            Some(r) => self.get(&format!("/v1/pushes?repo={r}")).await,
+            None => self.get("/v1/pushes").await,
+        }
+    }
+
+    pub async fn push(&self, id: i64) -> Result<PushInfo> {
+        self.get(&format!("/v1/pushes/{id}")).await
+    }
+
+    /// Adds job `job`, which push `push`'s graph defines but did not run.
+    pub async fn trigger(&self, push: i64, job: &str) -> Result<TriggerResult> {
+        self.post(
+            &format!("/v1/pushes/{push}/trigger"),
+            &TriggerRequest { job: job.into() },
+        )
+        .await
+    }
+
     pub async fn register_node(&self, reg: &RegisterNode) -> Result<NodeInfo> {
         self.post("/v1/nodes", reg).await
     }

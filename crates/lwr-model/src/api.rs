@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::graph::{ArtifactDecl, Graph, JobSpec};
+use crate::graph::{ArtifactDecl, Graph, JobSpec, LeftOut};
 use crate::job::{JobState, RunState};
 use crate::node::NodeProperties;
 
@@ -33,6 +33,122 @@ pub struct SubmitGraph {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
     pub graph: Graph,
+    /// The push this graph belongs to (a decision job submitting it): its jobs join the
+    /// push's graph, and repository, branch and revision are the push's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<i64>,
+    /// Jobs of `graph` not to schedule now (left out by a `when` filter); they are kept with
+    /// the graph, so `lwr trigger` can add them later.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOut>,
+}
+
+impl SubmitGraph {
+    /// A graph with nothing more said about it.
+    pub fn new(graph: Graph) -> SubmitGraph {
+        SubmitGraph {
+            repository: None,
+            branch: None,
+            revision: None,
+            graph,
+            push: None,
+            left_out: Vec::new(),
+        }
+    }
+}
+
+/// `GET /v1/graphs/{id}/spec`: the job definitions of a graph, as submitted.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GraphSpec {
+    pub graph_id: i64,
+    /// The push whose graph this is, if it came from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<i64>,
+    /// Every job the lwr.yml defines (for a push: without its decision job, and with the
+    /// jobs left out).
+    pub graph: Graph,
+    #[serde(default)]
+    pub left_out: Vec<LeftOut>,
+}
+
+/// `POST /v1/repos`: poll a repository for new heads.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AddRepo {
+    /// What `git ls-remote` accepts: a URL (`https://`, `ssh://`, `file://`) or a local path.
+    pub url: String,
+    /// Branch patterns (`main`, `release/*`); none means the repository's default branch.
+    #[serde(default)]
+    pub branches: Vec<String>,
+    /// Seconds between polls (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_secs: Option<u64>,
+}
+
+/// A polled repository and how polling it goes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RepoInfo {
+    pub id: i64,
+    pub url: String,
+    pub branches: Vec<String>,
+    pub every_secs: u64,
+    /// `new` (not polled yet), `ok`, or `failing` (see `error` and `retry_at`).
+    pub state: String,
+    /// Polls failed in a row.
+    pub failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// RFC 3339: when a failing repository is tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+    /// RFC 3339 time of the last poll this server made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polled_at: Option<String>,
+    pub pushes: u64,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RepoList {
+    pub repos: Vec<RepoInfo>,
+}
+
+/// A push: one new head of a polled branch, with the graph its decision job fills.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PushInfo {
+    pub id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_id: Option<i64>,
+    pub repository: String,
+    pub branch: String,
+    pub revision: String,
+    /// The revision of the previous push on the branch: changed files are relative to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// The previous push on the same repository and branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<i64>,
+    pub graph_id: i64,
+    /// True once the decision job submitted the graph.
+    pub decided: bool,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PushList {
+    pub pushes: Vec<PushInfo>,
+}
+
+/// `POST /v1/pushes/{id}/trigger`: add a job the push's graph defines but did not run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TriggerRequest {
+    /// The job's (normalized) name.
+    pub job: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TriggerResult {
+    /// Ids of the jobs added: the triggered job first, then the needs it was missing.
+    pub jobs: Vec<i64>,
 }
 
 /// Counts of a graph's jobs by state.

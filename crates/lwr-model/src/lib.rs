@@ -8,7 +8,8 @@ pub mod graph;
 pub mod job;
 pub mod manifest;
 pub mod node;
+pub mod push;
 
-pub use graph::{ArtifactDecl, Graph, GraphError, JobSpec, normalize_name};
+pub use graph::{ArtifactDecl, Graph, GraphError, JobSpec, Requires, When, normalize_name};
 pub use job::{JobState, RunState};
 pub use node::{NodeProperties, Requirements};

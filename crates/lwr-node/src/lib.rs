@@ -73,6 +73,10 @@ struct Node {
     free_dirs: Mutex<Vec<(PathBuf, PathBuf)>>,
     journal: Arc<Journal>,
     reporter: Reporter,
+    /// Given to every job as `LWR_BIN` and `LWR_CACHE_DIR`: decision jobs run this very
+    /// binary and keep their clone cache there.
+    lwr_bin: Option<String>,
+    cache_dir: PathBuf,
 }
 
 /// Runs the node until `shutdown` resolves; then it claims nothing more, lets its running
@@ -82,7 +86,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         dir: config.work_dir.clone(),
         source,
     };
-    for sub in ["jobs", "logs", "outbox"] {
+    for sub in ["jobs", "logs", "outbox", "cache"] {
         std::fs::create_dir_all(config.work_dir.join(sub)).map_err(work_error)?;
     }
     let (journal, recovered) = Journal::open(&config.work_dir).map_err(work_error)?;
@@ -125,6 +129,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         free_dirs: Mutex::new(free_dirs),
         journal,
         reporter,
+        lwr_bin: lwr_binary(),
+        // Absolute: a job runs in its own directory.
+        cache_dir: std::fs::canonicalize(config.work_dir.join("cache"))
+            .unwrap_or_else(|_| config.work_dir.join("cache")),
         config,
     });
     tracing::info!(
@@ -291,6 +299,10 @@ impl Node {
             }
             env.insert("LWR_MANIFESTS".into(), file.display().to_string());
         }
+        if let Some(bin) = &self.lwr_bin {
+            env.insert("LWR_BIN".into(), bin.clone());
+        }
+        env.insert("LWR_CACHE_DIR".into(), self.cache_dir.display().to_string());
         let launch = Launch {
             run_id: a.run_id,
             command: a.command.clone(),
@@ -424,6 +436,18 @@ impl Node {
                 }
                 Err(e) => tracing::warn!("heartbeat failed: {e}"),
             }
+        }
+    }
+}
+
+/// The node's own binary, for jobs that run lwr (decision jobs); `None` when the OS does
+/// not say, and those jobs then fail saying LWR_BIN is empty.
+fn lwr_binary() -> Option<String> {
+    match std::env::current_exe() {
+        Ok(path) => Some(path.display().to_string()),
+        Err(e) => {
+            tracing::warn!("cannot find this node's own binary for LWR_BIN: {e}");
+            None
         }
     }
 }

@@ -8,10 +8,13 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use lwr_model::api::*;
-use lwr_model::{ArtifactDecl, Graph, JobSpec, JobState, NodeProperties, Requirements, RunState};
+use lwr_model::graph::LeftOut;
+use lwr_model::{
+    ArtifactDecl, Graph, JobSpec, JobState, NodeProperties, Requirements, Requires, RunState, When,
+};
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
 
@@ -31,6 +34,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/graphs/{id}", get(get_graph))
         .route("/v1/graphs/{id}/jobs/{name}", get(get_job_by_name))
         .route("/v1/graphs/{id}/cancel", post(cancel_graph))
+        .route("/v1/graphs/{id}/spec", get(get_graph_spec))
+        .route("/v1/repos", post(add_repo).get(list_repos))
+        .route("/v1/repos/{id}", delete(remove_repo))
+        .route("/v1/pushes", get(list_pushes))
+        .route("/v1/pushes/{id}", get(get_push))
+        .route("/v1/pushes/{id}/trigger", post(trigger_job))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/log", get(get_log))
@@ -140,6 +149,105 @@ async fn get_graph(
         .graph(id, q.after, Duration::from_millis(q.wait_ms))
         .await?;
     Ok(Json(info))
+}
+
+#[utoipa::path(
+    get, path = "/v1/graphs/{id}/spec", params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "the graph's job definitions as submitted", body = GraphSpec),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "a push whose decision job has not submitted its graph yet", body = ErrorBody),
+    )
+)]
+async fn get_graph_spec(State(state): Shared, Path(id): Path<i64>) -> ApiResult<Json<GraphSpec>> {
+    Ok(Json(state.queue.store().graph_spec(id).await?))
+}
+
+#[utoipa::path(
+    post, path = "/v1/repos", request_body = AddRepo,
+    responses(
+        (status = 201, description = "the repository is polled from now on", body = RepoInfo),
+        (status = 409, description = "the URL is polled already", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
+async fn add_repo(
+    State(state): Shared,
+    ApiJson(add): ApiJson<AddRepo>,
+) -> ApiResult<(StatusCode, Json<RepoInfo>)> {
+    let repo = state
+        .queue
+        .store()
+        .add_repo(&add, lwr_store::now_ms())
+        .await?;
+    state.poll.repos_changed();
+    Ok((StatusCode::CREATED, Json(repo)))
+}
+
+#[utoipa::path(get, path = "/v1/repos", responses((status = 200, body = RepoList)))]
+async fn list_repos(State(state): Shared) -> ApiResult<Json<RepoList>> {
+    let mut repos = state.queue.store().repos().await?;
+    for repo in &mut repos {
+        repo.polled_at = state.poll.polled_at(repo.id).map(lwr_store::rfc3339);
+    }
+    Ok(Json(RepoList { repos }))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/repos/{id}", params(("id" = i64, Path)),
+    responses((status = 204, description = "no longer polled; its pushes stay"), (status = 404, body = ErrorBody))
+)]
+async fn remove_repo(State(state): Shared, Path(id): Path<i64>) -> ApiResult<StatusCode> {
+    state.queue.store().remove_repo(id).await?;
+    state.poll.repos_changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PushFilter {
+    /// Only pushes of this repository.
+    repo: Option<i64>,
+    /// At most this many, newest first (default 100).
+    limit: Option<i64>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/pushes", params(PushFilter), responses((status = 200, body = PushList))
+)]
+async fn list_pushes(
+    State(state): Shared,
+    Query(q): Query<PushFilter>,
+) -> ApiResult<Json<PushList>> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    Ok(Json(PushList {
+        pushes: state.queue.store().pushes(q.repo, limit).await?,
+    }))
+}
+
+#[utoipa::path(
+    get, path = "/v1/pushes/{id}", params(("id" = i64, Path)),
+    responses((status = 200, body = PushInfo), (status = 404, body = ErrorBody))
+)]
+async fn get_push(State(state): Shared, Path(id): Path<i64>) -> ApiResult<Json<PushInfo>> {
+    Ok(Json(state.queue.store().push(id).await?))
+}
+
+#[utoipa::path(
+    post, path = "/v1/pushes/{id}/trigger", params(("id" = i64, Path)), request_body = TriggerRequest,
+    responses(
+        (status = 200, description = "the job, and the needs it was missing, are queued", body = TriggerResult),
+        (status = 404, description = "no such push, or its graph defines no such job", body = ErrorBody),
+        (status = 409, description = "the job is in the graph already, a need failed, or the push has no graph yet", body = ErrorBody),
+    )
+)]
+async fn trigger_job(
+    State(state): Shared,
+    Path(id): Path<i64>,
+    ApiJson(req): ApiJson<TriggerRequest>,
+) -> ApiResult<Json<TriggerResult>> {
+    Ok(Json(TriggerResult {
+        jobs: state.queue.trigger(id, &req.job).await?,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -609,7 +717,7 @@ fn base_url(headers: &HeaderMap) -> String {
 #[openapi(
     info(
         title = "lwr",
-        description = "The lwr server's v1 API: graphs, jobs, runs and nodes."
+        description = "The lwr server's v1 API: graphs, jobs, runs, nodes, polled repositories and pushes."
     ),
     paths(
         health,
@@ -619,6 +727,16 @@ fn base_url(headers: &HeaderMap) -> String {
         list_jobs,
         get_job,
         get_log,
+        cancel_job,
+        cancel_graph,
+        retrigger_job,
+        get_graph_spec,
+        add_repo,
+        list_repos,
+        remove_repo,
+        list_pushes,
+        get_push,
+        trigger_job,
         register_node,
         list_nodes,
         claim,
@@ -662,7 +780,21 @@ fn base_url(headers: &HeaderMap) -> String {
         ResultAck,
         ReportAck,
         ManifestUpload,
-        Health
+        Health,
+        CancelResult,
+        RetriggerRequest,
+        RetriggerResult,
+        Requires,
+        When,
+        LeftOut,
+        GraphSpec,
+        AddRepo,
+        RepoInfo,
+        RepoList,
+        PushInfo,
+        PushList,
+        TriggerRequest,
+        TriggerResult
     ))
 )]
 struct ApiDoc;

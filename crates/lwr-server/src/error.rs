@@ -43,6 +43,9 @@ impl From<StoreError> for ApiError {
         match &err {
             StoreError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, err.to_string()),
             StoreError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, err.to_string()),
+            StoreError::Invalid { field, .. } => {
+                ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, err.to_string())
+            }
             StoreError::InvalidGraph(e) => {
                 ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, "graph", e.to_string())
             }

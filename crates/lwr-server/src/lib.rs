@@ -10,6 +10,7 @@ pub mod artifact;
 mod artifacts;
 mod error;
 mod logs;
+pub mod poller;
 pub mod queue;
 
 use std::net::SocketAddr;
@@ -85,6 +86,7 @@ pub struct AppState {
     pub queue: Queue,
     pub config: Config,
     pub artifacts: Arc<dyn artifact::ArtifactStore>,
+    pub poll: Arc<poller::PollStatus>,
 }
 
 /// Binds `addr` and returns the bound address and a future that serves until `shutdown`
@@ -116,6 +118,7 @@ pub async fn bind(
         queue,
         config,
         artifacts,
+        poll: Default::default(),
     });
     let sweeper = tokio::spawn(queue::sweep_leases(state.clone()));
     let follower = events.map(|events| {
@@ -123,6 +126,7 @@ pub async fn bind(
         tokio::spawn(async move { state.queue.follow(events).await })
     });
     let artifact_sweeper = tokio::spawn(artifacts::sweep(state.clone()));
+    let poller = tokio::spawn(poller::supervise(state.clone()));
     let app = router(state);
     let serve = async move {
         let result = axum::serve(listener, app).await.map_err(ServerError::Serve);
@@ -131,6 +135,7 @@ pub async fn bind(
             follower.abort();
         }
         artifact_sweeper.abort();
+        poller.abort();
         result
     };
     Ok((local, serve))

@@ -186,6 +186,33 @@ impl Queue {
         Ok(jobs)
     }
 
+    /// Records a successful poll (see [`Store::record_heads`]); wakes the nodes for the
+    /// decision jobs of new pushes.
+    pub async fn record_heads(
+        &self,
+        repo: i64,
+        heads: &[(String, String)],
+    ) -> Result<Vec<i64>, StoreError> {
+        let pushes = self.store.record_heads(repo, heads, now_ms()).await?;
+        if !pushes.is_empty() {
+            self.wake(Effects {
+                ready: true,
+                changed: true,
+            });
+        }
+        Ok(pushes)
+    }
+
+    /// Adds a job a push's graph defines but did not run, with its missing needs.
+    pub async fn trigger(&self, push: i64, job: &str) -> Result<Vec<i64>, StoreError> {
+        let jobs = self.store.trigger(push, job, now_ms()).await?;
+        self.wake(Effects {
+            ready: true,
+            changed: true,
+        });
+        Ok(jobs)
+    }
+
     pub async fn expire_leases(&self) -> Result<(), StoreError> {
         let effects = self.store.expire_leases(now_ms()).await?;
         self.wake(effects);

@@ -38,14 +38,11 @@ fn graph(names: &[(&str, &[&str])]) -> SubmitGraph {
             timeout_secs: 60,
             expires_secs: None,
             env: BTreeMap::new(),
+            requires: Default::default(),
+            when: None,
         })
         .collect();
-    SubmitGraph {
-        repository: None,
-        branch: None,
-        revision: None,
-        graph: Graph { jobs },
-    }
+    SubmitGraph::new(Graph { jobs })
 }
 
 #[tokio::test]

@@ -39,7 +39,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .op("cancelling job")?;
-        block_dependents(
+        let ready = block_dependents(
             &mut tx,
             job_id,
             &format!("needs {name}, which was cancelled"),
@@ -47,7 +47,7 @@ impl Store {
         )
         .await?;
         let effects = Effects {
-            ready: false,
+            ready,
             changed: true,
         };
         self.notify_in(&mut tx, effects).await?;
@@ -120,9 +120,13 @@ impl Store {
                 "job {job_id} ({name}) is {state}; only an ended job can run again"
             )));
         }
+        // An all-finished job needs its needs ended; any other job needs them succeeded.
         let unmet = sqlx::query(
             "SELECT n.name, n.state FROM job_needs jn JOIN jobs n ON n.id = jn.need_id \
-             WHERE jn.job_id = $1 AND n.state <> 'succeeded' ORDER BY n.id LIMIT 1",
+             JOIN jobs j ON j.id = jn.job_id WHERE jn.job_id = $1 \
+             AND (n.state IN ('pending', 'running') \
+                  OR (j.all_finished = 0 AND n.state <> 'succeeded')) \
+             ORDER BY n.id LIMIT 1",
         )
         .bind(job_id)
         .fetch_optional(&mut *tx)
@@ -183,15 +187,48 @@ impl Store {
         // Needs are counted once every target is pending again, so a dependent waits for
         // the retriggered job.
         for &id in &targets {
-            sqlx::query(
-                "UPDATE jobs SET unmet = (SELECT COUNT(*) FROM job_needs jn \
-                 JOIN jobs n ON n.id = jn.need_id WHERE jn.job_id = $1 AND n.state <> 'succeeded') \
-                 WHERE id = $1",
+            count_unmet(&mut tx, id).await?;
+        }
+        // A dependent run again that also needs a job which did not succeed can never run:
+        // it is blocked again (with what depends on it), not left waiting for ever.
+        for &id in &targets[1..] {
+            let stuck = sqlx::query(
+                "UPDATE jobs SET state = 'blocked', updated_at = $2, \
+                 reason = 'needs a job that did not succeed' \
+                 WHERE id = $1 AND state = 'pending' AND all_finished = 0 AND EXISTS ( \
+                     SELECT 1 FROM job_needs jn JOIN jobs n ON n.id = jn.need_id \
+                     WHERE jn.job_id = $1 \
+                     AND n.state IN ('failed', 'exception', 'blocked', 'cancelled')) \
+                 RETURNING name",
             )
             .bind(id)
-            .execute(&mut *tx)
+            .bind(now)
+            .fetch_optional(&mut *tx)
             .await
-            .op("counting needs")?;
+            .op("blocking a dependent that cannot run")?;
+            if let Some(row) = stuck {
+                let dep: String = col(&row, "name")?;
+                block_dependents(&mut tx, id, &format!("needs {dep}, which is blocked"), now)
+                    .await?;
+            }
+        }
+        // A pending job that needs a target counted it as done already; it waits for the
+        // new run now (else it would be released twice, and start too early).
+        for &id in &targets {
+            let waiting = sqlx::query(
+                "SELECT jn.job_id FROM job_needs jn JOIN jobs j ON j.id = jn.job_id \
+                 WHERE jn.need_id = $1 AND j.state = 'pending'",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .op("finding waiting dependents")?;
+            for row in waiting {
+                let dependent: i64 = col(&row, "job_id")?;
+                if !targets.contains(&dependent) {
+                    count_unmet(&mut tx, dependent).await?;
+                }
+            }
         }
         self.notify_in(
             &mut tx,
@@ -204,6 +241,23 @@ impl Store {
         tx.commit().await.op("committing retrigger")?;
         Ok(targets)
     }
+}
+
+/// Sets a pending job's count of needs it still waits for: needs not yet succeeded, or for
+/// an all-finished job, needs not yet ended.
+pub(crate) async fn count_unmet(tx: &mut Tx, job_id: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET unmet = (SELECT COUNT(*) FROM job_needs jn \
+         JOIN jobs n ON n.id = jn.need_id WHERE jn.job_id = $1 \
+         AND (n.state IN ('pending', 'running') \
+              OR (jobs.all_finished = 0 AND n.state <> 'succeeded'))) \
+         WHERE id = $1",
+    )
+    .bind(job_id)
+    .execute(&mut **tx)
+    .await
+    .op("counting needs")?;
+    Ok(())
 }
 
 async fn job_state(tx: &mut Tx, job_id: i64) -> Result<(String, lwr_model::JobState)> {

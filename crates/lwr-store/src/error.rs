@@ -35,6 +35,12 @@ pub enum StoreError {
     Conflict(String),
     #[error("stored {what} is unreadable: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    /// A request field that is not acceptable (the graph itself is fine).
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("invalid graph: {0}")]
     InvalidGraph(#[from] lwr_model::GraphError),
 }

@@ -3,78 +3,124 @@
 use std::collections::HashMap;
 
 use lwr_model::api::{GraphInfo, JobDetail, JobInfo, RunInfo, StateCounts, SubmitGraph};
-use lwr_model::{JobSpec, JobState, RunState};
+use lwr_model::{JobSpec, JobState, Requires, RunState};
 use sqlx::any::AnyRow;
 
 use crate::error::Op;
+use crate::queue::Tx;
 use crate::rows::{col, json, to_json, u32_of};
 use crate::{Result, Store, StoreError, rfc3339};
 
 const JOB_COLUMNS: &str = "id, graph_id, name, state, node, runs, reason";
 
-impl Store {
-    /// Stores a push's graph and all its jobs in one transaction; returns the graph id.
-    /// The graph is validated again here: the store trusts no client.
-    pub async fn submit_graph(&self, sub: &SubmitGraph, now: i64) -> Result<i64> {
-        sub.graph.validate()?;
-        let mut tx = self.write.begin().await.op("starting graph submission")?;
-        let graph_id: i64 = col(
+/// Inserts a graph row; returns its id.
+pub(crate) async fn insert_graph(
+    tx: &mut Tx,
+    repository: Option<&str>,
+    branch: Option<&str>,
+    revision: Option<&str>,
+    now: i64,
+) -> Result<i64> {
+    col(
+        &sqlx::query(
+            "INSERT INTO graphs (repository, branch, revision, created_at) \
+             VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(repository.map(str::to_string))
+        .bind(branch.map(str::to_string))
+        .bind(revision.map(str::to_string))
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await
+        .op("inserting graph")?,
+        "id",
+    )
+}
+
+/// Inserts `jobs` into graph `graph_id` as pending, each waiting for all its needs, with
+/// their edges; a need is one of `jobs` or a job of the graph in `existing` (name to id).
+/// Returns the new jobs' ids by name.
+pub(crate) async fn insert_jobs<'j>(
+    tx: &mut Tx,
+    graph_id: i64,
+    jobs: &[&'j JobSpec],
+    existing: &HashMap<String, i64>,
+    now: i64,
+) -> Result<HashMap<&'j str, i64>> {
+    let mut ids: HashMap<&str, i64> = HashMap::with_capacity(jobs.len());
+    for job in jobs {
+        let requirements = if job.node.is_empty() {
+            None
+        } else {
+            Some(to_json(&job.node, "requirements")?)
+        };
+        let id: i64 = col(
             &sqlx::query(
-                "INSERT INTO graphs (repository, branch, revision, created_at) \
-                 VALUES ($1, $2, $3, $4) RETURNING id",
+                "INSERT INTO jobs (graph_id, name, state, unmet, spec, requirements, \
+                 retries_left, updated_at, all_finished) \
+                 VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8) RETURNING id",
             )
-            .bind(sub.repository.clone())
-            .bind(sub.branch.clone())
-            .bind(sub.revision.clone())
+            .bind(graph_id)
+            .bind(job.name.clone())
+            .bind(job.needs.len() as i64)
+            .bind(to_json(job, "job spec")?)
+            .bind(requirements)
+            .bind(i64::from(job.retries))
             .bind(now)
-            .fetch_one(&mut *tx)
+            .bind(i64::from(job.requires == Requires::AllFinished))
+            .fetch_one(&mut **tx)
             .await
-            .op("inserting graph")?,
+            .op("inserting job")?,
             "id",
         )?;
-        let mut ids: HashMap<&str, i64> = HashMap::with_capacity(sub.graph.jobs.len());
-        for job in &sub.graph.jobs {
-            let requirements = if job.node.is_empty() {
-                None
-            } else {
-                Some(to_json(&job.node, "requirements")?)
+        ids.insert(job.name.as_str(), id);
+    }
+    for job in jobs {
+        for need in &job.needs {
+            // Callers guarantee every need names a job of the graph.
+            let need_id = ids
+                .get(need.as_str())
+                .or_else(|| existing.get(need.as_str()));
+            let (Some(job_id), Some(need_id)) = (ids.get(job.name.as_str()), need_id) else {
+                continue;
             };
-            let id: i64 = col(
-                &sqlx::query(
-                    "INSERT INTO jobs (graph_id, name, state, unmet, spec, requirements, \
-                     retries_left, updated_at) \
-                     VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7) RETURNING id",
-                )
-                .bind(graph_id)
-                .bind(job.name.clone())
-                .bind(job.needs.len() as i64)
-                .bind(to_json(job, "job spec")?)
-                .bind(requirements)
-                .bind(i64::from(job.retries))
-                .bind(now)
-                .fetch_one(&mut *tx)
+            sqlx::query("INSERT INTO job_needs (job_id, need_id) VALUES ($1, $2)")
+                .bind(*job_id)
+                .bind(*need_id)
+                .execute(&mut **tx)
                 .await
-                .op("inserting job")?,
-                "id",
-            )?;
-            ids.insert(job.name.as_str(), id);
+                .op("inserting job needs")?;
         }
-        for job in &sub.graph.jobs {
-            for need in &job.needs {
-                // validate() guarantees every need names a job of this graph.
-                let (Some(job_id), Some(need_id)) =
-                    (ids.get(job.name.as_str()), ids.get(need.as_str()))
-                else {
-                    continue;
-                };
-                sqlx::query("INSERT INTO job_needs (job_id, need_id) VALUES ($1, $2)")
-                    .bind(*job_id)
-                    .bind(*need_id)
-                    .execute(&mut *tx)
-                    .await
-                    .op("inserting job needs")?;
-            }
+    }
+    Ok(ids)
+}
+
+impl Store {
+    /// Stores a push's graph and all its jobs in one transaction; returns the graph id.
+    /// The graph is validated again here: the store trusts no client. With `sub.push`, the
+    /// jobs join the push's graph (see [`Store::submit_push_graph`]).
+    pub async fn submit_graph(&self, sub: &SubmitGraph, now: i64) -> Result<i64> {
+        sub.graph.validate()?;
+        if let Some(push) = sub.push {
+            return self.submit_push_graph(push, sub, now).await;
         }
+        if !sub.left_out.is_empty() {
+            return Err(StoreError::Invalid {
+                field: "left_out",
+                message: "jobs can only be left out of a push's graph (give push)".into(),
+            });
+        }
+        let mut tx = self.write.begin().await.op("starting graph submission")?;
+        let graph_id = insert_graph(
+            &mut tx,
+            sub.repository.as_deref(),
+            sub.branch.as_deref(),
+            sub.revision.as_deref(),
+            now,
+        )
+        .await?;
+        let jobs: Vec<&JobSpec> = sub.graph.jobs.iter().collect();
+        insert_jobs(&mut tx, graph_id, &jobs, &HashMap::new(), now).await?;
         self.notify_in(
             &mut tx,
             crate::Effects {

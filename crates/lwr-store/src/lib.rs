@@ -5,13 +5,14 @@
 //! (row locking, schema). Every state change of the queue is one transaction; the functions
 //! take `now` (milliseconds since the epoch) as an argument so tests can drive time.
 
-mod control;
 mod artifacts;
+mod control;
 mod error;
 mod events;
 mod graphs;
 mod migrate;
 mod nodes;
+mod pushes;
 mod queue;
 mod rows;
 pub mod scratch;
@@ -23,11 +24,12 @@ use std::time::Duration;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 
-pub use control::Cancelled;
 pub use artifacts::{NewArtifact, StoredArtifact, UploadTarget, location};
+pub use control::Cancelled;
 pub use error::StoreError;
 pub use events::{CHANNEL, Event, Events};
 pub use migrate::SCHEMA_VERSION;
+pub use pushes::{DEFAULT_EVERY_MS, PollTarget};
 pub use queue::{Claimed, Effects};
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -542,9 +542,10 @@ async fn end_job(tx: &mut Tx, job_id: i64, state: &str, reason: &str, now: i64) 
     .fetch_optional(&mut **tx)
     .await
     .op("ending job")?;
+    let mut ready = false;
     if let Some(row) = row {
         let name: String = col(&row, "name")?;
-        block_dependents(
+        ready = block_dependents(
             tx,
             job_id,
             &format!("needs {name}, which ended {state}"),
@@ -553,31 +554,54 @@ async fn end_job(tx: &mut Tx, job_id: i64, state: &str, reason: &str, now: i64) 
         .await?;
     }
     Ok(Effects {
-        ready: false,
+        ready,
         changed: true,
     })
 }
 
-/// Marks every pending job that transitively needs `job_id` as blocked.
+/// `job_id` ended without success: marks every pending job that transitively needs it as
+/// blocked, except that blocking stops at jobs with `requires: all-finished`. For those, the
+/// ended job and each job blocked now count as finished needs, so they may become ready.
+/// Returns whether one did.
 pub(crate) async fn block_dependents(
     tx: &mut Tx,
     job_id: i64,
     reason: &str,
     now: i64,
-) -> Result<u64> {
-    let n = sqlx::query(
-        "WITH RECURSIVE deps (id) AS ( \
-             SELECT job_id FROM job_needs WHERE need_id = $1 \
-             UNION SELECT jn.job_id FROM job_needs jn JOIN deps d ON jn.need_id = d.id) \
-         UPDATE jobs SET state = 'blocked', reason = $2, updated_at = $3 \
-         WHERE state = 'pending' AND id IN (SELECT id FROM deps)",
-    )
+) -> Result<bool> {
+    // The jobs ending now: this one and the pending, ordinary jobs that depend on it.
+    const ENDING: &str = "WITH RECURSIVE ending (id) AS ( \
+             SELECT CAST($1 AS BIGINT) \
+             UNION SELECT jn.job_id FROM job_needs jn JOIN ending e ON jn.need_id = e.id \
+             JOIN jobs j ON j.id = jn.job_id WHERE j.state = 'pending' AND j.all_finished = 0) ";
+    // First the all-finished dependents, while the blocked-to-be are still pending.
+    let released = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{ENDING} UPDATE jobs SET unmet = unmet - (SELECT COUNT(*) FROM job_needs jn \
+             WHERE jn.job_id = jobs.id AND jn.need_id IN (SELECT id FROM ending)), \
+             updated_at = $2 \
+         WHERE state = 'pending' AND all_finished = 1 AND id IN \
+             (SELECT jn.job_id FROM job_needs jn JOIN ending e ON jn.need_id = e.id) \
+         RETURNING unmet"
+    )))
+    .bind(job_id)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await
+    .op("releasing all-finished dependents")?;
+    let mut ready = false;
+    for row in released {
+        ready |= col::<i64>(&row, "unmet")? == 0;
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{ENDING} UPDATE jobs SET state = 'blocked', reason = $2, updated_at = $3 \
+         WHERE state = 'pending' AND all_finished = 0 AND id <> $1 \
+         AND id IN (SELECT id FROM ending)"
+    )))
     .bind(job_id)
     .bind(reason.to_string())
     .bind(now)
     .execute(&mut **tx)
     .await
-    .op("blocking dependents")?
-    .rows_affected();
-    Ok(n)
+    .op("blocking dependents")?;
+    Ok(ready)
 }

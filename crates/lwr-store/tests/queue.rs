@@ -105,16 +105,13 @@ fn job(name: &str, needs: &[&str]) -> JobSpec {
         timeout_secs: 60,
         expires_secs: None,
         env: BTreeMap::new(),
+        requires: Default::default(),
+        when: None,
     }
 }
 
 fn graph(jobs: Vec<JobSpec>) -> SubmitGraph {
-    SubmitGraph {
-        repository: None,
-        branch: None,
-        revision: None,
-        graph: Graph { jobs },
-    }
+    SubmitGraph::new(Graph { jobs })
 }
 
 async fn node(store: &Store, name: &str, tags: &[(&str, &str)]) -> i64 {

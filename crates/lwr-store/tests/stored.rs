@@ -28,6 +28,8 @@ fn job(name: &str, needs: &[&str]) -> JobSpec {
         timeout_secs: 60,
         env: BTreeMap::from([("K".to_string(), "v".to_string())]),
         expires_secs: None,
+        requires: Default::default(),
+        when: None,
     }
 }
 
@@ -47,6 +49,8 @@ async fn make(url: &str) {
                 job("later", &[]),
             ],
         },
+        push: None,
+        left_out: Vec::new(),
     };
     let t0 = 1_700_000_000_000;
     store.submit_graph(&sub, t0).await.unwrap();

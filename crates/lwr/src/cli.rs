@@ -20,7 +20,9 @@ use clap::{Args, Parser, Subcommand};
         lwr dev --nodes 2                  a server and two nodes on this machine\n  \
         lwr push --repo . --wait           run the graph of HEAD and wait for it\n  \
         lwr jobs --json                    every job and its state\n  \
-        lwr logs 1/build                   the log of job build in graph 1"
+        lwr logs 1/build                   the log of job build in graph 1\n  \
+        lwr repos add URL --branch main    poll a repository; each new head is a push\n  \
+        lwr trigger docs --push 3          run a job push 3's graph left out"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -57,6 +59,90 @@ pub enum Command {
     Cancel(CancelArgs),
     /// Run an ended job again as a new run, optionally with everything that depends on it.
     Retrigger(RetriggerArgs),
+    /// List, add and remove the repositories the server polls for new heads.
+    Repos(ReposArgs),
+    /// List pushes: new heads found by polling, each with its graph.
+    Pushes(PushesArgs),
+    /// Add a job that a push's graph defines but did not run, with the needs it is missing.
+    Trigger(TriggerArgs),
+    /// Check a revision out of the node's clone cache into a directory (decision jobs).
+    Checkout(CheckoutArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ReposArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    #[command(subcommand)]
+    pub action: Option<ReposAction>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReposAction {
+    /// Poll a repository: every new head of a wanted branch becomes a push.
+    ///
+    /// The first poll pushes the current heads. URL is anything git ls-remote accepts; a
+    /// local path is made absolute.
+    Add(RepoAddArgs),
+    /// Stop polling a repository (by URL or id); its pushes stay.
+    Remove(RepoRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RepoAddArgs {
+    pub url: String,
+    /// Branch name or pattern (main, release/*); repeatable. Default: the repository's
+    /// default branch (what its HEAD names).
+    #[arg(long = "branch", value_name = "PATTERN")]
+    pub branches: Vec<String>,
+    /// Time between polls.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub every: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RepoRemoveArgs {
+    /// The repository's URL, as `lwr repos` shows it, or its id.
+    pub repo: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PushesArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// Only pushes of this repository (id).
+    #[arg(long)]
+    pub repo: Option<i64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// The job's name in the push's graph.
+    pub job: String,
+    /// The push whose graph defines the job.
+    #[arg(long)]
+    pub push: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckoutArgs {
+    /// Repository URL or path.
+    pub url: String,
+    /// The commit to check out.
+    pub revision: String,
+    /// Directory to create.
+    pub dir: PathBuf,
+    /// Clone cache: bare mirrors kept between jobs. Default LWR_CACHE_DIR (set by the node);
+    /// without either, a plain clone.
+    #[arg(long, env = "LWR_CACHE_DIR")]
+    pub cache: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +255,19 @@ pub struct GraphArgs {
     /// Print the expanded graph as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Submit the graph to the server (what a decision job does), after validating it.
+    #[arg(long)]
+    pub submit: bool,
+    /// With --submit: the push the graph belongs to. Jobs whose `when` filter matches no
+    /// file changed since --base are left out.
+    #[arg(long, requires = "submit")]
+    pub push: Option<i64>,
+    /// With --submit: the revision changed files are counted from (the previous push);
+    /// empty or absent means the commit's parent.
+    #[arg(long, requires = "submit")]
+    pub base: Option<String>,
+    #[command(flatten)]
+    pub conn: ServerConn,
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,8 +281,15 @@ pub enum GraphAction {
 
 #[derive(Debug, Args)]
 pub struct GraphDiffArgs {
-    pub old: String,
-    pub new: String,
+    #[arg(required_unless_present = "push", conflicts_with = "push")]
+    pub old: Option<String>,
+    #[arg(required_unless_present = "push")]
+    pub new: Option<String>,
+    /// Compare this push's graph with the previous push's on the same branch.
+    #[arg(long)]
+    pub push: Option<i64>,
+    #[command(flatten)]
+    pub conn: ServerConn,
     /// Repository whose revisions OLD and NEW name.
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,

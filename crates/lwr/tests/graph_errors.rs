@@ -277,12 +277,7 @@ fn spec(name: &str, run: &str, needs: &[&str]) -> JobSpec {
 /// Submits each graph straight to the API; each must get a 4xx, and nothing is stored.
 fn assert_server_refuses(server: &Server, graphs: Vec<(&str, Vec<JobSpec>)>) {
     for (what, jobs) in graphs {
-        let sub = SubmitGraph {
-            repository: None,
-            branch: None,
-            revision: None,
-            graph: Graph { jobs },
-        };
+        let sub = SubmitGraph::new(Graph { jobs });
         match server.api.submit(&sub) {
             Ok(info) => panic!("the server took a graph with {what}: {info:?}"),
             Err(e) => {

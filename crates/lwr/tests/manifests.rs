@@ -188,12 +188,7 @@ fn hold_a_run(server: &Server) -> HeldRun {
         "lwr.yml",
     )
     .unwrap();
-    let sub = SubmitGraph {
-        repository: None,
-        branch: None,
-        revision: None,
-        graph,
-    };
+    let sub = SubmitGraph::new(graph);
     server.api.submit(&sub).unwrap();
     let req = ClaimRequest {
         max: 1,

@@ -25,7 +25,8 @@ pub struct GraphDiff {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct JobChange {
     pub name: String,
-    /// Among `run`, `needs`, `node`, `artifacts`, `env`, `retries`, `timeout`.
+    /// Among `run`, `needs`, `node`, `artifacts`, `env`, `retries`, `timeout`, `requires`,
+    /// `when`.
     pub fields: Vec<&'static str>,
 }
 
@@ -83,6 +84,8 @@ fn changed_fields(a: &JobSpec, b: &JobSpec) -> Vec<&'static str> {
         ("env", a.env != b.env),
         ("retries", a.retries != b.retries),
         ("timeout", a.timeout_secs != b.timeout_secs),
+        ("requires", a.requires != b.requires),
+        ("when", a.when != b.when),
     ];
     for (field, differs) in checks {
         if differs {

@@ -13,10 +13,12 @@ use crate::node::Requirements;
 
 mod diff;
 mod parse;
+mod select;
 mod validate;
 
 pub use diff::{GraphDiff, JobChange, diff};
 pub use parse::{parse, parse_duration};
+pub use select::{LeftOut, glob_match, select};
 pub use validate::GraphError;
 
 /// Default number of extra runs after an infrastructure failure.
@@ -56,6 +58,46 @@ pub struct JobSpec {
     pub expires_secs: Option<u64>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// When the job may start: after its needs succeeded (default), or once they all
+    /// finished whatever their result (`all-finished`, for summaries).
+    #[serde(default, skip_serializing_if = "Requires::is_default")]
+    pub requires: Requires,
+    /// A filter a decision job applies: the job runs only if the push changed a matching
+    /// file (or a job that runs needs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<When>,
+}
+
+/// `requires:` of a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Requires {
+    /// Every need succeeded; a need that did not blocks the job.
+    #[default]
+    AllSucceeded,
+    /// Every need finished: succeeded, failed, exception, blocked or cancelled.
+    AllFinished,
+}
+
+impl Requires {
+    pub fn is_default(&self) -> bool {
+        *self == Requires::AllSucceeded
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Requires::AllSucceeded => "all-succeeded",
+            Requires::AllFinished => "all-finished",
+        }
+    }
+}
+
+/// `when:` of a job: conditions on the push.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct When {
+    /// Path patterns (`docs/**`, `*.md`); the job runs if a changed file matches one.
+    #[serde(default)]
+    pub changed: Vec<String>,
 }
 
 fn default_retries() -> u32 {

@@ -12,7 +12,9 @@ use marked_yaml::{LoadError, LoaderOptions, Marker, Node};
 use super::validate::{
     JobLines, MAX_JOBS, MAX_NEEDS, TOP_KEYS, check, env_name_message, is_env_name, show,
 };
-use super::{ArtifactDecl, DEFAULT_RETRIES, DEFAULT_TIMEOUT_SECS, Graph, GraphError, JobSpec};
+use super::{
+    ArtifactDecl, DEFAULT_RETRIES, DEFAULT_TIMEOUT_SECS, Graph, GraphError, JobSpec, Requires, When,
+};
 use crate::graph::normalize_name;
 use crate::node::Requirements;
 
@@ -145,6 +147,8 @@ struct RawJob {
     env: BTreeMap<String, String>,
     /// Keys in file order, each with its values in list order.
     matrix: Vec<(String, Vec<String>)>,
+    requires: Requires,
+    when: Option<When>,
 }
 
 /// Error context: the file, and the job being read (as written) if any.
@@ -431,6 +435,8 @@ fn read_job(
         expires_line: None,
         env: BTreeMap::new(),
         matrix: Vec::new(),
+        requires: Requires::default(),
+        when: None,
     };
     for (key, value) in map.iter() {
         read_field(cx, &mut job, key, value)?;
@@ -493,9 +499,56 @@ fn read_field(
         }
         "env" => job.env = read_env(cx, line, value)?,
         "matrix" => job.matrix = read_matrix(cx, line, value)?,
+        "requires" => {
+            job.requires = match cx.scalar(line, "requires", value)?.trim() {
+                "all-succeeded" => Requires::AllSucceeded,
+                "all-finished" => Requires::AllFinished,
+                other => {
+                    let message = format!(
+                        "'{}' is not a requirement; use all-succeeded (the default) or all-finished",
+                        show(other)
+                    );
+                    return Err(cx.invalid(line, "requires", message));
+                }
+            }
+        }
+        "when" => job.when = Some(read_when(cx, line, value)?),
         _ => return Err(cx.unknown_key(key, None)),
     }
     Ok(())
+}
+
+/// `when: {changed: [patterns]}`.
+fn read_when(cx: &Cx, line: Option<usize>, node: &Node) -> Result<When, GraphError> {
+    let expected = "a mapping like {changed: [\"docs/**\"]}";
+    let Some(map) = cx.mapping(line, "when", node, expected)? else {
+        return Err(cx.invalid(line, "when", format!("is empty; expected {expected}")));
+    };
+    let mut when = When::default();
+    for (key, value) in map.iter() {
+        let key_line = key_line(key);
+        match key.as_str() {
+            "changed" => {
+                when.changed = cx
+                    .string_list(key_line, "when.changed", value)?
+                    .into_iter()
+                    .map(|p| p.0)
+                    .collect();
+                if when.changed.is_empty() || when.changed.iter().any(|p| p.trim().is_empty()) {
+                    let message = "needs at least one non-empty path pattern".to_string();
+                    return Err(cx.invalid(key_line, "when.changed", message));
+                }
+            }
+            other => {
+                let message = format!("unknown key '{}' (expected changed)", show(other));
+                return Err(cx.invalid(key_line, "when", message));
+            }
+        }
+    }
+    if when.changed.is_empty() {
+        return Err(cx.missing(line, "when.changed"));
+    }
+    Ok(when)
 }
 
 /// `node:`: os, arch, hostname and tags are fields of `Requirements`; any other key is a
@@ -916,6 +969,8 @@ fn expanded_job(job: &RawJob, e: &Expansion, needs: &[(String, Option<usize>, St
         timeout_secs: job.timeout_secs,
         expires_secs: job.expires_secs,
         env,
+        requires: job.requires,
+        when: job.when.clone(),
     }
 }
 
@@ -1139,7 +1194,7 @@ jobs:
         let e = err("version: 1\njobs:\n  b: {run: x}\n  a:\n    rnu: make\n");
         assert_eq!(
             e.to_string(),
-            "lwr.yml:5: job 'a': unknown key 'rnu' (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix)"
+            "lwr.yml:5: job 'a': unknown key 'rnu' (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when)"
         );
         assert_eq!(
             (e.line(), e.job(), e.field()),

@@ -242,6 +242,8 @@ pub(crate) const JOB_KEYS: &[&str] = &[
     "expires",
     "env",
     "matrix",
+    "requires",
+    "when",
 ];
 pub(crate) const ARTIFACT_KEYS: &[&str] = &["name", "path", "kind", "optional"];
 
@@ -536,6 +538,12 @@ fn check_job(job: &JobSpec, file: &str, lines: Option<&JobLines>) -> Result<(), 
             ));
         }
     }
+    if let Some(when) = &job.when
+        && (when.changed.is_empty() || when.changed.iter().any(|p| p.trim().is_empty()))
+    {
+        let message = "needs at least one non-empty path pattern".to_string();
+        return Err(invalid(job_line, "when.changed".into(), message));
+    }
     let mut seen = HashSet::new();
     for (i, artifact) in job.artifacts.iter().enumerate() {
         let line = lines
@@ -732,6 +740,8 @@ mod tests {
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             expires_secs: None,
             env: Default::default(),
+            requires: Default::default(),
+            when: None,
         }
     }
 

@@ -2,20 +2,27 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use lwr_client::Client;
 use lwr_model::Graph;
+use lwr_model::api::SubmitGraph;
 
+use super::push::git;
 use crate::cli::{GraphAction, GraphArgs, GraphDiffArgs};
 
 /// The graph file's name at the repository root.
 pub const GRAPH_FILE: &str = "lwr.yml";
 
-pub fn run(args: GraphArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: GraphArgs) -> anyhow::Result<ExitCode> {
     if let Some(GraphAction::Diff(diff)) = args.action {
-        return run_diff(diff);
+        return run_diff(diff).await;
     }
     let graph = read_working_tree(&args.repo)?;
+    if args.submit {
+        return submit(&args, graph).await;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&graph)?);
     } else {
@@ -24,9 +31,18 @@ pub fn run(args: GraphArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_diff(args: GraphDiffArgs) -> anyhow::Result<ExitCode> {
-    let old = load(&args.old, &args.repo)?;
-    let new = load(&args.new, &args.repo)?;
+async fn run_diff(args: GraphDiffArgs) -> anyhow::Result<ExitCode> {
+    let (old, new) = match (&args.push, &args.old, &args.new) {
+        (Some(push), _, _) => {
+            let (old, new, header) = push_graphs(&args.conn.server, *push).await?;
+            if !args.json {
+                println!("{header}");
+            }
+            (old, new)
+        }
+        (None, Some(old), Some(new)) => (load(old, &args.repo)?, load(new, &args.repo)?),
+        _ => bail!("give OLD and NEW, or --push ID"),
+    };
     let diff = lwr_model::graph::diff(&old, &new);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&diff)?);
@@ -34,6 +50,120 @@ fn run_diff(args: GraphDiffArgs) -> anyhow::Result<ExitCode> {
         print!("{diff}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The graphs of the push before `push` on its branch and of `push`, and a line saying
+/// which pushes they are. Earlier pushes without a graph (a broken lwr.yml) are skipped.
+async fn push_graphs(server: &str, push: i64) -> anyhow::Result<(Graph, Graph, String)> {
+    let client = Client::new(server)?;
+    let new = client.push(push).await?;
+    let mut previous = new.previous;
+    let old = loop {
+        let Some(id) = previous else {
+            bail!(
+                "push {push} is the first push of {} in {} with a graph: there is nothing to \
+                 compare it with",
+                new.branch,
+                new.repository
+            );
+        };
+        let old = client.push(id).await?;
+        if old.decided {
+            break old;
+        }
+        previous = old.previous;
+    };
+    let old_spec = client.graph_spec(old.graph_id).await?;
+    let new_spec = client.graph_spec(new.graph_id).await?;
+    let header = format!(
+        "push {} ({} {}) -> push {} ({})",
+        old.id,
+        new.branch,
+        short(&old.revision),
+        new.id,
+        short(&new.revision)
+    );
+    Ok((old_spec.graph, new_spec.graph, header))
+}
+
+fn short(rev: &str) -> &str {
+    &rev[..rev.len().min(12)]
+}
+
+/// `lwr graph --submit`: posts the graph of `args.repo`'s working tree. With `--push`,
+/// as the graph of that push (what a decision job does), leaving out the jobs whose `when`
+/// filter matches no changed file.
+async fn submit(args: &GraphArgs, graph: Graph) -> anyhow::Result<ExitCode> {
+    let filtered = graph.jobs.iter().any(|j| j.when.is_some());
+    let changed = match (args.push, filtered) {
+        (Some(_), true) => changed_files(&args.repo, args.base.as_deref().unwrap_or(""))?,
+        _ => None,
+    };
+    let left_out = lwr_model::graph::select(&graph, changed.as_deref());
+    let mut sub = SubmitGraph::new(graph);
+    if args.push.is_none() {
+        sub.repository = std::fs::canonicalize(&args.repo)
+            .ok()
+            .map(|p| p.display().to_string());
+        sub.revision = git(&args.repo, &["rev-parse", "--verify", "HEAD"]);
+        sub.branch =
+            git(&args.repo, &["rev-parse", "--abbrev-ref", "HEAD"]).filter(|b| b != "HEAD");
+    }
+    sub.push = args.push;
+    sub.left_out = left_out;
+    if let Some(changed) = &changed {
+        println!("{} files changed", changed.len());
+    }
+    for l in &sub.left_out {
+        println!("left out {}: {}", l.name, l.reason);
+    }
+    let client = Client::new(&args.conn.server)?;
+    // A decision job should not fail because the server restarts just then.
+    let mut attempt = 0;
+    let info = loop {
+        match client.submit_graph(&sub).await {
+            Ok(info) => break info,
+            Err(e) if e.is_unreachable() && attempt < 8 => {
+                attempt += 1;
+                eprintln!("{e}; retrying");
+                tokio::time::sleep(Duration::from_secs(attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let scheduled = sub.graph.jobs.len() - sub.left_out.len();
+    match sub.push {
+        Some(push) => println!(
+            "submitted {scheduled} jobs to graph {} of push {push} ({} left out)",
+            info.id,
+            sub.left_out.len()
+        ),
+        None => println!("pushed graph {} ({scheduled} jobs)", info.id),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Files changed at HEAD of `repo`: since `base` when that is a known commit, else since
+/// HEAD's parent; every file for a first commit. `None` when git cannot tell.
+fn changed_files(repo: &Path, base: &str) -> anyhow::Result<Option<Vec<String>>> {
+    let known = |rev: &str| git(repo, &["cat-file", "-e", &format!("{rev}^{{commit}}")]).is_some();
+    let listing = if !base.is_empty() && known(base) {
+        git(repo, &["diff", "--name-only", base, "HEAD"])
+    } else if known("HEAD^") {
+        git(repo, &["diff", "--name-only", "HEAD^", "HEAD"])
+    } else if known("HEAD") {
+        git(repo, &["ls-tree", "-r", "--name-only", "HEAD"])
+    } else {
+        eprintln!("note: {} has no commit; every job runs", repo.display());
+        return Ok(None);
+    };
+    let text = listing.context("git could not list the changed files")?;
+    Ok(Some(
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+    ))
 }
 
 /// A graph from a `--json` file, a directory's lwr.yml, or a revision of `repo`.
@@ -77,6 +207,12 @@ pub fn describe(graph: &Graph) -> String {
         }
         if !job.node.is_empty() {
             out.push_str(&format!("  node:  {}\n", job.node.describe()));
+        }
+        if !job.requires.is_default() {
+            out.push_str(&format!("  requires: {}\n", job.requires.as_str()));
+        }
+        if let Some(when) = &job.when {
+            out.push_str(&format!("  when:  changed {}\n", when.changed.join(", ")));
         }
         out.push_str(&format!(
             "  run:   {}\n",

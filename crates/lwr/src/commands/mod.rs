@@ -1,9 +1,11 @@
 //! One module per group of subcommands; each turns arguments into library calls.
 
-mod control;
 mod artifacts;
+mod checkout;
+mod control;
 mod graph;
 mod push;
+mod pushes;
 mod query;
 mod serve;
 
@@ -16,7 +18,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(args) => serve::server(args).await,
         Command::Node(args) => serve::node(args).await,
         Command::Dev(args) => serve::dev(args).await,
-        Command::Graph(args) => graph::run(args),
+        Command::Graph(args) => graph::run(args).await,
         Command::Push(args) => push::run(args).await,
         Command::Jobs(args) => query::jobs(args).await,
         Command::Logs(args) => query::logs(args).await,
@@ -26,5 +28,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fetch(args) => artifacts::fetch(args).await,
         Command::Manifest(args) => artifacts::manifest(args).await,
         Command::Artifacts(args) => artifacts::list(args).await,
+        Command::Repos(args) => pushes::repos(args).await,
+        Command::Pushes(args) => pushes::pushes(args).await,
+        Command::Trigger(args) => pushes::trigger(args).await,
+        Command::Checkout(args) => checkout::run(args),
     }
 }

@@ -57,6 +57,8 @@ fn read_head(repo: &Path) -> anyhow::Result<SubmitGraph> {
             branch: None,
             revision: None,
             graph,
+            push: None,
+            left_out: Vec::new(),
         });
     };
     let text = git(repo, &["show", &format!("HEAD:./{GRAPH_FILE}")]).with_context(|| {
@@ -74,6 +76,8 @@ fn read_head(repo: &Path) -> anyhow::Result<SubmitGraph> {
         branch,
         revision: Some(revision),
         graph,
+        push: None,
+        left_out: Vec::new(),
     })
 }
 

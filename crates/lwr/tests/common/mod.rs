@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 
 use lwr_client::{Client, ClientError};
 use lwr_model::JobState;
-use lwr_model::api::{GraphInfo, Health, JobDetail, JobInfo, JobList, NodeList, SubmitGraph};
+use lwr_model::api::{
+    GraphInfo, GraphSpec, Health, JobDetail, JobInfo, JobList, NodeList, PushInfo, PushList,
+    RepoList, SubmitGraph,
+};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
@@ -105,6 +108,45 @@ pub fn git_init_commit(dir: &Path) {
             "test graph",
         ],
     );
+}
+
+/// Commits everything in repository `dir`; returns the new HEAD.
+pub fn git_commit_all(dir: &Path, message: &str) -> String {
+    git(dir, &["add", "-A"]);
+    git(
+        dir,
+        &[
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "user.name=t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            message,
+        ],
+    );
+    git_out(dir, &["rev-parse", "HEAD"])
+}
+
+/// Runs git in `dir` and returns its trimmed stdout.
+pub fn git_out(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("running git");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn git(dir: &Path, args: &[&str]) {
@@ -539,6 +581,23 @@ impl Api {
         self.rt
             .block_on(self.client.log(job, None))
             .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    pub fn repos(&self) -> Result<RepoList, ClientError> {
+        self.rt.block_on(self.client.repos())
+    }
+
+    /// Pushes, newest first.
+    pub fn pushes(&self) -> Result<PushList, ClientError> {
+        self.rt.block_on(self.client.pushes(None))
+    }
+
+    pub fn push(&self, id: i64) -> Result<PushInfo, ClientError> {
+        self.rt.block_on(self.client.push(id))
+    }
+
+    pub fn graph_spec(&self, graph: i64) -> Result<GraphSpec, ClientError> {
+        self.rt.block_on(self.client.graph_spec(graph))
     }
 
     pub fn submit(&self, sub: &SubmitGraph) -> Result<GraphInfo, ClientError> {

@@ -1,0 +1,178 @@
+//! Choosing the jobs of a push: `when: {changed: [...]}` filters, path patterns, and the
+//! closure over needs. Pure functions; the decision job supplies the changed files.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{Graph, When};
+
+/// A job of a push's graph that the decision job did not schedule, and why. It can still be
+/// added later with `lwr trigger`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LeftOut {
+    pub name: String,
+    pub reason: String,
+}
+
+/// True when `text` matches the glob `pattern`: `*` is any run of characters but `/`, `**`
+/// any run including `/` (`a/**/b` also matches `a/b`), `?` one character but `/`.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    matches_at(&p, &t)
+}
+
+fn matches_at(p: &[char], t: &[char]) -> bool {
+    match p.first() {
+        None => t.is_empty(),
+        Some('*') if p.get(1) == Some(&'*') => {
+            let rest = &p[2..];
+            // `**/` may also stand for no directory at all.
+            if rest.first() == Some(&'/') && matches_at(&rest[1..], t) {
+                return true;
+            }
+            (0..=t.len()).any(|i| matches_at(rest, &t[i..]))
+        }
+        Some('*') => {
+            let rest = &p[1..];
+            for i in 0..=t.len() {
+                if matches_at(rest, &t[i..]) {
+                    return true;
+                }
+                if t.get(i) == Some(&'/') {
+                    break;
+                }
+            }
+            false
+        }
+        Some('?') => t.first().is_some_and(|c| *c != '/') && matches_at(&p[1..], &t[1..]),
+        Some(c) => t.first() == Some(c) && matches_at(&p[1..], &t[1..]),
+    }
+}
+
+impl When {
+    /// True when one of `files` (paths relative to the repository root) matches a
+    /// `changed` pattern. A pattern without `/` matches a file's name in any directory, as
+    /// in `.gitignore`: `*.md` matches `docs/intro.md`.
+    pub fn matches(&self, files: &[String]) -> bool {
+        files.iter().any(|file| {
+            let name = file.rsplit('/').next().unwrap_or(file);
+            self.changed.iter().any(|pattern| {
+                let pattern = pattern.trim_start_matches('/');
+                glob_match(pattern, file) || (!pattern.contains('/') && glob_match(pattern, name))
+            })
+        })
+    }
+}
+
+/// The jobs of `graph` a push that changed `changed` leaves out: those whose `when` filter
+/// matches no changed file, unless a job that runs needs them (a job always runs with its
+/// needs). `changed: None` means unknown: every job runs.
+pub fn select(graph: &Graph, changed: Option<&[String]>) -> Vec<LeftOut> {
+    let Some(changed) = changed else {
+        return Vec::new();
+    };
+    let index: HashMap<&str, usize> = graph
+        .jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.name.as_str(), i))
+        .collect();
+    let mut run: HashSet<usize> = HashSet::with_capacity(graph.jobs.len());
+    let mut stack: Vec<usize> = graph
+        .jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| j.when.as_ref().is_none_or(|w| w.matches(changed)))
+        .map(|(i, _)| i)
+        .collect();
+    while let Some(i) = stack.pop() {
+        if !run.insert(i) {
+            continue;
+        }
+        for need in &graph.jobs[i].needs {
+            if let Some(&n) = index.get(need.as_str()) {
+                stack.push(n);
+            }
+        }
+    }
+    graph
+        .jobs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !run.contains(i))
+        .map(|(_, j)| LeftOut {
+            name: j.name.clone(),
+            reason: format!(
+                "when: no changed file matches {}",
+                j.when
+                    .as_ref()
+                    .map(|w| w.changed.join(", "))
+                    .unwrap_or_default()
+            ),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::parse;
+
+    #[test]
+    fn globs() {
+        for (p, t) in [
+            ("main", "main"),
+            ("release/*", "release/1.0"),
+            ("docs/**", "docs/a/b.md"),
+            ("**/*.md", "a.md"),
+            ("**/*.md", "x/y/a.md"),
+            ("src/**/test.rs", "src/test.rs"),
+            ("v?", "v1"),
+        ] {
+            assert!(glob_match(p, t), "{p} should match {t}");
+        }
+        for (p, t) in [
+            ("main", "mainline"),
+            ("release/*", "release/1/2"),
+            ("*.md", "docs/a.md"),
+            ("v?", "v12"),
+            ("docs/**", "doc/a"),
+        ] {
+            assert!(!glob_match(p, t), "{p} should not match {t}");
+        }
+    }
+
+    #[test]
+    fn patterns_without_a_slash_match_names_anywhere() {
+        let w = When {
+            changed: vec!["*.md".into()],
+        };
+        assert!(w.matches(&["docs/intro.md".into()]));
+        assert!(!w.matches(&["src/main.rs".into()]));
+    }
+
+    #[test]
+    fn left_out_jobs_come_back_when_a_running_job_needs_them() {
+        let g = parse(
+            "version: 1\njobs:\n  docs:\n    run: x\n    when: {changed: [\"docs/**\"]}\n  \
+             build:\n    run: y\n  publish:\n    run: z\n    needs: [docs]\n    when: {changed: [\"*.md\"]}\n  \
+             lint:\n    run: w\n    when: {changed: [\"src/**\"]}\n",
+            "lwr.yml",
+        )
+        .unwrap();
+        let names = |l: Vec<LeftOut>| l.into_iter().map(|l| l.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(select(&g, Some(&["README.md".into()]))),
+            ["lint"],
+            "publish runs, so docs (its need) runs too"
+        );
+        assert_eq!(
+            names(select(&g, Some(&["src/a.rs".into()]))),
+            ["docs", "publish"]
+        );
+        assert!(select(&g, None).is_empty());
+    }
+}
