@@ -356,7 +356,7 @@ pub struct Daemon {
     pub label: String,
     pub args: Vec<String>,
     pub log: PathBuf,
-    /// Directories where nodes record the process group of each running job.
+    /// Work dirs of the nodes this process runs; their journals name running jobs.
     pub job_pid_dirs: Vec<PathBuf>,
     /// Extra environment for the process.
     pub env: Vec<(String, String)>,
@@ -454,19 +454,33 @@ impl Daemon {
 
     /// Kills the job process groups recorded in the pid dirs (jobs are detached from their
     /// node, so killing a node leaves them running).
+    /// Kills the process groups of jobs a node left running: its journal records each
+    /// job's group when it starts and the result when it ends.
     fn kill_jobs(&self) {
-        for dir in &self.job_pid_dirs {
-            let Ok(entries) = std::fs::read_dir(dir) else {
+        for work_dir in &self.job_pid_dirs {
+            let Ok(text) = std::fs::read_to_string(work_dir.join("journal.jsonl")) else {
                 continue;
             };
-            for entry in entries.flatten() {
-                if let Some(pgid) = std::fs::read_to_string(entry.path())
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i32>().ok())
-                    && pgid > 1
-                {
-                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            let mut live = std::collections::BTreeMap::new();
+            for entry in text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            {
+                if let (Some(run), Some(pgid)) = (
+                    entry.pointer("/started/run").and_then(|v| v.as_i64()),
+                    entry.pointer("/started/pgid").and_then(|v| v.as_i64()),
+                ) {
+                    live.insert(run, pgid);
                 }
+                if let Some(run) = entry
+                    .pointer("/ended/result/run_id")
+                    .and_then(|v| v.as_i64())
+                {
+                    live.remove(&run);
+                }
+            }
+            for pgid in live.into_values().filter(|p| *p > 1) {
+                let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
             }
         }
     }
@@ -713,7 +727,7 @@ impl Server {
         let data_dir = dir.join("dev");
         let data = data_dir.display().to_string();
         let pid_dirs = (1..=nodes)
-            .map(|i| data_dir.join("nodes").join(format!("dev-{i}")).join("pids"))
+            .map(|i| data_dir.join("nodes").join(format!("dev-{i}")))
             .collect();
         Server::spawn(dir, "lwr dev", data_dir, pid_dirs, move |listen| {
             vec![
@@ -960,12 +974,7 @@ impl Node {
             args.push(t.to_string());
         }
         let log = dir.join(format!("node-{name}.log"));
-        let mut daemon = Daemon::new(
-            &format!("node {name}"),
-            args,
-            log,
-            vec![work_dir.join("pids")],
-        );
+        let mut daemon = Daemon::new(&format!("node {name}"), args, log, vec![work_dir.clone()]);
         daemon.start();
         Node {
             name: name.to_string(),
