@@ -6,7 +6,7 @@
 //! costs it a file or a request.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use lwr_client::{ArtifactMeta, Client, ClientError, StatusCode};
@@ -126,7 +126,15 @@ pub(crate) fn write_manifests_file(
         .map(|(need, loc)| (need.as_str(), format!("{server}{loc}")))
         .collect();
     let text = serde_json::to_vec_pretty(&absolute).map_err(std::io::Error::other)?;
-    std::fs::write(path, text)
+    // Rewritten in place, never truncated to zero first: ext4 flushes a file on close after
+    // a truncate-to-zero and rewrite (auto_da_alloc), which costs chained jobs a lot.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    file.write_all(&text)?;
+    file.set_len(text.len() as u64)
 }
 
 /// Collects a finished run's artifacts into its outbox and says how that changes the
