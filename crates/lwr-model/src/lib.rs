@@ -4,10 +4,12 @@
 //! server, the node, the CLI and the tests agree on one definition of each thing.
 
 pub mod api;
+pub mod auth;
 pub mod graph;
 pub mod job;
 pub mod node;
 
+pub use auth::{Scope, Scopes};
 pub use graph::{ArtifactDecl, Graph, GraphError, JobSpec, normalize_name};
 pub use job::{JobState, RunState};
 pub use node::{NodeProperties, Requirements};

@@ -6,6 +6,7 @@
 //! is usable (and tested) without sockets.
 
 pub mod api;
+pub mod auth;
 mod error;
 mod logs;
 pub mod queue;
@@ -31,6 +32,8 @@ pub struct Config {
     pub lease: Duration,
     /// Largest log a node may upload.
     pub max_log_bytes: u64,
+    /// Check a bearer token on every request but the public ones.
+    pub auth: bool,
 }
 
 impl Config {
@@ -39,6 +42,7 @@ impl Config {
             data_dir,
             lease: Duration::from_secs(30),
             max_log_bytes: 1 << 30,
+            auth: false,
         }
     }
 }

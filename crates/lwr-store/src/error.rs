@@ -35,6 +35,8 @@ pub enum StoreError {
     Conflict(String),
     #[error("stored {what} is unreadable: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    #[error("cannot get random bytes for a token: {0}")]
+    Random(String),
     #[error("invalid graph: {0}")]
     InvalidGraph(#[from] lwr_model::GraphError),
 }

@@ -12,6 +12,7 @@ mod migrate;
 mod nodes;
 mod queue;
 mod rows;
+mod tokens;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,6 +24,7 @@ pub use control::Cancelled;
 pub use error::StoreError;
 pub use migrate::SCHEMA_VERSION;
 pub use queue::{Claimed, Effects};
+pub use tokens::{Caller, TokenCheck, hash_secret, new_secret};
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 

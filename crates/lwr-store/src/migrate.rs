@@ -6,10 +6,18 @@ use crate::error::Op;
 use crate::{Dialect, Result, Store, StoreError};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 4;
 
-const SQLITE: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
-const POSTGRES: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+// Versions may have gaps while branches that add them are merged: each version present and
+// not yet recorded in the database is applied, in order.
+const SQLITE: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (4, include_str!("../migrations/sqlite/0004_tokens.sql")),
+];
+const POSTGRES: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (4, include_str!("../migrations/postgres/0004_tokens.sql")),
+];
 
 pub(crate) async fn run(store: &Store) -> Result<()> {
     let steps = match store.dialect {
@@ -40,7 +48,15 @@ pub(crate) async fn run(store: &Store) -> Result<()> {
             supported: SCHEMA_VERSION,
         });
     }
-    for (version, sql) in steps.iter().filter(|(v, _)| *v > current) {
+    let applied: Vec<i64> = sqlx::query("SELECT version FROM lwr_schema")
+        .fetch_all(&mut *tx)
+        .await
+        .op("reading the applied schema versions")?
+        .iter()
+        .map(|row| row.try_get("version"))
+        .collect::<std::result::Result<_, _>>()
+        .op("reading the applied schema versions")?;
+    for (version, sql) in steps.iter().filter(|(v, _)| !applied.contains(v)) {
         sqlx::raw_sql(*sql)
             .execute(&mut *tx)
             .await

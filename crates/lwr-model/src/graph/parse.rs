@@ -25,11 +25,26 @@ const MAX_INDENT: usize = 400;
 /// 2 MiB in a debug build; the rest is margin, and costs nothing until touched.
 const PARSE_STACK_BYTES: usize = 16 << 20;
 
+/// Largest lwr.yml accepted: far beyond any real graph file, small enough to parse quickly.
+pub const MAX_FILE_BYTES: usize = 4 << 20;
+
 const DURATION_HELP: &str = "use e.g. 90s, 30m, 1h, 2h30m or 1d; a bare number means seconds";
 
 /// Parses an `lwr.yml`: reads it, expands matrices, normalizes names, resolves `needs` and
 /// checks the result. `file` only names the file in errors (e.g. `lwr.yml`).
 pub fn parse(text: &str, file: &str) -> Result<Graph, GraphError> {
+    // Checked before any parsing, so a huge file costs nothing but this comparison.
+    if text.len() > MAX_FILE_BYTES {
+        return Err(GraphError::Yaml {
+            file: file.into(),
+            line: None,
+            column: None,
+            message: format!(
+                "the file is {} bytes, more than the limit of {MAX_FILE_BYTES} bytes",
+                text.len()
+            ),
+        });
+    }
     // The YAML parser recurses once per nesting level, with big frames in debug builds. Run it
     // on a stack sized for the deepest nesting `check_indentation` lets through, so that the
     // caller's stack (a 2 MiB tokio worker, say) does not matter; a panic in the YAML crate

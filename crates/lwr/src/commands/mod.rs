@@ -5,6 +5,7 @@ mod graph;
 mod push;
 mod query;
 mod serve;
+mod tokens;
 
 use std::process::ExitCode;
 
@@ -22,5 +23,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Nodes(args) => query::nodes(args).await,
         Command::Cancel(args) => control::cancel(args).await,
         Command::Retrigger(args) => control::retrigger(args).await,
+        Command::Tokens(args) => tokens::run(args).await,
+    }
+}
+
+impl crate::cli::ServerConn {
+    /// A client for the server, with the token from --token or LWR_TOKEN, or else from the
+    /// admin.token that `lwr dev --auth` wrote to --data-dir.
+    pub fn client(&self) -> anyhow::Result<lwr_client::Client> {
+        let token = match (&self.token, &self.data_dir) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(dir)) => Some(tokens::read_admin_token(dir)?),
+            (None, None) => None,
+        };
+        Ok(lwr_client::Client::new(&self.server)?.with_token(token))
     }
 }
