@@ -238,6 +238,7 @@ pub fn lwr_at(server: Option<&str>, args: &[&str]) -> Out {
     let mut cmd = Command::new(bin());
     cmd.args(args)
         .env_remove("LWR_SERVER")
+        .env_remove("LWR_TOKEN")
         .env_remove("LWR_DB")
         .env_remove("LWR_LOG")
         .env("NO_COLOR", "1")
@@ -339,6 +340,7 @@ impl Daemon {
         let child = Command::new(bin())
             .args(&self.args)
             .env_remove("LWR_SERVER")
+            .env_remove("LWR_TOKEN")
             .env_remove("LWR_DB")
             .env("LWR_LOG", "info")
             .env("NO_COLOR", "1")
@@ -473,13 +475,20 @@ pub struct Api {
 
 impl Api {
     pub fn new(url: &str) -> Api {
+        Api::with_token(url, None)
+    }
+
+    /// A client that sends `token` as `Authorization: Bearer`.
+    pub fn with_token(url: &str, token: Option<&str>) -> Api {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("building a tokio runtime");
         Api {
             rt,
-            client: Client::new(url).expect("a client for the test server"),
+            client: Client::new(url)
+                .expect("a client for the test server")
+                .with_token(token.map(str::to_string)),
         }
     }
 
@@ -550,7 +559,10 @@ pub struct Server {
     pub url: String,
     pub data_dir: PathBuf,
     pub daemon: Daemon,
+    /// A client with the admin token when the server checks tokens.
     pub api: Api,
+    /// The admin token of a server started with `--auth`.
+    pub admin_token: Option<String>,
 }
 
 impl Server {
@@ -563,7 +575,7 @@ impl Server {
         let data_dir = dir.join("data");
         let data = data_dir.display().to_string();
         let lease = lease.to_string();
-        Server::spawn(dir, "server", data_dir, Vec::new(), move |listen| {
+        Server::spawn(dir, "server", data_dir, Vec::new(), None, move |listen| {
             vec![
                 "server".into(),
                 "--listen".into(),
@@ -584,7 +596,7 @@ impl Server {
         let pid_dirs = (1..=nodes)
             .map(|i| data_dir.join("nodes").join(format!("dev-{i}")).join("pids"))
             .collect();
-        Server::spawn(dir, "lwr dev", data_dir, pid_dirs, move |listen| {
+        Server::spawn(dir, "lwr dev", data_dir, pid_dirs, None, move |listen| {
             vec![
                 "dev".into(),
                 "--nodes".into(),
@@ -599,12 +611,78 @@ impl Server {
         })
     }
 
+    /// `lwr server --auth` with a first admin token made offline, as an operator would:
+    /// `lwr tokens create --data-dir DIR --scope admin`. `api` sends that token.
+    pub fn start_auth(dir: &Path) -> Server {
+        let data_dir = dir.join("data");
+        let data = data_dir.display().to_string();
+        let admin = create_token_offline(&data_dir, &["admin"], &[]);
+        Server::spawn(
+            dir,
+            "server",
+            data_dir,
+            Vec::new(),
+            Some(admin),
+            move |listen| {
+                vec![
+                    "server".into(),
+                    "--auth".into(),
+                    "--listen".into(),
+                    listen,
+                    "--data-dir".into(),
+                    data.clone(),
+                    "--lease".into(),
+                    LEASE.into(),
+                ]
+            },
+        )
+    }
+
+    /// `lwr dev --auth --nodes N --slots S`: it makes its own tokens and leaves an admin
+    /// token in DIR/dev/admin.token, which `api` sends.
+    pub fn dev_auth(dir: &Path, nodes: u32, slots: u32) -> Server {
+        let data_dir = dir.join("dev");
+        let data = data_dir.display().to_string();
+        let pid_dirs = (1..=nodes)
+            .map(|i| data_dir.join("nodes").join(format!("dev-{i}")).join("pids"))
+            .collect();
+        let mut server = Server::spawn(
+            dir,
+            "lwr dev",
+            data_dir.clone(),
+            pid_dirs,
+            None,
+            move |listen| {
+                vec![
+                    "dev".into(),
+                    "--auth".into(),
+                    "--nodes".into(),
+                    nodes.to_string(),
+                    "--slots".into(),
+                    slots.to_string(),
+                    "--listen".into(),
+                    listen,
+                    "--data-dir".into(),
+                    data.clone(),
+                ]
+            },
+        );
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .expect("lwr dev --auth writes admin.token")
+            .trim()
+            .to_string();
+        server.api = Api::with_token(&server.url, Some(&token));
+        server.admin_token = Some(token);
+        server
+    }
+
     /// Starts `lwr ARGS(127.0.0.1:PORT)` on a free port and waits until it answers.
     fn spawn(
         dir: &Path,
         label: &str,
         data_dir: PathBuf,
         job_pid_dirs: Vec<PathBuf>,
+        admin_token: Option<String>,
         args: impl Fn(String) -> Vec<String>,
     ) -> Server {
         let log = dir.join(format!("{}.log", label.replace(' ', "-")));
@@ -615,7 +693,8 @@ impl Server {
             let url = format!("http://127.0.0.1:{port}");
             let mut server = Server {
                 port,
-                api: Api::new(&url),
+                api: Api::with_token(&url, admin_token.as_deref()),
+                admin_token: admin_token.clone(),
                 url,
                 data_dir: data_dir.clone(),
                 daemon: Daemon::new(
@@ -798,8 +877,36 @@ pub struct Node {
     pub daemon: Daemon,
 }
 
+/// `lwr tokens create --data-dir DIR --scope S... EXTRA...` (straight in the database);
+/// returns the secret, the last word of the output.
+pub fn create_token_offline(data_dir: &Path, scopes: &[&str], extra: &[&str]) -> String {
+    let data = data_dir.display().to_string();
+    let mut args = vec!["tokens", "create", "--data-dir", data.as_str(), "--scope"];
+    args.extend_from_slice(scopes);
+    args.extend_from_slice(extra);
+    let out = lwr(&args);
+    out.assert_success();
+    out.stdout
+        .split_whitespace()
+        .last()
+        .unwrap_or_else(|| panic!("no token in {out}"))
+        .to_string()
+}
+
 impl Node {
     pub fn start(dir: &Path, server: &str, name: &str, slots: u32, tags: &[&str]) -> Node {
+        Node::start_with_token(dir, server, name, slots, tags, None)
+    }
+
+    /// A node that sends `token` (scope `node:register`) to a server that checks tokens.
+    pub fn start_with_token(
+        dir: &Path,
+        server: &str,
+        name: &str,
+        slots: u32,
+        tags: &[&str],
+        token: Option<&str>,
+    ) -> Node {
         let work_dir = dir.join(name);
         let mut args = vec![
             "node".to_string(),
@@ -815,6 +922,10 @@ impl Node {
         for t in tags {
             args.push("--tag".into());
             args.push(t.to_string());
+        }
+        if let Some(token) = token {
+            args.push("--token".into());
+            args.push(token.to_string());
         }
         let log = dir.join(format!("node-{name}.log"));
         let mut daemon = Daemon::new(
