@@ -72,6 +72,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             auth::authenticate,
         ))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)
 }
@@ -119,6 +120,23 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             &field,
             "text may not contain NUL characters",
         ));
+    }
+    // Every request body is an object; serde would also take a struct written as an array.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ApiError::field(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "body",
+                    "the body must be a JSON object",
+                ),
+                Err(e) => ApiError::field(
+                    StatusCode::BAD_REQUEST,
+                    "body",
+                    format!("invalid JSON body: {e}"),
+                ),
+            },
+        );
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -238,6 +256,13 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this endpoint does not take that method; see /v1/openapi.json",
+    )
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -287,6 +312,7 @@ async fn submit_graph(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GraphWait {
     /// Wait for a change newer than this `seq` (from an earlier answer).
     after: Option<i64>,
@@ -312,6 +338,7 @@ async fn get_graph(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct JobFilter {
     /// Only jobs of this graph.
     graph: Option<i64>,
@@ -359,6 +386,7 @@ async fn get_job_by_name(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// Run number (1 for the first attempt); default the latest run.
     run: Option<u32>,
@@ -592,6 +620,7 @@ async fn report_results(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// The node uploading; it must hold the run.
     node: i64,
@@ -893,9 +922,36 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The OpenAPI document as the server serves it and the repository keeps it.
 pub fn openapi_string() -> String {
-    let mut text = openapi()
-        .to_pretty_json()
+    let doc = serde_json::to_value(openapi()).map(|mut v| {
+        unsigned_ranges(&mut v);
+        v
+    });
+    let mut text = doc
+        .and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     text.push('\n');
     text
+}
+
+/// utoipa describes `u32` as `int32` and `u64` as `int64` with a minimum of 0, which claims
+/// half the range the server takes; say the real range instead, so that a client (or a
+/// schemathesis run) and the server agree on which numbers are valid.
+fn unsigned_ranges(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let unsigned = map.get("minimum").and_then(|m| m.as_f64()) == Some(0.0);
+            let max = match map.get("format").and_then(|f| f.as_str()) {
+                Some("int32") if unsigned => Some(serde_json::Value::from(u32::MAX)),
+                Some("int64") if unsigned => Some(serde_json::Value::from(u64::MAX)),
+                _ => None,
+            };
+            if let Some(max) = max {
+                map.remove("format");
+                map.insert("maximum".into(), max);
+            }
+            map.values_mut().for_each(unsigned_ranges);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unsigned_ranges),
+        _ => {}
+    }
 }

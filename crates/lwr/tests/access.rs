@@ -9,69 +9,6 @@ use common::*;
 use lwr_model::JobState;
 use serde_json::{Value, json};
 
-/// Raw HTTP against a test server, to send what the typed client never would.
-struct Http {
-    rt: tokio::runtime::Runtime,
-    client: reqwest::Client,
-    base: String,
-}
-
-/// An answer: status and JSON body (`Value::Null` when there was no body).
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: Value,
-}
-
-impl Http {
-    fn new(base: &str) -> Http {
-        Http {
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime"),
-            client: reqwest::Client::new(),
-            base: base.to_string(),
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Answer {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
-        let mut req = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(30));
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        self.rt.block_on(async {
-            let resp = req.send().await.expect("the server answers");
-            let status = resp.status().as_u16();
-            let text = resp.text().await.expect("a body");
-            let body = if text.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).unwrap_or_else(|e| {
-                    panic!("{method} {path}: {status} answer is not JSON ({e}): {text}")
-                })
-            };
-            Answer { status, body }
-        })
-    }
-}
-
-/// Asserts a JSON error answer with `status`.
-fn assert_error(a: &Answer, status: u16, what: &str) {
-    assert_eq!(a.status, status, "{what}: {a:?}");
-    assert!(
-        a.body["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{what}: an error answer has a JSON body with `error`: {a:?}"
-    );
-}
-
 fn pending_graph() -> Value {
     json!({"graph": {"jobs": [{"name": "a", "run": "true"}, {"name": "b", "run": "true", "needs": ["a"]}]}})
 }

@@ -971,3 +971,128 @@ impl Node {
         pending.into_iter().collect()
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Raw HTTP
+
+/// Raw HTTP against a test server, to send what the typed client never would.
+pub struct Http {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    base: String,
+}
+
+/// An answer: status and JSON body (`serde_json::Value::Null` when there was no body).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl Http {
+    pub fn new(base: &str) -> Http {
+        Http {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime"),
+            // A fresh connection per request: the server closes one whose body it refused
+            // unread, and a reused one would fail the next request.
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("an HTTP client"),
+            base: base.to_string(),
+        }
+    }
+
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut req = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        self.rt.block_on(async {
+            let resp = req.send().await.expect("the server answers");
+            let status = resp.status().as_u16();
+            let text = resp.text().await.expect("a body");
+            let body = if text.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or_else(|e| {
+                    panic!("{method} {path}: {status} answer is not JSON ({e}): {text}")
+                })
+            };
+            Answer { status, body }
+        })
+    }
+}
+
+/// Asserts a JSON error answer with `status`.
+pub fn assert_error(a: &Answer, status: u16, what: &str) {
+    assert_eq!(a.status, status, "{what}: {a:?}");
+    assert!(
+        a.body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{what}: an error answer has a JSON body with `error`: {a:?}"
+    );
+}
+
+impl Http {
+    /// Sends raw bytes with a content type (or none), to test what a client should not send.
+    pub fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Answer {
+        self.try_send_raw(method, path, token, content_type, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// As [`Http::send_raw`], but a connection the server closed early is an `Err`: a server
+    /// may answer 413 and close before a too-large body is all sent.
+    pub fn try_send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<Answer, String> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut req = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30))
+            .body(body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        self.rt.block_on(async {
+            let resp = req.send().await.map_err(|e| format!("{e:?}"))?;
+            let status = resp.status().as_u16();
+            let text = resp.text().await.map_err(|e| format!("{e:?}"))?;
+            let body = serde_json::from_str(&text).unwrap_or_else(|e| {
+                panic!("{method} {path}: {status} answer is not JSON ({e}): {text:.200}")
+            });
+            Ok(Answer { status, body })
+        })
+    }
+}
