@@ -956,6 +956,14 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_file_over_the_size_limit_is_refused_before_parsing() {
+        let mut text = String::from("version: 1\njobs:\n  a:\n    run: true\n");
+        text.push_str(&"#".repeat(MAX_FILE_BYTES));
+        let e = err(&text).to_string();
+        assert!(e.contains("more than the limit"), "{e}");
+    }
+
     fn names(graph: &Graph) -> Vec<&str> {
         graph.jobs.iter().map(|j| j.name.as_str()).collect()
     }
