@@ -803,6 +803,11 @@ impl Modify for Shared_ {
             {
                 let has_params = path.contains('{') || op.parameters.is_some();
                 let responses = &mut op.responses.responses;
+                if path.contains('{') {
+                    responses
+                        .entry("404".into())
+                        .or_insert_with(|| error("nothing with that id"));
+                }
                 if has_params || op.request_body.is_some() {
                     responses
                         .entry("400".into())

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use lwr_model::JobState;
 use serde_json::{Value, json};

@@ -24,7 +24,9 @@ fn bad_bodies_paths_and_queries_get_json_4xx_and_change_nothing() {
     let json_ct = Some("application/json");
 
     // Bodies that are not what they claim to be.
-    let raw: Vec<(&str, Option<&str>, Vec<u8>, u16, Option<&str>)> = vec![
+    // (what, content type, body, status, field)
+    type Raw<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, Option<&'a str>);
+    let raw: Vec<Raw> = vec![
         (
             "truncated JSON",
             json_ct,
