@@ -30,6 +30,8 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// Largest JSON body accepted (a 10,000-job graph is a few MB).
 const MAX_JSON_BODY: usize = 32 << 20;
+/// Bodies larger than this are decoded on a blocking thread.
+const BLOCKING_DECODE_BYTES: usize = 256 << 10;
 /// Most results or runs in one node request: a node has at most this many slots.
 const MAX_BATCH: usize = 4096;
 /// Most slots a node may declare.
@@ -83,7 +85,7 @@ pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
-    T: DeserializeOwned,
+    T: DeserializeOwned + Send + 'static,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -108,6 +110,19 @@ where
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|r| ApiError::field(r.status(), "body", r.body_text()))?;
+        // Decoding megabytes takes a while: off the async workers, so other requests
+        // (heartbeats above all) are not held up behind a large graph.
+        if bytes.len() > BLOCKING_DECODE_BYTES {
+            return tokio::task::spawn_blocking(move || decode_json(&bytes))
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("decoding the body failed: {e}"),
+                    )
+                })?
+                .map(ApiJson);
+        }
         decode_json(&bytes).map(ApiJson)
     }
 }
