@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lwr_model::api::*;
+use lwr_model::auth::{CreateToken, CreatedToken, TokenInfo, TokenList};
 use lwr_model::manifest::Manifest;
 use reqwest::{Method, RequestBuilder};
 use serde::Serialize;
@@ -142,6 +143,8 @@ type Result<T> = std::result::Result<T, ClientError>;
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// Sent as `Authorization: Bearer` on every request when set.
+    token: Option<String>,
 }
 
 impl Client {
@@ -161,7 +164,17 @@ impl Client {
                 url: server.to_string(),
                 reason: e.to_string(),
             })?;
-        Ok(Client { http, base })
+        Ok(Client {
+            http,
+            base,
+            token: None,
+        })
+    }
+
+    /// The same client, sending `token` as `Authorization: Bearer` on every request.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     pub fn server(&self) -> &str {
@@ -169,7 +182,14 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str, timeout: Duration) -> RequestBuilder {
-        self.http.request(method, self.url(path)).timeout(timeout)
+        let url = self.url(path);
+        // The token goes only to this server, never to a URL a manifest names elsewhere.
+        let ours = url.starts_with(&self.base);
+        let req = self.http.request(method, url).timeout(timeout);
+        match &self.token {
+            Some(token) if ours => req.bearer_auth(token),
+            _ => req,
+        }
     }
 
     /// `path` on this server, or `path` itself when it is already a URL (a manifest's
@@ -297,6 +317,18 @@ impl Client {
         let resp = self.send(Method::GET, &path, req).await?;
         let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         Ok(bytes.to_vec())
+    }
+
+    pub async fn create_token(&self, req: &CreateToken) -> Result<CreatedToken> {
+        self.post("/v1/tokens", req).await
+    }
+
+    pub async fn tokens(&self) -> Result<TokenList> {
+        self.get("/v1/tokens").await
+    }
+
+    pub async fn revoke_token(&self, id: i64) -> Result<TokenInfo> {
+        self.post(&format!("/v1/tokens/{id}/revoke"), &()).await
     }
 
     pub async fn cancel_job(&self, job: i64) -> Result<CancelResult> {

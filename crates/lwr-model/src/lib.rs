@@ -4,12 +4,14 @@
 //! server, the node, the CLI and the tests agree on one definition of each thing.
 
 pub mod api;
+pub mod auth;
 pub mod graph;
 pub mod job;
 pub mod manifest;
 pub mod node;
 pub mod push;
 
+pub use auth::{Scope, Scopes};
 pub use graph::{ArtifactDecl, Graph, GraphError, JobSpec, Requires, When, normalize_name};
 pub use job::{JobState, RunState};
 pub use node::{NodeProperties, Requirements};

@@ -40,6 +40,8 @@ pub struct NodeConfig {
     pub tags: BTreeMap<String, String>,
     pub slots: u32,
     pub work_dir: PathBuf,
+    /// Bearer token (scope `node:register`) for a server that checks tokens.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -101,7 +103,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         unreported.push(result);
     }
     drop_orphan_outboxes(&config.work_dir, &unreported);
-    let client = Client::new(&config.server)?;
+    let client = Client::new(&config.server)?.with_token(config.token.clone());
     let id = register(&client, &config).await?;
     let reporter = Reporter::start(
         client.clone(),

@@ -3,28 +3,49 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use lwr_model::api::*;
+use lwr_model::auth::{CreateToken, CreatedToken, MAX_LABEL, TokenInfo, TokenList};
 use lwr_model::graph::LeftOut;
 use lwr_model::{
-    ArtifactDecl, Graph, JobSpec, JobState, NodeProperties, Requirements, Requires, RunState, When,
+    ArtifactDecl, Graph, JobSpec, JobState, NodeProperties, Requirements, Requires, RunState,
+    Scope, Scopes, When,
 };
 use serde::Deserialize;
-use utoipa::{IntoParams, OpenApi};
+use serde::de::DeserializeOwned;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{RefOr, ResponseBuilder};
+use utoipa::{IntoParams, Modify, OpenApi};
 
-use crate::{ApiError, AppState, artifacts, logs};
+use crate::auth::{Auth, check_node};
+use crate::{ApiError, AppState, artifacts, auth, logs};
 
 type Shared = State<Arc<AppState>>;
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Largest JSON body accepted (a 10,000-job graph is a few MB).
 const MAX_JSON_BODY: usize = 32 << 20;
+/// Bodies larger than this are decoded on a blocking thread.
+const BLOCKING_DECODE_BYTES: usize = 256 << 10;
+/// Most results or runs in one node request: a node has at most this many slots.
+const MAX_BATCH: usize = 4096;
+/// Most slots a node may declare.
+const MAX_SLOTS: u32 = 4096;
+/// Longest serialized node properties.
+const MAX_PROPERTIES_BYTES: usize = 64 << 10;
+/// Longest repository, branch or revision of a push.
+const MAX_PUSH_FIELD: usize = 4096;
+/// Longest reason a node gives for a result.
+const MAX_REASON: usize = 64 << 10;
+/// Longest token lifetime: ten years.
+const MAX_TOKEN_SECS: u64 = 10 * 366 * 24 * 3600;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -64,27 +85,216 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/jobs/{id}/manifest", get(get_job_manifest))
         .route("/v1/schemas/manifest-v1.json", get(manifest_schema))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/{id}/revoke", post(revoke_token))
+        // After routing, so the middleware sees the matched route and knows its scope.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)
 }
 
-/// JSON body extractor whose rejections are JSON errors like every other error.
+/// JSON body extractor: a JSON error naming the field for every bad body (wrong content
+/// type, too large, malformed, a field of the wrong type, a NUL character anywhere).
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
-    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: DeserializeOwned + Send + 'static,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(ApiError::new(rejection.status(), rejection.body_text())),
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                let v = v.trim().to_ascii_lowercase();
+                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+            });
+        if !json {
+            return Err(ApiError::field(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type",
+                "expected a JSON body with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| ApiError::field(r.status(), "body", r.body_text()))?;
+        // Decoding megabytes takes a while: off the async workers, so other requests
+        // (heartbeats above all) are not held up behind a large graph.
+        if bytes.len() > BLOCKING_DECODE_BYTES {
+            return tokio::task::spawn_blocking(move || decode_json(&bytes))
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("decoding the body failed: {e}"),
+                    )
+                })?
+                .map(ApiJson);
+        }
+        decode_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Decodes a JSON body; an error names the field at fault as a path (`graph.jobs[3].run`).
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if let Some(field) = nul_field(bytes) {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &field,
+            "text may not contain NUL characters",
+        ));
+    }
+    // Every request body is an object; serde would also take a struct written as an array.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ApiError::field(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "body",
+                    "the body must be a JSON object",
+                ),
+                Err(e) => ApiError::field(
+                    StatusCode::BAD_REQUEST,
+                    "body",
+                    format!("invalid JSON body: {e}"),
+                ),
+            },
+        );
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let status = if inner.is_data() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let field = if path == "." { "body" } else { &path };
+        ApiError::field(status, field, format!("invalid JSON body: {inner}"))
+    })?;
+    de.end().map_err(|e| {
+        ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "body",
+            format!("invalid JSON body: {e}"),
+        )
+    })?;
+    Ok(value)
+}
+
+/// The path of a string holding an escaped NUL (`\u0000`), which no database text column
+/// takes and no command can carry. Scanned cheaply first; located only when present.
+fn nul_field(bytes: &[u8]) -> Option<String> {
+    let mut i = 0;
+    let mut found = false;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            if bytes.get(i + 1) == Some(&b'u') && bytes.get(i + 2..i + 6) == Some(b"0000") {
+                found = true;
+                break;
+            }
+            i += 2;
+        } else {
+            i += 1;
         }
     }
+    if !found {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    Some(find_nul(&value, String::new()).unwrap_or_else(|| "body".into()))
+}
+
+fn find_nul(value: &serde_json::Value, path: String) -> Option<String> {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => Some(path),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| find_nul(v, format!("{path}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(join(k))
+            } else {
+                find_nul(v, join(k))
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Path parameters whose rejections (an id that is not a number, too large) are JSON.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|r| ApiError::field(StatusCode::BAD_REQUEST, "path", r.body_text()))
+    }
+}
+
+/// Query parameters whose rejections are JSON.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|r| ApiError::field(StatusCode::BAD_REQUEST, "query", r.body_text()))
+    }
+}
+
+/// Checks a text field's length; NUL characters never get this far (see [`ApiJson`]).
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.len() > max {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            field,
+            format!("longer than {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this endpoint does not take that method; see /v1/openapi.json",
+    )
 }
 
 async fn not_found() -> ApiError {
@@ -122,11 +332,21 @@ async fn submit_graph(
     State(state): Shared,
     ApiJson(sub): ApiJson<SubmitGraph>,
 ) -> ApiResult<(StatusCode, Json<GraphInfo>)> {
+    for (field, value) in [
+        ("repository", &sub.repository),
+        ("branch", &sub.branch),
+        ("revision", &sub.revision),
+    ] {
+        if let Some(value) = value {
+            check_len(field, value, MAX_PUSH_FIELD)?;
+        }
+    }
     let info = state.queue.submit(&sub).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GraphWait {
     /// Wait for a change newer than this `seq` (from an earlier answer).
     after: Option<i64>,
@@ -141,8 +361,8 @@ pub struct GraphWait {
 )]
 async fn get_graph(
     State(state): Shared,
-    Path(id): Path<i64>,
-    Query(q): Query<GraphWait>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<GraphWait>,
 ) -> ApiResult<Json<GraphInfo>> {
     let info = state
         .queue
@@ -251,6 +471,7 @@ async fn trigger_job(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct JobFilter {
     /// Only jobs of this graph.
     graph: Option<i64>,
@@ -259,7 +480,10 @@ pub struct JobFilter {
 #[utoipa::path(
     get, path = "/v1/jobs", params(JobFilter), responses((status = 200, body = JobList))
 )]
-async fn list_jobs(State(state): Shared, Query(q): Query<JobFilter>) -> ApiResult<Json<JobList>> {
+async fn list_jobs(
+    State(state): Shared,
+    ApiQuery(q): ApiQuery<JobFilter>,
+) -> ApiResult<Json<JobList>> {
     Ok(Json(JobList {
         jobs: state.queue.store().jobs(q.graph).await?,
     }))
@@ -269,7 +493,7 @@ async fn list_jobs(State(state): Shared, Query(q): Query<JobFilter>) -> ApiResul
     get, path = "/v1/jobs/{id}", params(("id" = i64, Path)),
     responses((status = 200, body = JobDetail), (status = 404, body = ErrorBody))
 )]
-async fn get_job(State(state): Shared, Path(id): Path<i64>) -> ApiResult<Json<JobDetail>> {
+async fn get_job(State(state): Shared, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<JobDetail>> {
     Ok(Json(state.queue.store().job(id).await?))
 }
 
@@ -280,13 +504,22 @@ async fn get_job(State(state): Shared, Path(id): Path<i64>) -> ApiResult<Json<Jo
 )]
 async fn get_job_by_name(
     State(state): Shared,
-    Path((graph, name)): Path<(i64, String)>,
+    ApiPath((graph, name)): ApiPath<(i64, String)>,
 ) -> ApiResult<Json<JobDetail>> {
+    // No job name holds a control character (validation refuses them); answer as for any
+    // other unknown name instead of handing the database a NUL.
+    if name.chars().any(char::is_control) || name.len() > 1024 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("graph {graph} has no job with that name"),
+        ));
+    }
     let id = state.queue.store().job_by_name(graph, &name).await?;
     Ok(Json(state.queue.store().job(id).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// Run number (1 for the first attempt); default the latest run.
     run: Option<u32>,
@@ -302,8 +535,8 @@ pub struct LogQuery {
 )]
 async fn get_log(
     State(state): Shared,
-    Path(id): Path<i64>,
-    Query(q): Query<LogQuery>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<LogQuery>,
 ) -> ApiResult<Response> {
     let job = state.queue.store().job(id).await?;
     let run = match q.run {
@@ -349,7 +582,10 @@ async fn get_log(
         (status = 409, description = "the job already ended", body = ErrorBody),
     )
 )]
-async fn cancel_job(State(state): Shared, Path(id): Path<i64>) -> ApiResult<Json<CancelResult>> {
+async fn cancel_job(
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<CancelResult>> {
     let c = state.queue.cancel_job(id).await?;
     Ok(Json(CancelResult {
         jobs: c.jobs,
@@ -361,7 +597,10 @@ async fn cancel_job(State(state): Shared, Path(id): Path<i64>) -> ApiResult<Json
     post, path = "/v1/graphs/{id}/cancel", params(("id" = i64, Path)),
     responses((status = 200, body = CancelResult), (status = 404, body = ErrorBody))
 )]
-async fn cancel_graph(State(state): Shared, Path(id): Path<i64>) -> ApiResult<Json<CancelResult>> {
+async fn cancel_graph(
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<CancelResult>> {
     let c = state.queue.cancel_graph(id).await?;
     Ok(Json(CancelResult {
         jobs: c.jobs,
@@ -379,7 +618,7 @@ async fn cancel_graph(State(state): Shared, Path(id): Path<i64>) -> ApiResult<Js
 )]
 async fn retrigger_job(
     State(state): Shared,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(req): ApiJson<RetriggerRequest>,
 ) -> ApiResult<Json<RetriggerResult>> {
     Ok(Json(RetriggerResult {
@@ -393,24 +632,46 @@ async fn retrigger_job(
 )]
 async fn register_node(
     State(state): Shared,
+    auth: Auth,
     ApiJson(reg): ApiJson<RegisterNode>,
 ) -> ApiResult<Json<NodeInfo>> {
-    if reg.name.trim().is_empty() || reg.name.len() > 200 {
+    if reg.name.trim().is_empty() || reg.name.len() > 200 || reg.name.chars().any(char::is_control)
+    {
         return Err(ApiError::field(
             StatusCode::BAD_REQUEST,
             "name",
-            "node name must be 1 to 200 characters",
+            "node name must be 1 to 200 characters, none of them control characters",
         ));
     }
-    if reg.slots == 0 {
+    if reg.slots == 0 || reg.slots > MAX_SLOTS {
         return Err(ApiError::field(
             StatusCode::BAD_REQUEST,
             "slots",
-            "a node needs at least one slot",
+            format!("a node needs 1 to {MAX_SLOTS} slots"),
         ));
     }
+    let props = serde_json::to_string(&reg.properties).unwrap_or_default();
+    check_len("properties", &props, MAX_PROPERTIES_BYTES)?;
     let now = lwr_store::now_ms();
-    let id = state.queue.store().register_node(&reg, now).await?;
+    let store = state.queue.store();
+    // A node's name is its identity: another node's token may not take it over while the
+    // token it registered with still works (a node whose token was revoked may re-register
+    // with its new one).
+    if let (Some(caller), false) = (&auth.0, auth.is_admin())
+        && let Some(Some(owner)) = store.node_owner_by_name(&reg.name).await?
+        && owner != caller.token_id
+        && store.token_active(owner, now).await?
+    {
+        return Err(ApiError::field(
+            StatusCode::FORBIDDEN,
+            "name",
+            format!(
+                "node '{}' is registered with another token that is still active",
+                reg.name
+            ),
+        ));
+    }
+    let id = store.register_node_for(&reg, now, auth.token_id()).await?;
     let node = state
         .queue
         .store()
@@ -443,9 +704,12 @@ async fn list_nodes(State(state): Shared) -> ApiResult<Json<NodeList>> {
 )]
 async fn claim(
     State(state): Shared,
-    Path(node): Path<i64>,
+    auth: Auth,
+    ApiPath(node): ApiPath<i64>,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> ApiResult<Json<ClaimResponse>> {
+    check_node(&state, &auth, node).await?;
+    check_results(&req.results)?;
     let wait = Duration::from_millis(req.wait_ms);
     let claimed = state
         .queue
@@ -463,9 +727,18 @@ async fn claim(
 )]
 async fn heartbeat(
     State(state): Shared,
-    Path(node): Path<i64>,
+    auth: Auth,
+    ApiPath(node): ApiPath<i64>,
     ApiJson(hb): ApiJson<Heartbeat>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
+    check_node(&state, &auth, node).await?;
+    if hb.runs.len() > MAX_BATCH {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "runs",
+            format!("more than {MAX_BATCH} runs"),
+        ));
+    }
     let abandon = state.queue.heartbeat(node, &hb.runs).await?;
     Ok(Json(HeartbeatResponse {
         lease_secs: state.queue.lease().as_secs(),
@@ -479,15 +752,19 @@ async fn heartbeat(
 )]
 async fn report_results(
     State(state): Shared,
-    Path(node): Path<i64>,
+    auth: Auth,
+    ApiPath(node): ApiPath<i64>,
     ApiJson(rep): ApiJson<ReportResults>,
 ) -> ApiResult<Json<ReportAck>> {
+    check_node(&state, &auth, node).await?;
+    check_results(&rep.results)?;
     Ok(Json(ReportAck {
         acks: state.queue.report(node, &rep.results).await?,
     }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// The node uploading; it must hold the run.
     node: i64,
@@ -506,10 +783,12 @@ pub struct UploadQuery {
 )]
 async fn upload_log(
     State(state): Shared,
-    Path(run): Path<i64>,
-    Query(q): Query<UploadQuery>,
+    auth: Auth,
+    ApiPath(run): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<UploadQuery>,
     body: Body,
 ) -> ApiResult<StatusCode> {
+    check_node(&state, &auth, q.node).await?;
     let store = state.queue.store();
     match store.run_owner(run).await? {
         None => {
@@ -576,11 +855,13 @@ fn other_kind() -> String {
 )]
 async fn upload_artifact(
     State(state): Shared,
-    Path(run): Path<i64>,
-    Query(q): Query<ArtifactUploadQuery>,
+    auth: Auth,
+    ApiPath(run): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<ArtifactUploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    check_node(&state, &auth, q.node).await?;
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -651,10 +932,12 @@ pub struct NodeQuery {
 )]
 async fn put_manifest(
     State(state): Shared,
-    Path(run): Path<i64>,
-    Query(q): Query<NodeQuery>,
+    auth: Auth,
+    ApiPath(run): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<NodeQuery>,
     ApiJson(upload): ApiJson<ManifestUpload>,
 ) -> ApiResult<StatusCode> {
+    check_node(&state, &auth, q.node).await?;
     artifacts::put_manifest(&state, run, q.node, &upload).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -713,12 +996,191 @@ fn base_url(headers: &HeaderMap) -> String {
     }
 }
 
+/// Results a node sends: a bounded batch, each reason of bounded length.
+fn check_results(results: &[RunResult]) -> Result<(), ApiError> {
+    if results.len() > MAX_BATCH {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "results",
+            format!("more than {MAX_BATCH} results"),
+        ));
+    }
+    for (i, r) in results.iter().enumerate() {
+        if let Some(reason) = &r.reason {
+            check_len(&format!("results[{i}].reason"), reason, MAX_REASON)?;
+        }
+    }
+    Ok(())
+}
+
+#[utoipa::path(
+    post, path = "/v1/tokens", request_body = CreateToken,
+    responses(
+        (status = 201, description = "the token; its secret is shown only in this answer", body = CreatedToken),
+        (status = 422, body = ErrorBody),
+    )
+)]
+async fn create_token(
+    State(state): Shared,
+    ApiJson(req): ApiJson<CreateToken>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    if req.scopes.is_empty() {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "scopes",
+            "a token needs at least one scope",
+        ));
+    }
+    if let Some(label) = &req.label {
+        check_len("label", label, MAX_LABEL)?;
+        if label.chars().any(char::is_control) {
+            return Err(ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "label",
+                "a label may not hold control characters",
+            ));
+        }
+    }
+    let now = lwr_store::now_ms();
+    let expires_at = match req.expires_secs {
+        None => None,
+        Some(secs) if (1..=MAX_TOKEN_SECS).contains(&secs) => Some(now + secs as i64 * 1000),
+        Some(_) => {
+            return Err(ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "expires_secs",
+                format!("must be between 1 and {MAX_TOKEN_SECS} seconds"),
+            ));
+        }
+    };
+    let mut scopes = req.scopes.clone();
+    scopes.sort();
+    scopes.dedup();
+    let (info, token) = state
+        .queue
+        .store()
+        .create_token(&Scopes(scopes), req.label.as_deref(), expires_at, now)
+        .await?;
+    Ok((StatusCode::CREATED, Json(CreatedToken { info, token })))
+}
+
+#[utoipa::path(get, path = "/v1/tokens", responses((status = 200, body = TokenList)))]
+async fn list_tokens(State(state): Shared) -> ApiResult<Json<TokenList>> {
+    Ok(Json(TokenList {
+        tokens: state.queue.store().tokens(lwr_store::now_ms()).await?,
+    }))
+}
+
+#[utoipa::path(
+    post, path = "/v1/tokens/{id}/revoke", params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "revoked: it stops working at once", body = TokenInfo),
+        (status = 404, body = ErrorBody),
+    )
+)]
+async fn revoke_token(
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<TokenInfo>> {
+    Ok(Json(
+        state
+            .queue
+            .store()
+            .revoke_token(id, lwr_store::now_ms())
+            .await?,
+    ))
+}
+
+/// Adds what every operation shares to the document: the bearer scheme, the error answers
+/// any request may get (bad path or query, malformed body, no token, missing scope), and
+/// the public operations that need no token.
+struct Shared_;
+
+impl Modify for Shared_ {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        let error = |what: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(what)
+                    .content(
+                        "application/json",
+                        utoipa::openapi::ContentBuilder::new()
+                            .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let public = path == "/v1/health";
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let has_params = path.contains('{') || op.parameters.is_some();
+                let responses = &mut op.responses.responses;
+                if path.contains('{') {
+                    responses
+                        .entry("404".into())
+                        .or_insert_with(|| error("nothing with that id"));
+                }
+                if has_params || op.request_body.is_some() {
+                    responses
+                        .entry("400".into())
+                        .or_insert_with(|| error("bad path, query or body"));
+                }
+                if op.request_body.is_some() {
+                    responses
+                        .entry("413".into())
+                        .or_insert_with(|| error("body too large"));
+                    responses
+                        .entry("415".into())
+                        .or_insert_with(|| error("wrong Content-Type"));
+                    responses
+                        .entry("422".into())
+                        .or_insert_with(|| error("a field is invalid; `field` names it"));
+                }
+                if public {
+                    op.security = Some(vec![
+                        utoipa::openapi::security::SecurityRequirement::default(),
+                    ]);
+                } else {
+                    responses.entry("401".into()).or_insert_with(|| {
+                        error("no token, or an unknown, revoked or expired one")
+                    });
+                    responses
+                        .entry("403".into())
+                        .or_insert_with(|| error("the token lacks the scope the operation needs"));
+                }
+            }
+        }
+        doc.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "lwr",
-        description = "The lwr server's v1 API: graphs, jobs, runs, nodes, polled repositories and pushes."
+        description = "The lwr server's v1 API: graphs, jobs, runs, nodes, polled repositories, \
+            pushes and artifacts. With `lwr server --auth`, every operation but /v1/health needs \
+            `Authorization: Bearer TOKEN` with the scope it names in docs/security.md."
     ),
+    modifiers(&Shared_),
     paths(
         health,
         submit_graph,
@@ -748,7 +1210,10 @@ fn base_url(headers: &HeaderMap) -> String {
         put_manifest,
         get_run_manifest,
         get_job_manifest,
-        manifest_schema
+        manifest_schema,
+        create_token,
+        list_tokens,
+        revoke_token
     ),
     components(schemas(
         ErrorBody,
@@ -794,7 +1259,12 @@ fn base_url(headers: &HeaderMap) -> String {
         PushInfo,
         PushList,
         TriggerRequest,
-        TriggerResult
+        TriggerResult,
+        Scope,
+        CreateToken,
+        CreatedToken,
+        TokenInfo,
+        TokenList
     ))
 )]
 struct ApiDoc;
@@ -809,9 +1279,36 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The OpenAPI document as the server serves it and the repository keeps it.
 pub fn openapi_string() -> String {
-    let mut text = openapi()
-        .to_pretty_json()
+    let doc = serde_json::to_value(openapi()).map(|mut v| {
+        unsigned_ranges(&mut v);
+        v
+    });
+    let mut text = doc
+        .and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     text.push('\n');
     text
+}
+
+/// utoipa describes `u32` as `int32` and `u64` as `int64` with a minimum of 0, which claims
+/// half the range the server takes; say the real range instead, so that a client (or a
+/// schemathesis run) and the server agree on which numbers are valid.
+fn unsigned_ranges(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let unsigned = map.get("minimum").and_then(|m| m.as_f64()) == Some(0.0);
+            let max = match map.get("format").and_then(|f| f.as_str()) {
+                Some("int32") if unsigned => Some(serde_json::Value::from(u32::MAX)),
+                Some("int64") if unsigned => Some(serde_json::Value::from(u64::MAX)),
+                _ => None,
+            };
+            if let Some(max) = max {
+                map.remove("format");
+                map.insert("maximum".into(), max);
+            }
+            map.values_mut().for_each(unsigned_ranges);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unsigned_ranges),
+        _ => {}
+    }
 }

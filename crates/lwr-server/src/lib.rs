@@ -8,6 +8,7 @@
 pub mod api;
 pub mod artifact;
 mod artifacts;
+pub mod auth;
 mod error;
 mod logs;
 pub mod poller;
@@ -43,6 +44,8 @@ pub struct Config {
     pub artifact_sweep: Duration,
     /// Where artifacts live: `dir` (under the data dir), `dir:///path` or `s3://bucket/prefix`.
     pub artifact_store: String,
+    /// Check a bearer token on every request but the public ones.
+    pub auth: bool,
 }
 
 impl Config {
@@ -55,6 +58,7 @@ impl Config {
             artifact_expiry: Duration::from_secs(30 * 24 * 3600),
             artifact_sweep: Duration::from_secs(60),
             artifact_store: "dir".into(),
+            auth: false,
         }
     }
 }

@@ -95,6 +95,8 @@ impl Queue {
         if let Some(after) = after
             && seen <= after
         {
+            // An unknown graph answers at once rather than after the wait.
+            self.store.graph(id).await?;
             let deadline = Instant::now() + wait.min(MAX_WAIT);
             let _ = timeout_at(deadline, rx.changed()).await;
         }

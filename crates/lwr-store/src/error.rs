@@ -41,6 +41,8 @@ pub enum StoreError {
         field: &'static str,
         message: String,
     },
+    #[error("cannot get random bytes for a token: {0}")]
+    Random(String),
     #[error("invalid graph: {0}")]
     InvalidGraph(#[from] lwr_model::GraphError),
 }

@@ -16,6 +16,7 @@ mod pushes;
 mod queue;
 mod rows;
 pub mod scratch;
+mod tokens;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub use events::{CHANNEL, Event, Events};
 pub use migrate::SCHEMA_VERSION;
 pub use pushes::{DEFAULT_EVERY_MS, PollTarget};
 pub use queue::{Claimed, Effects};
+pub use tokens::{Caller, TokenCheck, hash_secret, new_secret};
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 

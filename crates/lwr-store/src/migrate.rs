@@ -6,7 +6,7 @@ use crate::error::Op;
 use crate::{Dialect, Result, Store, StoreError};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The advisory lock key migrations hold on PostgreSQL ("lwr" and the default port).
 const MIGRATION_LOCK: i64 = 0x6c77_7200_1cc2;
@@ -15,11 +15,13 @@ const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_artifacts.sql")),
     (3, include_str!("../migrations/sqlite/0003_pushes.sql")),
+    (4, include_str!("../migrations/sqlite/0004_tokens.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_artifacts.sql")),
     (3, include_str!("../migrations/postgres/0003_pushes.sql")),
+    (4, include_str!("../migrations/postgres/0004_tokens.sql")),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<()> {
@@ -56,7 +58,15 @@ pub(crate) async fn run(store: &Store) -> Result<()> {
             supported: SCHEMA_VERSION,
         });
     }
-    for (version, sql) in steps.iter().filter(|(v, _)| *v > current) {
+    let applied: Vec<i64> = sqlx::query("SELECT version FROM lwr_schema")
+        .fetch_all(&mut *tx)
+        .await
+        .op("reading the applied schema versions")?
+        .iter()
+        .map(|row| row.try_get("version"))
+        .collect::<std::result::Result<_, _>>()
+        .op("reading the applied schema versions")?;
+    for (version, sql) in steps.iter().filter(|(v, _)| !applied.contains(v)) {
         sqlx::raw_sql(*sql)
             .execute(&mut *tx)
             .await

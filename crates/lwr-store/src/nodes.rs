@@ -57,17 +57,30 @@ impl Store {
     /// Registers a node, or updates the one with the same name (a node restarting keeps its
     /// identity, so its history stays with it). Returns the node id.
     pub async fn register_node(&self, reg: &RegisterNode, now: i64) -> Result<i64> {
+        self.register_node_for(reg, now, None).await
+    }
+
+    /// Registers a node bound to the token it registered with: from then on only that token
+    /// (or an admin token) may claim, renew, report and upload for it.
+    pub async fn register_node_for(
+        &self,
+        reg: &RegisterNode,
+        now: i64,
+        token_id: Option<i64>,
+    ) -> Result<i64> {
         let row = sqlx::query(
-            "INSERT INTO nodes (name, properties, slots, registered_at, last_seen) \
-             VALUES ($1, $2, $3, $4, $4) \
+            "INSERT INTO nodes (name, properties, slots, registered_at, last_seen, token_id) \
+             VALUES ($1, $2, $3, $4, $4, $5) \
              ON CONFLICT (name) DO UPDATE SET properties = excluded.properties, \
-             slots = excluded.slots, last_seen = excluded.last_seen \
+             slots = excluded.slots, last_seen = excluded.last_seen, \
+             token_id = excluded.token_id \
              RETURNING id",
         )
         .bind(reg.name.clone())
         .bind(to_json(&reg.properties, "node properties")?)
         .bind(i64::from(reg.slots))
         .bind(now)
+        .bind(token_id)
         .fetch_one(&self.write)
         .await
         .op("registering node")?;
@@ -81,6 +94,33 @@ impl Store {
             }),
         );
         Ok(id)
+    }
+
+    /// The token a node named `name` registered with: `None` when no such node, `Some(None)`
+    /// when it registered without one.
+    pub async fn node_owner_by_name(&self, name: &str) -> Result<Option<Option<i64>>> {
+        let row = sqlx::query("SELECT token_id FROM nodes WHERE name = $1")
+            .bind(name.to_string())
+            .fetch_optional(&self.read)
+            .await
+            .op("reading node")?;
+        row.map(|r| col(&r, "token_id")).transpose()
+    }
+
+    /// The token node `node_id` registered with (`None` without one); `NotFound` when the
+    /// node is unknown. Read on every node request with authentication on, never cached, so
+    /// a node registered again under another token loses the old one at once.
+    pub async fn node_owner(&self, node_id: i64) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT token_id FROM nodes WHERE id = $1")
+            .bind(node_id)
+            .fetch_optional(&self.read)
+            .await
+            .op("reading node")?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "node",
+                id: node_id.to_string(),
+            })?;
+        col(&row, "token_id")
     }
 
     /// A node's properties, or `NotFound` when the server forgot it (the node re-registers).

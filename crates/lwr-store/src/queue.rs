@@ -13,7 +13,7 @@ use sqlx::{Any, Transaction};
 use crate::error::Op;
 use crate::nodes::KnownNode;
 use crate::rows::{col, json, u32_of};
-use crate::{Dialect, Result, Store};
+use crate::{Dialect, Result, Store, StoreError};
 
 /// Jobs looked at per step while searching for ones a node can run, after a first small
 /// step (most nodes can run most jobs, so the first few usually do).
@@ -184,12 +184,19 @@ impl Store {
         lease_ms: i64,
     ) -> Result<Vec<i64>> {
         let mut tx = self.write.begin().await.op("starting heartbeat")?;
-        sqlx::query("UPDATE nodes SET last_seen = $1 WHERE id = $2")
+        let known = sqlx::query("UPDATE nodes SET last_seen = $1 WHERE id = $2")
             .bind(now)
             .bind(node_id)
             .execute(&mut *tx)
             .await
-            .op("touching node")?;
+            .op("touching node")?
+            .rows_affected();
+        if known == 0 {
+            return Err(StoreError::NotFound {
+                what: "node",
+                id: node_id.to_string(),
+            });
+        }
         let mut abandon = Vec::new();
         for &run_id in runs {
             let renewed = sqlx::query(

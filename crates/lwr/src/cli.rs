@@ -67,6 +67,8 @@ pub enum Command {
     Trigger(TriggerArgs),
     /// Check a revision out of the node's clone cache into a directory (decision jobs).
     Checkout(CheckoutArgs),
+    /// Create, list and revoke access tokens (for `lwr server --auth`).
+    Tokens(TokensArgs),
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +123,65 @@ pub struct PushesArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TokensArgs {
+    #[command(subcommand)]
+    pub action: TokensAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensAction {
+    /// Create a token and print its secret, once; the server keeps only its hash.
+    ///
+    /// With --data-dir or --db the token is written straight into the database (no server
+    /// needed): that is how the first admin token is made. Otherwise the server makes it,
+    /// and the caller's token needs the `admin` scope.
+    #[command(after_help = "Examples:\n  \
+        lwr tokens create --data-dir /var/lib/lwr --scope admin\n  \
+        lwr tokens create --scope node:register --label build-01 --expires 90d\n  \
+        lwr tokens create --scope graph:submit read job:cancel")]
+    Create(TokenCreateArgs),
+    /// List tokens (never their secrets).
+    List(TokenListArgs),
+    /// Revoke a token: it stops working at once.
+    Revoke(TokenRevokeArgs),
+}
+
+/// Where token commands act: the server (with an admin token), or the database directly.
+#[derive(Debug, Clone, Args)]
+pub struct TokenTarget {
+    /// The lwr server's URL.
+    #[arg(long, env = "LWR_SERVER", default_value = lwr_client::DEFAULT_SERVER)]
+    pub server: String,
+    /// Bearer token with the `admin` scope.
+    #[arg(long, env = "LWR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Open the SQLite database of this data dir directly instead of asking a server.
+    #[arg(long, conflicts_with = "db")]
+    pub data_dir: Option<PathBuf>,
+    /// Open this database directly (postgres://... or sqlite://...).
+    #[arg(long)]
+    pub db: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    #[command(flatten)]
+    pub target: TokenTarget,
+    /// Scopes: graph:submit, job:cancel, job:retrigger, node:register, node:admin,
+    /// repo:admin, read, admin. Repeatable; several may follow one --scope.
+    #[arg(long, required = true, num_args = 1.., value_parser = parse_scope)]
+    pub scope: Vec<lwr_model::Scope>,
+    /// Lifetime, e.g. 30d or 12h; default never expires.
+    #[arg(long, value_parser = parse_duration)]
+    pub expires: Option<Duration>,
+    /// Who or what holds the token, for `lwr tokens list`.
+    #[arg(long)]
+    pub label: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct TriggerArgs {
     #[command(flatten)]
     pub conn: ServerConn,
@@ -143,6 +204,22 @@ pub struct CheckoutArgs {
     /// without either, a plain clone.
     #[arg(long, env = "LWR_CACHE_DIR")]
     pub cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenListArgs {
+    #[command(flatten)]
+    pub target: TokenTarget,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    #[command(flatten)]
+    pub target: TokenTarget,
+    /// Token id, from `lwr tokens list`.
+    pub id: i64,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +250,12 @@ pub struct ServerConn {
     /// The lwr server's URL.
     #[arg(long, env = "LWR_SERVER", default_value = lwr_client::DEFAULT_SERVER, global = true)]
     pub server: String,
+    /// Bearer token for a server that runs with --auth.
+    #[arg(long, env = "LWR_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Data dir of a `lwr dev --auth` cluster: its admin.token is used when no token is given.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -191,7 +274,7 @@ pub struct ServeArgs {
     pub lease: Duration,
     /// Serve on a non-loopback address without authentication. Anyone who can reach the
     /// server can then run commands on every node: only for networks you fully trust.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "auth")]
     pub insecure_no_auth: bool,
     /// Where artifacts live: dir (under the data dir), dir:///path, or s3://bucket/prefix
     /// (configured by the usual AWS_* variables, e.g. AWS_ENDPOINT_URL, AWS_ALLOW_HTTP).
@@ -206,6 +289,10 @@ pub struct ServeArgs {
     /// Largest artifact a node may upload: bytes, or with a K, M or G suffix.
     #[arg(long, default_value = "10G", value_parser = parse_size)]
     pub max_artifact_size: u64,
+    /// Require a bearer token on every request but /v1/health and /v1/openapi.json; make the
+    /// first one with `lwr tokens create --data-dir DIR --scope admin`. Allows any address.
+    #[arg(long)]
+    pub auth: bool,
 }
 
 #[derive(Debug, Args)]
@@ -393,6 +480,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift)
         .filter(|n| *n > 0)
         .ok_or_else(|| format!("bad size '{s}': must be more than 0 and fit in 64 bits"))
+}
+
+fn parse_scope(s: &str) -> Result<lwr_model::Scope, String> {
+    s.parse()
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -27,11 +27,26 @@ const MAX_INDENT: usize = 400;
 /// 2 MiB in a debug build; the rest is margin, and costs nothing until touched.
 const PARSE_STACK_BYTES: usize = 16 << 20;
 
+/// Largest lwr.yml accepted: far beyond any real graph file, small enough to parse quickly.
+pub const MAX_FILE_BYTES: usize = 4 << 20;
+
 const DURATION_HELP: &str = "use e.g. 90s, 30m, 1h, 2h30m or 1d; a bare number means seconds";
 
 /// Parses an `lwr.yml`: reads it, expands matrices, normalizes names, resolves `needs` and
 /// checks the result. `file` only names the file in errors (e.g. `lwr.yml`).
 pub fn parse(text: &str, file: &str) -> Result<Graph, GraphError> {
+    // Checked before any parsing, so a huge file costs nothing but this comparison.
+    if text.len() > MAX_FILE_BYTES {
+        return Err(GraphError::Yaml {
+            file: file.into(),
+            line: None,
+            column: None,
+            message: format!(
+                "the file is {} bytes, more than the limit of {MAX_FILE_BYTES} bytes",
+                text.len()
+            ),
+        });
+    }
     // The YAML parser recurses once per nesting level, with big frames in debug builds. Run it
     // on a stack sized for the deepest nesting `check_indentation` lets through, so that the
     // caller's stack (a 2 MiB tokio worker, say) does not matter; a panic in the YAML crate
@@ -1006,6 +1021,14 @@ mod tests {
             Ok(graph) => panic!("expected an error, got {graph:?}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_refused_before_parsing() {
+        let mut text = String::from("version: 1\njobs:\n  a:\n    run: true\n");
+        text.push_str(&"#".repeat(MAX_FILE_BYTES));
+        let e = err(&text).to_string();
+        assert!(e.contains("more than the limit"), "{e}");
     }
 
     fn names(graph: &Graph) -> Vec<&str> {

@@ -13,7 +13,7 @@ use crate::cli::{ArtifactsArgs, FetchArgs, ManifestArgs};
 use crate::commands::query::resolve_job;
 
 pub async fn fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.conn.server)?;
+    let client = args.conn.client()?;
     let (manifest, name) = match std::env::var_os("LWR_MANIFESTS") {
         Some(file) => from_needs(&client, PathBuf::from(file), &args.artifact).await?,
         None => from_job(&client, &args.artifact).await?,
@@ -103,7 +103,7 @@ async fn from_job(client: &Client, target: &str) -> anyhow::Result<(Manifest, St
 }
 
 pub async fn manifest(args: ManifestArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.conn.server)?;
+    let client = args.conn.client()?;
     let id = resolve_job(&client, &args.job).await?;
     let manifest = client.job_manifest(id, args.run).await?;
     println!("{}", serde_json::to_string_pretty(&manifest)?);
@@ -111,7 +111,7 @@ pub async fn manifest(args: ManifestArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn list(args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.conn.server)?;
+    let client = args.conn.client()?;
     let id = resolve_job(&client, &args.job).await?;
     let manifest = client.job_manifest(id, args.run).await?;
     if args.json {

@@ -2,13 +2,11 @@
 
 use std::process::ExitCode;
 
-use lwr_client::Client;
-
 use super::query::resolve_job;
 use crate::cli::{CancelArgs, RetriggerArgs};
 
 pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.conn.server)?;
+    let client = args.conn.client()?;
     let (what, result) = match (args.graph, &args.job) {
         (Some(graph), _) => (format!("graph {graph}"), client.cancel_graph(graph).await?),
         (None, Some(job)) => {
@@ -25,7 +23,7 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn retrigger(args: RetriggerArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.conn.server)?;
+    let client = args.conn.client()?;
     let id = resolve_job(&client, &args.job).await?;
     let result = client.retrigger(id, args.with_dependents).await?;
     let ids: Vec<String> = result.jobs.iter().map(i64::to_string).collect();

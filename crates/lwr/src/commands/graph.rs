@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use lwr_client::Client;
 use lwr_model::Graph;
 use lwr_model::api::SubmitGraph;
 
@@ -34,7 +33,7 @@ pub async fn run(args: GraphArgs) -> anyhow::Result<ExitCode> {
 async fn run_diff(args: GraphDiffArgs) -> anyhow::Result<ExitCode> {
     let (old, new) = match (&args.push, &args.old, &args.new) {
         (Some(push), _, _) => {
-            let (old, new, header) = push_graphs(&args.conn.server, *push).await?;
+            let (old, new, header) = push_graphs(&args.conn, *push).await?;
             if !args.json {
                 println!("{header}");
             }
@@ -54,8 +53,11 @@ async fn run_diff(args: GraphDiffArgs) -> anyhow::Result<ExitCode> {
 
 /// The graphs of the push before `push` on its branch and of `push`, and a line saying
 /// which pushes they are. Earlier pushes without a graph (a broken lwr.yml) are skipped.
-async fn push_graphs(server: &str, push: i64) -> anyhow::Result<(Graph, Graph, String)> {
-    let client = Client::new(server)?;
+async fn push_graphs(
+    conn: &crate::cli::ServerConn,
+    push: i64,
+) -> anyhow::Result<(Graph, Graph, String)> {
+    let client = conn.client()?;
     let new = client.push(push).await?;
     let mut previous = new.previous;
     let old = loop {
@@ -117,7 +119,7 @@ async fn submit(args: &GraphArgs, graph: Graph) -> anyhow::Result<ExitCode> {
     for l in &sub.left_out {
         println!("left out {}: {}", l.name, l.reason);
     }
-    let client = Client::new(&args.conn.server)?;
+    let client = args.conn.client()?;
     // A decision job should not fail because the server restarts just then.
     let mut attempt = 0;
     let info = loop {

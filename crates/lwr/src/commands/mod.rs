@@ -8,6 +8,7 @@ mod push;
 mod pushes;
 mod query;
 mod serve;
+mod tokens;
 
 use std::process::ExitCode;
 
@@ -32,5 +33,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pushes(args) => pushes::pushes(args).await,
         Command::Trigger(args) => pushes::trigger(args).await,
         Command::Checkout(args) => checkout::run(args),
+        Command::Tokens(args) => tokens::run(args).await,
+    }
+}
+
+impl crate::cli::ServerConn {
+    /// A client for the server, with the token from --token or LWR_TOKEN, or else from the
+    /// admin.token that `lwr dev --auth` wrote to --data-dir.
+    pub fn client(&self) -> anyhow::Result<lwr_client::Client> {
+        let token = match (&self.token, &self.data_dir) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(dir)) => Some(tokens::read_admin_token(dir)?),
+            (None, None) => None,
+        };
+        Ok(lwr_client::Client::new(&self.server)?.with_token(token))
     }
 }

@@ -21,7 +21,7 @@ const MIN_POLL: Duration = Duration::from_millis(50);
 
 pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
     let sub = read_head(&args.repo)?;
-    let client = Client::new(&args.conn.server)?;
+    let client = args.conn.client()?;
     let info = client.submit_graph(&sub).await?;
     println!(
         "pushed graph {} ({} jobs{})",

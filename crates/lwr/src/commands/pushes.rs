@@ -3,13 +3,12 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
-use lwr_client::Client;
 use lwr_model::api::AddRepo;
 
 use crate::cli::{PushesArgs, ReposAction, ReposArgs, TriggerArgs};
 
 pub async fn repos(args: ReposArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.conn.server)?;
+    let client = args.conn.client()?;
     match args.action {
         Some(ReposAction::Add(add)) => {
             let every_secs = add.every.as_secs();
@@ -89,7 +88,7 @@ pub async fn repos(args: ReposArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn pushes(args: PushesArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.conn.server)?;
+    let client = args.conn.client()?;
     let list = client.pushes(args.repo).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
@@ -114,7 +113,7 @@ pub async fn pushes(args: PushesArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.conn.server)?;
+    let client = args.conn.client()?;
     let name = lwr_model::normalize_name(&args.job);
     let result = client.trigger(args.push, &name).await?;
     let ids: Vec<String> = result.jobs.iter().map(i64::to_string).collect();

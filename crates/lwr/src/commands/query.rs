@@ -9,7 +9,7 @@ use lwr_client::Client;
 use crate::cli::{JobsArgs, LogsArgs, NodesArgs};
 
 pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.conn.server)?;
+    let client = args.conn.client()?;
     let list = client.jobs(args.graph).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
@@ -36,7 +36,7 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.conn.server)?;
+    let client = args.conn.client()?;
     let job = resolve_job(&client, &args.job).await?;
     let bytes = client.log(job, args.run).await?;
     let mut stdout = std::io::stdout().lock();
@@ -65,7 +65,7 @@ pub async fn resolve_job(client: &Client, job: &str) -> anyhow::Result<i64> {
 }
 
 pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.conn.server)?;
+    let client = args.conn.client()?;
     let list = client.nodes().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list)?);

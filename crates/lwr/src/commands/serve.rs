@@ -13,16 +13,12 @@ use tokio::sync::watch;
 use crate::cli::{DevArgs, NodeArgs, ServeArgs, ServerArgs};
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
-    let (url, serve) = start_server(&args.serve).await?;
+    let (url, _store, serve) = start_server(&args.serve).await?;
     println!(
         "lwr server listening on {url} (data dir {}, database {}, {})",
         args.serve.data_dir.display(),
         db_label(&args.serve),
-        if args.serve.insecure_no_auth {
-            "NO AUTHENTICATION"
-        } else {
-            "loopback only, no authentication"
-        }
+        auth_label(&args.serve)
     );
     tokio::select! {
         result = serve => result?,
@@ -32,7 +28,13 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let client_token = match (&args.conn.token, &args.conn.data_dir) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(dir)) => Some(super::tokens::read_admin_token(dir)?),
+        (None, None) => None,
+    };
     let config = NodeConfig {
+        token: client_token,
         server: args.conn.server,
         name: args.name.unwrap_or_else(lwr_node::props::hostname),
         tags: parse_tags(&args.tags)?,
@@ -44,7 +46,12 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
-    let (url, serve) = start_server(&args.serve).await?;
+    let (url, store, serve) = start_server(&args.serve).await?;
+    let tokens = if args.serve.auth {
+        Some(dev_tokens(&store, &args.serve.data_dir, args.nodes).await?)
+    } else {
+        None
+    };
     let server = tokio::spawn(serve);
     let (stop_tx, stop_rx) = watch::channel(false);
     let slots = args.slots.unwrap_or_else(default_slots);
@@ -54,6 +61,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         let config = NodeConfig {
             server: url.clone(),
             work_dir: args.serve.data_dir.join("nodes").join(&name),
+            token: tokens.as_ref().and_then(|t| t.get(i as usize - 1).cloned()),
             name,
             tags: BTreeMap::new(),
             slots,
@@ -63,11 +71,23 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
             let _ = stop.wait_for(|s| *s).await;
         })));
     }
+    let hint = if args.serve.auth {
+        format!(
+            "; admin token in {}: try `lwr push --data-dir {} --repo examples --wait`",
+            args.serve
+                .data_dir
+                .join(super::tokens::ADMIN_TOKEN_FILE)
+                .display(),
+            args.serve.data_dir.display()
+        )
+    } else {
+        "; try `lwr push --repo examples --wait`".to_string()
+    };
     println!(
-        "lwr dev: server on {url} with {} nodes of {slots} slots (data dir {}); \
-         try `lwr push --repo examples --wait`",
+        "lwr dev: server on {url} with {} nodes of {slots} slots (data dir {}, {}){hint}",
         args.nodes,
-        args.serve.data_dir.display()
+        args.serve.data_dir.display(),
+        auth_label(&args.serve)
     );
     tokio::select! {
         result = server => { result.context("the server task failed")??; }
@@ -84,20 +104,60 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens the store and binds the listener; returns the server's URL and the serving future.
+/// Makes the tokens of a `lwr dev --auth` cluster: one `node:register` token per node and an
+/// admin token written to DIR/admin.token. Tokens of an earlier start are revoked first.
+async fn dev_tokens(store: &Store, data_dir: &Path, nodes: u32) -> anyhow::Result<Vec<String>> {
+    use lwr_model::Scope;
+    use lwr_model::auth::CreateToken;
+    store
+        .revoke_tokens_labelled("lwr dev ", lwr_store::now_ms())
+        .await?;
+    let make = |scope: Scope, label: String| CreateToken {
+        scopes: vec![scope],
+        expires_secs: None,
+        label: Some(label),
+    };
+    let admin =
+        super::tokens::create_offline(store, &make(Scope::Admin, "lwr dev admin".into())).await?;
+    super::tokens::write_secret(
+        &data_dir.join(super::tokens::ADMIN_TOKEN_FILE),
+        &admin.token,
+    )?;
+    let mut secrets = Vec::new();
+    for i in 1..=nodes {
+        let req = make(Scope::NodeRegister, format!("lwr dev node dev-{i}"));
+        secrets.push(super::tokens::create_offline(store, &req).await?.token);
+    }
+    Ok(secrets)
+}
+
+fn auth_label(args: &ServeArgs) -> &'static str {
+    if args.auth {
+        "authentication on: every request but /v1/health needs a token"
+    } else if args.insecure_no_auth {
+        "NO AUTHENTICATION"
+    } else {
+        "loopback only, no authentication"
+    }
+}
+
+/// Opens the store and binds the listener; returns the server's URL, the store and the
+/// serving future.
 async fn start_server(
     args: &ServeArgs,
 ) -> anyhow::Result<(
     String,
+    Store,
     impl Future<Output = Result<(), lwr_server::ServerError>> + use<>,
 )> {
     // Whoever can submit a graph runs commands on every node: without authentication the
     // server stays on this machine unless told otherwise.
-    if !args.listen.ip().is_loopback() && !args.insecure_no_auth {
+    if !args.listen.ip().is_loopback() && !args.insecure_no_auth && !args.auth {
         anyhow::bail!(
             "refusing to serve {} without authentication: anyone reaching it could run commands \
-             on every node. Listen on a loopback address (127.0.0.1), or pass --insecure-no-auth \
-             on a network you fully trust",
+             on every node. Pass --auth (and make a token with `lwr tokens create --data-dir DIR \
+             --scope admin`), listen on a loopback address (127.0.0.1), or pass \
+             --insecure-no-auth on a network you fully trust",
             args.listen
         );
     }
@@ -114,11 +174,12 @@ async fn start_server(
     config.artifact_expiry = args.artifact_expires;
     config.artifact_sweep = args.artifact_sweep;
     config.max_artifact_bytes = args.max_artifact_size;
-    let (addr, serve) = lwr_server::bind(args.listen, store, config).await?;
-    Ok((format!("http://{addr}"), serve))
+    config.auth = args.auth;
+    let (addr, serve) = lwr_server::bind(args.listen, store.clone(), config).await?;
+    Ok((format!("http://{addr}"), store, serve))
 }
 
-fn sqlite_url(data_dir: &Path) -> anyhow::Result<String> {
+pub(super) fn sqlite_url(data_dir: &Path) -> anyhow::Result<String> {
     let dir = std::fs::canonicalize(data_dir)
         .with_context(|| format!("cannot resolve data dir {}", data_dir.display()))?;
     Ok(format!("sqlite://{}", dir.join("lwr.db").display()))

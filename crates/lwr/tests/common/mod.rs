@@ -280,6 +280,7 @@ pub fn lwr_at(server: Option<&str>, args: &[&str]) -> Out {
     let mut cmd = Command::new(bin());
     cmd.args(args)
         .env_remove("LWR_SERVER")
+        .env_remove("LWR_TOKEN")
         .env_remove("LWR_DB")
         .env_remove("LWR_LOG")
         .env("NO_COLOR", "1")
@@ -396,6 +397,7 @@ impl Daemon {
         let child = Command::new(bin())
             .args(&self.args)
             .env_remove("LWR_SERVER")
+            .env_remove("LWR_TOKEN")
             .env_remove("LWR_DB")
             .env_remove("LWR_ARTIFACT_STORE")
             .env("PATH", path_with_bin())
@@ -547,13 +549,20 @@ pub struct Api {
 
 impl Api {
     pub fn new(url: &str) -> Api {
+        Api::with_token(url, None)
+    }
+
+    /// A client that sends `token` as `Authorization: Bearer`.
+    pub fn with_token(url: &str, token: Option<&str>) -> Api {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("building a tokio runtime");
         Api {
             rt,
-            client: Client::new(url).expect("a client for the test server"),
+            client: Client::new(url)
+                .expect("a client for the test server")
+                .with_token(token.map(str::to_string)),
         }
     }
 
@@ -650,7 +659,10 @@ pub struct Server {
     pub url: String,
     pub data_dir: PathBuf,
     pub daemon: Daemon,
+    /// A client with the admin token when the server checks tokens.
     pub api: Api,
+    /// The admin token of a server started with `--auth`.
+    pub admin_token: Option<String>,
 }
 
 impl Server {
@@ -663,7 +675,7 @@ impl Server {
         let data_dir = dir.join("data");
         let data = data_dir.display().to_string();
         let lease = lease.to_string();
-        Server::spawn(dir, "server", data_dir, Vec::new(), move |listen| {
+        Server::spawn(dir, "server", data_dir, Vec::new(), None, move |listen| {
             vec![
                 "server".into(),
                 "--listen".into(),
@@ -682,7 +694,7 @@ impl Server {
         let data_dir = dir.join(label);
         let data = data_dir.display().to_string();
         let (db, lease) = (db.to_string(), lease.to_string());
-        Server::spawn(dir, label, data_dir, Vec::new(), move |listen| {
+        Server::spawn(dir, label, data_dir, Vec::new(), None, move |listen| {
             vec![
                 "server".into(),
                 "--listen".into(),
@@ -706,19 +718,27 @@ impl Server {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Server::spawn_env(dir, "server", data_dir, Vec::new(), env, move |listen| {
-            let mut args = vec![
-                "server".into(),
-                "--listen".into(),
-                listen,
-                "--data-dir".into(),
-                data.clone(),
-                "--lease".into(),
-                LEASE.into(),
-            ];
-            args.extend(extra.iter().cloned());
-            args
-        })
+        Server::spawn_env(
+            dir,
+            "server",
+            data_dir,
+            Vec::new(),
+            None,
+            env,
+            move |listen| {
+                let mut args = vec![
+                    "server".into(),
+                    "--listen".into(),
+                    listen,
+                    "--data-dir".into(),
+                    data.clone(),
+                    "--lease".into(),
+                    LEASE.into(),
+                ];
+                args.extend(extra.iter().cloned());
+                args
+            },
+        )
     }
 
     /// `lwr dev --nodes N --slots S`: the server and its nodes in one process; nodes are
@@ -729,7 +749,7 @@ impl Server {
         let pid_dirs = (1..=nodes)
             .map(|i| data_dir.join("nodes").join(format!("dev-{i}")))
             .collect();
-        Server::spawn(dir, "lwr dev", data_dir, pid_dirs, move |listen| {
+        Server::spawn(dir, "lwr dev", data_dir, pid_dirs, None, move |listen| {
             vec![
                 "dev".into(),
                 "--nodes".into(),
@@ -744,15 +764,89 @@ impl Server {
         })
     }
 
+    /// `lwr server --auth` with a first admin token made offline, as an operator would:
+    /// `lwr tokens create --data-dir DIR --scope admin`. `api` sends that token.
+    pub fn start_auth(dir: &Path) -> Server {
+        let data_dir = dir.join("data");
+        let data = data_dir.display().to_string();
+        let admin = create_token_offline(&data_dir, &["admin"], &[]);
+        Server::spawn(
+            dir,
+            "server",
+            data_dir,
+            Vec::new(),
+            Some(admin),
+            move |listen| {
+                vec![
+                    "server".into(),
+                    "--auth".into(),
+                    "--listen".into(),
+                    listen,
+                    "--data-dir".into(),
+                    data.clone(),
+                    "--lease".into(),
+                    LEASE.into(),
+                ]
+            },
+        )
+    }
+
+    /// `lwr dev --auth --nodes N --slots S`: it makes its own tokens and leaves an admin
+    /// token in DIR/dev/admin.token, which `api` sends.
+    pub fn dev_auth(dir: &Path, nodes: u32, slots: u32) -> Server {
+        let data_dir = dir.join("dev");
+        let data = data_dir.display().to_string();
+        let pid_dirs = (1..=nodes)
+            .map(|i| data_dir.join("nodes").join(format!("dev-{i}")).join("pids"))
+            .collect();
+        let mut server = Server::spawn(
+            dir,
+            "lwr dev",
+            data_dir.clone(),
+            pid_dirs,
+            None,
+            move |listen| {
+                vec![
+                    "dev".into(),
+                    "--auth".into(),
+                    "--nodes".into(),
+                    nodes.to_string(),
+                    "--slots".into(),
+                    slots.to_string(),
+                    "--listen".into(),
+                    listen,
+                    "--data-dir".into(),
+                    data.clone(),
+                ]
+            },
+        );
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .expect("lwr dev --auth writes admin.token")
+            .trim()
+            .to_string();
+        server.api = Api::with_token(&server.url, Some(&token));
+        server.admin_token = Some(token);
+        server
+    }
+
     /// Starts `lwr ARGS(127.0.0.1:PORT)` on a free port and waits until it answers.
     fn spawn(
         dir: &Path,
         label: &str,
         data_dir: PathBuf,
         job_pid_dirs: Vec<PathBuf>,
+        admin_token: Option<String>,
         args: impl Fn(String) -> Vec<String>,
     ) -> Server {
-        Server::spawn_env(dir, label, data_dir, job_pid_dirs, Vec::new(), args)
+        Server::spawn_env(
+            dir,
+            label,
+            data_dir,
+            job_pid_dirs,
+            admin_token,
+            Vec::new(),
+            args,
+        )
     }
 
     fn spawn_env(
@@ -760,6 +854,7 @@ impl Server {
         label: &str,
         data_dir: PathBuf,
         job_pid_dirs: Vec<PathBuf>,
+        admin_token: Option<String>,
         env: Vec<(String, String)>,
         args: impl Fn(String) -> Vec<String>,
     ) -> Server {
@@ -771,7 +866,8 @@ impl Server {
             let url = format!("http://127.0.0.1:{port}");
             let mut server = Server {
                 port,
-                api: Api::new(&url),
+                api: Api::with_token(&url, admin_token.as_deref()),
+                admin_token: admin_token.clone(),
                 url,
                 data_dir: data_dir.clone(),
                 daemon: Daemon::new(
@@ -955,8 +1051,36 @@ pub struct Node {
     pub daemon: Daemon,
 }
 
+/// `lwr tokens create --data-dir DIR --scope S... EXTRA...` (straight in the database);
+/// returns the secret, the last word of the output.
+pub fn create_token_offline(data_dir: &Path, scopes: &[&str], extra: &[&str]) -> String {
+    let data = data_dir.display().to_string();
+    let mut args = vec!["tokens", "create", "--data-dir", data.as_str(), "--scope"];
+    args.extend_from_slice(scopes);
+    args.extend_from_slice(extra);
+    let out = lwr(&args);
+    out.assert_success();
+    out.stdout
+        .split_whitespace()
+        .last()
+        .unwrap_or_else(|| panic!("no token in {out}"))
+        .to_string()
+}
+
 impl Node {
     pub fn start(dir: &Path, server: &str, name: &str, slots: u32, tags: &[&str]) -> Node {
+        Node::start_with_token(dir, server, name, slots, tags, None)
+    }
+
+    /// A node that sends `token` (scope `node:register`) to a server that checks tokens.
+    pub fn start_with_token(
+        dir: &Path,
+        server: &str,
+        name: &str,
+        slots: u32,
+        tags: &[&str],
+        token: Option<&str>,
+    ) -> Node {
         let work_dir = dir.join(name);
         let mut args = vec![
             "node".to_string(),
@@ -972,6 +1096,10 @@ impl Node {
         for t in tags {
             args.push("--tag".into());
             args.push(t.to_string());
+        }
+        if let Some(token) = token {
+            args.push("--token".into());
+            args.push(token.to_string());
         }
         let log = dir.join(format!("node-{name}.log"));
         let mut daemon = Daemon::new(&format!("node {name}"), args, log, vec![work_dir.clone()]);
@@ -1178,5 +1306,129 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// Raw HTTP
+
+/// Raw HTTP against a test server, to send what the typed client never would.
+pub struct Http {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    base: String,
+}
+
+/// An answer: status and JSON body (`serde_json::Value::Null` when there was no body).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl Http {
+    pub fn new(base: &str) -> Http {
+        Http {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime"),
+            // A fresh connection per request: the server closes one whose body it refused
+            // unread, and a reused one would fail the next request.
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("an HTTP client"),
+            base: base.to_string(),
+        }
+    }
+
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut req = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        self.rt.block_on(async {
+            let resp = req.send().await.expect("the server answers");
+            let status = resp.status().as_u16();
+            let text = resp.text().await.expect("a body");
+            let body = if text.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or_else(|e| {
+                    panic!("{method} {path}: {status} answer is not JSON ({e}): {text}")
+                })
+            };
+            Answer { status, body }
+        })
+    }
+}
+
+/// Asserts a JSON error answer with `status`.
+pub fn assert_error(a: &Answer, status: u16, what: &str) {
+    assert_eq!(a.status, status, "{what}: {a:?}");
+    assert!(
+        a.body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{what}: an error answer has a JSON body with `error`: {a:?}"
+    );
+}
+
+impl Http {
+    /// Sends raw bytes with a content type (or none), to test what a client should not send.
+    pub fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Answer {
+        self.try_send_raw(method, path, token, content_type, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// As [`Http::send_raw`], but a connection the server closed early is an `Err`: a server
+    /// may answer 413 and close before a too-large body is all sent.
+    pub fn try_send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<Answer, String> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut req = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30))
+            .body(body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        self.rt.block_on(async {
+            let resp = req.send().await.map_err(|e| format!("{e:?}"))?;
+            let status = resp.status().as_u16();
+            let text = resp.text().await.map_err(|e| format!("{e:?}"))?;
+            let body = serde_json::from_str(&text).unwrap_or_else(|e| {
+                panic!("{method} {path}: {status} answer is not JSON ({e}): {text:.200}")
+            });
+            Ok(Answer { status, body })
+        })
     }
 }

@@ -1,0 +1,85 @@
+//! Tokens in the store: only hashes are kept; revocation and expiry are seen at once; a node
+//! remembers the token it registered with.
+
+use lwr_model::Scopes;
+use lwr_model::api::RegisterNode;
+use lwr_store::{Store, TokenCheck, hash_secret};
+
+async fn store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("lwr.db").display());
+    (Store::open(&url).await.unwrap(), dir)
+}
+
+#[tokio::test]
+async fn tokens_are_checked_revoked_and_expire() {
+    let (store, dir) = store().await;
+    let now = 1_000_000;
+    let scopes = Scopes::parse("read graph:submit").unwrap();
+    let (info, secret) = store
+        .create_token(&scopes, Some("ci"), Some(now + 5_000), now)
+        .await
+        .unwrap();
+    assert_eq!(info.state, "active");
+    match store.check_token(&secret, now + 1).await.unwrap() {
+        TokenCheck::Valid(caller) => {
+            assert_eq!(caller.token_id, info.id);
+            assert_eq!(caller.scopes, scopes);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        store.check_token(&secret, now + 5_000).await.unwrap(),
+        TokenCheck::Expired
+    );
+    assert_eq!(
+        store.check_token("lwr_nope", now).await.unwrap(),
+        TokenCheck::Unknown
+    );
+    let (other, other_secret) = store.create_token(&scopes, None, None, now).await.unwrap();
+    assert!(store.token_active(other.id, now).await.unwrap());
+    let revoked = store.revoke_token(other.id, now + 10).await.unwrap();
+    assert_eq!(revoked.state, "revoked");
+    assert_eq!(
+        store.check_token(&other_secret, now + 11).await.unwrap(),
+        TokenCheck::Revoked
+    );
+    assert!(!store.token_active(other.id, now + 11).await.unwrap());
+    assert!(store.revoke_token(999, now).await.is_err());
+    let states: Vec<String> = store
+        .tokens(now + 6_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.state)
+        .collect();
+    assert_eq!(states, ["expired", "revoked"]);
+
+    // Only the hash is in the database file.
+    store.close().await;
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(!text.contains(&secret) && !text.contains(&other_secret));
+    assert!(text.contains(&hash_secret(&secret)));
+}
+
+#[tokio::test]
+async fn a_node_remembers_the_token_it_registered_with() {
+    let (store, _dir) = store().await;
+    let reg = RegisterNode {
+        name: "n1".into(),
+        properties: Default::default(),
+        slots: 1,
+    };
+    assert_eq!(store.node_owner_by_name("n1").await.unwrap(), None);
+    let id = store.register_node_for(&reg, 1, Some(7)).await.unwrap();
+    assert_eq!(store.node_owner(id).await.unwrap(), Some(7));
+    assert_eq!(store.node_owner_by_name("n1").await.unwrap(), Some(Some(7)));
+    // Registering again (a restart, a new token) keeps the id and takes the new token.
+    assert_eq!(store.register_node_for(&reg, 2, Some(8)).await.unwrap(), id);
+    assert_eq!(store.node_owner(id).await.unwrap(), Some(8));
+    assert!(store.node_owner(id + 1).await.is_err());
+}
