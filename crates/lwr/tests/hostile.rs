@@ -335,7 +335,7 @@ fn bad_bodies_paths_and_queries_get_json_4xx_and_change_nothing() {
     assert!(
         entries
             .iter()
-            .all(|e| e.starts_with("lwr.db") || e == "logs"),
+            .all(|e| e.starts_with("lwr.db") || e == "logs" || e == "artifacts"),
         "nothing else in the data dir: {entries:?}"
     );
     let logs = std::fs::read_dir(server.data_dir.join("logs"))
