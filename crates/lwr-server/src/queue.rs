@@ -76,10 +76,7 @@ impl Queue {
 
     pub async fn submit(&self, sub: &SubmitGraph) -> Result<GraphInfo, StoreError> {
         let id = self.store.submit_graph(sub, now_ms()).await?;
-        self.wake(Effects {
-            ready: true,
-            changed: true,
-        });
+        self.wake(Effects::NEW_WORK);
         self.graph(id, None, Duration::ZERO).await
     }
 
@@ -181,10 +178,7 @@ impl Queue {
 
     pub async fn retrigger(&self, job: i64, with_dependents: bool) -> Result<Vec<i64>, StoreError> {
         let jobs = self.store.retrigger(job, with_dependents, now_ms()).await?;
-        self.wake(Effects {
-            ready: true,
-            changed: true,
-        });
+        self.wake(Effects::NEW_WORK);
         Ok(jobs)
     }
 
@@ -197,10 +191,7 @@ impl Queue {
     ) -> Result<Vec<i64>, StoreError> {
         let pushes = self.store.record_heads(repo, heads, now_ms()).await?;
         if !pushes.is_empty() {
-            self.wake(Effects {
-                ready: true,
-                changed: true,
-            });
+            self.wake(Effects::NEW_WORK);
         }
         Ok(pushes)
     }
@@ -208,10 +199,7 @@ impl Queue {
     /// Adds a job a push's graph defines but did not run, with its missing needs.
     pub async fn trigger(&self, push: i64, job: &str) -> Result<Vec<i64>, StoreError> {
         let jobs = self.store.trigger(push, job, now_ms()).await?;
-        self.wake(Effects {
-            ready: true,
-            changed: true,
-        });
+        self.wake(Effects::NEW_WORK);
         Ok(jobs)
     }
 
@@ -229,10 +217,7 @@ impl Queue {
         loop {
             match events.next(Duration::from_secs(1)).await {
                 Event::Wake(effects) => self.wake(effects),
-                Event::Reconnected => self.wake(Effects {
-                    ready: true,
-                    changed: true,
-                }),
+                Event::Reconnected => self.wake(Effects::NEW_WORK),
             }
         }
     }

@@ -230,14 +230,7 @@ impl Store {
                 }
             }
         }
-        self.notify_in(
-            &mut tx,
-            Effects {
-                ready: true,
-                changed: true,
-            },
-        )
-        .await?;
+        self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
         tx.commit().await.op("committing retrigger")?;
         Ok(targets)
     }

@@ -121,14 +121,7 @@ impl Store {
         .await?;
         let jobs: Vec<&JobSpec> = sub.graph.jobs.iter().collect();
         insert_jobs(&mut tx, graph_id, &jobs, &HashMap::new(), now).await?;
-        self.notify_in(
-            &mut tx,
-            crate::Effects {
-                ready: true,
-                changed: true,
-            },
-        )
-        .await?;
+        self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
         tx.commit().await.op("committing graph")?;
         Ok(graph_id)
     }

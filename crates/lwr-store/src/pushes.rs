@@ -209,14 +209,7 @@ impl Store {
         .await
         .op("marking repository healthy")?;
         // Servers sharing the database wake their waiting nodes too.
-        self.notify_in(
-            &mut tx,
-            crate::Effects {
-                ready: true,
-                changed: true,
-            },
-        )
-        .await?;
+        self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
         tx.commit().await.op("committing poll record")?;
         Ok(pushes)
     }
@@ -402,14 +395,7 @@ impl Store {
             .await
             .op("recording push graph")?;
         // Servers sharing the database wake their waiting nodes too.
-        self.notify_in(
-            &mut tx,
-            crate::Effects {
-                ready: true,
-                changed: true,
-            },
-        )
-        .await?;
+        self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
         tx.commit().await.op("committing push graph")?;
         Ok(graph_id)
     }
@@ -507,14 +493,7 @@ impl Store {
             crate::control::count_unmet(&mut tx, id).await?;
         }
         // Servers sharing the database wake their waiting nodes too.
-        self.notify_in(
-            &mut tx,
-            crate::Effects {
-                ready: true,
-                changed: true,
-            },
-        )
-        .await?;
+        self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
         tx.commit().await.op("committing trigger")?;
         Ok(added)
     }

@@ -29,6 +29,12 @@ pub struct Effects {
 }
 
 impl Effects {
+    /// Jobs became ready (and so changed state): a submission, a push, a retrigger.
+    pub const NEW_WORK: Effects = Effects {
+        ready: true,
+        changed: true,
+    };
+
     pub fn merge(&mut self, other: Effects) {
         self.ready |= other.ready;
         self.changed |= other.changed;
@@ -521,10 +527,7 @@ async fn retry_or_end(tx: &mut Tx, job_id: i64, reason: &str, now: i64) -> Resul
     .op("requeueing job")?
     .rows_affected();
     if retried > 0 {
-        return Ok(Effects {
-            ready: true,
-            changed: true,
-        });
+        return Ok(Effects::NEW_WORK);
     }
     end_job(
         tx,
