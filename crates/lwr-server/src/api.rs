@@ -379,7 +379,7 @@ async fn get_graph(
         (status = 409, description = "a push whose decision job has not submitted its graph yet", body = ErrorBody),
     )
 )]
-async fn get_graph_spec(State(state): Shared, Path(id): Path<i64>) -> ApiResult<Json<GraphSpec>> {
+async fn get_graph_spec(State(state): Shared, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<GraphSpec>> {
     Ok(Json(state.queue.store().graph_spec(id).await?))
 }
 
@@ -417,7 +417,7 @@ async fn list_repos(State(state): Shared) -> ApiResult<Json<RepoList>> {
     delete, path = "/v1/repos/{id}", params(("id" = i64, Path)),
     responses((status = 204, description = "no longer polled; its pushes stay"), (status = 404, body = ErrorBody))
 )]
-async fn remove_repo(State(state): Shared, Path(id): Path<i64>) -> ApiResult<StatusCode> {
+async fn remove_repo(State(state): Shared, ApiPath(id): ApiPath<i64>) -> ApiResult<StatusCode> {
     state.queue.store().remove_repo(id).await?;
     state.poll.repos_changed();
     Ok(StatusCode::NO_CONTENT)
@@ -436,7 +436,7 @@ pub struct PushFilter {
 )]
 async fn list_pushes(
     State(state): Shared,
-    Query(q): Query<PushFilter>,
+    ApiQuery(q): ApiQuery<PushFilter>,
 ) -> ApiResult<Json<PushList>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     Ok(Json(PushList {
@@ -448,7 +448,7 @@ async fn list_pushes(
     get, path = "/v1/pushes/{id}", params(("id" = i64, Path)),
     responses((status = 200, body = PushInfo), (status = 404, body = ErrorBody))
 )]
-async fn get_push(State(state): Shared, Path(id): Path<i64>) -> ApiResult<Json<PushInfo>> {
+async fn get_push(State(state): Shared, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<PushInfo>> {
     Ok(Json(state.queue.store().push(id).await?))
 }
 
@@ -462,7 +462,7 @@ async fn get_push(State(state): Shared, Path(id): Path<i64>) -> ApiResult<Json<P
 )]
 async fn trigger_job(
     State(state): Shared,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(req): ApiJson<TriggerRequest>,
 ) -> ApiResult<Json<TriggerResult>> {
     Ok(Json(TriggerResult {
@@ -890,7 +890,7 @@ async fn upload_artifact(
 )]
 async fn get_artifact(
     State(state): Shared,
-    Path((run, name)): Path<(i64, String)>,
+    ApiPath((run, name)): ApiPath<(i64, String)>,
 ) -> ApiResult<Response> {
     if name == lwr_model::manifest::LOG_ARTIFACT {
         if state.queue.store().run_owner(run).await?.is_none() {
@@ -951,7 +951,7 @@ async fn put_manifest(
 )]
 async fn get_run_manifest(
     State(state): Shared,
-    Path(run): Path<i64>,
+    ApiPath(run): ApiPath<i64>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let m = artifacts::manifest(&state, run, &base_url(&headers)).await?;
@@ -967,8 +967,8 @@ async fn get_run_manifest(
 )]
 async fn get_job_manifest(
     State(state): Shared,
-    Path(job): Path<i64>,
-    Query(q): Query<LogQuery>,
+    ApiPath(job): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<LogQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let run = state.queue.store().run_of_job(job, q.run).await?;
