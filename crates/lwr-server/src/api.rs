@@ -379,7 +379,10 @@ async fn get_graph(
         (status = 409, description = "a push whose decision job has not submitted its graph yet", body = ErrorBody),
     )
 )]
-async fn get_graph_spec(State(state): Shared, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<GraphSpec>> {
+async fn get_graph_spec(
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<GraphSpec>> {
     Ok(Json(state.queue.store().graph_spec(id).await?))
 }
 
@@ -424,11 +427,12 @@ async fn remove_repo(State(state): Shared, ApiPath(id): ApiPath<i64>) -> ApiResu
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PushFilter {
     /// Only pushes of this repository.
     repo: Option<i64>,
     /// At most this many, newest first (default 100).
-    limit: Option<i64>,
+    limit: Option<u32>,
 }
 
 #[utoipa::path(
@@ -440,7 +444,7 @@ async fn list_pushes(
 ) -> ApiResult<Json<PushList>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     Ok(Json(PushList {
-        pushes: state.queue.store().pushes(q.repo, limit).await?,
+        pushes: state.queue.store().pushes(q.repo, i64::from(limit)).await?,
     }))
 }
 
@@ -818,6 +822,7 @@ async fn upload_log(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ArtifactUploadQuery {
     /// The node uploading; it must hold the run.
     node: i64,
@@ -915,6 +920,7 @@ async fn get_artifact(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct NodeQuery {
     /// The node sending; it must hold the run.
     node: i64,
