@@ -676,20 +676,7 @@ async fn register_node(
         ));
     }
     let id = store.register_node_for(&reg, now, auth.token_id()).await?;
-    let node = state
-        .queue
-        .store()
-        .nodes(now)
-        .await?
-        .into_iter()
-        .find(|n| n.id == id)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "node vanished after registering",
-            )
-        })?;
-    Ok(Json(node))
+    Ok(Json(store.node(id, now).await?))
 }
 
 #[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = NodeList)))]

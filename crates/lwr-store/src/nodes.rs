@@ -147,35 +147,54 @@ impl Store {
     }
 
     pub async fn nodes(&self, now: i64) -> Result<Vec<NodeInfo>> {
-        let rows = sqlx::query(
-            "SELECT n.id, n.name, n.properties, n.slots, n.last_seen, COALESCE(r.running, 0) AS running \
-             FROM nodes n LEFT JOIN (SELECT node_id, COUNT(*) AS running FROM runs \
-             WHERE state = 'running' GROUP BY node_id) r ON r.node_id = n.id ORDER BY n.name",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{NODE_SELECT} ORDER BY n.name"
+        )))
         .fetch_all(&self.read)
         .await
         .op("listing nodes")?;
-        rows.iter()
-            .map(|row| {
-                let last_seen: i64 = col(row, "last_seen")?;
-                let running = u32_of(col(row, "running")?);
-                let state = if now - last_seen > LOST_AFTER_MS {
-                    "lost"
-                } else if running > 0 {
-                    "busy"
-                } else {
-                    "idle"
-                };
-                Ok(NodeInfo {
-                    id: col(row, "id")?,
-                    name: col(row, "name")?,
-                    properties: json(&col::<String>(row, "properties")?, "node properties")?,
-                    slots: u32_of(col(row, "slots")?),
-                    state: state.to_string(),
-                    running,
-                    last_seen: rfc3339(last_seen),
-                })
-            })
-            .collect()
+        rows.iter().map(|row| node_info(row, now)).collect()
     }
+
+    /// One node as listings show it.
+    pub async fn node(&self, id: i64, now: i64) -> Result<NodeInfo> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{NODE_SELECT} WHERE n.id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await
+        .op("reading node")?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "node",
+            id: id.to_string(),
+        })?;
+        node_info(&row, now)
+    }
+}
+
+/// Nodes with the number of runs each holds.
+const NODE_SELECT: &str = "SELECT n.id, n.name, n.properties, n.slots, n.last_seen, \
+     COALESCE(r.running, 0) AS running FROM nodes n LEFT JOIN (SELECT node_id, COUNT(*) AS \
+     running FROM runs WHERE state = 'running' GROUP BY node_id) r ON r.node_id = n.id";
+
+fn node_info(row: &sqlx::any::AnyRow, now: i64) -> Result<NodeInfo> {
+    let last_seen: i64 = col(row, "last_seen")?;
+    let running = u32_of(col(row, "running")?);
+    let state = if now - last_seen > LOST_AFTER_MS {
+        "lost"
+    } else if running > 0 {
+        "busy"
+    } else {
+        "idle"
+    };
+    Ok(NodeInfo {
+        id: col(row, "id")?,
+        name: col(row, "name")?,
+        properties: json(&col::<String>(row, "properties")?, "node properties")?,
+        slots: u32_of(col(row, "slots")?),
+        state: state.to_string(),
+        running,
+        last_seen: rfc3339(last_seen),
+    })
 }

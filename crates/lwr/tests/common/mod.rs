@@ -352,13 +352,13 @@ pub fn lwr(args: &[&str]) -> Out {
 
 /// A long-running `lwr` process (server, node, dev) in its own process group, with its
 /// output appended to a log file. Dropping it kills the group, and the job process groups
-/// recorded under `job_pid_dirs`; when the test is panicking, it prints its log tail first.
+/// recorded under `node_work_dirs`; when the test is panicking, it prints its log tail first.
 pub struct Daemon {
     pub label: String,
     pub args: Vec<String>,
     pub log: PathBuf,
     /// Work dirs of the nodes this process runs; their journals name running jobs.
-    pub job_pid_dirs: Vec<PathBuf>,
+    pub node_work_dirs: Vec<PathBuf>,
     /// Extra environment for the process.
     pub env: Vec<(String, String)>,
     child: Option<Child>,
@@ -366,12 +366,17 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn new(label: &str, args: Vec<String>, log: PathBuf, job_pid_dirs: Vec<PathBuf>) -> Daemon {
+    pub fn new(
+        label: &str,
+        args: Vec<String>,
+        log: PathBuf,
+        node_work_dirs: Vec<PathBuf>,
+    ) -> Daemon {
         Daemon {
             label: label.to_string(),
             args,
             log,
-            job_pid_dirs,
+            node_work_dirs,
             env: Vec::new(),
             child: None,
             starts: 0,
@@ -459,15 +464,9 @@ impl Daemon {
     /// Kills the process groups of jobs a node left running: its journal records each
     /// job's group when it starts and the result when it ends.
     fn kill_jobs(&self) {
-        for work_dir in &self.job_pid_dirs {
-            let Ok(text) = std::fs::read_to_string(work_dir.join("journal.jsonl")) else {
-                continue;
-            };
+        for work_dir in &self.node_work_dirs {
             let mut live = std::collections::BTreeMap::new();
-            for entry in text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            {
+            for entry in journal(work_dir) {
                 if let (Some(run), Some(pgid)) = (
                     entry.pointer("/started/run").and_then(|v| v.as_i64()),
                     entry.pointer("/started/pgid").and_then(|v| v.as_i64()),
@@ -502,6 +501,18 @@ impl Drop for Daemon {
         self.kill();
         self.kill_jobs();
     }
+}
+
+/// The entries of a node's journal (`WORK/journal.jsonl`), skipping a torn last line; none
+/// when the node has not written one.
+pub fn journal(work_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(work_dir.join("journal.jsonl"))
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The last `lines` lines of a file, or why it cannot be read.
@@ -834,7 +845,7 @@ impl Server {
         dir: &Path,
         label: &str,
         data_dir: PathBuf,
-        job_pid_dirs: Vec<PathBuf>,
+        node_work_dirs: Vec<PathBuf>,
         admin_token: Option<String>,
         args: impl Fn(String) -> Vec<String>,
     ) -> Server {
@@ -842,7 +853,7 @@ impl Server {
             dir,
             label,
             data_dir,
-            job_pid_dirs,
+            node_work_dirs,
             admin_token,
             Vec::new(),
             args,
@@ -853,7 +864,7 @@ impl Server {
         dir: &Path,
         label: &str,
         data_dir: PathBuf,
-        job_pid_dirs: Vec<PathBuf>,
+        node_work_dirs: Vec<PathBuf>,
         admin_token: Option<String>,
         env: Vec<(String, String)>,
         args: impl Fn(String) -> Vec<String>,
@@ -874,7 +885,7 @@ impl Server {
                     label,
                     args(format!("127.0.0.1:{port}")),
                     log.clone(),
-                    job_pid_dirs.clone(),
+                    node_work_dirs.clone(),
                 ),
             };
             server.daemon.env = env.clone();
@@ -1119,14 +1130,8 @@ impl Node {
     /// Result files the node keeps on disk until the server takes them.
     /// Runs whose result the node holds in its journal, not yet acknowledged by the server.
     pub fn unreported_results(&self) -> Vec<i64> {
-        let Ok(text) = std::fs::read_to_string(self.work_dir.join("journal.jsonl")) else {
-            return Vec::new();
-        };
         let mut pending = std::collections::BTreeSet::new();
-        for line in text.lines() {
-            let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
+        for entry in journal(&self.work_dir) {
             if let Some(run) = entry
                 .pointer("/ended/result/run_id")
                 .and_then(|v| v.as_i64())
