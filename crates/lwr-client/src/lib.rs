@@ -33,6 +33,19 @@ pub struct ArtifactMeta {
     pub content_type: String,
 }
 
+/// `text` as one URL path segment: everything but unreserved characters percent-encoded.
+fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 async fn open(file: &std::path::Path) -> Result<tokio::fs::File> {
     tokio::fs::File::open(file)
         .await
@@ -393,6 +406,18 @@ impl Client {
 
     pub async fn nodes(&self) -> Result<NodeList> {
         self.get("/v1/nodes").await
+    }
+
+    /// Disables, enables, quarantines or drains a node, by name (or id).
+    pub async fn set_node_state(&self, node: &str, req: &SetNodeState) -> Result<NodeInfo> {
+        self.post(&format!("/v1/nodes/{}/state", path_segment(node)), req)
+            .await
+    }
+
+    /// Sets operator labels on a node; an empty value removes one.
+    pub async fn label_node(&self, node: &str, req: &LabelNode) -> Result<NodeInfo> {
+        self.post(&format!("/v1/nodes/{}/labels", path_segment(node)), req)
+            .await
     }
 
     /// Long-polls for work: the server answers as soon as a job is ready, or after the wait.

@@ -228,6 +228,10 @@ pub struct JobInfo {
     /// for a node with ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Why the latest run went to its node (`affinity: last success of build on main`,
+    /// `fastest matching`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
 }
 
 /// `GET /v1/jobs` answer.
@@ -253,6 +257,9 @@ pub struct RunInfo {
     pub finished_at: Option<String>,
     /// Bytes of stored log (0 until the node uploads it).
     pub log_size: u64,
+    /// Why the run went to its node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
 }
 
 /// `GET /v1/jobs/{id}`: a job with its spec and every run.
@@ -281,12 +288,36 @@ pub struct NodeInfo {
     pub name: String,
     pub properties: NodeProperties,
     pub slots: u32,
-    /// `idle`, `busy` or `lost`.
+    /// `idle`, `busy`, `lost`, `disabled`, `quarantined` or `draining`: what an operator
+    /// made of it first, then what it is doing.
     pub state: String,
     /// Runs it holds now.
     pub running: u32,
     /// RFC 3339 time of its last request.
     pub last_seen: String,
+    /// Why it is disabled, quarantined or draining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
+    /// Its latest runs that ended in infrastructure errors, in a row.
+    #[serde(default)]
+    pub infra_errors: u32,
+}
+
+/// `POST /v1/nodes/{name}/state`: take a node out of the pool or put it back.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SetNodeState {
+    /// `enabled`, `disabled`, `quarantined` or `draining`.
+    pub state: crate::pool::NodeState,
+    /// Shown in listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/nodes/{name}/labels`: set tags on a node, as an operator (`speed`, `instance`
+/// ...); an empty value removes the tag.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LabelNode {
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `GET /v1/nodes` answer.
@@ -326,6 +357,10 @@ pub struct Assignment {
     /// (`/v1/runs/{id}/manifest`). The node writes it to the file named by `$LWR_MANIFESTS`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub manifests: BTreeMap<String, String>,
+    /// Run in a directory kept for this job between runs (`keep_workdir: true`), so a
+    /// run on the node that built the job last finds its previous work.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_workdir: bool,
 }
 
 /// `PUT /v1/runs/{id}/manifest`: the node's part of a run's manifest, sent after the run's

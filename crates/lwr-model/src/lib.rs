@@ -9,9 +9,11 @@ pub mod graph;
 pub mod job;
 pub mod manifest;
 pub mod node;
+pub mod pool;
 pub mod push;
 
 pub use auth::{Scope, Scopes};
 pub use graph::{ArtifactDecl, Graph, GraphError, JobSpec, Requires, When, normalize_name};
 pub use job::{JobState, RunState};
 pub use node::{NodeProperties, Requirements};
+pub use pool::{NodeState, Prefer};

@@ -35,6 +35,11 @@ impl NodeProperties {
     }
 }
 
+/// Properties every node reports itself; they cannot be tags or labels.
+pub fn is_builtin(key: &str) -> bool {
+    matches!(key, "os" | "arch" | "hostname" | "cores" | "memory_mb")
+}
+
 /// Parses `key=value` (or a bare `key`, meaning `key=true`) as given to `--tag`.
 pub fn parse_tag(s: &str) -> Result<(String, String), String> {
     let (k, v) = match s.split_once('=') {

@@ -48,6 +48,9 @@ pub fn decision_job(
         expires_secs: None,
         requires: Requires::default(),
         when: None,
+        prefer: Vec::new(),
+        affinity_wait_secs: None,
+        keep_workdir: false,
     }
 }
 

@@ -87,6 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/schemas/manifest-v1.json", get(manifest_schema))
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
+        .merge(crate::pool_api::routes())
         // After routing, so the middleware sees the matched route and knows its scope.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -1206,7 +1207,9 @@ impl Modify for Shared_ {
         manifest_schema,
         create_token,
         list_tokens,
-        revoke_token
+        revoke_token,
+        crate::pool_api::set_node_state,
+        crate::pool_api::label_node
     ),
     components(schemas(
         ErrorBody,
@@ -1257,7 +1260,11 @@ impl Modify for Shared_ {
         CreateToken,
         CreatedToken,
         TokenInfo,
-        TokenList
+        TokenList,
+        SetNodeState,
+        LabelNode,
+        lwr_model::NodeState,
+        lwr_model::Prefer
     ))
 )]
 struct ApiDoc;

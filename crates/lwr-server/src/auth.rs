@@ -38,6 +38,7 @@ pub fn required_scope(method: &Method, path: &str) -> Option<Scope> {
             &Method::POST,
             "/v1/nodes/{id}/claim" | "/v1/nodes/{id}/heartbeat" | "/v1/nodes/{id}/results",
         ) => Scope::NodeRegister,
+        (&Method::POST, "/v1/nodes/{id}/state" | "/v1/nodes/{id}/labels") => Scope::NodeAdmin,
         (_, p) if p == "/v1/tokens" || p.starts_with("/v1/tokens/") => Scope::Admin,
         (&Method::GET | &Method::HEAD, _) => Scope::Read,
         _ => Scope::Admin,

@@ -12,6 +12,7 @@ pub mod auth;
 mod error;
 mod logs;
 pub mod poller;
+mod pool_api;
 pub mod queue;
 
 use std::net::SocketAddr;

@@ -134,10 +134,18 @@ impl Queue {
                     assignments: claimed.assignments,
                     acks,
                     effects: claimed.effects,
+                    retry_in_ms: None,
                 });
             }
-            match timeout_at(deadline, rx.changed()).await {
+            // A job held for a better node is looked at again when the hold runs out, so a
+            // preferred node that never claims cannot leave it waiting.
+            let until = match claimed.retry_in_ms {
+                Some(ms) => deadline.min(Instant::now() + Duration::from_millis(ms.max(1) as u64)),
+                None => deadline,
+            };
+            match timeout_at(until, rx.changed()).await {
                 Ok(Ok(())) => continue,
+                _ if until < deadline => continue,
                 _ => {
                     return Ok(Claimed {
                         acks,

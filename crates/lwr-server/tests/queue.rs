@@ -40,6 +40,9 @@ fn graph(names: &[(&str, &[&str])]) -> SubmitGraph {
             env: BTreeMap::new(),
             requires: Default::default(),
             when: None,
+            prefer: Vec::new(),
+            affinity_wait_secs: None,
+            keep_workdir: false,
         })
         .collect();
     SubmitGraph::new(Graph { jobs })

@@ -77,6 +77,7 @@ impl Store {
             listener: Some(listener),
             instance: self.instance.clone(),
             nodes: self.nodes.clone(),
+            pool: self.pool.clone(),
         }))
     }
 }
@@ -101,6 +102,7 @@ pub struct Events {
     listener: Option<PgListener>,
     instance: std::sync::Arc<str>,
     nodes: NodeCache,
+    pool: crate::pool::PoolCache,
 }
 
 impl Events {
@@ -158,6 +160,7 @@ impl Events {
             if let Ok(id) = id.parse() {
                 self.nodes.forget(id);
             }
+            self.pool.stale();
             return None;
         }
         Some(Event::Wake(Effects {

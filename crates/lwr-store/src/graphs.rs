@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use lwr_model::api::{GraphInfo, JobDetail, JobInfo, RunInfo, StateCounts, SubmitGraph};
-use lwr_model::{JobSpec, JobState, Requires, RunState};
+use lwr_model::{JobSpec, JobState, Requirements, Requires, RunState};
 use sqlx::any::AnyRow;
 
 use crate::error::Op;
@@ -11,7 +11,10 @@ use crate::queue::Tx;
 use crate::rows::{col, json, to_json, u32_of};
 use crate::{Result, Store, StoreError, rfc3339};
 
-const JOB_COLUMNS: &str = "id, graph_id, name, state, node, runs, reason";
+/// A job's columns for listings, with the placement of its latest run.
+const JOB_COLUMNS: &str = "id, graph_id, name, state, node, runs, reason, unmet, requirements, \
+     (SELECT r.placement FROM runs r WHERE r.job_id = jobs.id AND r.number = jobs.runs) \
+     AS placement";
 
 /// Inserts a graph row; returns its id.
 pub(crate) async fn insert_graph(
@@ -57,8 +60,8 @@ pub(crate) async fn insert_jobs<'j>(
         let id: i64 = col(
             &sqlx::query(
                 "INSERT INTO jobs (graph_id, name, state, unmet, spec, requirements, \
-                 retries_left, updated_at, all_finished) \
-                 VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8) RETURNING id",
+                 retries_left, updated_at, all_finished, placement) \
+                 VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9) RETURNING id",
             )
             .bind(graph_id)
             .bind(job.name.clone())
@@ -68,6 +71,7 @@ pub(crate) async fn insert_jobs<'j>(
             .bind(i64::from(job.retries))
             .bind(now)
             .bind(i64::from(job.requires == Requires::AllFinished))
+            .bind(crate::pool::Placement::column(job)?)
             .fetch_one(&mut **tx)
             .await
             .op("inserting job")?,
@@ -199,7 +203,44 @@ impl Store {
             }
         }
         .op("listing jobs")?;
-        rows.iter().map(job_info).collect()
+        let mut jobs = Vec::with_capacity(rows.len());
+        let mut waiting = Vec::new();
+        for row in &rows {
+            let (info, requirements) = job_row(row)?;
+            if let Some(req) = requirements {
+                waiting.push((jobs.len(), req));
+            }
+            jobs.push(info);
+        }
+        self.explain_unmet(&mut jobs, waiting).await?;
+        Ok(jobs)
+    }
+
+    /// Gives each ready job that no usable node can run a reason naming the requirement
+    /// none meets (`no node matches: os=plan9 (n1 has linux)`). Worked out when asked,
+    /// from the pool as it is now, so it is never stale and costs the claim nothing.
+    async fn explain_unmet(
+        &self,
+        jobs: &mut [JobInfo],
+        waiting: Vec<(usize, Requirements)>,
+    ) -> Result<()> {
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        self.refresh_pool().await?;
+        let now = crate::now_ms();
+        self.pool.with(|pool| {
+            for (i, req) in waiting {
+                if let Some(why) = pool.unmet(&req, now) {
+                    let job = &mut jobs[i];
+                    job.reason = Some(match job.reason.take() {
+                        Some(r) => format!("{r}; {why}"),
+                        None => why,
+                    });
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Finds a job by `graph_id/name`.
@@ -230,7 +271,11 @@ impl Store {
             what: "job",
             id: id.to_string(),
         })?;
-        let info = job_info(&row)?;
+        let (info, requirements) = job_row(&row)?;
+        let mut one = [info];
+        self.explain_unmet(&mut one, requirements.map(|r| (0, r)).into_iter().collect())
+            .await?;
+        let [info] = one;
         let spec: JobSpec = json(&col::<String>(&row, "spec")?, "job spec")?;
         let needs = sqlx::query("SELECT need_id FROM job_needs WHERE job_id = $1 ORDER BY need_id")
             .bind(id)
@@ -242,7 +287,7 @@ impl Store {
             .collect::<Result<Vec<i64>>>()?;
         let runs = sqlx::query(
             "SELECT r.id, r.number, r.state, n.name AS node, r.exit_code, r.reason, \
-             r.started_at, r.finished_at, r.log_size \
+             r.started_at, r.finished_at, r.log_size, r.placement \
              FROM runs r JOIN nodes n ON n.id = r.node_id WHERE r.job_id = $1 ORDER BY r.number",
         )
         .bind(id)
@@ -259,8 +304,9 @@ impl Store {
     }
 }
 
-fn job_info(row: &AnyRow) -> Result<JobInfo> {
-    Ok(JobInfo {
+/// A job of a listing, and its requirements when it is ready and waiting for a node.
+fn job_row(row: &AnyRow) -> Result<(JobInfo, Option<Requirements>)> {
+    let info = JobInfo {
         id: col(row, "id")?,
         graph_id: col(row, "graph_id")?,
         name: col(row, "name")?,
@@ -268,7 +314,14 @@ fn job_info(row: &AnyRow) -> Result<JobInfo> {
         node: col(row, "node")?,
         runs: u32_of(col(row, "runs")?),
         reason: col(row, "reason")?,
-    })
+        placement: col(row, "placement")?,
+    };
+    let ready = info.state == JobState::Pending && col::<i64>(row, "unmet")? == 0;
+    let requirements = match col::<Option<String>>(row, "requirements")? {
+        Some(text) if ready => Some(json::<Requirements>(&text, "requirements")?),
+        _ => None,
+    };
+    Ok((info, requirements))
 }
 
 fn run_info(row: &AnyRow) -> Result<RunInfo> {
@@ -286,6 +339,7 @@ fn run_info(row: &AnyRow) -> Result<RunInfo> {
         started_at: rfc3339(col(row, "started_at")?),
         finished_at: col::<Option<i64>>(row, "finished_at")?.map(rfc3339),
         log_size: col::<i64>(row, "log_size")?.max(0) as u64,
+        placement: col(row, "placement")?,
     })
 }
 

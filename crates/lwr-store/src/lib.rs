@@ -12,6 +12,7 @@ mod events;
 mod graphs;
 mod migrate;
 mod nodes;
+mod pool;
 mod pushes;
 mod queue;
 mod rows;
@@ -30,6 +31,8 @@ pub use control::Cancelled;
 pub use error::StoreError;
 pub use events::{CHANNEL, Event, Events};
 pub use migrate::SCHEMA_VERSION;
+pub use nodes::LOST_AFTER_MS;
+pub use pool::PoolConfig;
 pub use pushes::{DEFAULT_EVERY_MS, PollTarget};
 pub use queue::{Claimed, Effects};
 pub use tokens::{Caller, TokenCheck, hash_secret, new_secret};
@@ -79,6 +82,8 @@ pub struct Store {
     dialect: Dialect,
     /// Node names and properties by id, read on every claim.
     nodes: nodes::NodeCache,
+    /// The pool snapshot the claim decides with.
+    pool: pool::PoolCache,
     /// Names this store in notifications, so a server skips its own.
     instance: Arc<str>,
     /// For listening to other servers (PostgreSQL only).
@@ -146,6 +151,7 @@ impl Store {
             read,
             dialect,
             nodes: Default::default(),
+            pool: Default::default(),
             instance: uuid::Uuid::new_v4().simple().to_string().into(),
             postgres_url: (dialect == Dialect::Postgres).then(|| url.to_string()),
         };

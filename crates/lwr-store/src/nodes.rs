@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use lwr_model::NodeProperties;
 use lwr_model::api::{NodeInfo, RegisterNode};
+use lwr_model::pool::NodeState;
 
 use crate::error::Op;
 use crate::rows::{col, json, to_json, u32_of};
@@ -73,6 +74,7 @@ impl Store {
              VALUES ($1, $2, $3, $4, $4, $5) \
              ON CONFLICT (name) DO UPDATE SET properties = excluded.properties, \
              slots = excluded.slots, last_seen = excluded.last_seen, \
+             registered_at = excluded.registered_at, \
              token_id = excluded.token_id \
              RETURNING id",
         )
@@ -86,13 +88,9 @@ impl Store {
         .op("registering node")?;
         let id = col(&row, "id")?;
         self.notify_node(id).await?;
-        self.nodes.put(
-            id,
-            Arc::new(KnownNode {
-                name: reg.name.clone(),
-                properties: reg.properties.clone(),
-            }),
-        );
+        // Read back: operators' labels are merged into what the node said.
+        self.nodes.forget(id);
+        self.pool_stale();
         Ok(id)
     }
 
@@ -128,7 +126,7 @@ impl Store {
         if let Some(node) = self.nodes.get(node_id) {
             return Ok(node);
         }
-        let row = sqlx::query("SELECT name, properties FROM nodes WHERE id = $1")
+        let row = sqlx::query("SELECT name, properties, labels FROM nodes WHERE id = $1")
             .bind(node_id)
             .fetch_optional(&self.read)
             .await
@@ -137,7 +135,7 @@ impl Store {
                 what: "node",
                 id: node_id.to_string(),
             })?;
-        let props = json(&col::<String>(&row, "properties")?, "node properties")?;
+        let props = properties(&row)?;
         let node = Arc::new(KnownNode {
             name: col(&row, "name")?,
             properties: props,
@@ -153,7 +151,10 @@ impl Store {
         .fetch_all(&self.read)
         .await
         .op("listing nodes")?;
-        rows.iter().map(|row| node_info(row, now)).collect()
+        let lost_after = self.pool_config().lost_after_ms;
+        rows.iter()
+            .map(|row| node_info(row, now, lost_after))
+            .collect()
     }
 
     /// One node as listings show it.
@@ -169,19 +170,23 @@ impl Store {
             what: "node",
             id: id.to_string(),
         })?;
-        node_info(&row, now)
+        node_info(&row, now, self.pool_config().lost_after_ms)
     }
 }
 
 /// Nodes with the number of runs each holds.
-const NODE_SELECT: &str = "SELECT n.id, n.name, n.properties, n.slots, n.last_seen, \
+const NODE_SELECT: &str = "SELECT n.id, n.name, n.properties, n.labels, n.slots, n.last_seen, \
+     n.state AS admin_state, n.state_reason, n.infra_errors, \
      COALESCE(r.running, 0) AS running FROM nodes n LEFT JOIN (SELECT node_id, COUNT(*) AS \
      running FROM runs WHERE state = 'running' GROUP BY node_id) r ON r.node_id = n.id";
 
-fn node_info(row: &sqlx::any::AnyRow, now: i64) -> Result<NodeInfo> {
+fn node_info(row: &sqlx::any::AnyRow, now: i64, lost_after_ms: i64) -> Result<NodeInfo> {
     let last_seen: i64 = col(row, "last_seen")?;
     let running = u32_of(col(row, "running")?);
-    let state = if now - last_seen > LOST_AFTER_MS {
+    let admin = crate::pool::parse_state(&col::<String>(row, "admin_state")?)?;
+    let state = if admin != NodeState::Enabled {
+        admin.as_str()
+    } else if now - last_seen > lost_after_ms {
         "lost"
     } else if running > 0 {
         "busy"
@@ -191,10 +196,22 @@ fn node_info(row: &sqlx::any::AnyRow, now: i64) -> Result<NodeInfo> {
     Ok(NodeInfo {
         id: col(row, "id")?,
         name: col(row, "name")?,
-        properties: json(&col::<String>(row, "properties")?, "node properties")?,
+        properties: properties(row)?,
         slots: u32_of(col(row, "slots")?),
         state: state.to_string(),
         running,
         last_seen: rfc3339(last_seen),
+        state_reason: col(row, "state_reason")?,
+        infra_errors: u32_of(col(row, "infra_errors")?),
     })
+}
+
+/// A node's properties with the labels operators gave it merged into its tags.
+pub(crate) fn properties(row: &sqlx::any::AnyRow) -> Result<NodeProperties> {
+    let mut props: NodeProperties = json(&col::<String>(row, "properties")?, "node properties")?;
+    if let Some(labels) = col::<Option<String>>(row, "labels")? {
+        let labels: std::collections::BTreeMap<String, String> = json(&labels, "node labels")?;
+        props.tags.extend(labels);
+    }
+    Ok(props)
 }

@@ -7,11 +7,13 @@
 use std::collections::BTreeMap;
 
 use lwr_model::api::{Assignment, Outcome, ResultAck, RunResult};
+use lwr_model::pool::{DEFAULT_AFFINITY_WAIT_MS, Decision, NodeState, PoolNode, ReadyJob, decide};
 use lwr_model::{JobSpec, Requirements};
 use sqlx::{Any, Transaction};
 
 use crate::error::Op;
 use crate::nodes::KnownNode;
+use crate::pool::{Placement, count_end, remember_success};
 use crate::rows::{col, json, u32_of};
 use crate::{Dialect, Result, Store, StoreError};
 
@@ -50,6 +52,31 @@ pub struct Claimed {
     pub assignments: Vec<Assignment>,
     pub acks: Vec<ResultAck>,
     pub effects: Effects,
+    /// The node left ready jobs to better nodes (see `lwr_model::pool`): it should look
+    /// again after this many milliseconds at the latest, when the first hold runs out.
+    pub retry_in_ms: Option<i64>,
+}
+
+/// What recording a batch of results did.
+struct Reported {
+    acks: Vec<ResultAck>,
+    effects: Effects,
+    /// Live runs of the node that ended.
+    ended: usize,
+    /// The node was quarantined by these results.
+    quarantined: bool,
+}
+
+/// A ready job as the claim's search reads it.
+struct Candidate {
+    id: i64,
+    name: String,
+    requirements: Option<Requirements>,
+    placement: Placement,
+    avoid_spot: bool,
+    ready_since: i64,
+    branch: Option<String>,
+    affinity: Option<i64>,
 }
 
 impl Store {
@@ -66,18 +93,29 @@ impl Store {
         lease_ms: i64,
     ) -> Result<Claimed> {
         let node = self.node_properties(node_id).await?;
+        self.refresh_pool().await?;
+        let quarantine_after = self.pool_config().quarantine_after;
         let mut tx = self.write.begin().await.op("starting claim")?;
-        let (acks, mut effects) = report_in(&mut tx, node_id, results, now).await?;
-        let assignments = self
-            .claim_in(&mut tx, node_id, &node, max, now, lease_ms)
-            .await?;
+        let reported = report_in(&mut tx, node_id, results, now, quarantine_after).await?;
+        let mut effects = reported.effects;
+        let (assignments, retry_in_ms) = if reported.quarantined {
+            (Vec::new(), None)
+        } else {
+            self.claim_in(&mut tx, node_id, &node, max, now, lease_ms)
+                .await?
+        };
         effects.changed |= !assignments.is_empty();
         self.notify_in(&mut tx, effects).await?;
         tx.commit().await.op("committing claim")?;
+        self.note_claim(node_id, assignments.len(), reported.ended, now);
+        if reported.quarantined {
+            self.pool_stale();
+        }
         Ok(Claimed {
             assignments,
-            acks,
+            acks: reported.acks,
             effects,
+            retry_in_ms,
         })
     }
 
@@ -89,13 +127,32 @@ impl Store {
         max: u32,
         now: i64,
         lease_ms: i64,
-    ) -> Result<Vec<Assignment>> {
-        let (node_name, props) = (&node.name, &node.properties);
+    ) -> Result<(Vec<Assignment>, Option<i64>)> {
+        let node_name = &node.name;
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
+        }
+        let claimer = self
+            .pool
+            .with(|p| p.get(node_id).cloned())
+            .unwrap_or_else(|| {
+                // Registered through another server since the snapshot was read.
+                PoolNode::new(
+                    node_id,
+                    node.name.clone(),
+                    node.properties.clone(),
+                    NodeState::Enabled,
+                    1,
+                    0,
+                    now,
+                )
+            });
+        if claimer.state != NodeState::Enabled {
+            return Ok((Vec::new(), None));
         }
         let select = claim_select(self.dialect);
-        let mut picked = Vec::new();
+        let mut picked: Vec<(i64, String)> = Vec::new();
+        let mut retry_in: Option<i64> = None;
         let mut after = 0i64;
         let mut page = (i64::from(max) * 4).clamp(16, SCAN_PAGE);
         'scan: while picked.len() < max as usize {
@@ -106,19 +163,44 @@ impl Store {
                 .await
                 .op("finding ready jobs")?;
             let page_len = rows.len();
+            let mut candidates = Vec::with_capacity(page_len);
             for row in rows {
-                let id: i64 = col(&row, "id")?;
-                after = id;
-                let fits = match col::<Option<String>>(&row, "requirements")? {
-                    None => true,
-                    Some(text) => json::<Requirements>(&text, "requirements")?.matches(props),
-                };
-                if fits {
-                    picked.push(id);
-                    if picked.len() == max as usize {
-                        break 'scan;
+                let candidate = candidate(&row)?;
+                after = candidate.id;
+                candidates.push(candidate);
+            }
+            let full = self.pool.with(|pool| {
+                for c in &candidates {
+                    let job = ReadyJob {
+                        name: &c.name,
+                        branch: c.branch.as_deref(),
+                        requirements: c.requirements.as_ref(),
+                        prefer: &c.placement.prefer,
+                        affinity: c.affinity,
+                        affinity_wait_ms: c
+                            .placement
+                            .affinity_wait_secs
+                            .map_or(DEFAULT_AFFINITY_WAIT_MS, |s| s as i64 * 1000),
+                        ready_for_ms: now - c.ready_since,
+                        avoid_spot: c.avoid_spot,
+                    };
+                    match decide(&job, &claimer, pool, now) {
+                        Decision::Take(reason) => {
+                            picked.push((c.id, reason));
+                            if picked.len() == max as usize {
+                                return true;
+                            }
+                        }
+                        Decision::Hold { retry_in_ms, .. } => {
+                            retry_in = Some(retry_in.map_or(retry_in_ms, |r| r.min(retry_in_ms)));
+                        }
+                        Decision::Unmet(_) => {}
                     }
                 }
+                false
+            });
+            if full {
+                break 'scan;
             }
             if page_len < page as usize {
                 break;
@@ -126,7 +208,7 @@ impl Store {
             page = SCAN_PAGE;
         }
         let mut assignments = Vec::with_capacity(picked.len());
-        for job_id in picked {
+        for (job_id, placement) in picked {
             let row = sqlx::query(
                 "UPDATE jobs SET state = 'running', runs = runs + 1, node = $2, reason = NULL, \
                  updated_at = $3 WHERE id = $1 AND state = 'pending' \
@@ -144,7 +226,8 @@ impl Store {
             let run_id: i64 = col(
                 &sqlx::query(
                     "INSERT INTO runs (job_id, number, node_id, uid, state, started_at, \
-                     lease_expires) VALUES ($1, $2, $3, $4, 'running', $5, $6) RETURNING id",
+                     lease_expires, placement) VALUES ($1, $2, $3, $4, 'running', $5, $6, $7) \
+                     RETURNING id",
                 )
                 .bind(job_id)
                 .bind(number)
@@ -152,6 +235,7 @@ impl Store {
                 .bind(uuid::Uuid::new_v4().to_string())
                 .bind(now)
                 .bind(now + lease_ms)
+                .bind(placement)
                 .fetch_one(&mut **tx)
                 .await
                 .op("creating run")?,
@@ -175,9 +259,16 @@ impl Store {
                 lease_secs: (lease_ms / 1000).max(1) as u64,
                 artifacts: spec.artifacts,
                 manifests,
+                keep_workdir: spec.keep_workdir,
             });
         }
-        Ok(assignments)
+        // Holds matter only when the node got nothing: otherwise it claims again soon.
+        let retry_in = if assignments.is_empty() {
+            retry_in
+        } else {
+            None
+        };
+        Ok((assignments, retry_in))
     }
 
     /// Renews the leases of the runs a node still holds. Returns the runs in `runs` that are
@@ -221,6 +312,7 @@ impl Store {
             }
         }
         tx.commit().await.op("committing heartbeat")?;
+        self.note_seen(node_id, now);
         Ok(abandon)
     }
 
@@ -233,19 +325,26 @@ impl Store {
         results: &[RunResult],
         now: i64,
     ) -> Result<(Vec<ResultAck>, Effects)> {
+        let quarantine_after = self.pool_config().quarantine_after;
         let mut tx = self.write.begin().await.op("starting report")?;
-        let answer = report_in(&mut tx, node_id, results, now).await?;
-        self.notify_in(&mut tx, answer.1).await?;
+        let reported = report_in(&mut tx, node_id, results, now, quarantine_after).await?;
+        self.notify_in(&mut tx, reported.effects).await?;
         tx.commit().await.op("committing report")?;
-        Ok(answer)
+        self.note_claim(node_id, 0, reported.ended, now);
+        if reported.quarantined {
+            self.pool_stale();
+        }
+        Ok((reported.acks, reported.effects))
     }
 
     /// Ends every run whose lease ran out before `now` as `exception` (claim-expired) and
     /// puts its job back in the queue while it has retries left.
     pub async fn expire_leases(&self, now: i64) -> Result<Effects> {
         let mut tx = self.write.begin().await.op("starting lease expiry")?;
+        let quarantine_after = self.pool_config().quarantine_after;
         let expired = sqlx::query(
-            "SELECT id, job_id FROM runs WHERE state = 'running' AND lease_expires < $1",
+            "SELECT id, job_id, node_id, started_at FROM runs \
+             WHERE state = 'running' AND lease_expires < $1",
         )
         .bind(now)
         .fetch_all(&mut *tx)
@@ -255,6 +354,8 @@ impl Store {
         for row in expired {
             let run_id: i64 = col(&row, "id")?;
             let job_id: i64 = col(&row, "job_id")?;
+            let node_id: i64 = col(&row, "node_id")?;
+            let started_at: i64 = col(&row, "started_at")?;
             // Another server's sweeper (or the node's report) may have ended it meanwhile.
             let expired = sqlx::query(
                 "UPDATE runs SET state = 'exception', reason = 'claim-expired', \
@@ -269,10 +370,14 @@ impl Store {
             if expired == 0 {
                 continue;
             }
-            effects.merge(retry_or_end(&mut tx, job_id, "claim-expired", now).await?);
+            let (_, spot) = count_end(&mut tx, node_id, started_at, true, quarantine_after).await?;
+            effects.merge(retry_or_end(&mut tx, job_id, "claim-expired", spot, now).await?);
         }
         self.notify_in(&mut tx, effects).await?;
         tx.commit().await.op("committing lease expiry")?;
+        if effects.changed {
+            self.pool_stale();
+        }
         Ok(effects)
     }
 
@@ -324,17 +429,48 @@ impl Store {
 /// PostgreSQL the rows are locked and rows another claim holds are skipped, so two servers
 /// never hand out the same job and never wait for each other. Requirements are matched on
 /// the rows read, in Rust: nothing a graph says is pasted into SQL.
+///
+/// For the pool's policy each row also carries the branch of its graph and the node that
+/// last ran the job successfully there (affinity): correlated lookups by primary key, made
+/// only for the rows read.
 fn claim_select(dialect: Dialect) -> &'static str {
     match dialect {
-        Dialect::Sqlite => {
-            "SELECT id, requirements FROM jobs WHERE state = 'pending' AND unmet = 0 \
-             AND id > $1 ORDER BY id LIMIT $2"
-        }
-        Dialect::Postgres => {
-            "SELECT id, requirements FROM jobs WHERE state = 'pending' AND unmet = 0 \
-             AND id > $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"
-        }
+        Dialect::Sqlite => concat!(
+            "SELECT j.id, j.name, j.requirements, j.placement, j.avoid_spot, j.updated_at, ",
+            "(SELECT g.branch FROM graphs g WHERE g.id = j.graph_id) AS branch, ",
+            "(SELECT a.node_id FROM graphs g JOIN affinity a ON a.repository = g.repository ",
+            "AND a.branch = g.branch AND a.job_name = j.name WHERE g.id = j.graph_id) AS affinity ",
+            "FROM jobs j WHERE j.state = 'pending' AND j.unmet = 0 ",
+            "AND j.id > $1 ORDER BY j.id LIMIT $2"
+        ),
+        Dialect::Postgres => concat!(
+            "SELECT j.id, j.name, j.requirements, j.placement, j.avoid_spot, j.updated_at, ",
+            "(SELECT g.branch FROM graphs g WHERE g.id = j.graph_id) AS branch, ",
+            "(SELECT a.node_id FROM graphs g JOIN affinity a ON a.repository = g.repository ",
+            "AND a.branch = g.branch AND a.job_name = j.name WHERE g.id = j.graph_id) AS affinity ",
+            "FROM jobs j WHERE j.state = 'pending' AND j.unmet = 0 ",
+            "AND j.id > $1 ORDER BY j.id LIMIT $2 FOR UPDATE OF j SKIP LOCKED"
+        ),
     }
+}
+
+/// One row of the claim's search.
+fn candidate(row: &sqlx::any::AnyRow) -> Result<Candidate> {
+    Ok(Candidate {
+        id: col(row, "id")?,
+        name: col(row, "name")?,
+        requirements: col::<Option<String>>(row, "requirements")?
+            .map(|text| json::<Requirements>(&text, "requirements"))
+            .transpose()?,
+        placement: col::<Option<String>>(row, "placement")?
+            .map(|text| json::<Placement>(&text, "job placement"))
+            .transpose()?
+            .unwrap_or_default(),
+        avoid_spot: col::<i64>(row, "avoid_spot")? != 0,
+        ready_since: col(row, "updated_at")?,
+        branch: col(row, "branch")?,
+        affinity: col(row, "affinity")?,
+    })
 }
 
 impl Store {
@@ -424,15 +560,17 @@ async fn report_in(
     node_id: i64,
     results: &[RunResult],
     now: i64,
-) -> Result<(Vec<ResultAck>, Effects)> {
+    quarantine_after: u32,
+) -> Result<Reported> {
     let mut effects = Effects::default();
     let mut acks = Vec::with_capacity(results.len());
+    let (mut ended, mut quarantined) = (0, false);
     for result in results {
         // The common case in one statement: the node's own live run ends.
         let finished = sqlx::query(
             "UPDATE runs SET state = $3, exit_code = $4, reason = $5, finished_at = $6, \
                  lease_expires = NULL WHERE id = $1 AND node_id = $2 AND state = 'running' \
-                 RETURNING job_id",
+                 RETURNING job_id, started_at",
         )
         .bind(result.run_id)
         .bind(node_id)
@@ -448,8 +586,17 @@ async fn report_in(
             continue;
         };
         let job_id: i64 = col(&finished, "job_id")?;
+        ended += 1;
+        let infra_error = result.outcome == Outcome::Exception;
+        let started_at: i64 = col(&finished, "started_at")?;
+        let (now_quarantined, spot) =
+            count_end(tx, node_id, started_at, infra_error, quarantine_after).await?;
+        quarantined |= now_quarantined;
         let job_effects = match result.outcome {
-            Outcome::Succeeded => succeed_job(tx, job_id, now).await?,
+            Outcome::Succeeded => {
+                remember_success(tx, job_id, node_id, now).await?;
+                succeed_job(tx, job_id, now).await?
+            }
             Outcome::Failed => {
                 let reason = result
                     .reason
@@ -462,7 +609,7 @@ async fn report_in(
             }
             Outcome::Exception => {
                 let reason = result.reason.clone().unwrap_or_else(|| "exception".into());
-                retry_or_end(tx, job_id, &reason, now).await?
+                retry_or_end(tx, job_id, &reason, spot, now).await?
             }
         };
         effects.merge(job_effects);
@@ -472,7 +619,12 @@ async fn report_in(
             note: None,
         });
     }
-    Ok((acks, effects))
+    Ok(Reported {
+        acks,
+        effects,
+        ended,
+        quarantined,
+    })
 }
 
 fn outcome_state(outcome: Outcome) -> &'static str {
@@ -513,15 +665,28 @@ async fn succeed_job(tx: &mut Tx, job_id: i64, now: i64) -> Result<Effects> {
     })
 }
 
-/// An infrastructure error: run the job again while it has retries, else end it.
-async fn retry_or_end(tx: &mut Tx, job_id: i64, reason: &str, now: i64) -> Result<Effects> {
+/// An infrastructure error: run the job again while it has retries, else end it. After an
+/// error on a spot node (`spot`), the retry goes to a non-spot node when one matches.
+async fn retry_or_end(
+    tx: &mut Tx,
+    job_id: i64,
+    reason: &str,
+    spot: bool,
+    now: i64,
+) -> Result<Effects> {
     let retried = sqlx::query(
         "UPDATE jobs SET state = 'pending', retries_left = retries_left - 1, reason = $2, \
-         updated_at = $3 WHERE id = $1 AND state = 'running' AND retries_left > 0",
+         updated_at = $3, avoid_spot = CASE WHEN $4 = 1 THEN 1 ELSE avoid_spot END \
+         WHERE id = $1 AND state = 'running' AND retries_left > 0",
     )
     .bind(job_id)
-    .bind(format!("retrying after {reason}"))
+    .bind(if spot {
+        format!("retrying after {reason} on a spot node")
+    } else {
+        format!("retrying after {reason}")
+    })
     .bind(now)
+    .bind(i64::from(spot))
     .execute(&mut **tx)
     .await
     .op("requeueing job")?

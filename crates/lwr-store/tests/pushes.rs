@@ -255,6 +255,11 @@ async fn all_finished_jobs_run_whatever_their_needs_did() {
 async fn all_finished_waits_for_every_need_and_counts_cancelled_and_exception() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
+    // Three exceptions in a row on the one node would quarantine it.
+    store.set_pool_config(lwr_store::PoolConfig {
+        quarantine_after: 0,
+        ..Default::default()
+    });
     let n = node(&store).await;
     let g = store
         .submit_graph(
@@ -447,6 +452,11 @@ async fn trigger_refuses_a_job_whose_need_failed() {
 async fn a_retriggered_need_is_waited_for_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
+    // Three exceptions in a row on the one node would quarantine it.
+    store.set_pool_config(lwr_store::PoolConfig {
+        quarantine_after: 0,
+        ..Default::default()
+    });
     let n = node(&store).await;
     let g = store
         .submit_graph(

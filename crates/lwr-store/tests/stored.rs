@@ -30,6 +30,9 @@ fn job(name: &str, needs: &[&str]) -> JobSpec {
         expires_secs: None,
         requires: Default::default(),
         when: None,
+        prefer: Vec::new(),
+        affinity_wait_secs: None,
+        keep_workdir: false,
     }
 }
 

@@ -272,6 +272,13 @@ pub struct ServeArgs {
     /// A run whose node stops renewing it for this long ends as `exception` and is retried.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub lease: Duration,
+    /// A node not heard from for this long is `lost`: it gets no work, and no job waits
+    /// for it (its runs end when their leases do).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub node_lost_after: Duration,
+    /// Quarantine a node whose last N runs ended in infrastructure errors; 0: never.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub quarantine_after: u32,
     /// Serve on a non-loopback address without authentication. Anyone who can reach the
     /// server can then run commands on every node: only for networks you fully trust.
     #[arg(long, conflicts_with = "auth")]
@@ -422,8 +429,41 @@ pub struct LogsArgs {
 pub struct NodesArgs {
     #[command(flatten)]
     pub conn: ServerConn,
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
+    #[command(subcommand)]
+    pub action: Option<NodesAction>,
+}
+
+/// What `lwr nodes` does to one node; nothing lists them all.
+#[derive(Debug, Subcommand)]
+pub enum NodesAction {
+    /// Let the node finish its running jobs and claim no more.
+    Disable(NodeStateArgs),
+    /// Put the node back in the pool (and forget its infrastructure errors).
+    Enable(NodeStateArgs),
+    /// Take the node out of the pool as unhealthy, like automatic quarantine does.
+    Quarantine(NodeStateArgs),
+    /// Set operator labels (tags) on the node: speed=10, instance=spot; key= removes one.
+    Label(NodeLabelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeStateArgs {
+    /// Node name (or id).
+    pub name: String,
+    /// Why, shown in listings.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeLabelArgs {
+    /// Node name (or id).
+    pub name: String,
+    /// KEY=VALUE labels; KEY= removes the label.
+    #[arg(required = true, value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::node::Requirements;
+use crate::pool::Prefer;
 
 mod diff;
 mod parse;
@@ -66,6 +67,18 @@ pub struct JobSpec {
     /// file (or a job that runs needs it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<When>,
+    /// Which node to prefer among those that match, most important first (`prefer:`);
+    /// empty means the default, `[affinity, fastest]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefer: Vec<Prefer>,
+    /// How long the job waits for the node that last built it (`affinity_wait`); `None`
+    /// means 30 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_wait_secs: Option<u64>,
+    /// Keep the job's work dir on the node between runs, so the next run on that node
+    /// (affinity sends it there) builds incrementally (`keep_workdir: true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_workdir: bool,
 }
 
 /// `requires:` of a job.

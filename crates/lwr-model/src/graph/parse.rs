@@ -17,6 +17,7 @@ use super::{
 };
 use crate::graph::normalize_name;
 use crate::node::Requirements;
+use crate::pool::Prefer;
 
 /// Most combinations one job's matrix may expand to.
 const MAX_MATRIX: usize = 1000;
@@ -164,6 +165,11 @@ struct RawJob {
     matrix: Vec<(String, Vec<String>)>,
     requires: Requires,
     when: Option<When>,
+    prefer: Vec<Prefer>,
+    prefer_line: Option<usize>,
+    affinity_wait_secs: Option<u64>,
+    affinity_wait_line: Option<usize>,
+    keep_workdir: bool,
 }
 
 /// Error context: the file, and the job being read (as written) if any.
@@ -452,6 +458,11 @@ fn read_job(
         matrix: Vec::new(),
         requires: Requires::default(),
         when: None,
+        prefer: Vec::new(),
+        prefer_line: None,
+        affinity_wait_secs: None,
+        affinity_wait_line: None,
+        keep_workdir: false,
     };
     for (key, value) in map.iter() {
         read_field(cx, &mut job, key, value)?;
@@ -528,9 +539,45 @@ fn read_field(
             }
         }
         "when" => job.when = Some(read_when(cx, line, value)?),
+        "prefer" => {
+            job.prefer = read_prefer(cx, line, value)?;
+            job.prefer_line = line;
+        }
+        "affinity_wait" => {
+            let text = cx.scalar(line, "affinity_wait", value)?.trim();
+            // 0 is a useful answer here (never wait), unlike for timeouts.
+            let secs = if text == "0" {
+                0
+            } else {
+                parse_duration(text).map_err(|e| cx.invalid(line, "affinity_wait", e))?
+            };
+            job.affinity_wait_secs = Some(secs);
+            job.affinity_wait_line = line;
+        }
+        "keep_workdir" => job.keep_workdir = read_bool(cx, line, "keep_workdir", value)?,
         _ => return Err(cx.unknown_key(key, None)),
     }
     Ok(())
+}
+
+/// `prefer: [affinity, fastest]`: known names, each once.
+fn read_prefer(cx: &Cx, line: Option<usize>, node: &Node) -> Result<Vec<Prefer>, GraphError> {
+    let mut out = Vec::new();
+    for (name, item_line) in cx.string_list(line, "prefer", node)? {
+        let Some(p) = Prefer::parse(name.trim()) else {
+            let message = format!(
+                "'{}' is not a preference; use affinity, fastest or reserved",
+                show(&name)
+            );
+            return Err(cx.invalid(item_line, "prefer", message));
+        };
+        if out.contains(&p) {
+            let message = format!("'{}' is listed twice", p.as_str());
+            return Err(cx.invalid(item_line, "prefer", message));
+        }
+        out.push(p);
+    }
+    Ok(out)
 }
 
 /// `when: {changed: [patterns]}`.
@@ -893,6 +940,8 @@ fn expand(file: &str, jobs: &[RawJob]) -> Result<(Graph, Vec<JobLines>), GraphEr
                 run: job.run_line,
                 timeout: job.timeout_line,
                 expires: job.expires_line,
+                affinity_wait: job.affinity_wait_line,
+                prefer: job.prefer_line,
                 needs: needs.iter().map(|n| (n.1, n.2.clone())).collect(),
                 artifacts: job.artifact_lines.clone(),
             });
@@ -986,6 +1035,9 @@ fn expanded_job(job: &RawJob, e: &Expansion, needs: &[(String, Option<usize>, St
         env,
         requires: job.requires,
         when: job.when.clone(),
+        prefer: job.prefer.clone(),
+        affinity_wait_secs: job.affinity_wait_secs,
+        keep_workdir: job.keep_workdir,
     }
 }
 
@@ -1217,7 +1269,7 @@ jobs:
         let e = err("version: 1\njobs:\n  b: {run: x}\n  a:\n    rnu: make\n");
         assert_eq!(
             e.to_string(),
-            "lwr.yml:5: job 'a': unknown key 'rnu' (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when)"
+            "lwr.yml:5: job 'a': unknown key 'rnu' (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when, prefer, affinity_wait, keep_workdir)"
         );
         assert_eq!(
             (e.line(), e.job(), e.field()),
@@ -1743,5 +1795,44 @@ jobs:
             Err(GraphError::Cycle { path, .. }) => assert_eq!(path.len(), n + 1),
             other => panic!("expected a cycle, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn placement_fields_are_read_and_checked_with_lines() {
+        let g = parse(
+            "version: 1\njobs:\n  a:\n    run: x\n    prefer: [fastest, affinity]\n    \
+             affinity_wait: 2s\n    keep_workdir: true\n  b:\n    run: y\n    prefer: reserved\n    \
+             affinity_wait: 0\n",
+            "lwr.yml",
+        )
+        .unwrap();
+        let a = &g.jobs[0];
+        assert_eq!(a.prefer, [Prefer::Fastest, Prefer::Affinity]);
+        assert_eq!(a.affinity_wait_secs, Some(2));
+        assert!(a.keep_workdir);
+        assert_eq!(g.jobs[1].prefer, [Prefer::Reserved]);
+        assert_eq!(g.jobs[1].affinity_wait_secs, Some(0));
+        let e = err(
+            "version: 1\njobs:\n  a:\n    run: x\n    prefer:\n      - fastest\n      - cheapest\n",
+        );
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:7: job 'a': field 'prefer': 'cheapest' is not a preference; use affinity, fastest or reserved"
+        );
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    prefer: [fastest, fastest]\n");
+        assert!(e.to_string().contains("'fastest' is listed twice"), "{e}");
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    affinity_wait: soon\n");
+        assert!(
+            e.to_string()
+                .starts_with("lwr.yml:5: job 'a': field 'affinity_wait'"),
+            "{e}"
+        );
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    affinity_wait: 2d\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:5: job 'a': field 'affinity_wait': must be at most 86400 seconds (1 day)"
+        );
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    keep_workdir: maybe\n");
+        assert!(e.to_string().contains("keep_workdir"), "{e}");
     }
 }

@@ -12,6 +12,8 @@ pub(crate) const MAX_JOBS: usize = 100_000;
 pub(crate) const MAX_NEEDS: usize = 1_000_000;
 /// Longest timeout: a year. Beyond that a node's deadline arithmetic could overflow.
 pub(crate) const MAX_TIMEOUT_SECS: u64 = 366 * 24 * 3600;
+/// Longest a job may wait for the node that last built it: a day.
+pub(crate) const MAX_AFFINITY_WAIT_SECS: u64 = 24 * 3600;
 /// Longest artifact lifetime: ten years.
 pub(crate) const MAX_EXPIRES_SECS: u64 = 3660 * 24 * 3600;
 
@@ -244,6 +246,9 @@ pub(crate) const JOB_KEYS: &[&str] = &[
     "matrix",
     "requires",
     "when",
+    "prefer",
+    "affinity_wait",
+    "keep_workdir",
 ];
 pub(crate) const ARTIFACT_KEYS: &[&str] = &["name", "path", "kind", "optional"];
 
@@ -384,6 +389,8 @@ pub(crate) struct JobLines {
     pub run: Option<usize>,
     pub timeout: Option<usize>,
     pub expires: Option<usize>,
+    pub affinity_wait: Option<usize>,
+    pub prefer: Option<usize>,
     /// Per need of the `JobSpec`: its line and the name as the file wrote it.
     pub needs: Vec<(Option<usize>, String)>,
     /// Per artifact of the `JobSpec`.
@@ -528,6 +535,20 @@ fn check_job(job: &JobSpec, file: &str, lines: Option<&JobLines>) -> Result<(), 
         let message =
             format!("must be between 1 second and {MAX_EXPIRES_SECS} seconds (3660 days)");
         return Err(invalid(line, "expires".into(), message));
+    }
+    if let Some(wait) = job.affinity_wait_secs
+        && wait > MAX_AFFINITY_WAIT_SECS
+    {
+        let line = lines.and_then(|l| l.affinity_wait).or(job_line);
+        let message = format!("must be at most {MAX_AFFINITY_WAIT_SECS} seconds (1 day)");
+        return Err(invalid(line, "affinity_wait".into(), message));
+    }
+    for (i, p) in job.prefer.iter().enumerate() {
+        if job.prefer[..i].contains(p) {
+            let line = lines.and_then(|l| l.prefer).or(job_line);
+            let message = format!("'{}' is listed twice", p.as_str());
+            return Err(invalid(line, "prefer".into(), message));
+        }
     }
     for key in job.env.keys() {
         if !is_env_name(key) {
@@ -742,6 +763,9 @@ mod tests {
             env: Default::default(),
             requires: Default::default(),
             when: None,
+            prefer: Vec::new(),
+            affinity_wait_secs: None,
+            keep_workdir: false,
         }
     }
 

@@ -4,6 +4,7 @@ mod artifacts;
 mod checkout;
 mod control;
 mod graph;
+mod nodes;
 mod push;
 mod pushes;
 mod query;

@@ -66,13 +66,16 @@ pub async fn resolve_job(client: &Client, job: &str) -> anyhow::Result<i64> {
 
 pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
+    if let Some(action) = args.action {
+        return super::nodes::act(&client, action, args.json).await;
+    }
     let list = client.nodes().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<16} {:<6} {:>7} {:>5}  {:<8} {:<8} TAGS",
+        "{:<16} {:<11} {:>7} {:>5}  {:<8} {:<8} TAGS",
         "NAME", "STATE", "RUNNING", "SLOTS", "OS", "ARCH"
     );
     for n in &list.nodes {
@@ -83,14 +86,18 @@ pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         println!(
-            "{:<16} {:<6} {:>7} {:>5}  {:<8} {:<8} {}",
+            "{:<16} {:<11} {:>7} {:>5}  {:<8} {:<8} {}{}",
             n.name,
             n.state,
             n.running,
             n.slots,
             n.properties.os,
             n.properties.arch,
-            tags.join(",")
+            tags.join(","),
+            n.state_reason
+                .as_deref()
+                .map(|r| format!("  ({r})"))
+                .unwrap_or_default()
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -168,6 +168,10 @@ async fn start_server(
         None => sqlite_url(&args.data_dir)?,
     };
     let store = Store::open(&url).await?;
+    store.set_pool_config(lwr_store::PoolConfig {
+        lost_after_ms: args.node_lost_after.as_millis() as i64,
+        quarantine_after: args.quarantine_after,
+    });
     let mut config = Config::new(args.data_dir.clone());
     config.lease = args.lease;
     config.artifact_store = args.artifact_store.clone();

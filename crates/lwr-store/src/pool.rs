@@ -1,0 +1,388 @@
+//! The pool as the store keeps it: node state and health, the cached snapshot the claim
+//! decides with, and the affinity history.
+//!
+//! The policy itself is `lwr_model::pool`; this module only feeds it. The snapshot is kept
+//! in memory so a claim reads no node rows: this server's own claims, reports and state
+//! changes update it at once, and it is read again from the database when it is older than
+//! [`POOL_TTL`] (other servers sharing the database) or after anything it cannot follow
+//! (lease expiry, cancellation).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use lwr_model::pool::{NodeState, Pool, PoolNode};
+use lwr_model::{NodeProperties, Prefer};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Op;
+use crate::queue::Tx;
+use crate::rows::{col, json, to_json, u32_of};
+use crate::{Result, Store, StoreError};
+
+/// How long the snapshot is trusted before it is read again.
+const POOL_TTL: Duration = Duration::from_secs(2);
+
+/// How the pool is run; set by the server from its flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// A node not heard from for this long is lost.
+    pub lost_after_ms: i64,
+    /// A node whose last this many runs ended in infrastructure errors is quarantined;
+    /// 0 turns automatic quarantine off.
+    pub quarantine_after: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> PoolConfig {
+        PoolConfig {
+            lost_after_ms: crate::nodes::LOST_AFTER_MS,
+            quarantine_after: 3,
+        }
+    }
+}
+
+/// The snapshot and when it was read.
+struct Cached {
+    pool: Pool,
+    read_at: Option<Instant>,
+    config: PoolConfig,
+}
+
+/// The shared, cached pool.
+#[derive(Clone)]
+pub(crate) struct PoolCache(Arc<Mutex<Cached>>);
+
+impl Default for PoolCache {
+    fn default() -> PoolCache {
+        let config = PoolConfig::default();
+        PoolCache(Arc::new(Mutex::new(Cached {
+            pool: Pool::new(Vec::new(), config.lost_after_ms),
+            read_at: None,
+            config,
+        })))
+    }
+}
+
+impl PoolCache {
+    fn lock(&self) -> MutexGuard<'_, Cached> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the pool again at the next claim.
+    pub(crate) fn stale(&self) {
+        self.lock().read_at = None;
+    }
+
+    /// Runs `f` on the snapshot. Never held across an await.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Pool) -> T) -> T {
+        f(&mut self.lock().pool)
+    }
+
+    fn config(&self) -> PoolConfig {
+        self.lock().config
+    }
+
+    fn fresh(&self) -> bool {
+        self.lock()
+            .read_at
+            .is_some_and(|at| at.elapsed() < POOL_TTL)
+    }
+}
+
+/// A job's `prefer` and `affinity_wait`, stored beside it when not the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Placement {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefer: Vec<Prefer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_wait_secs: Option<u64>,
+}
+
+impl Placement {
+    /// The column's text: `None` for the defaults.
+    pub(crate) fn column(spec: &lwr_model::JobSpec) -> Result<Option<String>> {
+        if spec.prefer.is_empty() && spec.affinity_wait_secs.is_none() {
+            return Ok(None);
+        }
+        let placement = Placement {
+            prefer: spec.prefer.clone(),
+            affinity_wait_secs: spec.affinity_wait_secs,
+        };
+        to_json(&placement, "job placement").map(Some)
+    }
+}
+
+/// Nodes with the number of runs each holds.
+const POOL_SELECT: &str = "SELECT n.id, n.name, n.properties, n.labels, n.slots, n.last_seen, n.state, \
+     COALESCE(r.running, 0) AS running FROM nodes n LEFT JOIN (SELECT node_id, COUNT(*) AS \
+     running FROM runs WHERE state = 'running' GROUP BY node_id) r ON r.node_id = n.id";
+
+fn pool_node(row: &sqlx::any::AnyRow) -> Result<PoolNode> {
+    let state: String = col(row, "state")?;
+    Ok(PoolNode::new(
+        col(row, "id")?,
+        col(row, "name")?,
+        crate::nodes::properties(row)?,
+        parse_state(&state)?,
+        u32_of(col(row, "slots")?),
+        u32_of(col(row, "running")?),
+        col(row, "last_seen")?,
+    ))
+}
+
+pub(crate) fn parse_state(s: &str) -> Result<NodeState> {
+    NodeState::parse(s).ok_or_else(|| StoreError::Corrupt {
+        what: "node state",
+        detail: s.to_string(),
+    })
+}
+
+impl Store {
+    /// Sets how nodes are judged lost and quarantined.
+    pub fn set_pool_config(&self, config: PoolConfig) {
+        let mut cached = self.pool.lock();
+        cached.config = config;
+        cached.pool.lost_after_ms = config.lost_after_ms;
+    }
+
+    pub fn pool_config(&self) -> PoolConfig {
+        self.pool.config()
+    }
+
+    /// Reads the pool snapshot again when it is stale.
+    pub(crate) async fn refresh_pool(&self) -> Result<()> {
+        if self.pool.fresh() {
+            return Ok(());
+        }
+        let rows = sqlx::query(POOL_SELECT)
+            .fetch_all(&self.read)
+            .await
+            .op("reading the pool")?;
+        let nodes = rows.iter().map(pool_node).collect::<Result<Vec<_>>>()?;
+        let mut cached = self.pool.lock();
+        cached.pool = Pool::new(nodes, cached.config.lost_after_ms);
+        cached.read_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// A snapshot of the pool as the claim sees it (fresh within [`POOL_TTL`]).
+    pub async fn pool(&self) -> Result<Pool> {
+        self.refresh_pool().await?;
+        Ok(self.pool.with(|p| p.clone()))
+    }
+
+    /// The id of the node named `key`, or else with id `key`.
+    pub async fn find_node(&self, key: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT id FROM nodes WHERE name = $1")
+            .bind(key.to_string())
+            .fetch_optional(&self.read)
+            .await
+            .op("finding node")?;
+        if let Some(row) = row {
+            return col(&row, "id");
+        }
+        let by_id = match key.parse::<i64>() {
+            Ok(id) => sqlx::query("SELECT id FROM nodes WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await
+                .op("finding node")?,
+            Err(_) => None,
+        };
+        match by_id {
+            Some(row) => col(&row, "id"),
+            None => Err(StoreError::NotFound {
+                what: "node",
+                id: key.to_string(),
+            }),
+        }
+    }
+
+    /// Sets a node's state (`lwr nodes disable|enable|quarantine`); enabling also forgets its
+    /// infrastructure errors. A disabled node finishes what it runs and claims no more.
+    pub async fn set_node_state(
+        &self,
+        id: i64,
+        state: NodeState,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let enable = i64::from(state == NodeState::Enabled);
+        sqlx::query(
+            "UPDATE nodes SET state = $2, state_reason = $3, \
+             infra_errors = CASE WHEN $4 = 1 THEN 0 ELSE infra_errors END \
+             WHERE id = $1 RETURNING id",
+        )
+        .bind(id)
+        .bind(state.as_str())
+        .bind(reason.map(str::to_string))
+        .bind(enable)
+        .fetch_optional(&self.write)
+        .await
+        .op("setting node state")?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "node",
+            id: id.to_string(),
+        })?;
+        self.node_changed(id).await
+    }
+
+    /// Adds, changes (`key=value`) or removes (`key=`) tags of a node, as an operator's
+    /// labels: `lwr nodes label NAME speed=10`. Labels survive the node registering again.
+    pub async fn label_node(&self, id: i64, labels: &[(String, String)]) -> Result<()> {
+        let mut tx = self.write.begin().await.op("starting label")?;
+        let row = sqlx::query("SELECT id, labels FROM nodes WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .op("reading node")?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "node",
+                id: id.to_string(),
+            })?;
+        let mut current: BTreeMap<String, String> = match col::<Option<String>>(&row, "labels")? {
+            Some(text) => json(&text, "node labels")?,
+            None => BTreeMap::new(),
+        };
+        for (k, v) in labels {
+            if v.is_empty() {
+                current.remove(k);
+            } else {
+                current.insert(k.clone(), v.clone());
+            }
+        }
+        let text = if current.is_empty() {
+            None
+        } else {
+            Some(to_json(&current, "node labels")?)
+        };
+        sqlx::query("UPDATE nodes SET labels = $2 WHERE id = $1")
+            .bind(id)
+            .bind(text)
+            .execute(&mut *tx)
+            .await
+            .op("labelling node")?;
+        tx.commit().await.op("committing label")?;
+        self.node_changed(id).await
+    }
+
+    /// A node's row changed: forget cached views of it here and on other servers.
+    async fn node_changed(&self, id: i64) -> Result<()> {
+        self.nodes.forget(id);
+        self.pool.stale();
+        self.notify_node(id).await
+    }
+
+    /// The claim changed what node `node_id` holds: `taken` new runs, `ended` finished.
+    pub(crate) fn note_claim(&self, node_id: i64, taken: usize, ended: usize, now: i64) {
+        self.pool.with(|p| {
+            if let Some(n) = p.get_mut(node_id) {
+                n.running = (n.running as usize + taken).saturating_sub(ended) as u32;
+                n.last_seen = n.last_seen.max(now);
+            }
+        });
+    }
+
+    pub(crate) fn note_seen(&self, node_id: i64, now: i64) {
+        self.pool.with(|p| {
+            if let Some(n) = p.get_mut(node_id) {
+                n.last_seen = n.last_seen.max(now);
+            }
+        });
+    }
+
+    pub(crate) fn pool_stale(&self) {
+        self.pool.stale();
+    }
+}
+
+/// Records that `node_id` ran the job successfully, for its next run on the same repository
+/// and branch (graphs without both have no history).
+pub(crate) async fn remember_success(
+    tx: &mut Tx,
+    job_id: i64,
+    node_id: i64,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO affinity (repository, branch, job_name, node_id, updated_at) \
+         SELECT g.repository, g.branch, j.name, $2, $3 FROM jobs j JOIN graphs g \
+         ON g.id = j.graph_id WHERE j.id = $1 AND g.repository IS NOT NULL \
+         AND g.branch IS NOT NULL \
+         ON CONFLICT (repository, branch, job_name) DO UPDATE SET node_id = excluded.node_id, \
+         updated_at = excluded.updated_at",
+    )
+    .bind(job_id)
+    .bind(node_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .op("recording affinity")?;
+    Ok(())
+}
+
+/// Counts a run of `node_id` (started at `started_at`) that ended: an infrastructure error
+/// adds to the node's errors in a row and quarantines it at `quarantine_after`; anything else
+/// clears them. Runs a previous life of the node started (the ones it reports as lost after
+/// a restart) do not count: the restart is not the node's ill health. Returns whether the
+/// node was quarantined now, and whether it is a spot instance (for the retry).
+pub(crate) async fn count_end(
+    tx: &mut Tx,
+    node_id: i64,
+    started_at: i64,
+    infra_error: bool,
+    quarantine_after: u32,
+) -> Result<(bool, bool)> {
+    if !infra_error {
+        sqlx::query("UPDATE nodes SET infra_errors = 0 WHERE id = $1 AND infra_errors <> 0")
+            .bind(node_id)
+            .execute(&mut **tx)
+            .await
+            .op("clearing infrastructure errors")?;
+        return Ok((false, false));
+    }
+    let limit = if quarantine_after == 0 {
+        i64::MAX
+    } else {
+        i64::from(quarantine_after)
+    };
+    let row = sqlx::query(
+        "UPDATE nodes SET infra_errors = infra_errors + 1, \
+         state = CASE WHEN state = 'enabled' AND infra_errors + 1 >= $2 \
+             THEN 'quarantined' ELSE state END, \
+         state_reason = CASE WHEN state = 'enabled' AND infra_errors + 1 >= $2 \
+             THEN $3 ELSE state_reason END \
+         WHERE id = $1 AND registered_at <= $4 RETURNING state, infra_errors, properties",
+    )
+    .bind(node_id)
+    .bind(limit)
+    .bind(format!(
+        "its last {quarantine_after} runs ended in infrastructure errors"
+    ))
+    .bind(started_at)
+    .fetch_optional(&mut **tx)
+    .await
+    .op("counting infrastructure errors")?;
+    let Some(row) = row else {
+        // A run of a previous life: not counted, but the retry still avoids a spot node.
+        let row = sqlx::query("SELECT properties FROM nodes WHERE id = $1")
+            .bind(node_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .op("reading node")?;
+        let spot = match row {
+            Some(row) => {
+                let props: NodeProperties =
+                    json(&col::<String>(&row, "properties")?, "node properties")?;
+                lwr_model::pool::is_spot(&props)
+            }
+            None => false,
+        };
+        return Ok((false, spot));
+    };
+    let state: String = col(&row, "state")?;
+    let errors: i64 = col(&row, "infra_errors")?;
+    let props: NodeProperties = json(&col::<String>(&row, "properties")?, "node properties")?;
+    let quarantined = state == "quarantined" && errors == limit;
+    Ok((quarantined, lwr_model::pool::is_spot(&props)))
+}

@@ -1,0 +1,65 @@
+//! `lwr nodes disable|enable|quarantine|label`: an operator's changes to one node.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use lwr_client::Client;
+use lwr_model::NodeState;
+use lwr_model::api::{LabelNode, NodeInfo, SetNodeState};
+
+use crate::cli::NodesAction;
+
+pub async fn act(client: &Client, action: NodesAction, json: bool) -> anyhow::Result<ExitCode> {
+    let (name, info) = match action {
+        NodesAction::Disable(a) => (
+            a.name.clone(),
+            state(client, &a.name, NodeState::Disabled, a.reason).await?,
+        ),
+        NodesAction::Enable(a) => (
+            a.name.clone(),
+            state(client, &a.name, NodeState::Enabled, a.reason).await?,
+        ),
+        NodesAction::Quarantine(a) => (
+            a.name.clone(),
+            state(client, &a.name, NodeState::Quarantined, a.reason).await?,
+        ),
+        NodesAction::Label(a) => {
+            let mut labels = std::collections::BTreeMap::new();
+            for label in &a.labels {
+                let (k, v) = label.split_once('=').with_context(|| {
+                    format!("label '{label}' is not KEY=VALUE (KEY= removes a label)")
+                })?;
+                labels.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            let info = client
+                .label_node(&a.name, &LabelNode { labels })
+                .await
+                .with_context(|| format!("labelling node {}", a.name))?;
+            (a.name, info)
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        let tags: Vec<String> = info
+            .properties
+            .tags
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("node {name}: {} (tags {})", info.state, tags.join(","));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn state(
+    client: &Client,
+    name: &str,
+    state: NodeState,
+    reason: Option<String>,
+) -> anyhow::Result<NodeInfo> {
+    client
+        .set_node_state(name, &SetNodeState { state, reason })
+        .await
+        .with_context(|| format!("setting node {name} {}", state.as_str()))
+}
