@@ -355,14 +355,15 @@ pub fn decide(job: &ReadyJob, claimer: &PoolNode, pool: &Pool, now: i64) -> Deci
                             .iter()
                             .take_while(|n| n.speed > claimer.speed)
                             .any(|n| fits(n));
-                        return Decision::Take(
-                            if busy {
-                                "fastest free matching node"
-                            } else {
-                                "fastest matching"
-                            }
-                            .into(),
-                        );
+                        // Only worked out for a job taken, so the scan costs no claim much.
+                        let reason = if busy {
+                            "fastest free matching node"
+                        } else if !pool.nodes.iter().any(|n| fits(n)) {
+                            "only matching node"
+                        } else {
+                            "fastest matching"
+                        };
+                        return Decision::Take(reason.into());
                     }
                     // No node says how fast it is: nothing to prefer.
                     None => {}
@@ -522,14 +523,30 @@ mod tests {
         off.state = NodeState::Disabled;
         assert_eq!(
             taken(decide(&job(), &slow, &pool(&[slow.clone(), off]), NOW)),
-            "fastest matching"
+            "only matching node"
         );
         let mut lost = fast.clone();
         lost.last_seen = NOW - 61_000;
         assert_eq!(
             taken(decide(&job(), &slow, &pool(&[slow.clone(), lost]), NOW)),
-            "fastest matching"
+            "only matching node"
         );
+    }
+
+    #[test]
+    fn a_job_only_one_node_can_run_says_so() {
+        let slow = node(1, "slow", &[("speed", "1")]);
+        let fast = node(2, "fast", &[("speed", "10"), ("gpu", "yes")]);
+        let req = Requirements {
+            properties: [("gpu".to_string(), "yes".to_string())].into(),
+            ..Default::default()
+        };
+        let j = ReadyJob {
+            requirements: Some(&req),
+            ..job()
+        };
+        let p = pool(&[slow, fast.clone()]);
+        assert_eq!(taken(decide(&j, &fast, &p, NOW)), "only matching node");
     }
 
     #[test]
@@ -545,7 +562,7 @@ mod tests {
             ..job()
         };
         let p = pool(&[slow.clone(), fast.clone()]);
-        assert_eq!(taken(decide(&j, &slow, &p, NOW)), "fastest matching");
+        assert_eq!(taken(decide(&j, &slow, &p, NOW)), "only matching node");
         assert!(matches!(decide(&j, &fast, &p, NOW), Decision::Unmet(_)));
     }
 
@@ -610,13 +627,18 @@ mod tests {
         let mut off = slow.clone();
         off.state = NodeState::Quarantined;
         let p = pool(&[off, fast.clone()]);
-        assert_eq!(taken(decide(&j, &fast, &p, NOW)), "fastest matching");
+        assert_eq!(taken(decide(&j, &fast, &p, NOW)), "only matching node");
         let unknown = ReadyJob {
             affinity: Some(99),
             ..j
         };
         assert_eq!(
-            taken(decide(&unknown, &fast, &pool(&[fast.clone()]), NOW)),
+            taken(decide(
+                &unknown,
+                &fast,
+                &pool(&[fast.clone(), slow.clone()]),
+                NOW
+            )),
             "fastest matching"
         );
     }
@@ -675,7 +697,7 @@ mod tests {
         lost.last_seen = 0;
         assert_eq!(
             taken(decide(&j, &spot, &pool(&[spot.clone(), lost]), NOW)),
-            "fastest matching"
+            "only matching node"
         );
     }
 

@@ -1,0 +1,394 @@
+//! The pool with real node processes: requirements, fastest-first, affinity and its
+//! window, spot interruption, disable and enable, quarantine, lost nodes.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use lwr_model::JobState;
+use lwr_model::api::{ClaimRequest, Outcome, RegisterNode, ReportResults, RunResult};
+
+/// The job's latest run as `lwr jobs --json` shows it: (node, placement).
+fn placed(server: &Server, graph: i64, name: &str) -> (String, String) {
+    let j = server.jobs(graph).remove(name).unwrap_or_else(|| {
+        panic!(
+            "graph {graph} has no job {name}\n{}",
+            server.describe(Some(graph))
+        )
+    });
+    (j.node.unwrap_or_default(), j.placement.unwrap_or_default())
+}
+
+fn commit(repo: &Path, lwr_yml: &str) {
+    std::fs::write(repo.join("lwr.yml"), lwr_yml).unwrap();
+    git_commit_all(repo, "next");
+}
+
+fn push_wait(server: &Server, repo: &Path) -> i64 {
+    let out = server.push(repo, true);
+    out.assert_success();
+    out.pushed_graph()
+}
+
+fn signal(node: &Node, sig: &str) {
+    let pid = node.daemon.pid().expect("the node runs");
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("running kill")
+        .success();
+    assert!(ok, "kill {sig} {pid} failed");
+}
+
+#[test]
+fn requirements_fastest_affinity_and_unsatisfiable_jobs() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let _slow = server.node(dir.path(), "slow", 1, &["speed=1", "gpu=no"]);
+    let _fast = server.node(dir.path(), "fast", 1, &["speed=10", "gpu=yes"]);
+    server.wait_node("slow");
+    server.wait_node("fast");
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  gpu-job:\n    run: \"true\"\n    node: {gpu: \"yes\"}\n  \
+         pick-fast:\n    needs: [gpu-job]\n    run: \"true\"\n    prefer: [fastest]\n  \
+         build:\n    needs: [pick-fast]\n    run: \"true\"\n    node: {speed: \"1\"}\n  \
+         linux:\n    needs: [build]\n    run: \"true\"\n    node: {os: linux}\n",
+    );
+    let g = push_wait(&server, &repo);
+    assert_eq!(
+        placed(&server, g, "gpu-job"),
+        ("fast".into(), "only matching node".into())
+    );
+    assert_eq!(
+        placed(&server, g, "pick-fast"),
+        ("fast".into(), "fastest matching".into())
+    );
+    assert_eq!(placed(&server, g, "build").0, "slow");
+    // Both match and the fast one is free: it gets it.
+    assert_eq!(placed(&server, g, "linux").0, "fast");
+
+    // The next push: build without requirements goes back to the node that built it.
+    commit(&repo, "version: 1\njobs:\n  build:\n    run: \"true\"\n");
+    let g2 = push_wait(&server, &repo);
+    assert_eq!(
+        placed(&server, g2, "build"),
+        (
+            "slow".into(),
+            "affinity: last success of build on main".into()
+        )
+    );
+    // The run records it too.
+    let detail = server.job(g2, "build");
+    assert_eq!(
+        detail.run_history[0].placement.as_deref(),
+        Some("affinity: last success of build on main")
+    );
+
+    // Jobs no node can run stay pending, saying which requirement nobody meets.
+    commit(
+        &repo,
+        "version: 1\njobs:\n  nowhere:\n    run: \"true\"\n    node: {os: plan9}\n  \
+         elsewhere:\n    run: \"true\"\n    node: {hostname: no-such-host}\n  \
+         here:\n    run: \"true\"\n",
+    );
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let g3 = out.pushed_graph();
+    server.wait_job(g3, "here", JobState::Succeeded, None);
+    let jobs = server.jobs(g3);
+    let nowhere = &jobs["nowhere"];
+    assert_eq!(nowhere.state, JobState::Pending);
+    let reason = nowhere.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("no node matches: os=plan9 ("),
+        "{reason}"
+    );
+    let elsewhere = jobs["elsewhere"].reason.clone().unwrap_or_default();
+    assert!(elsewhere.contains("hostname=no-such-host"), "{elsewhere}");
+    // And `lwr jobs --json` shows it as users see it.
+    let json = server.jobs_json().to_string();
+    assert!(json.contains("os=plan9"), "{json}");
+}
+
+#[test]
+fn affinity_waits_for_its_node_within_the_window_and_falls_back_after() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let _a = server.node(dir.path(), "a", 1, &["speed=10"]);
+    let _b = server.node(dir.path(), "b", 1, &["speed=1", "pin=b"]);
+    server.wait_node("a");
+    server.wait_node("b");
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  build:\n    run: \"true\"\n    node: {pin: b}\n",
+    );
+    let g = push_wait(&server, &repo);
+    assert_eq!(placed(&server, g, "build").0, "b");
+
+    // b is busy for a second: build waits for it (window 10 s) rather than go to a.
+    commit(
+        &repo,
+        "version: 1\njobs:\n  blocker:\n    run: sleep 1\n    node: {pin: b}\n  \
+         build:\n    run: \"true\"\n    affinity_wait: 10s\n",
+    );
+    let started = Instant::now();
+    let g = push_wait(&server, &repo);
+    assert_eq!(
+        placed(&server, g, "build"),
+        ("b".into(), "affinity: last success of build on main".into())
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+
+    // b is busy for longer than the window (2 s): build goes to a once it expires.
+    commit(
+        &repo,
+        "version: 1\njobs:\n  blocker:\n    run: sleep 6\n    node: {pin: b}\n  \
+         build:\n    run: \"true\"\n    affinity_wait: 2s\n",
+    );
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let g = out.pushed_graph();
+    let started = Instant::now();
+    server.wait_job(g, "build", JobState::Succeeded, Some("a"));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "build ran after {waited:?}"
+    );
+    assert_eq!(
+        placed(&server, g, "build"),
+        ("a".into(), "affinity wait expired after 2 s".into())
+    );
+    assert_eq!(server.jobs(g)["blocker"].state, JobState::Running);
+}
+
+#[test]
+fn a_job_interrupted_on_a_spot_node_is_retried_on_a_reserved_one() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let mut spot = server.node(dir.path(), "spot", 1, &["instance=spot", "speed=10"]);
+    let _res = server.node(dir.path(), "res", 1, &["instance=reserved", "speed=1"]);
+    server.wait_node("spot");
+    server.wait_node("res");
+    // The first run lasts until the node goes; a second one ends at once.
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  work:\n    run: 'if [ \"$LWR_RUN\" = 1 ]; then sleep 60; fi'\n",
+    );
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let g = out.pushed_graph();
+    server.wait_job(g, "work", JobState::Running, Some("spot"));
+    // The spot instance is taken away and comes back at once: faster, and free, it would
+    // get the retry if the interruption were not remembered.
+    spot.daemon.kill();
+    spot.daemon.start();
+    server.wait_job(g, "work", JobState::Succeeded, Some("res"));
+    let detail = server.job(g, "work");
+    let runs: Vec<(String, Option<String>)> = detail
+        .run_history
+        .iter()
+        .map(|r| (r.node.clone(), r.placement.clone()))
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0].0, "spot");
+    assert_eq!(
+        runs[1],
+        (
+            "res".into(),
+            Some("reserved after spot interruption".into())
+        )
+    );
+}
+
+#[test]
+fn a_disabled_node_finishes_its_job_and_claims_no_more_until_enabled() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let _n1 = server.node(dir.path(), "n1", 1, &[]);
+    server.wait_node("n1");
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  first:\n    run: sleep 1\n  second:\n    needs: [first]\n    run: \"true\"\n",
+    );
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let g = out.pushed_graph();
+    server.wait_job(g, "first", JobState::Running, Some("n1"));
+    server
+        .lwr(&["nodes", "disable", "n1", "--reason", "maintenance"])
+        .assert_success();
+    let nodes = server.lwr(&["nodes", "--json"]);
+    nodes.assert_success();
+    let n1 = &nodes.json()["nodes"][0];
+    assert_eq!(n1["state"], "disabled", "{n1}");
+    assert_eq!(n1["state_reason"], "maintenance", "{n1}");
+    // It finishes what it runs ...
+    server.wait_job(g, "first", JobState::Succeeded, Some("n1"));
+    // ... and takes nothing more: `second` is ready and stays pending.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(server.jobs(g)["second"].state, JobState::Pending);
+    server.lwr(&["nodes", "enable", "n1"]).assert_success();
+    server.wait_job(g, "second", JobState::Succeeded, Some("n1"));
+    let listing = server.lwr(&["nodes"]);
+    listing.assert_success();
+    assert!(listing.stdout.contains("n1"), "{listing}");
+    // Unknown nodes are a clear error.
+    server
+        .lwr(&["nodes", "disable", "nobody"])
+        .assert_failure()
+        .assert_clear_error(2);
+}
+
+#[test]
+fn a_node_whose_runs_keep_failing_for_infrastructure_reasons_is_quarantined() {
+    let dir = tempdir();
+    let server = Server::start_with(dir.path(), &["--quarantine-after", "2"], &[]);
+    // A node that claims and reports through the API, every run an exception.
+    let flaky = server
+        .api
+        .block_on(server.api.client().register_node(&RegisterNode {
+            name: "flaky".into(),
+            properties: lwr_node::props::discover(Default::default()),
+            slots: 1,
+        }))
+        .unwrap()
+        .id;
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  work:\n    run: \"true\"\n    retries: 5\n",
+    );
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let g = out.pushed_graph();
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        let claimed = server
+            .api
+            .block_on(server.api.client().claim(
+                flaky,
+                &ClaimRequest {
+                    max: 1,
+                    wait_ms: 5000,
+                    results: std::mem::take(&mut results),
+                },
+            ))
+            .unwrap();
+        let run = claimed.assignments.first().expect("flaky gets the job");
+        results.push(RunResult {
+            run_id: run.run_id,
+            outcome: Outcome::Exception,
+            exit_code: None,
+            reason: Some("disk full".into()),
+        });
+    }
+    server
+        .api
+        .block_on(
+            server
+                .api
+                .client()
+                .report(flaky, &ReportResults { results }),
+        )
+        .unwrap();
+    let nodes = server.api.nodes().unwrap();
+    let node = nodes.nodes.iter().find(|n| n.name == "flaky").unwrap();
+    assert_eq!(node.state, "quarantined", "{node:?}");
+    assert!(
+        node.state_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("infrastructure errors"),
+        "{node:?}"
+    );
+    // It gets nothing more; a healthy node runs the job.
+    let none = server
+        .api
+        .block_on(server.api.client().claim(
+            flaky,
+            &ClaimRequest {
+                max: 1,
+                wait_ms: 0,
+                results: Vec::new(),
+            },
+        ))
+        .unwrap();
+    assert!(none.assignments.is_empty());
+    let _good = server.node(dir.path(), "good", 1, &[]);
+    server.wait_job(g, "work", JobState::Succeeded, Some("good"));
+    // An operator puts it back.
+    server.lwr(&["nodes", "enable", "flaky"]).assert_success();
+    let nodes = server.api.nodes().unwrap();
+    let node = nodes.nodes.iter().find(|n| n.name == "flaky").unwrap();
+    assert_ne!(node.state, "quarantined");
+    assert_eq!(node.infra_errors, 0);
+}
+
+#[test]
+fn a_node_that_stops_heartbeating_is_lost_and_its_job_runs_elsewhere() {
+    let dir = tempdir();
+    let server = Server::start_with(dir.path(), &["--node-lost-after", "2s"], &[]);
+    let n1 = server.node(dir.path(), "n1", 1, &["speed=10"]);
+    let _n2 = server.node(dir.path(), "n2", 1, &["speed=1"]);
+    server.wait_node("n1");
+    server.wait_node("n2");
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  work:\n    run: 'if [ \"$LWR_RUN\" = 1 ]; then sleep 60; fi'\n",
+    );
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let g = out.pushed_graph();
+    server.wait_job(g, "work", JobState::Running, Some("n1"));
+    signal(&n1, "-STOP");
+    server.wait_job(g, "work", JobState::Succeeded, Some("n2"));
+    wait_until("n1 to be lost", DEADLINE, || {
+        let nodes = server.api.nodes().map_err(|e| e.to_string())?;
+        let n = nodes.nodes.iter().find(|n| n.name == "n1").unwrap();
+        if n.state == "lost" {
+            Ok(())
+        } else {
+            Err(format!("{n:?}"))
+        }
+    });
+    let detail = server.job(g, "work");
+    assert_eq!(
+        detail.run_history[0].reason.as_deref(),
+        Some("claim-expired")
+    );
+    signal(&n1, "-CONT");
+}
+
+#[test]
+fn operators_label_nodes_and_labels_survive_registering_again() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let mut n1 = server.node(dir.path(), "n1", 1, &[]);
+    server.wait_node("n1");
+    let out = server.lwr(&["nodes", "label", "n1", "speed=7", "instance=spot", "--json"]);
+    out.assert_success();
+    assert_eq!(out.json()["properties"]["tags"]["speed"], "7", "{out}");
+    n1.daemon.terminate(Duration::from_secs(10));
+    n1.daemon.start();
+    wait_until("n1 to register again", DEADLINE, || {
+        let nodes = server.api.nodes().map_err(|e| e.to_string())?;
+        let n = &nodes.nodes[0];
+        match n.properties.tags.get("speed") {
+            Some(s) if s == "7" && n.state == "idle" => Ok(()),
+            _ => Err(format!("{n:?}")),
+        }
+    });
+    server
+        .lwr(&["nodes", "label", "n1", "instance="])
+        .assert_success();
+    let nodes = server.api.nodes().unwrap();
+    assert!(!nodes.nodes[0].properties.tags.contains_key("instance"));
+    server
+        .lwr(&["nodes", "label", "n1", "os=plan9"])
+        .assert_failure()
+        .assert_clear_error(2);
+}
