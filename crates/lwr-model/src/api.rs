@@ -357,10 +357,11 @@ pub struct Assignment {
     /// (`/v1/runs/{id}/manifest`). The node writes it to the file named by `$LWR_MANIFESTS`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub manifests: BTreeMap<String, String>,
-    /// Run in a directory kept for this job between runs (`keep_workdir: true`), so a
-    /// run on the node that built the job last finds its previous work.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub keep_workdir: bool,
+    /// `keep_workdir: true`: the name of a directory the node keeps for this job (of this
+    /// repository and branch) between runs, so a run on the node that built the job last
+    /// finds its previous work. `None`: a fresh, empty directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_dir: Option<String>,
 }
 
 /// `PUT /v1/runs/{id}/manifest`: the node's part of a run's manifest, sent after the run's

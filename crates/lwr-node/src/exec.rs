@@ -22,6 +22,8 @@ pub struct Launch {
     pub command: String,
     pub env: BTreeMap<String, String>,
     pub dir: PathBuf,
+    /// `dir` is kept between runs of the job (`keep_workdir`): used as it is, not emptied.
+    pub keep: bool,
     pub log: PathBuf,
     pub timeout: Duration,
 }
@@ -48,7 +50,12 @@ pub async fn run(
         exit_code: None,
         reason: Some(reason),
     };
-    if let Err(e) = fresh_dir(&launch.dir) {
+    let prepared = if launch.keep {
+        std::fs::create_dir_all(&launch.dir)
+    } else {
+        fresh_dir(&launch.dir)
+    };
+    if let Err(e) = prepared {
         return exception(format!(
             "cannot prepare job dir {}: {e}",
             launch.dir.display()
@@ -342,6 +349,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             dir: tmp.path().join("job"),
+            keep: false,
             log: tmp.path().join("log"),
             timeout,
         };

@@ -73,6 +73,8 @@ struct Node {
     /// Job directories and log files not in use: one pair per slot, reused job after job,
     /// so thousands of short jobs do not create and delete thousands of files.
     free_dirs: Mutex<Vec<(PathBuf, PathBuf)>>,
+    /// Kept job directories (`keep_workdir`) a run uses now.
+    kept_in_use: Mutex<std::collections::HashSet<String>>,
     journal: Arc<Journal>,
     reporter: Reporter,
     /// Given to every job as `LWR_BIN` and `LWR_CACHE_DIR`: decision jobs run this very
@@ -129,6 +131,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         lease_secs: AtomicU64::new(1),
         running: Mutex::new(HashMap::new()),
         free_dirs: Mutex::new(free_dirs),
+        kept_in_use: Mutex::new(Default::default()),
         journal,
         reporter,
         lwr_bin: lwr_binary(),
@@ -275,10 +278,21 @@ impl Node {
     }
 
     async fn run_job(&self, a: Assignment) {
-        let Some((dir, slot_log)) = lock(&self.free_dirs).pop() else {
+        let Some((slot_dir, slot_log)) = lock(&self.free_dirs).pop() else {
             // More jobs than slots cannot happen: each job holds a slot's permit.
             tracing::error!("run {}: no free job directory; left to expire", a.run_id);
             return;
+        };
+        // A kept directory serves one run at a time; a second run of the same job at once
+        // gets a fresh slot directory.
+        let kept = a
+            .kept_dir
+            .as_ref()
+            .filter(|name| lock(&self.kept_in_use).insert((*name).clone()))
+            .cloned();
+        let dir = match &kept {
+            Some(name) => self.config.work_dir.join("kept").join(name),
+            None => slot_dir.clone(),
         };
         let mut env = a.env.clone();
         env.insert("LWR_SERVER".into(), self.config.server.clone());
@@ -310,6 +324,7 @@ impl Node {
             command: a.command.clone(),
             env,
             dir: dir.clone(),
+            keep: kept.is_some(),
             log: slot_log.clone(),
             timeout: Duration::from_secs(a.timeout_secs.max(1)),
         };
@@ -347,10 +362,17 @@ impl Node {
         }
         self.reporter.submit(result, outputs);
         lock(&self.running).remove(&a.run_id);
-        if let Err(e) = exec::fresh_dir(&dir) {
-            tracing::warn!("cannot empty job dir {}: {e}", dir.display());
+        match kept {
+            Some(name) => {
+                lock(&self.kept_in_use).remove(&name);
+            }
+            None => {
+                if let Err(e) = exec::fresh_dir(&dir) {
+                    tracing::warn!("cannot empty job dir {}: {e}", dir.display());
+                }
+            }
         }
-        lock(&self.free_dirs).push((dir, slot_log));
+        lock(&self.free_dirs).push((slot_dir, slot_log));
     }
 
     /// Moves a finished run's artifacts out of its job dir into its outbox before the dir

@@ -241,6 +241,11 @@ impl Store {
                 .op("creating run")?,
                 "id",
             )?;
+            let kept_dir = if spec.keep_workdir {
+                Some(kept_dir(tx, graph_id, &spec.name).await?)
+            } else {
+                None
+            };
             // Dependents learn where their needs' manifests are, never guessing a URL.
             let manifests = if spec.needs.is_empty() {
                 Default::default()
@@ -259,7 +264,7 @@ impl Store {
                 lease_secs: (lease_ms / 1000).max(1) as u64,
                 artifacts: spec.artifacts,
                 manifests,
-                keep_workdir: spec.keep_workdir,
+                kept_dir,
             });
         }
         // Holds matter only when the node got nothing: otherwise it claims again soon.
@@ -503,6 +508,34 @@ impl Store {
             .op("analyzing tables")?;
         Ok(())
     }
+}
+
+/// The name of the directory a node keeps for job `name` of graph `graph_id` between runs
+/// (`keep_workdir: true`): one per repository, branch and job, safe as a file name.
+async fn kept_dir(tx: &mut Tx, graph_id: i64, name: &str) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let row = sqlx::query("SELECT repository, branch FROM graphs WHERE id = $1")
+        .bind(graph_id)
+        .fetch_one(&mut **tx)
+        .await
+        .op("reading graph")?;
+    let repository: Option<String> = col(&row, "repository")?;
+    let branch: Option<String> = col(&row, "branch")?;
+    let key = format!(
+        "{}\n{}\n{name}",
+        repository.unwrap_or_default(),
+        branch.unwrap_or_default()
+    );
+    let hash: String = Sha256::digest(key.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let readable: String = name
+        .chars()
+        .take(64)
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect();
+    Ok(format!("{readable}-{hash}"))
 }
 
 /// Each need of job `job_id` with the manifest location of its latest run (the one that

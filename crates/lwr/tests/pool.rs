@@ -392,3 +392,28 @@ fn operators_label_nodes_and_labels_survive_registering_again() {
         .assert_failure()
         .assert_clear_error(2);
 }
+
+#[test]
+fn keep_workdir_keeps_the_jobs_directory_between_runs_on_a_node() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let _n1 = server.node(dir.path(), "n1", 2, &[]);
+    server.wait_node("n1");
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  warm:\n    run: touch built\n    keep_workdir: true\n  \
+         cold:\n    run: touch built\n",
+    );
+    let g = push_wait(&server, &repo);
+    assert_eq!(server.wait_finished(g).counts.succeeded, 2);
+    // The second run of `warm` finds what the first left; `cold` starts empty.
+    commit(
+        &repo,
+        "version: 1\njobs:\n  warm:\n    run: test -f built\n    keep_workdir: true\n  \
+         cold:\n    run: test ! -f built\n",
+    );
+    let g = push_wait(&server, &repo);
+    let jobs = server.jobs(g);
+    assert_eq!(jobs["warm"].state, JobState::Succeeded, "{}", server.describe(Some(g)));
+    assert_eq!(jobs["cold"].state, JobState::Succeeded, "{}", server.describe(Some(g)));
+}
