@@ -288,14 +288,14 @@ pub struct NodeInfo {
     pub name: String,
     pub properties: NodeProperties,
     pub slots: u32,
-    /// `idle`, `busy`, `lost`, `disabled`, `quarantined` or `draining`: what an operator
-    /// made of it first, then what it is doing.
+    /// `idle`, `busy`, `lost`, `unhealthy`, `disabled`, `quarantined` or `draining`: what
+    /// an operator made of it first, then its health, then what it is doing.
     pub state: String,
     /// Runs it holds now.
     pub running: u32,
     /// RFC 3339 time of its last request.
     pub last_seen: String,
-    /// Why it is disabled, quarantined or draining.
+    /// Why it is disabled, quarantined, draining or unhealthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<String>,
     /// Its latest runs that ended in infrastructure errors, in a row.
@@ -393,6 +393,10 @@ pub struct ClaimResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Heartbeat {
     pub runs: Vec<i64>,
+    /// Why the node's health check fails; absent when healthy (or it has none). An unhealthy
+    /// node claims nothing and no job waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -118,6 +118,8 @@ pub struct PoolNode {
     pub running: u32,
     /// Milliseconds since the epoch of its last heartbeat or claim.
     pub last_seen: i64,
+    /// Why its own health check fails (`lwr node --health-check`); `None`: healthy.
+    pub health: Option<String>,
     speed: f64,
     spot: bool,
 }
@@ -141,6 +143,7 @@ impl PoolNode {
             slots,
             running,
             last_seen,
+            health: None,
             speed,
             spot,
         }
@@ -205,9 +208,9 @@ impl Pool {
         now - node.last_seen <= self.lost_after_ms
     }
 
-    /// Alive and enabled: it may be given work.
+    /// Alive, enabled and healthy: it may be given work.
     pub fn usable(&self, node: &PoolNode, now: i64) -> bool {
-        node.state == NodeState::Enabled && self.alive(node, now)
+        node.state == NodeState::Enabled && node.health.is_none() && self.alive(node, now)
     }
 
     /// Why no usable node can run a job with `req`; `None` when one can. For a pending job's
@@ -523,6 +526,12 @@ mod tests {
         off.state = NodeState::Disabled;
         assert_eq!(
             taken(decide(&job(), &slow, &pool(&[slow.clone(), off]), NOW)),
+            "only matching node"
+        );
+        let mut sick = fast.clone();
+        sick.health = Some("disk full".into());
+        assert_eq!(
+            taken(decide(&job(), &slow, &pool(&[slow.clone(), sick]), NOW)),
             "only matching node"
         );
         let mut lost = fast.clone();

@@ -30,6 +30,10 @@ use crate::report::Reporter;
 
 /// How long one claim waits on the server for a job before asking again.
 const CLAIM_WAIT: Duration = Duration::from_secs(20);
+/// How often a node whose health check fails runs it again.
+const HEALTH_RETRY: Duration = Duration::from_secs(2);
+/// Longest a health check may take before it counts as failed.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest pause between attempts to reach a server that does not answer.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -42,6 +46,8 @@ pub struct NodeConfig {
     pub work_dir: PathBuf,
     /// Bearer token (scope `node:register`) for a server that checks tokens.
     pub token: Option<String>,
+    /// Shell command run before each claim; while it fails the node claims nothing.
+    pub health_check: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -73,6 +79,8 @@ struct Node {
     /// Job directories and log files not in use: one pair per slot, reused job after job,
     /// so thousands of short jobs do not create and delete thousands of files.
     free_dirs: Mutex<Vec<(PathBuf, PathBuf)>>,
+    /// Why the health check fails, told to the server with each heartbeat; `None`: healthy.
+    unhealthy: Mutex<Option<String>>,
     /// Kept job directories (`keep_workdir`) a run uses now.
     kept_in_use: Mutex<std::collections::HashSet<String>>,
     journal: Arc<Journal>,
@@ -132,6 +140,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         running: Mutex::new(HashMap::new()),
         free_dirs: Mutex::new(free_dirs),
         kept_in_use: Mutex::new(Default::default()),
+        unhealthy: Mutex::new(None),
         journal,
         reporter,
         lwr_bin: lwr_binary(),
@@ -217,6 +226,13 @@ impl Node {
                 _ = stop.wait_for(|s| *s) => return,
             };
             let Ok(first) = first else { return };
+            if !self.healthy().await {
+                drop(first);
+                tokio::select! {
+                    _ = tokio::time::sleep(HEALTH_RETRY) => continue,
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
             let mut permits = vec![first];
             while let Ok(p) = slots.clone().try_acquire_owned() {
                 permits.push(p);
@@ -275,6 +291,53 @@ impl Node {
                 Err(e) => backoff.wait(&format!("claiming work: {e}")).await,
             }
         }
+    }
+
+    /// Runs the health check, if any; remembers (and logs, on a change) why it fails.
+    async fn healthy(&self) -> bool {
+        let Some(cmd) = &self.config.health_check else {
+            return true;
+        };
+        let outcome = tokio::time::timeout(
+            HEALTH_TIMEOUT,
+            tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await;
+        let failure = match outcome {
+            Ok(Ok(out)) if out.status.success() => None,
+            Ok(Ok(out)) => {
+                let said = String::from_utf8_lossy(&out.stderr);
+                let said = said.trim().lines().last().unwrap_or_default().to_string();
+                Some(format!(
+                    "health check `{cmd}` failed ({}){}",
+                    out.status,
+                    if said.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {said}")
+                    }
+                ))
+            }
+            Ok(Err(e)) => Some(format!("cannot run health check `{cmd}`: {e}")),
+            Err(_) => Some(format!(
+                "health check `{cmd}` took over {} s",
+                HEALTH_TIMEOUT.as_secs()
+            )),
+        };
+        let mut current = lock(&self.unhealthy);
+        if *current != failure {
+            match &failure {
+                Some(why) => tracing::warn!("{why}; claiming nothing until it passes"),
+                None => tracing::info!("health check passes again; claiming work"),
+            }
+            *current = failure;
+        }
+        current.is_none()
     }
 
     async fn run_job(&self, a: Assignment) {
@@ -445,7 +508,12 @@ impl Node {
                 Duration::from_secs((self.lease_secs.load(Ordering::Relaxed) / 3).clamp(1, 5));
             tokio::time::sleep(every).await;
             let runs: Vec<i64> = lock(&self.running).keys().copied().collect();
-            match self.client.heartbeat(self.id, &Heartbeat { runs }).await {
+            let unhealthy = lock(&self.unhealthy).clone();
+            match self
+                .client
+                .heartbeat(self.id, &Heartbeat { runs, unhealthy })
+                .await
+            {
                 Ok(resp) => {
                     self.lease_secs
                         .store(resp.lease_secs.max(1), Ordering::Relaxed);

@@ -731,7 +731,13 @@ async fn heartbeat(
             format!("more than {MAX_BATCH} runs"),
         ));
     }
-    let abandon = state.queue.heartbeat(node, &hb.runs).await?;
+    if let Some(why) = &hb.unhealthy {
+        check_len("unhealthy", why, MAX_REASON)?;
+    }
+    let abandon = state
+        .queue
+        .heartbeat(node, &hb.runs, hb.unhealthy.as_deref())
+        .await?;
     Ok(Json(HeartbeatResponse {
         lease_secs: state.queue.lease().as_secs(),
         abandon,

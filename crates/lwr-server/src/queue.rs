@@ -156,10 +156,21 @@ impl Queue {
         }
     }
 
-    pub async fn heartbeat(&self, node_id: i64, runs: &[i64]) -> Result<Vec<i64>, StoreError> {
-        self.store
-            .heartbeat(node_id, runs, now_ms(), self.lease_ms())
-            .await
+    pub async fn heartbeat(
+        &self,
+        node_id: i64,
+        runs: &[i64],
+        unhealthy: Option<&str>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let abandon = self
+            .store
+            .heartbeat_health(node_id, runs, now_ms(), self.lease_ms(), unhealthy)
+            .await?;
+        if unhealthy.is_some() {
+            // Jobs held for this node look again: it is no longer waited for.
+            self.wake(Effects::NEW_WORK);
+        }
+        Ok(abandon)
     }
 
     pub async fn report(

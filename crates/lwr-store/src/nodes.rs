@@ -176,7 +176,7 @@ impl Store {
 
 /// Nodes with the number of runs each holds.
 const NODE_SELECT: &str = "SELECT n.id, n.name, n.properties, n.labels, n.slots, n.last_seen, \
-     n.state AS admin_state, n.state_reason, n.infra_errors, \
+     n.state AS admin_state, n.state_reason, n.infra_errors, n.health, \
      COALESCE(r.running, 0) AS running FROM nodes n LEFT JOIN (SELECT node_id, COUNT(*) AS \
      running FROM runs WHERE state = 'running' GROUP BY node_id) r ON r.node_id = n.id";
 
@@ -184,8 +184,15 @@ fn node_info(row: &sqlx::any::AnyRow, now: i64, lost_after_ms: i64) -> Result<No
     let last_seen: i64 = col(row, "last_seen")?;
     let running = u32_of(col(row, "running")?);
     let admin = crate::pool::parse_state(&col::<String>(row, "admin_state")?)?;
+    let health: Option<String> = col(row, "health")?;
+    let mut state_reason: Option<String> = col(row, "state_reason")?;
     let state = if admin != NodeState::Enabled {
         admin.as_str()
+    } else if now - last_seen > lost_after_ms {
+        "lost"
+    } else if health.is_some() {
+        state_reason = health;
+        "unhealthy"
     } else if now - last_seen > lost_after_ms {
         "lost"
     } else if running > 0 {
@@ -201,7 +208,7 @@ fn node_info(row: &sqlx::any::AnyRow, now: i64, lost_after_ms: i64) -> Result<No
         state: state.to_string(),
         running,
         last_seen: rfc3339(last_seen),
-        state_reason: col(row, "state_reason")?,
+        state_reason,
         infra_errors: u32_of(col(row, "infra_errors")?),
     })
 }

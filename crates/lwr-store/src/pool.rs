@@ -114,13 +114,14 @@ impl Placement {
 }
 
 /// Nodes with the number of runs each holds.
-const POOL_SELECT: &str = "SELECT n.id, n.name, n.properties, n.labels, n.slots, n.last_seen, n.state, \
+const POOL_SELECT: &str = "SELECT n.id, n.name, n.properties, n.labels, n.slots, n.last_seen, \
+     n.state, n.health, \
      COALESCE(r.running, 0) AS running FROM nodes n LEFT JOIN (SELECT node_id, COUNT(*) AS \
      running FROM runs WHERE state = 'running' GROUP BY node_id) r ON r.node_id = n.id";
 
 fn pool_node(row: &sqlx::any::AnyRow) -> Result<PoolNode> {
     let state: String = col(row, "state")?;
-    Ok(PoolNode::new(
+    let mut node = PoolNode::new(
         col(row, "id")?,
         col(row, "name")?,
         crate::nodes::properties(row)?,
@@ -128,7 +129,9 @@ fn pool_node(row: &sqlx::any::AnyRow) -> Result<PoolNode> {
         u32_of(col(row, "slots")?),
         u32_of(col(row, "running")?),
         col(row, "last_seen")?,
-    ))
+    );
+    node.health = col(row, "health")?;
+    Ok(node)
 }
 
 pub(crate) fn parse_state(s: &str) -> Result<NodeState> {
@@ -283,10 +286,11 @@ impl Store {
         });
     }
 
-    pub(crate) fn note_seen(&self, node_id: i64, now: i64) {
+    pub(crate) fn note_seen(&self, node_id: i64, now: i64, unhealthy: Option<&str>) {
         self.pool.with(|p| {
             if let Some(n) = p.get_mut(node_id) {
                 n.last_seen = n.last_seen.max(now);
+                n.health = unhealthy.map(str::to_string);
             }
         });
     }

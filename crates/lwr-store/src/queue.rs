@@ -147,7 +147,7 @@ impl Store {
                     now,
                 )
             });
-        if claimer.state != NodeState::Enabled {
+        if claimer.state != NodeState::Enabled || claimer.health.is_some() {
             return Ok((Vec::new(), None));
         }
         let select = claim_select(self.dialect);
@@ -285,10 +285,25 @@ impl Store {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<i64>> {
+        self.heartbeat_health(node_id, runs, now, lease_ms, None)
+            .await
+    }
+
+    /// [`Store::heartbeat`] that also records the node's health: `unhealthy` says why its
+    /// health check fails, `None` that it passes (or the node has none).
+    pub async fn heartbeat_health(
+        &self,
+        node_id: i64,
+        runs: &[i64],
+        now: i64,
+        lease_ms: i64,
+        unhealthy: Option<&str>,
+    ) -> Result<Vec<i64>> {
         let mut tx = self.write.begin().await.op("starting heartbeat")?;
-        let known = sqlx::query("UPDATE nodes SET last_seen = $1 WHERE id = $2")
+        let known = sqlx::query("UPDATE nodes SET last_seen = $1, health = $3 WHERE id = $2")
             .bind(now)
             .bind(node_id)
+            .bind(unhealthy.map(str::to_string))
             .execute(&mut *tx)
             .await
             .op("touching node")?
@@ -317,7 +332,7 @@ impl Store {
             }
         }
         tx.commit().await.op("committing heartbeat")?;
-        self.note_seen(node_id, now);
+        self.note_seen(node_id, now, unhealthy);
         Ok(abandon)
     }
 
@@ -533,7 +548,13 @@ async fn kept_dir(tx: &mut Tx, graph_id: i64, name: &str) -> Result<String> {
     let readable: String = name
         .chars()
         .take(64)
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     Ok(format!("{readable}-{hash}"))
 }

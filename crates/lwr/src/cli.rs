@@ -324,6 +324,10 @@ pub struct NodeArgs {
     /// Where job directories, logs and unreported results live.
     #[arg(long, default_value = "./.lwr-node")]
     pub work_dir: PathBuf,
+    /// Shell command run before each claim; while it fails (non-zero exit, or over 60 s)
+    /// the node claims nothing and the server shows it `unhealthy`.
+    #[arg(long, value_name = "CMD")]
+    pub health_check: Option<String>,
 }
 
 #[derive(Debug, Args)]

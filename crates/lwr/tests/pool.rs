@@ -414,6 +414,64 @@ fn keep_workdir_keeps_the_jobs_directory_between_runs_on_a_node() {
     );
     let g = push_wait(&server, &repo);
     let jobs = server.jobs(g);
-    assert_eq!(jobs["warm"].state, JobState::Succeeded, "{}", server.describe(Some(g)));
-    assert_eq!(jobs["cold"].state, JobState::Succeeded, "{}", server.describe(Some(g)));
+    assert_eq!(
+        jobs["warm"].state,
+        JobState::Succeeded,
+        "{}",
+        server.describe(Some(g))
+    );
+    assert_eq!(
+        jobs["cold"].state,
+        JobState::Succeeded,
+        "{}",
+        server.describe(Some(g))
+    );
+}
+
+#[test]
+fn a_node_whose_health_check_fails_claims_nothing_until_it_passes() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let sick = dir.path().join("sick");
+    std::fs::write(&sick, "").unwrap();
+    let check = format!(
+        "test ! -f {} || {{ echo disk full >&2; exit 1; }}",
+        sh_quote(&sick)
+    );
+    let _n1 = Node::start_with_args(
+        dir.path(),
+        &server.url,
+        "n1",
+        1,
+        &["--health-check", &check],
+    );
+    server.wait_node("n1");
+    wait_until("n1 to be unhealthy", DEADLINE, || {
+        let nodes = server.api.nodes().map_err(|e| e.to_string())?;
+        let n = &nodes.nodes[0];
+        match (&*n.state, n.state_reason.as_deref()) {
+            ("unhealthy", Some(why)) if why.contains("disk full") => Ok(()),
+            _ => Err(format!("{n:?}")),
+        }
+    });
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  work:\n    run: \"true\"\n",
+    );
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let g = out.pushed_graph();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(server.jobs(g)["work"].state, JobState::Pending);
+    std::fs::remove_file(&sick).unwrap();
+    server.wait_job(g, "work", JobState::Succeeded, Some("n1"));
+    wait_until("n1 to be healthy", DEADLINE, || {
+        let nodes = server.api.nodes().map_err(|e| e.to_string())?;
+        let n = &nodes.nodes[0];
+        if n.state == "idle" {
+            Ok(())
+        } else {
+            Err(format!("{n:?}"))
+        }
+    });
 }

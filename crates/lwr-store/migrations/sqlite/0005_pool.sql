@@ -8,6 +8,8 @@ ALTER TABLE nodes ADD COLUMN state_reason TEXT;
 -- JSON map of tags an operator set (`lwr nodes label`); they win over the node's own and
 -- survive its registering again
 ALTER TABLE nodes ADD COLUMN labels TEXT;
+-- why the node's own health check fails (`lwr node --health-check`); NULL: healthy
+ALTER TABLE nodes ADD COLUMN health TEXT;
 -- its latest runs that ended in an infrastructure error, in a row; reset by any other end
 ALTER TABLE nodes ADD COLUMN infra_errors INTEGER NOT NULL DEFAULT 0;
 

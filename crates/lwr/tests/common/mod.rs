@@ -1112,6 +1112,34 @@ impl Node {
             args.push("--token".into());
             args.push(token.to_string());
         }
+        Node::spawn(dir, name, work_dir, args)
+    }
+
+    /// A node with extra arguments after the usual ones (`--health-check CMD`).
+    pub fn start_with_args(
+        dir: &Path,
+        server: &str,
+        name: &str,
+        slots: u32,
+        extra: &[&str],
+    ) -> Node {
+        let work_dir = dir.join(name);
+        let mut args = vec![
+            "node".to_string(),
+            "--server".into(),
+            server.into(),
+            "--name".into(),
+            name.into(),
+            "--slots".into(),
+            slots.to_string(),
+            "--work-dir".into(),
+            work_dir.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Node::spawn(dir, name, work_dir, args)
+    }
+
+    fn spawn(dir: &Path, name: &str, work_dir: PathBuf, args: Vec<String>) -> Node {
         let log = dir.join(format!("node-{name}.log"));
         let mut daemon = Daemon::new(&format!("node {name}"), args, log, vec![work_dir.clone()]);
         daemon.start();
