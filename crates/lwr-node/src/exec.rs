@@ -33,6 +33,9 @@ pub struct Launch {
 pub enum Stop {
     /// The server says the run is no longer ours.
     Abandoned,
+    /// The node is going away (a spot instance being reclaimed): the run ends as an
+    /// infrastructure error, to run again elsewhere.
+    Interrupted,
 }
 
 /// Runs the job to its end and says how it ended. The process runs in its own process
@@ -146,6 +149,10 @@ async fn wait(
         Ended::Stopped(Stop::Abandoned) => {
             terminate(&mut child, pgid).await;
             exception("abandoned: the server no longer holds this run for the node".into())
+        }
+        Ended::Stopped(Stop::Interrupted) => {
+            terminate(&mut child, pgid).await;
+            exception("spot interruption: the node was shut down while the job ran".into())
         }
     }
 }

@@ -92,7 +92,8 @@ struct Node {
 }
 
 /// Runs the node until `shutdown` resolves; then it claims nothing more, lets its running
-/// jobs finish and reports their results.
+/// jobs finish (a spot node, tagged `instance=spot`, stops them as interrupted) and reports
+/// their results.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let work_error = |source| NodeError::WorkDir {
         dir: config.work_dir.clone(),
@@ -166,6 +167,25 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     );
     let _ = stop_tx.send(true);
     let _ = claims.await;
+    // A spot instance being reclaimed will not live to see its jobs finish: stop them now
+    // and report them, so they are retried (on a non-spot node) at once instead of after
+    // their leases run out.
+    if lwr_model::pool::is_spot(&lwr_model::NodeProperties {
+        tags: node.config.tags.clone(),
+        ..Default::default()
+    }) {
+        let stops: Vec<_> = lock(&node.running).drain().collect();
+        if !stops.is_empty() {
+            tracing::info!(
+                "spot node {}: interrupting {} running jobs",
+                node.config.name,
+                stops.len()
+            );
+        }
+        for (_, stop) in stops {
+            let _ = stop.send(Stop::Interrupted);
+        }
+    }
     // Every permit back means every job has ended and its result is queued.
     let _all = permits.acquire_many(slots).await;
     heartbeat.abort();

@@ -475,3 +475,43 @@ fn a_node_whose_health_check_fails_claims_nothing_until_it_passes() {
         }
     });
 }
+
+#[test]
+fn a_spot_node_told_to_stop_interrupts_its_jobs_and_they_rerun_on_a_reserved_node() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let mut spot = server.node(dir.path(), "spot", 1, &["instance=spot", "speed=10"]);
+    let _res = server.node(dir.path(), "res", 1, &["instance=reserved", "speed=1"]);
+    server.wait_node("spot");
+    server.wait_node("res");
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  work:\n    run: 'if [ \"$LWR_RUN\" = 1 ]; then sleep 60; fi'\n",
+    );
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let g = out.pushed_graph();
+    server.wait_job(g, "work", JobState::Running, Some("spot"));
+    // SIGTERM, as a cloud gives a reclaimed spot instance: the node stops its job, reports
+    // it and exits, without waiting for the 60 s job.
+    let started = Instant::now();
+    let status = spot.daemon.terminate(Duration::from_secs(20));
+    assert!(status.success(), "the spot node exited with {status}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    server.wait_job(g, "work", JobState::Succeeded, Some("res"));
+    let detail = server.job(g, "work");
+    let first = &detail.run_history[0];
+    assert_eq!(first.node, "spot");
+    assert!(
+        first
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("spot interruption"),
+        "{first:?}"
+    );
+    assert_eq!(
+        detail.run_history[1].placement.as_deref(),
+        Some("reserved after spot interruption")
+    );
+}
