@@ -357,11 +357,11 @@ pub fn decide(job: &ReadyJob, claimer: &PoolNode, pool: &Pool, now: i64) -> Deci
                             .nodes
                             .iter()
                             .take_while(|n| n.speed > claimer.speed)
-                            .any(|n| fits(n));
+                            .any(&fits);
                         // Only worked out for a job taken, so the scan costs no claim much.
                         let reason = if busy {
                             "fastest free matching node"
-                        } else if !pool.nodes.iter().any(|n| fits(n)) {
+                        } else if !pool.nodes.iter().any(&fits) {
                             "only matching node"
                         } else {
                             "fastest matching"
@@ -397,7 +397,7 @@ pub fn decide(job: &ReadyJob, claimer: &PoolNode, pool: &Pool, now: i64) -> Deci
             secs(job.affinity_wait_ms)
         ));
     }
-    if pool.nodes.iter().any(|n| fits(n)) {
+    if pool.nodes.iter().any(fits) {
         Decision::Take("first free matching node".into())
     } else {
         Decision::Take("only matching node".into())

@@ -42,10 +42,10 @@ impl Lcg {
 fn properties(i: usize) -> NodeProperties {
     let mut tags = std::collections::BTreeMap::new();
     tags.insert("speed".to_string(), (1 + i % 10).to_string());
-    if i % 20 == 0 {
+    if i.is_multiple_of(20) {
         tags.insert("gpu".to_string(), "yes".to_string());
     }
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         tags.insert("instance".to_string(), "spot".to_string());
     }
     NodeProperties {
@@ -120,7 +120,7 @@ fn policy_alone() -> Duration {
                 affinity: affinity[j],
                 affinity_wait_ms: DEFAULT_AFFINITY_WAIT_MS,
                 ready_for_ms: ready_for[j],
-                avoid_spot: j % 50 == 0,
+                avoid_spot: j.is_multiple_of(50),
             };
             if let Decision::Take(_) = decide(&job, claimer, &pool, NOW) {
                 looked = j + 1;

@@ -193,8 +193,6 @@ fn node_info(row: &sqlx::any::AnyRow, now: i64, lost_after_ms: i64) -> Result<No
     } else if health.is_some() {
         state_reason = health;
         "unhealthy"
-    } else if now - last_seen > lost_after_ms {
-        "lost"
     } else if running > 0 {
         "busy"
     } else {
