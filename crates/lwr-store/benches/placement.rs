@@ -81,12 +81,13 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn policy_alone() -> Duration {
+/// The policy for one claim. `busy_pct` of the nodes hold a run; jobs have been ready for up
+/// to `ready_ms`.
+fn policy_alone(label: &str, busy_pct: u64, ready_ms: u64) -> Duration {
     let mut rng = Lcg(42);
     let nodes: Vec<PoolNode> = (0..NODES)
         .map(|i| {
-            // A backlog: 95% of the nodes are busy.
-            let running = u32::from(rng.below(100) >= 5);
+            let running = u32::from(rng.below(100) < busy_pct);
             PoolNode::new(
                 i as i64,
                 format!("node-{i}"),
@@ -104,7 +105,7 @@ fn policy_alone() -> Duration {
     let affinity: Vec<Option<i64>> = (0..JOBS)
         .map(|_| (rng.below(2) == 0).then(|| rng.below(NODES as u64) as i64))
         .collect();
-    let ready_for: Vec<i64> = (0..JOBS).map(|_| rng.below(120_000) as i64).collect();
+    let ready_for: Vec<i64> = (0..JOBS).map(|_| rng.below(ready_ms) as i64).collect();
     let mut times = Vec::new();
     let mut taken_after = Vec::new();
     for _ in 0..2000 {
@@ -132,8 +133,8 @@ fn policy_alone() -> Duration {
     }
     taken_after.sort();
     println!(
-        "policy alone: {NODES} nodes, {JOBS} ready jobs: median {:?} per claim, p99 {:?} \
-         (jobs looked at: median {}, max {})",
+        "policy alone, {label}: {NODES} nodes, {JOBS} ready jobs: median {:?} per claim, \
+         p99 {:?} (jobs looked at: median {}, max {})",
         median(times.clone()),
         {
             times.sort();
@@ -196,7 +197,11 @@ async fn through_the_store() -> Duration {
 }
 
 fn main() {
-    let policy = policy_alone();
+    // A backlog: nearly every node busy, jobs waiting for up to two minutes.
+    let policy = policy_alone("backlog", 95, 120_000);
+    // A burst: half the nodes free and every job ready for under 2 s, so slower nodes hold
+    // jobs for faster free ones and walk far down the list (the worst case).
+    policy_alone("burst", 50, 2_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
