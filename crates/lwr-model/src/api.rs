@@ -402,6 +402,11 @@ pub struct Heartbeat {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HeartbeatResponse {
     pub lease_secs: u64,
+    /// An operator asked the node to reboot (`lwr nodes reboot`): it claims nothing more,
+    /// finishes its running jobs, then runs its reboot command (or exits for its
+    /// supervisor to restart it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reboot: bool,
     /// Runs the node holds that are no longer its own (lease expired, cancelled): it must
     /// kill them and not report them.
     pub abandon: Vec<i64>,

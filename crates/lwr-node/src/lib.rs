@@ -48,7 +48,24 @@ pub struct NodeConfig {
     pub token: Option<String>,
     /// Shell command run before each claim; while it fails the node claims nothing.
     pub health_check: Option<String>,
+    /// Shell command run once the node drained for a reboot (`lwr nodes reboot`).
+    pub reboot_command: Option<String>,
 }
+
+/// Why [`run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// `shutdown` resolved.
+    Shutdown,
+    /// An operator asked for a reboot and the node has no reboot command: the caller exits
+    /// with [`REBOOT_EXIT_CODE`] for its supervisor to restart it.
+    Reboot,
+    /// The node drained and ran its reboot command.
+    Rebooting,
+}
+
+/// Exit code of `lwr node` that drained for a reboot and has no reboot command.
+pub const REBOOT_EXIT_CODE: u8 = 75;
 
 #[derive(Debug, Error)]
 pub enum NodeError {
@@ -79,6 +96,8 @@ struct Node {
     /// Job directories and log files not in use: one pair per slot, reused job after job,
     /// so thousands of short jobs do not create and delete thousands of files.
     free_dirs: Mutex<Vec<(PathBuf, PathBuf)>>,
+    /// Turns true when the server asks for a reboot.
+    reboot: watch::Sender<bool>,
     /// Why the health check fails, told to the server with each heartbeat; `None`: healthy.
     unhealthy: Mutex<Option<String>>,
     /// Kept job directories (`keep_workdir`) a run uses now.
@@ -94,7 +113,10 @@ struct Node {
 /// Runs the node until `shutdown` resolves; then it claims nothing more, lets its running
 /// jobs finish (a spot node, tagged `instance=spot`, stops them as interrupted) and reports
 /// their results.
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Stopped, NodeError> {
     let work_error = |source| NodeError::WorkDir {
         dir: config.work_dir.clone(),
         source,
@@ -142,6 +164,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         free_dirs: Mutex::new(free_dirs),
         kept_in_use: Mutex::new(Default::default()),
         unhealthy: Mutex::new(None),
+        reboot: watch::channel(false).0,
         journal,
         reporter,
         lwr_bin: lwr_binary(),
@@ -160,20 +183,31 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let permits = Arc::new(Semaphore::new(slots as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
     let claims = tokio::spawn(node.clone().claim_loop(permits.clone(), stop_rx));
-    shutdown.await;
+    let mut reboot = node.reboot.subscribe();
+    let rebooting = tokio::select! {
+        _ = shutdown => false,
+        _ = reboot.wait_for(|r| *r) => true,
+    };
     tracing::info!(
-        "node {} stopping: no new jobs; finishing running ones",
-        node.config.name
+        "node {} {}: no new jobs; finishing running ones",
+        node.config.name,
+        if rebooting {
+            "draining for a reboot"
+        } else {
+            "stopping"
+        }
     );
     let _ = stop_tx.send(true);
     let _ = claims.await;
     // A spot instance being reclaimed will not live to see its jobs finish: stop them now
     // and report them, so they are retried (on a non-spot node) at once instead of after
     // their leases run out.
-    if lwr_model::pool::is_spot(&lwr_model::NodeProperties {
-        tags: node.config.tags.clone(),
-        ..Default::default()
-    }) {
+    if !rebooting
+        && lwr_model::pool::is_spot(&lwr_model::NodeProperties {
+            tags: node.config.tags.clone(),
+            ..Default::default()
+        })
+    {
         let stops: Vec<_> = lock(&node.running).drain().collect();
         if !stops.is_empty() {
             tracing::info!(
@@ -190,7 +224,24 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let _all = permits.acquire_many(slots).await;
     heartbeat.abort();
     node.reporter.flush(Duration::from_secs(10)).await;
-    Ok(())
+    if !rebooting {
+        return Ok(Stopped::Shutdown);
+    }
+    let Some(cmd) = &node.config.reboot_command else {
+        return Ok(Stopped::Reboot);
+    };
+    tracing::info!("node {} drained; running `{cmd}`", node.config.name);
+    match tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .await
+    {
+        Ok(status) if status.success() => {}
+        Ok(status) => tracing::error!("reboot command `{cmd}` failed ({status})"),
+        Err(e) => tracing::error!("cannot run reboot command `{cmd}`: {e}"),
+    }
+    Ok(Stopped::Rebooting)
 }
 
 /// Removes outboxes of runs with no result waiting: the node stopped between moving their
@@ -537,6 +588,10 @@ impl Node {
                 Ok(resp) => {
                     self.lease_secs
                         .store(resp.lease_secs.max(1), Ordering::Relaxed);
+                    if resp.reboot && !*self.reboot.borrow() {
+                        tracing::info!("the server asks this node to reboot");
+                        self.reboot.send_replace(true);
+                    }
                     for run in resp.abandon {
                         if let Some(stop) = lock(&self.running).remove(&run) {
                             tracing::warn!(

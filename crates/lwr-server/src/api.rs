@@ -738,9 +738,12 @@ async fn heartbeat(
         .queue
         .heartbeat(node, &hb.runs, hb.unhealthy.as_deref())
         .await?;
+    let reboot =
+        state.queue.store().node_state(node).await? == Some(lwr_model::NodeState::Draining);
     Ok(Json(HeartbeatResponse {
         lease_secs: state.queue.lease().as_secs(),
         abandon,
+        reboot,
     }))
 }
 

@@ -56,7 +56,8 @@ pub const LOST_AFTER_MS: i64 = 60_000;
 
 impl Store {
     /// Registers a node, or updates the one with the same name (a node restarting keeps its
-    /// identity, so its history stays with it). Returns the node id.
+    /// identity, so its history stays with it; a node that drained to reboot is enabled
+    /// again). Returns the node id.
     pub async fn register_node(&self, reg: &RegisterNode, now: i64) -> Result<i64> {
         self.register_node_for(reg, now, None).await
     }
@@ -75,6 +76,9 @@ impl Store {
              ON CONFLICT (name) DO UPDATE SET properties = excluded.properties, \
              slots = excluded.slots, last_seen = excluded.last_seen, \
              registered_at = excluded.registered_at, \
+             state = CASE WHEN nodes.state = 'draining' THEN 'enabled' ELSE nodes.state END, \
+             state_reason = CASE WHEN nodes.state = 'draining' THEN NULL \
+                 ELSE nodes.state_reason END, \
              token_id = excluded.token_id \
              RETURNING id",
         )

@@ -276,6 +276,12 @@ impl Store {
         self.notify_node(id).await
     }
 
+    /// A node's state as the pool snapshot has it (fresh within [`POOL_TTL`]).
+    pub async fn node_state(&self, node_id: i64) -> Result<Option<NodeState>> {
+        self.refresh_pool().await?;
+        Ok(self.pool.with(|p| p.get(node_id).map(|n| n.state)))
+    }
+
     /// The claim changed what node `node_id` holds: `taken` new runs, `ended` finished.
     pub(crate) fn note_claim(&self, node_id: i64, taken: usize, ended: usize, now: i64) {
         self.pool.with(|p| {

@@ -328,6 +328,10 @@ pub struct NodeArgs {
     /// the node claims nothing and the server shows it `unhealthy`.
     #[arg(long, value_name = "CMD")]
     pub health_check: Option<String>,
+    /// Shell command run after `lwr nodes reboot` drained the node (e.g. `sudo reboot`);
+    /// without one the node exits with code 75 for its supervisor to restart it.
+    #[arg(long, value_name = "CMD")]
+    pub reboot_command: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -450,6 +454,9 @@ pub enum NodesAction {
     Quarantine(NodeStateArgs),
     /// Set operator labels (tags) on the node: speed=10, instance=spot; key= removes one.
     Label(NodeLabelArgs),
+    /// Drain the node (finish running jobs, claim no more), then have it run its
+    /// --reboot-command or exit for its supervisor to restart it.
+    Reboot(NodeStateArgs),
 }
 
 #[derive(Debug, Args)]

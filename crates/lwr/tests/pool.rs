@@ -515,3 +515,61 @@ fn a_spot_node_told_to_stop_interrupts_its_jobs_and_they_rerun_on_a_reserved_nod
         Some("reserved after spot interruption")
     );
 }
+
+#[test]
+fn reboot_drains_the_node_then_runs_its_reboot_command() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let marker = dir.path().join("rebooted");
+    let reboot = format!("touch {}", sh_quote(&marker));
+    let mut n1 = Node::start_with_args(
+        dir.path(),
+        &server.url,
+        "n1",
+        1,
+        &["--reboot-command", &reboot],
+    );
+    server.wait_node("n1");
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  first:\n    run: sleep 1\n  second:\n    needs: [first]\n    run: \"true\"\n",
+    );
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let g = out.pushed_graph();
+    server.wait_job(g, "first", JobState::Running, Some("n1"));
+    server.lwr(&["nodes", "reboot", "n1"]).assert_success();
+    // It finishes its job, takes no other, runs the command and exits.
+    let status = wait_until("n1 to exit for its reboot", DEADLINE, || {
+        n1.daemon
+            .exited()
+            .ok_or_else(|| "still running".to_string())
+    });
+    assert!(status.success(), "{status}");
+    assert!(marker.exists(), "the reboot command did not run");
+    assert_eq!(server.jobs(g)["first"].state, JobState::Succeeded);
+    assert_eq!(server.jobs(g)["second"].state, JobState::Pending);
+    let nodes = server.api.nodes().unwrap();
+    assert_eq!(nodes.nodes[0].state, "draining");
+    // Back after the reboot: enabled again, and it runs the rest.
+    drop(n1);
+    let _n1 = Node::start_with_args(dir.path(), &server.url, "n1", 1, &[]);
+    server.wait_job(g, "second", JobState::Succeeded, Some("n1"));
+    let nodes = server.api.nodes().unwrap();
+    assert_ne!(nodes.nodes[0].state, "draining");
+}
+
+#[test]
+fn without_a_reboot_command_the_node_exits_for_its_supervisor() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let mut n1 = server.node(dir.path(), "n1", 1, &[]);
+    server.wait_node("n1");
+    server.lwr(&["nodes", "reboot", "n1"]).assert_success();
+    let status = wait_until("n1 to exit for its reboot", DEADLINE, || {
+        n1.daemon
+            .exited()
+            .ok_or_else(|| "still running".to_string())
+    });
+    assert_eq!(status.code(), Some(75), "{status}");
+}

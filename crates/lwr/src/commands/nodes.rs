@@ -1,4 +1,4 @@
-//! `lwr nodes disable|enable|quarantine|label`: an operator's changes to one node.
+//! `lwr nodes disable|enable|quarantine|reboot|label`: an operator's changes to one node.
 
 use std::process::ExitCode;
 
@@ -18,6 +18,16 @@ pub async fn act(client: &Client, action: NodesAction, json: bool) -> anyhow::Re
         NodesAction::Enable(a) => (
             a.name.clone(),
             state(client, &a.name, NodeState::Enabled, a.reason).await?,
+        ),
+        NodesAction::Reboot(a) => (
+            a.name.clone(),
+            state(
+                client,
+                &a.name,
+                NodeState::Draining,
+                a.reason.or(Some("reboot requested".into())),
+            )
+            .await?,
         ),
         NodesAction::Quarantine(a) => (
             a.name.clone(),

@@ -41,9 +41,16 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         slots: args.slots.unwrap_or_else(default_slots),
         work_dir: args.work_dir,
         health_check: args.health_check,
+        reboot_command: args.reboot_command,
     };
-    lwr_node::run(config, stop_signal()).await?;
-    Ok(ExitCode::SUCCESS)
+    match lwr_node::run(config, stop_signal()).await? {
+        lwr_node::Stopped::Shutdown | lwr_node::Stopped::Rebooting => Ok(ExitCode::SUCCESS),
+        // No reboot command: the supervisor (systemd, a container runtime) restarts us.
+        lwr_node::Stopped::Reboot => {
+            eprintln!("lwr node: drained for a reboot; exiting for the supervisor to restart it");
+            Ok(ExitCode::from(lwr_node::REBOOT_EXIT_CODE))
+        }
+    }
 }
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -67,6 +74,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
             tags: BTreeMap::new(),
             slots,
             health_check: None,
+            reboot_command: None,
         };
         let mut stop = stop_rx.clone();
         nodes.push(tokio::spawn(lwr_node::run(config, async move {
