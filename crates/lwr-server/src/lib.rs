@@ -13,6 +13,7 @@ mod error;
 mod logs;
 pub mod poller;
 mod pool_api;
+pub mod provider;
 pub mod queue;
 
 use std::net::SocketAddr;
@@ -47,6 +48,8 @@ pub struct Config {
     pub artifact_store: String,
     /// Check a bearer token on every request but the public ones.
     pub auth: bool,
+    /// Where nodes come from (see [`provider`]).
+    pub provider: provider::ProviderConfig,
 }
 
 impl Config {
@@ -60,6 +63,7 @@ impl Config {
             artifact_sweep: Duration::from_secs(60),
             artifact_store: "dir".into(),
             auth: false,
+            provider: Default::default(),
         }
     }
 }
@@ -92,6 +96,33 @@ pub struct AppState {
     pub config: Config,
     pub artifacts: Arc<dyn artifact::ArtifactStore>,
     pub poll: Arc<poller::PollStatus>,
+}
+
+/// Starts the scaler of a provider other than `static`.
+fn start_provider(state: &Arc<AppState>, local: SocketAddr) -> Option<tokio::task::JoinHandle<()>> {
+    use provider::{Local, Provider, ProviderKind, Scripts};
+    let provider: Arc<dyn Provider> = match &state.config.provider.kind {
+        ProviderKind::Static => return None,
+        ProviderKind::Local => {
+            let bin = match std::env::current_exe() {
+                Ok(bin) => bin,
+                Err(e) => {
+                    tracing::error!("local provider: cannot find this binary to start nodes: {e}");
+                    return None;
+                }
+            };
+            Arc::new(Local::new(
+                bin,
+                state.config.data_dir.join("provided-nodes"),
+            ))
+        }
+        ProviderKind::Command { up, down } => Arc::new(Scripts::new(up.clone(), down.clone())),
+    };
+    Some(tokio::spawn(provider::scale(
+        state.clone(),
+        provider,
+        format!("http://{local}"),
+    )))
 }
 
 /// Binds `addr` and returns the bound address and a future that serves until `shutdown`
@@ -132,6 +163,7 @@ pub async fn bind(
     });
     let artifact_sweeper = tokio::spawn(artifacts::sweep(state.clone()));
     let poller = tokio::spawn(poller::supervise(state.clone()));
+    let provider = start_provider(&state, local);
     let app = router(state);
     let serve = async move {
         let result = axum::serve(listener, app).await.map_err(ServerError::Serve);
@@ -141,6 +173,9 @@ pub async fn bind(
         }
         artifact_sweeper.abort();
         poller.abort();
+        if let Some(provider) = provider {
+            provider.abort();
+        }
         result
     };
     Ok((local, serve))

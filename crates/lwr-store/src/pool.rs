@@ -276,6 +276,16 @@ impl Store {
         self.notify_node(id).await
     }
 
+    /// Jobs ready to claim (read from the `jobs_ready` index).
+    pub async fn ready_jobs(&self) -> Result<u64> {
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE state = 'pending' AND unmet = 0")
+                .fetch_one(&self.read)
+                .await
+                .op("counting ready jobs")?;
+        Ok(col::<i64>(&row, "n")?.max(0) as u64)
+    }
+
     /// A node's state as the pool snapshot has it (fresh within [`POOL_TTL`]).
     pub async fn node_state(&self, node_id: i64) -> Result<Option<NodeState>> {
         self.refresh_pool().await?;

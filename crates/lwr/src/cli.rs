@@ -279,6 +279,29 @@ pub struct ServeArgs {
     /// Quarantine a node whose last N runs ended in infrastructure errors; 0: never.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub quarantine_after: u32,
+    /// Where nodes come from: static (they register themselves), local (`lwr node`
+    /// processes on this machine, started and stopped with the work), command
+    /// (--provider-up and --provider-down scripts).
+    #[arg(long, default_value = "static", value_parser = ["static", "local", "command"])]
+    pub provider: String,
+    /// Fewest nodes the provider keeps (0: none while idle).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub provider_min: u32,
+    /// Most nodes the provider starts.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub provider_max: u32,
+    /// A provided node that ran nothing for this long is stopped.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub provider_idle: Duration,
+    /// Slots of each provided node.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub provider_slots: u32,
+    /// `--provider command`: starts a node named $LWR_NODE_NAME for $LWR_SERVER.
+    #[arg(long, value_name = "CMD")]
+    pub provider_up: Option<String>,
+    /// `--provider command`: stops node $LWR_NODE_NAME.
+    #[arg(long, value_name = "CMD")]
+    pub provider_down: Option<String>,
     /// Serve on a non-loopback address without authentication. Anyone who can reach the
     /// server can then run commands on every node: only for networks you fully trust.
     #[arg(long, conflicts_with = "auth")]

@@ -573,3 +573,51 @@ fn without_a_reboot_command_the_node_exits_for_its_supervisor() {
     });
     assert_eq!(status.code(), Some(75), "{status}");
 }
+
+#[test]
+fn the_local_provider_scales_nodes_from_zero_for_a_burst_and_back_to_zero() {
+    let dir = tempdir();
+    let server = Server::start_with(
+        dir.path(),
+        &[
+            "--provider",
+            "local",
+            "--provider-max",
+            "3",
+            "--provider-idle",
+            "2s",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        server.api.nodes().unwrap().nodes.is_empty(),
+        "nodes before any work"
+    );
+    let jobs: String = (1..=6)
+        .map(|i| format!("  j{i}:\n    run: sleep 1\n"))
+        .collect();
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        &format!("version: 1\njobs:\n{jobs}"),
+    );
+    let g = push_wait(&server, &repo);
+    assert_eq!(server.wait_finished(g).counts.succeeded, 6);
+    let nodes = server.api.nodes().unwrap().nodes;
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    let used: std::collections::BTreeSet<String> = server
+        .jobs(g)
+        .values()
+        .filter_map(|j| j.node.clone())
+        .collect();
+    assert!(used.len() >= 2, "the burst ran on {used:?}");
+    // Idle for 2 s: every provided node is stopped.
+    wait_until("the provider to stop its idle nodes", DEADLINE, || {
+        let nodes = server.api.nodes().map_err(|e| e.to_string())?.nodes;
+        if nodes.iter().all(|n| n.state == "draining") {
+            Ok(())
+        } else {
+            Err(format!("{nodes:?}"))
+        }
+    });
+}

@@ -27,6 +27,38 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The provider flags as the server's configuration.
+fn provider_config(args: &ServeArgs) -> anyhow::Result<lwr_server::provider::ProviderConfig> {
+    use lwr_server::provider::{ProviderConfig, ProviderKind};
+    let kind = match args.provider.as_str() {
+        "local" => ProviderKind::Local,
+        "command" => match (&args.provider_up, &args.provider_down) {
+            (Some(up), Some(down)) => ProviderKind::Command {
+                up: up.clone(),
+                down: down.clone(),
+            },
+            _ => {
+                anyhow::bail!("--provider command needs --provider-up CMD and --provider-down CMD")
+            }
+        },
+        _ => ProviderKind::Static,
+    };
+    if args.provider_min > args.provider_max {
+        anyhow::bail!(
+            "--provider-min {} is more than --provider-max {}",
+            args.provider_min,
+            args.provider_max
+        );
+    }
+    Ok(ProviderConfig {
+        kind,
+        min: args.provider_min,
+        max: args.provider_max,
+        idle: args.provider_idle,
+        slots: args.provider_slots.max(1),
+    })
+}
+
 pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let client_token = match (&args.conn.token, &args.conn.data_dir) {
         (Some(t), _) => Some(t.clone()),
@@ -183,6 +215,7 @@ async fn start_server(
         quarantine_after: args.quarantine_after,
     });
     let mut config = Config::new(args.data_dir.clone());
+    config.provider = provider_config(args)?;
     config.lease = args.lease;
     config.artifact_store = args.artifact_store.clone();
     config.artifact_expiry = args.artifact_expires;
