@@ -28,7 +28,7 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
             j.state.as_str(),
             j.node.as_deref().unwrap_or("-"),
             j.runs,
-            j.reason.as_deref().unwrap_or("")
+            j.reason.as_deref().or(j.placement.as_deref()).unwrap_or("")
         ));
     }
     print!("{out}");
