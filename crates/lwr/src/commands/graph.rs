@@ -216,6 +216,20 @@ pub fn describe(graph: &Graph) -> String {
         if let Some(when) = &job.when {
             out.push_str(&format!("  when:  changed {}\n", when.changed.join(", ")));
         }
+        if !job.prefer.is_empty() || job.affinity_wait_secs.is_some() || job.keep_workdir {
+            let prefer: Vec<&str> = job.prefer.iter().map(|p| p.as_str()).collect();
+            let mut parts = Vec::new();
+            if !prefer.is_empty() {
+                parts.push(format!("prefer {}", prefer.join(", ")));
+            }
+            if let Some(secs) = job.affinity_wait_secs {
+                parts.push(format!("affinity wait {secs} s"));
+            }
+            if job.keep_workdir {
+                parts.push("keeps its work dir".to_string());
+            }
+            out.push_str(&format!("  pool:  {}\n", parts.join("; ")));
+        }
         out.push_str(&format!(
             "  run:   {}\n",
             job.run.lines().next().unwrap_or("")
