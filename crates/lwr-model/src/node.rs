@@ -53,7 +53,7 @@ pub fn parse_tag(s: &str) -> Result<(String, String), String> {
 }
 
 /// What a job requires of its node (`node:` in lwr.yml). Every listed property must hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub struct Requirements {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os: Option<String>,

@@ -269,8 +269,31 @@ pub enum Decision {
     Unmet(String),
 }
 
+/// What [`decide_with`] found out about the pool that holds for every job of one claim: the
+/// first faster free node able to run jobs with given requirements. Valid for one claimer,
+/// one snapshot and one `now`: make a new one per claim.
+#[derive(Debug, Default)]
+pub struct Memo {
+    /// For jobs without requirements: index of the faster node, if any.
+    faster_any: Option<Option<usize>>,
+    faster: HashMap<Requirements, Option<usize>>,
+}
+
 /// Decides whether `claimer` takes `job`, given the rest of the `pool` at time `now`.
 pub fn decide(job: &ReadyJob, claimer: &PoolNode, pool: &Pool, now: i64) -> Decision {
+    decide_with(job, claimer, pool, now, &mut Memo::default())
+}
+
+/// [`decide`] for one of many jobs of the same claim: `memo` carries what the earlier ones
+/// found, so a slow node that holds thousands of jobs for faster ones in a burst does not
+/// search the pool for each.
+pub fn decide_with(
+    job: &ReadyJob,
+    claimer: &PoolNode,
+    pool: &Pool,
+    now: i64,
+    memo: &mut Memo,
+) -> Decision {
     if let Some(req) = job.requirements
         && let Some(why) = req.unmet_by(&claimer.properties)
     {
@@ -330,12 +353,24 @@ pub fn decide(job: &ReadyJob, claimer: &PoolNode, pool: &Pool, now: i64) -> Deci
                 None => {}
             },
             Prefer::Fastest => {
-                let faster = pool
-                    .nodes
-                    .iter()
-                    .take_while(|n| n.speed > claimer.speed)
-                    .filter(|n| fits(n))
-                    .find(|n| n.has_free_slot());
+                let search = || {
+                    pool.nodes
+                        .iter()
+                        .take_while(|n| n.speed > claimer.speed)
+                        .position(|n| fits(n) && n.has_free_slot())
+                };
+                let at = match job.requirements {
+                    None => *memo.faster_any.get_or_insert_with(search),
+                    Some(req) => match memo.faster.get(req) {
+                        Some(at) => *at,
+                        None => {
+                            let at = search();
+                            memo.faster.insert(req.clone(), at);
+                            at
+                        }
+                    },
+                };
+                let faster = at.map(|i| &pool.nodes[i]);
                 match faster {
                     Some(n) if job.ready_for_ms < PREFERENCE_GRACE_MS => {
                         return hold(
@@ -734,6 +769,46 @@ mod tests {
         assert!(!p.get(1).unwrap().has_free_slot());
         p.upsert(node(1, "a", &[("speed", "9")]));
         assert_eq!(p.nodes()[0].name, "a");
+    }
+
+    #[test]
+    fn a_memo_shared_by_the_jobs_of_a_claim_gives_the_same_answers() {
+        let slow = node(1, "slow", &[("speed", "1")]);
+        let fast = node(2, "fast", &[("speed", "10"), ("gpu", "yes")]);
+        let p = pool(&[slow.clone(), fast.clone()]);
+        let gpu = Requirements {
+            properties: [("gpu".to_string(), "yes".to_string())].into(),
+            ..Default::default()
+        };
+        let linux = Requirements {
+            os: Some("linux".into()),
+            ..Default::default()
+        };
+        let jobs = [
+            job(),
+            ReadyJob {
+                requirements: Some(&linux),
+                ..job()
+            },
+            ReadyJob {
+                requirements: Some(&gpu),
+                ..job()
+            },
+            ReadyJob {
+                ready_for_ms: PREFERENCE_GRACE_MS,
+                ..job()
+            },
+            job(),
+        ];
+        for claimer in [&slow, &fast] {
+            let mut memo = Memo::default();
+            for j in &jobs {
+                assert_eq!(
+                    decide_with(j, claimer, &p, NOW, &mut memo),
+                    decide(j, claimer, &p, NOW)
+                );
+            }
+        }
     }
 
     #[test]

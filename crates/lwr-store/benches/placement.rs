@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use lwr_model::api::{RegisterNode, SubmitGraph};
 use lwr_model::pool::{
-    DEFAULT_AFFINITY_WAIT_MS, Decision, NodeState, Pool, PoolNode, ReadyJob, decide,
+    DEFAULT_AFFINITY_WAIT_MS, Decision, Memo, NodeState, Pool, PoolNode, ReadyJob, decide_with,
 };
 use lwr_model::{Graph, JobSpec, NodeProperties, Requirements};
 use lwr_store::Store;
@@ -112,6 +112,7 @@ fn policy_alone(label: &str, busy_pct: u64, ready_ms: u64) -> Duration {
         let claimer = pool.get(rng.below(NODES as u64) as i64).expect("a node");
         let start = Instant::now();
         let mut looked = JOBS;
+        let mut memo = Memo::default();
         for j in 0..JOBS {
             let job = ReadyJob {
                 name: &names[j],
@@ -123,7 +124,7 @@ fn policy_alone(label: &str, busy_pct: u64, ready_ms: u64) -> Duration {
                 ready_for_ms: ready_for[j],
                 avoid_spot: j.is_multiple_of(50),
             };
-            if let Decision::Take(_) = decide(&job, claimer, &pool, NOW) {
+            if let Decision::Take(_) = decide_with(&job, claimer, &pool, NOW, &mut memo) {
                 looked = j + 1;
                 break;
             }

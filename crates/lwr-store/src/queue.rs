@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 
 use lwr_model::api::{Assignment, Outcome, ResultAck, RunResult};
-use lwr_model::pool::{DEFAULT_AFFINITY_WAIT_MS, Decision, NodeState, PoolNode, ReadyJob, decide};
+use lwr_model::pool::{
+    DEFAULT_AFFINITY_WAIT_MS, Decision, Memo, NodeState, PoolNode, ReadyJob, decide_with,
+};
 use lwr_model::{JobSpec, Requirements};
 use sqlx::{Any, Transaction};
 
@@ -170,6 +172,9 @@ impl Store {
                 candidates.push(candidate);
             }
             let full = self.pool.with(|pool| {
+                // One per page: the snapshot stays the same while it is locked here, and
+                // another claim may refresh it between pages.
+                let mut memo = Memo::default();
                 for c in &candidates {
                     let job = ReadyJob {
                         name: &c.name,
@@ -184,7 +189,7 @@ impl Store {
                         ready_for_ms: now - c.ready_since,
                         avoid_spot: c.avoid_spot,
                     };
-                    match decide(&job, &claimer, pool, now) {
+                    match decide_with(&job, &claimer, pool, now, &mut memo) {
                         Decision::Take(reason) => {
                             picked.push((c.id, reason));
                             if picked.len() == max as usize {
