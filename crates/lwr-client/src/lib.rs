@@ -1,5 +1,7 @@
 //! A typed client for the lwr server's `/v1` API, used by the node, the CLI and the tests.
 
+mod follow;
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -13,6 +15,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 
+pub use follow::{FollowEvent, LogFollow};
 pub use reqwest::StatusCode;
 
 /// The server a client talks to when nothing else is said.

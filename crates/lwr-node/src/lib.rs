@@ -12,6 +12,7 @@ mod glob;
 mod journal;
 pub mod props;
 mod report;
+mod stream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -79,6 +80,8 @@ struct Node {
     /// binary and keep their clone cache there.
     lwr_bin: Option<String>,
     cache_dir: PathBuf,
+    /// Where the logs of running jobs are, for streaming them when the server asks.
+    run_logs: Arc<stream::RunLogs>,
 }
 
 /// Runs the node until `shutdown` resolves; then it claims nothing more, lets its running
@@ -135,6 +138,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         // Absolute: a job runs in its own directory.
         cache_dir: std::fs::canonicalize(config.work_dir.join("cache"))
             .unwrap_or_else(|_| config.work_dir.join("cache")),
+        run_logs: Arc::default(),
         config,
     });
     tracing::info!(
@@ -144,6 +148,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         node.config.work_dir.display()
     );
     let heartbeat = tokio::spawn(node.clone().heartbeat_loop());
+    let streams = tokio::spawn(stream::serve(
+        node.client.clone(),
+        node.id,
+        node.config.work_dir.clone(),
+        node.run_logs.clone(),
+    ));
     let permits = Arc::new(Semaphore::new(slots as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
     let claims = tokio::spawn(node.clone().claim_loop(permits.clone(), stop_rx));
@@ -157,6 +167,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // Every permit back means every job has ended and its result is queued.
     let _all = permits.acquire_many(slots).await;
     heartbeat.abort();
+    streams.abort();
     node.reporter.flush(Duration::from_secs(10)).await;
     Ok(())
 }
@@ -315,6 +326,7 @@ impl Node {
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         lock(&self.running).insert(a.run_id, stop_tx);
+        self.run_logs.started(a.run_id, &slot_log);
         tracing::debug!("run {} of {} started", a.run_id, a.job_name);
         let result = match cannot_start {
             None => exec::run(launch, stop_rx, |pgid| self.journal.started(a.run_id, pgid)).await,
@@ -335,7 +347,9 @@ impl Node {
             result.outcome
         );
         // A log with something in it becomes the run's; an empty one stays for the next job.
-        if std::fs::metadata(&slot_log).is_ok_and(|m| m.len() > 0) {
+        let log_size = std::fs::metadata(&slot_log).map_or(0, |m| m.len());
+        self.run_logs.ended(a.run_id, log_size);
+        if log_size > 0 {
             let kept = exec::log_path(&self.config.work_dir, a.run_id);
             if let Err(e) = std::fs::rename(&slot_log, &kept) {
                 tracing::warn!(

@@ -25,7 +25,7 @@ use utoipa::openapi::{RefOr, ResponseBuilder};
 use utoipa::{IntoParams, Modify, OpenApi};
 
 use crate::auth::{Auth, check_node};
-use crate::{ApiError, AppState, artifacts, auth, logs};
+use crate::{ApiError, AppState, artifacts, auth, follow, logs};
 
 type Shared = State<Arc<AppState>>;
 type ApiResult<T> = Result<T, ApiError>;
@@ -87,6 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/schemas/manifest-v1.json", get(manifest_schema))
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
+        .merge(follow::routes())
         // After routing, so the middleware sees the matched route and knows its scope.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -527,12 +528,22 @@ async fn get_job_by_name(
 pub struct LogQuery {
     /// Run number (1 for the first attempt); default the latest run.
     run: Option<u32>,
+    /// Answer with Server-Sent Events: the log from `offset`, then live output until the run
+    /// ends (`run`, `log`, `end` events; docs/logs.md). A `Last-Event-ID` header resumes.
+    #[serde(default)]
+    follow: bool,
+    /// Start at this byte of the log.
+    #[serde(default)]
+    offset: u64,
 }
 
 #[utoipa::path(
     get, path = "/v1/jobs/{id}/log", params(("id" = i64, Path), LogQuery),
     responses(
-        (status = 200, description = "the stored log of the run", content_type = "text/plain", body = String),
+        (status = 200, description = "the stored log of the run from `offset` on; with `follow=true` a stream of Server-Sent Events (`run`, `log`, `end`, `error`), each `log` event's id `RUN:OFFSET`", content(
+            (String = "text/plain"),
+            (String = "text/event-stream"),
+        )),
         (status = 404, body = ErrorBody),
         (status = 409, description = "the run is still going; its log is on its node", body = ErrorBody),
     )
@@ -541,7 +552,20 @@ async fn get_log(
     State(state): Shared,
     ApiPath(id): ApiPath<i64>,
     ApiQuery(q): ApiQuery<LogQuery>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
+    if q.follow {
+        let resume = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(follow::last_event_id);
+        let start = follow::Start {
+            run_number: q.run,
+            run_id: resume.map(|(run, _)| run),
+            offset: resume.map_or(q.offset, |(_, offset)| offset),
+        };
+        return follow::sse(state, id, start).await;
+    }
     let job = state.queue.store().job(id).await?;
     let run = match q.run {
         Some(n) => job.run_history.iter().find(|r| r.number == n),
@@ -563,8 +587,8 @@ async fn get_log(
             ),
         ));
     }
-    let bytes = logs::read(&state.config.data_dir, run.id).await?;
-    if bytes.is_empty() && run.log_size > 0 {
+    let stored = logs::open(&state.config.data_dir, run.id, q.offset).await?;
+    if stored.is_none() && run.log_size > 0 {
         // Uploaded through another server sharing the database, into its data dir.
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -575,7 +599,13 @@ async fn get_log(
             ),
         ));
     }
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+    Ok(text_body(stored))
+}
+
+/// A stored log as a plain-text answer (empty when none is stored).
+fn text_body(stored: Option<(u64, Body)>) -> Response {
+    let body = stored.map_or_else(Body::empty, |(_, body)| body);
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
 #[utoipa::path(
@@ -805,6 +835,7 @@ async fn upload_log(
     )
     .await?;
     store.set_log_size(run, size, &sha256).await?;
+    state.live.stored(run);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -891,8 +922,7 @@ async fn get_artifact(
                 format!("run {run} not found"),
             ));
         }
-        let bytes = logs::read(&state.config.data_dir, run).await?;
-        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response());
+        return Ok(text_body(logs::open(&state.config.data_dir, run, 0).await?));
     }
     let (content_type, size, sha256, stream) = artifacts::download(&state, run, &name).await?;
     Ok((
@@ -1265,6 +1295,7 @@ struct ApiDoc;
 /// The OpenAPI document of the v1 API, generated from the handlers and types above.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
+    doc.merge(follow::FollowDoc::openapi());
     // A fixed version keeps the checked-in document stable across releases of the binary.
     doc.info.version = "1".into();
     doc

@@ -36,8 +36,14 @@ pub fn required_scope(method: &Method, path: &str) -> Option<Scope> {
         )
         | (
             &Method::POST,
-            "/v1/nodes/{id}/claim" | "/v1/nodes/{id}/heartbeat" | "/v1/nodes/{id}/results",
-        ) => Scope::NodeRegister,
+            "/v1/nodes/{id}/claim"
+            | "/v1/nodes/{id}/heartbeat"
+            | "/v1/nodes/{id}/results"
+            | "/v1/runs/{id}/log/stream",
+        )
+        | (&Method::GET, "/v1/nodes/{id}/streams") => Scope::NodeRegister,
+        // Following a log makes its node stream it too: turning that on needs no more.
+        (&Method::PUT, "/v1/jobs/{id}/log/live") => Scope::Read,
         (_, p) if p == "/v1/tokens" || p.starts_with("/v1/tokens/") => Scope::Admin,
         (&Method::GET | &Method::HEAD, _) => Scope::Read,
         _ => Scope::Admin,

@@ -10,6 +10,8 @@ pub mod artifact;
 mod artifacts;
 pub mod auth;
 mod error;
+mod follow;
+pub mod live;
 mod logs;
 pub mod poller;
 pub mod queue;
@@ -91,6 +93,8 @@ pub struct AppState {
     pub config: Config,
     pub artifacts: Arc<dyn artifact::ArtifactStore>,
     pub poll: Arc<poller::PollStatus>,
+    /// Logs of running jobs streamed to viewers.
+    pub live: Arc<live::LiveLogs>,
 }
 
 /// Binds `addr` and returns the bound address and a future that serves until `shutdown`
@@ -115,6 +119,10 @@ pub async fn bind(
     // Listen before serving, so no change another server makes after we start is missed.
     let events = store.events().await?;
     let artifacts = artifact::open(&config.artifact_store, &config.data_dir)?;
+    let live = live::LiveLogs::open(&config.data_dir).map_err(|source| ServerError::DataDir {
+        dir: config.data_dir.join("spool"),
+        source,
+    })?;
     tracing::info!("artifacts in {}", artifacts.describe());
     let queue = Queue::new(store, config.lease);
     queue.on_start().await?;
@@ -123,6 +131,7 @@ pub async fn bind(
         config,
         artifacts,
         poll: Default::default(),
+        live: Arc::new(live),
     });
     let sweeper = tokio::spawn(queue::sweep_leases(state.clone()));
     let follower = events.map(|events| {

@@ -43,7 +43,8 @@ pub enum Command {
     Push(PushArgs),
     /// List jobs and their states.
     Jobs(JobsArgs),
-    /// Print the stored log of a job.
+    /// Print a job's log: the stored log of its latest run, or with -f the log as it is
+    /// written (replayed from the start, then followed until the run ends).
     Logs(LogsArgs),
     /// List the nodes the server knows.
     Nodes(NodesArgs),
@@ -416,6 +417,20 @@ pub struct LogsArgs {
     /// Run number; default the latest run.
     #[arg(long)]
     pub run: Option<u32>,
+    /// Follow: print the log so far, then new output as the job writes it, until the run
+    /// ends (a retried job's next run follows). On a finished job: the whole log, exit 0.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Stream the running job's log to the server even with nobody watching (on), or only
+    /// while someone follows it (off, the default). With -f, set first, then follow.
+    #[arg(long, value_name = "on|off")]
+    pub live: Option<Toggle>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@ mod artifacts;
 mod checkout;
 mod control;
 mod graph;
+mod logs;
 mod push;
 mod pushes;
 mod query;
@@ -22,7 +23,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Graph(args) => graph::run(args).await,
         Command::Push(args) => push::run(args).await,
         Command::Jobs(args) => query::jobs(args).await,
-        Command::Logs(args) => query::logs(args).await,
+        Command::Logs(args) => logs::logs(args).await,
         Command::Nodes(args) => query::nodes(args).await,
         Command::Cancel(args) => control::cancel(args).await,
         Command::Retrigger(args) => control::retrigger(args).await,
