@@ -141,7 +141,11 @@ fn viewers_before_during_and_after_the_run_each_see_every_line_once() {
             .then_some(())
             .ok_or(String::new())
     });
-    assert_eq!(stats(&server).logs.streams, 1, "two viewers share one stream");
+    assert_eq!(
+        stats(&server).logs.streams,
+        1,
+        "two viewers share one stream"
+    );
     std::fs::write(&mid_gate, "").expect("opening the mid gate");
     server.wait_finished(graph);
     assert_every_line_once("early viewer", &early.finish(), LINES);
@@ -149,7 +153,11 @@ fn viewers_before_during_and_after_the_run_each_see_every_line_once() {
     // Attached after the end: the stored log, then exit 0.
     let late = Viewer::start(&server.url, job, dir.path(), "late");
     assert_every_line_once("late viewer", &late.finish(), LINES);
-    assert_every_line_once("lwr logs", &server.lwr(&["logs", &job.to_string()]).stdout, LINES);
+    assert_every_line_once(
+        "lwr logs",
+        &server.lwr(&["logs", &job.to_string()]).stdout,
+        LINES,
+    );
 
     let s = stats(&server).logs;
     assert_eq!((s.streams, s.viewers), (0, 0), "{s:?}");
@@ -273,7 +281,9 @@ fn a_node_connection_cut_mid_stream_loses_and_repeats_nothing() {
     let viewer = Viewer::start(&server.url, job, dir.path(), "viewer");
     std::fs::write(&gate, "").expect("opening the gate");
     wait_until("the viewer to see the first lines", DEADLINE, || {
-        (!viewer.text().is_empty()).then_some(()).ok_or(String::new())
+        (!viewer.text().is_empty())
+            .then_some(())
+            .ok_or(String::new())
     });
     // Again and again while it streams: lose the server's answers for a while (pieces the
     // server took are sent again), then cut every connection of the node.
@@ -303,7 +313,11 @@ fn a_node_connection_cut_mid_stream_loses_and_repeats_nothing() {
         s.duplicate_bytes > 0,
         "no piece was sent twice, so the cuts tested nothing: {s:?}"
     );
-    assert_every_line_once("stored log", &server.lwr(&["logs", &job.to_string()]).stdout, LINES);
+    assert_every_line_once(
+        "stored log",
+        &server.lwr(&["logs", &job.to_string()]).stdout,
+        LINES,
+    );
 }
 
 #[test]
@@ -393,7 +407,11 @@ fn no_bytes_travel_until_asked_and_the_last_viewer_leaving_stops_the_stream() {
         "log bytes streamed with the toggle off and nobody watching"
     );
     // The whole log is stored at the end all the same.
-    assert_every_line_once("stored log", &server.lwr(&["logs", &job.to_string()]).stdout, 40000);
+    assert_every_line_once(
+        "stored log",
+        &server.lwr(&["logs", &job.to_string()]).stdout,
+        40000,
+    );
     // Toggling a finished job says why not.
     server
         .lwr(&["logs", &job.to_string(), "--live", "on"])
