@@ -12,6 +12,7 @@ mod glob;
 mod journal;
 pub mod props;
 mod report;
+pub mod stamp;
 mod stream;
 
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +44,8 @@ pub struct NodeConfig {
     pub work_dir: PathBuf,
     /// Bearer token (scope `node:register`) for a server that checks tokens.
     pub token: Option<String>,
+    /// Start every line of every job's log with the time it was written.
+    pub timestamps: bool,
 }
 
 #[derive(Debug, Error)]
@@ -323,6 +326,11 @@ impl Node {
             dir: dir.clone(),
             log: slot_log.clone(),
             timeout: Duration::from_secs(a.timeout_secs.max(1)),
+            stamp_with: self
+                .lwr_bin
+                .as_ref()
+                .filter(|_| self.config.timestamps)
+                .map(PathBuf::from),
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         lock(&self.running).insert(a.run_id, stop_tx);

@@ -68,6 +68,10 @@ pub enum Command {
     Trigger(TriggerArgs),
     /// Check a revision out of the node's clone cache into a directory (decision jobs).
     Checkout(CheckoutArgs),
+    /// Run a command with each line of its output (stdout and stderr) prefixed by the time
+    /// (what a node started with --timestamps runs jobs under).
+    #[command(hide = true)]
+    Stamp(StampArgs),
     /// Create, list and revoke access tokens (for `lwr server --auth`).
     Tokens(TokensArgs),
 }
@@ -318,6 +322,10 @@ pub struct NodeArgs {
     /// Where job directories, logs and unreported results live.
     #[arg(long, default_value = "./.lwr-node")]
     pub work_dir: PathBuf,
+    /// Start every line of every job's log with the UTC time it was written
+    /// (2026-11-28T12:00:00.123Z); the job then runs under `lwr stamp`.
+    #[arg(long)]
+    pub timestamps: bool,
 }
 
 #[derive(Debug, Args)]
@@ -330,6 +338,17 @@ pub struct DevArgs {
     /// Slots per node; default the number of cores.
     #[arg(long)]
     pub slots: Option<u32>,
+    /// Start every line of every job's log with the UTC time it was written.
+    #[arg(long)]
+    pub timestamps: bool,
+}
+
+/// `lwr stamp -- COMMAND...`: what a node with --timestamps runs a job under.
+#[derive(Debug, Args)]
+pub struct StampArgs {
+    /// The job's command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

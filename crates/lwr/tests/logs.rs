@@ -418,3 +418,64 @@ fn no_bytes_travel_until_asked_and_the_last_viewer_leaving_stops_the_stream() {
         .assert_failure()
         .assert_stderr_has(&["no running run"]);
 }
+
+#[test]
+fn a_node_with_timestamps_starts_every_line_with_the_time() {
+    let dir = tempdir();
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  talk:\n    run: echo out; echo err >&2; printf partial; exit 3\n  \
+         missing:\n    run: no-such-program-lwr\n",
+    );
+    let server = Server::start(dir.path());
+    let work_dir = dir.path().join("ts");
+    let args = [
+        "node",
+        "--server",
+        &server.url,
+        "--name",
+        "ts",
+        "--timestamps",
+        "--work-dir",
+        &work_dir.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut node = Daemon::new(
+        "node ts",
+        args,
+        dir.path().join("node-ts.log"),
+        vec![work_dir],
+    );
+    node.start();
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let graph = out.pushed_graph();
+    server.wait_finished(graph);
+    let talk = server.job(graph, "talk");
+    assert_eq!(talk.info.state, JobState::Failed);
+    assert_eq!(
+        talk.run_history[0].exit_code,
+        Some(3),
+        "the job's own exit code"
+    );
+    let log = server.lwr(&["logs", &talk.info.id.to_string()]).stdout;
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 3, "{log:?}");
+    for (line, text) in lines.iter().zip(["out", "err", "partial"]) {
+        let (stamp, rest) = line.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        assert_eq!(rest, text, "{log:?}");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(stamp).is_ok() && stamp.ends_with('Z'),
+            "not a UTC timestamp: {stamp:?}"
+        );
+    }
+    let missing = server.job(graph, "missing");
+    assert_eq!(missing.run_history[0].exit_code, Some(127));
+    assert!(
+        server
+            .lwr(&["logs", &missing.info.id.to_string()])
+            .stdout
+            .contains("no-such-program-lwr"),
+    );
+}

@@ -35,6 +35,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trigger(args) => pushes::trigger(args).await,
         Command::Checkout(args) => checkout::run(args),
         Command::Tokens(args) => tokens::run(args).await,
+        Command::Stamp(args) => {
+            let code = lwr_node::stamp::run(&args.command)?;
+            // Exit codes are 0..=255; 128 + signal fits.
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
     }
 }
 

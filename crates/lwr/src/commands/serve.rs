@@ -40,6 +40,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         tags: parse_tags(&args.tags)?,
         slots: args.slots.unwrap_or_else(default_slots),
         work_dir: args.work_dir,
+        timestamps: args.timestamps,
     };
     lwr_node::run(config, stop_signal()).await?;
     Ok(ExitCode::SUCCESS)
@@ -65,6 +66,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
             name,
             tags: BTreeMap::new(),
             slots,
+            timestamps: args.timestamps,
         };
         let mut stop = stop_rx.clone();
         nodes.push(tokio::spawn(lwr_node::run(config, async move {
