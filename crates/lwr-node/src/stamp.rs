@@ -75,9 +75,8 @@ pub fn run(argv: &[OsString]) -> std::io::Result<i32> {
     let status = child.wait()?;
     // Output the job wrote before it exited is in the pipe: copy it. Something the job left
     // running may hold the pipe open for ever; the node kills it with the job's group.
-    match done_rx.recv_timeout(DRAIN) {
-        Ok(Err(e)) => eprintln!("lwr stamp: {e}"),
-        Ok(Ok(())) | Err(_) => {}
+    if let Ok(Err(e)) = done_rx.recv_timeout(DRAIN) {
+        eprintln!("lwr stamp: {e}");
     }
     Ok(exit_code(status))
 }
