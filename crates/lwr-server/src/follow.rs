@@ -241,6 +241,21 @@ async fn stats(State(state): Shared) -> Json<Stats> {
     })
 }
 
+/// Every minute, drops the spool of runs that ended while nobody watched them.
+pub(crate) async fn sweep(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        for run in state.live.unwatched() {
+            match state.queue.store().run_owner(run).await {
+                Ok(Some((_, true))) => {}
+                Ok(_) => state.live.stored(run),
+                Err(e) => tracing::warn!("live log sweep: {e}"),
+            }
+        }
+    }
+}
+
 /// Where a viewer starts: which run of the job, and at which byte.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Start {

@@ -139,6 +139,7 @@ pub async fn bind(
         tokio::spawn(async move { state.queue.follow(events).await })
     });
     let artifact_sweeper = tokio::spawn(artifacts::sweep(state.clone()));
+    let live_sweeper = tokio::spawn(follow::sweep(state.clone()));
     let poller = tokio::spawn(poller::supervise(state.clone()));
     let app = router(state);
     let serve = async move {
@@ -148,6 +149,7 @@ pub async fn bind(
             follower.abort();
         }
         artifact_sweeper.abort();
+        live_sweeper.abort();
         poller.abort();
         result
     };

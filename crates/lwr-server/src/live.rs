@@ -328,6 +328,16 @@ impl LiveLogs {
         }
     }
 
+    /// Runs held here that nobody follows and nobody turned live: the sweep drops those
+    /// whose run has ended (their node died, or their log was empty and never uploaded).
+    pub fn unwatched(&self) -> Vec<i64> {
+        lock(&self.runs)
+            .values()
+            .filter(|r| !lock(&r.inner).wanted())
+            .map(|r| r.run_id)
+            .collect()
+    }
+
     pub fn count_viewer_bytes(&self, n: usize) {
         self.counters
             .viewer_bytes
@@ -441,6 +451,18 @@ mod tests {
     }
 
     #[test]
+    fn runs_nobody_watches_any_more_are_listed_for_the_sweep() {
+        let (_d, logs) = logs();
+        let viewer = logs.follow(5, 1);
+        ack(&logs, 5, 0, b"abc", false);
+        assert!(logs.unwatched().is_empty());
+        drop(viewer);
+        assert_eq!(logs.unwatched(), vec![5]);
+        logs.stored(5);
+        assert!(logs.unwatched().is_empty());
+    }
+
+    #[test]
     fn live_keeps_a_run_wanted_without_viewers() {
         let (_d, logs) = logs();
         assert_eq!(logs.set_live(3, 9, true), 0);
@@ -464,6 +486,7 @@ mod tests {
         assert!(!late.wanted);
         drop(viewer);
         assert!(!spool.exists());
+        assert!(logs.unwatched().is_empty());
         // Pieces for a run nobody follows are dropped and the node told to stop.
         assert!(!ack(&logs, 42, 0, b"x", false).wanted);
         assert_eq!(logs.stats().streams, 0);
