@@ -275,13 +275,23 @@ pub(crate) fn last_event_id(value: &str) -> Option<(i64, u64)> {
 /// `start.offset`, then followed live until the run ends.
 pub(crate) async fn sse(state: Arc<AppState>, job_id: i64, start: Start) -> ApiResult<Response> {
     let job = state.queue.store().job(job_id).await?;
+    // A run that does not exist yet is waited for, unless it never will.
     if let Some(n) = start.run_number
         && pick_run(&job, Some(n)).is_none()
-        && job.info.runs >= n
+        && (n == 0 || job.info.state.is_terminal())
     {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("job {job_id} has no run {n}"),
+        ));
+    }
+    if let Some(run) = start.run_id
+        && !job.run_history.iter().any(|r| r.id == run)
+    {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "Last-Event-ID",
+            format!("run {run} is not a run of job {job_id}"),
         ));
     }
     if job.run_history.is_empty() && job.info.state.is_terminal() {
