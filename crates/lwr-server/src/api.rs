@@ -1296,6 +1296,8 @@ struct ApiDoc;
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(follow::FollowDoc::openapi());
+    // Again, for the merged operations: it only adds what an operation does not say.
+    Shared_.modify(&mut doc);
     // A fixed version keeps the checked-in document stable across releases of the binary.
     doc.info.version = "1".into();
     doc
