@@ -36,7 +36,10 @@ pub fn required_scope(method: &Method, path: &str) -> Option<Scope> {
         )
         | (
             &Method::POST,
-            "/v1/nodes/{id}/claim" | "/v1/nodes/{id}/heartbeat" | "/v1/nodes/{id}/results",
+            "/v1/nodes/{id}/claim"
+            | "/v1/nodes/{id}/heartbeat"
+            | "/v1/nodes/{id}/results"
+            | "/v1/runs/{id}/artifact-commits",
         ) => Scope::NodeRegister,
         (_, p) if p == "/v1/tokens" || p.starts_with("/v1/tokens/") => Scope::Admin,
         (&Method::GET | &Method::HEAD, _) => Scope::Read,

@@ -11,6 +11,7 @@ mod artifacts;
 pub mod auth;
 mod error;
 mod logs;
+mod staged;
 pub mod poller;
 pub mod queue;
 
@@ -91,6 +92,8 @@ pub struct AppState {
     pub config: Config,
     pub artifacts: Arc<dyn artifact::ArtifactStore>,
     pub poll: Arc<poller::PollStatus>,
+    /// Artifact uploads waiting for their commit.
+    pub staged: staged::Staging,
 }
 
 /// Binds `addr` and returns the bound address and a future that serves until `shutdown`
@@ -123,6 +126,7 @@ pub async fn bind(
         config,
         artifacts,
         poll: Default::default(),
+        staged: Default::default(),
     });
     let sweeper = tokio::spawn(queue::sweep_leases(state.clone()));
     let follower = events.map(|events| {
