@@ -256,12 +256,7 @@ fn find_files(job_dir: &Path, decl: &ArtifactDecl) -> Result<Vec<String>, Artifa
 
 /// Moves (or, for a symlink, copies) a matched file into the outbox; returns its size.
 /// It is hashed later, while it is uploaded.
-fn keep(
-    job_dir: &Path,
-    rel: &str,
-    dest: &Path,
-    decl: &ArtifactDecl,
-) -> Result<u64, ArtifactError> {
+fn keep(job_dir: &Path, rel: &str, dest: &Path, decl: &ArtifactDecl) -> Result<u64, ArtifactError> {
     let src = job_dir.join(rel);
     let file_err = |source| ArtifactError::File {
         name: decl.name.clone(),

@@ -11,9 +11,9 @@ mod artifacts;
 pub mod auth;
 mod error;
 mod logs;
-mod staged;
 pub mod poller;
 pub mod queue;
+mod staged;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -360,10 +360,17 @@ fn staged_uploads_are_stored_only_when_committed_with_a_matching_hash() {
     assert_eq!(a.status, 422, "{a:?}");
     assert_eq!(a.body["field"], "sha256", "{a:?}");
     assert!(
-        a.body["error"].as_str().unwrap().contains("sha256 mismatch"),
+        a.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("sha256 mismatch"),
         "{a:?}"
     );
-    assert_eq!(snapshot(&store), before, "a refused commit changed the store");
+    assert_eq!(
+        snapshot(&store),
+        before,
+        "a refused commit changed the store"
+    );
     let a = commit(&upload, &sha(b"good bytes"));
     assert_eq!(a.status, 404, "a refused upload is gone: {a:?}");
     let a = commit("no-such-upload", &sha(b"good bytes"));
@@ -390,7 +397,11 @@ fn staged_uploads_are_stored_only_when_committed_with_a_matching_hash() {
 
     // An upload still staged when the run's manifest arrives is dropped.
     stage("never-committed", b"left behind");
-    assert_ne!(snapshot(&store), with_s, "staged bytes wait in the store's temp dir");
+    assert_ne!(
+        snapshot(&store),
+        with_s,
+        "staged bytes wait in the store's temp dir"
+    );
     let a = http.call(
         "PUT",
         &format!("/v1/runs/{run}/manifest?node={node}"),
@@ -398,7 +409,11 @@ fn staged_uploads_are_stored_only_when_committed_with_a_matching_hash() {
         Some(serde_json::json!({"artifacts": ["streamed", "s"]})),
     );
     assert_eq!(a.status, 204, "{a:?}");
-    assert_eq!(snapshot(&store), with_s, "the staged upload outlived its run");
+    assert_eq!(
+        snapshot(&store),
+        with_s,
+        "the staged upload outlived its run"
+    );
     let m = server
         .api
         .block_on(client.manifest_at(&format!("/v1/runs/{run}/manifest")))
