@@ -88,24 +88,17 @@ fn hashing_body(
         let mut file = file;
         let mut hasher = Sha256::new();
         loop {
-            let mut buf = vec![0u8; UPLOAD_CHUNK];
-            let mut filled = 0;
-            while filled < buf.len() {
-                match file.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let copy = std::io::Error::new(e.kind(), e.to_string());
-                        let _ = tx.blocking_send(Err(copy));
-                        return Err(e);
-                    }
+            // Filled by the read itself: no zeroing of each chunk first.
+            let mut buf = Vec::with_capacity(UPLOAD_CHUNK);
+            match (&mut file).take(UPLOAD_CHUNK as u64).read_to_end(&mut buf) {
+                Ok(0) => return Ok(Some(lwr_model::manifest::hex(&hasher.finalize()))),
+                Ok(_) => {}
+                Err(e) => {
+                    let copy = std::io::Error::new(e.kind(), e.to_string());
+                    let _ = tx.blocking_send(Err(copy));
+                    return Err(e);
                 }
             }
-            if filled == 0 {
-                return Ok(Some(lwr_model::manifest::hex(&hasher.finalize())));
-            }
-            buf.truncate(filled);
             hasher.update(&buf);
             if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
                 return Ok(None);
