@@ -543,9 +543,17 @@ impl Client {
                 .header(reqwest::header::CONTENT_LENGTH, len)
                 .body(body);
             let what = format!("{path} ({})", meta.name);
-            let sent = self.send(Method::PUT, &what, req).await;
-            // The reader ends once the body is sent or dropped: its error explains a failed
-            // send better than the broken request does.
+            let sent = match self.send(Method::PUT, &what, req).await {
+                Ok(resp) => Ok(resp),
+                // A read error explains a broken request better; a reader still running
+                // waits on a body nobody reads any more, so only a finished one is asked.
+                Err(e) if hashed.is_finished() => match hashed.await {
+                    Ok(Err(read)) => return Err(file_err(read)),
+                    _ => return Err(e),
+                },
+                Err(e) => return Err(e),
+            };
+            // The server answered after the whole body: the reader has ended.
             let sha256 = match (hashed.await, sent) {
                 (Ok(Err(e)), _) => return Err(file_err(e)),
                 (Err(e), _) => return Err(file_err(std::io::Error::other(e))),

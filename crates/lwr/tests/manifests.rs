@@ -327,6 +327,15 @@ fn staged_uploads_are_stored_only_when_committed_with_a_matching_hash() {
     let before = snapshot(&store);
     assert_eq!(before.len(), empty.len() + 1, "{before:?}");
     assert!(before.iter().any(|(_, b)| b == b"streamed bytes"));
+    // Sent again (an answer the node lost): a duplicate, promptly, and nothing changes.
+    let big = tmp.path().join("big");
+    std::fs::write(&big, vec![3u8; 3 << 20]).unwrap();
+    let err = server
+        .api
+        .block_on(client.upload_artifact_hashing(held.run, held.node, &meta("streamed", ""), &big))
+        .expect_err("a duplicate");
+    assert_eq!(err.status(), Some(StatusCode::CONFLICT), "{err}");
+    assert_eq!(snapshot(&store), before, "a duplicate changed the store");
 
     let http = Http::new(&server.url);
     let (run, node) = (held.run, held.node);

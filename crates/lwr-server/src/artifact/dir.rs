@@ -199,3 +199,27 @@ impl Upload for DirUpload {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_restarted_store_drops_unfinished_uploads_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("artifacts");
+        let store = DirStore::new(root.clone()).unwrap();
+        let mut kept = store.begin("1/kept").await.unwrap();
+        kept.write(Bytes::from_static(b"kept")).await.unwrap();
+        kept.commit().await.unwrap();
+        let mut left = store.begin("1/left").await.unwrap();
+        left.write(Bytes::from_static(b"left")).await.unwrap();
+        let parts = || std::fs::read_dir(root.join(".tmp")).unwrap().count();
+        assert_eq!(parts(), 1, "an unfinished upload waits in .tmp");
+        drop(left);
+        DirStore::new(root.clone()).unwrap();
+        assert_eq!(parts(), 0);
+        assert_eq!(std::fs::read(root.join("1/kept")).unwrap(), b"kept");
+        assert!(!root.join("1/left").exists());
+    }
+}
