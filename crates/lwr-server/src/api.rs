@@ -846,6 +846,7 @@ fn other_kind() -> String {
         (status = 409, description = "the run already has an artifact of that name", body = ErrorBody),
         (status = 413, description = "larger than the server's limit", body = ErrorBody),
         (status = 422, description = "the content does not match its sha256", body = ErrorBody),
+        (status = 503, description = "without `sha256`: too many uploads wait for their commit; retry later", body = ErrorBody),
     )
 )]
 async fn upload_artifact(

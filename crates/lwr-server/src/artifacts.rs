@@ -17,7 +17,7 @@ use lwr_store::{NewArtifact, now_ms, rfc3339};
 use sha2::{Digest, Sha256};
 
 use crate::artifact::{ArtifactError, ArtifactStore, ByteStream};
-use crate::staged::{self, STAGE_TTL, Staged};
+use crate::staged::{self, MAX_STAGED, STAGE_TTL, Staged};
 use crate::{ApiError, AppState};
 
 /// What the node says about an artifact it uploads.
@@ -134,6 +134,12 @@ pub(crate) async fn upload(
     if store.has_artifact(run, &info.name).await? {
         return Err(duplicate(run, &info.name));
     }
+    if info.sha256.is_none() && state.staged.len() >= MAX_STAGED {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_STAGED} uploads wait for their commit already: try again later"),
+        ));
+    }
     let key = format!("{run}/{}", uuid::Uuid::new_v4());
     let mut upload = state.artifacts.begin(&key).await.map_err(internal)?;
     let mut hasher = Sha256::new();
@@ -153,6 +159,10 @@ pub(crate) async fn upload(
         if let Err(e) = upload.write(chunk).await {
             break Some(internal(e));
         }
+    };
+    let refused = match refused {
+        None => upload.finish().await.err().map(internal),
+        refused => refused,
     };
     if let Some(err) = refused {
         if let Err(e) = upload.abort().await {

@@ -14,6 +14,8 @@ use crate::artifact::Upload;
 
 /// How long a staged upload waits for its commit; the node commits right after sending.
 pub(crate) const STAGE_TTL: Duration = Duration::from_secs(600);
+/// Staged uploads held at most: each holds an open upload of the artifact store.
+pub(crate) const MAX_STAGED: usize = 256;
 
 /// What a staged upload holds until its commit.
 pub(crate) struct Staged {
@@ -40,6 +42,10 @@ impl Staging {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Staged>> {
         // A panic while holding the lock leaves a plain map: still usable.
         self.uploads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
     }
 
     pub(crate) fn add(&self, id: String, staged: Staged) {

@@ -136,12 +136,12 @@ struct DirUpload {
 }
 
 impl DirUpload {
-    /// Ends the writer and returns how it went.
-    async fn finish(&mut self) -> std::io::Result<()> {
+    /// Ends the writer and returns how it went (`Ok` once it ended well before).
+    async fn end_writer(&mut self) -> std::io::Result<()> {
         self.tx = None;
         match self.writer.take() {
             Some(w) => w.await.map_err(std::io::Error::other)?,
-            None => Err(std::io::Error::other("the upload's writer already stopped")),
+            None => Ok(()),
         }
     }
 }
@@ -157,7 +157,7 @@ impl Upload for DirUpload {
                 return Ok(());
             }
             // The writer stopped: its error says why.
-            let err = match self.finish().await {
+            let err = match self.end_writer().await {
                 Err(e) => e,
                 Ok(()) => std::io::Error::other("the upload's writer stopped"),
             };
@@ -165,10 +165,14 @@ impl Upload for DirUpload {
         })
     }
 
+    fn finish(&mut self) -> BoxFuture<'_, Result<(), ArtifactError>> {
+        Box::pin(async move { self.end_writer().await.map_err(io(&self.key)) })
+    }
+
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), ArtifactError>> {
         Box::pin(async move {
             let mut this = *self;
-            let done = this.finish().await;
+            let done = this.end_writer().await;
             let DirUpload { key, tmp, dest, .. } = this;
             let done = async {
                 done?;
@@ -190,7 +194,7 @@ impl Upload for DirUpload {
     fn abort(self: Box<Self>) -> BoxFuture<'static, Result<(), ArtifactError>> {
         Box::pin(async move {
             let mut this = *self;
-            let _ = this.finish().await;
+            let _ = this.end_writer().await;
             match tokio::fs::remove_file(&this.tmp).await {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
