@@ -79,6 +79,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             put(upload_artifact).layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/runs/{id}/artifacts/{*name}", get(get_artifact))
+        .route("/v1/runs/{id}/artifact-commits", post(commit_artifact))
         .route(
             "/v1/runs/{id}/manifest",
             put(put_manifest).get(get_run_manifest),
@@ -848,8 +849,9 @@ pub struct ArtifactUploadQuery {
     /// leading `/`, no NUL).
     name: String,
     /// SHA-256 of the content, 64 lowercase hex digits; an upload that does not match is
-    /// refused and nothing is stored.
-    sha256: String,
+    /// refused and nothing is stored. Without it the upload is staged (202): nothing is
+    /// stored until `POST /v1/runs/{id}/artifact-commits` names it with the uploader's hash.
+    sha256: Option<String>,
     /// `installer`, `symbols`, `tests`, `report`, `other` or a custom word.
     #[serde(default = "other_kind")]
     kind: String,
@@ -869,11 +871,13 @@ fn other_kind() -> String {
     request_body(content = String, content_type = "application/octet-stream"),
     responses(
         (status = 201, description = "stored; the artifact as manifests list it", content_type = "application/json"),
+        (status = 202, description = "received without `sha256`: staged, not stored, until committed", body = StagedArtifact),
         (status = 400, description = "bad name, kind, hash or path", body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "the run already has an artifact of that name", body = ErrorBody),
         (status = 413, description = "larger than the server's limit", body = ErrorBody),
         (status = 422, description = "the content does not match its sha256", body = ErrorBody),
+        (status = 503, description = "without `sha256`: too many uploads wait for their commit; retry later", body = ErrorBody),
     )
 )]
 async fn upload_artifact(
@@ -898,7 +902,39 @@ async fn upload_artifact(
         content_type: q.content_type,
         length,
     };
-    let mut artifact = artifacts::upload(&state, run, info, body).await?;
+    match artifacts::upload(&state, run, info, body).await? {
+        artifacts::Uploaded::Stored(mut artifact) => {
+            artifact.location = format!("{}{}", base_url(&headers), artifact.location);
+            Ok((StatusCode::CREATED, Json(artifact)).into_response())
+        }
+        artifacts::Uploaded::Staged(staged) => {
+            Ok((StatusCode::ACCEPTED, Json(staged)).into_response())
+        }
+    }
+}
+
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/artifact-commits", params(("id" = i64, Path), NodeQuery),
+    request_body = ArtifactCommit,
+    responses(
+        (status = 201, description = "verified and stored; the artifact as manifests list it", content_type = "application/json"),
+        (status = 400, description = "bad hash", body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "no such run, or no such staged upload (expired or the server restarted: upload again)", body = ErrorBody),
+        (status = 409, description = "the run already has an artifact of that name", body = ErrorBody),
+        (status = 422, description = "the content received does not match `sha256`: dropped", body = ErrorBody),
+    )
+)]
+async fn commit_artifact(
+    State(state): Shared,
+    auth: Auth,
+    ApiPath(run): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<NodeQuery>,
+    headers: HeaderMap,
+    ApiJson(commit): ApiJson<ArtifactCommit>,
+) -> ApiResult<Response> {
+    check_node(&state, &auth, q.node).await?;
+    let mut artifact = artifacts::commit(&state, run, q.node, &commit).await?;
     artifact.location = format!("{}{}", base_url(&headers), artifact.location);
     Ok((StatusCode::CREATED, Json(artifact)).into_response())
 }
@@ -1229,6 +1265,7 @@ impl Modify for Shared_ {
         report_results,
         upload_log,
         upload_artifact,
+        commit_artifact,
         get_artifact,
         put_manifest,
         get_run_manifest,
@@ -1268,6 +1305,8 @@ impl Modify for Shared_ {
         ResultAck,
         ReportAck,
         ManifestUpload,
+        StagedArtifact,
+        ArtifactCommit,
         Health,
         CancelResult,
         RetriggerRequest,

@@ -39,7 +39,8 @@ pub fn required_scope(method: &Method, path: &str) -> Option<Scope> {
             "/v1/nodes/{id}/claim"
             | "/v1/nodes/{id}/heartbeat"
             | "/v1/nodes/{id}/results"
-            | "/v1/runs/{id}/log/stream",
+            | "/v1/runs/{id}/log/stream"
+            | "/v1/runs/{id}/artifact-commits",
         )
         | (&Method::GET, "/v1/nodes/{id}/streams") => Scope::NodeRegister,
         // Following a log makes its node stream it too: turning that on needs no more.

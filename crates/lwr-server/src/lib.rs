@@ -15,6 +15,7 @@ pub mod live;
 mod logs;
 pub mod poller;
 pub mod queue;
+mod staged;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -95,6 +96,8 @@ pub struct AppState {
     pub poll: Arc<poller::PollStatus>,
     /// Logs of running jobs streamed to viewers.
     pub live: Arc<live::LiveLogs>,
+    /// Artifact uploads waiting for their commit.
+    pub staged: staged::Staging,
 }
 
 /// Binds `addr` and returns the bound address and a future that serves until `shutdown`
@@ -132,6 +135,7 @@ pub async fn bind(
         artifacts,
         poll: Default::default(),
         live: Arc::new(live),
+        staged: Default::default(),
     });
     let sweeper = tokio::spawn(queue::sweep_leases(state.clone()));
     let follower = events.map(|events| {
