@@ -12,6 +12,9 @@ use crate::{Client, ClientError, REQUEST_TIMEOUT, Result};
 
 /// Longest a followed log may stay open: a long build's log, live.
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest silence on a followed log before it counts as broken (the server sends a
+/// keep-alive comment every 15 s).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// One event of a followed log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,13 +48,20 @@ impl LogFollow {
                 }
                 continue;
             }
-            match self.resp.chunk().await {
-                Ok(Some(bytes)) => self.buf.extend_from_slice(&bytes),
-                Ok(None) => return Ok(None),
-                Err(e) => {
+            // The server sends a comment every 15 s: silence means a dead connection.
+            match tokio::time::timeout(IDLE_TIMEOUT, self.resp.chunk()).await {
+                Ok(Ok(Some(bytes))) => self.buf.extend_from_slice(&bytes),
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Err(e)) => {
                     return Err(ClientError::Unreachable {
                         server: self.path.clone(),
                         detail: e.to_string(),
+                    });
+                }
+                Err(_) => {
+                    return Err(ClientError::Unreachable {
+                        server: self.path.clone(),
+                        detail: format!("nothing received for {IDLE_TIMEOUT:?}"),
                     });
                 }
             }

@@ -7,6 +7,8 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::process::{Command, ExitStatus};
 
+use nix::sys::signal::{SigHandler, Signal, signal};
+
 /// Starts each line of a stream with a timestamp, passing partial lines on at once (a job's
 /// prompt or progress output shows up before its newline).
 pub struct Stamper {
@@ -68,6 +70,11 @@ pub fn run(argv: &[OsString]) -> std::io::Result<i32> {
             });
         }
     };
+    // A cancel or a timeout sends SIGTERM to the whole group: the job gets it, and this
+    // process stays to copy what the job says while it shuts down (SIGKILL still ends it).
+    // Set after the spawn, so the job does not inherit it.
+    // SAFETY: SIG_IGN installs no handler code; nothing else here handles SIGTERM.
+    let _ = unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) };
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = done_tx.send(copy_stamped(&mut reader));

@@ -24,6 +24,10 @@ use crate::{Backoff, exec, lock};
 const FOLLOW_EVERY: Duration = Duration::from_millis(10);
 /// How long one streams long-poll waits on the server.
 const STREAMS_WAIT: Duration = Duration::from_secs(20);
+/// How soon to look again for the log of a wanted run that has no log file yet.
+const NOT_YET: Duration = Duration::from_millis(250);
+/// How long a streamer told that nobody wants its log waits before it sends again.
+const UNWANTED_PAUSE: Duration = Duration::from_millis(200);
 
 /// The log files of runs in progress, for streamers to find.
 #[derive(Default)]
@@ -56,6 +60,10 @@ impl RunLogs {
         }
     }
 
+    fn is_running(&self, run: i64) -> bool {
+        lock(&self.runs).contains_key(&run)
+    }
+
     /// The open log of `run` and its end, when known: a run in progress, or one that ended
     /// and whose log is still kept on this node.
     fn open(
@@ -79,8 +87,9 @@ pub(crate) async fn serve(client: Client, node: i64, work_dir: PathBuf, logs: Ar
     let mut version = None;
     let mut streamers: HashMap<i64, JoinHandle<()>> = HashMap::new();
     let mut backoff = Backoff::new();
+    let mut wait = STREAMS_WAIT;
     loop {
-        let wanted = match client.log_streams(node, version, STREAMS_WAIT).await {
+        let wanted = match client.log_streams(node, version, wait).await {
             Ok(wanted) => {
                 backoff.reset();
                 wanted
@@ -105,12 +114,17 @@ pub(crate) async fn serve(client: Client, node: i64, work_dir: PathBuf, logs: Ar
             }
             keep
         });
+        wait = STREAMS_WAIT;
         for s in wanted.streams {
             if streamers.contains_key(&s.run_id) {
                 continue;
             }
             let Some((file, ended)) = logs.open(&work_dir, s.run_id) else {
-                // Nothing here (an empty log, or already uploaded): the stored log serves.
+                if logs.is_running(s.run_id) {
+                    // Its job is starting and has no log file yet: look again shortly.
+                    wait = NOT_YET;
+                }
+                // Otherwise nothing is here (an empty log, or uploaded): the store serves.
                 continue;
             };
             tracing::debug!("run {}: streaming its log from byte {}", s.run_id, s.offset);
@@ -165,8 +179,13 @@ impl Streamer {
                     // Usually offset + len; after a lost answer or a gap, where the server
                     // stands.
                     offset = ack.offset;
-                    if !ack.wanted || (last && end == Some(offset)) {
+                    if last && end == Some(offset) {
                         return;
+                    }
+                    if !ack.wanted {
+                        // Nobody wants it this moment: the streams poll stops this streamer
+                        // in a moment, unless a viewer came back meanwhile; ask again then.
+                        tokio::time::sleep(UNWANTED_PAUSE).await;
                     }
                 }
                 Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {

@@ -27,7 +27,7 @@ use utoipa::{IntoParams, OpenApi};
 
 use crate::api::{ApiJson, ApiPath, ApiQuery};
 use crate::auth::{Auth, check_node};
-use crate::live::Viewer;
+use crate::live::{AppendError, Viewer};
 use crate::queue::MAX_WAIT;
 use crate::{ApiError, AppState, logs};
 
@@ -38,6 +38,10 @@ type ApiResult<T> = Result<T, ApiError>;
 const EVENT_BYTES: usize = 256 << 10;
 /// A viewer re-reads its run's state at least this often, in case a wake-up was missed.
 const RECHECK: Duration = Duration::from_secs(2);
+/// How long a run that ended without a result of its own (cancelled, lost) may take to get
+/// its log to the server: a cancelled job's node stops it within a heartbeat (5 s) and a
+/// grace period (3 s), then uploads the log.
+const UPLOAD_GRACE: Duration = Duration::from_secs(15);
 
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -178,7 +182,11 @@ async fn stream_piece(
             offset: gap.held,
             wanted: true,
         })),
-        Ok(Err(e)) => Err(io(e.to_string())),
+        Ok(Err(e @ AppendError::TooLarge { .. })) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("run {run}: {e}"),
+        )),
+        Ok(Err(e @ AppendError::Io(_))) => Err(io(e.to_string())),
         Err(e) => Err(io(e.to_string())),
     }
 }
@@ -440,19 +448,19 @@ impl Follow {
         let live = viewer.run.clone();
         let mut held_rx = live.subscribe();
         let mut check = true;
+        // When the run was first seen ended, and how: its node may still be sending the end
+        // of the log (a cancelled run's last words) and uploading it.
+        let mut ended: Option<(Instant, RunState)> = None;
         loop {
-            if check {
-                check = false;
-                if self.run_state(run.id).await? != RunState::Running {
-                    return self.finish(run.id, offset, Some(viewer)).await;
+            if check && ended.is_none() {
+                let (state, _) = self.run_info(run.id).await?;
+                if state != RunState::Running {
+                    ended = Some((Instant::now(), state));
                 }
             }
+            check = false;
             let held = *held_rx.borrow_and_update();
-            if held.stored {
-                // Stored whole just before the run's result comes in.
-                return self.finish(run.id, offset, Some(viewer)).await;
-            }
-            if held.size > offset {
+            if held.size > offset && !held.stored {
                 let (at, from) = (offset, live.clone());
                 let bytes = tokio::task::spawn_blocking(move || from.read(at, EVENT_BYTES))
                     .await
@@ -465,10 +473,24 @@ impl Follow {
                     continue;
                 }
             }
-            // Caught up: wait for more bytes, or for the run's end.
+            let done = match ended {
+                _ if held.stored => true,
+                None => false,
+                // A result means the log, if any, was uploaded before it.
+                Some((_, RunState::Succeeded | RunState::Failed)) => true,
+                Some((since, _)) => held.complete || since.elapsed() >= UPLOAD_GRACE,
+            };
+            if done {
+                return self.finish(run.id, offset, Some(viewer)).await;
+            }
+            // Caught up: wait for more bytes, the run's end, or its log.
+            let grace = ended.map_or(RECHECK, |(since, _)| {
+                UPLOAD_GRACE.saturating_sub(since.elapsed())
+            });
             tokio::select! {
                 r = held_rx.changed() => check |= r.is_err(),
                 r = self.wait_change(&mut changes) => { r?; check = true; }
+                _ = tokio::time::sleep(grace) => {}
             }
         }
     }
@@ -485,28 +507,50 @@ impl Follow {
         }
     }
 
-    async fn run_state(&self, run_id: i64) -> Result<RunState, Stop> {
+    /// The run's state and the size of its stored log.
+    async fn run_info(&self, run_id: i64) -> Result<(RunState, u64), Stop> {
         let job = self.state.queue.store().job(self.job_id).await?;
         Ok(job
             .run_history
             .iter()
             .find(|r| r.id == run_id)
-            .map(|r| r.state)
-            .unwrap_or(RunState::Exception))
+            .map_or((RunState::Exception, 0), |r| (r.state, r.log_size)))
     }
 
-    /// The run ended: the rest of the log from the store (or, when the node could not store
-    /// it, from the spool the viewer still holds), then the end.
+    /// The run's log is whole: the rest of it from the store (or, when its node could not
+    /// store it, from the spool the viewer still holds), then the end with the run's state.
     async fn finish(
         &self,
         run_id: i64,
         mut offset: u64,
         viewer: Option<Viewer>,
     ) -> Result<(), Stop> {
-        let state = self.run_state(run_id).await?;
-        self.state.live.stored(run_id);
+        // The node uploads the log just before it reports the result: wait for the result
+        // (briefly), so that `end` says how the run ended.
+        let mut changes = self.state.queue.subscribe_changes();
+        let deadline = Instant::now() + UPLOAD_GRACE;
+        let (state, log_size) = loop {
+            let (state, size) = self.run_info(run_id).await?;
+            if state != RunState::Running || Instant::now() >= deadline {
+                break (state, size);
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.tx.closed() => return Err(Stop::Gone),
+            }
+        };
         let spool = viewer.as_ref().map(|v| v.run.clone());
         let stored = logs::path(&self.state.config.data_dir, run_id);
+        if log_size > 0 && spool.is_none() && !stored.exists() {
+            return Err(Stop::Failed(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "the log of run {run_id} ({log_size} bytes) was stored by another server; \
+                     servers sharing a database must share --data-dir"
+                ),
+            )));
+        }
         loop {
             let path = stored.clone();
             let spool = spool.clone();

@@ -122,9 +122,11 @@ pub async fn bind(
     // Listen before serving, so no change another server makes after we start is missed.
     let events = store.events().await?;
     let artifacts = artifact::open(&config.artifact_store, &config.data_dir)?;
-    let live = live::LiveLogs::open(&config.data_dir).map_err(|source| ServerError::DataDir {
-        dir: config.data_dir.join("spool"),
-        source,
+    let live = live::LiveLogs::open(&config.data_dir, config.max_log_bytes).map_err(|source| {
+        ServerError::DataDir {
+            dir: config.data_dir.join("spool"),
+            source,
+        }
     })?;
     tracing::info!("artifacts in {}", artifacts.describe());
     let queue = Queue::new(store, config.lease);

@@ -100,10 +100,21 @@ pub struct LiveLogs {
     runs: Mutex<HashMap<i64, Arc<LiveRun>>>,
     /// Per node, a counter that moves whenever the set of its wanted runs changes.
     nodes: Mutex<HashMap<i64, watch::Sender<u64>>>,
+    /// Most bytes spooled for one run (the server's limit on a stored log).
+    max_bytes: u64,
     /// First version of every node's set: the clock when the server started, so a node that
     /// holds a version from before a restart never mistakes the new set for the one it has.
     epoch: u64,
     counters: Counters,
+}
+
+/// Why a piece of log was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("the log is larger than the server's limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("cannot write the spool: {0}")]
+    Io(#[source] std::io::Error),
 }
 
 /// A piece of log that starts beyond what the server holds.
@@ -115,7 +126,7 @@ pub struct Gap {
 impl LiveLogs {
     /// Spool files of a previous life are dropped: their runs' nodes resend from zero when
     /// asked again.
-    pub fn open(data_dir: &Path) -> std::io::Result<LiveLogs> {
+    pub fn open(data_dir: &Path, max_bytes: u64) -> std::io::Result<LiveLogs> {
         let dir = data_dir.join("spool");
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
@@ -125,13 +136,22 @@ impl LiveLogs {
             dir,
             runs: Mutex::default(),
             nodes: Mutex::default(),
+            max_bytes,
             epoch: lwr_store::now_ms().max(0) as u64,
             counters: Counters::default(),
         })
     }
 
-    fn run(&self, run_id: i64, node_id: i64) -> Arc<LiveRun> {
-        lock(&self.runs)
+    /// The run's entry, made if need be, with `change` applied to it while the map is
+    /// locked, so that no [`LiveLogs::forget_if_idle`] can drop it in between.
+    fn with_run<T>(
+        &self,
+        run_id: i64,
+        node_id: i64,
+        change: impl FnOnce(&mut RunInner) -> T,
+    ) -> (Arc<LiveRun>, T) {
+        let mut runs = lock(&self.runs);
+        let run = runs
             .entry(run_id)
             .or_insert_with(|| {
                 Arc::new(LiveRun {
@@ -142,7 +162,9 @@ impl LiveLogs {
                     inner: Mutex::default(),
                 })
             })
-            .clone()
+            .clone();
+        let out = change(&mut lock(&run.inner));
+        (run, out)
     }
 
     fn bump(&self, node_id: i64) {
@@ -154,13 +176,11 @@ impl LiveLogs {
 
     /// A viewer starts following `run_id`: the run is wanted until the guard drops.
     pub fn follow(self: &Arc<Self>, run_id: i64, node_id: i64) -> Viewer {
-        let run = self.run(run_id, node_id);
-        let became_wanted = {
-            let mut inner = lock(&run.inner);
+        let (run, became_wanted) = self.with_run(run_id, node_id, |inner| {
             let was = inner.wanted();
             inner.viewers += 1;
             !was
-        };
+        });
         if became_wanted && !run.held().stored {
             self.bump(node_id);
         }
@@ -177,30 +197,22 @@ impl LiveLogs {
             !inner.wanted()
         };
         if now_unwanted {
-            let held = run.held();
-            if held.stored {
-                self.forget(run);
-            } else {
-                self.bump(run.node_id);
-            }
+            self.bump(run.node_id);
         }
+        self.forget_if_idle(run);
     }
 
     /// Turns streaming without a viewer on or off; returns the viewers following it now.
     pub fn set_live(&self, run_id: i64, node_id: i64, live: bool) -> u32 {
-        let run = self.run(run_id, node_id);
-        let (changed, viewers, wanted) = {
-            let mut inner = lock(&run.inner);
+        let (run, (changed, viewers)) = self.with_run(run_id, node_id, |inner| {
             let was = inner.wanted();
             inner.live = live;
-            (was != inner.wanted(), inner.viewers, inner.wanted())
-        };
+            (was != inner.wanted(), inner.viewers)
+        });
         if changed {
             self.bump(node_id);
         }
-        if !wanted && run.held().size == 0 {
-            self.forget(&run);
-        }
+        self.forget_if_idle(&run);
         viewers
     }
 
@@ -248,7 +260,7 @@ impl LiveLogs {
         offset: u64,
         bytes: &[u8],
         end: bool,
-    ) -> std::io::Result<Result<ChunkAck, Gap>> {
+    ) -> Result<Result<ChunkAck, Gap>, AppendError> {
         let Some(run) = lock(&self.runs).get(&run_id).cloned() else {
             // Nobody asked (the server restarted, or the run's log is stored): drop it.
             return Ok(Ok(ChunkAck {
@@ -258,9 +270,11 @@ impl LiveLogs {
         };
         let mut inner = lock(&run.inner);
         let held = run.held();
-        if held.stored {
+        if held.stored || !inner.wanted() {
+            // Nobody wants it now (the node hears so from its streams poll in a moment):
+            // nothing is kept, and the node resumes from what is held if asked again.
             return Ok(Ok(ChunkAck {
-                offset: held.size.max(offset + bytes.len() as u64),
+                offset: held.size,
                 wanted: false,
             }));
         }
@@ -269,17 +283,23 @@ impl LiveLogs {
             Append::From { skip } => skip,
         };
         let fresh = &bytes[skip..];
+        if held.size + fresh.len() as u64 > self.max_bytes {
+            return Err(AppendError::TooLarge {
+                limit: self.max_bytes,
+            });
+        }
         if !fresh.is_empty() {
             if inner.file.is_none() {
                 inner.file = Some(
                     std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
-                        .open(&run.spool)?,
+                        .open(&run.spool)
+                        .map_err(AppendError::Io)?,
                 );
             }
             if let Some(file) = inner.file.as_mut() {
-                file.write_all(fresh)?;
+                file.write_all(fresh).map_err(AppendError::Io)?;
             }
         }
         let c = &self.counters;
@@ -305,22 +325,33 @@ impl LiveLogs {
         }))
     }
 
-    /// The run's log is stored whole: viewers read it from the store, the node stops.
+    /// The run's log is stored whole (or the run ended and no log will come): viewers read
+    /// the rest from the store, the node stops, and the spool goes with the last viewer.
     pub fn stored(&self, run_id: i64) {
         let Some(run) = lock(&self.runs).get(&run_id).cloned() else {
             return;
         };
         run.held.send_modify(|h| h.stored = true);
-        let viewers = lock(&run.inner).viewers;
         self.bump(run.node_id);
-        if viewers == 0 {
-            self.forget(&run);
-        }
+        self.forget_if_idle(&run);
     }
 
-    fn forget(&self, run: &Arc<LiveRun>) {
-        lock(&self.runs).remove(&run.run_id);
-        lock(&run.inner).file = None;
+    /// Drops a run's entry and spool once nothing needs them: no viewer, and either its log
+    /// is stored or nobody wants it and nothing is spooled. Checked with the map locked, so a
+    /// viewer arriving meanwhile keeps it.
+    fn forget_if_idle(&self, run: &Arc<LiveRun>) {
+        {
+            let mut runs = lock(&self.runs);
+            let mut inner = lock(&run.inner);
+            let held = run.held();
+            let idle = inner.viewers == 0 && (held.stored || (!inner.wanted() && held.size == 0));
+            let ours = runs.get(&run.run_id).is_some_and(|r| Arc::ptr_eq(r, run));
+            if !idle || !ours {
+                return;
+            }
+            runs.remove(&run.run_id);
+            inner.file = None;
+        }
         if let Err(e) = std::fs::remove_file(&run.spool)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -328,12 +359,12 @@ impl LiveLogs {
         }
     }
 
-    /// Runs held here that nobody follows and nobody turned live: the sweep drops those
-    /// whose run has ended (their node died, or their log was empty and never uploaded).
+    /// Runs held here that no viewer follows (live or not): the sweep drops those whose run
+    /// has ended (their node died, their log was empty or refused, nobody came back).
     pub fn unwatched(&self) -> Vec<i64> {
         lock(&self.runs)
             .values()
-            .filter(|r| !lock(&r.inner).wanted())
+            .filter(|r| lock(&r.inner).viewers == 0)
             .map(|r| r.run_id)
             .collect()
     }
@@ -386,7 +417,7 @@ mod tests {
 
     fn logs() -> (tempfile::TempDir, Arc<LiveLogs>) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let logs = Arc::new(LiveLogs::open(dir.path()).expect("open"));
+        let logs = Arc::new(LiveLogs::open(dir.path(), 1000).expect("open"));
         (dir, logs)
     }
 
@@ -460,6 +491,44 @@ mod tests {
         assert_eq!(logs.unwatched(), vec![5]);
         logs.stored(5);
         assert!(logs.unwatched().is_empty());
+    }
+
+    #[test]
+    fn a_live_run_followed_to_its_end_leaves_no_spool() {
+        let (dir, logs) = logs();
+        logs.set_live(6, 1, true);
+        let viewer = logs.follow(6, 1);
+        ack(&logs, 6, 0, b"abc", false);
+        logs.stored(6);
+        drop(viewer);
+        assert!(!dir.path().join("spool").join("6.log").exists());
+        let s = logs.stats();
+        assert_eq!((s.streams, s.viewers, s.streamed_bytes), (0, 0, 3));
+        assert!(logs.unwatched().is_empty());
+    }
+
+    #[test]
+    fn the_spool_holds_no_more_than_the_log_limit() {
+        let (_d, logs) = logs();
+        let _viewer = logs.follow(8, 1);
+        ack(&logs, 8, 0, &[b'x'; 600], false);
+        assert!(matches!(
+            logs.append(8, 600, &[b'x'; 600], false),
+            Err(AppendError::TooLarge { limit: 1000 })
+        ));
+        // Nothing of the refused piece was kept.
+        assert_eq!(ack(&logs, 8, 600, b"ok", false).offset, 602);
+    }
+
+    #[test]
+    fn pieces_nobody_wants_are_not_kept() {
+        let (_d, logs) = logs();
+        let viewer = logs.follow(9, 1);
+        ack(&logs, 9, 0, b"abc", false);
+        drop(viewer);
+        let late = ack(&logs, 9, 3, b"def", false);
+        assert_eq!((late.offset, late.wanted), (3, false));
+        assert_eq!(logs.stats().streamed_bytes, 3);
     }
 
     #[test]

@@ -255,15 +255,17 @@ fn pump(mut from: TcpStream, mut to: TcpStream, lose: Arc<AtomicBool>) {
 #[test]
 fn a_node_connection_cut_mid_stream_loses_and_repeats_nothing() {
     let dir = tempdir();
-    let gate = dir.path().join("go");
-    // 20 bursts of 5,000 lines with pauses between: the stream is busy for seconds.
+    let (gate, end_gate) = (dir.path().join("go"), dir.path().join("end"));
+    // 20 bursts of 5,000 lines with pauses between: the stream is busy for seconds. The job
+    // then waits, so every line must reach the viewer live, not from the stored log.
     let repo = git_repo(
         &dir.path().join("repo"),
         &format!(
             "version: 1\njobs:\n  talk:\n    run: while [ ! -e {gate} ]; do sleep 0.05; done; \
              for k in $(seq 0 19); do seq $((k*5000+1)) $((k*5000+5000)) | sed 's/^/line-/'; \
-             sleep 0.1; done\n",
+             sleep 0.1; done; while [ ! -e {end} ]; do sleep 0.05; done\n",
             gate = sh(&gate),
+            end = sh(&end_gate),
         ),
     );
     let server = Server::start(dir.path());
@@ -287,11 +289,8 @@ fn a_node_connection_cut_mid_stream_loses_and_repeats_nothing() {
     });
     // Again and again while it streams: lose the server's answers for a while (pieces the
     // server took are sent again), then cut every connection of the node.
-    while !server
-        .api
-        .job(job)
-        .is_ok_and(|j| j.info.state.is_terminal())
-    {
+    let last = format!("line-{LINES}\n");
+    while !viewer.text().ends_with(&last) {
         proxy.lose_answers.store(true, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(120));
         proxy.cut();
@@ -303,8 +302,12 @@ fn a_node_connection_cut_mid_stream_loses_and_repeats_nothing() {
     }
     assert!(
         proxy.cuts.load(Ordering::Relaxed) >= 3,
-        "the run ended before the connection was cut a few times"
+        "the log was streamed before the connection was cut a few times"
     );
+    // Everything arrived live, across the cuts, while the job still runs.
+    assert_eq!(server.job(graph, "talk").info.state, JobState::Running);
+    assert_every_line_once("viewer across cuts, live", &viewer.text(), LINES);
+    std::fs::write(&end_gate, "").expect("opening the end gate");
     server.wait_finished(graph);
     assert_eq!(server.job(graph, "talk").info.state, JobState::Succeeded);
     assert_every_line_once("viewer across cuts", &viewer.finish(), LINES);
@@ -478,4 +481,46 @@ fn a_node_with_timestamps_starts_every_line_with_the_time() {
             .stdout
             .contains("no-such-program-lwr"),
     );
+}
+
+#[test]
+fn a_cancelled_job_s_viewer_gets_its_last_words_and_characters_stay_whole() {
+    let dir = tempdir();
+    let gate = dir.path().join("never");
+    // Many multi-byte characters: pieces and events split the bytes anywhere.
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        &format!(
+            "version: 1\njobs:\n  talk:\n    run: for i in $(seq 1 3000); do echo \"é€😀 $i\"; done; \
+             trap 'echo bye; exit 1' TERM; while [ ! -e {gate} ]; do sleep 0.05; done\n",
+            gate = sh(&gate),
+        ),
+    );
+    let server = Server::start(dir.path());
+    let _node = server.node(dir.path(), "n1", 1, &[]);
+    let (graph, job) = pushed_job(&server, &repo, "talk");
+    server.wait_job(graph, "talk", JobState::Running, None);
+    let viewer = Viewer::start(&server.url, job, dir.path(), "viewer");
+    wait_until("the viewer to see the 3000th line", DEADLINE, || {
+        viewer
+            .text()
+            .contains("é€😀 3000\n")
+            .then_some(())
+            .ok_or(String::new())
+    });
+    server.lwr(&["cancel", &job.to_string()]).assert_success();
+    let seen = viewer.finish();
+    let expected: String = (1..=3000).map(|i| format!("é€😀 {i}\n")).collect();
+    assert!(
+        seen.starts_with(&expected),
+        "characters were split or lines lost"
+    );
+    // What the job said while it was stopped comes too.
+    assert!(
+        seen[expected.len()..].ends_with("bye\n"),
+        "the end of the log: {:?}",
+        &seen[expected.len()..]
+    );
+    assert_eq!(server.lwr(&["logs", &job.to_string()]).stdout, seen);
+    assert_eq!(server.job(graph, "talk").info.state, JobState::Cancelled);
 }
