@@ -1,5 +1,7 @@
 //! A typed client for the lwr server's `/v1` API, used by the node, the CLI and the tests.
 
+mod follow;
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -13,6 +15,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 
+pub use follow::{FollowEvent, LogFollow};
 pub use reqwest::StatusCode;
 
 /// The server a client talks to when nothing else is said.
@@ -80,6 +83,48 @@ fn file_body(file: tokio::fs::File) -> reqwest::Body {
         Ok(Some((bytes::Bytes::from(buf), file)))
     });
     reqwest::Body::wrap_stream(chunks)
+}
+
+/// Chunks in flight between the thread reading (and hashing) a file and the request body:
+/// bounds the memory of an upload to a few chunks.
+const UPLOAD_QUEUE: usize = 4;
+
+/// A file as a streamed request body, read and hashed on a blocking thread in one pass; the
+/// handle yields the SHA-256 of what was read once the body is sent (`None` when the body
+/// was dropped before the end).
+fn hashing_body(
+    file: std::fs::File,
+) -> (
+    reqwest::Body,
+    tokio::task::JoinHandle<std::io::Result<Option<String>>>,
+) {
+    use std::io::Read;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(UPLOAD_QUEUE);
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        let mut hasher = Sha256::new();
+        loop {
+            // Filled by the read itself: no zeroing of each chunk first.
+            let mut buf = Vec::with_capacity(UPLOAD_CHUNK);
+            match (&mut file).take(UPLOAD_CHUNK as u64).read_to_end(&mut buf) {
+                Ok(0) => return Ok(Some(lwr_model::manifest::hex(&hasher.finalize()))),
+                Ok(_) => {}
+                Err(e) => {
+                    let copy = std::io::Error::new(e.kind(), e.to_string());
+                    let _ = tx.blocking_send(Err(copy));
+                    return Err(e);
+                }
+            }
+            hasher.update(&buf);
+            if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
+                return Ok(None);
+            }
+        }
+    });
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    (reqwest::Body::wrap_stream(chunks), reader)
 }
 
 /// A temporary name in the same directory as `dest`, so the final rename is atomic.
@@ -490,6 +535,92 @@ impl Client {
         self.send(Method::PUT, &format!("{path} ({})", meta.name), req)
             .await?;
         Ok(())
+    }
+
+    /// Uploads an artifact reading the file once: its bytes are hashed while they are sent
+    /// (staged on the server), then committed with that hash, which the server checks
+    /// against what it received. `meta.sha256` is not used. Returns the file's SHA-256.
+    pub async fn upload_artifact_hashing(
+        &self,
+        run: i64,
+        node: i64,
+        meta: &ArtifactMeta,
+        file: &std::path::Path,
+    ) -> Result<String> {
+        let file_err = |source| ClientError::File {
+            path: file.display().to_string(),
+            source,
+        };
+        // A staged upload the server lost (it restarted in between) is sent once more.
+        let mut attempts = 2;
+        loop {
+            attempts -= 1;
+            let f = std::fs::File::open(file).map_err(file_err)?;
+            let len = f.metadata().map_err(file_err)?.len();
+            let (body, hashed) = hashing_body(f);
+            let path = format!("/v1/runs/{run}/artifacts");
+            let req = self
+                .request(Method::PUT, &path, UPLOAD_TIMEOUT)
+                .query(&[
+                    ("node", node.to_string().as_str()),
+                    ("name", &meta.name),
+                    ("kind", &meta.kind),
+                    ("path", &meta.path),
+                    ("content_type", &meta.content_type),
+                ])
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(body);
+            let what = format!("{path} ({})", meta.name);
+            let sent = match self.send(Method::PUT, &what, req).await {
+                Ok(resp) => Ok(resp),
+                // A read error explains a broken request better; a reader still running
+                // waits on a body nobody reads any more, so only a finished one is asked.
+                Err(e) if hashed.is_finished() => match hashed.await {
+                    Ok(Err(read)) => return Err(file_err(read)),
+                    _ => return Err(e),
+                },
+                Err(e) => return Err(e),
+            };
+            // The server answered after the whole body: the reader has ended.
+            let sha256 = match (hashed.await, sent) {
+                (Ok(Err(e)), _) => return Err(file_err(e)),
+                (Err(e), _) => return Err(file_err(std::io::Error::other(e))),
+                (Ok(Ok(_)), Err(e)) => return Err(e),
+                (Ok(Ok(None)), Ok(_)) => {
+                    return Err(file_err(std::io::Error::other("the upload stopped early")));
+                }
+                (Ok(Ok(Some(sha256))), Ok(resp)) => {
+                    let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+                    let staged: StagedArtifact =
+                        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+                            method: Method::PUT,
+                            path: what.clone(),
+                            detail: e.to_string(),
+                        })?;
+                    let commit = ArtifactCommit {
+                        upload: staged.upload,
+                        sha256: sha256.clone(),
+                    };
+                    let path = format!("/v1/runs/{run}/artifact-commits?node={node}");
+                    match self
+                        .json::<serde_json::Value>(
+                            Method::POST,
+                            &path,
+                            Some(&commit),
+                            REQUEST_TIMEOUT,
+                        )
+                        .await
+                    {
+                        Ok(_) => sha256,
+                        Err(e) if attempts > 0 && e.status() == Some(StatusCode::NOT_FOUND) => {
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            return Ok(sha256);
+        }
     }
 
     /// Sends the node's part of a run's manifest, after its artifacts.

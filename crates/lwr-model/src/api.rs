@@ -381,6 +381,31 @@ pub struct ManifestUpload {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// `PUT /v1/runs/{id}/artifacts` without `sha256` (answer 202): the bytes are received and
+/// hashed but staged, not stored: nothing is visible until the uploader commits them with
+/// the hash it computed itself (`POST /v1/runs/{id}/artifact-commits`). This lets a node
+/// hash a file while sending it, reading it once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StagedArtifact {
+    /// Names the staged upload in the commit.
+    pub upload: String,
+    pub name: String,
+    /// Bytes received.
+    pub size: u64,
+    /// SHA-256 of the bytes received, 64 lowercase hex digits.
+    pub sha256: String,
+}
+
+/// `POST /v1/runs/{id}/artifact-commits`: stores a staged upload if `sha256` (the
+/// uploader's own hash of what it sent) matches what the server received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ArtifactCommit {
+    /// `upload` of the [`StagedArtifact`] answer.
+    pub upload: String,
+    /// 64 lowercase hex digits.
+    pub sha256: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ClaimResponse {
     pub assignments: Vec<Assignment>,

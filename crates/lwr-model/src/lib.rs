@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod graph;
 pub mod job;
+pub mod logstream;
 pub mod manifest;
 pub mod node;
 pub mod pool;

@@ -1,6 +1,8 @@
 //! A finished job's artifacts: found by their declared globs, moved out of the slot dir
-//! into the run's outbox (`WORK/outbox/RUN/`) before the slot is emptied, hashed, and
-//! uploaded from there with the manifest until the server takes them.
+//! into the run's outbox (`WORK/outbox/RUN/`) before the slot is emptied, and uploaded from
+//! there with the manifest until the server takes them. Each file is read once: hashed
+//! while it is sent, then committed with that hash (the server checks it against what it
+//! received).
 //!
 //! A job that declares no artifacts and writes no `$LWR_EXTRA` has no outbox: nothing here
 //! costs it a file or a request.
@@ -61,7 +63,10 @@ pub(crate) struct Planned {
     pub name: String,
     pub kind: String,
     pub path: String,
-    pub sha256: String,
+    /// Set by nodes that hashed on collecting (outboxes older than hash-while-sending):
+    /// such an artifact is uploaded with its hash up front.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     pub size: u64,
     pub content_type: String,
     /// File name in the outbox.
@@ -184,13 +189,13 @@ pub(crate) fn collect(
                         false => decl.name.clone(),
                     };
                     let file = plan.artifacts.len().to_string();
-                    let (sha256, size) = keep(job_dir, &rel, &dir.join(&file), decl)?;
+                    let size = keep(job_dir, &rel, &dir.join(&file), decl)?;
                     plan.artifacts.push(Planned {
                         content_type: manifest::content_type(&rel).to_string(),
                         name,
                         kind: decl.kind.clone(),
                         path: rel,
-                        sha256,
+                        sha256: None,
                         size,
                         file,
                     });
@@ -249,13 +254,9 @@ fn find_files(job_dir: &Path, decl: &ArtifactDecl) -> Result<Vec<String>, Artifa
     Ok(files)
 }
 
-/// Moves (or, for a symlink, copies) a matched file into the outbox and hashes it.
-fn keep(
-    job_dir: &Path,
-    rel: &str,
-    dest: &Path,
-    decl: &ArtifactDecl,
-) -> Result<(String, u64), ArtifactError> {
+/// Moves (or, for a symlink, copies) a matched file into the outbox; returns its size.
+/// It is hashed later, while it is uploaded.
+fn keep(job_dir: &Path, rel: &str, dest: &Path, decl: &ArtifactDecl) -> Result<u64, ArtifactError> {
     let src = job_dir.join(rel);
     let file_err = |source| ArtifactError::File {
         name: decl.name.clone(),
@@ -270,7 +271,7 @@ fn keep(
     if is_link || std::fs::rename(&src, dest).is_err() {
         std::fs::copy(&src, dest).map_err(file_err)?;
     }
-    sha256_file(dest).map_err(file_err)
+    Ok(std::fs::metadata(dest).map_err(file_err)?.len())
 }
 
 /// Uploads what a run's outbox holds: artifacts, then the manifest; then removes the
@@ -299,16 +300,30 @@ pub(crate) async fn upload(
     for a in &plan.artifacts {
         let meta = ArtifactMeta {
             name: a.name.clone(),
-            sha256: a.sha256.clone(),
+            sha256: a.sha256.clone().unwrap_or_default(),
             kind: a.kind.clone(),
             path: a.path.clone(),
             content_type: a.content_type.clone(),
         };
-        match client
-            .upload_artifact(run, node, &meta, &dir.join(&a.file))
-            .await
-        {
-            Ok(()) => sent.push(a.name.clone()),
+        let file = dir.join(&a.file);
+        let started = std::time::Instant::now();
+        let uploaded = match &a.sha256 {
+            Some(_) => client.upload_artifact(run, node, &meta, &file).await,
+            None => client
+                .upload_artifact_hashing(run, node, &meta, &file)
+                .await
+                .map(|_| ()),
+        };
+        match uploaded {
+            Ok(()) => {
+                tracing::info!(
+                    "run {run}: artifact '{}' uploaded ({} bytes) in {:.3} s",
+                    a.name,
+                    a.size,
+                    started.elapsed().as_secs_f64()
+                );
+                sent.push(a.name.clone());
+            }
             Err(e) if e.status() == Some(StatusCode::CONFLICT) => sent.push(a.name.clone()),
             Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
                 tracing::warn!("run {run}: artifact '{}' refused: {e}", a.name);
@@ -403,10 +418,8 @@ mod tests {
             names,
             ["installer", "symbols/dist/a.sym", "symbols/dist/b.sym"]
         );
-        assert_eq!(
-            plan.artifacts[0].sha256,
-            manifest::hex(&Sha256::digest(b"installer-bytes"))
-        );
+        assert_eq!(plan.artifacts[0].sha256, None, "hashed while uploading");
+        assert_eq!(plan.artifacts[0].size, 15);
         assert_eq!(plan.missing.len(), 1);
         assert!(plan.missing[0].optional);
 

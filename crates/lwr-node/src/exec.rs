@@ -26,6 +26,8 @@ pub struct Launch {
     pub keep: bool,
     pub log: PathBuf,
     pub timeout: Duration,
+    /// Run the job under `LWR stamp`, which starts each line of its output with the time.
+    pub stamp_with: Option<PathBuf>,
 }
 
 /// Why a job must stop before it ends by itself.
@@ -72,7 +74,7 @@ pub async fn run(
         Ok(f) => f,
         Err(e) => return exception(format!("cannot share log file: {e}")),
     };
-    let mut cmd = command(&launch.command, &launch.env);
+    let mut cmd = command(&launch.command, &launch.env, launch.stamp_with.as_deref());
     cmd.current_dir(&launch.dir)
         .envs(&launch.env)
         .stdin(Stdio::null())
@@ -209,20 +211,26 @@ async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>) {
 
 /// Builds the process for a job's command. A command made only of plain words runs
 /// directly, as make does; anything a shell would interpret goes through `sh -c`.
-fn command(line: &str, env: &BTreeMap<String, String>) -> Command {
-    match plain_words(line) {
+fn command(line: &str, env: &BTreeMap<String, String>, stamp_with: Option<&Path>) -> Command {
+    let (program, args): (PathBuf, Vec<&str>) = match plain_words(line) {
         Some(words) => {
             let program = match env.contains_key("PATH") {
                 true => PathBuf::from(words[0]),
                 false => resolve(words[0]),
             };
-            let mut cmd = Command::new(program);
-            cmd.args(&words[1..]);
+            (program, words[1..].to_vec())
+        }
+        None => (PathBuf::from("sh"), vec!["-c", line]),
+    };
+    match stamp_with {
+        Some(lwr) => {
+            let mut cmd = Command::new(lwr);
+            cmd.arg("stamp").arg("--").arg(program).args(args);
             cmd
         }
         None => {
-            let mut cmd = Command::new("sh");
-            cmd.arg("-c").arg(line);
+            let mut cmd = Command::new(program);
+            cmd.args(args);
             cmd
         }
     }
@@ -359,6 +367,7 @@ mod tests {
             keep: false,
             log: tmp.path().join("log"),
             timeout,
+            stamp_with: None,
         };
         let log = launch.log.clone();
         let (_tx, rx) = oneshot::channel();

@@ -12,6 +12,8 @@ mod glob;
 mod journal;
 pub mod props;
 mod report;
+pub mod stamp;
+mod stream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -46,6 +48,8 @@ pub struct NodeConfig {
     pub work_dir: PathBuf,
     /// Bearer token (scope `node:register`) for a server that checks tokens.
     pub token: Option<String>,
+    /// Start every line of every job's log with the time it was written.
+    pub timestamps: bool,
     /// Shell command run before each claim; while it fails the node claims nothing.
     pub health_check: Option<String>,
     /// Shell command run once the node drained for a reboot (`lwr nodes reboot`).
@@ -108,6 +112,8 @@ struct Node {
     /// binary and keep their clone cache there.
     lwr_bin: Option<String>,
     cache_dir: PathBuf,
+    /// Where the logs of running jobs are, for streaming them when the server asks.
+    run_logs: Arc<stream::RunLogs>,
 }
 
 /// Runs the node until `shutdown` resolves; then it claims nothing more, lets its running
@@ -171,6 +177,7 @@ pub async fn run(
         // Absolute: a job runs in its own directory.
         cache_dir: std::fs::canonicalize(config.work_dir.join("cache"))
             .unwrap_or_else(|_| config.work_dir.join("cache")),
+        run_logs: Arc::default(),
         config,
     });
     tracing::info!(
@@ -180,6 +187,12 @@ pub async fn run(
         node.config.work_dir.display()
     );
     let heartbeat = tokio::spawn(node.clone().heartbeat_loop());
+    let streams = tokio::spawn(stream::serve(
+        node.client.clone(),
+        node.id,
+        node.config.work_dir.clone(),
+        node.run_logs.clone(),
+    ));
     let permits = Arc::new(Semaphore::new(slots as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
     let claims = tokio::spawn(node.clone().claim_loop(permits.clone(), stop_rx));
@@ -223,6 +236,7 @@ pub async fn run(
     // Every permit back means every job has ended and its result is queued.
     let _all = permits.acquire_many(slots).await;
     heartbeat.abort();
+    streams.abort();
     node.reporter.flush(Duration::from_secs(10)).await;
     if !rebooting {
         return Ok(Stopped::Shutdown);
@@ -461,9 +475,15 @@ impl Node {
             keep: kept.is_some(),
             log: slot_log.clone(),
             timeout: Duration::from_secs(a.timeout_secs.max(1)),
+            stamp_with: self
+                .lwr_bin
+                .as_ref()
+                .filter(|_| self.config.timestamps)
+                .map(PathBuf::from),
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         lock(&self.running).insert(a.run_id, stop_tx);
+        self.run_logs.started(a.run_id, &slot_log);
         tracing::debug!("run {} of {} started", a.run_id, a.job_name);
         let result = match cannot_start {
             None => exec::run(launch, stop_rx, |pgid| self.journal.started(a.run_id, pgid)).await,
@@ -484,7 +504,9 @@ impl Node {
             result.outcome
         );
         // A log with something in it becomes the run's; an empty one stays for the next job.
-        if std::fs::metadata(&slot_log).is_ok_and(|m| m.len() > 0) {
+        let log_size = std::fs::metadata(&slot_log).map_or(0, |m| m.len());
+        self.run_logs.ended(a.run_id, log_size);
+        if log_size > 0 {
             let kept = exec::log_path(&self.config.work_dir, a.run_id);
             if let Err(e) = std::fs::rename(&slot_log, &kept) {
                 tracing::warn!(

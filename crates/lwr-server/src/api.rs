@@ -25,7 +25,7 @@ use utoipa::openapi::{RefOr, ResponseBuilder};
 use utoipa::{IntoParams, Modify, OpenApi};
 
 use crate::auth::{Auth, check_node};
-use crate::{ApiError, AppState, artifacts, auth, logs};
+use crate::{ApiError, AppState, artifacts, auth, follow, logs};
 
 type Shared = State<Arc<AppState>>;
 type ApiResult<T> = Result<T, ApiError>;
@@ -79,6 +79,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             put(upload_artifact).layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/runs/{id}/artifacts/{*name}", get(get_artifact))
+        .route("/v1/runs/{id}/artifact-commits", post(commit_artifact))
         .route(
             "/v1/runs/{id}/manifest",
             put(put_manifest).get(get_run_manifest),
@@ -87,6 +88,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/schemas/manifest-v1.json", get(manifest_schema))
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
+        .merge(follow::routes())
         .merge(crate::pool_api::routes())
         // After routing, so the middleware sees the matched route and knows its scope.
         .route_layer(middleware::from_fn_with_state(
@@ -528,12 +530,22 @@ async fn get_job_by_name(
 pub struct LogQuery {
     /// Run number (1 for the first attempt); default the latest run.
     run: Option<u32>,
+    /// Answer with Server-Sent Events: the log from `offset`, then live output until the run
+    /// ends (`run`, `log`, `end` events; docs/logs.md). A `Last-Event-ID` header resumes.
+    #[serde(default)]
+    follow: bool,
+    /// Start at this byte of the log.
+    #[serde(default)]
+    offset: u64,
 }
 
 #[utoipa::path(
     get, path = "/v1/jobs/{id}/log", params(("id" = i64, Path), LogQuery),
     responses(
-        (status = 200, description = "the stored log of the run", content_type = "text/plain", body = String),
+        (status = 200, description = "the stored log of the run from `offset` on; with `follow=true` a stream of Server-Sent Events (`run`, `log`, `end`, `error`), each `log` event's id `RUN:OFFSET`", content(
+            (String = "text/plain"),
+            (String = "text/event-stream"),
+        )),
         (status = 404, body = ErrorBody),
         (status = 409, description = "the run is still going; its log is on its node", body = ErrorBody),
     )
@@ -542,7 +554,20 @@ async fn get_log(
     State(state): Shared,
     ApiPath(id): ApiPath<i64>,
     ApiQuery(q): ApiQuery<LogQuery>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
+    if q.follow {
+        let resume = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(follow::last_event_id);
+        let start = follow::Start {
+            run_number: q.run,
+            run_id: resume.map(|(run, _)| run),
+            offset: resume.map_or(q.offset, |(_, offset)| offset),
+        };
+        return follow::sse(state, id, start).await;
+    }
     let job = state.queue.store().job(id).await?;
     let run = match q.run {
         Some(n) => job.run_history.iter().find(|r| r.number == n),
@@ -564,8 +589,8 @@ async fn get_log(
             ),
         ));
     }
-    let bytes = logs::read(&state.config.data_dir, run.id).await?;
-    if bytes.is_empty() && run.log_size > 0 {
+    let stored = logs::open(&state.config.data_dir, run.id, q.offset).await?;
+    if stored.is_none() && run.log_size > 0 {
         // Uploaded through another server sharing the database, into its data dir.
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -576,7 +601,13 @@ async fn get_log(
             ),
         ));
     }
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+    Ok(text_body(stored))
+}
+
+/// A stored log as a plain-text answer (empty when none is stored).
+fn text_body(stored: Option<(u64, Body)>) -> Response {
+    let body = stored.map_or_else(Body::empty, |(_, body)| body);
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
 #[utoipa::path(
@@ -815,6 +846,7 @@ async fn upload_log(
     )
     .await?;
     store.set_log_size(run, size, &sha256).await?;
+    state.live.stored(run);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -827,8 +859,9 @@ pub struct ArtifactUploadQuery {
     /// leading `/`, no NUL).
     name: String,
     /// SHA-256 of the content, 64 lowercase hex digits; an upload that does not match is
-    /// refused and nothing is stored.
-    sha256: String,
+    /// refused and nothing is stored. Without it the upload is staged (202): nothing is
+    /// stored until `POST /v1/runs/{id}/artifact-commits` names it with the uploader's hash.
+    sha256: Option<String>,
     /// `installer`, `symbols`, `tests`, `report`, `other` or a custom word.
     #[serde(default = "other_kind")]
     kind: String,
@@ -848,11 +881,13 @@ fn other_kind() -> String {
     request_body(content = String, content_type = "application/octet-stream"),
     responses(
         (status = 201, description = "stored; the artifact as manifests list it", content_type = "application/json"),
+        (status = 202, description = "received without `sha256`: staged, not stored, until committed", body = StagedArtifact),
         (status = 400, description = "bad name, kind, hash or path", body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "the run already has an artifact of that name", body = ErrorBody),
         (status = 413, description = "larger than the server's limit", body = ErrorBody),
         (status = 422, description = "the content does not match its sha256", body = ErrorBody),
+        (status = 503, description = "without `sha256`: too many uploads wait for their commit; retry later", body = ErrorBody),
     )
 )]
 async fn upload_artifact(
@@ -877,7 +912,39 @@ async fn upload_artifact(
         content_type: q.content_type,
         length,
     };
-    let mut artifact = artifacts::upload(&state, run, info, body).await?;
+    match artifacts::upload(&state, run, info, body).await? {
+        artifacts::Uploaded::Stored(mut artifact) => {
+            artifact.location = format!("{}{}", base_url(&headers), artifact.location);
+            Ok((StatusCode::CREATED, Json(artifact)).into_response())
+        }
+        artifacts::Uploaded::Staged(staged) => {
+            Ok((StatusCode::ACCEPTED, Json(staged)).into_response())
+        }
+    }
+}
+
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/artifact-commits", params(("id" = i64, Path), NodeQuery),
+    request_body = ArtifactCommit,
+    responses(
+        (status = 201, description = "verified and stored; the artifact as manifests list it", content_type = "application/json"),
+        (status = 400, description = "bad hash", body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "no such run, or no such staged upload (expired or the server restarted: upload again)", body = ErrorBody),
+        (status = 409, description = "the run already has an artifact of that name", body = ErrorBody),
+        (status = 422, description = "the content received does not match `sha256`: dropped", body = ErrorBody),
+    )
+)]
+async fn commit_artifact(
+    State(state): Shared,
+    auth: Auth,
+    ApiPath(run): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<NodeQuery>,
+    headers: HeaderMap,
+    ApiJson(commit): ApiJson<ArtifactCommit>,
+) -> ApiResult<Response> {
+    check_node(&state, &auth, q.node).await?;
+    let mut artifact = artifacts::commit(&state, run, q.node, &commit).await?;
     artifact.location = format!("{}{}", base_url(&headers), artifact.location);
     Ok((StatusCode::CREATED, Json(artifact)).into_response())
 }
@@ -901,8 +968,7 @@ async fn get_artifact(
                 format!("run {run} not found"),
             ));
         }
-        let bytes = logs::read(&state.config.data_dir, run).await?;
-        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response());
+        return Ok(text_body(logs::open(&state.config.data_dir, run, 0).await?));
     }
     let (content_type, size, sha256, stream) = artifacts::download(&state, run, &name).await?;
     Ok((
@@ -1209,6 +1275,7 @@ impl Modify for Shared_ {
         report_results,
         upload_log,
         upload_artifact,
+        commit_artifact,
         get_artifact,
         put_manifest,
         get_run_manifest,
@@ -1250,6 +1317,8 @@ impl Modify for Shared_ {
         ResultAck,
         ReportAck,
         ManifestUpload,
+        StagedArtifact,
+        ArtifactCommit,
         Health,
         CancelResult,
         RetriggerRequest,
@@ -1281,6 +1350,9 @@ struct ApiDoc;
 /// The OpenAPI document of the v1 API, generated from the handlers and types above.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
+    doc.merge(follow::FollowDoc::openapi());
+    // Again, for the merged operations: it only adds what an operation does not say.
+    Shared_.modify(&mut doc);
     // A fixed version keeps the checked-in document stable across releases of the binary.
     doc.info.version = "1".into();
     doc

@@ -2,20 +2,22 @@
 //!
 //! Every refusal happens before anything becomes visible: the bytes go to a fresh key that
 //! is committed only after the size and hash check out, and the row that names them is
-//! added last (a duplicate name found then deletes the fresh key again).
+//! added last (a duplicate name found then deletes the fresh key again). An upload without
+//! a hash is staged (see [`crate::staged`]) until its uploader commits it with one.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::StatusCode;
 use futures_util::StreamExt;
-use lwr_model::api::ManifestUpload;
+use lwr_model::api::{ArtifactCommit, ManifestUpload, StagedArtifact};
 use lwr_model::manifest::{self, Artifact, LOG_ARTIFACT, Manifest};
 use lwr_store::{NewArtifact, now_ms, rfc3339};
 use sha2::{Digest, Sha256};
 
 use crate::artifact::{ArtifactError, ArtifactStore, ByteStream};
+use crate::staged::{self, MAX_STAGED, STAGE_TTL, Staged};
 use crate::{ApiError, AppState};
 
 /// What the node says about an artifact it uploads.
@@ -23,7 +25,8 @@ use crate::{ApiError, AppState};
 pub(crate) struct UploadInfo {
     pub node: i64,
     pub name: String,
-    pub sha256: String,
+    /// `None`: stage the upload for a commit.
+    pub sha256: Option<String>,
     pub kind: String,
     pub path: String,
     pub content_type: Option<String>,
@@ -49,7 +52,9 @@ fn check_info(info: &UploadInfo, limit: u64) -> Result<String, ApiError> {
             "'log' is the run's log: upload it with PUT /v1/runs/{id}/log",
         ));
     }
-    if !manifest::valid_sha256(&info.sha256) {
+    if let Some(sha256) = &info.sha256
+        && !manifest::valid_sha256(sha256)
+    {
         return Err(bad("sha256", "sha256 must be 64 lowercase hex digits"));
     }
     if !manifest::valid_kind(&info.kind) {
@@ -103,13 +108,22 @@ async fn owned_run(state: &AppState, run: i64, node: i64) -> Result<Option<u64>,
     }
 }
 
-/// Stores one artifact of run `run` from `body`, verifying its size and hash.
+/// What an upload of `PUT /v1/runs/{id}/artifacts` became.
+pub(crate) enum Uploaded {
+    /// Verified against the `sha256` given and stored.
+    Stored(Artifact),
+    /// Received without a `sha256`: waits for its commit.
+    Staged(StagedArtifact),
+}
+
+/// Receives one artifact of run `run` from `body`, checking its size and hashing it. With
+/// the `sha256` given, it is verified and stored; without, it is staged for a commit.
 pub(crate) async fn upload(
     state: &AppState,
     run: i64,
     info: UploadInfo,
     body: Body,
-) -> Result<Artifact, ApiError> {
+) -> Result<Uploaded, ApiError> {
     let limit = state.config.max_artifact_bytes;
     let content_type = check_info(&info, limit)?;
     let expires = owned_run(state, run, info.node)
@@ -120,9 +134,14 @@ pub(crate) async fn upload(
     if store.has_artifact(run, &info.name).await? {
         return Err(duplicate(run, &info.name));
     }
+    if info.sha256.is_none() && state.staged.len() >= MAX_STAGED {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_STAGED} uploads wait for their commit already: try again later"),
+        ));
+    }
     let key = format!("{run}/{}", uuid::Uuid::new_v4());
-    let artifacts = &state.artifacts;
-    let mut upload = artifacts.begin(&key).await.map_err(internal)?;
+    let mut upload = state.artifacts.begin(&key).await.map_err(internal)?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut stream = body.into_data_stream();
@@ -141,33 +160,117 @@ pub(crate) async fn upload(
             break Some(internal(e));
         }
     };
-    let got = manifest::hex(&hasher.finalize());
-    let refused = refused.or_else(|| {
-        (got != info.sha256).then(|| {
-            ApiError::field(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "sha256",
-                format!(
-                    "sha256 mismatch for artifact '{}': declared {}, received {got} ({size} bytes)",
-                    info.name, info.sha256
-                ),
-            )
-        })
-    });
+    let refused = match refused {
+        None => upload.finish().await.err().map(internal),
+        refused => refused,
+    };
     if let Some(err) = refused {
         if let Err(e) = upload.abort().await {
             tracing::warn!("run {run}: dropping refused upload {key}: {e}");
         }
         return Err(err);
     }
+    let staged = Staged {
+        run,
+        node: info.node,
+        name: info.name,
+        kind: info.kind,
+        path: info.path,
+        content_type,
+        expires,
+        key,
+        size,
+        sha256: manifest::hex(&hasher.finalize()),
+        upload,
+        since: Instant::now(),
+    };
+    match info.sha256 {
+        Some(declared) => store_staged(state, staged, &declared)
+            .await
+            .map(Uploaded::Stored),
+        None => {
+            let id = uuid::Uuid::new_v4().to_string();
+            let answer = StagedArtifact {
+                upload: id.clone(),
+                name: staged.name.clone(),
+                size: staged.size,
+                sha256: staged.sha256.clone(),
+            };
+            state.staged.add(id, staged);
+            Ok(Uploaded::Staged(answer))
+        }
+    }
+}
+
+/// Stores the staged upload `commit.upload` of run `run` if `commit.sha256` matches what
+/// was received; a mismatch drops the bytes.
+pub(crate) async fn commit(
+    state: &AppState,
+    run: i64,
+    node: i64,
+    commit: &ArtifactCommit,
+) -> Result<Artifact, ApiError> {
+    if !manifest::valid_sha256(&commit.sha256) {
+        return Err(bad("sha256", "sha256 must be 64 lowercase hex digits"));
+    }
+    owned_run(state, run, node).await?;
+    let staged = state
+        .staged
+        .take(&commit.upload, run, node)
+        .ok_or_else(|| {
+            ApiError::field(
+                StatusCode::NOT_FOUND,
+                "upload",
+                format!(
+                    "run {run} has no staged upload '{}' (expired, or the server restarted): \
+                     send the artifact again",
+                    commit.upload
+                ),
+            )
+        })?;
+    store_staged(state, staged, &commit.sha256).await
+}
+
+/// Verifies received bytes against the uploader's hash, makes them visible and adds the
+/// row that names them; any refusal drops them.
+async fn store_staged(
+    state: &AppState,
+    staged: Staged,
+    declared: &str,
+) -> Result<Artifact, ApiError> {
+    let Staged {
+        run,
+        name,
+        kind,
+        path,
+        content_type,
+        expires,
+        key,
+        size,
+        sha256: got,
+        upload,
+        ..
+    } = staged;
+    if got != declared {
+        if let Err(e) = upload.abort().await {
+            tracing::warn!("run {run}: dropping refused upload {key}: {e}");
+        }
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "sha256",
+            format!(
+                "sha256 mismatch for artifact '{name}': declared {declared}, received {got} ({size} bytes)"
+            ),
+        ));
+    }
     upload.commit().await.map_err(internal)?;
     let now = now_ms();
     let expires_at = now.saturating_add(i64::try_from(expires.as_millis()).unwrap_or(i64::MAX));
     let row = NewArtifact {
         run_id: run,
-        name: info.name.clone(),
-        kind: info.kind.clone(),
-        path: info.path.clone(),
+        name: name.clone(),
+        kind: kind.clone(),
+        path: path.clone(),
         size,
         sha256: got.clone(),
         content_type: content_type.clone(),
@@ -175,21 +278,21 @@ pub(crate) async fn upload(
         created_at: now,
         expires_at,
     };
-    let added = store.add_artifact(&row).await;
+    let added = state.queue.store().add_artifact(&row).await;
     if !matches!(added, Ok(true)) {
         // Lost a race with an upload of the same name, or the database failed: the bytes
         // must not outlive the refusal.
-        if let Err(e) = artifacts.delete(&key).await {
+        if let Err(e) = state.artifacts.delete(&key).await {
             tracing::warn!("run {run}: cannot delete refused upload {key}: {e}");
         }
         added?;
-        return Err(duplicate(run, &info.name));
+        return Err(duplicate(run, &name));
     }
     Ok(Artifact {
-        location: lwr_store::location(run, &info.name),
-        name: info.name,
-        kind: info.kind,
-        path: info.path,
+        location: lwr_store::location(run, &name),
+        name,
+        kind,
+        path,
         size,
         sha256: got,
         content_type,
@@ -235,6 +338,8 @@ pub(crate) async fn put_manifest(
             format!("run {run} already has a manifest"),
         ));
     }
+    // The run's end: an upload still staged will never be committed.
+    staged::abort(state.staged.take_stale(Some(run), STAGE_TTL)).await;
     Ok(())
 }
 
@@ -278,6 +383,7 @@ pub(crate) async fn sweep(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(state.config.artifact_sweep);
     loop {
         tick.tick().await;
+        staged::abort(state.staged.take_stale(None, STAGE_TTL)).await;
         if let Err(e) = sweep_once(&state.queue.store().clone(), state.artifacts.as_ref()).await {
             tracing::warn!("artifact sweep failed: {e}");
         }

@@ -36,8 +36,15 @@ pub fn required_scope(method: &Method, path: &str) -> Option<Scope> {
         )
         | (
             &Method::POST,
-            "/v1/nodes/{id}/claim" | "/v1/nodes/{id}/heartbeat" | "/v1/nodes/{id}/results",
-        ) => Scope::NodeRegister,
+            "/v1/nodes/{id}/claim"
+            | "/v1/nodes/{id}/heartbeat"
+            | "/v1/nodes/{id}/results"
+            | "/v1/runs/{id}/log/stream"
+            | "/v1/runs/{id}/artifact-commits",
+        )
+        | (&Method::GET, "/v1/nodes/{id}/streams") => Scope::NodeRegister,
+        // Following a log makes its node stream it too: turning that on needs no more.
+        (&Method::PUT, "/v1/jobs/{id}/log/live") => Scope::Read,
         (&Method::POST, "/v1/nodes/{id}/state" | "/v1/nodes/{id}/labels") => Scope::NodeAdmin,
         (_, p) if p == "/v1/tokens" || p.starts_with("/v1/tokens/") => Scope::Admin,
         (&Method::GET | &Method::HEAD, _) => Scope::Read,

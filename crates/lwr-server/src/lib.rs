@@ -10,11 +10,14 @@ pub mod artifact;
 mod artifacts;
 pub mod auth;
 mod error;
+mod follow;
+pub mod live;
 mod logs;
 pub mod poller;
 mod pool_api;
 pub mod provider;
 pub mod queue;
+mod staged;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -96,6 +99,10 @@ pub struct AppState {
     pub config: Config,
     pub artifacts: Arc<dyn artifact::ArtifactStore>,
     pub poll: Arc<poller::PollStatus>,
+    /// Logs of running jobs streamed to viewers.
+    pub live: Arc<live::LiveLogs>,
+    /// Artifact uploads waiting for their commit.
+    pub staged: staged::Staging,
 }
 
 /// Starts the scaler of a provider other than `static`.
@@ -147,6 +154,12 @@ pub async fn bind(
     // Listen before serving, so no change another server makes after we start is missed.
     let events = store.events().await?;
     let artifacts = artifact::open(&config.artifact_store, &config.data_dir)?;
+    let live = live::LiveLogs::open(&config.data_dir, config.max_log_bytes).map_err(|source| {
+        ServerError::DataDir {
+            dir: config.data_dir.join("spool"),
+            source,
+        }
+    })?;
     tracing::info!("artifacts in {}", artifacts.describe());
     let queue = Queue::new(store, config.lease);
     queue.on_start().await?;
@@ -155,6 +168,8 @@ pub async fn bind(
         config,
         artifacts,
         poll: Default::default(),
+        live: Arc::new(live),
+        staged: Default::default(),
     });
     let sweeper = tokio::spawn(queue::sweep_leases(state.clone()));
     let follower = events.map(|events| {
@@ -162,6 +177,7 @@ pub async fn bind(
         tokio::spawn(async move { state.queue.follow(events).await })
     });
     let artifact_sweeper = tokio::spawn(artifacts::sweep(state.clone()));
+    let live_sweeper = tokio::spawn(follow::sweep(state.clone()));
     let poller = tokio::spawn(poller::supervise(state.clone()));
     let provider = start_provider(&state, local);
     let app = router(state);
@@ -172,6 +188,7 @@ pub async fn bind(
             follower.abort();
         }
         artifact_sweeper.abort();
+        live_sweeper.abort();
         poller.abort();
         if let Some(provider) = provider {
             provider.abort();

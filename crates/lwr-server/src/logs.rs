@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::ApiError;
 
@@ -71,13 +71,38 @@ pub(crate) async fn store(
     Ok((size, sha256))
 }
 
-pub(crate) async fn read(data_dir: &Path, run_id: i64) -> Result<Vec<u8>, ApiError> {
-    match tokio::fs::read(path(data_dir, run_id)).await {
-        Ok(bytes) => Ok(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(ApiError::new(
+/// The run's stored log from byte `offset` on, as a stream that never holds it whole:
+/// `(size of the whole log, body)`; `None` when no log is stored here.
+pub(crate) async fn open(
+    data_dir: &Path,
+    run_id: i64,
+    offset: u64,
+) -> Result<Option<(u64, Body)>, ApiError> {
+    let io_err = |e: std::io::Error| {
+        ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot read log: {e}"),
-        )),
-    }
+            format!("cannot read the log of run {run_id}: {e}"),
+        )
+    };
+    let mut file = match tokio::fs::File::open(path(data_dir, run_id)).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(e)),
+    };
+    let size = file.metadata().await.map_err(io_err)?.len();
+    file.seek(std::io::SeekFrom::Start(offset.min(size)))
+        .await
+        .map_err(io_err)?;
+    let chunks = futures_util::stream::unfold(file, |mut file| async move {
+        let mut buf = vec![0; 256 << 10];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    Ok(Some((size, Body::from_stream(chunks))))
 }

@@ -43,6 +43,11 @@ impl Queue {
         }
     }
 
+    /// Moves whenever some job changes state.
+    pub fn subscribe_changes(&self) -> watch::Receiver<i64> {
+        self.changes.subscribe()
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

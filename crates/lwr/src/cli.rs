@@ -43,7 +43,8 @@ pub enum Command {
     Push(PushArgs),
     /// List jobs and their states.
     Jobs(JobsArgs),
-    /// Print the stored log of a job.
+    /// Print a job's log: the stored log of its latest run, or with -f the log as it is
+    /// written (replayed from the start, then followed until the run ends).
     Logs(LogsArgs),
     /// List the nodes the server knows.
     Nodes(NodesArgs),
@@ -67,6 +68,10 @@ pub enum Command {
     Trigger(TriggerArgs),
     /// Check a revision out of the node's clone cache into a directory (decision jobs).
     Checkout(CheckoutArgs),
+    /// Run a command with each line of its output (stdout and stderr) prefixed by the time
+    /// (what a node started with --timestamps runs jobs under).
+    #[command(hide = true)]
+    Stamp(StampArgs),
     /// Create, list and revoke access tokens (for `lwr server --auth`).
     Tokens(TokensArgs),
 }
@@ -347,6 +352,10 @@ pub struct NodeArgs {
     /// Where job directories, logs and unreported results live.
     #[arg(long, default_value = "./.lwr-node")]
     pub work_dir: PathBuf,
+    /// Start every line of every job's log with the UTC time it was written
+    /// (2026-11-28T12:00:00.123Z); the job then runs under `lwr stamp`.
+    #[arg(long)]
+    pub timestamps: bool,
     /// Shell command run before each claim; while it fails (non-zero exit, or over 60 s)
     /// the node claims nothing and the server shows it `unhealthy`.
     #[arg(long, value_name = "CMD")]
@@ -367,6 +376,17 @@ pub struct DevArgs {
     /// Slots per node; default the number of cores.
     #[arg(long)]
     pub slots: Option<u32>,
+    /// Start every line of every job's log with the UTC time it was written.
+    #[arg(long)]
+    pub timestamps: bool,
+}
+
+/// `lwr stamp -- COMMAND...`: what a node with --timestamps runs a job under.
+#[derive(Debug, Args)]
+pub struct StampArgs {
+    /// The job's command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -454,6 +474,20 @@ pub struct LogsArgs {
     /// Run number; default the latest run.
     #[arg(long)]
     pub run: Option<u32>,
+    /// Follow: print the log so far, then new output as the job writes it, until the run
+    /// ends (a retried job's next run follows). On a finished job: the whole log, exit 0.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Stream the running job's log to the server even with nobody watching (on), or only
+    /// while someone follows it (off, the default). With -f, set first, then follow.
+    #[arg(long, value_name = "on|off")]
+    pub live: Option<Toggle>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]

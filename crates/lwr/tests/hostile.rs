@@ -333,11 +333,13 @@ fn bad_bodies_paths_and_queries_get_json_4xx_and_change_nothing() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(
-        entries
-            .iter()
-            .all(|e| e.starts_with("lwr.db") || e == "logs" || e == "artifacts"),
+        entries.iter().all(
+            |e| e.starts_with("lwr.db") || ["logs", "artifacts", "spool"].contains(&e.as_str())
+        ),
         "nothing else in the data dir: {entries:?}"
     );
+    let spooled = std::fs::read_dir(server.data_dir.join("spool")).map_or(0, |d| d.count());
+    assert_eq!(spooled, 0, "no live log spooled");
     let logs = std::fs::read_dir(server.data_dir.join("logs"))
         .expect("logs")
         .count();

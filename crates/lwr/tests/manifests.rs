@@ -307,6 +307,131 @@ fn refused_uploads_get_a_json_4xx_and_leave_the_store_unchanged() {
     assert_eq!(names, ["good"]);
 }
 
+#[test]
+fn staged_uploads_are_stored_only_when_committed_with_a_matching_hash() {
+    let tmp = tempdir();
+    let server = Server::start(tmp.path());
+    let held = hold_a_run(&server);
+    let client = server.api.client();
+    let store = server.data_dir.join("artifacts");
+    let empty = snapshot(&store);
+
+    // The node's way: hashed while sent, then committed with that hash.
+    let file = tmp.path().join("f");
+    std::fs::write(&file, b"streamed bytes").unwrap();
+    let got = server
+        .api
+        .block_on(client.upload_artifact_hashing(held.run, held.node, &meta("streamed", ""), &file))
+        .expect("a staged upload is committed");
+    assert_eq!(got, sha(b"streamed bytes"));
+    let before = snapshot(&store);
+    assert_eq!(before.len(), empty.len() + 1, "{before:?}");
+    assert!(before.iter().any(|(_, b)| b == b"streamed bytes"));
+    // Sent again (an answer the node lost): a duplicate, promptly, and nothing changes.
+    let big = tmp.path().join("big");
+    std::fs::write(&big, vec![3u8; 3 << 20]).unwrap();
+    let err = server
+        .api
+        .block_on(client.upload_artifact_hashing(held.run, held.node, &meta("streamed", ""), &big))
+        .expect_err("a duplicate");
+    assert_eq!(err.status(), Some(StatusCode::CONFLICT), "{err}");
+    assert_eq!(snapshot(&store), before, "a duplicate changed the store");
+
+    let http = Http::new(&server.url);
+    let (run, node) = (held.run, held.node);
+    let stage = |name: &str, body: &[u8]| {
+        let a = http.send_raw(
+            "PUT",
+            &format!("/v1/runs/{run}/artifacts?node={node}&name={name}"),
+            None,
+            None,
+            body.to_vec(),
+        );
+        assert_eq!(a.status, 202, "{a:?}");
+        assert_eq!(a.body["size"], body.len(), "{a:?}");
+        assert_eq!(a.body["sha256"], sha(body), "{a:?}");
+        a.body["upload"].as_str().expect("an upload id").to_string()
+    };
+    let commit = |upload: &str, sha256: &str| {
+        http.call(
+            "POST",
+            &format!("/v1/runs/{run}/artifact-commits?node={node}"),
+            None,
+            Some(serde_json::json!({"upload": upload, "sha256": sha256})),
+        )
+    };
+
+    // Staged bytes are not an artifact; a commit with another hash drops them.
+    let upload = stage("s", b"good bytes");
+    let a = http.call("GET", &format!("/v1/runs/{run}/artifacts/s"), None, None);
+    assert_eq!(a.status, 404, "staged is not visible: {a:?}");
+    let a = commit(&upload, &sha(b"other bytes"));
+    assert_eq!(a.status, 422, "{a:?}");
+    assert_eq!(a.body["field"], "sha256", "{a:?}");
+    assert!(
+        a.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("sha256 mismatch"),
+        "{a:?}"
+    );
+    assert_eq!(
+        snapshot(&store),
+        before,
+        "a refused commit changed the store"
+    );
+    let a = commit(&upload, &sha(b"good bytes"));
+    assert_eq!(a.status, 404, "a refused upload is gone: {a:?}");
+    let a = commit("no-such-upload", &sha(b"good bytes"));
+    assert_eq!(a.status, 404, "{a:?}");
+    let a = commit(&upload, "not-a-hash");
+    assert_eq!(a.status, 400, "{a:?}");
+
+    // A matching commit stores it; a second one of the same name is a duplicate.
+    let upload = stage("s", b"good bytes");
+    let a = commit(&upload, &sha(b"good bytes"));
+    assert_eq!(a.status, 201, "{a:?}");
+    assert_eq!(a.body["sha256"], sha(b"good bytes"), "{a:?}");
+    let with_s = snapshot(&store);
+    assert_eq!(with_s.len(), before.len() + 1);
+    let a = http.send_raw(
+        "PUT",
+        &format!("/v1/runs/{run}/artifacts?node={node}&name=s"),
+        None,
+        None,
+        b"again".to_vec(),
+    );
+    assert_eq!(a.status, 409, "{a:?}");
+    assert_eq!(snapshot(&store), with_s, "a duplicate changed the store");
+
+    // An upload still staged when the run's manifest arrives is dropped.
+    stage("never-committed", b"left behind");
+    assert_ne!(
+        snapshot(&store),
+        with_s,
+        "staged bytes wait in the store's temp dir"
+    );
+    let a = http.call(
+        "PUT",
+        &format!("/v1/runs/{run}/manifest?node={node}"),
+        None,
+        Some(serde_json::json!({"artifacts": ["streamed", "s"]})),
+    );
+    assert_eq!(a.status, 204, "{a:?}");
+    assert_eq!(
+        snapshot(&store),
+        with_s,
+        "the staged upload outlived its run"
+    );
+    let m = server
+        .api
+        .block_on(client.manifest_at(&format!("/v1/runs/{run}/manifest")))
+        .unwrap();
+    let mut names: Vec<&str> = m.artifacts.iter().map(|a| a.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["s", "streamed"]);
+}
+
 /// A bare PUT with an empty body; returns the answer's body.
 fn raw_put(url: &str) -> String {
     let (host, path) = url

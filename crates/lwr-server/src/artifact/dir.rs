@@ -1,15 +1,26 @@
 //! Artifacts as files in a directory: `ROOT/RUN/UUID`, written under `ROOT/.tmp` first.
+//!
+//! An upload is written by one blocking thread fed through a short queue, so the request's
+//! task goes on receiving and hashing while the disk writes (no blocking-pool hop per
+//! chunk). Committing renames the file into place without fsync: a committed artifact
+//! survives the server's crash or restart, not the machine's power loss (the OS writes it
+//! back within seconds).
 
 use std::path::PathBuf;
 
 use bytes::Bytes;
 use futures_util::stream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::io::Write;
+use tokio::io::AsyncReadExt;
 
 use super::{ArtifactError, ArtifactStore, BoxFuture, ByteStream, Upload, check_key};
 
 /// Bytes read per chunk when serving a file.
 const CHUNK: usize = 256 * 1024;
+/// Received chunks waiting for the writer thread.
+const WRITE_QUEUE: usize = 16;
+/// The writer's buffer: the network's small chunks become few large writes.
+const WRITE_BUFFER: usize = 1 << 20;
 
 pub struct DirStore {
     root: PathBuf,
@@ -17,10 +28,20 @@ pub struct DirStore {
 
 impl DirStore {
     pub fn new(root: PathBuf) -> Result<DirStore, ArtifactError> {
-        std::fs::create_dir_all(root.join(".tmp")).map_err(|source| ArtifactError::Io {
+        let tmp = root.join(".tmp");
+        std::fs::create_dir_all(&tmp).map_err(|source| ArtifactError::Io {
             key: root.display().to_string(),
             source,
         })?;
+        // Uploads a previous server process never finished (crash, or staged and never
+        // committed): nobody will commit them now.
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".part") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         Ok(DirStore { root })
     }
 }
@@ -50,12 +71,25 @@ impl ArtifactStore for DirStore {
                 .root
                 .join(".tmp")
                 .join(format!("{}.part", uuid::Uuid::new_v4()));
-            let file = tokio::fs::File::create(&tmp).await.map_err(io(key))?;
+            let file = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(io(key))?
+                .into_std()
+                .await;
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+            let writer = tokio::task::spawn_blocking(move || {
+                let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+                while let Some(chunk) = rx.blocking_recv() {
+                    out.write_all(&chunk)?;
+                }
+                out.flush()
+            });
             Ok(Box::new(DirUpload {
                 key: key.into(),
                 tmp,
                 dest: self.root.join(key),
-                file: tokio::io::BufWriter::with_capacity(CHUNK, file),
+                tx: Some(tx),
+                writer: Some(writer),
             }) as Box<dyn Upload>)
         })
     }
@@ -96,25 +130,52 @@ struct DirUpload {
     key: String,
     tmp: PathBuf,
     dest: PathBuf,
-    file: tokio::io::BufWriter<tokio::fs::File>,
+    /// Chunks to the writer; dropped to say the upload is complete.
+    tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    writer: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl DirUpload {
+    /// Ends the writer and returns how it went (`Ok` once it ended well before).
+    async fn end_writer(&mut self) -> std::io::Result<()> {
+        self.tx = None;
+        match self.writer.take() {
+            Some(w) => w.await.map_err(std::io::Error::other)?,
+            None => Ok(()),
+        }
+    }
 }
 
 impl Upload for DirUpload {
     fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), ArtifactError>> {
-        Box::pin(async move { self.file.write_all(&chunk).await.map_err(io(&self.key)) })
+        Box::pin(async move {
+            let sent = match &self.tx {
+                Some(tx) => tx.send(chunk).await.is_ok(),
+                None => false,
+            };
+            if sent {
+                return Ok(());
+            }
+            // The writer stopped: its error says why.
+            let err = match self.end_writer().await {
+                Err(e) => e,
+                Ok(()) => std::io::Error::other("the upload's writer stopped"),
+            };
+            Err(io(&self.key)(err))
+        })
+    }
+
+    fn finish(&mut self) -> BoxFuture<'_, Result<(), ArtifactError>> {
+        Box::pin(async move { self.end_writer().await.map_err(io(&self.key)) })
     }
 
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), ArtifactError>> {
         Box::pin(async move {
-            let DirUpload {
-                key,
-                tmp,
-                dest,
-                mut file,
-            } = *self;
+            let mut this = *self;
+            let done = this.end_writer().await;
+            let DirUpload { key, tmp, dest, .. } = this;
             let done = async {
-                file.flush().await?;
-                drop(file);
+                done?;
                 if let Some(parent) = dest.parent() {
                     tokio::fs::create_dir_all(parent).await?;
                 }
@@ -132,12 +193,37 @@ impl Upload for DirUpload {
 
     fn abort(self: Box<Self>) -> BoxFuture<'static, Result<(), ArtifactError>> {
         Box::pin(async move {
-            drop(self.file);
-            match tokio::fs::remove_file(&self.tmp).await {
+            let mut this = *self;
+            let _ = this.end_writer().await;
+            match tokio::fs::remove_file(&this.tmp).await {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(io(&self.key)(e)),
+                Err(e) => Err(io(&this.key)(e)),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_restarted_store_drops_unfinished_uploads_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("artifacts");
+        let store = DirStore::new(root.clone()).unwrap();
+        let mut kept = store.begin("1/kept").await.unwrap();
+        kept.write(Bytes::from_static(b"kept")).await.unwrap();
+        kept.commit().await.unwrap();
+        let mut left = store.begin("1/left").await.unwrap();
+        left.write(Bytes::from_static(b"left")).await.unwrap();
+        let parts = || std::fs::read_dir(root.join(".tmp")).unwrap().count();
+        assert_eq!(parts(), 1, "an unfinished upload waits in .tmp");
+        drop(left);
+        DirStore::new(root.clone()).unwrap();
+        assert_eq!(parts(), 0);
+        assert_eq!(std::fs::read(root.join("1/kept")).unwrap(), b"kept");
+        assert!(!root.join("1/left").exists());
     }
 }

@@ -57,6 +57,11 @@ pub trait ArtifactStore: Send + Sync {
 /// An upload in progress.
 pub trait Upload: Send {
     fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), ArtifactError>>;
+    /// Says every chunk is written: a store that writes in the background finishes here,
+    /// so an upload waiting for its commit (staged) holds no thread.
+    fn finish(&mut self) -> BoxFuture<'_, Result<(), ArtifactError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Makes the written bytes visible under the key.
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), ArtifactError>>;
     /// Drops the written bytes.

@@ -4,6 +4,7 @@ mod artifacts;
 mod checkout;
 mod control;
 mod graph;
+mod logs;
 mod nodes;
 mod push;
 mod pushes;
@@ -23,7 +24,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Graph(args) => graph::run(args).await,
         Command::Push(args) => push::run(args).await,
         Command::Jobs(args) => query::jobs(args).await,
-        Command::Logs(args) => query::logs(args).await,
+        Command::Logs(args) => logs::logs(args).await,
         Command::Nodes(args) => query::nodes(args).await,
         Command::Cancel(args) => control::cancel(args).await,
         Command::Retrigger(args) => control::retrigger(args).await,
@@ -35,6 +36,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trigger(args) => pushes::trigger(args).await,
         Command::Checkout(args) => checkout::run(args),
         Command::Tokens(args) => tokens::run(args).await,
+        Command::Stamp(args) => {
+            let code = lwr_node::stamp::run(&args.command)?;
+            // Exit codes are 0..=255; 128 + signal fits.
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
     }
 }
 

@@ -1,12 +1,11 @@
-//! `lwr jobs`, `lwr logs`, `lwr nodes`: reading the server's state.
+//! `lwr jobs`, `lwr nodes`: reading the server's state.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use lwr_client::Client;
 
-use crate::cli::{JobsArgs, LogsArgs, NodesArgs};
+use crate::cli::{JobsArgs, NodesArgs};
 
 pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
@@ -32,17 +31,6 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     print!("{out}");
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let client = args.conn.client()?;
-    let job = resolve_job(&client, &args.job).await?;
-    let bytes = client.log(job, args.run).await?;
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(&bytes)
-        .context("writing the log to stdout")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -72,6 +72,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         tags: parse_tags(&args.tags)?,
         slots: args.slots.unwrap_or_else(default_slots),
         work_dir: args.work_dir,
+        timestamps: args.timestamps,
         health_check: args.health_check,
         reboot_command: args.reboot_command,
     };
@@ -105,6 +106,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
             name,
             tags: BTreeMap::new(),
             slots,
+            timestamps: args.timestamps,
             health_check: None,
             reboot_command: None,
         };

@@ -1,0 +1,615 @@
+//! The HTTP side of live logs: the node's streams long-poll and log pieces, the viewer's
+//! Server-Sent Events, the `live` toggle and the traffic counters. The bookkeeping lives in
+//! [`crate::live`]; docs/logs.md tells the whole path.
+
+use std::convert::Infallible;
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use lwr_model::RunState;
+use lwr_model::api::{ErrorBody, JobDetail, RunInfo};
+use lwr_model::logstream::{
+    ChunkAck, EndEvent, LiveState, LiveToggle, LogEvent, LogStats, LogStreams, MAX_CHUNK, RunEvent,
+    Stats, StreamRequest, text_boundary,
+};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout_at};
+use utoipa::{IntoParams, OpenApi};
+
+use crate::api::{ApiJson, ApiPath, ApiQuery};
+use crate::auth::{Auth, check_node};
+use crate::live::{AppendError, Viewer};
+use crate::queue::MAX_WAIT;
+use crate::{ApiError, AppState, logs};
+
+type Shared = State<Arc<AppState>>;
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Most log bytes in one event to a viewer.
+const EVENT_BYTES: usize = 256 << 10;
+/// A viewer re-reads its run's state at least this often, in case a wake-up was missed.
+const RECHECK: Duration = Duration::from_secs(2);
+/// How long a run that ended without a result of its own (cancelled, lost) may take to get
+/// its log to the server: a cancelled job's node stops it within a heartbeat (5 s) and a
+/// grace period (3 s), then uploads the log.
+const UPLOAD_GRACE: Duration = Duration::from_secs(15);
+
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/nodes/{id}/streams", get(node_streams))
+        .route("/v1/runs/{id}/log/stream", post(stream_piece))
+        .route("/v1/jobs/{id}/log/live", put(set_live))
+        .route("/v1/stats", get(stats))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(node_streams, stream_piece, set_live, stats),
+    components(schemas(
+        LogStreams,
+        StreamRequest,
+        ChunkAck,
+        LiveToggle,
+        LiveState,
+        LogStats,
+        Stats,
+        LogEvent,
+        RunEvent,
+        EndEvent
+    ))
+)]
+pub(crate) struct FollowDoc;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamsQuery {
+    /// The `version` of the last answer: the call waits until the set differs from it.
+    #[serde(default)]
+    version: Option<u64>,
+    /// Longest wait in milliseconds (at most 60,000); 0 answers at once.
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+#[utoipa::path(
+    get, path = "/v1/nodes/{id}/streams", params(("id" = i64, Path), StreamsQuery),
+    responses(
+        (status = 200, description = "the runs of this node whose log the server wants now, each from the offset it holds", body = LogStreams),
+        (status = 403, body = ErrorBody),
+    )
+)]
+async fn node_streams(
+    State(state): Shared,
+    auth: Auth,
+    ApiPath(node): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<StreamsQuery>,
+) -> ApiResult<Json<LogStreams>> {
+    check_node(&state, &auth, node).await?;
+    let wait = Duration::from_millis(q.wait_ms).min(MAX_WAIT);
+    let deadline = Instant::now() + wait;
+    let mut changes = state.live.node_changes(node);
+    loop {
+        let now = state.live.wanted(node);
+        if q.version != Some(now.version) || Instant::now() >= deadline {
+            return Ok(Json(now));
+        }
+        if timeout_at(deadline, changes.changed()).await.is_err() {
+            return Ok(Json(state.live.wanted(node)));
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PieceQuery {
+    /// The node sending; it must hold the run.
+    node: i64,
+    /// Byte offset in the log of the first byte of the body.
+    offset: u64,
+    /// The log ends with this piece.
+    #[serde(default)]
+    end: bool,
+}
+
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/log/stream", params(("id" = i64, Path), PieceQuery),
+    request_body(content = String, content_type = "application/octet-stream",
+        description = "bytes of the log from `offset` on, at most 1 MiB"),
+    responses(
+        (status = 200, description = "what the server holds now: the next piece starts at `offset` (a piece that started beyond it was not taken)", body = ChunkAck),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+    )
+)]
+async fn stream_piece(
+    State(state): Shared,
+    auth: Auth,
+    ApiPath(run): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<PieceQuery>,
+    body: Bytes,
+) -> ApiResult<Json<ChunkAck>> {
+    check_node(&state, &auth, q.node).await?;
+    if body.len() > MAX_CHUNK {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a piece of log is at most {MAX_CHUNK} bytes"),
+        ));
+    }
+    if q.offset.checked_add(body.len() as u64).is_none() {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "offset",
+            "offset out of range",
+        ));
+    }
+    match state.queue.store().run_owner(run).await? {
+        None => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("run {run} not found"),
+            ));
+        }
+        Some((owner, _)) if owner != q.node => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("run {run} belongs to another node"),
+            ));
+        }
+        Some(_) => {}
+    }
+    let live = state.live.clone();
+    let appended =
+        tokio::task::spawn_blocking(move || live.append(run, q.offset, &body, q.end)).await;
+    let io = |e: String| {
+        tracing::error!("spooling the log of run {run}: {e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot spool log: {e}"),
+        )
+    };
+    match appended {
+        Ok(Ok(Ok(ack))) => Ok(Json(ack)),
+        // A gap: say where the node must resume.
+        Ok(Ok(Err(gap))) => Ok(Json(ChunkAck {
+            offset: gap.held,
+            wanted: true,
+        })),
+        Ok(Err(e @ AppendError::TooLarge { .. })) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("run {run}: {e}"),
+        )),
+        Ok(Err(e @ AppendError::Io(_))) => Err(io(e.to_string())),
+        Err(e) => Err(io(e.to_string())),
+    }
+}
+
+/// The run a request means: `number` of the job, or its latest.
+fn pick_run(job: &JobDetail, number: Option<u32>) -> Option<&RunInfo> {
+    match number {
+        Some(n) => job.run_history.iter().find(|r| r.number == n),
+        None => job.run_history.last(),
+    }
+}
+
+#[utoipa::path(
+    put, path = "/v1/jobs/{id}/log/live", params(("id" = i64, Path)), request_body = LiveToggle,
+    responses(
+        (status = 200, description = "the toggle of the job's running run", body = LiveState),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the job has no running run", body = ErrorBody),
+    )
+)]
+async fn set_live(
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(toggle): ApiJson<LiveToggle>,
+) -> ApiResult<Json<LiveState>> {
+    let store = state.queue.store();
+    let job = store.job(id).await?;
+    let run = pick_run(&job, None).filter(|r| r.state == RunState::Running);
+    let Some(run) = run else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "job {id} has no running run (state {}); its log is stored once a run ends",
+                job.info.state
+            ),
+        ));
+    };
+    let Some((node, true)) = store.run_owner(run.id).await? else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("run {} of job {id} just ended", run.number),
+        ));
+    };
+    let viewers = state.live.set_live(run.id, node, toggle.live);
+    Ok(Json(LiveState {
+        job_id: id,
+        run_id: run.id,
+        live: toggle.live,
+        viewers,
+    }))
+}
+
+#[utoipa::path(
+    get, path = "/v1/stats",
+    responses((status = 200, description = "counters of this server since it started", body = Stats))
+)]
+async fn stats(State(state): Shared) -> Json<Stats> {
+    Json(Stats {
+        logs: state.live.stats(),
+    })
+}
+
+/// Every minute, drops the spool of runs that ended while nobody watched them.
+pub(crate) async fn sweep(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        for run in state.live.unwatched() {
+            match state.queue.store().run_owner(run).await {
+                Ok(Some((_, true))) => {}
+                Ok(_) => state.live.stored(run),
+                Err(e) => tracing::warn!("live log sweep: {e}"),
+            }
+        }
+    }
+}
+
+/// Where a viewer starts: which run of the job, and at which byte.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Start {
+    pub run_number: Option<u32>,
+    /// A run id from `Last-Event-ID`: resume exactly that run.
+    pub run_id: Option<i64>,
+    pub offset: u64,
+}
+
+/// Parses `Last-Event-ID` as this module writes event ids: `RUN:OFFSET`.
+pub(crate) fn last_event_id(value: &str) -> Option<(i64, u64)> {
+    let (run, offset) = value.trim().split_once(':')?;
+    Some((run.parse().ok()?, offset.parse().ok()?))
+}
+
+/// `GET /v1/jobs/{id}/log?follow=true`: the log as Server-Sent Events, replayed from
+/// `start.offset`, then followed live until the run ends.
+pub(crate) async fn sse(state: Arc<AppState>, job_id: i64, start: Start) -> ApiResult<Response> {
+    let job = state.queue.store().job(job_id).await?;
+    // A run that does not exist yet is waited for, unless it never will.
+    if let Some(n) = start.run_number
+        && pick_run(&job, Some(n)).is_none()
+        && (n == 0 || job.info.state.is_terminal())
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("job {job_id} has no run {n}"),
+        ));
+    }
+    if let Some(run) = start.run_id
+        && !job.run_history.iter().any(|r| r.id == run)
+    {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "Last-Event-ID",
+            format!("run {run} is not a run of job {job_id}"),
+        ));
+    }
+    if job.run_history.is_empty() && job.info.state.is_terminal() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "job {job_id} ended ({}) without running: it has no log",
+                job.info.state
+            ),
+        ));
+    }
+    let (tx, rx) = mpsc::channel::<Event>(4);
+    tokio::spawn(async move {
+        let mut follow = Follow { state, tx, job_id };
+        if let Err(Stop::Failed(e)) = follow.run(start).await {
+            let _ = follow
+                .tx
+                .send(Event::default().event("error").data(e.body.error))
+                .await;
+        }
+    });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Why a viewer's task ends early.
+enum Stop {
+    /// The viewer closed its connection.
+    Gone,
+    Failed(ApiError),
+}
+
+impl From<ApiError> for Stop {
+    fn from(e: ApiError) -> Stop {
+        Stop::Failed(e)
+    }
+}
+
+impl From<lwr_store::StoreError> for Stop {
+    fn from(e: lwr_store::StoreError) -> Stop {
+        Stop::Failed(e.into())
+    }
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Stop {
+    Stop::Failed(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("{what}: {e}"),
+    ))
+}
+
+/// One viewer's task.
+struct Follow {
+    state: Arc<AppState>,
+    tx: mpsc::Sender<Event>,
+    job_id: i64,
+}
+
+impl Follow {
+    async fn send(&self, event: Event) -> Result<(), Stop> {
+        self.tx.send(event).await.map_err(|_| Stop::Gone)
+    }
+
+    async fn send_json<T: serde::Serialize>(&self, name: &str, data: &T) -> Result<(), Stop> {
+        let event = Event::default()
+            .event(name)
+            .json_data(data)
+            .map_err(|e| internal("encoding an event", e))?;
+        self.send(event).await
+    }
+
+    /// Sends `bytes` (log from `offset`) as a text event; returns how many bytes went out:
+    /// all of them at the end of the log, else up to the last whole character.
+    async fn send_text(
+        &self,
+        run_id: i64,
+        offset: u64,
+        bytes: &[u8],
+        at_end: bool,
+    ) -> Result<usize, Stop> {
+        let n = text_boundary(bytes, at_end);
+        if n == 0 {
+            return Ok(0);
+        }
+        let text = String::from_utf8_lossy(&bytes[..n]).into_owned();
+        let end = offset + n as u64;
+        let event = Event::default()
+            .event("log")
+            .id(format!("{run_id}:{end}"))
+            .json_data(LogEvent {
+                run_id,
+                offset,
+                end,
+                text,
+            })
+            .map_err(|e| internal("encoding an event", e))?;
+        self.send(event).await?;
+        self.state.live.count_viewer_bytes(n);
+        Ok(n)
+    }
+
+    async fn run(&mut self, start: Start) -> Result<(), Stop> {
+        let store = self.state.queue.store().clone();
+        let mut changes = self.state.queue.subscribe_changes();
+        // A job that has not started yet: wait for its run.
+        let run = loop {
+            let job = store.job(self.job_id).await?;
+            let run = match start.run_id {
+                Some(id) => job.run_history.iter().find(|r| r.id == id),
+                None => pick_run(&job, start.run_number),
+            };
+            if let Some(run) = run {
+                break run.clone();
+            }
+            if job.info.state.is_terminal() {
+                return Err(Stop::Failed(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "job {} ended ({}) without running",
+                        self.job_id, job.info.state
+                    ),
+                )));
+            }
+            self.wait_change(&mut changes).await?;
+        };
+        self.send_json(
+            "run",
+            &RunEvent {
+                run_id: run.id,
+                number: run.number,
+                node: run.node.clone(),
+            },
+        )
+        .await?;
+        let mut offset = start.offset;
+        let node_id = match store.run_owner(run.id).await? {
+            Some((node_id, true)) => node_id,
+            _ => return self.finish(run.id, offset, None).await,
+        };
+        // Following makes the run wanted: its node starts streaming.
+        let viewer = self.state.live.follow(run.id, node_id);
+        let live = viewer.run.clone();
+        let mut held_rx = live.subscribe();
+        let mut check = true;
+        // When the run was first seen ended, and how: its node may still be sending the end
+        // of the log (a cancelled run's last words) and uploading it.
+        let mut ended: Option<(Instant, RunState)> = None;
+        loop {
+            if check && ended.is_none() {
+                let (state, _) = self.run_info(run.id).await?;
+                if state != RunState::Running {
+                    ended = Some((Instant::now(), state));
+                }
+            }
+            check = false;
+            let held = *held_rx.borrow_and_update();
+            if held.size > offset && !held.stored {
+                let (at, from) = (offset, live.clone());
+                let bytes = tokio::task::spawn_blocking(move || from.read(at, EVENT_BYTES))
+                    .await
+                    .map_err(|e| internal("reading the spool", e))?
+                    .map_err(|e| internal("reading the spool", e))?;
+                let at_end = held.complete && at + bytes.len() as u64 == held.size;
+                let sent = self.send_text(run.id, at, &bytes, at_end).await?;
+                offset += sent as u64;
+                if sent > 0 {
+                    continue;
+                }
+            }
+            let done = match ended {
+                _ if held.stored => true,
+                None => false,
+                // A result means the log, if any, was uploaded before it.
+                Some((_, RunState::Succeeded | RunState::Failed)) => true,
+                Some((since, _)) => held.complete || since.elapsed() >= UPLOAD_GRACE,
+            };
+            if done {
+                return self.finish(run.id, offset, Some(viewer)).await;
+            }
+            // Caught up: wait for more bytes, the run's end, or its log.
+            let grace = ended.map_or(RECHECK, |(since, _)| {
+                UPLOAD_GRACE.saturating_sub(since.elapsed())
+            });
+            tokio::select! {
+                r = held_rx.changed() => check |= r.is_err(),
+                r = self.wait_change(&mut changes) => { r?; check = true; }
+                _ = tokio::time::sleep(grace) => {}
+            }
+        }
+    }
+
+    /// Waits for a change of any job (or [`RECHECK`]); fails when the viewer left.
+    async fn wait_change(
+        &self,
+        changes: &mut tokio::sync::watch::Receiver<i64>,
+    ) -> Result<(), Stop> {
+        tokio::select! {
+            _ = changes.changed() => Ok(()),
+            _ = tokio::time::sleep(RECHECK) => Ok(()),
+            _ = self.tx.closed() => Err(Stop::Gone),
+        }
+    }
+
+    /// The run's state and the size of its stored log.
+    async fn run_info(&self, run_id: i64) -> Result<(RunState, u64), Stop> {
+        let job = self.state.queue.store().job(self.job_id).await?;
+        Ok(job
+            .run_history
+            .iter()
+            .find(|r| r.id == run_id)
+            .map_or((RunState::Exception, 0), |r| (r.state, r.log_size)))
+    }
+
+    /// The run's log is whole: the rest of it from the store (or, when its node could not
+    /// store it, from the spool the viewer still holds), then the end with the run's state.
+    async fn finish(
+        &self,
+        run_id: i64,
+        mut offset: u64,
+        viewer: Option<Viewer>,
+    ) -> Result<(), Stop> {
+        // The node uploads the log just before it reports the result: wait for the result
+        // (briefly), so that `end` says how the run ended.
+        let mut changes = self.state.queue.subscribe_changes();
+        let deadline = Instant::now() + UPLOAD_GRACE;
+        let (state, log_size) = loop {
+            let (state, size) = self.run_info(run_id).await?;
+            if state != RunState::Running || Instant::now() >= deadline {
+                break (state, size);
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.tx.closed() => return Err(Stop::Gone),
+            }
+        };
+        let spool = viewer.as_ref().map(|v| v.run.clone());
+        let stored = logs::path(&self.state.config.data_dir, run_id);
+        if log_size > 0 && spool.is_none() && !stored.exists() {
+            return Err(Stop::Failed(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "the log of run {run_id} ({log_size} bytes) was stored by another server; \
+                     servers sharing a database must share --data-dir"
+                ),
+            )));
+        }
+        loop {
+            let path = stored.clone();
+            let spool = spool.clone();
+            let at = offset;
+            let read = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, u64)> {
+                match std::fs::File::open(&path) {
+                    Ok(mut file) => {
+                        let size = file.metadata()?.len();
+                        file.seek(SeekFrom::Start(at.min(size)))?;
+                        let mut buf =
+                            Vec::with_capacity(EVENT_BYTES.min((size - at.min(size)) as usize));
+                        file.by_ref()
+                            .take(EVENT_BYTES as u64)
+                            .read_to_end(&mut buf)?;
+                        Ok((buf, size))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => match spool {
+                        Some(live) => {
+                            let size = live.held().size;
+                            Ok((live.read(at, EVENT_BYTES)?, size))
+                        }
+                        None => Ok((Vec::new(), 0)),
+                    },
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .map_err(|e| internal("reading the log", e))?
+            .map_err(|e| internal(&format!("reading the log of run {run_id}"), e))?;
+            let (bytes, size) = read;
+            if bytes.is_empty() {
+                return self
+                    .send_json(
+                        "end",
+                        &EndEvent {
+                            run_id,
+                            size: size.max(offset),
+                            state,
+                        },
+                    )
+                    .await;
+            }
+            let at_end = offset + bytes.len() as u64 >= size;
+            let sent = self.send_text(run_id, offset, &bytes, at_end).await?;
+            offset += sent as u64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_round_trip() {
+        assert_eq!(last_event_id("12:345"), Some((12, 345)));
+        assert_eq!(last_event_id(" 1:0 "), Some((1, 0)));
+        assert_eq!(last_event_id("12"), None);
+        assert_eq!(last_event_id("a:1"), None);
+        assert_eq!(last_event_id("1:-1"), None);
+    }
+}

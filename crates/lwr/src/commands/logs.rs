@@ -1,0 +1,138 @@
+//! `lwr logs`: a job's stored log, or its live output followed as it is written.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use lwr_client::{Client, FollowEvent};
+use lwr_model::RunState;
+
+use crate::cli::{LogsArgs, Toggle};
+use crate::commands::query::resolve_job;
+
+/// How long a follower keeps trying to reach a server that went away.
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+
+pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.conn.client()?;
+    let job = resolve_job(&client, &args.job).await?;
+    if let Some(toggle) = args.live {
+        let state = client.set_live(job, toggle == Toggle::On).await?;
+        eprintln!(
+            "job {job}, run {}: streaming to the server {} ({} viewers now)",
+            state.run_id,
+            if state.live {
+                "on"
+            } else {
+                "off unless someone follows"
+            },
+            state.viewers
+        );
+        if !args.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    if args.follow {
+        return follow(&client, job, args.run).await;
+    }
+    let bytes = client.log(job, args.run).await?;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(&bytes)
+        .context("writing the log to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the log as the server streams it; reconnects where it stopped when the
+/// connection breaks, and goes on with the next run of a job that is retried.
+async fn follow(client: &Client, job: i64, run: Option<u32>) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout().lock();
+    // Where to resume: the run being followed and the offset reached in it.
+    let mut at: Option<(i64, u64)> = None;
+    let mut pick = run;
+    let mut broken_since: Option<Instant> = None;
+    loop {
+        let stream = client.follow_log(job, pick, 0, at).await;
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(e) if e.is_unreachable() && at.is_some() => {
+                reconnect_wait(&mut broken_since, &e.to_string()).await?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        loop {
+            let event = match stream.next().await {
+                Ok(Some(event)) => event,
+                // The connection broke: resume where we are.
+                Ok(None) => {
+                    reconnect_wait(&mut broken_since, "the server closed the stream").await?;
+                    break;
+                }
+                Err(e) => {
+                    reconnect_wait(&mut broken_since, &e.to_string()).await?;
+                    break;
+                }
+            };
+            broken_since = None;
+            match event {
+                FollowEvent::Run(r) => {
+                    if pick.is_some_and(|n| n > 1) && at.is_none() {
+                        eprintln!("--- run {} on {} ---", r.number, r.node);
+                    }
+                    if at.is_none_or(|(run, _)| run != r.run_id) {
+                        at = Some((r.run_id, 0));
+                    }
+                }
+                FollowEvent::Log(l) => {
+                    stdout
+                        .write_all(l.text.as_bytes())
+                        .and_then(|()| stdout.flush())
+                        .context("writing the log to stdout")?;
+                    at = Some((l.run_id, l.end));
+                }
+                FollowEvent::End(end) => {
+                    if end.state != RunState::Exception {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    // An infrastructure error: the job may run again; follow its next run.
+                    match next_run(client, job, end.run_id).await? {
+                        Some(number) => {
+                            eprintln!("--- run ended (exception); the job runs again ---");
+                            pick = Some(number);
+                            at = None;
+                            break;
+                        }
+                        None => return Ok(ExitCode::SUCCESS),
+                    }
+                }
+                FollowEvent::Error(msg) => bail!("following the log of job {job}: {msg}"),
+            }
+        }
+    }
+}
+
+/// The number of the run that follows run `run_id` of a retried job, once it exists;
+/// `None` when the job ended instead.
+async fn next_run(client: &Client, job: i64, run_id: i64) -> anyhow::Result<Option<u32>> {
+    loop {
+        let detail = client.job(job).await?;
+        if let Some(next) = detail.run_history.iter().find(|r| r.id > run_id) {
+            return Ok(Some(next.number));
+        }
+        if detail.info.state.is_terminal() {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn reconnect_wait(since: &mut Option<Instant>, why: &str) -> anyhow::Result<()> {
+    let start = *since.get_or_insert_with(Instant::now);
+    if start.elapsed() > RECONNECT_FOR {
+        bail!("lost the log stream and could not resume for {RECONNECT_FOR:?}: {why}");
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    Ok(())
+}
