@@ -49,10 +49,15 @@ pub fn decision_job(
         requires: Requires::default(),
         when: None,
         prefer: Vec::new(),
-        affinity_wait_secs: None,
+        // Its node's clone cache is warm, but a decision job is short and everything after
+        // it waits for it: not worth more than a few seconds of waiting for a busy node.
+        affinity_wait_secs: Some(DECISION_AFFINITY_WAIT_SECS),
         keep_workdir: false,
     }
 }
+
+/// How long a decision job waits for the node that ran the branch's last one.
+pub const DECISION_AFFINITY_WAIT_SECS: u64 = 5;
 
 /// Whether a polled branch counts. With no patterns, only the repository's default branch
 /// (what its HEAD points at; `main` or `master` when it does not say) counts.
