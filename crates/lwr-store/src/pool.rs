@@ -7,7 +7,7 @@
 //! [`POOL_TTL`] (other servers sharing the database) or after anything it cannot follow
 //! (lease expiry, cancellation).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,10 @@ struct Cached {
     pool: Pool,
     read_at: Option<Instant>,
     config: PoolConfig,
+    /// Nodes whose last runs may have ended in infrastructure errors: only for these does
+    /// a run that ends otherwise cost a statement to clear the count (read again with the
+    /// snapshot, so another server's errors are seen within [`POOL_TTL`]).
+    erring: HashSet<i64>,
 }
 
 /// The shared, cached pool.
@@ -60,6 +64,7 @@ impl Default for PoolCache {
             pool: Pool::new(Vec::new(), config.lost_after_ms),
             read_at: None,
             config,
+            erring: HashSet::new(),
         })))
     }
 }
@@ -72,6 +77,20 @@ impl PoolCache {
     /// Reads the pool again at the next claim.
     pub(crate) fn stale(&self) {
         self.lock().read_at = None;
+    }
+
+    /// Whether `node`'s count of infrastructure errors in a row may be above zero.
+    pub(crate) fn erring(&self, node: i64) -> bool {
+        self.lock().erring.contains(&node)
+    }
+
+    pub(crate) fn set_erring(&self, node: i64, erring: bool) {
+        let mut cached = self.lock();
+        if erring {
+            cached.erring.insert(node);
+        } else {
+            cached.erring.remove(&node);
+        }
     }
 
     /// Runs `f` on the snapshot. Never held across an await.
@@ -115,7 +134,7 @@ impl Placement {
 
 /// Nodes with the number of runs each holds.
 const POOL_SELECT: &str = "SELECT n.id, n.name, n.properties, n.labels, n.slots, n.last_seen, \
-     n.state, n.health, \
+     n.state, n.health, n.infra_errors, \
      COALESCE(r.running, 0) AS running FROM nodes n LEFT JOIN (SELECT node_id, COUNT(*) AS \
      running FROM runs WHERE state = 'running' GROUP BY node_id) r ON r.node_id = n.id";
 
@@ -163,8 +182,15 @@ impl Store {
             .await
             .op("reading the pool")?;
         let nodes = rows.iter().map(pool_node).collect::<Result<Vec<_>>>()?;
+        let mut erring = HashSet::new();
+        for row in &rows {
+            if col::<i64>(row, "infra_errors")? > 0 {
+                erring.insert(col::<i64>(row, "id")?);
+            }
+        }
         let mut cached = self.pool.lock();
         cached.pool = Pool::new(nodes, cached.config.lost_after_ms);
+        cached.erring = erring;
         cached.read_at = Some(Instant::now());
         Ok(())
     }

@@ -67,6 +67,8 @@ struct Reported {
     ended: usize,
     /// The node was quarantined by these results.
     quarantined: bool,
+    /// Whether the node's count of infrastructure errors in a row is zero afterwards.
+    clean: bool,
 }
 
 /// A ready job as the claim's search reads it.
@@ -97,8 +99,9 @@ impl Store {
         let node = self.node_properties(node_id).await?;
         self.refresh_pool().await?;
         let quarantine_after = self.pool_config().quarantine_after;
+        let clean = !self.pool.erring(node_id);
         let mut tx = self.write.begin().await.op("starting claim")?;
-        let reported = report_in(&mut tx, node_id, results, now, quarantine_after).await?;
+        let reported = report_in(&mut tx, node_id, results, now, quarantine_after, clean).await?;
         let mut effects = reported.effects;
         let (assignments, retry_in_ms) = if reported.quarantined {
             (Vec::new(), None)
@@ -109,6 +112,7 @@ impl Store {
         effects.changed |= !assignments.is_empty();
         self.notify_in(&mut tx, effects).await?;
         tx.commit().await.op("committing claim")?;
+        self.pool.set_erring(node_id, !reported.clean);
         self.note_claim(node_id, assignments.len(), reported.ended, now);
         if reported.quarantined {
             self.pool_stale();
@@ -156,7 +160,9 @@ impl Store {
         let mut picked: Vec<(i64, String)> = Vec::new();
         let mut retry_in: Option<i64> = None;
         let mut after = 0i64;
-        let mut page = (i64::from(max) * 4).clamp(16, SCAN_PAGE);
+        // First as many rows as the node can take: most nodes can run most jobs and most
+        // jobs are not held, and every row read costs its graph and affinity lookups.
+        let mut page = i64::from(max).clamp(1, SCAN_PAGE);
         'scan: while picked.len() < max as usize {
             let rows = sqlx::query(select)
                 .bind(after)
@@ -351,10 +357,12 @@ impl Store {
         now: i64,
     ) -> Result<(Vec<ResultAck>, Effects)> {
         let quarantine_after = self.pool_config().quarantine_after;
+        let clean = !self.pool.erring(node_id);
         let mut tx = self.write.begin().await.op("starting report")?;
-        let reported = report_in(&mut tx, node_id, results, now, quarantine_after).await?;
+        let reported = report_in(&mut tx, node_id, results, now, quarantine_after, clean).await?;
         self.notify_in(&mut tx, reported.effects).await?;
         tx.commit().await.op("committing report")?;
+        self.pool.set_erring(node_id, !reported.clean);
         self.note_claim(node_id, 0, reported.ended, now);
         if reported.quarantined {
             self.pool_stale();
@@ -376,6 +384,7 @@ impl Store {
         .await
         .op("finding expired leases")?;
         let mut effects = Effects::default();
+        let mut erring = Vec::new();
         for row in expired {
             let run_id: i64 = col(&row, "id")?;
             let job_id: i64 = col(&row, "job_id")?;
@@ -396,10 +405,14 @@ impl Store {
                 continue;
             }
             let (_, spot) = count_end(&mut tx, node_id, started_at, true, quarantine_after).await?;
+            erring.push(node_id);
             effects.merge(retry_or_end(&mut tx, job_id, "claim-expired", spot, now).await?);
         }
         self.notify_in(&mut tx, effects).await?;
         tx.commit().await.op("committing lease expiry")?;
+        for node in erring {
+            self.pool.set_erring(node, true);
+        }
         if effects.changed {
             self.pool_stale();
         }
@@ -620,6 +633,8 @@ async fn report_in(
     results: &[RunResult],
     now: i64,
     quarantine_after: u32,
+    // The node's count of infrastructure errors in a row is known to be zero.
+    mut clean: bool,
 ) -> Result<Reported> {
     let mut effects = Effects::default();
     let mut acks = Vec::with_capacity(results.len());
@@ -648,8 +663,13 @@ async fn report_in(
         ended += 1;
         let infra_error = result.outcome == Outcome::Exception;
         let started_at: i64 = col(&finished, "started_at")?;
-        let (now_quarantined, spot) =
-            count_end(tx, node_id, started_at, infra_error, quarantine_after).await?;
+        // Clearing a count known to be zero would cost a statement per run for nothing.
+        let (now_quarantined, spot) = if clean && !infra_error {
+            (false, false)
+        } else {
+            count_end(tx, node_id, started_at, infra_error, quarantine_after).await?
+        };
+        clean = !infra_error;
         quarantined |= now_quarantined;
         let job_effects = match result.outcome {
             Outcome::Succeeded => {
@@ -683,6 +703,7 @@ async fn report_in(
         effects,
         ended,
         quarantined,
+        clean,
     })
 }
 

@@ -899,7 +899,49 @@ async fn retrigger_runs_a_job_again_with_its_dependents(f: Fixture) {
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
 }
 
+/// Claims one job on `node` at `now` and reports `outcome` for it; the node's state after.
+async fn run_one(store: &Store, node: i64, now: i64, outcome: Outcome) -> (String, u32) {
+    let got = store.claim(node, 1, &[], now, LEASE).await.unwrap();
+    let run = got.assignments[0].run_id;
+    let (acks, _) = store
+        .report(node, &[result(run, outcome)], now)
+        .await
+        .unwrap();
+    assert!(acks[0].recorded);
+    let info = store.node(node, now).await.unwrap();
+    (info.state, info.infra_errors)
+}
+
+async fn only_infrastructure_errors_in_a_row_quarantine_a_node(f: Fixture) {
+    let jobs = (0..8).map(|i| job(&format!("j{i}"), &[])).collect();
+    f.store.submit_graph(&graph(jobs), 0).await.unwrap();
+    let n = node(&f.store, "n1", &[]).await;
+    let s = &f.store;
+    assert_eq!(
+        run_one(s, n, 1, Outcome::Exception).await,
+        ("idle".into(), 1)
+    );
+    assert_eq!(run_one(s, n, 2, Outcome::Exception).await.1, 2);
+    // A run that ends otherwise (a job's own failure counts as fine) clears the count.
+    assert_eq!(run_one(s, n, 3, Outcome::Failed).await.1, 0);
+    assert_eq!(run_one(s, n, 4, Outcome::Exception).await.1, 1);
+    assert_eq!(run_one(s, n, 5, Outcome::Succeeded).await.1, 0);
+    assert_eq!(run_one(s, n, 6, Outcome::Exception).await.1, 1);
+    assert_eq!(run_one(s, n, 7, Outcome::Exception).await.1, 2);
+    let (state, errors) = run_one(s, n, 8, Outcome::Exception).await;
+    assert_eq!((state.as_str(), errors), ("quarantined", 3));
+    assert!(
+        s.claim(n, 1, &[], 9, LEASE)
+            .await
+            .unwrap()
+            .assignments
+            .is_empty(),
+        "a quarantined node gets no work"
+    );
+}
+
 on_both_backends!(
+    only_infrastructure_errors_in_a_row_quarantine_a_node,
     only_ready_jobs_are_claimed_and_success_releases_dependents,
     concurrent_claims_never_hand_a_job_twice,
     failure_blocks_every_transitive_dependent_but_not_others,
