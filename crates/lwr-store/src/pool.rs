@@ -1,5 +1,6 @@
 //! The pool as the store keeps it: node state and health, the cached snapshot the claim
-//! decides with, and the affinity history.
+//! decides with, and the infrastructure-error counts (affinity is read from the jobs
+//! themselves by the claim).
 //!
 //! The policy itself is `lwr_model::pool`; this module only feeds it. The snapshot is kept
 //! in memory so a claim reads no node rows: this server's own claims, reports and state
@@ -340,31 +341,6 @@ impl Store {
     pub(crate) fn pool_stale(&self) {
         self.pool.stale();
     }
-}
-
-/// Records that `node_id` ran the job successfully, for its next run on the same repository
-/// and branch (graphs without both have no history).
-pub(crate) async fn remember_success(
-    tx: &mut Tx,
-    job_id: i64,
-    node_id: i64,
-    now: i64,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO affinity (repository, branch, job_name, node_id, updated_at) \
-         SELECT g.repository, g.branch, j.name, $2, $3 FROM jobs j JOIN graphs g \
-         ON g.id = j.graph_id WHERE j.id = $1 AND g.repository IS NOT NULL \
-         AND g.branch IS NOT NULL \
-         ON CONFLICT (repository, branch, job_name) DO UPDATE SET node_id = excluded.node_id, \
-         updated_at = excluded.updated_at",
-    )
-    .bind(job_id)
-    .bind(node_id)
-    .bind(now)
-    .execute(&mut **tx)
-    .await
-    .op("recording affinity")?;
-    Ok(())
 }
 
 /// Counts a run of `node_id` (started at `started_at`) that ended: an infrastructure error

@@ -15,7 +15,7 @@ use sqlx::{Any, Transaction};
 
 use crate::error::Op;
 use crate::nodes::KnownNode;
-use crate::pool::{Placement, count_end, remember_success};
+use crate::pool::{Placement, count_end};
 use crate::rows::{col, json, u32_of};
 use crate::{Dialect, Result, Store, StoreError};
 
@@ -469,23 +469,28 @@ impl Store {
 /// the rows read, in Rust: nothing a graph says is pasted into SQL.
 ///
 /// For the pool's policy each row also carries the branch of its graph and the node that
-/// last ran the job successfully there (affinity): correlated lookups by primary key, made
-/// only for the rows read.
+/// last ran the job successfully there (affinity): the newest succeeded job of the same name
+/// in a graph of the same repository and branch (index `jobs_name`, walked newest first),
+/// looked up only for the rows read.
 fn claim_select(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::Sqlite => concat!(
             "SELECT j.id, j.name, j.requirements, j.placement, j.avoid_spot, j.updated_at, ",
             "(SELECT g.branch FROM graphs g WHERE g.id = j.graph_id) AS branch, ",
-            "(SELECT a.node_id FROM graphs g JOIN affinity a ON a.repository = g.repository ",
-            "AND a.branch = g.branch AND a.job_name = j.name WHERE g.id = j.graph_id) AS affinity ",
+            "(SELECT n.id FROM graphs g, jobs j2 JOIN graphs g2 ON g2.id = j2.graph_id ",
+            "JOIN nodes n ON n.name = j2.node WHERE g.id = j.graph_id AND j2.name = j.name ",
+            "AND j2.state = 'succeeded' AND g2.repository = g.repository ",
+            "AND g2.branch = g.branch ORDER BY j2.id DESC LIMIT 1) AS affinity ",
             "FROM jobs j WHERE j.state = 'pending' AND j.unmet = 0 ",
             "AND j.id > $1 ORDER BY j.id LIMIT $2"
         ),
         Dialect::Postgres => concat!(
             "SELECT j.id, j.name, j.requirements, j.placement, j.avoid_spot, j.updated_at, ",
             "(SELECT g.branch FROM graphs g WHERE g.id = j.graph_id) AS branch, ",
-            "(SELECT a.node_id FROM graphs g JOIN affinity a ON a.repository = g.repository ",
-            "AND a.branch = g.branch AND a.job_name = j.name WHERE g.id = j.graph_id) AS affinity ",
+            "(SELECT n.id FROM graphs g, jobs j2 JOIN graphs g2 ON g2.id = j2.graph_id ",
+            "JOIN nodes n ON n.name = j2.node WHERE g.id = j.graph_id AND j2.name = j.name ",
+            "AND j2.state = 'succeeded' AND g2.repository = g.repository ",
+            "AND g2.branch = g.branch ORDER BY j2.id DESC LIMIT 1) AS affinity ",
             "FROM jobs j WHERE j.state = 'pending' AND j.unmet = 0 ",
             "AND j.id > $1 ORDER BY j.id LIMIT $2 FOR UPDATE OF j SKIP LOCKED"
         ),
@@ -672,10 +677,7 @@ async fn report_in(
         clean = !infra_error;
         quarantined |= now_quarantined;
         let job_effects = match result.outcome {
-            Outcome::Succeeded => {
-                remember_success(tx, job_id, node_id, now).await?;
-                succeed_job(tx, job_id, now).await?
-            }
+            Outcome::Succeeded => succeed_job(tx, job_id, now).await?,
             Outcome::Failed => {
                 let reason = result
                     .reason

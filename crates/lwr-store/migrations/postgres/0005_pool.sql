@@ -1,5 +1,5 @@
 -- lwr schema 5 (PostgreSQL): the pool. Node state and health, why each run went to its node,
--- and which node last built each job (affinity).
+-- and an index to find where each job last succeeded (affinity).
 
 -- enabled | disabled | quarantined | draining (lost is seen from last_seen, never stored)
 ALTER TABLE nodes ADD COLUMN state TEXT NOT NULL DEFAULT 'enabled';
@@ -21,12 +21,7 @@ ALTER TABLE jobs ADD COLUMN placement TEXT;
 -- 1: the last run ended in an infrastructure error on a spot node; retry on a non-spot one
 ALTER TABLE jobs ADD COLUMN avoid_spot BIGINT NOT NULL DEFAULT 0;
 
--- The node that last ran a job successfully on a repository and branch.
-CREATE TABLE affinity (
-    repository  TEXT NOT NULL,
-    branch      TEXT NOT NULL,
-    job_name    TEXT NOT NULL,
-    node_id     BIGINT NOT NULL,
-    updated_at  BIGINT NOT NULL,
-    PRIMARY KEY (repository, branch, job_name)
-);
+-- Affinity (the node that last ran a job successfully on a repository and branch) is read
+-- from the jobs themselves: their names, newest first, say where each last succeeded. No
+-- write per success; the name never changes, so no state change touches this index.
+CREATE INDEX jobs_name ON jobs (name, id);
