@@ -52,6 +52,9 @@ struct Cached {
     /// a run that ends otherwise cost a statement to clear the count (read again with the
     /// snapshot, so another server's errors are seen within [`POOL_TTL`]).
     erring: HashSet<i64>,
+    /// Moves with every change this server makes to the snapshot, so a read from the
+    /// database that raced with one is not installed over it.
+    generation: u64,
 }
 
 /// The shared, cached pool.
@@ -66,6 +69,7 @@ impl Default for PoolCache {
             read_at: None,
             config,
             erring: HashSet::new(),
+            generation: 0,
         })))
     }
 }
@@ -87,11 +91,19 @@ impl PoolCache {
 
     pub(crate) fn set_erring(&self, node: i64, erring: bool) {
         let mut cached = self.lock();
+        cached.generation += 1;
         if erring {
             cached.erring.insert(node);
         } else {
             cached.erring.remove(&node);
         }
+    }
+
+    /// Changes the snapshot after a committed change. Never held across an await.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut Pool)) {
+        let mut cached = self.lock();
+        cached.generation += 1;
+        f(&mut cached.pool);
     }
 
     /// Runs `f` on the snapshot. Never held across an await.
@@ -178,11 +190,12 @@ impl Store {
         if self.pool.fresh() {
             return Ok(());
         }
+        let generation = self.pool.lock().generation;
         let rows = sqlx::query(POOL_SELECT)
             .fetch_all(&self.read)
             .await
             .op("reading the pool")?;
-        let nodes = rows.iter().map(pool_node).collect::<Result<Vec<_>>>()?;
+        let mut nodes = rows.iter().map(pool_node).collect::<Result<Vec<_>>>()?;
         let mut erring = HashSet::new();
         for row in &rows {
             if col::<i64>(row, "infra_errors")? > 0 {
@@ -190,6 +203,20 @@ impl Store {
             }
         }
         let mut cached = self.pool.lock();
+        if cached.generation != generation {
+            // A claim or report of this server committed while we read, and updated the
+            // snapshot in memory; the read may predate that commit. Its counts of running
+            // jobs would undo the update (a node freed a moment ago would look busy until
+            // the next read), so those, and what the node was last seen doing, stay as this
+            // server knows them; states, labels and new nodes come from the read.
+            for node in &mut nodes {
+                if let Some(known) = cached.pool.get(node.id) {
+                    node.running = known.running;
+                    node.last_seen = node.last_seen.max(known.last_seen);
+                }
+            }
+            erring.extend(cached.erring.iter().copied());
+        }
         cached.pool = Pool::new(nodes, cached.config.lost_after_ms);
         cached.erring = erring;
         cached.read_at = Some(Instant::now());
@@ -321,7 +348,7 @@ impl Store {
 
     /// The claim changed what node `node_id` holds: `taken` new runs, `ended` finished.
     pub(crate) fn note_claim(&self, node_id: i64, taken: usize, ended: usize, now: i64) {
-        self.pool.with(|p| {
+        self.pool.update(|p| {
             if let Some(n) = p.get_mut(node_id) {
                 n.running = (n.running as usize + taken).saturating_sub(ended) as u32;
                 n.last_seen = n.last_seen.max(now);
@@ -330,6 +357,7 @@ impl Store {
     }
 
     pub(crate) fn note_seen(&self, node_id: i64, now: i64, unhealthy: Option<&str>) {
+        // Not a change a read could undo (the read keeps the latest `last_seen`).
         self.pool.with(|p| {
             if let Some(n) = p.get_mut(node_id) {
                 n.last_seen = n.last_seen.max(now);

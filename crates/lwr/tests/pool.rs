@@ -69,7 +69,8 @@ fn requirements_fastest_affinity_and_unsatisfiable_jobs() {
     );
     assert_eq!(placed(&server, g, "build").0, "slow");
     // Both match and the fast one is free: it gets it.
-    assert_eq!(placed(&server, g, "linux").0, "fast");
+    let linux = placed(&server, g, "linux");
+    assert_eq!(linux.0, "fast", "{linux:?}");
 
     // The next push: build without requirements goes back to the node that built it.
     commit(&repo, "version: 1\njobs:\n  build:\n    run: \"true\"\n");
