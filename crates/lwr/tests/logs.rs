@@ -524,3 +524,51 @@ fn a_cancelled_job_s_viewer_gets_its_last_words_and_characters_stay_whole() {
     assert_eq!(server.lwr(&["logs", &job.to_string()]).stdout, seen);
     assert_eq!(server.job(graph, "talk").info.state, JobState::Cancelled);
 }
+
+#[test]
+fn a_viewer_resumes_from_its_last_event_id() {
+    let dir = tempdir();
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  talk:\n    run: seq 1 20000 | sed 's/^/line-/'\n",
+    );
+    let server = Server::start(dir.path());
+    let _node = server.node(dir.path(), "n1", 1, &[]);
+    let (graph, job) = pushed_job(&server, &repo, "talk");
+    server.wait_finished(graph);
+    let whole = server.lwr(&["logs", &job.to_string()]).stdout;
+    let run = server.job(graph, "talk").run_history[0].id;
+    // As a browser's EventSource reconnects: `Last-Event-ID: RUN:OFFSET`.
+    let offset = 12_345;
+    let text = server.api.block_on(async {
+        let client = server.api.client();
+        let mut follow = client
+            .follow_log(job, None, 0, Some((run, offset)))
+            .await
+            .expect("following");
+        let mut text = String::new();
+        while let Some(event) = follow.next().await.expect("an event") {
+            match event {
+                lwr_client::FollowEvent::Log(l) => {
+                    assert_eq!(l.offset, offset + text.len() as u64);
+                    text.push_str(&l.text);
+                }
+                lwr_client::FollowEvent::End(end) => {
+                    assert_eq!(end.size, whole.len() as u64);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        text
+    });
+    assert_eq!(text, whole[offset as usize..]);
+    // Another job's run in Last-Event-ID is refused, not followed for ever.
+    let other = server.api.block_on(server.api.client().follow_log(
+        job,
+        None,
+        0,
+        Some((run + 1000, 0)),
+    ));
+    assert!(other.is_err_and(|e| e.status().is_some_and(|s| s.as_u16() == 400)));
+}
