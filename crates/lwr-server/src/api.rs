@@ -24,7 +24,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{RefOr, ResponseBuilder};
 use utoipa::{IntoParams, Modify, OpenApi};
 
-use crate::auth::{Auth, check_node};
+use crate::auth::{Auth, check_node, check_run};
 use crate::{ApiError, AppState, artifacts, auth, follow, logs};
 
 type Shared = State<Arc<AppState>>;
@@ -822,21 +822,7 @@ async fn upload_log(
 ) -> ApiResult<StatusCode> {
     check_node(&state, &auth, q.node).await?;
     let store = state.queue.store();
-    match store.run_owner(run).await? {
-        None => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("run {run} not found"),
-            ));
-        }
-        Some((owner, _)) if owner != q.node => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("run {run} belongs to another node"),
-            ));
-        }
-        Some(_) => {}
-    }
+    check_run(&state, run, q.node).await?;
     let (size, sha256) = logs::store(
         &state.config.data_dir,
         run,

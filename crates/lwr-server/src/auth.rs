@@ -167,3 +167,18 @@ pub async fn check_node(state: &AppState, auth: &Auth, node: i64) -> Result<(), 
     }
     Ok(())
 }
+
+/// A node may send logs only for a run it holds: 404 for no such run, 403 for another node's.
+pub async fn check_run(state: &AppState, run: i64, node: i64) -> Result<(), ApiError> {
+    match state.queue.store().run_owner(run).await? {
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("run {run} not found"),
+        )),
+        Some((owner, _)) if owner != node => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("run {run} belongs to another node"),
+        )),
+        Some(_) => Ok(()),
+    }
+}

@@ -26,7 +26,7 @@ use tokio::time::{Instant, timeout_at};
 use utoipa::{IntoParams, OpenApi};
 
 use crate::api::{ApiJson, ApiPath, ApiQuery};
-use crate::auth::{Auth, check_node};
+use crate::auth::{Auth, check_node, check_run};
 use crate::live::{AppendError, Viewer};
 use crate::queue::MAX_WAIT;
 use crate::{ApiError, AppState, logs};
@@ -150,21 +150,7 @@ async fn stream_piece(
             "offset out of range",
         ));
     }
-    match state.queue.store().run_owner(run).await? {
-        None => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("run {run} not found"),
-            ));
-        }
-        Some((owner, _)) if owner != q.node => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("run {run} belongs to another node"),
-            ));
-        }
-        Some(_) => {}
-    }
+    check_run(&state, run, q.node).await?;
     let live = state.live.clone();
     let appended =
         tokio::task::spawn_blocking(move || live.append(run, q.offset, &body, q.end)).await;
