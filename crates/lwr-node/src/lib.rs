@@ -120,9 +120,17 @@ struct Node {
 /// jobs finish (a spot node, tagged `instance=spot`, stops them as interrupted) and reports
 /// their results.
 pub async fn run(
-    config: NodeConfig,
+    mut config: NodeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stopped, NodeError> {
+    // Jobs run in their own directories and get paths into the work dir ($LWR_EXTRA,
+    // $LWR_MANIFESTS): a relative work dir (`lwr dev`'s default `./.lwr`) would point them
+    // nowhere.
+    config.work_dir =
+        std::path::absolute(&config.work_dir).map_err(|source| NodeError::WorkDir {
+            dir: config.work_dir.clone(),
+            source,
+        })?;
     let work_error = |source| NodeError::WorkDir {
         dir: config.work_dir.clone(),
         source,
