@@ -362,6 +362,10 @@ pub struct Assignment {
     /// finds its previous work. `None`: a fresh, empty directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_dir: Option<String>,
+    /// On a server with `--auth`: the token the job gets as `$LWR_TOKEN` (for `lwr fetch`),
+    /// allowed to read (scope `read`) while this run is running, and nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// `PUT /v1/runs/{id}/manifest`: the node's part of a run's manifest, sent after the run's

@@ -75,7 +75,10 @@ pub async fn run(
         Err(e) => return exception(format!("cannot share log file: {e}")),
     };
     let mut cmd = command(&launch.command, &launch.env, launch.stamp_with.as_deref());
+    // A node started with LWR_TOKEN in its environment must not hand its own token (which
+    // can claim and report for it) to every job; a job gets its own in `launch.env`.
     cmd.current_dir(&launch.dir)
+        .env_remove("LWR_TOKEN")
         .envs(&launch.env)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))

@@ -475,6 +475,10 @@ impl Node {
             env.insert("LWR_BIN".into(), bin.clone());
         }
         env.insert("LWR_CACHE_DIR".into(), self.cache_dir.display().to_string());
+        // The job's own token, never the node's (exec drops an inherited LWR_TOKEN).
+        if let Some(token) = &a.token {
+            env.insert("LWR_TOKEN".into(), token.clone());
+        }
         let launch = Launch {
             run_id: a.run_id,
             command: a.command.clone(),

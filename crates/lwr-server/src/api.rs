@@ -734,10 +734,16 @@ async fn claim(
     check_node(&state, &auth, node).await?;
     check_results(&req.results)?;
     let wait = Duration::from_millis(req.wait_ms);
-    let claimed = state
+    let mut claimed = state
         .queue
         .claim(node, req.max.min(256), &req.results, wait)
         .await?;
+    if state.config.auth {
+        // Without it, a job could not read its needs' manifests (`lwr fetch`).
+        for a in &mut claimed.assignments {
+            a.token = Some(state.queue.store().job_token(a.run_id).await?);
+        }
+    }
     Ok(Json(ClaimResponse {
         assignments: claimed.assignments,
         acks: claimed.acks,

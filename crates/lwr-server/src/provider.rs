@@ -64,12 +64,22 @@ impl Default for ProviderConfig {
     }
 }
 
+/// A node to start: it registers as `name` with `server`.
+#[derive(Debug, Clone)]
+pub struct NewNode {
+    pub name: String,
+    pub server: String,
+    pub slots: u32,
+    /// On a server with `--auth`: the `node:register` token the node registers with, given
+    /// to it as `LWR_TOKEN` (never on a command line, where `ps` shows it).
+    pub token: Option<String>,
+}
+
 /// Starts and stops nodes by name. Calls may block (they run processes).
 pub trait Provider: Send + Sync {
     /// For logs: `local`, `command (./up.sh, ./down.sh)`.
     fn describe(&self) -> String;
-    /// Starts a node that registers as `name` with `server`.
-    fn start(&self, name: &str, server: &str, slots: u32) -> Result<(), ProviderError>;
+    fn start(&self, node: &NewNode) -> Result<(), ProviderError>;
     /// Stops node `name` (it finishes its running jobs first, as on SIGTERM).
     fn stop(&self, name: &str) -> Result<(), ProviderError>;
 }
@@ -96,7 +106,8 @@ impl Provider for Local {
         format!("local ({} node)", self.bin.display())
     }
 
-    fn start(&self, name: &str, server: &str, slots: u32) -> Result<(), ProviderError> {
+    fn start(&self, node: &NewNode) -> Result<(), ProviderError> {
+        let name = node.name.as_str();
         let work_dir = self.work.join(name);
         let log = std::fs::create_dir_all(&self.work)
             .and_then(|_| std::fs::File::create(self.work.join(format!("{name}.log"))))
@@ -108,12 +119,17 @@ impl Provider for Local {
             name: name.into(),
             source,
         })?;
-        let child = Command::new(&self.bin)
-            .arg("node")
-            .args(["--server", server, "--name", name])
-            .args(["--slots", &slots.to_string()])
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("node")
+            .args(["--server", &node.server, "--name", name])
+            .args(["--slots", &node.slots.to_string()])
             .arg("--work-dir")
             .arg(&work_dir)
+            .env_remove("LWR_TOKEN");
+        if let Some(token) = &node.token {
+            cmd.env("LWR_TOKEN", token);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -150,7 +166,8 @@ impl Drop for Local {
 }
 
 /// Operator scripts: `up` starts a node, `down` stops it; both get `LWR_NODE_NAME`,
-/// `LWR_SERVER` and `LWR_NODE_SLOTS` in their environment.
+/// `LWR_SERVER` and `LWR_NODE_SLOTS` in their environment, and `up` on a server with
+/// `--auth` the node's token as `LWR_TOKEN`.
 pub struct Scripts {
     up: String,
     down: String,
@@ -161,12 +178,18 @@ impl Scripts {
         Scripts { up, down }
     }
 
-    fn run(&self, cmd: &str, name: &str, server: &str, slots: u32) -> Result<(), ProviderError> {
-        let out = Command::new("sh")
-            .args(["-c", cmd])
+    fn run(&self, cmd: &str, node: &NewNode) -> Result<(), ProviderError> {
+        let name = node.name.as_str();
+        let mut sh = Command::new("sh");
+        sh.args(["-c", cmd])
             .env("LWR_NODE_NAME", name)
-            .env("LWR_SERVER", server)
-            .env("LWR_NODE_SLOTS", slots.to_string())
+            .env("LWR_SERVER", &node.server)
+            .env("LWR_NODE_SLOTS", node.slots.to_string())
+            .env_remove("LWR_TOKEN");
+        if let Some(token) = &node.token {
+            sh.env("LWR_TOKEN", token);
+        }
+        let out = sh
             .stdin(Stdio::null())
             .output()
             .map_err(|e| ProviderError::Command {
@@ -195,12 +218,18 @@ impl Provider for Scripts {
         format!("command (up `{}`, down `{}`)", self.up, self.down)
     }
 
-    fn start(&self, name: &str, server: &str, slots: u32) -> Result<(), ProviderError> {
-        self.run(&self.up, name, server, slots)
+    fn start(&self, node: &NewNode) -> Result<(), ProviderError> {
+        self.run(&self.up, node)
     }
 
     fn stop(&self, name: &str) -> Result<(), ProviderError> {
-        self.run(&self.down, name, "", 0)
+        let node = NewNode {
+            name: name.into(),
+            server: String::new(),
+            slots: 0,
+            token: None,
+        };
+        self.run(&self.down, &node)
     }
 }
 
@@ -229,6 +258,10 @@ pub(crate) async fn scale(state: Arc<AppState>, provider: Arc<dyn Provider>, ser
         config.slots,
         config.idle
     );
+    let token = match state.config.auth {
+        true => node_token(&state).await,
+        false => None,
+    };
     let mut started: Vec<Started> = Vec::new();
     let mut next = 1u64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -260,8 +293,13 @@ pub(crate) async fn scale(state: Arc<AppState>, provider: Arc<dyn Provider>, ser
             let name = format!("{}-{next}", provider_prefix(&config.kind));
             next += 1;
             let p = provider.clone();
-            let (n, srv, slots) = (name.clone(), server.clone(), config.slots);
-            match tokio::task::spawn_blocking(move || p.start(&n, &srv, slots)).await {
+            let node = NewNode {
+                name: name.clone(),
+                server: server.clone(),
+                slots: config.slots,
+                token: token.clone(),
+            };
+            match tokio::task::spawn_blocking(move || p.start(&node)).await {
                 Ok(Ok(())) => {
                     tracing::info!("provider: started node {name} ({ready} jobs ready)");
                     started.push(Started { name, busy_at: now });
@@ -300,6 +338,33 @@ pub(crate) async fn scale(state: Arc<AppState>, provider: Arc<dyn Provider>, ser
             {
                 tracing::warn!("provider: {e}");
             }
+        }
+    }
+}
+
+/// The `node:register` token this server's provided nodes register with, made at start;
+/// the one an earlier start of the same server (same data dir) made is revoked. Without it
+/// (an error, logged) provided nodes are refused and say so in their logs.
+async fn node_token(state: &AppState) -> Option<String> {
+    let data_dir = &state.config.data_dir;
+    let label = format!(
+        "lwr provider nodes of the server with data dir {}",
+        std::path::absolute(data_dir)
+            .unwrap_or_else(|_| data_dir.clone())
+            .display()
+    );
+    let store = state.queue.store();
+    let now = lwr_store::now_ms();
+    let made = async {
+        store.revoke_tokens_labelled(&label, false, now).await?;
+        let scopes = lwr_model::Scopes(vec![lwr_model::Scope::NodeRegister]);
+        store.create_token(&scopes, Some(&label), None, now).await
+    };
+    match made.await {
+        Ok((_, secret)) => Some(secret),
+        Err(e) => {
+            tracing::error!("provider: cannot make a token for its nodes: {e}");
+            None
         }
     }
 }

@@ -88,6 +88,8 @@ pub struct Store {
     instance: Arc<str>,
     /// For listening to other servers (PostgreSQL only).
     postgres_url: Option<String>,
+    /// The key job tokens are signed with, read from the database once.
+    job_key: Arc<tokio::sync::OnceCell<[u8; 32]>>,
 }
 
 impl Store {
@@ -154,6 +156,7 @@ impl Store {
             pool: Default::default(),
             instance: uuid::Uuid::new_v4().simple().to_string().into(),
             postgres_url: (dialect == Dialect::Postgres).then(|| url.to_string()),
+            job_key: Default::default(),
         };
         migrate::run(&store).await?;
         Ok(store)

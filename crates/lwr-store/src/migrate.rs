@@ -6,7 +6,7 @@ use crate::error::Op;
 use crate::{Dialect, Result, Store, StoreError};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The advisory lock key migrations hold on PostgreSQL ("lwr" and the default port).
 const MIGRATION_LOCK: i64 = 0x6c77_7200_1cc2;
@@ -17,6 +17,7 @@ const SQLITE: &[(i64, &str)] = &[
     (3, include_str!("../migrations/sqlite/0003_pushes.sql")),
     (4, include_str!("../migrations/sqlite/0004_tokens.sql")),
     (5, include_str!("../migrations/sqlite/0005_pool.sql")),
+    (6, include_str!("../migrations/sqlite/0006_settings.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -24,6 +25,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (3, include_str!("../migrations/postgres/0003_pushes.sql")),
     (4, include_str!("../migrations/postgres/0004_tokens.sql")),
     (5, include_str!("../migrations/postgres/0005_pool.sql")),
+    (6, include_str!("../migrations/postgres/0006_settings.sql")),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<()> {

@@ -276,6 +276,8 @@ impl Store {
                 artifacts: spec.artifacts,
                 manifests,
                 kept_dir,
+                // The server adds it when it checks tokens.
+                token: None,
             });
         }
         // Holds matter only when the node got nothing: otherwise it claims again soon.

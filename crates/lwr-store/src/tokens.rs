@@ -1,9 +1,15 @@
 //! Access tokens: created with a random secret, stored as its SHA-256 only, checked on every
 //! request with one indexed lookup (no cache, so a revocation or an expiry takes effect at
 //! once, also on other servers sharing the database).
+//!
+//! Job tokens are the other kind: what a job gets as `$LWR_TOKEN` so that `lwr fetch` can
+//! read its needs' manifests on a server with `--auth`. One is handed out with every run,
+//! so it is not stored: it names its run and carries an HMAC-SHA256 of it under a key kept
+//! in the database (shared by every server on it), and it is good for reading only while
+//! its run is running.
 
-use lwr_model::Scopes;
 use lwr_model::auth::TokenInfo;
+use lwr_model::{RunState, Scope, Scopes};
 use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 
@@ -14,7 +20,11 @@ use crate::{Result, Store, StoreError, rfc3339};
 /// Prefix of every secret, so a leaked one is easy to recognise (and to search logs for).
 const SECRET_PREFIX: &str = "lwr_";
 
-/// A token that checked out: who is calling and what they may do.
+/// Prefix of a job token: `lwrjob_RUN_MAC`.
+const JOB_TOKEN_PREFIX: &str = "lwrjob_";
+
+/// A token that checked out: who is calling and what they may do. For a job token,
+/// `token_id` is the negated run id: no node is ever bound to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub token_id: i64,
@@ -45,6 +55,47 @@ pub fn hash_secret(secret: &str) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// HMAC-SHA256 (RFC 2104) for a key of at most one block, which is all job tokens use.
+fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// Compares without stopping at the first difference, so timing tells nothing of the MAC.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn job_mac(key: &[u8; 32], run: i64) -> [u8; 32] {
+    hmac_sha256(key, format!("lwr job token for run {run}").as_bytes())
+}
+
+/// The run a job token names and its MAC; `None` when it is no job token at all.
+fn parse_job_token(secret: &str) -> Option<(i64, Vec<u8>)> {
+    let (run, mac) = secret.strip_prefix(JOB_TOKEN_PREFIX)?.split_once('_')?;
+    Some((run.parse().ok()?, unhex(mac)?))
 }
 
 fn token_info(row: &AnyRow, now: i64) -> Result<TokenInfo> {
@@ -131,22 +182,96 @@ impl Store {
         token_info(&row, now)
     }
 
-    /// Revokes every active token whose label starts with `prefix`; returns how many.
-    pub async fn revoke_tokens_labelled(&self, prefix: &str, now: i64) -> Result<u64> {
-        let n = sqlx::query(
-            "UPDATE tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND label LIKE $1",
-        )
-        .bind(format!("{}%", prefix.replace(['%', '_'], "")))
-        .bind(now)
-        .execute(&self.write)
-        .await
-        .op("revoking tokens")?
-        .rows_affected();
+    /// Revokes every active token labelled `label` (or, with `prefix`, whose label starts
+    /// with it); returns how many. Compared as plain text, so `%` and `_` are no wildcards.
+    pub async fn revoke_tokens_labelled(&self, label: &str, prefix: bool, now: i64) -> Result<u64> {
+        let sql = match prefix {
+            true => {
+                "UPDATE tokens SET revoked_at = $2 \
+                 WHERE revoked_at IS NULL AND substr(label, 1, length($1)) = $1"
+            }
+            false => "UPDATE tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND label = $1",
+        };
+        let n = sqlx::query(sql)
+            .bind(label)
+            .bind(now)
+            .execute(&self.write)
+            .await
+            .op("revoking tokens")?
+            .rows_affected();
         Ok(n)
     }
 
-    /// Checks a presented secret: one lookup by its hash (a unique index).
+    /// The key job tokens are signed with: made by the first server on the database, then
+    /// read once by each.
+    async fn job_key(&self) -> Result<[u8; 32]> {
+        let key = self
+            .job_key
+            .get_or_try_init(|| async {
+                let mut fresh = [0u8; 32];
+                getrandom::fill(&mut fresh).map_err(|e| StoreError::Random(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO settings (name, value) VALUES ('job_token_key', $1) \
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(hex(&fresh))
+                .execute(&self.write)
+                .await
+                .op("making the job token key")?;
+                let row = sqlx::query("SELECT value FROM settings WHERE name = 'job_token_key'")
+                    .fetch_one(&self.write)
+                    .await
+                    .op("reading the job token key")?;
+                let text: String = col(&row, "value")?;
+                unhex(&text)
+                    .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                    .ok_or_else(|| StoreError::Corrupt {
+                        what: "job token key",
+                        detail: "not 32 hex-encoded bytes".into(),
+                    })
+            })
+            .await?;
+        Ok(*key)
+    }
+
+    /// The token run `run`'s job gets: it may read (scope `read`) while the run is running.
+    pub async fn job_token(&self, run: i64) -> Result<String> {
+        let key = self.job_key().await?;
+        Ok(format!(
+            "{JOB_TOKEN_PREFIX}{run}_{}",
+            hex(&job_mac(&key, run))
+        ))
+    }
+
+    /// A job token: valid with its MAC and while its run is running (one lookup by id).
+    async fn check_job_token(&self, run: i64, mac: &[u8]) -> Result<TokenCheck> {
+        let key = self.job_key().await?;
+        if !same_bytes(&job_mac(&key, run), mac) {
+            return Ok(TokenCheck::Unknown);
+        }
+        let row = sqlx::query("SELECT state FROM runs WHERE id = $1")
+            .bind(run)
+            .fetch_optional(&self.read)
+            .await
+            .op("checking job token")?;
+        let Some(row) = row else {
+            return Ok(TokenCheck::Unknown);
+        };
+        if col::<String>(&row, "state")? != RunState::Running.as_str() {
+            return Ok(TokenCheck::Expired);
+        }
+        Ok(TokenCheck::Valid(Caller {
+            token_id: -run,
+            scopes: Scopes(vec![Scope::Read]),
+        }))
+    }
+
+    /// Checks a presented secret: one lookup by its hash (a unique index), or for a job
+    /// token one by its run.
     pub async fn check_token(&self, secret: &str, now: i64) -> Result<TokenCheck> {
+        if let Some((run, mac)) = parse_job_token(secret) {
+            return self.check_job_token(run, &mac).await;
+        }
         let row =
             sqlx::query("SELECT id, scopes, expires_at, revoked_at FROM tokens WHERE hash = $1")
                 .bind(hash_secret(secret))
@@ -192,6 +317,38 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // RFC 4231 test case 2 uses a 4-byte key; zero-padding it to 32 bytes is the same
+        // key to HMAC, which pads every short key with zeros to the block size.
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(b"Jefe");
+        assert_eq!(
+            hex(&hmac_sha256(&key, b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn job_tokens_parse_only_in_their_own_form() {
+        let mac = "ab".repeat(32);
+        assert_eq!(
+            parse_job_token(&format!("lwrjob_42_{mac}")),
+            Some((42, vec![0xab; 32]))
+        );
+        for bad in [
+            "lwr_42_ab",
+            "lwrjob_x_ab",
+            "lwrjob_42",
+            "lwrjob_42_a",
+            "lwrjob_42_zz",
+        ] {
+            assert_eq!(parse_job_token(bad), None, "{bad}");
+        }
+        assert!(same_bytes(b"abc", b"abc"));
+        assert!(!same_bytes(b"abc", b"abd") && !same_bytes(b"abc", b"ab"));
+    }
 
     #[test]
     fn secrets_are_random_and_hashed() {

@@ -940,7 +940,98 @@ async fn only_infrastructure_errors_in_a_row_quarantine_a_node(f: Fixture) {
     );
 }
 
+/// A job token reads while its run runs, on every server of the database (the signing key
+/// is in the database), and not after the run ended; another run's MAC is no token at all.
+async fn a_job_token_reads_only_while_its_run_runs(f: Fixture) {
+    use lwr_store::TokenCheck;
+    f.store
+        .submit_graph(&graph(vec![job("a", &[]), job("b", &[])]), 0)
+        .await
+        .unwrap();
+    let n = node(&f.store, "n1", &[]).await;
+    let got = f
+        .store
+        .claim(n, 10, &[], 1, LEASE)
+        .await
+        .unwrap()
+        .assignments;
+    let (a, b) = (got[0].run_id, got[1].run_id);
+    let token = f.store.job_token(a).await.unwrap();
+    // A second store on the database is what a second server is: same key, same answer.
+    let other = Store::open(&f.url).await.unwrap();
+    assert_eq!(other.job_token(a).await.unwrap(), token);
+    for store in [&f.store, &other] {
+        match store.check_token(&token, 2).await.unwrap() {
+            TokenCheck::Valid(caller) => {
+                assert_eq!(caller.scopes.to_string(), "read");
+                assert!(caller.token_id < 0, "bound to no node: {caller:?}");
+            }
+            wrong => panic!("a running run's token: {wrong:?}"),
+        }
+    }
+    // b's MAC on a's run id: not a token.
+    let b_token = f.store.job_token(b).await.unwrap();
+    let mac = b_token.rsplit('_').next().unwrap();
+    let swapped = format!("lwrjob_{a}_{mac}");
+    assert_eq!(
+        f.store.check_token(&swapped, 2).await.unwrap(),
+        TokenCheck::Unknown
+    );
+    f.store
+        .report(n, &[result(a, Outcome::Succeeded)], 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.check_token(&token, 4).await.unwrap(),
+        TokenCheck::Expired
+    );
+    assert!(matches!(
+        other.check_token(&b_token, 4).await.unwrap(),
+        TokenCheck::Valid(_)
+    ));
+    other.close().await;
+}
+
+/// Revoking by label compares plain text: `_` and `%` are no wildcards, case counts.
+async fn tokens_are_revoked_by_exact_label_or_prefix(f: Fixture) {
+    let scopes = lwr_model::Scopes(vec![lwr_model::Scope::Read]);
+    for label in ["dir /a_b", "dir /axb", "dir /a_b/c", "DIR /a_b"] {
+        f.store
+            .create_token(&scopes, Some(label), None, 0)
+            .await
+            .unwrap();
+    }
+    let revoke = |label: &'static str, prefix| {
+        let store = f.store.clone();
+        async move {
+            store
+                .revoke_tokens_labelled(label, prefix, 1)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(revoke("dir /a_b", false).await, 1);
+    assert_eq!(
+        revoke("dir /a_", true).await,
+        1,
+        "only dir /a_b/c is left of that prefix"
+    );
+    assert_eq!(revoke("dir /a%", true).await, 0);
+    let active: Vec<Option<String>> = f
+        .store
+        .tokens(2)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.state == "active")
+        .map(|t| t.label)
+        .collect();
+    assert_eq!(active, [Some("dir /axb".into()), Some("DIR /a_b".into())]);
+}
+
 on_both_backends!(
+    a_job_token_reads_only_while_its_run_runs,
+    tokens_are_revoked_by_exact_label_or_prefix,
     only_infrastructure_errors_in_a_row_quarantine_a_node,
     only_ready_jobs_are_claimed_and_success_releases_dependents,
     concurrent_claims_never_hand_a_job_twice,

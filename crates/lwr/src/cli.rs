@@ -301,7 +301,8 @@ pub struct ServeArgs {
     /// Slots of each provided node.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub provider_slots: u32,
-    /// `--provider command`: starts a node named $LWR_NODE_NAME for $LWR_SERVER.
+    /// `--provider command`: starts a node named $LWR_NODE_NAME for $LWR_SERVER with
+    /// $LWR_NODE_SLOTS slots (with --auth, $LWR_TOKEN is the token it registers with).
     #[arg(long, value_name = "CMD")]
     pub provider_up: Option<String>,
     /// `--provider command`: stops node $LWR_NODE_NAME.

@@ -393,3 +393,113 @@ fn a_server_with_auth_may_listen_on_any_address() {
         daemon.log_tail(5)
     );
 }
+
+/// Tokens of a job's log line `job token: SECRET`.
+fn token_in_log(log: &str) -> String {
+    log.lines()
+        .find_map(|l| l.strip_prefix("job token: "))
+        .unwrap_or_else(|| panic!("no job token in the log: {log}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_job_reads_its_needs_with_a_token_of_its_own_good_while_it_runs() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start_auth(dir);
+    let admin = server.admin_token.clone().expect("an admin token");
+    let node_token = create_token_offline(&server.data_dir, &["node:register"], &[]);
+    // The node gets its token from its environment, as `--token` allows: a job must not
+    // inherit it (it could claim and report for the node).
+    let mut node = Daemon::new(
+        "node n1",
+        [
+            "node",
+            "--server",
+            &server.url,
+            "--name",
+            "n1",
+            "--work-dir",
+            &dir.join("n1").display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
+        dir.join("node-n1.log"),
+        vec![dir.join("n1")],
+    );
+    node.env.push(("LWR_TOKEN".into(), node_token.clone()));
+    node.start();
+    server.wait_node("n1");
+    let repo = git_repo(
+        &dir.join("repo"),
+        r#"version: 1
+jobs:
+  build:
+    run: mkdir -p dist && echo "app 2.4.1" > dist/app-2.4.1.bin
+    artifacts: [{name: installer, path: "dist/app-*.bin", kind: installer}]
+  test:
+    needs: [build]
+    run: >-
+      lwr fetch build/installer -o app.bin && grep -q "app 2.4.1" app.bin &&
+      echo "job token: $LWR_TOKEN" && lwr jobs --json > /dev/null &&
+      if lwr cancel "$LWR_JOB_ID" 2> refused.txt; then exit 9; fi && grep -q 403 refused.txt &&
+      echo "cancel refused: the job token only reads"
+"#,
+    );
+    let repo = repo.display().to_string();
+    let out = server.lwr(&["push", "--repo", &repo, "--wait", "--token", &admin]);
+    let graph = out.pushed_graph();
+    let info = server.wait_finished(graph);
+    assert_eq!(info.counts.succeeded, 2, "{}", server.describe(Some(graph)));
+    let log = server
+        .api
+        .log(server.job(graph, "test").info.id)
+        .expect("the test job's log");
+    assert!(log.contains("cancel refused"), "{log}");
+    let job_token = token_in_log(&log);
+    assert!(job_token.starts_with("lwrjob_"), "{job_token}");
+    assert_ne!(job_token, node_token, "the job got the node's token");
+
+    // The run has ended: its token reads nothing any more, and a forged one never did.
+    let http = Http::new(&server.url);
+    assert_error(
+        &http.call("GET", "/v1/jobs", Some(&job_token), None),
+        401,
+        "a job token after its run",
+    );
+    let (head, last) = job_token.split_at(job_token.len() - 1);
+    let forged = format!("{head}{}", if last == "0" { "1" } else { "0" });
+    let a = http.call("GET", "/v1/jobs", Some(&forged), None);
+    assert_error(&a, 401, "a forged job token");
+    assert!(
+        a.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown")),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn provided_nodes_get_a_token_from_a_server_with_auth() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start_auth_with(dir, &["--provider", "local", "--provider-max", "1"]);
+    let admin = server.admin_token.clone().expect("an admin token");
+    let repo = git_repo(
+        &dir.join("repo"),
+        "version: 1\njobs:\n  a:\n    run: echo from a provided node\n",
+    );
+    let repo = repo.display().to_string();
+    let out = server.lwr(&["push", "--repo", &repo, "--wait", "--token", &admin]);
+    let graph = out.pushed_graph();
+    let info = server.wait_finished(graph);
+    assert_eq!(info.counts.succeeded, 1, "{}", server.describe(Some(graph)));
+    assert_eq!(server.job(graph, "a").info.node.as_deref(), Some("local-1"));
+    let tokens = server.lwr(&["tokens", "list", "--json", "--token", &admin]);
+    tokens.assert_success();
+    assert!(
+        tokens.stdout.contains("lwr provider nodes"),
+        "the provider's token is listed, labelled: {tokens}"
+    );
+}

@@ -150,3 +150,37 @@ fn the_workspace_examples_run_on_lwr_dev() {
         "the example graph should show more than one job, has {n}"
     );
 }
+
+/// `lwr dev`'s default data dir is relative (`./.lwr`): jobs, which run in dirs of their own,
+/// must still get usable `$LWR_EXTRA` and `$LWR_MANIFESTS` paths.
+#[test]
+fn lwr_dev_with_a_relative_data_dir_gives_jobs_usable_paths() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let cwd = std::env::current_dir().expect("a working dir");
+    let up = "../".repeat(cwd.components().count().saturating_sub(1));
+    let absolute = dir.join("dev").display().to_string();
+    let relative = format!("{up}{}", absolute.trim_start_matches('/'));
+    assert!(Path::new(&relative).is_relative());
+    let dev = Server::dev_at(dir, &relative, 1, 1);
+    wait_dev_nodes(&dev, 1);
+    let repo = git_repo(
+        &dir.join("repo"),
+        r#"version: 1
+jobs:
+  build:
+    run: >-
+      echo '{"version": "3.1"}' > "$LWR_EXTRA" && echo built > out.bin
+    artifacts: [{name: out, path: out.bin}]
+  test:
+    needs: [build]
+    run: grep -q manifest "$LWR_MANIFESTS" && lwr fetch build/out -o got.bin && grep -q built got.bin
+"#,
+    );
+    let out = dev.push(&repo, true);
+    out.assert_success();
+    assert_eq!(assert_all_succeeded(&dev, out.pushed_graph()), 2);
+    let manifest = dev.lwr(&["manifest", &format!("{}/build", out.pushed_graph())]);
+    manifest.assert_success();
+    assert_eq!(manifest.json()["extra"]["version"], "3.1", "{manifest}");
+}

@@ -755,8 +755,15 @@ impl Server {
     /// `lwr dev --nodes N --slots S`: the server and its nodes in one process; nodes are
     /// named dev-1, dev-2, ... with work dirs under DIR/dev/nodes.
     pub fn dev(dir: &Path, nodes: u32, slots: u32) -> Server {
+        let data = dir.join("dev").display().to_string();
+        Server::dev_at(dir, &data, nodes, slots)
+    }
+
+    /// `lwr dev` with `--data-dir DATA` as given (e.g. relative to the test's working dir),
+    /// which must name DIR/dev.
+    pub fn dev_at(dir: &Path, data: &str, nodes: u32, slots: u32) -> Server {
         let data_dir = dir.join("dev");
-        let data = data_dir.display().to_string();
+        let data = data.to_string();
         let pid_dirs = (1..=nodes)
             .map(|i| data_dir.join("nodes").join(format!("dev-{i}")))
             .collect();
@@ -778,8 +785,14 @@ impl Server {
     /// `lwr server --auth` with a first admin token made offline, as an operator would:
     /// `lwr tokens create --data-dir DIR --scope admin`. `api` sends that token.
     pub fn start_auth(dir: &Path) -> Server {
+        Server::start_auth_with(dir, &[])
+    }
+
+    /// `lwr server --auth` with extra arguments after the usual ones.
+    pub fn start_auth_with(dir: &Path, extra: &[&str]) -> Server {
         let data_dir = dir.join("data");
         let data = data_dir.display().to_string();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let admin = create_token_offline(&data_dir, &["admin"], &[]);
         Server::spawn(
             dir,
@@ -788,7 +801,7 @@ impl Server {
             Vec::new(),
             Some(admin),
             move |listen| {
-                vec![
+                let mut args = vec![
                     "server".into(),
                     "--auth".into(),
                     "--listen".into(),
@@ -797,7 +810,9 @@ impl Server {
                     data.clone(),
                     "--lease".into(),
                     LEASE.into(),
-                ]
+                ];
+                args.extend(extra.iter().cloned());
+                args
             },
         )
     }
