@@ -366,6 +366,9 @@ pub struct Assignment {
     /// allowed to read (scope `read`) while this run is running, and nothing else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// `timestamps: true` in lwr.yml: every line of the log starts with its time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timestamps: bool,
 }
 
 /// `PUT /v1/runs/{id}/manifest`: the node's part of a run's manifest, sent after the run's

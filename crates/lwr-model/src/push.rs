@@ -53,6 +53,7 @@ pub fn decision_job(
         // it waits for it: not worth more than a few seconds of waiting for a busy node.
         affinity_wait_secs: Some(DECISION_AFFINITY_WAIT_SECS),
         keep_workdir: false,
+        timestamps: false,
     }
 }
 

@@ -490,7 +490,7 @@ impl Node {
             stamp_with: self
                 .lwr_bin
                 .as_ref()
-                .filter(|_| self.config.timestamps)
+                .filter(|_| self.config.timestamps || a.timestamps)
                 .map(PathBuf::from),
         };
         let (stop_tx, stop_rx) = oneshot::channel();

@@ -43,6 +43,7 @@ fn graph(names: &[(&str, &[&str])]) -> SubmitGraph {
             prefer: Vec::new(),
             affinity_wait_secs: None,
             keep_workdir: false,
+            timestamps: false,
         })
         .collect();
     SubmitGraph::new(Graph { jobs })

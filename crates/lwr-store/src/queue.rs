@@ -278,6 +278,7 @@ impl Store {
                 kept_dir,
                 // The server adds it when it checks tokens.
                 token: None,
+                timestamps: spec.timestamps,
             });
         }
         // Holds matter only when the node got nothing: otherwise it claims again soon.

@@ -33,6 +33,7 @@ fn job(name: &str, needs: &[&str]) -> JobSpec {
         prefer: Vec::new(),
         affinity_wait_secs: None,
         keep_workdir: false,
+        timestamps: false,
     }
 }
 

@@ -483,6 +483,39 @@ fn a_node_with_timestamps_starts_every_line_with_the_time() {
     );
 }
 
+/// `timestamps: true` in lwr.yml stamps that job's lines on any node; its neighbour without
+/// the key is left as it printed.
+#[test]
+fn a_job_asks_for_timestamps_in_lwr_yml() {
+    let dir = tempdir();
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  stamped:\n    run: echo one; echo two\n    timestamps: true\n  \
+         plain:\n    run: echo one\n",
+    );
+    let server = Server::start(dir.path());
+    let _node = Node::start(dir.path(), &server.url, "n1", 2, &[]);
+    let out = server.push(&repo, true);
+    out.assert_success();
+    let graph = out.pushed_graph();
+    let log_of = |name: &str| {
+        let id = server.job(graph, name).info.id.to_string();
+        server.lwr(&["logs", &id]).stdout
+    };
+    let stamped = log_of("stamped");
+    let lines: Vec<&str> = stamped.lines().collect();
+    assert_eq!(lines.len(), 2, "{stamped:?}");
+    for (line, text) in lines.iter().zip(["one", "two"]) {
+        let (stamp, rest) = line.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        assert_eq!(rest, text, "{stamped:?}");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(stamp).is_ok(),
+            "not a timestamp: {stamp:?}"
+        );
+    }
+    assert_eq!(log_of("plain"), "one\n");
+}
+
 #[test]
 fn a_cancelled_job_s_viewer_gets_its_last_words_and_characters_stay_whole() {
     let dir = tempdir();

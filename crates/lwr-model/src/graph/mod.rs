@@ -79,6 +79,10 @@ pub struct JobSpec {
     /// (affinity sends it there) builds incrementally (`keep_workdir: true`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_workdir: bool,
+    /// Start every line of the job's log with the time it was written (`timestamps: true`),
+    /// as `lwr node --timestamps` does for all its jobs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timestamps: bool,
 }
 
 /// `requires:` of a job.

@@ -170,6 +170,7 @@ struct RawJob {
     affinity_wait_secs: Option<u64>,
     affinity_wait_line: Option<usize>,
     keep_workdir: bool,
+    timestamps: bool,
 }
 
 /// Error context: the file, and the job being read (as written) if any.
@@ -463,6 +464,7 @@ fn read_job(
         affinity_wait_secs: None,
         affinity_wait_line: None,
         keep_workdir: false,
+        timestamps: false,
     };
     for (key, value) in map.iter() {
         read_field(cx, &mut job, key, value)?;
@@ -555,6 +557,7 @@ fn read_field(
             job.affinity_wait_line = line;
         }
         "keep_workdir" => job.keep_workdir = read_bool(cx, line, "keep_workdir", value)?,
+        "timestamps" => job.timestamps = read_bool(cx, line, "timestamps", value)?,
         _ => return Err(cx.unknown_key(key, None)),
     }
     Ok(())
@@ -1038,6 +1041,7 @@ fn expanded_job(job: &RawJob, e: &Expansion, needs: &[(String, Option<usize>, St
         prefer: job.prefer.clone(),
         affinity_wait_secs: job.affinity_wait_secs,
         keep_workdir: job.keep_workdir,
+        timestamps: job.timestamps,
     }
 }
 
@@ -1269,7 +1273,7 @@ jobs:
         let e = err("version: 1\njobs:\n  b: {run: x}\n  a:\n    rnu: make\n");
         assert_eq!(
             e.to_string(),
-            "lwr.yml:5: job 'a': unknown key 'rnu' (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when, prefer, affinity_wait, keep_workdir)"
+            "lwr.yml:5: job 'a': unknown key 'rnu' (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when, prefer, affinity_wait, keep_workdir, timestamps)"
         );
         assert_eq!(
             (e.line(), e.job(), e.field()),
@@ -1834,5 +1838,21 @@ jobs:
         );
         let e = err("version: 1\njobs:\n  a:\n    run: x\n    keep_workdir: maybe\n");
         assert!(e.to_string().contains("keep_workdir"), "{e}");
+    }
+
+    #[test]
+    fn timestamps_is_a_boolean() {
+        let g = parse(
+            "version: 1\njobs:\n  a:\n    run: x\n    timestamps: true\n  b:\n    run: y\n",
+            "lwr.yml",
+        )
+        .unwrap();
+        assert!(g.jobs[0].timestamps && !g.jobs[1].timestamps);
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    timestamps: often\n");
+        assert!(
+            e.to_string()
+                .starts_with("lwr.yml:5: job 'a': field 'timestamps'"),
+            "{e}"
+        );
     }
 }

@@ -249,6 +249,7 @@ pub(crate) const JOB_KEYS: &[&str] = &[
     "prefer",
     "affinity_wait",
     "keep_workdir",
+    "timestamps",
 ];
 pub(crate) const ARTIFACT_KEYS: &[&str] = &["name", "path", "kind", "optional"];
 
@@ -766,6 +767,7 @@ mod tests {
             prefer: Vec::new(),
             affinity_wait_secs: None,
             keep_workdir: false,
+            timestamps: false,
         }
     }
 

@@ -216,6 +216,9 @@ pub fn describe(graph: &Graph) -> String {
         if let Some(when) = &job.when {
             out.push_str(&format!("  when:  changed {}\n", when.changed.join(", ")));
         }
+        if job.timestamps {
+            out.push_str("  log:   timestamped lines\n");
+        }
         if !job.prefer.is_empty() || job.affinity_wait_secs.is_some() || job.keep_workdir {
             let prefer: Vec<&str> = job.prefer.iter().map(|p| p.as_str()).collect();
             let mut parts = Vec::new();
