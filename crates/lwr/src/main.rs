@@ -1,8 +1,26 @@
 //! `lwr`: the one binary. Subcommands run the server, a node, a laptop cluster, and the
 //! client side (graph, push, jobs, logs, nodes).
 
+/// `print!` that ends quietly when stdout is a closed pipe (see [`output`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_fmt(format_args!($($arg)*))
+    };
+}
+
+/// `println!` that ends quietly when stdout is a closed pipe (see [`output`]).
+macro_rules! outln {
+    () => {
+        $crate::output::write_fmt(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_fmt(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod cli;
 mod commands;
+mod output;
 
 use std::process::ExitCode;
 

@@ -122,3 +122,37 @@ fn a_server_refuses_a_non_loopback_address_without_auth() {
         .assert_stderr_has(&["refusing", "--insecure-no-auth"]);
     assert!(!data.exists(), "a refused server writes nothing");
 }
+
+/// `lwr graph --json | head -1`: the reader leaves early; lwr ends quietly with success,
+/// as other Unix tools do, not with a panic.
+#[test]
+fn a_reader_that_leaves_early_is_no_error() {
+    let tmp = tempdir();
+    let repo = tmp.path().join("big");
+    std::fs::create_dir_all(&repo).expect("a repo dir");
+    let values: Vec<String> = (1..=1000).map(|i| i.to_string()).collect();
+    std::fs::write(
+        repo.join("lwr.yml"),
+        format!(
+            "version: 1\njobs:\n  t:\n    run: echo ${{matrix.a}}\n    matrix: {{a: [{}]}}\n",
+            values.join(",")
+        ),
+    )
+    .expect("writing lwr.yml");
+    for args in [&["graph", "--json"][..], &["graph"][..]] {
+        let mut child = std::process::Command::new(bin())
+            .args(args)
+            .arg("--repo")
+            .arg(&repo)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("lwr starts");
+        // Close the reading end before lwr writes: its first write finds no reader.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("lwr ends");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

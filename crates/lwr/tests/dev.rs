@@ -184,3 +184,34 @@ jobs:
     manifest.assert_success();
     assert_eq!(manifest.json()["extra"]["version"], "3.1", "{manifest}");
 }
+
+/// `lwr dev` is its nodes' supervisor: a node drained for a reboot starts again and works.
+#[test]
+fn a_rebooted_dev_node_comes_back_and_runs_jobs() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let dev = Server::dev(dir, 1, 1);
+    wait_dev_nodes(&dev, 1);
+    dev.lwr(&["nodes", "reboot", "dev-1"]).assert_success();
+    wait_until("lwr dev to restart dev-1", DEADLINE, || {
+        let log = std::fs::read_to_string(dir.join("lwr-dev.log")).unwrap_or_default();
+        match log.contains("drained for a reboot; starting it again") {
+            true => Ok(()),
+            false => Err(log),
+        }
+    });
+    wait_until("dev-1 to register again", DEADLINE, || {
+        let nodes = dev.api.nodes().map_err(|e| e.to_string())?;
+        match nodes.nodes.iter().find(|n| n.name == "dev-1") {
+            Some(n) if n.state == "idle" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let repo = git_repo(
+        &dir.join("repo"),
+        "version: 1\njobs:\n  after:\n    run: echo after the reboot\n",
+    );
+    let out = dev.push(&repo, true);
+    out.assert_success();
+    assert_eq!(assert_all_succeeded(&dev, out.pushed_graph()), 1);
+}

@@ -106,7 +106,7 @@ pub async fn manifest(args: ManifestArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
     let id = resolve_job(&client, &args.job).await?;
     let manifest = client.job_manifest(id, args.run).await?;
-    println!("{}", serde_json::to_string_pretty(&manifest)?);
+    outln!("{}", serde_json::to_string_pretty(&manifest)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -119,7 +119,7 @@ pub async fn list(args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
             "artifacts": manifest.artifacts,
             "missing": manifest.missing,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = format!(
@@ -143,6 +143,6 @@ pub async fn list(args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
             m.name, m.kind, "-", m.path
         ));
     }
-    print!("{out}");
+    out!("{out}");
     Ok(ExitCode::SUCCESS)
 }

@@ -40,7 +40,7 @@ pub fn run(args: CheckoutArgs) -> anyhow::Result<ExitCode> {
         Some(&args.dir),
         &["checkout", "--quiet", "--detach", &args.revision],
     )?;
-    println!(
+    outln!(
         "checked out {} of {} into {} ({how})",
         &args.revision[..args.revision.len().min(12)],
         args.url,

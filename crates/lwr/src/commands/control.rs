@@ -15,9 +15,10 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => anyhow::bail!("name a job, or a graph with --graph"),
     };
-    println!(
+    outln!(
         "cancelled {what}: {} jobs, {} running runs (their nodes stop them within seconds)",
-        result.jobs, result.runs
+        result.jobs,
+        result.runs
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -27,6 +28,6 @@ pub async fn retrigger(args: RetriggerArgs) -> anyhow::Result<ExitCode> {
     let id = resolve_job(&client, &args.job).await?;
     let result = client.retrigger(id, args.with_dependents).await?;
     let ids: Vec<String> = result.jobs.iter().map(i64::to_string).collect();
-    println!("queued again: job {}", ids.join(", job "));
+    outln!("queued again: job {}", ids.join(", job "));
     Ok(ExitCode::SUCCESS)
 }

@@ -23,9 +23,9 @@ pub async fn run(args: GraphArgs) -> anyhow::Result<ExitCode> {
         return submit(&args, graph).await;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&graph)?);
+        outln!("{}", serde_json::to_string_pretty(&graph)?);
     } else {
-        print!("{}", describe(&graph));
+        out!("{}", describe(&graph));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -35,7 +35,7 @@ async fn run_diff(args: GraphDiffArgs) -> anyhow::Result<ExitCode> {
         (Some(push), _, _) => {
             let (old, new, header) = push_graphs(&args.conn, *push).await?;
             if !args.json {
-                println!("{header}");
+                outln!("{header}");
             }
             (old, new)
         }
@@ -44,9 +44,9 @@ async fn run_diff(args: GraphDiffArgs) -> anyhow::Result<ExitCode> {
     };
     let diff = lwr_model::graph::diff(&old, &new);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&diff)?);
+        outln!("{}", serde_json::to_string_pretty(&diff)?);
     } else {
-        print!("{diff}");
+        out!("{diff}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -114,10 +114,10 @@ async fn submit(args: &GraphArgs, graph: Graph) -> anyhow::Result<ExitCode> {
     sub.push = args.push;
     sub.left_out = left_out;
     if let Some(changed) = &changed {
-        println!("{} files changed", changed.len());
+        outln!("{} files changed", changed.len());
     }
     for l in &sub.left_out {
-        println!("left out {}: {}", l.name, l.reason);
+        outln!("left out {}: {}", l.name, l.reason);
     }
     let client = args.conn.client()?;
     // A decision job should not fail because the server restarts just then.
@@ -135,12 +135,12 @@ async fn submit(args: &GraphArgs, graph: Graph) -> anyhow::Result<ExitCode> {
     };
     let scheduled = sub.graph.jobs.len() - sub.left_out.len();
     match sub.push {
-        Some(push) => println!(
+        Some(push) => outln!(
             "submitted {scheduled} jobs to graph {} of push {push} ({} left out)",
             info.id,
             sub.left_out.len()
         ),
-        None => println!("pushed graph {} ({scheduled} jobs)", info.id),
+        None => outln!("pushed graph {} ({scheduled} jobs)", info.id),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,10 +1,9 @@
 //! `lwr logs`: a job's stored log, or its live output followed as it is written.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use lwr_client::{Client, FollowEvent};
 use lwr_model::RunState;
 
@@ -37,17 +36,13 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         return follow(&client, job, args.run).await;
     }
     let bytes = client.log(job, args.run).await?;
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(&bytes)
-        .context("writing the log to stdout")?;
+    crate::output::write_bytes(&bytes);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Prints the log as the server streams it; reconnects where it stopped when the
 /// connection breaks, and goes on with the next run of a job that is retried.
 async fn follow(client: &Client, job: i64, run: Option<u32>) -> anyhow::Result<ExitCode> {
-    let mut stdout = std::io::stdout().lock();
     // Where to resume: the run being followed and the offset reached in it.
     let mut at: Option<(i64, u64)> = None;
     let mut pick = run;
@@ -86,13 +81,14 @@ async fn follow(client: &Client, job: i64, run: Option<u32>) -> anyhow::Result<E
                     }
                 }
                 FollowEvent::Log(l) => {
-                    stdout
-                        .write_all(l.text.as_bytes())
-                        .and_then(|()| stdout.flush())
-                        .context("writing the log to stdout")?;
+                    crate::output::write_bytes(l.text.as_bytes());
                     at = Some((l.run_id, l.end));
                 }
                 FollowEvent::End(end) => {
+                    if matches!(end.state, RunState::Failed | RunState::Cancelled) {
+                        // The log alone may not show it (a cancelled job says nothing).
+                        eprintln!("--- run ended: {} ---", end.state.as_str());
+                    }
                     if end.state != RunState::Exception {
                         return Ok(ExitCode::SUCCESS);
                     }

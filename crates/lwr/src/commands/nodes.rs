@@ -49,7 +49,7 @@ pub async fn act(client: &Client, action: NodesAction, json: bool) -> anyhow::Re
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        outln!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         let tags: Vec<String> = info
             .properties
@@ -57,7 +57,7 @@ pub async fn act(client: &Client, action: NodesAction, json: bool) -> anyhow::Re
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        println!("node {name}: {} (tags {})", info.state, tags.join(","));
+        outln!("node {name}: {} (tags {})", info.state, tags.join(","));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -23,7 +23,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
     let sub = read_head(&args.repo)?;
     let client = args.conn.client()?;
     let info = client.submit_graph(&sub).await?;
-    println!(
+    outln!(
         "pushed graph {} ({} jobs{})",
         info.id,
         info.counts.total(),
@@ -137,7 +137,7 @@ async fn wait(client: &Client, mut info: GraphInfo) -> anyhow::Result<GraphInfo>
 /// Prints how the graph ended and names every job that did not succeed.
 async fn summarize(client: &Client, info: &GraphInfo) -> anyhow::Result<ExitCode> {
     let c = &info.counts;
-    println!(
+    outln!(
         "graph {}: {} succeeded, {} failed, {} exception, {} blocked, {} cancelled of {}",
         info.id,
         c.succeeded,
@@ -152,7 +152,7 @@ async fn summarize(client: &Client, info: &GraphInfo) -> anyhow::Result<ExitCode
     }
     let jobs = client.jobs(Some(info.id)).await?;
     for job in jobs.jobs.iter().filter(|j| j.state != JobState::Succeeded) {
-        println!(
+        outln!(
             "  {:<10} {} (job {}){}",
             job.state.as_str(),
             job.name,
@@ -211,7 +211,7 @@ impl Progress {
                     .last_line
                     .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
                 {
-                    println!("graph {}: {msg}", self.graph);
+                    outln!("graph {}: {msg}", self.graph);
                     self.last_line = Some(Instant::now());
                 }
             }

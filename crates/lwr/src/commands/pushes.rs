@@ -22,7 +22,7 @@ pub async fn repos(args: ReposArgs) -> anyhow::Result<ExitCode> {
                     every_secs: Some(every_secs),
                 })
                 .await?;
-            println!(
+            outln!(
                 "polling {} (repository {}) every {}s, branches: {}",
                 repo.url,
                 repo.id,
@@ -47,17 +47,22 @@ pub async fn repos(args: ReposArgs) -> anyhow::Result<ExitCode> {
                 }
             };
             client.remove_repo(id).await?;
-            println!("repository {id} is no longer polled; its pushes stay");
+            outln!("repository {id} is no longer polled; its pushes stay");
         }
         None => {
             let list = client.repos().await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            outln!(
                 "{:>4}  {:<8} {:>6} {:>6}  {:<40} {:<16} DETAIL",
-                "ID", "STATE", "EVERY", "PUSHES", "URL", "BRANCHES"
+                "ID",
+                "STATE",
+                "EVERY",
+                "PUSHES",
+                "URL",
+                "BRANCHES"
             );
             for r in &list.repos {
                 let detail = match (&r.error, &r.retry_at) {
@@ -71,7 +76,7 @@ pub async fn repos(args: ReposArgs) -> anyhow::Result<ExitCode> {
                         .map(|t| format!("polled {t}"))
                         .unwrap_or_default(),
                 };
-                println!(
+                outln!(
                     "{:>4}  {:<8} {:>5}s {:>6}  {:<40} {:<16} {}",
                     r.id,
                     r.state,
@@ -91,15 +96,19 @@ pub async fn pushes(args: PushesArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
     let list = client.pushes(args.repo).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:>5} {:>5}  {:<20} {:<12} {:<8} REPOSITORY",
-        "ID", "GRAPH", "BRANCH", "REVISION", "DECIDED"
+        "ID",
+        "GRAPH",
+        "BRANCH",
+        "REVISION",
+        "DECIDED"
     );
     for p in &list.pushes {
-        println!(
+        outln!(
             "{:>5} {:>5}  {:<20} {:<12} {:<8} {}",
             p.id,
             p.graph_id,
@@ -117,7 +126,7 @@ pub async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
     let name = lwr_model::normalize_name(&args.job);
     let result = client.trigger(args.push, &name).await?;
     let ids: Vec<String> = result.jobs.iter().map(i64::to_string).collect();
-    println!(
+    outln!(
         "triggered {name} in push {}: job {}",
         args.push,
         ids.join(", job ")

@@ -11,7 +11,7 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
     let list = client.jobs(args.graph).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = format!(
@@ -30,7 +30,7 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
             j.reason.as_deref().or(j.placement.as_deref()).unwrap_or("")
         ));
     }
-    print!("{out}");
+    out!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -59,12 +59,17 @@ pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
     }
     let list = client.nodes().await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<16} {:<11} {:>7} {:>5}  {:<8} {:<8} TAGS",
-        "NAME", "STATE", "RUNNING", "SLOTS", "OS", "ARCH"
+        "NAME",
+        "STATE",
+        "RUNNING",
+        "SLOTS",
+        "OS",
+        "ARCH"
     );
     for n in &list.nodes {
         let tags: Vec<String> = n
@@ -73,7 +78,7 @@ pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        println!(
+        outln!(
             "{:<16} {:<11} {:>7} {:>5}  {:<8} {:<8} {}{}",
             n.name,
             n.state,

@@ -14,7 +14,7 @@ use crate::cli::{DevArgs, NodeArgs, ServeArgs, ServerArgs};
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let (url, _store, serve) = start_server(&args.serve).await?;
-    println!(
+    outln!(
         "lwr server listening on {url} (data dir {}, database {}, {})",
         args.serve.data_dir.display(),
         db_label(&args.serve),
@@ -110,10 +110,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
             health_check: None,
             reboot_command: None,
         };
-        let mut stop = stop_rx.clone();
-        nodes.push(tokio::spawn(lwr_node::run(config, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })));
+        nodes.push(tokio::spawn(dev_node(config, stop_rx.clone())));
     }
     let hint = if args.serve.auth {
         format!(
@@ -127,7 +124,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     } else {
         "; try `lwr push --repo examples --wait`".to_string()
     };
-    println!(
+    outln!(
         "lwr dev: server on {url} with {} nodes of {slots} slots (data dir {}, {}){hint}",
         args.nodes,
         args.serve.data_dir.display(),
@@ -136,16 +133,47 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     tokio::select! {
         result = server => { result.context("the server task failed")??; }
         _ = stop_signal() => {
-            eprintln!("lwr dev: stopping nodes");
+            eprintln!("lwr dev: stopping nodes (running jobs finish first; a second signal stops at once)");
             let _ = stop_tx.send(true);
-            for node in nodes {
-                if let Ok(Err(e)) = node.await {
-                    eprintln!("lwr dev: node: {e}");
+            let drained = async {
+                for node in nodes {
+                    if let Ok(Err(e)) = node.await {
+                        eprintln!("lwr dev: node: {e}");
+                    }
                 }
+            };
+            tokio::select! {
+                _ = drained => {}
+                _ = stop_signal() => eprintln!(
+                    "lwr dev: stopped without waiting; the nodes stop the jobs they left \
+                     running, and report them, when they next start"
+                ),
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One node of `lwr dev`, which is its supervisor: a node that drained for a reboot
+/// (`lwr nodes reboot`) starts again, as systemd would restart `lwr node`.
+async fn dev_node(
+    config: NodeConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<lwr_node::Stopped, lwr_node::NodeError> {
+    loop {
+        let mut until = stop.clone();
+        let stopped = lwr_node::run(config.clone(), async move {
+            let _ = until.wait_for(|s| *s).await;
+        })
+        .await?;
+        if *stop.borrow() || matches!(stopped, lwr_node::Stopped::Shutdown) {
+            return Ok(stopped);
+        }
+        eprintln!(
+            "lwr dev: node {} drained for a reboot; starting it again",
+            config.name
+        );
+    }
 }
 
 /// Makes the tokens of a `lwr dev --auth` cluster: one `node:register` token per node and an

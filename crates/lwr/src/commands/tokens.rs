@@ -34,10 +34,10 @@ pub async fn run(args: TokensArgs) -> anyhow::Result<ExitCode> {
                 None => client(&a.target)?.create_token(&req).await?,
             };
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&created)?);
+                outln!("{}", serde_json::to_string_pretty(&created)?);
             } else {
                 // The secret alone on the last line, so scripts can take the last word.
-                println!(
+                outln!(
                     "created token {} ({}); the secret is shown only now:\n{}",
                     created.info.id,
                     describe(&created.info),
@@ -56,14 +56,17 @@ pub async fn run(args: TokensArgs) -> anyhow::Result<ExitCode> {
             };
             if a.json {
                 let list = lwr_model::auth::TokenList { tokens };
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!(
+                outln!(
                     "{:>4}  {:<8} {:<30} {:<25} LABEL",
-                    "ID", "STATE", "SCOPES", "EXPIRES"
+                    "ID",
+                    "STATE",
+                    "SCOPES",
+                    "EXPIRES"
                 );
                 for t in &tokens {
-                    println!(
+                    outln!(
                         "{:>4}  {:<8} {:<30} {:<25} {}",
                         t.id,
                         t.state,
@@ -83,7 +86,7 @@ pub async fn run(args: TokensArgs) -> anyhow::Result<ExitCode> {
                 }
                 None => client(&a.target)?.revoke_token(a.id).await?,
             };
-            println!("revoked token {} ({})", info.id, describe(&info));
+            outln!("revoked token {} ({})", info.id, describe(&info));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,29 @@
+//! Standard output of the commands. Their output is often piped (`lwr jobs --json | head`):
+//! when the reader goes away, the command ends quietly with success, as other Unix tools do,
+//! instead of the panic `println!` gives on a closed pipe.
+
+use std::io::{self, Write};
+
+/// Writes formatted text to stdout (the `out!` and `outln!` macros).
+pub fn write_fmt(args: std::fmt::Arguments<'_>) {
+    let mut stdout = io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args) {
+        gone(e);
+    }
+}
+
+/// Writes bytes to stdout as they come (a log), flushing them at once.
+pub fn write_bytes(bytes: &[u8]) {
+    let mut stdout = io::stdout().lock();
+    if let Err(e) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        gone(e);
+    }
+}
+
+fn gone(e: io::Error) -> ! {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
