@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod node;
 pub mod pool;
 pub mod push;
+pub mod words;
 
 pub use auth::{Scope, Scopes};
 pub use graph::{ArtifactDecl, Graph, GraphError, JobSpec, Requires, When, normalize_name};

@@ -230,7 +230,10 @@ impl Pool {
         }
         Some(match first {
             Some(why) if usable == 1 => format!("no node matches: {why}"),
-            Some(why) => format!("no node matches: {why}, and {} others", usable - 1),
+            Some(why) => format!(
+                "no node matches: {why}, and {}",
+                crate::words::count((usable - 1) as u64, "other", "others")
+            ),
             None => format!(
                 "no enabled node is alive to run it (it needs {})",
                 req.describe()

@@ -79,8 +79,8 @@ impl Reporter {
         };
         if !unreported.is_empty() {
             tracing::info!(
-                "{} results from before the node restarted will be reported",
-                unreported.len()
+                "{} from before the node restarted will be reported",
+                lwr_model::words::count(unreported.len() as u64, "result", "results")
             );
         }
         for result in unreported {

@@ -485,15 +485,21 @@ pub struct JobFilter {
 }
 
 #[utoipa::path(
-    get, path = "/v1/jobs", params(JobFilter), responses((status = 200, body = JobList))
+    get, path = "/v1/jobs", params(JobFilter),
+    responses((status = 200, body = JobList), (status = 404, description = "no such graph", body = ErrorBody))
 )]
 async fn list_jobs(
     State(state): Shared,
     ApiQuery(q): ApiQuery<JobFilter>,
 ) -> ApiResult<Json<JobList>> {
-    Ok(Json(JobList {
-        jobs: state.queue.store().jobs(q.graph).await?,
-    }))
+    let store = state.queue.store();
+    let jobs = store.jobs(q.graph).await?;
+    if let Some(graph) = q.graph.filter(|_| jobs.is_empty()) {
+        // No jobs: an unknown graph is an error, not an empty list (a graph has jobs, or
+        // is a push whose decision job runs, which is a job too).
+        store.graph(graph).await?;
+    }
+    Ok(Json(JobList { jobs }))
 }
 
 #[utoipa::path(

@@ -41,7 +41,9 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match &err {
-            StoreError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, err.to_string()),
+            StoreError::NotFound { .. } | StoreError::NoRun { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, err.to_string())
+            }
             StoreError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, err.to_string()),
             StoreError::Invalid { field, .. } => {
                 ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, err.to_string())

@@ -223,9 +223,9 @@ async fn finish(
                 Ok(pushes) => {
                     if !pushes.is_empty() {
                         tracing::info!(
-                            "{}: {} new push(es) {pushes:?}",
+                            "{}: {} {pushes:?}",
                             entry.target.url,
-                            pushes.len()
+                            lwr_model::words::count(pushes.len() as u64, "new push", "new pushes")
                         );
                     }
                     if entry.target.failures > 0 {

@@ -169,16 +169,26 @@ impl Store {
             }
         }
         .op("finding run")?;
-        match row {
-            Some(row) => col(&row, "id"),
-            None => Err(StoreError::NotFound {
-                what: "run of job",
-                id: match number {
-                    Some(n) => format!("{job_id} number {n}"),
-                    None => job_id.to_string(),
-                },
-            }),
+        if let Some(row) = row {
+            return col(&row, "id");
         }
+        // Say why: no such job, or a job that has not run (blocked, pending), or no such run.
+        let job = sqlx::query("SELECT state FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_optional(&self.read)
+            .await
+            .op("finding job")?;
+        let Some(job) = job else {
+            return Err(StoreError::NotFound {
+                what: "job",
+                id: job_id.to_string(),
+            });
+        };
+        let why = match number {
+            Some(n) => format!("has no run {n}"),
+            None => format!("has not run yet (state {})", col::<String>(&job, "state")?),
+        };
+        Err(StoreError::NoRun { job: job_id, why })
     }
 
     /// The manifest of run `run_id`, with locations relative to the server (`/v1/...`).

@@ -30,6 +30,9 @@ pub enum StoreError {
     },
     #[error("{what} {id} not found")]
     NotFound { what: &'static str, id: String },
+    /// A job that exists has no such run (yet): why, in the job's words.
+    #[error("job {job} {why}")]
+    NoRun { job: i64, why: String },
     /// The request makes no sense in the current state (cancelling an ended job...).
     #[error("{0}")]
     Conflict(String),

@@ -156,3 +156,30 @@ fn a_reader_that_leaves_early_is_no_error() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// Unknown graphs and jobs that have not run say so, in the job's words.
+#[test]
+fn unknown_graphs_and_runs_that_do_not_exist_yet_are_named() {
+    let tmp = tempdir();
+    let server = Server::start(tmp.path());
+    server
+        .lwr(&["jobs", "--graph", "999"])
+        .assert_clear_error(1)
+        .assert_stderr_has(&["graph 999 not found", "404"]);
+    let repo = git_repo(
+        &tmp.path().join("repo"),
+        "version: 1\njobs:\n  build:\n    run: \"true\"\n",
+    );
+    let graph = server.push(&repo, false).pushed_graph();
+    let job = format!("{graph}/build");
+    for args in [vec!["manifest", &job], vec!["artifacts", &job]] {
+        server
+            .lwr(&args)
+            .assert_clear_error(1)
+            .assert_stderr_has(&["has not run yet (state pending)"]);
+    }
+    server
+        .lwr(&["fetch", "999/installer"])
+        .assert_clear_error(1)
+        .assert_stderr_has(&["job 999 not found"]);
+}

@@ -493,7 +493,7 @@ jobs:
     let started = Instant::now();
     let out = server.lwr(&["cancel", &format!("{graph}/slow")]);
     out.assert_success();
-    assert!(out.stdout.contains("1 running runs"), "{out}");
+    assert!(out.stdout.contains("1 running run "), "{out}");
     wait_until(
         "the cancelled job's process group to be gone",
         DEADLINE,

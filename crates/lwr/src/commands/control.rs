@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use lwr_model::words::count;
+
 use super::query::resolve_job;
 use crate::cli::{CancelArgs, RetriggerArgs};
 
@@ -16,9 +18,9 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
         (None, None) => anyhow::bail!("name a job, or a graph with --graph"),
     };
     outln!(
-        "cancelled {what}: {} jobs, {} running runs (their nodes stop them within seconds)",
-        result.jobs,
-        result.runs
+        "cancelled {what}: {}, {} (their nodes stop them within seconds)",
+        count(result.jobs, "job", "jobs"),
+        count(result.runs, "running run", "running runs")
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use lwr_model::Graph;
 use lwr_model::api::SubmitGraph;
+use lwr_model::words::count;
 
 use super::push::git;
 use crate::cli::{GraphAction, GraphArgs, GraphDiffArgs};
@@ -201,7 +202,11 @@ pub fn read_working_tree(repo: &Path) -> anyhow::Result<Graph> {
 /// A graph for people: one line per job with what it needs and where it runs.
 pub fn describe(graph: &Graph) -> String {
     let edges: usize = graph.jobs.iter().map(|j| j.needs.len()).sum();
-    let mut out = format!("{} jobs, {} edges\n", graph.jobs.len(), edges);
+    let mut out = format!(
+        "{}, {}\n",
+        count(graph.jobs.len() as u64, "job", "jobs"),
+        count(edges as u64, "edge", "edges")
+    );
     for job in &graph.jobs {
         out.push_str(&format!("{}\n", job.name));
         if !job.needs.is_empty() {

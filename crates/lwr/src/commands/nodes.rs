@@ -57,7 +57,10 @@ pub async fn act(client: &Client, action: NodesAction, json: bool) -> anyhow::Re
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        outln!("node {name}: {} (tags {})", info.state, tags.join(","));
+        match tags.is_empty() {
+            true => outln!("node {name}: {}", info.state),
+            false => outln!("node {name}: {} (tags {})", info.state, tags.join(",")),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -194,13 +194,21 @@ impl Progress {
     }
 
     fn show(&mut self, c: &StateCounts) {
-        let msg = format!(
-            "pending {} running {} succeeded {} failed {}",
-            c.pending,
-            c.running,
-            c.succeeded,
-            c.failed + c.exception + c.blocked + c.cancelled
+        let mut msg = format!(
+            "pending {} running {} succeeded {}",
+            c.pending, c.running, c.succeeded
         );
+        // The same words as the summary at the end; states no job is in are left out.
+        for (n, state) in [
+            (c.failed, "failed"),
+            (c.exception, "exception"),
+            (c.blocked, "blocked"),
+            (c.cancelled, "cancelled"),
+        ] {
+            if n > 0 {
+                msg.push_str(&format!(" {state} {n}"));
+            }
+        }
         match &self.bar {
             Some(bar) => {
                 bar.set_position(c.total() - c.pending - c.running);
