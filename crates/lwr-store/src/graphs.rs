@@ -1,6 +1,6 @@
 //! Submitting graphs and reading graphs and jobs back.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use lwr_model::api::{GraphInfo, JobDetail, JobInfo, RunInfo, StateCounts, SubmitGraph};
 use lwr_model::{JobSpec, JobState, Requirements, Requires, RunState};
@@ -205,15 +205,54 @@ impl Store {
         .op("listing jobs")?;
         let mut jobs = Vec::with_capacity(rows.len());
         let mut waiting = Vec::new();
+        let mut any_needs = false;
         for row in &rows {
             let (info, requirements) = job_row(row)?;
             if let Some(req) = requirements {
                 waiting.push((jobs.len(), req));
             }
+            any_needs |= info.state == JobState::Pending && col::<i64>(row, "unmet")? > 0;
             jobs.push(info);
         }
         self.explain_unmet(&mut jobs, waiting).await?;
+        if any_needs {
+            self.explain_needs(&mut jobs, graph).await?;
+        }
+        for job in &mut jobs {
+            if job.state == JobState::Pending && job.reason.is_none() {
+                job.reason = Some("ready, waiting for a node".into());
+            }
+        }
         Ok(jobs)
+    }
+
+    /// Gives each pending job that waits for needs a reason naming them (`waits for build,
+    /// lint`): one query for the listing, only when such a job is in it.
+    async fn explain_needs(&self, jobs: &mut [JobInfo], graph: Option<i64>) -> Result<()> {
+        let rows = sqlx::query(
+            "SELECT n.job_id, j.name FROM job_needs n JOIN jobs j ON j.id = n.need_id \
+             WHERE j.state <> 'succeeded' AND n.job_id IN \
+             (SELECT id FROM jobs WHERE state = 'pending' AND unmet > 0 \
+              AND ($1 IS NULL OR graph_id = $1)) \
+             ORDER BY n.job_id, n.need_id",
+        )
+        .bind(graph)
+        .fetch_all(&self.read)
+        .await
+        .op("listing the needs of pending jobs")?;
+        let mut needs: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        for row in &rows {
+            needs
+                .entry(col(row, "job_id")?)
+                .or_default()
+                .push(col(row, "name")?);
+        }
+        for job in jobs.iter_mut().filter(|j| j.reason.is_none()) {
+            if let Some(names) = needs.get(&job.id) {
+                job.reason = Some(waits_for(names));
+            }
+        }
+        Ok(())
     }
 
     /// Gives each ready job that no usable node can run a reason naming the requirement
@@ -305,6 +344,19 @@ impl Store {
 }
 
 /// A job of a listing, and its requirements when it is ready and waiting for a node.
+/// `waits for a, b and 3 more`: a few names are enough to see where a graph stands.
+fn waits_for(names: &[String]) -> String {
+    const SHOWN: usize = 3;
+    if names.len() <= SHOWN + 1 {
+        return format!("waits for {}", names.join(", "));
+    }
+    format!(
+        "waits for {} and {} more",
+        names[..SHOWN].join(", "),
+        names.len() - SHOWN
+    )
+}
+
 fn job_row(row: &AnyRow) -> Result<(JobInfo, Option<Requirements>)> {
     let info = JobInfo {
         id: col(row, "id")?,

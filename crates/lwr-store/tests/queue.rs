@@ -1030,8 +1030,42 @@ async fn tokens_are_revoked_by_exact_label_or_prefix(f: Fixture) {
     assert_eq!(active, [Some("dir /axb".into()), Some("DIR /a_b".into())]);
 }
 
+/// A pending job says what it waits for: its needs that have not succeeded, or a node.
+async fn pending_jobs_say_what_they_wait_for(f: Fixture) {
+    let info = f
+        .store
+        .submit_graph(
+            &graph(vec![job("a", &[]), job("b", &[]), job("c", &["a", "b"])]),
+            0,
+        )
+        .await
+        .unwrap();
+    let reasons = |jobs: Vec<lwr_model::api::JobInfo>| -> BTreeMap<String, Option<String>> {
+        jobs.into_iter().map(|j| (j.name, j.reason)).collect()
+    };
+    let now = reasons(f.store.jobs(Some(info)).await.unwrap());
+    assert_eq!(now["a"].as_deref(), Some("ready, waiting for a node"));
+    assert_eq!(now["c"].as_deref(), Some("waits for a, b"));
+    let n = node(&f.store, "n1", &[]).await;
+    let got = f
+        .store
+        .claim(n, 1, &[], 1, LEASE)
+        .await
+        .unwrap()
+        .assignments;
+    assert_eq!(got[0].job_name, "a");
+    f.store
+        .report(n, &[result(got[0].run_id, Outcome::Succeeded)], 2)
+        .await
+        .unwrap();
+    let now = reasons(f.store.jobs(None).await.unwrap());
+    assert_eq!(now["a"], None, "a succeeded: nothing to say");
+    assert_eq!(now["c"].as_deref(), Some("waits for b"));
+}
+
 on_both_backends!(
     a_job_token_reads_only_while_its_run_runs,
+    pending_jobs_say_what_they_wait_for,
     tokens_are_revoked_by_exact_label_or_prefix,
     only_infrastructure_errors_in_a_row_quarantine_a_node,
     only_ready_jobs_are_claimed_and_success_releases_dependents,
