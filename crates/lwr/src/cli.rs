@@ -265,8 +265,8 @@ pub struct ServerConn {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:7370")]
+    /// Address to listen on: IP:PORT, or HOST:PORT (localhost:7370).
+    #[arg(long, default_value = "127.0.0.1:7370", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Directory for the SQLite database and stored logs.
     #[arg(long, default_value = "./.lwr")]
@@ -531,7 +531,7 @@ pub struct NodeStateArgs {
 pub struct NodeLabelArgs {
     /// Node name (or id).
     pub name: String,
-    /// KEY=VALUE labels; KEY= removes the label.
+    /// KEY=VALUE labels; KEY alone means KEY=true (as `lwr node --tag`); KEY= removes the label.
     #[arg(required = true, value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
 }
@@ -598,4 +598,37 @@ fn parse_scope(s: &str) -> Result<lwr_model::Scope, String> {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     lwr_model::graph::parse_duration(s).map(Duration::from_secs)
+}
+
+/// `--listen`: an IP address and port, or a host name and port resolved once (the first
+/// address it has).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    let mut addrs = s
+        .to_socket_addrs()
+        .map_err(|e| format!("'{s}' is not HOST:PORT or IP:PORT ({e})"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("'{s}' resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_takes_an_ip_or_a_host_name() {
+        assert_eq!(
+            parse_listen("127.0.0.1:7370"),
+            Ok("127.0.0.1:7370".parse().unwrap())
+        );
+        let local = parse_listen("localhost:7371").unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 7371, "{local}");
+        for bad in ["7370", "localhost", "127.0.0.1:port"] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
 }

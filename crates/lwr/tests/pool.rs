@@ -388,6 +388,12 @@ fn operators_label_nodes_and_labels_survive_registering_again() {
         .assert_success();
     let nodes = server.api.nodes().unwrap();
     assert!(!nodes.nodes[0].properties.tags.contains_key("instance"));
+    // A bare KEY is KEY=true, as with `lwr node --tag KEY`.
+    server
+        .lwr(&["nodes", "label", "n1", "gpu"])
+        .assert_success();
+    let nodes = server.api.nodes().unwrap();
+    assert_eq!(nodes.nodes[0].properties.tags["gpu"], "true");
     server
         .lwr(&["nodes", "label", "n1", "os=plan9"])
         .assert_failure()

@@ -36,10 +36,9 @@ pub async fn act(client: &Client, action: NodesAction, json: bool) -> anyhow::Re
         NodesAction::Label(a) => {
             let mut labels = std::collections::BTreeMap::new();
             for label in &a.labels {
-                let (k, v) = label.split_once('=').with_context(|| {
-                    format!("label '{label}' is not KEY=VALUE (KEY= removes a label)")
-                })?;
-                labels.insert(k.trim().to_string(), v.trim().to_string());
+                // The same forms as `lwr node --tag`; an empty value removes the label.
+                let (k, v) = lwr_model::node::parse_tag(label).map_err(anyhow::Error::msg)?;
+                labels.insert(k, v);
             }
             let info = client
                 .label_node(&a.name, &LabelNode { labels })

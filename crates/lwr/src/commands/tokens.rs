@@ -86,7 +86,13 @@ pub async fn run(args: TokensArgs) -> anyhow::Result<ExitCode> {
                 }
                 None => client(&a.target)?.revoke_token(a.id).await?,
             };
-            outln!("revoked token {} ({})", info.id, describe(&info));
+            // Revoking twice keeps the first time: saying when tells the two cases apart.
+            outln!(
+                "token {} is revoked, since {} ({})",
+                info.id,
+                info.revoked_at.as_deref().unwrap_or("now"),
+                describe(&info)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
