@@ -1244,7 +1244,7 @@ impl Modify for Shared_ {
     info(
         title = "lwr",
         description = "The lwr server's v1 API: graphs, jobs, runs, nodes, polled repositories, \
-            pushes and artifacts. With `lwr server --auth`, every operation but /v1/health needs \
+            pushes and artifacts. With `lwr server --auth`, every operation but /v1/health, /v1/openapi.json and /v1/schemas/manifest-v1.json needs \
             `Authorization: Bearer TOKEN` with the scope it names in docs/security.md."
     ),
     modifiers(&Shared_),

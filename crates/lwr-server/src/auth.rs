@@ -23,7 +23,8 @@ const MAX_SECRET: usize = 256;
 /// `admin` (and every GET `read`), so a new route is closed until someone opens it.
 pub fn required_scope(method: &Method, path: &str) -> Option<Scope> {
     let scope = match (method, path) {
-        (_, "/v1/health" | "/v1/openapi.json") => return None,
+        // Public: liveness and what the API and its documents look like, never data.
+        (_, "/v1/health" | "/v1/openapi.json" | "/v1/schemas/manifest-v1.json") => return None,
         (&Method::POST, "/v1/graphs") => Scope::GraphSubmit,
         (&Method::POST, "/v1/graphs/{id}/cancel" | "/v1/jobs/{id}/cancel") => Scope::JobCancel,
         (&Method::POST, "/v1/jobs/{id}/retrigger") => Scope::JobRetrigger,

@@ -325,7 +325,8 @@ pub struct ServeArgs {
     /// Largest artifact a node may upload: bytes, or with a K, M or G suffix.
     #[arg(long, default_value = "10G", value_parser = parse_size)]
     pub max_artifact_size: u64,
-    /// Require a bearer token on every request but /v1/health and /v1/openapi.json; make the
+    /// Require a bearer token on every request but /v1/health, /v1/openapi.json and the
+    /// manifest schema; make the
     /// first one with `lwr tokens create --data-dir DIR --scope admin` (`lwr dev --auth`
     /// makes its own, in DIR/admin.token). Allows any address.
     #[arg(long)]

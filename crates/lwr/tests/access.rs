@@ -29,9 +29,11 @@ fn protected_endpoints_refuse_missing_bad_and_unscoped_tokens_and_change_nothing
     let admin = server.admin_token.clone().expect("an admin token");
     let http = Http::new(&server.url);
 
-    // Public: health and the API description.
+    // Public: health and the shapes of the API and of manifests.
     assert_eq!(http.call("GET", "/v1/health", None, None).status, 200);
     assert_eq!(http.call("GET", "/v1/openapi.json", None, None).status, 200);
+    let schema = http.call("GET", "/v1/schemas/manifest-v1.json", None, None);
+    assert_eq!(schema.status, 200, "{schema:?}");
 
     // Tokens made online by the admin.
     let make = |scopes: &[&str]| {

@@ -205,7 +205,7 @@ async fn dev_tokens(store: &Store, data_dir: &Path, nodes: u32) -> anyhow::Resul
 
 fn auth_label(args: &ServeArgs) -> &'static str {
     if args.auth {
-        "authentication on: every request but /v1/health and /v1/openapi.json needs a token"
+        "authentication on: every request but /v1/health, /v1/openapi.json and the manifest schema needs a token"
     } else if args.insecure_no_auth {
         "NO AUTHENTICATION"
     } else {
