@@ -16,7 +16,7 @@ pub mod stamp;
 mod stream;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,6 +79,10 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "work dir {dir} is in use by another lwr node{holder}; give each node its own --work-dir"
+    )]
+    WorkDirInUse { dir: PathBuf, holder: String },
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("the server refused node '{name}': {source}")]
@@ -138,6 +142,9 @@ pub async fn run(
     for sub in ["jobs", "logs", "outbox", "cache"] {
         std::fs::create_dir_all(config.work_dir.join(sub)).map_err(work_error)?;
     }
+    // Held until the node returns: a second node on this work dir would take the first
+    // one's jobs for leftovers of a previous life and kill them.
+    let _lock = lock_work_dir(&config.work_dir)?;
     let (journal, recovered) = Journal::open(&config.work_dir).map_err(work_error)?;
     let journal = Arc::new(journal);
     // Jobs a previous life of the node left running: the server has (or will have) given
@@ -264,6 +271,45 @@ pub async fn run(
         Err(e) => tracing::error!("cannot run reboot command `{cmd}`: {e}"),
     }
     Ok(Stopped::Rebooting)
+}
+
+/// Takes the work dir's lock file (`lock`, holding the owner's pid), or says who holds it.
+/// The lock goes with the process, so a killed node never leaves it behind.
+fn lock_work_dir(dir: &Path) -> Result<std::fs::File, NodeError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("lock");
+    let io_error = |source| NodeError::WorkDir {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_error)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(NodeError::WorkDirInUse {
+                dir: dir.to_path_buf(),
+                holder: match pid.is_empty() {
+                    true => String::new(),
+                    false => format!(" (pid {pid})"),
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_error(e)),
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(io_error)?;
+    Ok(file)
 }
 
 /// Removes outboxes of runs with no result waiting: the node stopped between moving their

@@ -105,6 +105,49 @@ fn a_node_killed_and_restarted_mid_job_kills_the_leftover_and_the_job_is_retried
     }
 }
 
+/// A second node started on a work dir another live node uses (a supervisor restarting a
+/// node that is still finishing its jobs) is refused; the first node's job is unharmed.
+#[test]
+fn a_second_node_on_a_work_dir_in_use_is_refused_and_harms_nothing() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(dir);
+    let a = server.node(dir, "a", 1, &[]);
+    let gate = dir.join("gate");
+    let repo = one_job_repo(
+        dir,
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.05; done; echo finished",
+            sh_quote(&gate)
+        ),
+    );
+    let graph = server.push(&repo, false).pushed_graph();
+    server.wait_job(graph, "slow", JobState::Running, Some("a"));
+
+    let mut second = Daemon::new(
+        "node a again",
+        a.daemon.args.clone(),
+        dir.join("node-a2.log"),
+        vec![],
+    );
+    second.start();
+    let status = wait_until("the second node to give up", DEADLINE, || {
+        second.exited().ok_or_else(|| "still running".to_string())
+    });
+    assert!(!status.success(), "{status}");
+    let said = second.log_tail(5);
+    assert!(
+        said.contains("is in use by another lwr node (pid"),
+        "{said}"
+    );
+
+    std::fs::write(&gate, "").expect("opening the gate");
+    server.wait_finished(graph);
+    let job = server.job(graph, "slow");
+    assert_eq!(job.info.state, JobState::Succeeded, "{job:#?}");
+    assert_eq!(job.run_history.len(), 1, "{job:#?}");
+}
+
 #[test]
 fn a_server_killed_and_restarted_mid_job_records_the_result_exactly_once() {
     let tmp = tempdir();
