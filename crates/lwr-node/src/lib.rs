@@ -145,6 +145,13 @@ pub async fn run(
     // Held until the node returns: a second node on this work dir would take the first
     // one's jobs for leftovers of a previous life and kill them.
     let _lock = lock_work_dir(&config.work_dir)?;
+    if config.token.is_some() {
+        // Jobs run as this user: without this, one could read the node's token (given in
+        // LWR_TOKEN) from /proc/PPID/environ. Not inherited across exec, so jobs are as usual.
+        if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+            tracing::warn!("cannot hide the node's token from its jobs (PR_SET_DUMPABLE): {e}");
+        }
+    }
     let (journal, recovered) = Journal::open(&config.work_dir).map_err(work_error)?;
     let journal = Arc::new(journal);
     // Jobs a previous life of the node left running: the server has (or will have) given

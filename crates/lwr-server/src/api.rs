@@ -745,7 +745,8 @@ async fn claim(
         .claim(node, req.max.min(256), &req.results, wait)
         .await?;
     if state.config.auth {
-        // Without it, a job could not read its needs' manifests (`lwr fetch`).
+        // Without it, a job could not read its needs' manifests (`lwr fetch`). The key was
+        // loaded at start, so this cannot fail after the claim committed.
         for a in &mut claimed.assignments {
             a.token = Some(state.queue.store().job_token(a.run_id).await?);
         }

@@ -153,6 +153,10 @@ pub async fn bind(
         .map_err(|source| ServerError::Listen { addr, source })?;
     // Listen before serving, so no change another server makes after we start is missed.
     let events = store.events().await?;
+    if config.auth {
+        // Now, not at the first claim: a claim that committed must not fail afterwards.
+        store.job_token(0).await?;
+    }
     let artifacts = artifact::open(&config.artifact_store, &config.data_dir)?;
     let live = live::LiveLogs::open(&config.data_dir, config.max_log_bytes).map_err(|source| {
         ServerError::DataDir {

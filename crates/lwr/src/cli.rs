@@ -601,18 +601,22 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     lwr_model::graph::parse_duration(s).map(Duration::from_secs)
 }
 
-/// `--listen`: an IP address and port, or a host name and port resolved once (the first
-/// address it has).
+/// `--listen`: an IP address and port, or a host name and port resolved once, to its first
+/// IPv4 address if it has one (clients default to 127.0.0.1, not ::1).
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = s.parse() {
         return Ok(addr);
     }
     use std::net::ToSocketAddrs;
-    let mut addrs = s
+    let addrs: Vec<SocketAddr> = s
         .to_socket_addrs()
-        .map_err(|e| format!("'{s}' is not HOST:PORT or IP:PORT ({e})"))?;
+        .map_err(|e| format!("'{s}' is not HOST:PORT or IP:PORT ({e})"))?
+        .collect();
     addrs
-        .next()
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
         .ok_or_else(|| format!("'{s}' resolves to no address"))
 }
 

@@ -1,6 +1,7 @@
 //! Standard output of the commands. Their output is often piped (`lwr jobs --json | head`):
-//! when the reader goes away, the command ends quietly with success, as other Unix tools do,
-//! instead of the panic `println!` gives on a closed pipe.
+//! when the reader goes away, the command ends quietly with status 141, as a Unix tool killed
+//! by SIGPIPE does (so `set -o pipefail` still sees that it did not finish), instead of the
+//! panic `println!` gives on a closed pipe.
 
 use std::io::{self, Write};
 
@@ -22,7 +23,8 @@ pub fn write_bytes(bytes: &[u8]) {
 
 fn gone(e: io::Error) -> ! {
     if e.kind() == io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
+        // 128 + SIGPIPE, what a shell reports for a tool the signal ended.
+        std::process::exit(141);
     }
     eprintln!("error: cannot write to standard output: {e}");
     std::process::exit(1);
