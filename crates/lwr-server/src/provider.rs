@@ -241,11 +241,23 @@ pub fn wanted(ready: u64, held: u64, slots: u32, min: u32, max: u32) -> u32 {
     (need.min(u64::from(max)) as u32).max(min)
 }
 
-/// A node the provider started: its name and when it last held a run.
+/// A node the provider started: its name, when it last held a run, and its token's id.
 struct Started {
     name: String,
     busy_at: Instant,
+    token: Option<i64>,
 }
+
+/// A stopped node whose token is revoked once it has held no run (it reports its last
+/// results with that token) for a grace period.
+struct Retiring {
+    name: String,
+    token: i64,
+    since: Instant,
+}
+
+/// How long a stopped node keeps its token after it last held a run: time to report.
+const RETIRE_GRACE: Duration = Duration::from_secs(10);
 
 /// The scaler loop; runs until the server stops.
 pub(crate) async fn scale(state: Arc<AppState>, provider: Arc<dyn Provider>, server: String) {
@@ -258,10 +270,11 @@ pub(crate) async fn scale(state: Arc<AppState>, provider: Arc<dyn Provider>, ser
         config.slots,
         config.idle
     );
-    let token = match state.config.auth {
-        true => node_token(&state).await,
+    let tokens = match state.config.auth {
+        true => NodeTokens::start(&state).await,
         false => None,
     };
+    let mut retiring: Vec<Retiring> = Vec::new();
     let mut started: Vec<Started> = Vec::new();
     let mut next = 1u64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -288,21 +301,52 @@ pub(crate) async fn scale(state: Arc<AppState>, provider: Arc<dyn Provider>, ser
             }
             held += u64::from(running);
         }
+        let mut retired = Vec::new();
+        retiring.retain_mut(|r| {
+            let running = pool
+                .nodes()
+                .iter()
+                .find(|n| n.name == r.name)
+                .map_or(0, |n| n.running);
+            if running > 0 {
+                r.since = now;
+            }
+            let done = now.duration_since(r.since) >= RETIRE_GRACE;
+            if done {
+                retired.push(r.token);
+            }
+            !done
+        });
+        if let Some(tokens) = &tokens {
+            tokens.revoke(&retired).await;
+        }
         let want = wanted(ready, held, config.slots, config.min, config.max) as usize;
         while started.len() < want {
             let name = format!("{}-{next}", provider_prefix(&config.kind));
             next += 1;
+            // One token per node: a node's token acts for that node only.
+            let token = match &tokens {
+                Some(tokens) => match tokens.make(&name).await {
+                    Some(made) => Some(made),
+                    None => break,
+                },
+                None => None,
+            };
             let p = provider.clone();
             let node = NewNode {
                 name: name.clone(),
                 server: server.clone(),
                 slots: config.slots,
-                token: token.clone(),
+                token: token.as_ref().map(|(_, secret)| secret.clone()),
             };
             match tokio::task::spawn_blocking(move || p.start(&node)).await {
                 Ok(Ok(())) => {
                     tracing::info!("provider: started node {name} ({ready} jobs ready)");
-                    started.push(Started { name, busy_at: now });
+                    started.push(Started {
+                        name,
+                        busy_at: now,
+                        token: token.map(|(id, _)| id),
+                    });
                 }
                 Ok(Err(e)) => {
                     tracing::warn!("provider: {e}");
@@ -322,6 +366,13 @@ pub(crate) async fn scale(state: Arc<AppState>, provider: Arc<dyn Provider>, ser
                 continue;
             }
             let gone = started.remove(i);
+            if let Some(token) = gone.token {
+                retiring.push(Retiring {
+                    name: gone.name.clone(),
+                    token,
+                    since: now,
+                });
+            }
             let p = provider.clone();
             let name = gone.name.clone();
             match tokio::task::spawn_blocking(move || p.stop(&name)).await {
@@ -342,31 +393,86 @@ pub(crate) async fn scale(state: Arc<AppState>, provider: Arc<dyn Provider>, ser
     }
 }
 
-/// The `node:register` token this server's provided nodes register with, made at start;
-/// the one an earlier start of the same server (same data dir) made is revoked. Without it
-/// (an error, logged) provided nodes are refused and say so in their logs.
-async fn node_token(state: &AppState) -> Option<String> {
-    let data_dir = &state.config.data_dir;
-    let label = format!(
-        "lwr provider nodes of the server with data dir {}",
-        std::path::absolute(data_dir)
-            .unwrap_or_else(|_| data_dir.clone())
-            .display()
-    );
-    let store = state.queue.store();
-    let now = lwr_store::now_ms();
-    let made = async {
-        store.revoke_tokens_labelled(&label, false, now).await?;
+/// The `node:register` tokens of this server's provided nodes, one per node, labelled
+/// `lwr provider node NAME of HOST:DATA_DIR`. A start revokes those of an earlier start of
+/// the same server (it does not adopt their nodes); a stopped node's token is revoked once
+/// it has reported.
+struct NodeTokens {
+    state: Arc<AppState>,
+    /// The label's end, naming this server.
+    server: String,
+}
+
+impl NodeTokens {
+    async fn start(state: &Arc<AppState>) -> Option<NodeTokens> {
+        let data_dir = &state.config.data_dir;
+        let server = format!(
+            "of {}:{}",
+            hostname(),
+            std::path::absolute(data_dir)
+                .unwrap_or_else(|_| data_dir.clone())
+                .display()
+        );
+        let store = state.queue.store();
+        let now = lwr_store::now_ms();
+        let stale = match store.tokens(now).await {
+            Ok(tokens) => tokens,
+            Err(e) => {
+                tracing::error!("provider: cannot list tokens: {e}");
+                return None;
+            }
+        };
+        for t in stale {
+            let ours = t.label.as_deref().is_some_and(|l| {
+                l.starts_with("lwr provider node ") && l.ends_with(&format!(" {server}"))
+            });
+            if ours
+                && t.state == "active"
+                && let Err(e) = store.revoke_token(t.id, now).await
+            {
+                tracing::warn!("provider: cannot revoke token {}: {e}", t.id);
+            }
+        }
+        Some(NodeTokens {
+            state: state.clone(),
+            server,
+        })
+    }
+
+    /// A token for node `name`: its id and secret; `None` (logged) when it cannot be made.
+    async fn make(&self, name: &str) -> Option<(i64, String)> {
+        let label = format!("lwr provider node {name} {}", self.server);
         let scopes = lwr_model::Scopes(vec![lwr_model::Scope::NodeRegister]);
-        store.create_token(&scopes, Some(&label), None, now).await
-    };
-    match made.await {
-        Ok((_, secret)) => Some(secret),
-        Err(e) => {
-            tracing::error!("provider: cannot make a token for its nodes: {e}");
-            None
+        let store = self.state.queue.store();
+        match store
+            .create_token(&scopes, Some(&label), None, lwr_store::now_ms())
+            .await
+        {
+            Ok((info, secret)) => Some((info.id, secret)),
+            Err(e) => {
+                tracing::error!("provider: cannot make a token for node {name}: {e}");
+                None
+            }
         }
     }
+
+    /// Revokes the tokens of stopped nodes that are done reporting.
+    async fn revoke(&self, ids: &[i64]) {
+        let store = self.state.queue.store();
+        for &id in ids {
+            if let Err(e) = store.revoke_token(id, lwr_store::now_ms()).await {
+                tracing::warn!("provider: cannot revoke token {id} of a stopped node: {e}");
+            }
+        }
+    }
+}
+
+/// This machine's name, for labels; two servers sharing a database may have the same data
+/// dir path on different machines.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 fn provider_prefix(kind: &ProviderKind) -> &'static str {

@@ -236,10 +236,12 @@ impl Store {
         const ORDER: &str = ") ORDER BY n.job_id, n.need_id";
         let rows = match graph {
             Some(g) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("{NEEDS} AND graph_id = $1{ORDER}")))
-                    .bind(g)
-                    .fetch_all(&self.read)
-                    .await
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{NEEDS} AND graph_id = $1{ORDER}"
+                )))
+                .bind(g)
+                .fetch_all(&self.read)
+                .await
             }
             None => {
                 sqlx::query(sqlx::AssertSqlSafe(format!("{NEEDS}{ORDER}")))

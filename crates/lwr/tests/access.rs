@@ -486,22 +486,22 @@ jobs:
 fn provided_nodes_get_a_token_from_a_server_with_auth() {
     let tmp = tempdir();
     let dir = tmp.path();
-    let server = Server::start_auth_with(dir, &["--provider", "local", "--provider-max", "1"]);
+    let server = Server::start_auth_with(dir, &["--provider", "local", "--provider-max", "2"]);
     let admin = server.admin_token.clone().expect("an admin token");
     let repo = git_repo(
         &dir.join("repo"),
-        "version: 1\njobs:\n  a:\n    run: echo from a provided node\n",
+        "version: 1\njobs:\n  a:\n    run: sleep 1\n  b:\n    run: sleep 1\n",
     );
     let repo = repo.display().to_string();
     let out = server.lwr(&["push", "--repo", &repo, "--wait", "--token", &admin]);
     let graph = out.pushed_graph();
     let info = server.wait_finished(graph);
-    assert_eq!(info.counts.succeeded, 1, "{}", server.describe(Some(graph)));
-    assert_eq!(server.job(graph, "a").info.node.as_deref(), Some("local-1"));
+    assert_eq!(info.counts.succeeded, 2, "{}", server.describe(Some(graph)));
+    // One token per node: a node's token acts for that node only.
     let tokens = server.lwr(&["tokens", "list", "--json", "--token", &admin]);
     tokens.assert_success();
-    assert!(
-        tokens.stdout.contains("lwr provider nodes"),
-        "the provider's token is listed, labelled: {tokens}"
-    );
+    for node in ["local-1", "local-2"] {
+        let label = format!("lwr provider node {node} of ");
+        assert_eq!(tokens.stdout.matches(&label).count(), 1, "{node}: {tokens}");
+    }
 }

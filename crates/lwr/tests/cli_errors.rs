@@ -152,7 +152,12 @@ fn a_reader_that_leaves_early_is_no_error() {
         drop(child.stdout.take());
         let out = child.wait_with_output().expect("lwr ends");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(141), "{args:?}: {} {stderr}", out.status);
+        assert_eq!(
+            out.status.code(),
+            Some(141),
+            "{args:?}: {} {stderr}",
+            out.status
+        );
         assert!(stderr.is_empty(), "{args:?}: quietly, not {stderr}");
     }
 }
