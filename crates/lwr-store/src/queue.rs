@@ -163,6 +163,7 @@ impl Store {
         // First as many rows as the node can take: most nodes can run most jobs and most
         // jobs are not held, and every row read costs its graph and affinity lookups.
         let mut page = i64::from(max).clamp(1, SCAN_PAGE);
+        let mut seen = 0usize;
         'scan: while picked.len() < max as usize {
             let rows = sqlx::query(select)
                 .bind(after)
@@ -171,6 +172,7 @@ impl Store {
                 .await
                 .op("finding ready jobs")?;
             let page_len = rows.len();
+            seen += page_len;
             let mut candidates = Vec::with_capacity(page_len);
             for row in rows {
                 let candidate = candidate(&row)?;
@@ -217,6 +219,20 @@ impl Store {
                 break;
             }
             page = SCAN_PAGE;
+        }
+        if picked.is_empty() && self.dialect == Dialect::Postgres {
+            // SKIP LOCKED passed over rows another claim had locked, and that claim may be
+            // holding them for this very node (affinity): nobody would wake us for them.
+            // Look again shortly when there are more ready rows than we saw.
+            let ready: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE state = 'pending' AND unmet = 0")
+                    .fetch_one(&mut **tx)
+                    .await
+                    .op("counting ready jobs")
+                    .and_then(|row| col(&row, "n"))?;
+            if ready > seen as i64 {
+                retry_in = Some(retry_in.map_or(SKIPPED_RETRY_MS, |r| r.min(SKIPPED_RETRY_MS)));
+            }
         }
         let mut assignments = Vec::with_capacity(picked.len());
         for (job_id, placement) in picked {
@@ -464,6 +480,9 @@ impl Store {
         .transpose()
     }
 }
+
+/// How soon a claim that passed over rows locked by another claim looks again.
+const SKIPPED_RETRY_MS: i64 = 25;
 
 /// The claim's search for ready jobs, after job `$1`, at most `$2`: the partial index
 /// `jobs_ready` holds exactly these rows, so the search never reads finished jobs. On

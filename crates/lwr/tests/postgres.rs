@@ -244,3 +244,34 @@ fn two_servers_starting_at_once_on_an_empty_database_migrate_it_once() {
     let _b = two.node(dir, "b", 1, &[]);
     one.wait_node("b");
 }
+
+/// On PostgreSQL a claim skips rows another claim has locked. Two idle nodes are woken
+/// together; the one that is not preferred locks a job to hold it for the other (affinity),
+/// which skipped it: that node must look again at once, not at the end of its long poll
+/// (20 s), while the job waits.
+#[test]
+#[ignore = "set LWR_TEST_POSTGRES_URL and run with --include-ignored"]
+fn a_job_held_for_its_node_reaches_it_at_once_when_both_nodes_wake_together() {
+    let db = PgDb::create();
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start_on_db(dir, "server", &db.url, "30s");
+    let _n1 = server.node(dir, "n1", 2, &[]);
+    let _n2 = server.node(dir, "n2", 2, &[]);
+    server.wait_node("n1");
+    server.wait_node("n2");
+    let repo = git_repo(
+        &dir.join("repo"),
+        "version: 1\njobs:\n  a:\n    run: \"true\"\n  b:\n    needs: [a]\n    run: \"true\"\n",
+    );
+    for round in 0..8 {
+        let started = std::time::Instant::now();
+        let out = server.push(&repo, true);
+        out.assert_success();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(8),
+            "round {round}: the graph took {took:?}; a job waited for a node's next long poll"
+        );
+    }
+}
