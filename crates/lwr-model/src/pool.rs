@@ -287,6 +287,10 @@ pub fn decide(job: &ReadyJob, claimer: &PoolNode, pool: &Pool, now: i64) -> Deci
     decide_with(job, claimer, pool, now, &mut Memo::default())
 }
 
+/// How long a job's affinity node may have been silent and still be waited for. Nodes
+/// heartbeat every 5 s at most, busy or idle.
+pub const AFFINITY_SILENCE_MS: i64 = 15_000;
+
 /// [`decide`] for one of many jobs of the same claim: `memo` carries what the earlier ones
 /// found, so a slow node that holds thousands of jobs for faster ones in a burst does not
 /// search the pool for each.
@@ -342,7 +346,10 @@ pub fn decide_with(
                     ));
                 }
                 Some(id) => {
-                    if let Some(n) = pool.get(id).filter(|n| fits(n)) {
+                    // A node silent for three heartbeats is most likely gone (killed, cut
+                    // off): it is not waited for, long before it counts as lost.
+                    let heard_of = |n: &PoolNode| now - n.last_seen <= AFFINITY_SILENCE_MS;
+                    if let Some(n) = pool.get(id).filter(|n| fits(n) && heard_of(n)) {
                         if job.ready_for_ms < job.affinity_wait_ms {
                             let how = if n.has_free_slot() { "" } else { ", busy" };
                             return hold(
@@ -688,6 +695,16 @@ mod tests {
             )),
             "fastest matching"
         );
+        // Silent for longer than three heartbeats: most likely killed; not waited for,
+        // although it does not count as lost yet.
+        let mut silent = slow.clone();
+        silent.last_seen = NOW - AFFINITY_SILENCE_MS - 1;
+        let p = pool(&[silent.clone(), fast.clone()]);
+        assert!(p.alive(&silent, NOW));
+        assert_eq!(taken(decide(&j, &fast, &p, NOW)), "fastest matching");
+        silent.last_seen = NOW - AFFINITY_SILENCE_MS;
+        let p = pool(&[silent, fast.clone()]);
+        assert!(matches!(decide(&j, &fast, &p, NOW), Decision::Hold { .. }));
     }
 
     #[test]

@@ -105,6 +105,42 @@ fn a_node_killed_and_restarted_mid_job_kills_the_leftover_and_the_job_is_retried
     }
 }
 
+/// The node a job ran on last (affinity) is killed mid-run: the retry, and the next graph's
+/// job, do not wait out the affinity window (30 s) for a node that stopped talking.
+#[test]
+fn a_killed_affinity_node_is_not_waited_for() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(dir); // lease 2s
+    let mut a = server.node(dir, "a", 1, &[]);
+    server.wait_node("a");
+    let marker = dir.join("second");
+    // The first graph succeeds on a, the only node: a becomes the job's affinity node.
+    let repo = one_job_repo(
+        dir,
+        &format!(
+            "if [ -e {m} ]; then sleep 30; fi; touch {m}",
+            m = sh_quote(&marker)
+        ),
+    );
+    let first = server.push(&repo, true);
+    first.assert_success();
+    let _b = server.node(dir, "b", 1, &[]);
+    server.wait_node("b");
+    // The second graph's job goes to a (affinity) and hangs there; a is killed.
+    let graph = server.push(&repo, false).pushed_graph();
+    server.wait_job(graph, "slow", JobState::Running, Some("a"));
+    let killed = Instant::now();
+    a.kill();
+    std::fs::remove_file(&marker).expect("the marker");
+    server.wait_job(graph, "slow", JobState::Succeeded, Some("b"));
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(25),
+        "the retry waited {took:?} for the killed node"
+    );
+}
+
 /// A second node started on a work dir another live node uses (a supervisor restarting a
 /// node that is still finishing its jobs) is refused; the first node's job is unharmed.
 #[test]
