@@ -70,7 +70,10 @@ fn one_line(e: &anyhow::Error) -> String {
 /// Long-running commands log what they do; client commands only warn.
 fn init_tracing(command: &Command) {
     let default = match command {
-        Command::Server(_) | Command::Node(_) | Command::Dev(_) => "info",
+        // PostgreSQL's notices ("relation lwr_schema already exists, skipping") are not news.
+        Command::Server(_) | Command::Node(_) | Command::Dev(_) => {
+            "info,sqlx::postgres::notice=warn"
+        }
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LWR_LOG")
