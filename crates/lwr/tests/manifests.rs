@@ -517,6 +517,11 @@ jobs:
         m.artifact("log").is_some(),
         "logs do not expire with artifacts"
     );
+    // Fetching it says it may have expired, not only what is left.
+    server
+        .lwr(&["fetch", &format!("{graph}/short/a")])
+        .assert_clear_error(1)
+        .assert_stderr_has(&["has no artifact 'a'", "expired"]);
 }
 
 #[test]

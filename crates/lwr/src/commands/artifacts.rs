@@ -22,7 +22,8 @@ pub async fn fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
         let names: Vec<&str> = manifest.artifacts.iter().map(|a| a.name.as_str()).collect();
         let missing = match manifest.missing.iter().find(|m| m.name == name) {
             Some(m) => format!(" (declared with path '{}' but not produced)", m.path),
-            None => String::new(),
+            // The sweep deletes an expired artifact's row with its bytes: no trace is left.
+            None => " (never declared, or expired: see `expires` in lwr.yml)".to_string(),
         };
         bail!(
             "job '{}' (run {}) has no artifact '{name}'{missing}; it has: {}",
