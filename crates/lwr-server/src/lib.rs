@@ -155,7 +155,7 @@ pub async fn bind(
     let events = store.events().await?;
     if config.auth {
         // Now, not at the first claim: a claim that committed must not fail afterwards.
-        store.job_token(0).await?;
+        store.load_job_token_key().await?;
     }
     let artifacts = artifact::open(&config.artifact_store, &config.data_dir)?;
     let live = live::LiveLogs::open(&config.data_dir, config.max_log_bytes).map_err(|source| {

@@ -124,11 +124,8 @@ impl Provider for Local {
             .args(["--server", &node.server, "--name", name])
             .args(["--slots", &node.slots.to_string()])
             .arg("--work-dir")
-            .arg(&work_dir)
-            .env_remove("LWR_TOKEN");
-        if let Some(token) = &node.token {
-            cmd.env("LWR_TOKEN", token);
-        }
+            .arg(&work_dir);
+        give_token(&mut cmd, node);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log)
@@ -165,6 +162,14 @@ impl Drop for Local {
     }
 }
 
+/// The node's token as `LWR_TOKEN`, in place of one the server itself may have been given.
+fn give_token(cmd: &mut Command, node: &NewNode) {
+    match &node.token {
+        Some(token) => cmd.env("LWR_TOKEN", token),
+        None => cmd.env_remove("LWR_TOKEN"),
+    };
+}
+
 /// Operator scripts: `up` starts a node, `down` stops it; both get `LWR_NODE_NAME`,
 /// `LWR_SERVER` and `LWR_NODE_SLOTS` in their environment, and `up` on a server with
 /// `--auth` the node's token as `LWR_TOKEN`.
@@ -184,11 +189,8 @@ impl Scripts {
         sh.args(["-c", cmd])
             .env("LWR_NODE_NAME", name)
             .env("LWR_SERVER", &node.server)
-            .env("LWR_NODE_SLOTS", node.slots.to_string())
-            .env_remove("LWR_TOKEN");
-        if let Some(token) = &node.token {
-            sh.env("LWR_TOKEN", token);
-        }
+            .env("LWR_NODE_SLOTS", node.slots.to_string());
+        give_token(&mut sh, node);
         let out = sh
             .stdin(Stdio::null())
             .output()
@@ -348,12 +350,15 @@ pub(crate) async fn scale(state: Arc<AppState>, provider: Arc<dyn Provider>, ser
                         token: token.map(|(id, _)| id),
                     });
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!("provider: {e}");
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!("provider: starting {name}: {e}");
+                failed => {
+                    match failed {
+                        Ok(Err(e)) => tracing::warn!("provider: {e}"),
+                        _ => tracing::warn!("provider: starting {name} failed"),
+                    }
+                    // A node that never started would keep its token forever.
+                    if let (Some(tokens), Some((id, _))) = (&tokens, token) {
+                        tokens.revoke(&[id]).await;
+                    }
                     break;
                 }
             }
@@ -394,54 +399,42 @@ pub(crate) async fn scale(state: Arc<AppState>, provider: Arc<dyn Provider>, ser
 }
 
 /// The `node:register` tokens of this server's provided nodes, one per node, labelled
-/// `lwr provider node NAME of HOST:DATA_DIR`. A start revokes those of an earlier start of
+/// `lwr provider of HOST:DATA_DIR: node NAME`. A start revokes those of an earlier start of
 /// the same server (it does not adopt their nodes); a stopped node's token is revoked once
 /// it has reported.
 struct NodeTokens {
     state: Arc<AppState>,
-    /// The label's end, naming this server.
-    server: String,
+    /// The labels' common start, naming this server.
+    prefix: String,
 }
 
 impl NodeTokens {
     async fn start(state: &Arc<AppState>) -> Option<NodeTokens> {
         let data_dir = &state.config.data_dir;
-        let server = format!(
-            "of {}:{}",
+        let prefix = format!(
+            "lwr provider of {}:{}: node ",
             hostname(),
             std::path::absolute(data_dir)
                 .unwrap_or_else(|_| data_dir.clone())
                 .display()
         );
         let store = state.queue.store();
-        let now = lwr_store::now_ms();
-        let stale = match store.tokens(now).await {
-            Ok(tokens) => tokens,
-            Err(e) => {
-                tracing::error!("provider: cannot list tokens: {e}");
-                return None;
-            }
-        };
-        for t in stale {
-            let ours = t.label.as_deref().is_some_and(|l| {
-                l.starts_with("lwr provider node ") && l.ends_with(&format!(" {server}"))
-            });
-            if ours
-                && t.state == "active"
-                && let Err(e) = store.revoke_token(t.id, now).await
-            {
-                tracing::warn!("provider: cannot revoke token {}: {e}", t.id);
-            }
+        if let Err(e) = store
+            .revoke_tokens_labelled(&prefix, lwr_store::now_ms())
+            .await
+        {
+            tracing::error!("provider: cannot revoke an earlier start's tokens: {e}");
+            return None;
         }
         Some(NodeTokens {
             state: state.clone(),
-            server,
+            prefix,
         })
     }
 
     /// A token for node `name`: its id and secret; `None` (logged) when it cannot be made.
     async fn make(&self, name: &str) -> Option<(i64, String)> {
-        let label = format!("lwr provider node {name} {}", self.server);
+        let label = format!("{}{name}", self.prefix);
         let scopes = lwr_model::Scopes(vec![lwr_model::Scope::NodeRegister]);
         let store = self.state.queue.store();
         match store

@@ -224,12 +224,16 @@ impl Store {
             // SKIP LOCKED passed over rows another claim had locked, and that claim may be
             // holding them for this very node (affinity): nobody would wake us for them.
             // Look again shortly when there are more ready rows than we saw.
-            let ready: i64 =
-                sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE state = 'pending' AND unmet = 0")
-                    .fetch_one(&mut **tx)
-                    .await
-                    .op("counting ready jobs")
-                    .and_then(|row| col(&row, "n"))?;
+            // Counted only as far as it matters: one more than we saw.
+            let ready: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM (SELECT 1 FROM jobs \
+                 WHERE state = 'pending' AND unmet = 0 LIMIT $1) ready",
+            )
+            .bind(seen as i64 + 1)
+            .fetch_one(&mut **tx)
+            .await
+            .op("counting ready jobs")
+            .and_then(|row| col(&row, "n"))?;
             if ready > seen as i64 {
                 retry_in = Some(retry_in.map_or(SKIPPED_RETRY_MS, |r| r.min(SKIPPED_RETRY_MS)));
             }
@@ -495,27 +499,25 @@ const SKIPPED_RETRY_MS: i64 = 25;
 /// in a graph of the same repository and branch (index `jobs_name`, walked newest first),
 /// looked up only for the rows read.
 fn claim_select(dialect: Dialect) -> &'static str {
+    // One text for both; PostgreSQL adds the row locks.
+    macro_rules! select {
+        ($lock:literal) => {
+            concat!(
+                "SELECT j.id, j.name, j.requirements, j.placement, j.avoid_spot, j.updated_at, ",
+                "(SELECT g.branch FROM graphs g WHERE g.id = j.graph_id) AS branch, ",
+                "(SELECT n.id FROM graphs g, jobs j2 JOIN graphs g2 ON g2.id = j2.graph_id ",
+                "JOIN nodes n ON n.name = j2.node WHERE g.id = j.graph_id AND j2.name = j.name ",
+                "AND j2.state = 'succeeded' AND g2.repository = g.repository ",
+                "AND g2.branch = g.branch ORDER BY j2.id DESC LIMIT 1) AS affinity ",
+                "FROM jobs j WHERE j.state = 'pending' AND j.unmet = 0 ",
+                "AND j.id > $1 ORDER BY j.id LIMIT $2",
+                $lock
+            )
+        };
+    }
     match dialect {
-        Dialect::Sqlite => concat!(
-            "SELECT j.id, j.name, j.requirements, j.placement, j.avoid_spot, j.updated_at, ",
-            "(SELECT g.branch FROM graphs g WHERE g.id = j.graph_id) AS branch, ",
-            "(SELECT n.id FROM graphs g, jobs j2 JOIN graphs g2 ON g2.id = j2.graph_id ",
-            "JOIN nodes n ON n.name = j2.node WHERE g.id = j.graph_id AND j2.name = j.name ",
-            "AND j2.state = 'succeeded' AND g2.repository = g.repository ",
-            "AND g2.branch = g.branch ORDER BY j2.id DESC LIMIT 1) AS affinity ",
-            "FROM jobs j WHERE j.state = 'pending' AND j.unmet = 0 ",
-            "AND j.id > $1 ORDER BY j.id LIMIT $2"
-        ),
-        Dialect::Postgres => concat!(
-            "SELECT j.id, j.name, j.requirements, j.placement, j.avoid_spot, j.updated_at, ",
-            "(SELECT g.branch FROM graphs g WHERE g.id = j.graph_id) AS branch, ",
-            "(SELECT n.id FROM graphs g, jobs j2 JOIN graphs g2 ON g2.id = j2.graph_id ",
-            "JOIN nodes n ON n.name = j2.node WHERE g.id = j.graph_id AND j2.name = j.name ",
-            "AND j2.state = 'succeeded' AND g2.repository = g.repository ",
-            "AND g2.branch = g.branch ORDER BY j2.id DESC LIMIT 1) AS affinity ",
-            "FROM jobs j WHERE j.state = 'pending' AND j.unmet = 0 ",
-            "AND j.id > $1 ORDER BY j.id LIMIT $2 FOR UPDATE OF j SKIP LOCKED"
-        ),
+        Dialect::Sqlite => select!(""),
+        Dialect::Postgres => select!(" FOR UPDATE OF j SKIP LOCKED"),
     }
 }
 

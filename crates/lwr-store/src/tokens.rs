@@ -182,23 +182,19 @@ impl Store {
         token_info(&row, now)
     }
 
-    /// Revokes every active token labelled `label` (or, with `prefix`, whose label starts
-    /// with it); returns how many. Compared as plain text, so `%` and `_` are no wildcards.
-    pub async fn revoke_tokens_labelled(&self, label: &str, prefix: bool, now: i64) -> Result<u64> {
-        let sql = match prefix {
-            true => {
-                "UPDATE tokens SET revoked_at = $2 \
-                 WHERE revoked_at IS NULL AND substr(label, 1, length($1)) = $1"
-            }
-            false => "UPDATE tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND label = $1",
-        };
-        let n = sqlx::query(sql)
-            .bind(label)
-            .bind(now)
-            .execute(&self.write)
-            .await
-            .op("revoking tokens")?
-            .rows_affected();
+    /// Revokes every active token whose label starts with `prefix`; returns how many.
+    /// Compared as plain text, so `%` and `_` are no wildcards.
+    pub async fn revoke_tokens_labelled(&self, prefix: &str, now: i64) -> Result<u64> {
+        let n = sqlx::query(
+            "UPDATE tokens SET revoked_at = $2 \
+             WHERE revoked_at IS NULL AND substr(label, 1, length($1)) = $1",
+        )
+        .bind(prefix)
+        .bind(now)
+        .execute(&self.write)
+        .await
+        .op("revoking tokens")?
+        .rows_affected();
         Ok(n)
     }
 
@@ -232,6 +228,12 @@ impl Store {
             })
             .await?;
         Ok(*key)
+    }
+
+    /// Reads (or makes) the key job tokens are signed with, so that no later
+    /// [`Store::job_token`] has to touch the database.
+    pub async fn load_job_token_key(&self) -> Result<()> {
+        self.job_key().await.map(|_| ())
     }
 
     /// The token run `run`'s job gets: it may read (scope `read`) while the run is running.

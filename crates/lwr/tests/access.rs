@@ -501,7 +501,8 @@ fn provided_nodes_get_a_token_from_a_server_with_auth() {
     let tokens = server.lwr(&["tokens", "list", "--json", "--token", &admin]);
     tokens.assert_success();
     for node in ["local-1", "local-2"] {
-        let label = format!("lwr provider node {node} of ");
+        let label = format!(": node {node}\"");
         assert_eq!(tokens.stdout.matches(&label).count(), 1, "{node}: {tokens}");
+        assert!(tokens.stdout.contains("\"lwr provider of "), "{tokens}");
     }
 }

@@ -167,23 +167,30 @@ fn affinity_waits_for_its_node_within_the_window_and_falls_back_after() {
     assert_eq!(server.jobs(g)["blocker"].state, JobState::Running);
 }
 
-#[test]
-fn a_job_interrupted_on_a_spot_node_is_retried_on_a_reserved_one() {
-    let dir = tempdir();
-    let server = Server::start(dir.path());
-    let mut spot = server.node(dir.path(), "spot", 1, &["instance=spot", "speed=10"]);
-    let _res = server.node(dir.path(), "res", 1, &["instance=reserved", "speed=1"]);
+/// A fast spot node and a slow reserved one; a job `work` whose first run lasts until its
+/// node goes (a second one ends at once) runs on the spot node. Returns both nodes and the
+/// graph.
+fn work_running_on_spot(server: &Server, dir: &Path) -> (Node, Node, i64) {
+    let spot = server.node(dir, "spot", 1, &["instance=spot", "speed=10"]);
+    let res = server.node(dir, "res", 1, &["instance=reserved", "speed=1"]);
     server.wait_node("spot");
     server.wait_node("res");
-    // The first run lasts until the node goes; a second one ends at once.
     let repo = git_repo(
-        &dir.path().join("repo"),
+        &dir.join("repo"),
         "version: 1\njobs:\n  work:\n    run: 'if [ \"$LWR_RUN\" = 1 ]; then sleep 60; fi'\n",
     );
     let out = server.push(&repo, false);
     out.assert_success();
     let g = out.pushed_graph();
     server.wait_job(g, "work", JobState::Running, Some("spot"));
+    (spot, res, g)
+}
+
+#[test]
+fn a_job_interrupted_on_a_spot_node_is_retried_on_a_reserved_one() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let (mut spot, _res, g) = work_running_on_spot(&server, dir.path());
     // The spot instance is taken away and comes back at once: faster, and free, it would
     // get the retry if the interruption were not remembered.
     spot.daemon.kill();
@@ -487,18 +494,7 @@ fn a_node_whose_health_check_fails_claims_nothing_until_it_passes() {
 fn a_spot_node_told_to_stop_interrupts_its_jobs_and_they_rerun_on_a_reserved_node() {
     let dir = tempdir();
     let server = Server::start(dir.path());
-    let mut spot = server.node(dir.path(), "spot", 1, &["instance=spot", "speed=10"]);
-    let _res = server.node(dir.path(), "res", 1, &["instance=reserved", "speed=1"]);
-    server.wait_node("spot");
-    server.wait_node("res");
-    let repo = git_repo(
-        &dir.path().join("repo"),
-        "version: 1\njobs:\n  work:\n    run: 'if [ \"$LWR_RUN\" = 1 ]; then sleep 60; fi'\n",
-    );
-    let out = server.push(&repo, false);
-    out.assert_success();
-    let g = out.pushed_graph();
-    server.wait_job(g, "work", JobState::Running, Some("spot"));
+    let (mut spot, _res, g) = work_running_on_spot(&server, dir.path());
     // SIGTERM, as a cloud gives a reclaimed spot instance: the node stops its job, reports
     // it and exits, without waiting for the 60 s job.
     let started = Instant::now();

@@ -182,7 +182,7 @@ async fn dev_tokens(store: &Store, data_dir: &Path, nodes: u32) -> anyhow::Resul
     use lwr_model::Scope;
     use lwr_model::auth::CreateToken;
     store
-        .revoke_tokens_labelled("lwr dev ", true, lwr_store::now_ms())
+        .revoke_tokens_labelled("lwr dev ", lwr_store::now_ms())
         .await?;
     let make = |scope: Scope, label: String| CreateToken {
         scopes: vec![scope],

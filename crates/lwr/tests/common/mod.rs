@@ -1107,27 +1107,14 @@ impl Node {
         tags: &[&str],
         token: Option<&str>,
     ) -> Node {
-        let work_dir = dir.join(name);
-        let mut args = vec![
-            "node".to_string(),
-            "--server".into(),
-            server.into(),
-            "--name".into(),
-            name.into(),
-            "--slots".into(),
-            slots.to_string(),
-            "--work-dir".into(),
-            work_dir.display().to_string(),
-        ];
+        let mut extra = Vec::new();
         for t in tags {
-            args.push("--tag".into());
-            args.push(t.to_string());
+            extra.extend(["--tag", t]);
         }
         if let Some(token) = token {
-            args.push("--token".into());
-            args.push(token.to_string());
+            extra.extend(["--token", token]);
         }
-        Node::spawn(dir, name, work_dir, args)
+        Node::start_with_args(dir, server, name, slots, &extra)
     }
 
     /// A node with extra arguments after the usual ones (`--health-check CMD`).
