@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod graph;
+pub mod ids;
 pub mod job;
 pub mod logstream;
 pub mod manifest;
@@ -16,6 +17,7 @@ pub mod words;
 
 pub use auth::{Scope, Scopes};
 pub use graph::{ArtifactDecl, Graph, GraphError, JobSpec, Requires, When, normalize_name};
+pub use ids::{DurationMs, GraphId, JobId, Millis, NodeId, PushId, RunId};
 pub use job::{JobState, RunState};
 pub use node::{NodeProperties, Requirements};
 pub use pool::{NodeState, Prefer};
