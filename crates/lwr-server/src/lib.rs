@@ -2,21 +2,20 @@
 //!
 //! The server holds no per-project logic. It stores graphs, hands ready jobs to nodes that
 //! long-poll for them, records results, and wakes whoever waits for a change. Handlers in
-//! [`api`] only translate HTTP to calls on [`Queue`], which holds the in-memory wake-ups and
-//! is usable (and tested) without sockets.
+//! [`routes`] only translate HTTP to calls on [`Queue`], which holds the in-memory wake-ups
+//! and is usable (and tested) without sockets.
 
 pub mod api;
 pub mod artifact;
 mod artifacts;
-pub mod auth;
 mod error;
-mod follow;
 pub mod live;
 mod logs;
+mod openapi;
 pub mod poller;
-mod pool_api;
 pub mod provider;
 pub mod queue;
+pub mod routes;
 mod staged;
 
 use std::net::SocketAddr;
@@ -181,7 +180,7 @@ pub async fn bind(
         tokio::spawn(async move { state.queue.follow(events).await })
     });
     let artifact_sweeper = tokio::spawn(artifacts::sweep(state.clone()));
-    let live_sweeper = tokio::spawn(follow::sweep(state.clone()));
+    let live_sweeper = tokio::spawn(routes::follow::sweep(state.clone()));
     let poller = tokio::spawn(poller::supervise(state.clone()));
     let provider = start_provider(&state, local);
     let app = router(state);

@@ -1,38 +1,25 @@
-//! The HTTP side of live logs: the node's streams long-poll and log pieces, the viewer's
-//! Server-Sent Events, the `live` toggle and the traffic counters. The bookkeeping lives in
-//! [`crate::live`]; docs/logs.md tells the whole path.
+//! Following a job's log: the viewer's Server-Sent Events, replayed from the stored log or
+//! the spool and then live until the run ends, and the sweep of spools nobody watches. The
+//! routes that lead here are in [`super::reader`] (viewers) and [`super::node`] (the node's
+//! streams); the bookkeeping lives in [`crate::live`]; docs/logs.md tells the whole path.
 
 use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use lwr_model::RunState;
-use lwr_model::api::{ErrorBody, JobDetail, RunInfo};
-use lwr_model::logstream::{
-    ChunkAck, EndEvent, LiveState, LiveToggle, LogEvent, LogStats, LogStreams, MAX_CHUNK, RunEvent,
-    Stats, StreamRequest, text_boundary,
-};
-use serde::Deserialize;
+use lwr_model::api::{JobDetail, RunInfo};
+use lwr_model::logstream::{EndEvent, LogEvent, RunEvent, text_boundary};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout_at};
-use utoipa::{IntoParams, OpenApi};
+use tokio::time::Instant;
 
-use crate::api::{ApiJson, ApiPath, ApiQuery};
-use crate::auth::{Auth, check_node, check_run};
-use crate::live::{AppendError, Viewer};
-use crate::queue::MAX_WAIT;
+use super::extract::ApiResult;
+use crate::live::Viewer;
 use crate::{ApiError, AppState, logs};
-
-type Shared = State<Arc<AppState>>;
-type ApiResult<T> = Result<T, ApiError>;
 
 /// Most log bytes in one event to a viewer.
 const EVENT_BYTES: usize = 256 << 10;
@@ -43,196 +30,12 @@ const RECHECK: Duration = Duration::from_secs(2);
 /// grace period (3 s), then uploads the log.
 const UPLOAD_GRACE: Duration = Duration::from_secs(15);
 
-pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/v1/nodes/{id}/streams", get(node_streams))
-        .route("/v1/runs/{id}/log/stream", post(stream_piece))
-        .route("/v1/jobs/{id}/log/live", put(set_live))
-        .route("/v1/stats", get(stats))
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    paths(node_streams, stream_piece, set_live, stats),
-    components(schemas(
-        LogStreams,
-        StreamRequest,
-        ChunkAck,
-        LiveToggle,
-        LiveState,
-        LogStats,
-        Stats,
-        LogEvent,
-        RunEvent,
-        EndEvent
-    ))
-)]
-pub(crate) struct FollowDoc;
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct StreamsQuery {
-    /// The `version` of the last answer: the call waits until the set differs from it.
-    #[serde(default)]
-    version: Option<u64>,
-    /// Longest wait in milliseconds (at most 60,000); 0 answers at once.
-    #[serde(default)]
-    wait_ms: u64,
-}
-
-#[utoipa::path(
-    get, path = "/v1/nodes/{id}/streams", params(("id" = i64, Path), StreamsQuery),
-    responses(
-        (status = 200, description = "the runs of this node whose log the server wants now, each from the offset it holds", body = LogStreams),
-        (status = 403, body = ErrorBody),
-    )
-)]
-async fn node_streams(
-    State(state): Shared,
-    auth: Auth,
-    ApiPath(node): ApiPath<i64>,
-    ApiQuery(q): ApiQuery<StreamsQuery>,
-) -> ApiResult<Json<LogStreams>> {
-    check_node(&state, &auth, node).await?;
-    let wait = Duration::from_millis(q.wait_ms).min(MAX_WAIT);
-    let deadline = Instant::now() + wait;
-    let mut changes = state.live.node_changes(node);
-    loop {
-        let now = state.live.wanted(node);
-        if q.version != Some(now.version) || Instant::now() >= deadline {
-            return Ok(Json(now));
-        }
-        if timeout_at(deadline, changes.changed()).await.is_err() {
-            return Ok(Json(state.live.wanted(node)));
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct PieceQuery {
-    /// The node sending; it must hold the run.
-    node: i64,
-    /// Byte offset in the log of the first byte of the body.
-    offset: u64,
-    /// The log ends with this piece.
-    #[serde(default)]
-    end: bool,
-}
-
-#[utoipa::path(
-    post, path = "/v1/runs/{id}/log/stream", params(("id" = i64, Path), PieceQuery),
-    request_body(content = String, content_type = "application/octet-stream",
-        description = "bytes of the log from `offset` on, at most 1 MiB"),
-    responses(
-        (status = 200, description = "what the server holds now: the next piece starts at `offset` (a piece that started beyond it was not taken)", body = ChunkAck),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
-    )
-)]
-async fn stream_piece(
-    State(state): Shared,
-    auth: Auth,
-    ApiPath(run): ApiPath<i64>,
-    ApiQuery(q): ApiQuery<PieceQuery>,
-    body: Bytes,
-) -> ApiResult<Json<ChunkAck>> {
-    check_node(&state, &auth, q.node).await?;
-    if body.len() > MAX_CHUNK {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("a piece of log is at most {MAX_CHUNK} bytes"),
-        ));
-    }
-    if q.offset.checked_add(body.len() as u64).is_none() {
-        return Err(ApiError::field(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "offset",
-            "offset out of range",
-        ));
-    }
-    check_run(&state, run, q.node).await?;
-    let live = state.live.clone();
-    let appended =
-        tokio::task::spawn_blocking(move || live.append(run, q.offset, &body, q.end)).await;
-    let io = |e: String| {
-        tracing::error!("spooling the log of run {run}: {e}");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot spool log: {e}"),
-        )
-    };
-    match appended {
-        Ok(Ok(Ok(ack))) => Ok(Json(ack)),
-        // A gap: say where the node must resume.
-        Ok(Ok(Err(gap))) => Ok(Json(ChunkAck {
-            offset: gap.held,
-            wanted: true,
-        })),
-        Ok(Err(e @ AppendError::TooLarge { .. })) => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("run {run}: {e}"),
-        )),
-        Ok(Err(e @ AppendError::Io(_))) => Err(io(e.to_string())),
-        Err(e) => Err(io(e.to_string())),
-    }
-}
-
 /// The run a request means: `number` of the job, or its latest.
-fn pick_run(job: &JobDetail, number: Option<u32>) -> Option<&RunInfo> {
+pub(crate) fn pick_run(job: &JobDetail, number: Option<u32>) -> Option<&RunInfo> {
     match number {
         Some(n) => job.run_history.iter().find(|r| r.number == n),
         None => job.run_history.last(),
     }
-}
-
-#[utoipa::path(
-    put, path = "/v1/jobs/{id}/log/live", params(("id" = i64, Path)), request_body = LiveToggle,
-    responses(
-        (status = 200, description = "the toggle of the job's running run", body = LiveState),
-        (status = 404, body = ErrorBody),
-        (status = 409, description = "the job has no running run", body = ErrorBody),
-    )
-)]
-async fn set_live(
-    State(state): Shared,
-    ApiPath(id): ApiPath<i64>,
-    ApiJson(toggle): ApiJson<LiveToggle>,
-) -> ApiResult<Json<LiveState>> {
-    let store = state.queue.store();
-    let job = store.job(id).await?;
-    let run = pick_run(&job, None).filter(|r| r.state == RunState::Running);
-    let Some(run) = run else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "job {id} has no running run (state {}); its log is stored once a run ends",
-                job.info.state
-            ),
-        ));
-    };
-    let Some((node, true)) = store.run_owner(run.id).await? else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("run {} of job {id} just ended", run.number),
-        ));
-    };
-    let viewers = state.live.set_live(run.id, node, toggle.live);
-    Ok(Json(LiveState {
-        job_id: id,
-        run_id: run.id,
-        live: toggle.live,
-        viewers,
-    }))
-}
-
-#[utoipa::path(
-    get, path = "/v1/stats",
-    responses((status = 200, description = "counters of this server since it started", body = Stats))
-)]
-async fn stats(State(state): Shared) -> Json<Stats> {
-    Json(Stats {
-        logs: state.live.stats(),
-    })
 }
 
 /// Every minute, drops the spool of runs that ended while nobody watched them.

@@ -1,0 +1,323 @@
+//! What operators call: submit, cancel and retrigger work, trigger a push's job, add and
+//! remove polled repositories, take nodes out of the pool or label them, and (admins)
+//! manage tokens. Each handler's first argument says who may: an [`Operator`] holds the
+//! scope the route table names for it, an [`Admin`] holds `admin`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use lwr_model::Scopes;
+use lwr_model::api::*;
+use lwr_model::auth::{CreateToken, CreatedToken, MAX_LABEL, TokenInfo, TokenList};
+use lwr_store::Effects;
+
+use super::access::{Admin, Operator};
+use super::extract::*;
+use crate::ApiError;
+
+/// Longest state reason or label an operator may give.
+const MAX_TEXT: usize = 1024;
+/// Most labels in one request.
+const MAX_LABELS: usize = 64;
+
+fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.len() > MAX_TEXT || value.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            field,
+            format!("must be at most {MAX_TEXT} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+#[utoipa::path(
+    post, path = "/v1/graphs", request_body = SubmitGraph,
+    responses(
+        (status = 201, description = "the graph is stored and its ready jobs queued", body = GraphInfo),
+        (status = 422, description = "the graph is invalid", body = ErrorBody),
+    )
+)]
+pub(crate) async fn submit_graph(
+    _: Operator,
+    State(state): Shared,
+    ApiJson(sub): ApiJson<SubmitGraph>,
+) -> ApiResult<(StatusCode, Json<GraphInfo>)> {
+    for (field, value) in [
+        ("repository", &sub.repository),
+        ("branch", &sub.branch),
+        ("revision", &sub.revision),
+    ] {
+        if let Some(value) = value {
+            check_len(field, value, MAX_PUSH_FIELD)?;
+        }
+    }
+    let info = state.queue.submit(&sub).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/cancel", params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "the job is cancelled and its dependents blocked", body = CancelResult),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the job already ended", body = ErrorBody),
+    )
+)]
+pub(crate) async fn cancel_job(
+    _: Operator,
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<CancelResult>> {
+    let c = state.queue.cancel_job(id).await?;
+    Ok(Json(CancelResult {
+        jobs: c.jobs,
+        runs: c.runs,
+    }))
+}
+
+#[utoipa::path(
+    post, path = "/v1/graphs/{id}/cancel", params(("id" = i64, Path)),
+    responses((status = 200, body = CancelResult), (status = 404, body = ErrorBody))
+)]
+pub(crate) async fn cancel_graph(
+    _: Operator,
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<CancelResult>> {
+    let c = state.queue.cancel_graph(id).await?;
+    Ok(Json(CancelResult {
+        jobs: c.jobs,
+        runs: c.runs,
+    }))
+}
+
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/retrigger", params(("id" = i64, Path)), request_body = RetriggerRequest,
+    responses(
+        (status = 200, description = "the job (and dependents) are back in the queue as new runs", body = RetriggerResult),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the job has not ended, or a need did not succeed", body = ErrorBody),
+    )
+)]
+pub(crate) async fn retrigger_job(
+    _: Operator,
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<RetriggerRequest>,
+) -> ApiResult<Json<RetriggerResult>> {
+    Ok(Json(RetriggerResult {
+        jobs: state.queue.retrigger(id, req.with_dependents).await?,
+    }))
+}
+
+#[utoipa::path(
+    post, path = "/v1/pushes/{id}/trigger", params(("id" = i64, Path)), request_body = TriggerRequest,
+    responses(
+        (status = 200, description = "the job, and the needs it was missing, are queued", body = TriggerResult),
+        (status = 404, description = "no such push, or its graph defines no such job", body = ErrorBody),
+        (status = 409, description = "the job is in the graph already, a need failed, or the push has no graph yet", body = ErrorBody),
+    )
+)]
+pub(crate) async fn trigger_job(
+    _: Operator,
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<TriggerRequest>,
+) -> ApiResult<Json<TriggerResult>> {
+    Ok(Json(TriggerResult {
+        jobs: state.queue.trigger(id, &req.job).await?,
+    }))
+}
+
+#[utoipa::path(
+    post, path = "/v1/repos", request_body = AddRepo,
+    responses(
+        (status = 201, description = "the repository is polled from now on", body = RepoInfo),
+        (status = 409, description = "the URL is polled already", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
+pub(crate) async fn add_repo(
+    _: Operator,
+    State(state): Shared,
+    ApiJson(add): ApiJson<AddRepo>,
+) -> ApiResult<(StatusCode, Json<RepoInfo>)> {
+    let repo = state
+        .queue
+        .store()
+        .add_repo(&add, lwr_store::now_ms())
+        .await?;
+    state.poll.repos_changed();
+    Ok((StatusCode::CREATED, Json(repo)))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/repos/{id}", params(("id" = i64, Path)),
+    responses((status = 204, description = "no longer polled; its pushes stay"), (status = 404, body = ErrorBody))
+)]
+pub(crate) async fn remove_repo(
+    _: Operator,
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<StatusCode> {
+    state.queue.store().remove_repo(id).await?;
+    state.poll.repos_changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    post, path = "/v1/nodes/{id}/state",
+    // The tag the v1 document has always given the pool's operations.
+    tag = "crate::pool_api",
+    params(("id" = String, Path, description = "node name, or id")),
+    request_body = SetNodeState,
+    responses(
+        (status = 200, description = "the node with its new state", body = NodeInfo),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub(crate) async fn set_node_state(
+    _: Operator,
+    State(state): Shared,
+    ApiPath(node): ApiPath<String>,
+    ApiJson(req): ApiJson<SetNodeState>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    if let Some(reason) = &req.reason {
+        check_text("reason", reason)?;
+    }
+    let store = state.queue.store();
+    let id = store.find_node(&node).await?;
+    store
+        .set_node_state(id, req.state, req.reason.as_deref())
+        .await?;
+    // Jobs held for this node, and the node itself when enabled again, look again now.
+    state.queue.wake(Effects::NEW_WORK);
+    Ok(Json(store.node(id, lwr_store::now_ms()).await?))
+}
+
+#[utoipa::path(
+    post, path = "/v1/nodes/{id}/labels",
+    // The tag the v1 document has always given the pool's operations.
+    tag = "crate::pool_api",
+    params(("id" = String, Path, description = "node name, or id")),
+    request_body = LabelNode,
+    responses(
+        (status = 200, description = "the node with its labels merged into its tags", body = NodeInfo),
+        (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
+pub(crate) async fn label_node(
+    _: Operator,
+    State(state): Shared,
+    ApiPath(node): ApiPath<String>,
+    ApiJson(req): ApiJson<LabelNode>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    if req.labels.len() > MAX_LABELS {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "labels",
+            format!("more than {MAX_LABELS} labels"),
+        ));
+    }
+    for (k, v) in &req.labels {
+        check_text("labels", k)?;
+        check_text("labels", v)?;
+        if k.trim().is_empty() || lwr_model::node::is_builtin(k) {
+            return Err(ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "labels",
+                format!(
+                    "'{k}' cannot be a label: give a tag name other than os, arch, hostname, cores or memory_mb"
+                ),
+            ));
+        }
+    }
+    let store = state.queue.store();
+    let id = store.find_node(&node).await?;
+    let labels: Vec<(String, String)> = req.labels.into_iter().collect();
+    store.label_node(id, &labels).await?;
+    state.queue.wake(Effects::NEW_WORK);
+    Ok(Json(store.node(id, lwr_store::now_ms()).await?))
+}
+
+#[utoipa::path(
+    post, path = "/v1/tokens", request_body = CreateToken,
+    responses(
+        (status = 201, description = "the token; its secret is shown only in this answer", body = CreatedToken),
+        (status = 422, body = ErrorBody),
+    )
+)]
+pub(crate) async fn create_token(
+    _: Admin,
+    State(state): Shared,
+    ApiJson(req): ApiJson<CreateToken>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    if req.scopes.is_empty() {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "scopes",
+            "a token needs at least one scope",
+        ));
+    }
+    if let Some(label) = &req.label {
+        check_len("label", label, MAX_LABEL)?;
+        if label.chars().any(char::is_control) {
+            return Err(ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "label",
+                "a label may not hold control characters",
+            ));
+        }
+    }
+    let now = lwr_store::now_ms();
+    let expires_at = match req.expires_secs {
+        None => None,
+        Some(secs) if (1..=MAX_TOKEN_SECS).contains(&secs) => Some(now + secs as i64 * 1000),
+        Some(_) => {
+            return Err(ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "expires_secs",
+                format!("must be between 1 and {MAX_TOKEN_SECS} seconds"),
+            ));
+        }
+    };
+    let mut scopes = req.scopes.clone();
+    scopes.sort();
+    scopes.dedup();
+    let (info, token) = state
+        .queue
+        .store()
+        .create_token(&Scopes(scopes), req.label.as_deref(), expires_at, now)
+        .await?;
+    Ok((StatusCode::CREATED, Json(CreatedToken { info, token })))
+}
+
+#[utoipa::path(get, path = "/v1/tokens", responses((status = 200, body = TokenList)))]
+pub(crate) async fn list_tokens(_: Admin, State(state): Shared) -> ApiResult<Json<TokenList>> {
+    Ok(Json(TokenList {
+        tokens: state.queue.store().tokens(lwr_store::now_ms()).await?,
+    }))
+}
+
+#[utoipa::path(
+    post, path = "/v1/tokens/{id}/revoke", params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "revoked: it stops working at once", body = TokenInfo),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub(crate) async fn revoke_token(
+    _: Admin,
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<TokenInfo>> {
+    Ok(Json(
+        state
+            .queue
+            .store()
+            .revoke_token(id, lwr_store::now_ms())
+            .await?,
+    ))
+}

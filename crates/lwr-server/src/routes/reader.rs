@@ -1,0 +1,376 @@
+//! What readers call: graphs, jobs, pushes, repositories, nodes, logs (also followed live),
+//! artifacts, manifests and the server's counters. Every handler takes a [`Reader`]: a token
+//! with `read`.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use lwr_model::RunState;
+use lwr_model::api::*;
+use lwr_model::logstream::{LiveState, LiveToggle, Stats};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::access::Reader;
+use super::extract::*;
+use super::follow;
+use crate::{ApiError, artifacts, logs};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GraphWait {
+    /// Wait for a change newer than this `seq` (from an earlier answer).
+    after: Option<i64>,
+    /// How long to wait for it, in milliseconds (at most 60000).
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+#[utoipa::path(
+    get, path = "/v1/graphs/{id}", params(("id" = i64, Path), GraphWait),
+    responses((status = 200, body = GraphInfo), (status = 404, body = ErrorBody))
+)]
+pub(crate) async fn get_graph(
+    _: Reader,
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<GraphWait>,
+) -> ApiResult<Json<GraphInfo>> {
+    let info = state
+        .queue
+        .graph(id, q.after, Duration::from_millis(q.wait_ms))
+        .await?;
+    Ok(Json(info))
+}
+
+#[utoipa::path(
+    get, path = "/v1/graphs/{id}/spec", params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "the graph's job definitions as submitted", body = GraphSpec),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "a push whose decision job has not submitted its graph yet", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_graph_spec(
+    _: Reader,
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<GraphSpec>> {
+    Ok(Json(state.queue.store().graph_spec(id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/repos", responses((status = 200, body = RepoList)))]
+pub(crate) async fn list_repos(_: Reader, State(state): Shared) -> ApiResult<Json<RepoList>> {
+    let mut repos = state.queue.store().repos().await?;
+    for repo in &mut repos {
+        repo.polled_at = state.poll.polled_at(repo.id).map(lwr_store::rfc3339);
+    }
+    Ok(Json(RepoList { repos }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PushFilter {
+    /// Only pushes of this repository.
+    repo: Option<i64>,
+    /// At most this many, newest first (default 100).
+    limit: Option<u32>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/pushes", params(PushFilter), responses((status = 200, body = PushList))
+)]
+pub(crate) async fn list_pushes(
+    _: Reader,
+    State(state): Shared,
+    ApiQuery(q): ApiQuery<PushFilter>,
+) -> ApiResult<Json<PushList>> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    Ok(Json(PushList {
+        pushes: state.queue.store().pushes(q.repo, i64::from(limit)).await?,
+    }))
+}
+
+#[utoipa::path(
+    get, path = "/v1/pushes/{id}", params(("id" = i64, Path)),
+    responses((status = 200, body = PushInfo), (status = 404, body = ErrorBody))
+)]
+pub(crate) async fn get_push(
+    _: Reader,
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<PushInfo>> {
+    Ok(Json(state.queue.store().push(id).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobFilter {
+    /// Only jobs of this graph.
+    graph: Option<i64>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/jobs", params(JobFilter),
+    responses((status = 200, body = JobList), (status = 404, description = "no such graph", body = ErrorBody))
+)]
+pub(crate) async fn list_jobs(
+    _: Reader,
+    State(state): Shared,
+    ApiQuery(q): ApiQuery<JobFilter>,
+) -> ApiResult<Json<JobList>> {
+    let store = state.queue.store();
+    let jobs = store.jobs(q.graph).await?;
+    if let Some(graph) = q.graph.filter(|_| jobs.is_empty()) {
+        // No jobs: an unknown graph is an error, not an empty list (a graph has jobs, or
+        // is a push whose decision job runs, which is a job too).
+        store.graph(graph).await?;
+    }
+    Ok(Json(JobList { jobs }))
+}
+
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", params(("id" = i64, Path)),
+    responses((status = 200, body = JobDetail), (status = 404, body = ErrorBody))
+)]
+pub(crate) async fn get_job(
+    _: Reader,
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<JobDetail>> {
+    Ok(Json(state.queue.store().job(id).await?))
+}
+
+#[utoipa::path(
+    get, path = "/v1/graphs/{id}/jobs/{name}",
+    params(("id" = i64, Path), ("name" = String, Path, description = "normalized job name")),
+    responses((status = 200, body = JobDetail), (status = 404, body = ErrorBody))
+)]
+pub(crate) async fn get_job_by_name(
+    _: Reader,
+    State(state): Shared,
+    ApiPath((graph, name)): ApiPath<(i64, String)>,
+) -> ApiResult<Json<JobDetail>> {
+    // No job name holds a control character (validation refuses them); answer as for any
+    // other unknown name instead of handing the database a NUL.
+    if name.chars().any(char::is_control) || name.len() > 1024 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("graph {graph} has no job with that name"),
+        ));
+    }
+    let id = state.queue.store().job_by_name(graph, &name).await?;
+    Ok(Json(state.queue.store().job(id).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Run number (1 for the first attempt); default the latest run.
+    run: Option<u32>,
+    /// Answer with Server-Sent Events: the log from `offset`, then live output until the run
+    /// ends (`run`, `log`, `end` events; docs/logs.md). A `Last-Event-ID` header resumes.
+    #[serde(default)]
+    follow: bool,
+    /// Start at this byte of the log.
+    #[serde(default)]
+    offset: u64,
+}
+
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/log", params(("id" = i64, Path), LogQuery),
+    responses(
+        (status = 200, description = "the stored log of the run from `offset` on; with `follow=true` a stream of Server-Sent Events (`run`, `log`, `end`, `error`), each `log` event's id `RUN:OFFSET`", content(
+            (String = "text/plain"),
+            (String = "text/event-stream"),
+        )),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the run is still going; its log is on its node", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_log(
+    _: Reader,
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    if q.follow {
+        let resume = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(follow::last_event_id);
+        let start = follow::Start {
+            run_number: q.run,
+            run_id: resume.map(|(run, _)| run),
+            offset: resume.map_or(q.offset, |(_, offset)| offset),
+        };
+        return follow::sse(state, id, start).await;
+    }
+    let job = state.queue.store().job(id).await?;
+    let run = match q.run {
+        Some(n) => job.run_history.iter().find(|r| r.number == n),
+        None => job.run_history.last(),
+    };
+    let Some(run) = run else {
+        let msg = match q.run {
+            Some(n) => format!("job {id} has no run {n}"),
+            None => format!("job {id} has not run yet (state {})", job.info.state),
+        };
+        return Err(ApiError::new(StatusCode::NOT_FOUND, msg));
+    };
+    if run.state == RunState::Running {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "run {} of job {id} is still running; its log stays on node {} until it ends",
+                run.number, run.node
+            ),
+        ));
+    }
+    let stored = logs::open(&state.config.data_dir, run.id, q.offset).await?;
+    if stored.is_none() && run.log_size > 0 {
+        // Uploaded through another server sharing the database, into its data dir.
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "the log of run {} of job {id} ({} bytes) was stored by another server; \
+                 servers sharing a database must share --data-dir",
+                run.number, run.log_size
+            ),
+        ));
+    }
+    Ok(text_body(stored))
+}
+
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/artifacts/{name}",
+    params(("id" = i64, Path), ("name" = String, Path, description = "artifact name; `log` is the run's log")),
+    responses(
+        (status = 200, description = "the artifact's bytes; `X-Lwr-Sha256` holds their hash", content_type = "application/octet-stream"),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_artifact(
+    _: Reader,
+    State(state): Shared,
+    ApiPath((run, name)): ApiPath<(i64, String)>,
+) -> ApiResult<Response> {
+    if name == lwr_model::manifest::LOG_ARTIFACT {
+        if state.queue.store().run_owner(run).await?.is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("run {run} not found"),
+            ));
+        }
+        return Ok(text_body(logs::open(&state.config.data_dir, run, 0).await?));
+    }
+    let (content_type, size, sha256, stream) = artifacts::download(&state, run, &name).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (header::HeaderName::from_static("x-lwr-sha256"), sha256),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/manifest", params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "the run's manifest (JSON Schema: /v1/schemas/manifest-v1.json)", content_type = "application/json"),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_run_manifest(
+    _: Reader,
+    State(state): Shared,
+    ApiPath(run): ApiPath<i64>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let m = artifacts::manifest(&state, run, &base_url(&headers)).await?;
+    Ok(Json(m).into_response())
+}
+
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/manifest", params(("id" = i64, Path), LogQuery),
+    responses(
+        (status = 200, description = "the manifest of the job's latest run, or of run `run`", content_type = "application/json"),
+        (status = 404, body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_job_manifest(
+    _: Reader,
+    State(state): Shared,
+    ApiPath(job): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let run = state.queue.store().run_of_job(job, q.run).await?;
+    let m = artifacts::manifest(&state, run, &base_url(&headers)).await?;
+    Ok(Json(m).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = NodeList)))]
+pub(crate) async fn list_nodes(_: Reader, State(state): Shared) -> ApiResult<Json<NodeList>> {
+    Ok(Json(NodeList {
+        nodes: state.queue.store().nodes(lwr_store::now_ms()).await?,
+    }))
+}
+
+#[utoipa::path(
+    put, path = "/v1/jobs/{id}/log/live", params(("id" = i64, Path)), request_body = LiveToggle,
+    responses(
+        (status = 200, description = "the toggle of the job's running run", body = LiveState),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the job has no running run", body = ErrorBody),
+    )
+)]
+pub(crate) async fn set_live(
+    _: Reader,
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(toggle): ApiJson<LiveToggle>,
+) -> ApiResult<Json<LiveState>> {
+    let store = state.queue.store();
+    let job = store.job(id).await?;
+    let run = follow::pick_run(&job, None).filter(|r| r.state == RunState::Running);
+    let Some(run) = run else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "job {id} has no running run (state {}); its log is stored once a run ends",
+                job.info.state
+            ),
+        ));
+    };
+    let Some((node, true)) = store.run_owner(run.id).await? else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("run {} of job {id} just ended", run.number),
+        ));
+    };
+    let viewers = state.live.set_live(run.id, node, toggle.live);
+    Ok(Json(LiveState {
+        job_id: id,
+        run_id: run.id,
+        live: toggle.live,
+        viewers,
+    }))
+}
+
+#[utoipa::path(
+    get, path = "/v1/stats",
+    responses((status = 200, description = "counters of this server since it started", body = Stats))
+)]
+pub(crate) async fn stats(_: Reader, State(state): Shared) -> Json<Stats> {
+    Json(Stats {
+        logs: state.live.stats(),
+    })
+}
