@@ -60,9 +60,11 @@ impl Modify for Shared_ {
             ] {
                 let Some(op) = op else { continue };
                 // The routes the table lets through without a token.
-                let public = table
-                    .iter()
-                    .any(|r| r.method == method && r.path == path && r.audience.scope().is_none());
+                let public = table.iter().any(|r| {
+                    r.method == method
+                        && r.documented_path() == *path
+                        && r.audience.scope().is_none()
+                });
                 let has_params = path.contains('{') || op.parameters.is_some();
                 let responses = &mut op.responses.responses;
                 if path.contains('{') {

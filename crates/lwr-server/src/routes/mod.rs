@@ -130,6 +130,11 @@ where
 }
 
 impl Route {
+    /// The path as OpenAPI writes it: a wildcard `{*name}` is a plain `{name}` there.
+    pub fn documented_path(&self) -> String {
+        self.path.replace("{*", "{")
+    }
+
     fn streamed(mut self) -> Route {
         self.streamed = true;
         self
