@@ -13,6 +13,8 @@ pub mod manifest;
 pub mod node;
 pub mod pool;
 pub mod push;
+pub mod sync;
+pub mod timing;
 pub mod words;
 
 pub use auth::{Scope, Scopes};

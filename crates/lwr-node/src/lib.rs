@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use lwr_client::{Client, ClientError, StatusCode};
 use lwr_model::api::{Assignment, ClaimRequest, Heartbeat, Outcome, RegisterNode, RunResult};
+use lwr_model::sync::lock;
 use thiserror::Error;
 use tokio::sync::{Semaphore, oneshot, watch};
 
@@ -704,11 +705,6 @@ fn lwr_binary() -> Option<String> {
             None
         }
     }
-}
-
-/// Locks a mutex, carrying on if a panicking task poisoned it (the map stays usable).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Exponential backoff for talking to a server that is away; logs once per outage.
