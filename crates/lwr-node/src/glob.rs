@@ -180,5 +180,42 @@ mod tests {
             "directories do not match"
         );
         assert!(find(d, "nope/*").unwrap().is_empty());
+        assert_eq!(find(d, "*/r.xml").unwrap(), ["x/r.xml"]);
+        assert_eq!(find(d, "dist/**/r.xml").unwrap(), ["dist/sub/deep/r.xml"]);
+        assert_eq!(
+            find(d, "dist/*.*").unwrap(),
+            ["dist/app-1.2.3.tar.gz", "dist/app-1.2.3.zip"]
+        );
+        assert_eq!(
+            find(d, "dist//./app-1.2.3.zip").unwrap(),
+            ["dist/app-1.2.3.zip"]
+        );
+        assert_eq!(find(d, "?/r.xml").unwrap(), ["x/r.xml"]);
+    }
+
+    #[test]
+    fn classes_and_a_literal_unclosed_bracket() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        for f in ["v1.txt", "vx.txt", "a.txt", "b.txt", "[x"] {
+            std::fs::write(d.join(f), "x").unwrap();
+        }
+        assert_eq!(find(d, "v[0-9].txt").unwrap(), ["v1.txt"]);
+        assert_eq!(find(d, "[ab].txt").unwrap(), ["a.txt", "b.txt"]);
+        assert_eq!(find(d, "[!a].txt").unwrap(), ["b.txt"]);
+        assert_eq!(find(d, "[^a].txt").unwrap(), ["b.txt"]);
+        assert_eq!(find(d, "[x").unwrap(), ["[x"]);
+    }
+
+    #[test]
+    fn double_star_does_not_enter_symlinked_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::create_dir_all(d.join("x")).unwrap();
+        std::fs::write(d.join("x/r.xml"), "x").unwrap();
+        std::os::unix::fs::symlink(d.join("x"), d.join("link")).unwrap();
+        assert_eq!(find(d, "**/r.xml").unwrap(), ["x/r.xml"]);
+        assert_eq!(find(d, "link/r.xml").unwrap(), ["link/r.xml"]);
+        assert_eq!(find(d, "*/r.xml").unwrap(), ["link/r.xml", "x/r.xml"]);
     }
 }

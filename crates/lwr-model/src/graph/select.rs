@@ -131,6 +131,14 @@ mod tests {
             ("**/*.md", "x/y/a.md"),
             ("src/**/test.rs", "src/test.rs"),
             ("v?", "v1"),
+            ("a/**/b", "a/b"),
+            ("a/**/b", "a/x/y/b"),
+            ("**", "a/b/c"),
+            ("*", ".hidden"),
+            ("release/*", "release/"),
+            ("docs/**", "docs/"),
+            ("*.tar.gz", "app-1.2.tar.gz"),
+            ("a-*-b", "a--b"),
         ] {
             assert!(glob_match(p, t), "{p} should match {t}");
         }
@@ -140,6 +148,11 @@ mod tests {
             ("*.md", "docs/a.md"),
             ("v?", "v12"),
             ("docs/**", "doc/a"),
+            ("docs/**", "docs"),
+            ("a?b", "a/b"),
+            ("*", "a/b"),
+            ("src/*.rs", "src/a/b.rs"),
+            ("a/**/b", "a/bc"),
         ] {
             assert!(!glob_match(p, t), "{p} should not match {t}");
         }
@@ -152,6 +165,11 @@ mod tests {
         };
         assert!(w.matches(&["docs/intro.md".into()]));
         assert!(!w.matches(&["src/main.rs".into()]));
+        let rooted = When {
+            changed: vec!["/src/*.rs".into()],
+        };
+        assert!(rooted.matches(&["src/main.rs".into()]));
+        assert!(!rooted.matches(&["lib/src/main.rs".into()]));
     }
 
     #[test]
