@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod glob;
 pub mod graph;
 pub mod ids;
 pub mod job;

@@ -239,7 +239,7 @@ fn find_files(job_dir: &Path, decl: &ArtifactDecl) -> Result<Vec<String>, Artifa
         reason,
     };
     manifest::check_artifact_path(&decl.path).map_err(bad)?;
-    let files = glob::find(job_dir, &decl.path).map_err(|e| bad(e.to_string()))?;
+    let files = glob::find(job_dir, &decl.path).map_err(bad)?;
     let root = job_dir.canonicalize().map_err(|e| bad(e.to_string()))?;
     for rel in &files {
         // A symlink may point anywhere: what it resolves to must be in the job dir too.
