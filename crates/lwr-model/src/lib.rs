@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backoff;
 pub mod glob;
 pub mod graph;
 pub mod ids;
