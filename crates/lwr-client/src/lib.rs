@@ -107,7 +107,7 @@ fn hashing_body(
             // Filled by the read itself: no zeroing of each chunk first.
             let mut buf = Vec::with_capacity(UPLOAD_CHUNK);
             match (&mut file).take(UPLOAD_CHUNK as u64).read_to_end(&mut buf) {
-                Ok(0) => return Ok(Some(lwr_model::manifest::hex(&hasher.finalize()))),
+                Ok(0) => return Ok(Some(hex::encode(hasher.finalize()))),
                 Ok(_) => {}
                 Err(e) => {
                     let copy = std::io::Error::new(e.kind(), e.to_string());
@@ -681,7 +681,7 @@ impl Client {
                 file.write_all(&chunk).await.map_err(file_err)?;
             }
             file.flush().await.map_err(file_err)?;
-            let got = lwr_model::manifest::hex(&hasher.finalize());
+            let got = hex::encode(hasher.finalize());
             if got != sha256 {
                 return Err(ClientError::HashMismatch {
                     url: self.url(location),

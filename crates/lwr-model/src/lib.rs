@@ -5,6 +5,8 @@
 
 pub mod api;
 pub mod auth;
+pub mod backoff;
+pub mod glob;
 pub mod graph;
 pub mod ids;
 pub mod job;
@@ -13,6 +15,8 @@ pub mod manifest;
 pub mod node;
 pub mod pool;
 pub mod push;
+pub mod sync;
+pub mod timing;
 pub mod words;
 
 pub use auth::{Scope, Scopes};

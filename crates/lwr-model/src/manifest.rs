@@ -219,17 +219,6 @@ pub fn check_artifact_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
 /// True for 64 lowercase hex digits.
 pub fn valid_sha256(s: &str) -> bool {
     s.len() == 64
@@ -373,7 +362,6 @@ mod tests {
         assert!(KNOWN_KINDS.iter().all(|k| valid_kind(k)));
         assert!(valid_kind("robocop-apk"));
         assert!(!valid_kind("Bad Kind") && !valid_kind(""));
-        assert_eq!(hex(&[0, 15, 255]), "000fff");
         assert!(valid_sha256(&"a1".repeat(32)));
         assert!(!valid_sha256("A1") && !valid_sha256(&"g".repeat(64)));
         assert_eq!(content_type("dist/app-1.2.3.tar.gz"), "application/gzip");

@@ -287,9 +287,8 @@ pub fn decide(job: &ReadyJob, claimer: &PoolNode, pool: &Pool, now: i64) -> Deci
     decide_with(job, claimer, pool, now, &mut Memo::default())
 }
 
-/// How long a job's affinity node may have been silent and still be waited for. Nodes
-/// heartbeat every 5 s at most, busy or idle.
-pub const AFFINITY_SILENCE_MS: i64 = 15_000;
+/// [`crate::timing::AFFINITY_SILENCE`] on the pool's clock (milliseconds).
+pub const AFFINITY_SILENCE_MS: i64 = crate::timing::AFFINITY_SILENCE.as_millis() as i64;
 
 /// [`decide`] for one of many jobs of the same claim: `memo` carries what the earlier ones
 /// found, so a slow node that holds thousands of jobs for faster ones in a burst does not

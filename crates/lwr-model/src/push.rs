@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::graph::{JobSpec, Requires, glob_match};
+use crate::glob::{self, glob_match};
+use crate::graph::{JobSpec, Requires};
 use crate::node::Requirements;
 
 /// The name of a push's decision job; a graph submitted for a push may not use it.
@@ -85,7 +86,7 @@ pub fn check_branch_pattern(pattern: &str) -> Result<(), String> {
     if pattern.chars().any(|c| c.is_control() || c == ' ') {
         return Err(format!("'{pattern}' contains a space or control character"));
     }
-    Ok(())
+    glob::check(pattern)
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ pub(crate) fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    Ok((manifest::hex(&hasher.finalize()), size))
+    Ok((hex::encode(hasher.finalize()), size))
 }
 
 /// Reads and removes the job's `$LWR_EXTRA` file: `None` when the job wrote none.
@@ -239,7 +239,7 @@ fn find_files(job_dir: &Path, decl: &ArtifactDecl) -> Result<Vec<String>, Artifa
         reason,
     };
     manifest::check_artifact_path(&decl.path).map_err(bad)?;
-    let files = glob::find(job_dir, &decl.path).map_err(|e| bad(e.to_string()))?;
+    let files = glob::find(job_dir, &decl.path).map_err(bad)?;
     let root = job_dir.canonicalize().map_err(|e| bad(e.to_string()))?;
     for rel in &files {
         // A symlink may point anywhere: what it resolves to must be in the job dir too.
@@ -383,13 +383,13 @@ mod tests {
         let f = tmp.path().join("f");
         std::fs::write(&f, "installer-bytes").unwrap();
         let (sha, size) = sha256_file(&f).unwrap();
-        assert_eq!(sha, manifest::hex(&Sha256::digest(b"installer-bytes")));
+        assert_eq!(sha, hex::encode(Sha256::digest(b"installer-bytes")));
         assert_eq!(size, 15);
         // 1 MiB + 1 crosses chunk boundaries; compare with a one-shot hash.
         let big = vec![7u8; (1 << 20) + 1];
         std::fs::write(&f, &big).unwrap();
         let (sha, size) = sha256_file(&f).unwrap();
-        assert_eq!(sha, manifest::hex(&Sha256::digest(&big)));
+        assert_eq!(sha, hex::encode(Sha256::digest(&big)));
         assert_eq!(size, big.len() as u64);
     }
 

@@ -13,9 +13,6 @@ use nix::unistd::Pid;
 use tokio::process::Command;
 use tokio::sync::oneshot;
 
-/// Time between SIGTERM and SIGKILL when a job is stopped.
-const KILL_GRACE: Duration = Duration::from_secs(3);
-
 /// Everything needed to start a job's process.
 pub struct Launch {
     pub run_id: i64,
@@ -202,7 +199,7 @@ enum Ended {
 async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>) {
     let Some(pgid) = pgid else { return };
     let _ = killpg(pgid, Signal::SIGTERM);
-    if tokio::time::timeout(KILL_GRACE, child.wait())
+    if tokio::time::timeout(lwr_model::timing::KILL_GRACE, child.wait())
         .await
         .is_err()
     {

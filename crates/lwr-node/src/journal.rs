@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use lwr_model::api::{Outcome, RunResult};
+use lwr_model::sync::lock;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -164,10 +165,6 @@ pub(crate) fn restarted(run_id: i64) -> RunResult {
         exit_code: None,
         reason: Some("the node restarted while the job ran".into()),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use lwr_client::{Client, ClientError, StatusCode};
 use lwr_model::api::{Assignment, ClaimRequest, Heartbeat, Outcome, RegisterNode, RunResult};
+use lwr_model::sync::lock;
+use lwr_model::timing;
 use thiserror::Error;
 use tokio::sync::{Semaphore, oneshot, watch};
 
@@ -30,14 +32,10 @@ use crate::exec::{Launch, Stop};
 use crate::journal::Journal;
 use crate::report::Reporter;
 
-/// How long one claim waits on the server for a job before asking again.
-const CLAIM_WAIT: Duration = Duration::from_secs(20);
 /// How often a node whose health check fails runs it again.
 const HEALTH_RETRY: Duration = Duration::from_secs(2);
 /// Longest a health check may take before it counts as failed.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest pause between attempts to reach a server that does not answer.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -392,7 +390,7 @@ impl Node {
             };
             let req = ClaimRequest {
                 max: permits.len() as u32,
-                wait_ms: CLAIM_WAIT.as_millis() as u64,
+                wait_ms: timing::CLAIM_WAIT.as_millis() as u64,
                 results,
             };
             let answer = tokio::select! {
@@ -661,9 +659,8 @@ impl Node {
     /// Renews the leases of running jobs and stops those the server gave up on.
     async fn heartbeat_loop(self: Arc<Self>) {
         loop {
-            // A third of the lease, and at most 5 s so a cancelled job stops soon.
-            let every =
-                Duration::from_secs((self.lease_secs.load(Ordering::Relaxed) / 3).clamp(1, 5));
+            let lease = Duration::from_secs(self.lease_secs.load(Ordering::Relaxed));
+            let every = timing::heartbeat_every(lease);
             tokio::time::sleep(every).await;
             let runs: Vec<i64> = lock(&self.running).keys().copied().collect();
             let unhealthy = lock(&self.unhealthy).clone();
@@ -706,21 +703,17 @@ fn lwr_binary() -> Option<String> {
     }
 }
 
-/// Locks a mutex, carrying on if a panicking task poisoned it (the map stays usable).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Exponential backoff for talking to a server that is away; logs once per outage.
+/// Backoff for talking to a server that is away ([`timing::NODE_RETRY`], jittered so nodes
+/// do not come back in lockstep after a server restart); logs once per outage.
 struct Backoff {
-    delay: Duration,
+    retries: u32,
     warned: bool,
 }
 
 impl Backoff {
     fn new() -> Backoff {
         Backoff {
-            delay: Duration::from_millis(100),
+            retries: 0,
             warned: false,
         }
     }
@@ -737,7 +730,7 @@ impl Backoff {
             tracing::warn!("{what}; retrying with backoff");
             self.warned = true;
         }
-        tokio::time::sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(MAX_BACKOFF);
+        self.retries = self.retries.saturating_add(1);
+        tokio::time::sleep(timing::NODE_RETRY.pause(self.retries)).await;
     }
 }

@@ -16,7 +16,9 @@ use lwr_model::api::{ReportResults, ResultAck, RunResult};
 use tokio::sync::Notify;
 
 use crate::journal::Journal;
-use crate::{Backoff, artifact, exec, lock};
+use lwr_model::sync::lock;
+
+use crate::{Backoff, artifact, exec};
 
 /// Most results sent in one request.
 const MAX_BATCH: usize = 500;

@@ -18,12 +18,13 @@ use lwr_model::logstream::MAX_CHUNK;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{Backoff, exec, lock};
+use lwr_model::sync::lock;
+use lwr_model::timing;
+
+use crate::{Backoff, exec};
 
 /// How often a streamer that caught up looks for new output.
 const FOLLOW_EVERY: Duration = Duration::from_millis(10);
-/// How long one streams long-poll waits on the server.
-const STREAMS_WAIT: Duration = Duration::from_secs(20);
 /// How soon to look again for the log of a wanted run that has no log file yet.
 const NOT_YET: Duration = Duration::from_millis(250);
 /// How long a streamer told that nobody wants its log waits before it sends again.
@@ -87,7 +88,7 @@ pub(crate) async fn serve(client: Client, node: i64, work_dir: PathBuf, logs: Ar
     let mut version = None;
     let mut streamers: HashMap<i64, JoinHandle<()>> = HashMap::new();
     let mut backoff = Backoff::new();
-    let mut wait = STREAMS_WAIT;
+    let mut wait = timing::STREAMS_WAIT;
     loop {
         let wanted = match client.log_streams(node, version, wait).await {
             Ok(wanted) => {
@@ -96,7 +97,7 @@ pub(crate) async fn serve(client: Client, node: i64, work_dir: PathBuf, logs: Ar
             }
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
                 // A server without live logs, or one that forgot this node: ask rarely.
-                tokio::time::sleep(STREAMS_WAIT).await;
+                tokio::time::sleep(timing::STREAMS_WAIT).await;
                 continue;
             }
             Err(e) => {
@@ -114,7 +115,7 @@ pub(crate) async fn serve(client: Client, node: i64, work_dir: PathBuf, logs: Ar
             }
             keep
         });
-        wait = STREAMS_WAIT;
+        wait = timing::STREAMS_WAIT;
         for s in wanted.streams {
             if streamers.contains_key(&s.run_id) {
                 continue;

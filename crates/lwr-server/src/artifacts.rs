@@ -180,7 +180,7 @@ pub(crate) async fn upload(
         expires,
         key,
         size,
-        sha256: manifest::hex(&hasher.finalize()),
+        sha256: hex::encode(hasher.finalize()),
         upload,
         since: Instant::now(),
     };

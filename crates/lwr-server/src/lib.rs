@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lwr_model::timing;
 use lwr_store::Store;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -58,11 +59,11 @@ impl Config {
     pub fn new(data_dir: PathBuf) -> Config {
         Config {
             data_dir,
-            lease: Duration::from_secs(30),
+            lease: timing::DEFAULT_LEASE,
             max_log_bytes: 1 << 30,
             max_artifact_bytes: 10 << 30,
             artifact_expiry: Duration::from_secs(30 * 24 * 3600),
-            artifact_sweep: Duration::from_secs(60),
+            artifact_sweep: timing::DEFAULT_ARTIFACT_SWEEP,
             artifact_store: "dir".into(),
             auth: false,
             provider: Default::default(),

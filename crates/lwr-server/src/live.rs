@@ -14,9 +14,10 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use lwr_model::logstream::{self, Append, ChunkAck, LogStats, LogStreams, StreamRequest};
+use lwr_model::sync::lock;
 use tokio::sync::watch;
 
 /// How much of a run's log the server holds.
@@ -80,10 +81,6 @@ impl LiveRun {
         buf.truncate(got);
         Ok(buf)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[derive(Default)]

@@ -54,7 +54,7 @@ pub(crate) async fn store(
     }
     file.flush().await.map_err(io_err)?;
     drop(file);
-    let sha256 = lwr_model::manifest::hex(&hasher.finalize());
+    let sha256 = hex::encode(hasher.finalize());
     if let Some(expected) = expected
         && expected != sha256
     {

@@ -13,7 +13,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lwr_model::backoff::Backoff;
 use lwr_model::push::branch_wanted;
+use lwr_model::timing;
 use lwr_store::{PollTarget, now_ms};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -28,8 +30,6 @@ const MAX_IN_FLIGHT: usize = 8;
 /// The repository list is read again this often even when nobody changed it here (another
 /// server may share the database).
 const RELOAD: Duration = Duration::from_secs(30);
-/// Longest pause between polls of a failing repository.
-const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
 /// What the API and the poller share: when each repository was last polled, and a way to
 /// tell the poller that the list changed.
@@ -244,7 +244,7 @@ async fn finish(
         Err(e) => e,
     };
     let failures = entry.target.failures.saturating_add(1);
-    let delay = backoff(every, failures);
+    let delay = backoff(every).pause(failures);
     let retry_at = now_ms() + delay.as_millis() as i64;
     if entry.target.failures == 0 {
         tracing::warn!(
@@ -265,11 +265,14 @@ async fn finish(
     }
 }
 
-/// The pause after `failures` failed polls in a row: the interval doubled per failure, at
-/// most `MAX_BACKOFF`.
-fn backoff(every: Duration, failures: u32) -> Duration {
-    let factor = 1u32 << failures.min(16);
-    every.saturating_mul(factor).min(MAX_BACKOFF)
+/// Pauses after failed polls in a row: from the interval up to doubling it per failure,
+/// jittered so that repositories failing together (a git host down) are not polled together
+/// again; at most [`timing::POLL_RETRY_CAP`], even for a longer interval.
+fn backoff(every: Duration) -> Backoff {
+    Backoff {
+        floor: every.min(timing::POLL_RETRY_CAP),
+        cap: timing::POLL_RETRY_CAP,
+    }
 }
 
 /// The branch heads of the repository at `url`.
@@ -468,11 +471,14 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_a_limit() {
+    fn backoff_grows_from_the_interval_up_to_a_limit() {
         let every = Duration::from_secs(10);
-        assert_eq!(backoff(every, 1), Duration::from_secs(20));
-        assert_eq!(backoff(every, 3), Duration::from_secs(80));
-        assert_eq!(backoff(every, 40), MAX_BACKOFF);
+        assert_eq!(backoff(every).delay(1, 0.0), every);
+        assert_eq!(backoff(every).delay(1, 1.0), Duration::from_secs(20));
+        assert_eq!(backoff(every).delay(3, 1.0), Duration::from_secs(80));
+        assert_eq!(backoff(every).delay(40, 1.0), timing::POLL_RETRY_CAP);
+        let hourly = backoff(Duration::from_secs(3600));
+        assert_eq!(hourly.delay(1, 0.0), timing::POLL_RETRY_CAP);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lwr_model::NodeState;
+use lwr_model::sync::lock;
 use thiserror::Error;
 
 use crate::AppState;
@@ -473,10 +474,6 @@ fn provider_prefix(kind: &ProviderKind) -> &'static str {
         ProviderKind::Local => "local",
         _ => "provided",
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lwr_model::api::{GraphInfo, ResultAck, RunResult, SubmitGraph};
+use lwr_model::timing;
 use lwr_store::{Cancelled, Claimed, Effects, Event, Events, Store, StoreError, now_ms};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
 use crate::AppState;
 
-/// Longest a claim or a graph wait may be held open.
-pub const MAX_WAIT: Duration = Duration::from_secs(60);
+pub use lwr_model::timing::MAX_WAIT;
 
 pub struct Queue {
     store: Store,
@@ -239,7 +239,7 @@ impl Queue {
     /// any job it missed.
     pub async fn follow(&self, mut events: Events) {
         loop {
-            match events.next(Duration::from_secs(1)).await {
+            match events.next(timing::LISTEN_RETRY).await {
                 Event::Wake(effects) => self.wake(effects),
                 Event::Reconnected => self.wake(Effects::NEW_WORK),
             }
@@ -253,7 +253,7 @@ impl Queue {
 
 /// Ends runs whose node stopped renewing them. Runs beside the dispatch path, never in it.
 pub(crate) async fn sweep_leases(state: Arc<AppState>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(timing::LEASE_SWEEP);
     loop {
         tick.tick().await;
         if let Err(e) = state.queue.expire_leases().await {

@@ -40,8 +40,7 @@ pub struct Staging {
 
 impl Staging {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Staged>> {
-        // A panic while holding the lock leaves a plain map: still usable.
-        self.uploads.lock().unwrap_or_else(|e| e.into_inner())
+        lwr_model::sync::lock(&self.uploads)
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -51,8 +51,9 @@ impl NodeCache {
     }
 }
 
-/// A node that has not been heard from for this long is shown as `lost`.
-pub const LOST_AFTER_MS: i64 = 60_000;
+/// A node that has not been heard from for this long is shown as `lost`
+/// ([`lwr_model::timing::DEFAULT_NODE_LOST_AFTER`]).
+pub const LOST_AFTER_MS: i64 = lwr_model::timing::DEFAULT_NODE_LOST_AFTER.as_millis() as i64;
 
 impl Store {
     /// Registers a node, or updates the one with the same name (a node restarting keeps its

@@ -76,7 +76,7 @@ impl Default for PoolCache {
 
 impl PoolCache {
     fn lock(&self) -> MutexGuard<'_, Cached> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        lwr_model::sync::lock(&self.0)
     }
 
     /// Reads the pool again at the next claim.

@@ -16,8 +16,9 @@ use crate::queue::Tx;
 use crate::rows::{col, json, to_json, u32_of};
 use crate::{Result, Store, StoreError, rfc3339};
 
-/// Default time between two polls of a repository.
-pub const DEFAULT_EVERY_MS: i64 = 30_000;
+/// Default time between two polls of a repository
+/// ([`lwr_model::timing::DEFAULT_POLL_EVERY`]).
+pub const DEFAULT_EVERY_MS: i64 = lwr_model::timing::DEFAULT_POLL_EVERY.as_millis() as i64;
 
 /// A repository as the poller needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]

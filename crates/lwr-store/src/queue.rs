@@ -588,10 +588,7 @@ async fn kept_dir(tx: &mut Tx, graph_id: i64, name: &str) -> Result<String> {
         repository.unwrap_or_default(),
         branch.unwrap_or_default()
     );
-    let hash: String = Sha256::digest(key.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = hex::encode(&Sha256::digest(key.as_bytes())[..8]);
     let readable: String = name
         .chars()
         .take(64)

@@ -636,4 +636,19 @@ mod tests {
             assert!(parse_listen(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn server_defaults_are_the_timing_constants() {
+        use lwr_model::timing;
+        #[derive(Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        // clap needs its defaults as text; this keeps the text and the constants one.
+        let args = Serve::try_parse_from(["lwr"]).unwrap().args;
+        assert_eq!(args.lease, timing::DEFAULT_LEASE);
+        assert_eq!(args.node_lost_after, timing::DEFAULT_NODE_LOST_AFTER);
+        assert_eq!(args.artifact_sweep, timing::DEFAULT_ARTIFACT_SWEEP);
+    }
 }

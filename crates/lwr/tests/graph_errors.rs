@@ -203,6 +203,42 @@ jobs:
 }
 
 #[test]
+fn a_bad_glob_is_named_offline() {
+    let tmp = tempdir();
+    let when = graph_of(
+        tmp.path(),
+        "when",
+        "version: 1
+jobs:
+  docs:
+    run: make docs
+    when: {changed: [\"docs/**\", \"src/{a\"]}
+",
+    );
+    when.assert_clear_error(2)
+        .assert_stderr_has(&["docs", "when.changed[1]", "src/{a", "[{]"]);
+    assert_line(&when, 5);
+
+    let artifact = graph_of(
+        tmp.path(),
+        "artifact",
+        "version: 1
+jobs:
+  build:
+    run: make
+    artifacts:
+      - {name: app, path: \"dist/[z-a].tar\"}
+",
+    );
+    artifact.assert_clear_error(2).assert_stderr_has(&[
+        "build",
+        "artifacts[0].path",
+        "dist/[z-a].tar",
+    ]);
+    assert_line(&artifact, 6);
+}
+
+#[test]
 fn an_unsupported_version_is_named() {
     let tmp = tempdir();
     let out = graph_of(tmp.path(), "v2", "version: 2\njobs:\n  a:\n    run: true\n");

@@ -15,7 +15,7 @@ use lwr_model::manifest::{self, Manifest};
 use sha2::{Digest, Sha256};
 
 fn sha(bytes: &[u8]) -> String {
-    manifest::hex(&Sha256::digest(bytes))
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// A build whose installer has a version in its name, and a test that finds it only

@@ -19,7 +19,7 @@ mod validate;
 
 pub use diff::{GraphDiff, JobChange, diff};
 pub use parse::{parse, parse_duration};
-pub use select::{LeftOut, glob_match, select};
+pub use select::{LeftOut, select};
 pub use validate::GraphError;
 
 /// Default number of extra runs after an infrastructure failure.

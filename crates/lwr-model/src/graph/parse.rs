@@ -165,6 +165,7 @@ struct RawJob {
     matrix: Vec<(String, Vec<String>)>,
     requires: Requires,
     when: Option<When>,
+    when_line: Option<usize>,
     prefer: Vec<Prefer>,
     prefer_line: Option<usize>,
     affinity_wait_secs: Option<u64>,
@@ -461,6 +462,7 @@ fn read_job(
         when: None,
         prefer: Vec::new(),
         prefer_line: None,
+        when_line: None,
         affinity_wait_secs: None,
         affinity_wait_line: None,
         keep_workdir: false,
@@ -540,7 +542,10 @@ fn read_field(
                 }
             }
         }
-        "when" => job.when = Some(read_when(cx, line, value)?),
+        "when" => {
+            job.when = Some(read_when(cx, line, value)?);
+            job.when_line = line;
+        }
         "prefer" => {
             job.prefer = read_prefer(cx, line, value)?;
             job.prefer_line = line;
@@ -945,6 +950,7 @@ fn expand(file: &str, jobs: &[RawJob]) -> Result<(Graph, Vec<JobLines>), GraphEr
                 expires: job.expires_line,
                 affinity_wait: job.affinity_wait_line,
                 prefer: job.prefer_line,
+                when: job.when_line,
                 needs: needs.iter().map(|n| (n.1, n.2.clone())).collect(),
                 artifacts: job.artifact_lines.clone(),
             });

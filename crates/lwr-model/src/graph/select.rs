@@ -3,10 +3,12 @@
 
 use std::collections::{HashMap, HashSet};
 
+use globset::GlobMatcher;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{Graph, When};
+use crate::glob;
 
 /// A job of a push's graph that the decision job did not schedule, and why. It can still be
 /// added later with `lwr trigger`.
@@ -16,53 +18,25 @@ pub struct LeftOut {
     pub reason: String,
 }
 
-/// True when `text` matches the glob `pattern`: `*` is any run of characters but `/`, `**`
-/// any run including `/` (`a/**/b` also matches `a/b`), `?` one character but `/`.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    matches_at(&p, &t)
-}
-
-fn matches_at(p: &[char], t: &[char]) -> bool {
-    match p.first() {
-        None => t.is_empty(),
-        Some('*') if p.get(1) == Some(&'*') => {
-            let rest = &p[2..];
-            // `**/` may also stand for no directory at all.
-            if rest.first() == Some(&'/') && matches_at(&rest[1..], t) {
-                return true;
-            }
-            (0..=t.len()).any(|i| matches_at(rest, &t[i..]))
-        }
-        Some('*') => {
-            let rest = &p[1..];
-            for i in 0..=t.len() {
-                if matches_at(rest, &t[i..]) {
-                    return true;
-                }
-                if t.get(i) == Some(&'/') {
-                    break;
-                }
-            }
-            false
-        }
-        Some('?') => t.first().is_some_and(|c| *c != '/') && matches_at(&p[1..], &t[1..]),
-        Some(c) => t.first() == Some(c) && matches_at(&p[1..], &t[1..]),
-    }
-}
-
 impl When {
     /// True when one of `files` (paths relative to the repository root) matches a
-    /// `changed` pattern. A pattern without `/` matches a file's name in any directory, as
-    /// in `.gitignore`: `*.md` matches `docs/intro.md`.
+    /// `changed` pattern (the [`crate::glob`] dialect). A pattern without `/` matches a
+    /// file's name in any directory, as in `.gitignore`: `*.md` matches `docs/intro.md`.
     pub fn matches(&self, files: &[String]) -> bool {
+        // Compiled once per job, not per file: a push may change thousands of files.
+        let patterns: Vec<(GlobMatcher, bool)> = self
+            .changed
+            .iter()
+            .filter_map(|p| {
+                let p = p.trim_start_matches('/');
+                glob::compile(p).ok().map(|m| (m, !p.contains('/')))
+            })
+            .collect();
         files.iter().any(|file| {
             let name = file.rsplit('/').next().unwrap_or(file);
-            self.changed.iter().any(|pattern| {
-                let pattern = pattern.trim_start_matches('/');
-                glob_match(pattern, file) || (!pattern.contains('/') && glob_match(pattern, name))
-            })
+            patterns
+                .iter()
+                .any(|(m, by_name)| m.is_match(file) || (*by_name && m.is_match(name)))
         })
     }
 }
@@ -119,6 +93,7 @@ pub fn select(graph: &Graph, changed: Option<&[String]>) -> Vec<LeftOut> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::glob::glob_match;
     use crate::graph::parse;
 
     #[test]
@@ -131,6 +106,14 @@ mod tests {
             ("**/*.md", "x/y/a.md"),
             ("src/**/test.rs", "src/test.rs"),
             ("v?", "v1"),
+            ("a/**/b", "a/b"),
+            ("a/**/b", "a/x/y/b"),
+            ("**", "a/b/c"),
+            ("*", ".hidden"),
+            ("release/*", "release/"),
+            ("docs/**", "docs/"),
+            ("*.tar.gz", "app-1.2.tar.gz"),
+            ("a-*-b", "a--b"),
         ] {
             assert!(glob_match(p, t), "{p} should match {t}");
         }
@@ -140,6 +123,11 @@ mod tests {
             ("*.md", "docs/a.md"),
             ("v?", "v12"),
             ("docs/**", "doc/a"),
+            ("docs/**", "docs"),
+            ("a?b", "a/b"),
+            ("*", "a/b"),
+            ("src/*.rs", "src/a/b.rs"),
+            ("a/**/b", "a/bc"),
         ] {
             assert!(!glob_match(p, t), "{p} should not match {t}");
         }
@@ -152,6 +140,11 @@ mod tests {
         };
         assert!(w.matches(&["docs/intro.md".into()]));
         assert!(!w.matches(&["src/main.rs".into()]));
+        let rooted = When {
+            changed: vec!["/src/*.rs".into()],
+        };
+        assert!(rooted.matches(&["src/main.rs".into()]));
+        assert!(!rooted.matches(&["lib/src/main.rs".into()]));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{Graph, JobSpec, normalize_name};
-use crate::manifest;
+use crate::{glob, manifest};
 
 /// Most jobs one graph may hold after matrix expansion (a hostile file must not exhaust memory).
 pub(crate) const MAX_JOBS: usize = 100_000;
@@ -392,6 +392,7 @@ pub(crate) struct JobLines {
     pub expires: Option<usize>,
     pub affinity_wait: Option<usize>,
     pub prefer: Option<usize>,
+    pub when: Option<usize>,
     /// Per need of the `JobSpec`: its line and the name as the file wrote it.
     pub needs: Vec<(Option<usize>, String)>,
     /// Per artifact of the `JobSpec`.
@@ -566,6 +567,14 @@ fn check_job(job: &JobSpec, file: &str, lines: Option<&JobLines>) -> Result<(), 
         let message = "needs at least one non-empty path pattern".to_string();
         return Err(invalid(job_line, "when.changed".into(), message));
     }
+    if let Some(when) = &job.when {
+        for (i, pattern) in when.changed.iter().enumerate() {
+            if let Err(message) = glob::check(pattern.trim_start_matches('/')) {
+                let line = lines.and_then(|l| l.when).or(job_line);
+                return Err(invalid(line, format!("when.changed[{i}]"), message));
+            }
+        }
+    }
     let mut seen = HashSet::new();
     for (i, artifact) in job.artifacts.iter().enumerate() {
         let line = lines
@@ -592,7 +601,9 @@ fn check_job(job: &JobSpec, file: &str, lines: Option<&JobLines>) -> Result<(), 
             let message = "'log' is reserved for the run's log; choose another name".into();
             return Err(invalid(line, field("name"), message));
         }
-        if let Err(message) = manifest::check_artifact_path(&artifact.path) {
+        if let Err(message) =
+            manifest::check_artifact_path(&artifact.path).and_then(|()| glob::check(&artifact.path))
+        {
             return Err(invalid(line, field("path"), message));
         }
         if !manifest::valid_kind(&artifact.kind) {

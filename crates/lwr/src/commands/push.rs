@@ -14,8 +14,6 @@ use lwr_model::api::{GraphInfo, StateCounts, SubmitGraph};
 use super::graph::{GRAPH_FILE, read_working_tree};
 use crate::cli::PushArgs;
 
-/// How long one wait request is held by the server.
-const WAIT: Duration = Duration::from_secs(25);
 /// Least time between two progress requests: changes in between arrive together.
 const MIN_POLL: Duration = Duration::from_millis(50);
 
@@ -109,7 +107,10 @@ async fn wait(client: &Client, mut info: GraphInfo) -> anyhow::Result<GraphInfo>
     let mut outage: Option<Instant> = None;
     while !info.finished {
         let asked = Instant::now();
-        match client.graph(info.id, Some(info.seq), WAIT).await {
+        match client
+            .graph(info.id, Some(info.seq), lwr_model::timing::PUSH_WAIT)
+            .await
+        {
             Ok(next) => {
                 outage = None;
                 info = next;
