@@ -14,7 +14,7 @@ use crate::{Client, ClientError, REQUEST_TIMEOUT, Result};
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest silence on a followed log before it counts as broken (the server sends a
 /// keep-alive comment every 15 s).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+const IDLE_TIMEOUT: Duration = lwr_model::timing::STREAM_IDLE_TIMEOUT;
 
 /// One event of a followed log.
 #[derive(Debug, Clone, PartialEq, Eq)]

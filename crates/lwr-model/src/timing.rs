@@ -90,6 +90,15 @@ pub const DEFAULT_POLL_EVERY: Duration = secs(30);
 /// How often a server's lost `LISTEN` connection (PostgreSQL) is tried again.
 pub const LISTEN_RETRY: Duration = secs(1);
 
+// ---- event and log streams ----
+
+/// A Server-Sent Events stream sends a comment at least this often while nothing happens, so
+/// proxies and the client's idle timeout see a live connection.
+pub const SSE_KEEPALIVE: Duration = secs(15);
+/// A client following a stream gives up on a server that sent nothing for this long, and
+/// reconnects (to the next server, if it was given several).
+pub const STREAM_IDLE_TIMEOUT: Duration = secs(45);
+
 // ---- sweeps ----
 
 /// How often expired artifacts (and stale staged uploads) are deleted (`--artifact-sweep`).
@@ -121,6 +130,10 @@ const _: () = assert!(
         && STREAMS_WAIT.as_millis() <= MAX_WAIT.as_millis()
         && PUSH_WAIT.as_millis() <= MAX_WAIT.as_millis(),
     "a long poll asks for no more than the server holds"
+);
+const _: () = assert!(
+    STREAM_IDLE_TIMEOUT.as_millis() >= 2 * SSE_KEEPALIVE.as_millis(),
+    "a following client must not give up on a quiet stream before two keep-alives were missed"
 );
 const _: () = assert!(
     NODE_RETRY.cap.as_millis() <= HEARTBEAT_MAX.as_millis(),

@@ -25,10 +25,9 @@ use crate::{ApiError, AppState, logs};
 const EVENT_BYTES: usize = 256 << 10;
 /// A viewer re-reads its run's state at least this often, in case a wake-up was missed.
 const RECHECK: Duration = Duration::from_secs(2);
-/// How long a run that ended without a result of its own (cancelled, lost) may take to get
-/// its log to the server: a cancelled job's node stops it within a heartbeat (5 s) and a
-/// grace period (3 s), then uploads the log.
-const UPLOAD_GRACE: Duration = Duration::from_secs(15);
+// How long a run that ended without a result of its own (cancelled, lost) may take to get
+// its log to the server (see the contract in `lwr_model::timing`).
+use lwr_model::timing::UPLOAD_GRACE;
 
 /// The run a request means: `number` of the job, or its latest.
 pub(crate) fn pick_run(job: &JobDetail, number: Option<u32>) -> Option<&RunInfo> {
@@ -114,7 +113,7 @@ pub(crate) async fn sse(state: Arc<AppState>, job_id: i64, start: Start) -> ApiR
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
     Ok(Sse::new(events)
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::new().interval(lwr_model::timing::SSE_KEEPALIVE))
         .into_response())
 }
 
