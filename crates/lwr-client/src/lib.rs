@@ -186,6 +186,28 @@ impl ClientError {
 
 type Result<T> = std::result::Result<T, ClientError>;
 
+/// `text` as the URL of a server (http or https, a host, maybe a path; no query or
+/// fragment), without trailing slashes: what `--server` and a server's `--public-url` take.
+pub fn server_url(text: &str) -> Result<String> {
+    parse_server_url(text).map(|(base, _)| base)
+}
+
+fn parse_server_url(text: &str) -> Result<(String, reqwest::Url)> {
+    let bad = |reason: &str| ClientError::BadUrl {
+        url: text.to_string(),
+        reason: reason.into(),
+    };
+    let base = text.trim_end_matches('/').to_string();
+    let url = reqwest::Url::parse(&base)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| bad("it must start with http:// or https:// and name a host"))?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("a server URL has no query (?) or fragment (#)"));
+    }
+    Ok((base, url))
+}
+
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -199,23 +221,15 @@ pub struct Client {
 
 impl Client {
     pub fn new(server: &str) -> Result<Client> {
-        let bad = |reason: &str| ClientError::BadUrl {
-            url: server.to_string(),
-            reason: reason.into(),
-        };
-        let base = server.trim_end_matches('/').to_string();
-        let origin = reqwest::Url::parse(&base)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| bad("it must start with http:// or https://"))?;
-        if origin.query().is_some() || origin.fragment().is_some() {
-            return Err(bad("a server URL has no query (?) or fragment (#)"));
-        }
+        let (base, origin) = parse_server_url(server)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(50))
             .build()
-            .map_err(|e| bad(&e.to_string()))?;
+            .map_err(|e| ClientError::BadUrl {
+                url: server.to_string(),
+                reason: e.to_string(),
+            })?;
         Ok(Client {
             http,
             base,
