@@ -513,23 +513,30 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    fn commit(dir: &Path, message: &str) {
+        let id = ["-c", "user.email=t@t", "-c", "user.name=t"];
+        git(
+            dir,
+            &[&id[..], &["commit", "-q", "--allow-empty", "-m", message]].concat(),
+        );
+    }
+
+    /// `DIR/r`, a repository on branch main with one commit.
+    fn new_repo(dir: &Path) -> PathBuf {
+        let repo = dir.join("r");
+        std::fs::create_dir_all(&repo).unwrap();
+        git(&repo, &["init", "-q", "-b", "main"]);
+        commit(&repo, "a");
+        repo
+    }
+
     #[tokio::test]
     async fn local_refs_match_what_git_ls_remote_says() {
         let tmp = tempfile::tempdir().unwrap();
-        let repo = tmp.path().join("r");
-        std::fs::create_dir_all(&repo).unwrap();
-        git(&repo, &["init", "-q", "-b", "main"]);
-        let commit = ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q"];
-        git(
-            &repo,
-            &[&commit[..], &["--allow-empty", "-m", "a"]].concat(),
-        );
+        let repo = new_repo(tmp.path());
         git(&repo, &["branch", "release/1"]);
         git(&repo, &["pack-refs", "--all"]);
-        git(
-            &repo,
-            &[&commit[..], &["--allow-empty", "-m", "b"]].concat(),
-        );
+        commit(&repo, "b");
         let url = repo.display().to_string();
         let direct = read_local_heads(&repo).unwrap().unwrap();
         let by_git = ls_remote(&url).await.unwrap();
@@ -553,21 +560,14 @@ mod tests {
     #[tokio::test]
     async fn a_linked_worktree_reads_the_branches_of_its_repository() {
         let tmp = tempfile::tempdir().unwrap();
-        let repo = tmp.path().join("r");
-        std::fs::create_dir_all(&repo).unwrap();
-        git(&repo, &["init", "-q", "-b", "main"]);
-        let commit = ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q"];
-        git(
-            &repo,
-            &[&commit[..], &["--allow-empty", "-m", "a"]].concat(),
-        );
+        let repo = new_repo(tmp.path());
         let wt = tmp.path().join("wt");
         let wt_arg = wt.display().to_string();
         git(&repo, &["worktree", "add", "-q", "-b", "feature", &wt_arg]);
-        git(&wt, &[&commit[..], &["--allow-empty", "-m", "b"]].concat());
+        commit(&wt, "b");
         // One branch loose, one packed: both live in the main repository's git dir.
         git(&repo, &["pack-refs", "--all"]);
-        git(&wt, &[&commit[..], &["--allow-empty", "-m", "c"]].concat());
+        commit(&wt, "c");
         let direct = read_local_heads(&wt).unwrap().unwrap();
         assert_eq!(direct, ls_remote(&wt_arg).await.unwrap());
         assert_eq!(direct.default_branch.as_deref(), Some("feature"));
