@@ -8,7 +8,7 @@ use lwr_model::logstream::{
 };
 use reqwest::Method;
 
-use crate::{Client, ClientError, REQUEST_TIMEOUT, Result};
+use crate::{Client, ClientError, REQUEST_TIMEOUT, Result, paths};
 
 /// Longest a followed log may stay open: a long build's log, live.
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -125,30 +125,29 @@ impl Client {
         offset: u64,
         resume: Option<(i64, u64)>,
     ) -> Result<LogFollow> {
-        let mut path = format!("/v1/jobs/{job}/log?follow=true&offset={offset}");
-        if let Some(n) = run {
-            path.push_str(&format!("&run={n}"));
-        }
+        let ep = paths::job_log(job)
+            .query("follow", true)
+            .query("offset", offset)
+            .query_opt("run", run);
         let mut req = self
-            .request(Method::GET, &path, FOLLOW_TIMEOUT)
+            .request(&ep, FOLLOW_TIMEOUT)
             .header(reqwest::header::ACCEPT, "text/event-stream");
         if let Some((run, offset)) = resume {
             req = req.header("Last-Event-ID", format!("{run}:{offset}"));
         }
-        let resp = self.send(Method::GET, &path, req).await?;
+        let resp = self.send_ep(&ep, req).await?;
         Ok(LogFollow {
             resp,
             buf: Vec::new(),
             scanned: 0,
-            path,
+            path: ep.path,
         })
     }
 
     /// Turns streaming of a running job's log to the server on or off.
     pub async fn set_live(&self, job: i64, live: bool) -> Result<LiveState> {
         self.json(
-            Method::PUT,
-            &format!("/v1/jobs/{job}/log/live"),
+            &paths::job_live(job),
             Some(&LiveToggle { live }),
             REQUEST_TIMEOUT,
         )
@@ -156,7 +155,7 @@ impl Client {
     }
 
     pub async fn stats(&self) -> Result<Stats> {
-        self.get("/v1/stats").await
+        self.get(paths::stats()).await
     }
 
     /// Long-polls for the runs whose log the server wants from this node: answers at once
@@ -167,12 +166,10 @@ impl Client {
         version: Option<u64>,
         wait: Duration,
     ) -> Result<LogStreams> {
-        let mut path = format!("/v1/nodes/{node}/streams?wait_ms={}", wait.as_millis());
-        if let Some(v) = version {
-            path.push_str(&format!("&version={v}"));
-        }
-        self.json(Method::GET, &path, None::<&()>, REQUEST_TIMEOUT + wait)
-            .await
+        let ep = paths::log_streams(node)
+            .query("wait_ms", wait.as_millis())
+            .query_opt("version", version);
+        self.json(&ep, None::<&()>, REQUEST_TIMEOUT + wait).await
     }
 
     /// Sends a piece of a run's log that starts at byte `offset`.
@@ -184,18 +181,16 @@ impl Client {
         end: bool,
         bytes: Vec<u8>,
     ) -> Result<ChunkAck> {
-        let path = format!("/v1/runs/{run}/log/stream?node={node}&offset={offset}&end={end}");
+        let ep = paths::log_piece(run)
+            .query("node", node)
+            .query("offset", offset)
+            .query("end", end);
         let req = self
-            .request(Method::POST, &path, REQUEST_TIMEOUT)
+            .request(&ep, REQUEST_TIMEOUT)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(bytes);
-        let resp = self.send(Method::POST, &path, req).await?;
-        let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
-        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
-            method: Method::POST,
-            path,
-            detail: e.to_string(),
-        })
+        let resp = self.send_ep(&ep, req).await?;
+        self.decode(&ep.method, &ep.path, resp).await
     }
 }
 

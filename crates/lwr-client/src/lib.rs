@@ -1,6 +1,7 @@
 //! A typed client for the lwr server's `/v1` API, used by the node, the CLI and the tests.
 
 mod follow;
+pub mod paths;
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 
 pub use follow::{FollowEvent, LogFollow};
+pub use paths::Endpoint;
 pub use reqwest::StatusCode;
 
 /// The server a client talks to when nothing else is said.
@@ -34,19 +36,6 @@ pub struct ArtifactMeta {
     pub kind: String,
     pub path: String,
     pub content_type: String,
-}
-
-/// `text` as one URL path segment: everything but unreserved characters percent-encoded.
-fn path_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 async fn open(file: &std::path::Path) -> Result<tokio::fs::File> {
@@ -197,23 +186,42 @@ impl ClientError {
 
 type Result<T> = std::result::Result<T, ClientError>;
 
+/// `text` as the URL of a server (http or https, a host, maybe a path; no query or
+/// fragment), without trailing slashes: what `--server` and a server's `--public-url` take.
+pub fn server_url(text: &str) -> Result<String> {
+    parse_server_url(text).map(|(base, _)| base)
+}
+
+fn parse_server_url(text: &str) -> Result<(String, reqwest::Url)> {
+    let bad = |reason: &str| ClientError::BadUrl {
+        url: text.to_string(),
+        reason: reason.into(),
+    };
+    let base = text.trim_end_matches('/').to_string();
+    let url = reqwest::Url::parse(&base)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| bad("it must start with http:// or https:// and name a host"))?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("a server URL has no query (?) or fragment (#)"));
+    }
+    Ok((base, url))
+}
+
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    /// Sent as `Authorization: Bearer` on every request when set.
+    /// `base` parsed: a URL on it (same scheme, host, port, and a path below its path) is
+    /// this server's.
+    origin: reqwest::Url,
+    /// Sent as `Authorization: Bearer` on every request to this server when set.
     token: Option<String>,
 }
 
 impl Client {
     pub fn new(server: &str) -> Result<Client> {
-        let base = server.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ClientError::BadUrl {
-                url: server.to_string(),
-                reason: "it must start with http:// or https://".into(),
-            });
-        }
+        let (base, origin) = parse_server_url(server)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(50))
@@ -225,6 +233,7 @@ impl Client {
         Ok(Client {
             http,
             base,
+            origin,
             token: None,
         })
     }
@@ -239,15 +248,42 @@ impl Client {
         &self.base
     }
 
-    fn request(&self, method: Method, path: &str, timeout: Duration) -> RequestBuilder {
-        let url = self.url(path);
+    /// A request to `ep` on this server.
+    fn request(&self, ep: &Endpoint, timeout: Duration) -> RequestBuilder {
+        self.request_at(ep.method.clone(), &ep.path, timeout)
+    }
+
+    /// A request to `location`: a path on this server, or a URL (a manifest's locations
+    /// are), which may be anywhere.
+    fn request_at(&self, method: Method, location: &str, timeout: Duration) -> RequestBuilder {
+        let url = self.url(location);
         // The token goes only to this server, never to a URL a manifest names elsewhere.
-        let ours = url.starts_with(&self.base);
+        let ours = self.is_ours(&url);
         let req = self.http.request(method, url).timeout(timeout);
         match &self.token {
             Some(token) if ours => req.bearer_auth(token),
             _ => req,
         }
+    }
+
+    /// Whether `url` is on this server: the same scheme, host and port (parsed, not
+    /// compared as text: `https://ci.example.com.evil.net` is not `https://ci.example.com`),
+    /// and a path at or below the server's own, on a segment boundary.
+    fn is_ours(&self, url: &str) -> bool {
+        let Ok(url) = reqwest::Url::parse(url) else {
+            return false;
+        };
+        let ours = &self.origin;
+        if url.scheme() != ours.scheme()
+            || url.host() != ours.host()
+            || url.port_or_known_default() != ours.port_or_known_default()
+        {
+            return false;
+        }
+        let below = ours.path().trim_end_matches('/');
+        url.path()
+            .strip_prefix(below)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
 
     /// `path` on this server, or `path` itself when it is already a URL (a manifest's
@@ -260,10 +296,11 @@ impl Client {
         }
     }
 
+    /// Sends `req` (`method` `what`); an answer other than a success is an error.
     async fn send(
         &self,
-        method: Method,
-        path: &str,
+        method: &Method,
+        what: &str,
         req: RequestBuilder,
     ) -> Result<reqwest::Response> {
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
@@ -282,8 +319,8 @@ impl Client {
                 }
             });
         Err(ClientError::Api {
-            method,
-            path: path.to_string(),
+            method: method.clone(),
+            path: what.to_string(),
             status,
             error,
         })
@@ -302,187 +339,182 @@ impl Client {
         }
     }
 
-    async fn json<T: DeserializeOwned>(
+    /// The body of a successful answer as JSON.
+    async fn decode<T: DeserializeOwned>(
         &self,
-        method: Method,
-        path: &str,
-        body: Option<&(impl Serialize + ?Sized)>,
-        timeout: Duration,
+        method: &Method,
+        what: &str,
+        resp: reqwest::Response,
     ) -> Result<T> {
-        let mut req = self.request(method.clone(), path, timeout);
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let resp = self.send(method.clone(), path, req).await?;
         let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            method,
-            path: path.to_string(),
+            method: method.clone(),
+            path: what.to_string(),
             detail: e.to_string(),
         })
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.json(Method::GET, path, None::<&()>, REQUEST_TIMEOUT)
-            .await
+    /// Sends `ep` with `req` (from [`Client::request`] for it).
+    async fn send_ep(&self, ep: &Endpoint, req: RequestBuilder) -> Result<reqwest::Response> {
+        self.send(&ep.method, &ep.path, req).await
     }
 
-    async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
-        self.json(Method::POST, path, Some(body), REQUEST_TIMEOUT)
-            .await
+    async fn json<T: DeserializeOwned>(
+        &self,
+        ep: &Endpoint,
+        body: Option<&(impl Serialize + ?Sized)>,
+        timeout: Duration,
+    ) -> Result<T> {
+        let mut req = self.request(ep, timeout);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = self.send_ep(ep, req).await?;
+        self.decode(&ep.method, &ep.path, resp).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, ep: Endpoint) -> Result<T> {
+        self.json(&ep, None::<&()>, REQUEST_TIMEOUT).await
+    }
+
+    async fn post<T: DeserializeOwned>(&self, ep: Endpoint, body: &impl Serialize) -> Result<T> {
+        self.json(&ep, Some(body), REQUEST_TIMEOUT).await
+    }
+
+    /// Sends `ep` and ignores the body of its successful answer.
+    async fn call(&self, ep: Endpoint, req: RequestBuilder) -> Result<()> {
+        self.send_ep(&ep, req).await?;
+        Ok(())
     }
 
     pub async fn health(&self) -> Result<Health> {
-        self.get("/v1/health").await
+        self.get(paths::health()).await
     }
 
     pub async fn submit_graph(&self, sub: &SubmitGraph) -> Result<GraphInfo> {
-        self.post("/v1/graphs", sub).await
+        self.post(paths::submit_graph(), sub).await
     }
 
     /// A graph's state; with `after`, the server holds the answer up to `wait` for a change.
     pub async fn graph(&self, id: i64, after: Option<i64>, wait: Duration) -> Result<GraphInfo> {
-        let path = match after {
-            Some(seq) => format!("/v1/graphs/{id}?after={seq}&wait_ms={}", wait.as_millis()),
-            None => format!("/v1/graphs/{id}"),
+        let ep = match after {
+            Some(seq) => paths::graph(id)
+                .query("after", seq)
+                .query("wait_ms", wait.as_millis()),
+            None => paths::graph(id),
         };
-        self.json(Method::GET, &path, None::<&()>, REQUEST_TIMEOUT + wait)
-            .await
+        self.json(&ep, None::<&()>, REQUEST_TIMEOUT + wait).await
     }
 
     pub async fn jobs(&self, graph: Option<i64>) -> Result<JobList> {
-        match graph {
-            Some(g) => self.get(&format!("/v1/jobs?graph={g}")).await,
-            None => self.get("/v1/jobs").await,
-        }
+        self.get(paths::jobs().query_opt("graph", graph)).await
     }
 
     pub async fn job(&self, id: i64) -> Result<JobDetail> {
-        self.get(&format!("/v1/jobs/{id}")).await
+        self.get(paths::job(id)).await
     }
 
     pub async fn job_by_name(&self, graph: i64, name: &str) -> Result<JobDetail> {
-        self.get(&format!("/v1/graphs/{graph}/jobs/{name}")).await
+        self.get(paths::job_by_name(graph, name)).await
     }
 
     /// The stored log of a job's latest run (or of run `run`).
     pub async fn log(&self, job: i64, run: Option<u32>) -> Result<Vec<u8>> {
-        let path = match run {
-            Some(n) => format!("/v1/jobs/{job}/log?run={n}"),
-            None => format!("/v1/jobs/{job}/log"),
-        };
-        let req = self.request(Method::GET, &path, REQUEST_TIMEOUT);
-        let resp = self.send(Method::GET, &path, req).await?;
+        let ep = paths::job_log(job).query_opt("run", run);
+        let req = self.request(&ep, REQUEST_TIMEOUT);
+        let resp = self.send_ep(&ep, req).await?;
         let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         Ok(bytes.to_vec())
     }
 
     pub async fn create_token(&self, req: &CreateToken) -> Result<CreatedToken> {
-        self.post("/v1/tokens", req).await
+        self.post(paths::create_token(), req).await
     }
 
     pub async fn tokens(&self) -> Result<TokenList> {
-        self.get("/v1/tokens").await
+        self.get(paths::tokens()).await
     }
 
     pub async fn revoke_token(&self, id: i64) -> Result<TokenInfo> {
-        self.post(&format!("/v1/tokens/{id}/revoke"), &()).await
+        self.post(paths::revoke_token(id), &()).await
     }
 
     pub async fn cancel_job(&self, job: i64) -> Result<CancelResult> {
-        self.post(&format!("/v1/jobs/{job}/cancel"), &()).await
+        self.post(paths::cancel_job(job), &()).await
     }
 
     pub async fn cancel_graph(&self, graph: i64) -> Result<CancelResult> {
-        self.post(&format!("/v1/graphs/{graph}/cancel"), &()).await
+        self.post(paths::cancel_graph(graph), &()).await
     }
 
     pub async fn retrigger(&self, job: i64, with_dependents: bool) -> Result<RetriggerResult> {
-        self.post(
-            &format!("/v1/jobs/{job}/retrigger"),
-            &RetriggerRequest { with_dependents },
-        )
-        .await
+        self.post(paths::retrigger(job), &RetriggerRequest { with_dependents })
+            .await
     }
 
     /// The job definitions of a graph, as submitted (for a push, with the jobs left out).
     pub async fn graph_spec(&self, graph: i64) -> Result<GraphSpec> {
-        self.get(&format!("/v1/graphs/{graph}/spec")).await
+        self.get(paths::graph_spec(graph)).await
     }
 
     pub async fn add_repo(&self, add: &AddRepo) -> Result<RepoInfo> {
-        self.post("/v1/repos", add).await
+        self.post(paths::add_repo(), add).await
     }
 
     pub async fn repos(&self) -> Result<RepoList> {
-        self.get("/v1/repos").await
+        self.get(paths::repos()).await
     }
 
     pub async fn remove_repo(&self, id: i64) -> Result<()> {
-        let path = format!("/v1/repos/{id}");
-        let req = self.request(Method::DELETE, &path, REQUEST_TIMEOUT);
-        self.send(Method::DELETE, &path, req).await?;
-        Ok(())
+        let ep = paths::remove_repo(id);
+        let req = self.request(&ep, REQUEST_TIMEOUT);
+        self.call(ep, req).await
     }
 
     pub async fn pushes(&self, repo: Option<i64>) -> Result<PushList> {
-        match repo {
-            Some(r) => self.get(&format!("/v1/pushes?repo={r}")).await,
-            None => self.get("/v1/pushes").await,
-        }
+        self.get(paths::pushes().query_opt("repo", repo)).await
     }
 
     pub async fn push(&self, id: i64) -> Result<PushInfo> {
-        self.get(&format!("/v1/pushes/{id}")).await
+        self.get(paths::push(id)).await
     }
 
     /// Adds job `job`, which push `push`'s graph defines but did not run.
     pub async fn trigger(&self, push: i64, job: &str) -> Result<TriggerResult> {
-        self.post(
-            &format!("/v1/pushes/{push}/trigger"),
-            &TriggerRequest { job: job.into() },
-        )
-        .await
+        self.post(paths::trigger(push), &TriggerRequest { job: job.into() })
+            .await
     }
 
     pub async fn register_node(&self, reg: &RegisterNode) -> Result<NodeInfo> {
-        self.post("/v1/nodes", reg).await
+        self.post(paths::register_node(), reg).await
     }
 
     pub async fn nodes(&self) -> Result<NodeList> {
-        self.get("/v1/nodes").await
+        self.get(paths::nodes()).await
     }
 
     /// Disables, enables, quarantines or drains a node, by name (or id).
     pub async fn set_node_state(&self, node: &str, req: &SetNodeState) -> Result<NodeInfo> {
-        self.post(&format!("/v1/nodes/{}/state", path_segment(node)), req)
-            .await
+        self.post(paths::node_state(node), req).await
     }
 
     /// Sets operator labels on a node; an empty value removes one.
     pub async fn label_node(&self, node: &str, req: &LabelNode) -> Result<NodeInfo> {
-        self.post(&format!("/v1/nodes/{}/labels", path_segment(node)), req)
-            .await
+        self.post(paths::node_labels(node), req).await
     }
 
     /// Long-polls for work: the server answers as soon as a job is ready, or after the wait.
     pub async fn claim(&self, node: i64, req: &ClaimRequest) -> Result<ClaimResponse> {
         let timeout = REQUEST_TIMEOUT + Duration::from_millis(req.wait_ms);
-        self.json(
-            Method::POST,
-            &format!("/v1/nodes/{node}/claim"),
-            Some(req),
-            timeout,
-        )
-        .await
+        self.json(&paths::claim(node), Some(req), timeout).await
     }
 
     pub async fn heartbeat(&self, node: i64, hb: &Heartbeat) -> Result<HeartbeatResponse> {
-        self.post(&format!("/v1/nodes/{node}/heartbeat"), hb).await
+        self.post(paths::heartbeat(node), hb).await
     }
 
     pub async fn report(&self, node: i64, rep: &ReportResults) -> Result<ReportAck> {
-        self.post(&format!("/v1/nodes/{node}/results"), rep).await
+        self.post(paths::results(node), rep).await
     }
 
     /// Uploads a run's log file as a stream, with its SHA-256 for the server to check.
@@ -494,12 +526,22 @@ impl Client {
         sha256: &str,
     ) -> Result<()> {
         let f = open(file).await?;
-        let path = format!("/v1/runs/{run}/log?node={node}&sha256={sha256}");
-        let req = self
-            .request(Method::PUT, &path, UPLOAD_TIMEOUT)
-            .body(file_body(f));
-        self.send(Method::PUT, &path, req).await?;
-        Ok(())
+        let ep = paths::upload_log(run)
+            .query("node", node)
+            .query("sha256", sha256);
+        let req = self.request(&ep, UPLOAD_TIMEOUT).body(file_body(f));
+        self.call(ep, req).await
+    }
+
+    /// The artifact upload of `meta` for a run, with or without its hash.
+    fn artifact_upload(run: i64, node: i64, meta: &ArtifactMeta, sha256: Option<&str>) -> Endpoint {
+        paths::upload_artifact(run)
+            .query("node", node)
+            .query("name", &meta.name)
+            .query_opt("sha256", sha256)
+            .query("kind", &meta.kind)
+            .query("path", &meta.path)
+            .query("content_type", &meta.content_type)
     }
 
     /// Uploads one artifact of a run as a stream; the server checks it against `meta.sha256`.
@@ -519,22 +561,12 @@ impl Client {
                 source,
             })?
             .len();
-        let path = format!("/v1/runs/{run}/artifacts");
+        let ep = Client::artifact_upload(run, node, meta, Some(&meta.sha256));
         let req = self
-            .request(Method::PUT, &path, UPLOAD_TIMEOUT)
-            .query(&[
-                ("node", node.to_string().as_str()),
-                ("name", &meta.name),
-                ("sha256", &meta.sha256),
-                ("kind", &meta.kind),
-                ("path", &meta.path),
-                ("content_type", &meta.content_type),
-            ])
+            .request(&ep, UPLOAD_TIMEOUT)
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(file_body(f));
-        self.send(Method::PUT, &format!("{path} ({})", meta.name), req)
-            .await?;
-        Ok(())
+        self.call(ep, req).await
     }
 
     /// Uploads an artifact reading the file once: its bytes are hashed while they are sent
@@ -558,20 +590,12 @@ impl Client {
             let f = std::fs::File::open(file).map_err(file_err)?;
             let len = f.metadata().map_err(file_err)?.len();
             let (body, hashed) = hashing_body(f);
-            let path = format!("/v1/runs/{run}/artifacts");
+            let ep = Client::artifact_upload(run, node, meta, None);
             let req = self
-                .request(Method::PUT, &path, UPLOAD_TIMEOUT)
-                .query(&[
-                    ("node", node.to_string().as_str()),
-                    ("name", &meta.name),
-                    ("kind", &meta.kind),
-                    ("path", &meta.path),
-                    ("content_type", &meta.content_type),
-                ])
+                .request(&ep, UPLOAD_TIMEOUT)
                 .header(reqwest::header::CONTENT_LENGTH, len)
                 .body(body);
-            let what = format!("{path} ({})", meta.name);
-            let sent = match self.send(Method::PUT, &what, req).await {
+            let sent = match self.send_ep(&ep, req).await {
                 Ok(resp) => Ok(resp),
                 // A read error explains a broken request better; a reader still running
                 // waits on a body nobody reads any more, so only a finished one is asked.
@@ -590,25 +614,14 @@ impl Client {
                     return Err(file_err(std::io::Error::other("the upload stopped early")));
                 }
                 (Ok(Ok(Some(sha256))), Ok(resp)) => {
-                    let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
-                    let staged: StagedArtifact =
-                        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-                            method: Method::PUT,
-                            path: what.clone(),
-                            detail: e.to_string(),
-                        })?;
+                    let staged: StagedArtifact = self.decode(&ep.method, &ep.path, resp).await?;
                     let commit = ArtifactCommit {
                         upload: staged.upload,
                         sha256: sha256.clone(),
                     };
-                    let path = format!("/v1/runs/{run}/artifact-commits?node={node}");
+                    let ep = paths::commit_artifact(run).query("node", node);
                     match self
-                        .json::<serde_json::Value>(
-                            Method::POST,
-                            &path,
-                            Some(&commit),
-                            REQUEST_TIMEOUT,
-                        )
+                        .json::<serde_json::Value>(&ep, Some(&commit), REQUEST_TIMEOUT)
                         .await
                     {
                         Ok(_) => sha256,
@@ -625,16 +638,19 @@ impl Client {
 
     /// Sends the node's part of a run's manifest, after its artifacts.
     pub async fn put_manifest(&self, run: i64, node: i64, m: &ManifestUpload) -> Result<()> {
-        let path = format!("/v1/runs/{run}/manifest?node={node}");
-        let req = self.request(Method::PUT, &path, REQUEST_TIMEOUT).json(m);
-        self.send(Method::PUT, &path, req).await?;
-        Ok(())
+        let ep = paths::put_manifest(run).query("node", node);
+        let req = self.request(&ep, REQUEST_TIMEOUT).json(m);
+        self.call(ep, req).await
     }
 
     /// The manifest at `location` (a URL or a path on this server), read by the v1 reader.
     pub async fn manifest_at(&self, location: &str) -> Result<Manifest> {
-        let req = self.request(Method::GET, location, REQUEST_TIMEOUT);
-        let resp = self.send(Method::GET, location, req).await?;
+        let req = self.request_at(Method::GET, location, REQUEST_TIMEOUT);
+        self.read_manifest(location, req).await
+    }
+
+    async fn read_manifest(&self, location: &str, req: RequestBuilder) -> Result<Manifest> {
+        let resp = self.send(&Method::GET, location, req).await?;
         let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         lwr_model::manifest::read(&bytes).map_err(|source| ClientError::Manifest {
             url: self.url(location),
@@ -644,13 +660,9 @@ impl Client {
 
     /// The manifest of a job's latest run (or of run `run`).
     pub async fn job_manifest(&self, job: i64, run: Option<u32>) -> Result<Manifest> {
-        match run {
-            Some(n) => {
-                self.manifest_at(&format!("/v1/jobs/{job}/manifest?run={n}"))
-                    .await
-            }
-            None => self.manifest_at(&format!("/v1/jobs/{job}/manifest")).await,
-        }
+        let ep = paths::job_manifest(job).query_opt("run", run);
+        let req = self.request(&ep, REQUEST_TIMEOUT);
+        self.read_manifest(&ep.path, req).await
     }
 
     /// Downloads `location` to `dest`, streaming, and checks it against `sha256`. On a
@@ -666,8 +678,8 @@ impl Client {
             path: dest.display().to_string(),
             source,
         };
-        let req = self.request(Method::GET, location, UPLOAD_TIMEOUT);
-        let resp = self.send(Method::GET, location, req).await?;
+        let req = self.request_at(Method::GET, location, UPLOAD_TIMEOUT);
+        let resp = self.send(&Method::GET, location, req).await?;
         let tmp = temp_beside(dest);
         let mut file = tokio::fs::File::create(&tmp).await.map_err(file_err)?;
         let result = async {
@@ -709,5 +721,36 @@ mod tests {
         assert!(Client::new("http://127.0.0.1:7370/").is_ok());
         assert_eq!(Client::new("http://h:1/").unwrap().server(), "http://h:1");
         assert!(Client::new("127.0.0.1:7370").is_err());
+    }
+
+    #[test]
+    fn the_token_goes_to_this_server_only() {
+        let root = Client::new("https://ci.example.com").unwrap();
+        assert!(!root.is_ours("https://ci.example.com.evil.net/v1/jobs"));
+        assert!(!root.is_ours("https://ci.example.com:1/v1/jobs"));
+        assert!(root.is_ours("https://ci.example.com/v1/jobs"));
+        let c = Client::new("https://ci.example.com/lwr/").unwrap();
+        for elsewhere in [
+            "https://ci.example.com.evil.net/lwr/v1/jobs",
+            "https://ci.example.com@evil.net/lwr/v1/jobs",
+            "https://ci.example.com/lwrx/v1/jobs",
+            "https://ci.example.com/other/v1/jobs",
+            "http://ci.example.com/lwr/v1/jobs",
+            "https://ci.example.com:8443/lwr/v1/jobs",
+            "https://evil.net/https://ci.example.com/lwr/",
+            "not a url",
+        ] {
+            assert!(!c.is_ours(elsewhere), "{elsewhere}");
+        }
+        for ours in [
+            "https://ci.example.com/lwr/v1/jobs",
+            "https://ci.example.com:443/lwr/v1/runs/1/artifacts/a",
+            "https://CI.example.com/lwr",
+        ] {
+            assert!(c.is_ours(ours), "{ours}");
+        }
+        let root = Client::new("http://127.0.0.1:7370").unwrap();
+        assert!(root.is_ours("http://127.0.0.1:7370/v1/jobs"));
+        assert!(!root.is_ours("http://127.0.0.1:73700/v1/jobs"));
     }
 }

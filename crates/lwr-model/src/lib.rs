@@ -17,6 +17,7 @@ pub mod pool;
 pub mod push;
 pub mod sync;
 pub mod timing;
+pub mod urlpath;
 pub mod words;
 
 pub use auth::{Scope, Scopes};

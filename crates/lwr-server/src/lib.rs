@@ -53,6 +53,10 @@ pub struct Config {
     pub auth: bool,
     /// Where nodes come from (see [`provider`]).
     pub provider: provider::ProviderConfig,
+    /// The URL clients reach the server at (`https://ci.example.com/lwr` behind a TLS
+    /// proxy), without a trailing slash: the start of every absolute URL the server writes.
+    /// `None`: `http://` and the request's Host.
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -67,6 +71,7 @@ impl Config {
             artifact_store: "dir".into(),
             auth: false,
             provider: Default::default(),
+            public_url: None,
         }
     }
 }

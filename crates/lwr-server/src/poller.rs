@@ -350,10 +350,22 @@ fn parse_ls_remote(text: &str) -> Heads {
 }
 
 /// Reads a local repository's branch heads without running git: `HEAD`, loose refs under
-/// `refs/heads` and `packed-refs` (a loose ref wins). `Ok(None)` for a layout this does not
-/// read.
+/// `refs/heads` and `packed-refs` (a loose ref wins), also of a linked worktree. `Ok(None)`
+/// for a layout this does not read.
 fn read_local_heads(path: &Path) -> Result<Option<Heads>, String> {
-    let git_dir = git_dir(path)?;
+    let head_dir = git_dir(path)?;
+    // A linked worktree (`git worktree add`) has its own HEAD; its branches are in the
+    // repository's git dir, which `commondir` names.
+    let git_dir = match std::fs::read_to_string(head_dir.join("commondir")) {
+        Ok(common) => head_dir.join(common.trim()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => head_dir.clone(),
+        Err(e) => {
+            return Err(format!(
+                "reading {}: {e}",
+                head_dir.join("commondir").display()
+            ));
+        }
+    };
     if git_dir.join("reftable").is_dir() {
         return Ok(None);
     }
@@ -381,7 +393,7 @@ fn read_local_heads(path: &Path) -> Result<Option<Heads>, String> {
         }
     }
     read_loose(&git_dir.join("refs/heads"), "", &mut branches)?;
-    let head = std::fs::read_to_string(git_dir.join("HEAD"))
+    let head = std::fs::read_to_string(head_dir.join("HEAD"))
         .map_err(|e| format!("{} is not a git repository: {e}", path.display()))?;
     let default_branch = head
         .trim()
@@ -501,23 +513,30 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    fn commit(dir: &Path, message: &str) {
+        let id = ["-c", "user.email=t@t", "-c", "user.name=t"];
+        git(
+            dir,
+            &[&id[..], &["commit", "-q", "--allow-empty", "-m", message]].concat(),
+        );
+    }
+
+    /// `DIR/r`, a repository on branch main with one commit.
+    fn new_repo(dir: &Path) -> PathBuf {
+        let repo = dir.join("r");
+        std::fs::create_dir_all(&repo).unwrap();
+        git(&repo, &["init", "-q", "-b", "main"]);
+        commit(&repo, "a");
+        repo
+    }
+
     #[tokio::test]
     async fn local_refs_match_what_git_ls_remote_says() {
         let tmp = tempfile::tempdir().unwrap();
-        let repo = tmp.path().join("r");
-        std::fs::create_dir_all(&repo).unwrap();
-        git(&repo, &["init", "-q", "-b", "main"]);
-        let commit = ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q"];
-        git(
-            &repo,
-            &[&commit[..], &["--allow-empty", "-m", "a"]].concat(),
-        );
+        let repo = new_repo(tmp.path());
         git(&repo, &["branch", "release/1"]);
         git(&repo, &["pack-refs", "--all"]);
-        git(
-            &repo,
-            &[&commit[..], &["--allow-empty", "-m", "b"]].concat(),
-        );
+        commit(&repo, "b");
         let url = repo.display().to_string();
         let direct = read_local_heads(&repo).unwrap().unwrap();
         let by_git = ls_remote(&url).await.unwrap();
@@ -535,6 +554,29 @@ mod tests {
             list_heads(&tmp.path().join("nope").display().to_string())
                 .await
                 .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_linked_worktree_reads_the_branches_of_its_repository() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = new_repo(tmp.path());
+        let wt = tmp.path().join("wt");
+        let wt_arg = wt.display().to_string();
+        git(&repo, &["worktree", "add", "-q", "-b", "feature", &wt_arg]);
+        commit(&wt, "b");
+        // One branch loose, one packed: both live in the main repository's git dir.
+        git(&repo, &["pack-refs", "--all"]);
+        commit(&wt, "c");
+        let direct = read_local_heads(&wt).unwrap().unwrap();
+        assert_eq!(direct, ls_remote(&wt_arg).await.unwrap());
+        assert_eq!(direct.default_branch.as_deref(), Some("feature"));
+        assert_eq!(
+            direct.branches,
+            [
+                ("feature".to_string(), git(&wt, &["rev-parse", "HEAD"])),
+                ("main".to_string(), git(&repo, &["rev-parse", "HEAD"])),
+            ]
         );
     }
 }

@@ -10,6 +10,7 @@
 //! wakes when a job is made ready through another.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lwr_model::api::{GraphInfo, ResultAck, RunResult, SubmitGraph};
@@ -27,6 +28,24 @@ pub struct Queue {
     lease: Duration,
     ready: watch::Sender<u64>,
     changes: watch::Sender<i64>,
+    /// Claims and graph waits parked on a counter now.
+    waiting: AtomicUsize,
+}
+
+/// Counts a parked waiter while it lives (a request dropped mid-wait stops counting too).
+struct Parked<'a>(&'a AtomicUsize);
+
+impl<'a> Parked<'a> {
+    fn new(count: &'a AtomicUsize) -> Parked<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Parked(count)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Queue {
@@ -40,7 +59,14 @@ impl Queue {
             lease,
             ready,
             changes,
+            waiting: AtomicUsize::new(0),
         }
+    }
+
+    /// Claims and graph waits that looked, found nothing and now wait for a wake-up: once a
+    /// test sees its waiter here, only a wake-up can answer it before its timeout.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     /// Moves whenever some job changes state.
@@ -100,6 +126,7 @@ impl Queue {
             // An unknown graph answers at once rather than after the wait.
             self.store.graph(id).await?;
             let deadline = Instant::now() + wait.min(MAX_WAIT);
+            let _parked = Parked::new(&self.waiting);
             let _ = timeout_at(deadline, rx.changed()).await;
         }
         let seq = *rx.borrow();
@@ -148,7 +175,10 @@ impl Queue {
                 Some(ms) => deadline.min(Instant::now() + Duration::from_millis(ms.max(1) as u64)),
                 None => deadline,
             };
-            match timeout_at(until, rx.changed()).await {
+            let parked = Parked::new(&self.waiting);
+            let woken = timeout_at(until, rx.changed()).await;
+            drop(parked);
+            match woken {
                 Ok(Ok(())) => continue,
                 _ if until < deadline => continue,
                 _ => {

@@ -1,16 +1,15 @@
 //! One test suite for every artifact store: the directory store, and the S3 store against
-//! a real S3-compatible server (moto) on loopback, started here. When moto is not
-//! installed (`pip install 'moto[server]'`; `.ci/run` installs it), the S3 half says
-//! "skipped" and passes.
+//! a real S3-compatible server (moto) on loopback, started here. Without moto
+//! (`pip install 'moto[server]'`; `.ci/run` installs it) the S3 half fails, unless
+//! `LWR_TEST_SKIP_S3=1` says to skip it.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "support/moto.rs"]
+mod moto;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use lwr_server::artifact::{ArtifactError, ArtifactStore, DirStore, S3Store};
+use moto::Moto;
 use object_store::aws::AmazonS3Builder;
 
 async fn read_all(store: &dyn ArtifactStore, key: &str) -> Result<Vec<u8>, ArtifactError> {
@@ -89,7 +88,6 @@ async fn the_directory_store_passes_the_suite() {
 #[tokio::test]
 async fn the_s3_store_passes_the_suite_against_a_local_s3_server() {
     let Some(moto) = Moto::start() else {
-        eprintln!("skipped: moto is not installed (pip install 'moto[server]')");
         return;
     };
     moto.create_bucket("lwr-suite");
@@ -101,79 +99,4 @@ async fn the_s3_store_passes_the_suite_against_a_local_s3_server() {
         .with_secret_access_key("test");
     let store = S3Store::from_builder(builder, "lwr-suite", "prefix/x").unwrap();
     suite(&store).await;
-}
-
-/// A moto S3 server on a free loopback port, killed on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-    url: String,
-}
-
-impl Moto {
-    fn start() -> Option<Moto> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .ok()?;
-        let mut moto = Moto {
-            child,
-            port,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(_)) = moto.child.try_wait() {
-                // Exited: moto is not installed.
-                let mut err = String::new();
-                if let Some(mut e) = moto.child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                eprintln!("moto did not start: {}", err.trim());
-                return None;
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(moto);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("moto did not listen on port {port} within 30 s");
-    }
-
-    fn create_bucket(&self, bucket: &str) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connecting to moto");
-        write!(
-            s,
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .unwrap();
-        let mut answer = String::new();
-        let _ = s.read_to_string(&mut answer);
-        assert!(
-            answer.starts_with("HTTP/1.1 200"),
-            "creating bucket: {answer}"
-        );
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

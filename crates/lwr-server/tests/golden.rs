@@ -5,7 +5,11 @@
 //! `"$any"`. Runs on SQLite always, and on PostgreSQL with `LWR_TEST_POSTGRES_URL`.
 //!
 //! To record after an intended compatible change (new endpoint, new exchange), run
-//! `LWR_BLESS=1 cargo test -p lwr-server --test golden` and review the diff.
+//! `LWR_BLESS=1 cargo test -p lwr-server --test golden` (it writes the file and fails) and
+//! review the diff.
+
+#[path = "support/bless.rs"]
+mod bless;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -141,7 +145,7 @@ fn holds(want: &Value, got: &Value, at: &str) -> Result<(), String> {
 }
 
 async fn check(url: &str, data_dir: PathBuf) {
-    let bless = std::env::var_os("LWR_BLESS").is_some();
+    let bless = bless::requested();
     let text = std::fs::read_to_string(golden_file()).unwrap();
     let file: Value = serde_json::from_str(&text).unwrap();
     let base = serve(url, data_dir).await;
@@ -149,7 +153,7 @@ async fn check(url: &str, data_dir: PathBuf) {
     if bless {
         let mut text = serde_json::to_string_pretty(&recorded).unwrap();
         text.push('\n');
-        std::fs::write(golden_file(), text).unwrap();
+        bless::write_and_fail(&[(&golden_file(), &text)]);
     }
 }
 
@@ -163,9 +167,10 @@ async fn recorded_v1_exchanges_still_hold_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "set LWR_TEST_POSTGRES_URL and run with --include-ignored"]
 async fn recorded_v1_exchanges_still_hold_on_postgres() {
-    if std::env::var_os("LWR_BLESS").is_some() {
-        return; // recorded on SQLite; PostgreSQL must answer the same
-    }
+    assert!(
+        !bless::requested(),
+        "exchanges are recorded on SQLite only; rerun without LWR_BLESS to check PostgreSQL"
+    );
     let admin = std::env::var(lwr_store::scratch::POSTGRES_URL_VAR)
         .expect("set LWR_TEST_POSTGRES_URL to run the PostgreSQL tests");
     let db = lwr_store::scratch::ScratchDb::create(&admin).await.unwrap();

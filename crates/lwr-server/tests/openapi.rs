@@ -1,6 +1,10 @@
 //! The checked-in OpenAPI document must be exactly what the code generates, so the API's
 //! description in the repository never drifts from the API. After an intended change, run
-//! `LWR_BLESS=1 cargo test -p lwr-server --test openapi` and commit the new file.
+//! `LWR_BLESS=1 cargo test -p lwr-server --test openapi` (it writes the file and fails),
+//! review and commit the new file.
+
+#[path = "support/bless.rs"]
+mod bless;
 
 use std::path::PathBuf;
 
@@ -12,9 +16,8 @@ fn checked_in() -> PathBuf {
 fn checked_in_openapi_matches_the_code() {
     let generated = lwr_server::api::openapi_string();
     let path = checked_in();
-    if std::env::var_os("LWR_BLESS").is_some() {
-        std::fs::write(&path, &generated).unwrap();
-        return;
+    if bless::requested() {
+        bless::write_and_fail(&[(&path, &generated)]);
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(

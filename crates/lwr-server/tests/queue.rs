@@ -25,6 +25,28 @@ async fn queue() -> (Queue, i64, tempfile::TempDir) {
     (Queue::new(store, Duration::from_secs(30)), node, dir)
 }
 
+/// Waits until `n` claims or graph waits of `queue` have looked, found nothing and parked:
+/// from then on only a wake-up answers them before their 30 s timeout.
+async fn parked(queue: &Queue, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue.waiting() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} waiters parked, expected {n}",
+            queue.waiting()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The answer of a parked waiter, which must come well before its 30 s timeout.
+async fn woken<T>(waiter: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter was not woken (it would have waited 30 s)")
+        .unwrap()
+}
+
 fn graph(names: &[(&str, &[&str])]) -> SubmitGraph {
     let jobs = names
         .iter()
@@ -56,31 +78,21 @@ async fn a_waiting_claim_wakes_when_a_job_becomes_ready() {
     let waiting = {
         let queue = queue.clone();
         tokio::spawn(async move {
-            let start = Instant::now();
-            let got = queue
+            queue
                 .claim(node, 1, &[], Duration::from_secs(30))
                 .await
                 .unwrap()
-                .assignments;
-            (got, start.elapsed())
+                .assignments
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        !waiting.is_finished(),
-        "nothing to claim yet, so the claim waits"
-    );
+    parked(&queue, 1).await;
     queue
         .submit(&graph(&[("a", &[]), ("b", &["a"])]))
         .await
         .unwrap();
-    let (got, waited) = waiting.await.unwrap();
+    let got = woken(waiting).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].job_name, "a");
-    assert!(
-        waited < Duration::from_secs(30),
-        "woken by the submission, not the timeout"
-    );
 
     // b becomes ready when a succeeds: a claim waiting for it wakes too.
     let waiting = {
@@ -93,8 +105,7 @@ async fn a_waiting_claim_wakes_when_a_job_becomes_ready() {
                 .assignments
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!waiting.is_finished());
+    parked(&queue, 1).await;
     let result = RunResult {
         run_id: got[0].run_id,
         outcome: Outcome::Succeeded,
@@ -102,7 +113,7 @@ async fn a_waiting_claim_wakes_when_a_job_becomes_ready() {
         reason: None,
     };
     queue.report(node, &[result]).await.unwrap();
-    let got = waiting.await.unwrap();
+    let got = woken(waiting).await;
     assert_eq!(got[0].job_name, "b");
 }
 
@@ -133,12 +144,13 @@ async fn a_graph_wait_answers_on_the_next_change() {
                 .unwrap()
         })
     };
+    parked(&queue, 1).await;
     let got = queue
         .claim(node, 1, &[], Duration::ZERO)
         .await
         .unwrap()
         .assignments;
-    let running = waiter.await.unwrap();
+    let running = woken(waiter).await;
     assert!(running.seq > info.seq);
     assert_eq!(running.counts.running, 1);
     let result = RunResult {
@@ -229,30 +241,29 @@ async fn two_servers_wake_each_other(url: String) {
     let waiting = {
         let two = two.clone();
         tokio::spawn(async move {
-            let start = Instant::now();
-            let got = two
-                .claim(node, 1, &[], Duration::from_secs(30))
+            two.claim(node, 1, &[], Duration::from_secs(30))
                 .await
                 .unwrap()
-                .assignments;
-            (got, start.elapsed())
+                .assignments
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!waiting.is_finished(), "nothing to claim yet");
+    parked(&two, 1).await;
     let info = one.submit(&graph(&[("a", &[])])).await.unwrap();
-    let (got, waited) = waiting.await.unwrap();
+    let got = woken(waiting).await;
     assert_eq!(got.len(), 1, "the job submitted on the other server");
-    assert!(
-        waited < Duration::from_secs(5),
-        "woken by the notification, not the timeout ({waited:?})"
-    );
 
-    // A graph watcher on the first server hears the result reported to the second.
+    // A graph watcher on the first server hears the result reported to the second. It
+    // waits from a counter past the claim's change (which the first server may hear only
+    // now), so that nothing but the result can answer it.
+    let claimed = one
+        .graph(info.id, Some(info.seq), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.counts.running, 1);
     let watcher = {
         let one = one.clone();
         tokio::spawn(async move {
-            one.graph(info.id, Some(info.seq), Duration::from_secs(30))
+            one.graph(info.id, Some(claimed.seq), Duration::from_secs(30))
                 .await
                 .unwrap()
         })
@@ -263,12 +274,11 @@ async fn two_servers_wake_each_other(url: String) {
         exit_code: Some(0),
         reason: None,
     };
+    parked(&one, 1).await;
     two.report(node, &[result]).await.unwrap();
-    let seen = tokio::time::timeout(Duration::from_secs(5), watcher)
-        .await
-        .expect("the watcher on the other server woke")
-        .unwrap();
-    assert!(seen.seq > info.seq);
+    let seen = woken(watcher).await;
+    assert!(seen.seq > claimed.seq);
+    assert_eq!(seen.counts.succeeded, 1, "{seen:?}");
     follower.abort();
     one_follower.abort();
     one.store().close().await;

@@ -313,20 +313,10 @@ impl Store {
 
 /// Where the server serves artifact `name` of run `run_id`, relative to its base URL.
 pub fn location(run_id: i64, name: &str) -> String {
-    format!("/v1/runs/{run_id}/artifacts/{}", encode_path(name))
-}
-
-/// Percent-encodes everything but unreserved characters and `/`.
-fn encode_path(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    format!(
+        "/v1/runs/{run_id}/artifacts/{}",
+        lwr_model::urlpath::path(name)
+    )
 }
 
 #[cfg(test)]

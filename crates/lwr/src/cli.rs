@@ -331,6 +331,11 @@ pub struct ServeArgs {
     /// makes its own, in DIR/admin.token). Allows any address.
     #[arg(long)]
     pub auth: bool,
+    /// The URL clients reach this server at, when a proxy stands in between
+    /// (https://ci.example.com/lwr): artifact locations in manifests start with it.
+    /// Default: http:// and the Host each request names.
+    #[arg(long, value_name = "URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -599,6 +604,11 @@ fn parse_scope(s: &str) -> Result<lwr_model::Scope, String> {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     lwr_model::graph::parse_duration(s).map(Duration::from_secs)
+}
+
+/// `--public-url`: a server URL as clients take it, without trailing slashes.
+fn parse_public_url(s: &str) -> Result<String, String> {
+    lwr_client::server_url(s).map_err(|e| e.to_string())
 }
 
 /// `--listen`: an IP address and port, or a host name and port resolved once, to its first

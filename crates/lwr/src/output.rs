@@ -29,3 +29,25 @@ fn gone(e: io::Error) -> ! {
     eprintln!("error: cannot write to standard output: {e}");
     std::process::exit(1);
 }
+
+/// The first 12 characters of a revision or a hash, as people read them. Characters, not
+/// bytes: a branch or tag used as a revision may be any text.
+pub fn short(text: &str) -> &str {
+    match text.char_indices().nth(12) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_cuts_on_a_character_boundary() {
+        assert_eq!(short("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short("abc"), "abc");
+        assert_eq!(short("abcdefghijküberlang"), "abcdefghijkü");
+        assert_eq!(short("ééééééééééééé"), "éééééééééééé");
+    }
+}

@@ -225,8 +225,12 @@ pub(crate) fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiE
     Ok(())
 }
 
-/// The server's URL as the client reached it, for absolute locations in manifests.
-pub(crate) fn base_url(headers: &HeaderMap) -> String {
+/// The server's URL as the client reached it, for absolute locations in manifests: the
+/// configured public URL, else `http://` and the Host header.
+pub(crate) fn base_url(config: &crate::Config, headers: &HeaderMap) -> String {
+    if let Some(url) = &config.public_url {
+        return url.clone();
+    }
     match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
         Some(host) if !host.is_empty() && !host.contains(['/', ' ', '@']) => {
             format!("http://{host}")

@@ -284,7 +284,8 @@ pub(crate) async fn upload_artifact(
     };
     match artifacts::upload(&state, run, info, body).await? {
         artifacts::Uploaded::Stored(mut artifact) => {
-            artifact.location = format!("{}{}", base_url(&headers), artifact.location);
+            artifact.location =
+                format!("{}{}", base_url(&state.config, &headers), artifact.location);
             Ok((StatusCode::CREATED, Json(artifact)).into_response())
         }
         artifacts::Uploaded::Staged(staged) => {
@@ -313,7 +314,7 @@ pub(crate) async fn commit_artifact(
 ) -> ApiResult<Response> {
     let run = caller.run.get();
     let mut artifact = artifacts::commit(&state, run, caller.node.get(), &commit).await?;
-    artifact.location = format!("{}{}", base_url(&headers), artifact.location);
+    artifact.location = format!("{}{}", base_url(&state.config, &headers), artifact.location);
     Ok((StatusCode::CREATED, Json(artifact)).into_response())
 }
 

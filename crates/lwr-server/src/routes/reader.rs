@@ -294,7 +294,7 @@ pub(crate) async fn get_run_manifest(
     ApiPath(run): ApiPath<i64>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let m = artifacts::manifest(&state, run, &base_url(&headers)).await?;
+    let m = artifacts::manifest(&state, run, &base_url(&state.config, &headers)).await?;
     Ok(Json(m).into_response())
 }
 
@@ -313,7 +313,7 @@ pub(crate) async fn get_job_manifest(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let run = state.queue.store().run_of_job(job, q.run).await?;
-    let m = artifacts::manifest(&state, run, &base_url(&headers)).await?;
+    let m = artifacts::manifest(&state, run, &base_url(&state.config, &headers)).await?;
     Ok(Json(m).into_response())
 }
 

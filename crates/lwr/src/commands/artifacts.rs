@@ -50,7 +50,7 @@ pub async fn fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "fetched {}/{name} ({size} bytes, sha256 {}) to {}",
         manifest.job.name,
-        &artifact.sha256[..12],
+        crate::output::short(&artifact.sha256),
         dest.display()
     );
     Ok(ExitCode::SUCCESS)

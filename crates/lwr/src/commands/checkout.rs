@@ -42,7 +42,7 @@ pub fn run(args: CheckoutArgs) -> anyhow::Result<ExitCode> {
     )?;
     outln!(
         "checked out {} of {} into {} ({how})",
-        &args.revision[..args.revision.len().min(12)],
+        crate::output::short(&args.revision),
         args.url,
         args.dir.display()
     );

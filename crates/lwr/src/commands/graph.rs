@@ -11,6 +11,7 @@ use lwr_model::words::count;
 
 use super::push::git;
 use crate::cli::{GraphAction, GraphArgs, GraphDiffArgs};
+use crate::output::short;
 
 /// The graph file's name at the repository root.
 pub const GRAPH_FILE: &str = "lwr.yml";
@@ -87,10 +88,6 @@ async fn push_graphs(
         short(&new.revision)
     );
     Ok((old_spec.graph, new_spec.graph, header))
-}
-
-fn short(rev: &str) -> &str {
-    &rev[..rev.len().min(12)]
 }
 
 /// `lwr graph --submit`: posts the graph of `args.repo`'s working tree. With `--push`,

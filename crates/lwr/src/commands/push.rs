@@ -13,6 +13,7 @@ use lwr_model::api::{GraphInfo, StateCounts, SubmitGraph};
 
 use super::graph::{GRAPH_FILE, read_working_tree};
 use crate::cli::PushArgs;
+use crate::output::short;
 
 /// Least time between two progress requests: changes in between arrive together.
 const MIN_POLL: Duration = Duration::from_millis(50);
@@ -95,10 +96,6 @@ pub(super) fn git(repo: &Path, args: &[&str]) -> Option<String> {
             .trim_end_matches('\n')
             .to_string(),
     )
-}
-
-fn short(rev: &str) -> &str {
-    &rev[..rev.len().min(12)]
 }
 
 /// Long-polls the graph until it finishes, showing progress. Rides out a server restart.

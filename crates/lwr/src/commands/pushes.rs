@@ -113,7 +113,7 @@ pub async fn pushes(args: PushesArgs) -> anyhow::Result<ExitCode> {
             p.id,
             p.graph_id,
             p.branch,
-            &p.revision[..p.revision.len().min(12)],
+            crate::output::short(&p.revision),
             if p.decided { "yes" } else { "no" },
             p.repository
         );

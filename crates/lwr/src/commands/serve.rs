@@ -252,6 +252,7 @@ async fn start_server(
     config.artifact_sweep = args.artifact_sweep;
     config.max_artifact_bytes = args.max_artifact_size;
     config.auth = args.auth;
+    config.public_url = args.public_url.clone();
     let (addr, serve) = lwr_server::bind(args.listen, store.clone(), config).await?;
     Ok((format!("http://{addr}"), store, serve))
 }

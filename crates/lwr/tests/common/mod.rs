@@ -1258,92 +1258,12 @@ fn pg_runtime() -> tokio::runtime::Runtime {
 }
 // A real S3-compatible server
 
-/// A moto S3 server (`python3 -m moto.server`) on a free loopback port, killed on drop.
-pub struct Moto {
-    child: Child,
-    pub port: u16,
-    pub url: String,
-}
+#[path = "../../../lwr-server/tests/support/moto.rs"]
+mod moto;
+#[allow(unused_imports)] // only the S3 tests use it
+pub use moto::Moto;
 
-impl Moto {
-    /// Starts moto, or returns `None` (after saying "skipped") when it is not installed.
-    pub fn start() -> Option<Moto> {
-        let port = free_port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .ok()?;
-        let mut moto = Moto {
-            child,
-            port,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let start = Instant::now();
-        while start.elapsed() < DEADLINE {
-            if let Ok(Some(_)) = moto.child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = moto.child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                eprintln!(
-                    "skipped: moto is not installed (pip install 'moto[server]'): {}",
-                    err.trim()
-                );
-                return None;
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(moto);
-            }
-            std::thread::sleep(POLL);
-        }
-        panic!("moto did not listen on port {port} within {DEADLINE:?}");
-    }
-
-    pub fn create_bucket(&self, bucket: &str) {
-        let mut s =
-            std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connecting to moto");
-        write!(
-            s,
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .expect("asking moto for a bucket");
-        let mut answer = String::new();
-        let _ = s.read_to_string(&mut answer);
-        assert!(
-            answer.starts_with("HTTP/1.1 200"),
-            "creating bucket: {answer}"
-        );
-    }
-
-    /// The environment an lwr server needs to use this moto.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ENDPOINT_URL", self.url.clone()),
-            ("AWS_ALLOW_HTTP", "true".into()),
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ACCESS_KEY_ID", "test".into()),
-            ("AWS_SECRET_ACCESS_KEY", "test".into()),
-        ]
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+// ---------------------------------------------------------------------------------------
 // Raw HTTP
 
 /// Raw HTTP against a test server, to send what the typed client never would.
