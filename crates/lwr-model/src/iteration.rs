@@ -28,6 +28,10 @@
 //!   ever changes pending jobs.
 //! - Cancelling a graph cancels its pending `all-finished` jobs too, and blocks nothing (every
 //!   job of the graph that has not ended is cancelled by the same statement).
+//! - A job retried after an infrastructure error counts its needs afresh (one may have been
+//!   retriggered on its own while it ran) and is blocked if one ended without success since.
+//!   Before this was found by the model comparison, the retry kept the count it was claimed
+//!   with and could run before its need's new run.
 //! - Success releases pending dependents whatever the job's own state was when its run
 //!   ended (it is always `running` there, since a live run means a running job).
 
@@ -351,17 +355,7 @@ impl Iteration {
         }
         // A dependent that also needs a job which did not succeed is blocked again.
         for &t in &targets[1..] {
-            let job = &self.jobs[&t];
-            let stuck = job.state == JobState::Pending
-                && !job.all_finished
-                && job
-                    .needs
-                    .iter()
-                    .any(|n| ended_without_success(self.jobs[n].state));
-            if stuck {
-                self.get_mut(t).state = JobState::Blocked;
-                self.block_dependents(t);
-            }
+            self.block_if_stuck(t);
         }
         // Pending jobs outside the targets that need one wait for its new run.
         for &t in &targets {
@@ -434,14 +428,33 @@ impl Iteration {
         }
     }
 
-    /// An infrastructure error: pending again while retries are left, else ended.
+    /// An infrastructure error: pending again while retries are left (its needs counted
+    /// afresh: one may have run again meanwhile), else ended.
     fn retry_or_end(&mut self, id: JobId) {
         let job = self.get_mut(id);
         if job.state == JobState::Running && job.retries_left > 0 {
             job.state = JobState::Pending;
             job.retries_left -= 1;
+            self.count_unmet(id);
+            self.block_if_stuck(id);
         } else {
             self.end(id, JobState::Exception);
+        }
+    }
+
+    /// A pending ordinary job with a need that ended without success can never run: it is
+    /// blocked, with what depends on it.
+    fn block_if_stuck(&mut self, id: JobId) {
+        let job = &self.jobs[&id];
+        let stuck = job.state == JobState::Pending
+            && !job.all_finished
+            && job
+                .needs
+                .iter()
+                .any(|n| ended_without_success(self.jobs[n].state));
+        if stuck {
+            self.get_mut(id).state = JobState::Blocked;
+            self.block_dependents(id);
         }
     }
 

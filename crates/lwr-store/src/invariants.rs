@@ -22,7 +22,7 @@ use sqlx::any::AnyRow;
 use crate::error::Op;
 use crate::graphs::parse_job_state;
 use crate::rows::{col, json};
-use crate::{Dialect, Store, StoreError};
+use crate::{Store, StoreError};
 
 /// Why [`Store::check_invariants`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -95,10 +95,11 @@ pub enum Violation {
         need_name: String,
         need_state: JobState,
     },
-    /// **A blocked job has a need that did not succeed**, or a need that ran again since
-    /// (retriggering a job without its dependents leaves a blocked dependent blocked, even
-    /// once the new run succeeds; such a need has more than one run).
-    #[error("job {job} ({name}) is blocked, but every need succeeded on its only run")]
+    /// **A blocked job has a need that did not succeed**, or a need that changed since the
+    /// job was blocked: retriggering a job without its dependents leaves a blocked dependent
+    /// blocked, even once the new run succeeds. (Read from `updated_at`, so this assumes the
+    /// clock the store is given only moves forward.)
+    #[error("job {job} ({name}) is blocked, but every need succeeded before it was blocked")]
     BlockedWithoutCause { job: JobId, name: String },
     /// **An all-finished job is never blocked**: blocking stops at it; the needs that ended
     /// count as finished for it instead.
@@ -205,6 +206,8 @@ pub(crate) struct JobRow {
     pub runs: i64,
     pub retries_left: i64,
     pub all_finished: bool,
+    /// When its state last changed (or, while pending, its count).
+    pub updated_at: i64,
     pub node: Option<String>,
     /// `retries` of the job's spec.
     pub retries: i64,
@@ -246,45 +249,36 @@ impl Store {
     }
 
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let mut tx = self.read.begin().await.op("starting the invariant check")?;
-        if self.dialect == Dialect::Postgres {
-            // One snapshot for the three reads, or a change between them would look broken.
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(&mut *tx)
-                .await
-                .op("isolating the invariant check")?;
-        }
-        let jobs = sqlx::query(
-            "SELECT id, graph_id, name, state, unmet, runs, retries_left, all_finished, node, \
-             spec FROM jobs",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .op("reading jobs for the invariant check")?;
-        let needs = sqlx::query("SELECT job_id, need_id FROM job_needs")
-            .fetch_all(&mut *tx)
+        // One statement, so one snapshot of the three tables on either database without a
+        // transaction (three reads could straddle a change and see a broken queue). Each
+        // part fills the columns it has; `kind` says which.
+        const SNAPSHOT: &str = "\
+            SELECT 'job' AS kind, id AS a, graph_id AS b, unmet AS c, runs AS d, \
+                retries_left AS e, all_finished AS f, updated_at AS g, name AS s1, \
+                state AS s2, node AS s3, spec AS s4 FROM jobs \
+            UNION ALL SELECT 'need', job_id, need_id, CAST(NULL AS BIGINT), \
+                CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
+                CAST(NULL AS BIGINT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), \
+                CAST(NULL AS TEXT), CAST(NULL AS TEXT) FROM job_needs \
+            UNION ALL SELECT 'run', r.id, r.job_id, r.number, r.lease_expires, r.finished_at, \
+                r.node_id, CAST(NULL AS BIGINT), n.name, r.state, CAST(NULL AS TEXT), \
+                CAST(NULL AS TEXT) FROM runs r LEFT JOIN nodes n ON n.id = r.node_id";
+        let rows = sqlx::query(SNAPSHOT)
+            .fetch_all(&self.read)
             .await
-            .op("reading needs for the invariant check")?;
-        let runs = sqlx::query(
-            "SELECT r.id, r.job_id, r.number, r.state, r.lease_expires, r.finished_at, \
-             r.node_id, n.name AS node_name FROM runs r LEFT JOIN nodes n ON n.id = r.node_id",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .op("reading runs for the invariant check")?;
-        tx.rollback().await.op("ending the invariant check")?;
+            .op("reading the queue for the invariant check")?;
         let mut snapshot = Snapshot::default();
-        for row in &jobs {
-            let job = job_row(row)?;
-            snapshot.jobs.insert(job.id, job);
-        }
-        for row in &needs {
-            snapshot
-                .needs
-                .push((JobId(col(row, "job_id")?), JobId(col(row, "need_id")?)));
-        }
-        for row in &runs {
-            snapshot.runs.push(run_row(row)?);
+        for row in &rows {
+            match col::<String>(row, "kind")?.as_str() {
+                "job" => {
+                    let job = job_row(row)?;
+                    snapshot.jobs.insert(job.id, job);
+                }
+                "need" => snapshot
+                    .needs
+                    .push((JobId(col(row, "a")?), JobId(col(row, "b")?))),
+                _ => snapshot.runs.push(run_row(row)?),
+            }
         }
         Ok(snapshot)
     }
@@ -295,35 +289,36 @@ fn job_row(row: &AnyRow) -> Result<JobRow, StoreError> {
     struct Retries {
         retries: u32,
     }
-    let spec: Retries = json(&col::<String>(row, "spec")?, "job spec")?;
+    let spec: Retries = json(&col::<String>(row, "s4")?, "job spec")?;
     Ok(JobRow {
-        id: JobId(col(row, "id")?),
-        graph: col(row, "graph_id")?,
-        name: col(row, "name")?,
-        state: parse_job_state(&col::<String>(row, "state")?)?,
-        unmet: col(row, "unmet")?,
-        runs: col(row, "runs")?,
-        retries_left: col(row, "retries_left")?,
-        all_finished: col::<i64>(row, "all_finished")? != 0,
-        node: col(row, "node")?,
+        id: JobId(col(row, "a")?),
+        graph: col(row, "b")?,
+        name: col(row, "s1")?,
+        state: parse_job_state(&col::<String>(row, "s2")?)?,
+        unmet: col(row, "c")?,
+        runs: col(row, "d")?,
+        retries_left: col(row, "e")?,
+        all_finished: col::<i64>(row, "f")? != 0,
+        updated_at: col(row, "g")?,
+        node: col(row, "s3")?,
         retries: i64::from(spec.retries),
     })
 }
 
 fn run_row(row: &AnyRow) -> Result<RunRow, StoreError> {
-    let state: String = col(row, "state")?;
+    let state: String = col(row, "s2")?;
     Ok(RunRow {
-        id: RunId(col(row, "id")?),
-        job: JobId(col(row, "job_id")?),
-        number: col(row, "number")?,
+        id: RunId(col(row, "a")?),
+        job: JobId(col(row, "b")?),
+        number: col(row, "c")?,
         state: RunState::parse(&state).ok_or(StoreError::Corrupt {
             what: "run state",
             detail: state.clone(),
         })?,
-        lease: col(row, "lease_expires")?,
-        finished: col(row, "finished_at")?,
-        node: NodeId(col(row, "node_id")?),
-        node_name: col(row, "node_name")?,
+        lease: col(row, "d")?,
+        finished: col(row, "e")?,
+        node: NodeId(col(row, "f")?),
+        node_name: col(row, "s1")?,
     })
 }
 
@@ -444,7 +439,7 @@ fn check_needs(job: &JobRow, needs: &[&JobRow], found: &mut Vec<Violation>) {
         JobState::Blocked => {
             let cause = needs
                 .iter()
-                .any(|n| n.state != JobState::Succeeded || n.runs > 1);
+                .any(|n| n.state != JobState::Succeeded || n.updated_at >= job.updated_at);
             if !cause {
                 found.push(Violation::BlockedWithoutCause {
                     job: job.id,
@@ -572,6 +567,7 @@ mod tests {
             runs,
             retries_left: 0,
             all_finished: false,
+            updated_at: 10,
             node: (state == JobState::Running).then(|| "n1".into()),
             retries: 2,
         }
@@ -624,6 +620,8 @@ mod tests {
     fn each_broken_promise_is_named() {
         let mut blocked_af = job(6, "f", JobState::Blocked, 0, 0);
         blocked_af.all_finished = true;
+        let mut rerun = job(5, "ok", JobState::Succeeded, 0, 2);
+        rerun.updated_at = 20;
         let mut lease_gone = run(3, 2, 1, RunState::Running);
         lease_gone.lease = None;
         let s = snapshot(
@@ -632,7 +630,7 @@ mod tests {
                 job(2, "b", JobState::Running, 0, 1),
                 job(3, "c", JobState::Pending, 0, 0),
                 job(4, "d", JobState::Blocked, 0, 0),
-                job(5, "ok", JobState::Succeeded, 0, 2),
+                rerun,
                 blocked_af,
             ],
             &[(3, 2), (4, 5), (2, 5)],
@@ -662,7 +660,7 @@ mod tests {
                 .iter()
                 .any(|v| matches!(v, Violation::ReadyTooEarly { need: JobId(2), .. }))
         );
-        // d's need ok succeeded, but on its second run: ok ran again since d was blocked.
+        // d's need ok succeeded, but it changed after d was blocked: it was run again.
         assert!(
             !found
                 .iter()
@@ -689,6 +687,37 @@ mod tests {
         assert!(
             err.contains("\n  - job 3 (c) is pending with unmet 0"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_blocked_job_needs_a_cause() {
+        // b was blocked after ok succeeded: no cause. c was blocked when again failed, and
+        // again succeeded on a second run since.
+        let mut blocked = job(2, "b", JobState::Blocked, 1, 0);
+        blocked.updated_at = 20;
+        let mut again = job(3, "again", JobState::Succeeded, 0, 2);
+        again.updated_at = 30;
+        let s = snapshot(
+            vec![
+                job(1, "ok", JobState::Succeeded, 0, 1),
+                blocked,
+                again,
+                job(4, "c", JobState::Blocked, 1, 0),
+            ],
+            &[(2, 1), (4, 3)],
+            vec![
+                run(1, 1, 1, RunState::Succeeded),
+                run(2, 3, 1, RunState::Failed),
+                run(3, 3, 2, RunState::Succeeded),
+            ],
+        );
+        assert_eq!(
+            violations(&s),
+            [Violation::BlockedWithoutCause {
+                job: JobId(2),
+                name: "b".into()
+            }]
         );
     }
 

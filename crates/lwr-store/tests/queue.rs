@@ -831,6 +831,60 @@ async fn retrigger_runs_a_job_again_with_its_dependents(f: Fixture) {
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
 }
 
+/// Found by the model comparison (`tests/iteration.rs`): a job retried after an
+/// infrastructure error kept the count of unmet needs it was claimed with, so when a need had
+/// been retriggered on its own meanwhile, the retry ran before the need's new run, and a
+/// need that failed meanwhile left it pending for ever.
+async fn a_retried_job_waits_for_a_need_that_runs_again(f: Fixture) {
+    f.store.set_pool_config(lwr_store::PoolConfig {
+        quarantine_after: 0,
+        ..Default::default()
+    });
+    f.store
+        .submit_graph(
+            &graph(vec![job("a", &[]), job("b", &["a"]), job("c", &["b"])]),
+            0,
+        )
+        .await
+        .unwrap();
+    let n = node(&f.store, "n1", &[]).await;
+    let claim = |max, results: Vec<RunResult>, now| {
+        let store = f.store.clone();
+        async move {
+            store
+                .claim(n, max, &results, now, LEASE)
+                .await
+                .unwrap()
+                .assignments
+        }
+    };
+    let a = claim(1, vec![], 1).await.remove(0);
+    let b = claim(1, vec![result(a.run_id, Outcome::Succeeded)], 2)
+        .await
+        .remove(0);
+    assert_eq!(b.job_name, "b");
+    // a runs again on its own while b runs; b's node is lost.
+    f.store.retrigger(a.job_id, false, 3).await.unwrap();
+    let next = claim(10, vec![result(b.run_id, Outcome::Exception)], 4).await;
+    let names: Vec<&str> = next.iter().map(|x| x.job_name.as_str()).collect();
+    assert_eq!(names, ["a"], "b waits for a's new run");
+    let again = claim(10, vec![result(next[0].run_id, Outcome::Succeeded)], 5).await;
+    assert_eq!(again[0].job_name, "b");
+
+    // The same, but a's new run fails: b's retry can never run, so b and c are blocked.
+    f.store.retrigger(a.job_id, false, 6).await.unwrap();
+    let a3 = claim(1, vec![], 7).await.remove(0);
+    f.store
+        .report(n, &[result(a3.run_id, Outcome::Failed)], 8)
+        .await
+        .unwrap();
+    assert_eq!(states(&f.store).await["b"], JobState::Running);
+    let none = claim(10, vec![result(again[0].run_id, Outcome::Exception)], 9).await;
+    assert!(none.is_empty());
+    let s = states(&f.store).await;
+    assert_eq!((s["b"], s["c"]), (JobState::Blocked, JobState::Blocked));
+}
+
 /// Claims one job on `node` at `now` and reports `outcome` for it; the node's state after.
 async fn run_one(store: &Store, node: i64, now: i64, outcome: Outcome) -> (String, u32) {
     let got = store.claim(node, 1, &[], now, LEASE).await.unwrap();
@@ -1003,6 +1057,7 @@ on_both_backends!(
     cancelling_a_running_job_ends_its_run_and_blocks_dependents,
     cancelling_a_graph_stops_everything_not_ended,
     retrigger_runs_a_job_again_with_its_dependents,
+    a_retried_job_waits_for_a_need_that_runs_again,
 );
 
 // Several servers share a database only on PostgreSQL; SQLite has one server per file.
