@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod glob;
 pub mod graph;
 pub mod ids;
+pub mod iteration;
 pub mod job;
 pub mod logstream;
 pub mod manifest;

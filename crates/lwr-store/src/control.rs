@@ -192,25 +192,7 @@ impl Store {
         // A dependent run again that also needs a job which did not succeed can never run:
         // it is blocked again (with what depends on it), not left waiting for ever.
         for &id in &targets[1..] {
-            let stuck = sqlx::query(
-                "UPDATE jobs SET state = 'blocked', updated_at = $2, \
-                 reason = 'needs a job that did not succeed' \
-                 WHERE id = $1 AND state = 'pending' AND all_finished = 0 AND EXISTS ( \
-                     SELECT 1 FROM job_needs jn JOIN jobs n ON n.id = jn.need_id \
-                     WHERE jn.job_id = $1 \
-                     AND n.state IN ('failed', 'exception', 'blocked', 'cancelled')) \
-                 RETURNING name",
-            )
-            .bind(id)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await
-            .op("blocking a dependent that cannot run")?;
-            if let Some(row) = stuck {
-                let dep: String = col(&row, "name")?;
-                block_dependents(&mut tx, id, &format!("needs {dep}, which is blocked"), now)
-                    .await?;
-            }
+            block_if_stuck(&mut tx, id, now).await?;
         }
         // A pending job that needs a target counted it as done already; it waits for the
         // new run now (else it would be released twice, and start too early).
@@ -251,6 +233,33 @@ pub(crate) async fn count_unmet(tx: &mut Tx, job_id: i64) -> Result<()> {
     .await
     .op("counting needs")?;
     Ok(())
+}
+
+/// Blocks pending job `job_id`, and what depends on it, when it is an ordinary job with a
+/// need that ended without success: it could never run. Returns whether it did, and whether
+/// an all-finished job became ready on the way.
+pub(crate) async fn block_if_stuck(tx: &mut Tx, job_id: i64, now: i64) -> Result<(bool, bool)> {
+    let stuck = sqlx::query(
+        "UPDATE jobs SET state = 'blocked', updated_at = $2, \
+         reason = 'needs a job that did not succeed' \
+         WHERE id = $1 AND state = 'pending' AND all_finished = 0 AND EXISTS ( \
+             SELECT 1 FROM job_needs jn JOIN jobs n ON n.id = jn.need_id \
+             WHERE jn.job_id = $1 \
+             AND n.state IN ('failed', 'exception', 'blocked', 'cancelled')) \
+         RETURNING name",
+    )
+    .bind(job_id)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await
+    .op("blocking a job that cannot run")?;
+    let Some(row) = stuck else {
+        return Ok((false, false));
+    };
+    let name: String = col(&row, "name")?;
+    let ready =
+        block_dependents(tx, job_id, &format!("needs {name}, which is blocked"), now).await?;
+    Ok((true, ready))
 }
 
 async fn job_state(tx: &mut Tx, job_id: i64) -> Result<(String, lwr_model::JobState)> {

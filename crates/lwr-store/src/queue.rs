@@ -795,7 +795,19 @@ async fn retry_or_end(
     .op("requeueing job")?
     .rows_affected();
     if retried > 0 {
-        return Ok(Effects::NEW_WORK);
+        // A need run again on its own while this job ran (retrigger without dependents)
+        // left the count it was claimed with stale: the retry waits for the need's new run,
+        // and is blocked if that ended without success.
+        crate::control::count_unmet(tx, job_id).await?;
+        let (blocked, ready) = crate::control::block_if_stuck(tx, job_id, now).await?;
+        return Ok(if blocked {
+            Effects {
+                ready,
+                changed: true,
+            }
+        } else {
+            Effects::NEW_WORK
+        });
     }
     end_job(
         tx,

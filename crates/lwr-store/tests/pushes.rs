@@ -1,9 +1,6 @@
 //! Pushes and `requires: all-finished` as plain store calls: one push per head across
 //! restarts, decision jobs, push graphs with jobs left out, trigger, and readiness of jobs
 //! that wait for their needs to finish whatever the result.
-//!
-//! SQLite by default; with `LWR_TEST_POSTGRES=postgres://user@host:port` each test gets a
-//! database of its own on that server instead.
 
 use std::collections::BTreeMap;
 
@@ -12,40 +9,11 @@ use lwr_model::graph::LeftOut;
 use lwr_model::{Graph, JobSpec, JobState, NodeProperties, Requires};
 use lwr_store::{Store, StoreError};
 
+#[macro_use]
+mod common;
+use common::Fixture;
+
 const LEASE: i64 = 30_000;
-
-async fn open(dir: &tempfile::TempDir) -> Store {
-    if let Ok(server) = std::env::var("LWR_TEST_POSTGRES") {
-        return open_postgres(&server, dir).await;
-    }
-    let url = format!("sqlite://{}", dir.path().join("lwr.db").display());
-    Store::open(&url).await.unwrap()
-}
-
-/// A database named after the test's temp dir, so that opening it again (a restart) finds
-/// the same data.
-async fn open_postgres(server: &str, dir: &tempfile::TempDir) -> Store {
-    use sqlx::Executor;
-    sqlx::any::install_default_drivers();
-    let name: String = dir
-        .path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
-    let name = format!("lwr_test_{}", name.to_lowercase());
-    let admin = sqlx::AnyPool::connect(&format!("{server}/postgres"))
-        .await
-        .unwrap();
-    // Exists already when the test reopens it.
-    let _ = admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await;
-    admin.close().await;
-    Store::open(&format!("{server}/{name}")).await.unwrap()
-}
 
 fn job(name: &str, needs: &[&str]) -> JobSpec {
     let mut j: JobSpec =
@@ -122,10 +90,8 @@ async fn run_ready(
     names
 }
 
-#[tokio::test]
-async fn one_push_per_head_across_polls_and_restarts() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn one_push_per_head_across_polls_and_restarts(f: Fixture) {
+    let store = f.store.clone();
     let add = AddRepo {
         url: "file:///srv/app".into(),
         branches: vec!["main".into(), "release/*".into()],
@@ -153,7 +119,7 @@ async fn one_push_per_head_across_polls_and_restarts() {
     );
     // A restart: a new store on the same database knows the head already.
     store.close().await;
-    let store = open(&dir).await;
+    let store = Store::open(&f.url).await.unwrap();
     assert!(
         store
             .record_heads(repo.id, &heads(&[("main", "a1")]), 3)
@@ -212,10 +178,8 @@ async fn one_push_per_head_across_polls_and_restarts() {
     assert_eq!(store.pushes(None, 10).await.unwrap().len(), 3);
 }
 
-#[tokio::test]
-async fn all_finished_jobs_run_whatever_their_needs_did() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn all_finished_jobs_run_whatever_their_needs_did(f: Fixture) {
+    let store = f.store.clone();
     let n = node(&store).await;
     // a fails: b and c (ordinary dependents) are blocked; summary (all-finished, needing a,
     // b and ok) runs once ok ends too; after (ordinary, needing summary) runs after it:
@@ -251,10 +215,8 @@ async fn all_finished_jobs_run_whatever_their_needs_did() {
     assert_eq!(s["after"], JobState::Succeeded);
 }
 
-#[tokio::test]
-async fn all_finished_waits_for_every_need_and_counts_cancelled_and_exception() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn all_finished_waits_for_every_need_and_counts_cancelled_and_exception(f: Fixture) {
+    let store = f.store.clone();
     // Three exceptions in a row on the one node would quarantine it.
     store.set_pool_config(lwr_store::PoolConfig {
         quarantine_after: 0,
@@ -336,10 +298,8 @@ fn push_graph(push: i64, left_out: &[&str]) -> SubmitGraph {
     sub
 }
 
-#[tokio::test]
-async fn push_graphs_keep_left_out_jobs_for_trigger() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn push_graphs_keep_left_out_jobs_for_trigger(f: Fixture) {
+    let store = f.store.clone();
     let n = node(&store).await;
     let repo = store
         .add_repo(
@@ -417,10 +377,8 @@ async fn push_graphs_keep_left_out_jobs_for_trigger() {
     assert_eq!(run_ready(&store, n, &[], 20).await, ["publish"]);
 }
 
-#[tokio::test]
-async fn trigger_refuses_a_job_whose_need_failed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn trigger_refuses_a_job_whose_need_failed(f: Fixture) {
+    let store = f.store.clone();
     let n = node(&store).await;
     let repo = store
         .add_repo(
@@ -448,10 +406,8 @@ async fn trigger_refuses_a_job_whose_need_failed() {
     }
 }
 
-#[tokio::test]
-async fn a_retriggered_need_is_waited_for_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn a_retriggered_need_is_waited_for_again(f: Fixture) {
+    let store = f.store.clone();
     // Three exceptions in a row on the one node would quarantine it.
     store.set_pool_config(lwr_store::PoolConfig {
         quarantine_after: 0,
@@ -513,10 +469,8 @@ async fn a_retriggered_need_is_waited_for_again() {
     assert_eq!(run_ready(&store, n, &[], 50).await, ["both", "report"]);
 }
 
-#[tokio::test]
-async fn a_dependent_run_again_with_a_failed_need_is_blocked_not_stuck() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+async fn a_dependent_run_again_with_a_failed_need_is_blocked_not_stuck(f: Fixture) {
+    let store = f.store.clone();
     let n = node(&store).await;
     let g = store
         .submit_graph(
@@ -552,3 +506,13 @@ async fn a_dependent_run_again_with_a_failed_need_is_blocked_not_stuck() {
     let info = store.graph(g).await.unwrap();
     assert!(info.finished, "{:?}", info.counts);
 }
+
+on_both_backends!(
+    one_push_per_head_across_polls_and_restarts,
+    all_finished_jobs_run_whatever_their_needs_did,
+    all_finished_waits_for_every_need_and_counts_cancelled_and_exception,
+    push_graphs_keep_left_out_jobs_for_trigger,
+    trigger_refuses_a_job_whose_need_failed,
+    a_retriggered_need_is_waited_for_again,
+    a_dependent_run_again_with_a_failed_need_is_blocked_not_stuck,
+);

@@ -5,94 +5,13 @@ use std::collections::BTreeMap;
 use lwr_model::api::{Outcome, RegisterNode, RunResult, SubmitGraph};
 use lwr_model::{Graph, JobSpec, JobState, NodeProperties, Requirements, RunState};
 use lwr_store::scratch::{POSTGRES_URL_VAR, ScratchDb};
-use lwr_store::{Dialect, Effects, Event, Store, StoreError};
+use lwr_store::{Effects, Event, Store, StoreError};
+
+#[macro_use]
+mod common;
+use common::Fixture;
 
 const LEASE: i64 = 30_000;
-
-/// A fresh, migrated store for one test body, on either backend.
-struct Fixture {
-    store: Store,
-    /// The database's URL, for tests that open it again.
-    url: String,
-}
-
-/// Runs `body` against a fresh database of `dialect`: a SQLite file in a temp dir, or a
-/// database of its own on the PostgreSQL server named by `LWR_TEST_POSTGRES_URL`, dropped
-/// afterwards whether the body passed or not.
-async fn run<F, Fut>(dialect: Dialect, body: F)
-where
-    F: FnOnce(Fixture) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (url, _dir, scratch) = match dialect {
-        Dialect::Sqlite => {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!("sqlite://{}", dir.path().join("lwr.db").display());
-            (url, Some(dir), None)
-        }
-        Dialect::Postgres => {
-            let admin = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
-                panic!("set {POSTGRES_URL_VAR} (e.g. postgres://postgres@127.0.0.1:5432/test) to run the PostgreSQL variants")
-            });
-            let db = ScratchDb::create(&admin).await.unwrap();
-            (db.url.clone(), None, Some(db))
-        }
-    };
-    let store = Store::open(&url).await.unwrap();
-    assert_eq!(store.dialect(), dialect);
-    let outcome = tokio::spawn(body(Fixture {
-        store: store.clone(),
-        url,
-    }))
-    .await;
-    store.close().await;
-    if let Some(db) = scratch {
-        db.drop_db().await.unwrap();
-    }
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
-/// Each test body runs twice: `sqlite::NAME` always, and `postgres::NAME`, which is
-/// ignored (reported as such) unless run with `--include-ignored`, and then needs
-/// `LWR_TEST_POSTGRES_URL`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::run(lwr_store::Dialect::Sqlite, super::$name).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[ignore = "set LWR_TEST_POSTGRES_URL and run with --include-ignored"]
-                async fn $name() {
-                    super::run(lwr_store::Dialect::Postgres, super::$name).await
-                }
-            )*
-        }
-    };
-}
-
-/// Tests of PostgreSQL only (plans, locks), ignored unless asked for like the others.
-macro_rules! on_postgres {
-    ($($name:ident),* $(,)?) => {
-        mod postgres_only {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[ignore = "set LWR_TEST_POSTGRES_URL and run with --include-ignored"]
-                async fn $name() {
-                    super::run(lwr_store::Dialect::Postgres, super::$name).await
-                }
-            )*
-        }
-    };
-}
 
 fn job(name: &str, needs: &[&str]) -> JobSpec {
     JobSpec {
@@ -477,6 +396,8 @@ async fn a_database_from_a_newer_lwr_is_refused(f: Fixture) {
     assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err}");
     assert!(err.to_string().contains("upgrade lwr"), "{err}");
     assert!(err.to_string().contains("999"), "{err}");
+    // The newer lwr's row gone, the database opens again (and the harness can check it).
+    assert!(unbump_schema(&f.url).await);
 }
 
 /// Records a schema version from the future, as a newer lwr would.
@@ -485,6 +406,15 @@ async fn bump_schema(url: &str) -> bool {
     sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
     sqlx::query("INSERT INTO lwr_schema (version) VALUES (999)")
+        .execute(&mut conn)
+        .await
+        .is_ok()
+}
+
+async fn unbump_schema(url: &str) -> bool {
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::query("DELETE FROM lwr_schema WHERE version = 999")
         .execute(&mut conn)
         .await
         .is_ok()
@@ -577,11 +507,12 @@ async fn the_claim_reads_the_ready_index_not_every_job(f: Fixture) {
     assert_eq!(got.assignments.len(), 5);
 }
 
-/// Marks all jobs but the last `keep` succeeded, behind the store's back.
+/// Ends all jobs but the last `keep`, behind the store's back: cancelled, as a job that never
+/// ran may end (succeeded would need a run).
 async fn finish_all_but(url: &str, keep: i64) {
     use sqlx::Connection;
     let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    sqlx::query("UPDATE jobs SET state = 'succeeded' WHERE id <= (SELECT MAX(id) FROM jobs) - $1")
+    sqlx::query("UPDATE jobs SET state = 'cancelled' WHERE id <= (SELECT MAX(id) FROM jobs) - $1")
         .bind(keep)
         .execute(&mut conn)
         .await
@@ -900,6 +831,60 @@ async fn retrigger_runs_a_job_again_with_its_dependents(f: Fixture) {
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
 }
 
+/// Found by the model comparison (`tests/iteration.rs`): a job retried after an
+/// infrastructure error kept the count of unmet needs it was claimed with, so when a need had
+/// been retriggered on its own meanwhile, the retry ran before the need's new run, and a
+/// need that failed meanwhile left it pending for ever.
+async fn a_retried_job_waits_for_a_need_that_runs_again(f: Fixture) {
+    f.store.set_pool_config(lwr_store::PoolConfig {
+        quarantine_after: 0,
+        ..Default::default()
+    });
+    f.store
+        .submit_graph(
+            &graph(vec![job("a", &[]), job("b", &["a"]), job("c", &["b"])]),
+            0,
+        )
+        .await
+        .unwrap();
+    let n = node(&f.store, "n1", &[]).await;
+    let claim = |max, results: Vec<RunResult>, now| {
+        let store = f.store.clone();
+        async move {
+            store
+                .claim(n, max, &results, now, LEASE)
+                .await
+                .unwrap()
+                .assignments
+        }
+    };
+    let a = claim(1, vec![], 1).await.remove(0);
+    let b = claim(1, vec![result(a.run_id, Outcome::Succeeded)], 2)
+        .await
+        .remove(0);
+    assert_eq!(b.job_name, "b");
+    // a runs again on its own while b runs; b's node is lost.
+    f.store.retrigger(a.job_id, false, 3).await.unwrap();
+    let next = claim(10, vec![result(b.run_id, Outcome::Exception)], 4).await;
+    let names: Vec<&str> = next.iter().map(|x| x.job_name.as_str()).collect();
+    assert_eq!(names, ["a"], "b waits for a's new run");
+    let again = claim(10, vec![result(next[0].run_id, Outcome::Succeeded)], 5).await;
+    assert_eq!(again[0].job_name, "b");
+
+    // The same, but a's new run fails: b's retry can never run, so b and c are blocked.
+    f.store.retrigger(a.job_id, false, 6).await.unwrap();
+    let a3 = claim(1, vec![], 7).await.remove(0);
+    f.store
+        .report(n, &[result(a3.run_id, Outcome::Failed)], 8)
+        .await
+        .unwrap();
+    assert_eq!(states(&f.store).await["b"], JobState::Running);
+    let none = claim(10, vec![result(again[0].run_id, Outcome::Exception)], 9).await;
+    assert!(none.is_empty());
+    let s = states(&f.store).await;
+    assert_eq!((s["b"], s["c"]), (JobState::Blocked, JobState::Blocked));
+}
+
 /// Claims one job on `node` at `now` and reports `outcome` for it; the node's state after.
 async fn run_one(store: &Store, node: i64, now: i64, outcome: Outcome) -> (String, u32) {
     let got = store.claim(node, 1, &[], now, LEASE).await.unwrap();
@@ -1072,6 +1057,7 @@ on_both_backends!(
     cancelling_a_running_job_ends_its_run_and_blocks_dependents,
     cancelling_a_graph_stops_everything_not_ended,
     retrigger_runs_a_job_again_with_its_dependents,
+    a_retried_job_waits_for_a_need_that_runs_again,
 );
 
 // Several servers share a database only on PostgreSQL; SQLite has one server per file.

@@ -13,6 +13,9 @@ use lwr_model::api::{Outcome, RegisterNode, RunResult, SubmitGraph};
 use lwr_model::{Graph, JobSpec, JobState, NodeProperties, Requirements, RunState};
 use lwr_store::Store;
 
+mod common;
+use common::Fixture;
+
 fn stored() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/schema-1.db")
 }
@@ -117,10 +120,15 @@ async fn a_database_written_by_schema_1_still_loads() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("lwr.db");
     std::fs::copy(stored(), &copy).unwrap();
-    let store = Store::open(&format!("sqlite://{}", copy.display()))
-        .await
-        .unwrap();
+    let url = format!("sqlite://{}", copy.display());
+    if let Err(panic) = common::run_at(&url, reads_back_as_written).await {
+        std::panic::resume_unwind(panic);
+    }
+}
 
+/// The stored database as `make` wrote it, and its queue going on.
+async fn reads_back_as_written(f: Fixture) {
+    let store = f.store;
     let graph = store.graph(1).await.unwrap();
     assert_eq!(
         graph.repository.as_deref(),
@@ -172,5 +180,4 @@ async fn a_database_written_by_schema_1_still_loads() {
     let mut names: Vec<String> = got.assignments.into_iter().map(|a| a.job_name).collect();
     names.sort();
     assert_eq!(names, ["later", "test"]);
-    store.close().await;
 }

@@ -3,17 +3,14 @@
 
 use lwr_model::Scopes;
 use lwr_model::api::RegisterNode;
-use lwr_store::{Store, TokenCheck, hash_secret};
+use lwr_store::{Dialect, TokenCheck, hash_secret};
 
-async fn store() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("lwr.db").display());
-    (Store::open(&url).await.unwrap(), dir)
-}
+#[macro_use]
+mod common;
+use common::Fixture;
 
-#[tokio::test]
-async fn tokens_are_checked_revoked_and_expire() {
-    let (store, dir) = store().await;
+async fn tokens_are_checked_revoked_and_expire(f: Fixture) {
+    let store = f.store;
     let now = 1_000_000;
     let scopes = Scopes::parse("read graph:submit").unwrap();
     let (info, secret) = store
@@ -55,20 +52,34 @@ async fn tokens_are_checked_revoked_and_expire() {
         .collect();
     assert_eq!(states, ["expired", "revoked"]);
 
-    // Only the hash is in the database file.
-    store.close().await;
-    let mut bytes = Vec::new();
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
-    }
-    let text = String::from_utf8_lossy(&bytes);
+    // Only the hash is in the database.
+    let text = match store.dialect() {
+        Dialect::Sqlite => {
+            store.close().await;
+            let path = f.url.trim_start_matches("sqlite://");
+            let dir = std::path::Path::new(path).parent().unwrap();
+            let mut bytes = Vec::new();
+            for entry in std::fs::read_dir(dir).unwrap() {
+                bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        Dialect::Postgres => {
+            use sqlx::{Connection, Row};
+            let mut conn = sqlx::AnyConnection::connect(&f.url).await.unwrap();
+            let rows = sqlx::query("SELECT CAST(t AS TEXT) AS row FROM tokens t")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+            rows.iter().map(|r| r.get::<String, _>("row")).collect()
+        }
+    };
     assert!(!text.contains(&secret) && !text.contains(&other_secret));
     assert!(text.contains(&hash_secret(&secret)));
 }
 
-#[tokio::test]
-async fn a_node_remembers_the_token_it_registered_with() {
-    let (store, _dir) = store().await;
+async fn a_node_remembers_the_token_it_registered_with(f: Fixture) {
+    let store = f.store;
     let reg = RegisterNode {
         name: "n1".into(),
         properties: Default::default(),
@@ -83,3 +94,8 @@ async fn a_node_remembers_the_token_it_registered_with() {
     assert_eq!(store.node_owner(id).await.unwrap(), Some(8));
     assert!(store.node_owner(id + 1).await.is_err());
 }
+
+on_both_backends!(
+    tokens_are_checked_revoked_and_expire,
+    a_node_remembers_the_token_it_registered_with,
+);
