@@ -6,6 +6,7 @@ use std::time::Duration;
 use lwr_model::logstream::{
     ChunkAck, EndEvent, LiveState, LiveToggle, LogEvent, LogStreams, RunEvent, Stats,
 };
+use lwr_model::{JobId, NodeId, RunId};
 use reqwest::Method;
 
 use crate::{Client, ClientError, REQUEST_TIMEOUT, Result, paths};
@@ -120,10 +121,10 @@ impl Client {
     /// where an earlier follow stopped (`resume`: run id and offset).
     pub async fn follow_log(
         &self,
-        job: i64,
+        job: JobId,
         run: Option<u32>,
         offset: u64,
-        resume: Option<(i64, u64)>,
+        resume: Option<(RunId, u64)>,
     ) -> Result<LogFollow> {
         let ep = paths::job_log(job)
             .query("follow", true)
@@ -145,7 +146,7 @@ impl Client {
     }
 
     /// Turns streaming of a running job's log to the server on or off.
-    pub async fn set_live(&self, job: i64, live: bool) -> Result<LiveState> {
+    pub async fn set_live(&self, job: JobId, live: bool) -> Result<LiveState> {
         self.json(
             &paths::job_live(job),
             Some(&LiveToggle { live }),
@@ -162,7 +163,7 @@ impl Client {
     /// without a `version`, else when the set differs from that version or after `wait`.
     pub async fn log_streams(
         &self,
-        node: i64,
+        node: NodeId,
         version: Option<u64>,
         wait: Duration,
     ) -> Result<LogStreams> {
@@ -175,8 +176,8 @@ impl Client {
     /// Sends a piece of a run's log that starts at byte `offset`.
     pub async fn send_log_piece(
         &self,
-        run: i64,
-        node: i64,
+        run: RunId,
+        node: NodeId,
         offset: u64,
         end: bool,
         bytes: Vec<u8>,
@@ -208,7 +209,7 @@ mod tests {
         assert_eq!(
             parse_block(&second, "p").expect("parse"),
             Some(FollowEvent::Log(LogEvent {
-                run_id: 3,
+                run_id: RunId(3),
                 offset: 0,
                 end: 4,
                 text: "a\nb\n".into()

@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use lwr_model::api::*;
 use lwr_model::auth::{CreateToken, CreatedToken, TokenInfo, TokenList};
 use lwr_model::manifest::Manifest;
+use lwr_model::{GraphId, JobId, NodeId, PushId, RunId};
 use reqwest::{Method, RequestBuilder};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -396,7 +397,12 @@ impl Client {
     }
 
     /// A graph's state; with `after`, the server holds the answer up to `wait` for a change.
-    pub async fn graph(&self, id: i64, after: Option<i64>, wait: Duration) -> Result<GraphInfo> {
+    pub async fn graph(
+        &self,
+        id: GraphId,
+        after: Option<i64>,
+        wait: Duration,
+    ) -> Result<GraphInfo> {
         let ep = match after {
             Some(seq) => paths::graph(id)
                 .query("after", seq)
@@ -406,20 +412,20 @@ impl Client {
         self.json(&ep, None::<&()>, REQUEST_TIMEOUT + wait).await
     }
 
-    pub async fn jobs(&self, graph: Option<i64>) -> Result<JobList> {
+    pub async fn jobs(&self, graph: Option<GraphId>) -> Result<JobList> {
         self.get(paths::jobs().query_opt("graph", graph)).await
     }
 
-    pub async fn job(&self, id: i64) -> Result<JobDetail> {
+    pub async fn job(&self, id: JobId) -> Result<JobDetail> {
         self.get(paths::job(id)).await
     }
 
-    pub async fn job_by_name(&self, graph: i64, name: &str) -> Result<JobDetail> {
+    pub async fn job_by_name(&self, graph: GraphId, name: &str) -> Result<JobDetail> {
         self.get(paths::job_by_name(graph, name)).await
     }
 
     /// The stored log of a job's latest run (or of run `run`).
-    pub async fn log(&self, job: i64, run: Option<u32>) -> Result<Vec<u8>> {
+    pub async fn log(&self, job: JobId, run: Option<u32>) -> Result<Vec<u8>> {
         let ep = paths::job_log(job).query_opt("run", run);
         let req = self.request(&ep, REQUEST_TIMEOUT);
         let resp = self.send_ep(&ep, req).await?;
@@ -439,21 +445,21 @@ impl Client {
         self.post(paths::revoke_token(id), &()).await
     }
 
-    pub async fn cancel_job(&self, job: i64) -> Result<CancelResult> {
+    pub async fn cancel_job(&self, job: JobId) -> Result<CancelResult> {
         self.post(paths::cancel_job(job), &()).await
     }
 
-    pub async fn cancel_graph(&self, graph: i64) -> Result<CancelResult> {
+    pub async fn cancel_graph(&self, graph: GraphId) -> Result<CancelResult> {
         self.post(paths::cancel_graph(graph), &()).await
     }
 
-    pub async fn retrigger(&self, job: i64, with_dependents: bool) -> Result<RetriggerResult> {
+    pub async fn retrigger(&self, job: JobId, with_dependents: bool) -> Result<RetriggerResult> {
         self.post(paths::retrigger(job), &RetriggerRequest { with_dependents })
             .await
     }
 
     /// The job definitions of a graph, as submitted (for a push, with the jobs left out).
-    pub async fn graph_spec(&self, graph: i64) -> Result<GraphSpec> {
+    pub async fn graph_spec(&self, graph: GraphId) -> Result<GraphSpec> {
         self.get(paths::graph_spec(graph)).await
     }
 
@@ -475,12 +481,12 @@ impl Client {
         self.get(paths::pushes().query_opt("repo", repo)).await
     }
 
-    pub async fn push(&self, id: i64) -> Result<PushInfo> {
+    pub async fn push(&self, id: PushId) -> Result<PushInfo> {
         self.get(paths::push(id)).await
     }
 
     /// Adds job `job`, which push `push`'s graph defines but did not run.
-    pub async fn trigger(&self, push: i64, job: &str) -> Result<TriggerResult> {
+    pub async fn trigger(&self, push: PushId, job: &str) -> Result<TriggerResult> {
         self.post(paths::trigger(push), &TriggerRequest { job: job.into() })
             .await
     }
@@ -504,24 +510,24 @@ impl Client {
     }
 
     /// Long-polls for work: the server answers as soon as a job is ready, or after the wait.
-    pub async fn claim(&self, node: i64, req: &ClaimRequest) -> Result<ClaimResponse> {
+    pub async fn claim(&self, node: NodeId, req: &ClaimRequest) -> Result<ClaimResponse> {
         let timeout = REQUEST_TIMEOUT + Duration::from_millis(req.wait_ms);
         self.json(&paths::claim(node), Some(req), timeout).await
     }
 
-    pub async fn heartbeat(&self, node: i64, hb: &Heartbeat) -> Result<HeartbeatResponse> {
+    pub async fn heartbeat(&self, node: NodeId, hb: &Heartbeat) -> Result<HeartbeatResponse> {
         self.post(paths::heartbeat(node), hb).await
     }
 
-    pub async fn report(&self, node: i64, rep: &ReportResults) -> Result<ReportAck> {
+    pub async fn report(&self, node: NodeId, rep: &ReportResults) -> Result<ReportAck> {
         self.post(paths::results(node), rep).await
     }
 
     /// Uploads a run's log file as a stream, with its SHA-256 for the server to check.
     pub async fn upload_log(
         &self,
-        run: i64,
-        node: i64,
+        run: RunId,
+        node: NodeId,
         file: &std::path::Path,
         sha256: &str,
     ) -> Result<()> {
@@ -534,7 +540,12 @@ impl Client {
     }
 
     /// The artifact upload of `meta` for a run, with or without its hash.
-    fn artifact_upload(run: i64, node: i64, meta: &ArtifactMeta, sha256: Option<&str>) -> Endpoint {
+    fn artifact_upload(
+        run: RunId,
+        node: NodeId,
+        meta: &ArtifactMeta,
+        sha256: Option<&str>,
+    ) -> Endpoint {
         paths::upload_artifact(run)
             .query("node", node)
             .query("name", &meta.name)
@@ -547,8 +558,8 @@ impl Client {
     /// Uploads one artifact of a run as a stream; the server checks it against `meta.sha256`.
     pub async fn upload_artifact(
         &self,
-        run: i64,
-        node: i64,
+        run: RunId,
+        node: NodeId,
         meta: &ArtifactMeta,
         file: &std::path::Path,
     ) -> Result<()> {
@@ -574,8 +585,8 @@ impl Client {
     /// against what it received. `meta.sha256` is not used. Returns the file's SHA-256.
     pub async fn upload_artifact_hashing(
         &self,
-        run: i64,
-        node: i64,
+        run: RunId,
+        node: NodeId,
         meta: &ArtifactMeta,
         file: &std::path::Path,
     ) -> Result<String> {
@@ -637,7 +648,7 @@ impl Client {
     }
 
     /// Sends the node's part of a run's manifest, after its artifacts.
-    pub async fn put_manifest(&self, run: i64, node: i64, m: &ManifestUpload) -> Result<()> {
+    pub async fn put_manifest(&self, run: RunId, node: NodeId, m: &ManifestUpload) -> Result<()> {
         let ep = paths::put_manifest(run).query("node", node);
         let req = self.request(&ep, REQUEST_TIMEOUT).json(m);
         self.call(ep, req).await
@@ -659,7 +670,7 @@ impl Client {
     }
 
     /// The manifest of a job's latest run (or of run `run`).
-    pub async fn job_manifest(&self, job: i64, run: Option<u32>) -> Result<Manifest> {
+    pub async fn job_manifest(&self, job: JobId, run: Option<u32>) -> Result<Manifest> {
         let ep = paths::job_manifest(job).query_opt("run", run);
         let req = self.request(&ep, REQUEST_TIMEOUT);
         self.read_manifest(&ep.path, req).await

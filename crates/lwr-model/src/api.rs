@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::graph::{ArtifactDecl, Graph, JobSpec, LeftOut};
+use crate::ids::{GraphId, JobId, NodeId, PushId, RunId};
 use crate::job::{JobState, RunState};
 use crate::node::NodeProperties;
 
@@ -36,7 +37,8 @@ pub struct SubmitGraph {
     /// The push this graph belongs to (a decision job submitting it): its jobs join the
     /// push's graph, and repository, branch and revision are the push's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub push: Option<i64>,
+    #[schema(value_type = Option<i64>)]
+    pub push: Option<PushId>,
     /// Jobs of `graph` not to schedule now (left out by a `when` filter); they are kept with
     /// the graph, so `lwr trigger` can add them later.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -60,10 +62,12 @@ impl SubmitGraph {
 /// `GET /v1/graphs/{id}/spec`: the job definitions of a graph, as submitted.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GraphSpec {
-    pub graph_id: i64,
+    #[schema(value_type = i64)]
+    pub graph_id: GraphId,
     /// The push whose graph this is, if it came from one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub push: Option<i64>,
+    #[schema(value_type = Option<i64>)]
+    pub push: Option<PushId>,
     /// Every job the lwr.yml defines (for a push: without its decision job, and with the
     /// jobs left out).
     pub graph: Graph,
@@ -115,7 +119,8 @@ pub struct RepoList {
 /// A push: one new head of a polled branch, with the graph its decision job fills.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PushInfo {
-    pub id: i64,
+    #[schema(value_type = i64)]
+    pub id: PushId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo_id: Option<i64>,
     pub repository: String,
@@ -126,8 +131,10 @@ pub struct PushInfo {
     pub base: Option<String>,
     /// The previous push on the same repository and branch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous: Option<i64>,
-    pub graph_id: i64,
+    #[schema(value_type = Option<i64>)]
+    pub previous: Option<PushId>,
+    #[schema(value_type = i64)]
+    pub graph_id: GraphId,
     /// True once the decision job submitted the graph.
     pub decided: bool,
     pub created_at: String,
@@ -148,7 +155,8 @@ pub struct TriggerRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TriggerResult {
     /// Ids of the jobs added: the triggered job first, then the needs it was missing.
-    pub jobs: Vec<i64>,
+    #[schema(value_type = Vec<i64>)]
+    pub jobs: Vec<JobId>,
 }
 
 /// Counts of a graph's jobs by state.
@@ -196,7 +204,8 @@ impl StateCounts {
 /// A graph and where its jobs stand.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GraphInfo {
-    pub id: i64,
+    #[schema(value_type = i64)]
+    pub id: GraphId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -216,8 +225,10 @@ pub struct GraphInfo {
 /// A job in listings (`GET /v1/jobs`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobInfo {
-    pub id: i64,
-    pub graph_id: i64,
+    #[schema(value_type = i64)]
+    pub id: JobId,
+    #[schema(value_type = i64)]
+    pub graph_id: GraphId,
     pub name: String,
     pub state: JobState,
     /// Name of the node that holds or held the latest run.
@@ -243,7 +254,8 @@ pub struct JobList {
 /// One run (attempt) of a job.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunInfo {
-    pub id: i64,
+    #[schema(value_type = i64)]
+    pub id: RunId,
     /// 1 for the first attempt.
     pub number: u32,
     pub state: RunState,
@@ -268,7 +280,8 @@ pub struct JobDetail {
     #[serde(flatten)]
     pub info: JobInfo,
     pub spec: JobSpec,
-    pub needs: Vec<i64>,
+    #[schema(value_type = Vec<i64>)]
+    pub needs: Vec<JobId>,
     pub run_history: Vec<RunInfo>,
 }
 
@@ -284,7 +297,8 @@ pub struct RegisterNode {
 /// A node as the server sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NodeInfo {
-    pub id: i64,
+    #[schema(value_type = i64)]
+    pub id: NodeId,
     pub name: String,
     pub properties: NodeProperties,
     pub slots: u32,
@@ -342,11 +356,14 @@ pub struct ClaimRequest {
 /// renew (heartbeat) within `lease_secs`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Assignment {
-    pub run_id: i64,
+    #[schema(value_type = i64)]
+    pub run_id: RunId,
     pub run_number: u32,
-    pub job_id: i64,
+    #[schema(value_type = i64)]
+    pub job_id: JobId,
     pub job_name: String,
-    pub graph_id: i64,
+    #[schema(value_type = i64)]
+    pub graph_id: GraphId,
     pub command: String,
     pub env: BTreeMap<String, String>,
     pub timeout_secs: u64,
@@ -424,7 +441,8 @@ pub struct ClaimResponse {
 /// `POST /v1/nodes/{id}/heartbeat`: renews the leases of the runs the node holds.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Heartbeat {
-    pub runs: Vec<i64>,
+    #[schema(value_type = Vec<i64>)]
+    pub runs: Vec<RunId>,
     /// Why the node's health check fails; absent when healthy (or it has none). An unhealthy
     /// node claims nothing and no job waits for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -441,7 +459,8 @@ pub struct HeartbeatResponse {
     pub reboot: bool,
     /// Runs the node holds that are no longer its own (lease expired, cancelled): it must
     /// kill them and not report them.
-    pub abandon: Vec<i64>,
+    #[schema(value_type = Vec<i64>)]
+    pub abandon: Vec<RunId>,
 }
 
 /// How a run ended, as the node saw it.
@@ -459,7 +478,8 @@ pub enum Outcome {
 /// One finished run, reported by its node (`POST /v1/nodes/{id}/results`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunResult {
-    pub run_id: i64,
+    #[schema(value_type = i64)]
+    pub run_id: RunId,
     pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -475,7 +495,8 @@ pub struct ReportResults {
 /// The server's answer per reported run.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ResultAck {
-    pub run_id: i64,
+    #[schema(value_type = i64)]
+    pub run_id: RunId,
     /// True when the result is recorded (now or by an earlier report of the same result).
     /// False when the run is no longer the node's to report (its lease expired): the node
     /// drops it.
@@ -509,7 +530,8 @@ pub struct RetriggerRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RetriggerResult {
     /// Ids of the jobs put back in the queue, the retriggered one first.
-    pub jobs: Vec<i64>,
+    #[schema(value_type = Vec<i64>)]
+    pub jobs: Vec<JobId>,
 }
 
 /// `GET /v1/health`.

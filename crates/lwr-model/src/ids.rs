@@ -14,7 +14,7 @@ macro_rules! id_type {
         $(#[$doc])*
         #[derive(
             Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-            utoipa::ToSchema, schemars::JsonSchema,
+            utoipa::ToSchema,
         )]
         #[serde(transparent)]
         #[schema(value_type = i64)]
@@ -79,6 +79,32 @@ id_type!(
     PushId, "push id"
 );
 
+/// The JSON Schema of a plain integer, inlined: the manifest schema says `integer` for an id,
+/// as it did before the newtypes (a derive would add a named definition per type).
+macro_rules! integer_json_schema {
+    ($($name:ident),*) => {$(
+        impl schemars::JsonSchema for $name {
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                <i64 as schemars::JsonSchema>::schema_name()
+            }
+
+            fn schema_id() -> std::borrow::Cow<'static, str> {
+                <i64 as schemars::JsonSchema>::schema_id()
+            }
+
+            fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                <i64 as schemars::JsonSchema>::json_schema(generator)
+            }
+        }
+    )*};
+}
+
+integer_json_schema!(JobId, RunId, NodeId, GraphId, PushId, Millis, DurationMs);
+
 /// Text that is not an id of the kind asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what} must be an integer, not {text:?}")]
@@ -100,7 +126,6 @@ pub struct IdParseError {
     Serialize,
     Deserialize,
     utoipa::ToSchema,
-    schemars::JsonSchema,
 )]
 #[serde(transparent)]
 #[schema(value_type = i64)]
@@ -111,6 +136,7 @@ pub struct Millis(pub i64);
     Debug,
     Clone,
     Copy,
+    Default,
     PartialEq,
     Eq,
     PartialOrd,
@@ -119,7 +145,6 @@ pub struct Millis(pub i64);
     Serialize,
     Deserialize,
     utoipa::ToSchema,
-    schemars::JsonSchema,
 )]
 #[serde(transparent)]
 #[schema(value_type = i64)]
@@ -164,6 +189,18 @@ impl DurationMs {
     /// From a std duration, saturating at `i64::MAX` milliseconds.
     pub fn from_std(d: std::time::Duration) -> DurationMs {
         DurationMs(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<i64> for Millis {
+    fn from(v: i64) -> Millis {
+        Millis(v)
+    }
+}
+
+impl From<i64> for DurationMs {
+    fn from(v: i64) -> DurationMs {
+        DurationMs(v)
     }
 }
 

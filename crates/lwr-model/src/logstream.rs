@@ -9,6 +9,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::ids::{JobId, RunId};
+
 /// Largest piece of log a node sends in one request.
 pub const MAX_CHUNK: usize = 1 << 20;
 
@@ -23,7 +25,8 @@ pub struct LogStreams {
 /// Stream the log of `run_id`, starting at byte `offset` (what the server already holds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StreamRequest {
-    pub run_id: i64,
+    #[schema(value_type = i64)]
+    pub run_id: RunId,
     pub offset: u64,
 }
 
@@ -45,8 +48,10 @@ pub struct LiveToggle {
 /// The answer to a toggle: which run it applies to and whether it is streaming now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LiveState {
-    pub job_id: i64,
-    pub run_id: i64,
+    #[schema(value_type = i64)]
+    pub job_id: JobId,
+    #[schema(value_type = i64)]
+    pub run_id: RunId,
     pub live: bool,
     /// Viewers following the run now.
     pub viewers: u32,
@@ -79,7 +84,8 @@ pub struct Stats {
 /// The data of a `log` event of a followed log: text of the log from byte `offset` on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogEvent {
-    pub run_id: i64,
+    #[schema(value_type = i64)]
+    pub run_id: RunId,
     /// Byte offset in the log of the first byte of `text`.
     pub offset: u64,
     /// Byte offset just after it: where to resume (`text` may differ in length from the
@@ -92,7 +98,8 @@ pub struct LogEvent {
 /// The data of the `run` event that starts each run's part of a followed log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RunEvent {
-    pub run_id: i64,
+    #[schema(value_type = i64)]
+    pub run_id: RunId,
     pub number: u32,
     pub node: String,
 }
@@ -100,7 +107,8 @@ pub struct RunEvent {
 /// The data of the `end` event: the run's log is complete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EndEvent {
-    pub run_id: i64,
+    #[schema(value_type = i64)]
+    pub run_id: RunId,
     /// Size of the whole log.
     pub size: u64,
     /// The run's state when the log ended (`running` when its result is not in yet).

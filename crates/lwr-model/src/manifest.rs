@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::ids::{GraphId, JobId, RunId};
 use crate::job::RunState;
 
 /// The manifest format this build writes and reads.
@@ -46,10 +47,10 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ManifestJob {
     /// Job id on the server.
-    pub id: i64,
+    pub id: JobId,
     /// Normalized job name, unique in its graph.
     pub name: String,
-    pub graph_id: i64,
+    pub graph_id: GraphId,
     /// The repository the graph came from, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
@@ -59,7 +60,7 @@ pub struct ManifestJob {
     /// Run (attempt) number, 1 for the first.
     pub run_number: u32,
     /// Run id on the server.
-    pub run_id: i64,
+    pub run_id: RunId,
     /// A UUID for the run, unique across servers.
     pub uid: String,
     /// How the run stands: `running` until its node reports the result.
@@ -269,13 +270,13 @@ mod tests {
         Manifest {
             manifest_version: 1,
             job: ManifestJob {
-                id: 2,
+                id: JobId(2),
                 name: "build".into(),
-                graph_id: 1,
+                graph_id: GraphId(1),
                 repository: None,
                 revision: Some("abc".into()),
                 run_number: 1,
-                run_id: 7,
+                run_id: RunId(7),
                 uid: "u".into(),
                 status: RunState::Succeeded,
                 exit_code: Some(0),

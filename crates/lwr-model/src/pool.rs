@@ -10,15 +10,16 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::ids::{DurationMs, Millis, NodeId};
 use crate::node::{NodeProperties, Requirements};
 
 /// How long a job waits for the node that last built it, unless lwr.yml says
 /// (`affinity_wait`).
-pub const DEFAULT_AFFINITY_WAIT_MS: i64 = 30_000;
+pub const DEFAULT_AFFINITY_WAIT_MS: DurationMs = DurationMs(30_000);
 /// How long a slower (or spot) node leaves a ready job to a faster (or reserved) one that
 /// has a free slot. The better node is woken when the job becomes ready and claims within
 /// milliseconds; the bound only matters when it does not.
-pub const PREFERENCE_GRACE_MS: i64 = 3_000;
+pub const PREFERENCE_GRACE_MS: DurationMs = DurationMs(3_000);
 
 /// A job's `prefer:` entries, in order of importance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -109,15 +110,15 @@ pub fn is_spot(props: &NodeProperties) -> bool {
 /// One node as the policy sees it.
 #[derive(Debug, Clone)]
 pub struct PoolNode {
-    pub id: i64,
+    pub id: NodeId,
     pub name: String,
     pub properties: NodeProperties,
     pub state: NodeState,
     pub slots: u32,
     /// Runs it holds.
     pub running: u32,
-    /// Milliseconds since the epoch of its last heartbeat or claim.
-    pub last_seen: i64,
+    /// Its last heartbeat or claim.
+    pub last_seen: Millis,
     /// Why its own health check fails (`lwr node --health-check`); `None`: healthy.
     pub health: Option<String>,
     speed: f64,
@@ -126,13 +127,13 @@ pub struct PoolNode {
 
 impl PoolNode {
     pub fn new(
-        id: i64,
+        id: NodeId,
         name: String,
         properties: NodeProperties,
         state: NodeState,
         slots: u32,
         running: u32,
-        last_seen: i64,
+        last_seen: Millis,
     ) -> PoolNode {
         let (speed, spot) = (speed_of(&properties), is_spot(&properties));
         PoolNode {
@@ -166,13 +167,13 @@ impl PoolNode {
 #[derive(Debug, Clone, Default)]
 pub struct Pool {
     nodes: Vec<PoolNode>,
-    index: HashMap<i64, usize>,
+    index: HashMap<NodeId, usize>,
     /// A node not heard from for longer than this is lost.
-    pub lost_after_ms: i64,
+    pub lost_after_ms: DurationMs,
 }
 
 impl Pool {
-    pub fn new(mut nodes: Vec<PoolNode>, lost_after_ms: i64) -> Pool {
+    pub fn new(mut nodes: Vec<PoolNode>, lost_after_ms: DurationMs) -> Pool {
         nodes.sort_by(|a, b| b.speed.total_cmp(&a.speed).then(a.id.cmp(&b.id)));
         let index = nodes.iter().enumerate().map(|(i, n)| (n.id, i)).collect();
         Pool {
@@ -187,11 +188,11 @@ impl Pool {
         &self.nodes
     }
 
-    pub fn get(&self, id: i64) -> Option<&PoolNode> {
+    pub fn get(&self, id: NodeId) -> Option<&PoolNode> {
         self.index.get(&id).map(|&i| &self.nodes[i])
     }
 
-    pub fn get_mut(&mut self, id: i64) -> Option<&mut PoolNode> {
+    pub fn get_mut(&mut self, id: NodeId) -> Option<&mut PoolNode> {
         self.index.get(&id).map(|&i| &mut self.nodes[i])
     }
 
@@ -204,18 +205,18 @@ impl Pool {
     }
 
     /// Heard from within the bound.
-    pub fn alive(&self, node: &PoolNode, now: i64) -> bool {
-        now - node.last_seen <= self.lost_after_ms
+    pub fn alive(&self, node: &PoolNode, now: Millis) -> bool {
+        now.since(node.last_seen) <= self.lost_after_ms
     }
 
     /// Alive, enabled and healthy: it may be given work.
-    pub fn usable(&self, node: &PoolNode, now: i64) -> bool {
+    pub fn usable(&self, node: &PoolNode, now: Millis) -> bool {
         node.state == NodeState::Enabled && node.health.is_none() && self.alive(node, now)
     }
 
     /// Why no usable node can run a job with `req`; `None` when one can. For a pending job's
     /// reason: `no node matches: os=plan9 (node has linux)`.
-    pub fn unmet(&self, req: &Requirements, now: i64) -> Option<String> {
+    pub fn unmet(&self, req: &Requirements, now: Millis) -> Option<String> {
         let mut first = None;
         let mut usable = 0;
         for node in self.nodes.iter().filter(|n| self.usable(n, now)) {
@@ -252,10 +253,10 @@ pub struct ReadyJob<'a> {
     /// Empty: [`Prefer::DEFAULT`].
     pub prefer: &'a [Prefer],
     /// The node that last ran the job on the same repository and branch successfully.
-    pub affinity: Option<i64>,
-    pub affinity_wait_ms: i64,
+    pub affinity: Option<NodeId>,
+    pub affinity_wait_ms: DurationMs,
     /// How long the job has been ready to claim.
-    pub ready_for_ms: i64,
+    pub ready_for_ms: DurationMs,
     /// Its last run ended by an infrastructure error on a spot node.
     pub avoid_spot: bool,
 }
@@ -267,7 +268,10 @@ pub enum Decision {
     Take(String),
     /// Leave it for a better node; the claiming node looks again after `retry_in_ms` at
     /// the latest (when the hold runs out).
-    Hold { reason: String, retry_in_ms: i64 },
+    Hold {
+        reason: String,
+        retry_in_ms: DurationMs,
+    },
     /// The claiming node does not meet a requirement.
     Unmet(String),
 }
@@ -283,12 +287,13 @@ pub struct Memo {
 }
 
 /// Decides whether `claimer` takes `job`, given the rest of the `pool` at time `now`.
-pub fn decide(job: &ReadyJob, claimer: &PoolNode, pool: &Pool, now: i64) -> Decision {
+pub fn decide(job: &ReadyJob, claimer: &PoolNode, pool: &Pool, now: Millis) -> Decision {
     decide_with(job, claimer, pool, now, &mut Memo::default())
 }
 
 /// [`crate::timing::AFFINITY_SILENCE`] on the pool's clock (milliseconds).
-pub const AFFINITY_SILENCE_MS: i64 = crate::timing::AFFINITY_SILENCE.as_millis() as i64;
+pub const AFFINITY_SILENCE_MS: DurationMs =
+    DurationMs(crate::timing::AFFINITY_SILENCE.as_millis() as i64);
 
 /// [`decide`] for one of many jobs of the same claim: `memo` carries what the earlier ones
 /// found, so a slow node that holds thousands of jobs for faster ones in a burst does not
@@ -297,7 +302,7 @@ pub fn decide_with(
     job: &ReadyJob,
     claimer: &PoolNode,
     pool: &Pool,
-    now: i64,
+    now: Millis,
     memo: &mut Memo,
 ) -> Decision {
     if let Some(req) = job.requirements
@@ -311,9 +316,9 @@ pub fn decide_with(
             && pool.usable(n, now)
             && job.requirements.is_none_or(|r| r.matches(&n.properties))
     };
-    let hold = |reason: String, bound: i64| Decision::Hold {
+    let hold = |reason: String, bound: DurationMs| Decision::Hold {
         reason,
-        retry_in_ms: (bound - job.ready_for_ms).max(1),
+        retry_in_ms: DurationMs((bound.get() - job.ready_for_ms.get()).max(1)),
     };
     if job.avoid_spot {
         if !claimer.spot {
@@ -347,7 +352,7 @@ pub fn decide_with(
                 Some(id) => {
                     // A node silent for three heartbeats is most likely gone (killed, cut
                     // off): it is not waited for, long before it counts as lost.
-                    let heard_of = |n: &PoolNode| now - n.last_seen <= AFFINITY_SILENCE_MS;
+                    let heard_of = |n: &PoolNode| now.since(n.last_seen) <= AFFINITY_SILENCE_MS;
                     if let Some(n) = pool.get(id).filter(|n| fits(n) && heard_of(n)) {
                         if job.ready_for_ms < job.affinity_wait_ms {
                             let how = if n.has_free_slot() { "" } else { ", busy" };
@@ -449,7 +454,8 @@ pub fn decide_with(
 }
 
 /// `30 s`, `1.5 s`.
-fn secs(ms: i64) -> String {
+fn secs(d: DurationMs) -> String {
+    let ms = d.get();
     if ms % 1000 == 0 {
         format!("{} s", ms / 1000)
     } else {
@@ -461,7 +467,7 @@ fn secs(ms: i64) -> String {
 mod tests {
     use super::*;
 
-    const NOW: i64 = 1_000_000;
+    const NOW: Millis = Millis(1_000_000);
 
     fn node(id: i64, name: &str, tags: &[(&str, &str)]) -> PoolNode {
         let properties = NodeProperties {
@@ -475,11 +481,19 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
-        PoolNode::new(id, name.into(), properties, NodeState::Enabled, 1, 0, NOW)
+        PoolNode::new(
+            NodeId(id),
+            name.into(),
+            properties,
+            NodeState::Enabled,
+            1,
+            0,
+            NOW,
+        )
     }
 
     fn pool(nodes: &[PoolNode]) -> Pool {
-        Pool::new(nodes.to_vec(), 60_000)
+        Pool::new(nodes.to_vec(), DurationMs(60_000))
     }
 
     fn job() -> ReadyJob<'static> {
@@ -490,7 +504,7 @@ mod tests {
             prefer: &[],
             affinity: None,
             affinity_wait_ms: DEFAULT_AFFINITY_WAIT_MS,
-            ready_for_ms: 0,
+            ready_for_ms: DurationMs(0),
             avoid_spot: false,
         }
     }
@@ -531,9 +545,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(p.unmet(&linux, NOW), None);
-        let gone = Pool::new(vec![node(1, "slow", &[])], 10);
+        let gone = Pool::new(vec![node(1, "slow", &[])], DurationMs(10));
         assert!(
-            gone.unmet(&linux, NOW + 1000)
+            gone.unmet(&linux, NOW.plus(DurationMs(1000)))
                 .unwrap()
                 .contains("no enabled node is alive")
         );
@@ -579,7 +593,7 @@ mod tests {
             "only matching node"
         );
         let mut lost = fast.clone();
-        lost.last_seen = NOW - 61_000;
+        lost.last_seen = NOW.minus(DurationMs(61_000));
         assert_eq!(
             taken(decide(&job(), &slow, &pool(&[slow.clone(), lost]), NOW)),
             "only matching node"
@@ -625,7 +639,7 @@ mod tests {
         let fast = node(2, "fast", &[("speed", "10")]);
         let p = pool(&[slow.clone(), fast.clone()]);
         let j = ReadyJob {
-            affinity: Some(1),
+            affinity: Some(NodeId(1)),
             ..job()
         };
         assert_eq!(
@@ -639,7 +653,7 @@ mod tests {
         let mut busy = slow.clone();
         busy.running = 1;
         let p_busy = pool(&[busy, fast.clone()]);
-        match decide(&j, &fast, &p_busy, NOW + 10) {
+        match decide(&j, &fast, &p_busy, NOW.plus(DurationMs(10))) {
             Decision::Hold {
                 reason,
                 retry_in_ms,
@@ -659,8 +673,8 @@ mod tests {
         );
         // A short window from lwr.yml.
         let short = ReadyJob {
-            affinity_wait_ms: 2000,
-            ready_for_ms: 2500,
+            affinity_wait_ms: DurationMs(2000),
+            ready_for_ms: DurationMs(2500),
             ..j
         };
         assert_eq!(
@@ -674,7 +688,7 @@ mod tests {
         let slow = node(1, "slow", &[("speed", "1")]);
         let fast = node(2, "fast", &[("speed", "10")]);
         let j = ReadyJob {
-            affinity: Some(1),
+            affinity: Some(NodeId(1)),
             ..job()
         };
         let mut off = slow.clone();
@@ -682,7 +696,7 @@ mod tests {
         let p = pool(&[off, fast.clone()]);
         assert_eq!(taken(decide(&j, &fast, &p, NOW)), "only matching node");
         let unknown = ReadyJob {
-            affinity: Some(99),
+            affinity: Some(NodeId(99)),
             ..j
         };
         assert_eq!(
@@ -697,11 +711,11 @@ mod tests {
         // Silent for longer than three heartbeats: most likely killed; not waited for,
         // although it does not count as lost yet.
         let mut silent = slow.clone();
-        silent.last_seen = NOW - AFFINITY_SILENCE_MS - 1;
+        silent.last_seen = NOW.minus(AFFINITY_SILENCE_MS).minus(DurationMs(1));
         let p = pool(&[silent.clone(), fast.clone()]);
         assert!(p.alive(&silent, NOW));
         assert_eq!(taken(decide(&j, &fast, &p, NOW)), "fastest matching");
-        silent.last_seen = NOW - AFFINITY_SILENCE_MS;
+        silent.last_seen = NOW.minus(AFFINITY_SILENCE_MS);
         let p = pool(&[silent, fast.clone()]);
         assert!(matches!(decide(&j, &fast, &p, NOW), Decision::Hold { .. }));
     }
@@ -713,7 +727,7 @@ mod tests {
         let p = pool(&[slow.clone(), fast.clone()]);
         // fastest first: the affinity node (slow) does not get the job while fast is free.
         let j = ReadyJob {
-            affinity: Some(1),
+            affinity: Some(NodeId(1)),
             prefer: &[Prefer::Fastest, Prefer::Affinity],
             ..job()
         };
@@ -747,7 +761,7 @@ mod tests {
         let p = pool(&[spot.clone(), reserved.clone()]);
         let j = ReadyJob {
             avoid_spot: true,
-            ready_for_ms: 3_600_000,
+            ready_for_ms: DurationMs(3_600_000),
             ..job()
         };
         assert_eq!(
@@ -757,7 +771,7 @@ mod tests {
         assert!(held(decide(&j, &spot, &p, NOW)).starts_with("reserved after spot interruption"));
         // With no non-spot node alive, a spot node runs it after all.
         let mut lost = reserved.clone();
-        lost.last_seen = 0;
+        lost.last_seen = Millis(0);
         assert_eq!(
             taken(decide(&j, &spot, &pool(&[spot.clone(), lost]), NOW)),
             "only matching node"
@@ -784,8 +798,8 @@ mod tests {
         p.upsert(node(3, "c", &[("speed", "5")]));
         let names: Vec<&str> = p.nodes().iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["c", "a", "b"]);
-        p.get_mut(1).unwrap().running = 1;
-        assert!(!p.get(1).unwrap().has_free_slot());
+        p.get_mut(NodeId(1)).unwrap().running = 1;
+        assert!(!p.get(NodeId(1)).unwrap().has_free_slot());
         p.upsert(node(1, "a", &[("speed", "9")]));
         assert_eq!(p.nodes()[0].name, "a");
     }

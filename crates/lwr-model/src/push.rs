@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::glob::{self, glob_match};
 use crate::graph::{JobSpec, Requires};
+use crate::ids::PushId;
 use crate::node::Requirements;
 
 /// The name of a push's decision job; a graph submitted for a push may not use it.
@@ -21,7 +22,7 @@ const DECISION_TIMEOUT_SECS: u64 = 30 * 60;
 /// The decision job of push `push`: `base` is the revision of the previous push on the
 /// branch, against which changed files are computed (the commit's parent when `None`).
 pub fn decision_job(
-    push: i64,
+    push: PushId,
     repository: &str,
     branch: &str,
     revision: &str,
@@ -105,7 +106,7 @@ mod tests {
 
     #[test]
     fn the_decision_job_is_a_valid_job() {
-        let job = decision_job(7, "file:///r", "main", "abc", None);
+        let job = decision_job(PushId(7), "file:///r", "main", "abc", None);
         let graph = crate::Graph { jobs: vec![job] };
         graph.validate().unwrap();
         assert_eq!(graph.jobs[0].env["LWR_PUSH"], "7");

@@ -12,9 +12,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use lwr_client::{ArtifactMeta, Client, ClientError, StatusCode};
-use lwr_model::ArtifactDecl;
 use lwr_model::api::{ManifestUpload, Outcome, RunResult};
 use lwr_model::manifest::{self, MissingArtifact};
+use lwr_model::{ArtifactDecl, NodeId, RunId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -43,7 +43,7 @@ pub(crate) enum ArtifactError {
     Extra { file: String, reason: String },
     #[error("cannot keep the artifacts of run {run} in {dir}: {source}")]
     Outbox {
-        run: i64,
+        run: RunId,
         dir: String,
         #[source]
         source: std::io::Error,
@@ -73,7 +73,7 @@ pub(crate) struct Planned {
     pub file: String,
 }
 
-pub(crate) fn outbox(work_dir: &Path, run: i64) -> PathBuf {
+pub(crate) fn outbox(work_dir: &Path, run: RunId) -> PathBuf {
     work_dir.join("outbox").join(run.to_string())
 }
 
@@ -280,7 +280,7 @@ fn keep(job_dir: &Path, rel: &str, dest: &Path, decl: &ArtifactDecl) -> Result<u
 pub(crate) async fn upload(
     client: &Client,
     work_dir: &Path,
-    node: i64,
+    node: NodeId,
     result: &mut RunResult,
 ) -> Result<(), ClientError> {
     let run = result.run_id;
@@ -368,7 +368,7 @@ mod tests {
         }
     }
 
-    fn ok(run: i64) -> RunResult {
+    fn ok(run: RunId) -> RunResult {
         RunResult {
             run_id: run,
             outcome: Outcome::Succeeded,
@@ -406,13 +406,14 @@ mod tests {
             decl("symbols", "dist/*.sym", false),
             decl("notes", "NOTES.txt", true),
         ];
-        let mut result = ok(5);
+        let mut result = ok(RunId(5));
         assert!(collect(&work, &job, &decls, Default::default(), &mut result).unwrap());
         assert_eq!(result.outcome, Outcome::Succeeded);
         assert!(!job.join("dist/app-1.2.3.tar.gz").exists(), "moved out");
-        let plan: Plan =
-            serde_json::from_slice(&std::fs::read(outbox(&work, 5).join("plan.json")).unwrap())
-                .unwrap();
+        let plan: Plan = serde_json::from_slice(
+            &std::fs::read(outbox(&work, RunId(5)).join("plan.json")).unwrap(),
+        )
+        .unwrap();
         let names: Vec<&str> = plan.artifacts.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(
             names,
@@ -423,7 +424,7 @@ mod tests {
         assert_eq!(plan.missing.len(), 1);
         assert!(plan.missing[0].optional);
 
-        let mut result = ok(6);
+        let mut result = ok(RunId(6));
         collect(
             &work,
             &job,
@@ -449,7 +450,7 @@ mod tests {
         std::fs::write(tmp.path().join("secret"), "s").unwrap();
         std::os::unix::fs::symlink(tmp.path().join("secret"), job.join("link")).unwrap();
         for path in ["../secret", "/etc/passwd", "link"] {
-            let mut result = ok(7);
+            let mut result = ok(RunId(7));
             collect(
                 &work,
                 &job,

@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use lwr_model::RunId;
 use lwr_model::api::{Outcome, RunResult};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -15,7 +16,7 @@ use tokio::sync::oneshot;
 
 /// Everything needed to start a job's process.
 pub struct Launch {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub command: String,
     pub env: BTreeMap<String, String>,
     pub dir: PathBuf,
@@ -161,7 +162,7 @@ async fn wait(
 
 /// A command that cannot start is the job's fault, as in a shell: 127 when the program is
 /// missing, 126 when it may not run; anything else is the node's problem.
-fn not_started(launch: &Launch, run_id: i64, e: std::io::Error) -> RunResult {
+fn not_started(launch: &Launch, run_id: RunId, e: std::io::Error) -> RunResult {
     let code = match e.kind() {
         std::io::ErrorKind::NotFound => 127,
         std::io::ErrorKind::PermissionDenied => 126,
@@ -326,7 +327,7 @@ pub fn fresh_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// The log file of a run; outside the job dir so it never mixes with the job's files.
-pub fn log_path(work_dir: &Path, run_id: i64) -> PathBuf {
+pub fn log_path(work_dir: &Path, run_id: RunId) -> PathBuf {
     work_dir.join("logs").join(format!("{run_id}.log"))
 }
 
@@ -358,7 +359,7 @@ mod tests {
     async fn run_line(line: &str, timeout: Duration) -> (RunResult, String) {
         let tmp = tempfile::tempdir().unwrap();
         let launch = Launch {
-            run_id: 1,
+            run_id: RunId(1),
             command: line.to_string(),
             env: [("GREETING".to_string(), "hi".to_string())]
                 .into_iter()

@@ -12,6 +12,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use lwr_model::RunId;
 use lwr_model::api::{Outcome, RunResult};
 use lwr_model::sync::lock;
 use serde::{Deserialize, Serialize};
@@ -19,16 +20,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Entry {
-    Started { run: i64, pgid: i32 },
+    Started { run: RunId, pgid: i32 },
     Ended { result: RunResult },
-    Reported { run: i64 },
+    Reported { run: RunId },
 }
 
 /// What a previous life of the node left behind.
 #[derive(Debug, Default)]
 pub(crate) struct Recovered {
     /// Runs that were going when the node stopped, with their process groups.
-    pub leftovers: Vec<(i64, i32)>,
+    pub leftovers: Vec<(RunId, i32)>,
     /// Results the server has not acknowledged.
     pub unreported: Vec<RunResult>,
 }
@@ -41,9 +42,9 @@ pub(crate) struct Journal {
 struct State {
     file: File,
     /// Runs started and not ended.
-    live: HashSet<i64>,
+    live: HashSet<RunId>,
     /// Runs ended and not acknowledged.
-    unreported: HashSet<i64>,
+    unreported: HashSet<RunId>,
 }
 
 impl Journal {
@@ -70,7 +71,7 @@ impl Journal {
         ))
     }
 
-    pub(crate) fn started(&self, run: i64, pgid: i32) {
+    pub(crate) fn started(&self, run: RunId, pgid: i32) {
         self.append(&Entry::Started { run, pgid }, |s| {
             s.live.insert(run);
         });
@@ -89,7 +90,7 @@ impl Journal {
         );
     }
 
-    pub(crate) fn reported(&self, runs: &[i64]) {
+    pub(crate) fn reported(&self, runs: &[RunId]) {
         let mut state = lock(&self.state);
         for &run in runs {
             state.unreported.remove(&run);
@@ -132,8 +133,8 @@ fn write_entry(file: &mut File, entry: &Entry, path: &Path) {
 }
 
 fn read_back(file: File) -> std::io::Result<Recovered> {
-    let mut started: BTreeMap<i64, i32> = BTreeMap::new();
-    let mut ended: BTreeMap<i64, RunResult> = BTreeMap::new();
+    let mut started: BTreeMap<RunId, i32> = BTreeMap::new();
+    let mut ended: BTreeMap<RunId, RunResult> = BTreeMap::new();
     for line in BufReader::new(file).split(b'\n') {
         let Ok(entry) = serde_json::from_slice::<Entry>(&line?) else {
             continue; // a line torn by a crash
@@ -158,7 +159,7 @@ fn read_back(file: File) -> std::io::Result<Recovered> {
 }
 
 /// The result recorded for a run its node's previous life left going.
-pub(crate) fn restarted(run_id: i64) -> RunResult {
+pub(crate) fn restarted(run_id: RunId) -> RunResult {
     RunResult {
         run_id,
         outcome: Outcome::Exception,
@@ -171,7 +172,7 @@ pub(crate) fn restarted(run_id: i64) -> RunResult {
 mod tests {
     use super::*;
 
-    fn ok(run: i64) -> RunResult {
+    fn ok(run: RunId) -> RunResult {
         RunResult {
             run_id: run,
             outcome: Outcome::Succeeded,
@@ -186,22 +187,22 @@ mod tests {
         {
             let (j, rec) = Journal::open(dir.path()).unwrap();
             assert!(rec.leftovers.is_empty() && rec.unreported.is_empty());
-            j.started(1, 100);
-            j.started(2, 200);
-            j.started(3, 300);
-            j.ended(&ok(1));
-            j.ended(&ok(2));
-            j.reported(&[2]);
+            j.started(RunId(1), 100);
+            j.started(RunId(2), 200);
+            j.started(RunId(3), 300);
+            j.ended(&ok(RunId(1)));
+            j.ended(&ok(RunId(2)));
+            j.reported(&[RunId(2)]);
         }
         // A crash tears the last line.
         let path = dir.path().join("journal.jsonl");
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"ended\": {\"resu").unwrap();
         let (_, rec) = Journal::open(dir.path()).unwrap();
-        assert_eq!(rec.leftovers, vec![(3, 300)]);
+        assert_eq!(rec.leftovers, vec![(RunId(3), 300)]);
         assert_eq!(
             rec.unreported.iter().map(|r| r.run_id).collect::<Vec<_>>(),
-            vec![1]
+            vec![RunId(1)]
         );
     }
 
@@ -209,18 +210,18 @@ mod tests {
     fn the_journal_empties_when_nothing_is_pending() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(dir.path()).unwrap();
-        j.started(1, 100);
-        j.ended(&ok(1));
-        j.reported(&[1]);
+        j.started(RunId(1), 100);
+        j.ended(&ok(RunId(1)));
+        j.reported(&[RunId(1)]);
         assert_eq!(
             std::fs::metadata(dir.path().join("journal.jsonl"))
                 .unwrap()
                 .len(),
             0
         );
-        j.started(2, 100);
+        j.started(RunId(2), 100);
         drop(j);
         let (_, rec) = Journal::open(dir.path()).unwrap();
-        assert_eq!(rec.leftovers, vec![(2, 100)]);
+        assert_eq!(rec.leftovers, vec![(RunId(2), 100)]);
     }
 }

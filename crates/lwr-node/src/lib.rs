@@ -25,6 +25,7 @@ use lwr_client::{Client, ClientError, StatusCode};
 use lwr_model::api::{Assignment, ClaimRequest, Heartbeat, Outcome, RegisterNode, RunResult};
 use lwr_model::sync::lock;
 use lwr_model::timing;
+use lwr_model::{NodeId, RunId};
 use thiserror::Error;
 use tokio::sync::{Semaphore, oneshot, watch};
 
@@ -95,10 +96,10 @@ pub enum NodeError {
 struct Node {
     config: NodeConfig,
     client: Client,
-    id: i64,
+    id: NodeId,
     lease_secs: AtomicU64,
     /// Runs in progress, each with the handle that stops it.
-    running: Mutex<HashMap<i64, oneshot::Sender<Stop>>>,
+    running: Mutex<HashMap<RunId, oneshot::Sender<Stop>>>,
     /// Job directories and log files not in use: one pair per slot, reused job after job,
     /// so thousands of short jobs do not create and delete thousands of files.
     free_dirs: Mutex<Vec<(PathBuf, PathBuf)>>,
@@ -327,7 +328,7 @@ fn drop_orphan_outboxes(work_dir: &std::path::Path, unreported: &[RunResult]) {
         let run = entry
             .file_name()
             .to_str()
-            .and_then(|s| s.parse::<i64>().ok());
+            .and_then(|s| s.parse::<RunId>().ok());
         if run.is_none_or(|run| !unreported.iter().any(|r| r.run_id == run)) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -335,7 +336,7 @@ fn drop_orphan_outboxes(work_dir: &std::path::Path, unreported: &[RunResult]) {
 }
 
 /// Registers the node, retrying while the server cannot be reached; returns its id.
-async fn register(client: &Client, config: &NodeConfig) -> Result<i64, NodeError> {
+async fn register(client: &Client, config: &NodeConfig) -> Result<NodeId, NodeError> {
     let reg = RegisterNode {
         name: config.name.clone(),
         properties: props::discover(config.tags.clone()),
@@ -662,7 +663,7 @@ impl Node {
             let lease = Duration::from_secs(self.lease_secs.load(Ordering::Relaxed));
             let every = timing::heartbeat_every(lease);
             tokio::time::sleep(every).await;
-            let runs: Vec<i64> = lock(&self.running).keys().copied().collect();
+            let runs: Vec<RunId> = lock(&self.running).keys().copied().collect();
             let unhealthy = lock(&self.unhealthy).clone();
             match self
                 .client

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lwr_client::{Client, ClientError};
+use lwr_model::NodeId;
 use lwr_model::api::{ReportResults, ResultAck, RunResult};
 use tokio::sync::Notify;
 
@@ -32,7 +33,7 @@ struct Shared {
     client: Client,
     journal: Arc<Journal>,
     work_dir: PathBuf,
-    node: i64,
+    node: NodeId,
     outbox: Mutex<Outbox>,
     /// Wakes the reporting task when it should send the outbox itself.
     send_now: Notify,
@@ -64,7 +65,7 @@ impl Reporter {
         client: Client,
         journal: Arc<Journal>,
         work_dir: PathBuf,
-        node: i64,
+        node: NodeId,
         unreported: Vec<RunResult>,
     ) -> Reporter {
         let reporter = Reporter {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use lwr_client::{Client, StatusCode};
 use lwr_model::logstream::MAX_CHUNK;
+use lwr_model::{NodeId, RunId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -33,7 +34,7 @@ const UNWANTED_PAUSE: Duration = Duration::from_millis(200);
 /// The log files of runs in progress, for streamers to find.
 #[derive(Default)]
 pub(crate) struct RunLogs {
-    runs: Mutex<HashMap<i64, RunLog>>,
+    runs: Mutex<HashMap<RunId, RunLog>>,
 }
 
 struct RunLog {
@@ -44,7 +45,7 @@ struct RunLog {
 
 impl RunLogs {
     /// A run starts writing its log to `path`.
-    pub(crate) fn started(&self, run: i64, path: &Path) {
+    pub(crate) fn started(&self, run: RunId, path: &Path) {
         lock(&self.runs).insert(
             run,
             RunLog {
@@ -55,13 +56,13 @@ impl RunLogs {
     }
 
     /// The run ended with a log of `size` bytes; streamers send up to there and stop.
-    pub(crate) fn ended(&self, run: i64, size: u64) {
+    pub(crate) fn ended(&self, run: RunId, size: u64) {
         if let Some(log) = lock(&self.runs).remove(&run) {
             log.ended.send_replace(Some(size));
         }
     }
 
-    fn is_running(&self, run: i64) -> bool {
+    fn is_running(&self, run: RunId) -> bool {
         lock(&self.runs).contains_key(&run)
     }
 
@@ -70,7 +71,7 @@ impl RunLogs {
     fn open(
         &self,
         work_dir: &Path,
-        run: i64,
+        run: RunId,
     ) -> Option<(std::fs::File, watch::Receiver<Option<u64>>)> {
         if let Some(log) = lock(&self.runs).get(&run) {
             // Opened while registered: the file cannot be renamed away in between.
@@ -84,9 +85,9 @@ impl RunLogs {
 }
 
 /// Follows the server's wishes: starts a streamer for each run it wants, stops the others.
-pub(crate) async fn serve(client: Client, node: i64, work_dir: PathBuf, logs: Arc<RunLogs>) {
+pub(crate) async fn serve(client: Client, node: NodeId, work_dir: PathBuf, logs: Arc<RunLogs>) {
     let mut version = None;
-    let mut streamers: HashMap<i64, JoinHandle<()>> = HashMap::new();
+    let mut streamers: HashMap<RunId, JoinHandle<()>> = HashMap::new();
     let mut backoff = Backoff::new();
     let mut wait = timing::STREAMS_WAIT;
     loop {
@@ -143,8 +144,8 @@ pub(crate) async fn serve(client: Client, node: i64, work_dir: PathBuf, logs: Ar
 
 struct Streamer {
     client: Client,
-    node: i64,
-    run: i64,
+    node: NodeId,
+    run: RunId,
     file: Arc<std::fs::File>,
     ended: watch::Receiver<Option<u64>>,
 }

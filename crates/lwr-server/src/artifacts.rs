@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use futures_util::StreamExt;
 use lwr_model::api::{ArtifactCommit, ManifestUpload, StagedArtifact};
 use lwr_model::manifest::{self, Artifact, LOG_ARTIFACT, Manifest};
+use lwr_model::{DurationMs, NodeId, RunId};
 use lwr_store::{NewArtifact, now_ms, rfc3339};
 use sha2::{Digest, Sha256};
 
@@ -23,7 +24,7 @@ use crate::{ApiError, AppState};
 /// What the node says about an artifact it uploads.
 #[derive(Debug, Clone)]
 pub(crate) struct UploadInfo {
-    pub node: i64,
+    pub node: NodeId,
     pub name: String,
     /// `None`: stage the upload for a commit.
     pub sha256: Option<String>,
@@ -94,7 +95,7 @@ fn too_large(limit: u64) -> ApiError {
 }
 
 /// Checks that `node` holds run `run`; returns the job's own expiry, if any.
-async fn owned_run(state: &AppState, run: i64, node: i64) -> Result<Option<u64>, ApiError> {
+async fn owned_run(state: &AppState, run: RunId, node: NodeId) -> Result<Option<u64>, ApiError> {
     match state.queue.store().upload_target(run).await? {
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -120,7 +121,7 @@ pub(crate) enum Uploaded {
 /// the `sha256` given, it is verified and stored; without, it is staged for a commit.
 pub(crate) async fn upload(
     state: &AppState,
-    run: i64,
+    run: RunId,
     info: UploadInfo,
     body: Body,
 ) -> Result<Uploaded, ApiError> {
@@ -206,8 +207,8 @@ pub(crate) async fn upload(
 /// was received; a mismatch drops the bytes.
 pub(crate) async fn commit(
     state: &AppState,
-    run: i64,
-    node: i64,
+    run: RunId,
+    node: NodeId,
     commit: &ArtifactCommit,
 ) -> Result<Artifact, ApiError> {
     if !manifest::valid_sha256(&commit.sha256) {
@@ -265,7 +266,7 @@ async fn store_staged(
     }
     upload.commit().await.map_err(internal)?;
     let now = now_ms();
-    let expires_at = now.saturating_add(i64::try_from(expires.as_millis()).unwrap_or(i64::MAX));
+    let expires_at = now.plus(DurationMs::from_std(expires));
     let row = NewArtifact {
         run_id: run,
         name: name.clone(),
@@ -300,7 +301,7 @@ async fn store_staged(
     })
 }
 
-fn duplicate(run: i64, name: &str) -> ApiError {
+fn duplicate(run: RunId, name: &str) -> ApiError {
     ApiError::field(
         StatusCode::CONFLICT,
         "name",
@@ -311,8 +312,8 @@ fn duplicate(run: i64, name: &str) -> ApiError {
 /// Records the node's part of a run's manifest, once its artifacts are stored.
 pub(crate) async fn put_manifest(
     state: &AppState,
-    run: i64,
-    node: i64,
+    run: RunId,
+    node: NodeId,
     upload: &ManifestUpload,
 ) -> Result<(), ApiError> {
     owned_run(state, run, node).await?;
@@ -344,7 +345,11 @@ pub(crate) async fn put_manifest(
 }
 
 /// The manifest of run `run`, with locations made absolute on `base`.
-pub(crate) async fn manifest(state: &AppState, run: i64, base: &str) -> Result<Manifest, ApiError> {
+pub(crate) async fn manifest(
+    state: &AppState,
+    run: RunId,
+    base: &str,
+) -> Result<Manifest, ApiError> {
     let mut m = state.queue.store().manifest(run).await?;
     for a in &mut m.artifacts {
         a.location = format!("{base}{}", a.location);
@@ -355,7 +360,7 @@ pub(crate) async fn manifest(state: &AppState, run: i64, base: &str) -> Result<M
 /// The bytes of artifact `name` of run `run`: `(content type, size, sha256, stream)`.
 pub(crate) async fn download(
     state: &AppState,
-    run: i64,
+    run: RunId,
     name: &str,
 ) -> Result<(String, u64, String, ByteStream), ApiError> {
     let not_found = || {

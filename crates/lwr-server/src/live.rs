@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use lwr_model::logstream::{self, Append, ChunkAck, LogStats, LogStreams, StreamRequest};
 use lwr_model::sync::lock;
+use lwr_model::{NodeId, RunId};
 use tokio::sync::watch;
 
 /// How much of a run's log the server holds.
@@ -32,8 +33,8 @@ pub struct Held {
 
 /// One run's live log.
 pub struct LiveRun {
-    pub run_id: i64,
-    pub node_id: i64,
+    pub run_id: RunId,
+    pub node_id: NodeId,
     spool: PathBuf,
     held: watch::Sender<Held>,
     inner: Mutex<RunInner>,
@@ -94,9 +95,9 @@ struct Counters {
 /// Every live log of this server.
 pub struct LiveLogs {
     dir: PathBuf,
-    runs: Mutex<HashMap<i64, Arc<LiveRun>>>,
+    runs: Mutex<HashMap<RunId, Arc<LiveRun>>>,
     /// Per node, a counter that moves whenever the set of its wanted runs changes.
-    nodes: Mutex<HashMap<i64, watch::Sender<u64>>>,
+    nodes: Mutex<HashMap<NodeId, watch::Sender<u64>>>,
     /// Most bytes spooled for one run (the server's limit on a stored log).
     max_bytes: u64,
     /// First version of every node's set: the clock when the server started, so a node that
@@ -134,7 +135,7 @@ impl LiveLogs {
             runs: Mutex::default(),
             nodes: Mutex::default(),
             max_bytes,
-            epoch: lwr_store::now_ms().max(0) as u64,
+            epoch: lwr_store::now_ms().get().max(0) as u64,
             counters: Counters::default(),
         })
     }
@@ -143,8 +144,8 @@ impl LiveLogs {
     /// locked, so that no [`LiveLogs::forget_if_idle`] can drop it in between.
     fn with_run<T>(
         &self,
-        run_id: i64,
-        node_id: i64,
+        run_id: RunId,
+        node_id: NodeId,
         change: impl FnOnce(&mut RunInner) -> T,
     ) -> (Arc<LiveRun>, T) {
         let mut runs = lock(&self.runs);
@@ -164,7 +165,7 @@ impl LiveLogs {
         (run, out)
     }
 
-    fn bump(&self, node_id: i64) {
+    fn bump(&self, node_id: NodeId) {
         lock(&self.nodes)
             .entry(node_id)
             .or_insert_with(|| watch::channel(self.epoch).0)
@@ -172,7 +173,7 @@ impl LiveLogs {
     }
 
     /// A viewer starts following `run_id`: the run is wanted until the guard drops.
-    pub fn follow(self: &Arc<Self>, run_id: i64, node_id: i64) -> Viewer {
+    pub fn follow(self: &Arc<Self>, run_id: RunId, node_id: NodeId) -> Viewer {
         let (run, became_wanted) = self.with_run(run_id, node_id, |inner| {
             let was = inner.wanted();
             inner.viewers += 1;
@@ -200,7 +201,7 @@ impl LiveLogs {
     }
 
     /// Turns streaming without a viewer on or off; returns the viewers following it now.
-    pub fn set_live(&self, run_id: i64, node_id: i64, live: bool) -> u32 {
+    pub fn set_live(&self, run_id: RunId, node_id: NodeId, live: bool) -> u32 {
         let (run, (changed, viewers)) = self.with_run(run_id, node_id, |inner| {
             let was = inner.wanted();
             inner.live = live;
@@ -213,14 +214,14 @@ impl LiveLogs {
         viewers
     }
 
-    pub fn is_live(&self, run_id: i64) -> bool {
+    pub fn is_live(&self, run_id: RunId) -> bool {
         lock(&self.runs)
             .get(&run_id)
             .is_some_and(|r| lock(&r.inner).live)
     }
 
     /// The runs of `node_id` whose log is wanted, and the version of that set.
-    pub fn wanted(&self, node_id: i64) -> LogStreams {
+    pub fn wanted(&self, node_id: NodeId) -> LogStreams {
         let version = *lock(&self.nodes)
             .entry(node_id)
             .or_insert_with(|| watch::channel(self.epoch).0)
@@ -242,7 +243,7 @@ impl LiveLogs {
     }
 
     /// Wakes when the set of wanted runs of `node_id` changes.
-    pub fn node_changes(&self, node_id: i64) -> watch::Receiver<u64> {
+    pub fn node_changes(&self, node_id: NodeId) -> watch::Receiver<u64> {
         lock(&self.nodes)
             .entry(node_id)
             .or_insert_with(|| watch::channel(self.epoch).0)
@@ -253,7 +254,7 @@ impl LiveLogs {
     /// `end` says the log ends after it. Blocking file I/O.
     pub fn append(
         &self,
-        run_id: i64,
+        run_id: RunId,
         offset: u64,
         bytes: &[u8],
         end: bool,
@@ -324,7 +325,7 @@ impl LiveLogs {
 
     /// The run's log is stored whole (or the run ended and no log will come): viewers read
     /// the rest from the store, the node stops, and the spool goes with the last viewer.
-    pub fn stored(&self, run_id: i64) {
+    pub fn stored(&self, run_id: RunId) {
         let Some(run) = lock(&self.runs).get(&run_id).cloned() else {
             return;
         };
@@ -358,7 +359,7 @@ impl LiveLogs {
 
     /// Runs held here that no viewer follows (live or not): the sweep drops those whose run
     /// has ended (their node died, their log was empty or refused, nobody came back).
-    pub fn unwatched(&self) -> Vec<i64> {
+    pub fn unwatched(&self) -> Vec<RunId> {
         lock(&self.runs)
             .values()
             .filter(|r| lock(&r.inner).viewers == 0)
@@ -418,7 +419,7 @@ mod tests {
         (dir, logs)
     }
 
-    fn ack(logs: &LiveLogs, run: i64, offset: u64, bytes: &[u8], end: bool) -> ChunkAck {
+    fn ack(logs: &LiveLogs, run: RunId, offset: u64, bytes: &[u8], end: bool) -> ChunkAck {
         logs.append(run, offset, bytes, end)
             .expect("io")
             .expect("no gap")
@@ -427,53 +428,53 @@ mod tests {
     #[test]
     fn nothing_is_wanted_until_a_viewer_follows() {
         let (_d, logs) = logs();
-        assert!(logs.wanted(7).streams.is_empty());
-        let v0 = logs.wanted(7).version;
-        let viewer = logs.follow(1, 7);
-        let w = logs.wanted(7);
+        assert!(logs.wanted(NodeId(7)).streams.is_empty());
+        let v0 = logs.wanted(NodeId(7)).version;
+        let viewer = logs.follow(RunId(1), NodeId(7));
+        let w = logs.wanted(NodeId(7));
         assert!(w.version > v0);
         assert_eq!(
             w.streams,
             vec![StreamRequest {
-                run_id: 1,
+                run_id: RunId(1),
                 offset: 0
             }]
         );
         // Another node's set is untouched.
-        assert!(logs.wanted(8).streams.is_empty());
+        assert!(logs.wanted(NodeId(8)).streams.is_empty());
         drop(viewer);
-        assert!(logs.wanted(7).streams.is_empty());
+        assert!(logs.wanted(NodeId(7)).streams.is_empty());
         assert_eq!(logs.stats().viewers, 0);
     }
 
     #[test]
     fn each_byte_is_kept_once_and_resumes_where_it_stopped() {
         let (_d, logs) = logs();
-        let viewer = logs.follow(1, 7);
-        assert_eq!(ack(&logs, 1, 0, b"hello ", false).offset, 6);
+        let viewer = logs.follow(RunId(1), NodeId(7));
+        assert_eq!(ack(&logs, RunId(1), 0, b"hello ", false).offset, 6);
         // Resent after a lost answer, with more behind it.
-        assert_eq!(ack(&logs, 1, 3, b"lo world", false).offset, 11);
+        assert_eq!(ack(&logs, RunId(1), 3, b"lo world", false).offset, 11);
         assert_eq!(
-            logs.append(1, 20, b"x", false).expect("io"),
+            logs.append(RunId(1), 20, b"x", false).expect("io"),
             Err(Gap { held: 11 })
         );
         assert_eq!(viewer.run.read(0, 100).expect("read"), b"hello world");
         assert_eq!(viewer.run.read(6, 3).expect("read"), b"wor");
         drop(viewer);
         // The next viewer replays the spool; the node resumes at its end.
-        let again = logs.follow(1, 7);
+        let again = logs.follow(RunId(1), NodeId(7));
         assert_eq!(
-            logs.wanted(7).streams,
+            logs.wanted(NodeId(7)).streams,
             vec![StreamRequest {
-                run_id: 1,
+                run_id: RunId(1),
                 offset: 11
             }]
         );
-        let done = ack(&logs, 1, 11, b"!", true);
+        let done = ack(&logs, RunId(1), 11, b"!", true);
         assert_eq!(done.offset, 12);
         assert!(!done.wanted);
         assert!(again.run.held().complete);
-        assert!(logs.wanted(7).streams.is_empty());
+        assert!(logs.wanted(NodeId(7)).streams.is_empty());
         let s = logs.stats();
         assert_eq!((s.streamed_bytes, s.duplicate_bytes), (12, 3));
     }
@@ -481,22 +482,22 @@ mod tests {
     #[test]
     fn runs_nobody_watches_any_more_are_listed_for_the_sweep() {
         let (_d, logs) = logs();
-        let viewer = logs.follow(5, 1);
-        ack(&logs, 5, 0, b"abc", false);
+        let viewer = logs.follow(RunId(5), NodeId(1));
+        ack(&logs, RunId(5), 0, b"abc", false);
         assert!(logs.unwatched().is_empty());
         drop(viewer);
-        assert_eq!(logs.unwatched(), vec![5]);
-        logs.stored(5);
+        assert_eq!(logs.unwatched(), vec![RunId(5)]);
+        logs.stored(RunId(5));
         assert!(logs.unwatched().is_empty());
     }
 
     #[test]
     fn a_live_run_followed_to_its_end_leaves_no_spool() {
         let (dir, logs) = logs();
-        logs.set_live(6, 1, true);
-        let viewer = logs.follow(6, 1);
-        ack(&logs, 6, 0, b"abc", false);
-        logs.stored(6);
+        logs.set_live(RunId(6), NodeId(1), true);
+        let viewer = logs.follow(RunId(6), NodeId(1));
+        ack(&logs, RunId(6), 0, b"abc", false);
+        logs.stored(RunId(6));
         drop(viewer);
         assert!(!dir.path().join("spool").join("6.log").exists());
         let s = logs.stats();
@@ -507,23 +508,23 @@ mod tests {
     #[test]
     fn the_spool_holds_no_more_than_the_log_limit() {
         let (_d, logs) = logs();
-        let _viewer = logs.follow(8, 1);
-        ack(&logs, 8, 0, &[b'x'; 600], false);
+        let _viewer = logs.follow(RunId(8), NodeId(1));
+        ack(&logs, RunId(8), 0, &[b'x'; 600], false);
         assert!(matches!(
-            logs.append(8, 600, &[b'x'; 600], false),
+            logs.append(RunId(8), 600, &[b'x'; 600], false),
             Err(AppendError::TooLarge { limit: 1000 })
         ));
         // Nothing of the refused piece was kept.
-        assert_eq!(ack(&logs, 8, 600, b"ok", false).offset, 602);
+        assert_eq!(ack(&logs, RunId(8), 600, b"ok", false).offset, 602);
     }
 
     #[test]
     fn pieces_nobody_wants_are_not_kept() {
         let (_d, logs) = logs();
-        let viewer = logs.follow(9, 1);
-        ack(&logs, 9, 0, b"abc", false);
+        let viewer = logs.follow(RunId(9), NodeId(1));
+        ack(&logs, RunId(9), 0, b"abc", false);
         drop(viewer);
-        let late = ack(&logs, 9, 3, b"def", false);
+        let late = ack(&logs, RunId(9), 3, b"def", false);
         assert_eq!((late.offset, late.wanted), (3, false));
         assert_eq!(logs.stats().streamed_bytes, 3);
     }
@@ -531,30 +532,30 @@ mod tests {
     #[test]
     fn live_keeps_a_run_wanted_without_viewers() {
         let (_d, logs) = logs();
-        assert_eq!(logs.set_live(3, 9, true), 0);
-        assert_eq!(logs.wanted(9).streams.len(), 1);
-        assert!(logs.is_live(3));
-        logs.set_live(3, 9, false);
-        assert!(logs.wanted(9).streams.is_empty());
+        assert_eq!(logs.set_live(RunId(3), NodeId(9), true), 0);
+        assert_eq!(logs.wanted(NodeId(9)).streams.len(), 1);
+        assert!(logs.is_live(RunId(3)));
+        logs.set_live(RunId(3), NodeId(9), false);
+        assert!(logs.wanted(NodeId(9)).streams.is_empty());
     }
 
     #[test]
     fn a_stored_log_ends_the_stream_and_drops_the_spool() {
         let (dir, logs) = logs();
-        let viewer = logs.follow(1, 7);
-        ack(&logs, 1, 0, b"abc", false);
+        let viewer = logs.follow(RunId(1), NodeId(7));
+        ack(&logs, RunId(1), 0, b"abc", false);
         let spool = dir.path().join("spool").join("1.log");
         assert!(spool.exists());
-        logs.stored(1);
+        logs.stored(RunId(1));
         assert!(viewer.run.held().stored);
-        assert!(logs.wanted(7).streams.is_empty());
-        let late = ack(&logs, 1, 3, b"def", false);
+        assert!(logs.wanted(NodeId(7)).streams.is_empty());
+        let late = ack(&logs, RunId(1), 3, b"def", false);
         assert!(!late.wanted);
         drop(viewer);
         assert!(!spool.exists());
         assert!(logs.unwatched().is_empty());
         // Pieces for a run nobody follows are dropped and the node told to stop.
-        assert!(!ack(&logs, 42, 0, b"x", false).wanted);
+        assert!(!ack(&logs, RunId(42), 0, b"x", false).wanted);
         assert_eq!(logs.stats().streams, 0);
     }
 }

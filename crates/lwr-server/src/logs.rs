@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use axum::body::Body;
 use axum::http::StatusCode;
 use futures_util::StreamExt;
+use lwr_model::RunId;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::ApiError;
 
-pub(crate) fn path(data_dir: &Path, run_id: i64) -> PathBuf {
+pub(crate) fn path(data_dir: &Path, run_id: RunId) -> PathBuf {
     data_dir.join("logs").join(format!("{run_id}.log"))
 }
 
@@ -19,7 +20,7 @@ pub(crate) fn path(data_dir: &Path, run_id: i64) -> PathBuf {
 /// the node sent `expected` hash, only when it matches.
 pub(crate) async fn store(
     data_dir: &Path,
-    run_id: i64,
+    run_id: RunId,
     body: Body,
     limit: u64,
     expected: Option<&str>,
@@ -75,7 +76,7 @@ pub(crate) async fn store(
 /// `(size of the whole log, body)`; `None` when no log is stored here.
 pub(crate) async fn open(
     data_dir: &Path,
-    run_id: i64,
+    run_id: RunId,
     offset: u64,
 ) -> Result<Option<(u64, Body)>, ApiError> {
     let io_err = |e: std::io::Error| {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use lwr_model::backoff::Backoff;
 use lwr_model::push::branch_wanted;
 use lwr_model::timing;
+use lwr_model::{DurationMs, Millis};
 use lwr_store::{PollTarget, now_ms};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -35,13 +36,13 @@ const RELOAD: Duration = Duration::from_secs(30);
 /// tell the poller that the list changed.
 #[derive(Default)]
 pub struct PollStatus {
-    polled_at: Mutex<HashMap<i64, i64>>,
+    polled_at: Mutex<HashMap<i64, Millis>>,
     changed: Notify,
 }
 
 impl PollStatus {
-    /// When this server last polled repository `id` (ms since the epoch).
-    pub fn polled_at(&self, id: i64) -> Option<i64> {
+    /// When this server last polled repository `id`.
+    pub fn polled_at(&self, id: i64) -> Option<Millis> {
         self.polled_at.lock().ok()?.get(&id).copied()
     }
 
@@ -50,7 +51,7 @@ impl PollStatus {
         self.changed.notify_one();
     }
 
-    fn set_polled(&self, id: i64, at: i64) {
+    fn set_polled(&self, id: i64, at: Millis) {
         if let Ok(mut m) = self.polled_at.lock() {
             m.insert(id, at);
         }
@@ -175,7 +176,7 @@ fn merge(repos: &mut BTreeMap<i64, Entry>, targets: Vec<PollTarget>) {
             None => {
                 // A new repository is polled at once; a failing one when its retry is due.
                 let due = match target.retry_at {
-                    Some(at) if at > wall => now + Duration::from_millis((at - wall) as u64),
+                    Some(at) if at > wall => now + at.since(wall).to_std(),
                     _ => now,
                 };
                 repos.insert(
@@ -203,7 +204,7 @@ async fn finish(
         return; // removed while it was polled
     };
     entry.in_flight = false;
-    let every = Duration::from_millis(entry.target.every_ms.max(1000) as u64);
+    let every = entry.target.every_ms.max(DurationMs(1000)).to_std();
     state.poll.set_polled(id, now_ms());
     let error = match result {
         Ok(heads) => {
@@ -245,7 +246,7 @@ async fn finish(
     };
     let failures = entry.target.failures.saturating_add(1);
     let delay = backoff(every).pause(failures);
-    let retry_at = now_ms() + delay.as_millis() as i64;
+    let retry_at = now_ms().plus(DurationMs::from_std(delay));
     if entry.target.failures == 0 {
         tracing::warn!(
             "{}: poll failed, retrying with backoff: {error}",

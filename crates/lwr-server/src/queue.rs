@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use lwr_model::api::{GraphInfo, ResultAck, RunResult, SubmitGraph};
 use lwr_model::timing;
+use lwr_model::{DurationMs, GraphId, JobId, NodeId, PushId, RunId};
 use lwr_store::{Cancelled, Claimed, Effects, Event, Events, Store, StoreError, now_ms};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
@@ -52,7 +53,7 @@ impl Queue {
     pub fn new(store: Store, lease: Duration) -> Queue {
         // Start the change counter at the clock so it only grows across restarts: a client
         // holding a counter from before a restart still sees the next change.
-        let (changes, _) = watch::channel(now_ms() * 1000);
+        let (changes, _) = watch::channel(now_ms().get() * 1000);
         let (ready, _) = watch::channel(0);
         Queue {
             store,
@@ -78,8 +79,8 @@ impl Queue {
         &self.store
     }
 
-    fn lease_ms(&self) -> i64 {
-        self.lease.as_millis() as i64
+    fn lease_ms(&self) -> DurationMs {
+        DurationMs::from_std(self.lease)
     }
 
     /// Wakes whoever the effects of a transaction concern.
@@ -91,7 +92,7 @@ impl Queue {
             // At least the clock, so counters of servers sharing a database stay close and
             // a client that moves to another server behind a load balancer still sees the
             // next change there.
-            let clock = now_ms() * 1000;
+            let clock = now_ms().get() * 1000;
             self.changes.send_modify(|n| *n = (*n + 1).max(clock));
         }
     }
@@ -114,7 +115,7 @@ impl Queue {
     /// A graph's state. With `after`, waits up to `wait` for a change newer than `after`.
     pub async fn graph(
         &self,
-        id: i64,
+        id: GraphId,
         after: Option<i64>,
         wait: Duration,
     ) -> Result<GraphInfo, StoreError> {
@@ -139,7 +140,7 @@ impl Queue {
     /// up to `wait` for one to become ready.
     pub async fn claim(
         &self,
-        node_id: i64,
+        node_id: NodeId,
         max: u32,
         results: &[RunResult],
         wait: Duration,
@@ -172,7 +173,7 @@ impl Queue {
             // A job held for a better node is looked at again when the hold runs out, so a
             // preferred node that never claims cannot leave it waiting.
             let until = match claimed.retry_in_ms {
-                Some(ms) => deadline.min(Instant::now() + Duration::from_millis(ms.max(1) as u64)),
+                Some(d) => deadline.min(Instant::now() + d.to_std().max(Duration::from_millis(1))),
                 None => deadline,
             };
             let parked = Parked::new(&self.waiting);
@@ -193,10 +194,10 @@ impl Queue {
 
     pub async fn heartbeat(
         &self,
-        node_id: i64,
-        runs: &[i64],
+        node_id: NodeId,
+        runs: &[RunId],
         unhealthy: Option<&str>,
-    ) -> Result<Vec<i64>, StoreError> {
+    ) -> Result<Vec<RunId>, StoreError> {
         let abandon = self
             .store
             .heartbeat_health(node_id, runs, now_ms(), self.lease_ms(), unhealthy)
@@ -210,7 +211,7 @@ impl Queue {
 
     pub async fn report(
         &self,
-        node_id: i64,
+        node_id: NodeId,
         results: &[RunResult],
     ) -> Result<Vec<ResultAck>, StoreError> {
         let (acks, effects) = self.store.report(node_id, results, now_ms()).await?;
@@ -218,19 +219,23 @@ impl Queue {
         Ok(acks)
     }
 
-    pub async fn cancel_job(&self, job: i64) -> Result<Cancelled, StoreError> {
+    pub async fn cancel_job(&self, job: JobId) -> Result<Cancelled, StoreError> {
         let cancelled = self.store.cancel_job(job, now_ms()).await?;
         self.wake(cancelled.effects);
         Ok(cancelled)
     }
 
-    pub async fn cancel_graph(&self, graph: i64) -> Result<Cancelled, StoreError> {
+    pub async fn cancel_graph(&self, graph: GraphId) -> Result<Cancelled, StoreError> {
         let cancelled = self.store.cancel_graph(graph, now_ms()).await?;
         self.wake(cancelled.effects);
         Ok(cancelled)
     }
 
-    pub async fn retrigger(&self, job: i64, with_dependents: bool) -> Result<Vec<i64>, StoreError> {
+    pub async fn retrigger(
+        &self,
+        job: JobId,
+        with_dependents: bool,
+    ) -> Result<Vec<JobId>, StoreError> {
         let jobs = self.store.retrigger(job, with_dependents, now_ms()).await?;
         self.wake(Effects::NEW_WORK);
         Ok(jobs)
@@ -242,7 +247,7 @@ impl Queue {
         &self,
         repo: i64,
         heads: &[(String, String)],
-    ) -> Result<Vec<i64>, StoreError> {
+    ) -> Result<Vec<PushId>, StoreError> {
         let pushes = self.store.record_heads(repo, heads, now_ms()).await?;
         if !pushes.is_empty() {
             self.wake(Effects::NEW_WORK);
@@ -251,7 +256,7 @@ impl Queue {
     }
 
     /// Adds a job a push's graph defines but did not run, with its missing needs.
-    pub async fn trigger(&self, push: i64, job: &str) -> Result<Vec<i64>, StoreError> {
+    pub async fn trigger(&self, push: PushId, job: &str) -> Result<Vec<JobId>, StoreError> {
         let jobs = self.store.trigger(push, job, now_ms()).await?;
         self.wake(Effects::NEW_WORK);
         Ok(jobs)

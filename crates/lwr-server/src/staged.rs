@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use lwr_model::{NodeId, RunId};
+
 use crate::artifact::Upload;
 
 /// How long a staged upload waits for its commit; the node commits right after sending.
@@ -19,8 +21,8 @@ pub(crate) const MAX_STAGED: usize = 256;
 
 /// What a staged upload holds until its commit.
 pub(crate) struct Staged {
-    pub run: i64,
-    pub node: i64,
+    pub run: RunId,
+    pub node: NodeId,
     pub name: String,
     pub kind: String,
     pub path: String,
@@ -52,7 +54,7 @@ impl Staging {
     }
 
     /// Takes the staged upload `id` if it belongs to `run` and `node`.
-    pub(crate) fn take(&self, id: &str, run: i64, node: i64) -> Option<Staged> {
+    pub(crate) fn take(&self, id: &str, run: RunId, node: NodeId) -> Option<Staged> {
         let mut uploads = self.lock();
         match uploads.get(id) {
             Some(s) if s.run == run && s.node == node => uploads.remove(id),
@@ -61,7 +63,7 @@ impl Staging {
     }
 
     /// Takes the staged uploads of `run`, or (with `None`) those older than `ttl`.
-    pub(crate) fn take_stale(&self, run: Option<i64>, ttl: Duration) -> Vec<Staged> {
+    pub(crate) fn take_stale(&self, run: Option<RunId>, ttl: Duration) -> Vec<Staged> {
         let mut uploads = self.lock();
         let stale: Vec<String> = uploads
             .iter()

@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use lwr_model::api::{Outcome, RegisterNode, RunResult, SubmitGraph};
-use lwr_model::{Graph, JobSpec, NodeProperties, Requirements};
+use lwr_model::{Graph, JobSpec, NodeId, NodeProperties, Requirements};
 use lwr_server::Queue;
 use lwr_store::Store;
 
-async fn queue() -> (Queue, i64, tempfile::TempDir) {
+async fn queue() -> (Queue, NodeId, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&format!("sqlite://{}", dir.path().join("lwr.db").display()))
         .await

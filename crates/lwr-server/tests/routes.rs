@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lwr_model::api::RegisterNode;
-use lwr_model::{NodeProperties, Scope, Scopes};
+use lwr_model::{NodeId, NodeProperties, Scope, Scopes};
 use lwr_server::Config;
 use lwr_server::routes::access::Audience;
 use lwr_server::routes::{Route, table};
@@ -74,7 +74,7 @@ fn the_table_and_the_checked_in_document_name_the_same_operations() {
 
 /// A request's path for a route: ids no row has (so nothing changes), but the registered
 /// node's id where a node acts for itself.
-fn concrete(route: &Route, node: i64) -> String {
+fn concrete(route: &Route, node: NodeId) -> String {
     let node_route = route.audience == Audience::Node;
     let id = if node_route && route.path.starts_with("/v1/nodes/{id}") {
         node.to_string()

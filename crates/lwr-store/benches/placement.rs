@@ -15,7 +15,7 @@ use lwr_model::api::{RegisterNode, SubmitGraph};
 use lwr_model::pool::{
     DEFAULT_AFFINITY_WAIT_MS, Decision, Memo, NodeState, Pool, PoolNode, ReadyJob, decide_with,
 };
-use lwr_model::{Graph, JobSpec, NodeProperties, Requirements};
+use lwr_model::{DurationMs, Graph, JobSpec, Millis, NodeId, NodeProperties, Requirements};
 use lwr_store::Store;
 
 const NODES: usize = 1000;
@@ -89,27 +89,29 @@ fn policy_alone(label: &str, busy_pct: u64, ready_ms: u64) -> Duration {
         .map(|i| {
             let running = u32::from(rng.below(100) < busy_pct);
             PoolNode::new(
-                i as i64,
+                NodeId(i as i64),
                 format!("node-{i}"),
                 properties(i),
                 NodeState::Enabled,
                 1,
                 running,
-                NOW - rng.below(5_000) as i64,
+                Millis(NOW - rng.below(5_000) as i64),
             )
         })
         .collect();
-    let pool = Pool::new(nodes, 60_000);
+    let pool = Pool::new(nodes, DurationMs(60_000));
     let reqs: Vec<Option<Requirements>> = (0..JOBS).map(requirements).collect();
     let names: Vec<String> = (0..JOBS).map(|j| format!("job-{}", j % 500)).collect();
-    let affinity: Vec<Option<i64>> = (0..JOBS)
-        .map(|_| (rng.below(2) == 0).then(|| rng.below(NODES as u64) as i64))
+    let affinity: Vec<Option<NodeId>> = (0..JOBS)
+        .map(|_| (rng.below(2) == 0).then(|| NodeId(rng.below(NODES as u64) as i64)))
         .collect();
     let ready_for: Vec<i64> = (0..JOBS).map(|_| rng.below(ready_ms) as i64).collect();
     let mut times = Vec::new();
     let mut taken_after = Vec::new();
     for _ in 0..2000 {
-        let claimer = pool.get(rng.below(NODES as u64) as i64).expect("a node");
+        let claimer = pool
+            .get(NodeId(rng.below(NODES as u64) as i64))
+            .expect("a node");
         let start = Instant::now();
         let mut looked = JOBS;
         let mut memo = Memo::default();
@@ -121,10 +123,10 @@ fn policy_alone(label: &str, busy_pct: u64, ready_ms: u64) -> Duration {
                 prefer: &[],
                 affinity: affinity[j],
                 affinity_wait_ms: DEFAULT_AFFINITY_WAIT_MS,
-                ready_for_ms: ready_for[j],
+                ready_for_ms: DurationMs(ready_for[j]),
                 avoid_spot: j.is_multiple_of(50),
             };
-            if let Decision::Take(_) = decide_with(&job, claimer, &pool, NOW, &mut memo) {
+            if let Decision::Take(_) = decide_with(&job, claimer, &pool, Millis(NOW), &mut memo) {
                 looked = j + 1;
                 break;
             }
@@ -158,7 +160,12 @@ async fn through_the_store() -> Duration {
             properties: properties(i),
             slots: 4,
         };
-        ids.push(store.register_node(&reg, NOW).await.expect("registering"));
+        ids.push(
+            store
+                .register_node(&reg, Millis(NOW))
+                .await
+                .expect("registering"),
+        );
     }
     let jobs: Vec<JobSpec> = (0..JOBS)
         .map(|j| {
@@ -175,7 +182,7 @@ async fn through_the_store() -> Duration {
     sub.branch = Some("main".into());
     // Ready for a minute: past the bounded holds, as under a backlog.
     store
-        .submit_graph(&sub, NOW - 60_000)
+        .submit_graph(&sub, Millis(NOW - 60_000))
         .await
         .expect("submitting");
     let mut rng = Lcg(7);
@@ -184,7 +191,7 @@ async fn through_the_store() -> Duration {
         let node = ids[rng.below(NODES as u64) as usize];
         let start = Instant::now();
         let claimed = store
-            .claim(node, 1, &[], NOW, 30_000)
+            .claim(node, 1, &[], Millis(NOW), DurationMs(30_000))
             .await
             .expect("claiming");
         times.push(start.elapsed());

@@ -1,13 +1,13 @@
 //! Artifact rows, manifests and expiry. The bytes live in the server's artifact store; the
 //! database says which run owns what, with its hash, and when it expires.
 
-use lwr_model::RunState;
 use lwr_model::manifest::{
     Artifact, LOG_ARTIFACT, MANIFEST_VERSION, Manifest, ManifestJob, MissingArtifact,
 };
+use lwr_model::{JobId, Millis, NodeId, RunId, RunState};
 
 use crate::error::Op;
-use crate::rows::{col, json, to_json, u32_of};
+use crate::rows::{col, json, to_json, typed, typed_opt, u32_of};
 use crate::{Result, Store, StoreError, rfc3339};
 
 /// SHA-256 of nothing: the hash of a log a job never wrote to.
@@ -23,8 +23,8 @@ struct JobSpecExpiry {
 /// What the server needs to accept an upload for a run.
 #[derive(Debug, Clone)]
 pub struct UploadTarget {
-    pub node_id: i64,
-    pub job_id: i64,
+    pub node_id: NodeId,
+    pub job_id: JobId,
     /// The job's own `expires`, if it set one.
     pub expires_secs: Option<u64>,
 }
@@ -32,7 +32,7 @@ pub struct UploadTarget {
 /// An artifact to record, already stored under `storage_key`.
 #[derive(Debug, Clone)]
 pub struct NewArtifact {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub name: String,
     pub kind: String,
     pub path: String,
@@ -40,8 +40,8 @@ pub struct NewArtifact {
     pub sha256: String,
     pub content_type: String,
     pub storage_key: String,
-    pub created_at: i64,
-    pub expires_at: i64,
+    pub created_at: Millis,
+    pub expires_at: Millis,
 }
 
 /// A stored artifact as the server serves it.
@@ -56,26 +56,26 @@ pub struct StoredArtifact {
 
 impl Store {
     /// The owner and expiry policy of run `run_id`, or `None` if there is no such run.
-    pub async fn upload_target(&self, run_id: i64) -> Result<Option<UploadTarget>> {
+    pub async fn upload_target(&self, run_id: RunId) -> Result<Option<UploadTarget>> {
         let row = sqlx::query(
             "SELECT r.node_id, r.job_id, j.spec FROM runs r JOIN jobs j ON j.id = r.job_id \
              WHERE r.id = $1",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .fetch_optional(&self.read)
         .await
         .op("reading run for upload")?;
         let Some(row) = row else { return Ok(None) };
         let spec: JobSpecExpiry = json(&col::<String>(&row, "spec")?, "job spec")?;
         Ok(Some(UploadTarget {
-            node_id: col(&row, "node_id")?,
-            job_id: col(&row, "job_id")?,
+            node_id: typed(&row, "node_id")?,
+            job_id: typed(&row, "job_id")?,
             expires_secs: spec.expires_secs,
         }))
     }
 
     /// True when run `run_id` already has an artifact called `name`.
-    pub async fn has_artifact(&self, run_id: i64, name: &str) -> Result<bool> {
+    pub async fn has_artifact(&self, run_id: RunId, name: &str) -> Result<bool> {
         Ok(self.artifact(run_id, name).await?.is_some())
     }
 
@@ -87,7 +87,7 @@ impl Store {
              storage_key, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (run_id, name) DO NOTHING",
         )
-        .bind(a.run_id)
+        .bind(a.run_id.get())
         .bind(a.name.clone())
         .bind(a.kind.clone())
         .bind(a.path.clone())
@@ -95,8 +95,8 @@ impl Store {
         .bind(a.sha256.clone())
         .bind(a.content_type.clone())
         .bind(a.storage_key.clone())
-        .bind(a.created_at)
-        .bind(a.expires_at)
+        .bind(a.created_at.get())
+        .bind(a.expires_at.get())
         .execute(&self.write)
         .await
         .op("recording artifact")?
@@ -105,12 +105,12 @@ impl Store {
     }
 
     /// The stored artifact `name` of run `run_id`.
-    pub async fn artifact(&self, run_id: i64, name: &str) -> Result<Option<StoredArtifact>> {
+    pub async fn artifact(&self, run_id: RunId, name: &str) -> Result<Option<StoredArtifact>> {
         let row = sqlx::query(
             "SELECT id, size, sha256, content_type, storage_key FROM artifacts \
              WHERE run_id = $1 AND name = $2",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .bind(name.to_string())
         .fetch_optional(&self.read)
         .await
@@ -131,19 +131,19 @@ impl Store {
     /// the run already has one.
     pub async fn set_manifest(
         &self,
-        run_id: i64,
+        run_id: RunId,
         missing: &[MissingArtifact],
         extra: &serde_json::Map<String, serde_json::Value>,
-        now: i64,
+        now: Millis,
     ) -> Result<bool> {
         let n = sqlx::query(
             "INSERT INTO manifests (run_id, missing, extra, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (run_id) DO NOTHING",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .bind(to_json(&missing, "missing artifacts")?)
         .bind(to_json(extra, "manifest extra")?)
-        .bind(now)
+        .bind(now.get())
         .execute(&self.write)
         .await
         .op("recording manifest")?
@@ -152,29 +152,29 @@ impl Store {
     }
 
     /// The run of job `job_id` numbered `number`, or its latest run.
-    pub async fn run_of_job(&self, job_id: i64, number: Option<u32>) -> Result<i64> {
+    pub async fn run_of_job(&self, job_id: JobId, number: Option<u32>) -> Result<RunId> {
         let row = match number {
             Some(n) => {
                 sqlx::query("SELECT id FROM runs WHERE job_id = $1 AND number = $2")
-                    .bind(job_id)
+                    .bind(job_id.get())
                     .bind(i64::from(n))
                     .fetch_optional(&self.read)
                     .await
             }
             None => {
                 sqlx::query("SELECT id FROM runs WHERE job_id = $1 ORDER BY number DESC LIMIT 1")
-                    .bind(job_id)
+                    .bind(job_id.get())
                     .fetch_optional(&self.read)
                     .await
             }
         }
         .op("finding run")?;
         if let Some(row) = row {
-            return col(&row, "id");
+            return typed(&row, "id");
         }
         // Say why: no such job, or a job that has not run (blocked, pending), or no such run.
         let job = sqlx::query("SELECT state FROM jobs WHERE id = $1")
-            .bind(job_id)
+            .bind(job_id.get())
             .fetch_optional(&self.read)
             .await
             .op("finding job")?;
@@ -192,7 +192,7 @@ impl Store {
     }
 
     /// The manifest of run `run_id`, with locations relative to the server (`/v1/...`).
-    pub async fn manifest(&self, run_id: i64) -> Result<Manifest> {
+    pub async fn manifest(&self, run_id: RunId) -> Result<Manifest> {
         let row = sqlx::query(
             "SELECT r.number, r.uid, r.state, r.exit_code, r.reason, r.started_at, \
              r.finished_at, r.log_size, r.log_sha256, n.name AS node, j.id AS job_id, \
@@ -201,7 +201,7 @@ impl Store {
              JOIN nodes n ON n.id = r.node_id LEFT JOIN manifests m ON m.run_id = r.id \
              WHERE r.id = $1",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .fetch_optional(&self.read)
         .await
         .op("reading run for manifest")?
@@ -215,9 +215,9 @@ impl Store {
             detail: state.clone(),
         })?;
         let job = ManifestJob {
-            id: col(&row, "job_id")?,
+            id: typed(&row, "job_id")?,
             name: col(&row, "job_name")?,
-            graph_id: col(&row, "graph_id")?,
+            graph_id: typed(&row, "graph_id")?,
             repository: col(&row, "repository")?,
             revision: col(&row, "revision")?,
             run_number: u32_of(col(&row, "number")?),
@@ -227,8 +227,8 @@ impl Store {
             exit_code: col::<Option<i64>>(&row, "exit_code")?.map(|c| c as i32),
             reason: col(&row, "reason")?,
             node: col(&row, "node")?,
-            started_at: rfc3339(col(&row, "started_at")?),
-            finished_at: col::<Option<i64>>(&row, "finished_at")?.map(rfc3339),
+            started_at: rfc3339(typed(&row, "started_at")?),
+            finished_at: typed_opt(&row, "finished_at")?.map(rfc3339),
         };
         let mut artifacts = Vec::new();
         // The log is an artifact like the others, kept beside the database so it can be read
@@ -250,7 +250,7 @@ impl Store {
             "SELECT name, kind, path, size, sha256, content_type, expires_at FROM artifacts \
              WHERE run_id = $1 ORDER BY id",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .fetch_all(&self.read)
         .await
         .op("reading artifacts")?;
@@ -264,7 +264,7 @@ impl Store {
                 size: col::<i64>(&r, "size")?.max(0) as u64,
                 sha256: col(&r, "sha256")?,
                 content_type: col(&r, "content_type")?,
-                expires_at: Some(rfc3339(col(&r, "expires_at")?)),
+                expires_at: Some(rfc3339(typed(&r, "expires_at")?)),
             });
         }
         let missing = match col::<Option<String>>(&row, "missing")? {
@@ -285,12 +285,12 @@ impl Store {
     }
 
     /// Up to `limit` artifacts that expired before `now`: `(id, storage_key)`.
-    pub async fn expired_artifacts(&self, now: i64, limit: i64) -> Result<Vec<(i64, String)>> {
+    pub async fn expired_artifacts(&self, now: Millis, limit: i64) -> Result<Vec<(i64, String)>> {
         let rows = sqlx::query(
             "SELECT id, storage_key FROM artifacts WHERE expires_at < $1 ORDER BY expires_at \
              LIMIT $2",
         )
-        .bind(now)
+        .bind(now.get())
         .bind(limit)
         .fetch_all(&self.read)
         .await
@@ -312,7 +312,7 @@ impl Store {
 }
 
 /// Where the server serves artifact `name` of run `run_id`, relative to its base URL.
-pub fn location(run_id: i64, name: &str) -> String {
+pub fn location(run_id: RunId, name: &str) -> String {
     format!(
         "/v1/runs/{run_id}/artifacts/{}",
         lwr_model::urlpath::path(name)
@@ -326,7 +326,7 @@ mod tests {
     #[test]
     fn locations_are_encoded() {
         assert_eq!(
-            location(3, "sym/a b#1.sym"),
+            location(RunId(3), "sym/a b#1.sym"),
             "/v1/runs/3/artifacts/sym/a%20b%231.sym"
         );
     }

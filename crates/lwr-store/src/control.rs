@@ -1,11 +1,11 @@
 //! Self-serve control of jobs: cancel and retrigger. Each call is one transaction.
 
-use lwr_model::JobSpec;
+use lwr_model::{GraphId, JobId, JobSpec, Millis};
 
 use crate::error::Op;
 use crate::graphs::parse_job_state;
 use crate::queue::{Effects, Tx, block_dependents};
-use crate::rows::{col, json};
+use crate::rows::{col, json, typed};
 use crate::{Result, Store, StoreError};
 
 /// What a cancellation stopped.
@@ -21,7 +21,7 @@ pub struct Cancelled {
 impl Store {
     /// Cancels a job that has not ended. A live run ends `cancelled` (its node learns at its
     /// next heartbeat and kills the process group) and every job depending on it is blocked.
-    pub async fn cancel_job(&self, job_id: i64, now: i64) -> Result<Cancelled> {
+    pub async fn cancel_job(&self, job_id: JobId, now: Millis) -> Result<Cancelled> {
         let mut tx = self.write.begin().await.op("starting cancel")?;
         let (name, state) = job_state(&mut tx, job_id).await?;
         if state.is_terminal() {
@@ -29,13 +29,13 @@ impl Store {
                 "job {job_id} ({name}) already ended: {state}"
             )));
         }
-        let runs = cancel_runs(&mut tx, "job_id = $1", job_id, now).await?;
+        let runs = cancel_runs(&mut tx, "job_id = $1", job_id.get(), now).await?;
         sqlx::query(
             "UPDATE jobs SET state = 'cancelled', reason = 'cancelled', updated_at = $2 \
              WHERE id = $1 AND state IN ('pending', 'running')",
         )
-        .bind(job_id)
-        .bind(now)
+        .bind(job_id.get())
+        .bind(now.get())
         .execute(&mut *tx)
         .await
         .op("cancelling job")?;
@@ -60,10 +60,10 @@ impl Store {
     }
 
     /// Cancels every job of a graph that has not ended.
-    pub async fn cancel_graph(&self, graph_id: i64, now: i64) -> Result<Cancelled> {
+    pub async fn cancel_graph(&self, graph_id: GraphId, now: Millis) -> Result<Cancelled> {
         let mut tx = self.write.begin().await.op("starting cancel")?;
         let exists = sqlx::query("SELECT id FROM graphs WHERE id = $1")
-            .bind(graph_id)
+            .bind(graph_id.get())
             .fetch_optional(&mut *tx)
             .await
             .op("reading graph")?;
@@ -76,7 +76,7 @@ impl Store {
         let runs = cancel_runs(
             &mut tx,
             "job_id IN (SELECT id FROM jobs WHERE graph_id = $1)",
-            graph_id,
+            graph_id.get(),
             now,
         )
         .await?;
@@ -84,8 +84,8 @@ impl Store {
             "UPDATE jobs SET state = 'cancelled', reason = 'graph cancelled', updated_at = $2 \
              WHERE graph_id = $1 AND state IN ('pending', 'running')",
         )
-        .bind(graph_id)
-        .bind(now)
+        .bind(graph_id.get())
+        .bind(now.get())
         .execute(&mut *tx)
         .await
         .op("cancelling graph")?
@@ -109,10 +109,10 @@ impl Store {
     /// need instead (with its dependents).
     pub async fn retrigger(
         &self,
-        job_id: i64,
+        job_id: JobId,
         with_dependents: bool,
-        now: i64,
-    ) -> Result<Vec<i64>> {
+        now: Millis,
+    ) -> Result<Vec<JobId>> {
         let mut tx = self.write.begin().await.op("starting retrigger")?;
         let (name, state) = job_state(&mut tx, job_id).await?;
         if !state.is_terminal() {
@@ -128,7 +128,7 @@ impl Store {
                   OR (j.all_finished = 0 AND n.state <> 'succeeded')) \
              ORDER BY n.id LIMIT 1",
         )
-        .bind(job_id)
+        .bind(job_id.get())
         .fetch_optional(&mut *tx)
         .await
         .op("checking needs")?;
@@ -148,7 +148,7 @@ impl Store {
                      UNION SELECT jn.job_id FROM job_needs jn JOIN deps d ON jn.need_id = d.id) \
                  SELECT j.id, j.name, j.state FROM jobs j JOIN deps d ON d.id = j.id ORDER BY j.id",
             )
-            .bind(job_id)
+            .bind(job_id.get())
             .fetch_all(&mut *tx)
             .await
             .op("finding dependents")?;
@@ -160,13 +160,13 @@ impl Store {
                         "{dep}, which depends on {name}, is running; cancel it first"
                     )));
                 }
-                targets.push(col(&row, "id")?);
+                targets.push(typed(&row, "id")?);
             }
         }
         for &id in &targets {
             let spec: String = col(
                 &sqlx::query("SELECT spec FROM jobs WHERE id = $1")
-                    .bind(id)
+                    .bind(id.get())
                     .fetch_one(&mut *tx)
                     .await
                     .op("reading job spec")?,
@@ -177,9 +177,9 @@ impl Store {
                 "UPDATE jobs SET state = 'pending', retries_left = $2, reason = 'retriggered', \
                  updated_at = $3 WHERE id = $1",
             )
-            .bind(id)
+            .bind(id.get())
             .bind(i64::from(spec.retries))
-            .bind(now)
+            .bind(now.get())
             .execute(&mut *tx)
             .await
             .op("requeueing job")?;
@@ -201,12 +201,12 @@ impl Store {
                 "SELECT jn.job_id FROM job_needs jn JOIN jobs j ON j.id = jn.job_id \
                  WHERE jn.need_id = $1 AND j.state = 'pending'",
             )
-            .bind(id)
+            .bind(id.get())
             .fetch_all(&mut *tx)
             .await
             .op("finding waiting dependents")?;
             for row in waiting {
-                let dependent: i64 = col(&row, "job_id")?;
+                let dependent: JobId = typed(&row, "job_id")?;
                 if !targets.contains(&dependent) {
                     count_unmet(&mut tx, dependent).await?;
                 }
@@ -220,7 +220,7 @@ impl Store {
 
 /// Sets a pending job's count of needs it still waits for: needs not yet succeeded, or for
 /// an all-finished job, needs not yet ended.
-pub(crate) async fn count_unmet(tx: &mut Tx, job_id: i64) -> Result<()> {
+pub(crate) async fn count_unmet(tx: &mut Tx, job_id: JobId) -> Result<()> {
     sqlx::query(
         "UPDATE jobs SET unmet = (SELECT COUNT(*) FROM job_needs jn \
          JOIN jobs n ON n.id = jn.need_id WHERE jn.job_id = $1 \
@@ -228,7 +228,7 @@ pub(crate) async fn count_unmet(tx: &mut Tx, job_id: i64) -> Result<()> {
               OR (jobs.all_finished = 0 AND n.state <> 'succeeded'))) \
          WHERE id = $1",
     )
-    .bind(job_id)
+    .bind(job_id.get())
     .execute(&mut **tx)
     .await
     .op("counting needs")?;
@@ -238,7 +238,11 @@ pub(crate) async fn count_unmet(tx: &mut Tx, job_id: i64) -> Result<()> {
 /// Blocks pending job `job_id`, and what depends on it, when it is an ordinary job with a
 /// need that ended without success: it could never run. Returns whether it did, and whether
 /// an all-finished job became ready on the way.
-pub(crate) async fn block_if_stuck(tx: &mut Tx, job_id: i64, now: i64) -> Result<(bool, bool)> {
+pub(crate) async fn block_if_stuck(
+    tx: &mut Tx,
+    job_id: JobId,
+    now: Millis,
+) -> Result<(bool, bool)> {
     let stuck = sqlx::query(
         "UPDATE jobs SET state = 'blocked', updated_at = $2, \
          reason = 'needs a job that did not succeed' \
@@ -248,8 +252,8 @@ pub(crate) async fn block_if_stuck(tx: &mut Tx, job_id: i64, now: i64) -> Result
              AND n.state IN ('failed', 'exception', 'blocked', 'cancelled')) \
          RETURNING name",
     )
-    .bind(job_id)
-    .bind(now)
+    .bind(job_id.get())
+    .bind(now.get())
     .fetch_optional(&mut **tx)
     .await
     .op("blocking a job that cannot run")?;
@@ -262,9 +266,9 @@ pub(crate) async fn block_if_stuck(tx: &mut Tx, job_id: i64, now: i64) -> Result
     Ok((true, ready))
 }
 
-async fn job_state(tx: &mut Tx, job_id: i64) -> Result<(String, lwr_model::JobState)> {
+async fn job_state(tx: &mut Tx, job_id: JobId) -> Result<(String, lwr_model::JobState)> {
     let row = sqlx::query("SELECT name, state FROM jobs WHERE id = $1")
-        .bind(job_id)
+        .bind(job_id.get())
         .fetch_optional(&mut **tx)
         .await
         .op("reading job")?
@@ -278,15 +282,16 @@ async fn job_state(tx: &mut Tx, job_id: i64) -> Result<(String, lwr_model::JobSt
     ))
 }
 
-/// Ends the live runs matching `filter` (with `$1` bound to `id`) as cancelled.
-async fn cancel_runs(tx: &mut Tx, filter: &'static str, id: i64, now: i64) -> Result<u64> {
+/// Ends the live runs matching `filter` (with `$1` bound to `id`, a job's or a graph's) as
+/// cancelled.
+async fn cancel_runs(tx: &mut Tx, filter: &'static str, id: i64, now: Millis) -> Result<u64> {
     let sql = format!(
         "UPDATE runs SET state = 'cancelled', reason = 'cancelled', finished_at = $2, \
          lease_expires = NULL WHERE state = 'running' AND {filter}"
     );
     let n = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id)
-        .bind(now)
+        .bind(now.get())
         .execute(&mut **tx)
         .await
         .op("cancelling runs")?

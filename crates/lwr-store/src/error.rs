@@ -32,7 +32,7 @@ pub enum StoreError {
     NotFound { what: &'static str, id: String },
     /// A job that exists has no such run (yet): why, in the job's words.
     #[error("job {job} {why}")]
-    NoRun { job: i64, why: String },
+    NoRun { job: lwr_model::JobId, why: String },
     /// The request makes no sense in the current state (cancelling an ended job...).
     #[error("{0}")]
     Conflict(String),

@@ -57,7 +57,7 @@ impl Store {
     }
 
     /// Tells other servers that node `id` registered again, so they drop their cached view.
-    pub(crate) async fn notify_node(&self, id: i64) -> Result<()> {
+    pub(crate) async fn notify_node(&self, id: lwr_model::NodeId) -> Result<()> {
         if self.dialect == Dialect::Postgres {
             let text = format!("{} n{id}", self.instance);
             let mut conn = self.write.acquire().await.op("notifying servers")?;

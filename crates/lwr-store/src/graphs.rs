@@ -3,12 +3,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use lwr_model::api::{GraphInfo, JobDetail, JobInfo, RunInfo, StateCounts, SubmitGraph};
-use lwr_model::{JobSpec, JobState, Requirements, Requires, RunState};
+use lwr_model::{GraphId, JobId, JobSpec, JobState, Millis, Requirements, Requires, RunState};
 use sqlx::any::AnyRow;
 
 use crate::error::Op;
 use crate::queue::Tx;
-use crate::rows::{col, json, to_json, u32_of};
+use crate::rows::{col, json, to_json, typed, typed_opt, u32_of};
 use crate::{Result, Store, StoreError, rfc3339};
 
 /// A job's columns for listings, with the placement of its latest run.
@@ -22,9 +22,9 @@ pub(crate) async fn insert_graph(
     repository: Option<&str>,
     branch: Option<&str>,
     revision: Option<&str>,
-    now: i64,
-) -> Result<i64> {
-    col(
+    now: Millis,
+) -> Result<GraphId> {
+    typed(
         &sqlx::query(
             "INSERT INTO graphs (repository, branch, revision, created_at) \
              VALUES ($1, $2, $3, $4) RETURNING id",
@@ -32,7 +32,7 @@ pub(crate) async fn insert_graph(
         .bind(repository.map(str::to_string))
         .bind(branch.map(str::to_string))
         .bind(revision.map(str::to_string))
-        .bind(now)
+        .bind(now.get())
         .fetch_one(&mut **tx)
         .await
         .op("inserting graph")?,
@@ -45,31 +45,31 @@ pub(crate) async fn insert_graph(
 /// Returns the new jobs' ids by name.
 pub(crate) async fn insert_jobs<'j>(
     tx: &mut Tx,
-    graph_id: i64,
+    graph_id: GraphId,
     jobs: &[&'j JobSpec],
-    existing: &HashMap<String, i64>,
-    now: i64,
-) -> Result<HashMap<&'j str, i64>> {
-    let mut ids: HashMap<&str, i64> = HashMap::with_capacity(jobs.len());
+    existing: &HashMap<String, JobId>,
+    now: Millis,
+) -> Result<HashMap<&'j str, JobId>> {
+    let mut ids: HashMap<&str, JobId> = HashMap::with_capacity(jobs.len());
     for job in jobs {
         let requirements = if job.node.is_empty() {
             None
         } else {
             Some(to_json(&job.node, "requirements")?)
         };
-        let id: i64 = col(
+        let id: JobId = typed(
             &sqlx::query(
                 "INSERT INTO jobs (graph_id, name, state, unmet, spec, requirements, \
                  retries_left, updated_at, all_finished, placement) \
                  VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9) RETURNING id",
             )
-            .bind(graph_id)
+            .bind(graph_id.get())
             .bind(job.name.clone())
             .bind(job.needs.len() as i64)
             .bind(to_json(job, "job spec")?)
             .bind(requirements)
             .bind(i64::from(job.retries))
-            .bind(now)
+            .bind(now.get())
             .bind(i64::from(job.requires == Requires::AllFinished))
             .bind(crate::pool::Placement::column(job)?)
             .fetch_one(&mut **tx)
@@ -89,8 +89,8 @@ pub(crate) async fn insert_jobs<'j>(
                 continue;
             };
             sqlx::query("INSERT INTO job_needs (job_id, need_id) VALUES ($1, $2)")
-                .bind(*job_id)
-                .bind(*need_id)
+                .bind(job_id.get())
+                .bind(need_id.get())
                 .execute(&mut **tx)
                 .await
                 .op("inserting job needs")?;
@@ -103,7 +103,7 @@ impl Store {
     /// Stores a push's graph and all its jobs in one transaction; returns the graph id.
     /// The graph is validated again here: the store trusts no client. With `sub.push`, the
     /// jobs join the push's graph (see [`Store::submit_push_graph`]).
-    pub async fn submit_graph(&self, sub: &SubmitGraph, now: i64) -> Result<i64> {
+    pub async fn submit_graph(&self, sub: &SubmitGraph, now: Millis) -> Result<GraphId> {
         sub.graph.validate()?;
         if let Some(push) = sub.push {
             return self.submit_push_graph(push, sub, now).await;
@@ -131,11 +131,11 @@ impl Store {
     }
 
     /// A graph with its job counts; `seq` is left 0 for the caller to fill.
-    pub async fn graph(&self, id: i64) -> Result<GraphInfo> {
+    pub async fn graph(&self, id: GraphId) -> Result<GraphInfo> {
         let row = sqlx::query(
             "SELECT id, repository, branch, revision, created_at FROM graphs WHERE id = $1",
         )
-        .bind(id)
+        .bind(id.get())
         .fetch_optional(&self.read)
         .await
         .op("reading graph")?
@@ -149,7 +149,7 @@ impl Store {
             repository: col(&row, "repository")?,
             branch: col(&row, "branch")?,
             revision: col(&row, "revision")?,
-            created_at: rfc3339(col(&row, "created_at")?),
+            created_at: rfc3339(typed(&row, "created_at")?),
             finished: counts.finished(),
             counts,
             seq: 0,
@@ -157,13 +157,13 @@ impl Store {
     }
 
     /// Job counts by state, for one graph or all.
-    pub async fn counts(&self, graph: Option<i64>) -> Result<StateCounts> {
+    pub async fn counts(&self, graph: Option<GraphId>) -> Result<StateCounts> {
         let rows = match graph {
             Some(g) => {
                 sqlx::query(
                     "SELECT state, COUNT(*) AS n FROM jobs WHERE graph_id = $1 GROUP BY state",
                 )
-                .bind(g)
+                .bind(g.get())
                 .fetch_all(&self.read)
                 .await
             }
@@ -184,13 +184,13 @@ impl Store {
     }
 
     /// Jobs, oldest first, optionally of one graph.
-    pub async fn jobs(&self, graph: Option<i64>) -> Result<Vec<JobInfo>> {
+    pub async fn jobs(&self, graph: Option<GraphId>) -> Result<Vec<JobInfo>> {
         let rows = match graph {
             Some(g) => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "SELECT {JOB_COLUMNS} FROM jobs WHERE graph_id = $1 ORDER BY id"
                 )))
-                .bind(g)
+                .bind(g.get())
                 .fetch_all(&self.read)
                 .await
             }
@@ -228,7 +228,7 @@ impl Store {
 
     /// Gives each pending job that waits for needs a reason naming them (`waits for build,
     /// lint`): one query for the listing, only when such a job is in it.
-    async fn explain_needs(&self, jobs: &mut [JobInfo], graph: Option<i64>) -> Result<()> {
+    async fn explain_needs(&self, jobs: &mut [JobInfo], graph: Option<GraphId>) -> Result<()> {
         // Two texts, not `$1 IS NULL OR graph_id = $1`, which no index can serve.
         const NEEDS: &str = "SELECT n.job_id, j.name FROM job_needs n JOIN jobs j ON j.id = n.need_id \
              WHERE j.state <> 'succeeded' AND n.job_id IN \
@@ -239,7 +239,7 @@ impl Store {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "{NEEDS} AND graph_id = $1{ORDER}"
                 )))
-                .bind(g)
+                .bind(g.get())
                 .fetch_all(&self.read)
                 .await
             }
@@ -250,10 +250,10 @@ impl Store {
             }
         }
         .op("listing the needs of pending jobs")?;
-        let mut needs: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        let mut needs: BTreeMap<JobId, Vec<String>> = BTreeMap::new();
         for row in &rows {
             needs
-                .entry(col(row, "job_id")?)
+                .entry(typed(row, "job_id")?)
                 .or_default()
                 .push(col(row, "name")?);
         }
@@ -293,9 +293,9 @@ impl Store {
     }
 
     /// Finds a job by `graph_id/name`.
-    pub async fn job_by_name(&self, graph_id: i64, name: &str) -> Result<i64> {
+    pub async fn job_by_name(&self, graph_id: GraphId, name: &str) -> Result<JobId> {
         let row = sqlx::query("SELECT id FROM jobs WHERE graph_id = $1 AND name = $2")
-            .bind(graph_id)
+            .bind(graph_id.get())
             .bind(name.to_string())
             .fetch_optional(&self.read)
             .await
@@ -304,15 +304,15 @@ impl Store {
                 what: "job",
                 id: format!("{graph_id}/{name}"),
             })?;
-        col(&row, "id")
+        typed(&row, "id")
     }
 
     /// A job with its spec, needs and every run.
-    pub async fn job(&self, id: i64) -> Result<JobDetail> {
+    pub async fn job(&self, id: JobId) -> Result<JobDetail> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {JOB_COLUMNS}, spec FROM jobs WHERE id = $1"
         )))
-        .bind(id)
+        .bind(id.get())
         .fetch_optional(&self.read)
         .await
         .op("reading job")?
@@ -327,19 +327,19 @@ impl Store {
         let [info] = one;
         let spec: JobSpec = json(&col::<String>(&row, "spec")?, "job spec")?;
         let needs = sqlx::query("SELECT need_id FROM job_needs WHERE job_id = $1 ORDER BY need_id")
-            .bind(id)
+            .bind(id.get())
             .fetch_all(&self.read)
             .await
             .op("reading job needs")?
             .iter()
-            .map(|r| col(r, "need_id"))
-            .collect::<Result<Vec<i64>>>()?;
+            .map(|r| typed(r, "need_id"))
+            .collect::<Result<Vec<JobId>>>()?;
         let runs = sqlx::query(
             "SELECT r.id, r.number, r.state, n.name AS node, r.exit_code, r.reason, \
              r.started_at, r.finished_at, r.log_size, r.placement \
              FROM runs r JOIN nodes n ON n.id = r.node_id WHERE r.job_id = $1 ORDER BY r.number",
         )
-        .bind(id)
+        .bind(id.get())
         .fetch_all(&self.read)
         .await
         .op("reading runs")?;
@@ -369,8 +369,8 @@ fn waits_for(names: &[String]) -> String {
 
 fn job_row(row: &AnyRow) -> Result<(JobInfo, Option<Requirements>)> {
     let info = JobInfo {
-        id: col(row, "id")?,
-        graph_id: col(row, "graph_id")?,
+        id: typed(row, "id")?,
+        graph_id: typed(row, "graph_id")?,
         name: col(row, "name")?,
         state: parse_job_state(&col::<String>(row, "state")?)?,
         node: col(row, "node")?,
@@ -389,7 +389,7 @@ fn job_row(row: &AnyRow) -> Result<(JobInfo, Option<Requirements>)> {
 fn run_info(row: &AnyRow) -> Result<RunInfo> {
     let state: String = col(row, "state")?;
     Ok(RunInfo {
-        id: col(row, "id")?,
+        id: typed(row, "id")?,
         number: u32_of(col(row, "number")?),
         state: RunState::parse(&state).ok_or(StoreError::Corrupt {
             what: "run state",
@@ -398,8 +398,8 @@ fn run_info(row: &AnyRow) -> Result<RunInfo> {
         node: col(row, "node")?,
         exit_code: col::<Option<i64>>(row, "exit_code")?.map(|c| c as i32),
         reason: col(row, "reason")?,
-        started_at: rfc3339(col(row, "started_at")?),
-        finished_at: col::<Option<i64>>(row, "finished_at")?.map(rfc3339),
+        started_at: rfc3339(typed(row, "started_at")?),
+        finished_at: typed_opt(row, "finished_at")?.map(rfc3339),
         log_size: col::<i64>(row, "log_size")?.max(0) as u64,
         placement: col(row, "placement")?,
     })

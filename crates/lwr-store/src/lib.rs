@@ -3,7 +3,9 @@
 //! One implementation serves both databases through sqlx's `Any` driver: the SQL is written
 //! once with `$n` placeholders, and [`Dialect`] switches the few statements that differ
 //! (row locking, schema). Every state change of the queue is one transaction; the functions
-//! take `now` (milliseconds since the epoch) as an argument so tests can drive time.
+//! take `now` ([`Millis`]) as an argument so tests can drive time. Ids, instants and spans
+//! are the model's newtypes ([`lwr_model::ids`]); sqlx cannot encode them (the model has no
+//! sqlx), so they are bound with `.get()` and read with `rows::typed`.
 
 mod artifacts;
 mod control;
@@ -24,6 +26,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lwr_model::Millis;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 
@@ -197,16 +200,16 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Milliseconds since the epoch as RFC 3339, for API answers.
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
+/// An instant as RFC 3339, for API answers.
+pub fn rfc3339(at: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(at.get())
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
 }
 
-/// The current time in milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+/// The current time.
+pub fn now_ms() -> Millis {
+    Millis(chrono::Utc::now().timestamp_millis())
 }
 
 #[cfg(test)]

@@ -4,12 +4,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lwr_model::NodeProperties;
 use lwr_model::api::{NodeInfo, RegisterNode};
 use lwr_model::pool::NodeState;
+use lwr_model::{DurationMs, Millis, NodeId, NodeProperties};
 
 use crate::error::Op;
-use crate::rows::{col, json, to_json, u32_of};
+use crate::rows::{col, json, to_json, typed, u32_of};
 use crate::{Result, Store, StoreError, rfc3339};
 
 /// How long a cached view of a node is trusted. Properties change only when a node
@@ -28,23 +28,23 @@ type Cached = (Instant, Arc<KnownNode>);
 
 /// Cached nodes by id, so a claim need not read them each time.
 #[derive(Clone, Default)]
-pub(crate) struct NodeCache(Arc<Mutex<HashMap<i64, Cached>>>);
+pub(crate) struct NodeCache(Arc<Mutex<HashMap<NodeId, Cached>>>);
 
 impl NodeCache {
-    fn get(&self, id: i64) -> Option<Arc<KnownNode>> {
+    fn get(&self, id: NodeId) -> Option<Arc<KnownNode>> {
         let map = self.0.lock().ok()?;
         map.get(&id)
             .filter(|(at, _)| at.elapsed() < CACHE_TTL)
             .map(|(_, node)| node.clone())
     }
 
-    pub(crate) fn forget(&self, id: i64) {
+    pub(crate) fn forget(&self, id: NodeId) {
         if let Ok(mut map) = self.0.lock() {
             map.remove(&id);
         }
     }
 
-    fn put(&self, id: i64, node: Arc<KnownNode>) {
+    fn put(&self, id: NodeId, node: Arc<KnownNode>) {
         if let Ok(mut map) = self.0.lock() {
             map.insert(id, (Instant::now(), node));
         }
@@ -53,13 +53,14 @@ impl NodeCache {
 
 /// A node that has not been heard from for this long is shown as `lost`
 /// ([`lwr_model::timing::DEFAULT_NODE_LOST_AFTER`]).
-pub const LOST_AFTER_MS: i64 = lwr_model::timing::DEFAULT_NODE_LOST_AFTER.as_millis() as i64;
+pub const LOST_AFTER_MS: DurationMs =
+    DurationMs(lwr_model::timing::DEFAULT_NODE_LOST_AFTER.as_millis() as i64);
 
 impl Store {
     /// Registers a node, or updates the one with the same name (a node restarting keeps its
     /// identity, so its history stays with it; a node that drained to reboot is enabled
     /// again). Returns the node id.
-    pub async fn register_node(&self, reg: &RegisterNode, now: i64) -> Result<i64> {
+    pub async fn register_node(&self, reg: &RegisterNode, now: Millis) -> Result<NodeId> {
         self.register_node_for(reg, now, None).await
     }
 
@@ -68,9 +69,9 @@ impl Store {
     pub async fn register_node_for(
         &self,
         reg: &RegisterNode,
-        now: i64,
+        now: Millis,
         token_id: Option<i64>,
-    ) -> Result<i64> {
+    ) -> Result<NodeId> {
         let row = sqlx::query(
             "INSERT INTO nodes (name, properties, slots, registered_at, last_seen, token_id) \
              VALUES ($1, $2, $3, $4, $4, $5) \
@@ -86,12 +87,12 @@ impl Store {
         .bind(reg.name.clone())
         .bind(to_json(&reg.properties, "node properties")?)
         .bind(i64::from(reg.slots))
-        .bind(now)
+        .bind(now.get())
         .bind(token_id)
         .fetch_one(&self.write)
         .await
         .op("registering node")?;
-        let id = col(&row, "id")?;
+        let id = typed(&row, "id")?;
         self.notify_node(id).await?;
         // Read back: operators' labels are merged into what the node said.
         self.nodes.forget(id);
@@ -113,9 +114,9 @@ impl Store {
     /// The token node `node_id` registered with (`None` without one); `NotFound` when the
     /// node is unknown. Read on every node request with authentication on, never cached, so
     /// a node registered again under another token loses the old one at once.
-    pub async fn node_owner(&self, node_id: i64) -> Result<Option<i64>> {
+    pub async fn node_owner(&self, node_id: NodeId) -> Result<Option<i64>> {
         let row = sqlx::query("SELECT token_id FROM nodes WHERE id = $1")
-            .bind(node_id)
+            .bind(node_id.get())
             .fetch_optional(&self.read)
             .await
             .op("reading node")?
@@ -127,12 +128,12 @@ impl Store {
     }
 
     /// A node's properties, or `NotFound` when the server forgot it (the node re-registers).
-    pub async fn node_properties(&self, node_id: i64) -> Result<Arc<KnownNode>> {
+    pub async fn node_properties(&self, node_id: NodeId) -> Result<Arc<KnownNode>> {
         if let Some(node) = self.nodes.get(node_id) {
             return Ok(node);
         }
         let row = sqlx::query("SELECT name, properties, labels FROM nodes WHERE id = $1")
-            .bind(node_id)
+            .bind(node_id.get())
             .fetch_optional(&self.read)
             .await
             .op("reading node")?
@@ -149,7 +150,7 @@ impl Store {
         Ok(node)
     }
 
-    pub async fn nodes(&self, now: i64) -> Result<Vec<NodeInfo>> {
+    pub async fn nodes(&self, now: Millis) -> Result<Vec<NodeInfo>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{NODE_SELECT} ORDER BY n.name"
         )))
@@ -163,11 +164,11 @@ impl Store {
     }
 
     /// One node as listings show it.
-    pub async fn node(&self, id: i64, now: i64) -> Result<NodeInfo> {
+    pub async fn node(&self, id: NodeId, now: Millis) -> Result<NodeInfo> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{NODE_SELECT} WHERE n.id = $1"
         )))
-        .bind(id)
+        .bind(id.get())
         .fetch_optional(&self.read)
         .await
         .op("reading node")?
@@ -185,15 +186,15 @@ const NODE_SELECT: &str = "SELECT n.id, n.name, n.properties, n.labels, n.slots,
      COALESCE(r.running, 0) AS running FROM nodes n LEFT JOIN (SELECT node_id, COUNT(*) AS \
      running FROM runs WHERE state = 'running' GROUP BY node_id) r ON r.node_id = n.id";
 
-fn node_info(row: &sqlx::any::AnyRow, now: i64, lost_after_ms: i64) -> Result<NodeInfo> {
-    let last_seen: i64 = col(row, "last_seen")?;
+fn node_info(row: &sqlx::any::AnyRow, now: Millis, lost_after: DurationMs) -> Result<NodeInfo> {
+    let last_seen: Millis = typed(row, "last_seen")?;
     let running = u32_of(col(row, "running")?);
     let admin = crate::pool::parse_state(&col::<String>(row, "admin_state")?)?;
     let health: Option<String> = col(row, "health")?;
     let mut state_reason: Option<String> = col(row, "state_reason")?;
     let state = if admin != NodeState::Enabled {
         admin.as_str()
-    } else if now - last_seen > lost_after_ms {
+    } else if now.since(last_seen) > lost_after {
         "lost"
     } else if health.is_some() {
         state_reason = health;
@@ -204,7 +205,7 @@ fn node_info(row: &sqlx::any::AnyRow, now: i64, lost_after_ms: i64) -> Result<No
         "idle"
     };
     Ok(NodeInfo {
-        id: col(row, "id")?,
+        id: typed(row, "id")?,
         name: col(row, "name")?,
         properties: properties(row)?,
         slots: u32_of(col(row, "slots")?),

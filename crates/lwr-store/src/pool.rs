@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use lwr_model::pool::{NodeState, Pool, PoolNode};
-use lwr_model::{NodeProperties, Prefer};
+use lwr_model::{DurationMs, Millis, NodeId, NodeProperties, Prefer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Op;
 use crate::queue::Tx;
-use crate::rows::{col, json, to_json, u32_of};
+use crate::rows::{col, json, to_json, typed, u32_of};
 use crate::{Result, Store, StoreError};
 
 /// How long the snapshot is trusted before it is read again.
@@ -28,7 +28,7 @@ const POOL_TTL: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolConfig {
     /// A node not heard from for this long is lost.
-    pub lost_after_ms: i64,
+    pub lost_after_ms: DurationMs,
     /// A node whose last this many runs ended in infrastructure errors is quarantined;
     /// 0 turns automatic quarantine off.
     pub quarantine_after: u32,
@@ -51,7 +51,7 @@ struct Cached {
     /// Nodes whose last runs may have ended in infrastructure errors: only for these does
     /// a run that ends otherwise cost a statement to clear the count (read again with the
     /// snapshot, so another server's errors are seen within [`POOL_TTL`]).
-    erring: HashSet<i64>,
+    erring: HashSet<NodeId>,
     /// Moves with every change this server makes to the snapshot, so a read from the
     /// database that raced with one is not installed over it.
     generation: u64,
@@ -85,11 +85,11 @@ impl PoolCache {
     }
 
     /// Whether `node`'s count of infrastructure errors in a row may be above zero.
-    pub(crate) fn erring(&self, node: i64) -> bool {
+    pub(crate) fn erring(&self, node: NodeId) -> bool {
         self.lock().erring.contains(&node)
     }
 
-    pub(crate) fn set_erring(&self, node: i64, erring: bool) {
+    pub(crate) fn set_erring(&self, node: NodeId, erring: bool) {
         let mut cached = self.lock();
         cached.generation += 1;
         if erring {
@@ -154,13 +154,13 @@ const POOL_SELECT: &str = "SELECT n.id, n.name, n.properties, n.labels, n.slots,
 fn pool_node(row: &sqlx::any::AnyRow) -> Result<PoolNode> {
     let state: String = col(row, "state")?;
     let mut node = PoolNode::new(
-        col(row, "id")?,
+        typed(row, "id")?,
         col(row, "name")?,
         crate::nodes::properties(row)?,
         parse_state(&state)?,
         u32_of(col(row, "slots")?),
         u32_of(col(row, "running")?),
-        col(row, "last_seen")?,
+        typed(row, "last_seen")?,
     );
     node.health = col(row, "health")?;
     Ok(node)
@@ -199,7 +199,7 @@ impl Store {
         let mut erring = HashSet::new();
         for row in &rows {
             if col::<i64>(row, "infra_errors")? > 0 {
-                erring.insert(col::<i64>(row, "id")?);
+                erring.insert(typed(row, "id")?);
             }
         }
         let mut cached = self.pool.lock();
@@ -230,14 +230,14 @@ impl Store {
     }
 
     /// The id of the node named `key`, or else with id `key`.
-    pub async fn find_node(&self, key: &str) -> Result<i64> {
+    pub async fn find_node(&self, key: &str) -> Result<NodeId> {
         let row = sqlx::query("SELECT id FROM nodes WHERE name = $1")
             .bind(key.to_string())
             .fetch_optional(&self.read)
             .await
             .op("finding node")?;
         if let Some(row) = row {
-            return col(&row, "id");
+            return typed(&row, "id");
         }
         let by_id = match key.parse::<i64>() {
             Ok(id) => sqlx::query("SELECT id FROM nodes WHERE id = $1")
@@ -248,7 +248,7 @@ impl Store {
             Err(_) => None,
         };
         match by_id {
-            Some(row) => col(&row, "id"),
+            Some(row) => typed(&row, "id"),
             None => Err(StoreError::NotFound {
                 what: "node",
                 id: key.to_string(),
@@ -260,7 +260,7 @@ impl Store {
     /// infrastructure errors. A disabled node finishes what it runs and claims no more.
     pub async fn set_node_state(
         &self,
-        id: i64,
+        id: NodeId,
         state: NodeState,
         reason: Option<&str>,
     ) -> Result<()> {
@@ -270,7 +270,7 @@ impl Store {
              infra_errors = CASE WHEN $4 = 1 THEN 0 ELSE infra_errors END \
              WHERE id = $1 RETURNING id",
         )
-        .bind(id)
+        .bind(id.get())
         .bind(state.as_str())
         .bind(reason.map(str::to_string))
         .bind(enable)
@@ -286,10 +286,10 @@ impl Store {
 
     /// Adds, changes (`key=value`) or removes (`key=`) tags of a node, as an operator's
     /// labels: `lwr nodes label NAME speed=10`. Labels survive the node registering again.
-    pub async fn label_node(&self, id: i64, labels: &[(String, String)]) -> Result<()> {
+    pub async fn label_node(&self, id: NodeId, labels: &[(String, String)]) -> Result<()> {
         let mut tx = self.write.begin().await.op("starting label")?;
         let row = sqlx::query("SELECT id, labels FROM nodes WHERE id = $1")
-            .bind(id)
+            .bind(id.get())
             .fetch_optional(&mut *tx)
             .await
             .op("reading node")?
@@ -314,7 +314,7 @@ impl Store {
             Some(to_json(&current, "node labels")?)
         };
         sqlx::query("UPDATE nodes SET labels = $2 WHERE id = $1")
-            .bind(id)
+            .bind(id.get())
             .bind(text)
             .execute(&mut *tx)
             .await
@@ -324,7 +324,7 @@ impl Store {
     }
 
     /// A node's row changed: forget cached views of it here and on other servers.
-    async fn node_changed(&self, id: i64) -> Result<()> {
+    async fn node_changed(&self, id: NodeId) -> Result<()> {
         self.nodes.forget(id);
         self.pool.stale();
         self.notify_node(id).await
@@ -341,13 +341,13 @@ impl Store {
     }
 
     /// A node's state as the pool snapshot has it (fresh within [`POOL_TTL`]).
-    pub async fn node_state(&self, node_id: i64) -> Result<Option<NodeState>> {
+    pub async fn node_state(&self, node_id: NodeId) -> Result<Option<NodeState>> {
         self.refresh_pool().await?;
         Ok(self.pool.with(|p| p.get(node_id).map(|n| n.state)))
     }
 
     /// The claim changed what node `node_id` holds: `taken` new runs, `ended` finished.
-    pub(crate) fn note_claim(&self, node_id: i64, taken: usize, ended: usize, now: i64) {
+    pub(crate) fn note_claim(&self, node_id: NodeId, taken: usize, ended: usize, now: Millis) {
         self.pool.update(|p| {
             if let Some(n) = p.get_mut(node_id) {
                 n.running = (n.running as usize + taken).saturating_sub(ended) as u32;
@@ -356,7 +356,7 @@ impl Store {
         });
     }
 
-    pub(crate) fn note_seen(&self, node_id: i64, now: i64, unhealthy: Option<&str>) {
+    pub(crate) fn note_seen(&self, node_id: NodeId, now: Millis, unhealthy: Option<&str>) {
         // Not a change a read could undo (the read keeps the latest `last_seen`).
         self.pool.with(|p| {
             if let Some(n) = p.get_mut(node_id) {
@@ -378,14 +378,14 @@ impl Store {
 /// node was quarantined now, and whether it is a spot instance (for the retry).
 pub(crate) async fn count_end(
     tx: &mut Tx,
-    node_id: i64,
-    started_at: i64,
+    node_id: NodeId,
+    started_at: Millis,
     infra_error: bool,
     quarantine_after: u32,
 ) -> Result<(bool, bool)> {
     if !infra_error {
         sqlx::query("UPDATE nodes SET infra_errors = 0 WHERE id = $1 AND infra_errors <> 0")
-            .bind(node_id)
+            .bind(node_id.get())
             .execute(&mut **tx)
             .await
             .op("clearing infrastructure errors")?;
@@ -404,19 +404,19 @@ pub(crate) async fn count_end(
              THEN $3 ELSE state_reason END \
          WHERE id = $1 AND registered_at <= $4 RETURNING state, infra_errors, properties",
     )
-    .bind(node_id)
+    .bind(node_id.get())
     .bind(limit)
     .bind(format!(
         "its last {quarantine_after} runs ended in infrastructure errors"
     ))
-    .bind(started_at)
+    .bind(started_at.get())
     .fetch_optional(&mut **tx)
     .await
     .op("counting infrastructure errors")?;
     let Some(row) = row else {
         // A run of a previous life: not counted, but the retry still avoids a spot node.
         let row = sqlx::query("SELECT properties FROM nodes WHERE id = $1")
-            .bind(node_id)
+            .bind(node_id.get())
             .fetch_optional(&mut **tx)
             .await
             .op("reading node")?;

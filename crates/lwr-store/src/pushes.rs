@@ -6,19 +6,22 @@ use std::collections::{HashMap, HashSet};
 use lwr_model::api::{AddRepo, GraphSpec, PushInfo, RepoInfo, SubmitGraph};
 use lwr_model::graph::LeftOut;
 use lwr_model::push::{DECISION_JOB, decision_job};
-use lwr_model::{Graph, GraphError, JobSpec, normalize_name};
+use lwr_model::{
+    DurationMs, Graph, GraphError, GraphId, JobId, JobSpec, Millis, PushId, normalize_name,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 
 use crate::error::Op;
 use crate::graphs::{insert_graph, insert_jobs};
 use crate::queue::Tx;
-use crate::rows::{col, json, to_json, u32_of};
+use crate::rows::{col, json, to_json, typed, typed_opt, u32_of};
 use crate::{Result, Store, StoreError, rfc3339};
 
 /// Default time between two polls of a repository
 /// ([`lwr_model::timing::DEFAULT_POLL_EVERY`]).
-pub const DEFAULT_EVERY_MS: i64 = lwr_model::timing::DEFAULT_POLL_EVERY.as_millis() as i64;
+pub const DEFAULT_EVERY_MS: DurationMs =
+    DurationMs(lwr_model::timing::DEFAULT_POLL_EVERY.as_millis() as i64);
 
 /// A repository as the poller needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,11 +29,11 @@ pub struct PollTarget {
     pub id: i64,
     pub url: String,
     pub branches: Vec<String>,
-    pub every_ms: i64,
+    pub every_ms: DurationMs,
     /// Polls failed in a row.
     pub failures: u32,
     /// When a failing repository may be tried again.
-    pub retry_at: Option<i64>,
+    pub retry_at: Option<Millis>,
     /// A poll succeeded once.
     pub polled: bool,
 }
@@ -51,7 +54,7 @@ const PUSH_COLUMNS: &str = "id, repo_id, repository, branch, revision, base, pre
 
 impl Store {
     /// Starts polling a repository. A URL already polled is a conflict.
-    pub async fn add_repo(&self, add: &AddRepo, now: i64) -> Result<RepoInfo> {
+    pub async fn add_repo(&self, add: &AddRepo, now: Millis) -> Result<RepoInfo> {
         let url = add.url.trim();
         if url.is_empty() || url.chars().any(char::is_control) {
             return Err(StoreError::Invalid {
@@ -69,7 +72,7 @@ impl Store {
         }
         let every_ms = match add.every_secs {
             None => DEFAULT_EVERY_MS,
-            Some(s) if (1..=86_400).contains(&s) => s as i64 * 1000,
+            Some(s) if (1..=86_400).contains(&s) => DurationMs::from_secs(s as i64),
             Some(s) => {
                 return Err(StoreError::Invalid {
                     field: "every_secs",
@@ -95,8 +98,8 @@ impl Store {
             )
             .bind(url.to_string())
             .bind(to_json(&add.branches, "branch patterns")?)
-            .bind(every_ms)
-            .bind(now)
+            .bind(every_ms.get())
+            .bind(now.get())
             .fetch_one(&self.write)
             .await
             .op("adding repository")?,
@@ -162,9 +165,9 @@ impl Store {
                     id: col(row, "id")?,
                     url: col(row, "url")?,
                     branches: json(&col::<String>(row, "branches")?, "branch patterns")?,
-                    every_ms: col(row, "every_ms")?,
+                    every_ms: typed(row, "every_ms")?,
                     failures: u32_of(col(row, "failures")?),
-                    retry_at: col(row, "retry_at")?,
+                    retry_at: typed_opt(row, "retry_at")?,
                     polled: col::<i64>(row, "polled")? != 0,
                 })
             })
@@ -180,8 +183,8 @@ impl Store {
         &self,
         repo_id: i64,
         heads: &[(String, String)],
-        now: i64,
-    ) -> Result<Vec<i64>> {
+        now: Millis,
+    ) -> Result<Vec<PushId>> {
         let mut tx = self.write.begin().await.op("starting poll record")?;
         let row = sqlx::query("SELECT url FROM repos WHERE id = $1")
             .bind(repo_id)
@@ -221,13 +224,13 @@ impl Store {
         repo_id: i64,
         failures: u32,
         error: &str,
-        retry_at: i64,
+        retry_at: Millis,
     ) -> Result<()> {
         sqlx::query("UPDATE repos SET failures = $2, error = $3, retry_at = $4 WHERE id = $1")
             .bind(repo_id)
             .bind(i64::from(failures))
             .bind(error.to_string())
-            .bind(retry_at)
+            .bind(retry_at.get())
             .execute(&self.write)
             .await
             .op("recording poll failure")?;
@@ -258,11 +261,11 @@ impl Store {
         rows.iter().map(push_info).collect()
     }
 
-    pub async fn push(&self, id: i64) -> Result<PushInfo> {
+    pub async fn push(&self, id: PushId) -> Result<PushInfo> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {PUSH_COLUMNS} FROM pushes WHERE id = $1"
         )))
-        .bind(id)
+        .bind(id.get())
         .fetch_optional(&self.read)
         .await
         .op("reading push")?
@@ -275,14 +278,14 @@ impl Store {
 
     /// The job definitions of a graph: for a push, the full graph its decision job
     /// submitted (with the jobs left out); otherwise the specs of its jobs.
-    pub async fn graph_spec(&self, graph_id: i64) -> Result<GraphSpec> {
+    pub async fn graph_spec(&self, graph_id: GraphId) -> Result<GraphSpec> {
         let push = sqlx::query("SELECT id, spec FROM pushes WHERE graph_id = $1")
-            .bind(graph_id)
+            .bind(graph_id.get())
             .fetch_optional(&self.read)
             .await
             .op("reading push of graph")?;
         if let Some(row) = push {
-            let push_id: i64 = col(&row, "id")?;
+            let push_id: PushId = typed(&row, "id")?;
             let Some(text) = col::<Option<String>>(&row, "spec")? else {
                 return Err(StoreError::Conflict(format!(
                     "graph {graph_id} (push {push_id}) has no jobs from lwr.yml yet: its decision \
@@ -299,7 +302,7 @@ impl Store {
         }
         self.graph(graph_id).await?;
         let rows = sqlx::query("SELECT spec FROM jobs WHERE graph_id = $1 ORDER BY id")
-            .bind(graph_id)
+            .bind(graph_id.get())
             .fetch_all(&self.read)
             .await
             .op("reading job specs")?;
@@ -321,10 +324,10 @@ impl Store {
     /// run again after an infrastructure error) changes nothing.
     pub(crate) async fn submit_push_graph(
         &self,
-        push_id: i64,
+        push_id: PushId,
         sub: &SubmitGraph,
-        now: i64,
-    ) -> Result<i64> {
+        now: Millis,
+    ) -> Result<GraphId> {
         if sub.graph.job(DECISION_JOB).is_some() {
             return Err(StoreError::InvalidGraph(GraphError::InvalidValue {
                 file: "graph".into(),
@@ -371,7 +374,7 @@ impl Store {
         )?;
         let mut tx = self.write.begin().await.op("starting push graph")?;
         let row = sqlx::query("SELECT graph_id, spec FROM pushes WHERE id = $1")
-            .bind(push_id)
+            .bind(push_id.get())
             .fetch_optional(&mut *tx)
             .await
             .op("reading push")?
@@ -379,7 +382,7 @@ impl Store {
                 what: "push",
                 id: push_id.to_string(),
             })?;
-        let graph_id: i64 = col(&row, "graph_id")?;
+        let graph_id: GraphId = typed(&row, "graph_id")?;
         if let Some(before) = col::<Option<String>>(&row, "spec")? {
             if before == spec {
                 return Ok(graph_id);
@@ -390,7 +393,7 @@ impl Store {
         }
         insert_jobs(&mut tx, graph_id, &scheduled, &HashMap::new(), now).await?;
         sqlx::query("UPDATE pushes SET spec = $2 WHERE id = $1")
-            .bind(push_id)
+            .bind(push_id.get())
             .bind(spec)
             .execute(&mut *tx)
             .await
@@ -405,11 +408,11 @@ impl Store {
     /// need of it (transitively) that is not in the graph yet. Returns the new jobs' ids,
     /// the triggered job first. A job already in the graph is a conflict (retrigger it), and
     /// so is a need that already ended without success (retrigger the need first).
-    pub async fn trigger(&self, push_id: i64, name: &str, now: i64) -> Result<Vec<i64>> {
+    pub async fn trigger(&self, push_id: PushId, name: &str, now: Millis) -> Result<Vec<JobId>> {
         let name = normalize_name(name);
         let mut tx = self.write.begin().await.op("starting trigger")?;
         let row = sqlx::query("SELECT graph_id, spec FROM pushes WHERE id = $1")
-            .bind(push_id)
+            .bind(push_id.get())
             .fetch_optional(&mut *tx)
             .await
             .op("reading push")?
@@ -417,7 +420,7 @@ impl Store {
                 what: "push",
                 id: push_id.to_string(),
             })?;
-        let graph_id: i64 = col(&row, "graph_id")?;
+        let graph_id: GraphId = typed(&row, "graph_id")?;
         let Some(text) = col::<Option<String>>(&row, "spec")? else {
             return Err(StoreError::Conflict(format!(
                 "push {push_id} has no graph yet: its decision job has not submitted one"
@@ -431,13 +434,13 @@ impl Store {
             });
         }
         let rows = sqlx::query("SELECT id, name, state FROM jobs WHERE graph_id = $1")
-            .bind(graph_id)
+            .bind(graph_id.get())
             .fetch_all(&mut *tx)
             .await
             .op("reading the graph's jobs")?;
-        let mut existing: HashMap<String, (i64, String)> = HashMap::with_capacity(rows.len());
+        let mut existing: HashMap<String, (JobId, String)> = HashMap::with_capacity(rows.len());
         for row in &rows {
-            existing.insert(col(row, "name")?, (col(row, "id")?, col(row, "state")?));
+            existing.insert(col(row, "name")?, (typed(row, "id")?, col(row, "state")?));
         }
         if let Some((id, state)) = existing.get(&name) {
             return Err(StoreError::Conflict(format!(
@@ -476,7 +479,7 @@ impl Store {
                 }
             }
         }
-        let ids_by_name: HashMap<String, i64> = existing
+        let ids_by_name: HashMap<String, JobId> = existing
             .iter()
             .map(|(n, (id, _))| (n.clone(), *id))
             .collect();
@@ -508,8 +511,8 @@ async fn create_push(
     url: &str,
     branch: &str,
     revision: &str,
-    now: i64,
-) -> Result<Option<i64>> {
+    now: Millis,
+) -> Result<Option<PushId>> {
     let seen = sqlx::query(
         "SELECT id FROM pushes WHERE repository = $1 AND branch = $2 AND revision = $3",
     )
@@ -533,13 +536,13 @@ async fn create_push(
     .op("finding the previous push")?;
     let (previous, base) = match previous {
         Some(row) => (
-            Some(col::<i64>(&row, "id")?),
+            Some(typed::<PushId>(&row, "id")?),
             Some(col::<String>(&row, "revision")?),
         ),
         None => (None, None),
     };
     let graph_id = insert_graph(tx, Some(url), Some(branch), Some(revision), now).await?;
-    let push_id: i64 = col(
+    let push_id: PushId = typed(
         &sqlx::query(
             "INSERT INTO pushes (repo_id, repository, branch, revision, previous, base, \
              graph_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
@@ -548,10 +551,10 @@ async fn create_push(
         .bind(url.to_string())
         .bind(branch.to_string())
         .bind(revision.to_string())
-        .bind(previous)
+        .bind(previous.map(PushId::get))
         .bind(base.clone())
-        .bind(graph_id)
-        .bind(now)
+        .bind(graph_id.get())
+        .bind(now.get())
         .fetch_one(&mut **tx)
         .await
         .op("inserting push")?,
@@ -580,25 +583,25 @@ fn repo_info(row: &AnyRow) -> Result<RepoInfo> {
         state: state.to_string(),
         failures,
         error: col(row, "error")?,
-        retry_at: col::<Option<i64>>(row, "retry_at")?.map(rfc3339),
+        retry_at: typed_opt(row, "retry_at")?.map(rfc3339),
         polled_at: None,
         pushes: col::<i64>(row, "pushes")?.max(0) as u64,
-        created_at: rfc3339(col(row, "created_at")?),
+        created_at: rfc3339(typed(row, "created_at")?),
     })
 }
 
 fn push_info(row: &AnyRow) -> Result<PushInfo> {
     Ok(PushInfo {
-        id: col(row, "id")?,
+        id: typed(row, "id")?,
         repo_id: col(row, "repo_id")?,
         repository: col(row, "repository")?,
         branch: col(row, "branch")?,
         revision: col(row, "revision")?,
         base: col(row, "base")?,
-        previous: col(row, "previous")?,
-        graph_id: col(row, "graph_id")?,
+        previous: typed_opt(row, "previous")?,
+        graph_id: typed(row, "graph_id")?,
         decided: decided(row)?,
-        created_at: rfc3339(col(row, "created_at")?),
+        created_at: rfc3339(typed(row, "created_at")?),
     })
 }
 

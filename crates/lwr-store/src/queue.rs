@@ -10,13 +10,13 @@ use lwr_model::api::{Assignment, Outcome, ResultAck, RunResult};
 use lwr_model::pool::{
     DEFAULT_AFFINITY_WAIT_MS, Decision, Memo, NodeState, PoolNode, ReadyJob, decide_with,
 };
-use lwr_model::{JobSpec, Requirements};
+use lwr_model::{DurationMs, GraphId, JobId, JobSpec, Millis, NodeId, Requirements, RunId};
 use sqlx::{Any, Transaction};
 
 use crate::error::Op;
 use crate::nodes::KnownNode;
 use crate::pool::{Placement, count_end};
-use crate::rows::{col, json, u32_of};
+use crate::rows::{col, json, typed, typed_opt, u32_of};
 use crate::{Dialect, Result, Store, StoreError};
 
 /// Jobs looked at per step while searching for ones a node can run, after a first small
@@ -55,8 +55,8 @@ pub struct Claimed {
     pub acks: Vec<ResultAck>,
     pub effects: Effects,
     /// The node left ready jobs to better nodes (see `lwr_model::pool`): it should look
-    /// again after this many milliseconds at the latest, when the first hold runs out.
-    pub retry_in_ms: Option<i64>,
+    /// again after this long at the latest, when the first hold runs out.
+    pub retry_in_ms: Option<DurationMs>,
 }
 
 /// What recording a batch of results did.
@@ -73,28 +73,28 @@ struct Reported {
 
 /// A ready job as the claim's search reads it.
 struct Candidate {
-    id: i64,
+    id: JobId,
     name: String,
     requirements: Option<Requirements>,
     placement: Placement,
     avoid_spot: bool,
-    ready_since: i64,
+    ready_since: Millis,
     branch: Option<String>,
-    affinity: Option<i64>,
+    affinity: Option<NodeId>,
 }
 
 impl Store {
     /// Records `results` the node sends along, then hands it up to `max` ready jobs it can
-    /// run, each as a new run with a lease until `now + lease_ms`; one transaction. A job is
+    /// run, each as a new run with a lease until `now + lease`; one transaction. A job is
     /// handed to one node only: SQLite has a single writer, and PostgreSQL locks the rows it
     /// takes (`FOR UPDATE SKIP LOCKED`).
     pub async fn claim(
         &self,
-        node_id: i64,
+        node_id: NodeId,
         max: u32,
         results: &[RunResult],
-        now: i64,
-        lease_ms: i64,
+        now: Millis,
+        lease: DurationMs,
     ) -> Result<Claimed> {
         let node = self.node_properties(node_id).await?;
         self.refresh_pool().await?;
@@ -106,7 +106,7 @@ impl Store {
         let (assignments, retry_in_ms) = if reported.quarantined {
             (Vec::new(), None)
         } else {
-            self.claim_in(&mut tx, node_id, &node, max, now, lease_ms)
+            self.claim_in(&mut tx, node_id, &node, max, now, lease)
                 .await?
         };
         effects.changed |= !assignments.is_empty();
@@ -128,12 +128,12 @@ impl Store {
     async fn claim_in(
         &self,
         tx: &mut Tx,
-        node_id: i64,
+        node_id: NodeId,
         node: &KnownNode,
         max: u32,
-        now: i64,
-        lease_ms: i64,
-    ) -> Result<(Vec<Assignment>, Option<i64>)> {
+        now: Millis,
+        lease: DurationMs,
+    ) -> Result<(Vec<Assignment>, Option<DurationMs>)> {
         let node_name = &node.name;
         if max == 0 {
             return Ok((Vec::new(), None));
@@ -157,16 +157,16 @@ impl Store {
             return Ok((Vec::new(), None));
         }
         let select = claim_select(self.dialect);
-        let mut picked: Vec<(i64, String)> = Vec::new();
-        let mut retry_in: Option<i64> = None;
-        let mut after = 0i64;
+        let mut picked: Vec<(JobId, String)> = Vec::new();
+        let mut retry_in: Option<DurationMs> = None;
+        let mut after = JobId(0);
         // First as many rows as the node can take: most nodes can run most jobs and most
         // jobs are not held, and every row read costs its graph and affinity lookups.
         let mut page = i64::from(max).clamp(1, SCAN_PAGE);
         let mut seen = 0usize;
         'scan: while picked.len() < max as usize {
             let rows = sqlx::query(select)
-                .bind(after)
+                .bind(after.get())
                 .bind(page)
                 .fetch_all(&mut **tx)
                 .await
@@ -193,8 +193,10 @@ impl Store {
                         affinity_wait_ms: c
                             .placement
                             .affinity_wait_secs
-                            .map_or(DEFAULT_AFFINITY_WAIT_MS, |s| s as i64 * 1000),
-                        ready_for_ms: now - c.ready_since,
+                            .map_or(DEFAULT_AFFINITY_WAIT_MS, |s| {
+                                DurationMs::from_secs(s as i64)
+                            }),
+                        ready_for_ms: now.since(c.ready_since),
                         avoid_spot: c.avoid_spot,
                     };
                     match decide_with(&job, &claimer, pool, now, &mut memo) {
@@ -245,27 +247,27 @@ impl Store {
                  updated_at = $3 WHERE id = $1 AND state = 'pending' \
                  RETURNING runs, graph_id, spec",
             )
-            .bind(job_id)
+            .bind(job_id.get())
             .bind(node_name.clone())
-            .bind(now)
+            .bind(now.get())
             .fetch_one(&mut **tx)
             .await
             .op("marking job running")?;
             let number: i64 = col(&row, "runs")?;
-            let graph_id: i64 = col(&row, "graph_id")?;
+            let graph_id: GraphId = typed(&row, "graph_id")?;
             let spec: JobSpec = json(&col::<String>(&row, "spec")?, "job spec")?;
-            let run_id: i64 = col(
+            let run_id: RunId = typed(
                 &sqlx::query(
                     "INSERT INTO runs (job_id, number, node_id, uid, state, started_at, \
                      lease_expires, placement) VALUES ($1, $2, $3, $4, 'running', $5, $6, $7) \
                      RETURNING id",
                 )
-                .bind(job_id)
+                .bind(job_id.get())
                 .bind(number)
-                .bind(node_id)
+                .bind(node_id.get())
                 .bind(uuid::Uuid::new_v4().to_string())
-                .bind(now)
-                .bind(now + lease_ms)
+                .bind(now.get())
+                .bind(now.plus(lease).get())
                 .bind(placement)
                 .fetch_one(&mut **tx)
                 .await
@@ -292,7 +294,7 @@ impl Store {
                 command: spec.run,
                 env: spec.env,
                 timeout_secs: spec.timeout_secs,
-                lease_secs: (lease_ms / 1000).max(1) as u64,
+                lease_secs: (lease.get() / 1000).max(1) as u64,
                 artifacts: spec.artifacts,
                 manifests,
                 kept_dir,
@@ -314,29 +316,28 @@ impl Store {
     /// no longer the node's (expired, cancelled, unknown): the node must drop them.
     pub async fn heartbeat(
         &self,
-        node_id: i64,
-        runs: &[i64],
-        now: i64,
-        lease_ms: i64,
-    ) -> Result<Vec<i64>> {
-        self.heartbeat_health(node_id, runs, now, lease_ms, None)
-            .await
+        node_id: NodeId,
+        runs: &[RunId],
+        now: Millis,
+        lease: DurationMs,
+    ) -> Result<Vec<RunId>> {
+        self.heartbeat_health(node_id, runs, now, lease, None).await
     }
 
     /// [`Store::heartbeat`] that also records the node's health: `unhealthy` says why its
     /// health check fails, `None` that it passes (or the node has none).
     pub async fn heartbeat_health(
         &self,
-        node_id: i64,
-        runs: &[i64],
-        now: i64,
-        lease_ms: i64,
+        node_id: NodeId,
+        runs: &[RunId],
+        now: Millis,
+        lease: DurationMs,
         unhealthy: Option<&str>,
-    ) -> Result<Vec<i64>> {
+    ) -> Result<Vec<RunId>> {
         let mut tx = self.write.begin().await.op("starting heartbeat")?;
         let known = sqlx::query("UPDATE nodes SET last_seen = $1, health = $3 WHERE id = $2")
-            .bind(now)
-            .bind(node_id)
+            .bind(now.get())
+            .bind(node_id.get())
             .bind(unhealthy.map(str::to_string))
             .execute(&mut *tx)
             .await
@@ -354,9 +355,9 @@ impl Store {
                 "UPDATE runs SET lease_expires = $1 \
                  WHERE id = $2 AND node_id = $3 AND state = 'running'",
             )
-            .bind(now + lease_ms)
-            .bind(run_id)
-            .bind(node_id)
+            .bind(now.plus(lease).get())
+            .bind(run_id.get())
+            .bind(node_id.get())
             .execute(&mut *tx)
             .await
             .op("renewing lease")?
@@ -375,9 +376,9 @@ impl Store {
     /// refused so that each run's result is recorded exactly once.
     pub async fn report(
         &self,
-        node_id: i64,
+        node_id: NodeId,
         results: &[RunResult],
-        now: i64,
+        now: Millis,
     ) -> Result<(Vec<ResultAck>, Effects)> {
         let quarantine_after = self.pool_config().quarantine_after;
         let clean = !self.pool.erring(node_id);
@@ -395,31 +396,31 @@ impl Store {
 
     /// Ends every run whose lease ran out before `now` as `exception` (claim-expired) and
     /// puts its job back in the queue while it has retries left.
-    pub async fn expire_leases(&self, now: i64) -> Result<Effects> {
+    pub async fn expire_leases(&self, now: Millis) -> Result<Effects> {
         let mut tx = self.write.begin().await.op("starting lease expiry")?;
         let quarantine_after = self.pool_config().quarantine_after;
         let expired = sqlx::query(
             "SELECT id, job_id, node_id, started_at FROM runs \
              WHERE state = 'running' AND lease_expires < $1",
         )
-        .bind(now)
+        .bind(now.get())
         .fetch_all(&mut *tx)
         .await
         .op("finding expired leases")?;
         let mut effects = Effects::default();
         let mut erring = Vec::new();
         for row in expired {
-            let run_id: i64 = col(&row, "id")?;
-            let job_id: i64 = col(&row, "job_id")?;
-            let node_id: i64 = col(&row, "node_id")?;
-            let started_at: i64 = col(&row, "started_at")?;
+            let run_id: RunId = typed(&row, "id")?;
+            let job_id: JobId = typed(&row, "job_id")?;
+            let node_id: NodeId = typed(&row, "node_id")?;
+            let started_at: Millis = typed(&row, "started_at")?;
             // Another server's sweeper (or the node's report) may have ended it meanwhile.
             let expired = sqlx::query(
                 "UPDATE runs SET state = 'exception', reason = 'claim-expired', \
                  finished_at = $2, lease_expires = NULL WHERE id = $1 AND state = 'running'",
             )
-            .bind(run_id)
-            .bind(now)
+            .bind(run_id.get())
+            .bind(now.get())
             .execute(&mut *tx)
             .await
             .op("expiring run")?
@@ -442,13 +443,13 @@ impl Store {
         Ok(effects)
     }
 
-    /// Gives every live lease at least `lease_ms` from `now`. Called when a server starts:
+    /// Gives every live lease at least `lease` from `now`. Called when a server starts:
     /// nodes could not renew while it was down, and that is not their fault.
-    pub async fn extend_leases(&self, now: i64, lease_ms: i64) -> Result<u64> {
+    pub async fn extend_leases(&self, now: Millis, lease: DurationMs) -> Result<u64> {
         let n = sqlx::query(
             "UPDATE runs SET lease_expires = $1 WHERE state = 'running' AND lease_expires < $1",
         )
-        .bind(now + lease_ms)
+        .bind(now.plus(lease).get())
         .execute(&self.write)
         .await
         .op("extending leases")?
@@ -457,9 +458,9 @@ impl Store {
     }
 
     /// Records the size and hash of a run's stored log.
-    pub async fn set_log_size(&self, run_id: i64, size: u64, sha256: &str) -> Result<()> {
+    pub async fn set_log_size(&self, run_id: RunId, size: u64, sha256: &str) -> Result<()> {
         sqlx::query("UPDATE runs SET log_size = $2, log_sha256 = $3 WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.get())
             .bind(size as i64)
             .bind(sha256.to_string())
             .execute(&self.write)
@@ -469,15 +470,15 @@ impl Store {
     }
 
     /// The node that holds a run and whether the run is still live: `(node_id, running)`.
-    pub async fn run_owner(&self, run_id: i64) -> Result<Option<(i64, bool)>> {
+    pub async fn run_owner(&self, run_id: RunId) -> Result<Option<(NodeId, bool)>> {
         let row = sqlx::query("SELECT node_id, state FROM runs WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.get())
             .fetch_optional(&self.read)
             .await
             .op("reading run")?;
         row.map(|r| {
             Ok((
-                col(&r, "node_id")?,
+                typed(&r, "node_id")?,
                 col::<String>(&r, "state")? == "running",
             ))
         })
@@ -486,7 +487,7 @@ impl Store {
 }
 
 /// How soon a claim that passed over rows locked by another claim looks again.
-const SKIPPED_RETRY_MS: i64 = 25;
+const SKIPPED_RETRY_MS: DurationMs = DurationMs(25);
 
 /// The claim's search for ready jobs, after job `$1`, at most `$2`: the partial index
 /// `jobs_ready` holds exactly these rows, so the search never reads finished jobs. On
@@ -524,7 +525,7 @@ fn claim_select(dialect: Dialect) -> &'static str {
 /// One row of the claim's search.
 fn candidate(row: &sqlx::any::AnyRow) -> Result<Candidate> {
     Ok(Candidate {
-        id: col(row, "id")?,
+        id: typed(row, "id")?,
         name: col(row, "name")?,
         requirements: col::<Option<String>>(row, "requirements")?
             .map(|text| json::<Requirements>(&text, "requirements"))
@@ -534,9 +535,9 @@ fn candidate(row: &sqlx::any::AnyRow) -> Result<Candidate> {
             .transpose()?
             .unwrap_or_default(),
         avoid_spot: col::<i64>(row, "avoid_spot")? != 0,
-        ready_since: col(row, "updated_at")?,
+        ready_since: typed(row, "updated_at")?,
         branch: col(row, "branch")?,
-        affinity: col(row, "affinity")?,
+        affinity: typed_opt(row, "affinity")?,
     })
 }
 
@@ -574,10 +575,10 @@ impl Store {
 
 /// The name of the directory a node keeps for job `name` of graph `graph_id` between runs
 /// (`keep_workdir: true`): one per repository, branch and job, safe as a file name.
-async fn kept_dir(tx: &mut Tx, graph_id: i64, name: &str) -> Result<String> {
+async fn kept_dir(tx: &mut Tx, graph_id: GraphId, name: &str) -> Result<String> {
     use sha2::{Digest, Sha256};
     let row = sqlx::query("SELECT repository, branch FROM graphs WHERE id = $1")
-        .bind(graph_id)
+        .bind(graph_id.get())
         .fetch_one(&mut **tx)
         .await
         .op("reading graph")?;
@@ -605,18 +606,18 @@ async fn kept_dir(tx: &mut Tx, graph_id: i64, name: &str) -> Result<String> {
 
 /// Each need of job `job_id` with the manifest location of its latest run (the one that
 /// succeeded, since the job is ready).
-async fn needs_manifests(tx: &mut Tx, job_id: i64) -> Result<BTreeMap<String, String>> {
+async fn needs_manifests(tx: &mut Tx, job_id: JobId) -> Result<BTreeMap<String, String>> {
     let rows = sqlx::query(
         "SELECT j.name, r.id FROM job_needs jn JOIN jobs j ON j.id = jn.need_id \
          JOIN runs r ON r.job_id = j.id AND r.number = j.runs WHERE jn.job_id = $1",
     )
-    .bind(job_id)
+    .bind(job_id.get())
     .fetch_all(&mut **tx)
     .await
     .op("finding needs' manifests")?;
     rows.iter()
         .map(|r| {
-            let run: i64 = col(r, "id")?;
+            let run: RunId = typed(r, "id")?;
             Ok((col(r, "name")?, format!("/v1/runs/{run}/manifest")))
         })
         .collect()
@@ -624,15 +625,15 @@ async fn needs_manifests(tx: &mut Tx, job_id: i64) -> Result<BTreeMap<String, St
 
 /// The answer for a result that did not end a live run of the node: a repeat of the
 /// recorded result is acknowledged; anything else is refused, saying why.
-async fn refusal(tx: &mut Tx, node_id: i64, result: &RunResult) -> Result<ResultAck> {
+async fn refusal(tx: &mut Tx, node_id: NodeId, result: &RunResult) -> Result<ResultAck> {
     let row = sqlx::query("SELECT node_id, state, reason FROM runs WHERE id = $1")
-        .bind(result.run_id)
+        .bind(result.run_id.get())
         .fetch_optional(&mut **tx)
         .await
         .op("reading run")?;
     let (recorded, note) = match row {
         None => (false, "no such run".to_string()),
-        Some(row) if col::<i64>(&row, "node_id")? != node_id => {
+        Some(row) if typed::<NodeId>(&row, "node_id")? != node_id => {
             (false, "the run belongs to another node".to_string())
         }
         Some(row) => {
@@ -655,9 +656,9 @@ async fn refusal(tx: &mut Tx, node_id: i64, result: &RunResult) -> Result<Result
 /// Records results inside a transaction; see [`Store::report`].
 async fn report_in(
     tx: &mut Tx,
-    node_id: i64,
+    node_id: NodeId,
     results: &[RunResult],
-    now: i64,
+    now: Millis,
     quarantine_after: u32,
     // The node's count of infrastructure errors in a row is known to be zero.
     mut clean: bool,
@@ -672,12 +673,12 @@ async fn report_in(
                  lease_expires = NULL WHERE id = $1 AND node_id = $2 AND state = 'running' \
                  RETURNING job_id, started_at",
         )
-        .bind(result.run_id)
-        .bind(node_id)
+        .bind(result.run_id.get())
+        .bind(node_id.get())
         .bind(outcome_state(result.outcome))
         .bind(result.exit_code.map(i64::from))
         .bind(result.reason.clone())
-        .bind(now)
+        .bind(now.get())
         .fetch_optional(&mut **tx)
         .await
         .op("finishing run")?;
@@ -685,10 +686,10 @@ async fn report_in(
             acks.push(refusal(tx, node_id, result).await?);
             continue;
         };
-        let job_id: i64 = col(&finished, "job_id")?;
+        let job_id: JobId = typed(&finished, "job_id")?;
         ended += 1;
         let infra_error = result.outcome == Outcome::Exception;
-        let started_at: i64 = col(&finished, "started_at")?;
+        let started_at: Millis = typed(&finished, "started_at")?;
         // Clearing a count known to be zero would cost a statement per run for nothing.
         let (now_quarantined, spot) = if clean && !infra_error {
             (false, false)
@@ -739,13 +740,13 @@ fn outcome_state(outcome: Outcome) -> &'static str {
 }
 
 /// The job succeeded: each dependent has one unmet need fewer; those at zero become ready.
-async fn succeed_job(tx: &mut Tx, job_id: i64, now: i64) -> Result<Effects> {
+async fn succeed_job(tx: &mut Tx, job_id: JobId, now: Millis) -> Result<Effects> {
     sqlx::query(
         "UPDATE jobs SET state = 'succeeded', reason = NULL, updated_at = $2 \
          WHERE id = $1 AND state = 'running'",
     )
-    .bind(job_id)
-    .bind(now)
+    .bind(job_id.get())
+    .bind(now.get())
     .execute(&mut **tx)
     .await
     .op("marking job succeeded")?;
@@ -753,8 +754,8 @@ async fn succeed_job(tx: &mut Tx, job_id: i64, now: i64) -> Result<Effects> {
         "UPDATE jobs SET unmet = unmet - 1, updated_at = $2 WHERE state = 'pending' \
          AND id IN (SELECT job_id FROM job_needs WHERE need_id = $1) RETURNING unmet",
     )
-    .bind(job_id)
-    .bind(now)
+    .bind(job_id.get())
+    .bind(now.get())
     .fetch_all(&mut **tx)
     .await
     .op("releasing dependents")?;
@@ -772,23 +773,23 @@ async fn succeed_job(tx: &mut Tx, job_id: i64, now: i64) -> Result<Effects> {
 /// error on a spot node (`spot`), the retry goes to a non-spot node when one matches.
 async fn retry_or_end(
     tx: &mut Tx,
-    job_id: i64,
+    job_id: JobId,
     reason: &str,
     spot: bool,
-    now: i64,
+    now: Millis,
 ) -> Result<Effects> {
     let retried = sqlx::query(
         "UPDATE jobs SET state = 'pending', retries_left = retries_left - 1, reason = $2, \
          updated_at = $3, avoid_spot = CASE WHEN $4 = 1 THEN 1 ELSE avoid_spot END \
          WHERE id = $1 AND state = 'running' AND retries_left > 0",
     )
-    .bind(job_id)
+    .bind(job_id.get())
     .bind(if spot {
         format!("retrying after {reason} on a spot node")
     } else {
         format!("retrying after {reason}")
     })
-    .bind(now)
+    .bind(now.get())
     .bind(i64::from(spot))
     .execute(&mut **tx)
     .await
@@ -820,15 +821,21 @@ async fn retry_or_end(
 }
 
 /// Ends a running job without success and blocks everything that depends on it.
-async fn end_job(tx: &mut Tx, job_id: i64, state: &str, reason: &str, now: i64) -> Result<Effects> {
+async fn end_job(
+    tx: &mut Tx,
+    job_id: JobId,
+    state: &str,
+    reason: &str,
+    now: Millis,
+) -> Result<Effects> {
     let row = sqlx::query(
         "UPDATE jobs SET state = $2, reason = $3, updated_at = $4 \
          WHERE id = $1 AND state = 'running' RETURNING name",
     )
-    .bind(job_id)
+    .bind(job_id.get())
     .bind(state.to_string())
     .bind(reason.to_string())
-    .bind(now)
+    .bind(now.get())
     .fetch_optional(&mut **tx)
     .await
     .op("ending job")?;
@@ -855,9 +862,9 @@ async fn end_job(tx: &mut Tx, job_id: i64, state: &str, reason: &str, now: i64) 
 /// Returns whether one did.
 pub(crate) async fn block_dependents(
     tx: &mut Tx,
-    job_id: i64,
+    job_id: JobId,
     reason: &str,
-    now: i64,
+    now: Millis,
 ) -> Result<bool> {
     // The jobs ending now: this one and the pending, ordinary jobs that depend on it.
     const ENDING: &str = "WITH RECURSIVE ending (id) AS ( \
@@ -873,8 +880,8 @@ pub(crate) async fn block_dependents(
              (SELECT jn.job_id FROM job_needs jn JOIN ending e ON jn.need_id = e.id) \
          RETURNING unmet"
     )))
-    .bind(job_id)
-    .bind(now)
+    .bind(job_id.get())
+    .bind(now.get())
     .fetch_all(&mut **tx)
     .await
     .op("releasing all-finished dependents")?;
@@ -887,9 +894,9 @@ pub(crate) async fn block_dependents(
          WHERE state = 'pending' AND all_finished = 0 AND id <> $1 \
          AND id IN (SELECT id FROM ending)"
     )))
-    .bind(job_id)
+    .bind(job_id.get())
     .bind(reason.to_string())
-    .bind(now)
+    .bind(now.get())
     .execute(&mut **tx)
     .await
     .op("blocking dependents")?;

@@ -14,6 +14,17 @@ where
         .map_err(|source| StoreError::Db { op: name, source })
 }
 
+/// A column holding one of the model's typed integers (an id, an instant, a span): sqlx
+/// cannot decode the model's types itself, since the model has no sqlx.
+pub(crate) fn typed<T: From<i64>>(row: &AnyRow, name: &'static str) -> Result<T> {
+    col::<i64>(row, name).map(T::from)
+}
+
+/// [`typed`] for a nullable column.
+pub(crate) fn typed_opt<T: From<i64>>(row: &AnyRow, name: &'static str) -> Result<Option<T>> {
+    col::<Option<i64>>(row, name).map(|v| v.map(T::from))
+}
+
 pub(crate) fn json<T: DeserializeOwned>(text: &str, what: &'static str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
         what,

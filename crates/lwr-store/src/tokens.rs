@@ -10,13 +10,13 @@
 
 use hmac::{Hmac, KeyInit, Mac};
 use lwr_model::auth::TokenInfo;
-use lwr_model::{RunState, Scope, Scopes};
+use lwr_model::{Millis, RunId, RunState, Scope, Scopes};
 use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use subtle::ConstantTimeEq;
 
 use crate::error::Op;
-use crate::rows::col;
+use crate::rows::{col, typed, typed_opt};
 use crate::{Result, Store, StoreError, rfc3339};
 
 /// Prefix of every secret, so a leaked one is easy to recognise (and to search logs for).
@@ -72,14 +72,14 @@ fn parse_job_token(secret: &str) -> Option<(i64, Vec<u8>)> {
     Some((run.parse().ok()?, hex::decode(mac).ok()?))
 }
 
-fn token_info(row: &AnyRow, now: i64) -> Result<TokenInfo> {
+fn token_info(row: &AnyRow, now: Millis) -> Result<TokenInfo> {
     let scopes_text: String = col(row, "scopes")?;
     let scopes = Scopes::parse(&scopes_text).map_err(|detail| StoreError::Corrupt {
         what: "token scopes",
         detail,
     })?;
-    let expires_at: Option<i64> = col(row, "expires_at")?;
-    let revoked_at: Option<i64> = col(row, "revoked_at")?;
+    let expires_at: Option<Millis> = typed_opt(row, "expires_at")?;
+    let revoked_at: Option<Millis> = typed_opt(row, "revoked_at")?;
     let state = if revoked_at.is_some() {
         "revoked"
     } else if expires_at.is_some_and(|t| t <= now) {
@@ -91,7 +91,7 @@ fn token_info(row: &AnyRow, now: i64) -> Result<TokenInfo> {
         id: col(row, "id")?,
         scopes: scopes.0,
         label: col(row, "label")?,
-        created_at: rfc3339(col(row, "created_at")?),
+        created_at: rfc3339(typed(row, "created_at")?),
         expires_at: expires_at.map(rfc3339),
         revoked_at: revoked_at.map(rfc3339),
         state: state.to_string(),
@@ -104,8 +104,8 @@ impl Store {
         &self,
         scopes: &Scopes,
         label: Option<&str>,
-        expires_at: Option<i64>,
-        now: i64,
+        expires_at: Option<Millis>,
+        now: Millis,
     ) -> Result<(TokenInfo, String)> {
         let secret = new_secret()?;
         let row = sqlx::query(
@@ -116,15 +116,15 @@ impl Store {
         .bind(hash_secret(&secret))
         .bind(scopes.to_string())
         .bind(label.map(str::to_string))
-        .bind(now)
-        .bind(expires_at)
+        .bind(now.get())
+        .bind(expires_at.map(Millis::get))
         .fetch_one(&self.write)
         .await
         .op("creating token")?;
         Ok((token_info(&row, now)?, secret))
     }
 
-    pub async fn tokens(&self, now: i64) -> Result<Vec<TokenInfo>> {
+    pub async fn tokens(&self, now: Millis) -> Result<Vec<TokenInfo>> {
         let rows = sqlx::query(
             "SELECT id, scopes, label, created_at, expires_at, revoked_at FROM tokens ORDER BY id",
         )
@@ -135,10 +135,10 @@ impl Store {
     }
 
     /// Revokes a token at once. Revoking a revoked token again changes nothing.
-    pub async fn revoke_token(&self, id: i64, now: i64) -> Result<TokenInfo> {
+    pub async fn revoke_token(&self, id: i64, now: Millis) -> Result<TokenInfo> {
         sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
             .bind(id)
-            .bind(now)
+            .bind(now.get())
             .execute(&self.write)
             .await
             .op("revoking token")?;
@@ -158,13 +158,13 @@ impl Store {
 
     /// Revokes every active token whose label starts with `prefix`; returns how many.
     /// Compared as plain text, so `%` and `_` are no wildcards.
-    pub async fn revoke_tokens_labelled(&self, prefix: &str, now: i64) -> Result<u64> {
+    pub async fn revoke_tokens_labelled(&self, prefix: &str, now: Millis) -> Result<u64> {
         let n = sqlx::query(
             "UPDATE tokens SET revoked_at = $2 \
              WHERE revoked_at IS NULL AND substr(label, 1, length($1)) = $1",
         )
         .bind(prefix)
-        .bind(now)
+        .bind(now.get())
         .execute(&self.write)
         .await
         .op("revoking tokens")?
@@ -212,11 +212,11 @@ impl Store {
     }
 
     /// The token run `run`'s job gets: it may read (scope `read`) while the run is running.
-    pub async fn job_token(&self, run: i64) -> Result<String> {
+    pub async fn job_token(&self, run: RunId) -> Result<String> {
         let key = self.job_key().await?;
         Ok(format!(
             "{JOB_TOKEN_PREFIX}{run}_{}",
-            hex::encode(job_mac(&key, run))
+            hex::encode(job_mac(&key, run.get()))
         ))
     }
 
@@ -246,7 +246,7 @@ impl Store {
 
     /// Checks a presented secret: one lookup by its hash (a unique index), or for a job
     /// token one by its run.
-    pub async fn check_token(&self, secret: &str, now: i64) -> Result<TokenCheck> {
+    pub async fn check_token(&self, secret: &str, now: Millis) -> Result<TokenCheck> {
         if let Some((run, mac)) = parse_job_token(secret) {
             return self.check_job_token(run, &mac).await;
         }
@@ -262,7 +262,7 @@ impl Store {
         if col::<Option<i64>>(&row, "revoked_at")?.is_some() {
             return Ok(TokenCheck::Revoked);
         }
-        if col::<Option<i64>>(&row, "expires_at")?.is_some_and(|t| t <= now) {
+        if typed_opt::<Millis>(&row, "expires_at")?.is_some_and(|t| t <= now) {
             return Ok(TokenCheck::Expired);
         }
         let scopes = Scopes::parse(&col::<String>(&row, "scopes")?).map_err(|detail| {
@@ -278,13 +278,13 @@ impl Store {
     }
 
     /// True when token `id` exists, is not revoked and has not expired.
-    pub async fn token_active(&self, id: i64, now: i64) -> Result<bool> {
+    pub async fn token_active(&self, id: i64, now: Millis) -> Result<bool> {
         let row = sqlx::query(
             "SELECT id FROM tokens WHERE id = $1 AND revoked_at IS NULL \
              AND (expires_at IS NULL OR expires_at > $2)",
         )
         .bind(id)
-        .bind(now)
+        .bind(now.get())
         .fetch_optional(&self.read)
         .await
         .op("checking token")?;

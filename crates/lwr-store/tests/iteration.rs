@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use lwr_model::api::{Outcome, RegisterNode, RunResult, SubmitGraph};
 use lwr_model::iteration::{Iteration, IterationError, RunRef};
-use lwr_model::{Graph, GraphId, JobId, JobSpec, JobState, Requires, RunState};
+use lwr_model::{
+    DurationMs, Graph, GraphId, JobId, JobSpec, JobState, Millis, NodeId, Requires, RunId, RunState,
+};
 use lwr_store::{Dialect, PoolConfig, Store, StoreError};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
@@ -24,7 +26,7 @@ use sqlx::Row;
 mod common;
 use common::Fixture;
 
-const LEASE: i64 = 30_000;
+const LEASE: DurationMs = DurationMs(30_000);
 const SQLITE_CASES: u32 = 10_000;
 // Each step commits, and PostgreSQL syncs each commit: 200 cases take about 25 s.
 const POSTGRES_CASES: u32 = 200;
@@ -155,14 +157,14 @@ struct Bench {
     store: Store,
     /// A connection of the test's own, to empty the tables and read columns the API hides.
     raw: sqlx::AnyPool,
-    node: i64,
+    node: NodeId,
     /// The clock, moving forward across cases.
     clock: AtomicI64,
 }
 
 impl Bench {
-    fn tick(&self, by: i64) -> i64 {
-        self.clock.fetch_add(by, Ordering::Relaxed) + by
+    fn tick(&self, by: DurationMs) -> Millis {
+        Millis(self.clock.fetch_add(by.get(), Ordering::Relaxed) + by.get())
     }
 }
 
@@ -176,7 +178,7 @@ struct Seen {
     runs: Vec<RunState>,
 }
 
-async fn seen_in_store(b: &Bench, graph: i64) -> Result<BTreeMap<i64, Seen>, TestCaseError> {
+async fn seen_in_store(b: &Bench, graph: GraphId) -> Result<BTreeMap<i64, Seen>, TestCaseError> {
     let db = |e: sqlx::Error| TestCaseError::fail(format!("reading the store: {e}"));
     let mut jobs: BTreeMap<i64, Seen> = BTreeMap::new();
     let rows = sqlx::query(
@@ -184,7 +186,7 @@ async fn seen_in_store(b: &Bench, graph: i64) -> Result<BTreeMap<i64, Seen>, Tes
          FROM jobs j LEFT JOIN runs r ON r.job_id = j.id \
          WHERE j.graph_id = $1 ORDER BY j.id, r.number",
     )
-    .bind(graph)
+    .bind(graph.get())
     .fetch_all(&b.raw)
     .await
     .map_err(db)?;
@@ -243,7 +245,7 @@ fn model_refusal(e: IterationError) -> &'static str {
     }
 }
 
-fn result(run_id: i64, outcome: Outcome) -> RunResult {
+fn result(run_id: RunId, outcome: Outcome) -> RunResult {
     RunResult {
         run_id,
         outcome,
@@ -276,11 +278,11 @@ async fn one_case(b: &Bench, case: &Case) -> Result<(), TestCaseError> {
     let sub = case.graph();
     let graph = b
         .store
-        .submit_graph(&sub, b.tick(1))
+        .submit_graph(&sub, b.tick(DurationMs(1)))
         .await
         .map_err(|e| TestCaseError::fail(format!("submitting: {e}")))?;
     let ids: HashMap<String, i64> = sqlx::query("SELECT id, name FROM jobs WHERE graph_id = $1")
-        .bind(graph)
+        .bind(graph.get())
         .fetch_all(&b.raw)
         .await
         .map_err(|e| TestCaseError::fail(format!("reading ids: {e}")))?
@@ -295,11 +297,11 @@ async fn one_case(b: &Bench, case: &Case) -> Result<(), TestCaseError> {
         .map(|s| (JobId(ids[&s.name]), s))
         .collect();
     model
-        .submit(GraphId(graph), &specs)
+        .submit(graph, &specs)
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     // Job ids by generated index, for picks.
     let by_index: Vec<JobId> = (0..case.jobs.len()).map(|i| JobId(ids[&name(i)])).collect();
-    let mut run_ids: HashMap<RunRef, i64> = HashMap::new();
+    let mut run_ids: HashMap<RunRef, RunId> = HashMap::new();
     for (i, step) in case.steps.iter().enumerate() {
         let reached = apply(b, &mut model, &mut run_ids, graph, &by_index, step)
             .await
@@ -334,13 +336,13 @@ async fn one_case(b: &Bench, case: &Case) -> Result<(), TestCaseError> {
 async fn apply(
     b: &Bench,
     model: &mut Iteration,
-    run_ids: &mut HashMap<RunRef, i64>,
-    graph: i64,
+    run_ids: &mut HashMap<RunRef, RunId>,
+    graph: GraphId,
     jobs: &[JobId],
     step: &Step,
 ) -> Result<bool, TestCaseError> {
     let fail = |e: StoreError| TestCaseError::fail(format!("store error: {e}"));
-    let now = b.tick(1);
+    let now = b.tick(DurationMs(1));
     match *step {
         Step::Claim { max } => {
             let got = b
@@ -352,7 +354,7 @@ async fn apply(
                 .assignments
                 .iter()
                 .map(|a| RunRef {
-                    job: JobId(a.job_id),
+                    job: a.job_id,
                     number: a.run_number,
                 })
                 .collect();
@@ -417,7 +419,7 @@ async fn apply(
         Step::Expire { keep } => {
             let live = model.live_runs();
             let renewed = |i: usize| keep & (1 << (i % 16)) != 0;
-            let kept: Vec<i64> = live
+            let kept: Vec<RunId> = live
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| renewed(*i))
@@ -429,7 +431,7 @@ async fn apply(
                 .filter(|(i, _)| !renewed(*i))
                 .map(|(_, r)| *r)
                 .collect();
-            let later = b.tick(LEASE + 1);
+            let later = b.tick(DurationMs(LEASE.get() + 1));
             let dropped = b
                 .store
                 .heartbeat(b.node, &kept, later, LEASE)
@@ -438,12 +440,15 @@ async fn apply(
             if !dropped.is_empty() {
                 return Err(differ("runs dropped by the heartbeat", dropped, vec![]));
             }
-            b.store.expire_leases(b.tick(1)).await.map_err(fail)?;
+            b.store
+                .expire_leases(b.tick(DurationMs(1)))
+                .await
+                .map_err(fail)?;
             model.expire(&lost);
         }
         Step::Cancel { pick } => {
             let job = jobs[pick % jobs.len()];
-            let store = match b.store.cancel_job(job.get(), now).await {
+            let store = match b.store.cancel_job(job, now).await {
                 Ok(c) => Ok((c.jobs, c.runs)),
                 Err(e) => Err(store_refusal(e)?),
             };
@@ -461,7 +466,7 @@ async fn apply(
                 Err(e) => Err(store_refusal(e)?),
             };
             let expected = model
-                .cancel_graph(GraphId(graph))
+                .cancel_graph(graph)
                 .map(|c| (c.jobs, c.runs))
                 .map_err(model_refusal);
             if store != expected {
@@ -473,8 +478,8 @@ async fn apply(
             with_dependents,
         } => {
             let job = jobs[pick % jobs.len()];
-            let store = match b.store.retrigger(job.get(), with_dependents, now).await {
-                Ok(targets) => Ok(targets.into_iter().map(JobId).collect::<Vec<_>>()),
+            let store = match b.store.retrigger(job, with_dependents, now).await {
+                Ok(targets) => Ok(targets),
                 Err(e) => Err(store_refusal(e)?),
             };
             let expected = model.retrigger(job, with_dependents).map_err(model_refusal);
@@ -500,7 +505,7 @@ async fn model_and_store_agree_on_random_graphs(f: Fixture) {
                 properties: Default::default(),
                 slots: 64,
             },
-            0,
+            Millis(0),
         )
         .await
         .unwrap();

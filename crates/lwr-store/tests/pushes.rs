@@ -6,14 +6,16 @@ use std::collections::BTreeMap;
 
 use lwr_model::api::{AddRepo, Outcome, RegisterNode, RunResult, SubmitGraph};
 use lwr_model::graph::LeftOut;
-use lwr_model::{Graph, JobSpec, JobState, NodeProperties, Requires};
+use lwr_model::{
+    DurationMs, Graph, GraphId, JobSpec, JobState, Millis, NodeId, NodeProperties, PushId, Requires,
+};
 use lwr_store::{Store, StoreError};
 
 #[macro_use]
 mod common;
 use common::Fixture;
 
-const LEASE: i64 = 30_000;
+const LEASE: DurationMs = DurationMs(30_000);
 
 fn job(name: &str, needs: &[&str]) -> JobSpec {
     let mut j: JobSpec =
@@ -29,7 +31,7 @@ fn all_finished(name: &str, needs: &[&str]) -> JobSpec {
     j
 }
 
-async fn node(store: &Store) -> i64 {
+async fn node(store: &Store) -> NodeId {
     store
         .register_node(
             &RegisterNode {
@@ -37,7 +39,7 @@ async fn node(store: &Store) -> i64 {
                 properties: NodeProperties::default(),
                 slots: 8,
             },
-            0,
+            Millis(0),
         )
         .await
         .unwrap()
@@ -49,7 +51,7 @@ fn heads(list: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn states(store: &Store, graph: i64) -> BTreeMap<String, JobState> {
+async fn states(store: &Store, graph: GraphId) -> BTreeMap<String, JobState> {
     store
         .jobs(Some(graph))
         .await
@@ -63,9 +65,9 @@ async fn states(store: &Store, graph: i64) -> BTreeMap<String, JobState> {
 /// (success when not listed); returns the names claimed, in order.
 async fn run_ready(
     store: &Store,
-    node: i64,
+    node: NodeId,
     outcomes: &[(&str, Outcome)],
-    now: i64,
+    now: Millis,
 ) -> Vec<String> {
     let got = store.claim(node, 100, &[], now, LEASE).await.unwrap();
     let mut names = Vec::new();
@@ -85,7 +87,10 @@ async fn run_ready(
             reason: None,
         });
     }
-    store.report(node, &results, now + 1).await.unwrap();
+    store
+        .report(node, &results, now.plus(DurationMs(1)))
+        .await
+        .unwrap();
     names.sort();
     names
 }
@@ -97,21 +102,21 @@ async fn one_push_per_head_across_polls_and_restarts(f: Fixture) {
         branches: vec!["main".into(), "release/*".into()],
         every_secs: Some(10),
     };
-    let repo = store.add_repo(&add, 0).await.unwrap();
+    let repo = store.add_repo(&add, Millis(0)).await.unwrap();
     assert_eq!((repo.state.as_str(), repo.every_secs), ("new", 10));
     assert!(matches!(
-        store.add_repo(&add, 0).await,
+        store.add_repo(&add, Millis(0)).await,
         Err(StoreError::Conflict(_))
     ));
 
     let first = store
-        .record_heads(repo.id, &heads(&[("main", "a1")]), 1)
+        .record_heads(repo.id, &heads(&[("main", "a1")]), Millis(1))
         .await
         .unwrap();
     assert_eq!(first.len(), 1);
     assert!(
         store
-            .record_heads(repo.id, &heads(&[("main", "a1")]), 2)
+            .record_heads(repo.id, &heads(&[("main", "a1")]), Millis(2))
             .await
             .unwrap()
             .is_empty(),
@@ -122,13 +127,17 @@ async fn one_push_per_head_across_polls_and_restarts(f: Fixture) {
     let store = Store::open(&f.url).await.unwrap();
     assert!(
         store
-            .record_heads(repo.id, &heads(&[("main", "a1")]), 3)
+            .record_heads(repo.id, &heads(&[("main", "a1")]), Millis(3))
             .await
             .unwrap()
             .is_empty()
     );
     let next = store
-        .record_heads(repo.id, &heads(&[("main", "a2"), ("release/1", "r1")]), 4)
+        .record_heads(
+            repo.id,
+            &heads(&[("main", "a2"), ("release/1", "r1")]),
+            Millis(4),
+        )
         .await
         .unwrap();
     assert_eq!(next.len(), 2);
@@ -152,7 +161,7 @@ async fn one_push_per_head_across_polls_and_restarts(f: Fixture) {
 
     // A failing poll shows, and a good one clears it.
     store
-        .record_poll_failure(repo.id, 2, "git ls-remote failed", 99_000)
+        .record_poll_failure(repo.id, 2, "git ls-remote failed", Millis(99_000))
         .await
         .unwrap();
     let failing = store.repo(repo.id).await.unwrap();
@@ -166,7 +175,7 @@ async fn one_push_per_head_across_polls_and_restarts(f: Fixture) {
     );
     assert!(failing.retry_at.is_some());
     store
-        .record_heads(repo.id, &heads(&[("main", "a2")]), 5)
+        .record_heads(repo.id, &heads(&[("main", "a2")]), Millis(5))
         .await
         .unwrap();
     let ok = store.repo(repo.id).await.unwrap();
@@ -196,20 +205,20 @@ async fn all_finished_jobs_run_whatever_their_needs_did(f: Fixture) {
                     job("after", &["summary"]),
                 ],
             }),
-            0,
+            Millis(0),
         )
         .await
         .unwrap();
     assert_eq!(
-        run_ready(&store, n, &[("a", Outcome::Failed)], 10).await,
+        run_ready(&store, n, &[("a", Outcome::Failed)], Millis(10)).await,
         ["a", "ok"]
     );
     let s = states(&store, g).await;
     assert_eq!(s["b"], JobState::Blocked);
     assert_eq!(s["c"], JobState::Blocked);
     assert_eq!(s["summary"], JobState::Pending);
-    assert_eq!(run_ready(&store, n, &[], 20).await, ["summary"]);
-    assert_eq!(run_ready(&store, n, &[], 30).await, ["after"]);
+    assert_eq!(run_ready(&store, n, &[], Millis(20)).await, ["summary"]);
+    assert_eq!(run_ready(&store, n, &[], Millis(30)).await, ["after"]);
     let s = states(&store, g).await;
     assert_eq!(s["summary"], JobState::Succeeded);
     assert_eq!(s["after"], JobState::Succeeded);
@@ -233,14 +242,14 @@ async fn all_finished_waits_for_every_need_and_counts_cancelled_and_exception(f:
                     all_finished("report", &["a", "x"]),
                 ],
             }),
-            0,
+            Millis(0),
         )
         .await
         .unwrap();
     // a ends in an exception: three runs (the default 2 retries), each lost. Claims take one
     // job, the lowest id first, so slow is never claimed.
     for t in 0..3 {
-        let got = store.claim(n, 1, &[], 10 + t, LEASE).await.unwrap();
+        let got = store.claim(n, 1, &[], Millis(10 + t), LEASE).await.unwrap();
         let a = got.assignments.iter().find(|a| a.job_name == "a");
         let Some(a) = a else {
             panic!(
@@ -257,7 +266,7 @@ async fn all_finished_waits_for_every_need_and_counts_cancelled_and_exception(f:
                     exit_code: None,
                     reason: Some("node lost".into()),
                 }],
-                11 + t,
+                Millis(11 + t),
             )
             .await
             .unwrap();
@@ -267,19 +276,22 @@ async fn all_finished_waits_for_every_need_and_counts_cancelled_and_exception(f:
     assert_eq!(s["report"], JobState::Pending, "x has not finished");
     // Cancelling slow blocks x; both count as finished for report.
     let slow = store.job_by_name(g, "slow").await.unwrap();
-    let c = store.cancel_job(slow, 50).await.unwrap();
+    let c = store.cancel_job(slow, Millis(50)).await.unwrap();
     assert!(c.effects.ready, "report became ready");
     let s = states(&store, g).await;
     assert_eq!(s["x"], JobState::Blocked);
-    assert_eq!(run_ready(&store, n, &[], 60).await, ["report"]);
+    assert_eq!(run_ready(&store, n, &[], Millis(60)).await, ["report"]);
 
     // Retriggering an all-finished job needs its needs ended, not succeeded.
     let report = store.job_by_name(g, "report").await.unwrap();
-    assert_eq!(store.retrigger(report, false, 70).await.unwrap(), [report]);
-    assert_eq!(run_ready(&store, n, &[], 80).await, ["report"]);
+    assert_eq!(
+        store.retrigger(report, false, Millis(70)).await.unwrap(),
+        [report]
+    );
+    assert_eq!(run_ready(&store, n, &[], Millis(80)).await, ["report"]);
 }
 
-fn push_graph(push: i64, left_out: &[&str]) -> SubmitGraph {
+fn push_graph(push: PushId, left_out: &[&str]) -> SubmitGraph {
     let mut sub = SubmitGraph::new(Graph {
         jobs: vec![
             job("build", &[]),
@@ -308,41 +320,45 @@ async fn push_graphs_keep_left_out_jobs_for_trigger(f: Fixture) {
                 branches: vec![],
                 every_secs: None,
             },
-            0,
+            Millis(0),
         )
         .await
         .unwrap();
     let push = store
-        .record_heads(repo.id, &heads(&[("main", "c1")]), 1)
+        .record_heads(repo.id, &heads(&[("main", "c1")]), Millis(1))
         .await
         .unwrap()[0];
     assert!(matches!(
-        store.trigger(push, "docs", 2).await,
+        store.trigger(push, "docs", Millis(2)).await,
         Err(StoreError::Conflict(_))
     ));
     // A job that runs needs what it needs.
     assert!(matches!(
-        store.submit_graph(&push_graph(push, &["docs"]), 3).await,
+        store
+            .submit_graph(&push_graph(push, &["docs"]), Millis(3))
+            .await,
         Err(StoreError::Invalid { .. })
     ));
     // The decision job's name is taken.
     let mut taken = push_graph(push, &[]);
     taken.graph.jobs.push(job("decision", &[]));
     assert!(matches!(
-        store.submit_graph(&taken, 3).await,
+        store.submit_graph(&taken, Millis(3)).await,
         Err(StoreError::InvalidGraph(_))
     ));
 
     let sub = push_graph(push, &["docs", "publish"]);
-    let g = store.submit_graph(&sub, 4).await.unwrap();
+    let g = store.submit_graph(&sub, Millis(4)).await.unwrap();
     assert_eq!(g, store.push(push).await.unwrap().graph_id);
     assert_eq!(
-        store.submit_graph(&sub, 5).await.unwrap(),
+        store.submit_graph(&sub, Millis(5)).await.unwrap(),
         g,
         "the same graph again (a retried decision job) changes nothing"
     );
     assert!(matches!(
-        store.submit_graph(&push_graph(push, &["publish"]), 5).await,
+        store
+            .submit_graph(&push_graph(push, &["publish"]), Millis(5))
+            .await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(
@@ -355,7 +371,7 @@ async fn push_graphs_keep_left_out_jobs_for_trigger(f: Fixture) {
     assert!(store.push(push).await.unwrap().decided);
 
     // Trigger publish: docs, its missing need, comes along; build is there already.
-    let added = store.trigger(push, "publish", 6).await.unwrap();
+    let added = store.trigger(push, "publish", Millis(6)).await.unwrap();
     assert_eq!(added.len(), 2);
     assert_eq!(
         store.job(added[0]).await.unwrap().info.name,
@@ -363,18 +379,18 @@ async fn push_graphs_keep_left_out_jobs_for_trigger(f: Fixture) {
         "the triggered job first"
     );
     assert!(matches!(
-        store.trigger(push, "publish", 7).await,
+        store.trigger(push, "publish", Millis(7)).await,
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        store.trigger(push, "nope", 7).await,
+        store.trigger(push, "nope", Millis(7)).await,
         Err(StoreError::NotFound { .. })
     ));
     assert_eq!(
-        run_ready(&store, n, &[], 10).await,
+        run_ready(&store, n, &[], Millis(10)).await,
         ["build", "decision", "docs"]
     );
-    assert_eq!(run_ready(&store, n, &[], 20).await, ["publish"]);
+    assert_eq!(run_ready(&store, n, &[], Millis(20)).await, ["publish"]);
 }
 
 async fn trigger_refuses_a_job_whose_need_failed(f: Fixture) {
@@ -387,20 +403,20 @@ async fn trigger_refuses_a_job_whose_need_failed(f: Fixture) {
                 branches: vec![],
                 every_secs: None,
             },
-            0,
+            Millis(0),
         )
         .await
         .unwrap();
     let push = store
-        .record_heads(repo.id, &heads(&[("main", "c1")]), 1)
+        .record_heads(repo.id, &heads(&[("main", "c1")]), Millis(1))
         .await
         .unwrap()[0];
     store
-        .submit_graph(&push_graph(push, &["publish"]), 2)
+        .submit_graph(&push_graph(push, &["publish"]), Millis(2))
         .await
         .unwrap();
-    run_ready(&store, n, &[("build", Outcome::Failed)], 10).await;
-    match store.trigger(push, "publish", 20).await {
+    run_ready(&store, n, &[("build", Outcome::Failed)], Millis(10)).await;
+    match store.trigger(push, "publish", Millis(20)).await {
         Err(StoreError::Conflict(msg)) => assert!(msg.contains("build"), "{msg}"),
         other => panic!("expected a conflict naming build, got {other:?}"),
     }
@@ -424,12 +440,16 @@ async fn a_retriggered_need_is_waited_for_again(f: Fixture) {
                     all_finished("report", &["a", "slow"]),
                 ],
             }),
-            0,
+            Millis(0),
         )
         .await
         .unwrap();
     // a succeeds; slow is taken by a node and keeps running.
-    let got = store.claim(n, 2, &[], 10, LEASE).await.unwrap().assignments;
+    let got = store
+        .claim(n, 2, &[], Millis(10), LEASE)
+        .await
+        .unwrap()
+        .assignments;
     let a = got.iter().find(|x| x.job_name == "a").unwrap();
     let slow = got.iter().find(|x| x.job_name == "slow").unwrap().run_id;
     store
@@ -441,13 +461,13 @@ async fn a_retriggered_need_is_waited_for_again(f: Fixture) {
                 exit_code: Some(0),
                 reason: None,
             }],
-            11,
+            Millis(11),
         )
         .await
         .unwrap();
     // a runs again and succeeds again: both and report still wait for slow.
-    store.retrigger(a.job_id, false, 20).await.unwrap();
-    assert_eq!(run_ready(&store, n, &[], 30).await, ["a"]);
+    store.retrigger(a.job_id, false, Millis(20)).await.unwrap();
+    assert_eq!(run_ready(&store, n, &[], Millis(30)).await, ["a"]);
     let s = states(&store, g).await;
     assert_eq!(
         (s["both"], s["report"]),
@@ -462,11 +482,14 @@ async fn a_retriggered_need_is_waited_for_again(f: Fixture) {
                 exit_code: Some(0),
                 reason: None,
             }],
-            40,
+            Millis(40),
         )
         .await
         .unwrap();
-    assert_eq!(run_ready(&store, n, &[], 50).await, ["both", "report"]);
+    assert_eq!(
+        run_ready(&store, n, &[], Millis(50)).await,
+        ["both", "report"]
+    );
 }
 
 async fn a_dependent_run_again_with_a_failed_need_is_blocked_not_stuck(f: Fixture) {
@@ -483,21 +506,21 @@ async fn a_dependent_run_again_with_a_failed_need_is_blocked_not_stuck(f: Fixtur
                     all_finished("report", &["both"]),
                 ],
             }),
-            0,
+            Millis(0),
         )
         .await
         .unwrap();
     assert_eq!(
-        run_ready(&store, n, &[("bad", Outcome::Failed)], 10).await,
+        run_ready(&store, n, &[("bad", Outcome::Failed)], Millis(10)).await,
         ["a", "bad"]
     );
-    assert_eq!(run_ready(&store, n, &[], 20).await, ["report"]);
+    assert_eq!(run_ready(&store, n, &[], Millis(20)).await, ["report"]);
     // a runs again with its dependents; both still needs bad, which failed, so both and
     // after are blocked at once, and report (all-finished) may run again straight away.
     let a = store.job_by_name(g, "a").await.unwrap();
-    store.retrigger(a, true, 30).await.unwrap();
-    assert_eq!(run_ready(&store, n, &[], 40).await, ["a", "report"]);
-    assert!(run_ready(&store, n, &[], 50).await.is_empty());
+    store.retrigger(a, true, Millis(30)).await.unwrap();
+    assert_eq!(run_ready(&store, n, &[], Millis(40)).await, ["a", "report"]);
+    assert!(run_ready(&store, n, &[], Millis(50)).await.is_empty());
     let s = states(&store, g).await;
     assert_eq!(
         (s["both"], s["after"], s["report"]),

@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 
 use lwr_model::api::{Outcome, RegisterNode, RunResult, SubmitGraph};
-use lwr_model::{Graph, JobSpec, JobState, NodeProperties, Requirements, RunState};
+use lwr_model::{
+    DurationMs, Graph, GraphId, JobSpec, JobState, Millis, NodeId, NodeProperties, Requirements,
+    RunId, RunState,
+};
 use lwr_store::scratch::{POSTGRES_URL_VAR, ScratchDb};
 use lwr_store::{Effects, Event, Store, StoreError};
 
@@ -11,7 +14,7 @@ use lwr_store::{Effects, Event, Store, StoreError};
 mod common;
 use common::Fixture;
 
-const LEASE: i64 = 30_000;
+const LEASE: DurationMs = DurationMs(30_000);
 
 fn job(name: &str, needs: &[&str]) -> JobSpec {
     JobSpec {
@@ -37,7 +40,7 @@ fn graph(jobs: Vec<JobSpec>) -> SubmitGraph {
     SubmitGraph::new(Graph { jobs })
 }
 
-async fn node(store: &Store, name: &str, tags: &[(&str, &str)]) -> i64 {
+async fn node(store: &Store, name: &str, tags: &[(&str, &str)]) -> NodeId {
     let properties = NodeProperties {
         os: "linux".into(),
         arch: "x86_64".into(),
@@ -56,13 +59,13 @@ async fn node(store: &Store, name: &str, tags: &[(&str, &str)]) -> i64 {
                 properties,
                 slots: 4,
             },
-            0,
+            Millis(0),
         )
         .await
         .unwrap()
 }
 
-fn result(run_id: i64, outcome: Outcome) -> RunResult {
+fn result(run_id: RunId, outcome: Outcome) -> RunResult {
     let exit_code = match outcome {
         Outcome::Succeeded => Some(0),
         Outcome::Failed => Some(1),
@@ -90,14 +93,14 @@ async fn only_ready_jobs_are_claimed_and_success_releases_dependents(f: Fixture)
     f.store
         .submit_graph(
             &graph(vec![job("a", &[]), job("b", &["a"]), job("c", &["a", "b"])]),
-            0,
+            Millis(0),
         )
         .await
         .unwrap();
     let n = node(&f.store, "n1", &[]).await;
     let got = f
         .store
-        .claim(n, 10, &[], 1, LEASE)
+        .claim(n, 10, &[], Millis(1), LEASE)
         .await
         .unwrap()
         .assignments;
@@ -108,7 +111,7 @@ async fn only_ready_jobs_are_claimed_and_success_releases_dependents(f: Fixture)
     assert_eq!(got[0].run_number, 1);
     assert!(
         f.store
-            .claim(n, 10, &[], 2, LEASE)
+            .claim(n, 10, &[], Millis(2), LEASE)
             .await
             .unwrap()
             .assignments
@@ -118,14 +121,14 @@ async fn only_ready_jobs_are_claimed_and_success_releases_dependents(f: Fixture)
 
     let (acks, effects) = f
         .store
-        .report(n, &[result(got[0].run_id, Outcome::Succeeded)], 3)
+        .report(n, &[result(got[0].run_id, Outcome::Succeeded)], Millis(3))
         .await
         .unwrap();
     assert!(acks[0].recorded);
     assert!(effects.ready && effects.changed);
     let got = f
         .store
-        .claim(n, 10, &[], 4, LEASE)
+        .claim(n, 10, &[], Millis(4), LEASE)
         .await
         .unwrap()
         .assignments;
@@ -135,12 +138,12 @@ async fn only_ready_jobs_are_claimed_and_success_releases_dependents(f: Fixture)
         "c still needs b"
     );
     f.store
-        .report(n, &[result(got[0].run_id, Outcome::Succeeded)], 5)
+        .report(n, &[result(got[0].run_id, Outcome::Succeeded)], Millis(5))
         .await
         .unwrap();
     let got = f
         .store
-        .claim(n, 10, &[], 6, LEASE)
+        .claim(n, 10, &[], Millis(6), LEASE)
         .await
         .unwrap()
         .assignments;
@@ -149,7 +152,7 @@ async fn only_ready_jobs_are_claimed_and_success_releases_dependents(f: Fixture)
 
 async fn concurrent_claims_never_hand_a_job_twice(f: Fixture) {
     let jobs: Vec<JobSpec> = (0..200).map(|i| job(&format!("j{i}"), &[])).collect();
-    f.store.submit_graph(&graph(jobs), 0).await.unwrap();
+    f.store.submit_graph(&graph(jobs), Millis(0)).await.unwrap();
     let mut nodes = Vec::new();
     for i in 0..4 {
         nodes.push(node(&f.store, &format!("n{i}"), &[]).await);
@@ -160,7 +163,11 @@ async fn concurrent_claims_never_hand_a_job_twice(f: Fixture) {
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let got = store.claim(n, 3, &[], 1, LEASE).await.unwrap().assignments;
+                let got = store
+                    .claim(n, 3, &[], Millis(1), LEASE)
+                    .await
+                    .unwrap()
+                    .assignments;
                 if got.is_empty() {
                     return mine;
                 }
@@ -188,20 +195,20 @@ async fn failure_blocks_every_transitive_dependent_but_not_others(f: Fixture) {
                 job("y", &["x"]),
                 job("free", &[]),
             ]),
-            0,
+            Millis(0),
         )
         .await
         .unwrap();
     let n = node(&f.store, "n1", &[]).await;
     let got = f
         .store
-        .claim(n, 10, &[], 1, LEASE)
+        .claim(n, 10, &[], Millis(1), LEASE)
         .await
         .unwrap()
         .assignments;
     let bad = got.iter().find(|a| a.job_name == "bad").unwrap();
     f.store
-        .report(n, &[result(bad.run_id, Outcome::Failed)], 2)
+        .report(n, &[result(bad.run_id, Outcome::Failed)], Millis(2))
         .await
         .unwrap();
     let s = states(&f.store).await;
@@ -222,42 +229,54 @@ async fn expired_leases_retry_then_end_in_exception(f: Fixture) {
     let mut once = job("flaky", &[]);
     once.retries = 1;
     f.store
-        .submit_graph(&graph(vec![once, job("after", &["flaky"])]), 0)
+        .submit_graph(&graph(vec![once, job("after", &["flaky"])]), Millis(0))
         .await
         .unwrap();
     let n = node(&f.store, "n1", &[]).await;
 
     let first = f
         .store
-        .claim(n, 1, &[], 0, LEASE)
+        .claim(n, 1, &[], Millis(0), LEASE)
         .await
         .unwrap()
         .assignments;
     let renewed = f
         .store
-        .heartbeat(n, &[first[0].run_id], LEASE - 1, LEASE)
+        .heartbeat(n, &[first[0].run_id], Millis(LEASE.get() - 1), LEASE)
         .await
         .unwrap();
     assert!(renewed.is_empty());
     assert!(
-        !f.store.expire_leases(LEASE + 1).await.unwrap().changed,
+        !f.store
+            .expire_leases(Millis(LEASE.get() + 1))
+            .await
+            .unwrap()
+            .changed,
         "the heartbeat renewed it"
     );
-    let effects = f.store.expire_leases(3 * LEASE).await.unwrap();
+    let effects = f
+        .store
+        .expire_leases(Millis(3 * LEASE.get()))
+        .await
+        .unwrap();
     assert!(effects.ready, "job back in the queue");
     assert_eq!(states(&f.store).await["flaky"], JobState::Pending);
 
     // The old holder's late report and heartbeat are refused.
     let (acks, _) = f
         .store
-        .report(n, &[result(first[0].run_id, Outcome::Succeeded)], 3 * LEASE)
+        .report(
+            n,
+            &[result(first[0].run_id, Outcome::Succeeded)],
+            Millis(3 * LEASE.get()),
+        )
         .await
         .unwrap();
     assert!(!acks[0].recorded);
     assert!(acks[0].note.as_deref().unwrap().contains("claim-expired"));
     assert_eq!(
         f.store
-            .heartbeat(n, &[first[0].run_id], 3 * LEASE, LEASE)
+            .heartbeat(n, &[first[0].run_id], Millis(3 * LEASE.get()), LEASE)
             .await
             .unwrap(),
         [first[0].run_id]
@@ -265,12 +284,15 @@ async fn expired_leases_retry_then_end_in_exception(f: Fixture) {
 
     let second = f
         .store
-        .claim(n, 1, &[], 3 * LEASE, LEASE)
+        .claim(n, 1, &[], Millis(3 * LEASE.get()), LEASE)
         .await
         .unwrap()
         .assignments;
     assert_eq!(second[0].run_number, 2);
-    f.store.expire_leases(10 * LEASE).await.unwrap();
+    f.store
+        .expire_leases(Millis(10 * LEASE.get()))
+        .await
+        .unwrap();
     let s = states(&f.store).await;
     assert_eq!(s["flaky"], JobState::Exception);
     assert_eq!(s["after"], JobState::Blocked);
@@ -286,40 +308,40 @@ async fn expired_leases_retry_then_end_in_exception(f: Fixture) {
 
 async fn a_result_is_recorded_once_and_only_from_its_node(f: Fixture) {
     f.store
-        .submit_graph(&graph(vec![job("a", &[])]), 0)
+        .submit_graph(&graph(vec![job("a", &[])]), Millis(0))
         .await
         .unwrap();
     let n1 = node(&f.store, "n1", &[]).await;
     let n2 = node(&f.store, "n2", &[]).await;
     let got = f
         .store
-        .claim(n1, 1, &[], 0, LEASE)
+        .claim(n1, 1, &[], Millis(0), LEASE)
         .await
         .unwrap()
         .assignments;
     let run = got[0].run_id;
     let (acks, _) = f
         .store
-        .report(n2, &[result(run, Outcome::Succeeded)], 1)
+        .report(n2, &[result(run, Outcome::Succeeded)], Millis(1))
         .await
         .unwrap();
     assert!(!acks[0].recorded, "another node cannot report it");
     let (acks, _) = f
         .store
-        .report(n1, &[result(run, Outcome::Succeeded)], 2)
+        .report(n1, &[result(run, Outcome::Succeeded)], Millis(2))
         .await
         .unwrap();
     assert!(acks[0].recorded);
     let (acks, effects) = f
         .store
-        .report(n1, &[result(run, Outcome::Succeeded)], 3)
+        .report(n1, &[result(run, Outcome::Succeeded)], Millis(3))
         .await
         .unwrap();
     assert!(acks[0].recorded, "a repeated report is acknowledged");
     assert!(!effects.changed, "and changes nothing");
     let (acks, _) = f
         .store
-        .report(n1, &[result(run, Outcome::Failed)], 4)
+        .report(n1, &[result(run, Outcome::Failed)], Millis(4))
         .await
         .unwrap();
     assert!(!acks[0].recorded, "a different second result is refused");
@@ -334,13 +356,13 @@ async fn jobs_go_only_to_nodes_that_meet_their_requirements(f: Fixture) {
     let mut plan9 = job("plan9", &[]);
     plan9.node.os = Some("plan9".into());
     f.store
-        .submit_graph(&graph(vec![plan9, gpu, job("any", &[])]), 0)
+        .submit_graph(&graph(vec![plan9, gpu, job("any", &[])]), Millis(0))
         .await
         .unwrap();
     let plain = node(&f.store, "plain", &[]).await;
     let got = f
         .store
-        .claim(plain, 10, &[], 1, LEASE)
+        .claim(plain, 10, &[], Millis(1), LEASE)
         .await
         .unwrap()
         .assignments;
@@ -351,7 +373,7 @@ async fn jobs_go_only_to_nodes_that_meet_their_requirements(f: Fixture) {
     let with_gpu = node(&f.store, "gpu-box", &[("gpu", "yes")]).await;
     let got = f
         .store
-        .claim(with_gpu, 10, &[], 2, LEASE)
+        .claim(with_gpu, 10, &[], Millis(2), LEASE)
         .await
         .unwrap()
         .assignments;
@@ -365,7 +387,7 @@ async fn jobs_go_only_to_nodes_that_meet_their_requirements(f: Fixture) {
 async fn invalid_graphs_are_refused_and_store_nothing(f: Fixture) {
     let err = f
         .store
-        .submit_graph(&graph(vec![job("a", &["b"]), job("b", &["a"])]), 0)
+        .submit_graph(&graph(vec![job("a", &["b"]), job("b", &["a"])]), Millis(0))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidGraph(_)), "{err}");
@@ -375,14 +397,26 @@ async fn invalid_graphs_are_refused_and_store_nothing(f: Fixture) {
 
 async fn leases_are_extended_when_a_server_starts(f: Fixture) {
     f.store
-        .submit_graph(&graph(vec![job("a", &[])]), 0)
+        .submit_graph(&graph(vec![job("a", &[])]), Millis(0))
         .await
         .unwrap();
     let n = node(&f.store, "n1", &[]).await;
-    f.store.claim(n, 1, &[], 0, LEASE).await.unwrap();
+    f.store.claim(n, 1, &[], Millis(0), LEASE).await.unwrap();
     // The server was down for ten leases; on start it gives the node a fresh lease.
-    assert_eq!(f.store.extend_leases(10 * LEASE, LEASE).await.unwrap(), 1);
-    assert!(!f.store.expire_leases(10 * LEASE + 1).await.unwrap().changed);
+    assert_eq!(
+        f.store
+            .extend_leases(Millis(10 * LEASE.get()), LEASE)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        !f.store
+            .expire_leases(Millis(Millis(10 * LEASE.get()).get() + 1))
+            .await
+            .unwrap()
+            .changed
+    );
     assert_eq!(states(&f.store).await["a"], JobState::Running);
 }
 
@@ -424,7 +458,7 @@ async fn two_servers_on_one_database_never_hand_out_a_job_twice(f: Fixture) {
     // A second store on the same database is what a second server is.
     let other = Store::open(&f.url).await.unwrap();
     let jobs: Vec<JobSpec> = (0..300).map(|i| job(&format!("j{i}"), &[])).collect();
-    f.store.submit_graph(&graph(jobs), 0).await.unwrap();
+    f.store.submit_graph(&graph(jobs), Millis(0)).await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..6 {
         let store = if i % 2 == 0 {
@@ -438,7 +472,7 @@ async fn two_servers_on_one_database_never_hand_out_a_job_twice(f: Fixture) {
             let mut done = Vec::new();
             loop {
                 let got = store
-                    .claim(n, 4, &done, 1, LEASE)
+                    .claim(n, 4, &done, Millis(1), LEASE)
                     .await
                     .unwrap()
                     .assignments;
@@ -469,12 +503,15 @@ async fn two_sweepers_expire_a_run_once(f: Fixture) {
     let other = Store::open(&f.url).await.unwrap();
     let mut once = job("flaky", &[]);
     once.retries = 1;
-    f.store.submit_graph(&graph(vec![once]), 0).await.unwrap();
+    f.store
+        .submit_graph(&graph(vec![once]), Millis(0))
+        .await
+        .unwrap();
     let n = node(&f.store, "n1", &[]).await;
-    f.store.claim(n, 1, &[], 0, LEASE).await.unwrap();
+    f.store.claim(n, 1, &[], Millis(0), LEASE).await.unwrap();
     let (a, b) = tokio::join!(
-        f.store.expire_leases(3 * LEASE),
-        other.expire_leases(3 * LEASE)
+        f.store.expire_leases(Millis(3 * LEASE.get())),
+        other.expire_leases(Millis(3 * LEASE.get()))
     );
     assert!(
         a.unwrap().ready ^ b.unwrap().ready,
@@ -482,7 +519,11 @@ async fn two_sweepers_expire_a_run_once(f: Fixture) {
     );
     // One retry used: the job is pending again with its one run, not ended.
     assert_eq!(states(&f.store).await["flaky"], JobState::Pending);
-    let second = f.store.claim(n, 1, &[], 3 * LEASE, LEASE).await.unwrap();
+    let second = f
+        .store
+        .claim(n, 1, &[], Millis(3 * LEASE.get()), LEASE)
+        .await
+        .unwrap();
     assert_eq!(second.assignments[0].run_number, 2);
     other.close().await;
 }
@@ -490,7 +531,7 @@ async fn two_sweepers_expire_a_run_once(f: Fixture) {
 async fn the_claim_reads_the_ready_index_not_every_job(f: Fixture) {
     // Thousands of finished jobs and a few ready ones: the claim must not read them all.
     let jobs: Vec<JobSpec> = (0..3000).map(|i| job(&format!("j{i}"), &[])).collect();
-    f.store.submit_graph(&graph(jobs), 0).await.unwrap();
+    f.store.submit_graph(&graph(jobs), Millis(0)).await.unwrap();
     finish_all_but(&f.url, 5).await;
     f.store.analyze().await.unwrap();
     let plan = f.store.explain_claim().await.unwrap().join("\n");
@@ -503,7 +544,7 @@ async fn the_claim_reads_the_ready_index_not_every_job(f: Fixture) {
         "{plan}"
     );
     let n = node(&f.store, "n1", &[]).await;
-    let got = f.store.claim(n, 10, &[], 1, LEASE).await.unwrap();
+    let got = f.store.claim(n, 10, &[], Millis(1), LEASE).await.unwrap();
     assert_eq!(got.assignments.len(), 5);
 }
 
@@ -558,7 +599,7 @@ async fn changes_on_one_server_wake_the_other(f: Fixture) {
     let retry = std::time::Duration::from_millis(100);
     let wait = std::time::Duration::from_secs(10);
     f.store
-        .submit_graph(&graph(vec![job("a", &[]), job("b", &["a"])]), 0)
+        .submit_graph(&graph(vec![job("a", &[]), job("b", &["a"])]), Millis(0))
         .await
         .unwrap();
     let ev = tokio::time::timeout(wait, events.next(retry))
@@ -572,7 +613,7 @@ async fn changes_on_one_server_wake_the_other(f: Fixture) {
         })
     );
     let n = node(&f.store, "n1", &[]).await;
-    let got = f.store.claim(n, 1, &[], 1, LEASE).await.unwrap();
+    let got = f.store.claim(n, 1, &[], Millis(1), LEASE).await.unwrap();
     let ev = tokio::time::timeout(wait, events.next(retry))
         .await
         .unwrap();
@@ -588,7 +629,7 @@ async fn changes_on_one_server_wake_the_other(f: Fixture) {
         .report(
             n,
             &[result(got.assignments[0].run_id, Outcome::Succeeded)],
-            2,
+            Millis(2),
         )
         .await
         .unwrap();
@@ -605,11 +646,11 @@ async fn changes_on_one_server_wake_the_other(f: Fixture) {
     );
     // A server does not hear itself: its own waiters were woken in memory.
     other
-        .submit_graph(&graph(vec![job("c", &[])]), 3)
+        .submit_graph(&graph(vec![job("c", &[])]), Millis(3))
         .await
         .unwrap();
     f.store
-        .submit_graph(&graph(vec![job("d", &[])]), 4)
+        .submit_graph(&graph(vec![job("d", &[])]), Millis(4))
         .await
         .unwrap();
     let ev = tokio::time::timeout(wait, events.next(retry))
@@ -629,7 +670,7 @@ async fn changes_on_one_server_wake_the_other(f: Fixture) {
         .unwrap();
     assert_eq!(ev, Event::Reconnected);
     f.store
-        .submit_graph(&graph(vec![job("e", &[])]), 5)
+        .submit_graph(&graph(vec![job("e", &[])]), Millis(5))
         .await
         .unwrap();
     let ev = tokio::time::timeout(wait, events.next(retry))
@@ -652,16 +693,19 @@ async fn a_node_registering_again_through_another_server_is_seen_by_both(f: Fixt
     });
     let mut gpu = job("gpu", &[]);
     gpu.node.properties.insert("gpu".into(), "yes".into());
-    f.store.submit_graph(&graph(vec![gpu]), 0).await.unwrap();
+    f.store
+        .submit_graph(&graph(vec![gpu]), Millis(0))
+        .await
+        .unwrap();
     let n = node(&f.store, "n1", &[]).await;
     // The other server reads the node (and caches it): no gpu, no job.
-    let got = other.claim(n, 1, &[], 1, LEASE).await.unwrap();
+    let got = other.claim(n, 1, &[], Millis(1), LEASE).await.unwrap();
     assert!(got.assignments.is_empty());
     // The node comes back with a gpu, registering through the first server.
     assert_eq!(node(&f.store, "n1", &[("gpu", "yes")]).await, n);
     let start = std::time::Instant::now();
     loop {
-        let got = other.claim(n, 1, &[], 2, LEASE).await.unwrap();
+        let got = other.claim(n, 1, &[], Millis(2), LEASE).await.unwrap();
         if !got.assignments.is_empty() {
             break;
         }
@@ -692,19 +736,19 @@ async fn cancelling_a_running_job_ends_its_run_and_blocks_dependents(f: Fixture)
     f.store
         .submit_graph(
             &graph(vec![job("a", &[]), job("b", &["a"]), job("free", &[])]),
-            0,
+            Millis(0),
         )
         .await
         .unwrap();
     let n = node(&f.store, "n1", &[]).await;
     let got = f
         .store
-        .claim(n, 1, &[], 1, LEASE)
+        .claim(n, 1, &[], Millis(1), LEASE)
         .await
         .unwrap()
         .assignments;
     assert_eq!(got[0].job_name, "a");
-    let cancelled = f.store.cancel_job(got[0].job_id, 2).await.unwrap();
+    let cancelled = f.store.cancel_job(got[0].job_id, Millis(2)).await.unwrap();
     assert_eq!((cancelled.jobs, cancelled.runs), (1, 1));
     let s = states(&f.store).await;
     assert_eq!(s["a"], JobState::Cancelled);
@@ -713,7 +757,7 @@ async fn cancelling_a_running_job_ends_its_run_and_blocks_dependents(f: Fixture)
     // The node is told to drop the run, and its late result is refused.
     let abandon = f
         .store
-        .heartbeat(n, &[got[0].run_id], 3, LEASE)
+        .heartbeat(n, &[got[0].run_id], Millis(3), LEASE)
         .await
         .unwrap();
     assert_eq!(abandon, [got[0].run_id]);
@@ -723,10 +767,14 @@ async fn cancelling_a_running_job_ends_its_run_and_blocks_dependents(f: Fixture)
         exit_code: Some(0),
         reason: None,
     };
-    let (acks, _) = f.store.report(n, &[ok], 4).await.unwrap();
+    let (acks, _) = f.store.report(n, &[ok], Millis(4)).await.unwrap();
     assert!(!acks[0].recorded);
     // An ended job cannot be cancelled again.
-    let err = f.store.cancel_job(got[0].job_id, 5).await.unwrap_err();
+    let err = f
+        .store
+        .cancel_job(got[0].job_id, Millis(5))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
 }
 
@@ -735,13 +783,13 @@ async fn cancelling_a_graph_stops_everything_not_ended(f: Fixture) {
         .store
         .submit_graph(
             &graph(vec![job("a", &[]), job("b", &["a"]), job("c", &[])]),
-            0,
+            Millis(0),
         )
         .await
         .unwrap();
     let n = node(&f.store, "n1", &[]).await;
-    f.store.claim(n, 1, &[], 1, LEASE).await.unwrap();
-    let cancelled = f.store.cancel_graph(g, 2).await.unwrap();
+    f.store.claim(n, 1, &[], Millis(1), LEASE).await.unwrap();
+    let cancelled = f.store.cancel_graph(g, Millis(2)).await.unwrap();
     assert_eq!((cancelled.jobs, cancelled.runs), (3, 1));
     assert!(
         states(&f.store)
@@ -751,7 +799,7 @@ async fn cancelling_a_graph_stops_everything_not_ended(f: Fixture) {
     );
     assert!(f.store.graph(g).await.unwrap().finished);
     assert!(matches!(
-        f.store.cancel_graph(999, 3).await,
+        f.store.cancel_graph(GraphId(999), Millis(3)).await,
         Err(StoreError::NotFound { .. })
     ));
 }
@@ -766,14 +814,14 @@ async fn retrigger_runs_a_job_again_with_its_dependents(f: Fixture) {
                 job("after", &["flaky"]),
                 job("last", &["after"]),
             ]),
-            0,
+            Millis(0),
         )
         .await
         .unwrap();
     let n = node(&f.store, "n1", &[]).await;
     let got = f
         .store
-        .claim(n, 1, &[], 1, LEASE)
+        .claim(n, 1, &[], Millis(1), LEASE)
         .await
         .unwrap()
         .assignments;
@@ -783,7 +831,7 @@ async fn retrigger_runs_a_job_again_with_its_dependents(f: Fixture) {
         exit_code: Some(1),
         reason: None,
     };
-    f.store.report(n, &[failed], 2).await.unwrap();
+    f.store.report(n, &[failed], Millis(2)).await.unwrap();
     assert_eq!(states(&f.store).await["after"], JobState::Blocked);
 
     // A blocked job cannot run while its need has failed: the error says what to do.
@@ -796,16 +844,24 @@ async fn retrigger_runs_a_job_again_with_its_dependents(f: Fixture) {
         .find(|j| j.name == "after")
         .unwrap()
         .id;
-    let err = f.store.retrigger(after_id, false, 3).await.unwrap_err();
+    let err = f
+        .store
+        .retrigger(after_id, false, Millis(3))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("retrigger flaky"), "{err}");
 
-    let queued = f.store.retrigger(got[0].job_id, true, 4).await.unwrap();
+    let queued = f
+        .store
+        .retrigger(got[0].job_id, true, Millis(4))
+        .await
+        .unwrap();
     assert_eq!(queued.len(), 3);
     let s = states(&f.store).await;
     assert!(s.values().all(|st| *st == JobState::Pending), "{s:?}");
     let again = f
         .store
-        .claim(n, 10, &[], 5, LEASE)
+        .claim(n, 10, &[], Millis(5), LEASE)
         .await
         .unwrap()
         .assignments;
@@ -820,12 +876,12 @@ async fn retrigger_runs_a_job_again_with_its_dependents(f: Fixture) {
         exit_code: Some(0),
         reason: None,
     };
-    let claimed = f.store.claim(n, 10, &[ok], 6, LEASE).await.unwrap();
+    let claimed = f.store.claim(n, 10, &[ok], Millis(6), LEASE).await.unwrap();
     assert_eq!(claimed.assignments[0].job_name, "after");
     // A pending or running job is not retriggered.
     let err = f
         .store
-        .retrigger(claimed.assignments[0].job_id, false, 7)
+        .retrigger(claimed.assignments[0].job_id, false, Millis(7))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
@@ -843,7 +899,7 @@ async fn a_retried_job_waits_for_a_need_that_runs_again(f: Fixture) {
     f.store
         .submit_graph(
             &graph(vec![job("a", &[]), job("b", &["a"]), job("c", &["b"])]),
-            0,
+            Millis(0),
         )
         .await
         .unwrap();
@@ -858,35 +914,45 @@ async fn a_retried_job_waits_for_a_need_that_runs_again(f: Fixture) {
                 .assignments
         }
     };
-    let a = claim(1, vec![], 1).await.remove(0);
-    let b = claim(1, vec![result(a.run_id, Outcome::Succeeded)], 2)
+    let a = claim(1, vec![], Millis(1)).await.remove(0);
+    let b = claim(1, vec![result(a.run_id, Outcome::Succeeded)], Millis(2))
         .await
         .remove(0);
     assert_eq!(b.job_name, "b");
     // a runs again on its own while b runs; b's node is lost.
-    f.store.retrigger(a.job_id, false, 3).await.unwrap();
-    let next = claim(10, vec![result(b.run_id, Outcome::Exception)], 4).await;
+    f.store.retrigger(a.job_id, false, Millis(3)).await.unwrap();
+    let next = claim(10, vec![result(b.run_id, Outcome::Exception)], Millis(4)).await;
     let names: Vec<&str> = next.iter().map(|x| x.job_name.as_str()).collect();
     assert_eq!(names, ["a"], "b waits for a's new run");
-    let again = claim(10, vec![result(next[0].run_id, Outcome::Succeeded)], 5).await;
+    let again = claim(
+        10,
+        vec![result(next[0].run_id, Outcome::Succeeded)],
+        Millis(5),
+    )
+    .await;
     assert_eq!(again[0].job_name, "b");
 
     // The same, but a's new run fails: b's retry can never run, so b and c are blocked.
-    f.store.retrigger(a.job_id, false, 6).await.unwrap();
-    let a3 = claim(1, vec![], 7).await.remove(0);
+    f.store.retrigger(a.job_id, false, Millis(6)).await.unwrap();
+    let a3 = claim(1, vec![], Millis(7)).await.remove(0);
     f.store
-        .report(n, &[result(a3.run_id, Outcome::Failed)], 8)
+        .report(n, &[result(a3.run_id, Outcome::Failed)], Millis(8))
         .await
         .unwrap();
     assert_eq!(states(&f.store).await["b"], JobState::Running);
-    let none = claim(10, vec![result(again[0].run_id, Outcome::Exception)], 9).await;
+    let none = claim(
+        10,
+        vec![result(again[0].run_id, Outcome::Exception)],
+        Millis(9),
+    )
+    .await;
     assert!(none.is_empty());
     let s = states(&f.store).await;
     assert_eq!((s["b"], s["c"]), (JobState::Blocked, JobState::Blocked));
 }
 
 /// Claims one job on `node` at `now` and reports `outcome` for it; the node's state after.
-async fn run_one(store: &Store, node: i64, now: i64, outcome: Outcome) -> (String, u32) {
+async fn run_one(store: &Store, node: NodeId, now: Millis, outcome: Outcome) -> (String, u32) {
     let got = store.claim(node, 1, &[], now, LEASE).await.unwrap();
     let run = got.assignments[0].run_id;
     let (acks, _) = store
@@ -900,24 +966,24 @@ async fn run_one(store: &Store, node: i64, now: i64, outcome: Outcome) -> (Strin
 
 async fn only_infrastructure_errors_in_a_row_quarantine_a_node(f: Fixture) {
     let jobs = (0..8).map(|i| job(&format!("j{i}"), &[])).collect();
-    f.store.submit_graph(&graph(jobs), 0).await.unwrap();
+    f.store.submit_graph(&graph(jobs), Millis(0)).await.unwrap();
     let n = node(&f.store, "n1", &[]).await;
     let s = &f.store;
     assert_eq!(
-        run_one(s, n, 1, Outcome::Exception).await,
+        run_one(s, n, Millis(1), Outcome::Exception).await,
         ("idle".into(), 1)
     );
-    assert_eq!(run_one(s, n, 2, Outcome::Exception).await.1, 2);
+    assert_eq!(run_one(s, n, Millis(2), Outcome::Exception).await.1, 2);
     // A run that ends otherwise (a job's own failure counts as fine) clears the count.
-    assert_eq!(run_one(s, n, 3, Outcome::Failed).await.1, 0);
-    assert_eq!(run_one(s, n, 4, Outcome::Exception).await.1, 1);
-    assert_eq!(run_one(s, n, 5, Outcome::Succeeded).await.1, 0);
-    assert_eq!(run_one(s, n, 6, Outcome::Exception).await.1, 1);
-    assert_eq!(run_one(s, n, 7, Outcome::Exception).await.1, 2);
-    let (state, errors) = run_one(s, n, 8, Outcome::Exception).await;
+    assert_eq!(run_one(s, n, Millis(3), Outcome::Failed).await.1, 0);
+    assert_eq!(run_one(s, n, Millis(4), Outcome::Exception).await.1, 1);
+    assert_eq!(run_one(s, n, Millis(5), Outcome::Succeeded).await.1, 0);
+    assert_eq!(run_one(s, n, Millis(6), Outcome::Exception).await.1, 1);
+    assert_eq!(run_one(s, n, Millis(7), Outcome::Exception).await.1, 2);
+    let (state, errors) = run_one(s, n, Millis(8), Outcome::Exception).await;
     assert_eq!((state.as_str(), errors), ("quarantined", 3));
     assert!(
-        s.claim(n, 1, &[], 9, LEASE)
+        s.claim(n, 1, &[], Millis(9), LEASE)
             .await
             .unwrap()
             .assignments
@@ -931,13 +997,13 @@ async fn only_infrastructure_errors_in_a_row_quarantine_a_node(f: Fixture) {
 async fn a_job_token_reads_only_while_its_run_runs(f: Fixture) {
     use lwr_store::TokenCheck;
     f.store
-        .submit_graph(&graph(vec![job("a", &[]), job("b", &[])]), 0)
+        .submit_graph(&graph(vec![job("a", &[]), job("b", &[])]), Millis(0))
         .await
         .unwrap();
     let n = node(&f.store, "n1", &[]).await;
     let got = f
         .store
-        .claim(n, 10, &[], 1, LEASE)
+        .claim(n, 10, &[], Millis(1), LEASE)
         .await
         .unwrap()
         .assignments;
@@ -947,7 +1013,7 @@ async fn a_job_token_reads_only_while_its_run_runs(f: Fixture) {
     let other = Store::open(&f.url).await.unwrap();
     assert_eq!(other.job_token(a).await.unwrap(), token);
     for store in [&f.store, &other] {
-        match store.check_token(&token, 2).await.unwrap() {
+        match store.check_token(&token, Millis(2)).await.unwrap() {
             TokenCheck::Valid(caller) => {
                 assert_eq!(caller.scopes.to_string(), "read");
                 assert!(caller.token_id < 0, "bound to no node: {caller:?}");
@@ -960,19 +1026,19 @@ async fn a_job_token_reads_only_while_its_run_runs(f: Fixture) {
     let mac = b_token.rsplit('_').next().unwrap();
     let swapped = format!("lwrjob_{a}_{mac}");
     assert_eq!(
-        f.store.check_token(&swapped, 2).await.unwrap(),
+        f.store.check_token(&swapped, Millis(2)).await.unwrap(),
         TokenCheck::Unknown
     );
     f.store
-        .report(n, &[result(a, Outcome::Succeeded)], 3)
+        .report(n, &[result(a, Outcome::Succeeded)], Millis(3))
         .await
         .unwrap();
     assert_eq!(
-        f.store.check_token(&token, 4).await.unwrap(),
+        f.store.check_token(&token, Millis(4)).await.unwrap(),
         TokenCheck::Expired
     );
     assert!(matches!(
-        other.check_token(&b_token, 4).await.unwrap(),
+        other.check_token(&b_token, Millis(4)).await.unwrap(),
         TokenCheck::Valid(_)
     ));
     other.close().await;
@@ -983,20 +1049,25 @@ async fn tokens_are_revoked_by_label_prefix_as_plain_text(f: Fixture) {
     let scopes = lwr_model::Scopes(vec![lwr_model::Scope::Read]);
     for label in ["dir /a_b", "dir /axb", "dir /a_b/c", "DIR /a_b"] {
         f.store
-            .create_token(&scopes, Some(label), None, 0)
+            .create_token(&scopes, Some(label), None, Millis(0))
             .await
             .unwrap();
     }
     let revoke = |prefix: &'static str| {
         let store = f.store.clone();
-        async move { store.revoke_tokens_labelled(prefix, 1).await.unwrap() }
+        async move {
+            store
+                .revoke_tokens_labelled(prefix, Millis(1))
+                .await
+                .unwrap()
+        }
     };
     assert_eq!(revoke("dir /a_b/").await, 1);
     assert_eq!(revoke("dir /a_").await, 1, "dir /a_b, not dir /axb");
     assert_eq!(revoke("dir /a%").await, 0);
     let active: Vec<Option<String>> = f
         .store
-        .tokens(2)
+        .tokens(Millis(2))
         .await
         .unwrap()
         .into_iter()
@@ -1012,7 +1083,7 @@ async fn pending_jobs_say_what_they_wait_for(f: Fixture) {
         .store
         .submit_graph(
             &graph(vec![job("a", &[]), job("b", &[]), job("c", &["a", "b"])]),
-            0,
+            Millis(0),
         )
         .await
         .unwrap();
@@ -1025,13 +1096,13 @@ async fn pending_jobs_say_what_they_wait_for(f: Fixture) {
     let n = node(&f.store, "n1", &[]).await;
     let got = f
         .store
-        .claim(n, 1, &[], 1, LEASE)
+        .claim(n, 1, &[], Millis(1), LEASE)
         .await
         .unwrap()
         .assignments;
     assert_eq!(got[0].job_name, "a");
     f.store
-        .report(n, &[result(got[0].run_id, Outcome::Succeeded)], 2)
+        .report(n, &[result(got[0].run_id, Outcome::Succeeded)], Millis(2))
         .await
         .unwrap();
     let now = reasons(f.store.jobs(None).await.unwrap());

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use lwr_model::api::{Outcome, RegisterNode, RunResult, SubmitGraph};
-use lwr_model::{Graph, JobSpec, JobState, NodeProperties, Requirements, RunState};
+use lwr_model::{
+    DurationMs, Graph, GraphId, JobSpec, JobState, Millis, NodeProperties, Requirements, RunState,
+};
 use lwr_store::Store;
 
 mod common;
@@ -60,7 +62,7 @@ async fn make(url: &str) {
         left_out: Vec::new(),
     };
     let t0 = 1_700_000_000_000;
-    store.submit_graph(&sub, t0).await.unwrap();
+    store.submit_graph(&sub, Millis(t0)).await.unwrap();
     let node = store
         .register_node(
             &RegisterNode {
@@ -75,12 +77,15 @@ async fn make(url: &str) {
                 },
                 slots: 2,
             },
-            t0,
+            Millis(t0),
         )
         .await
         .unwrap();
     // build and lint run; build succeeds, lint fails (blocking deploy); test then runs.
-    let first = store.claim(node, 2, &[], t0 + 1, 30_000).await.unwrap();
+    let first = store
+        .claim(node, 2, &[], Millis(t0 + 1), DurationMs(30_000))
+        .await
+        .unwrap();
     let run = |name: &str| {
         first
             .assignments
@@ -104,7 +109,7 @@ async fn make(url: &str) {
         },
     ];
     store
-        .claim(node, 0, &results, t0 + 2, 30_000)
+        .claim(node, 0, &results, Millis(t0 + 2), DurationMs(30_000))
         .await
         .unwrap();
     store.close().await;
@@ -129,7 +134,7 @@ async fn a_database_written_by_schema_1_still_loads() {
 /// The stored database as `make` wrote it, and its queue going on.
 async fn reads_back_as_written(f: Fixture) {
     let store = f.store;
-    let graph = store.graph(1).await.unwrap();
+    let graph = store.graph(GraphId(1)).await.unwrap();
     assert_eq!(
         graph.repository.as_deref(),
         Some("https://example.org/r.git")
@@ -137,7 +142,7 @@ async fn reads_back_as_written(f: Fixture) {
     assert_eq!(graph.revision.as_deref(), Some("cafe"));
     assert_eq!(graph.created_at, "2023-11-14T22:13:20.000Z");
     let states: BTreeMap<String, (JobState, u32)> = store
-        .jobs(Some(1))
+        .jobs(Some(GraphId(1)))
         .await
         .unwrap()
         .into_iter()
@@ -154,7 +159,7 @@ async fn reads_back_as_written(f: Fixture) {
         ])
     );
     let build = store
-        .job(store.job_by_name(1, "build").await.unwrap())
+        .job(store.job_by_name(GraphId(1), "build").await.unwrap())
         .await
         .unwrap();
     assert_eq!(build.spec.env["K"], "v");
@@ -163,18 +168,18 @@ async fn reads_back_as_written(f: Fixture) {
     assert_eq!(build.run_history[0].node, "old-node");
     assert_eq!(build.run_history[0].exit_code, Some(0));
     let deploy = store
-        .job(store.job_by_name(1, "deploy").await.unwrap())
+        .job(store.job_by_name(GraphId(1), "deploy").await.unwrap())
         .await
         .unwrap();
     assert!(deploy.info.reason.unwrap().contains("lint"));
-    let nodes = store.nodes(1_700_000_000_000).await.unwrap();
+    let nodes = store.nodes(Millis(1_700_000_000_000)).await.unwrap();
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].properties.tags["gpu"], "yes");
 
     // And the old queue goes on: the ready jobs are claimable.
     let node = nodes[0].id;
     let got = store
-        .claim(node, 10, &[], lwr_store::now_ms(), 30_000)
+        .claim(node, 10, &[], lwr_store::now_ms(), DurationMs(30_000))
         .await
         .unwrap();
     let mut names: Vec<String> = got.assignments.into_iter().map(|a| a.job_name).collect();

@@ -1,8 +1,8 @@
 //! Tokens in the store: only hashes are kept; revocation and expiry are seen at once; a node
 //! remembers the token it registered with.
 
-use lwr_model::Scopes;
 use lwr_model::api::RegisterNode;
+use lwr_model::{DurationMs, Millis, NodeId, Scopes};
 use lwr_store::{Dialect, TokenCheck, hash_secret};
 
 #[macro_use]
@@ -11,14 +11,18 @@ use common::Fixture;
 
 async fn tokens_are_checked_revoked_and_expire(f: Fixture) {
     let store = f.store;
-    let now = 1_000_000;
+    let now = Millis(1_000_000);
     let scopes = Scopes::parse("read graph:submit").unwrap();
     let (info, secret) = store
-        .create_token(&scopes, Some("ci"), Some(now + 5_000), now)
+        .create_token(&scopes, Some("ci"), Some(now.plus(DurationMs(5_000))), now)
         .await
         .unwrap();
     assert_eq!(info.state, "active");
-    match store.check_token(&secret, now + 1).await.unwrap() {
+    match store
+        .check_token(&secret, now.plus(DurationMs(1)))
+        .await
+        .unwrap()
+    {
         TokenCheck::Valid(caller) => {
             assert_eq!(caller.token_id, info.id);
             assert_eq!(caller.scopes, scopes);
@@ -26,7 +30,10 @@ async fn tokens_are_checked_revoked_and_expire(f: Fixture) {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        store.check_token(&secret, now + 5_000).await.unwrap(),
+        store
+            .check_token(&secret, now.plus(DurationMs(5_000)))
+            .await
+            .unwrap(),
         TokenCheck::Expired
     );
     assert_eq!(
@@ -35,16 +42,27 @@ async fn tokens_are_checked_revoked_and_expire(f: Fixture) {
     );
     let (other, other_secret) = store.create_token(&scopes, None, None, now).await.unwrap();
     assert!(store.token_active(other.id, now).await.unwrap());
-    let revoked = store.revoke_token(other.id, now + 10).await.unwrap();
+    let revoked = store
+        .revoke_token(other.id, now.plus(DurationMs(10)))
+        .await
+        .unwrap();
     assert_eq!(revoked.state, "revoked");
     assert_eq!(
-        store.check_token(&other_secret, now + 11).await.unwrap(),
+        store
+            .check_token(&other_secret, now.plus(DurationMs(11)))
+            .await
+            .unwrap(),
         TokenCheck::Revoked
     );
-    assert!(!store.token_active(other.id, now + 11).await.unwrap());
+    assert!(
+        !store
+            .token_active(other.id, now.plus(DurationMs(11)))
+            .await
+            .unwrap()
+    );
     assert!(store.revoke_token(999, now).await.is_err());
     let states: Vec<String> = store
-        .tokens(now + 6_000)
+        .tokens(now.plus(DurationMs(6_000)))
         .await
         .unwrap()
         .into_iter()
@@ -86,13 +104,22 @@ async fn a_node_remembers_the_token_it_registered_with(f: Fixture) {
         slots: 1,
     };
     assert_eq!(store.node_owner_by_name("n1").await.unwrap(), None);
-    let id = store.register_node_for(&reg, 1, Some(7)).await.unwrap();
+    let id = store
+        .register_node_for(&reg, Millis(1), Some(7))
+        .await
+        .unwrap();
     assert_eq!(store.node_owner(id).await.unwrap(), Some(7));
     assert_eq!(store.node_owner_by_name("n1").await.unwrap(), Some(Some(7)));
     // Registering again (a restart, a new token) keeps the id and takes the new token.
-    assert_eq!(store.register_node_for(&reg, 2, Some(8)).await.unwrap(), id);
+    assert_eq!(
+        store
+            .register_node_for(&reg, Millis(2), Some(8))
+            .await
+            .unwrap(),
+        id
+    );
     assert_eq!(store.node_owner(id).await.unwrap(), Some(8));
-    assert!(store.node_owner(id + 1).await.is_err());
+    assert!(store.node_owner(NodeId(id.get() + 1)).await.is_err());
 }
 
 on_both_backends!(

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use lwr_model::{GraphId, PushId};
 
 /// lwr: a lightweight CI and release job scheduler.
 ///
@@ -194,7 +195,7 @@ pub struct TriggerArgs {
     pub job: String,
     /// The push whose graph defines the job.
     #[arg(long)]
-    pub push: i64,
+    pub push: PushId,
 }
 
 #[derive(Debug, Args)]
@@ -236,7 +237,7 @@ pub struct CancelArgs {
     pub job: Option<String>,
     /// Cancel every job of this graph that has not ended.
     #[arg(long)]
-    pub graph: Option<i64>,
+    pub graph: Option<GraphId>,
 }
 
 #[derive(Debug, Args)]
@@ -414,7 +415,7 @@ pub struct GraphArgs {
     /// With --submit: the push the graph belongs to. Jobs whose `when` filter matches no
     /// file changed since --base are left out.
     #[arg(long, requires = "submit")]
-    pub push: Option<i64>,
+    pub push: Option<PushId>,
     /// With --submit: the revision changed files are counted from (the previous push);
     /// empty or absent means the commit's parent.
     #[arg(long, requires = "submit")]
@@ -440,7 +441,7 @@ pub struct GraphDiffArgs {
     pub new: Option<String>,
     /// Compare this push's graph with the previous push's on the same branch.
     #[arg(long)]
-    pub push: Option<i64>,
+    pub push: Option<PushId>,
     #[command(flatten)]
     pub conn: ServerConn,
     /// Repository whose revisions OLD and NEW name.
@@ -468,7 +469,7 @@ pub struct JobsArgs {
     pub conn: ServerConn,
     /// Only jobs of this graph.
     #[arg(long)]
-    pub graph: Option<i64>,
+    pub graph: Option<GraphId>,
     #[arg(long)]
     pub json: bool,
 }

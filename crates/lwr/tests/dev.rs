@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use lwr_model::JobState;
+use lwr_model::{GraphId, JobState};
 
 /// Waits until `lwr nodes --json` lists dev-1 .. dev-N.
 fn wait_dev_nodes(dev: &Server, n: u32) {
@@ -33,7 +33,7 @@ fn wait_dev_nodes(dev: &Server, n: u32) {
 }
 
 /// Every job of the graph succeeded (checked with `lwr jobs --graph N --json`).
-fn assert_all_succeeded(dev: &Server, graph: i64) -> usize {
+fn assert_all_succeeded(dev: &Server, graph: GraphId) -> usize {
     let out = dev.lwr(&["jobs", "--graph", &graph.to_string(), "--json"]);
     out.assert_success();
     let json = out.json();

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use lwr_model::JobState;
 use lwr_model::logstream::Stats;
+use lwr_model::{GraphId, JobId, JobState, RunId};
 
 const LINES: u64 = 100_000;
 
@@ -26,7 +26,7 @@ struct Viewer {
 }
 
 impl Viewer {
-    fn start(server: &str, job: i64, dir: &Path, name: &str) -> Viewer {
+    fn start(server: &str, job: JobId, dir: &Path, name: &str) -> Viewer {
         let out = dir.join(format!("{name}.out"));
         let err = dir.join(format!("{name}.err"));
         let child = Command::new(bin())
@@ -94,7 +94,7 @@ fn stats(server: &Server) -> Stats {
         .unwrap_or_else(|e| panic!("reading /v1/stats: {e}"))
 }
 
-fn pushed_job(server: &Server, repo: &Path, name: &str) -> (i64, i64) {
+fn pushed_job(server: &Server, repo: &Path, name: &str) -> (GraphId, JobId) {
     let out = server.push(repo, false);
     out.assert_success();
     let graph = out.pushed_graph();
@@ -601,7 +601,7 @@ fn a_viewer_resumes_from_its_last_event_id() {
         job,
         None,
         0,
-        Some((run + 1000, 0)),
+        Some((RunId(run.get() + 1000), 0)),
     ));
     assert!(other.is_err_and(|e| e.status().is_some_and(|s| s.as_u16() == 400)));
 }

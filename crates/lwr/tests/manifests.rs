@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use lwr_client::{ArtifactMeta, StatusCode};
-use lwr_model::JobState;
 use lwr_model::api::{ClaimRequest, RegisterNode, SubmitGraph};
 use lwr_model::manifest::{self, Manifest};
+use lwr_model::{GraphId, JobState, NodeId, RunId};
 use sha2::{Digest, Sha256};
 
 fn sha(bytes: &[u8]) -> String {
@@ -61,7 +61,7 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-fn run_build_test(server: &Server, dir: &Path) -> i64 {
+fn run_build_test(server: &Server, dir: &Path) -> GraphId {
     let repo = git_repo(&dir.join("repo"), BUILD_TEST);
     let out = server.push(&repo, true);
     out.assert_success();
@@ -170,8 +170,8 @@ jobs:
 
 /// A node of our own making that holds a run, so the test can upload as a node would.
 struct HeldRun {
-    node: i64,
-    run: i64,
+    node: NodeId,
+    run: RunId,
 }
 
 fn hold_a_run(server: &Server) -> HeldRun {

@@ -8,11 +8,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use lwr_model::JobState;
 use lwr_model::api::{ClaimRequest, Outcome, RegisterNode, ReportResults, RunResult};
+use lwr_model::{GraphId, JobState};
 
 /// The job's latest run as `lwr jobs --json` shows it: (node, placement).
-fn placed(server: &Server, graph: i64, name: &str) -> (String, String) {
+fn placed(server: &Server, graph: GraphId, name: &str) -> (String, String) {
     let j = server.jobs(graph).remove(name).unwrap_or_else(|| {
         panic!(
             "graph {graph} has no job {name}\n{}",
@@ -27,7 +27,7 @@ fn commit(repo: &Path, lwr_yml: &str) {
     git_commit_all(repo, "next");
 }
 
-fn push_wait(server: &Server, repo: &Path) -> i64 {
+fn push_wait(server: &Server, repo: &Path) -> GraphId {
     let out = server.push(repo, true);
     out.assert_success();
     out.pushed_graph()
@@ -170,7 +170,7 @@ fn affinity_waits_for_its_node_within_the_window_and_falls_back_after() {
 /// A fast spot node and a slow reserved one; a job `work` whose first run lasts until its
 /// node goes (a second one ends at once) runs on the spot node. Returns both nodes and the
 /// graph.
-fn work_running_on_spot(server: &Server, dir: &Path) -> (Node, Node, i64) {
+fn work_running_on_spot(server: &Server, dir: &Path) -> (Node, Node, GraphId) {
     let spot = server.node(dir, "spot", 1, &["instance=spot", "speed=10"]);
     let res = server.node(dir, "res", 1, &["instance=reserved", "speed=1"]);
     server.wait_node("spot");

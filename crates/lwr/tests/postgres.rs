@@ -10,9 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use lwr_model::JobState;
 use lwr_model::api::JobInfo;
 use lwr_model::job::RunState;
+use lwr_model::{GraphId, JobState};
 
 /// How long a big graph may take here (a debug build on two cores).
 const GRAPH_DEADLINE: Duration = Duration::from_secs(240);
@@ -38,7 +38,7 @@ fn jobs_by_state(jobs: &[JobInfo]) -> BTreeMap<String, usize> {
 }
 
 /// Waits until every job of `graph` has finished, as seen through `server`.
-fn wait_graph(server: &Server, graph: i64) -> Vec<JobInfo> {
+fn wait_graph(server: &Server, graph: GraphId) -> Vec<JobInfo> {
     wait_until(
         &format!("graph {graph} to finish"),
         GRAPH_DEADLINE,

@@ -138,7 +138,7 @@ fn dependency_order_is_respected() {
     assert_eq!(listed.len(), jobs.len(), "{json:#}");
     for j in listed {
         assert!(j["id"].is_i64(), "{j}");
-        assert_eq!(j["graph_id"].as_i64(), Some(graph), "{j}");
+        assert_eq!(j["graph_id"].as_i64(), Some(graph.get()), "{j}");
         assert_eq!(j["state"], "succeeded", "{j}");
         assert_eq!(j["runs"], 1, "{j}");
         let node = j["node"]

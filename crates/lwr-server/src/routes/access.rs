@@ -272,12 +272,12 @@ impl RunCaller {
     /// node's.
     pub async fn holds_run(&self, state: &AppState) -> Result<(), ApiError> {
         let run = self.run;
-        match state.queue.store().run_owner(run.get()).await? {
+        match state.queue.store().run_owner(run).await? {
             None => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("run {run} not found"),
             )),
-            Some((owner, _)) if owner != self.node.get() => Err(ApiError::new(
+            Some((owner, _)) if owner != self.node => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!("run {run} belongs to another node"),
             )),
@@ -295,7 +295,7 @@ async fn acts_for(state: &AppState, caller: Option<&Caller>, node: NodeId) -> Re
     if caller.scopes.is_admin() {
         return Ok(());
     }
-    let owner = state.queue.store().node_owner(node.get()).await?;
+    let owner = state.queue.store().node_owner(node).await?;
     if owner != Some(caller.token_id) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -11,9 +11,9 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use lwr_model::RunState;
 use lwr_model::api::{JobDetail, RunInfo};
 use lwr_model::logstream::{EndEvent, LogEvent, RunEvent, text_boundary};
+use lwr_model::{JobId, RunId, RunState};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -57,19 +57,19 @@ pub(crate) async fn sweep(state: Arc<AppState>) {
 pub(crate) struct Start {
     pub run_number: Option<u32>,
     /// A run id from `Last-Event-ID`: resume exactly that run.
-    pub run_id: Option<i64>,
+    pub run_id: Option<RunId>,
     pub offset: u64,
 }
 
 /// Parses `Last-Event-ID` as this module writes event ids: `RUN:OFFSET`.
-pub(crate) fn last_event_id(value: &str) -> Option<(i64, u64)> {
+pub(crate) fn last_event_id(value: &str) -> Option<(RunId, u64)> {
     let (run, offset) = value.trim().split_once(':')?;
     Some((run.parse().ok()?, offset.parse().ok()?))
 }
 
 /// `GET /v1/jobs/{id}/log?follow=true`: the log as Server-Sent Events, replayed from
 /// `start.offset`, then followed live until the run ends.
-pub(crate) async fn sse(state: Arc<AppState>, job_id: i64, start: Start) -> ApiResult<Response> {
+pub(crate) async fn sse(state: Arc<AppState>, job_id: JobId, start: Start) -> ApiResult<Response> {
     let job = state.queue.store().job(job_id).await?;
     // A run that does not exist yet is waited for, unless it never will.
     if let Some(n) = start.run_number
@@ -147,7 +147,7 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Stop {
 struct Follow {
     state: Arc<AppState>,
     tx: mpsc::Sender<Event>,
-    job_id: i64,
+    job_id: JobId,
 }
 
 impl Follow {
@@ -167,7 +167,7 @@ impl Follow {
     /// all of them at the end of the log, else up to the last whole character.
     async fn send_text(
         &self,
-        run_id: i64,
+        run_id: RunId,
         offset: u64,
         bytes: &[u8],
         at_end: bool,
@@ -296,7 +296,7 @@ impl Follow {
     }
 
     /// The run's state and the size of its stored log.
-    async fn run_info(&self, run_id: i64) -> Result<(RunState, u64), Stop> {
+    async fn run_info(&self, run_id: RunId) -> Result<(RunState, u64), Stop> {
         let job = self.state.queue.store().job(self.job_id).await?;
         Ok(job
             .run_history
@@ -309,7 +309,7 @@ impl Follow {
     /// store it, from the spool the viewer still holds), then the end with the run's state.
     async fn finish(
         &self,
-        run_id: i64,
+        run_id: RunId,
         mut offset: u64,
         viewer: Option<Viewer>,
     ) -> Result<(), Stop> {
@@ -394,8 +394,8 @@ mod tests {
 
     #[test]
     fn event_ids_round_trip() {
-        assert_eq!(last_event_id("12:345"), Some((12, 345)));
-        assert_eq!(last_event_id(" 1:0 "), Some((1, 0)));
+        assert_eq!(last_event_id("12:345"), Some((RunId(12), 345)));
+        assert_eq!(last_event_id(" 1:0 "), Some((RunId(1), 0)));
         assert_eq!(last_event_id("12"), None);
         assert_eq!(last_event_id("a:1"), None);
         assert_eq!(last_event_id("1:-1"), None);

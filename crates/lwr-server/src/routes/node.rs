@@ -86,7 +86,7 @@ pub(crate) async fn claim(
     let wait = Duration::from_millis(req.wait_ms);
     let mut claimed = state
         .queue
-        .claim(node.get(), req.max.min(256), &req.results, wait)
+        .claim(node, req.max.min(256), &req.results, wait)
         .await?;
     if state.config.auth {
         // Without it, a job could not read its needs' manifests (`lwr fetch`). The key was
@@ -122,10 +122,10 @@ pub(crate) async fn heartbeat(
     }
     let abandon = state
         .queue
-        .heartbeat(node.get(), &hb.runs, hb.unhealthy.as_deref())
+        .heartbeat(node, &hb.runs, hb.unhealthy.as_deref())
         .await?;
     let reboot =
-        state.queue.store().node_state(node.get()).await? == Some(lwr_model::NodeState::Draining);
+        state.queue.store().node_state(node).await? == Some(lwr_model::NodeState::Draining);
     Ok(Json(HeartbeatResponse {
         lease_secs: state.queue.lease().as_secs(),
         abandon,
@@ -144,7 +144,7 @@ pub(crate) async fn report_results(
 ) -> ApiResult<Json<ReportAck>> {
     check_results(&rep.results)?;
     Ok(Json(ReportAck {
-        acks: state.queue.report(node.get(), &rep.results).await?,
+        acks: state.queue.report(node, &rep.results).await?,
     }))
 }
 
@@ -173,14 +173,14 @@ pub(crate) async fn node_streams(
 ) -> ApiResult<Json<LogStreams>> {
     let wait = Duration::from_millis(q.wait_ms).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
-    let mut changes = state.live.node_changes(node.get());
+    let mut changes = state.live.node_changes(node);
     loop {
-        let now = state.live.wanted(node.get());
+        let now = state.live.wanted(node);
         if q.version != Some(now.version) || Instant::now() >= deadline {
             return Ok(Json(now));
         }
         if timeout_at(deadline, changes.changed()).await.is_err() {
-            return Ok(Json(state.live.wanted(node.get())));
+            return Ok(Json(state.live.wanted(node)));
         }
     }
 }
@@ -207,7 +207,7 @@ pub(crate) async fn upload_log(
     ApiQuery(q): ApiQuery<UploadQuery>,
     body: Body,
 ) -> ApiResult<StatusCode> {
-    let run = caller.run.get();
+    let run = caller.run;
     let store = state.queue.store();
     caller.holds_run(&state).await?;
     let (size, sha256) = logs::store(
@@ -268,13 +268,13 @@ pub(crate) async fn upload_artifact(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let run = caller.run.get();
+    let run = caller.run;
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let info = artifacts::UploadInfo {
-        node: caller.node.get(),
+        node: caller.node,
         name: q.name,
         sha256: q.sha256,
         kind: q.kind,
@@ -312,8 +312,8 @@ pub(crate) async fn commit_artifact(
     headers: HeaderMap,
     ApiJson(commit): ApiJson<ArtifactCommit>,
 ) -> ApiResult<Response> {
-    let run = caller.run.get();
-    let mut artifact = artifacts::commit(&state, run, caller.node.get(), &commit).await?;
+    let run = caller.run;
+    let mut artifact = artifacts::commit(&state, run, caller.node, &commit).await?;
     artifact.location = format!("{}{}", base_url(&state.config, &headers), artifact.location);
     Ok((StatusCode::CREATED, Json(artifact)).into_response())
 }
@@ -333,8 +333,8 @@ pub(crate) async fn put_manifest(
     State(state): Shared,
     ApiJson(upload): ApiJson<ManifestUpload>,
 ) -> ApiResult<StatusCode> {
-    let run = caller.run.get();
-    artifacts::put_manifest(&state, run, caller.node.get(), &upload).await?;
+    let run = caller.run;
+    artifacts::put_manifest(&state, run, caller.node, &upload).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -363,7 +363,7 @@ pub(crate) async fn stream_piece(
     ApiQuery(q): ApiQuery<PieceQuery>,
     body: Bytes,
 ) -> ApiResult<Json<ChunkAck>> {
-    let run = caller.run.get();
+    let run = caller.run;
     if body.len() > MAX_CHUNK {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

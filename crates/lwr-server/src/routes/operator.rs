@@ -6,9 +6,9 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use lwr_model::Scopes;
 use lwr_model::api::*;
 use lwr_model::auth::{CreateToken, CreatedToken, MAX_LABEL, TokenInfo, TokenList};
+use lwr_model::{DurationMs, GraphId, JobId, PushId, Scopes};
 use lwr_store::Effects;
 
 use super::access::{Admin, Operator};
@@ -67,7 +67,7 @@ pub(crate) async fn submit_graph(
 pub(crate) async fn cancel_job(
     _: Operator,
     State(state): Shared,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(id): ApiPath<JobId>,
 ) -> ApiResult<Json<CancelResult>> {
     let c = state.queue.cancel_job(id).await?;
     Ok(Json(CancelResult {
@@ -83,7 +83,7 @@ pub(crate) async fn cancel_job(
 pub(crate) async fn cancel_graph(
     _: Operator,
     State(state): Shared,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(id): ApiPath<GraphId>,
 ) -> ApiResult<Json<CancelResult>> {
     let c = state.queue.cancel_graph(id).await?;
     Ok(Json(CancelResult {
@@ -103,7 +103,7 @@ pub(crate) async fn cancel_graph(
 pub(crate) async fn retrigger_job(
     _: Operator,
     State(state): Shared,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(id): ApiPath<JobId>,
     ApiJson(req): ApiJson<RetriggerRequest>,
 ) -> ApiResult<Json<RetriggerResult>> {
     Ok(Json(RetriggerResult {
@@ -122,7 +122,7 @@ pub(crate) async fn retrigger_job(
 pub(crate) async fn trigger_job(
     _: Operator,
     State(state): Shared,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(id): ApiPath<PushId>,
     ApiJson(req): ApiJson<TriggerRequest>,
 ) -> ApiResult<Json<TriggerResult>> {
     Ok(Json(TriggerResult {
@@ -274,7 +274,9 @@ pub(crate) async fn create_token(
     let now = lwr_store::now_ms();
     let expires_at = match req.expires_secs {
         None => None,
-        Some(secs) if (1..=MAX_TOKEN_SECS).contains(&secs) => Some(now + secs as i64 * 1000),
+        Some(secs) if (1..=MAX_TOKEN_SECS).contains(&secs) => {
+            Some(now.plus(DurationMs::from_secs(secs as i64)))
+        }
         Some(_) => {
             return Err(ApiError::field(
                 StatusCode::UNPROCESSABLE_ENTITY,

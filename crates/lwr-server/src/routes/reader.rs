@@ -9,9 +9,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use lwr_model::RunState;
 use lwr_model::api::*;
 use lwr_model::logstream::{LiveState, LiveToggle, Stats};
+use lwr_model::{GraphId, JobId, PushId, RunId, RunState};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -37,7 +37,7 @@ pub struct GraphWait {
 pub(crate) async fn get_graph(
     _: Reader,
     State(state): Shared,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(id): ApiPath<GraphId>,
     ApiQuery(q): ApiQuery<GraphWait>,
 ) -> ApiResult<Json<GraphInfo>> {
     let info = state
@@ -58,7 +58,7 @@ pub(crate) async fn get_graph(
 pub(crate) async fn get_graph_spec(
     _: Reader,
     State(state): Shared,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(id): ApiPath<GraphId>,
 ) -> ApiResult<Json<GraphSpec>> {
     Ok(Json(state.queue.store().graph_spec(id).await?))
 }
@@ -102,7 +102,7 @@ pub(crate) async fn list_pushes(
 pub(crate) async fn get_push(
     _: Reader,
     State(state): Shared,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(id): ApiPath<PushId>,
 ) -> ApiResult<Json<PushInfo>> {
     Ok(Json(state.queue.store().push(id).await?))
 }
@@ -111,7 +111,8 @@ pub(crate) async fn get_push(
 #[into_params(parameter_in = Query)]
 pub struct JobFilter {
     /// Only jobs of this graph.
-    graph: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    graph: Option<GraphId>,
 }
 
 #[utoipa::path(
@@ -140,7 +141,7 @@ pub(crate) async fn list_jobs(
 pub(crate) async fn get_job(
     _: Reader,
     State(state): Shared,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(id): ApiPath<JobId>,
 ) -> ApiResult<Json<JobDetail>> {
     Ok(Json(state.queue.store().job(id).await?))
 }
@@ -153,7 +154,7 @@ pub(crate) async fn get_job(
 pub(crate) async fn get_job_by_name(
     _: Reader,
     State(state): Shared,
-    ApiPath((graph, name)): ApiPath<(i64, String)>,
+    ApiPath((graph, name)): ApiPath<(GraphId, String)>,
 ) -> ApiResult<Json<JobDetail>> {
     // No job name holds a control character (validation refuses them); answer as for any
     // other unknown name instead of handing the database a NUL.
@@ -195,7 +196,7 @@ pub struct LogQuery {
 pub(crate) async fn get_log(
     _: Reader,
     State(state): Shared,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(id): ApiPath<JobId>,
     ApiQuery(q): ApiQuery<LogQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
@@ -258,7 +259,7 @@ pub(crate) async fn get_log(
 pub(crate) async fn get_artifact(
     _: Reader,
     State(state): Shared,
-    ApiPath((run, name)): ApiPath<(i64, String)>,
+    ApiPath((run, name)): ApiPath<(RunId, String)>,
 ) -> ApiResult<Response> {
     if name == lwr_model::manifest::LOG_ARTIFACT {
         if state.queue.store().run_owner(run).await?.is_none() {
@@ -291,7 +292,7 @@ pub(crate) async fn get_artifact(
 pub(crate) async fn get_run_manifest(
     _: Reader,
     State(state): Shared,
-    ApiPath(run): ApiPath<i64>,
+    ApiPath(run): ApiPath<RunId>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let m = artifacts::manifest(&state, run, &base_url(&state.config, &headers)).await?;
@@ -308,7 +309,7 @@ pub(crate) async fn get_run_manifest(
 pub(crate) async fn get_job_manifest(
     _: Reader,
     State(state): Shared,
-    ApiPath(job): ApiPath<i64>,
+    ApiPath(job): ApiPath<JobId>,
     ApiQuery(q): ApiQuery<LogQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
@@ -335,7 +336,7 @@ pub(crate) async fn list_nodes(_: Reader, State(state): Shared) -> ApiResult<Jso
 pub(crate) async fn set_live(
     _: Reader,
     State(state): Shared,
-    ApiPath(id): ApiPath<i64>,
+    ApiPath(id): ApiPath<JobId>,
     ApiJson(toggle): ApiJson<LiveToggle>,
 ) -> ApiResult<Json<LiveState>> {
     let store = state.queue.store();

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use lwr_model::JobId;
 use lwr_model::words::count;
 
 use super::query::resolve_job;
@@ -29,7 +30,7 @@ pub async fn retrigger(args: RetriggerArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
     let id = resolve_job(&client, &args.job).await?;
     let result = client.retrigger(id, args.with_dependents).await?;
-    let ids: Vec<String> = result.jobs.iter().map(i64::to_string).collect();
+    let ids: Vec<String> = result.jobs.iter().map(JobId::to_string).collect();
     outln!("queued again: job {}", ids.join(", job "));
     Ok(ExitCode::SUCCESS)
 }

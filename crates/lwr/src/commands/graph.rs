@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use lwr_model::Graph;
 use lwr_model::api::SubmitGraph;
 use lwr_model::words::count;
+use lwr_model::{Graph, PushId};
 
 use super::push::git;
 use crate::cli::{GraphAction, GraphArgs, GraphDiffArgs};
@@ -57,7 +57,7 @@ async fn run_diff(args: GraphDiffArgs) -> anyhow::Result<ExitCode> {
 /// which pushes they are. Earlier pushes without a graph (a broken lwr.yml) are skipped.
 async fn push_graphs(
     conn: &crate::cli::ServerConn,
-    push: i64,
+    push: PushId,
 ) -> anyhow::Result<(Graph, Graph, String)> {
     let client = conn.client()?;
     let new = client.push(push).await?;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use lwr_client::{Client, FollowEvent};
-use lwr_model::RunState;
+use lwr_model::{JobId, RunId, RunState};
 
 use crate::cli::{LogsArgs, Toggle};
 use crate::commands::query::resolve_job;
@@ -42,9 +42,9 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
 
 /// Prints the log as the server streams it; reconnects where it stopped when the
 /// connection breaks, and goes on with the next run of a job that is retried.
-async fn follow(client: &Client, job: i64, run: Option<u32>) -> anyhow::Result<ExitCode> {
+async fn follow(client: &Client, job: JobId, run: Option<u32>) -> anyhow::Result<ExitCode> {
     // Where to resume: the run being followed and the offset reached in it.
-    let mut at: Option<(i64, u64)> = None;
+    let mut at: Option<(RunId, u64)> = None;
     let mut pick = run;
     let mut broken_since: Option<Instant> = None;
     loop {
@@ -111,7 +111,7 @@ async fn follow(client: &Client, job: i64, run: Option<u32>) -> anyhow::Result<E
 
 /// The number of the run that follows run `run_id` of a retried job, once it exists;
 /// `None` when the job ended instead.
-async fn next_run(client: &Client, job: i64, run_id: i64) -> anyhow::Result<Option<u32>> {
+async fn next_run(client: &Client, job: JobId, run_id: RunId) -> anyhow::Result<Option<u32>> {
     loop {
         let detail = client.job(job).await?;
         if let Some(next) = detail.run_history.iter().find(|r| r.id > run_id) {

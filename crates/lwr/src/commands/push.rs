@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use lwr_client::Client;
-use lwr_model::JobState;
 use lwr_model::api::{GraphInfo, StateCounts, SubmitGraph};
+use lwr_model::{GraphId, JobState};
 
 use super::graph::{GRAPH_FILE, read_working_tree};
 use crate::cli::PushArgs;
@@ -167,7 +167,7 @@ async fn summarize(client: &Client, info: &GraphInfo) -> anyhow::Result<ExitCode
 /// Progress on a terminal (a bar) or in a log (a line per change, at most one a second).
 struct Progress {
     bar: Option<ProgressBar>,
-    graph: i64,
+    graph: GraphId,
     last_line: Option<Instant>,
 }
 

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
+use lwr_model::JobId;
 use lwr_model::api::AddRepo;
 
 use crate::cli::{PushesArgs, ReposAction, ReposArgs, TriggerArgs};
@@ -125,7 +126,7 @@ pub async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
     let name = lwr_model::normalize_name(&args.job);
     let result = client.trigger(args.push, &name).await?;
-    let ids: Vec<String> = result.jobs.iter().map(i64::to_string).collect();
+    let ids: Vec<String> = result.jobs.iter().map(JobId::to_string).collect();
     outln!(
         "triggered {name} in push {}: job {}",
         args.push,

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use lwr_client::Client;
+use lwr_model::{GraphId, JobId};
 
 use crate::cli::{JobsArgs, NodesArgs};
 
@@ -35,8 +36,8 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A job named by id (`42`) or by graph and name (`3/build`).
-pub async fn resolve_job(client: &Client, job: &str) -> anyhow::Result<i64> {
-    if let Ok(id) = job.parse::<i64>() {
+pub async fn resolve_job(client: &Client, job: &str) -> anyhow::Result<JobId> {
+    if let Ok(id) = job.parse::<JobId>() {
         return Ok(id);
     }
     let Some((graph, name)) = job.split_once('/') else {
@@ -46,7 +47,7 @@ pub async fn resolve_job(client: &Client, job: &str) -> anyhow::Result<i64> {
         .parse()
         .with_context(|| format!("'{job}': the part before / must be a graph id"))?;
     Ok(client
-        .job_by_name(graph, &lwr_model::normalize_name(name))
+        .job_by_name(GraphId(graph), &lwr_model::normalize_name(name))
         .await?
         .info
         .id)

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use lwr_model::DurationMs;
 use lwr_node::NodeConfig;
 use lwr_server::Config;
 use lwr_store::Store;
@@ -241,7 +242,7 @@ async fn start_server(
     };
     let store = Store::open(&url).await?;
     store.set_pool_config(lwr_store::PoolConfig {
-        lost_after_ms: args.node_lost_after.as_millis() as i64,
+        lost_after_ms: DurationMs::from_std(args.node_lost_after),
         quarantine_after: args.quarantine_after,
     });
     let mut config = Config::new(args.data_dir.clone());

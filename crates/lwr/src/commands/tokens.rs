@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use lwr_client::Client;
-use lwr_model::Scopes;
 use lwr_model::auth::{CreateToken, CreatedToken, TokenInfo};
+use lwr_model::{DurationMs, Scopes};
 use lwr_store::Store;
 
 use crate::cli::{TokenTarget, TokensAction, TokensArgs};
@@ -135,7 +135,7 @@ pub async fn create_offline(store: &Store, req: &CreateToken) -> anyhow::Result<
     let now = lwr_store::now_ms();
     let expires_at = req
         .expires_secs
-        .map(|s| i64::try_from(s).map(|s| now.saturating_add(s.saturating_mul(1000))))
+        .map(|s| i64::try_from(s).map(|s| now.plus(DurationMs::from_secs(s))))
         .transpose()
         .context("--expires is too long")?;
     let mut scopes = req.scopes.clone();

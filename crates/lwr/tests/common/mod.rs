@@ -22,11 +22,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use lwr_client::{Client, ClientError};
-use lwr_model::JobState;
 use lwr_model::api::{
     GraphInfo, GraphSpec, Health, JobDetail, JobInfo, JobList, NodeList, PushInfo, PushList,
     RepoList, SubmitGraph,
 };
+use lwr_model::{GraphId, JobId, JobState, PushId};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
@@ -207,7 +207,7 @@ impl Out {
     }
 
     /// The graph id from `lwr push`'s first line, `pushed graph N (...)`.
-    pub fn pushed_graph(&self) -> i64 {
+    pub fn pushed_graph(&self) -> GraphId {
         parse_pushed_graph(&self.stdout).unwrap_or_else(|| panic!("no 'pushed graph N' in {self}"))
     }
 
@@ -264,7 +264,7 @@ impl fmt::Display for Out {
     }
 }
 
-pub fn parse_pushed_graph(stdout: &str) -> Option<i64> {
+pub fn parse_pushed_graph(stdout: &str) -> Option<GraphId> {
     let rest = stdout
         .lines()
         .find_map(|l| l.strip_prefix("pushed graph "))?;
@@ -590,19 +590,19 @@ impl Api {
         &self.client
     }
 
-    pub fn jobs(&self, graph: Option<i64>) -> Result<JobList, ClientError> {
+    pub fn jobs(&self, graph: Option<GraphId>) -> Result<JobList, ClientError> {
         self.rt.block_on(self.client.jobs(graph))
     }
 
-    pub fn job(&self, id: i64) -> Result<JobDetail, ClientError> {
+    pub fn job(&self, id: JobId) -> Result<JobDetail, ClientError> {
         self.rt.block_on(self.client.job(id))
     }
 
-    pub fn job_by_name(&self, graph: i64, name: &str) -> Result<JobDetail, ClientError> {
+    pub fn job_by_name(&self, graph: GraphId, name: &str) -> Result<JobDetail, ClientError> {
         self.rt.block_on(self.client.job_by_name(graph, name))
     }
 
-    pub fn graph(&self, id: i64) -> Result<GraphInfo, ClientError> {
+    pub fn graph(&self, id: GraphId) -> Result<GraphInfo, ClientError> {
         self.rt
             .block_on(self.client.graph(id, None, Duration::ZERO))
     }
@@ -611,7 +611,7 @@ impl Api {
         self.rt.block_on(self.client.nodes())
     }
 
-    pub fn log(&self, job: i64) -> Result<String, ClientError> {
+    pub fn log(&self, job: JobId) -> Result<String, ClientError> {
         self.rt
             .block_on(self.client.log(job, None))
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -626,11 +626,11 @@ impl Api {
         self.rt.block_on(self.client.pushes(None))
     }
 
-    pub fn push(&self, id: i64) -> Result<PushInfo, ClientError> {
+    pub fn push(&self, id: PushId) -> Result<PushInfo, ClientError> {
         self.rt.block_on(self.client.push(id))
     }
 
-    pub fn graph_spec(&self, graph: i64) -> Result<GraphSpec, ClientError> {
+    pub fn graph_spec(&self, graph: GraphId) -> Result<GraphSpec, ClientError> {
         self.rt.block_on(self.client.graph_spec(graph))
     }
 
@@ -980,7 +980,7 @@ impl Server {
     }
 
     /// The jobs of a graph (or all), as a table for messages.
-    pub fn describe(&self, graph: Option<i64>) -> String {
+    pub fn describe(&self, graph: Option<GraphId>) -> String {
         match self.api.jobs(graph) {
             Ok(list) => describe_jobs(&list.jobs),
             Err(e) => format!("  (cannot list jobs: {e})\n"),
@@ -988,7 +988,7 @@ impl Server {
     }
 
     /// The jobs of a graph by name.
-    pub fn jobs(&self, graph: i64) -> BTreeMap<String, JobInfo> {
+    pub fn jobs(&self, graph: GraphId) -> BTreeMap<String, JobInfo> {
         let list = self
             .api
             .jobs(Some(graph))
@@ -997,7 +997,7 @@ impl Server {
     }
 
     /// A job of a graph with its runs.
-    pub fn job(&self, graph: i64, name: &str) -> JobDetail {
+    pub fn job(&self, graph: GraphId, name: &str) -> JobDetail {
         self.api.job_by_name(graph, name).unwrap_or_else(|e| {
             panic!(
                 "reading job {graph}/{name}: {e}\n{}",
@@ -1007,7 +1007,7 @@ impl Server {
     }
 
     /// Waits until no job of the graph is pending or running.
-    pub fn wait_finished(&self, graph: i64) -> GraphInfo {
+    pub fn wait_finished(&self, graph: GraphId) -> GraphInfo {
         wait_until(
             &format!("graph {graph} to finish"),
             DEADLINE,
@@ -1020,7 +1020,13 @@ impl Server {
     }
 
     /// Waits until job `name` of `graph` is in `state` (on `node`, when given).
-    pub fn wait_job(&self, graph: i64, name: &str, state: JobState, node: Option<&str>) -> JobInfo {
+    pub fn wait_job(
+        &self,
+        graph: GraphId,
+        name: &str,
+        state: JobState,
+        node: Option<&str>,
+    ) -> JobInfo {
         let what = format!(
             "job {graph}/{name} to be {state}{}",
             node.map(|n| format!(" on {n}")).unwrap_or_default()
