@@ -33,6 +33,12 @@ pub struct SubmitGraph {
     pub branch: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// Who made the commit (`Name <email>`), when the submitter knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// The first line of the commit message, when the submitter knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     pub graph: Graph,
     /// The push this graph belongs to (a decision job submitting it): its jobs join the
     /// push's graph, and repository, branch and revision are the push's.
@@ -52,6 +58,8 @@ impl SubmitGraph {
             repository: None,
             branch: None,
             revision: None,
+            author: None,
+            subject: None,
             graph,
             push: None,
             left_out: Vec::new(),
@@ -212,6 +220,12 @@ pub struct GraphInfo {
     pub branch: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// Who made the pushed commit, when its submitter said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// The first line of the pushed commit's message, when its submitter said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// RFC 3339.
     pub created_at: String,
     pub counts: StateCounts,

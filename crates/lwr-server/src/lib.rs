@@ -10,7 +10,7 @@ pub mod artifact;
 mod artifacts;
 mod error;
 pub mod live;
-mod logs;
+pub mod logs;
 mod openapi;
 pub mod poller;
 pub mod provider;
@@ -53,6 +53,9 @@ pub struct Config {
     pub auth: bool,
     /// Where nodes come from (see [`provider`]).
     pub provider: provider::ProviderConfig,
+    /// Routes served beside `/v1` (the web app at `/`), built from the server's state; a
+    /// hook rather than a dependency, so the web app's crate can depend on this one.
+    pub web: Option<fn(Arc<AppState>) -> axum::Router>,
     /// The URL clients reach the server at (`https://ci.example.com/lwr` behind a TLS
     /// proxy), without a trailing slash: the start of every absolute URL the server writes.
     /// `None`: `http://` and the request's Host.
@@ -71,6 +74,7 @@ impl Config {
             artifact_store: "dir".into(),
             auth: false,
             provider: Default::default(),
+            web: None,
             public_url: None,
         }
     }
@@ -189,7 +193,10 @@ pub async fn bind(
     let live_sweeper = tokio::spawn(routes::follow::sweep(state.clone()));
     let poller = tokio::spawn(poller::supervise(state.clone()));
     let provider = start_provider(&state, local);
-    let app = router(state);
+    let app = match state.config.web {
+        Some(web) => router(state.clone()).merge(web(state.clone())),
+        None => router(state),
+    };
     let serve = async move {
         let result = axum::serve(listener, app).await.map_err(ServerError::Serve);
         sweeper.abort();

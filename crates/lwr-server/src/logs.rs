@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::ApiError;
 
-pub(crate) fn path(data_dir: &Path, run_id: RunId) -> PathBuf {
+pub fn path(data_dir: &Path, run_id: RunId) -> PathBuf {
     data_dir.join("logs").join(format!("{run_id}.log"))
 }
 
@@ -74,7 +74,7 @@ pub(crate) async fn store(
 
 /// The run's stored log from byte `offset` on, as a stream that never holds it whole:
 /// `(size of the whole log, body)`; `None` when no log is stored here.
-pub(crate) async fn open(
+pub async fn open(
     data_dir: &Path,
     run_id: RunId,
     offset: u64,

@@ -16,22 +16,28 @@ const JOB_COLUMNS: &str = "id, graph_id, name, state, node, runs, reason, unmet,
      (SELECT r.placement FROM runs r WHERE r.job_id = jobs.id AND r.number = jobs.runs) \
      AS placement";
 
+/// Where a graph comes from: the push's repository, branch, revision, author and subject.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Origin<'a> {
+    pub repository: Option<&'a str>,
+    pub branch: Option<&'a str>,
+    pub revision: Option<&'a str>,
+    pub author: Option<&'a str>,
+    pub subject: Option<&'a str>,
+}
+
 /// Inserts a graph row; returns its id.
-pub(crate) async fn insert_graph(
-    tx: &mut Tx,
-    repository: Option<&str>,
-    branch: Option<&str>,
-    revision: Option<&str>,
-    now: Millis,
-) -> Result<GraphId> {
+pub(crate) async fn insert_graph(tx: &mut Tx, origin: Origin<'_>, now: Millis) -> Result<GraphId> {
     typed(
         &sqlx::query(
-            "INSERT INTO graphs (repository, branch, revision, created_at) \
-             VALUES ($1, $2, $3, $4) RETURNING id",
+            "INSERT INTO graphs (repository, branch, revision, author, subject, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
-        .bind(repository.map(str::to_string))
-        .bind(branch.map(str::to_string))
-        .bind(revision.map(str::to_string))
+        .bind(origin.repository.map(str::to_string))
+        .bind(origin.branch.map(str::to_string))
+        .bind(origin.revision.map(str::to_string))
+        .bind(origin.author.map(str::to_string))
+        .bind(origin.subject.map(str::to_string))
         .bind(now.get())
         .fetch_one(&mut **tx)
         .await
@@ -115,14 +121,14 @@ impl Store {
             });
         }
         let mut tx = self.write.begin().await.op("starting graph submission")?;
-        let graph_id = insert_graph(
-            &mut tx,
-            sub.repository.as_deref(),
-            sub.branch.as_deref(),
-            sub.revision.as_deref(),
-            now,
-        )
-        .await?;
+        let origin = Origin {
+            repository: sub.repository.as_deref(),
+            branch: sub.branch.as_deref(),
+            revision: sub.revision.as_deref(),
+            author: sub.author.as_deref(),
+            subject: sub.subject.as_deref(),
+        };
+        let graph_id = insert_graph(&mut tx, origin, now).await?;
         let jobs: Vec<&JobSpec> = sub.graph.jobs.iter().collect();
         insert_jobs(&mut tx, graph_id, &jobs, &HashMap::new(), now).await?;
         self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
@@ -133,7 +139,8 @@ impl Store {
     /// A graph with its job counts; `seq` is left 0 for the caller to fill.
     pub async fn graph(&self, id: GraphId) -> Result<GraphInfo> {
         let row = sqlx::query(
-            "SELECT id, repository, branch, revision, created_at FROM graphs WHERE id = $1",
+            "SELECT id, repository, branch, revision, author, subject, created_at \
+             FROM graphs WHERE id = $1",
         )
         .bind(id.get())
         .fetch_optional(&self.read)
@@ -149,6 +156,8 @@ impl Store {
             repository: col(&row, "repository")?,
             branch: col(&row, "branch")?,
             revision: col(&row, "revision")?,
+            author: col(&row, "author")?,
+            subject: col(&row, "subject")?,
             created_at: rfc3339(typed(&row, "created_at")?),
             finished: counts.finished(),
             counts,

@@ -21,6 +21,7 @@ mod queue;
 mod rows;
 pub mod scratch;
 mod tokens;
+mod views;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub use pool::PoolConfig;
 pub use pushes::{DEFAULT_EVERY_MS, PollTarget};
 pub use queue::{Claimed, Effects};
 pub use tokens::{Caller, TokenCheck, hash_secret, new_secret};
+pub use views::{GraphFilter, GraphSummary, JobCell};
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 
 use crate::error::Op;
-use crate::graphs::{insert_graph, insert_jobs};
+use crate::graphs::{Origin, insert_graph, insert_jobs};
 use crate::queue::Tx;
 use crate::rows::{col, json, to_json, typed, typed_opt, u32_of};
 use crate::{Result, Store, StoreError, rfc3339};
@@ -392,6 +392,17 @@ impl Store {
             )));
         }
         insert_jobs(&mut tx, graph_id, &scheduled, &HashMap::new(), now).await?;
+        // The decision job read the commit: it knows who made it and what it says.
+        sqlx::query(
+            "UPDATE graphs SET author = COALESCE($2, author), subject = COALESCE($3, subject) \
+             WHERE id = $1",
+        )
+        .bind(graph_id.get())
+        .bind(sub.author.clone())
+        .bind(sub.subject.clone())
+        .execute(&mut *tx)
+        .await
+        .op("recording push author")?;
         sqlx::query("UPDATE pushes SET spec = $2 WHERE id = $1")
             .bind(push_id.get())
             .bind(spec)
@@ -541,7 +552,13 @@ async fn create_push(
         ),
         None => (None, None),
     };
-    let graph_id = insert_graph(tx, Some(url), Some(branch), Some(revision), now).await?;
+    let origin = Origin {
+        repository: Some(url),
+        branch: Some(branch),
+        revision: Some(revision),
+        ..Origin::default()
+    };
+    let graph_id = insert_graph(tx, origin, now).await?;
     let push_id: PushId = typed(
         &sqlx::query(
             "INSERT INTO pushes (repo_id, repository, branch, revision, previous, base, \

@@ -1110,7 +1110,129 @@ async fn pending_jobs_say_what_they_wait_for(f: Fixture) {
     assert_eq!(now["c"].as_deref(), Some("waits for b"));
 }
 
+/// The web app's views: graphs newest first with their filters, their jobs with the times
+/// of the latest run, a graph's edges, the running jobs; author and subject as submitted.
+async fn views_list_graphs_jobs_and_edges(f: Fixture) {
+    let mut ids = Vec::new();
+    for (i, branch) in ["main", "dev", "main"].into_iter().enumerate() {
+        let mut sub = graph(vec![
+            job("build", &[]),
+            job(&format!("test-{i}"), &["build"]),
+        ]);
+        sub.repository = Some("https://example.org/app.git".into());
+        sub.branch = Some(branch.into());
+        sub.revision = Some(format!("{i:040}"));
+        sub.author = Some("Ann <ann@example.org>".into());
+        sub.subject = Some(format!("change {i}"));
+        ids.push(
+            f.store
+                .submit_graph(&sub, Millis(10 + i as i64))
+                .await
+                .unwrap(),
+        );
+    }
+    let info = f.store.graph(ids[1]).await.unwrap();
+    assert_eq!(info.author.as_deref(), Some("Ann <ann@example.org>"));
+    assert_eq!(info.subject.as_deref(), Some("change 1"));
+    let list = |filter: lwr_store::GraphFilter| {
+        let store = f.store.clone();
+        async move {
+            store
+                .graph_summaries(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|g| g.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = lwr_store::GraphFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(list(all.clone()).await, vec![ids[2], ids[1], ids[0]]);
+    let page = lwr_store::GraphFilter {
+        before: Some(ids[2]),
+        limit: 1,
+        ..all.clone()
+    };
+    assert_eq!(list(page).await, vec![ids[1]]);
+    let main = lwr_store::GraphFilter {
+        branch: Some("main".into()),
+        ..all.clone()
+    };
+    assert_eq!(list(main).await, vec![ids[2], ids[0]]);
+    let by_job = lwr_store::GraphFilter {
+        job: Some("TEST-1".into()),
+        ..all.clone()
+    };
+    assert_eq!(
+        list(by_job).await,
+        vec![ids[1]],
+        "job text matches any case"
+    );
+    let wildcard = lwr_store::GraphFilter {
+        job: Some("%".into()),
+        ..all.clone()
+    };
+    assert_eq!(
+        list(wildcard).await,
+        Vec::<lwr_model::GraphId>::new(),
+        "% is a character, not a wildcard"
+    );
+
+    // Run the first graph's build: it is running, with a start time, on its node.
+    let n = node(&f.store, "n1", &[]).await;
+    let claimed = f.store.claim(n, 1, &[], Millis(100), LEASE).await.unwrap();
+    assert_eq!(claimed.assignments[0].graph_id, ids[0]);
+    let running = lwr_store::GraphFilter {
+        state: Some(JobState::Running),
+        ..all.clone()
+    };
+    assert_eq!(list(running).await, vec![ids[0]]);
+    let cells = f.store.job_cells(&[ids[0], ids[1]]).await.unwrap();
+    assert_eq!(cells.len(), 4);
+    let build = &cells[0];
+    assert_eq!(
+        (build.graph_id, build.name.as_str(), build.state),
+        (ids[0], "build", JobState::Running)
+    );
+    assert_eq!(
+        (build.started_at, build.finished_at, build.node.as_deref()),
+        (Some(Millis(100)), None, Some("n1"))
+    );
+    assert_eq!(
+        cells[2].started_at, None,
+        "a job that never ran has no times"
+    );
+    let run_id = claimed.assignments[0].run_id;
+    assert_eq!(
+        f.store
+            .running_jobs()
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect::<Vec<_>>(),
+        vec![build.id]
+    );
+    f.store
+        .report(n, &[result(run_id, Outcome::Succeeded)], Millis(250))
+        .await
+        .unwrap();
+    let cells = f.store.job_cells(&[ids[0]]).await.unwrap();
+    assert_eq!(
+        (cells[0].state, cells[0].finished_at),
+        (JobState::Succeeded, Some(Millis(250)))
+    );
+    assert!(f.store.running_jobs().await.unwrap().is_empty());
+    let edges = f.store.graph_edges(ids[0]).await.unwrap();
+    assert_eq!(edges, vec![(cells[0].id, cells[1].id)]);
+    assert!(f.store.job_cells(&[]).await.unwrap().is_empty());
+}
+
 on_both_backends!(
+    views_list_graphs_jobs_and_edges,
     a_job_token_reads_only_while_its_run_runs,
     pending_jobs_say_what_they_wait_for,
     tokens_are_revoked_by_label_prefix_as_plain_text,

@@ -49,6 +49,8 @@ async fn make(url: &str) {
         repository: Some("https://example.org/r.git".into()),
         branch: Some("main".into()),
         revision: Some("cafe".into()),
+        author: None,
+        subject: None,
         graph: Graph {
             jobs: vec![
                 job("build", &[]),

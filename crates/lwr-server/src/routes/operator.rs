@@ -47,6 +47,8 @@ pub(crate) async fn submit_graph(
         ("repository", &sub.repository),
         ("branch", &sub.branch),
         ("revision", &sub.revision),
+        ("author", &sub.author),
+        ("subject", &sub.subject),
     ] {
         if let Some(value) = value {
             check_len(field, value, MAX_PUSH_FIELD)?;

@@ -109,6 +109,7 @@ async fn submit(args: &GraphArgs, graph: Graph) -> anyhow::Result<ExitCode> {
         sub.branch =
             git(&args.repo, &["rev-parse", "--abbrev-ref", "HEAD"]).filter(|b| b != "HEAD");
     }
+    (sub.author, sub.subject) = super::push::commit_author(&args.repo);
     sub.push = args.push;
     sub.left_out = left_out;
     if let Some(changed) = &changed {

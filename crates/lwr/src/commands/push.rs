@@ -55,6 +55,8 @@ fn read_head(repo: &Path) -> anyhow::Result<SubmitGraph> {
             repository: Some(repository),
             branch: None,
             revision: None,
+            author: None,
+            subject: None,
             graph,
             push: None,
             left_out: Vec::new(),
@@ -70,14 +72,28 @@ fn read_head(repo: &Path) -> anyhow::Result<SubmitGraph> {
     let label = format!("{GRAPH_FILE}@{}", short(&revision));
     let graph = lwr_model::graph::parse(&text, &label)?;
     let branch = git(repo, &["rev-parse", "--abbrev-ref", "HEAD"]).filter(|b| b != "HEAD");
+    let (author, subject) = commit_author(repo);
     Ok(SubmitGraph {
         repository: Some(repository),
         branch,
         revision: Some(revision),
+        author,
+        subject,
         graph,
         push: None,
         left_out: Vec::new(),
     })
+}
+
+/// HEAD's author (`Name <email>`) and message subject, for the pushes page.
+pub(super) fn commit_author(repo: &Path) -> (Option<String>, Option<String>) {
+    let Some(out) = git(repo, &["log", "-1", "--format=%an <%ae>%n%s", "HEAD"]) else {
+        return (None, None);
+    };
+    let mut lines = out
+        .lines()
+        .map(|l| Some(l.to_string()).filter(|l| !l.is_empty()));
+    (lines.next().flatten(), lines.next().flatten())
 }
 
 /// Runs git in `repo`; `None` when git fails.

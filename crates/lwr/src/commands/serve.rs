@@ -254,6 +254,7 @@ async fn start_server(
     config.max_artifact_bytes = args.max_artifact_size;
     config.auth = args.auth;
     config.public_url = args.public_url.clone();
+    config.web = Some(lwr_web::router);
     let (addr, serve) = lwr_server::bind(args.listen, store.clone(), config).await?;
     Ok((format!("http://{addr}"), store, serve))
 }
