@@ -23,6 +23,7 @@ use crate::routes::node::*;
 use crate::routes::operator::*;
 use crate::routes::public::*;
 use crate::routes::reader::*;
+use crate::routes::source::*;
 
 /// Adds what every operation shares to the document: the bearer scheme, the error answers
 /// any request may get (bad path or query, malformed body, no token, missing scope), and
@@ -157,10 +158,14 @@ impl Modify for Shared_ {
         node_streams,
         stream_piece,
         set_live,
-        stats
+        stats,
+        put_bundle,
+        has_bundle,
+        get_run_bundle
     ),
     components(schemas(
         ErrorBody,
+        BundleInfo,
         SubmitGraph,
         Graph,
         JobSpec,

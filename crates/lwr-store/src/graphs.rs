@@ -16,28 +16,46 @@ const JOB_COLUMNS: &str = "id, graph_id, name, state, node, runs, reason, unmet,
      (SELECT r.placement FROM runs r WHERE r.job_id = jobs.id AND r.number = jobs.runs) \
      AS placement";
 
-/// Inserts a graph row; returns its id.
+/// Inserts a graph row; returns its id. `base` is the revision of the previous push on the
+/// repository and branch.
 pub(crate) async fn insert_graph(
     tx: &mut Tx,
     repository: Option<&str>,
     branch: Option<&str>,
     revision: Option<&str>,
+    base: Option<&str>,
     now: Millis,
 ) -> Result<GraphId> {
     typed(
         &sqlx::query(
-            "INSERT INTO graphs (repository, branch, revision, created_at) \
-             VALUES ($1, $2, $3, $4) RETURNING id",
+            "INSERT INTO graphs (repository, branch, revision, base, created_at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )
         .bind(repository.map(str::to_string))
         .bind(branch.map(str::to_string))
         .bind(revision.map(str::to_string))
+        .bind(base.map(str::to_string))
         .bind(now.get())
         .fetch_one(&mut **tx)
         .await
         .op("inserting graph")?,
         "id",
     )
+}
+
+/// The revision of the latest graph of `repository` and `branch` that has one: for a graph
+/// `lwr push` submits, the previous push's revision on the branch.
+async fn previous_revision(tx: &mut Tx, repository: &str, branch: &str) -> Result<Option<String>> {
+    let row = sqlx::query(
+        "SELECT revision FROM graphs WHERE repository = $1 AND branch = $2 \
+         AND revision IS NOT NULL ORDER BY id DESC LIMIT 1",
+    )
+    .bind(repository.to_string())
+    .bind(branch.to_string())
+    .fetch_optional(&mut **tx)
+    .await
+    .op("finding the previous push's revision")?;
+    row.map(|r| col(&r, "revision")).transpose()
 }
 
 /// Inserts `jobs` into graph `graph_id` as pending, each waiting for all its needs, with
@@ -115,11 +133,18 @@ impl Store {
             });
         }
         let mut tx = self.write.begin().await.op("starting graph submission")?;
+        let base = match (&sub.repository, &sub.branch, &sub.revision) {
+            (Some(repository), Some(branch), Some(_)) => {
+                previous_revision(&mut tx, repository, branch).await?
+            }
+            _ => None,
+        };
         let graph_id = insert_graph(
             &mut tx,
             sub.repository.as_deref(),
             sub.branch.as_deref(),
             sub.revision.as_deref(),
+            base.as_deref(),
             now,
         )
         .await?;

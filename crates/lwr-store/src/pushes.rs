@@ -541,7 +541,15 @@ async fn create_push(
         ),
         None => (None, None),
     };
-    let graph_id = insert_graph(tx, Some(url), Some(branch), Some(revision), now).await?;
+    let graph_id = insert_graph(
+        tx,
+        Some(url),
+        Some(branch),
+        Some(revision),
+        base.as_deref(),
+        now,
+    )
+    .await?;
     let push_id: PushId = typed(
         &sqlx::query(
             "INSERT INTO pushes (repo_id, repository, branch, revision, previous, base, \
@@ -560,7 +568,7 @@ async fn create_push(
         .op("inserting push")?,
         "id",
     )?;
-    let job = decision_job(push_id, url, branch, revision, base.as_deref());
+    let job = decision_job();
     insert_jobs(tx, graph_id, &[&job], &HashMap::new(), now).await?;
     Ok(Some(push_id))
 }

@@ -1,4 +1,6 @@
-//! `lwr push`: submit the graph of a repository's HEAD, and optionally wait for it.
+//! `lwr push`: submit the graph of a repository's HEAD (or `--rev`), and optionally wait
+//! for it. The commit goes to the server too, as a git bundle, for nodes that cannot read
+//! the repository's directory.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -19,8 +21,11 @@ use crate::output::short;
 const MIN_POLL: Duration = Duration::from_millis(50);
 
 pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
-    let sub = read_head(&args.repo)?;
+    let sub = read_head(&args.repo, args.rev.as_deref())?;
     let client = args.conn.client()?;
+    if let Some(revision) = &sub.revision {
+        upload_commit(&client, &args.repo, revision).await;
+    }
     let info = client.submit_graph(&sub).await?;
     outln!(
         "pushed graph {} ({} jobs{})",
@@ -38,14 +43,19 @@ pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
     summarize(&client, &done).await
 }
 
-/// The graph in `repo`'s committed lwr.yml at HEAD, with the push's revision and branch.
-/// A directory that is not a git repository is pushed from its working tree.
-fn read_head(repo: &Path) -> anyhow::Result<SubmitGraph> {
+/// The graph in `repo`'s lwr.yml as committed at `rev` (HEAD when `None`), with the push's
+/// revision and branch. A directory that is not a git repository is pushed from its
+/// working tree.
+fn read_head(repo: &Path, rev: Option<&str>) -> anyhow::Result<SubmitGraph> {
     let repository = std::fs::canonicalize(repo)
         .with_context(|| format!("cannot find repository {}", repo.display()))?
         .display()
         .to_string();
-    let Some(revision) = git(repo, &["rev-parse", "--verify", "HEAD"]) else {
+    let head = git(repo, &["rev-parse", "--verify", "--quiet", "HEAD^{commit}"]);
+    if let Some(rev) = rev {
+        return read_revision(repo, repository, rev, head.as_deref());
+    }
+    let Some(revision) = head else {
         eprintln!(
             "note: {} is not a git repository with commits; pushing its working tree",
             repo.display()
@@ -60,16 +70,94 @@ fn read_head(repo: &Path) -> anyhow::Result<SubmitGraph> {
             left_out: Vec::new(),
         });
     };
-    let text = git(repo, &["show", &format!("HEAD:./{GRAPH_FILE}")]).with_context(|| {
+    warn_uncommitted(repo);
+    let branch = head_branch(repo);
+    at_revision(repo, repository, revision, "HEAD", branch)
+}
+
+/// The graph of `rev` (a branch, tag or commit): its branch is `rev` when that is a branch,
+/// else the one HEAD is on.
+fn read_revision(
+    repo: &Path,
+    repository: String,
+    rev: &str,
+    head: Option<&str>,
+) -> anyhow::Result<SubmitGraph> {
+    let revision = git(
+        repo,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{rev}^{{commit}}"),
+        ],
+    )
+    .with_context(|| format!("{} has no commit '{rev}'", repo.display()))?;
+    if head == Some(revision.as_str()) {
+        warn_uncommitted(repo);
+    }
+    let name = rev.strip_prefix("refs/heads/").unwrap_or(rev);
+    let is_branch = git(
+        repo,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("refs/heads/{name}"),
+        ],
+    )
+    .is_some();
+    let branch = match is_branch {
+        true => Some(name.to_string()),
+        false => head_branch(repo),
+    };
+    at_revision(repo, repository, revision, rev, branch)
+}
+
+/// The branch HEAD is on; `None` when it is detached.
+fn head_branch(repo: &Path) -> Option<String> {
+    git(repo, &["rev-parse", "--abbrev-ref", "HEAD"]).filter(|b| b != "HEAD")
+}
+
+/// `lwr graph` reads the working tree's lwr.yml and a push the committed one: say so when
+/// they differ, before a user wonders why the pushed graph is not the one they see.
+fn warn_uncommitted(repo: &Path) {
+    let status = git(
+        repo,
+        &[
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            GRAPH_FILE,
+        ],
+    );
+    if status.is_some_and(|s| !s.trim().is_empty()) {
+        eprintln!(
+            "warning: {GRAPH_FILE} in {} has uncommitted changes; pushing the committed \
+             version (commit them to push them)",
+            repo.display()
+        );
+    }
+}
+
+/// The push of `revision` (named `rev` in messages) with its committed lwr.yml.
+fn at_revision(
+    repo: &Path,
+    repository: String,
+    revision: String,
+    rev: &str,
+    branch: Option<String>,
+) -> anyhow::Result<SubmitGraph> {
+    let text = git(repo, &["show", &format!("{revision}:./{GRAPH_FILE}")]).with_context(|| {
         format!(
-            "HEAD ({}) of {} has no {GRAPH_FILE}; commit one first",
+            "{rev} ({}) of {} has no {GRAPH_FILE}; commit one first",
             short(&revision),
             repo.display()
         )
     })?;
     let label = format!("{GRAPH_FILE}@{}", short(&revision));
     let graph = lwr_model::graph::parse(&text, &label)?;
-    let branch = git(repo, &["rev-parse", "--abbrev-ref", "HEAD"]).filter(|b| b != "HEAD");
     Ok(SubmitGraph {
         repository: Some(repository),
         branch,
@@ -78,6 +166,42 @@ fn read_head(repo: &Path) -> anyhow::Result<SubmitGraph> {
         push: None,
         left_out: Vec::new(),
     })
+}
+
+/// Uploads a bundle of `revision` unless the server has one: nodes that cannot read the
+/// repository's directory (on another machine) fetch the commit from it. A failure is only
+/// a warning, since nodes that can read the directory do not need it.
+async fn upload_commit(client: &Client, repo: &Path, revision: &str) {
+    match client.has_bundle(revision).await {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(e) => {
+            eprintln!("warning: cannot upload the commit for nodes on other machines: {e}");
+            return;
+        }
+    }
+    let made = tempfile::tempdir()
+        .map_err(anyhow::Error::from)
+        .and_then(|tmp| {
+            let bundle = tmp.path().join("push.bundle");
+            lwr_node::checkout::make_bundle(repo, revision, &tmp.path().join("scratch"), &bundle)?;
+            Ok((tmp, bundle))
+        });
+    let uploaded = match made {
+        Ok((_tmp, bundle)) => client
+            .upload_bundle(revision, &bundle)
+            .await
+            .map(drop)
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = uploaded {
+        eprintln!(
+            "warning: cannot upload the commit for nodes on other machines ({e}); nodes \
+             must be able to read {}",
+            repo.display()
+        );
+    }
 }
 
 /// Runs git in `repo`; `None` when git fails.
