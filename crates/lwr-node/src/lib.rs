@@ -670,7 +670,7 @@ impl Node {
                 tracing::debug!("run {run}: {revision} {how}");
                 mirror
             }
-            Err(from_repository) => match self.from_bundle(run, source, revision).await {
+            Err(from_repository) => match self.fetch_bundle(run, source, revision).await {
                 Ok(Some(mirror)) => mirror,
                 Ok(None) => {
                     return Err(format!(
@@ -688,7 +688,7 @@ impl Node {
 
     /// Fetches `revision` into the repository's mirror from the server's bundle of it;
     /// `None` when the server has none.
-    async fn from_bundle(
+    async fn fetch_bundle(
         &self,
         run: i64,
         source: &JobSource,
