@@ -58,6 +58,7 @@ impl Modify for Shared_ {
                 (Method::POST, &mut item.post),
                 (Method::DELETE, &mut item.delete),
                 (Method::PATCH, &mut item.patch),
+                (Method::HEAD, &mut item.head),
             ] {
                 let Some(op) = op else { continue };
                 // The routes the table lets through without a token.

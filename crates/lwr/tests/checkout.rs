@@ -258,3 +258,36 @@ fn a_commit_nobody_has_fails_the_job_saying_why() {
         "{reason}"
     );
 }
+
+#[test]
+fn with_tokens_the_pusher_uploads_the_commit_and_only_a_node_holding_its_run_fetches_it() {
+    let dir = tempdir();
+    let server = Server::start_auth(dir.path());
+    let pusher = create_token_offline(&server.data_dir, &["graph:submit"], &[]);
+    let node_token = create_token_offline(&server.data_dir, &["node:register"], &[]);
+    let repo = repo_with(&dir.path().join("laptop/repo"), BUILD, "guarded");
+    let repo_arg = repo.display().to_string();
+    let out = server.lwr(&["push", "--repo", &repo_arg, "--token", &pusher]);
+    out.assert_success();
+    assert!(
+        !out.stderr.contains("warning"),
+        "the upload went through: {out}"
+    );
+    let g = out.pushed_graph();
+    std::fs::rename(dir.path().join("laptop"), dir.path().join("gone")).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let _n1 = Node::start_with_token(&elsewhere, &server.url, "n1", 2, &[], Some(&node_token));
+    server.wait_finished(g);
+    assert!(log_of(&server, g, "build").contains("content=guarded "));
+    // Source is not for every reader: a read token gets no bundle.
+    let reader = create_token_offline(&server.data_dir, &["read"], &[]);
+    let run = server.job(g, "build").run_history[0].id;
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {reader}"))
+        .arg(format!("{}/v1/runs/{run}/bundle?node=1", server.url))
+        .output()
+        .expect("running curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+}
