@@ -649,9 +649,9 @@ impl Client {
 
     /// Whether the server holds a bundle of `revision` (`lwr push` asks before uploading).
     pub async fn has_bundle(&self, revision: &str) -> Result<bool> {
-        let path = format!("/v1/bundles/{revision}");
-        let req = self.request(Method::HEAD, &path, REQUEST_TIMEOUT);
-        match self.send(Method::HEAD, &path, req).await {
+        let ep = paths::has_bundle(revision);
+        let req = self.request(&ep, REQUEST_TIMEOUT);
+        match self.send_ep(&ep, req).await {
             Ok(_) => Ok(true),
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(false),
             Err(e) => Err(e),
@@ -674,18 +674,13 @@ impl Client {
                 source,
             })?
             .len();
-        let path = format!("/v1/bundles/{revision}");
+        let ep = paths::upload_bundle(revision);
         let req = self
-            .request(Method::PUT, &path, UPLOAD_TIMEOUT)
+            .request(&ep, UPLOAD_TIMEOUT)
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(file_body(f));
-        let resp = self.send(Method::PUT, &path, req).await?;
-        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            method: Method::PUT,
-            path,
-            detail: e.to_string(),
-        })
+        let resp = self.send_ep(&ep, req).await?;
+        self.decode(&ep.method, &ep.path, resp).await
     }
 
     /// Downloads the server's bundle of the commit of run `run` (which node `node` holds)
@@ -700,9 +695,9 @@ impl Client {
             path: dest.display().to_string(),
             source,
         };
-        let path = format!("/v1/runs/{run}/bundle?node={node}");
-        let req = self.request(Method::GET, &path, UPLOAD_TIMEOUT);
-        let resp = match self.send(Method::GET, &path, req).await {
+        let ep = paths::run_bundle(run).query("node", node);
+        let req = self.request(&ep, UPLOAD_TIMEOUT);
+        let resp = match self.send_ep(&ep, req).await {
             Ok(resp) => resp,
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Ok(false),
             Err(e) => return Err(e),
