@@ -687,8 +687,8 @@ impl Client {
     /// to `dest`; `false` when it has none.
     pub async fn download_bundle(
         &self,
-        run: i64,
-        node: i64,
+        run: RunId,
+        node: NodeId,
         dest: &std::path::Path,
     ) -> Result<bool> {
         let file_err = |source| ClientError::File {

@@ -613,7 +613,7 @@ impl Node {
     /// push's revision checked out into it.
     async fn prepare(
         &self,
-        run: i64,
+        run: RunId,
         dir: &Path,
         keep: bool,
         source: Option<&JobSource>,
@@ -655,7 +655,7 @@ impl Node {
     /// path on the machine `lwr push` ran on), from the bundle `lwr push` left on the server.
     async fn check_out(
         &self,
-        run: i64,
+        run: RunId,
         source: &JobSource,
         revision: &str,
         tree: PathBuf,
@@ -690,7 +690,7 @@ impl Node {
     /// `None` when the server has none.
     async fn fetch_bundle(
         &self,
-        run: i64,
+        run: RunId,
         source: &JobSource,
         revision: &str,
     ) -> Result<Option<PathBuf>, String> {

@@ -156,7 +156,11 @@ async fn one_push_per_head_across_polls_and_restarts(f: Fixture) {
     assert_eq!(detail.info.state, JobState::Pending);
     assert!(!p2.decided);
     let n = node(&store).await;
-    let claimed = store.claim(n, 10, &[], 4, LEASE).await.unwrap().assignments;
+    let claimed = store
+        .claim(n, 10, &[], Millis(4), LEASE)
+        .await
+        .unwrap()
+        .assignments;
     let source = claimed
         .iter()
         .find(|a| a.job_id == decision)

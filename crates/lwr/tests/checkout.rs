@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use lwr_model::JobState;
+use lwr_model::{GraphId, JobState};
 
 /// A repository whose `version.txt` says `version`, with `lwr_yml`.
 fn repo_with(dir: &Path, lwr_yml: &str, version: &str) -> std::path::PathBuf {
@@ -21,7 +21,7 @@ fn next_version(repo: &Path, version: &str) -> String {
     git_commit_all(repo, version)
 }
 
-fn push_wait(server: &Server, repo: &Path, extra: &[&str]) -> i64 {
+fn push_wait(server: &Server, repo: &Path, extra: &[&str]) -> GraphId {
     let repo = repo.display().to_string();
     let mut args = vec!["push", "--repo", repo.as_str(), "--wait"];
     args.extend_from_slice(extra);
@@ -31,7 +31,7 @@ fn push_wait(server: &Server, repo: &Path, extra: &[&str]) -> i64 {
 }
 
 /// The log of job `name` of graph `graph`, which must have succeeded.
-fn log_of(server: &Server, graph: i64, name: &str) -> String {
+fn log_of(server: &Server, graph: GraphId, name: &str) -> String {
     let job = server.job(graph, name);
     assert_eq!(
         job.info.state,

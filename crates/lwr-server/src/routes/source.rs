@@ -103,7 +103,7 @@ pub(crate) async fn has_bundle(
 pub(crate) async fn get_run_bundle(caller: RunCaller, State(state): Shared) -> ApiResult<Response> {
     caller.holds_run(&state).await?;
     let run = caller.run;
-    let Some(revision) = state.queue.store().run_revision(run.get()).await? else {
+    let Some(revision) = state.queue.store().run_revision(run).await? else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("run {run} is of a graph without a revision"),
