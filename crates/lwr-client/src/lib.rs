@@ -647,6 +647,71 @@ impl Client {
         }
     }
 
+    /// Whether the server holds a bundle of `revision` (`lwr push` asks before uploading).
+    pub async fn has_bundle(&self, revision: &str) -> Result<bool> {
+        let ep = paths::has_bundle(revision);
+        let req = self.request(&ep, REQUEST_TIMEOUT);
+        match self.send_ep(&ep, req).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Uploads a git bundle holding `revision`, for nodes that cannot read the repository
+    /// it came from. Returns the stored bundle's description.
+    pub async fn upload_bundle(
+        &self,
+        revision: &str,
+        file: &std::path::Path,
+    ) -> Result<BundleInfo> {
+        let f = open(file).await?;
+        let len = f
+            .metadata()
+            .await
+            .map_err(|source| ClientError::File {
+                path: file.display().to_string(),
+                source,
+            })?
+            .len();
+        let ep = paths::upload_bundle(revision);
+        let req = self
+            .request(&ep, UPLOAD_TIMEOUT)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(file_body(f));
+        let resp = self.send_ep(&ep, req).await?;
+        self.decode(&ep.method, &ep.path, resp).await
+    }
+
+    /// Downloads the server's bundle of the commit of run `run` (which node `node` holds)
+    /// to `dest`; `false` when it has none.
+    pub async fn download_bundle(
+        &self,
+        run: RunId,
+        node: NodeId,
+        dest: &std::path::Path,
+    ) -> Result<bool> {
+        let file_err = |source| ClientError::File {
+            path: dest.display().to_string(),
+            source,
+        };
+        let ep = paths::run_bundle(run).query("node", node);
+        let req = self.request(&ep, UPLOAD_TIMEOUT);
+        let resp = match self.send_ep(&ep, req).await {
+            Ok(resp) => resp,
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let mut file = tokio::fs::File::create(dest).await.map_err(file_err)?;
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.unreachable(e))?;
+            file.write_all(&chunk).await.map_err(file_err)?;
+        }
+        file.flush().await.map_err(file_err)?;
+        Ok(true)
+    }
+
     /// Sends the node's part of a run's manifest, after its artifacts.
     pub async fn put_manifest(&self, run: RunId, node: NodeId, m: &ManifestUpload) -> Result<()> {
         let ep = paths::put_manifest(run).query("node", node);

@@ -115,6 +115,9 @@ routes! {
     upload_artifact: PUT "/v1/runs/{id}/artifacts" (id);
     commit_artifact: POST "/v1/runs/{id}/artifact-commits" (id);
     put_manifest: PUT "/v1/runs/{id}/manifest" (id);
+    run_bundle: GET "/v1/runs/{id}/bundle" (id);
+    has_bundle: HEAD "/v1/bundles/{revision}" (revision);
+    upload_bundle: PUT "/v1/bundles/{revision}" (revision);
     stats: GET "/v1/stats" ();
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::graph::{ArtifactDecl, Graph, JobSpec, LeftOut};
+use crate::graph::{ArtifactDecl, Checkout, Graph, JobSpec, LeftOut};
 use crate::ids::{GraphId, JobId, NodeId, PushId, RunId};
 use crate::job::{JobState, RunState};
 use crate::node::NodeProperties;
@@ -400,6 +400,58 @@ pub struct Assignment {
     /// `timestamps: true` in lwr.yml: every line of the log starts with its time.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub timestamps: bool,
+    /// The commit the job is for, when its graph came from a repository: the node checks
+    /// it out into the job dir (unless `checkout: false`) and names it in the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<JobSource>,
+}
+
+/// `PUT /v1/bundles/{revision}` answer: a git bundle the server keeps for nodes that cannot
+/// read the repository a push came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BundleInfo {
+    pub revision: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// Where a job's graph came from, and how the node checks it out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobSource {
+    /// The repository as the push named it: a URL, or a path on the machine `lwr push` ran
+    /// on (then the server may hold a bundle of the commit: `GET /v1/bundles/{revision}`).
+    pub repository: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The commit (full hash); `None` for a push of a directory that is not a git
+    /// repository, which is not checked out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The revision of the previous push on the branch, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_revision: Option<String>,
+    /// The push, for a graph of a polled push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_id: Option<PushId>,
+    /// The job's `checkout:`.
+    #[serde(default)]
+    pub checkout: Checkout,
+}
+
+impl JobSource {
+    /// The job's environment variables about its commit: `LWR_REPOSITORY`, `LWR_BRANCH`,
+    /// `LWR_REVISION`, `LWR_BASE_REVISION`, `LWR_PUSH_ID` (those that are known).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("LWR_REPOSITORY", self.repository.clone())];
+        let known = [
+            ("LWR_BRANCH", self.branch.clone()),
+            ("LWR_REVISION", self.revision.clone()),
+            ("LWR_BASE_REVISION", self.base_revision.clone()),
+            ("LWR_PUSH_ID", self.push_id.map(|p| p.to_string())),
+        ];
+        env.extend(known.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        env
+    }
 }
 
 /// `PUT /v1/runs/{id}/manifest`: the node's part of a run's manifest, sent after the run's

@@ -22,7 +22,9 @@ pub mod urlpath;
 pub mod words;
 
 pub use auth::{Scope, Scopes};
-pub use graph::{ArtifactDecl, Graph, GraphError, JobSpec, Requires, When, normalize_name};
+pub use graph::{
+    ArtifactDecl, Checkout, Graph, GraphError, JobSpec, Requires, When, normalize_name,
+};
 pub use ids::{DurationMs, GraphId, JobId, Millis, NodeId, PushId, RunId};
 pub use job::{JobState, RunState};
 pub use node::{NodeProperties, Requirements};

@@ -4,40 +4,25 @@ use std::collections::BTreeMap;
 
 use crate::glob::{self, glob_match};
 use crate::graph::{JobSpec, Requires};
-use crate::ids::PushId;
 use crate::node::Requirements;
 
 /// The name of a push's decision job; a graph submitted for a push may not use it.
 pub const DECISION_JOB: &str = "decision";
 
-/// What a decision job runs on its node: check the pushed revision out of the node's clone
-/// cache, then generate, validate and submit the graph from that revision's lwr.yml. The
-/// node sets `LWR_BIN` to its own binary; the rest comes from the job's `env`.
-pub const DECISION_COMMAND: &str = "\"$LWR_BIN\" checkout \"$LWR_REPOSITORY\" \"$LWR_REVISION\" src \
-     && \"$LWR_BIN\" graph --repo src --submit --push \"$LWR_PUSH\" --base \"$LWR_BASE\"";
+/// What a decision job runs on its node, which has checked the pushed revision out into the
+/// job dir (as for every job of a push): generate, validate and submit the graph from that
+/// revision's lwr.yml. The node sets `LWR_BIN` to its own binary and the `LWR_*` variables
+/// of the commit.
+pub const DECISION_COMMAND: &str = "\"$LWR_BIN\" graph --repo . --submit --push \"$LWR_PUSH_ID\" \
+     --base \"$LWR_BASE_REVISION\"";
 
 /// Longest a decision job may take (mostly a first clone of a big repository).
 const DECISION_TIMEOUT_SECS: u64 = 30 * 60;
 
-/// The decision job of push `push`: `base` is the revision of the previous push on the
-/// branch, against which changed files are computed (the commit's parent when `None`).
-pub fn decision_job(
-    push: PushId,
-    repository: &str,
-    branch: &str,
-    revision: &str,
-    base: Option<&str>,
-) -> JobSpec {
-    let env: BTreeMap<String, String> = [
-        ("LWR_PUSH", push.to_string()),
-        ("LWR_REPOSITORY", repository.to_string()),
-        ("LWR_BRANCH", branch.to_string()),
-        ("LWR_REVISION", revision.to_string()),
-        ("LWR_BASE", base.unwrap_or_default().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+/// The decision job of a push. It needs no environment of its own: the node names the
+/// push, its revision and the previous push's (the base, against which changed files are
+/// computed) in the `LWR_*` variables every job of a push gets.
+pub fn decision_job() -> JobSpec {
     JobSpec {
         name: DECISION_JOB.to_string(),
         run: DECISION_COMMAND.to_string(),
@@ -46,7 +31,7 @@ pub fn decision_job(
         artifacts: Vec::new(),
         retries: crate::graph::DEFAULT_RETRIES,
         timeout_secs: DECISION_TIMEOUT_SECS,
-        env,
+        env: BTreeMap::new(),
         expires_secs: None,
         requires: Requires::default(),
         when: None,
@@ -56,6 +41,7 @@ pub fn decision_job(
         affinity_wait_secs: Some(DECISION_AFFINITY_WAIT_SECS),
         keep_workdir: false,
         timestamps: false,
+        checkout: Default::default(),
     }
 }
 
@@ -106,9 +92,13 @@ mod tests {
 
     #[test]
     fn the_decision_job_is_a_valid_job() {
-        let job = decision_job(PushId(7), "file:///r", "main", "abc", None);
-        let graph = crate::Graph { jobs: vec![job] };
+        let graph = crate::Graph {
+            jobs: vec![decision_job()],
+        };
         graph.validate().unwrap();
-        assert_eq!(graph.jobs[0].env["LWR_PUSH"], "7");
+        assert!(
+            graph.jobs[0].checkout.enabled,
+            "it reads the commit's lwr.yml"
+        );
     }
 }

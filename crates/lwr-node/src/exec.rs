@@ -19,9 +19,8 @@ pub struct Launch {
     pub run_id: RunId,
     pub command: String,
     pub env: BTreeMap<String, String>,
+    /// Made ready by [`prepare_dir`] (and the checkout) before.
     pub dir: PathBuf,
-    /// `dir` is kept between runs of the job (`keep_workdir`): used as it is, not emptied.
-    pub keep: bool,
     pub log: PathBuf,
     pub timeout: Duration,
     /// Run the job under `LWR stamp`, which starts each line of its output with the time.
@@ -53,17 +52,6 @@ pub async fn run(
         exit_code: None,
         reason: Some(reason),
     };
-    let prepared = if launch.keep {
-        std::fs::create_dir_all(&launch.dir)
-    } else {
-        fresh_dir(&launch.dir)
-    };
-    if let Err(e) = prepared {
-        return exception(format!(
-            "cannot prepare job dir {}: {e}",
-            launch.dir.display()
-        ));
-    }
     let log = match std::fs::File::create(&launch.log) {
         Ok(f) => f,
         Err(e) => return exception(format!("cannot create log {}: {e}", launch.log.display())),
@@ -306,6 +294,15 @@ pub fn kill_group(pgid: i32) {
     }
 }
 
+/// Makes a job's directory ready: a kept one (`keep_workdir`) is used as it is, any other
+/// is emptied.
+pub fn prepare_dir(dir: &Path, keep: bool) -> std::io::Result<()> {
+    match keep {
+        true => std::fs::create_dir_all(dir),
+        false => fresh_dir(dir),
+    }
+}
+
 /// Makes `dir` an empty directory, reusing it when it exists: a slot's directory serves
 /// job after job, so short jobs do not create and delete a directory each.
 pub fn fresh_dir(dir: &Path) -> std::io::Result<()> {
@@ -365,12 +362,12 @@ mod tests {
                 .into_iter()
                 .collect(),
             dir: tmp.path().join("job"),
-            keep: false,
             log: tmp.path().join("log"),
             timeout,
             stamp_with: None,
         };
         let log = launch.log.clone();
+        prepare_dir(&launch.dir, false).unwrap();
         let (_tx, rx) = oneshot::channel();
         let result = run(launch, rx, |_| {}).await;
         (result, std::fs::read_to_string(log).unwrap_or_default())

@@ -7,6 +7,7 @@
 //! loses one.
 
 mod artifact;
+pub mod checkout;
 mod exec;
 mod glob;
 mod journal;
@@ -22,7 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lwr_client::{Client, ClientError, StatusCode};
-use lwr_model::api::{Assignment, ClaimRequest, Heartbeat, Outcome, RegisterNode, RunResult};
+use lwr_model::api::{
+    Assignment, ClaimRequest, Heartbeat, JobSource, Outcome, RegisterNode, RunResult,
+};
 use lwr_model::sync::lock;
 use lwr_model::timing;
 use lwr_model::{NodeId, RunId};
@@ -503,6 +506,9 @@ impl Node {
             None => slot_dir.clone(),
         };
         let mut env = a.env.clone();
+        for (key, value) in a.source.iter().flat_map(JobSource::env) {
+            env.insert(key.into(), value);
+        }
         env.insert("LWR_SERVER".into(), self.config.server.clone());
         env.insert("LWR_JOB_ID".into(), a.job_id.to_string());
         env.insert("LWR_JOB_NAME".into(), a.job_name.clone());
@@ -536,7 +542,6 @@ impl Node {
             command: a.command.clone(),
             env,
             dir: dir.clone(),
-            keep: kept.is_some(),
             log: slot_log.clone(),
             timeout: Duration::from_secs(a.timeout_secs.max(1)),
             stamp_with: self
@@ -549,6 +554,15 @@ impl Node {
         lock(&self.running).insert(a.run_id, stop_tx);
         self.run_logs.started(a.run_id, &slot_log);
         tracing::debug!("run {} of {} started", a.run_id, a.job_name);
+        if cannot_start.is_none()
+            && let Err(reason) = self
+                .prepare(a.run_id, &dir, kept.is_some(), a.source.as_ref())
+                .await
+        {
+            // In the log too: that is where a person looks first.
+            let _ = std::fs::write(&slot_log, format!("lwr: {reason}\n"));
+            cannot_start = Some(reason);
+        }
         let result = match cannot_start {
             None => exec::run(launch, stop_rx, |pgid| self.journal.started(a.run_id, pgid)).await,
             Some(reason) => RunResult {
@@ -593,6 +607,120 @@ impl Node {
             }
         }
         lock(&self.free_dirs).push((slot_dir, slot_log));
+    }
+
+    /// Makes the job dir ready: emptied (unless kept) and, for a job of a push, with the
+    /// push's revision checked out into it.
+    async fn prepare(
+        &self,
+        run: RunId,
+        dir: &Path,
+        keep: bool,
+        source: Option<&JobSource>,
+    ) -> Result<(), String> {
+        let owned = dir.to_path_buf();
+        blocking(move || exec::prepare_dir(&owned, keep))
+            .await
+            .map_err(|e| format!("cannot prepare job dir {}: {e}", dir.display()))?;
+        let Some(source) = source.filter(|s| s.checkout.enabled) else {
+            return Ok(());
+        };
+        let Some(revision) = source.revision.as_deref() else {
+            return Ok(());
+        };
+        let tree = match &source.checkout.path {
+            Some(path) => dir.join(path),
+            None => dir.to_path_buf(),
+        };
+        let started = std::time::Instant::now();
+        self.check_out(run, source, revision, tree)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot check out {} of {}: {e}",
+                    &revision[..revision.len().min(12)],
+                    source.repository
+                )
+            })?;
+        tracing::debug!(
+            "run {run}: checked out {revision} of {} in {:?}",
+            source.repository,
+            started.elapsed()
+        );
+        Ok(())
+    }
+
+    /// Checks `revision` out into `tree` from the node's clone cache, fetching what the
+    /// cache lacks from the repository or, when the node cannot read the repository (a
+    /// path on the machine `lwr push` ran on), from the bundle `lwr push` left on the server.
+    async fn check_out(
+        &self,
+        run: RunId,
+        source: &JobSource,
+        revision: &str,
+        tree: PathBuf,
+    ) -> Result<(), String> {
+        let (cache, url, rev) = (
+            self.cache_dir.clone(),
+            source.repository.clone(),
+            revision.to_string(),
+        );
+        let mirror = match blocking(move || checkout::update_mirror(&cache, &url, &rev)).await {
+            Ok((mirror, how)) => {
+                tracing::debug!("run {run}: {revision} {how}");
+                mirror
+            }
+            Err(from_repository) => match self.fetch_bundle(run, source, revision).await {
+                Ok(Some(mirror)) => mirror,
+                Ok(None) => {
+                    return Err(format!(
+                        "{from_repository} (and the server has no bundle of the commit)"
+                    ));
+                }
+                Err(e) => return Err(format!("{from_repository}; from the server's bundle: {e}")),
+            },
+        };
+        let (rev, how) = (revision.to_string(), source.checkout.clone());
+        blocking(move || checkout::check_out(&mirror, &rev, &tree, &how))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Fetches `revision` into the repository's mirror from the server's bundle of it;
+    /// `None` when the server has none.
+    async fn fetch_bundle(
+        &self,
+        run: RunId,
+        source: &JobSource,
+        revision: &str,
+    ) -> Result<Option<PathBuf>, String> {
+        let (cache, url) = (self.cache_dir.clone(), source.repository.clone());
+        let mirror = blocking(move || checkout::Mirror::lock(&cache, &url))
+            .await
+            .map_err(|e| e.to_string())?;
+        // Another job may have fetched it while this one waited for the lock.
+        if mirror.has(revision) {
+            return Ok(Some(mirror.path().to_path_buf()));
+        }
+        let file = self.cache_dir.join("git").join(format!("run-{run}.bundle"));
+        let found = self.client.download_bundle(run, self.id, &file).await;
+        let fetched = match found {
+            Ok(false) => return Ok(None),
+            Ok(true) => {
+                let (file, rev) = (file.clone(), revision.to_string());
+                blocking(move || {
+                    mirror
+                        .fetch_bundle(&file, &rev)
+                        .map(|()| mirror.path().to_path_buf())
+                })
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let _ = std::fs::remove_file(&file);
+        fetched
     }
 
     /// Moves a finished run's artifacts out of its job dir into its outbox before the dir
@@ -701,6 +829,16 @@ fn lwr_binary() -> Option<String> {
             tracing::warn!("cannot find this node's own binary for LWR_BIN: {e}");
             None
         }
+    }
+}
+
+/// Runs blocking work (git, the file system) off the async workers.
+async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the task failed: {e}")),
     }
 }
 

@@ -94,6 +94,11 @@ pub async fn open(
     file.seek(std::io::SeekFrom::Start(offset.min(size)))
         .await
         .map_err(io_err)?;
+    Ok(Some((size, stream_file(file))))
+}
+
+/// A response body reading `file` from where it stands, piece by piece.
+pub(crate) fn stream_file(file: tokio::fs::File) -> Body {
     let chunks = futures_util::stream::unfold(file, |mut file| async move {
         let mut buf = vec![0; 256 << 10];
         match file.read(&mut buf).await {
@@ -105,5 +110,5 @@ pub async fn open(
             Err(e) => Some((Err(e), file)),
         }
     });
-    Ok(Some((size, Body::from_stream(chunks))))
+    Body::from_stream(chunks)
 }

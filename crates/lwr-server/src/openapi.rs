@@ -23,6 +23,7 @@ use crate::routes::node::*;
 use crate::routes::operator::*;
 use crate::routes::public::*;
 use crate::routes::reader::*;
+use crate::routes::source::*;
 
 /// Adds what every operation shares to the document: the bearer scheme, the error answers
 /// any request may get (bad path or query, malformed body, no token, missing scope), and
@@ -57,6 +58,7 @@ impl Modify for Shared_ {
                 (Method::POST, &mut item.post),
                 (Method::DELETE, &mut item.delete),
                 (Method::PATCH, &mut item.patch),
+                (Method::HEAD, &mut item.head),
             ] {
                 let Some(op) = op else { continue };
                 // The routes the table lets through without a token.
@@ -157,10 +159,14 @@ impl Modify for Shared_ {
         node_streams,
         stream_piece,
         set_live,
-        stats
+        stats,
+        put_bundle,
+        has_bundle,
+        get_run_bundle
     ),
     components(schemas(
         ErrorBody,
+        BundleInfo,
         SubmitGraph,
         Graph,
         JobSpec,

@@ -66,6 +66,7 @@ fn graph(names: &[(&str, &[&str])]) -> SubmitGraph {
             affinity_wait_secs: None,
             keep_workdir: false,
             timestamps: false,
+            checkout: Default::default(),
         })
         .collect();
     SubmitGraph::new(Graph { jobs })

@@ -16,7 +16,8 @@ const JOB_COLUMNS: &str = "id, graph_id, name, state, node, runs, reason, unmet,
      (SELECT r.placement FROM runs r WHERE r.job_id = jobs.id AND r.number = jobs.runs) \
      AS placement";
 
-/// Where a graph comes from: the push's repository, branch, revision, author and subject.
+/// Where a graph comes from: the push's repository, branch, revision, author and subject,
+/// and `base`, the revision of the previous push on the repository and branch.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Origin<'a> {
     pub repository: Option<&'a str>,
@@ -24,26 +25,43 @@ pub(crate) struct Origin<'a> {
     pub revision: Option<&'a str>,
     pub author: Option<&'a str>,
     pub subject: Option<&'a str>,
+    pub base: Option<&'a str>,
 }
 
 /// Inserts a graph row; returns its id.
 pub(crate) async fn insert_graph(tx: &mut Tx, origin: Origin<'_>, now: Millis) -> Result<GraphId> {
     typed(
         &sqlx::query(
-            "INSERT INTO graphs (repository, branch, revision, author, subject, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            "INSERT INTO graphs (repository, branch, revision, author, subject, base, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(origin.repository.map(str::to_string))
         .bind(origin.branch.map(str::to_string))
         .bind(origin.revision.map(str::to_string))
         .bind(origin.author.map(str::to_string))
         .bind(origin.subject.map(str::to_string))
+        .bind(origin.base.map(str::to_string))
         .bind(now.get())
         .fetch_one(&mut **tx)
         .await
         .op("inserting graph")?,
         "id",
     )
+}
+
+/// The revision of the latest graph of `repository` and `branch` that has one: for a graph
+/// `lwr push` submits, the previous push's revision on the branch.
+async fn previous_revision(tx: &mut Tx, repository: &str, branch: &str) -> Result<Option<String>> {
+    let row = sqlx::query(
+        "SELECT revision FROM graphs WHERE repository = $1 AND branch = $2 \
+         AND revision IS NOT NULL ORDER BY id DESC LIMIT 1",
+    )
+    .bind(repository.to_string())
+    .bind(branch.to_string())
+    .fetch_optional(&mut **tx)
+    .await
+    .op("finding the previous push's revision")?;
+    row.map(|r| col(&r, "revision")).transpose()
 }
 
 /// Inserts `jobs` into graph `graph_id` as pending, each waiting for all its needs, with
@@ -121,12 +139,19 @@ impl Store {
             });
         }
         let mut tx = self.write.begin().await.op("starting graph submission")?;
+        let base = match (&sub.repository, &sub.branch, &sub.revision) {
+            (Some(repository), Some(branch), Some(_)) => {
+                previous_revision(&mut tx, repository, branch).await?
+            }
+            _ => None,
+        };
         let origin = Origin {
             repository: sub.repository.as_deref(),
             branch: sub.branch.as_deref(),
             revision: sub.revision.as_deref(),
             author: sub.author.as_deref(),
             subject: sub.subject.as_deref(),
+            base: base.as_deref(),
         };
         let graph_id = insert_graph(&mut tx, origin, now).await?;
         let jobs: Vec<&JobSpec> = sub.graph.jobs.iter().collect();

@@ -6,7 +6,7 @@ use crate::error::Op;
 use crate::{Dialect, Result, Store, StoreError};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The advisory lock key migrations hold on PostgreSQL ("lwr" and the default port).
 const MIGRATION_LOCK: i64 = 0x6c77_7200_1cc2;
@@ -19,6 +19,7 @@ const SQLITE: &[(i64, &str)] = &[
     (5, include_str!("../migrations/sqlite/0005_pool.sql")),
     (6, include_str!("../migrations/sqlite/0006_settings.sql")),
     (7, include_str!("../migrations/sqlite/0007_push_author.sql")),
+    (8, include_str!("../migrations/sqlite/0008_checkout.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -31,6 +32,7 @@ const POSTGRES: &[(i64, &str)] = &[
         7,
         include_str!("../migrations/postgres/0007_push_author.sql"),
     ),
+    (8, include_str!("../migrations/postgres/0008_checkout.sql")),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<()> {

@@ -556,6 +556,7 @@ async fn create_push(
         repository: Some(url),
         branch: Some(branch),
         revision: Some(revision),
+        base: base.as_deref(),
         ..Origin::default()
     };
     let graph_id = insert_graph(tx, origin, now).await?;
@@ -577,7 +578,7 @@ async fn create_push(
         .op("inserting push")?,
         "id",
     )?;
-    let job = decision_job(push_id, url, branch, revision, base.as_deref());
+    let job = decision_job();
     insert_jobs(tx, graph_id, &[&job], &HashMap::new(), now).await?;
     Ok(Some(push_id))
 }

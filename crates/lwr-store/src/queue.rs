@@ -4,13 +4,13 @@
 //! and retries after an infrastructure error are decided in the same transaction as the
 //! result that causes them, so no crash can leave a graph half-updated.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use lwr_model::api::{Assignment, Outcome, ResultAck, RunResult};
+use lwr_model::api::{Assignment, JobSource, Outcome, ResultAck, RunResult};
 use lwr_model::pool::{
     DEFAULT_AFFINITY_WAIT_MS, Decision, Memo, NodeState, PoolNode, ReadyJob, decide_with,
 };
-use lwr_model::{DurationMs, GraphId, JobId, JobSpec, Millis, NodeId, Requirements, RunId};
+use lwr_model::{DurationMs, GraphId, JobId, JobSpec, Millis, NodeId, PushId, Requirements, RunId};
 use sqlx::{Any, Transaction};
 
 use crate::error::Op;
@@ -241,6 +241,8 @@ impl Store {
             }
         }
         let mut assignments = Vec::with_capacity(picked.len());
+        // Jobs of one graph claimed together share its row.
+        let mut origins: HashMap<GraphId, GraphOrigin> = HashMap::new();
         for (job_id, placement) in picked {
             let row = sqlx::query(
                 "UPDATE jobs SET state = 'running', runs = runs + 1, node = $2, reason = NULL, \
@@ -274,11 +276,15 @@ impl Store {
                 .op("creating run")?,
                 "id",
             )?;
-            let kept_dir = if spec.keep_workdir {
-                Some(kept_dir(tx, graph_id, &spec.name).await?)
-            } else {
-                None
+            let origin = match origins.get(&graph_id) {
+                Some(origin) => origin,
+                None => {
+                    let origin = GraphOrigin::read(tx, graph_id).await?;
+                    origins.entry(graph_id).or_insert(origin)
+                }
             };
+            let kept_dir = spec.keep_workdir.then(|| kept_dir(origin, &spec.name));
+            let source = origin.source(&spec.checkout);
             // Dependents learn where their needs' manifests are, never guessing a URL.
             let manifests = if spec.needs.is_empty() {
                 Default::default()
@@ -301,6 +307,7 @@ impl Store {
                 // The server adds it when it checks tokens.
                 token: None,
                 timestamps: spec.timestamps,
+                source,
             });
         }
         // Holds matter only when the node got nothing: otherwise it claims again soon.
@@ -484,6 +491,23 @@ impl Store {
         })
         .transpose()
     }
+
+    /// The revision of the graph a run's job belongs to; `None` for no such run or a graph
+    /// without one.
+    pub async fn run_revision(&self, run_id: RunId) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT g.revision FROM runs r JOIN jobs j ON j.id = r.job_id \
+             JOIN graphs g ON g.id = j.graph_id WHERE r.id = $1",
+        )
+        .bind(run_id.get())
+        .fetch_optional(&self.read)
+        .await
+        .op("reading the run's revision")?;
+        Ok(row
+            .map(|r| col::<Option<String>>(&r, "revision"))
+            .transpose()?
+            .flatten())
+    }
 }
 
 /// How soon a claim that passed over rows locked by another claim looks again.
@@ -575,19 +599,12 @@ impl Store {
 
 /// The name of the directory a node keeps for job `name` of graph `graph_id` between runs
 /// (`keep_workdir: true`): one per repository, branch and job, safe as a file name.
-async fn kept_dir(tx: &mut Tx, graph_id: GraphId, name: &str) -> Result<String> {
+fn kept_dir(origin: &GraphOrigin, name: &str) -> String {
     use sha2::{Digest, Sha256};
-    let row = sqlx::query("SELECT repository, branch FROM graphs WHERE id = $1")
-        .bind(graph_id.get())
-        .fetch_one(&mut **tx)
-        .await
-        .op("reading graph")?;
-    let repository: Option<String> = col(&row, "repository")?;
-    let branch: Option<String> = col(&row, "branch")?;
     let key = format!(
         "{}\n{}\n{name}",
-        repository.unwrap_or_default(),
-        branch.unwrap_or_default()
+        origin.repository.as_deref().unwrap_or_default(),
+        origin.branch.as_deref().unwrap_or_default()
     );
     let hash = hex::encode(&Sha256::digest(key.as_bytes())[..8]);
     let readable: String = name
@@ -601,7 +618,50 @@ async fn kept_dir(tx: &mut Tx, graph_id: GraphId, name: &str) -> Result<String> 
             }
         })
         .collect();
-    Ok(format!("{readable}-{hash}"))
+    format!("{readable}-{hash}")
+}
+
+/// Where a graph came from: what its jobs' sources are made of.
+#[derive(Debug, Clone, Default)]
+struct GraphOrigin {
+    repository: Option<String>,
+    branch: Option<String>,
+    revision: Option<String>,
+    base: Option<String>,
+    push_id: Option<PushId>,
+}
+
+impl GraphOrigin {
+    async fn read(tx: &mut Tx, graph_id: GraphId) -> Result<GraphOrigin> {
+        let row = sqlx::query(
+            "SELECT g.repository, g.branch, g.revision, g.base, \
+             (SELECT p.id FROM pushes p WHERE p.graph_id = g.id) AS push_id \
+             FROM graphs g WHERE g.id = $1",
+        )
+        .bind(graph_id.get())
+        .fetch_one(&mut **tx)
+        .await
+        .op("reading graph")?;
+        Ok(GraphOrigin {
+            repository: col(&row, "repository")?,
+            branch: col(&row, "branch")?,
+            revision: col(&row, "revision")?,
+            base: col(&row, "base")?,
+            push_id: typed_opt(&row, "push_id")?,
+        })
+    }
+
+    /// A job's source: `None` when the graph came from no repository.
+    fn source(&self, checkout: &lwr_model::Checkout) -> Option<JobSource> {
+        Some(JobSource {
+            repository: self.repository.clone()?,
+            branch: self.branch.clone(),
+            revision: self.revision.clone(),
+            base_revision: self.base.clone(),
+            push_id: self.push_id,
+            checkout: checkout.clone(),
+        })
+    }
 }
 
 /// Each need of job `job_id` with the manifest location of its latest run (the one that

@@ -150,14 +150,28 @@ async fn one_push_per_head_across_polls_and_restarts(f: Fixture) {
     assert_eq!((p3.previous, p3.base), (None, None), "first on its branch");
     assert_eq!(store.pushes(Some(repo.id), 10).await.unwrap().len(), 3);
 
-    // Each push's graph holds its decision job, ready to run, knowing the push.
+    // Each push's graph holds its decision job, ready to run; its node learns the push.
     let decision = store.job_by_name(p2.graph_id, "decision").await.unwrap();
     let detail = store.job(decision).await.unwrap();
     assert_eq!(detail.info.state, JobState::Pending);
-    assert_eq!(detail.spec.env["LWR_PUSH"], p2.id.to_string());
-    assert_eq!(detail.spec.env["LWR_BASE"], "a1");
-    assert_eq!(detail.spec.env["LWR_REVISION"], "a2");
     assert!(!p2.decided);
+    let n = node(&store).await;
+    let claimed = store
+        .claim(n, 10, &[], Millis(4), LEASE)
+        .await
+        .unwrap()
+        .assignments;
+    let source = claimed
+        .iter()
+        .find(|a| a.job_id == decision)
+        .and_then(|a| a.source.clone())
+        .expect("the decision job of p2, with its source");
+    let env: std::collections::BTreeMap<_, _> = source.env().into_iter().collect();
+    assert_eq!(env["LWR_PUSH_ID"], p2.id.to_string());
+    assert_eq!(env["LWR_BASE_REVISION"], "a1");
+    assert_eq!(env["LWR_REVISION"], "a2");
+    assert_eq!(env["LWR_BRANCH"], "main");
+    assert!(source.checkout.enabled, "it reads the commit's lwr.yml");
 
     // A failing poll shows, and a good one clears it.
     store

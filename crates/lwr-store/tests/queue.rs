@@ -33,6 +33,7 @@ fn job(name: &str, needs: &[&str]) -> JobSpec {
         affinity_wait_secs: None,
         keep_workdir: false,
         timestamps: false,
+        checkout: Default::default(),
     }
 }
 

@@ -458,6 +458,9 @@ pub struct PushArgs {
     /// Repository whose HEAD to push.
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,
+    /// Push this revision (a branch, tag or commit) instead of HEAD.
+    #[arg(long, value_name = "REF")]
+    pub rev: Option<String>,
     /// Wait for the graph to finish, showing progress; exit 0 only if every job succeeded.
     #[arg(long)]
     pub wait: bool,

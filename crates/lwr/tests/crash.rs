@@ -75,6 +75,20 @@ fn a_node_killed_and_restarted_mid_job_kills_the_leftover_and_the_job_is_retried
     let graph = out.pushed_graph();
 
     server.wait_job(graph, "slow", JobState::Running, Some("a"));
+    // Running on the server includes the node's checkout: the job's process is up once it
+    // wrote its pid.
+    wait_until(
+        "the job's process",
+        DEADLINE,
+        || match std::fs::read_to_string(&pids)
+            .unwrap_or_default()
+            .lines()
+            .count()
+        {
+            0 => Err("no pid yet".to_string()),
+            _ => Ok(()),
+        },
+    );
     a.kill();
     a.daemon.start(); // same name, same work dir
     server.wait_finished(graph);

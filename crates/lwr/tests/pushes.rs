@@ -83,7 +83,7 @@ fn each_new_head_makes_exactly_one_push_whose_graph_runs_even_across_a_restart()
     let repo_dir = git_repo(&dir.join("repo"), HELLO_ONE);
     let first_rev = git_out(&repo_dir, &["rev-parse", "HEAD"]);
     let mut server = Server::start(dir);
-    let _node = server.node(dir, "n1", 2, &[]);
+    let node = server.node(dir, "n1", 2, &[]);
     poll(&server, &repo_dir);
 
     // The first poll pushes the current head; its decision job submits the graph.
@@ -96,9 +96,20 @@ fn each_new_head_makes_exactly_one_push_whose_graph_runs_even_across_a_restart()
         finished_states(&server, &pushes[0]),
         all_succeeded(&["decision", "hello", "steady"])
     );
-    let decision = server.job(pushes[0].graph_id, "decision");
-    let log = server.api.log(decision.info.id).expect("decision log");
-    assert!(log.contains("cloned into the cache"), "{log}");
+    let log = server
+        .api
+        .log(server.job(pushes[0].graph_id, "decision").info.id)
+        .expect("decision log");
+    assert!(log.contains("submitted 2 jobs"), "{log}");
+    let mirrors = || {
+        std::fs::read_dir(node.work_dir.join("cache/git"))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+            .unwrap_or_else(|_| Vec::new())
+            .into_iter()
+            .filter(|n| n.to_string_lossy().ends_with(".git"))
+            .count()
+    };
+    assert_eq!(mirrors(), 1, "the node's clone cache holds the repository");
 
     // More polls, and a server restart, make no second push of the same head.
     let seen = wait_polled_after(&server, "");
@@ -124,14 +135,7 @@ fn each_new_head_makes_exactly_one_push_whose_graph_runs_even_across_a_restart()
     );
     let hello = server.job(second.graph_id, "hello");
     assert_eq!(server.api.log(hello.info.id).unwrap().trim(), "two");
-    let log = server
-        .api
-        .log(server.job(second.graph_id, "decision").info.id)
-        .unwrap();
-    assert!(
-        log.contains("from the cache") || log.contains("fetched into the cache"),
-        "{log}"
-    );
+    assert_eq!(mirrors(), 1, "the second push used the same clone cache");
 
     // The diff of the push against the previous one names exactly the changed job.
     let out = server.lwr(&["graph", "diff", "--push", &second.id.to_string()]);

@@ -20,7 +20,7 @@ mod validate;
 pub use diff::{GraphDiff, JobChange, diff};
 pub use parse::{parse, parse_duration};
 pub use select::{LeftOut, select};
-pub use validate::GraphError;
+pub use validate::{GraphError, MAX_CHECKOUT_DEPTH, checkout_path_problem};
 
 /// Default number of extra runs after an infrastructure failure.
 pub const DEFAULT_RETRIES: u32 = 2;
@@ -83,6 +83,65 @@ pub struct JobSpec {
     /// as `lwr node --timestamps` does for all its jobs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub timestamps: bool,
+    /// Whether and how the node checks the push's revision out into the job dir before the
+    /// job starts (`checkout:`); only jobs of a graph that came from a repository have one.
+    #[serde(default, skip_serializing_if = "Checkout::is_default")]
+    pub checkout: Checkout,
+}
+
+/// `checkout:` of a job (or the file's default): `false`, `true`, or
+/// `{depth, submodules, lfs, path}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Checkout {
+    /// `checkout: false` makes this false: the job starts in an empty directory.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub enabled: bool,
+    /// Commits of history the job's tree holds; `None`: all the node's cache has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u32>,
+    /// Also check out the submodules, recursively.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub submodules: bool,
+    /// Also fetch Git LFS files (`git lfs` must be on the node).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lfs: bool,
+    /// Where in the job dir the tree goes (relative); `None`: the job dir itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl Default for Checkout {
+    fn default() -> Checkout {
+        Checkout {
+            enabled: true,
+            depth: None,
+            submodules: false,
+            lfs: false,
+            path: None,
+        }
+    }
+}
+
+impl Checkout {
+    /// `checkout: false`.
+    pub fn off() -> Checkout {
+        Checkout {
+            enabled: false,
+            ..Checkout::default()
+        }
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == Checkout::default()
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// `requires:` of a job.

@@ -10,10 +10,12 @@ use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{LoadError, LoaderOptions, Marker, Node};
 
 use super::validate::{
-    JobLines, MAX_JOBS, MAX_NEEDS, TOP_KEYS, check, env_name_message, is_env_name, show,
+    JobLines, MAX_CHECKOUT_DEPTH, MAX_JOBS, MAX_NEEDS, TOP_KEYS, check, env_name_message,
+    is_env_name, show,
 };
 use super::{
-    ArtifactDecl, DEFAULT_RETRIES, DEFAULT_TIMEOUT_SECS, Graph, GraphError, JobSpec, Requires, When,
+    ArtifactDecl, Checkout, DEFAULT_RETRIES, DEFAULT_TIMEOUT_SECS, Graph, GraphError, JobSpec,
+    Requires, When,
 };
 use crate::graph::normalize_name;
 use crate::node::Requirements;
@@ -87,7 +89,18 @@ fn parse_here(text: &str, file: &str) -> Result<Graph, GraphError> {
             return Err(cx.unknown_key(key, None));
         }
     }
-    let jobs = read_jobs(&cx, top)?;
+    let default_checkout = match top.get_key_value("checkout") {
+        Some((key, value)) => Some((read_checkout(&cx, key_line(key), value)?, key_line(key))),
+        None => None,
+    };
+    let mut jobs = read_jobs(&cx, top)?;
+    // A job's own `checkout:` replaces the file's default as a whole.
+    if let Some((checkout, line)) = default_checkout {
+        for job in jobs.iter_mut().filter(|j| j.checkout_line.is_none()) {
+            job.checkout = checkout.clone();
+            job.checkout_line = line;
+        }
+    }
     let (graph, lines) = expand(file, &jobs)?;
     check(&graph, file, &lines)?;
     Ok(graph)
@@ -172,6 +185,8 @@ struct RawJob {
     affinity_wait_line: Option<usize>,
     keep_workdir: bool,
     timestamps: bool,
+    checkout: Checkout,
+    checkout_line: Option<usize>,
 }
 
 /// Error context: the file, and the job being read (as written) if any.
@@ -467,6 +482,8 @@ fn read_job(
         affinity_wait_line: None,
         keep_workdir: false,
         timestamps: false,
+        checkout: Checkout::default(),
+        checkout_line: None,
     };
     for (key, value) in map.iter() {
         read_field(cx, &mut job, key, value)?;
@@ -563,9 +580,66 @@ fn read_field(
         }
         "keep_workdir" => job.keep_workdir = read_bool(cx, line, "keep_workdir", value)?,
         "timestamps" => job.timestamps = read_bool(cx, line, "timestamps", value)?,
+        "checkout" => {
+            job.checkout = read_checkout(cx, line, value)?;
+            job.checkout_line = line;
+        }
         _ => return Err(cx.unknown_key(key, None)),
     }
     Ok(())
+}
+
+/// `checkout: false`, `checkout: true` or `checkout: {depth, submodules, lfs, path}` (a
+/// mapping means checked out, with those variants).
+fn read_checkout(cx: &Cx, line: Option<usize>, node: &Node) -> Result<Checkout, GraphError> {
+    let expected = "true, false or a mapping like {depth: 1, submodules: true, path: src}";
+    let map = match node {
+        Node::Mapping(map) => map,
+        Node::Scalar(s) if is_null(s) => return Ok(Checkout::default()),
+        Node::Scalar(_) => {
+            return match read_bool(cx, line, "checkout", node) {
+                Ok(true) => Ok(Checkout::default()),
+                Ok(false) => Ok(Checkout::off()),
+                Err(_) => Err(cx.wrong_type(line, Some("checkout"), expected, node)),
+            };
+        }
+        Node::Sequence(_) => return Err(cx.wrong_type(line, Some("checkout"), expected, node)),
+    };
+    let mut checkout = Checkout::default();
+    for (key, value) in map.iter() {
+        let key_line = key_line(key).or(line);
+        match key.as_str() {
+            "depth" => {
+                let text = cx.scalar(key_line, "checkout.depth", value)?.trim();
+                let depth = text
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|d| (1..=MAX_CHECKOUT_DEPTH).contains(d))
+                    .ok_or_else(|| {
+                        let message = format!(
+                            "'{}' is not a depth; use a whole number from 1 to \
+                             {MAX_CHECKOUT_DEPTH}, or leave it out for all history",
+                            show(text)
+                        );
+                        cx.invalid(key_line, "checkout.depth", message)
+                    })?;
+                checkout.depth = Some(depth);
+            }
+            "submodules" => {
+                checkout.submodules = read_bool(cx, key_line, "checkout.submodules", value)?
+            }
+            "lfs" => checkout.lfs = read_bool(cx, key_line, "checkout.lfs", value)?,
+            "path" => {
+                let path = cx.scalar(key_line, "checkout.path", value)?;
+                if let Some(problem) = super::checkout_path_problem(path) {
+                    return Err(cx.invalid(key_line, "checkout.path", problem));
+                }
+                checkout.path = Some(path.trim_end_matches('/').to_string());
+            }
+            _ => return Err(cx.unknown_key(key, Some("checkout"))),
+        }
+    }
+    Ok(checkout)
 }
 
 /// `prefer: [affinity, fastest]`: known names, each once.
@@ -951,6 +1025,7 @@ fn expand(file: &str, jobs: &[RawJob]) -> Result<(Graph, Vec<JobLines>), GraphEr
                 affinity_wait: job.affinity_wait_line,
                 prefer: job.prefer_line,
                 when: job.when_line,
+                checkout: job.checkout_line,
                 needs: needs.iter().map(|n| (n.1, n.2.clone())).collect(),
                 artifacts: job.artifact_lines.clone(),
             });
@@ -1048,6 +1123,7 @@ fn expanded_job(job: &RawJob, e: &Expansion, needs: &[(String, Option<usize>, St
         affinity_wait_secs: job.affinity_wait_secs,
         keep_workdir: job.keep_workdir,
         timestamps: job.timestamps,
+        checkout: job.checkout.clone(),
     }
 }
 
@@ -1274,12 +1350,12 @@ jobs:
         let e = err("version: 1\njobs:\n  a: {run: x}\njob:\n  b: {}\n");
         assert_eq!(
             e.to_string(),
-            "lwr.yml:4: unknown key 'job' (expected one of version, jobs)"
+            "lwr.yml:4: unknown key 'job' (expected one of version, jobs, checkout)"
         );
         let e = err("version: 1\njobs:\n  b: {run: x}\n  a:\n    rnu: make\n");
         assert_eq!(
             e.to_string(),
-            "lwr.yml:5: job 'a': unknown key 'rnu' (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when, prefer, affinity_wait, keep_workdir, timestamps)"
+            "lwr.yml:5: job 'a': unknown key 'rnu' (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when, prefer, affinity_wait, keep_workdir, timestamps, checkout)"
         );
         assert_eq!(
             (e.line(), e.job(), e.field()),
@@ -1844,6 +1920,76 @@ jobs:
         );
         let e = err("version: 1\njobs:\n  a:\n    run: x\n    keep_workdir: maybe\n");
         assert!(e.to_string().contains("keep_workdir"), "{e}");
+    }
+
+    #[test]
+    fn checkout_per_job_and_as_the_default() {
+        let g = parse(
+            "version: 1\ncheckout: {depth: 1}\njobs:\n  a:\n    run: x\n  b:\n    run: y\n    \
+             checkout: false\n  c:\n    run: z\n    checkout: {submodules: true, lfs: true, \
+             path: src/app/}\n",
+            "lwr.yml",
+        )
+        .unwrap();
+        assert_eq!(g.jobs[0].checkout.depth, Some(1), "the file's default");
+        assert!(!g.jobs[1].checkout.enabled);
+        let c = &g.jobs[2].checkout;
+        assert!(
+            c.enabled && c.submodules && c.lfs && c.depth.is_none(),
+            "{c:?}"
+        );
+        assert_eq!(c.path.as_deref(), Some("src/app"));
+        let plain = parse("version: 1\njobs:\n  a:\n    run: x\n", "lwr.yml").unwrap();
+        assert!(plain.jobs[0].checkout.is_default());
+        // Stored specs of jobs that say nothing stay as they were.
+        let json = serde_json::to_string(&plain.jobs[0]).unwrap();
+        assert!(!json.contains("checkout"), "{json}");
+    }
+
+    #[test]
+    fn bad_checkouts_name_file_line_and_job() {
+        for (yaml, expected) in [
+            (
+                "    checkout: maybe\n",
+                "lwr.yml:5: job 'a': field 'checkout': expected true, false or a mapping",
+            ),
+            (
+                "    checkout: {depth: 0}\n",
+                "lwr.yml:5: job 'a': field 'checkout.depth': '0' is not a depth",
+            ),
+            (
+                "    checkout: {path: ../up}\n",
+                "lwr.yml:5: job 'a': field 'checkout.path': path '../up' leaves the job dir",
+            ),
+            (
+                "    checkout: {path: /abs}\n",
+                "lwr.yml:5: job 'a': field 'checkout.path': path '/abs' is absolute",
+            ),
+            (
+                "    checkout:\n      dpeth: 1\n",
+                "lwr.yml:6: job 'a': field 'checkout': unknown key 'dpeth' (expected one of \
+                 depth, submodules, lfs, path)",
+            ),
+        ] {
+            let e = err(&format!("version: 1\njobs:\n  a:\n    run: x\n{yaml}"));
+            assert!(
+                e.to_string().starts_with(expected),
+                "{e}\nexpected {expected}"
+            );
+        }
+        let e = err("version: 1\ncheckout: [x]\njobs:\n  a:\n    run: x\n");
+        assert!(
+            e.to_string().starts_with("lwr.yml:2: field 'checkout'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_submitted_checkout_is_checked_too() {
+        let mut g = parse("version: 1\njobs:\n  a:\n    run: x\n", "lwr.yml").unwrap();
+        g.jobs[0].checkout.path = Some("../../etc".into());
+        let e = g.validate().unwrap_err();
+        assert_eq!(e.field(), Some("checkout.path"), "{e}");
     }
 
     #[test]

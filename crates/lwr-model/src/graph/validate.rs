@@ -14,6 +14,8 @@ pub(crate) const MAX_NEEDS: usize = 1_000_000;
 pub(crate) const MAX_TIMEOUT_SECS: u64 = 366 * 24 * 3600;
 /// Longest a job may wait for the node that last built it: a day.
 pub(crate) const MAX_AFFINITY_WAIT_SECS: u64 = 24 * 3600;
+/// Deepest `checkout.depth`: beyond this, leave it out (all history).
+pub const MAX_CHECKOUT_DEPTH: u32 = 1_000_000;
 /// Longest artifact lifetime: ten years.
 pub(crate) const MAX_EXPIRES_SECS: u64 = 3660 * 24 * 3600;
 
@@ -233,7 +235,7 @@ fn ctx(job: &Option<String>, field: &Option<String>) -> String {
 }
 
 /// The keys of the format, by where they appear.
-pub(crate) const TOP_KEYS: &[&str] = &["version", "jobs"];
+pub(crate) const TOP_KEYS: &[&str] = &["version", "jobs", "checkout"];
 pub(crate) const JOB_KEYS: &[&str] = &[
     "run",
     "needs",
@@ -250,13 +252,16 @@ pub(crate) const JOB_KEYS: &[&str] = &[
     "affinity_wait",
     "keep_workdir",
     "timestamps",
+    "checkout",
 ];
+pub(crate) const CHECKOUT_KEYS: &[&str] = &["depth", "submodules", "lfs", "path"];
 pub(crate) const ARTIFACT_KEYS: &[&str] = &["name", "path", "kind", "optional"];
 
 /// The keys allowed where an unknown key was found: unknown keys are only reported at the top
 /// level, in a job and in an artifact.
 fn allowed_keys(job: &Option<String>, field: &Option<String>) -> String {
     match (job, field) {
+        (_, Some(f)) if f == "checkout" => CHECKOUT_KEYS.join(", "),
         (None, _) => TOP_KEYS.join(", "),
         (Some(_), None) => JOB_KEYS.join(", "),
         (Some(_), Some(_)) => ARTIFACT_KEYS.join(", "),
@@ -393,6 +398,7 @@ pub(crate) struct JobLines {
     pub affinity_wait: Option<usize>,
     pub prefer: Option<usize>,
     pub when: Option<usize>,
+    pub checkout: Option<usize>,
     /// Per need of the `JobSpec`: its line and the name as the file wrote it.
     pub needs: Vec<(Option<usize>, String)>,
     /// Per artifact of the `JobSpec`.
@@ -422,6 +428,32 @@ impl Graph {
     pub fn job(&self, name: &str) -> Option<&JobSpec> {
         self.jobs.iter().find(|j| j.name == name)
     }
+}
+
+/// What is wrong with `checkout.path`, if anything: it names a directory inside the job
+/// dir, so it is relative and never climbs out (`..`).
+pub fn checkout_path_problem(path: &str) -> Option<String> {
+    let shown = show(path);
+    if path.trim().is_empty() {
+        return Some("path is empty; leave it out to check out into the job dir".into());
+    }
+    if path.chars().any(char::is_control) {
+        return Some(format!("path '{shown}' contains a control character"));
+    }
+    if path.starts_with('/') {
+        return Some(format!(
+            "path '{shown}' is absolute; give a directory inside the job dir, e.g. src"
+        ));
+    }
+    if path.split('/').any(|part| part == "..") {
+        return Some(format!("path '{shown}' leaves the job dir (..)"));
+    }
+    if path.split('/').all(|part| part.is_empty() || part == ".") {
+        return Some(format!(
+            "path '{shown}' is the job dir itself; leave it out for that"
+        ));
+    }
+    None
 }
 
 /// The checks shared by `parse` and `Graph::validate`; `lines` may be shorter than the graph
@@ -544,6 +576,18 @@ fn check_job(job: &JobSpec, file: &str, lines: Option<&JobLines>) -> Result<(), 
         let line = lines.and_then(|l| l.affinity_wait).or(job_line);
         let message = format!("must be at most {MAX_AFFINITY_WAIT_SECS} seconds (1 day)");
         return Err(invalid(line, "affinity_wait".into(), message));
+    }
+    let checkout_line = || lines.and_then(|l| l.checkout).or(job_line);
+    if let Some(depth) = job.checkout.depth
+        && !(1..=MAX_CHECKOUT_DEPTH).contains(&depth)
+    {
+        let message = format!(
+            "depth must be between 1 and {MAX_CHECKOUT_DEPTH}; leave it out for all history"
+        );
+        return Err(invalid(checkout_line(), "checkout.depth".into(), message));
+    }
+    if let Some(problem) = job.checkout.path.as_deref().and_then(checkout_path_problem) {
+        return Err(invalid(checkout_line(), "checkout.path".into(), problem));
     }
     for (i, p) in job.prefer.iter().enumerate() {
         if job.prefer[..i].contains(p) {
@@ -779,6 +823,7 @@ mod tests {
             affinity_wait_secs: None,
             keep_workdir: false,
             timestamps: false,
+            checkout: Default::default(),
         }
     }
 

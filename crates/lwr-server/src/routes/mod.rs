@@ -13,6 +13,7 @@ pub(crate) mod node;
 pub(crate) mod operator;
 pub(crate) mod public;
 pub(crate) mod reader;
+pub(crate) mod source;
 
 use std::sync::Arc;
 
@@ -168,6 +169,7 @@ pub fn table() -> Vec<Route> {
             node::commit_artifact,
         ),
         node(M::PUT, "/v1/runs/{id}/manifest", node::put_manifest),
+        node(M::GET, "/v1/runs/{id}/bundle", source::get_run_bundle),
         // Operators: the scope each row names.
         operator(
             Scope::GraphSubmit,
@@ -198,6 +200,19 @@ pub fn table() -> Vec<Route> {
             M::POST,
             "/v1/jobs/{id}/retrigger",
             operator::retrigger_job,
+        ),
+        operator(
+            Scope::GraphSubmit,
+            M::PUT,
+            "/v1/bundles/{revision}",
+            source::put_bundle,
+        )
+        .streamed(),
+        operator(
+            Scope::GraphSubmit,
+            M::HEAD,
+            "/v1/bundles/{revision}",
+            source::has_bundle,
         ),
         operator(Scope::RepoAdmin, M::POST, "/v1/repos", operator::add_repo),
         operator(

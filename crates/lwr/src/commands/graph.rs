@@ -109,7 +109,7 @@ async fn submit(args: &GraphArgs, graph: Graph) -> anyhow::Result<ExitCode> {
         sub.branch =
             git(&args.repo, &["rev-parse", "--abbrev-ref", "HEAD"]).filter(|b| b != "HEAD");
     }
-    (sub.author, sub.subject) = super::push::commit_author(&args.repo);
+    (sub.author, sub.subject) = super::push::commit_author(&args.repo, "HEAD");
     sub.push = args.push;
     sub.left_out = left_out;
     if let Some(changed) = &changed {
@@ -222,6 +222,12 @@ pub fn describe(graph: &Graph) -> String {
         if job.timestamps {
             out.push_str("  log:   timestamped lines\n");
         }
+        if !job.checkout.is_default() {
+            out.push_str(&format!(
+                "  checkout: {}\n",
+                describe_checkout(&job.checkout)
+            ));
+        }
         if !job.prefer.is_empty() || job.affinity_wait_secs.is_some() || job.keep_workdir {
             let prefer: Vec<&str> = job.prefer.iter().map(|p| p.as_str()).collect();
             let mut parts = Vec::new();
@@ -242,4 +248,25 @@ pub fn describe(graph: &Graph) -> String {
         ));
     }
     out
+}
+
+/// `checkout:` in words, for `lwr graph`.
+fn describe_checkout(c: &lwr_model::Checkout) -> String {
+    if !c.enabled {
+        return "none (starts in an empty dir)".into();
+    }
+    let mut parts = Vec::new();
+    if let Some(path) = &c.path {
+        parts.push(format!("into {path}"));
+    }
+    if let Some(depth) = c.depth {
+        parts.push(format!("depth {depth}"));
+    }
+    if c.submodules {
+        parts.push("with submodules".into());
+    }
+    if c.lfs {
+        parts.push("with LFS files".into());
+    }
+    parts.join(", ")
 }
