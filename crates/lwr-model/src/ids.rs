@@ -113,42 +113,27 @@ pub struct IdParseError {
     pub text: String,
 }
 
-/// An instant: milliseconds since the Unix epoch, as stored in the database.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(transparent)]
-#[schema(value_type = i64)]
-pub struct Millis(pub i64);
+macro_rules! ms_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(
+            Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize,
+            Deserialize, utoipa::ToSchema,
+        )]
+        #[serde(transparent)]
+        #[schema(value_type = i64)]
+        pub struct $name(pub i64);
+    };
+}
 
-/// A span of time in milliseconds (leases, timeouts, waits).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(transparent)]
-#[schema(value_type = i64)]
-pub struct DurationMs(pub i64);
+ms_type!(
+    /// An instant: milliseconds since the Unix epoch, as stored in the database.
+    Millis
+);
+ms_type!(
+    /// A span of time in milliseconds (leases, timeouts, waits).
+    DurationMs
+);
 
 impl Millis {
     pub const fn get(self) -> i64 {
