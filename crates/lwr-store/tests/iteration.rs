@@ -6,8 +6,9 @@
 //! hold. A difference fails with the smallest case proptest shrinks it to.
 //!
 //! 10,000 cases on SQLite (one store reused, emptied between cases; about a minute and a
-//! half on an idle machine, each case up to 12 steps); 200 on PostgreSQL, which runs like the
-//! other PostgreSQL store tests. `PROPTEST_CASES` overrides both.
+//! half on one idle core, each case up to 12 steps); 200 on PostgreSQL, which runs like the
+//! other PostgreSQL store tests. The cases run as two tests of half each, on stores of their
+//! own, so the test threads share them out. `PROPTEST_CASES` overrides each half.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -491,7 +492,16 @@ async fn apply(
     Ok(true)
 }
 
-async fn model_and_store_agree_on_random_graphs(f: Fixture) {
+/// Half of the cases each: two tests, two stores, two independently seeded runners.
+async fn model_and_store_agree_first_half(f: Fixture) {
+    model_and_store_agree_on_random_graphs(f, 2).await
+}
+
+async fn model_and_store_agree_second_half(f: Fixture) {
+    model_and_store_agree_on_random_graphs(f, 2).await
+}
+
+async fn model_and_store_agree_on_random_graphs(f: Fixture, share: u32) {
     // Infrastructure errors in a row would quarantine the one node and stop every claim.
     f.store.set_pool_config(PoolConfig {
         quarantine_after: 0,
@@ -530,8 +540,8 @@ async fn model_and_store_agree_on_random_graphs(f: Fixture) {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(match f.store.dialect() {
-            Dialect::Sqlite => SQLITE_CASES,
-            Dialect::Postgres => POSTGRES_CASES,
+            Dialect::Sqlite => SQLITE_CASES / share,
+            Dialect::Postgres => POSTGRES_CASES / share,
         });
     let bench = Bench {
         store: f.store.clone(),
@@ -566,4 +576,7 @@ async fn model_and_store_agree_on_random_graphs(f: Fixture) {
     }
 }
 
-on_both_backends!(model_and_store_agree_on_random_graphs);
+on_both_backends!(
+    model_and_store_agree_first_half,
+    model_and_store_agree_second_half
+);
