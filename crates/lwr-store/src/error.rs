@@ -18,10 +18,15 @@ pub enum StoreError {
         source: sqlx::Error,
     },
     #[error(
-        "the database has schema version {found}, newer than this lwr understands ({supported}); \
-         upgrade lwr before starting it on this database"
+        "the database has schema version {found}, outside this lwr's window (it writes schema \
+         {supported} and runs on newer ones only while they stay readable by it); start an lwr \
+         whose schema is at least {needs} on this database (CHANGELOG.md names the release)"
     )]
-    SchemaTooNew { found: i64, supported: i64 },
+    SchemaTooNew {
+        found: i64,
+        supported: i64,
+        needs: i64,
+    },
     #[error("migration to schema version {version} failed: {source}")]
     Migrate {
         version: i64,

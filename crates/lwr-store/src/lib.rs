@@ -36,7 +36,7 @@ pub use control::Cancelled;
 pub use error::StoreError;
 pub use events::{CHANNEL, Event, Events};
 pub use invariants::{InvariantError, Violation};
-pub use migrate::SCHEMA_VERSION;
+pub use migrate::{OLDEST_SCHEMA, SCHEMA_PROBE_ENV, SCHEMA_VERSION, schema_version};
 pub use nodes::LOST_AFTER_MS;
 pub use pool::PoolConfig;
 pub use pushes::{DEFAULT_EVERY_MS, PollTarget};

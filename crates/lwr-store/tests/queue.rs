@@ -429,27 +429,100 @@ async fn a_database_from_a_newer_lwr_is_refused(f: Fixture) {
         .err()
         .expect("newer schema refused");
     assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err}");
-    assert!(err.to_string().contains("upgrade lwr"), "{err}");
-    assert!(err.to_string().contains("999"), "{err}");
+    // No window recorded for 999 (a build from before the window): nothing says it is
+    // readable, so the message asks for a build of that schema.
+    assert!(err.to_string().contains("at least 999"), "{err}");
     // The newer lwr's row gone, the database opens again (and the harness can check it).
     assert!(unbump_schema(&f.url).await);
 }
 
-/// Records a schema version from the future, as a newer lwr would.
-async fn bump_schema(url: &str) -> bool {
-    use sqlx::Connection;
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    sqlx::query("INSERT INTO lwr_schema (version) VALUES (999)")
-        .execute(&mut conn)
+/// The compatibility window: a newer release's expand step (readable by this build's
+/// schema) lets this build run and restart on the database; a contract step does not, and
+/// the refusal names the schema to upgrade to.
+async fn a_newer_schema_inside_the_window_is_run_on(f: Fixture) {
+    f.store.close().await;
+    let ours = lwr_store::SCHEMA_VERSION;
+    let next = ours + 1;
+    assert!(
+        raw(
+            &f.url,
+            &format!("INSERT INTO lwr_schema (version) VALUES ({next})")
+        )
         .await
-        .is_ok()
+    );
+    assert!(
+        raw(
+            &f.url,
+            &format!(
+                "INSERT INTO lwr_schema_window (version, readable_by) VALUES ({next}, {ours})"
+            )
+        )
+        .await
+    );
+    let store = Store::open(&f.url)
+        .await
+        .expect("an expand step keeps us running");
+    store.close().await;
+    // The release after that contracts: what this build reads may be gone.
+    let after = ours + 2;
+    assert!(
+        raw(
+            &f.url,
+            &format!("INSERT INTO lwr_schema (version) VALUES ({after})")
+        )
+        .await
+    );
+    assert!(
+        raw(
+            &f.url,
+            &format!(
+                "INSERT INTO lwr_schema_window (version, readable_by) VALUES ({after}, {next})"
+            )
+        )
+        .await
+    );
+    let err = Store::open(&f.url).await.err().expect("outside the window");
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found, needs, .. } if found == after && needs == next),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!("at least {next}")),
+        "{err}"
+    );
+    for v in [next, after] {
+        assert!(
+            raw(
+                &f.url,
+                &format!("DELETE FROM lwr_schema WHERE version = {v}")
+            )
+            .await
+        );
+        assert!(
+            raw(
+                &f.url,
+                &format!("DELETE FROM lwr_schema_window WHERE version = {v}")
+            )
+            .await
+        );
+    }
+}
+
+/// Records a schema version from the future, as a newer lwr from before the window would.
+async fn bump_schema(url: &str) -> bool {
+    raw(url, "INSERT INTO lwr_schema (version) VALUES (999)").await
 }
 
 async fn unbump_schema(url: &str) -> bool {
+    raw(url, "DELETE FROM lwr_schema WHERE version = 999").await
+}
+
+/// One statement on its own connection, as another lwr would run it.
+async fn raw(url: &str, sql: &str) -> bool {
     use sqlx::Connection;
+    sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    sqlx::query("DELETE FROM lwr_schema WHERE version = 999")
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
         .execute(&mut conn)
         .await
         .is_ok()
@@ -1247,6 +1320,7 @@ on_both_backends!(
     invalid_graphs_are_refused_and_store_nothing,
     leases_are_extended_when_a_server_starts,
     a_database_from_a_newer_lwr_is_refused,
+    a_newer_schema_inside_the_window_is_run_on,
     the_claim_reads_the_ready_index_not_every_job,
     cancelling_a_running_job_ends_its_run_and_blocks_dependents,
     cancelling_a_graph_stops_everything_not_ended,

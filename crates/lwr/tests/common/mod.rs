@@ -279,7 +279,12 @@ pub fn parse_pushed_graph(stdout: &str) -> Option<GraphId> {
 /// Runs `lwr ARGS` with `LWR_SERVER` set to `server` (when given) and waits for it, at most
 /// [`CLI_DEADLINE`].
 pub fn lwr_at(server: Option<&str>, args: &[&str]) -> Out {
-    let mut cmd = Command::new(bin());
+    program_at(Path::new(bin()), server, args)
+}
+
+/// [`lwr_at`] with another `lwr` binary (an earlier release).
+pub fn program_at(program: &Path, server: Option<&str>, args: &[&str]) -> Out {
+    let mut cmd = Command::new(program);
     cmd.args(args)
         .env_remove("LWR_SERVER")
         .env_remove("LWR_TOKEN")
@@ -363,6 +368,8 @@ pub struct Daemon {
     pub node_work_dirs: Vec<PathBuf>,
     /// Extra environment for the process.
     pub env: Vec<(String, String)>,
+    /// Another `lwr` binary than the one under test (an earlier release).
+    pub program: Option<PathBuf>,
     child: Option<Child>,
     starts: u32,
 }
@@ -380,6 +387,7 @@ impl Daemon {
             log,
             node_work_dirs,
             env: Vec::new(),
+            program: None,
             child: None,
             starts: 0,
         }
@@ -401,7 +409,8 @@ impl Daemon {
             self.args.join(" ")
         );
         let err = log.try_clone().expect("cloning the log file handle");
-        let child = Command::new(bin())
+        let program = self.program.clone().unwrap_or_else(|| PathBuf::from(bin()));
+        let child = Command::new(program)
             .args(&self.args)
             .env_remove("LWR_SERVER")
             .env_remove("LWR_TOKEN")
