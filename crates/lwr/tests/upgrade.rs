@@ -1,7 +1,8 @@
 //! Rolling upgrades: the latest release (the newest `v*` tag) and this build in one cluster
-//! on one PostgreSQL database. A server and a node of each; graphs submitted by both CLIs
-//! while the old server runs, is stopped, is restarted on the database the new server
-//! migrated, and is finally replaced by the new build. Every job must succeed, once.
+//! on one PostgreSQL database. A server and a node of each, each node talking to the other
+//! release's server; graphs submitted by both CLIs while the old server runs, is stopped, is
+//! restarted on the database the new server migrated, and is finally replaced by the new
+//! build. Every job must succeed, once.
 //!
 //! The old release's binary is built from its tag once and cached (`LWR_UPGRADE_CACHE`,
 //! default /tmp/lwr-upgrade-cache, the layout the acceptance check uses). While this build
@@ -246,10 +247,11 @@ fn two_releases_share_one_database_through_an_upgrade() {
     let (port_a, port_b) = (free_port(), free_port());
 
     let mut a = server(dir, "server-a", &old, &db.url, port_a);
-    let _old_node = node(dir, "old-node", &old, &a.url);
     // The new release migrates the database while the old server runs on it.
     let b = server(dir, "server-b", &new, &db.url, port_b);
-    let _new_node = node(dir, "new-node", &new, &b.url);
+    // Each release's node talks to the other release's server.
+    let _old_node = node(dir, "old-node", &old, &b.url);
+    let _new_node = node(dir, "new-node", &new, &a.url);
     let schema = db.query_i64("SELECT MAX(version) FROM lwr_schema");
 
     let mut graphs = vec![
