@@ -43,7 +43,7 @@ fn change_lines(stdout: &str, graph: GraphId) -> Vec<String> {
         .lines()
         .skip_while(|l| !l.starts_with(&format!("graph {graph}: http")))
         .skip(1)
-        .take_while(|l| !l.starts_with(&format!("graph {graph} ")))
+        .take_while(|l| !l.starts_with(&format!("graph {graph} ")) && !l.starts_with("timed out"))
         .map(without_times)
         .collect()
 }
@@ -286,7 +286,7 @@ fn watching_a_graph_and_finding_what_failed() {
 /// running job's elapsed time has been drawn with two values, and returns what happened:
 /// `{"code", "out", "times_moved"}`.
 fn on_a_terminal(dir: &Path, server: &str, args: &[&str]) -> serde_json::Value {
-    let script = dir.join("pty.py");
+    let script = dir.join("watch_on_a_tty.py");
     std::fs::write(&script, PTY_SCRIPT).expect("writing the pty script");
     let out = Command::new("python3")
         .arg(&script)
