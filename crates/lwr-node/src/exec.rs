@@ -395,7 +395,11 @@ mod tests {
             reason: reason.map(String::from),
         };
         let exited = r(Outcome::Failed, Some(4), Some("exit code 4"));
-        assert_eq!(failure_note(&exited, &exited), None, "the job explains its exit");
+        assert_eq!(
+            failure_note(&exited, &exited),
+            None,
+            "the job explains its exit"
+        );
         let ok = r(Outcome::Succeeded, Some(0), None);
         assert_eq!(failure_note(&ok, &ok), None);
         let missing = r(Outcome::Failed, Some(0), Some("artifact 'x' is missing"));

@@ -253,12 +253,14 @@ impl Store {
     /// The jobs `query` asks for, oldest first.
     pub async fn jobs_matching(&self, query: &JobQuery) -> Result<Vec<JobInfo>> {
         let name = match &query.name {
-            Some(pattern) => Some(lwr_model::glob::compile(pattern).map_err(|e| {
-                StoreError::Invalid {
-                    field: "name",
-                    message: format!("bad pattern '{pattern}': {e}"),
-                }
-            })?),
+            Some(pattern) => {
+                Some(
+                    lwr_model::glob::compile(pattern).map_err(|e| StoreError::Invalid {
+                        field: "name",
+                        message: format!("bad pattern '{pattern}': {e}"),
+                    })?,
+                )
+            }
             None => None,
         };
         let mut conds = Vec::new();

@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 
 use lwr_model::api::{Outcome, RegisterNode, RunResult, SubmitGraph};
-use lwr_model::{
-    DurationMs, Graph, JobSpec, JobState, Millis, NodeProperties, Requirements,
-};
+use lwr_model::{DurationMs, Graph, JobSpec, JobState, Millis, NodeProperties, Requirements};
 use lwr_store::{GraphFilter, JobQuery, StoreError};
 
 #[macro_use]
@@ -45,7 +43,11 @@ async fn jobs_and_graphs_are_found_by_what_a_user_knows(f: Fixture) {
     let g1 = s
         .submit_graph(
             &SubmitGraph::new(Graph {
-                jobs: vec![job("build-a", &[]), job("build-b", &["build-a"]), job("lint", &[])],
+                jobs: vec![
+                    job("build-a", &[]),
+                    job("build-b", &["build-a"]),
+                    job("lint", &[]),
+                ],
             }),
             Millis(0),
         )
@@ -106,7 +108,10 @@ async fn jobs_and_graphs_are_found_by_what_a_user_knows(f: Fixture) {
     })
     .await;
     assert_eq!(names(&failed), ["lint"]);
-    assert_eq!(failed[0].started_at.as_deref(), Some(lwr_store::rfc3339(now).as_str()));
+    assert_eq!(
+        failed[0].started_at.as_deref(),
+        Some(lwr_store::rfc3339(now).as_str())
+    );
     assert_eq!(
         failed[0].finished_at.as_deref(),
         Some(lwr_store::rfc3339(now.plus(DurationMs(500))).as_str())
@@ -124,7 +129,11 @@ async fn jobs_and_graphs_are_found_by_what_a_user_knows(f: Fixture) {
         ..JobQuery::default()
     })
     .await;
-    assert_eq!(names(&newest), ["lint", "never"], "the newest two, oldest first");
+    assert_eq!(
+        names(&newest),
+        ["lint", "never"],
+        "the newest two, oldest first"
+    );
     let newest_build = q(JobQuery {
         name: Some("build-*".into()),
         limit: Some(1),
@@ -162,7 +171,10 @@ async fn jobs_and_graphs_are_found_by_what_a_user_knows(f: Fixture) {
             ..JobQuery::default()
         })
         .await;
-    assert!(matches!(bad, Err(StoreError::Invalid { field: "name", .. })), "{bad:?}");
+    assert!(
+        matches!(bad, Err(StoreError::Invalid { field: "name", .. })),
+        "{bad:?}"
+    );
 
     let graphs = s
         .graph_infos(&GraphFilter {

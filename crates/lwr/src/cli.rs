@@ -488,12 +488,14 @@ pub struct WatchOpts {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Exit codes: 0 every job succeeded, 1 a job did not, 2 a usage or \
+#[command(
+    after_help = "Exit codes: 0 every job succeeded, 1 a job did not, 2 a usage or \
     server error, 124 --timeout ran out, 130 interrupted (the graph goes on).\n\n\
     Examples:\n  \
     lwr watch latest                   the newest graph\n  \
     lwr watch 12 --timeout 30m         give up after 30 minutes\n  \
-    lwr watch 12 --fail-fast           cancel the rest on the first failure")]
+    lwr watch 12 --fail-fast           cancel the rest on the first failure"
+)]
 pub struct WatchArgs {
     #[command(flatten)]
     pub conn: ServerConn,
@@ -701,7 +703,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn parse_job_state(s: &str) -> Result<lwr_model::JobState, String> {
     lwr_model::JobState::parse(s.trim()).ok_or_else(|| {
-        let known: Vec<&str> = lwr_model::JobState::ALL.iter().map(|s| s.as_str()).collect();
+        let known: Vec<&str> = lwr_model::JobState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
         format!("unknown state '{s}': one of {}", known.join(", "))
     })
 }

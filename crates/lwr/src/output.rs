@@ -143,7 +143,11 @@ mod tests {
     #[test]
     fn columns_are_as_wide_as_their_content() {
         let mut t = Table::new(&[">ID", "NAME", "STATE"]);
-        t.row(vec!["7".into(), "build-linux-x86_64-release".into(), "failed".into()]);
+        t.row(vec![
+            "7".into(),
+            "build-linux-x86_64-release".into(),
+            "failed".into(),
+        ]);
         t.row(vec!["12".into(), "a".into(), "-".into()]);
         assert_eq!(
             t.render(),
@@ -164,7 +168,10 @@ mod tests {
             span(Some(start), Some("2026-12-06T06:00:01.500Z")),
             Some(D::from_millis(1500))
         );
-        assert_eq!(span(Some(start), Some("2026-12-06T05:59:00.000Z")), Some(D::ZERO));
+        assert_eq!(
+            span(Some(start), Some("2026-12-06T05:59:00.000Z")),
+            Some(D::ZERO)
+        );
         assert_eq!(span(None, None), None);
         assert_eq!(when(Some(start)), "2026-12-06 06:00:00");
     }

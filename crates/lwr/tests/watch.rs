@@ -84,10 +84,12 @@ fn watching_a_graph_and_finding_what_failed() {
     );
     let summary = format!("graph {g} failed: 2 succeeded, 1 failed, 1 blocked of 4 in ");
     assert!(out.stdout.contains(&summary), "{out}");
-    let tail = format!(
-        "--- c: the end of its log (all of it: lwr logs {g}/c) ---\nfailing on purpose\n"
+    let tail =
+        format!("--- c: the end of its log (all of it: lwr logs {g}/c) ---\nfailing on purpose\n");
+    assert!(
+        out.stdout.contains(&tail),
+        "the failed job's log tail: {out}"
     );
-    assert!(out.stdout.contains(&tail), "the failed job's log tail: {out}");
 
     // Finding it again.
     let failed = server.lwr(&["jobs", "--state", "failed", "--graph", "latest", "--json"]);
@@ -135,14 +137,24 @@ fn watching_a_graph_and_finding_what_failed() {
         .find(|l| l.trim_start().starts_with(&format!("{g} ")))
         .unwrap_or_else(|| panic!("no graph {g} in {graphs}"))
         .to_string();
-    for word in [chain.as_str(), "main", "failed", "2/4 ok, 1 failed, 1 blocked"] {
+    for word in [
+        chain.as_str(),
+        "main",
+        "failed",
+        "2/4 ok, 1 failed, 1 blocked",
+    ] {
         assert!(row.contains(word), "'{word}' in {row:?}\n{graphs}");
     }
     let listed = server.lwr(&["graphs", "--json"]).json();
     assert_eq!(listed["graphs"][0]["id"], g.get(), "{listed:#}");
     assert!(listed["graphs"][0]["finished_at"].is_string(), "{listed:#}");
     let show = server.lwr(&["show", &format!("{g}/c")]);
-    for part in ["exit code 4", "failing on purpose", "n1", "echo failing on purpose"] {
+    for part in [
+        "exit code 4",
+        "failing on purpose",
+        "n1",
+        "echo failing on purpose",
+    ] {
         assert!(show.stdout.contains(part), "'{part}' in {show}");
     }
     let followed = server.lwr(&["logs", &format!("{g}/c"), "-f"]);
@@ -166,10 +178,8 @@ fn watching_a_graph_and_finding_what_failed() {
         "{out}"
     );
     assert!(
-        out.stdout.contains(&format!(
-            "lwr cancel --graph {g2} --server {}",
-            server.url
-        )),
+        out.stdout
+            .contains(&format!("lwr cancel --graph {g2} --server {}", server.url)),
         "how to stop the graph: {out}"
     );
     assert!(

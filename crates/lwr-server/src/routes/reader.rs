@@ -179,11 +179,17 @@ pub(crate) async fn list_jobs(
             Some(s) => states.push(s),
             None if word.is_empty() => {}
             None => {
-                let known: Vec<&str> = lwr_model::JobState::ALL.iter().map(|s| s.as_str()).collect();
+                let known: Vec<&str> = lwr_model::JobState::ALL
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect();
                 return Err(ApiError::field(
                     StatusCode::BAD_REQUEST,
                     "state",
-                    format!("unknown job state '{word}'; states are {}", known.join(", ")),
+                    format!(
+                        "unknown job state '{word}'; states are {}",
+                        known.join(", ")
+                    ),
                 ));
             }
         }

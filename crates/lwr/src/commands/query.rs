@@ -27,7 +27,15 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = Table::new(&[
-        ">ID", ">GRAPH", "NAME", "STATE", "NODE", ">RUNS", "STARTED", ">DURATION", "REASON",
+        ">ID",
+        ">GRAPH",
+        "NAME",
+        "STATE",
+        "NODE",
+        ">RUNS",
+        "STARTED",
+        ">DURATION",
+        "REASON",
     ]);
     for j in &list.jobs {
         let took = match j.state {
@@ -109,7 +117,11 @@ pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
             n.slots.to_string(),
             n.properties.os.clone(),
             n.properties.arch.clone(),
-            if tags.is_empty() { "-".into() } else { tags.join(",") },
+            if tags.is_empty() {
+                "-".into()
+            } else {
+                tags.join(",")
+            },
             n.state_reason.clone().unwrap_or_default(),
         ]);
     }

@@ -72,7 +72,14 @@ fn runs(job: &JobDetail) {
     }
     outln!();
     let mut table = Table::new(&[
-        ">RUN", "STATE", "NODE", "STARTED", ">DURATION", ">EXIT", "REASON", "PLACEMENT",
+        ">RUN",
+        "STATE",
+        "NODE",
+        "STARTED",
+        ">DURATION",
+        ">EXIT",
+        "REASON",
+        "PLACEMENT",
     ]);
     for r in &job.run_history {
         table.row(vec![

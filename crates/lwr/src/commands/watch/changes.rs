@@ -27,7 +27,10 @@ pub enum Change {
         reason: Option<String>,
     },
     /// Back to pending after a run that ended in an infrastructure error: it runs again.
-    Retrying { name: String, reason: Option<String> },
+    Retrying {
+        name: String,
+        reason: Option<String>,
+    },
     /// Ready, but no usable node can run it (said once per reason).
     CannotStart { name: String, why: String },
 }

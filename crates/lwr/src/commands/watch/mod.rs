@@ -250,7 +250,11 @@ impl Watch<'_> {
     }
 
     /// Runs `fut` while redrawing the view every second; Ctrl-C or the deadline end it.
-    async fn guard<T>(&mut self, fut: impl Future<Output = T>, jobs: &[JobInfo]) -> Result<T, Ended> {
+    async fn guard<T>(
+        &mut self,
+        fut: impl Future<Output = T>,
+        jobs: &[JobInfo],
+    ) -> Result<T, Ended> {
         tokio::pin!(fut);
         let deadline = self.deadline;
         loop {
@@ -318,7 +322,10 @@ impl Watch<'_> {
     /// A line per job that did not succeed: state, name, id and why.
     fn unfinished(&self, jobs: &[JobInfo]) {
         for job in jobs.iter().filter(|j| j.state != JobState::Succeeded) {
-            let why = job.cannot_start.as_ref().map(|w| format!("cannot start: {w}"));
+            let why = job
+                .cannot_start
+                .as_ref()
+                .map(|w| format!("cannot start: {w}"));
             let why = why.or_else(|| job.reason.clone());
             outln!(
                 "  {:<10} {} (job {}){}",
