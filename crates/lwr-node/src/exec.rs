@@ -199,7 +199,7 @@ pub(crate) fn append_note(log: &Path, note: &str) -> std::io::Result<()> {
             newline = "\n";
         }
     }
-    write!(file, "{newline}lwr: {note}\n")
+    writeln!(file, "{newline}lwr: {note}")
 }
 
 /// A command that cannot start is the job's fault, as in a shell: 127 when the program is

@@ -16,7 +16,7 @@ const NAME_WIDTH_CAP: usize = 40;
 
 pub enum View {
     Lines(Lines),
-    Live(Live),
+    Live(Box<Live>),
 }
 
 impl View {
@@ -24,12 +24,12 @@ impl View {
     pub fn new() -> View {
         let term = Term::stdout();
         match term.is_term() {
-            true => View::Live(Live {
+            true => View::Live(Box::new(Live {
                 term,
                 drawn: 0,
                 info: None,
                 jobs: Vec::new(),
-            }),
+            })),
             false => View::Lines(Lines { width: 0 }),
         }
     }
