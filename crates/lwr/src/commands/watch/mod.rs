@@ -34,6 +34,8 @@ pub const SERVER_ERROR: u8 = 2;
 const POLL_WAIT: Duration = Duration::from_secs(5);
 /// Least time between two reads of the jobs; a slow read (a big graph) spaces them more.
 const MIN_GAP: Duration = Duration::from_millis(100);
+/// Most time between two reads of the jobs while something changes.
+const MAX_GAP: Duration = Duration::from_secs(2);
 /// Lines of each failed job's log shown at the end.
 const TAIL_LINES: usize = 10;
 /// Failed jobs whose log tails are shown; more are only listed.
@@ -198,7 +200,8 @@ impl Watch<'_> {
             }
             // Changes that come close together are read together.
             if let Some((_, at, took)) = looked {
-                let gap = MIN_GAP.max(took * 4);
+                // A big graph's read costs the server more: read it less often.
+                let gap = MIN_GAP.max(took * 10).min(MAX_GAP);
                 let until = at + gap;
                 if until > Instant::now() {
                     self.guard(tokio::time::sleep_until(until), &jobs).await?;
