@@ -290,6 +290,21 @@ fn watching_a_graph_and_finding_what_failed() {
         stdout.contains("wait  succeeded in ") && stdout.contains(&format!("graph {g4} succeeded")),
         "{stdout}"
     );
+
+    // A node's disable reason has a column of its own, not TAGS's.
+    server
+        .lwr(&["nodes", "disable", "n1", "--reason", "disk check"])
+        .assert_success();
+    let nodes = server.lwr(&["nodes"]);
+    let lines: Vec<&str> = nodes.assert_success().stdout.lines().collect();
+    let (header, row) = (lines[0], lines.get(1).copied().unwrap_or_default());
+    let column = |line: &str, at: usize| line.get(at..).unwrap_or_default().to_string();
+    let (tags, reason) = (
+        header.find("TAGS").unwrap_or(0),
+        header.find("REASON").unwrap_or(0),
+    );
+    assert!(column(row, tags).starts_with("- "), "{nodes}");
+    assert_eq!(column(row, reason), "disk check", "{nodes}");
 }
 
 /// Runs `lwr ARGS` on a pseudo-terminal (python3's pty module), sends Ctrl-C once the
