@@ -235,7 +235,12 @@ impl Watch<'_> {
                 Err(e) if e.is_unreachable() => {
                     let (since, tries) = self.outage.get_or_insert((std::time::Instant::now(), 0));
                     if *tries == 0 {
-                        eprintln!("{e}; still waiting, retrying with backoff");
+                        let line = format!("{e}; still waiting, retrying with backoff");
+                        match self.view.is_live() {
+                            // Above the block: a line on stderr would break its redraw.
+                            true => self.view.note(&line),
+                            false => eprintln!("{line}"),
+                        }
                     }
                     *tries += 1;
                     if since.elapsed() > GIVE_UP_AFTER {

@@ -275,3 +275,40 @@ fn job_line(job: &JobInfo, width: usize) -> String {
     };
     format!("  {mark} {:<width$}  {what}", job.name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_one_line_with_the_name_padded() {
+        let ended = Change::Ended {
+            name: "c".into(),
+            state: JobState::Failed,
+            took: Some(Duration::from_millis(120)),
+            reason: Some("exit code 4".into()),
+        };
+        assert_eq!(describe(&ended, 5), "c      failed in 0.1s: exit code 4");
+        let started = Change::Started {
+            name: "build".into(),
+            node: "n1".into(),
+            run: 2,
+        };
+        assert_eq!(describe(&started, 3), "build  running on n1 (run 2)");
+        let stuck = Change::CannotStart {
+            name: "x".into(),
+            why: "no node matches: os=plan9".into(),
+        };
+        assert_eq!(
+            describe(&stuck, 1),
+            "x  cannot start: no node matches: os=plan9"
+        );
+        let blocked = Change::Ended {
+            name: "d".into(),
+            state: JobState::Blocked,
+            took: None,
+            reason: None,
+        };
+        assert_eq!(describe(&blocked, 1), "d  blocked");
+    }
+}
