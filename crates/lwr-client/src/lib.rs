@@ -187,6 +187,18 @@ impl ClientError {
 
 type Result<T> = std::result::Result<T, ClientError>;
 
+/// Which jobs [`Client::jobs_matching`] asks for; every condition given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct JobsQuery {
+    pub graph: Option<GraphId>,
+    /// Any of these states; empty: any state.
+    pub states: Vec<lwr_model::JobState>,
+    /// A glob on the name.
+    pub name: Option<String>,
+    /// The newest this many that match.
+    pub limit: Option<u32>,
+}
+
 /// `text` as the URL of a server (http or https, a host, maybe a path; no query or
 /// fragment), without trailing slashes: what `--server` and a server's `--public-url` take.
 pub fn server_url(text: &str) -> Result<String> {
@@ -416,6 +428,22 @@ impl Client {
         self.get(paths::jobs().query_opt("graph", graph)).await
     }
 
+    /// The jobs `query` asks for, oldest first.
+    pub async fn jobs_matching(&self, query: &JobsQuery) -> Result<JobList> {
+        let states: Vec<&str> = query.states.iter().map(|s| s.as_str()).collect();
+        let ep = paths::jobs()
+            .query_opt("graph", query.graph)
+            .query_opt("state", Some(states.join(",")).filter(|s| !s.is_empty()))
+            .query_opt("name", query.name.as_deref())
+            .query_opt("limit", query.limit);
+        self.get(ep).await
+    }
+
+    /// The newest `limit` graphs, newest first.
+    pub async fn graphs(&self, limit: u32) -> Result<GraphList> {
+        self.get(paths::graphs().query("limit", limit)).await
+    }
+
     pub async fn job(&self, id: JobId) -> Result<JobDetail> {
         self.get(paths::job(id)).await
     }
@@ -426,7 +454,14 @@ impl Client {
 
     /// The stored log of a job's latest run (or of run `run`).
     pub async fn log(&self, job: JobId, run: Option<u32>) -> Result<Vec<u8>> {
-        let ep = paths::job_log(job).query_opt("run", run);
+        self.log_from(job, run, 0).await
+    }
+
+    /// The stored log of a job's latest run (or of run `run`) from byte `offset` on.
+    pub async fn log_from(&self, job: JobId, run: Option<u32>, offset: u64) -> Result<Vec<u8>> {
+        let ep = paths::job_log(job)
+            .query_opt("run", run)
+            .query_opt("offset", Some(offset).filter(|o| *o > 0));
         let req = self.request(&ep, REQUEST_TIMEOUT);
         let resp = self.send_ep(&ep, req).await?;
         let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;

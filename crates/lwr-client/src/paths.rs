@@ -80,6 +80,7 @@ macro_rules! routes {
 routes! {
     health: GET "/v1/health" ();
     submit_graph: POST "/v1/graphs" ();
+    graphs: GET "/v1/graphs" ();
     graph: GET "/v1/graphs/{id}" (id);
     graph_spec: GET "/v1/graphs/{id}/spec" (id);
     cancel_graph: POST "/v1/graphs/{id}/cancel" (id);

@@ -234,6 +234,18 @@ pub struct GraphInfo {
     /// Server change counter at the time of the answer; pass it back as `after` to long-poll
     /// for the next change.
     pub seq: i64,
+    /// RFC 3339: when its first run started; absent while none has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// RFC 3339: when its last run ended, once the graph is finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+/// `GET /v1/graphs` answer: the newest graphs first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GraphList {
+    pub graphs: Vec<GraphInfo>,
 }
 
 /// A job in listings (`GET /v1/jobs`).
@@ -257,6 +269,16 @@ pub struct JobInfo {
     /// `fastest matching`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<String>,
+    /// RFC 3339: when the latest run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// RFC 3339: when the latest run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// For a ready job that no usable node can run now: why (`no node matches: os=plan9
+    /// (n1 has linux)`), as also said in `reason`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cannot_start: Option<String>,
 }
 
 /// `GET /v1/jobs` answer.

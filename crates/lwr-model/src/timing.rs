@@ -83,6 +83,11 @@ pub const NODE_RETRY: Backoff = Backoff {
     floor: millis(100),
     cap: secs(5),
 };
+/// `lwr push --wait` and `lwr watch` asking again for a server that does not answer.
+pub const WATCH_RETRY: Backoff = Backoff {
+    floor: millis(250),
+    cap: secs(10),
+};
 /// Longest pause between polls of a failing repository; the floor is its poll interval.
 pub const POLL_RETRY_CAP: Duration = secs(15 * 60);
 /// Default time between two polls of a repository.

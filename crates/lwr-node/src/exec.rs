@@ -148,6 +148,60 @@ async fn wait(
     }
 }
 
+/// What a failed run's log should end with: why it failed, when the log does not say it
+/// already. `ran` is the result as the process ended, `result` the final one (a missing
+/// declared artifact fails a run that exited 0). A plain non-zero exit is left out: the
+/// job's own output is its explanation.
+pub(crate) fn failure_note(ran: &RunResult, result: &RunResult) -> Option<String> {
+    if result.outcome != Outcome::Failed {
+        return None;
+    }
+    let mut parts = Vec::new();
+    // Timed out or killed by a signal: the job could not say so itself.
+    if ran.outcome == Outcome::Failed
+        && ran.exit_code.is_none()
+        && let Some(why) = &ran.reason
+    {
+        parts.push(why.clone());
+    }
+    if result.reason != ran.reason
+        && let Some(after) = &result.reason
+    {
+        let added = match (&ran.reason, ran.outcome) {
+            (Some(before), Outcome::Failed | Outcome::Exception) => after
+                .strip_prefix(before.as_str())
+                .map(|rest| rest.trim_start_matches("; "))
+                .unwrap_or(after),
+            _ => after,
+        };
+        if !added.is_empty() {
+            parts.push(added.to_string());
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// Appends `lwr: NOTE` as the log's last line.
+pub(crate) fn append_note(log: &Path, note: &str) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(log)?;
+    let len = file.metadata()?.len();
+    let mut newline = "";
+    if len > 0 {
+        let mut last = [0u8; 1];
+        file.seek(SeekFrom::Start(len - 1))?;
+        file.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            newline = "\n";
+        }
+    }
+    writeln!(file, "{newline}lwr: {note}")
+}
+
 /// A command that cannot start is the job's fault, as in a shell: 127 when the program is
 /// missing, 126 when it may not run; anything else is the node's problem.
 fn not_started(launch: &Launch, run_id: RunId, e: std::io::Error) -> RunResult {
@@ -331,6 +385,60 @@ pub fn log_path(work_dir: &Path, run_id: RunId) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_the_log_cannot_show_is_noted() {
+        let r = |outcome, exit_code, reason: Option<&str>| RunResult {
+            run_id: RunId(1),
+            outcome,
+            exit_code,
+            reason: reason.map(String::from),
+        };
+        let exited = r(Outcome::Failed, Some(4), Some("exit code 4"));
+        assert_eq!(
+            failure_note(&exited, &exited),
+            None,
+            "the job explains its exit"
+        );
+        let ok = r(Outcome::Succeeded, Some(0), None);
+        assert_eq!(failure_note(&ok, &ok), None);
+        let missing = r(Outcome::Failed, Some(0), Some("artifact 'x' is missing"));
+        assert_eq!(
+            failure_note(&ok, &missing).as_deref(),
+            Some("artifact 'x' is missing")
+        );
+        let both = r(
+            Outcome::Failed,
+            Some(4),
+            Some("exit code 4; artifact 'x' is missing"),
+        );
+        assert_eq!(
+            failure_note(&exited, &both).as_deref(),
+            Some("artifact 'x' is missing")
+        );
+        let timeout = r(Outcome::Failed, None, Some("timed out after 1s"));
+        assert_eq!(
+            failure_note(&timeout, &timeout).as_deref(),
+            Some("timed out after 1s")
+        );
+        let retried = r(Outcome::Exception, None, Some("node lost"));
+        assert_eq!(failure_note(&retried, &retried), None);
+    }
+
+    #[test]
+    fn a_note_is_the_last_line_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        std::fs::write(&log, "partial").unwrap();
+        append_note(&log, "timed out after 1s").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "partial\nlwr: timed out after 1s\n"
+        );
+        let empty = dir.path().join("empty");
+        append_note(&empty, "why").unwrap();
+        assert_eq!(std::fs::read_to_string(&empty).unwrap(), "lwr: why\n");
+    }
 
     #[test]
     fn plain_commands_skip_the_shell() {

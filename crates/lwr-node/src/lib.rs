@@ -572,9 +572,17 @@ impl Node {
                 reason: Some(reason),
             },
         };
+        let ran = result.clone();
         let (result, outputs) = self
             .collect_artifacts(result, &dir, &extra_file, &a.artifacts)
             .await;
+        // Why it failed goes at the end of the log, where a reader looks, unless the log
+        // already says it (the job's own exit code is the job's to explain).
+        if let Some(note) = exec::failure_note(&ran, &result)
+            && let Err(e) = exec::append_note(&slot_log, &note)
+        {
+            tracing::warn!("run {}: cannot add why it failed to its log: {e}", a.run_id);
+        }
         tracing::debug!(
             "run {} of {} ended: {:?}",
             a.run_id,

@@ -123,6 +123,7 @@ impl Modify for Shared_ {
     paths(
         health,
         submit_graph,
+        list_graphs,
         get_graph,
         get_job_by_name,
         list_jobs,
@@ -173,6 +174,7 @@ impl Modify for Shared_ {
         ArtifactDecl,
         Requirements,
         GraphInfo,
+        GraphList,
         StateCounts,
         JobInfo,
         JobList,

@@ -11,10 +11,26 @@ use crate::queue::Tx;
 use crate::rows::{col, json, to_json, typed, typed_opt, u32_of};
 use crate::{Result, Store, StoreError, rfc3339};
 
-/// A job's columns for listings, with the placement of its latest run.
+/// A job's columns for listings, with the placement and times of its latest run.
 const JOB_COLUMNS: &str = "id, graph_id, name, state, node, runs, reason, unmet, requirements, \
      (SELECT r.placement FROM runs r WHERE r.job_id = jobs.id AND r.number = jobs.runs) \
-     AS placement";
+     AS placement, \
+     (SELECT r.started_at FROM runs r WHERE r.job_id = jobs.id AND r.number = jobs.runs) \
+     AS run_started, \
+     (SELECT r.finished_at FROM runs r WHERE r.job_id = jobs.id AND r.number = jobs.runs) \
+     AS run_finished";
+
+/// Which jobs a listing wants (`GET /v1/jobs`): every condition given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobQuery {
+    pub graph: Option<GraphId>,
+    /// Jobs in any of these states; empty: any state.
+    pub states: Vec<JobState>,
+    /// A glob on the job's name (`build-*`), in the dialect of [`lwr_model::glob`].
+    pub name: Option<String>,
+    /// The newest this many of the jobs that match (still listed oldest first).
+    pub limit: Option<u32>,
+}
 
 /// Where a graph comes from: the push's repository, branch, revision, author and subject,
 /// and `base`, the revision of the previous push on the repository and branch.
@@ -176,17 +192,25 @@ impl Store {
             id: id.to_string(),
         })?;
         let counts = self.counts(Some(id)).await?;
-        Ok(GraphInfo {
-            id,
-            repository: col(&row, "repository")?,
-            branch: col(&row, "branch")?,
-            revision: col(&row, "revision")?,
-            author: col(&row, "author")?,
-            subject: col(&row, "subject")?,
-            created_at: rfc3339(typed(&row, "created_at")?),
-            finished: counts.finished(),
-            counts,
-            seq: 0,
+        let times = self.graph_times(id).await?;
+        graph_info(&row, counts, times)
+    }
+
+    /// When a graph's first run started and its last ended (milliseconds); `None` before
+    /// any run.
+    async fn graph_times(&self, id: GraphId) -> Result<Option<(i64, Option<i64>)>> {
+        let row = sqlx::query(
+            "SELECT MIN(r.started_at) AS first_start, MAX(r.finished_at) AS last_end \
+             FROM runs r JOIN jobs j ON j.id = r.job_id WHERE j.graph_id = $1",
+        )
+        .bind(id.get())
+        .fetch_one(&self.read)
+        .await
+        .op("reading the times of a graph")?;
+        let start: Option<i64> = col(&row, "first_start")?;
+        Ok(match start {
+            Some(start) => Some((start, col(&row, "last_end")?)),
+            None => None,
         })
     }
 
@@ -219,24 +243,70 @@ impl Store {
 
     /// Jobs, oldest first, optionally of one graph.
     pub async fn jobs(&self, graph: Option<GraphId>) -> Result<Vec<JobInfo>> {
-        let rows = match graph {
-            Some(g) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE graph_id = $1 ORDER BY id"
-                )))
-                .bind(g.get())
-                .fetch_all(&self.read)
-                .await
+        self.jobs_matching(&JobQuery {
+            graph,
+            ..JobQuery::default()
+        })
+        .await
+    }
+
+    /// The jobs `query` asks for, oldest first.
+    pub async fn jobs_matching(&self, query: &JobQuery) -> Result<Vec<JobInfo>> {
+        let name = match &query.name {
+            Some(pattern) => {
+                Some(
+                    lwr_model::glob::compile(pattern).map_err(|e| StoreError::Invalid {
+                        field: "name",
+                        message: format!("bad pattern '{pattern}': {e}"),
+                    })?,
+                )
             }
-            None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs ORDER BY id"
-                )))
-                .fetch_all(&self.read)
-                .await
-            }
+            None => None,
+        };
+        let mut conds = Vec::new();
+        if query.graph.is_some() {
+            conds.push("graph_id = $1".to_string());
         }
-        .op("listing jobs")?;
+        if !query.states.is_empty() {
+            // The states are the enum's own words, never the caller's text.
+            let list: Vec<String> = query
+                .states
+                .iter()
+                .map(|s| format!("'{}'", s.as_str()))
+                .collect();
+            conds.push(format!("state IN ({})", list.join(", ")));
+        }
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs");
+        if !conds.is_empty() {
+            sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
+        }
+        // A name pattern is matched here, not in SQL: its limit applies after it.
+        match (query.limit, &name) {
+            (Some(limit), None) => sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}")),
+            _ => sql.push_str(" ORDER BY id"),
+        }
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some(g) = query.graph {
+            q = q.bind(g.get());
+        }
+        let mut rows = q.fetch_all(&self.read).await.op("listing jobs")?;
+        if query.limit.is_some() && name.is_none() {
+            rows.reverse();
+        }
+        if let Some(name) = &name {
+            let mut kept = Vec::new();
+            for row in rows {
+                if name.is_match(col::<String>(&row, "name")?) {
+                    kept.push(row);
+                }
+            }
+            if let Some(limit) = query.limit {
+                let drop = kept.len().saturating_sub(limit as usize);
+                kept.drain(..drop);
+            }
+            rows = kept;
+        }
+        let graph = query.graph;
         let mut jobs = Vec::with_capacity(rows.len());
         let mut waiting = Vec::new();
         let mut any_needs = false;
@@ -316,6 +386,7 @@ impl Store {
             for (i, req) in waiting {
                 if let Some(why) = pool.unmet(&req, now) {
                     let job = &mut jobs[i];
+                    job.cannot_start = Some(why.clone());
                     job.reason = Some(match job.reason.take() {
                         Some(r) => format!("{r}; {why}"),
                         None => why,
@@ -387,7 +458,32 @@ impl Store {
     }
 }
 
-/// A job of a listing, and its requirements when it is ready and waiting for a node.
+/// A graph's row as [`GraphInfo`], with its counts and the times of its runs.
+fn graph_info(
+    row: &AnyRow,
+    counts: StateCounts,
+    times: Option<(i64, Option<i64>)>,
+) -> Result<GraphInfo> {
+    let finished = counts.finished();
+    Ok(GraphInfo {
+        id: typed(row, "id")?,
+        repository: col(row, "repository")?,
+        branch: col(row, "branch")?,
+        revision: col(row, "revision")?,
+        author: col(row, "author")?,
+        subject: col(row, "subject")?,
+        created_at: rfc3339(typed(row, "created_at")?),
+        finished,
+        counts,
+        seq: 0,
+        started_at: times.map(|(start, _)| rfc3339(Millis(start))),
+        finished_at: times
+            .and_then(|(_, end)| end)
+            .filter(|_| finished)
+            .map(|end| rfc3339(Millis(end))),
+    })
+}
+
 /// `waits for a, b and 3 more`: a few names are enough to see where a graph stands.
 fn waits_for(names: &[String]) -> String {
     const SHOWN: usize = 3;
@@ -411,6 +507,9 @@ fn job_row(row: &AnyRow) -> Result<(JobInfo, Option<Requirements>)> {
         runs: u32_of(col(row, "runs")?),
         reason: col(row, "reason")?,
         placement: col(row, "placement")?,
+        started_at: typed_opt(row, "run_started")?.map(rfc3339),
+        finished_at: typed_opt(row, "run_finished")?.map(rfc3339),
+        cannot_start: None,
     };
     let ready = info.state == JobState::Pending && col::<i64>(row, "unmet")? == 0;
     let requirements = match col::<Option<String>>(row, "requirements")? {

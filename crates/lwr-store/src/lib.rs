@@ -35,6 +35,7 @@ pub use artifacts::{NewArtifact, StoredArtifact, UploadTarget, location};
 pub use control::Cancelled;
 pub use error::StoreError;
 pub use events::{CHANNEL, Event, Events};
+pub use graphs::JobQuery;
 pub use invariants::{InvariantError, Violation};
 pub use migrate::{OLDEST_SCHEMA, SCHEMA_PROBE_ENV, SCHEMA_VERSION, schema_version};
 pub use nodes::LOST_AFTER_MS;

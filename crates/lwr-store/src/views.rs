@@ -1,6 +1,9 @@
 //! Read-only views for pages that show many graphs or jobs at once (the web app): one
 //! query per page instead of one per graph or per job. Nothing here changes state.
 
+use std::collections::HashMap;
+
+use lwr_model::api::{GraphInfo, StateCounts};
 use lwr_model::{GraphId, JobId, JobState, Millis, PushId};
 
 use crate::error::Op;
@@ -130,6 +133,47 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Graphs, newest first, that pass `filter`, each with its counts and the times of its
+    /// runs (`GET /v1/graphs`): two queries; `seq` is left 0.
+    pub async fn graph_infos(&self, filter: &GraphFilter) -> Result<Vec<GraphInfo>> {
+        let graphs = self.graph_summaries(filter).await?;
+        let ids: Vec<GraphId> = graphs.iter().map(|g| g.id).collect();
+        // Counts, first start and last end, by graph.
+        let mut seen: HashMap<GraphId, (StateCounts, Option<Millis>, Option<Millis>)> =
+            HashMap::new();
+        for cell in self.job_cells(&ids).await? {
+            let (counts, first, last) = seen.entry(cell.graph_id).or_default();
+            counts.add(cell.state, 1);
+            if let Some(start) = cell.started_at {
+                *first = Some(first.map_or(start, |f| f.min(start)));
+            }
+            if let Some(end) = cell.finished_at {
+                *last = Some(last.map_or(end, |l| l.max(end)));
+            }
+        }
+        Ok(graphs
+            .into_iter()
+            .map(|g| {
+                let (counts, first, last) = seen.remove(&g.id).unwrap_or_default();
+                let finished = counts.finished();
+                GraphInfo {
+                    id: g.id,
+                    repository: g.repository,
+                    branch: g.branch,
+                    revision: g.revision,
+                    author: g.author,
+                    subject: g.subject,
+                    created_at: crate::rfc3339(g.created_at),
+                    counts,
+                    finished,
+                    seq: 0,
+                    started_at: first.map(crate::rfc3339),
+                    finished_at: last.filter(|_| finished).map(crate::rfc3339),
+                }
+            })
+            .collect())
     }
 
     /// The jobs of `graphs`, oldest first, with their latest run's times: one query.

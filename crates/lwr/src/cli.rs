@@ -42,8 +42,14 @@ pub enum Command {
     Graph(GraphArgs),
     /// Submit the graph of a repository's HEAD to the server.
     Push(PushArgs),
+    /// Watch a graph until it ends: its jobs as they start, end and fail.
+    Watch(WatchArgs),
+    /// List graphs, newest first: repository, branch, revision, state, counts, times.
+    Graphs(GraphsArgs),
     /// List jobs and their states.
     Jobs(JobsArgs),
+    /// Show one job: its spec, runs, placement, manifest and the end of its log.
+    Show(ShowArgs),
     /// Print a job's log: the stored log of its latest run, or with -f the log as it is
     /// written (replayed from the start, then followed until the run ends).
     Logs(LogsArgs),
@@ -461,18 +467,111 @@ pub struct PushArgs {
     /// Push this revision (a branch, tag or commit) instead of HEAD.
     #[arg(long, value_name = "REF")]
     pub rev: Option<String>,
-    /// Wait for the graph to finish, showing progress; exit 0 only if every job succeeded.
+    /// Wait for the graph to finish, showing its jobs as they go (as `lwr watch` does);
+    /// exit 0 only if every job succeeded.
     #[arg(long)]
     pub wait: bool,
+    #[command(flatten)]
+    pub watch: WatchOpts,
+}
+
+/// How `lwr watch` and `lwr push --wait` watch.
+#[derive(Debug, Clone, Args)]
+pub struct WatchOpts {
+    /// Give up watching after this long (e.g. 90s, 20m) with exit code 124; the graph
+    /// goes on.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Cancel the rest of the graph as soon as a job fails.
+    #[arg(long)]
+    pub fail_fast: bool,
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Exit codes: 0 every job succeeded, 1 a job did not, 2 a usage or \
+    server error, 124 --timeout ran out, 130 interrupted (the graph goes on).\n\n\
+    Examples:\n  \
+    lwr watch latest                   the newest graph\n  \
+    lwr watch 12 --timeout 30m         give up after 30 minutes\n  \
+    lwr watch 12 --fail-fast           cancel the rest on the first failure"
+)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// Graph id, or `latest`.
+    pub graph: GraphRef,
+    #[command(flatten)]
+    pub watch: WatchOpts,
+}
+
+/// A graph named on the command line: its id, or `latest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphRef {
+    Id(GraphId),
+    Latest,
+}
+
+impl std::str::FromStr for GraphRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<GraphRef, String> {
+        if s == "latest" {
+            return Ok(GraphRef::Latest);
+        }
+        s.parse()
+            .map(GraphRef::Id)
+            .map_err(|_| format!("'{s}' is not a graph: use a graph id (12) or latest"))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GraphsArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// Show at most this many graphs.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub limit: u32,
+    /// Print JSON (`{"graphs": [...]}`) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    lwr jobs --graph latest              the newest graph's jobs\n  \
+    lwr jobs --state failed --limit 10   the last ten failures\n  \
+    lwr jobs --name 'build-*' --json     matrix jobs, as JSON")]
 pub struct JobsArgs {
     #[command(flatten)]
     pub conn: ServerConn,
-    /// Only jobs of this graph.
+    /// Only jobs of this graph: its id, or `latest`.
+    #[arg(long, value_name = "ID|latest")]
+    pub graph: Option<GraphRef>,
+    /// Only jobs in this state (pending, running, succeeded, failed, exception, blocked,
+    /// cancelled); repeatable, or comma-separated.
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_job_state)]
+    pub state: Vec<lwr_model::JobState>,
+    /// Only jobs whose name matches this glob (`build-*`).
+    #[arg(long, value_name = "GLOB")]
+    pub name: Option<String>,
+    /// Only the newest N jobs that match.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Print JSON (`{"jobs": [...]}`) instead of a table.
     #[arg(long)]
-    pub graph: Option<GraphId>,
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// Job id, or GRAPH/NAME (e.g. 3/build).
+    pub job: String,
+    /// Lines of the log to show.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub tail: usize,
+    /// Print the job as JSON (spec, needs and runs).
     #[arg(long)]
     pub json: bool,
 }
@@ -487,7 +586,7 @@ pub struct LogsArgs {
     #[arg(long)]
     pub run: Option<u32>,
     /// Follow: print the log so far, then new output as the job writes it, until the run
-    /// ends (a retried job's next run follows). On a finished job: the whole log, exit 0.
+    /// ends (a retried job's next run follows). Exits 1 when the run failed, else 0.
     #[arg(short, long)]
     pub follow: bool,
     /// Stream the running job's log to the server even with nobody watching (on), or only
@@ -600,6 +699,16 @@ fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift)
         .filter(|n| *n > 0)
         .ok_or_else(|| format!("bad size '{s}': must be more than 0 and fit in 64 bits"))
+}
+
+fn parse_job_state(s: &str) -> Result<lwr_model::JobState, String> {
+    lwr_model::JobState::parse(s.trim()).ok_or_else(|| {
+        let known: Vec<&str> = lwr_model::JobState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        format!("unknown state '{s}': one of {}", known.join(", "))
+    })
 }
 
 fn parse_scope(s: &str) -> Result<lwr_model::Scope, String> {

@@ -237,6 +237,7 @@ pub fn table() -> Vec<Route> {
         admin(M::GET, "/v1/tokens", operator::list_tokens),
         admin(M::POST, "/v1/tokens/{id}/revoke", operator::revoke_token),
         // Readers: `read`.
+        reader(M::GET, "/v1/graphs", reader::list_graphs),
         reader(M::GET, "/v1/graphs/{id}", reader::get_graph),
         reader(
             M::GET,

@@ -109,15 +109,63 @@ pub(crate) async fn get_push(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+pub struct GraphListQuery {
+    /// Only graphs of this repository (as pushes name it).
+    repository: Option<String>,
+    /// Only graphs of this branch.
+    branch: Option<String>,
+    /// At most this many, newest first (default 20, at most 1000).
+    limit: Option<u32>,
+    /// Only graphs older than this one (the next page).
+    #[param(value_type = Option<i64>)]
+    before: Option<GraphId>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/graphs", params(GraphListQuery),
+    responses((status = 200, description = "graphs, newest first, with their counts and times", body = GraphList))
+)]
+pub(crate) async fn list_graphs(
+    _: Reader,
+    State(state): Shared,
+    ApiQuery(q): ApiQuery<GraphListQuery>,
+) -> ApiResult<Json<GraphList>> {
+    let seq = *state.queue.subscribe_changes().borrow();
+    let filter = lwr_store::GraphFilter {
+        before: q.before,
+        repository: q.repository,
+        branch: q.branch,
+        limit: q.limit.unwrap_or(20).clamp(1, 1000),
+        ..Default::default()
+    };
+    let mut graphs = state.queue.store().graph_infos(&filter).await?;
+    for g in &mut graphs {
+        g.seq = seq;
+    }
+    Ok(Json(GraphList { graphs }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct JobFilter {
     /// Only jobs of this graph.
     #[param(value_type = Option<i64>)]
     graph: Option<GraphId>,
+    /// Only jobs in these states (comma-separated: `failed,exception`).
+    state: Option<String>,
+    /// Only jobs whose name matches this glob (`build-*`).
+    name: Option<String>,
+    /// Only the newest this many of the jobs that match (still oldest first).
+    limit: Option<u32>,
 }
 
 #[utoipa::path(
     get, path = "/v1/jobs", params(JobFilter),
-    responses((status = 200, body = JobList), (status = 404, description = "no such graph", body = ErrorBody))
+    responses(
+        (status = 200, body = JobList),
+        (status = 400, description = "an unknown state or a bad name pattern", body = ErrorBody),
+        (status = 404, description = "no such graph", body = ErrorBody),
+    )
 )]
 pub(crate) async fn list_jobs(
     _: Reader,
@@ -125,7 +173,43 @@ pub(crate) async fn list_jobs(
     ApiQuery(q): ApiQuery<JobFilter>,
 ) -> ApiResult<Json<JobList>> {
     let store = state.queue.store();
-    let jobs = store.jobs(q.graph).await?;
+    let mut states = Vec::new();
+    for word in q.state.iter().flat_map(|s| s.split(',')).map(str::trim) {
+        match lwr_model::JobState::parse(word) {
+            Some(s) => states.push(s),
+            None if word.is_empty() => {}
+            None => {
+                let known: Vec<&str> = lwr_model::JobState::ALL
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect();
+                return Err(ApiError::field(
+                    StatusCode::BAD_REQUEST,
+                    "state",
+                    format!(
+                        "unknown job state '{word}'; states are {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(pattern) = q.name.as_deref()
+        && let Err(e) = lwr_model::glob::check(pattern)
+    {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "name",
+            format!("bad name pattern '{pattern}': {e}"),
+        ));
+    }
+    let query = lwr_store::JobQuery {
+        graph: q.graph,
+        states,
+        name: q.name.filter(|n| !n.is_empty()),
+        limit: q.limit.map(|n| n.max(1)),
+    };
+    let jobs = store.jobs_matching(&query).await?;
     if let Some(graph) = q.graph.filter(|_| jobs.is_empty()) {
         // No jobs: an unknown graph is an error, not an empty list (a graph has jobs, or
         // is a push whose decision job runs, which is a job too).

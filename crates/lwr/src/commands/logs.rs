@@ -89,8 +89,14 @@ async fn follow(client: &Client, job: JobId, run: Option<u32>) -> anyhow::Result
                         // The log alone may not show it (a cancelled job says nothing).
                         eprintln!("--- run ended: {} ---", end.state.as_str());
                     }
-                    if end.state != RunState::Exception {
-                        return Ok(ExitCode::SUCCESS);
+                    match end.state {
+                        // Like the job: a script can tell a failed run from the output.
+                        RunState::Failed => return Ok(ExitCode::FAILURE),
+                        // Stopped on purpose: nothing went wrong with what was followed.
+                        RunState::Succeeded | RunState::Cancelled | RunState::Running => {
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        RunState::Exception => {}
                     }
                     // An infrastructure error: the job may run again; follow its next run.
                     match next_run(client, job, end.run_id).await? {
@@ -100,7 +106,8 @@ async fn follow(client: &Client, job: JobId, run: Option<u32>) -> anyhow::Result
                             at = None;
                             break;
                         }
-                        None => return Ok(ExitCode::SUCCESS),
+                        // No retry left: the job ended in an exception.
+                        None => return Ok(ExitCode::FAILURE),
                     }
                 }
                 FollowEvent::Error(msg) => bail!("following the log of job {job}: {msg}"),
@@ -131,4 +138,30 @@ async fn reconnect_wait(since: &mut Option<Instant>, why: &str) -> anyhow::Resul
     }
     tokio::time::sleep(Duration::from_millis(250)).await;
     Ok(())
+}
+
+/// Bytes read from the end of a log for its tail: lines longer than this come cut.
+const TAIL_BYTES: u64 = 16 << 10;
+
+/// The last `lines` lines of the stored log of `job`'s latest run, which is `size` bytes:
+/// only its end is read.
+pub async fn tail(
+    client: &Client,
+    job: JobId,
+    size: u64,
+    lines: usize,
+) -> Result<Vec<String>, lwr_client::ClientError> {
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    let offset = size.saturating_sub(TAIL_BYTES);
+    let bytes = client.log_from(job, None, offset).await?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut all: Vec<&str> = text.lines().collect();
+    if offset > 0 && !all.is_empty() {
+        // Cut mid-line: that first piece is not a whole line.
+        all.remove(0);
+    }
+    let from = all.len().saturating_sub(lines);
+    Ok(all[from..].iter().map(|l| l.to_string()).collect())
 }

@@ -4,13 +4,16 @@ mod artifacts;
 mod checkout;
 mod control;
 mod graph;
+mod graphs;
 mod logs;
 mod nodes;
 mod push;
 mod pushes;
 mod query;
 mod serve;
+mod show;
 mod tokens;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -23,7 +26,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev(args) => serve::dev(args).await,
         Command::Graph(args) => graph::run(args).await,
         Command::Push(args) => push::run(args).await,
+        Command::Watch(args) => watch::run(args).await,
+        Command::Graphs(args) => graphs::run(args).await,
         Command::Jobs(args) => query::jobs(args).await,
+        Command::Show(args) => show::run(args).await,
         Command::Logs(args) => logs::logs(args).await,
         Command::Nodes(args) => query::nodes(args).await,
         Command::Cancel(args) => control::cancel(args).await,

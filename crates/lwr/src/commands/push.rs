@@ -2,23 +2,16 @@
 //! for it. The commit goes to the server too, as a git bundle, for nodes that cannot read
 //! the repository's directory.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::Context;
 use lwr_client::Client;
-use lwr_model::api::{GraphInfo, StateCounts, SubmitGraph};
-use lwr_model::{GraphId, JobState};
+use lwr_model::api::SubmitGraph;
 
 use super::graph::{GRAPH_FILE, read_working_tree};
 use crate::cli::PushArgs;
 use crate::output::short;
-
-/// Least time between two progress requests: changes in between arrive together.
-const MIN_POLL: Duration = Duration::from_millis(50);
 
 pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
     let sub = read_head(&args.repo, args.rev.as_deref())?;
@@ -39,8 +32,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
     }
-    let done = wait(&client, info).await?;
-    summarize(&client, &done).await
+    Ok(super::watch::watch(&client, info, &args.watch).await)
 }
 
 /// The graph in `repo`'s lwr.yml as committed at `rev` (HEAD when `None`), with the push's
@@ -233,145 +225,4 @@ pub(super) fn git(repo: &Path, args: &[&str]) -> Option<String> {
             .trim_end_matches('\n')
             .to_string(),
     )
-}
-
-/// Long-polls the graph until it finishes, showing progress. Rides out a server restart.
-async fn wait(client: &Client, mut info: GraphInfo) -> anyhow::Result<GraphInfo> {
-    let mut progress = Progress::new(&info);
-    let mut outage: Option<Instant> = None;
-    while !info.finished {
-        let asked = Instant::now();
-        match client
-            .graph(info.id, Some(info.seq), lwr_model::timing::PUSH_WAIT)
-            .await
-        {
-            Ok(next) => {
-                outage = None;
-                info = next;
-                progress.show(&info.counts);
-            }
-            Err(e) if e.is_unreachable() => {
-                let since = *outage.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(600) {
-                    bail!("gave up waiting for graph {}: {e}", info.id);
-                }
-                progress.note(&format!("server unreachable, still waiting: {e}"));
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let spent = asked.elapsed();
-        if !info.finished && spent < MIN_POLL {
-            tokio::time::sleep(MIN_POLL - spent).await;
-        }
-    }
-    progress.finish(&info.counts);
-    Ok(info)
-}
-
-/// Prints how the graph ended and names every job that did not succeed.
-async fn summarize(client: &Client, info: &GraphInfo) -> anyhow::Result<ExitCode> {
-    let c = &info.counts;
-    outln!(
-        "graph {}: {} succeeded, {} failed, {} exception, {} blocked, {} cancelled of {}",
-        info.id,
-        c.succeeded,
-        c.failed,
-        c.exception,
-        c.blocked,
-        c.cancelled,
-        c.total()
-    );
-    if c.succeeded == c.total() {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let jobs = client.jobs(Some(info.id)).await?;
-    for job in jobs.jobs.iter().filter(|j| j.state != JobState::Succeeded) {
-        outln!(
-            "  {:<10} {} (job {}){}",
-            job.state.as_str(),
-            job.name,
-            job.id,
-            job.reason
-                .as_deref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
-        );
-    }
-    Ok(ExitCode::FAILURE)
-}
-
-/// Progress on a terminal (a bar) or in a log (a line per change, at most one a second).
-struct Progress {
-    bar: Option<ProgressBar>,
-    graph: GraphId,
-    last_line: Option<Instant>,
-}
-
-impl Progress {
-    fn new(info: &GraphInfo) -> Progress {
-        let bar = std::io::stdout().is_terminal().then(|| {
-            let bar = ProgressBar::new(info.counts.total());
-            if let Ok(style) =
-                ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
-            {
-                bar.set_style(style);
-            }
-            bar
-        });
-        let mut p = Progress {
-            bar,
-            graph: info.id,
-            last_line: None,
-        };
-        p.show(&info.counts);
-        p
-    }
-
-    fn show(&mut self, c: &StateCounts) {
-        let mut msg = format!(
-            "pending {} running {} succeeded {}",
-            c.pending, c.running, c.succeeded
-        );
-        // The same words as the summary at the end; states no job is in are left out.
-        for (n, state) in [
-            (c.failed, "failed"),
-            (c.exception, "exception"),
-            (c.blocked, "blocked"),
-            (c.cancelled, "cancelled"),
-        ] {
-            if n > 0 {
-                msg.push_str(&format!(" {state} {n}"));
-            }
-        }
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position(c.total() - c.pending - c.running);
-                bar.set_message(msg);
-            }
-            None => {
-                if self
-                    .last_line
-                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-                {
-                    outln!("graph {}: {msg}", self.graph);
-                    self.last_line = Some(Instant::now());
-                }
-            }
-        }
-    }
-
-    fn note(&self, msg: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(msg),
-            None => eprintln!("{msg}"),
-        }
-    }
-
-    fn finish(&mut self, c: &StateCounts) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(c.total());
-            bar.finish();
-        }
-    }
 }

@@ -3,36 +3,73 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use lwr_client::Client;
-use lwr_model::{GraphId, JobId};
+use lwr_client::{Client, JobsQuery};
+use lwr_model::{GraphId, JobId, JobState};
 
-use crate::cli::{JobsArgs, NodesArgs};
+use crate::cli::{GraphRef, JobsArgs, NodesArgs};
+use crate::output::{Table, duration, span, when};
 
 pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
-    let list = client.jobs(args.graph).await?;
+    let graph = match args.graph {
+        Some(g) => Some(resolve_graph(&client, g).await?),
+        None => None,
+    };
+    let query = JobsQuery {
+        graph,
+        states: args.state,
+        name: args.name,
+        limit: args.limit,
+    };
+    let list = client.jobs_matching(&query).await?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut out = format!(
-        "{:>6} {:>5}  {:<30} {:<10} {:<12} {:>4}  REASON\n",
-        "ID", "GRAPH", "NAME", "STATE", "NODE", "RUNS"
-    );
+    let mut table = Table::new(&[
+        ">ID",
+        ">GRAPH",
+        "NAME",
+        "STATE",
+        "NODE",
+        ">RUNS",
+        "STARTED",
+        ">DURATION",
+        "REASON",
+    ]);
     for j in &list.jobs {
-        out.push_str(&format!(
-            "{:>6} {:>5}  {:<30} {:<10} {:<12} {:>4}  {}\n",
-            j.id,
-            j.graph_id,
-            j.name,
-            j.state.as_str(),
-            j.node.as_deref().unwrap_or("-"),
-            j.runs,
-            j.reason.as_deref().or(j.placement.as_deref()).unwrap_or("")
-        ));
+        let took = match j.state {
+            JobState::Pending => None,
+            _ => span(j.started_at.as_deref(), j.finished_at.as_deref()),
+        };
+        table.row(vec![
+            j.id.to_string(),
+            j.graph_id.to_string(),
+            j.name.clone(),
+            j.state.as_str().into(),
+            j.node.clone().unwrap_or_else(|| "-".into()),
+            j.runs.to_string(),
+            when(j.started_at.as_deref()),
+            took.map(duration).unwrap_or_else(|| "-".into()),
+            j.reason
+                .clone()
+                .or_else(|| j.placement.clone())
+                .unwrap_or_default(),
+        ]);
     }
-    out!("{out}");
+    out!("{}", table.render());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A graph named by id or `latest` (the newest on the server).
+pub async fn resolve_graph(client: &Client, graph: GraphRef) -> anyhow::Result<GraphId> {
+    match graph {
+        GraphRef::Id(id) => Ok(id),
+        GraphRef::Latest => match client.graphs(1).await?.graphs.first() {
+            Some(g) => Ok(g.id),
+            None => bail!("the server has no graphs yet: push one with `lwr push`"),
+        },
+    }
 }
 
 /// A job named by id (`42`) or by graph and name (`3/build`).
@@ -63,15 +100,9 @@ pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
         outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    outln!(
-        "{:<16} {:<11} {:>7} {:>5}  {:<8} {:<8} TAGS",
-        "NAME",
-        "STATE",
-        "RUNNING",
-        "SLOTS",
-        "OS",
-        "ARCH"
-    );
+    let mut table = Table::new(&[
+        "NAME", "STATE", ">RUNNING", ">SLOTS", "OS", "ARCH", "TAGS", "REASON",
+    ]);
     for n in &list.nodes {
         let tags: Vec<String> = n
             .properties
@@ -79,20 +110,21 @@ pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        outln!(
-            "{:<16} {:<11} {:>7} {:>5}  {:<8} {:<8} {}{}",
-            n.name,
-            n.state,
-            n.running,
-            n.slots,
-            n.properties.os,
-            n.properties.arch,
-            tags.join(","),
-            n.state_reason
-                .as_deref()
-                .map(|r| format!("  ({r})"))
-                .unwrap_or_default()
-        );
+        table.row(vec![
+            n.name.clone(),
+            n.state.clone(),
+            n.running.to_string(),
+            n.slots.to_string(),
+            n.properties.os.clone(),
+            n.properties.arch.clone(),
+            if tags.is_empty() {
+                "-".into()
+            } else {
+                tags.join(",")
+            },
+            n.state_reason.clone().unwrap_or_default(),
+        ]);
     }
+    out!("{}", table.render());
     Ok(ExitCode::SUCCESS)
 }
