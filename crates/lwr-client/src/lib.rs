@@ -134,12 +134,22 @@ pub enum ClientError {
         "cannot reach the lwr server at {server}: {detail} (is `lwr server` or `lwr dev` running there?)"
     )]
     Unreachable { server: String, detail: String },
-    #[error("{method} {path}: {error} (HTTP {status})")]
+    /// The server's own words; the request and status are in [`ClientError::detail`], for
+    /// `lwr -v`: a user reads what is wrong, not which endpoint said it.
+    #[error("{error}")]
     Api {
         method: Method,
         path: String,
         status: StatusCode,
         error: String,
+    },
+    /// Something answered that is not an lwr server (a web server's HTML page, say).
+    #[error("{server} is not an lwr server (it answered {answer}); check --server or LWR_SERVER")]
+    NotLwr {
+        server: String,
+        method: Method,
+        path: String,
+        answer: String,
     },
     #[error("{method} {path}: unreadable answer: {detail}")]
     Decode {
@@ -183,6 +193,57 @@ impl ClientError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, ClientError::Unreachable { .. })
     }
+
+    /// True when the server said the thing asked for does not exist (HTTP 404).
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(StatusCode::NOT_FOUND)
+    }
+
+    /// The request and the HTTP status behind an error, for `lwr -v`: `GET /v1/jobs/8/log
+    /// (HTTP 404 Not Found)`. `None` when no request was answered.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            ClientError::Api {
+                method,
+                path,
+                status,
+                ..
+            } => Some(format!("{method} {path} (HTTP {status})")),
+            ClientError::NotLwr { method, path, .. } | ClientError::Decode { method, path, .. } => {
+                Some(format!("{method} {path}"))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a non-lwr answer was, in a few words: its status and content type, never its body
+/// (a web server's error page is many lines of HTML).
+fn describe_answer(status: StatusCode, headers: &reqwest::header::HeaderMap) -> String {
+    let kind = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| format!(", {}", v.trim()))
+        .unwrap_or_default();
+    format!("HTTP {status}{kind}")
+}
+
+/// Whether an answer is a web page, which no lwr API answer is.
+fn is_html(headers: &reqwest::header::HeaderMap, text: &str) -> bool {
+    let declared = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("html"));
+    declared || text.trim_start().starts_with('<')
+}
+
+/// Whether an answer's content type is JSON, as every lwr API answer's is.
+fn is_json(headers: &reqwest::header::HeaderMap) -> bool {
+    headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"))
 }
 
 type Result<T> = std::result::Result<T, ClientError>;
@@ -321,16 +382,23 @@ impl Client {
         if status.is_success() {
             return Ok(resp);
         }
+        let headers = resp.headers().clone();
         let text = resp.text().await.unwrap_or_default();
-        let error = serde_json::from_str::<ErrorBody>(&text)
-            .map(|b| b.error)
-            .unwrap_or_else(|_| {
-                if text.is_empty() {
-                    status.to_string()
-                } else {
-                    text
-                }
-            });
+        let error = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => body.error,
+            // lwr answers /v1 errors with a JSON body (or a line of text); a web page came
+            // from something else (a web server, a proxy's error page).
+            Err(_) if is_html(&headers, &text) => {
+                return Err(ClientError::NotLwr {
+                    server: self.base.clone(),
+                    method: method.clone(),
+                    path: what.to_string(),
+                    answer: describe_answer(status, &headers),
+                });
+            }
+            Err(_) if text.trim().is_empty() => status.to_string(),
+            Err(_) => text.lines().next().unwrap_or_default().to_string(),
+        };
         Err(ClientError::Api {
             method: method.clone(),
             path: what.to_string(),
@@ -359,11 +427,23 @@ impl Client {
         what: &str,
         resp: reqwest::Response,
     ) -> Result<T> {
+        let (status, headers) = (resp.status(), resp.headers().clone());
         let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            method: method.clone(),
-            path: what.to_string(),
-            detail: e.to_string(),
+        serde_json::from_slice(&bytes).map_err(|e| {
+            if is_json(&headers) {
+                ClientError::Decode {
+                    method: method.clone(),
+                    path: what.to_string(),
+                    detail: e.to_string(),
+                }
+            } else {
+                ClientError::NotLwr {
+                    server: self.base.clone(),
+                    method: method.clone(),
+                    path: what.to_string(),
+                    answer: describe_answer(status, &headers),
+                }
+            }
         })
     }
 
@@ -504,6 +584,12 @@ impl Client {
 
     pub async fn repos(&self) -> Result<RepoList> {
         self.get(paths::repos()).await
+    }
+
+    /// Changes a polled repository's branch patterns or interval.
+    pub async fn edit_repo(&self, id: i64, edit: &EditRepo) -> Result<RepoInfo> {
+        self.json(&paths::edit_repo(id), Some(edit), REQUEST_TIMEOUT)
+            .await
     }
 
     pub async fn remove_repo(&self, id: i64) -> Result<()> {

@@ -98,6 +98,7 @@ routes! {
     repos: GET "/v1/repos" ();
     add_repo: POST "/v1/repos" ();
     remove_repo: DELETE "/v1/repos/{id}" (id);
+    edit_repo: PATCH "/v1/repos/{id}" (id);
     pushes: GET "/v1/pushes" ();
     push: GET "/v1/pushes/{id}" (id);
     trigger: POST "/v1/pushes/{id}/trigger" (id);

@@ -96,6 +96,17 @@ pub struct AddRepo {
     pub every_secs: Option<u64>,
 }
 
+/// `PATCH /v1/repos/{id}`: change what is polled and how often; an absent field stays.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct EditRepo {
+    /// New branch patterns (replacing the old ones); empty means the default branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branches: Option<Vec<String>>,
+    /// New seconds between polls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_secs: Option<u64>,
+}
+
 /// A polled repository and how polling it goes.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RepoInfo {

@@ -76,9 +76,68 @@ pub fn check_branch_pattern(pattern: &str) -> Result<(), String> {
     glob::check(pattern)
 }
 
+/// The one spelling of a repository's URL, so that one repository is never polled (and
+/// pushed) twice under two names: `file:///r`, `/r/`, `/r/.` and a symbolic link to `/r` are
+/// all `/r` (with links resolved when the path exists); other URLs lose trailing slashes.
+pub fn canonical_repo_url(url: &str) -> String {
+    let url = url.trim();
+    let local = match url.strip_prefix("file://") {
+        // file:///path and file://localhost/path; another host is not this machine's.
+        Some(rest) if rest.starts_with('/') => Some(rest),
+        Some(rest) => rest
+            .strip_prefix("localhost")
+            .filter(|r| r.starts_with('/')),
+        None => url.starts_with('/').then_some(url),
+    };
+    let Some(path) = local else {
+        return url.trim_end_matches('/').to_string();
+    };
+    match std::fs::canonicalize(path) {
+        Ok(real) => real.display().to_string(),
+        // Not there (yet): the path as written, without `.` parts and trailing slashes.
+        Err(_) => {
+            let clean: std::path::PathBuf = std::path::Path::new(path).components().collect();
+            clean.display().to_string()
+        }
+    }
+}
+
+/// Whether a branch pattern names one branch (no glob characters), which must then exist.
+pub fn is_literal_branch(pattern: &str) -> bool {
+    !pattern.contains(['*', '?', '['])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repository_has_one_url() {
+        let tmp = std::env::temp_dir().join(format!("lwr-canon-{}", std::process::id()));
+        let real = tmp.join("real");
+        std::fs::create_dir_all(&real).unwrap();
+        let link = tmp.join("link");
+        let _ = std::os::unix::fs::symlink(&real, &link);
+        let want = std::fs::canonicalize(&real).unwrap().display().to_string();
+        let r = real.display().to_string();
+        for form in [
+            r.clone(),
+            format!("{r}/"),
+            format!("{r}/."),
+            format!("file://{r}"),
+            format!("file://localhost{r}/"),
+            link.display().to_string(),
+        ] {
+            assert_eq!(canonical_repo_url(&form), want, "{form}");
+        }
+        assert_eq!(canonical_repo_url("/no/such//repo/"), "/no/such/repo");
+        assert_eq!(
+            canonical_repo_url("https://example.org/r.git/"),
+            "https://example.org/r.git"
+        );
+        assert_eq!(canonical_repo_url("git@host:r.git"), "git@host:r.git");
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
 
     #[test]
     fn default_branch_only_without_patterns() {

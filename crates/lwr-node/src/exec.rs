@@ -257,9 +257,10 @@ async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>) {
 fn command(line: &str, env: &BTreeMap<String, String>, stamp_with: Option<&Path>) -> Command {
     let (program, args): (PathBuf, Vec<&str>) = match plain_words(line) {
         Some(words) => {
-            let program = match env.contains_key("PATH") {
-                true => PathBuf::from(words[0]),
-                false => resolve(words[0]),
+            // A PATH of the job's own is searched by the exec; the node's is searched once.
+            let program = match env.get("PATH") {
+                Some(path) if Some(path.as_str()) != job_path() => PathBuf::from(words[0]),
+                _ => resolve(words[0]),
             };
             (program, words[1..].to_vec())
         }
@@ -279,8 +280,30 @@ fn command(line: &str, env: &BTreeMap<String, String>, stamp_with: Option<&Path>
     }
 }
 
-/// Finds a program on the node's PATH once and remembers it: a search tries every PATH entry
-/// with a failing exec, which adds up over thousands of short jobs.
+/// The PATH a job gets when its env sets none: the node's own, with the directory of the
+/// node's binary first, so that `lwr` in a job is the node's lwr even when it is not on
+/// the node's PATH (`$LWR_BIN` names the same binary). `None` when neither is known.
+pub fn job_path() -> Option<&'static str> {
+    static PATH: OnceLock<Option<String>> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let own = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf));
+        let inherited = std::env::var_os("PATH").unwrap_or_default();
+        let dirs: Vec<PathBuf> = own
+            .into_iter()
+            .chain(std::env::split_paths(&inherited))
+            .collect();
+        std::env::join_paths(dirs)
+            .ok()
+            .and_then(|p| p.into_string().ok())
+            .filter(|p| !p.is_empty())
+    })
+    .as_deref()
+}
+
+/// Finds a program on the jobs' PATH ([`job_path`]) once and remembers it: a search tries
+/// every PATH entry with a failing exec, which adds up over thousands of short jobs.
 fn resolve(program: &str) -> PathBuf {
     static FOUND: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     if program.contains('/') {
@@ -290,7 +313,10 @@ fn resolve(program: &str) -> PathBuf {
     if let Some(path) = found.lock().ok().and_then(|m| m.get(program).cloned()) {
         return path;
     }
-    let hit = std::env::var_os("PATH").and_then(|paths| {
+    let search = job_path()
+        .map(std::ffi::OsString::from)
+        .or_else(|| std::env::var_os("PATH"));
+    let hit = search.and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join(program))
             .find(|p| {

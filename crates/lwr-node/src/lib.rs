@@ -205,9 +205,10 @@ pub async fn run(
         config,
     });
     tracing::info!(
-        "node {} (id {id}) serving {} with {slots} slots, work dir {}",
+        "node {} (id {id}) serving {} with {}, work dir {}",
         node.config.name,
         node.config.server,
+        lwr_model::words::count(slots, "slot", "slots"),
         node.config.work_dir.display()
     );
     let heartbeat = tokio::spawn(node.clone().heartbeat_loop());
@@ -531,6 +532,10 @@ impl Node {
         }
         if let Some(bin) = &self.lwr_bin {
             env.insert("LWR_BIN".into(), bin.clone());
+        }
+        // `lwr` on the job's PATH is this node's binary, unless the job sets its own PATH.
+        if let (false, Some(path)) = (env.contains_key("PATH"), exec::job_path()) {
+            env.insert("PATH".into(), path.to_string());
         }
         env.insert("LWR_CACHE_DIR".into(), self.cache_dir.display().to_string());
         // The job's own token, never the node's (exec drops an inherited LWR_TOKEN).

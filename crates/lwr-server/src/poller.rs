@@ -171,6 +171,10 @@ fn merge(repos: &mut BTreeMap<i64, Entry>, targets: Vec<PollTarget>) {
                 if entry.target.branches != target.branches {
                     entry.recorded = None;
                 }
+                // A shorter interval (`lwr repos edit --every`) applies from now.
+                if target.every_ms < entry.target.every_ms {
+                    entry.due = entry.due.min(now + target.every_ms.to_std());
+                }
                 entry.target = target;
             }
             None => {
@@ -289,6 +293,35 @@ pub async fn list_heads(url: &str) -> Result<Heads, String> {
         }
     }
     ls_remote(url).await
+}
+
+/// Whether the repository at `url` can be polled now and has every branch that `branches`
+/// names literally (a pattern like `release/*` may match none yet). The error names the
+/// field at fault (`url` or `branches`) and what is wrong.
+pub(crate) async fn check_repo(
+    url: &str,
+    branches: &[String],
+) -> Result<(), (&'static str, String)> {
+    let heads = list_heads(url)
+        .await
+        .map_err(|e| ("url", format!("cannot read repository {url}: {e}")))?;
+    for wanted in branches
+        .iter()
+        .filter(|b| lwr_model::push::is_literal_branch(b))
+    {
+        if !heads.branches.iter().any(|(name, _)| name == wanted) {
+            let known: Vec<&str> = heads.branches.iter().map(|(n, _)| n.as_str()).collect();
+            let known = match known.is_empty() {
+                true => "none yet".to_string(),
+                false => known.join(", "),
+            };
+            return Err((
+                "branches",
+                format!("{url} has no branch '{wanted}' (its branches: {known})"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The directory of a local repository URL: `file:///path` or an absolute path.

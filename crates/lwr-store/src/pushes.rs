@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use lwr_model::api::{AddRepo, GraphSpec, PushInfo, RepoInfo, SubmitGraph};
+use lwr_model::api::{AddRepo, EditRepo, GraphSpec, PushInfo, RepoInfo, SubmitGraph};
 use lwr_model::graph::LeftOut;
 use lwr_model::push::{DECISION_JOB, decision_job};
 use lwr_model::{
@@ -62,23 +62,10 @@ impl Store {
                 message: "give the repository's URL or path".into(),
             });
         }
-        for pattern in &add.branches {
-            lwr_model::push::check_branch_pattern(pattern).map_err(|message| {
-                StoreError::Invalid {
-                    field: "branches",
-                    message,
-                }
-            })?;
-        }
+        check_branches(&add.branches)?;
         let every_ms = match add.every_secs {
             None => DEFAULT_EVERY_MS,
-            Some(s) if (1..=86_400).contains(&s) => DurationMs::from_secs(s as i64),
-            Some(s) => {
-                return Err(StoreError::Invalid {
-                    field: "every_secs",
-                    message: format!("{s} s: poll at least once a day and at most once a second"),
-                });
-            }
+            Some(s) => every(s)?,
         };
         let existing = sqlx::query("SELECT id FROM repos WHERE url = $1")
             .bind(url.to_string())
@@ -132,6 +119,37 @@ impl Store {
         .await
         .op("listing repositories")?;
         rows.iter().map(repo_info).collect()
+    }
+
+    /// Changes a polled repository's branch patterns and interval (the fields given).
+    pub async fn edit_repo(&self, id: i64, edit: &EditRepo) -> Result<RepoInfo> {
+        if let Some(branches) = &edit.branches {
+            check_branches(branches)?;
+        }
+        let every_ms = edit.every_secs.map(every).transpose()?;
+        let branches = edit
+            .branches
+            .as_ref()
+            .map(|b| to_json(b, "branch patterns"))
+            .transpose()?;
+        let n = sqlx::query(
+            "UPDATE repos SET branches = COALESCE($1, branches), \
+             every_ms = COALESCE($2, every_ms) WHERE id = $3",
+        )
+        .bind(branches)
+        .bind(every_ms.map(DurationMs::get))
+        .bind(id)
+        .execute(&self.write)
+        .await
+        .op("changing repository")?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                what: "repository",
+                id: id.to_string(),
+            });
+        }
+        self.repo(id).await
     }
 
     /// Stops polling a repository; its pushes and graphs stay.
@@ -581,6 +599,27 @@ async fn create_push(
     let job = decision_job();
     insert_jobs(tx, graph_id, &[&job], &HashMap::new(), now).await?;
     Ok(Some(push_id))
+}
+
+fn check_branches(patterns: &[String]) -> Result<()> {
+    for pattern in patterns {
+        lwr_model::push::check_branch_pattern(pattern).map_err(|message| StoreError::Invalid {
+            field: "branches",
+            message,
+        })?;
+    }
+    Ok(())
+}
+
+/// A polling interval in seconds, within bounds.
+fn every(secs: u64) -> Result<DurationMs> {
+    match secs {
+        1..=86_400 => Ok(DurationMs::from_secs(secs as i64)),
+        s => Err(StoreError::Invalid {
+            field: "every_secs",
+            message: format!("{s} s: poll at least once a day and at most once a second"),
+        }),
+    }
 }
 
 fn repo_info(row: &AnyRow) -> Result<RepoInfo> {

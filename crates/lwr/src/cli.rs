@@ -28,6 +28,9 @@ use lwr_model::{GraphId, PushId};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// On an error, also show the HTTP request and status behind it.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +93,7 @@ pub struct ReposArgs {
     pub conn: ServerConn,
     #[command(subcommand)]
     pub action: Option<ReposAction>,
+    /// Print JSON for scripts instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -103,10 +107,29 @@ pub enum ReposAction {
     Add(RepoAddArgs),
     /// Stop polling a repository (by URL or id); its pushes stay.
     Remove(RepoRemoveArgs),
+    /// Change a polled repository's branches or interval (by URL or id).
+    Edit(RepoEditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RepoEditArgs {
+    /// The repository's URL, as `lwr repos` shows it, or its id.
+    pub repo: String,
+    /// Branch name or pattern (main, release/*); repeatable; replaces the current ones.
+    #[arg(long = "branch", value_name = "PATTERN")]
+    pub branches: Vec<String>,
+    /// Poll only the repository's default branch (forget every --branch pattern).
+    #[arg(long, conflicts_with = "branches")]
+    pub default_branch: bool,
+    /// Time between polls.
+    #[arg(long, value_parser = parse_duration)]
+    pub every: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
 pub struct RepoAddArgs {
+    /// The repository: a URL git can read (https://..., ssh://..., git@host:path), a local
+    /// path or its file:// form (both are the same repository). It must be readable now.
     pub url: String,
     /// Branch name or pattern (main, release/*); repeatable. Default: the repository's
     /// default branch (what its HEAD names).
@@ -130,6 +153,7 @@ pub struct PushesArgs {
     /// Only pushes of this repository (id).
     #[arg(long)]
     pub repo: Option<i64>,
+    /// Print JSON for scripts instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -189,6 +213,7 @@ pub struct TokenCreateArgs {
     /// Who or what holds the token, for `lwr tokens list`.
     #[arg(long)]
     pub label: Option<String>,
+    /// Print JSON for scripts instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -222,6 +247,7 @@ pub struct CheckoutArgs {
 pub struct TokenListArgs {
     #[command(flatten)]
     pub target: TokenTarget,
+    /// Print JSON for scripts instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -413,6 +439,7 @@ pub struct GraphArgs {
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,
     /// Print the expanded graph as JSON.
+    /// Print JSON for scripts instead of a table.
     #[arg(long)]
     pub json: bool,
     /// Submit the graph to the server (what a decision job does), after validating it.
@@ -441,8 +468,11 @@ pub enum GraphAction {
 
 #[derive(Debug, Args)]
 pub struct GraphDiffArgs {
+    /// The graph before: a revision of --repo (HEAD~1), a directory with an lwr.yml, or a
+    /// file from `lwr graph --json`.
     #[arg(required_unless_present = "push", conflicts_with = "push")]
     pub old: Option<String>,
+    /// The graph after, in the same forms as OLD.
     #[arg(required_unless_present = "push")]
     pub new: Option<String>,
     /// Compare this push's graph with the previous push's on the same branch.
@@ -453,6 +483,7 @@ pub struct GraphDiffArgs {
     /// Repository whose revisions OLD and NEW name.
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,
+    /// Print JSON for scripts instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -605,6 +636,7 @@ pub enum Toggle {
 pub struct NodesArgs {
     #[command(flatten)]
     pub conn: ServerConn,
+    /// Print JSON for scripts instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -676,6 +708,7 @@ pub struct ArtifactsArgs {
     /// Run number; default the latest run.
     #[arg(long)]
     pub run: Option<u32>,
+    /// Print JSON for scripts instead of a table.
     #[arg(long)]
     pub json: bool,
 }

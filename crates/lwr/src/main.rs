@@ -20,15 +20,26 @@ macro_rules! outln {
 
 mod cli;
 mod commands;
+mod help;
 mod output;
 mod version;
 
 use std::process::ExitCode;
 
-use crate::cli::Command;
+use clap::FromArgMatches;
+
+use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = version::parse();
+    let matches = version::command().get_matches();
+    if let Some(code) = help::run(&matches) {
+        return code;
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let verbose = cli.verbose;
     init_tracing(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -44,8 +55,33 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            ExitCode::FAILURE
+            if verbose {
+                if let Some(detail) = client_error(&e).and_then(|c| c.detail()) {
+                    eprintln!("  (request: {detail})");
+                }
+            }
+            exit_code(&e)
         }
+    }
+}
+
+/// The client error behind `e`, if a request to the server failed.
+fn client_error(e: &anyhow::Error) -> Option<&lwr_client::ClientError> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<lwr_client::ClientError>())
+}
+
+/// Exit codes (docs/cli.md): 1 when the command could not do what was asked (not found,
+/// refused, invalid input: the user's to fix); 2 when the server could not be asked (down,
+/// not an lwr server, an internal error). clap's usage errors are 2 as well.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    use lwr_client::ClientError;
+    match client_error(e) {
+        Some(ClientError::Unreachable { .. })
+        | Some(ClientError::NotLwr { .. })
+        | Some(ClientError::Decode { .. }) => ExitCode::from(2),
+        Some(c) if c.status().is_some_and(|s| s.is_server_error()) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
     }
 }
 

@@ -1,7 +1,7 @@
 //! What `lwr --version` says: the release, the commit, and the database schemas this build
 //! runs on (the compatibility window of rolling upgrades, docs/operations.md "Upgrading").
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::CommandFactory;
 
 use crate::cli::Cli;
 
@@ -23,17 +23,11 @@ fn long() -> String {
     )
 }
 
-/// Parses the command line, with the version texts only known at run time.
-pub fn parse() -> Cli {
+/// The command line, with the version texts only known at run time (and the examples,
+/// completions and man page of [`crate::help`]).
+pub fn command() -> clap::Command {
     // clap keeps &'static str; these two strings live as long as the process anyway.
     let short: &'static str = Box::leak(short().into_boxed_str());
     let long: &'static str = Box::leak(long().into_boxed_str());
-    let matches = Cli::command()
-        .version(short)
-        .long_version(long)
-        .get_matches();
-    match Cli::from_arg_matches(&matches) {
-        Ok(cli) => cli,
-        Err(e) => e.exit(),
-    }
+    crate::help::decorate(Cli::command().version(short).long_version(long))
 }

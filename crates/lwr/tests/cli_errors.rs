@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
 
 use common::*;
@@ -18,6 +19,7 @@ fn an_unreachable_server_is_one_clear_line() {
         out.assert_clear_error(1)
             .assert_stderr_has(&["cannot reach", "127.0.0.1:1"]);
         assert!(out.stdout.is_empty(), "nothing on stdout: {out}");
+        assert_eq!(out.status.code(), Some(2), "a server error: {out}");
     }
     // LWR_SERVER works as --server does.
     let out = lwr_at(Some("http://127.0.0.1:1"), &["jobs"]);
@@ -30,21 +32,6 @@ fn a_bad_server_url_is_one_clear_line() {
     let out = lwr(&["jobs", "--server", "localhost:7370"]);
     out.assert_clear_error(1)
         .assert_stderr_has(&["localhost:7370"]);
-}
-
-#[test]
-fn logs_of_an_unknown_job_is_a_clear_error() {
-    let tmp = tempdir();
-    let server = Server::start(tmp.path());
-    for (job, names) in [
-        ("nosuch", "nosuch"),
-        ("999", "999"),
-        ("1/nosuch", "nosuch"),
-        ("x/build", "x/build"),
-    ] {
-        let out = server.lwr(&["logs", job]);
-        out.assert_clear_error(1).assert_stderr_has(&[names]);
-    }
 }
 
 #[test]
@@ -162,29 +149,200 @@ fn a_reader_that_leaves_early_is_no_error() {
     }
 }
 
-/// Unknown graphs and jobs that have not run say so, in the job's words.
+/// Mistakes made on purpose against one server (and, at the end, one node whose PATH has no
+/// lwr): every error is one line in the user's words, naming what was typed, with HTTP
+/// details only under -v; "not found" exits 1 everywhere; one repository has one URL and
+/// is checked when added; a second server on the data dir is refused with the holder's pid;
+/// a polled head without lwr.yml (or with a broken one) reads as such in `lwr pushes`; jobs
+/// find `lwr` on their PATH.
 #[test]
-fn unknown_graphs_and_runs_that_do_not_exist_yet_are_named() {
+fn mistakes_against_one_server_are_one_line_in_the_users_words() {
     let tmp = tempdir();
-    let server = Server::start(tmp.path());
-    server
-        .lwr(&["jobs", "--graph", "999"])
-        .assert_clear_error(1)
-        .assert_stderr_has(&["graph 999 not found", "404"]);
+    let dir = tmp.path();
+    let server = Server::start(dir);
     let repo = git_repo(
-        &tmp.path().join("repo"),
-        "version: 1\njobs:\n  build:\n    run: \"true\"\n",
+        &dir.join("repo"),
+        "version: 1\njobs:\n  build:\n    run: lwr --version && test \"$(command -v lwr)\" = \"$LWR_BIN\"\n",
     );
-    let graph = server.push(&repo, false).pushed_graph();
-    let job = format!("{graph}/build");
-    for args in [vec!["manifest", &job], vec!["artifacts", &job]] {
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let graph = out.pushed_graph();
+
+    let typo = format!("{graph}/nosuch");
+    let empty = format!("{graph}/");
+    for (job, names) in [
+        ("nosuch", "nosuch"),
+        ("999", "999"),
+        (typo.as_str(), "nosuch"),
+        ("x/build", "x/build"),
+        (empty.as_str(), "names no job"),
+    ] {
+        let out = server.lwr(&["logs", job]);
+        out.assert_clear_error(1).assert_stderr_has(&[names]);
+        assert!(
+            !out.stderr.contains("HTTP") && !out.stderr.contains("/v1/"),
+            "no HTTP details without -v: {out}"
+        );
+        assert_eq!(out.status.code(), Some(1), "not found exits 1: {out}");
+    }
+    server
+        .lwr(&["logs", &typo, "-v"])
+        .assert_clear_error(2)
+        .assert_stderr_has(&["nosuch", "GET /v1/graphs/", "404"]);
+
+    // A job that has not run yet is named as it was typed.
+    let build = format!("{graph}/build");
+    server
+        .lwr(&["logs", &build])
+        .assert_clear_error(1)
+        .assert_stderr_has(&[&build, "has not run yet (state pending)"]);
+    for args in [vec!["manifest", &build], vec!["artifacts", &build]] {
         server
             .lwr(&args)
             .assert_clear_error(1)
             .assert_stderr_has(&["has not run yet (state pending)"]);
     }
+    for (args, says) in [
+        (vec!["jobs", "--graph", "999"], "graph 999 not found"),
+        (vec!["fetch", "999/installer"], "job 999 not found"),
+        (vec!["pushes", "--repo", "99"], "repository 99 not found"),
+        (
+            vec!["repos", "edit", "99", "--every", "5m"],
+            "repository 99 not found",
+        ),
+        (vec!["nodes", "disable", "nosuch"], "nosuch"),
+    ] {
+        let out = server.lwr(&args);
+        out.assert_clear_error(1).assert_stderr_has(&[says]);
+        assert_eq!(out.status.code(), Some(1), "not found exits 1: {out}");
+        assert!(out.stdout.is_empty(), "no table: {out}");
+    }
+
+    // One repository, one URL; checked when added.
+    let path = repo.display().to_string();
+    let url = format!("file://{path}");
     server
-        .lwr(&["fetch", "999/installer"])
+        .lwr(&["repos", "add", &url, "--branch", "main", "--every", "1h"])
+        .assert_success();
+    for same in [path.clone(), format!("{path}/"), format!("{path}/.")] {
+        server
+            .lwr(&["repos", "add", &same, "--branch", "main"])
+            .assert_clear_error(1)
+            .assert_stderr_has(&["already polled"]);
+    }
+    let missing = dir.join("missing").display().to_string();
+    server
+        .lwr(&["repos", "add", &missing])
         .assert_clear_error(1)
-        .assert_stderr_has(&["job 999 not found"]);
+        .assert_stderr_has(&[&missing]);
+    let other = git_repo(
+        &dir.join("other"),
+        "version: 1\njobs:\n  a:\n    run: \"true\"\n",
+    );
+    server
+        .lwr(&[
+            "repos",
+            "add",
+            &other.display().to_string(),
+            "--branch",
+            "mian",
+        ])
+        .assert_clear_error(1)
+        .assert_stderr_has(&["no branch 'mian'", "main"]);
+    let out = server.lwr(&["repos", "edit", &path, "--every", "5m", "--branch", "main"]);
+    out.assert_success();
+    assert!(out.stdout.contains("every 300s"), "{out}");
+    let repos = server.api.repos().expect("repos");
+    assert_eq!(repos.repos.len(), 1, "{repos:?}");
+    assert_eq!(
+        (repos.repos[0].url.as_str(), repos.repos[0].every_secs),
+        (path.as_str(), 300)
+    );
+    server.lwr(&["repos", "remove", &url]).assert_success();
+
+    // A second server on the same data dir.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let data = server.data_dir.display().to_string();
+    let out = lwr(&["server", "--listen", &listen, "--data-dir", &data]);
+    out.assert_clear_error(1)
+        .assert_stderr_has(&["in use", "pid ", "--data-dir"]);
+
+    // A node whose PATH has no lwr: its jobs still find the node's own lwr.
+    let work_dir = dir.join("bare-node");
+    let args = [
+        "node",
+        "--server",
+        &server.url,
+        "--name",
+        "bare",
+        "--slots",
+        "2",
+        "--work-dir",
+    ];
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.push(work_dir.display().to_string());
+    let mut node = Daemon::new("node bare", args, dir.join("node-bare.log"), vec![work_dir]);
+    node.env
+        .push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
+    node.start();
+    let info = server.wait_finished(graph);
+    assert_eq!(info.counts.succeeded, 1, "{}", server.describe(Some(graph)));
+
+    // Polled heads without lwr.yml, then with a broken one.
+    let bare = dir.join("bare");
+    std::fs::create_dir_all(&bare).expect("a repo dir");
+    std::fs::write(bare.join("README"), "no graph here\n").expect("a file");
+    git_init_commit(&bare);
+    let bare_path = bare.display().to_string();
+    server
+        .lwr(&["repos", "add", &bare_path, "--every", "1s"])
+        .assert_success();
+    let pushes_say = |want: &str| {
+        wait_until(&format!("`lwr pushes` to say {want}"), DEADLINE, || {
+            let out = server.lwr(&["pushes"]);
+            match out.stdout.contains(want) {
+                true => Ok(()),
+                false => Err(out.to_string()),
+            }
+        })
+    };
+    pushes_say("no lwr.yml");
+    std::fs::write(
+        bare.join("lwr.yml"),
+        "version: 1\njobs:\n  a:\n    neds: [b]\n",
+    )
+    .expect("lwr.yml");
+    git_commit_all(&bare, "a broken graph");
+    pushes_say("invalid lwr.yml: lwr.yml:4: job 'a': unknown key 'neds': did you mean 'needs'?");
+    node.kill();
+}
+
+/// Something that answers HTTP but is not lwr (a web server's error page) is named as
+/// such in one line, never dumped.
+#[test]
+fn a_server_that_is_not_lwr_is_named_in_one_line() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a port");
+    let url = format!("http://{}", listener.local_addr().expect("its address"));
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let page = "<!DOCTYPE html>\n<html>\n<head><title>Not Found</title></head>\n\
+                <body>\n<h1>Not Found</h1>\n<p>Nothing here.</p>\n</body>\n</html>\n";
+            let _ = write!(
+                conn,
+                "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    for args in [vec!["jobs"], vec!["logs", "1/build"], vec!["nodes"]] {
+        let out = lwr_at(Some(&url), &args);
+        out.assert_clear_error(1)
+            .assert_stderr_has(&["not an lwr server", &url]);
+        assert!(!out.stderr.contains("<html"), "{out}");
+        assert_eq!(out.status.code(), Some(2), "{out}");
+    }
 }

@@ -298,7 +298,24 @@ fn a_failing_repository_is_shown_and_retried_without_stopping_the_others() {
     let missing = dir.join("missing");
     let server = Server::start(dir);
     let _node = server.node(dir, "n1", 2, &[]);
-    poll(&server, &missing);
+    // A repository is checked when added; this one (with no commit, so nothing to push)
+    // disappears afterwards.
+    git_out(
+        dir,
+        &["init", "-q", "-b", "main", &missing.display().to_string()],
+    );
+    server
+        .lwr(&[
+            "repos",
+            "add",
+            &missing.display().to_string(),
+            "--branch",
+            "ma*",
+            "--every",
+            "1s",
+        ])
+        .assert_success();
+    std::fs::remove_dir_all(&missing).expect("removing the repository");
     let failing = wait_until("the repository to be failing", DEADLINE, || {
         let r = repo(&server);
         if r.state == "failing" && r.failures >= 1 {

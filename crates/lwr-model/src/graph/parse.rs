@@ -10,8 +10,8 @@ use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{LoadError, LoaderOptions, Marker, Node};
 
 use super::validate::{
-    JobLines, MAX_CHECKOUT_DEPTH, MAX_JOBS, MAX_NEEDS, TOP_KEYS, check, env_name_message,
-    is_env_name, show,
+    JobLines, MAX_CHECKOUT_DEPTH, MAX_JOBS, MAX_NEEDS, TOP_KEYS, check, did_you_mean,
+    env_name_message, is_env_name, show,
 };
 use super::{
     ArtifactDecl, Checkout, DEFAULT_RETRIES, DEFAULT_TIMEOUT_SECS, Graph, GraphError, JobSpec,
@@ -374,9 +374,18 @@ fn structural_prefix(line: &str) -> usize {
     }
 }
 
+/// A top-level key that misspells `field` (`verison:`), reported as the unknown key it is
+/// rather than as `field` missing.
+fn misspelled(cx: &Cx, top: &MarkedMappingNode, field: &str) -> Option<GraphError> {
+    top.keys()
+        .filter(|k| !TOP_KEYS.contains(&k.as_str()))
+        .find(|k| crate::words::closest(k.as_str(), [field]).is_some())
+        .map(|k| cx.unknown_key(k, None))
+}
+
 fn check_version(cx: &Cx, top: &MarkedMappingNode) -> Result<(), GraphError> {
     let Some((key, node)) = top.get_key_value("version") else {
-        return Err(cx.missing(None, "version"));
+        return Err(misspelled(cx, top, "version").unwrap_or_else(|| cx.missing(None, "version")));
     };
     let line = key_line(key);
     match node {
@@ -393,7 +402,7 @@ fn check_version(cx: &Cx, top: &MarkedMappingNode) -> Result<(), GraphError> {
 
 fn read_jobs(cx: &Cx, top: &MarkedMappingNode) -> Result<Vec<RawJob>, GraphError> {
     let Some((key, node)) = top.get_key_value("jobs") else {
-        return Err(cx.missing(None, "jobs"));
+        return Err(misspelled(cx, top, "jobs").unwrap_or_else(|| cx.missing(None, "jobs")));
     };
     let line = key_line(key);
     let Some(map) = cx.mapping(line, "jobs", node, "a mapping of job name to job")? else {
@@ -422,6 +431,20 @@ fn read_jobs(cx: &Cx, top: &MarkedMappingNode) -> Result<Vec<RawJob>, GraphError
                 file: cx.file.into(),
                 line,
                 name: show(written),
+            });
+        }
+        // A polled push adds its own decision job to the graph: a job of that name would
+        // pass here and fail every polled push, so it is refused where it is written.
+        if name == crate::push::DECISION_JOB {
+            let message = "the name is taken by the decision job every polled push gets; \
+                 rename the job (e.g. decide)"
+                .to_string();
+            return Err(GraphError::InvalidValue {
+                file: cx.file.into(),
+                line,
+                job: Some(show(written)),
+                field: Some("name".into()),
+                message,
             });
         }
         if let Some(first) = taken.get(&name) {
@@ -552,8 +575,9 @@ fn read_field(
                 "all-finished" => Requires::AllFinished,
                 other => {
                     let message = format!(
-                        "'{}' is not a requirement; use all-succeeded (the default) or all-finished",
-                        show(other)
+                        "'{}' is not a requirement{}; use all-succeeded (the default) or all-finished",
+                        show(other),
+                        did_you_mean(other, ["all-succeeded", "all-finished"])
                     );
                     return Err(cx.invalid(line, "requires", message));
                 }
@@ -648,8 +672,9 @@ fn read_prefer(cx: &Cx, line: Option<usize>, node: &Node) -> Result<Vec<Prefer>,
     for (name, item_line) in cx.string_list(line, "prefer", node)? {
         let Some(p) = Prefer::parse(name.trim()) else {
             let message = format!(
-                "'{}' is not a preference; use affinity, fastest or reserved",
-                show(&name)
+                "'{}' is not a preference{}; use affinity, fastest or reserved",
+                show(&name),
+                did_you_mean(name.trim(), ["affinity", "fastest", "reserved"])
             );
             return Err(cx.invalid(item_line, "prefer", message));
         };
@@ -684,7 +709,11 @@ fn read_when(cx: &Cx, line: Option<usize>, node: &Node) -> Result<When, GraphErr
                 }
             }
             other => {
-                let message = format!("unknown key '{}' (expected changed)", show(other));
+                let message = format!(
+                    "unknown key '{}'{} (expected changed)",
+                    show(other),
+                    did_you_mean(other, ["changed"])
+                );
                 return Err(cx.invalid(key_line, "when", message));
             }
         }
@@ -1350,12 +1379,12 @@ jobs:
         let e = err("version: 1\njobs:\n  a: {run: x}\njob:\n  b: {}\n");
         assert_eq!(
             e.to_string(),
-            "lwr.yml:4: unknown key 'job' (expected one of version, jobs, checkout)"
+            "lwr.yml:4: unknown key 'job': did you mean 'jobs'? (expected one of version, jobs, checkout)"
         );
         let e = err("version: 1\njobs:\n  b: {run: x}\n  a:\n    rnu: make\n");
         assert_eq!(
             e.to_string(),
-            "lwr.yml:5: job 'a': unknown key 'rnu' (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when, prefer, affinity_wait, keep_workdir, timestamps, checkout)"
+            "lwr.yml:5: job 'a': unknown key 'rnu': did you mean 'run'? (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when, prefer, affinity_wait, keep_workdir, timestamps, checkout)"
         );
         assert_eq!(
             (e.line(), e.job(), e.field()),
@@ -1365,7 +1394,7 @@ jobs:
         let e = err(text);
         assert_eq!(
             e.to_string(),
-            "lwr.yml:9: job 'a': field 'artifacts[1]': unknown key 'paht' (expected one of name, path, kind, optional)"
+            "lwr.yml:9: job 'a': field 'artifacts[1]': unknown key 'paht': did you mean 'path'? (expected one of name, path, kind, optional)"
         );
     }
 
@@ -1477,6 +1506,55 @@ jobs:
             );
             assert!(e.to_string().contains(says), "{e}");
         }
+    }
+
+    #[test]
+    fn misspellings_get_did_you_mean_with_their_line() {
+        for (text, want) in [
+            (
+                "verison: 1\njobs:\n  a: {run: x}\n",
+                "lwr.yml:1: unknown key 'verison': did you mean 'version'?",
+            ),
+            (
+                "version: 1\njbos:\n  a: {run: x}\n",
+                "lwr.yml:2: unknown key 'jbos': did you mean 'jobs'?",
+            ),
+            (
+                "version: 1\njobs:\n  a:\n    run: x\n    neds: [b]\n",
+                "lwr.yml:5: job 'a': unknown key 'neds': did you mean 'needs'?",
+            ),
+            (
+                "version: 1\njobs:\n  build: {run: x}\n  test:\n    run: x\n    needs: [bild]\n",
+                "lwr.yml:6: job 'test': needs 'bild', which is not a job in this graph (did you mean 'build'?)",
+            ),
+            (
+                "version: 1\njobs:\n  a:\n    run: x\n    when: {chnged: [a]}\n",
+                "did you mean 'changed'?",
+            ),
+            (
+                "version: 1\njobs:\n  a:\n    run: x\n    requires: all-finshed\n",
+                "did you mean 'all-finished'?",
+            ),
+        ] {
+            let e = err(text).to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        // Nothing close: no guess.
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    needs: [zzz]\n").to_string();
+        assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    #[test]
+    fn a_job_named_decision_is_refused_with_its_line() {
+        for text in [
+            "version: 1\njobs:\n  decision:\n    run: x\n",
+            "version: 1\njobs:\n  a: {run: x}\n  Decision:\n    run: x\n",
+        ] {
+            let e = err(text);
+            assert!(e.to_string().contains("decision job"), "{e}");
+            assert!(e.line().is_some_and(|l| l >= 3), "{e}");
+        }
+        assert!(parse("version: 1\njobs:\n  decide: {run: x}\n", "f").is_ok());
     }
 
     #[test]
@@ -1967,7 +2045,7 @@ jobs:
             ),
             (
                 "    checkout:\n      dpeth: 1\n",
-                "lwr.yml:6: job 'a': field 'checkout': unknown key 'dpeth' (expected one of \
+                "lwr.yml:6: job 'a': field 'checkout': unknown key 'dpeth': did you mean 'depth'? (expected one of \
                  depth, submodules, lfs, path)",
             ),
         ] {

@@ -67,10 +67,11 @@ pub enum GraphError {
     /// A key lwr does not know, at the top level, in a job or in an artifact. The message
     /// lists the keys allowed there.
     #[error(
-        "{}: {}unknown key '{key}' (expected one of {})",
+        "{}: {}unknown key '{key}'{} (expected one of {})",
         at(file, line),
         ctx(job, field),
-        allowed_keys(job, field)
+        did_you_mean(key, allowed(job, field).iter().copied()),
+        allowed(job, field).join(", ")
     )]
     UnknownKey {
         file: String,
@@ -139,14 +140,17 @@ pub enum GraphError {
 
     /// A need that names no job of the graph.
     #[error(
-        "{}: job '{job}': needs '{need}', which is not a job in this graph",
-        at(file, line)
+        "{}: job '{job}': needs '{need}', which is not a job in this graph{}",
+        at(file, line),
+        suggestion.as_deref().map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default()
     )]
     UnknownNeed {
         file: String,
         line: Option<usize>,
         job: String,
         need: String,
+        /// The job of the graph whose name `need` most likely misspells.
+        suggestion: Option<String>,
     },
 
     /// A job that needs itself.
@@ -258,14 +262,21 @@ pub(crate) const CHECKOUT_KEYS: &[&str] = &["depth", "submodules", "lfs", "path"
 pub(crate) const ARTIFACT_KEYS: &[&str] = &["name", "path", "kind", "optional"];
 
 /// The keys allowed where an unknown key was found: unknown keys are only reported at the top
-/// level, in a job and in an artifact.
-fn allowed_keys(job: &Option<String>, field: &Option<String>) -> String {
+/// level, in a job, in a checkout and in an artifact.
+fn allowed(job: &Option<String>, field: &Option<String>) -> &'static [&'static str] {
     match (job, field) {
-        (_, Some(f)) if f == "checkout" => CHECKOUT_KEYS.join(", "),
-        (None, _) => TOP_KEYS.join(", "),
-        (Some(_), None) => JOB_KEYS.join(", "),
-        (Some(_), Some(_)) => ARTIFACT_KEYS.join(", "),
+        (_, Some(f)) if f == "checkout" => CHECKOUT_KEYS,
+        (None, _) => TOP_KEYS,
+        (Some(_), None) => JOB_KEYS,
+        (Some(_), Some(_)) => ARTIFACT_KEYS,
     }
+}
+
+/// `: did you mean 'needs'?` when `word` looks like a misspelling of one of `known`.
+pub(crate) fn did_you_mean<'k>(word: &str, known: impl IntoIterator<Item = &'k str>) -> String {
+    crate::words::closest(word, known)
+        .map(|k| format!(": did you mean '{k}'?"))
+        .unwrap_or_default()
 }
 
 fn missing_hint(field: &str) -> &'static str {
@@ -713,12 +724,15 @@ fn resolve_needs(
                 .or(lines.get(i).and_then(|l| l.job));
             let (file, job) = (file.to_string(), job.name.clone());
             let Some(&target) = index.get(need.as_str()) else {
+                let suggestion =
+                    crate::words::closest(need, index.keys().copied()).map(str::to_string);
                 let need = show(source.map_or(need, |s| &s.1));
                 return Err(GraphError::UnknownNeed {
                     file,
                     line,
                     job,
                     need,
+                    suggestion,
                 });
             };
             if target == i {

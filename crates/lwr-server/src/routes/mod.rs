@@ -222,6 +222,12 @@ pub fn table() -> Vec<Route> {
             operator::remove_repo,
         ),
         operator(
+            Scope::RepoAdmin,
+            M::PATCH,
+            "/v1/repos/{id}",
+            operator::edit_repo,
+        ),
+        operator(
             Scope::NodeAdmin,
             M::POST,
             "/v1/nodes/{id}/state",

@@ -143,8 +143,19 @@ pub(crate) async fn trigger_job(
 pub(crate) async fn add_repo(
     _: Operator,
     State(state): Shared,
-    ApiJson(add): ApiJson<AddRepo>,
+    ApiJson(mut add): ApiJson<AddRepo>,
 ) -> ApiResult<(StatusCode, Json<RepoInfo>)> {
+    // One repository, one URL: `file:///r` and `/r` must not be polled (and pushed) twice.
+    add.url = lwr_model::push::canonical_repo_url(&add.url);
+    // Found out now, not at the first poll: a path that is not there, a host that does not
+    // answer, a branch the repository does not have.
+    if !add.url.is_empty() && !add.url.chars().any(char::is_control) {
+        crate::poller::check_repo(&add.url, &add.branches)
+            .await
+            .map_err(|(field, message)| {
+                ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, message)
+            })?;
+    }
     let repo = state
         .queue
         .store()
@@ -152,6 +163,34 @@ pub(crate) async fn add_repo(
         .await?;
     state.poll.repos_changed();
     Ok((StatusCode::CREATED, Json(repo)))
+}
+
+#[utoipa::path(
+    patch, path = "/v1/repos/{id}", params(("id" = i64, Path)), request_body = EditRepo,
+    responses(
+        (status = 200, description = "polled with the new branches and interval from now on", body = RepoInfo),
+        (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
+pub(crate) async fn edit_repo(
+    _: Operator,
+    State(state): Shared,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(edit): ApiJson<EditRepo>,
+) -> ApiResult<Json<RepoInfo>> {
+    let store = state.queue.store();
+    if let Some(branches) = &edit.branches {
+        let repo = store.repo(id).await?;
+        crate::poller::check_repo(&repo.url, branches)
+            .await
+            .map_err(|(field, message)| {
+                ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, field, message)
+            })?;
+    }
+    let repo = store.edit_repo(id, &edit).await?;
+    state.poll.repos_changed();
+    Ok(Json(repo))
 }
 
 #[utoipa::path(

@@ -302,9 +302,11 @@ pub(crate) async fn get_log(
         None => job.run_history.last(),
     };
     let Some(run) = run else {
+        // Named as a user types it (GRAPH/NAME), with the id for those who typed that.
+        let named = format!("job {}/{} (id {id})", job.info.graph_id, job.info.name);
         let msg = match q.run {
-            Some(n) => format!("job {id} has no run {n}"),
-            None => format!("job {id} has not run yet (state {})", job.info.state),
+            Some(n) => format!("{named} has no run {n}"),
+            None => format!("{named} has not run yet (state {})", job.info.state),
         };
         return Err(ApiError::new(StatusCode::NOT_FOUND, msg));
     };

@@ -20,6 +20,14 @@ pub async fn run(args: GraphArgs) -> anyhow::Result<ExitCode> {
     if let Some(GraphAction::Diff(diff)) = args.action {
         return run_diff(diff).await;
     }
+    // A polled revision without lwr.yml has nothing to run; that is no failure of the
+    // decision job (`lwr pushes` shows the push as `no lwr.yml`).
+    if let (true, Some(push)) = (args.submit, args.push)
+        && !args.repo.join(GRAPH_FILE).exists()
+    {
+        outln!("no {GRAPH_FILE} at this revision: push {push} runs nothing");
+        return Ok(ExitCode::SUCCESS);
+    }
     let graph = read_working_tree(&args.repo)?;
     if args.submit {
         return submit(&args, graph).await;
@@ -113,7 +121,7 @@ async fn submit(args: &GraphArgs, graph: Graph) -> anyhow::Result<ExitCode> {
     sub.push = args.push;
     sub.left_out = left_out;
     if let Some(changed) = &changed {
-        outln!("{} files changed", changed.len());
+        outln!("{} changed", count(changed.len() as u64, "file", "files"));
     }
     for l in &sub.left_out {
         outln!("left out {}: {}", l.name, l.reason);
@@ -135,11 +143,16 @@ async fn submit(args: &GraphArgs, graph: Graph) -> anyhow::Result<ExitCode> {
     let scheduled = sub.graph.jobs.len() - sub.left_out.len();
     match sub.push {
         Some(push) => outln!(
-            "submitted {scheduled} jobs to graph {} of push {push} ({} left out)",
+            "submitted {} to graph {} of push {push} ({} left out)",
+            count(scheduled as u64, "job", "jobs"),
             info.id,
             sub.left_out.len()
         ),
-        None => outln!("pushed graph {} ({scheduled} jobs)", info.id),
+        None => outln!(
+            "pushed graph {} ({})",
+            info.id,
+            count(scheduled as u64, "job", "jobs")
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -83,6 +83,9 @@ pub async fn resolve_job(client: &Client, job: &str) -> anyhow::Result<JobId> {
     let graph: i64 = graph
         .parse()
         .with_context(|| format!("'{job}': the part before / must be a graph id"))?;
+    if lwr_model::normalize_name(name).is_empty() {
+        bail!("'{job}' names no job: give its name after the / (e.g. {graph}/build)");
+    }
     Ok(client
         .job_by_name(GraphId(graph), &lwr_model::normalize_name(name))
         .await?

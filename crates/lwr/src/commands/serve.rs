@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use lwr_model::DurationMs;
+use lwr_model::words::count;
 use lwr_node::NodeConfig;
 use lwr_server::Config;
 use lwr_store::Store;
@@ -113,9 +114,14 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         };
         nodes.push(tokio::spawn(dev_node(config, stop_rx.clone())));
     }
+    // The follow-up command must reach this server: name it unless it is the default.
+    let flag = match url == lwr_client::DEFAULT_SERVER {
+        true => String::new(),
+        false => format!(" --server {url}"),
+    };
     let hint = if args.serve.auth {
         format!(
-            "; admin token in {}: try `lwr push --data-dir {} --repo examples --wait`",
+            "; admin token in {}: try `lwr push{flag} --data-dir {} --repo examples --wait`",
             args.serve
                 .data_dir
                 .join(super::tokens::ADMIN_TOKEN_FILE)
@@ -123,11 +129,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
             args.serve.data_dir.display()
         )
     } else {
-        "; try `lwr push --repo examples --wait`".to_string()
+        format!("; try `lwr push{flag} --repo examples --wait`")
     };
     outln!(
-        "lwr dev: server on {url} with {} nodes of {slots} slots (data dir {}, {}){hint}",
-        args.nodes,
+        "lwr dev: server on {url} with {} of {} (data dir {}, {}){hint}",
+        count(args.nodes, "node", "nodes"),
+        count(slots, "slot", "slots"),
         args.serve.data_dir.display(),
         auth_label(&args.serve)
     );
@@ -236,6 +243,7 @@ async fn start_server(
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let lock = lock_data_dir(&args.data_dir)?;
     let url = match &args.db {
         Some(url) => url.clone(),
         None => sqlite_url(&args.data_dir)?,
@@ -256,7 +264,52 @@ async fn start_server(
     config.public_url = args.public_url.clone();
     config.web = Some(lwr_web::router);
     let (addr, serve) = lwr_server::bind(args.listen, store.clone(), config).await?;
+    // The lock is held for as long as the server serves.
+    let serve = async move {
+        let _lock = lock;
+        serve.await
+    };
     Ok((format!("http://{addr}"), store, serve))
+}
+
+/// Takes the data dir's lock file (`lock`, holding the owner's pid), or says who holds it:
+/// two servers on one data dir would share its SQLite database, spool and artifacts while
+/// each believes it is alone. The lock goes with the process, so a killed server never
+/// leaves it behind.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let holder = match pid.trim() {
+                "" => String::new(),
+                pid => format!(" (pid {pid})"),
+            };
+            anyhow::bail!(
+                "data dir {} is in use by another lwr server or lwr dev{holder}; stop it, or \
+                 give this one its own --data-dir",
+                dir.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(file)
 }
 
 pub(super) fn sqlite_url(data_dir: &Path) -> anyhow::Result<String> {
