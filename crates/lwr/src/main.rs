@@ -55,10 +55,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            if verbose {
-                if let Some(detail) = client_error(&e).and_then(|c| c.detail()) {
-                    eprintln!("  (request: {detail})");
-                }
+            if verbose && let Some(detail) = client_error(&e).and_then(|c| c.detail()) {
+                eprintln!("  (request: {detail})");
             }
             exit_code(&e)
         }

@@ -51,6 +51,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 impl crate::cli::ServerConn {
+    /// `command` (`lwr repos`) as a follow-up a message suggests, with the --server this
+    /// command used when it is not the default (or else it would ask another server).
+    pub fn hint(&self, command: &str) -> String {
+        match self.server == lwr_client::DEFAULT_SERVER {
+            true => format!("`{command}`"),
+            false => format!("`{command} --server {}`", self.server),
+        }
+    }
+
     /// A client for the server, with the token from --token or LWR_TOKEN, or else from the
     /// admin.token that `lwr dev --auth` wrote to --data-dir.
     pub fn client(&self) -> anyhow::Result<lwr_client::Client> {

@@ -8,7 +8,7 @@ use lwr_model::api::{AddRepo, EditRepo, PushInfo};
 use lwr_model::words::count;
 
 use super::graph::GRAPH_FILE;
-use crate::cli::{PushesArgs, ReposAction, ReposArgs, TriggerArgs};
+use crate::cli::{PushesArgs, ReposAction, ReposArgs, ServerConn, TriggerArgs};
 
 pub async fn repos(args: ReposArgs) -> anyhow::Result<ExitCode> {
     let client = args.conn.client()?;
@@ -34,7 +34,7 @@ pub async fn repos(args: ReposArgs) -> anyhow::Result<ExitCode> {
             );
         }
         Some(ReposAction::Remove(rm)) => {
-            let id = repo_id(&client, &rm.repo).await?;
+            let id = repo_id(&args.conn, &client, &rm.repo).await?;
             client.remove_repo(id).await?;
             outln!("repository {id} is no longer polled; its pushes stay");
         }
@@ -51,7 +51,7 @@ pub async fn repos(args: ReposArgs) -> anyhow::Result<ExitCode> {
             if branches.is_none() && every_secs.is_none() {
                 bail!("nothing to change: give --branch, --default-branch or --every");
             }
-            let id = repo_id(&client, &e.repo).await?;
+            let id = repo_id(&args.conn, &client, &e.repo).await?;
             let repo = client
                 .edit_repo(
                     id,
@@ -123,7 +123,10 @@ pub async fn pushes(args: PushesArgs) -> anyhow::Result<ExitCode> {
     if let (Some(id), true) = (args.repo, list.pushes.is_empty())
         && !client.repos().await?.repos.iter().any(|r| r.id == id)
     {
-        bail!("repository {id} not found (see `lwr repos`)");
+        bail!(
+            "repository {id} not found (see {})",
+            args.conn.hint("lwr repos")
+        );
     }
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&list)?);
@@ -226,7 +229,11 @@ fn branches_text(patterns: &[String]) -> String {
 }
 
 /// A polled repository named by id or URL (in any of its spellings).
-async fn repo_id(client: &lwr_client::Client, repo: &str) -> anyhow::Result<i64> {
+async fn repo_id(
+    conn: &ServerConn,
+    client: &lwr_client::Client,
+    repo: &str,
+) -> anyhow::Result<i64> {
     if let Ok(id) = repo.parse::<i64>() {
         return Ok(id);
     }
@@ -234,7 +241,10 @@ async fn repo_id(client: &lwr_client::Client, repo: &str) -> anyhow::Result<i64>
     let list = client.repos().await?;
     match list.repos.iter().find(|r| r.url == repo || r.url == wanted) {
         Some(r) => Ok(r.id),
-        None => bail!("repository {repo} not found (see `lwr repos`)"),
+        None => bail!(
+            "repository {repo} not found (see {})",
+            conn.hint("lwr repos")
+        ),
     }
 }
 
