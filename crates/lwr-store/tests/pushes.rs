@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use lwr_model::api::{AddRepo, Outcome, RegisterNode, RunResult, SubmitGraph};
+use lwr_model::api::{AddRepo, EditRepo, Outcome, RegisterNode, RunResult, SubmitGraph};
 use lwr_model::graph::LeftOut;
 use lwr_model::{
     DurationMs, Graph, GraphId, JobSpec, JobState, Millis, NodeId, NodeProperties, PushId, Requires,
@@ -544,7 +544,62 @@ async fn a_dependent_run_again_with_a_failed_need_is_blocked_not_stuck(f: Fixtur
     assert!(info.finished, "{:?}", info.counts);
 }
 
+/// `lwr repos edit`: branches and interval change, an absent field stays, bad values and
+/// unknown repositories are refused.
+async fn a_repository_is_edited_field_by_field(f: Fixture) {
+    let store = f.store.clone();
+    let add = AddRepo {
+        url: "/srv/app".into(),
+        branches: vec!["main".into()],
+        every_secs: Some(30),
+    };
+    let repo = store.add_repo(&add, Millis(0)).await.unwrap();
+    let every = EditRepo {
+        every_secs: Some(300),
+        ..EditRepo::default()
+    };
+    let edited = store.edit_repo(repo.id, &every).await.unwrap();
+    assert_eq!(
+        (edited.every_secs, edited.branches.clone()),
+        (300, vec!["main".to_string()])
+    );
+    let branches = EditRepo {
+        branches: Some(vec!["release/*".into()]),
+        ..EditRepo::default()
+    };
+    let edited = store.edit_repo(repo.id, &branches).await.unwrap();
+    assert_eq!(
+        (edited.every_secs, edited.branches),
+        (300, vec!["release/*".to_string()])
+    );
+    let targets = store.poll_targets().await.unwrap();
+    assert_eq!(targets[0].every_ms, DurationMs(300_000));
+    for bad in [
+        EditRepo {
+            every_secs: Some(0),
+            ..EditRepo::default()
+        },
+        EditRepo {
+            branches: Some(vec!["refs/heads/main".into()]),
+            ..EditRepo::default()
+        },
+    ] {
+        assert!(
+            matches!(
+                store.edit_repo(repo.id, &bad).await,
+                Err(StoreError::Invalid { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        store.edit_repo(repo.id + 1, &every).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
 on_both_backends!(
+    a_repository_is_edited_field_by_field,
     one_push_per_head_across_polls_and_restarts,
     all_finished_jobs_run_whatever_their_needs_did,
     all_finished_waits_for_every_need_and_counts_cancelled_and_exception,
