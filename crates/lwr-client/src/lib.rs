@@ -149,6 +149,7 @@ pub enum ClientError {
         server: String,
         method: Method,
         path: String,
+        status: StatusCode,
         answer: String,
     },
     #[error("{method} {path}: unreadable answer: {detail}")]
@@ -184,7 +185,8 @@ impl ClientError {
     /// The HTTP status of an error answer, if the server gave one.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            ClientError::Api { status, .. } => Some(*status),
+            // A proxy's error page still carries the status callers retry (or not) on.
+            ClientError::Api { status, .. } | ClientError::NotLwr { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -196,7 +198,7 @@ impl ClientError {
 
     /// True when the server said the thing asked for does not exist (HTTP 404).
     pub fn is_not_found(&self) -> bool {
-        self.status() == Some(StatusCode::NOT_FOUND)
+        matches!(self, ClientError::Api { status, .. } if *status == StatusCode::NOT_FOUND)
     }
 
     /// The request and the HTTP status behind an error, for `lwr -v`: `GET /v1/jobs/8/log
@@ -393,6 +395,7 @@ impl Client {
                     server: self.base.clone(),
                     method: method.clone(),
                     path: what.to_string(),
+                    status,
                     answer: describe_answer(status, &headers),
                 });
             }
@@ -441,6 +444,7 @@ impl Client {
                     server: self.base.clone(),
                     method: method.clone(),
                     path: what.to_string(),
+                    status,
                     answer: describe_answer(status, &headers),
                 }
             }
