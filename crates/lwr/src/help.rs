@@ -213,6 +213,8 @@ fn with_examples(mut cmd: clap::Command, path: &str, examples: &str) -> clap::Co
     }
     cmd = cmd.mut_subcommand(first, |sub| match rest {
         Some(rest) => with_examples(sub, rest, examples),
+        // Examples written beside the arguments (`#[command(after_help)]`) win.
+        None if sub.get_after_help().is_some() => sub,
         None => sub.after_help(format!("Examples:\n  {examples}")),
     });
     cmd
