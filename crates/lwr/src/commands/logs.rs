@@ -19,14 +19,14 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     if let Some(toggle) = args.live {
         let state = client.set_live(job, toggle == Toggle::On).await?;
         eprintln!(
-            "job {job}, run {}: streaming to the server {} ({} viewers now)",
+            "job {job}, run {}: streaming to the server {} ({} now)",
             state.run_id,
             if state.live {
                 "on"
             } else {
                 "off unless someone follows"
             },
-            state.viewers
+            lwr_model::words::count(state.viewers, "viewer", "viewers")
         );
         if !args.follow {
             return Ok(ExitCode::SUCCESS);

@@ -21,9 +21,9 @@ pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
     }
     let info = client.submit_graph(&sub).await?;
     outln!(
-        "pushed graph {} ({} jobs{})",
+        "pushed graph {} ({}{})",
         info.id,
-        info.counts.total(),
+        lwr_model::words::count(info.counts.total(), "job", "jobs"),
         sub.revision
             .as_deref()
             .map(|r| format!(" at {}", short(r)))
