@@ -147,8 +147,8 @@ pub enum ClientError {
     #[error("{server} is not an lwr server (it answered {answer}); check --server or LWR_SERVER")]
     NotLwr {
         server: String,
-        method: Method,
-        path: String,
+        /// `GET /v1/jobs`: the request it answered.
+        request: String,
         status: StatusCode,
         answer: String,
     },
@@ -211,9 +211,10 @@ impl ClientError {
                 status,
                 ..
             } => Some(format!("{method} {path} (HTTP {status})")),
-            ClientError::NotLwr { method, path, .. } | ClientError::Decode { method, path, .. } => {
-                Some(format!("{method} {path}"))
-            }
+            ClientError::NotLwr {
+                request, status, ..
+            } => Some(format!("{request} (HTTP {status})")),
+            ClientError::Decode { method, path, .. } => Some(format!("{method} {path}")),
             _ => None,
         }
     }
@@ -393,8 +394,7 @@ impl Client {
             Err(_) if is_html(&headers, &text) => {
                 return Err(ClientError::NotLwr {
                     server: self.base.clone(),
-                    method: method.clone(),
-                    path: what.to_string(),
+                    request: format!("{method} {what}"),
                     status,
                     answer: describe_answer(status, &headers),
                 });
@@ -442,8 +442,7 @@ impl Client {
             } else {
                 ClientError::NotLwr {
                     server: self.base.clone(),
-                    method: method.clone(),
-                    path: what.to_string(),
+                    request: format!("{method} {what}"),
                     status,
                     answer: describe_answer(status, &headers),
                 }
