@@ -5,7 +5,7 @@
 //! build. Every job must succeed, once.
 //!
 //! The old release's binary is built from its tag once and cached (`LWR_UPGRADE_CACHE`,
-//! default /tmp/lwr-upgrade-cache, the layout the acceptance check uses). While this build
+//! default /tmp/lwr-upgrade-cache, under the tag and its commit). While this build
 //! is the tagged release itself (no code changed since the tag), the "new release" is this
 //! build with one extra additive migration (`LWR_TEST_SCHEMA_PROBE`), so the window is
 //! exercised before a second release exists. Needs `LWR_TEST_POSTGRES_URL`.
@@ -100,7 +100,11 @@ fn build_release(tag: &str) -> PathBuf {
     let cache = std::env::var("LWR_UPGRADE_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from("/tmp/lwr-upgrade-cache"));
-    let bin = cache.join(tag).join("lwr");
+    // Keyed by the tag's commit too: a tag moved (or a cache from another clone) never
+    // stands in for another build.
+    let commit = git(&["rev-parse", "--short=12", &format!("{tag}^{{commit}}")])
+        .unwrap_or_else(|| panic!("cannot resolve {tag}"));
+    let bin = cache.join(format!("{tag}-{commit}")).join("lwr");
     if bin.exists() {
         return bin;
     }
@@ -131,9 +135,10 @@ fn build_release(tag: &str) -> PathBuf {
             .current_dir(&src),
         &format!("building {tag}"),
     );
-    std::fs::create_dir_all(cache.join(tag)).expect("creating the cache dir");
+    let home = bin.parent().expect("the binary's cache dir");
+    std::fs::create_dir_all(home).expect("creating the cache dir");
     // Another test run may be building too: the binary appears whole or not at all.
-    let tmp = cache.join(tag).join(format!("lwr.{}", std::process::id()));
+    let tmp = home.join(format!("lwr.{}", std::process::id()));
     std::fs::copy(cache.join("target/release/lwr"), &tmp).expect("copying the built lwr");
     std::fs::rename(&tmp, &bin).expect("placing the built lwr");
     let _ = Command::new("git")
