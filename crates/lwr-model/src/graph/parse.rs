@@ -161,6 +161,7 @@ struct RawJob {
     written: String,
     name: String,
     line: Option<usize>,
+    title: Option<String>,
     run: String,
     run_line: Option<usize>,
     /// (normalized need, line, need as written)
@@ -460,6 +461,7 @@ fn read_job(
         written: show(written),
         name,
         line,
+        title: None,
         run: String::new(),
         run_line: None,
         needs: Vec::new(),
@@ -520,6 +522,7 @@ fn read_field(
             };
             job.run_line = line;
         }
+        "title" => job.title = Some(cx.scalar(line, "title", value)?.to_string()),
         "needs" => {
             let needs = cx.string_list(line, "needs", value)?;
             job.needs = needs
@@ -1108,6 +1111,11 @@ fn expanded_job(job: &RawJob, e: &Expansion, needs: &[(String, Option<usize>, St
     };
     JobSpec {
         name: e.name.clone(),
+        // `${matrix.KEY}` tells expansions apart here too; an unknown key stays as written.
+        title: job
+            .title
+            .as_ref()
+            .map(|t| substitute(t, value).unwrap_or_else(|_| t.clone())),
         // Unknown keys were rejected by `check_matrix_refs`, so this cannot fail.
         run: substitute(&job.run, value).unwrap_or_else(|_| job.run.clone()),
         needs: needs.iter().map(|n| n.0.clone()).collect(),
@@ -1355,7 +1363,7 @@ jobs:
         let e = err("version: 1\njobs:\n  b: {run: x}\n  a:\n    rnu: make\n");
         assert_eq!(
             e.to_string(),
-            "lwr.yml:5: job 'a': unknown key 'rnu' (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when, prefer, affinity_wait, keep_workdir, timestamps, checkout)"
+            "lwr.yml:5: job 'a': unknown key 'rnu' (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when, prefer, affinity_wait, keep_workdir, timestamps, checkout, title)"
         );
         assert_eq!(
             (e.line(), e.job(), e.field()),
@@ -2006,5 +2014,23 @@ jobs:
                 .starts_with("lwr.yml:5: job 'a': field 'timestamps'"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn title_is_one_line_of_text_for_people() {
+        let text = "version: 1\njobs:\n  \"Test Linux/opt\":\n    run: x\n    title: \"Test Linux/opt #1\"\n  t:\n    run: y\n    title: t ${matrix.n}\n    matrix: {n: [1, 2]}\n";
+        let g = parse(text, "lwr.yml").unwrap();
+        let titles: Vec<Option<&str>> = g.jobs.iter().map(|j| j.title.as_deref()).collect();
+        assert_eq!(titles, vec![Some("Test Linux/opt #1"), Some("t 1"), Some("t 2")]);
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    title: \"two\\nlines\"\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:3: job 'a': field 'title': 'two\\nlines' contains a control character (a title is one line)"
+        );
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    title: \" \"\n");
+        assert_eq!(e.field(), Some("title"), "{e}");
+        let mut g = parse("version: 1\njobs:\n  a:\n    run: x\n", "lwr.yml").unwrap();
+        g.jobs[0].title = Some("x".repeat(super::super::MAX_TITLE_CHARS + 1));
+        assert_eq!(g.validate().unwrap_err().field(), Some("title"));
     }
 }
