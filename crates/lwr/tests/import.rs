@@ -137,7 +137,7 @@ fn hand_made_graphs_import_keep_their_shape_and_run_on_lwr_dev() {
     assert!(out.stdout.contains("routes (200 jobs)"), "{out}");
     assert_eq!(graph_counts(&repo), (200, edges, resolved));
     let text = std::fs::read_to_string(&yml).expect("lwr.yml");
-    assert!(text.contains("title: \"test-linux64/opt-mochitest \\\"bc\\\" 7\""), "{text}");
+    assert!(text.contains("title: \"test-linux64/debug-mochitest \\\"bc\\\" 7\""), "{text}");
     assert!(text.contains("# task summary: all (kind summary)"), "{text}");
     // `lwr graph` shows the label beside the name.
     let shown = lwr(&["graph", "--repo", &repo.display().to_string()]);
@@ -333,7 +333,7 @@ fn graphs_made_by_taskcluster_taskgraph_import_whole() {
         let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report"))
             .expect("the report is JSON");
         assert_eq!(report["jobs"], tasks.len(), "{report:#}");
-        let notes = report["not_imported"].to_string();
+        let notes = report["notes"].to_string();
         assert!(notes.contains("routes") && notes.contains("payload.onExitStatus"), "{name}: {notes}");
         if name == "task-graph" {
             assert!(notes.contains("optimized away"), "{notes}");

@@ -23,12 +23,28 @@ pub struct Imported {
     /// Tasks and dependencies in the input.
     pub tasks: usize,
     pub dependencies: usize,
-    /// Per job (normalized name), what the source said that lwr cannot express.
-    pub notes: BTreeMap<String, Vec<String>>,
+    /// Per job (normalized name) with anything to say: what the source said that lwr cannot
+    /// express, and what changed on the way.
+    pub notes: BTreeMap<String, JobNotes>,
     /// Labels that normalized alike, and the distinct job names they were given.
     pub clashes: Vec<Clash>,
     /// Tasks left out (with `--skip-unsupported`), and why.
     pub skipped: Vec<Skipped>,
+}
+
+/// What an import says about one job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct JobNotes {
+    /// Fields of the source lwr has no place for (`routes (3)`, `payload.features`).
+    pub not_imported: Vec<String>,
+    /// Sentences about what was changed, left out or kept as written, and why.
+    pub notes: Vec<String>,
+}
+
+impl JobNotes {
+    pub fn is_empty(&self) -> bool {
+        self.not_imported.is_empty() && self.notes.is_empty()
+    }
 }
 
 /// Two or more labels whose job names came out alike. None is merged: the first (in label

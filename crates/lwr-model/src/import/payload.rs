@@ -26,6 +26,8 @@ pub(crate) struct Converted {
     pub artifacts: Vec<ArtifactDecl>,
     /// The image, as a node requirement value.
     pub image: Option<String>,
+    /// Payload keys lwr has no place for.
+    pub dropped: Vec<String>,
     pub notes: Vec<String>,
 }
 
@@ -199,7 +201,7 @@ pub(crate) fn convert(
     }
     for key in payload.keys() {
         if !UNDERSTOOD.contains(&key.as_str()) {
-            out.notes.push(format!("payload.{}", super::one_line(key)));
+            out.dropped.push(format!("payload.{}", super::one_line(key)));
         }
     }
     unresolved.sort();

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde_json::{Map, Value};
 
 use super::payload::{self, Refs, Worker, kind_of};
-use super::{Clash, Imported, Options, Skipped, one_line, yaml};
+use super::{Clash, Imported, JobNotes, Options, Skipped, one_line, yaml};
 use crate::graph::{
     Checkout, Graph, GraphError, JobSpec, MAX_EXPIRES_SECS, MAX_TIMEOUT_SECS, MAX_TITLE_CHARS, Requires,
     find_cycle, normalize_name, title_problem,
@@ -71,7 +71,7 @@ struct Task<'a> {
     deps: Vec<(String, usize)>,
     soft: usize,
     optimization: Option<String>,
-    notes: Vec<String>,
+    notes: JobNotes,
 }
 
 /// Imports the JSON text of a task graph.
@@ -141,9 +141,12 @@ pub fn import(text: &str, options: &Options) -> Result<Imported, ImportError> {
             Some(kind) => format!("task {} (kind {kind})", task.label),
             None => format!("task {}", task.label),
         }];
-        lines.extend(task.notes.iter().map(|n| format!("not imported: {n}")));
+        if !task.notes.not_imported.is_empty() {
+            lines.push(format!("not imported: {}", task.notes.not_imported.join(", ")));
+        }
+        lines.extend(task.notes.notes.iter().map(|n| format!("note: {n}")));
         if !task.notes.is_empty() {
-            notes.insert(job.name.clone(), task.notes.clone());
+            notes.insert(job.name.clone(), std::mem::take(&mut task.notes));
         }
         comments.push(lines);
         graph.jobs.push(job);
@@ -213,7 +216,7 @@ fn read_tasks(top: &Map<String, Value>) -> Result<(Vec<Task<'_>>, usize), Import
                     Some(Value::Object(o)) => o.keys().next().cloned(),
                     _ => None,
                 },
-                notes: Vec::new(),
+                notes: JobNotes::default(),
             },
             entry.get("dependencies"),
         ));
@@ -270,12 +273,12 @@ fn read_tasks(top: &Map<String, Value>) -> Result<(Vec<Task<'_>>, usize), Import
                 Some(&t) if t == i => {
                     return Err(ImportError::SelfDependency { label });
                 }
-                Some(&t) if !seen.insert(t) => task.notes.push(format!(
+                Some(&t) if !seen.insert(t) => task.notes.notes.push(format!(
                     "dependency '{}' names a task another edge already needs; one need kept",
                     one_line(&edge)
                 )),
                 Some(&t) => task.deps.push((edge, t)),
-                None if by_task_id => task.notes.push(format!(
+                None if by_task_id => task.notes.notes.push(format!(
                     "dependency '{}' (task {}) is not in this graph (optimized away); left out",
                     one_line(&edge),
                     one_line(target)
@@ -406,6 +409,7 @@ fn job(
 ) -> JobSpec {
     let def = task.def;
     let mut notes = Vec::new();
+    let mut dropped = Vec::new();
     let mut node = Requirements::default();
     let queue = match def.get("taskQueueId").and_then(Value::as_str) {
         Some(q) => Some(q.to_string()),
@@ -467,14 +471,14 @@ fn job(
     };
     for (field, what) in [("scopes", "scopes"), ("routes", "routes")] {
         if let Some(n) = def.get(field).and_then(Value::as_array).map(Vec::len).filter(|n| *n > 0) {
-            notes.push(format!("{what} ({n})"));
+            dropped.push(format!("{what} ({n})"));
         }
     }
     if let Some(o) = &task.optimization {
-        notes.push(format!("optimization {} (lwr runs every job of a graph)", one_line(o)));
+        dropped.push(format!("optimization {}", one_line(o)));
     }
     if task.soft > 0 {
-        notes.push(format!("soft and if-dependencies ({})", task.soft));
+        dropped.push(format!("soft and if-dependencies ({})", task.soft));
     }
     if c.run.is_none() {
         notes.push(match worker {
@@ -495,7 +499,9 @@ fn job(
         })
         .filter(|t| title_problem(t).is_none());
     // The notes of reading the task (dependencies) come first, then those of its fields.
-    task.notes.extend(notes);
+    task.notes.notes.extend(notes);
+    dropped.extend(c.dropped);
+    task.notes.not_imported = dropped;
     let missing_command =
         "echo 'lwr import: this job has no command; give it one in lwr.yml' >&2; exit 1";
     let dry = options.dry_run_commands;

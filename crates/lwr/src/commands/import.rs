@@ -131,13 +131,13 @@ fn summary(imported: &Imported, out: Option<&Path>, options: &Options) -> String
             skipped.reason
         ));
     }
-    // Each note starts with what it is about (`routes (3)`, `payload.features`,
-    // `env X: ...`): count jobs per such word.
+    // How many jobs lost each kind of field (`routes (3)` counts as `routes`).
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-    for notes in imported.notes.values() {
-        let mut seen: Vec<&str> = notes
+    for job in imported.notes.values() {
+        let mut seen: Vec<&str> = job
+            .not_imported
             .iter()
-            .map(|n| n.split([' ', ':']).next().unwrap_or(n))
+            .map(|n| n.split(" (").next().unwrap_or(n))
             .collect();
         seen.sort_unstable();
         seen.dedup();
@@ -155,8 +155,7 @@ fn summary(imported: &Imported, out: Option<&Path>, options: &Options) -> String
             .collect();
         let more = by_count.len().saturating_sub(SUMMARY_ITEMS);
         s.push_str(&format!(
-            "not imported, in {}: {}{}\n",
-            count(imported.notes.len() as u64, "job", "jobs"),
+            "not imported: {}{}\n",
             shown.join(", "),
             if more > 0 {
                 format!(" and {more} more")
@@ -164,7 +163,20 @@ fn summary(imported: &Imported, out: Option<&Path>, options: &Options) -> String
                 String::new()
             }
         ));
-        s.push_str("  each job's comment in the lwr.yml says what (and --report FILE as JSON)\n");
+    }
+    let noted = imported
+        .notes
+        .values()
+        .filter(|n| !n.notes.is_empty())
+        .count();
+    if noted > 0 {
+        s.push_str(&format!(
+            "notes on {} (commands, artifacts, references, ...)\n",
+            count(noted as u64, "job", "jobs")
+        ));
+    }
+    if !imported.notes.is_empty() {
+        s.push_str("each job's comment in the lwr.yml says what (and --report FILE, as JSON)\n");
     }
     s
 }
@@ -176,7 +188,7 @@ fn report_json(imported: &Imported) -> String {
         "dependencies": imported.dependencies,
         "jobs": imported.graph.jobs.len(),
         "needs": needs,
-        "not_imported": imported.notes,
+        "notes": imported.notes,
         "clashes": imported.clashes.iter().map(|c| serde_json::json!({
             "normalized": c.normalized,
             "labels": c.labels.iter().map(|(label, job)| serde_json::json!({"label": label, "job": job})).collect::<Vec<_>>(),
