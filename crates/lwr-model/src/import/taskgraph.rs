@@ -100,6 +100,19 @@ pub fn import(text: &str, options: &Options) -> Result<Imported, ImportError> {
         return Err(ImportError::Cycle { path });
     }
     let (names, clashes) = job_names(&tasks);
+    for clash in &clashes {
+        let (first, _) = &clash.labels[0];
+        for (label, name) in &clash.labels[1..] {
+            // Tasks are in label order.
+            if let Ok(i) = tasks.binary_search_by(|t| t.label.as_str().cmp(label)) {
+                let task = &mut tasks[i];
+                task.notes.notes.push(format!(
+                    "the label normalizes like '{}', so this job is {name}",
+                    one_line(first)
+                ));
+            }
+        }
+    }
     let mut converted = Vec::with_capacity(tasks.len());
     let mut unsupported: Vec<(usize, String)> = Vec::new();
     for (i, task) in tasks.iter().enumerate() {

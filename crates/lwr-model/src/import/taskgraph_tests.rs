@@ -125,6 +125,8 @@ fn awkward_labels_and_strings_survive() {
     let got: Vec<(&str, &str)> = clash.labels.iter().map(|(l, n)| (l.as_str(), n.as_str())).collect();
     assert_eq!(got, vec![("a b", "a-b"), ("a-b", "a-b-3"), ("a.b", "a-b-4")]);
     assert!(names.contains(&"a-b-2"));
+    let note = &i.notes["a-b-4"].notes;
+    assert!(note.contains(&"the label normalizes like 'a b', so this job is a-b-4".to_string()), "{note:?}");
     let job = |label: &str| {
         i.graph
             .jobs
