@@ -43,11 +43,32 @@ fn hand_made() -> (Value, usize, usize) {
     let mut add = |tasks: &mut serde_json::Map<String, Value>, label: &str, t: Value| {
         tasks.insert(label.to_string(), t);
     };
-    let base = ["docker-image-ubuntu", "toolchain-linux64-rust", "build-linux64/opt", "build-linux64/debug"];
-    add(&mut tasks, base[0], task(base[0], "docker-image", &[], 0, "all-completed"));
-    add(&mut tasks, base[1], task(base[1], "toolchain", &[base[0]], 1, "all-completed"));
-    add(&mut tasks, base[2], task(base[2], "build", &[base[0], base[1]], 2, "all-completed"));
-    add(&mut tasks, base[3], task(base[3], "build", &[base[0], base[1]], 3, "all-completed"));
+    let base = [
+        "docker-image-ubuntu",
+        "toolchain-linux64-rust",
+        "build-linux64/opt",
+        "build-linux64/debug",
+    ];
+    add(
+        &mut tasks,
+        base[0],
+        task(base[0], "docker-image", &[], 0, "all-completed"),
+    );
+    add(
+        &mut tasks,
+        base[1],
+        task(base[1], "toolchain", &[base[0]], 1, "all-completed"),
+    );
+    add(
+        &mut tasks,
+        base[2],
+        task(base[2], "build", &[base[0], base[1]], 2, "all-completed"),
+    );
+    add(
+        &mut tasks,
+        base[3],
+        task(base[3], "build", &[base[0], base[1]], 3, "all-completed"),
+    );
     let mut labels: Vec<String> = base.iter().map(|s| s.to_string()).collect();
     let mut i = 4;
     while tasks.len() < 199 {
@@ -65,13 +86,21 @@ fn hand_made() -> (Value, usize, usize) {
             deps.push(labels[4 + (i * 7) % (labels.len() - 4)].clone());
         }
         let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
-        let requires = if i % 7 == 0 { "all-resolved" } else { "all-completed" };
+        let requires = if i % 7 == 0 {
+            "all-resolved"
+        } else {
+            "all-completed"
+        };
         add(&mut tasks, &label, task(&label, "test", &deps, i, requires));
         labels.push(label);
         i += 1;
     }
     let summary_deps: Vec<&str> = labels[4..20].iter().map(String::as_str).collect();
-    add(&mut tasks, "summary: all", task("summary: all", "summary", &summary_deps, i, "all-resolved"));
+    add(
+        &mut tasks,
+        "summary: all",
+        task("summary: all", "summary", &summary_deps, i, "all-resolved"),
+    );
     let edges = tasks
         .values()
         .map(|t| t["dependencies"].as_object().map_or(0, |d| d.len()))
@@ -88,9 +117,17 @@ fn graph_counts(repo: &Path) -> (usize, usize, usize) {
     let out = lwr(&["graph", "--repo", &repo.display().to_string(), "--json"]);
     out.assert_success();
     let json = out.json();
-    let jobs = json["jobs"].as_array().unwrap_or_else(|| panic!("no jobs in {out}"));
-    let edges = jobs.iter().map(|j| j["needs"].as_array().map_or(0, Vec::len)).sum();
-    let finished = jobs.iter().filter(|j| j["requires"] == "all-finished").count();
+    let jobs = json["jobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no jobs in {out}"));
+    let edges = jobs
+        .iter()
+        .map(|j| j["needs"].as_array().map_or(0, Vec::len))
+        .sum();
+    let finished = jobs
+        .iter()
+        .filter(|j| j["requires"] == "all-finished")
+        .count();
     (jobs.len(), edges, finished)
 }
 
@@ -102,7 +139,13 @@ fn write_json(path: &Path, value: &Value) -> String {
 /// `lwr import taskgraph -` with `input` on standard input.
 fn import_stdin(input: &str, out: &Path) -> (bool, String) {
     let mut child = Command::new(bin())
-        .args(["import", "taskgraph", "-", "--out", &out.display().to_string()])
+        .args([
+            "import",
+            "taskgraph",
+            "-",
+            "--out",
+            &out.display().to_string(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -130,18 +173,35 @@ fn hand_made_graphs_import_keep_their_shape_and_run_on_lwr_dev() {
     let out = lwr(&["import", "taskgraph", &file, "--out", &yml]);
     out.assert_success();
     assert!(
-        out.stdout.contains(&format!("imported 200 tasks and {edges} dependencies as 200 jobs")),
+        out.stdout.contains(&format!(
+            "imported 200 tasks and {edges} dependencies as 200 jobs"
+        )),
         "{out}"
     );
-    assert!(out.stdout.contains("clash: labels normalize alike"), "{out}");
+    assert!(
+        out.stdout.contains("clash: labels normalize alike"),
+        "{out}"
+    );
     assert!(out.stdout.contains("routes (200 jobs)"), "{out}");
     assert_eq!(graph_counts(&repo), (200, edges, resolved));
     let text = std::fs::read_to_string(&yml).expect("lwr.yml");
-    assert!(text.contains("title: \"test-linux64/debug-mochitest \\\"bc\\\" 7\""), "{text}");
-    assert!(text.contains("# task summary: all (kind summary)"), "{text}");
+    assert!(
+        text.contains("title: \"test-linux64/debug-mochitest \\\"bc\\\" 7\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n# Every job: not imported: routes\n"),
+        "{text}"
+    );
     // `lwr graph` shows the label beside the name.
     let shown = lwr(&["graph", "--repo", &repo.display().to_string()]);
-    assert!(shown.assert_success().stdout.contains("  title: Tëst ünïcode/8"), "{shown}");
+    assert!(
+        shown
+            .assert_success()
+            .stdout
+            .contains("  title: Tëst ünïcode/8"),
+        "{shown}"
+    );
 
     // The same from standard input; an existing --out is not replaced without --force.
     let (ok, said) = import_stdin(&graph.to_string(), &repo.join("again.yml"));
@@ -151,30 +211,58 @@ fn hand_made_graphs_import_keep_their_shape_and_run_on_lwr_dev() {
         text
     );
     let out = lwr(&["import", "taskgraph", &file, "--out", &yml]);
-    out.assert_clear_error(1).assert_stderr_has(&["exists", "--force"]);
+    out.assert_clear_error(1)
+        .assert_stderr_has(&["exists", "--force"]);
     lwr(&["import", "taskgraph", &file, "--out", &yml, "--force"]).assert_success();
 
     // Bad input: one line on stderr naming what is wrong, and the task.
     let bad = |name: &str, content: &str, needles: &[&str]| {
         let path = dir.join(name);
         std::fs::write(&path, content).expect("writing bad input");
-        let out = lwr(&["import", "taskgraph", &path.display().to_string(), "--out", &dir.join("x.yml").display().to_string()]);
+        let out = lwr(&[
+            "import",
+            "taskgraph",
+            &path.display().to_string(),
+            "--out",
+            &dir.join("x.yml").display().to_string(),
+        ]);
         out.assert_clear_error(1).assert_stderr_has(needles);
         assert!(!dir.join("x.yml").exists(), "{out}");
     };
     bad("truncated.json", "{\"a\": {", &["not JSON", "line 1"]);
     bad("list.json", "[]", &["not a task graph"]);
-    bad("shape.json", r#"{"not": "a task graph"}"#, &["task 'not'", "expected a task"]);
-    let missing = json!({"build x": task("build x", "build", &["no-such-task"], 1, "all-completed")});
-    bad("missing.json", &missing.to_string(), &["task 'build x'", "no-such-task"]);
+    bad(
+        "shape.json",
+        r#"{"not": "a task graph"}"#,
+        &["task 'not'", "expected a task"],
+    );
+    let missing =
+        json!({"build x": task("build x", "build", &["no-such-task"], 1, "all-completed")});
+    bad(
+        "missing.json",
+        &missing.to_string(),
+        &["task 'build x'", "no-such-task"],
+    );
     let cycle = json!({
         "a: 1": task("a: 1", "t", &["b/2"], 1, "all-completed"),
         "b/2": task("b/2", "t", &["a: 1"], 2, "all-completed"),
     });
-    bad("cycle.json", &cycle.to_string(), &["cycle in dependencies: a: 1 -> b/2 -> a: 1"]);
+    bad(
+        "cycle.json",
+        &cycle.to_string(),
+        &["cycle in dependencies: a: 1 -> b/2 -> a: 1"],
+    );
     let mut odd = task("odd-task", "x", &[], 1, "all-completed");
     odd["task"]["payload"] = json!({"mystery": {"steps": 3}});
-    bad("unknown.json", &json!({"odd-task": odd}).to_string(), &["task 'odd-task'", "unsupported payload", "--skip-unsupported"]);
+    bad(
+        "unknown.json",
+        &json!({"odd-task": odd}).to_string(),
+        &[
+            "task 'odd-task'",
+            "unsupported payload",
+            "--skip-unsupported",
+        ],
+    );
 
     // With --skip-unsupported the odd task and its dependents are left out, and said so.
     let mut with_odd = graph.clone();
@@ -183,25 +271,47 @@ fn hand_made_graphs_import_keep_their_shape_and_run_on_lwr_dev() {
     let path = write_json(&dir.join("odd.json"), &with_odd);
     let out = lwr(&["import", "taskgraph", &path, "--skip-unsupported"]);
     out.assert_success();
-    assert!(out.stderr.contains("left out 'odd-task': unsupported payload"), "{out}");
-    assert!(out.stderr.contains("left out 'after odd': depends on 'odd-task'"), "{out}");
-    assert!(out.stdout.starts_with("# Imported by `lwr import taskgraph`"), "{out}");
+    assert!(
+        out.stderr
+            .contains("left out 'odd-task': unsupported payload"),
+        "{out}"
+    );
+    assert!(
+        out.stderr
+            .contains("left out 'after odd': depends on 'odd-task'"),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .starts_with("# Imported by `lwr import taskgraph`"),
+        "{out}"
+    );
 
     // --dry-run-commands: every job `true`, on any node; the whole graph runs on `lwr dev`.
     let dry = dir.join("dry");
     std::fs::create_dir_all(&dry).expect("dry dir");
     let dry_yml = dry.join("lwr.yml").display().to_string();
-    lwr(&["import", "taskgraph", &file, "--dry-run-commands", "--out", &dry_yml]).assert_success();
+    lwr(&[
+        "import",
+        "taskgraph",
+        &file,
+        "--dry-run-commands",
+        "--out",
+        &dry_yml,
+    ])
+    .assert_success();
     git_init_commit(&dry);
     let dev = Server::dev(dir, 2, 4);
     let graph_id = dev.push(&dry, false).assert_success().pushed_graph();
-    let info = wait_until("the imported graph to finish", Duration::from_secs(240), || {
-        match dev.api.graph(graph_id) {
+    let info = wait_until(
+        "the imported graph to finish",
+        Duration::from_secs(240),
+        || match dev.api.graph(graph_id) {
             Ok(info) if info.finished => Ok(info),
             Ok(info) => Err(format!("{:?}", info.counts)),
             Err(e) => Err(e.to_string()),
-        }
-    });
+        },
+    );
     let jobs = dev.jobs(graph_id);
     assert_eq!(jobs.len(), 200, "{info:?}");
     let failed: Vec<&String> = jobs
@@ -209,7 +319,11 @@ fn hand_made_graphs_import_keep_their_shape_and_run_on_lwr_dev() {
         .filter(|(_, j)| j.state != lwr_model::JobState::Succeeded)
         .map(|(n, _)| n)
         .collect();
-    assert!(failed.is_empty(), "not succeeded: {failed:?}\n{}", dev.describe(Some(graph_id)));
+    assert!(
+        failed.is_empty(),
+        "not succeeded: {failed:?}\n{}",
+        dev.describe(Some(graph_id))
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -237,15 +351,30 @@ fn taskgraph_python() -> Result<PathBuf, String> {
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")))
+            Err(format!(
+                "{what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            ))
         }
     };
-    run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv), "python3 -m venv")?;
+    run(
+        Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+        "python3 -m venv",
+    )?;
     run(
         Command::new(venv.join("bin/pip")).args(["install", "-q", TASKGRAPH]),
         "pip install taskcluster-taskgraph",
     )?;
-    if ready(&python) { Ok(python) } else { Err("taskgraph does not import".into()) }
+    if ready(&python) {
+        Ok(python)
+    } else {
+        Err("taskgraph does not import".into())
+    }
 }
 
 /// Runs taskgraph (through tests/data/taskgraph/offline.py, which answers its index look-ups
@@ -262,7 +391,8 @@ fn taskgraph(python: &Path, repo: &Path, args: &[&str]) -> Value {
         .expect("running taskgraph");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "taskgraph {args:?} failed:\n{stderr}");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("taskgraph {args:?} printed no JSON ({e}):\n{stderr}"))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("taskgraph {args:?} printed no JSON ({e}):\n{stderr}"))
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -293,7 +423,15 @@ fn graphs_made_by_taskcluster_taskgraph_import_whole() {
     copy_dir(&fixture, &repo.join("taskcluster"));
     git_init_commit(&repo);
     // taskgraph names each task's source by the repository's URL; nothing fetches it.
-    git_out(&repo, &["remote", "add", "origin", "https://github.com/lwr-example/demo"]);
+    git_out(
+        &repo,
+        &[
+            "remote",
+            "add",
+            "origin",
+            "https://github.com/lwr-example/demo",
+        ],
+    );
 
     for (name, args) in [
         ("full", &["full", "--json"][..]),
@@ -306,21 +444,42 @@ fn graphs_made_by_taskcluster_taskgraph_import_whole() {
         // by earlier tasks (offline.py) that are not in it.
         let edges: usize = tasks
             .values()
-            .flat_map(|t| t["dependencies"].as_object().into_iter().flat_map(|d| d.values()))
+            .flat_map(|t| {
+                t["dependencies"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|d| d.values())
+            })
             .filter(|d| d.as_str().is_some_and(|d| tasks.contains_key(d)))
             .count();
-        let resolved = tasks.values().filter(|t| t["task"]["requires"] == "all-resolved").count();
-        assert!(tasks.len() >= 15 && edges >= 20 && resolved == 1, "{name}: {} tasks, {edges} edges", tasks.len());
+        let resolved = tasks
+            .values()
+            .filter(|t| t["task"]["requires"] == "all-resolved")
+            .count();
+        assert!(
+            tasks.len() >= 15 && edges >= 20 && resolved == 1,
+            "{name}: {} tasks, {edges} edges",
+            tasks.len()
+        );
         let dir = tmp.path().join(name);
         std::fs::create_dir_all(&dir).expect("import dir");
         let file = write_json(&tmp.path().join(format!("{name}.json")), &graph);
         let report = tmp.path().join(format!("{name}-report.json"));
         let out = lwr(&[
-            "import", "taskgraph", &file, "--out", &dir.join("lwr.yml").display().to_string(),
-            "--report", &report.display().to_string(),
+            "import",
+            "taskgraph",
+            &file,
+            "--out",
+            &dir.join("lwr.yml").display().to_string(),
+            "--report",
+            &report.display().to_string(),
         ]);
         out.assert_success();
-        assert_eq!(graph_counts(&dir), (tasks.len(), edges, resolved), "{name}: {out}");
+        assert_eq!(
+            graph_counts(&dir),
+            (tasks.len(), edges, resolved),
+            "{name}: {out}"
+        );
         let text = std::fs::read_to_string(dir.join("lwr.yml")).expect("lwr.yml");
         for want in [
             "title: \"lint-posix: flake8.py\"",
@@ -330,11 +489,15 @@ fn graphs_made_by_taskcluster_taskgraph_import_whole() {
         ] {
             assert!(text.contains(want), "{name}: no {want} in\n{text}");
         }
-        let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report"))
-            .expect("the report is JSON");
+        let report: Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).expect("report"))
+                .expect("the report is JSON");
         assert_eq!(report["jobs"], tasks.len(), "{report:#}");
         let notes = report["notes"].to_string();
-        assert!(notes.contains("routes") && notes.contains("payload.onExitStatus"), "{name}: {notes}");
+        assert!(
+            notes.contains("routes") && notes.contains("payload.onExitStatus"),
+            "{name}: {notes}"
+        );
         if name == "task-graph" {
             assert!(notes.contains("optimized away"), "{notes}");
         }
@@ -344,7 +507,10 @@ fn graphs_made_by_taskcluster_taskgraph_import_whole() {
         let run_of = |label: &str| {
             graph_json["jobs"]
                 .as_array()
-                .and_then(|jobs| jobs.iter().find(|j| j["title"] == label || j["name"] == label))
+                .and_then(|jobs| {
+                    jobs.iter()
+                        .find(|j| j["title"] == label || j["name"] == label)
+                })
                 .map(|j| j["run"].clone())
                 .unwrap_or_else(|| panic!("{name}: no job titled {label}"))
         };
@@ -358,7 +524,10 @@ fn graphs_made_by_taskcluster_taskgraph_import_whole() {
             .find(|t| t["label"] == "build-web")
             .and_then(|t| t["task"]["payload"]["command"][4].as_str())
             .expect("build-web's script");
-        assert!(script.contains("'web: it''s \"bundled\"' # not"), "{script}");
+        assert!(
+            script.contains("'web: it''s \"bundled\"' # not"),
+            "{script}"
+        );
         let quoted = format!("bash -cx '{}'", script.replace('\'', "'\\''"));
         assert_eq!(run_of("build-web"), quoted.as_str(), "{name}");
     }

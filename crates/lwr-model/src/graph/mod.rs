@@ -18,7 +18,7 @@ mod select;
 mod validate;
 
 pub use diff::{GraphDiff, JobChange, diff};
-pub use parse::{parse, parse_duration};
+pub use parse::{MAX_FILE_BYTES, parse, parse_duration};
 pub use select::{LeftOut, select};
 pub use validate::{
     GraphError, MAX_CHECKOUT_DEPTH, MAX_TITLE_CHARS, checkout_path_problem, title_problem,

@@ -30,8 +30,9 @@ const MAX_INDENT: usize = 400;
 /// 2 MiB in a debug build; the rest is margin, and costs nothing until touched.
 const PARSE_STACK_BYTES: usize = 16 << 20;
 
-/// Largest lwr.yml accepted: far beyond any real graph file, small enough to parse quickly.
-pub const MAX_FILE_BYTES: usize = 4 << 20;
+/// Largest lwr.yml accepted: room for a graph of 10,000 jobs imported from a task graph with
+/// their environments (~8 MiB), small enough to parse in well under a second.
+pub const MAX_FILE_BYTES: usize = 16 << 20;
 
 const DURATION_HELP: &str = "use e.g. 90s, 30m, 1h, 2h30m or 1d; a bare number means seconds";
 
@@ -2021,7 +2022,10 @@ jobs:
         let text = "version: 1\njobs:\n  \"Test Linux/opt\":\n    run: x\n    title: \"Test Linux/opt #1\"\n  t:\n    run: y\n    title: t ${matrix.n}\n    matrix: {n: [1, 2]}\n";
         let g = parse(text, "lwr.yml").unwrap();
         let titles: Vec<Option<&str>> = g.jobs.iter().map(|j| j.title.as_deref()).collect();
-        assert_eq!(titles, vec![Some("Test Linux/opt #1"), Some("t 1"), Some("t 2")]);
+        assert_eq!(
+            titles,
+            vec![Some("Test Linux/opt #1"), Some("t 1"), Some("t 2")]
+        );
         let e = err("version: 1\njobs:\n  a:\n    run: x\n    title: \"two\\nlines\"\n");
         assert_eq!(
             e.to_string(),

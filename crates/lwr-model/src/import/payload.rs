@@ -52,9 +52,7 @@ impl Refs<'_> {
                 let (kind, text) = map.iter().next()?;
                 let text = text.as_str()?;
                 match kind.as_str() {
-                    "task-reference" | "artifact-reference" => {
-                        Some(self.resolve(text, unresolved))
-                    }
+                    "task-reference" | "artifact-reference" => Some(self.resolve(text, unresolved)),
                     _ => None,
                 }
             }
@@ -201,7 +199,8 @@ pub(crate) fn convert(
     }
     for key in payload.keys() {
         if !UNDERSTOOD.contains(&key.as_str()) {
-            out.dropped.push(format!("payload.{}", super::one_line(key)));
+            out.dropped
+                .push(format!("payload.{}", super::one_line(key)));
         }
     }
     unresolved.sort();
@@ -244,15 +243,19 @@ fn command_line(
     }
     let argv_list = items.iter().all(|i| !i.is_array());
     let lines: Vec<String> = if worker == Worker::Docker && argv_list {
-        vec![shell_words(&unwrap_run_task(words(items, unresolved)?, notes))]
+        vec![shell_words(&unwrap_run_task(
+            words(items, unresolved)?,
+            notes,
+        ))]
     } else {
         let mut lines = Vec::with_capacity(items.len());
         let mut windows = false;
         for item in items {
             match item {
-                Value::Array(argv) => {
-                    lines.push(shell_words(&unwrap_run_task(words(argv, unresolved)?, notes)))
-                }
+                Value::Array(argv) => lines.push(shell_words(&unwrap_run_task(
+                    words(argv, unresolved)?,
+                    notes,
+                ))),
                 other => {
                     windows = true;
                     let line = refs
@@ -288,8 +291,7 @@ fn unwrap_run_task(argv: Vec<String>, notes: &mut Vec<String>) -> Vec<String> {
         .is_some_and(|a| a.rsplit('/').next() == Some("run-task"));
     match argv.iter().position(|a| a == "--") {
         Some(dash) if is_run_task && dash + 1 < argv.len() => {
-            let note = "run-task wrapper dropped (the job starts in a checkout; fetch \
-                        dependencies' artifacts with lwr fetch)";
+            let note = "run-task wrapper dropped: jobs start in a checkout (docs/migrating.md)";
             if !notes.iter().any(|n| n == note) {
                 notes.push(note.into());
             }
@@ -479,7 +481,10 @@ mod tests {
             Some("build-linux64/public/a.zip")
         );
         assert_eq!(unresolved, vec!["<decision>".to_string()]);
-        assert_eq!(r.text(&json!({"relative-datestamp": "1 day"}), &mut unresolved), None);
+        assert_eq!(
+            r.text(&json!({"relative-datestamp": "1 day"}), &mut unresolved),
+            None
+        );
     }
 
     #[test]
@@ -488,7 +493,14 @@ mod tests {
         let r = refs(&edges);
         let mut notes = Vec::new();
         let mut un = Vec::new();
-        let docker = json!(["/usr/local/bin/run-task", "--x=1", "--", "bash", "-cx", "echo hi"]);
+        let docker = json!([
+            "/usr/local/bin/run-task",
+            "--x=1",
+            "--",
+            "bash",
+            "-cx",
+            "echo hi"
+        ]);
         assert_eq!(
             command_line(&docker, Worker::Docker, &r, &mut notes, &mut un).unwrap(),
             Some("bash -cx 'echo hi'".into())
@@ -526,7 +538,10 @@ mod tests {
             .collect();
         assert_eq!(
             paths,
-            vec![("public/build", "artifacts/**"), ("public/odd", "a[*]b[?].txt")]
+            vec![
+                ("public/build", "artifacts/**"),
+                ("public/odd", "a[*]b[?].txt")
+            ]
         );
         assert!(notes[0].contains("outside the job dir"), "{notes:?}");
         let generic = json!([
@@ -549,7 +564,8 @@ mod tests {
         assert_eq!(worker(&t), Ok(Worker::Generic));
         let t = task(json!({"payload": {"mystery": 1}}));
         assert!(worker(&t).unwrap_err().contains("mystery"));
-        let t = task(json!({"tags": {"worker-implementation": "scriptworker-signing"}, "payload": {}}));
+        let t =
+            task(json!({"tags": {"worker-implementation": "scriptworker-signing"}, "payload": {}}));
         assert!(worker(&t).unwrap_err().contains("scriptworker-signing"));
     }
 }

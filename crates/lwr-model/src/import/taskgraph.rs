@@ -13,8 +13,8 @@ use serde_json::{Map, Value};
 use super::payload::{self, Refs, Worker, kind_of};
 use super::{Clash, Imported, JobNotes, Options, Skipped, one_line, yaml};
 use crate::graph::{
-    Checkout, Graph, GraphError, JobSpec, MAX_EXPIRES_SECS, MAX_TIMEOUT_SECS, MAX_TITLE_CHARS, Requires,
-    find_cycle, normalize_name, title_problem,
+    Checkout, Graph, GraphError, JobSpec, MAX_EXPIRES_SECS, MAX_FILE_BYTES, MAX_TIMEOUT_SECS,
+    MAX_TITLE_CHARS, Requires, find_cycle, normalize_name, title_problem,
 };
 use crate::node::Requirements;
 
@@ -57,6 +57,11 @@ pub enum ImportError {
     Unsupported { label: String, why: String },
     #[error("every task was left out as unsupported; nothing to import")]
     NothingLeft,
+    #[error(
+        "the lwr.yml would be {bytes} bytes, more than the {limit} lwr reads; import part of \
+         the graph (taskgraph's --target-kind or --tasks-regex)"
+    )]
+    TooLarge { bytes: usize, limit: usize },
     /// The graph made does not validate: a bug of the importer, reported rather than written.
     #[error("the imported graph does not validate ({0}); please report this as a bug")]
     Invalid(GraphError),
@@ -65,7 +70,6 @@ pub enum ImportError {
 /// One task of the input, as read.
 struct Task<'a> {
     label: String,
-    kind: Option<&'a str>,
     def: &'a Map<String, Value>,
     /// (edge name, index of the task it names)
     deps: Vec<(String, usize)>,
@@ -96,7 +100,10 @@ pub fn import(text: &str, options: &Options) -> Result<Imported, ImportError> {
         .map(|t| t.deps.iter().map(|d| d.1).collect())
         .collect();
     if let Some(cycle) = find_cycle(&adjacency) {
-        let path = cycle.into_iter().map(|i| one_line(&tasks[i].label)).collect();
+        let path = cycle
+            .into_iter()
+            .map(|i| one_line(&tasks[i].label))
+            .collect();
         return Err(ImportError::Cycle { path });
     }
     let (names, clashes) = job_names(&tasks);
@@ -143,33 +150,31 @@ pub fn import(text: &str, options: &Options) -> Result<Imported, ImportError> {
     let mut graph = Graph {
         jobs: Vec::with_capacity(tasks.len()),
     };
-    let mut comments = Vec::with_capacity(tasks.len());
+    let mut per_job = Vec::with_capacity(tasks.len());
     let mut notes = BTreeMap::new();
     for (i, task) in tasks.iter_mut().enumerate() {
         let Some((worker, c)) = converted[i].take().filter(|_| kept[i]) else {
             continue;
         };
         let job = job(task, &names, i, worker, c, options);
-        let mut lines = vec![match task.kind {
-            Some(kind) => format!("task {} (kind {kind})", task.label),
-            None => format!("task {}", task.label),
-        }];
-        if !task.notes.not_imported.is_empty() {
-            lines.push(format!("not imported: {}", task.notes.not_imported.join(", ")));
-        }
-        lines.extend(task.notes.notes.iter().map(|n| format!("note: {n}")));
         if !task.notes.is_empty() {
-            notes.insert(job.name.clone(), std::mem::take(&mut task.notes));
+            notes.insert(job.name.clone(), task.notes.clone());
         }
-        comments.push(lines);
+        per_job.push(std::mem::take(&mut task.notes));
         graph.jobs.push(job);
     }
     if graph.jobs.is_empty() {
         return Err(ImportError::NothingLeft);
     }
     graph.validate().map_err(ImportError::Invalid)?;
-    let header = header(tasks.len(), dependencies, &graph, options, &skipped);
+    let (common, comments) = comments(&per_job);
+    let mut header = header(tasks.len(), dependencies, &graph, options, &skipped);
+    header.extend(common);
     let yaml = yaml::write(&graph, &header, &comments);
+    if yaml.len() > MAX_FILE_BYTES {
+        let (bytes, limit) = (yaml.len(), MAX_FILE_BYTES);
+        return Err(ImportError::TooLarge { bytes, limit });
+    }
     Ok(Imported {
         graph,
         yaml,
@@ -179,6 +184,73 @@ pub fn import(text: &str, options: &Options) -> Result<Imported, ImportError> {
         clashes,
         skipped,
     })
+}
+
+/// The comment lines above each job, and those for the header: what is said of every job is
+/// said once, at the top (a graph of thousands of tasks repeats the same few things).
+fn comments(per_job: &[JobNotes]) -> (Vec<String>, Vec<Vec<String>>) {
+    let everywhere = |items: fn(&JobNotes) -> &Vec<String>| -> HashSet<&str> {
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for job in per_job {
+            let mut seen: Vec<&str> = items(job).iter().map(String::as_str).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            for item in seen {
+                *counts.entry(item).or_default() += 1;
+            }
+        }
+        counts
+            .into_iter()
+            .filter(|(_, n)| per_job.len() > 1 && *n == per_job.len())
+            .map(|(item, _)| item)
+            .collect()
+    };
+    let common_dropped = everywhere(|j| &j.not_imported);
+    let common_notes = everywhere(|j| &j.notes);
+    let mut header = Vec::new();
+    // In the order the first job lists them.
+    if let Some(first) = per_job.first() {
+        let dropped: Vec<&str> = first
+            .not_imported
+            .iter()
+            .map(String::as_str)
+            .filter(|d| common_dropped.contains(d))
+            .collect();
+        if !dropped.is_empty() {
+            header.push(format!("Every job: not imported: {}", dropped.join(", ")));
+        }
+        for note in first
+            .notes
+            .iter()
+            .filter(|n| common_notes.contains(n.as_str()))
+        {
+            header.push(format!("Every job: note: {note}"));
+        }
+    }
+    let comments = per_job
+        .iter()
+        .map(|job| {
+            let dropped: Vec<&str> = job
+                .not_imported
+                .iter()
+                .map(String::as_str)
+                .filter(|d| !common_dropped.contains(d))
+                .collect();
+            let mut lines = Vec::new();
+            if !dropped.is_empty() {
+                lines.push(format!("not imported: {}", dropped.join(", ")));
+            }
+            for note in job
+                .notes
+                .iter()
+                .filter(|n| !common_notes.contains(n.as_str()))
+            {
+                lines.push(format!("note: {note}"));
+            }
+            lines
+        })
+        .collect();
+    (header, comments)
 }
 
 /// The tasks in label order with their dependencies resolved, and how many dependencies the
@@ -221,7 +293,6 @@ fn read_tasks(top: &Map<String, Value>) -> Result<(Vec<Task<'_>>, usize), Import
             key.as_str(),
             Task {
                 label,
-                kind: entry.get("kind").and_then(Value::as_str),
                 def,
                 deps: Vec::new(),
                 soft: count("soft_dependencies") + count("if_dependencies"),
@@ -402,7 +473,10 @@ fn leave_out(
                 kept[d] = false;
                 skipped.push(Skipped {
                     label: tasks[d].label.clone(),
-                    reason: format!("depends on '{}', which is left out", one_line(&tasks[i].label)),
+                    reason: format!(
+                        "depends on '{}', which is left out",
+                        one_line(&tasks[i].label)
+                    ),
                 });
                 stack.push(d);
             }
@@ -447,7 +521,10 @@ fn job(
         None | Some("all-completed") => Requires::AllSucceeded,
         Some("all-resolved") => Requires::AllFinished,
         Some(other) => {
-            notes.push(format!("requires '{}': unknown; all-succeeded applies", one_line(other)));
+            notes.push(format!(
+                "requires '{}': unknown; all-succeeded applies",
+                one_line(other)
+            ));
             Requires::AllSucceeded
         }
     };
@@ -456,14 +533,19 @@ fn job(
         Some(v) => match v.as_u64().and_then(|r| u32::try_from(r).ok()) {
             Some(r) => r,
             None => {
-                notes.push(format!("retries {}: not a count; the default applies", one_line(&v.to_string())));
+                notes.push(format!(
+                    "retries {}: not a count; the default applies",
+                    one_line(&v.to_string())
+                ));
                 crate::graph::DEFAULT_RETRIES
             }
         },
     };
     let timeout_secs = match c.timeout_secs {
         Some(secs) if secs > MAX_TIMEOUT_SECS => {
-            notes.push(format!("maxRunTime {secs}: longer than lwr allows; the longest applies"));
+            notes.push(format!(
+                "maxRunTime {secs}: longer than lwr allows; the longest applies"
+            ));
             MAX_TIMEOUT_SECS
         }
         Some(secs) => secs,
@@ -482,20 +564,27 @@ fn job(
         },
         _ => None,
     };
-    for (field, what) in [("scopes", "scopes"), ("routes", "routes")] {
-        if let Some(n) = def.get(field).and_then(Value::as_array).map(Vec::len).filter(|n| *n > 0) {
-            dropped.push(format!("{what} ({n})"));
+    for what in ["scopes", "routes"] {
+        if def
+            .get(what)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+        {
+            dropped.push(what.to_string());
         }
     }
     if let Some(o) = &task.optimization {
         dropped.push(format!("optimization {}", one_line(o)));
     }
     if task.soft > 0 {
-        dropped.push(format!("soft and if-dependencies ({})", task.soft));
+        dropped.push("soft and if-dependencies".into());
     }
     if c.run.is_none() {
         notes.push(match worker {
-            Worker::Docker => "no command: docker-worker ran the image's own; the job fails until given one".into(),
+            Worker::Docker => {
+                "no command: docker-worker ran the image's own; the job fails until given one"
+                    .into()
+            }
             Worker::Generic => "no command; the job fails until given one".into(),
         });
     }
@@ -521,7 +610,11 @@ fn job(
     JobSpec {
         name,
         title,
-        run: if dry { "true".into() } else { c.run.unwrap_or_else(|| missing_command.into()) },
+        run: if dry {
+            "true".into()
+        } else {
+            c.run.unwrap_or_else(|| missing_command.into())
+        },
         needs: task.deps.iter().map(|(_, d)| names[*d].clone()).collect(),
         node: if dry { Requirements::default() } else { node },
         artifacts: if dry { Vec::new() } else { c.artifacts },
@@ -536,7 +629,11 @@ fn job(
         keep_workdir: false,
         timestamps: false,
         // Trying the shape needs no checkout, and skipping it makes every job cheap.
-        checkout: if dry { Checkout::off() } else { Checkout::default() },
+        checkout: if dry {
+            Checkout::off()
+        } else {
+            Checkout::default()
+        },
     }
 }
 
@@ -578,7 +675,9 @@ fn header(
             "{tasks} tasks and {dependencies} dependencies became {} jobs and {edges} needs.",
             graph.jobs.len()
         ),
-        "Above each job: its task's label, and what lwr could not express (not imported).".into(),
+        "A job's title is its task's label; the comments above it say what lwr could not express"
+            .into(),
+        "(not imported) and what changed on the way (note).".into(),
     ];
     if options.dry_run_commands {
         lines.push(

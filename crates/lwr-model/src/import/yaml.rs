@@ -72,14 +72,17 @@ fn write_job(out: &mut String, job: &JobSpec) {
         out.push_str("}\n");
     }
     if !job.env.is_empty() {
-        out.push_str("    env:\n");
-        for (k, v) in &job.env {
-            out.push_str("      ");
+        // One line: thousands of jobs with a dozen variables each must stay a small file.
+        out.push_str("    env: {");
+        for (i, (k, v)) in job.env.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
             quoted(out, k);
             out.push_str(": ");
             quoted(out, v);
-            out.push('\n');
         }
+        out.push_str("}\n");
     }
     if job.timeout_secs != crate::graph::DEFAULT_TIMEOUT_SECS {
         field(out, "timeout", &duration(job.timeout_secs));
@@ -174,7 +177,10 @@ mod tests {
         assert_eq!(q("plain"), "\"plain\"");
         assert_eq!(q("a \"b\" \\ c"), r#""a \"b\" \\ c""#);
         assert_eq!(q("x\ny\tz\r"), r#""x\ny\tz\r""#);
-        assert_eq!(q("\u{7}\u{85}\u{2028}\u{feff}"), r#""\u0007\u0085\u2028\ufeff""#);
+        assert_eq!(
+            q("\u{7}\u{85}\u{2028}\u{feff}"),
+            r#""\u0007\u0085\u2028\ufeff""#
+        );
         assert_eq!(q("é ✓ 🦀"), "\"é ✓ 🦀\"");
     }
 

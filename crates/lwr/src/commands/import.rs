@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -50,8 +51,8 @@ fn run_taskgraph(args: TaskgraphImportArgs) -> anyhow::Result<ExitCode> {
         dry_run_commands: args.dry_run_commands,
         skip_unsupported: args.skip_unsupported,
     };
-    let imported = taskgraph::import(&text, &options)
-        .with_context(|| format!("cannot import {source}"))?;
+    let imported =
+        taskgraph::import(&text, &options).with_context(|| format!("cannot import {source}"))?;
     drop(text);
     // The file must mean what the import made: reading it back is the proof (a few
     // milliseconds per thousand jobs).
@@ -86,6 +87,14 @@ fn write_file(path: &Path, bytes: &[u8], replace: bool) -> anyhow::Result<()> {
     };
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
+    // A temporary file is private; the result is an ordinary file (or keeps the mode of the
+    // one it replaces).
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions())
+        .unwrap_or_else(|_| std::fs::Permissions::from_mode(0o644));
+    tmp.as_file()
+        .set_permissions(mode)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     tmp.write_all(bytes)
         .with_context(|| format!("cannot write {}", path.display()))?;
     let done = if replace {
