@@ -5,6 +5,7 @@
 
 pub mod taskgraph;
 
+mod fields;
 mod payload;
 mod yaml;
 

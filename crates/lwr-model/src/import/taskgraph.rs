@@ -10,13 +10,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
-use super::payload::{self, Refs, Worker, kind_of};
+use super::fields::job;
+use super::payload::{self, Refs, kind_of};
+use super::yaml::comments;
 use super::{Clash, Imported, JobNotes, Options, Skipped, one_line, yaml};
-use crate::graph::{
-    Checkout, Graph, GraphError, JobSpec, MAX_EXPIRES_SECS, MAX_FILE_BYTES, MAX_TIMEOUT_SECS,
-    MAX_TITLE_CHARS, Requires, find_cycle, normalize_name, title_problem,
-};
-use crate::node::Requirements;
+use crate::graph::{Graph, GraphError, MAX_FILE_BYTES, find_cycle, normalize_name};
 
 /// Why a task graph could not be imported. Each names the task (by label) at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,14 +66,16 @@ pub enum ImportError {
 }
 
 /// One task of the input, as read.
-struct Task<'a> {
-    label: String,
-    def: &'a Map<String, Value>,
+pub(super) struct Task<'a> {
+    pub label: String,
+    pub def: &'a Map<String, Value>,
     /// (edge name, index of the task it names)
-    deps: Vec<(String, usize)>,
-    soft: usize,
-    optimization: Option<String>,
-    notes: JobNotes,
+    pub deps: Vec<(String, usize)>,
+    /// How many soft and if-dependencies it has (not edges in lwr).
+    pub soft: usize,
+    /// The optimization strategy's name, if any.
+    pub optimization: Option<String>,
+    pub notes: JobNotes,
 }
 
 /// Imports the JSON text of a task graph.
@@ -184,73 +184,6 @@ pub fn import(text: &str, options: &Options) -> Result<Imported, ImportError> {
         clashes,
         skipped,
     })
-}
-
-/// The comment lines above each job, and those for the header: what is said of every job is
-/// said once, at the top (a graph of thousands of tasks repeats the same few things).
-fn comments(per_job: &[JobNotes]) -> (Vec<String>, Vec<Vec<String>>) {
-    let everywhere = |items: fn(&JobNotes) -> &Vec<String>| -> HashSet<&str> {
-        let mut counts: HashMap<&str, usize> = HashMap::new();
-        for job in per_job {
-            let mut seen: Vec<&str> = items(job).iter().map(String::as_str).collect();
-            seen.sort_unstable();
-            seen.dedup();
-            for item in seen {
-                *counts.entry(item).or_default() += 1;
-            }
-        }
-        counts
-            .into_iter()
-            .filter(|(_, n)| per_job.len() > 1 && *n == per_job.len())
-            .map(|(item, _)| item)
-            .collect()
-    };
-    let common_dropped = everywhere(|j| &j.not_imported);
-    let common_notes = everywhere(|j| &j.notes);
-    let mut header = Vec::new();
-    // In the order the first job lists them.
-    if let Some(first) = per_job.first() {
-        let dropped: Vec<&str> = first
-            .not_imported
-            .iter()
-            .map(String::as_str)
-            .filter(|d| common_dropped.contains(d))
-            .collect();
-        if !dropped.is_empty() {
-            header.push(format!("Every job: not imported: {}", dropped.join(", ")));
-        }
-        for note in first
-            .notes
-            .iter()
-            .filter(|n| common_notes.contains(n.as_str()))
-        {
-            header.push(format!("Every job: note: {note}"));
-        }
-    }
-    let comments = per_job
-        .iter()
-        .map(|job| {
-            let dropped: Vec<&str> = job
-                .not_imported
-                .iter()
-                .map(String::as_str)
-                .filter(|d| !common_dropped.contains(d))
-                .collect();
-            let mut lines = Vec::new();
-            if !dropped.is_empty() {
-                lines.push(format!("not imported: {}", dropped.join(", ")));
-            }
-            for note in job
-                .notes
-                .iter()
-                .filter(|n| !common_notes.contains(n.as_str()))
-            {
-                lines.push(format!("note: {note}"));
-            }
-            lines
-        })
-        .collect();
-    (header, comments)
 }
 
 /// The tasks in label order with their dependencies resolved, and how many dependencies the
@@ -483,182 +416,6 @@ fn leave_out(
         }
     }
     (kept, skipped)
-}
-
-/// The job for task `i`; its notes gain what the task-level fields could not carry.
-fn job(
-    task: &mut Task,
-    names: &[String],
-    i: usize,
-    worker: Worker,
-    c: payload::Converted,
-    options: &Options,
-) -> JobSpec {
-    let def = task.def;
-    let mut notes = Vec::new();
-    let mut dropped = Vec::new();
-    let mut node = Requirements::default();
-    let queue = match def.get("taskQueueId").and_then(Value::as_str) {
-        Some(q) => Some(q.to_string()),
-        None => match (
-            def.get("provisionerId").and_then(Value::as_str),
-            def.get("workerType").and_then(Value::as_str),
-        ) {
-            (Some(p), Some(w)) => Some(format!("{p}/{w}")),
-            _ => None,
-        },
-    };
-    match queue {
-        Some(q) => {
-            node.properties.insert("queue".into(), q);
-        }
-        None => notes.push("no task queue (taskQueueId, or provisionerId and workerType)".into()),
-    }
-    if let Some(image) = c.image {
-        node.properties.insert("image".into(), image);
-    }
-    let requires = match def.get("requires").and_then(Value::as_str) {
-        None | Some("all-completed") => Requires::AllSucceeded,
-        Some("all-resolved") => Requires::AllFinished,
-        Some(other) => {
-            notes.push(format!(
-                "requires '{}': unknown; all-succeeded applies",
-                one_line(other)
-            ));
-            Requires::AllSucceeded
-        }
-    };
-    let retries = match def.get("retries") {
-        None => crate::graph::DEFAULT_RETRIES,
-        Some(v) => match v.as_u64().and_then(|r| u32::try_from(r).ok()) {
-            Some(r) => r,
-            None => {
-                notes.push(format!(
-                    "retries {}: not a count; the default applies",
-                    one_line(&v.to_string())
-                ));
-                crate::graph::DEFAULT_RETRIES
-            }
-        },
-    };
-    let timeout_secs = match c.timeout_secs {
-        Some(secs) if secs > MAX_TIMEOUT_SECS => {
-            notes.push(format!(
-                "maxRunTime {secs}: longer than lwr allows; the longest applies"
-            ));
-            MAX_TIMEOUT_SECS
-        }
-        Some(secs) => secs,
-        None => crate::graph::DEFAULT_TIMEOUT_SECS,
-    };
-    let expires_secs = match def.get("expires") {
-        Some(e) if !c.artifacts.is_empty() => match relative_secs(e) {
-            Some(secs) if (1..=MAX_EXPIRES_SECS).contains(&secs) => Some(secs),
-            _ => {
-                notes.push(format!(
-                    "expires {}: not within lwr's 1 second to 3660 days; the server's default applies",
-                    one_line(&e.to_string())
-                ));
-                None
-            }
-        },
-        _ => None,
-    };
-    for what in ["scopes", "routes"] {
-        if def
-            .get(what)
-            .and_then(Value::as_array)
-            .is_some_and(|a| !a.is_empty())
-        {
-            dropped.push(what.to_string());
-        }
-    }
-    if let Some(o) = &task.optimization {
-        dropped.push(format!("optimization {}", one_line(o)));
-    }
-    if task.soft > 0 {
-        dropped.push("soft and if-dependencies".into());
-    }
-    if c.run.is_none() {
-        notes.push(match worker {
-            Worker::Docker => {
-                "no command: docker-worker ran the image's own; the job fails until given one"
-                    .into()
-            }
-            Worker::Generic => "no command; the job fails until given one".into(),
-        });
-    }
-    notes.extend(c.notes);
-    let name = names[i].clone();
-    let title = Some(one_line(&task.label))
-        .filter(|t| *t != name)
-        .map(|t| match t.chars().count() > MAX_TITLE_CHARS {
-            true => {
-                notes.push(format!("title cut to {MAX_TITLE_CHARS} characters"));
-                t.chars().take(MAX_TITLE_CHARS).collect()
-            }
-            false => t,
-        })
-        .filter(|t| title_problem(t).is_none());
-    // The notes of reading the task (dependencies) come first, then those of its fields.
-    task.notes.notes.extend(notes);
-    dropped.extend(c.dropped);
-    task.notes.not_imported = dropped;
-    let missing_command =
-        "echo 'lwr import: this job has no command; give it one in lwr.yml' >&2; exit 1";
-    let dry = options.dry_run_commands;
-    JobSpec {
-        name,
-        title,
-        run: if dry {
-            "true".into()
-        } else {
-            c.run.unwrap_or_else(|| missing_command.into())
-        },
-        needs: task.deps.iter().map(|(_, d)| names[*d].clone()).collect(),
-        node: if dry { Requirements::default() } else { node },
-        artifacts: if dry { Vec::new() } else { c.artifacts },
-        retries,
-        timeout_secs,
-        expires_secs: expires_secs.filter(|_| !dry),
-        env: c.env,
-        requires,
-        when: None,
-        prefer: Vec::new(),
-        affinity_wait_secs: None,
-        keep_workdir: false,
-        timestamps: false,
-        // Trying the shape needs no checkout, and skipping it makes every job cheap.
-        checkout: if dry {
-            Checkout::off()
-        } else {
-            Checkout::default()
-        },
-    }
-}
-
-/// Seconds in a json-e `{"relative-datestamp": "1 year 2 days"}`; `None` for anything else.
-fn relative_secs(value: &Value) -> Option<u64> {
-    let text = value.get("relative-datestamp")?.as_str()?;
-    let mut words = text.split_whitespace();
-    let mut total = 0u64;
-    let mut any = false;
-    while let Some(n) = words.next() {
-        let n: u64 = n.parse().ok()?;
-        let unit = match words.next()?.trim_end_matches('s') {
-            "second" | "sec" => 1,
-            "minute" | "min" => 60,
-            "hour" => 3600,
-            "day" => 86_400,
-            "week" => 7 * 86_400,
-            "month" => 30 * 86_400,
-            "year" => 365 * 86_400,
-            _ => return None,
-        };
-        total = total.checked_add(n.checked_mul(unit)?)?;
-        any = true;
-    }
-    any.then_some(total)
 }
 
 fn header(

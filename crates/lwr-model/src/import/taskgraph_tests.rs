@@ -1,7 +1,7 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::graph::parse;
+use crate::graph::{Requires, parse};
 
 fn docker(label: &str, deps: Value, command: Value) -> Value {
     json!({
@@ -309,15 +309,4 @@ fn a_docker_task_without_a_command_fails_until_given_one() {
         notes.iter().any(|n| n.starts_with("no command")),
         "{notes:?}"
     );
-}
-
-#[test]
-fn relative_datestamps() {
-    let secs = |s: &str| relative_secs(&json!({"relative-datestamp": s}));
-    assert_eq!(secs("1 year"), Some(365 * 86_400));
-    assert_eq!(secs("2 days 3 hours"), Some(2 * 86_400 + 3 * 3600));
-    assert_eq!(secs("90 minutes"), Some(5400));
-    assert_eq!(secs("soon"), None);
-    assert_eq!(secs("1 fortnight"), None);
-    assert_eq!(relative_secs(&json!("2026-01-01T00:00:00Z")), None);
 }

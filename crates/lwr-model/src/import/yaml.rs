@@ -2,11 +2,12 @@
 //! hold: every string is emitted double-quoted with YAML escapes, so no label, command or
 //! value can be taken for YAML syntax (`#`, `: `, `- `, quotes, newlines, `yes`, `1e3`...).
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 
 use crate::graph::{Graph, JobSpec};
 
-use super::one_line;
+use super::{JobNotes, one_line};
 
 /// The whole file: `header` lines as comments, then `version: 1` and the jobs, each preceded
 /// by its `comments` (one line each). Only the fields an import sets are written (node
@@ -25,6 +26,73 @@ pub(crate) fn write(graph: &Graph, header: &[String], comments: &[Vec<String>]) 
         write_job(&mut out, job);
     }
     out
+}
+
+/// The comment lines above each job, and those for the header: what is said of every job is
+/// said once, at the top (a graph of thousands of tasks repeats the same few things).
+pub(crate) fn comments(per_job: &[JobNotes]) -> (Vec<String>, Vec<Vec<String>>) {
+    let everywhere = |items: fn(&JobNotes) -> &Vec<String>| -> HashSet<&str> {
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for job in per_job {
+            let mut seen: Vec<&str> = items(job).iter().map(String::as_str).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            for item in seen {
+                *counts.entry(item).or_default() += 1;
+            }
+        }
+        counts
+            .into_iter()
+            .filter(|(_, n)| per_job.len() > 1 && *n == per_job.len())
+            .map(|(item, _)| item)
+            .collect()
+    };
+    let common_dropped = everywhere(|j| &j.not_imported);
+    let common_notes = everywhere(|j| &j.notes);
+    let mut header = Vec::new();
+    // In the order the first job lists them.
+    if let Some(first) = per_job.first() {
+        let dropped: Vec<&str> = first
+            .not_imported
+            .iter()
+            .map(String::as_str)
+            .filter(|d| common_dropped.contains(d))
+            .collect();
+        if !dropped.is_empty() {
+            header.push(format!("Every job: not imported: {}", dropped.join(", ")));
+        }
+        for note in first
+            .notes
+            .iter()
+            .filter(|n| common_notes.contains(n.as_str()))
+        {
+            header.push(format!("Every job: note: {note}"));
+        }
+    }
+    let comments = per_job
+        .iter()
+        .map(|job| {
+            let dropped: Vec<&str> = job
+                .not_imported
+                .iter()
+                .map(String::as_str)
+                .filter(|d| !common_dropped.contains(d))
+                .collect();
+            let mut lines = Vec::new();
+            if !dropped.is_empty() {
+                lines.push(format!("not imported: {}", dropped.join(", ")));
+            }
+            for note in job
+                .notes
+                .iter()
+                .filter(|n| !common_notes.contains(n.as_str()))
+            {
+                lines.push(format!("note: {note}"));
+            }
+            lines
+        })
+        .collect();
+    (header, comments)
 }
 
 fn comment(out: &mut String, indent: &str, text: &str) {
