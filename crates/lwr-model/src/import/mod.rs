@@ -36,7 +36,7 @@ pub struct Imported {
 /// What an import says about one job.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct JobNotes {
-    /// Fields of the source lwr has no place for (`routes (3)`, `payload.features`).
+    /// Fields of the source lwr has no place for (`routes`, `payload.features`).
     pub not_imported: Vec<String>,
     /// Sentences about what was changed, left out or kept as written, and why.
     pub notes: Vec<String>,
