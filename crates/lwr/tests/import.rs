@@ -40,7 +40,7 @@ fn task(label: &str, kind: &str, deps: &[&str], i: usize, requires: &str) -> Val
 /// holding spaces, '/', ':', '.', quotes and non-ASCII; some pairs normalize alike.
 fn hand_made() -> (Value, usize, usize) {
     let mut tasks = serde_json::Map::new();
-    let mut add = |tasks: &mut serde_json::Map<String, Value>, label: &str, t: Value| {
+    let add = |tasks: &mut serde_json::Map<String, Value>, label: &str, t: Value| {
         tasks.insert(label.to_string(), t);
     };
     let base = [

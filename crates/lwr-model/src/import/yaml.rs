@@ -193,7 +193,7 @@ fn field(out: &mut String, key: &str, value: &str) {
 /// `90s`, `30m`, `2h`, `3d`: the largest unit that divides `secs` exactly.
 pub(crate) fn duration(secs: u64) -> String {
     for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if secs % size == 0 {
+        if secs.is_multiple_of(size) {
             return format!("{}{unit}", secs / size);
         }
     }
