@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod glob;
 pub mod graph;
 pub mod ids;
+pub mod import;
 pub mod iteration;
 pub mod job;
 pub mod logstream;

@@ -25,6 +25,7 @@ const DECISION_TIMEOUT_SECS: u64 = 30 * 60;
 pub fn decision_job() -> JobSpec {
     JobSpec {
         name: DECISION_JOB.to_string(),
+        title: None,
         run: DECISION_COMMAND.to_string(),
         needs: Vec::new(),
         node: Requirements::default(),

@@ -52,6 +52,7 @@ fn graph(names: &[(&str, &[&str])]) -> SubmitGraph {
         .iter()
         .map(|(name, needs)| JobSpec {
             name: name.to_string(),
+            title: None,
             run: "true".into(),
             needs: needs.iter().map(|n| n.to_string()).collect(),
             node: Requirements::default(),

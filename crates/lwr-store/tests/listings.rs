@@ -14,6 +14,7 @@ use common::Fixture;
 fn job(name: &str, needs: &[&str]) -> JobSpec {
     JobSpec {
         name: name.into(),
+        title: None,
         run: format!("echo {name}"),
         needs: needs.iter().map(|n| n.to_string()).collect(),
         node: Requirements::default(),

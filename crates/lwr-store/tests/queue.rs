@@ -19,6 +19,7 @@ const LEASE: DurationMs = DurationMs(30_000);
 fn job(name: &str, needs: &[&str]) -> JobSpec {
     JobSpec {
         name: name.into(),
+        title: None,
         run: format!("echo {name}"),
         needs: needs.iter().map(|n| n.to_string()).collect(),
         node: Requirements::default(),

@@ -25,6 +25,7 @@ fn stored() -> PathBuf {
 fn job(name: &str, needs: &[&str]) -> JobSpec {
     JobSpec {
         name: name.into(),
+        title: None,
         run: format!("echo {name}"),
         needs: needs.iter().map(|n| n.to_string()).collect(),
         node: Requirements::default(),

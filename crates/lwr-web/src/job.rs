@@ -88,6 +88,7 @@ pub async fn page(
         }
         h2 { "Spec" }
         dl.spec {
+            @if let Some(t) = &spec.title { dt { "title" } dd { (t) } }
             dt { "command" } dd { pre { (spec.run) } }
             dt { "needs" } dd {
                 @if job.needs.is_empty() { "none" }

@@ -84,6 +84,8 @@ pub enum Command {
     Stamp(StampArgs),
     /// Create, list and revoke access tokens (for `lwr server --auth`).
     Tokens(TokensArgs),
+    /// Write an lwr.yml from another CI system's graph (a TaskCluster task graph).
+    Import(ImportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -486,6 +488,51 @@ pub struct GraphDiffArgs {
     /// Print JSON for scripts instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+// `lwr import`: kept together, so that merging other subcommands stays simple.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    pub source: ImportSource,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportSource {
+    /// Convert a task graph made by taskcluster-taskgraph into an lwr.yml: one job per task.
+    ///
+    /// FILE is task-graph.json or full-task-graph.json (a decision task's artifacts), or the
+    /// output of `taskgraph full --json`; `-` reads standard input. What lwr cannot express
+    /// (scopes, routes, caches, features, ...) is listed in a comment above each job and
+    /// summed up at the end; see docs/migrating.md.
+    #[command(after_help = "Examples:\n  \
+        taskgraph full --json | lwr import taskgraph - --out lwr.yml\n  \
+        lwr import taskgraph full-task-graph.json --dry-run-commands --out lwr.yml")]
+    Taskgraph(TaskgraphImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TaskgraphImportArgs {
+    /// The task graph's JSON file, or - for standard input.
+    pub file: PathBuf,
+    /// Write the lwr.yml here (refusing to replace a file unless --force); default: standard
+    /// output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Replace --out if it exists.
+    #[arg(long, requires = "out")]
+    pub force: bool,
+    /// Make every command `true` and drop node requirements and artifacts: the graph's shape,
+    /// to try on `lwr dev`.
+    #[arg(long)]
+    pub dry_run_commands: bool,
+    /// Leave out tasks whose payload lwr does not understand, and every task depending on
+    /// them, instead of failing.
+    #[arg(long)]
+    pub skip_unsupported: bool,
+    /// Also write the report as JSON: per job what was not imported, clashes, tasks left out.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

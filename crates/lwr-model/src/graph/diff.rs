@@ -25,7 +25,7 @@ pub struct GraphDiff {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct JobChange {
     pub name: String,
-    /// Among `run`, `needs`, `node`, `artifacts`, `env`, `retries`, `timeout`, `requires`,
+    /// Among `run`, `title`, `needs`, `node`, `artifacts`, `env`, `retries`, `timeout`, `requires`,
     /// `when`.
     pub fields: Vec<&'static str>,
 }
@@ -78,6 +78,7 @@ fn changed_fields(a: &JobSpec, b: &JobSpec) -> Vec<&'static str> {
     let needs = |j: &JobSpec| j.needs.iter().cloned().collect::<BTreeSet<_>>();
     let checks = [
         ("run", a.run != b.run),
+        ("title", a.title != b.title),
         ("needs", needs(a) != needs(b)),
         ("node", a.node != b.node),
         ("artifacts", a.artifacts != b.artifacts),

@@ -18,9 +18,12 @@ mod select;
 mod validate;
 
 pub use diff::{GraphDiff, JobChange, diff};
-pub use parse::{parse, parse_duration};
+pub use parse::{MAX_FILE_BYTES, parse, parse_duration};
 pub use select::{LeftOut, select};
-pub use validate::{GraphError, MAX_CHECKOUT_DEPTH, checkout_path_problem};
+pub use validate::{
+    GraphError, MAX_CHECKOUT_DEPTH, MAX_TITLE_CHARS, checkout_path_problem, title_problem,
+};
+pub(crate) use validate::{MAX_EXPIRES_SECS, MAX_TIMEOUT_SECS, find_cycle, is_env_name};
 
 /// Default number of extra runs after an infrastructure failure.
 pub const DEFAULT_RETRIES: u32 = 2;
@@ -39,6 +42,10 @@ pub struct Graph {
 pub struct JobSpec {
     /// Normalized name, unique in the graph.
     pub name: String,
+    /// What people see beside the name (`title:`), e.g. the label of an imported task,
+    /// which normalization would have changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
     /// Shell command, run with `sh -c`.
     pub run: String,
     /// Normalized names of the jobs this one needs (matrix needs expanded).

@@ -30,8 +30,9 @@ const MAX_INDENT: usize = 400;
 /// 2 MiB in a debug build; the rest is margin, and costs nothing until touched.
 const PARSE_STACK_BYTES: usize = 16 << 20;
 
-/// Largest lwr.yml accepted: far beyond any real graph file, small enough to parse quickly.
-pub const MAX_FILE_BYTES: usize = 4 << 20;
+/// Largest lwr.yml accepted: room for a graph of 10,000 jobs imported from a task graph with
+/// their environments (~8 MiB), small enough to parse in well under a second.
+pub const MAX_FILE_BYTES: usize = 16 << 20;
 
 const DURATION_HELP: &str = "use e.g. 90s, 30m, 1h, 2h30m or 1d; a bare number means seconds";
 
@@ -161,6 +162,7 @@ struct RawJob {
     written: String,
     name: String,
     line: Option<usize>,
+    title: Option<String>,
     run: String,
     run_line: Option<usize>,
     /// (normalized need, line, need as written)
@@ -483,6 +485,7 @@ fn read_job(
         written: show(written),
         name,
         line,
+        title: None,
         run: String::new(),
         run_line: None,
         needs: Vec::new(),
@@ -543,6 +546,7 @@ fn read_field(
             };
             job.run_line = line;
         }
+        "title" => job.title = Some(cx.scalar(line, "title", value)?.to_string()),
         "needs" => {
             let needs = cx.string_list(line, "needs", value)?;
             job.needs = needs
@@ -1137,6 +1141,11 @@ fn expanded_job(job: &RawJob, e: &Expansion, needs: &[(String, Option<usize>, St
     };
     JobSpec {
         name: e.name.clone(),
+        // `${matrix.KEY}` tells expansions apart here too; an unknown key stays as written.
+        title: job
+            .title
+            .as_ref()
+            .map(|t| substitute(t, value).unwrap_or_else(|_| t.clone())),
         // Unknown keys were rejected by `check_matrix_refs`, so this cannot fail.
         run: substitute(&job.run, value).unwrap_or_else(|_| job.run.clone()),
         needs: needs.iter().map(|n| n.0.clone()).collect(),
@@ -1384,7 +1393,7 @@ jobs:
         let e = err("version: 1\njobs:\n  b: {run: x}\n  a:\n    rnu: make\n");
         assert_eq!(
             e.to_string(),
-            "lwr.yml:5: job 'a': unknown key 'rnu': did you mean 'run'? (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when, prefer, affinity_wait, keep_workdir, timestamps, checkout)"
+            "lwr.yml:5: job 'a': unknown key 'rnu': did you mean 'run'? (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when, prefer, affinity_wait, keep_workdir, timestamps, checkout, title)"
         );
         assert_eq!(
             (e.line(), e.job(), e.field()),
@@ -2084,5 +2093,26 @@ jobs:
                 .starts_with("lwr.yml:5: job 'a': field 'timestamps'"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn title_is_one_line_of_text_for_people() {
+        let text = "version: 1\njobs:\n  \"Test Linux/opt\":\n    run: x\n    title: \"Test Linux/opt #1\"\n  t:\n    run: y\n    title: t ${matrix.n}\n    matrix: {n: [1, 2]}\n";
+        let g = parse(text, "lwr.yml").unwrap();
+        let titles: Vec<Option<&str>> = g.jobs.iter().map(|j| j.title.as_deref()).collect();
+        assert_eq!(
+            titles,
+            vec![Some("Test Linux/opt #1"), Some("t 1"), Some("t 2")]
+        );
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    title: \"two\\nlines\"\n");
+        assert_eq!(
+            e.to_string(),
+            "lwr.yml:3: job 'a': field 'title': 'two\\nlines' contains a control character (a title is one line)"
+        );
+        let e = err("version: 1\njobs:\n  a:\n    run: x\n    title: \" \"\n");
+        assert_eq!(e.field(), Some("title"), "{e}");
+        let mut g = parse("version: 1\njobs:\n  a:\n    run: x\n", "lwr.yml").unwrap();
+        g.jobs[0].title = Some("x".repeat(super::super::MAX_TITLE_CHARS + 1));
+        assert_eq!(g.validate().unwrap_err().field(), Some("title"));
     }
 }

@@ -16,6 +16,8 @@ pub(crate) const MAX_TIMEOUT_SECS: u64 = 366 * 24 * 3600;
 pub(crate) const MAX_AFFINITY_WAIT_SECS: u64 = 24 * 3600;
 /// Deepest `checkout.depth`: beyond this, leave it out (all history).
 pub const MAX_CHECKOUT_DEPTH: u32 = 1_000_000;
+/// Longest `title`, in characters: room for any real label, not for a document.
+pub const MAX_TITLE_CHARS: usize = 1024;
 /// Longest artifact lifetime: ten years.
 pub(crate) const MAX_EXPIRES_SECS: u64 = 3660 * 24 * 3600;
 
@@ -257,6 +259,7 @@ pub(crate) const JOB_KEYS: &[&str] = &[
     "keep_workdir",
     "timestamps",
     "checkout",
+    "title",
 ];
 pub(crate) const CHECKOUT_KEYS: &[&str] = &["depth", "submodules", "lfs", "path"];
 pub(crate) const ARTIFACT_KEYS: &[&str] = &["name", "path", "kind", "optional"];
@@ -560,6 +563,9 @@ fn check_job(job: &JobSpec, file: &str, lines: Option<&JobLines>) -> Result<(), 
         message,
     };
     let job_line = lines.and_then(|l| l.job);
+    if let Some(problem) = job.title.as_deref().and_then(title_problem) {
+        return Err(invalid(job_line, "title".into(), problem));
+    }
     if job.run.trim().is_empty() {
         let line = lines.and_then(|l| l.run).or(job_line);
         return Err(invalid(
@@ -679,6 +685,26 @@ fn check_job(job: &JobSpec, file: &str, lines: Option<&JobLines>) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// What is wrong with a `title`, if anything: it is one line of text for people.
+pub fn title_problem(title: &str) -> Option<String> {
+    if title.trim().is_empty() {
+        return Some("is empty; leave it out to show the job's name".into());
+    }
+    if title.chars().any(char::is_control) {
+        return Some(format!(
+            "'{}' contains a control character (a title is one line)",
+            show(title)
+        ));
+    }
+    let chars = title.chars().count();
+    if chars > MAX_TITLE_CHARS {
+        return Some(format!(
+            "is {chars} characters long, more than the limit of {MAX_TITLE_CHARS}"
+        ));
+    }
+    None
 }
 
 /// True for `[A-Za-z_][A-Za-z0-9_]*`.
@@ -823,6 +849,7 @@ mod tests {
     fn job(name: &str, needs: &[&str]) -> JobSpec {
         JobSpec {
             name: name.into(),
+            title: None,
             run: "true".into(),
             needs: needs.iter().map(|n| n.to_string()).collect(),
             node: Default::default(),

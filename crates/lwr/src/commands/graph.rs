@@ -220,6 +220,9 @@ pub fn describe(graph: &Graph) -> String {
     );
     for job in &graph.jobs {
         out.push_str(&format!("{}\n", job.name));
+        if let Some(title) = &job.title {
+            out.push_str(&format!("  title: {title}\n"));
+        }
         if !job.needs.is_empty() {
             out.push_str(&format!("  needs: {}\n", job.needs.join(", ")));
         }

@@ -5,6 +5,7 @@ mod checkout;
 mod control;
 mod graph;
 mod graphs;
+mod import;
 mod logs;
 mod nodes;
 mod push;
@@ -42,6 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trigger(args) => pushes::trigger(args).await,
         Command::Checkout(args) => checkout::run(args),
         Command::Tokens(args) => tokens::run(args).await,
+        Command::Import(args) => import::run(args),
         Command::Stamp(args) => {
             let code = lwr_node::stamp::run(&args.command)?;
             // Exit codes are 0..=255; 128 + signal fits.
