@@ -42,6 +42,7 @@ pub fn decision_job() -> JobSpec {
         keep_workdir: false,
         timestamps: false,
         checkout: Default::default(),
+        buildbot: None,
     }
 }
 
