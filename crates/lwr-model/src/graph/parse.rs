@@ -522,7 +522,7 @@ fn read_job(
             let message = "a job has either run (a shell command) or buildbot (a build on \
                            Buildbot), not both"
                 .to_string();
-            return Err(cx.invalid(buildbot_line, "buildbot", message));
+            return Err(cx.invalid(Some(buildbot_line), "buildbot", message));
         }
         _ => {}
     }
@@ -1438,7 +1438,7 @@ jobs:
         let e = err("version: 1\njobs:\n  b: {run: x}\n  a:\n    rnu: make\n");
         assert_eq!(
             e.to_string(),
-            "lwr.yml:5: job 'a': unknown key 'rnu': did you mean 'run'? (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when, prefer, affinity_wait, keep_workdir, timestamps, checkout)"
+            "lwr.yml:5: job 'a': unknown key 'rnu': did you mean 'run'? (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when, prefer, affinity_wait, keep_workdir, timestamps, checkout, buildbot)"
         );
         assert_eq!(
             (e.line(), e.job(), e.field()),

@@ -10,7 +10,6 @@ use lwr_client::Client;
 use lwr_model::api::{Assignment, Outcome, RunResult};
 use lwr_model::buildbot::{BuildResult, BuildbotJob, property_name};
 use tokio::sync::oneshot;
-use std::io::Write;
 
 use super::Bridge;
 use super::logs::LogFollower;

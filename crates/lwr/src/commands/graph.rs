@@ -258,10 +258,13 @@ pub fn describe(graph: &Graph) -> String {
             }
             out.push_str(&format!("  pool:  {}\n", parts.join("; ")));
         }
-        out.push_str(&format!(
-            "  run:   {}\n",
-            job.run.lines().next().unwrap_or("")
-        ));
+        match &job.buildbot {
+            Some(bb) => out.push_str(&format!("  buildbot: builder {}\n", bb.builder)),
+            None => out.push_str(&format!(
+                "  run:   {}\n",
+                job.run.lines().next().unwrap_or("")
+            )),
+        }
     }
     out
 }
