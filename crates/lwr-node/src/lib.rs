@@ -243,7 +243,11 @@ pub async fn run(
     ));
     let permits = Arc::new(Semaphore::new(slots as usize));
     for a in resumed {
-        tracing::info!("run {} of {}: resuming its Buildbot build", a.run_id, a.job_name);
+        tracing::info!(
+            "run {} of {}: resuming its Buildbot build",
+            a.run_id,
+            a.job_name
+        );
         // Taken before the claim loop starts, so a resumed run is back in the heartbeats
         // (which keep its lease) at once.
         let permit = permits.clone().try_acquire_owned();

@@ -494,7 +494,12 @@ pub struct GraphDiffArgs {
     pub json: bool,
     /// Compare the graph at --revision with the builds this Buildbot master ran for that
     /// revision (builder names normalized like job names); exit 1 when they differ.
-    #[arg(long, value_name = "URL", requires = "revision", conflicts_with = "push")]
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "revision",
+        conflicts_with = "push"
+    )]
     pub buildbot: Option<String>,
     /// The revision of --repo to compare with Buildbot (with --buildbot).
     #[arg(long, value_name = "REV", requires = "buildbot")]

@@ -85,7 +85,8 @@ impl Buildbot {
             .expect("buildbot create-master");
         assert!(ok.success(), "buildbot create-master failed");
         let (pb, www) = (free_port(), free_port());
-        let snippet = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/buildbot/lwr.cfg");
+        let snippet =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/buildbot/lwr.cfg");
         let gate = gate.display();
         let cfg = format!(
             r#"from buildbot.plugins import schedulers, steps, util, worker
@@ -151,13 +152,16 @@ exec(open("{snippet}").read())
             _worker: worker,
         };
         wait_until("the Buildbot worker to connect", BUILDBOT_DEADLINE, || {
-            let workers = bb.get("workers").map_err(|e| {
-                format!("{e}\nmaster log:\n{}", tail(&dir.join("master.log"), 10))
-            })?;
-            let connected = workers["workers"]
-                .as_array()
-                .is_some_and(|w| w.iter().any(|w| w["connected_to"].as_array().is_some_and(|c| !c.is_empty())));
-            connected.then_some(()).ok_or_else(|| "worker not connected".to_string())
+            let workers = bb
+                .get("workers")
+                .map_err(|e| format!("{e}\nmaster log:\n{}", tail(&dir.join("master.log"), 10)))?;
+            let connected = workers["workers"].as_array().is_some_and(|w| {
+                w.iter()
+                    .any(|w| w["connected_to"].as_array().is_some_and(|c| !c.is_empty()))
+            });
+            connected
+                .then_some(())
+                .ok_or_else(|| "worker not connected".to_string())
         });
         bb
     }
@@ -165,7 +169,12 @@ exec(open("{snippet}").read())
     fn get(&self, path: &str) -> Result<Value, String> {
         let url = format!("{}/api/v2/{path}", self.url);
         self.rt.block_on(async {
-            let resp = self.http.get(&url).send().await.map_err(|e| e.to_string())?;
+            let resp = self
+                .http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
             resp.json::<Value>().await.map_err(|e| e.to_string())
         })
     }
@@ -173,7 +182,13 @@ exec(open("{snippet}").read())
     fn post(&self, path: &str, body: Value) -> Value {
         let url = format!("{}/api/v2/{path}", self.url);
         self.rt.block_on(async {
-            let resp = self.http.post(&url).json(&body).send().await.expect("POST to Buildbot");
+            let resp = self
+                .http
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .expect("POST to Buildbot");
             resp.json::<Value>().await.expect("a JSON answer")
         })
     }
@@ -221,7 +236,12 @@ jobs:
 fn bridge(dir: &Path, server: &str, bb: &str) -> Daemon {
     let work = dir.join("bridge");
     let args = [
-        "node", "--server", server, "--name", "bb-bridge", "--work-dir",
+        "node",
+        "--server",
+        server,
+        "--name",
+        "bb-bridge",
+        "--work-dir",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -230,6 +250,37 @@ fn bridge(dir: &Path, server: &str, bb: &str) -> Daemon {
     let mut d = Daemon::new("bridge", args, dir.join("bridge.log"), Vec::new());
     d.start();
     d
+}
+
+/// Moving a job off Buildbot is one change to lwr.yml, and `lwr graph diff` names it.
+#[test]
+fn moving_a_job_off_buildbot_shows_in_graph_diff() {
+    let dir = tempdir();
+    let repo = git_repo(&dir.path().join("repo"), GRAPH);
+    std::fs::write(
+        repo.join("lwr.yml"),
+        GRAPH.replace(
+            "buildbot: {builder: linux64-test, properties: {suite: mochitest}}",
+            "run: ./run-tests mochitest",
+        ),
+    )
+    .expect("writing lwr.yml");
+    git_commit_all(&repo, "test moves off Buildbot");
+    let repo_arg = repo.display().to_string();
+    let out = lwr(&["graph", "diff", "HEAD~1", "HEAD", "--repo", &repo_arg]);
+    out.assert_success();
+    assert!(
+        out.stdout
+            .contains("~ test moved off Buildbot (was builder linux64-test; run, buildbot)"),
+        "{out}"
+    );
+    let json = lwr(&[
+        "graph", "diff", "HEAD~1", "HEAD", "--repo", &repo_arg, "--json",
+    ]);
+    assert_eq!(
+        json.assert_success().json()["moved_off_buildbot"][0]["name"],
+        "test"
+    );
 }
 
 #[test]
@@ -260,7 +311,10 @@ fn graphs_run_on_buildbot_through_the_bridge() {
     server.wait_job(g, "after-broken", JobState::Blocked, None);
 
     // The need's artifact URL reached the build as a property and serves the installer.
-    let builds = bb.builds("linux64-test", &["build_installer_url", "lwr_run_id", "suite"]);
+    let builds = bb.builds(
+        "linux64-test",
+        &["build_installer_url", "lwr_run_id", "suite"],
+    );
     assert_eq!(builds.len(), 1, "{builds:#?}");
     let url = builds[0]["properties"]["build_installer_url"][0]
         .as_str()
@@ -272,28 +326,40 @@ fn graphs_run_on_buildbot_through_the_bridge() {
     let log = server.lwr(&["logs", &format!("{g}/test")]);
     log.assert_success();
     assert!(
-        log.stdout.contains(&format!("bb-test-marker installer={url} suite=mochitest")),
+        log.stdout
+            .contains(&format!("bb-test-marker installer={url} suite=mochitest")),
         "{log}"
     );
     let m = server.lwr(&["manifest", &format!("{g}/test")]);
     let m = m.assert_success().json();
     assert_eq!(m["extra"]["buildbot"]["number"], 1, "{m:#}");
     assert_eq!(m["extra"]["buildbot"]["worker"], "w1", "{m:#}");
-    assert!(m["extra"]["buildbot"]["url"].as_str().is_some_and(|u| u.starts_with(&bb.url)), "{m:#}");
+    assert!(
+        m["extra"]["buildbot"]["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with(&bb.url)),
+        "{m:#}"
+    );
 
     // `lwr logs -f` follows a running build's output.
     server.wait_job(g, "gate", JobState::Running, Some("bb-bridge"));
     let follow_log = dir.path().join("follow.out");
     let _follow = spawn(
-        Command::new(bin())
-            .env("LWR_SERVER", &server.url)
-            .args(["logs", "-f", &format!("{g}/gate")]),
+        Command::new(bin()).env("LWR_SERVER", &server.url).args([
+            "logs",
+            "-f",
+            &format!("{g}/gate"),
+        ]),
         &follow_log,
     );
-    wait_until("lwr logs -f to show the running build's output", DEADLINE, || {
-        let text = std::fs::read_to_string(&follow_log).unwrap_or_default();
-        text.contains("gate-waiting").then_some(()).ok_or(text)
-    });
+    wait_until(
+        "lwr logs -f to show the running build's output",
+        DEADLINE,
+        || {
+            let text = std::fs::read_to_string(&follow_log).unwrap_or_default();
+            text.contains("gate-waiting").then_some(()).ok_or(text)
+        },
+    );
 
     // Killed mid-build and started again, the bridge finds the build: one build, not two.
     bridge_node.kill();
@@ -301,11 +367,19 @@ fn graphs_run_on_buildbot_through_the_bridge() {
     std::fs::write(&gate, "").expect("opening the gate");
     server.wait_job(g, "gate", JobState::Succeeded, Some("bb-bridge"));
     let gates = bb.builds("gate", &[]);
-    assert_eq!(gates.len(), 1, "the restarted bridge forced the build again: {gates:#?}");
-    wait_until("lwr logs -f to end with the build's last line", DEADLINE, || {
-        let text = std::fs::read_to_string(&follow_log).unwrap_or_default();
-        text.contains("gate-done").then_some(()).ok_or(text)
-    });
+    assert_eq!(
+        gates.len(),
+        1,
+        "the restarted bridge forced the build again: {gates:#?}"
+    );
+    wait_until(
+        "lwr logs -f to end with the build's last line",
+        DEADLINE,
+        || {
+            let text = std::fs::read_to_string(&follow_log).unwrap_or_default();
+            text.contains("gate-done").then_some(()).ok_or(text)
+        },
+    );
 
     // `lwr cancel` stops the build; Buildbot reports it cancelled (6).
     server.wait_job(g, "slow", JobState::Running, Some("bb-bridge"));
@@ -313,12 +387,20 @@ fn graphs_run_on_buildbot_through_the_bridge() {
         let b = bb.builds("slow", &[]);
         (b.len() == 1).then_some(()).ok_or(format!("{b:#?}"))
     });
-    server.lwr(&["cancel", &format!("{g}/slow")]).assert_success();
-    wait_until("Buildbot to report the slow build cancelled", DEADLINE, || {
-        let b = bb.builds("slow", &[]);
-        let results: Vec<&Value> = b.iter().map(|b| &b["results"]).collect();
-        (results == [&Value::from(6)]).then_some(()).ok_or(format!("{results:?}"))
-    });
+    server
+        .lwr(&["cancel", &format!("{g}/slow")])
+        .assert_success();
+    wait_until(
+        "Buildbot to report the slow build cancelled",
+        DEADLINE,
+        || {
+            let b = bb.builds("slow", &[]);
+            let results: Vec<&Value> = b.iter().map(|b| &b["results"]).collect();
+            (results == [&Value::from(6)])
+                .then_some(())
+                .ok_or(format!("{results:?}"))
+        },
+    );
 
     // A builder that built the revision and is not in the graph is a difference (exit 1).
     let forced = bb.post(
@@ -329,14 +411,27 @@ fn graphs_run_on_buildbot_through_the_bridge() {
     assert!(forced.get("result").is_some(), "{forced}");
     wait_until("extra-builder's build to finish", BUILDBOT_DEADLINE, || {
         let b = bb.builds("extra-builder", &[]);
-        b.iter().any(|b| b["complete"] == true).then_some(()).ok_or(format!("{b:#?}"))
+        b.iter()
+            .any(|b| b["complete"] == true)
+            .then_some(())
+            .ok_or(format!("{b:#?}"))
     });
     let repo_arg = repo.display().to_string();
     let diff = lwr(&[
-        "graph", "diff", "--buildbot", &bb.url, "--revision", &rev, "--repo", &repo_arg,
+        "graph",
+        "diff",
+        "--buildbot",
+        &bb.url,
+        "--revision",
+        &rev,
+        "--repo",
+        &repo_arg,
     ]);
     assert_eq!(diff.status.code(), Some(1), "{diff}");
     assert!(diff.stdout.contains("+ extra-builder"), "{diff}");
     // Every Buildbot job of the graph matched a build; the plain ones did not.
-    assert!(diff.stdout.contains("- build ") && !diff.stdout.contains("- test "), "{diff}");
+    assert!(
+        diff.stdout.contains("- build ") && !diff.stdout.contains("- test "),
+        "{diff}"
+    );
 }

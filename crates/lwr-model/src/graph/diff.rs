@@ -132,7 +132,11 @@ impl std::fmt::Display for GraphDiff {
             writeln!(f, "- {name}")?;
         }
         for change in &self.changed {
-            match self.moved_off_buildbot.iter().find(|m| m.name == change.name) {
+            match self
+                .moved_off_buildbot
+                .iter()
+                .find(|m| m.name == change.name)
+            {
                 Some(moved) => writeln!(
                     f,
                     "~ {} moved off Buildbot (was builder {}; {})",

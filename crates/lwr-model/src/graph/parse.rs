@@ -693,13 +693,10 @@ fn read_buildbot(cx: &Cx, line: Option<usize>, node: &Node) -> Result<BuildbotJo
     for (key, value) in map.iter() {
         let at = key_line(key).or(line);
         match key.as_str() {
-            "builder" => {
-                builder = Some(cx.scalar(at, "buildbot.builder", value)?.to_string())
-            }
+            "builder" => builder = Some(cx.scalar(at, "buildbot.builder", value)?.to_string()),
             "properties" => {
                 let expected = "a mapping of property name to value";
-                let Some(props) = cx.mapping(at, "buildbot.properties", value, expected)?
-                else {
+                let Some(props) = cx.mapping(at, "buildbot.properties", value, expected)? else {
                     continue;
                 };
                 for (k, v) in props.iter() {
@@ -2178,7 +2175,10 @@ jobs:
                 "version: 1\njobs:\n  t:\n    buildbot: {builder: b}\n    artifacts: [{name: a, path: a}]\n",
                 "declares no artifacts",
             ),
-            ("version: 1\njobs:\n  t:\n    buildbot: linux\n", "expected a mapping"),
+            (
+                "version: 1\njobs:\n  t:\n    buildbot: linux\n",
+                "expected a mapping",
+            ),
         ];
         for (text, want) in cases {
             let e = err(text).to_string();

@@ -36,7 +36,10 @@ pub(crate) struct Bridge {
 }
 
 impl Bridge {
-    pub(crate) fn new(config: &BridgeConfig, work_dir: &std::path::Path) -> Result<Bridge, BuildbotError> {
+    pub(crate) fn new(
+        config: &BridgeConfig,
+        work_dir: &std::path::Path,
+    ) -> Result<Bridge, BuildbotError> {
         Ok(Bridge {
             rest: Rest::new(&config.url, config.credentials.clone())?,
             state_dir: work_dir.join("buildbot"),
@@ -149,7 +152,10 @@ impl Node {
                     run_id: a.run_id,
                     outcome: Outcome::Exception,
                     exit_code: None,
-                    reason: Some(format!("cannot keep the run in {}: {e}", bridge.state_dir.display())),
+                    reason: Some(format!(
+                        "cannot keep the run in {}: {e}",
+                        bridge.state_dir.display()
+                    )),
                 },
                 Ok(()) => {
                     bridge
@@ -158,7 +164,12 @@ impl Node {
                 }
             },
         };
-        tracing::debug!("run {} of {} ended: {:?}", a.run_id, a.job_name, result.outcome);
+        tracing::debug!(
+            "run {} of {} ended: {:?}",
+            a.run_id,
+            a.job_name,
+            result.outcome
+        );
         let (result, outputs) = self
             .collect_artifacts(result, &slot_dir, &extra_file, &[])
             .await;
@@ -167,7 +178,11 @@ impl Node {
         if log_size > 0 {
             let kept = exec::log_path(&self.config.work_dir, a.run_id);
             if let Err(e) = std::fs::rename(&slot_log, &kept) {
-                tracing::warn!("run {}: cannot keep its log as {}: {e}", a.run_id, kept.display());
+                tracing::warn!(
+                    "run {}: cannot keep its log as {}: {e}",
+                    a.run_id,
+                    kept.display()
+                );
             }
         }
         // Recorded in the journal first: a restart in between finds the result, not the run.

@@ -480,6 +480,25 @@ mod tests {
         assert!(forced(&json!({"bsid": 7})).is_none());
     }
 
+    #[tokio::test]
+    async fn a_master_that_is_down_is_a_clear_transient_error() {
+        // A port nobody listens on: bound, read, let go.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let rest = Rest::new(&format!("http://127.0.0.1:{port}"), Credentials::default()).unwrap();
+        let e = rest.forceable_builders().await.unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "Buildbot master at http://127.0.0.1:{port} is unreachable"
+            )),
+            "{text}"
+        );
+    }
+
     #[test]
     fn a_bad_url_is_refused() {
         assert!(Rest::new("ftp://x", Credentials::default()).is_err());

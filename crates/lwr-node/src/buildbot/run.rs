@@ -25,7 +25,10 @@ const POLL_MAX: Duration = Duration::from_secs(1);
 
 /// The buildset reason that names a run, exact, so a restarted bridge finds its build.
 pub fn reason(a: &Assignment) -> String {
-    format!("lwr run {} ({} of graph {})", a.run_id, a.job_name, a.graph_id)
+    format!(
+        "lwr run {} ({} of graph {})",
+        a.run_id, a.job_name, a.graph_id
+    )
 }
 
 fn result(a: &Assignment, outcome: Outcome, reason: String) -> RunResult {
@@ -93,7 +96,9 @@ impl Bridge {
                             forced.bsid, job.builder
                         ));
                     }
-                    Err(e) => return exception(format!("cannot start builder {}: {e}", job.builder)),
+                    Err(e) => {
+                        return exception(format!("cannot start builder {}: {e}", job.builder));
+                    }
                 }
             }
         };
@@ -128,12 +133,16 @@ impl Bridge {
             }
             every = (every * 2).min(POLL_MAX);
             if started.elapsed() > timeout {
-                self.stop(brid, current.as_ref(), "lwr: the job timed out").await;
+                self.stop(brid, current.as_ref(), "lwr: the job timed out")
+                    .await;
                 let _ = follow_once(self, &mut follower, current.as_ref(), &mut out).await;
                 return result(
                     a,
                     Outcome::Failed,
-                    format!("timed out after {} s; Buildbot build stopped", timeout.as_secs()),
+                    format!(
+                        "timed out after {} s; Buildbot build stopped",
+                        timeout.as_secs()
+                    ),
                 );
             }
             match self.look(brid, &mut current, &mut follower, &mut out).await {
@@ -170,7 +179,10 @@ impl Bridge {
         let request = self.rest.request(brid).await?;
         let builds = self.rest.builds_of(brid).await?;
         if let Some(newest) = builds.last() {
-            if current.as_ref().is_some_and(|c| c.buildid != newest.buildid) {
+            if current
+                .as_ref()
+                .is_some_and(|c| c.buildid != newest.buildid)
+            {
                 // Buildbot retried the build: its logs follow the first one's.
                 *follower = LogFollower::default();
                 let _ = writeln!(out, "lwr: Buildbot retried the build");
@@ -212,7 +224,11 @@ impl Bridge {
         }
         let doc = serde_json::json!({ "buildbot": extra });
         if let Err(e) = std::fs::write(extra_file, doc.to_string()) {
-            tracing::warn!("run {}: cannot write {}: {e}", a.run_id, extra_file.display());
+            tracing::warn!(
+                "run {}: cannot write {}: {e}",
+                a.run_id,
+                extra_file.display()
+            );
         }
         let what = match build {
             Some(b) => format!("Buildbot build {} of {}", b.number, job.builder),
@@ -226,9 +242,7 @@ impl Bridge {
                 reason: (code != 0).then(|| format!("{what}: {name}")),
             },
             BuildResult::Failed => result(a, Outcome::Failed, format!("{what}: {name}")),
-            BuildResult::Infrastructure => {
-                result(a, Outcome::Exception, format!("{what}: {name}"))
-            }
+            BuildResult::Infrastructure => result(a, Outcome::Exception, format!("{what}: {name}")),
         }
     }
 

@@ -92,9 +92,8 @@ fn compare(graph: &Graph, revision: &str, ran: &BTreeSet<String>) -> BuildbotDif
 
 fn describe(d: &BuildbotDiff, jobs: usize, builders: usize) -> String {
     let short = &d.revision[..d.revision.len().min(12)];
-    let mut out = format!(
-        "graph at {short}: {jobs} jobs; Buildbot built {short} on {builders} builders\n"
-    );
+    let mut out =
+        format!("graph at {short}: {jobs} jobs; Buildbot built {short} on {builders} builders\n");
     if d.only_in_graph.is_empty() && d.only_on_buildbot.is_empty() {
         out.push_str("no differences\n");
         return out;
@@ -103,7 +102,9 @@ fn describe(d: &BuildbotDiff, jobs: usize, builders: usize) -> String {
         out.push_str(&format!("- {job} (in the graph, not built by Buildbot)\n"));
     }
     for builder in &d.only_on_buildbot {
-        out.push_str(&format!("+ {builder} (built by Buildbot, not in the graph)\n"));
+        out.push_str(&format!(
+            "+ {builder} (built by Buildbot, not in the graph)\n"
+        ));
     }
     out
 }
@@ -129,6 +130,9 @@ mod tests {
         assert_eq!(d.matched["test"], "linux64-test");
         assert_eq!(d.matched["build-linux"], "build_linux");
         let text = describe(&d, 3, 3);
-        assert!(text.contains("+ Extra Builder (built by Buildbot"), "{text}");
+        assert!(
+            text.contains("+ Extra Builder (built by Buildbot"),
+            "{text}"
+        );
     }
 }
