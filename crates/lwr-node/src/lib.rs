@@ -281,6 +281,14 @@ pub async fn run(
     );
     let _ = stop_tx.send(true);
     let _ = claims.await;
+    if node.bridge.is_some() && !rebooting {
+        // A bridge's builds go on on Buildbot without it, and its next start follows them
+        // again (WORK/buildbot): a restart need not wait for hours of builds.
+        heartbeat.abort();
+        streams.abort();
+        node.reporter.flush(Duration::from_secs(10)).await;
+        return Ok(Stopped::Shutdown);
+    }
     // A spot instance being reclaimed will not live to see its jobs finish: stop them now
     // and report them, so they are retried (on a non-spot node) at once instead of after
     // their leases run out.
