@@ -22,6 +22,8 @@ const MASTER_GRACE: Duration = Duration::from_secs(60);
 /// Polling the build: quick at first (short builds end soon), then at most this often.
 const POLL_FIRST: Duration = Duration::from_millis(100);
 const POLL_MAX: Duration = Duration::from_secs(1);
+/// Every how many looks the build request is read even though no build of it completed.
+const ASK_REQUEST_EVERY: u32 = 5;
 
 /// The buildset reason that names a run, exact, so a restarted bridge finds its build.
 pub fn reason(a: &Assignment) -> String {
@@ -115,6 +117,7 @@ impl Bridge {
         let mut failing_since: Option<(Instant, BuildbotError)> = None;
         let mut every = POLL_FIRST;
         let mut stop_open = true;
+        let mut looks = 0u32;
         loop {
             tokio::select! {
                 why = &mut stop, if stop_open => match why {
@@ -145,7 +148,12 @@ impl Bridge {
                     ),
                 );
             }
-            match self.look(brid, &mut current, &mut follower, &mut out).await {
+            looks += 1;
+            let ask = looks % ASK_REQUEST_EVERY == 0;
+            match self
+                .look(brid, ask, &mut current, &mut follower, &mut out)
+                .await
+            {
                 Ok(None) => failing_since = None,
                 Ok(Some(code)) => {
                     let _ = std::io::Write::flush(&mut out);
@@ -167,18 +175,21 @@ impl Bridge {
     }
 
     /// One look at the build request: the newest build's new log lines; `Some(results)`
-    /// once the request is complete.
+    /// once the request is complete. The request itself is read only when its newest build
+    /// is complete (the request then is, unless Buildbot retries it) or `ask` says so (a
+    /// request cancelled before any build started): one request per look at a queued
+    /// build, since the master answers every bridge's looks.
     async fn look(
         &self,
         brid: i64,
+        ask: bool,
         current: &mut Option<Build>,
         follower: &mut LogFollower,
         out: &mut impl std::io::Write,
     ) -> Result<Option<i64>, BuildbotError> {
-        // The request first: once complete, the logs read after it are whole.
-        let request = self.rest.request(brid).await?;
         let builds = self.rest.builds_of(brid).await?;
-        if let Some(newest) = builds.last() {
+        let newest = builds.last();
+        if let Some(newest) = newest {
             if current
                 .as_ref()
                 .is_some_and(|c| c.buildid != newest.buildid)
@@ -188,9 +199,13 @@ impl Bridge {
                 let _ = writeln!(out, "lwr: Buildbot retried the build");
             }
             *current = Some(newest.clone());
+            // Read after the build was seen complete, the logs are whole.
             follower.poll(&self.rest, newest, out).await?;
         }
-        match request {
+        if !ask && !newest.is_some_and(|b| b.complete) {
+            return Ok(None);
+        }
+        match self.rest.request(brid).await? {
             Some(r) if r.complete => Ok(Some(r.results.unwrap_or(-1))),
             Some(_) => Ok(None),
             None => Err(BuildbotError::Decode {
