@@ -149,7 +149,7 @@ impl Bridge {
                 );
             }
             looks += 1;
-            let ask = looks % ASK_REQUEST_EVERY == 0;
+            let ask = looks.is_multiple_of(ASK_REQUEST_EVERY);
             match self
                 .look(brid, ask, &mut current, &mut follower, &mut out)
                 .await
