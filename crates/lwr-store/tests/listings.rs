@@ -29,6 +29,7 @@ fn job(name: &str, needs: &[&str]) -> JobSpec {
         keep_workdir: false,
         timestamps: false,
         checkout: Default::default(),
+        buildbot: None,
     }
 }
 
