@@ -437,6 +437,10 @@ pub struct Assignment {
     /// it out into the job dir (unless `checkout: false`) and names it in the environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<JobSource>,
+    /// `buildbot:` of the job: a bridge node starts this build on its Buildbot master
+    /// instead of running `command` (which is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buildbot: Option<crate::buildbot::BuildbotJob>,
 }
 
 /// `PUT /v1/bundles/{revision}` answer: a git bundle the server keeps for nodes that cannot

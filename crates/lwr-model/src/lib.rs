@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod backoff;
+pub mod buildbot;
 pub mod glob;
 pub mod graph;
 pub mod ids;

@@ -221,7 +221,7 @@ impl Pool {
         let mut usable = 0;
         for node in self.nodes.iter().filter(|n| self.usable(n, now)) {
             usable += 1;
-            match req.unmet_by(&node.properties) {
+            match unmet_on(Some(req), &node.properties) {
                 None => return None,
                 Some(why) if first.is_none() => {
                     first = Some(why.replacen("(node ", &format!("({} ", node.name), 1))
@@ -291,6 +291,13 @@ pub fn decide(job: &ReadyJob, claimer: &PoolNode, pool: &Pool, now: Millis) -> D
     decide_with(job, claimer, pool, now, &mut Memo::default())
 }
 
+/// Why a node with `props` cannot run a job with `req`: a requirement it does not meet, or
+/// it is a Buildbot bridge and the job is a plain one; `None` when it can.
+pub fn unmet_on(req: Option<&Requirements>, props: &NodeProperties) -> Option<String> {
+    req.and_then(|r| r.unmet_by(props))
+        .or_else(|| crate::buildbot::bridge_refuses(req, props))
+}
+
 /// [`crate::timing::AFFINITY_SILENCE`] on the pool's clock (milliseconds).
 pub const AFFINITY_SILENCE_MS: DurationMs =
     DurationMs(crate::timing::AFFINITY_SILENCE.as_millis() as i64);
@@ -305,16 +312,14 @@ pub fn decide_with(
     now: Millis,
     memo: &mut Memo,
 ) -> Decision {
-    if let Some(req) = job.requirements
-        && let Some(why) = req.unmet_by(&claimer.properties)
-    {
+    if let Some(why) = unmet_on(job.requirements, &claimer.properties) {
         return Decision::Unmet(why);
     }
     // Another node that could run the job now.
     let fits = |n: &PoolNode| {
         n.id != claimer.id
             && pool.usable(n, now)
-            && job.requirements.is_none_or(|r| r.matches(&n.properties))
+            && unmet_on(job.requirements, &n.properties).is_none()
     };
     let hold = |reason: String, bound: DurationMs| Decision::Hold {
         reason,

@@ -43,6 +43,7 @@ pub fn decision_job() -> JobSpec {
         keep_workdir: false,
         timestamps: false,
         checkout: Default::default(),
+        buildbot: None,
     }
 }
 

@@ -7,6 +7,7 @@
 //! loses one.
 
 mod artifact;
+pub mod buildbot;
 pub mod checkout;
 mod exec;
 mod glob;
@@ -56,6 +57,8 @@ pub struct NodeConfig {
     pub health_check: Option<String>,
     /// Shell command run once the node drained for a reboot (`lwr nodes reboot`).
     pub reboot_command: Option<String>,
+    /// `--buildbot URL`: the node is a bridge whose jobs are builds on that master.
+    pub buildbot: Option<buildbot::BridgeConfig>,
 }
 
 /// Why [`run`] returned.
@@ -93,6 +96,8 @@ pub enum NodeError {
         #[source]
         source: ClientError,
     },
+    #[error(transparent)]
+    Buildbot(#[from] buildbot::BuildbotError),
 }
 
 /// State shared by the node's tasks.
@@ -120,6 +125,8 @@ struct Node {
     cache_dir: PathBuf,
     /// Where the logs of running jobs are, for streaming them when the server asks.
     run_logs: Arc<stream::RunLogs>,
+    /// The Buildbot master this node bridges to, if it is a bridge.
+    bridge: Option<buildbot::Bridge>,
 }
 
 /// Runs the node until `shutdown` resolves; then it claims nothing more, lets its running
@@ -166,6 +173,21 @@ pub async fn run(
         unreported.push(result);
     }
     drop_orphan_outboxes(&config.work_dir, &unreported);
+    let bridge = match &config.buildbot {
+        Some(bb) => {
+            let bridge = buildbot::Bridge::new(bb, &config.work_dir)?;
+            // The builders it can start become its properties: placement sends it only
+            // jobs of those builders.
+            config.tags.extend(bridge.tags().await?);
+            Some(bridge)
+        }
+        None => None,
+    };
+    // Builds a previous life of the bridge started: followed again, never forced twice.
+    let resumed = bridge
+        .as_ref()
+        .map(|b| b.saved(&unreported))
+        .unwrap_or_default();
     let client = Client::new(&config.server)?.with_token(config.token.clone());
     let id = register(&client, &config).await?;
     let reporter = Reporter::start(
@@ -202,6 +224,7 @@ pub async fn run(
         cache_dir: std::fs::canonicalize(config.work_dir.join("cache"))
             .unwrap_or_else(|_| config.work_dir.join("cache")),
         run_logs: Arc::default(),
+        bridge,
         config,
     });
     tracing::info!(
@@ -219,6 +242,27 @@ pub async fn run(
         node.run_logs.clone(),
     ));
     let permits = Arc::new(Semaphore::new(slots as usize));
+    for a in resumed {
+        tracing::info!(
+            "run {} of {}: resuming its Buildbot build",
+            a.run_id,
+            a.job_name
+        );
+        // Taken before the claim loop starts, so a resumed run is back in the heartbeats
+        // (which keep its lease) at once.
+        let permit = permits.clone().try_acquire_owned();
+        let (node, permits) = (node.clone(), permits.clone());
+        tokio::spawn(async move {
+            let _permit = match permit {
+                Ok(p) => p,
+                Err(_) => match permits.acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            node.run_build(a, true).await;
+        });
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let claims = tokio::spawn(node.clone().claim_loop(permits.clone(), stop_rx));
     let mut reboot = node.reboot.subscribe();
@@ -237,6 +281,14 @@ pub async fn run(
     );
     let _ = stop_tx.send(true);
     let _ = claims.await;
+    if node.bridge.is_some() && !rebooting {
+        // A bridge's builds go on on Buildbot without it, and its next start follows them
+        // again (WORK/buildbot): a restart need not wait for hours of builds.
+        heartbeat.abort();
+        streams.abort();
+        node.reporter.flush(Duration::from_secs(10)).await;
+        return Ok(Stopped::Shutdown);
+    }
     // A spot instance being reclaimed will not live to see its jobs finish: stop them now
     // and report them, so they are retried (on a non-spot node) at once instead of after
     // their leases run out.
@@ -490,6 +542,9 @@ impl Node {
     }
 
     async fn run_job(&self, a: Assignment) {
+        if a.buildbot.is_some() {
+            return self.run_build(a, false).await;
+        }
         let Some((slot_dir, slot_log)) = lock(&self.free_dirs).pop() else {
             // More jobs than slots cannot happen: each job holds a slot's permit.
             tracing::error!("run {}: no free job directory; left to expire", a.run_id);

@@ -68,6 +68,7 @@ fn graph(names: &[(&str, &[&str])]) -> SubmitGraph {
             keep_workdir: false,
             timestamps: false,
             checkout: Default::default(),
+            buildbot: None,
         })
         .collect();
     SubmitGraph::new(Graph { jobs })

@@ -92,10 +92,12 @@ pub(crate) async fn insert_jobs<'j>(
 ) -> Result<HashMap<&'j str, JobId>> {
     let mut ids: HashMap<&str, JobId> = HashMap::with_capacity(jobs.len());
     for job in jobs {
-        let requirements = if job.node.is_empty() {
+        // With what `buildbot:` implies: placement reads only this column.
+        let requirements = job.requirements();
+        let requirements = if requirements.is_empty() {
             None
         } else {
-            Some(to_json(&job.node, "requirements")?)
+            Some(to_json(&requirements, "requirements")?)
         };
         let id: JobId = typed(
             &sqlx::query(

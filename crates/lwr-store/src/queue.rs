@@ -308,6 +308,7 @@ impl Store {
                 token: None,
                 timestamps: spec.timestamps,
                 source,
+                buildbot: spec.buildbot,
             });
         }
         // Holds matter only when the node got nothing: otherwise it claims again soon.

@@ -41,6 +41,7 @@ fn job(name: &str, needs: &[&str]) -> JobSpec {
         keep_workdir: false,
         timestamps: false,
         checkout: Default::default(),
+        buildbot: None,
     }
 }
 

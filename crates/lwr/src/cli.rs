@@ -407,6 +407,12 @@ pub struct NodeArgs {
     /// without one the node exits with code 75 for its supervisor to restart it.
     #[arg(long, value_name = "CMD")]
     pub reboot_command: Option<String>,
+    /// Bridge to the Buildbot master at URL: the node runs only `buildbot:` jobs, as builds
+    /// forced through its `lwr` scheduler (packaging/buildbot/lwr.cfg). Credentials come from
+    /// LWR_BUILDBOT_USER and LWR_BUILDBOT_PASSWORD, never from the command line. Slots
+    /// default to 32 (builds run on Buildbot's workers, not here).
+    #[arg(long, value_name = "URL")]
+    pub buildbot: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -472,10 +478,10 @@ pub enum GraphAction {
 pub struct GraphDiffArgs {
     /// The graph before: a revision of --repo (HEAD~1), a directory with an lwr.yml, or a
     /// file from `lwr graph --json`.
-    #[arg(required_unless_present = "push", conflicts_with = "push")]
+    #[arg(required_unless_present_any = ["push", "buildbot"], conflicts_with_all = ["push", "buildbot"])]
     pub old: Option<String>,
     /// The graph after, in the same forms as OLD.
-    #[arg(required_unless_present = "push")]
+    #[arg(required_unless_present_any = ["push", "buildbot"])]
     pub new: Option<String>,
     /// Compare this push's graph with the previous push's on the same branch.
     #[arg(long)]
@@ -488,6 +494,18 @@ pub struct GraphDiffArgs {
     /// Print JSON for scripts instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Compare the graph at --revision with the builds this Buildbot master ran for that
+    /// revision (builder names normalized like job names); exit 1 when they differ.
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "revision",
+        conflicts_with = "push"
+    )]
+    pub buildbot: Option<String>,
+    /// The revision of --repo to compare with Buildbot (with --buildbot).
+    #[arg(long, value_name = "REV", requires = "buildbot")]
+    pub revision: Option<String>,
 }
 
 // `lwr import`: kept together, so that merging other subcommands stays simple.

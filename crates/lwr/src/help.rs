@@ -20,7 +20,8 @@ const EXAMPLES: &[(&str, &str)] = &[
     (
         "node",
         "lwr node --server http://ci:7370 --token T --tag gpu --slots 4\n  \
-         lwr node --work-dir /var/lib/lwr-node --health-check 'df -h / | grep -qv 9[0-9]%'",
+         lwr node --work-dir /var/lib/lwr-node --health-check 'df -h / | grep -qv 9[0-9]%'\n  \
+         lwr node --buildbot http://buildbot:8010 --name bb-bridge   a Buildbot bridge (docs/buildbot.md)",
     ),
     (
         "dev",
@@ -38,7 +39,8 @@ const EXAMPLES: &[(&str, &str)] = &[
         "graph diff",
         "lwr graph diff --repo examples HEAD~1 HEAD   what the last commit changed\n  \
          lwr graph diff old.json new/                 a --json file against a directory\n  \
-         lwr graph diff --push 7                      push 7 against the branch's previous push",
+         lwr graph diff --push 7                      push 7 against the branch's previous push\n  \
+         lwr graph diff --buildbot http://buildbot:8010 --revision 3f2c0e1   against what Buildbot built",
     ),
     (
         "push",

@@ -20,13 +20,24 @@ pub struct GraphDiff {
     pub edges_added: Vec<(String, String)>,
     /// `(job, need)` pairs present only in the old graph.
     pub edges_removed: Vec<(String, String)>,
+    /// Jobs that were builds on Buildbot (`buildbot:`) and now run in lwr (`run:`): the
+    /// whole migration of a job in phase one. Also listed in `changed`.
+    pub moved_off_buildbot: Vec<MovedOff>,
+}
+
+/// A job moved from `buildbot:` to `run:`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MovedOff {
+    pub name: String,
+    /// The builder it ran as.
+    pub builder: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct JobChange {
     pub name: String,
-    /// Among `run`, `title`, `needs`, `node`, `artifacts`, `env`, `retries`, `timeout`, `requires`,
-    /// `when`.
+    /// Among `run`, `title`, `buildbot`, `needs`, `node`, `artifacts`, `env`, `retries`,
+    /// `timeout`, `requires`, `when`.
     pub fields: Vec<&'static str>,
 }
 
@@ -52,6 +63,12 @@ pub fn diff(old: &Graph, new: &Graph) -> GraphDiff {
             None => out.added.push(name.to_string()),
             Some(before) => {
                 let fields = changed_fields(before, job);
+                if let (Some(bb), None) = (&before.buildbot, &job.buildbot) {
+                    out.moved_off_buildbot.push(MovedOff {
+                        name: name.to_string(),
+                        builder: bb.builder.clone(),
+                    });
+                }
                 if !fields.is_empty() {
                     out.changed.push(JobChange {
                         name: name.to_string(),
@@ -79,6 +96,7 @@ fn changed_fields(a: &JobSpec, b: &JobSpec) -> Vec<&'static str> {
     let checks = [
         ("run", a.run != b.run),
         ("title", a.title != b.title),
+        ("buildbot", a.buildbot != b.buildbot),
         ("needs", needs(a) != needs(b)),
         ("node", a.node != b.node),
         ("artifacts", a.artifacts != b.artifacts),
@@ -115,7 +133,20 @@ impl std::fmt::Display for GraphDiff {
             writeln!(f, "- {name}")?;
         }
         for change in &self.changed {
-            writeln!(f, "~ {} ({})", change.name, change.fields.join(", "))?;
+            match self
+                .moved_off_buildbot
+                .iter()
+                .find(|m| m.name == change.name)
+            {
+                Some(moved) => writeln!(
+                    f,
+                    "~ {} moved off Buildbot (was builder {}; {})",
+                    change.name,
+                    moved.builder,
+                    change.fields.join(", ")
+                )?,
+                None => writeln!(f, "~ {} ({})", change.name, change.fields.join(", "))?,
+            }
         }
         for (job, need) in &self.edges_added {
             writeln!(f, "+ edge {job} needs {need}")?;
@@ -161,6 +192,29 @@ mod tests {
             text.contains("~ hello (run)") && !text.contains("steady ("),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_job_moved_from_buildbot_to_run_says_so() {
+        let old = g("version: 1\njobs:\n  test:\n    buildbot: {builder: linux64-test}\n");
+        let new = g("version: 1\njobs:\n  test:\n    run: make test\n");
+        let d = diff(&old, &new);
+        assert_eq!(
+            d.moved_off_buildbot,
+            [MovedOff {
+                name: "test".into(),
+                builder: "linux64-test".into()
+            }]
+        );
+        let text = d.to_string();
+        assert!(
+            text.contains("~ test moved off Buildbot (was builder linux64-test; run, buildbot)"),
+            "{text}"
+        );
+        // The other way is an ordinary change.
+        let back = diff(&new, &old);
+        assert!(back.moved_off_buildbot.is_empty());
+        assert_eq!(back.changed[0].fields, ["run", "buildbot"]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::buildbot::BuildbotJob;
 use crate::node::Requirements;
 use crate::pool::Prefer;
 
@@ -17,7 +18,7 @@ mod parse;
 mod select;
 mod validate;
 
-pub use diff::{GraphDiff, JobChange, diff};
+pub use diff::{GraphDiff, JobChange, MovedOff, diff};
 pub use parse::{MAX_FILE_BYTES, parse, parse_duration};
 pub use select::{LeftOut, select};
 pub use validate::{
@@ -94,6 +95,23 @@ pub struct JobSpec {
     /// job starts (`checkout:`); only jobs of a graph that came from a repository have one.
     #[serde(default, skip_serializing_if = "Checkout::is_default")]
     pub checkout: Checkout,
+    /// `buildbot: {builder, properties}`: the job is a build on a Buildbot master, run by a
+    /// bridge node (`lwr node --buildbot URL`), and `run` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buildbot: Option<BuildbotJob>,
+}
+
+impl JobSpec {
+    /// What the job requires of its node: its `node:`, and for a Buildbot job a bridge
+    /// serving its builder (`buildbot.builder.NAME`).
+    pub fn requirements(&self) -> Requirements {
+        let mut req = self.node.clone();
+        if let Some(bb) = &self.buildbot {
+            req.properties
+                .insert(crate::buildbot::builder_tag(&bb.builder), "true".into());
+        }
+        req
+    }
 }
 
 /// `checkout:` of a job (or the file's default): `false`, `true`, or

@@ -17,6 +17,7 @@ use super::{
     ArtifactDecl, Checkout, DEFAULT_RETRIES, DEFAULT_TIMEOUT_SECS, Graph, GraphError, JobSpec,
     Requires, When,
 };
+use crate::buildbot::BuildbotJob;
 use crate::graph::normalize_name;
 use crate::node::Requirements;
 use crate::pool::Prefer;
@@ -189,6 +190,8 @@ struct RawJob {
     timestamps: bool,
     checkout: Checkout,
     checkout_line: Option<usize>,
+    buildbot: Option<BuildbotJob>,
+    buildbot_line: Option<usize>,
 }
 
 /// Error context: the file, and the job being read (as written) if any.
@@ -510,12 +513,21 @@ fn read_job(
         timestamps: false,
         checkout: Checkout::default(),
         checkout_line: None,
+        buildbot: None,
+        buildbot_line: None,
     };
     for (key, value) in map.iter() {
         read_field(cx, &mut job, key, value)?;
     }
-    if job.run_line.is_none() {
-        return Err(cx.missing(line, "run"));
+    match (job.run_line, job.buildbot_line) {
+        (None, None) => return Err(cx.missing(line, "run")),
+        (Some(_), Some(buildbot_line)) => {
+            let message = "a job has either run (a shell command) or buildbot (a build on \
+                           Buildbot), not both"
+                .to_string();
+            return Err(cx.invalid(Some(buildbot_line), "buildbot", message));
+        }
+        _ => {}
     }
     check_matrix_refs(cx, &job)?;
     Ok(job)
@@ -612,6 +624,10 @@ fn read_field(
             job.checkout = read_checkout(cx, line, value)?;
             job.checkout_line = line;
         }
+        "buildbot" => {
+            job.buildbot = Some(read_buildbot(cx, line, value)?);
+            job.buildbot_line = line;
+        }
         _ => return Err(cx.unknown_key(key, None)),
     }
     Ok(())
@@ -668,6 +684,39 @@ fn read_checkout(cx: &Cx, line: Option<usize>, node: &Node) -> Result<Checkout, 
         }
     }
     Ok(checkout)
+}
+
+/// `buildbot: {builder: NAME, properties: {KEY: VALUE}}`.
+fn read_buildbot(cx: &Cx, line: Option<usize>, node: &Node) -> Result<BuildbotJob, GraphError> {
+    let expected = "a mapping like {builder: linux64-test, properties: {key: value}}";
+    let Some(map) = cx.mapping(line, "buildbot", node, expected)? else {
+        return Err(cx.missing(line, "buildbot.builder"));
+    };
+    let mut builder = None;
+    let mut properties = BTreeMap::new();
+    for (key, value) in map.iter() {
+        let at = key_line(key).or(line);
+        match key.as_str() {
+            "builder" => builder = Some(cx.scalar(at, "buildbot.builder", value)?.to_string()),
+            "properties" => {
+                let expected = "a mapping of property name to value";
+                let Some(props) = cx.mapping(at, "buildbot.properties", value, expected)? else {
+                    continue;
+                };
+                for (k, v) in props.iter() {
+                    let field = format!("buildbot.properties.{}", k.as_str());
+                    let v = cx.scalar(key_line(k).or(at), &field, v)?;
+                    properties.insert(k.as_str().to_string(), v.to_string());
+                }
+            }
+            _ => return Err(cx.unknown_key(key, Some("buildbot"))),
+        }
+    }
+    let builder = builder.ok_or_else(|| cx.missing(line, "buildbot.builder"))?;
+    Ok(BuildbotJob {
+        builder,
+        properties,
+    })
 }
 
 /// `prefer: [affinity, fastest]`: known names, each once.
@@ -1059,6 +1108,7 @@ fn expand(file: &str, jobs: &[RawJob]) -> Result<(Graph, Vec<JobLines>), GraphEr
                 prefer: job.prefer_line,
                 when: job.when_line,
                 checkout: job.checkout_line,
+                buildbot: job.buildbot_line,
                 needs: needs.iter().map(|n| (n.1, n.2.clone())).collect(),
                 artifacts: job.artifact_lines.clone(),
             });
@@ -1162,6 +1212,7 @@ fn expanded_job(job: &RawJob, e: &Expansion, needs: &[(String, Option<usize>, St
         keep_workdir: job.keep_workdir,
         timestamps: job.timestamps,
         checkout: job.checkout.clone(),
+        buildbot: job.buildbot.clone(),
     }
 }
 
@@ -1393,7 +1444,7 @@ jobs:
         let e = err("version: 1\njobs:\n  b: {run: x}\n  a:\n    rnu: make\n");
         assert_eq!(
             e.to_string(),
-            "lwr.yml:5: job 'a': unknown key 'rnu': did you mean 'run'? (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when, prefer, affinity_wait, keep_workdir, timestamps, checkout, title)"
+            "lwr.yml:5: job 'a': unknown key 'rnu': did you mean 'run'? (expected one of run, needs, node, artifacts, retries, timeout, expires, env, matrix, requires, when, prefer, affinity_wait, keep_workdir, timestamps, checkout, title, buildbot)"
         );
         assert_eq!(
             (e.line(), e.job(), e.field()),
@@ -2114,5 +2165,54 @@ jobs:
         let mut g = parse("version: 1\njobs:\n  a:\n    run: x\n", "lwr.yml").unwrap();
         g.jobs[0].title = Some("x".repeat(super::super::MAX_TITLE_CHARS + 1));
         assert_eq!(g.validate().unwrap_err().field(), Some("title"));
+    }
+
+    #[test]
+    fn a_buildbot_job_is_read_and_implies_its_bridge() {
+        let text = "version: 1\njobs:\n  build: {run: make}\n  test:\n    needs: [build]\n    buildbot:\n      builder: linux64-test\n      properties: {suite: mochitest, chunk: 3}\n";
+        let g = parse(text, "lwr.yml").unwrap();
+        let test = &g.jobs[1];
+        let bb = test.buildbot.as_ref().unwrap();
+        assert_eq!(bb.builder, "linux64-test");
+        assert_eq!(bb.properties["chunk"], "3");
+        assert_eq!(test.run, "");
+        let req = test.requirements();
+        assert_eq!(req.properties["buildbot.builder.linux64-test"], "true");
+        assert!(g.jobs[0].requirements().is_empty());
+        assert_eq!(g.validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_buildbot_jobs_are_refused_with_their_line() {
+        let cases = [
+            (
+                "version: 1\njobs:\n  t:\n    run: x\n    buildbot: {builder: b}\n",
+                "lwr.yml:5: job 't': field 'buildbot': a job has either run",
+            ),
+            (
+                "version: 1\njobs:\n  t:\n    buildbot: {properties: {a: b}}\n",
+                "buildbot.builder",
+            ),
+            (
+                "version: 1\njobs:\n  t:\n    buildbot: {builder: b, slave: x}\n",
+                "unknown key 'slave'",
+            ),
+            (
+                "version: 1\njobs:\n  t:\n    buildbot: {builder: b, properties: {lwr_run: 1}}\n",
+                "set by lwr itself",
+            ),
+            (
+                "version: 1\njobs:\n  t:\n    buildbot: {builder: b}\n    artifacts: [{name: a, path: a}]\n",
+                "declares no artifacts",
+            ),
+            (
+                "version: 1\njobs:\n  t:\n    buildbot: linux\n",
+                "expected a mapping",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = err(text).to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 }

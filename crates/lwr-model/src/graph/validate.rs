@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{Graph, JobSpec, normalize_name};
+use crate::buildbot::{BuildbotJob, RESERVED_PROPERTIES};
 use crate::{glob, manifest};
 
 /// Most jobs one graph may hold after matrix expansion (a hostile file must not exhaust memory).
@@ -260,7 +261,9 @@ pub(crate) const JOB_KEYS: &[&str] = &[
     "timestamps",
     "checkout",
     "title",
+    "buildbot",
 ];
+pub(crate) const BUILDBOT_KEYS: &[&str] = &["builder", "properties"];
 pub(crate) const CHECKOUT_KEYS: &[&str] = &["depth", "submodules", "lfs", "path"];
 pub(crate) const ARTIFACT_KEYS: &[&str] = &["name", "path", "kind", "optional"];
 
@@ -269,6 +272,7 @@ pub(crate) const ARTIFACT_KEYS: &[&str] = &["name", "path", "kind", "optional"];
 fn allowed(job: &Option<String>, field: &Option<String>) -> &'static [&'static str] {
     match (job, field) {
         (_, Some(f)) if f == "checkout" => CHECKOUT_KEYS,
+        (_, Some(f)) if f == "buildbot" => BUILDBOT_KEYS,
         (None, _) => TOP_KEYS,
         (Some(_), None) => JOB_KEYS,
         (Some(_), Some(_)) => ARTIFACT_KEYS,
@@ -413,6 +417,7 @@ pub(crate) struct JobLines {
     pub prefer: Option<usize>,
     pub when: Option<usize>,
     pub checkout: Option<usize>,
+    pub buildbot: Option<usize>,
     /// Per need of the `JobSpec`: its line and the name as the file wrote it.
     pub needs: Vec<(Option<usize>, String)>,
     /// Per artifact of the `JobSpec`.
@@ -553,6 +558,35 @@ fn check_names<'g>(
     Ok(index)
 }
 
+/// A Buildbot job: a builder, no command, no artifacts of its own (its files stay on
+/// Buildbot), no property lwr sets itself. `Err((field, message))`.
+fn check_buildbot(job: &JobSpec, bb: &BuildbotJob) -> Result<(), (String, String)> {
+    if bb.builder.trim().is_empty() {
+        let message = "is empty; name the Buildbot builder".to_string();
+        return Err(("buildbot.builder".into(), message));
+    }
+    if !job.run.is_empty() {
+        let message =
+            "a job has either run (a shell command) or buildbot (a build on Buildbot), not both";
+        return Err(("buildbot".into(), message.into()));
+    }
+    if !job.artifacts.is_empty() {
+        let message = "a Buildbot job declares no artifacts: its files stay on Buildbot \
+                       (move it to run: to publish them through lwr)";
+        return Err(("artifacts".into(), message.into()));
+    }
+    for key in bb.properties.keys() {
+        if key.trim().is_empty() {
+            return Err(("buildbot.properties".into(), "has an empty name".into()));
+        }
+        if RESERVED_PROPERTIES.contains(&key.as_str()) {
+            let message = format!("'{}' is set by lwr itself; choose another name", show(key));
+            return Err((format!("buildbot.properties.{}", show(key)), message));
+        }
+    }
+    Ok(())
+}
+
 /// The checks that concern one job alone.
 fn check_job(job: &JobSpec, file: &str, lines: Option<&JobLines>) -> Result<(), GraphError> {
     let invalid = |line: Option<usize>, field: String, message: String| GraphError::InvalidValue {
@@ -566,7 +600,10 @@ fn check_job(job: &JobSpec, file: &str, lines: Option<&JobLines>) -> Result<(), 
     if let Some(problem) = job.title.as_deref().and_then(title_problem) {
         return Err(invalid(job_line, "title".into(), problem));
     }
-    if job.run.trim().is_empty() {
+    if let Some(bb) = &job.buildbot {
+        let line = lines.and_then(|l| l.buildbot).or(job_line);
+        check_buildbot(job, bb).map_err(|(field, message)| invalid(line, field, message))?;
+    } else if job.run.trim().is_empty() {
         let line = lines.and_then(|l| l.run).or(job_line);
         return Err(invalid(
             line,
@@ -865,6 +902,7 @@ mod tests {
             keep_workdir: false,
             timestamps: false,
             checkout: Default::default(),
+            buildbot: None,
         }
     }
 

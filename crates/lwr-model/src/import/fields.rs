@@ -136,6 +136,7 @@ pub(super) fn job(
     JobSpec {
         name,
         title,
+        buildbot: None,
         run: if dry {
             "true".into()
         } else {

@@ -41,6 +41,9 @@ pub async fn run(args: GraphArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_diff(args: GraphDiffArgs) -> anyhow::Result<ExitCode> {
+    if let Some(url) = &args.buildbot {
+        return super::buildbot_diff::run(&args, url).await;
+    }
     let (old, new) = match (&args.push, &args.old, &args.new) {
         (Some(push), _, _) => {
             let (old, new, header) = push_graphs(&args.conn, *push).await?;
@@ -181,7 +184,7 @@ fn changed_files(repo: &Path, base: &str) -> anyhow::Result<Option<Vec<String>>>
 }
 
 /// A graph from a `--json` file, a directory's lwr.yml, or a revision of `repo`.
-fn load(what: &str, repo: &Path) -> anyhow::Result<Graph> {
+pub(super) fn load(what: &str, repo: &Path) -> anyhow::Result<Graph> {
     let path = Path::new(what);
     if path.is_dir() {
         return read_working_tree(path);
@@ -258,10 +261,13 @@ pub fn describe(graph: &Graph) -> String {
             }
             out.push_str(&format!("  pool:  {}\n", parts.join("; ")));
         }
-        out.push_str(&format!(
-            "  run:   {}\n",
-            job.run.lines().next().unwrap_or("")
-        ));
+        match &job.buildbot {
+            Some(bb) => out.push_str(&format!("  buildbot: builder {}\n", bb.builder)),
+            None => out.push_str(&format!(
+                "  run:   {}\n",
+                job.run.lines().next().unwrap_or("")
+            )),
+        }
     }
     out
 }

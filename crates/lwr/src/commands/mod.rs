@@ -1,6 +1,7 @@
 //! One module per group of subcommands; each turns arguments into library calls.
 
 mod artifacts;
+mod buildbot_diff;
 mod checkout;
 mod control;
 mod graph;

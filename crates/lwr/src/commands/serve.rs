@@ -72,11 +72,19 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         server: args.conn.server,
         name: args.name.unwrap_or_else(lwr_node::props::hostname),
         tags: parse_tags(&args.tags)?,
-        slots: args.slots.unwrap_or_else(default_slots),
+        // A bridge's slots are builds it follows, not processes: the workers do the work.
+        slots: args.slots.unwrap_or_else(|| match args.buildbot {
+            Some(_) => BRIDGE_SLOTS,
+            None => default_slots(),
+        }),
         work_dir: args.work_dir,
         timestamps: args.timestamps,
         health_check: args.health_check,
         reboot_command: args.reboot_command,
+        buildbot: args.buildbot.map(|url| lwr_node::buildbot::BridgeConfig {
+            url,
+            credentials: lwr_node::buildbot::Credentials::from_env(),
+        }),
     };
     match lwr_node::run(config, stop_signal()).await? {
         lwr_node::Stopped::Shutdown | lwr_node::Stopped::Rebooting => Ok(ExitCode::SUCCESS),
@@ -111,6 +119,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
             timestamps: args.timestamps,
             health_check: None,
             reboot_command: None,
+            buildbot: None,
         };
         nodes.push(tokio::spawn(dev_node(config, stop_rx.clone())));
     }
@@ -331,6 +340,9 @@ fn parse_tags(tags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
         .map(|t| lwr_model::node::parse_tag(t).map_err(|e| anyhow::anyhow!("--tag: {e}")))
         .collect()
 }
+
+/// Slots of a Buildbot bridge without `--slots`: builds followed at once.
+const BRIDGE_SLOTS: u32 = 32;
 
 fn default_slots() -> u32 {
     std::thread::available_parallelism()

@@ -1,0 +1,103 @@
+//! A Buildbot build's step logs as the lwr run's log: each poll appends the lines Buildbot
+//! added since the last one to the run's log file, which the node streams to followers
+//! (`lwr logs -f`) and uploads when the run ends, as it does a process's output.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+
+use super::rest::{Build, BuildbotError, Rest};
+
+/// What of a build's logs is in the file already.
+#[derive(Default)]
+pub struct LogFollower {
+    /// Lines taken per Buildbot log id.
+    taken: BTreeMap<i64, i64>,
+    /// Steps whose heading is written.
+    headed: BTreeSet<i64>,
+    /// Steps complete and read to their end: not asked about again.
+    done: BTreeSet<i64>,
+}
+
+impl LogFollower {
+    /// Appends what `build`'s logs gained to `out`; returns the bytes written.
+    pub async fn poll(
+        &mut self,
+        rest: &Rest,
+        build: &Build,
+        out: &mut impl Write,
+    ) -> Result<u64, BuildbotError> {
+        let mut written = 0u64;
+        for step in rest.steps(build.buildid).await? {
+            if self.done.contains(&step.stepid) {
+                continue;
+            }
+            let logs = rest.logs(step.stepid).await?;
+            for log in logs {
+                let taken = self.taken.get(&log.logid).copied().unwrap_or(0);
+                if log.num_lines <= taken {
+                    continue;
+                }
+                let text = rest
+                    .log_lines(log.logid, taken, log.num_lines - taken)
+                    .await?;
+                if self.headed.insert(step.stepid) {
+                    written += emit(
+                        out,
+                        format!("=== step {} {} ===\n", step.number + 1, step.name).as_bytes(),
+                    );
+                }
+                let shown = if log.kind == "s" {
+                    strip_streams(&text)
+                } else {
+                    text
+                };
+                written += emit(out, shown.as_bytes());
+                // Buildbot answered for the whole range asked: those lines are taken.
+                self.taken.insert(log.logid, log.num_lines);
+            }
+            // Read after the step completed, so nothing more will come.
+            if step.complete {
+                self.done.insert(step.stepid);
+            }
+        }
+        let _ = out.flush();
+        Ok(written)
+    }
+}
+
+fn emit(out: &mut impl Write, bytes: &[u8]) -> u64 {
+    match out.write_all(bytes) {
+        Ok(()) => bytes.len() as u64,
+        Err(e) => {
+            tracing::warn!("cannot write a Buildbot log line: {e}");
+            0
+        }
+    }
+}
+
+/// A stdio log's lines start with their stream (`o` stdout, `e` stderr, `h` header): the
+/// run's log shows the text without it.
+fn strip_streams(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let mut chars = line.chars();
+        match chars.next() {
+            Some('o' | 'e' | 'h') => out.push_str(chars.as_str()),
+            _ => out.push_str(line),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_markers_are_dropped() {
+        assert_eq!(
+            strip_streams("hecho hi\nohi\neoops\n"),
+            "echo hi\nhi\noops\n"
+        );
+    }
+}

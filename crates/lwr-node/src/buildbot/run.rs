@@ -1,0 +1,335 @@
+//! One run of a Buildbot job: force the build with lwr's properties, follow it (its logs
+//! into the run's log, the lease kept by the node's heartbeats since the run is in
+//! `Node::running`), and map how it ended to the run's result.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lwr_client::Client;
+use lwr_model::api::{Assignment, Outcome, RunResult};
+use lwr_model::buildbot::{BuildResult, BuildbotJob, property_name};
+use tokio::sync::oneshot;
+
+use super::Bridge;
+use super::logs::LogFollower;
+use super::rest::{Build, BuildbotError};
+use crate::exec::Stop;
+
+/// How long the master may stay unreachable during a build before the run ends as an
+/// infrastructure error.
+const MASTER_GRACE: Duration = Duration::from_secs(60);
+/// Polling the build: quick at first (short builds end soon), then at most this often.
+const POLL_FIRST: Duration = Duration::from_millis(100);
+const POLL_MAX: Duration = Duration::from_secs(1);
+/// Every how many looks the build request is read even though no build of it completed.
+const ASK_REQUEST_EVERY: u32 = 5;
+
+/// The buildset reason that names a run, exact, so a restarted bridge finds its build.
+pub fn reason(a: &Assignment) -> String {
+    format!(
+        "lwr run {} ({} of graph {})",
+        a.run_id, a.job_name, a.graph_id
+    )
+}
+
+fn result(a: &Assignment, outcome: Outcome, reason: String) -> RunResult {
+    RunResult {
+        run_id: a.run_id,
+        outcome,
+        exit_code: None,
+        reason: Some(reason),
+    }
+}
+
+impl Bridge {
+    /// Runs `a` (a Buildbot job) to its end: starts its build, or, when `resumed` (a
+    /// previous life of the bridge claimed it), first looks for the build that life started.
+    pub(crate) async fn run(
+        &self,
+        client: &Client,
+        a: &Assignment,
+        log: &Path,
+        extra_file: &Path,
+        mut stop: oneshot::Receiver<Stop>,
+        resumed: bool,
+    ) -> RunResult {
+        let exception = |reason: String| result(a, Outcome::Exception, reason);
+        let Some(job) = a.buildbot.as_ref() else {
+            return exception("not a Buildbot job (it has no buildbot:)".into());
+        };
+        let mut out = match std::fs::File::create(log) {
+            Ok(f) => std::io::BufWriter::new(f),
+            Err(e) => return exception(format!("cannot create log {}: {e}", log.display())),
+        };
+        let reason = reason(a);
+        let found = if resumed {
+            match self.rest.find_buildset(&reason).await {
+                Ok(found) => found,
+                Err(e) => return exception(e.to_string()),
+            }
+        } else {
+            None
+        };
+        let brid = match found {
+            Some(bsid) => match self.rest.requests_of(bsid).await {
+                Ok(reqs) if !reqs.is_empty() => {
+                    tracing::info!("run {}: found its buildset {bsid} again", a.run_id);
+                    reqs[0].buildrequestid
+                }
+                Ok(_) => return exception(format!("Buildbot buildset {bsid} has no request")),
+                Err(e) => return exception(e.to_string()),
+            },
+            None => {
+                let properties = match self.properties(client, a, job).await {
+                    Ok(p) => p,
+                    Err(e) => return exception(e),
+                };
+                let revision = a.source.as_ref().and_then(|s| s.revision.as_deref());
+                match self
+                    .rest
+                    .force(&job.builder, &reason, revision, &properties)
+                    .await
+                {
+                    Ok(forced) if !forced.requests.is_empty() => forced.requests[0],
+                    Ok(forced) => {
+                        return exception(format!(
+                            "Buildbot made buildset {} without a build request for {}",
+                            forced.bsid, job.builder
+                        ));
+                    }
+                    Err(e) => {
+                        return exception(format!("cannot start builder {}: {e}", job.builder));
+                    }
+                }
+            }
+        };
+        let header = format!(
+            "lwr: build request {brid} of builder {} on Buildbot {}\n",
+            job.builder,
+            self.rest.base()
+        );
+        let _ = std::io::Write::write_all(&mut out, header.as_bytes());
+        let started = Instant::now();
+        let timeout = Duration::from_secs(a.timeout_secs.max(1));
+        let mut follower = LogFollower::default();
+        let mut current: Option<Build> = None;
+        let mut failing_since: Option<(Instant, BuildbotError)> = None;
+        let mut every = POLL_FIRST;
+        let mut stop_open = true;
+        let mut looks = 0u32;
+        loop {
+            tokio::select! {
+                why = &mut stop, if stop_open => match why {
+                    Ok(why) => {
+                        let said = match why {
+                            Stop::Abandoned => "abandoned: the server no longer holds this run for the node (cancelled or expired)",
+                            Stop::Interrupted => "interrupted: the bridge was shut down while the build ran",
+                        };
+                        self.stop(brid, current.as_ref(), said).await;
+                        return exception(format!("{said}; Buildbot build stopped"));
+                    }
+                    // The node dropped the handle without a word: nothing to stop for.
+                    Err(_) => stop_open = false,
+                },
+                _ = tokio::time::sleep(every) => {}
+            }
+            every = (every * 2).min(POLL_MAX);
+            if started.elapsed() > timeout {
+                self.stop(brid, current.as_ref(), "lwr: the job timed out")
+                    .await;
+                let _ = follow_once(self, &mut follower, current.as_ref(), &mut out).await;
+                return result(
+                    a,
+                    Outcome::Failed,
+                    format!(
+                        "timed out after {} s; Buildbot build stopped",
+                        timeout.as_secs()
+                    ),
+                );
+            }
+            looks += 1;
+            let ask = looks.is_multiple_of(ASK_REQUEST_EVERY);
+            match self
+                .look(brid, ask, &mut current, &mut follower, &mut out)
+                .await
+            {
+                Ok(None) => failing_since = None,
+                Ok(Some(code)) => {
+                    let _ = std::io::Write::flush(&mut out);
+                    return self.ended(a, job, code, current.as_ref(), extra_file);
+                }
+                Err(e) if e.is_transient() => {
+                    let since = failing_since.get_or_insert((Instant::now(), e));
+                    if since.0.elapsed() > MASTER_GRACE {
+                        return exception(format!(
+                            "{} (for {} s during the build; its state is unknown)",
+                            since.1,
+                            MASTER_GRACE.as_secs()
+                        ));
+                    }
+                }
+                Err(e) => return exception(e.to_string()),
+            }
+        }
+    }
+
+    /// One look at the build request: the newest build's new log lines; `Some(results)`
+    /// once the request is complete. The request itself is read only when its newest build
+    /// is complete (the request then is, unless Buildbot retries it) or `ask` says so (a
+    /// request cancelled before any build started): one request per look at a queued
+    /// build, since the master answers every bridge's looks.
+    async fn look(
+        &self,
+        brid: i64,
+        ask: bool,
+        current: &mut Option<Build>,
+        follower: &mut LogFollower,
+        out: &mut impl std::io::Write,
+    ) -> Result<Option<i64>, BuildbotError> {
+        let builds = self.rest.builds_of(brid).await?;
+        let newest = builds.last();
+        if let Some(newest) = newest {
+            if current
+                .as_ref()
+                .is_some_and(|c| c.buildid != newest.buildid)
+            {
+                // Buildbot retried the build: its logs follow the first one's.
+                *follower = LogFollower::default();
+                let _ = writeln!(out, "lwr: Buildbot retried the build");
+            }
+            *current = Some(newest.clone());
+            // Read after the build was seen complete, the logs are whole.
+            follower.poll(&self.rest, newest, out).await?;
+        }
+        if !ask && !newest.is_some_and(|b| b.complete) {
+            return Ok(None);
+        }
+        match self.rest.request(brid).await? {
+            Some(r) if r.complete => Ok(Some(r.results.unwrap_or(-1))),
+            Some(_) => Ok(None),
+            None => Err(BuildbotError::Decode {
+                url: self.rest.base().into(),
+                reason: format!("build request {brid} is gone"),
+            }),
+        }
+    }
+
+    /// The run's result for a finished build request, with the build in the manifest's
+    /// `extra`.
+    fn ended(
+        &self,
+        a: &Assignment,
+        job: &BuildbotJob,
+        code: i64,
+        build: Option<&Build>,
+        extra_file: &Path,
+    ) -> RunResult {
+        let name = BuildResult::name(code);
+        let mut extra = serde_json::Map::new();
+        extra.insert("builder".into(), job.builder.clone().into());
+        extra.insert("results".into(), name.into());
+        if let Some(b) = build {
+            extra.insert("url".into(), self.rest.build_url(b).into());
+            extra.insert("number".into(), b.number.into());
+            extra.insert("buildid".into(), b.buildid.into());
+            if let Some((worker, _)) = b.properties.get("workername") {
+                extra.insert("worker".into(), worker.clone());
+            }
+        }
+        let doc = serde_json::json!({ "buildbot": extra });
+        if let Err(e) = std::fs::write(extra_file, doc.to_string()) {
+            tracing::warn!(
+                "run {}: cannot write {}: {e}",
+                a.run_id,
+                extra_file.display()
+            );
+        }
+        let what = match build {
+            Some(b) => format!("Buildbot build {} of {}", b.number, job.builder),
+            None => format!("Buildbot request for {}", job.builder),
+        };
+        match BuildResult::of(code) {
+            BuildResult::Succeeded => RunResult {
+                run_id: a.run_id,
+                outcome: Outcome::Succeeded,
+                exit_code: Some(0),
+                reason: (code != 0).then(|| format!("{what}: {name}")),
+            },
+            BuildResult::Failed => result(a, Outcome::Failed, format!("{what}: {name}")),
+            BuildResult::Infrastructure => result(a, Outcome::Exception, format!("{what}: {name}")),
+        }
+    }
+
+    /// Stops the build, or cancels the request when no build has started; best effort.
+    async fn stop(&self, brid: i64, build: Option<&Build>, why: &str) {
+        let stopped = match build.filter(|b| !b.complete) {
+            Some(b) => self.rest.stop_build(b.buildid, why).await,
+            None => match self.rest.builds_of(brid).await {
+                Ok(builds) => match builds.iter().rev().find(|b| !b.complete) {
+                    Some(b) => self.rest.stop_build(b.buildid, why).await,
+                    None => self.rest.cancel_request(brid, why).await,
+                },
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = stopped {
+            tracing::warn!("cannot stop Buildbot build request {brid}: {e}");
+        }
+    }
+
+    /// The build's properties: the job's own, then lwr's: the job, graph, run and revision,
+    /// each need's manifest URL and, for each artifact of each need, `NEED_ARTIFACT_url`.
+    async fn properties(
+        &self,
+        client: &Client,
+        a: &Assignment,
+        job: &BuildbotJob,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let mut props = job.properties.clone();
+        props.insert("lwr_job".into(), a.job_name.clone());
+        props.insert("lwr_job_id".into(), a.job_id.to_string());
+        props.insert("lwr_graph".into(), a.graph_id.to_string());
+        props.insert("lwr_run".into(), a.run_number.to_string());
+        props.insert("lwr_run_id".into(), a.run_id.to_string());
+        if let Some(rev) = a.source.as_ref().and_then(|s| s.revision.clone()) {
+            props.insert("lwr_revision".into(), rev);
+        }
+        // The job's own token reads its needs' manifests (a node token may not).
+        let reader = client.clone().with_token(a.token.clone());
+        let mut manifests = BTreeMap::new();
+        for (need, location) in &a.manifests {
+            let url = format!("{}{location}", client.server());
+            let manifest = reader
+                .manifest_at(&url)
+                .await
+                .map_err(|e| format!("cannot read the manifest of need {need}: {e}"))?;
+            props.insert(property_name(&[need, "manifest", "url"]), url.clone());
+            for artifact in &manifest.artifacts {
+                props.insert(
+                    property_name(&[need, &artifact.name, "url"]),
+                    artifact.location.clone(),
+                );
+            }
+            manifests.insert(need.clone(), url);
+        }
+        props.insert(
+            "lwr_manifests".into(),
+            serde_json::to_string(&manifests).unwrap_or_default(),
+        );
+        Ok(props)
+    }
+}
+
+/// A last read of the logs (after a stop), ignoring errors.
+async fn follow_once(
+    bridge: &Bridge,
+    follower: &mut LogFollower,
+    build: Option<&Build>,
+    out: &mut impl std::io::Write,
+) -> Result<(), BuildbotError> {
+    if let Some(b) = build {
+        follower.poll(&bridge.rest, b, out).await?;
+    }
+    Ok(())
+}
