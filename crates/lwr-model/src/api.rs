@@ -437,6 +437,10 @@ pub struct Assignment {
     /// it out into the job dir (unless `checkout: false`) and names it in the environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<JobSource>,
+    /// The longest log the server keeps (its `--max-log-size`): the node stops a job whose
+    /// log grows beyond it and cuts the log there, with a line saying so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_log_bytes: Option<u64>,
 }
 
 /// `PUT /v1/bundles/{revision}` answer: a git bundle the server keeps for nodes that cannot

@@ -9,8 +9,10 @@ pub mod api;
 pub mod artifact;
 mod artifacts;
 mod error;
+pub mod listen;
 pub mod live;
 pub mod logs;
+mod private;
 mod openapi;
 pub mod poller;
 pub mod provider;
@@ -98,6 +100,8 @@ pub enum ServerError {
     Store(#[from] lwr_store::StoreError),
     #[error(transparent)]
     Artifacts(#[from] artifact::ArtifactError),
+    #[error(transparent)]
+    Provider(#[from] provider::ProviderError),
     #[error("server stopped: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -114,31 +118,53 @@ pub struct AppState {
     pub staged: staged::Staging,
 }
 
+/// What a serving future ends when it ends or is dropped.
+struct StopOnDrop {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    provided: Option<Arc<dyn provider::Provider>>,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(provider) = &self.provided {
+            provider.stop_all();
+        }
+    }
+}
+
 /// Starts the scaler of a provider other than `static`.
-fn start_provider(state: &Arc<AppState>, local: SocketAddr) -> Option<tokio::task::JoinHandle<()>> {
+fn start_provider(
+    state: &Arc<AppState>,
+    local: SocketAddr,
+) -> Result<Option<(tokio::task::JoinHandle<()>, Arc<dyn provider::Provider>)>, ServerError> {
     use provider::{Local, Provider, ProviderKind, Scripts};
     let provider: Arc<dyn Provider> = match &state.config.provider.kind {
-        ProviderKind::Static => return None,
+        ProviderKind::Static => return Ok(None),
         ProviderKind::Local => {
             let bin = match std::env::current_exe() {
                 Ok(bin) => bin,
                 Err(e) => {
                     tracing::error!("local provider: cannot find this binary to start nodes: {e}");
-                    return None;
+                    return Ok(None);
                 }
             };
             Arc::new(Local::new(
                 bin,
-                state.config.data_dir.join("provided-nodes"),
-            ))
+                &state.config.data_dir,
+                state.config.provider.user.as_deref(),
+            )?)
         }
         ProviderKind::Command { up, down } => Arc::new(Scripts::new(up.clone(), down.clone())),
     };
-    Some(tokio::spawn(provider::scale(
+    let task = tokio::spawn(provider::scale(
         state.clone(),
-        provider,
+        provider.clone(),
         format!("http://{local}"),
-    )))
+    ));
+    Ok(Some((task, provider)))
 }
 
 /// Binds `addr` and returns the bound address and a future that serves until `shutdown`
@@ -154,6 +180,13 @@ pub async fn bind(
             source,
         }
     })?;
+    // The data dir holds the database (with the job token key) and every log: its owner's
+    // only, whatever the umask made it.
+    private::secure_data_dir(&config.data_dir).map_err(|source| ServerError::DataDir {
+        dir: config.data_dir.clone(),
+        source,
+    })?;
+    let limits = listen::Limits::for_nofile(listen::raise_nofile());
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Listen { addr, source })?;
@@ -192,24 +225,24 @@ pub async fn bind(
     let artifact_sweeper = tokio::spawn(artifacts::sweep(state.clone()));
     let live_sweeper = tokio::spawn(routes::follow::sweep(state.clone()));
     let poller = tokio::spawn(poller::supervise(state.clone()));
-    let provider = start_provider(&state, local);
+    let (provider, provided) = match start_provider(&state, local)? {
+        Some((task, provider)) => (Some(task), Some(provider)),
+        None => (None, None),
+    };
     let app = match state.config.web {
         Some(web) => router(state.clone()).merge(web(state.clone())),
         None => router(state),
     };
+    let mut tasks = vec![sweeper, artifact_sweeper, live_sweeper, poller];
+    tasks.extend(follower);
+    tasks.extend(provider);
     let serve = async move {
-        let result = axum::serve(listener, app).await.map_err(ServerError::Serve);
-        sweeper.abort();
-        if let Some(follower) = follower {
-            follower.abort();
-        }
-        artifact_sweeper.abort();
-        live_sweeper.abort();
-        poller.abort();
-        if let Some(provider) = provider {
-            provider.abort();
-        }
-        result
+        // Whether serving ends or its future is dropped (the binary stops on a signal by
+        // dropping it), the background tasks end and provided nodes are told to stop.
+        let _stop = StopOnDrop { tasks, provided };
+        listen::serve(listener, app, limits)
+            .await
+            .map_err(ServerError::Serve)
     };
     Ok((local, serve))
 }

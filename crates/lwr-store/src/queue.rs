@@ -308,6 +308,8 @@ impl Store {
                 token: None,
                 timestamps: spec.timestamps,
                 source,
+                // The server adds its limit.
+                max_log_bytes: None,
             });
         }
         // Holds matter only when the node got nothing: otherwise it claims again soon.
