@@ -23,7 +23,13 @@ mod tests {
 
     #[test]
     fn controls_and_direction_overrides_are_unsafe() {
-        for bad in ["a\u{1b}[2Jb", "tab\there", "invoice\u{202E}fdp.exe", "x\u{2066}y", "\u{200F}"] {
+        for bad in [
+            "a\u{1b}[2Jb",
+            "tab\there",
+            "invoice\u{202E}fdp.exe",
+            "x\u{2066}y",
+            "\u{200F}",
+        ] {
             assert!(has_unsafe(bad), "{bad:?}");
         }
         for good in ["build-7", "ünïcode ok", "日本語", "a b", "emoji 🚀"] {

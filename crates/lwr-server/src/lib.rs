@@ -12,9 +12,9 @@ mod error;
 pub mod listen;
 pub mod live;
 pub mod logs;
-mod private;
 mod openapi;
 pub mod poller;
+mod private;
 pub mod provider;
 pub mod queue;
 pub mod routes;
@@ -135,11 +135,14 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// A provider's scaler task and the provider, to stop its nodes with the server.
+type Provided = (tokio::task::JoinHandle<()>, Arc<dyn provider::Provider>);
+
 /// Starts the scaler of a provider other than `static`.
 fn start_provider(
     state: &Arc<AppState>,
     local: SocketAddr,
-) -> Result<Option<(tokio::task::JoinHandle<()>, Arc<dyn provider::Provider>)>, ServerError> {
+) -> Result<Option<Provided>, ServerError> {
     use provider::{Local, Provider, ProviderKind, Scripts};
     let provider: Arc<dyn Provider> = match &state.config.provider.kind {
         ProviderKind::Static => return Ok(None),

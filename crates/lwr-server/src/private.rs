@@ -53,8 +53,11 @@ mod tests {
         std::fs::set_permissions(tmp.join("lwr.db"), std::fs::Permissions::from_mode(0o644))
             .unwrap();
         std::fs::write(tmp.join("admin.token"), "").unwrap();
-        std::fs::set_permissions(tmp.join("admin.token"), std::fs::Permissions::from_mode(0o400))
-            .unwrap();
+        std::fs::set_permissions(
+            tmp.join("admin.token"),
+            std::fs::Permissions::from_mode(0o400),
+        )
+        .unwrap();
         secure_data_dir(&tmp).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode(&tmp), 0o700);

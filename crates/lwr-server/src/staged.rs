@@ -59,10 +59,7 @@ pub(crate) struct Reserved<'a> {
 impl Drop for Reserved<'_> {
     fn drop(&mut self) {
         let mut receiving = lwr_model::sync::lock(&self.staging.receiving);
-        if let Some(i) = receiving
-            .iter()
-            .position(|r| *r == (self.run, self.node))
-        {
+        if let Some(i) = receiving.iter().position(|r| *r == (self.run, self.node)) {
             receiving.swap_remove(i);
         }
     }

@@ -64,7 +64,10 @@ const SQLITE: &[(i64, &str)] = &[
     (6, include_str!("../migrations/sqlite/0006_settings.sql")),
     (7, include_str!("../migrations/sqlite/0007_push_author.sql")),
     (8, include_str!("../migrations/sqlite/0008_checkout.sql")),
-    (11, include_str!("../migrations/sqlite/0011_node_tokens.sql")),
+    (
+        11,
+        include_str!("../migrations/sqlite/0011_node_tokens.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),

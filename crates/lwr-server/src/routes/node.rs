@@ -109,7 +109,9 @@ async fn bind_token(
         tags: &reg.properties.tags,
     })
     .unwrap_or_default();
-    let bound = store.bind_node_token(token, &reg.name, Some(&claims)).await?;
+    let bound = store
+        .bind_node_token(token, &reg.name, Some(&claims))
+        .await?;
     if bound.name.as_deref() != Some(reg.name.as_str()) {
         return Err(ApiError::field(
             StatusCode::FORBIDDEN,

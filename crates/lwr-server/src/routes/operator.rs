@@ -25,7 +25,9 @@ fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
         return Err(ApiError::field(
             StatusCode::UNPROCESSABLE_ENTITY,
             field,
-            format!("must be at most {MAX_TEXT} bytes without control characters or direction overrides"),
+            format!(
+                "must be at most {MAX_TEXT} bytes without control characters or direction overrides"
+            ),
         ));
     }
     Ok(())
