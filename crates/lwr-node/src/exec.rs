@@ -578,6 +578,23 @@ mod tests {
     }
 
     #[test]
+    fn a_long_log_is_cut_within_the_limit_with_a_line_saying_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("log");
+        std::fs::write(&log, vec![b'y'; 10_000]).unwrap();
+        assert!(!cap_log(&log, 10_000).unwrap(), "a log at the limit stays");
+        assert!(cap_log(&log, 4096).unwrap());
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.len() <= 4096, "{}", text.len());
+        assert!(text.starts_with("yyyy"));
+        assert!(
+            text.ends_with("log truncated at 4096 bytes, the server's --max-log-size; 6160 more bytes were dropped]\n"),
+            "{}",
+            &text[3800..]
+        );
+    }
+
+    #[test]
     fn a_fresh_dir_is_empty_and_reused() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("slot");

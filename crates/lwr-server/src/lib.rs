@@ -116,6 +116,29 @@ pub struct AppState {
     pub live: Arc<live::LiveLogs>,
     /// Artifact uploads waiting for their commit.
     pub staged: staged::Staging,
+    /// Listings that may be large (every job, every push) served at once: each holds its
+    /// whole answer in memory, so forty at once must queue, not take the server's memory.
+    pub heavy_reads: tokio::sync::Semaphore,
+}
+
+/// Large listings served at once; the rest wait (see [`AppState::heavy_reads`]).
+const HEAVY_READS: usize = 4;
+/// Longest a large listing waits for its turn before it is refused with 503.
+const HEAVY_READ_WAIT: Duration = Duration::from_secs(30);
+
+impl AppState {
+    /// A turn to serve a large listing.
+    pub(crate) async fn heavy_read(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        match tokio::time::timeout(HEAVY_READ_WAIT, self.heavy_reads.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{HEAVY_READS} large listings are being served and more wait: try again shortly"
+                ),
+            )),
+        }
+    }
 }
 
 /// What a serving future ends when it ends or is dropped.
@@ -219,6 +242,7 @@ pub async fn bind(
         poll: Default::default(),
         live: Arc::new(live),
         staged: Default::default(),
+        heavy_reads: tokio::sync::Semaphore::new(HEAVY_READS),
     });
     let sweeper = tokio::spawn(queue::sweep_leases(state.clone()));
     let follower = events.map(|events| {

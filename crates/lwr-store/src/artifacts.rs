@@ -72,7 +72,7 @@ impl Store {
              FROM runs r JOIN jobs j ON j.id = r.job_id WHERE r.id = $1",
         )
         .bind(run_id.get())
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.node)
         .await
         .op("reading run for upload")?;
         let Some(row) = row else { return Ok(None) };
@@ -139,7 +139,7 @@ impl Store {
         )
         .bind(run_id.get())
         .bind(name.to_string())
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.node)
         .await
         .op("reading artifact")?;
         row.map(|r| {

@@ -482,7 +482,7 @@ impl Store {
     pub async fn run_owner(&self, run_id: RunId) -> Result<Option<(NodeId, bool)>> {
         let row = sqlx::query("SELECT node_id, state FROM runs WHERE id = $1")
             .bind(run_id.get())
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.node)
             .await
             .op("reading run")?;
         row.map(|r| {
@@ -502,7 +502,7 @@ impl Store {
              JOIN graphs g ON g.id = j.graph_id WHERE r.id = $1",
         )
         .bind(run_id.get())
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.node)
         .await
         .op("reading the run's revision")?;
         Ok(row

@@ -236,7 +236,7 @@ impl Store {
         }
         let row = sqlx::query("SELECT state FROM runs WHERE id = $1")
             .bind(run)
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.node)
             .await
             .op("checking job token")?;
         let Some(row) = row else {
@@ -260,7 +260,7 @@ impl Store {
         let row =
             sqlx::query("SELECT id, scopes, expires_at, revoked_at FROM tokens WHERE hash = $1")
                 .bind(hash_secret(secret))
-                .fetch_optional(&self.read)
+                .fetch_optional(&self.node)
                 .await
                 .op("checking token")?;
         let Some(row) = row else {
@@ -329,7 +329,7 @@ impl Store {
         )
         .bind(id)
         .bind(now.get())
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.node)
         .await
         .op("checking token")?;
         Ok(row.is_some())
