@@ -307,7 +307,7 @@ impl Client {
         let (base, origin) = parse_server_url(server)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(50))
+            .pool_idle_timeout(lwr_model::timing::CLIENT_POOL_IDLE)
             .build()
             .map_err(|e| ClientError::BadUrl {
                 url: server.to_string(),

@@ -1,8 +1,9 @@
 //! Accepting connections: what keeps anyone who can reach the port (no token needed) from
 //! taking every connection or file descriptor the server has.
 //!
-//! - Each connection must send a request's header within [`HEADER_TIMEOUT`], and one kept
-//!   alive between requests is closed after as long: slow or silent clients let go.
+//! - A new connection must send its first request's header within
+//!   [`timing::FIRST_HEADER_TIMEOUT`]; a kept-alive one idle, or slow with a header, for
+//!   [`timing::KEEPALIVE_IDLE`] is closed: slow or silent clients let go.
 //! - At most [`Limits::max_connections`] are open, below the descriptor limit so that the
 //!   database, logs and artifacts always find one. A connection beyond that closes the
 //!   oldest one that never sent a request (what an idle flood is made of); when every one
@@ -19,14 +20,11 @@ use axum::extract::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use lwr_model::sync::lock;
+use lwr_model::timing;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tower::ServiceExt;
-
-/// Longest a client may take to send a request's header, and longest a kept-alive
-/// connection may sit idle between requests.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Descriptors kept for everything but client connections: the database pool, stored and
 /// spooled logs, artifact uploads, git and provider processes.
@@ -38,7 +36,10 @@ const MAX_CONNECTIONS: u64 = 16_384;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
-    pub header_timeout: Duration,
+    /// For the first request's header.
+    pub first_header: Duration,
+    /// For any later header, idle time included.
+    pub keepalive_idle: Duration,
 }
 
 impl Limits {
@@ -47,7 +48,8 @@ impl Limits {
         let reserve = RESERVED_FDS.max(nofile / 8);
         Limits {
             max_connections: nofile.saturating_sub(reserve).clamp(16, MAX_CONNECTIONS) as usize,
-            header_timeout: HEADER_TIMEOUT,
+            first_header: timing::FIRST_HEADER_TIMEOUT,
+            keepalive_idle: timing::KEEPALIVE_IDLE,
         }
     }
 }
@@ -95,9 +97,10 @@ pub(crate) async fn serve(
 ) -> std::io::Result<()> {
     let connections = Arc::new(Mutex::new(Connections::default()));
     tracing::info!(
-        "at most {} connections; a request's header within {:?}",
+        "at most {} connections; a first request's header within {:?}, idle ones closed after {:?}",
         limits.max_connections,
-        limits.header_timeout
+        limits.first_header,
+        limits.keepalive_idle
     );
     loop {
         let stream = match listener.accept().await {
@@ -164,6 +167,7 @@ async fn connection(
     closed: oneshot::Receiver<()>,
 ) {
     let _ = stream.set_nodelay(true);
+    let first = used.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         used.store(true, Ordering::Relaxed);
         app.clone().oneshot(req.map(axum::body::Body::new))
@@ -171,16 +175,23 @@ async fn connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.keepalive_idle);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
+    // Dropping the connection closes its socket.
+    let silent = async {
+        tokio::time::sleep(limits.first_header).await;
+        if first.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         result = conn => {
             if let Err(e) = result {
                 tracing::debug!("connection: {e}");
             }
         }
-        // Dropping the connection closes its socket.
         _ = closed => {}
+        _ = silent => {}
     }
 }
 
