@@ -166,7 +166,6 @@ async fn connection(
     used: Arc<AtomicBool>,
     closed: oneshot::Receiver<()>,
 ) {
-    let _ = stream.set_nodelay(true);
     let first = used.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         used.store(true, Ordering::Relaxed);
