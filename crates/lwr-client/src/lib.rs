@@ -282,6 +282,12 @@ fn parse_server_url(text: &str) -> Result<(String, reqwest::Url)> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad("a server URL has no query (?) or fragment (#)"));
     }
+    // `http://HOST:PORT@evil/` is evil's URL: no user-info, so what it names is plain.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "a server URL has no user-info (user@): give a token with --token or LWR_TOKEN",
+        ));
+    }
     Ok((base, url))
 }
 
@@ -301,7 +307,7 @@ impl Client {
         let (base, origin) = parse_server_url(server)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(50))
+            .pool_idle_timeout(lwr_model::timing::CLIENT_POOL_IDLE)
             .build()
             .map_err(|e| ClientError::BadUrl {
                 url: server.to_string(),
@@ -351,6 +357,9 @@ impl Client {
             return false;
         };
         let ours = &self.origin;
+        if !url.username().is_empty() || url.password().is_some() {
+            return false;
+        }
         if url.scheme() != ours.scheme()
             || url.host() != ours.host()
             || url.port_or_known_default() != ours.port_or_known_default()
@@ -921,6 +930,8 @@ mod tests {
         assert!(Client::new("http://127.0.0.1:7370/").is_ok());
         assert_eq!(Client::new("http://h:1/").unwrap().server(), "http://h:1");
         assert!(Client::new("127.0.0.1:7370").is_err());
+        assert!(Client::new("http://127.0.0.1:7370@evil.net/").is_err());
+        assert!(Client::new("http://user:pw@127.0.0.1:7370/").is_err());
     }
 
     #[test]
@@ -952,5 +963,7 @@ mod tests {
         let root = Client::new("http://127.0.0.1:7370").unwrap();
         assert!(root.is_ours("http://127.0.0.1:7370/v1/jobs"));
         assert!(!root.is_ours("http://127.0.0.1:73700/v1/jobs"));
+        assert!(!root.is_ours("http://127.0.0.1:7370@evil.net/v1/jobs"));
+        assert!(!root.is_ours("http://someone@127.0.0.1:7370/v1/jobs"));
     }
 }

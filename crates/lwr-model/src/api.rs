@@ -441,6 +441,10 @@ pub struct Assignment {
     /// instead of running `command` (which is empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buildbot: Option<crate::buildbot::BuildbotJob>,
+    /// The longest log the server keeps (its `--max-log-size`): the node stops a job whose
+    /// log grows beyond it and cuts the log there, with a line saying so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_log_bytes: Option<u64>,
 }
 
 /// `PUT /v1/bundles/{revision}` answer: a git bundle the server keeps for nodes that cannot

@@ -131,6 +131,10 @@ pub struct CreateToken {
     /// Free text for people: who or what holds the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// For a `node:register` token: the one node name it may register (otherwise its
+    /// first registration binds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A token as listings show it: never the secret.

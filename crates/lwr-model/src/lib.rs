@@ -19,6 +19,7 @@ pub mod node;
 pub mod pool;
 pub mod push;
 pub mod sync;
+pub mod text;
 pub mod timing;
 pub mod urlpath;
 pub mod words;

@@ -14,6 +14,16 @@ use crate::ids::{JobId, RunId};
 /// Largest piece of log a node sends in one request.
 pub const MAX_CHUNK: usize = 1 << 20;
 
+/// The line that ends a log cut at the server's `--max-log-size` of `limit` bytes, on the
+/// node and on the server alike; `dropped` bytes beyond it were not kept, when known.
+pub fn truncation_marker(limit: u64, dropped: Option<u64>) -> String {
+    let dropped = match dropped {
+        Some(n) => format!("; {n} more bytes were dropped"),
+        None => String::new(),
+    };
+    format!("\n[lwr: log truncated at {limit} bytes, the server's --max-log-size{dropped}]\n")
+}
+
 /// `GET /v1/nodes/{id}/streams`: the runs of this node whose log the server wants now.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogStreams {

@@ -177,7 +177,7 @@ pub fn check_artifact_name(name: &str) -> Result<(), String> {
     if name.contains('\0') {
         return Err("an artifact name must not contain NUL".into());
     }
-    if name.chars().any(|c| c.is_control() || c == '\\') {
+    if name.chars().any(|c| crate::text::is_unsafe(c) || c == '\\') {
         return Err("an artifact name must not contain control characters or '\\'".into());
     }
     if name.starts_with('/') {

@@ -104,6 +104,17 @@ pub const SSE_KEEPALIVE: Duration = secs(15);
 /// reconnects (to the next server, if it was given several).
 pub const STREAM_IDLE_TIMEOUT: Duration = secs(45);
 
+// ---- connections ----
+
+/// A new connection must send its first request's header within this, or the server
+/// closes it: what a silent or slow-header flood holds a connection for.
+pub const FIRST_HEADER_TIMEOUT: Duration = secs(20);
+/// A kept-alive connection idle (or sending a header) for this long is closed by the server.
+pub const KEEPALIVE_IDLE: Duration = secs(75);
+/// A client drops a pooled connection idle for this long, before the server does: it never
+/// sends a request on a connection the server is closing.
+pub const CLIENT_POOL_IDLE: Duration = secs(50);
+
 // ---- sweeps ----
 
 /// How often expired artifacts (and stale staged uploads) are deleted (`--artifact-sweep`).
@@ -135,6 +146,14 @@ const _: () = assert!(
         && STREAMS_WAIT.as_millis() <= MAX_WAIT.as_millis()
         && PUSH_WAIT.as_millis() <= MAX_WAIT.as_millis(),
     "a long poll asks for no more than the server holds"
+);
+const _: () = assert!(
+    CLIENT_POOL_IDLE.as_millis() + 10_000 <= KEEPALIVE_IDLE.as_millis(),
+    "a client lets go of an idle connection well before the server closes it"
+);
+const _: () = assert!(
+    FIRST_HEADER_TIMEOUT.as_millis() <= KEEPALIVE_IDLE.as_millis(),
+    "a new connection gets no longer than an idle one"
 );
 const _: () = assert!(
     STREAM_IDLE_TIMEOUT.as_millis() >= 2 * SSE_KEEPALIVE.as_millis(),

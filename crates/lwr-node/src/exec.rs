@@ -25,6 +25,8 @@ pub struct Launch {
     pub timeout: Duration,
     /// Run the job under `LWR stamp`, which starts each line of its output with the time.
     pub stamp_with: Option<PathBuf>,
+    /// Stop the job once its log is longer (the server's `--max-log-size`).
+    pub log_limit: Option<u64>,
 }
 
 /// Why a job must stop before it ends by itself.
@@ -99,6 +101,7 @@ async fn wait(
         status = child.wait() => Ended::Exited(status),
         _ = tokio::time::sleep(launch.timeout) => Ended::TimedOut,
         Ok(why) = stop => Ended::Stopped(why),
+        limit = log_outgrows(&launch.log, launch.log_limit) => Ended::LogTooLong(limit),
     };
     match ended {
         Ended::Exited(Ok(status)) => {
@@ -135,6 +138,17 @@ async fn wait(
                 outcome: Outcome::Failed,
                 exit_code: None,
                 reason: Some(format!("timed out after {}", human(launch.timeout))),
+            }
+        }
+        Ended::LogTooLong(limit) => {
+            terminate(&mut child, pgid).await;
+            RunResult {
+                run_id,
+                outcome: Outcome::Failed,
+                exit_code: None,
+                reason: Some(format!(
+                    "stopped: its log grew beyond the server's limit of {limit} bytes"
+                )),
             }
         }
         Ended::Stopped(Stop::Abandoned) => {
@@ -236,6 +250,46 @@ enum Ended {
     Exited(std::io::Result<std::process::ExitStatus>),
     TimedOut,
     Stopped(Stop),
+    /// The log outgrew this many bytes.
+    LogTooLong(u64),
+}
+
+/// Resolves with `limit` once the log at `path` is longer; never without a limit. A job
+/// writes its log itself (it is the job's stdout), so the node looks at its size.
+async fn log_outgrows(path: &Path, limit: Option<u64>) -> u64 {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    let mut every = tokio::time::interval(LOG_SIZE_EVERY);
+    loop {
+        every.tick().await;
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > limit) {
+            return limit;
+        }
+    }
+}
+
+/// How often a running job's log size is looked at.
+const LOG_SIZE_EVERY: Duration = Duration::from_millis(200);
+
+/// Room kept at the end of a cut log for the line saying so.
+const MARKER_ROOM: u64 = 256;
+
+/// Cuts a log longer than `limit` so that it ends, within `limit`, with a line saying so
+/// (the server keeps no more anyway, and the node's disk is not the job's to fill).
+pub fn cap_log(path: &Path, limit: u64) -> std::io::Result<bool> {
+    use std::io::Write;
+    let size = std::fs::metadata(path)?.len();
+    if size <= limit {
+        return Ok(false);
+    }
+    let cut = limit.saturating_sub(MARKER_ROOM);
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.set_len(cut)?;
+    let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+    let marker = lwr_model::logstream::truncation_marker(limit, Some(size - cut));
+    file.write_all(&marker.as_bytes()[..marker.len().min(MARKER_ROOM as usize)])?;
+    Ok(true)
 }
 
 /// SIGTERM to the group, then SIGKILL after a grace period.
@@ -499,6 +553,7 @@ mod tests {
             log: tmp.path().join("log"),
             timeout,
             stamp_with: None,
+            log_limit: None,
         };
         let log = launch.log.clone();
         prepare_dir(&launch.dir, false).unwrap();
@@ -520,6 +575,23 @@ mod tests {
             (Outcome::Failed, Some(127))
         );
         assert!(log.contains("no-such-program-lwr"));
+    }
+
+    #[test]
+    fn a_long_log_is_cut_within_the_limit_with_a_line_saying_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("log");
+        std::fs::write(&log, vec![b'y'; 10_000]).unwrap();
+        assert!(!cap_log(&log, 10_000).unwrap(), "a log at the limit stays");
+        assert!(cap_log(&log, 4096).unwrap());
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.len() <= 4096, "{}", text.len());
+        assert!(text.starts_with("yyyy"));
+        assert!(
+            text.ends_with("log truncated at 4096 bytes, the server's --max-log-size; 6160 more bytes were dropped]\n"),
+            "{}",
+            &text[3800..]
+        );
     }
 
     #[test]

@@ -609,6 +609,7 @@ impl Node {
                 .as_ref()
                 .filter(|_| self.config.timestamps || a.timestamps)
                 .map(PathBuf::from),
+            log_limit: a.max_log_bytes,
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         lock(&self.running).insert(a.run_id, stop_tx);
@@ -649,6 +650,11 @@ impl Node {
             a.job_name,
             result.outcome
         );
+        if let Some(limit) = a.max_log_bytes
+            && let Err(e) = exec::cap_log(&slot_log, limit)
+        {
+            tracing::warn!("run {}: cannot cut its log: {e}", a.run_id);
+        }
         // A log with something in it becomes the run's; an empty one stays for the next job.
         let log_size = std::fs::metadata(&slot_log).map_or(0, |m| m.len());
         self.run_logs.ended(a.run_id, log_size);

@@ -13,12 +13,12 @@ use axum::http::StatusCode;
 use futures_util::StreamExt;
 use lwr_model::api::{ArtifactCommit, ManifestUpload, StagedArtifact};
 use lwr_model::manifest::{self, Artifact, LOG_ARTIFACT, Manifest};
-use lwr_model::{DurationMs, NodeId, RunId};
-use lwr_store::{NewArtifact, now_ms, rfc3339};
+use lwr_model::{DurationMs, NodeId, RunId, RunState};
+use lwr_store::{NewArtifact, UploadTarget, now_ms, rfc3339};
 use sha2::{Digest, Sha256};
 
 use crate::artifact::{ArtifactError, ArtifactStore, ByteStream};
-use crate::staged::{self, MAX_STAGED, STAGE_TTL, Staged};
+use crate::staged::{self, STAGE_TTL, Staged};
 use crate::{ApiError, AppState};
 
 /// What the node says about an artifact it uploads.
@@ -94,18 +94,56 @@ fn too_large(limit: u64) -> ApiError {
     )
 }
 
-/// Checks that `node` holds run `run`; returns the job's own expiry, if any.
-async fn owned_run(state: &AppState, run: RunId, node: NodeId) -> Result<Option<u64>, ApiError> {
-    match state.queue.store().upload_target(run).await? {
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("run {run} not found"),
+/// What a node may still send for one of its runs. Dependents trust what a run left, so
+/// once its node reported its result, nothing of it changes (409); a run the server ended
+/// without its node (cancelled, lease ran out) takes what its node still sends, each part
+/// once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    Log,
+    Artifact,
+    Manifest,
+}
+
+/// Checks that `node` holds run `run` and that the run still takes `part`; returns the
+/// upload target (the job's own expiry, the log's hash).
+pub(crate) async fn writable_run(
+    state: &AppState,
+    run: RunId,
+    node: NodeId,
+    part: Part,
+) -> Result<UploadTarget, ApiError> {
+    let target = match state.queue.store().upload_target(run).await? {
+        None => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("run {run} not found"),
+            ));
+        }
+        Some(t) if t.node_id != node => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("run {run} belongs to another node"),
+            ));
+        }
+        Some(t) => t,
+    };
+    let sealed = |why: String| Err(ApiError::new(StatusCode::CONFLICT, why));
+    let running = target.state == RunState::Running;
+    if !running && !target.ended_by_server {
+        return sealed(format!(
+            "run {run} ended {} with its node's result: its log, artifacts and manifest are final",
+            target.state
+        ));
+    }
+    match part {
+        Part::Artifact if target.has_manifest => sealed(format!(
+            "run {run} has its manifest: no artifact can be added to it"
         )),
-        Some(t) if t.node_id != node => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("run {run} belongs to another node"),
-        )),
-        Some(t) => Ok(t.expires_secs),
+        Part::Log if !running && target.log_sha256.is_some() => {
+            sealed(format!("run {run} ended and its log is stored"))
+        }
+        _ => Ok(target),
     }
 }
 
@@ -127,20 +165,25 @@ pub(crate) async fn upload(
 ) -> Result<Uploaded, ApiError> {
     let limit = state.config.max_artifact_bytes;
     let content_type = check_info(&info, limit)?;
-    let expires = owned_run(state, run, info.node)
+    let expires = writable_run(state, run, info.node, Part::Artifact)
         .await?
+        .expires_secs
         .map(Duration::from_secs)
         .unwrap_or(state.config.artifact_expiry);
     let store = state.queue.store();
     if store.has_artifact(run, &info.name).await? {
         return Err(duplicate(run, &info.name));
     }
-    if info.sha256.is_none() && state.staged.len() >= MAX_STAGED {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{MAX_STAGED} uploads wait for their commit already: try again later"),
-        ));
-    }
+    // Held until the upload is staged (or refused): uploads being received count too.
+    let _slot = match info.sha256 {
+        Some(_) => None,
+        None => Some(state.staged.reserve(run, info.node).map_err(|why| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{why}: try again later"),
+            )
+        })?),
+    };
     let key = format!("{run}/{}", uuid::Uuid::new_v4());
     let mut upload = state.artifacts.begin(&key).await.map_err(internal)?;
     let mut hasher = Sha256::new();
@@ -214,7 +257,7 @@ pub(crate) async fn commit(
     if !manifest::valid_sha256(&commit.sha256) {
         return Err(bad("sha256", "sha256 must be 64 lowercase hex digits"));
     }
-    owned_run(state, run, node).await?;
+    writable_run(state, run, node, Part::Artifact).await?;
     let staged = state
         .staged
         .take(&commit.upload, run, node)
@@ -316,7 +359,7 @@ pub(crate) async fn put_manifest(
     node: NodeId,
     upload: &ManifestUpload,
 ) -> Result<(), ApiError> {
-    owned_run(state, run, node).await?;
+    writable_run(state, run, node, Part::Manifest).await?;
     let store = state.queue.store();
     for name in &upload.artifacts {
         if name != LOG_ARTIFACT && !store.has_artifact(run, name).await? {

@@ -9,10 +9,12 @@ pub mod api;
 pub mod artifact;
 mod artifacts;
 mod error;
+pub mod listen;
 pub mod live;
 pub mod logs;
 mod openapi;
 pub mod poller;
+mod private;
 pub mod provider;
 pub mod queue;
 pub mod routes;
@@ -98,6 +100,8 @@ pub enum ServerError {
     Store(#[from] lwr_store::StoreError),
     #[error(transparent)]
     Artifacts(#[from] artifact::ArtifactError),
+    #[error(transparent)]
+    Provider(#[from] provider::ProviderError),
     #[error("server stopped: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -112,33 +116,81 @@ pub struct AppState {
     pub live: Arc<live::LiveLogs>,
     /// Artifact uploads waiting for their commit.
     pub staged: staged::Staging,
+    /// Listings that may be large (every job, every push) served at once: each holds its
+    /// whole answer in memory, so forty at once must queue, not take the server's memory.
+    pub heavy_reads: tokio::sync::Semaphore,
 }
 
+/// Large listings served at once; the rest wait (see [`AppState::heavy_reads`]).
+const HEAVY_READS: usize = 4;
+/// Longest a large listing waits for its turn before it is refused with 503.
+const HEAVY_READ_WAIT: Duration = Duration::from_secs(30);
+
+impl AppState {
+    /// A turn to serve a large listing.
+    pub(crate) async fn heavy_read(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        match tokio::time::timeout(HEAVY_READ_WAIT, self.heavy_reads.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{HEAVY_READS} large listings are being served and more wait: try again shortly"
+                ),
+            )),
+        }
+    }
+}
+
+/// What a serving future ends when it ends or is dropped.
+struct StopOnDrop {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    provided: Option<Arc<dyn provider::Provider>>,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(provider) = &self.provided {
+            provider.stop_all();
+        }
+    }
+}
+
+/// A provider's scaler task and the provider, to stop its nodes with the server.
+type Provided = (tokio::task::JoinHandle<()>, Arc<dyn provider::Provider>);
+
 /// Starts the scaler of a provider other than `static`.
-fn start_provider(state: &Arc<AppState>, local: SocketAddr) -> Option<tokio::task::JoinHandle<()>> {
+fn start_provider(
+    state: &Arc<AppState>,
+    local: SocketAddr,
+) -> Result<Option<Provided>, ServerError> {
     use provider::{Local, Provider, ProviderKind, Scripts};
     let provider: Arc<dyn Provider> = match &state.config.provider.kind {
-        ProviderKind::Static => return None,
+        ProviderKind::Static => return Ok(None),
         ProviderKind::Local => {
             let bin = match std::env::current_exe() {
                 Ok(bin) => bin,
                 Err(e) => {
                     tracing::error!("local provider: cannot find this binary to start nodes: {e}");
-                    return None;
+                    return Ok(None);
                 }
             };
             Arc::new(Local::new(
                 bin,
-                state.config.data_dir.join("provided-nodes"),
-            ))
+                &state.config.data_dir,
+                state.config.provider.user.as_deref(),
+            )?)
         }
         ProviderKind::Command { up, down } => Arc::new(Scripts::new(up.clone(), down.clone())),
     };
-    Some(tokio::spawn(provider::scale(
+    let task = tokio::spawn(provider::scale(
         state.clone(),
-        provider,
+        provider.clone(),
         format!("http://{local}"),
-    )))
+    ));
+    Ok(Some((task, provider)))
 }
 
 /// Binds `addr` and returns the bound address and a future that serves until `shutdown`
@@ -154,6 +206,13 @@ pub async fn bind(
             source,
         }
     })?;
+    // The data dir holds the database (with the job token key) and every log: its owner's
+    // only, whatever the umask made it.
+    private::secure_data_dir(&config.data_dir).map_err(|source| ServerError::DataDir {
+        dir: config.data_dir.clone(),
+        source,
+    })?;
+    let limits = listen::Limits::for_nofile(listen::raise_nofile());
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Listen { addr, source })?;
@@ -183,6 +242,7 @@ pub async fn bind(
         poll: Default::default(),
         live: Arc::new(live),
         staged: Default::default(),
+        heavy_reads: tokio::sync::Semaphore::new(HEAVY_READS),
     });
     let sweeper = tokio::spawn(queue::sweep_leases(state.clone()));
     let follower = events.map(|events| {
@@ -192,24 +252,24 @@ pub async fn bind(
     let artifact_sweeper = tokio::spawn(artifacts::sweep(state.clone()));
     let live_sweeper = tokio::spawn(routes::follow::sweep(state.clone()));
     let poller = tokio::spawn(poller::supervise(state.clone()));
-    let provider = start_provider(&state, local);
+    let (provider, provided) = match start_provider(&state, local)? {
+        Some((task, provider)) => (Some(task), Some(provider)),
+        None => (None, None),
+    };
     let app = match state.config.web {
         Some(web) => router(state.clone()).merge(web(state.clone())),
         None => router(state),
     };
+    let mut tasks = vec![sweeper, artifact_sweeper, live_sweeper, poller];
+    tasks.extend(follower);
+    tasks.extend(provider);
     let serve = async move {
-        let result = axum::serve(listener, app).await.map_err(ServerError::Serve);
-        sweeper.abort();
-        if let Some(follower) = follower {
-            follower.abort();
-        }
-        artifact_sweeper.abort();
-        live_sweeper.abort();
-        poller.abort();
-        if let Some(provider) = provider {
-            provider.abort();
-        }
-        result
+        // Whether serving ends or its future is dropped (the binary stops on a signal by
+        // dropping it), the background tasks end and provided nodes are told to stop.
+        let _stop = StopOnDrop { tasks, provided };
+        listen::serve(listener, app, limits)
+            .await
+            .map_err(ServerError::Serve)
     };
     Ok((local, serve))
 }

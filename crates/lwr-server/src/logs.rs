@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use futures_util::StreamExt;
 use lwr_model::RunId;
+use lwr_model::logstream::truncation_marker;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
@@ -16,8 +17,10 @@ pub fn path(data_dir: &Path, run_id: RunId) -> PathBuf {
 }
 
 /// Streams an upload to the run's log file, never holding it whole in memory, and returns
-/// its size and SHA-256. The file appears under its final name only when complete and, if
-/// the node sent `expected` hash, only when it matches.
+/// the size and SHA-256 of what it stored. The file appears under its final name only when
+/// complete and, if the node sent `expected` hash (of the whole upload), only when it
+/// matches. A log longer than `limit` is stored cut there, ending with a line that says so
+/// ([`truncation_marker`]): its start is what explains a runaway job, so it is not lost.
 pub(crate) async fn store(
     data_dir: &Path,
     run_id: RunId,
@@ -26,7 +29,8 @@ pub(crate) async fn store(
     expected: Option<&str>,
 ) -> Result<(u64, String), ApiError> {
     let final_path = path(data_dir, run_id);
-    let tmp = final_path.with_extension("part");
+    // Unique per upload: two uploads of one run at once never write the same file.
+    let tmp = final_path.with_extension(format!("{}.part", uuid::Uuid::new_v4().simple()));
     let io_err = |e: std::io::Error| {
         tracing::error!("writing log of run {run_id}: {e}");
         ApiError::new(
@@ -35,27 +39,29 @@ pub(crate) async fn store(
         )
     };
     let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err)?;
-    let mut size = 0u64;
-    let mut hasher = Sha256::new();
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request(format!("log upload broke off: {e}")))?;
-        size += chunk.len() as u64;
-        if size > limit {
+    let received = receive(&mut file, body, limit).await;
+    let (size, whole, kept) = match received {
+        Ok(sizes) => sizes,
+        Err(e) => {
             drop(file);
             let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("log larger than the server's limit of {limit} bytes"),
-            ));
+            return Err(e);
         }
-        hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(io_err)?;
+    };
+    let mut stored = kept;
+    if size > limit {
+        let marker = truncation_marker(limit, Some(size - limit));
+        let written = file.write_all(marker.as_bytes()).await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(io_err(e));
+        }
+        stored.update(marker.as_bytes());
+        tracing::warn!("run {run_id}: log of {size} bytes stored cut at {limit}");
     }
     file.flush().await.map_err(io_err)?;
     drop(file);
-    let sha256 = hex::encode(hasher.finalize());
+    let sha256 = hex::encode(whole.finalize());
     if let Some(expected) = expected
         && expected != sha256
     {
@@ -69,7 +75,41 @@ pub(crate) async fn store(
         ));
     }
     tokio::fs::rename(&tmp, &final_path).await.map_err(io_err)?;
-    Ok((size, sha256))
+    let stored_size = tokio::fs::metadata(&final_path)
+        .await
+        .map_err(io_err)?
+        .len();
+    Ok((stored_size, hex::encode(stored.finalize())))
+}
+
+/// Writes the body to `file` up to `limit` bytes, reading (and hashing) the rest: the
+/// whole size, the hash of the whole and the hash of what was written.
+async fn receive(
+    file: &mut tokio::fs::File,
+    body: Body,
+    limit: u64,
+) -> Result<(u64, Sha256, Sha256), ApiError> {
+    let mut size = 0u64;
+    let mut whole = Sha256::new();
+    let mut kept = Sha256::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("log upload broke off: {e}")))?;
+        whole.update(&chunk);
+        let room = limit.saturating_sub(size).min(chunk.len() as u64) as usize;
+        size += chunk.len() as u64;
+        if room > 0 {
+            kept.update(&chunk[..room]);
+            file.write_all(&chunk[..room]).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot store log: {e}"),
+                )
+            })?;
+        }
+    }
+    Ok((size, whole, kept))
 }
 
 /// The run's stored log from byte `offset` on, as a stream that never holds it whole:

@@ -7,7 +7,8 @@
 //! `min..=max`); nodes idle for `idle` are stopped, down to `min` (0: none when idle).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +24,14 @@ pub enum ProviderError {
     #[error("cannot start node {name}: {source}")]
     Start {
         name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--provider-user {user}: {detail}")]
+    User { user: String, detail: String },
+    #[error("cannot make the provided nodes' work dir {dir}: {source}")]
+    WorkDir {
+        dir: PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -51,6 +60,8 @@ pub struct ProviderConfig {
     pub idle: Duration,
     /// Slots of each started node.
     pub slots: u32,
+    /// `local`: the user its nodes (and so their jobs) run as; `None`: the server's.
+    pub user: Option<String>,
 }
 
 impl Default for ProviderConfig {
@@ -61,6 +72,7 @@ impl Default for ProviderConfig {
             max: 4,
             idle: Duration::from_secs(30),
             slots: 1,
+            user: None,
         }
     }
 }
@@ -83,59 +95,124 @@ pub trait Provider: Send + Sync {
     fn start(&self, node: &NewNode) -> Result<(), ProviderError>;
     /// Stops node `name` (it finishes its running jobs first, as on SIGTERM).
     fn stop(&self, name: &str) -> Result<(), ProviderError>;
+    /// The server stops: so do the nodes it started itself (never blocks).
+    fn stop_all(&self) {}
 }
 
-/// `lwr node` processes on this machine, children of the server.
+/// `lwr node` processes on this machine, children of the server. They work outside the
+/// server's data dir (a job there could reach the database), as `--provider-user` when
+/// given, and stop with the server.
 pub struct Local {
     bin: PathBuf,
+    /// The server's, for the nodes' own logs (the server writes them).
+    logs: PathBuf,
+    /// Where the nodes' work dirs are: a fresh dir outside the data dir.
     work: PathBuf,
+    /// The uid and gid nodes run as, when not the server's.
+    user: Option<(u32, u32)>,
     children: Mutex<BTreeMap<String, Child>>,
 }
 
 impl Local {
-    pub fn new(bin: PathBuf, work: PathBuf) -> Local {
-        Local {
+    pub fn new(bin: PathBuf, data_dir: &Path, user: Option<&str>) -> Result<Local, ProviderError> {
+        let user = user.map(resolve_user).transpose()?;
+        let work = std::env::temp_dir().join(format!(
+            "lwr-provided-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
+        // Other users may pass through it (to their own node's dir), nothing more.
+        std::fs::DirBuilder::new()
+            .mode(0o711)
+            .create(&work)
+            .map_err(|source| ProviderError::WorkDir {
+                dir: work.clone(),
+                source,
+            })?;
+        Ok(Local {
             bin,
+            logs: data_dir.join("provided-nodes"),
             work,
+            user,
             children: Mutex::new(BTreeMap::new()),
-        }
+        })
     }
+
+    /// The node's work dir, its user's alone.
+    fn work_dir(&self, name: &str) -> std::io::Result<PathBuf> {
+        let dir = self.work.join(name);
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            other => other?,
+        }
+        if let Some((uid, gid)) = self.user {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        }
+        Ok(dir)
+    }
+}
+
+/// The uid and gid of user `name` (or a numeric uid).
+fn resolve_user(name: &str) -> Result<(u32, u32), ProviderError> {
+    use nix::unistd::{Uid, User};
+    let err = |detail: String| ProviderError::User {
+        user: name.into(),
+        detail,
+    };
+    let found = match name.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(name),
+    }
+    .map_err(|e| err(e.to_string()))?
+    .ok_or_else(|| err("no such user".into()))?;
+    let (uid, gid) = (found.uid.as_raw(), found.gid.as_raw());
+    if uid != nix::unistd::geteuid().as_raw() && !nix::unistd::geteuid().is_root() {
+        return Err(err(
+            "only a server running as root can start nodes as another user".into(),
+        ));
+    }
+    Ok((uid, gid))
 }
 
 impl Provider for Local {
     fn describe(&self) -> String {
-        format!("local ({} node)", self.bin.display())
+        format!(
+            "local ({} node, working in {})",
+            self.bin.display(),
+            self.work.display()
+        )
     }
 
     fn start(&self, node: &NewNode) -> Result<(), ProviderError> {
         let name = node.name.as_str();
-        let work_dir = self.work.join(name);
-        let log = std::fs::create_dir_all(&self.work)
-            .and_then(|_| std::fs::File::create(self.work.join(format!("{name}.log"))))
-            .map_err(|source| ProviderError::Start {
-                name: name.into(),
-                source,
-            })?;
-        let err = log.try_clone().map_err(|source| ProviderError::Start {
+        let failed = |source| ProviderError::Start {
             name: name.into(),
             source,
-        })?;
+        };
+        let work_dir = self.work_dir(name).map_err(failed)?;
+        let log = std::fs::create_dir_all(&self.logs)
+            .and_then(|_| std::fs::File::create(self.logs.join(format!("{name}.log"))))
+            .map_err(failed)?;
+        let err = log.try_clone().map_err(failed)?;
         let mut cmd = Command::new(&self.bin);
         cmd.arg("node")
             .args(["--server", &node.server, "--name", name])
             .args(["--slots", &node.slots.to_string()])
             .arg("--work-dir")
-            .arg(&work_dir);
+            .arg(&work_dir)
+            .current_dir(&work_dir);
+        if let Some((uid, gid)) = self.user {
+            use std::os::unix::process::CommandExt;
+            // std drops root's supplementary groups with the uid. Its own home: the
+            // server's is not its to read or write.
+            cmd.uid(uid).gid(gid).env("HOME", &work_dir);
+        }
         give_token(&mut cmd, node);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
             .spawn()
-            .map_err(|source| ProviderError::Start {
-                name: name.into(),
-                source,
-            })?;
+            .map_err(failed)?;
         lock(&self.children).insert(name.to_string(), child);
         Ok(())
     }
@@ -144,22 +221,27 @@ impl Provider for Local {
         let child = lock(&self.children).remove(name);
         if let Some(mut child) = child {
             // SIGTERM: the node claims nothing more, finishes what it runs and exits.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             // Reaped off the scaler's path.
             std::thread::spawn(move || child.wait());
         }
         Ok(())
     }
-}
 
-impl Drop for Local {
-    fn drop(&mut self) {
+    fn stop_all(&self) {
         let names: Vec<String> = lock(&self.children).keys().cloned().collect();
         for name in names {
             let _ = self.stop(&name);
         }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.stop_all();
     }
 }
 
@@ -438,11 +520,19 @@ impl NodeTokens {
         let label = format!("{}{name}", self.prefix);
         let scopes = lwr_model::Scopes(vec![lwr_model::Scope::NodeRegister]);
         let store = self.state.queue.store();
-        match store
+        let made = match store
             .create_token(&scopes, Some(&label), None, lwr_store::now_ms())
             .await
         {
-            Ok((info, secret)) => Some((info.id, secret)),
+            // For that node only, from the start.
+            Ok((info, secret)) => store
+                .bind_node_token(info.id, name, None)
+                .await
+                .map(|_| (info.id, secret)),
+            Err(e) => Err(e),
+        };
+        match made {
+            Ok(made) => Some(made),
             Err(e) => {
                 tracing::error!("provider: cannot make a token for node {name}: {e}");
                 None

@@ -18,6 +18,12 @@ use crate::artifact::Upload;
 pub(crate) const STAGE_TTL: Duration = Duration::from_secs(600);
 /// Staged uploads held at most: each holds an open upload of the artifact store.
 pub(crate) const MAX_STAGED: usize = 256;
+/// Staged uploads (and uploads being received to be staged) one node may hold: a node
+/// commits each right after sending it, so one that holds many fills the server's slots
+/// for every other node.
+pub(crate) const MAX_STAGED_PER_NODE: usize = 24;
+/// The same for one run.
+pub(crate) const MAX_STAGED_PER_RUN: usize = 16;
 
 /// What a staged upload holds until its commit.
 pub(crate) struct Staged {
@@ -38,6 +44,25 @@ pub(crate) struct Staged {
 #[derive(Default)]
 pub struct Staging {
     uploads: Mutex<HashMap<String, Staged>>,
+    /// Uploads being received to be staged, by run and node: they count as staged.
+    receiving: Mutex<Vec<(RunId, NodeId)>>,
+}
+
+/// A slot taken for an upload being received; given back when dropped (by then the upload
+/// is staged, and counts as such, or refused).
+pub(crate) struct Reserved<'a> {
+    staging: &'a Staging,
+    run: RunId,
+    node: NodeId,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        let mut receiving = lwr_model::sync::lock(&self.staging.receiving);
+        if let Some(i) = receiving.iter().position(|r| *r == (self.run, self.node)) {
+            receiving.swap_remove(i);
+        }
+    }
 }
 
 impl Staging {
@@ -45,8 +70,42 @@ impl Staging {
         lwr_model::sync::lock(&self.uploads)
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+    /// Takes a slot for an upload of `run` by `node` to be staged, or says which limit it
+    /// would pass: the server's, the node's or the run's.
+    pub(crate) fn reserve(&self, run: RunId, node: NodeId) -> Result<Reserved<'_>, String> {
+        let uploads = self.lock();
+        let mut receiving = lwr_model::sync::lock(&self.receiving);
+        let held = uploads
+            .values()
+            .map(|s| (s.run, s.node))
+            .chain(receiving.iter().copied());
+        let (mut total, mut of_node, mut of_run) = (0, 0, 0);
+        for (r, n) in held {
+            total += 1;
+            of_node += usize::from(n == node);
+            of_run += usize::from(r == run);
+        }
+        if total >= MAX_STAGED {
+            return Err(format!(
+                "{MAX_STAGED} uploads wait for their commit already"
+            ));
+        }
+        if of_node >= MAX_STAGED_PER_NODE {
+            return Err(format!(
+                "node {node} has {MAX_STAGED_PER_NODE} uploads waiting for their commit: commit them first"
+            ));
+        }
+        if of_run >= MAX_STAGED_PER_RUN {
+            return Err(format!(
+                "run {run} has {MAX_STAGED_PER_RUN} uploads waiting for their commit: commit them first"
+            ));
+        }
+        receiving.push((run, node));
+        Ok(Reserved {
+            staging: self,
+            run,
+            node,
+        })
     }
 
     pub(crate) fn add(&self, id: String, staged: Staged) {

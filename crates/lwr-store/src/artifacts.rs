@@ -27,6 +27,15 @@ pub struct UploadTarget {
     pub job_id: JobId,
     /// The job's own `expires`, if it set one.
     pub expires_secs: Option<u64>,
+    /// The run's state now.
+    pub state: RunState,
+    /// True when the server ended the run without its node (cancelled, or its lease ran
+    /// out): the node may still send what the run left, once.
+    pub ended_by_server: bool,
+    /// The SHA-256 of its stored log, once one is stored.
+    pub log_sha256: Option<String>,
+    /// The run's manifest is recorded.
+    pub has_manifest: bool,
 }
 
 /// An artifact to record, already stored under `storage_key`.
@@ -58,19 +67,34 @@ impl Store {
     /// The owner and expiry policy of run `run_id`, or `None` if there is no such run.
     pub async fn upload_target(&self, run_id: RunId) -> Result<Option<UploadTarget>> {
         let row = sqlx::query(
-            "SELECT r.node_id, r.job_id, j.spec FROM runs r JOIN jobs j ON j.id = r.job_id \
-             WHERE r.id = $1",
+            "SELECT r.node_id, r.job_id, j.spec, r.state, r.reason, r.log_sha256, \
+             (SELECT COUNT(*) FROM manifests m WHERE m.run_id = r.id) AS manifests \
+             FROM runs r JOIN jobs j ON j.id = r.job_id WHERE r.id = $1",
         )
         .bind(run_id.get())
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.node)
         .await
         .op("reading run for upload")?;
         let Some(row) = row else { return Ok(None) };
         let spec: JobSpecExpiry = json(&col::<String>(&row, "spec")?, "job spec")?;
+        let state_text: String = col(&row, "state")?;
+        let state = RunState::ALL
+            .into_iter()
+            .find(|s| s.as_str() == state_text)
+            .ok_or_else(|| StoreError::Corrupt {
+                what: "run state",
+                detail: format!("run {run_id}: '{state_text}'"),
+            })?;
+        let reason: Option<String> = col(&row, "reason")?;
         Ok(Some(UploadTarget {
             node_id: typed(&row, "node_id")?,
             job_id: typed(&row, "job_id")?,
             expires_secs: spec.expires_secs,
+            state,
+            ended_by_server: state == RunState::Cancelled
+                || (state == RunState::Exception && reason.as_deref() == Some("claim-expired")),
+            log_sha256: col(&row, "log_sha256")?,
+            has_manifest: col::<i64>(&row, "manifests")? > 0,
         }))
     }
 
@@ -80,11 +104,14 @@ impl Store {
     }
 
     /// Records an artifact. Returns false, changing nothing, when the run already has one of
-    /// that name (the caller then deletes what it stored).
+    /// that name or has its manifest, which lists its artifacts for good (the caller then
+    /// deletes what it stored).
     pub async fn add_artifact(&self, a: &NewArtifact) -> Result<bool> {
         let n = sqlx::query(
             "INSERT INTO artifacts (run_id, name, kind, path, size, sha256, content_type, \
-             storage_key, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             storage_key, created_at, expires_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+             WHERE NOT EXISTS (SELECT 1 FROM manifests WHERE run_id = $1) \
              ON CONFLICT (run_id, name) DO NOTHING",
         )
         .bind(a.run_id.get())
@@ -112,7 +139,7 @@ impl Store {
         )
         .bind(run_id.get())
         .bind(name.to_string())
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.node)
         .await
         .op("reading artifact")?;
         row.map(|r| {

@@ -87,6 +87,11 @@ pub struct Store {
     write: AnyPool,
     /// Reads; for SQLite in WAL mode they never block the writer.
     read: AnyPool,
+    /// What nodes and token checks read (claims' pool snapshot, node and run owners,
+    /// tokens): connections of their own, so that heavy listings filling `read` never
+    /// delay a heartbeat into a lost lease. On PostgreSQL the write pool, which readers
+    /// do not use either.
+    node: AnyPool,
     dialect: Dialect,
     /// Node names and properties by id, read on every claim.
     nodes: nodes::NodeCache,
@@ -123,7 +128,7 @@ impl Store {
                     })
                 })
         };
-        let (write, read) = match dialect {
+        let (write, read, node) = match dialect {
             Dialect::Sqlite => {
                 let url = sqlite_create_url(url);
                 let write =
@@ -142,23 +147,32 @@ impl Store {
                             url: url.clone(),
                             source,
                         })?;
-                (write, read)
-            }
-            Dialect::Postgres => {
-                let pool =
-                    connect(16)
-                        .connect(url)
+                let node =
+                    connect(2)
+                        .connect(&url)
                         .await
                         .map_err(|source| StoreError::Connect {
-                            url: redact(url),
+                            url: url.clone(),
                             source,
                         })?;
-                (pool.clone(), pool)
+                (write, read, node)
+            }
+            Dialect::Postgres => {
+                let pool = |max: u32| connect(max).connect(url);
+                let failed = |source| StoreError::Connect {
+                    url: redact(url),
+                    source,
+                };
+                // Sixteen connections as before, but readers take at most six of them.
+                let write = pool(10).await.map_err(failed)?;
+                let read = pool(6).await.map_err(failed)?;
+                (write.clone(), read, write)
             }
         };
         let store = Store {
             write,
             read,
+            node,
             dialect,
             nodes: Default::default(),
             pool: Default::default(),
@@ -177,6 +191,7 @@ impl Store {
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;
+        self.node.close().await;
     }
 }
 

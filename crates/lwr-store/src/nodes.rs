@@ -105,7 +105,7 @@ impl Store {
     pub async fn node_owner_by_name(&self, name: &str) -> Result<Option<Option<i64>>> {
         let row = sqlx::query("SELECT token_id FROM nodes WHERE name = $1")
             .bind(name.to_string())
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.node)
             .await
             .op("reading node")?;
         row.map(|r| col(&r, "token_id")).transpose()
@@ -117,7 +117,7 @@ impl Store {
     pub async fn node_owner(&self, node_id: NodeId) -> Result<Option<i64>> {
         let row = sqlx::query("SELECT token_id FROM nodes WHERE id = $1")
             .bind(node_id.get())
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.node)
             .await
             .op("reading node")?
             .ok_or_else(|| StoreError::NotFound {
@@ -134,7 +134,7 @@ impl Store {
         }
         let row = sqlx::query("SELECT name, properties, labels FROM nodes WHERE id = $1")
             .bind(node_id.get())
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.node)
             .await
             .op("reading node")?
             .ok_or_else(|| StoreError::NotFound {

@@ -192,7 +192,7 @@ impl Store {
         }
         let generation = self.pool.lock().generation;
         let rows = sqlx::query(POOL_SELECT)
-            .fetch_all(&self.read)
+            .fetch_all(&self.node)
             .await
             .op("reading the pool")?;
         let mut nodes = rows.iter().map(pool_node).collect::<Result<Vec<_>>>()?;

@@ -309,6 +309,8 @@ impl Store {
                 timestamps: spec.timestamps,
                 source,
                 buildbot: spec.buildbot,
+                // The server adds its limit.
+                max_log_bytes: None,
             });
         }
         // Holds matter only when the node got nothing: otherwise it claims again soon.
@@ -481,7 +483,7 @@ impl Store {
     pub async fn run_owner(&self, run_id: RunId) -> Result<Option<(NodeId, bool)>> {
         let row = sqlx::query("SELECT node_id, state FROM runs WHERE id = $1")
             .bind(run_id.get())
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.node)
             .await
             .op("reading run")?;
         row.map(|r| {
@@ -501,7 +503,7 @@ impl Store {
              JOIN graphs g ON g.id = j.graph_id WHERE r.id = $1",
         )
         .bind(run_id.get())
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.node)
         .await
         .op("reading the run's revision")?;
         Ok(row

@@ -33,6 +33,13 @@ pub struct Caller {
     pub scopes: Scopes,
 }
 
+/// The node a `node:register` token acts for, and the properties it claimed first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeBinding {
+    pub name: Option<String>,
+    pub claims: Option<String>,
+}
+
 /// What a presented secret turned out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenCheck {
@@ -229,7 +236,7 @@ impl Store {
         }
         let row = sqlx::query("SELECT state FROM runs WHERE id = $1")
             .bind(run)
-            .fetch_optional(&self.read)
+            .fetch_optional(&self.node)
             .await
             .op("checking job token")?;
         let Some(row) = row else {
@@ -253,7 +260,7 @@ impl Store {
         let row =
             sqlx::query("SELECT id, scopes, expires_at, revoked_at FROM tokens WHERE hash = $1")
                 .bind(hash_secret(secret))
-                .fetch_optional(&self.read)
+                .fetch_optional(&self.node)
                 .await
                 .op("checking token")?;
         let Some(row) = row else {
@@ -277,6 +284,43 @@ impl Store {
         }))
     }
 
+    /// Binds `node:register` token `id` to node `name` and, unless bound already, to the
+    /// properties placement pins on (`claims`, JSON; `None` when the token is made: the
+    /// node's first registration binds them). One statement, so two registrations racing
+    /// on one token bind it once. Returns what the token is bound to now: another name or
+    /// other claims than asked mean the caller must refuse.
+    pub async fn bind_node_token(
+        &self,
+        id: i64,
+        name: &str,
+        claims: Option<&str>,
+    ) -> Result<NodeBinding> {
+        sqlx::query(
+            "UPDATE tokens SET node_name = COALESCE(node_name, $2), \
+             node_claims = COALESCE(node_claims, $3) \
+             WHERE id = $1 AND (node_name IS NULL OR node_name = $2)",
+        )
+        .bind(id)
+        .bind(name.to_string())
+        .bind(claims.map(str::to_string))
+        .execute(&self.write)
+        .await
+        .op("binding token to its node")?;
+        let row = sqlx::query("SELECT node_name, node_claims FROM tokens WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.write)
+            .await
+            .op("reading token binding")?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "token",
+                id: id.to_string(),
+            })?;
+        Ok(NodeBinding {
+            name: col(&row, "node_name")?,
+            claims: col(&row, "node_claims")?,
+        })
+    }
+
     /// True when token `id` exists, is not revoked and has not expired.
     pub async fn token_active(&self, id: i64, now: Millis) -> Result<bool> {
         let row = sqlx::query(
@@ -285,7 +329,7 @@ impl Store {
         )
         .bind(id)
         .bind(now.get())
-        .fetch_optional(&self.read)
+        .fetch_optional(&self.node)
         .await
         .op("checking token")?;
         Ok(row.is_some())

@@ -122,7 +122,45 @@ async fn a_node_remembers_the_token_it_registered_with(f: Fixture) {
     assert!(store.node_owner(NodeId(id.get() + 1)).await.is_err());
 }
 
+/// A node token acts for one name, bound when made or at its first registration, with the
+/// hostname and tags its node claimed first; a second binding changes nothing.
+async fn a_node_token_binds_one_name_and_its_first_claims(f: Fixture) {
+    let store = f.store;
+    let now = Millis(1_000_000);
+    let scopes = Scopes::parse("node:register").unwrap();
+    let (first, _) = store.create_token(&scopes, None, None, now).await.unwrap();
+    let bound = store
+        .bind_node_token(first.id, "n1", Some("c1"))
+        .await
+        .unwrap();
+    assert_eq!(bound.name.as_deref(), Some("n1"));
+    assert_eq!(bound.claims.as_deref(), Some("c1"));
+    let other = store
+        .bind_node_token(first.id, "n2", Some("c1"))
+        .await
+        .unwrap();
+    assert_eq!(other, bound, "another name binds nothing");
+    let other = store
+        .bind_node_token(first.id, "n1", Some("c2"))
+        .await
+        .unwrap();
+    assert_eq!(other, bound, "other claims bind nothing");
+    // Made for a name: the claims come with the first registration.
+    let (made, _) = store.create_token(&scopes, None, None, now).await.unwrap();
+    let at_creation = store.bind_node_token(made.id, "n3", None).await.unwrap();
+    assert_eq!(
+        (at_creation.name.as_deref(), at_creation.claims),
+        (Some("n3"), None)
+    );
+    let registered = store
+        .bind_node_token(made.id, "n3", Some("c3"))
+        .await
+        .unwrap();
+    assert_eq!(registered.claims.as_deref(), Some("c3"));
+}
+
 on_both_backends!(
     tokens_are_checked_revoked_and_expire,
     a_node_remembers_the_token_it_registered_with,
+    a_node_token_binds_one_name_and_its_first_claims,
 );

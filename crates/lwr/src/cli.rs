@@ -215,6 +215,9 @@ pub struct TokenCreateArgs {
     /// Who or what holds the token, for `lwr tokens list`.
     #[arg(long)]
     pub label: Option<String>,
+    /// The one node name a node:register token may register (default: the first it does).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
     /// Print JSON for scripts instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -293,6 +296,10 @@ pub struct ServerConn {
     /// Bearer token for a server that runs with --auth.
     #[arg(long, env = "LWR_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// Read the bearer token from this file (first line): kept out of every environment
+    /// and command line, where a job of the same user could read it.
+    #[arg(long, value_name = "PATH", global = true, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// Data dir of a `lwr dev --auth` cluster: its admin.token is used when no token is given.
     #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
@@ -336,6 +343,10 @@ pub struct ServeArgs {
     /// Slots of each provided node.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub provider_slots: u32,
+    /// `--provider local`: run its nodes, and so their jobs, as this user (the server must
+    /// run as root); default the server's own user, whose files its jobs can then read.
+    #[arg(long, value_name = "USER")]
+    pub provider_user: Option<String>,
     /// `--provider command`: starts a node named $LWR_NODE_NAME for $LWR_SERVER with
     /// $LWR_NODE_SLOTS slots (with --auth, $LWR_TOKEN is the token it registers with).
     #[arg(long, value_name = "CMD")]
@@ -360,6 +371,10 @@ pub struct ServeArgs {
     /// Largest artifact a node may upload: bytes, or with a K, M or G suffix.
     #[arg(long, default_value = "10G", value_parser = parse_size)]
     pub max_artifact_size: u64,
+    /// Longest log kept of a run: bytes, or with a K, M or G suffix. A longer one is stored
+    /// cut there, with a line saying so, and its node stops the job.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub max_log_size: u64,
     /// Require a bearer token on every request but /v1/health, /v1/openapi.json and the
     /// manifest schema; make the
     /// first one with `lwr tokens create --data-dir DIR --scope admin` (`lwr dev --auth`
@@ -748,7 +763,8 @@ pub struct FetchArgs {
     pub conn: ServerConn,
     /// NEED/ARTIFACT inside a job; JOB/ARTIFACT outside one.
     pub artifact: String,
-    /// Where to write it; default the artifact's file name in the current directory.
+    /// Where to write it (replacing what is there); default the last part of the
+    /// artifact's name in the current directory, which must not exist yet.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
 }

@@ -522,9 +522,9 @@ fn check_names<'g>(
                 name,
             });
         }
-        if job.name.chars().any(char::is_control) {
+        if crate::text::has_unsafe(&job.name) {
             let message = format!(
-                "job name '{}' contains a control character",
+                "job name '{}' contains a control character or a direction override",
                 show(&job.name)
             );
             let field = Some("name".to_string());

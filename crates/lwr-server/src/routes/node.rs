@@ -23,19 +23,22 @@ use crate::{ApiError, artifacts, logs};
 
 #[utoipa::path(
     post, path = "/v1/nodes", request_body = RegisterNode,
-    responses((status = 200, description = "the node's id", body = NodeInfo), (status = 400, body = ErrorBody))
+    responses(
+        (status = 200, description = "the node's id", body = NodeInfo), (status = 400, body = ErrorBody),
+        (status = 403, description = "the name belongs to another active token, or this token acts for another node name or was bound to other hostname and tags", body = ErrorBody),
+    )
 )]
 pub(crate) async fn register_node(
     auth: NewNode,
     State(state): Shared,
     ApiJson(reg): ApiJson<RegisterNode>,
 ) -> ApiResult<Json<NodeInfo>> {
-    if reg.name.trim().is_empty() || reg.name.len() > 200 || reg.name.chars().any(char::is_control)
+    if reg.name.trim().is_empty() || reg.name.len() > 200 || lwr_model::text::has_unsafe(&reg.name)
     {
         return Err(ApiError::field(
             StatusCode::BAD_REQUEST,
             "name",
-            "node name must be 1 to 200 characters, none of them control characters",
+            "node name must be 1 to 200 characters, none of them control characters or direction overrides",
         ));
     }
     if reg.slots == 0 || reg.slots > MAX_SLOTS {
@@ -43,6 +46,17 @@ pub(crate) async fn register_node(
             StatusCode::BAD_REQUEST,
             "slots",
             format!("a node needs 1 to {MAX_SLOTS} slots"),
+        ));
+    }
+    let p = &reg.properties;
+    let shown = [&p.os, &p.arch, &p.hostname]
+        .into_iter()
+        .chain(p.tags.iter().flat_map(|(k, v)| [k, v]));
+    if shown.into_iter().any(|t| lwr_model::text::has_unsafe(t)) {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "properties",
+            "node properties may not hold control characters or direction overrides",
         ));
     }
     let props = serde_json::to_string(&reg.properties).unwrap_or_default();
@@ -66,8 +80,63 @@ pub(crate) async fn register_node(
             ),
         ));
     }
+    if let (Some(caller), false) = (&auth.caller, auth.is_admin()) {
+        bind_token(store, caller.token_id, &reg).await?;
+    }
     let id = store.register_node_for(&reg, now, auth.token_id()).await?;
     Ok(Json(store.node(id, now).await?))
+}
+
+/// What a node claims about itself that placement pins jobs on: its hostname and tags.
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    hostname: &'a str,
+    tags: &'a std::collections::BTreeMap<String, String>,
+}
+
+/// A `node:register` token acts for one node name (bound when it is made or at its first
+/// registration), and that node's hostname and tags stay what it first claimed: a stolen
+/// token can neither register a second node nor make its own node look like another
+/// (`hostname: secure-signer`, `hsm: "true"`) to jobs pinned there. Only an operator changes
+/// them (`lwr nodes label`), or a new token.
+async fn bind_token(
+    store: &lwr_store::Store,
+    token: i64,
+    reg: &RegisterNode,
+) -> Result<(), ApiError> {
+    let claims = serde_json::to_string(&Claims {
+        hostname: &reg.properties.hostname,
+        tags: &reg.properties.tags,
+    })
+    .unwrap_or_default();
+    let bound = store
+        .bind_node_token(token, &reg.name, Some(&claims))
+        .await?;
+    if bound.name.as_deref() != Some(reg.name.as_str()) {
+        return Err(ApiError::field(
+            StatusCode::FORBIDDEN,
+            "name",
+            format!(
+                "this token acts for node '{}' only; make a token for each node \
+                 (`lwr tokens create --scope node:register --node {}`)",
+                bound.name.unwrap_or_default(),
+                reg.name
+            ),
+        ));
+    }
+    if bound.claims.as_deref() != Some(claims.as_str()) {
+        return Err(ApiError::field(
+            StatusCode::FORBIDDEN,
+            "properties",
+            format!(
+                "node '{}' claimed other hostname and tags ({}) when it first registered with \
+                 this token; an operator changes them (`lwr nodes label`), or gives it a new token",
+                reg.name,
+                bound.claims.unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[utoipa::path(
@@ -88,6 +157,9 @@ pub(crate) async fn claim(
         .queue
         .claim(node, req.max.min(256), &req.results, wait)
         .await?;
+    for a in &mut claimed.assignments {
+        a.max_log_bytes = Some(state.config.max_log_bytes);
+    }
     if state.config.auth {
         // Without it, a job could not read its needs' manifests (`lwr fetch`). The key was
         // loaded at start, so this cannot fail after the claim committed.
@@ -198,7 +270,9 @@ pub struct UploadQuery {
     request_body(content = String, content_type = "application/octet-stream"),
     responses(
         (status = 204, description = "stored"),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the run ended with its node's result, or ended and has its log: nothing changes", body = ErrorBody),
+        (status = 413, body = ErrorBody),
     )
 )]
 pub(crate) async fn upload_log(
@@ -209,7 +283,7 @@ pub(crate) async fn upload_log(
 ) -> ApiResult<StatusCode> {
     let run = caller.run;
     let store = state.queue.store();
-    caller.holds_run(&state).await?;
+    artifacts::writable_run(&state, run, caller.node, artifacts::Part::Log).await?;
     let (size, sha256) = logs::store(
         &state.config.data_dir,
         run,
@@ -255,7 +329,7 @@ fn other_kind() -> String {
         (status = 202, description = "received without `sha256`: staged, not stored, until committed", body = StagedArtifact),
         (status = 400, description = "bad name, kind, hash or path", body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "the run already has an artifact of that name", body = ErrorBody),
+        (status = 409, description = "the run already has an artifact of that name, has its manifest, or ended with its node's result", body = ErrorBody),
         (status = 413, description = "larger than the server's limit", body = ErrorBody),
         (status = 422, description = "the content does not match its sha256", body = ErrorBody),
         (status = 503, description = "without `sha256`: too many uploads wait for their commit; retry later", body = ErrorBody),
@@ -302,7 +376,7 @@ pub(crate) async fn upload_artifact(
         (status = 400, description = "bad hash", body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, description = "no such run, or no such staged upload (expired or the server restarted: upload again)", body = ErrorBody),
-        (status = 409, description = "the run already has an artifact of that name", body = ErrorBody),
+        (status = 409, description = "the run already has an artifact of that name, has its manifest, or ended with its node's result", body = ErrorBody),
         (status = 422, description = "the content received does not match `sha256`: dropped", body = ErrorBody),
     )
 )]
@@ -324,7 +398,7 @@ pub(crate) async fn commit_artifact(
     responses(
         (status = 204, description = "recorded"),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "the run already has a manifest", body = ErrorBody),
+        (status = 409, description = "the run already has a manifest, or ended with its node's result", body = ErrorBody),
         (status = 422, description = "a listed artifact was not uploaded", body = ErrorBody),
     )
 )]

@@ -21,11 +21,13 @@ const MAX_TEXT: usize = 1024;
 const MAX_LABELS: usize = 64;
 
 fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.len() > MAX_TEXT || value.chars().any(char::is_control) {
+    if value.len() > MAX_TEXT || lwr_model::text::has_unsafe(value) {
         return Err(ApiError::field(
             StatusCode::UNPROCESSABLE_ENTITY,
             field,
-            format!("must be at most {MAX_TEXT} bytes without control characters"),
+            format!(
+                "must be at most {MAX_TEXT} bytes without control characters or direction overrides"
+            ),
         ));
     }
     Ok(())
@@ -304,13 +306,22 @@ pub(crate) async fn create_token(
     }
     if let Some(label) = &req.label {
         check_len("label", label, MAX_LABEL)?;
-        if label.chars().any(char::is_control) {
+        if lwr_model::text::has_unsafe(label) {
             return Err(ApiError::field(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "label",
-                "a label may not hold control characters",
+                "a label may not hold control characters or direction overrides",
             ));
         }
+    }
+    if let Some(node) = &req.node
+        && (node.trim().is_empty() || node.len() > 200 || lwr_model::text::has_unsafe(node))
+    {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "node",
+            "node name must be 1 to 200 characters, none of them control characters",
+        ));
     }
     let now = lwr_store::now_ms();
     let expires_at = match req.expires_secs {
@@ -334,6 +345,13 @@ pub(crate) async fn create_token(
         .store()
         .create_token(&Scopes(scopes), req.label.as_deref(), expires_at, now)
         .await?;
+    if let Some(node) = &req.node {
+        state
+            .queue
+            .store()
+            .bind_node_token(info.id, node, None)
+            .await?;
+    }
     Ok((StatusCode::CREATED, Json(CreatedToken { info, token })))
 }
 

@@ -60,6 +60,7 @@ pub(crate) async fn get_graph_spec(
     State(state): Shared,
     ApiPath(id): ApiPath<GraphId>,
 ) -> ApiResult<Json<GraphSpec>> {
+    let _turn = state.heavy_read().await?;
     Ok(Json(state.queue.store().graph_spec(id).await?))
 }
 
@@ -165,6 +166,7 @@ pub struct JobFilter {
         (status = 200, body = JobList),
         (status = 400, description = "an unknown state or a bad name pattern", body = ErrorBody),
         (status = 404, description = "no such graph", body = ErrorBody),
+        (status = 503, description = "too many large listings at once: try again shortly", body = ErrorBody),
     )
 )]
 pub(crate) async fn list_jobs(
@@ -209,6 +211,7 @@ pub(crate) async fn list_jobs(
         name: q.name.filter(|n| !n.is_empty()),
         limit: q.limit.map(|n| n.max(1)),
     };
+    let _turn = state.heavy_read().await?;
     let jobs = store.jobs_matching(&query).await?;
     if let Some(graph) = q.graph.filter(|_| jobs.is_empty()) {
         // No jobs: an unknown graph is an error, not an empty list (a graph has jobs, or

@@ -35,12 +35,16 @@ pub async fn fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
     let dest = match args.output {
         Some(p) => p,
         None => {
-            let from = if artifact.path.is_empty() {
-                &artifact.name
-            } else {
-                &artifact.path
-            };
-            PathBuf::from(from.rsplit('/').next().unwrap_or(from))
+            let dest = default_dest(&artifact.name)?;
+            // Never over a file the caller did not name: a server chose this name.
+            if std::fs::symlink_metadata(&dest).is_ok() {
+                bail!(
+                    "{} exists already: pass -o {} to overwrite it, or -o another path",
+                    dest.display(),
+                    dest.display()
+                );
+            }
+            dest
         }
     };
     let size = client
@@ -54,6 +58,18 @@ pub async fn fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
         dest.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `lwr fetch` without `-o` saves artifact `name`: its last component, in the current
+/// directory, checked as the server checks names (never the path a node reported, which
+/// names any file, nor `..`).
+fn default_dest(name: &str) -> anyhow::Result<PathBuf> {
+    lwr_model::manifest::check_artifact_name(name)
+        .map_err(|e| anyhow::anyhow!("the manifest names artifact '{name}': {e}"))?;
+    match name.rsplit('/').next() {
+        Some(last) if !last.is_empty() && last != "." && last != ".." => Ok(PathBuf::from(last)),
+        _ => bail!("artifact '{name}' has no file name to save it under: pass -o PATH"),
+    }
 }
 
 /// Inside a job: `NEED/ARTIFACT`, the need's manifest found in `$LWR_MANIFESTS`.

@@ -66,11 +66,28 @@ impl crate::cli::ServerConn {
     /// A client for the server, with the token from --token or LWR_TOKEN, or else from the
     /// admin.token that `lwr dev --auth` wrote to --data-dir.
     pub fn client(&self) -> anyhow::Result<lwr_client::Client> {
-        let token = match (&self.token, &self.data_dir) {
-            (Some(token), _) => Some(token.clone()),
-            (None, Some(dir)) => Some(tokens::read_admin_token(dir)?),
-            (None, None) => None,
-        };
-        Ok(lwr_client::Client::new(&self.server)?.with_token(token))
+        Ok(lwr_client::Client::new(&self.server)?.with_token(self.bearer()?))
+    }
+
+    /// The token from --token or LWR_TOKEN, --token-file, or the admin.token that
+    /// `lwr dev --auth` wrote to --data-dir.
+    pub fn bearer(&self) -> anyhow::Result<Option<String>> {
+        use anyhow::Context;
+        Ok(match (&self.token, &self.token_file, &self.data_dir) {
+            (Some(token), _, _) => Some(token.clone()),
+            (None, Some(file), _) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("--token-file {}: cannot read it", file.display()))?;
+                let token = text.lines().next().unwrap_or_default().trim().to_string();
+                anyhow::ensure!(
+                    !token.is_empty(),
+                    "--token-file {}: the file holds no token",
+                    file.display()
+                );
+                Some(token)
+            }
+            (None, None, Some(dir)) => Some(tokens::read_admin_token(dir)?),
+            (None, None, None) => None,
+        })
     }
 }

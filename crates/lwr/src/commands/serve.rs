@@ -45,6 +45,9 @@ fn provider_config(args: &ServeArgs) -> anyhow::Result<lwr_server::provider::Pro
         },
         _ => ProviderKind::Static,
     };
+    if args.provider_user.is_some() && kind != ProviderKind::Local {
+        anyhow::bail!("--provider-user is for --provider local");
+    }
     if args.provider_min > args.provider_max {
         anyhow::bail!(
             "--provider-min {} is more than --provider-max {}",
@@ -58,15 +61,12 @@ fn provider_config(args: &ServeArgs) -> anyhow::Result<lwr_server::provider::Pro
         max: args.provider_max,
         idle: args.provider_idle,
         slots: args.provider_slots.max(1),
+        user: args.provider_user.clone(),
     })
 }
 
 pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
-    let client_token = match (&args.conn.token, &args.conn.data_dir) {
-        (Some(t), _) => Some(t.clone()),
-        (None, Some(dir)) => Some(super::tokens::read_admin_token(dir)?),
-        (None, None) => None,
-    };
+    let client_token = args.conn.bearer()?;
     let config = NodeConfig {
         token: client_token,
         server: args.conn.server,
@@ -205,6 +205,7 @@ async fn dev_tokens(store: &Store, data_dir: &Path, nodes: u32) -> anyhow::Resul
         scopes: vec![scope],
         expires_secs: None,
         label: Some(label),
+        node: None,
     };
     let admin =
         super::tokens::create_offline(store, &make(Scope::Admin, "lwr dev admin".into())).await?;
@@ -250,7 +251,9 @@ async fn start_server(
             args.listen
         );
     }
-    std::fs::create_dir_all(&args.data_dir)
+    // Its owner's only (the server checks again): it will hold the database.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
     let lock = lock_data_dir(&args.data_dir)?;
     let url = match &args.db {
@@ -269,6 +272,7 @@ async fn start_server(
     config.artifact_expiry = args.artifact_expires;
     config.artifact_sweep = args.artifact_sweep;
     config.max_artifact_bytes = args.max_artifact_size;
+    config.max_log_bytes = args.max_log_size.max(1024);
     config.auth = args.auth;
     config.public_url = args.public_url.clone();
     config.web = Some(lwr_web::router);

@@ -24,6 +24,7 @@ pub async fn run(args: TokensArgs) -> anyhow::Result<ExitCode> {
                 scopes: a.scope.clone(),
                 expires_secs: a.expires.map(|d| d.as_secs()),
                 label: a.label.clone(),
+                node: a.node.clone(),
             };
             let created = match open_store(&a.target).await? {
                 Some(store) => {
@@ -120,8 +121,12 @@ async fn open_store(target: &TokenTarget) -> anyhow::Result<Option<Store>> {
     let url = match (&target.db, &target.data_dir) {
         (Some(url), _) => url.clone(),
         (None, Some(dir)) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(dir)
+            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
             super::serve::sqlite_url(dir)?
         }
         (None, None) => return Ok(None),
@@ -144,6 +149,9 @@ pub async fn create_offline(store: &Store, req: &CreateToken) -> anyhow::Result<
     let (info, token) = store
         .create_token(&Scopes(scopes), req.label.as_deref(), expires_at, now)
         .await?;
+    if let Some(node) = &req.node {
+        store.bind_node_token(info.id, node, None).await?;
+    }
     Ok(CreatedToken { info, token })
 }
 
