@@ -130,6 +130,7 @@ impl Store {
         };
         let (write, read, node) = match dialect {
             Dialect::Sqlite => {
+                create_private(url);
                 let url = sqlite_create_url(url);
                 let write =
                     connect(1)
@@ -196,6 +197,26 @@ impl Store {
 }
 
 /// SQLite creates the file only when asked to.
+/// Creates a new SQLite database file as 0600 before SQLite does: it holds the key job tokens
+/// are signed with, and SQLite gives its -wal and -shm files the database file's mode. An
+/// existing file is left as it is (the server checks data dir modes at start); failures are
+/// left for SQLite to report.
+fn create_private(url: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        return;
+    };
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path.contains(":memory:") {
+        return;
+    }
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+}
+
 fn sqlite_create_url(url: &str) -> String {
     if url.contains('?') {
         url.to_string()

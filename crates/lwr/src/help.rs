@@ -36,6 +36,11 @@ const EXAMPLES: &[(&str, &str)] = &[
          lwr graph --repo . --submit                  run the working tree's graph (like push)",
     ),
     (
+        "import",
+        "lwr import taskgraph full-task-graph.json --out lwr.yml   a TaskCluster task graph\n  \
+         taskgraph full --json | lwr import taskgraph - --out lwr.yml",
+    ),
+    (
         "graph diff",
         "lwr graph diff --repo examples HEAD~1 HEAD   what the last commit changed\n  \
          lwr graph diff old.json new/                 a --json file against a directory\n  \

@@ -333,9 +333,8 @@ fn bad_bodies_paths_and_queries_get_json_4xx_and_change_nothing() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(
-        entries.iter().all(
-            |e| e.starts_with("lwr.db") || ["logs", "artifacts", "spool"].contains(&e.as_str())
-        ),
+        entries.iter().all(|e| e.starts_with("lwr.db")
+            || ["logs", "artifacts", "spool", "lock"].contains(&e.as_str())),
         "nothing else in the data dir: {entries:?}"
     );
     let spooled = std::fs::read_dir(server.data_dir.join("spool")).map_or(0, |d| d.count());
