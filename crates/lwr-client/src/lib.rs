@@ -48,6 +48,16 @@ async fn open(file: &std::path::Path) -> Result<tokio::fs::File> {
         })
 }
 
+/// `file` opened, with its length (an upload's Content-Length).
+async fn open_sized(file: &std::path::Path) -> Result<(tokio::fs::File, u64)> {
+    let f = open(file).await?;
+    let meta = f.metadata().await.map_err(|source| ClientError::File {
+        path: file.display().to_string(),
+        source,
+    })?;
+    Ok((f, meta.len()))
+}
+
 /// Bytes read from a file per chunk of an upload: large enough that a big artifact is a few
 /// hundred reads, small enough to keep a node's memory flat.
 const UPLOAD_CHUNK: usize = 1 << 20;
@@ -696,15 +706,7 @@ impl Client {
         meta: &ArtifactMeta,
         file: &std::path::Path,
     ) -> Result<()> {
-        let f = open(file).await?;
-        let len = f
-            .metadata()
-            .await
-            .map_err(|source| ClientError::File {
-                path: file.display().to_string(),
-                source,
-            })?
-            .len();
+        let (f, len) = open_sized(file).await?;
         let ep = Client::artifact_upload(run, node, meta, Some(&meta.sha256));
         let req = self
             .request(&ep, UPLOAD_TIMEOUT)
@@ -798,15 +800,7 @@ impl Client {
         revision: &str,
         file: &std::path::Path,
     ) -> Result<BundleInfo> {
-        let f = open(file).await?;
-        let len = f
-            .metadata()
-            .await
-            .map_err(|source| ClientError::File {
-                path: file.display().to_string(),
-                source,
-            })?
-            .len();
+        let (f, len) = open_sized(file).await?;
         let ep = paths::upload_bundle(revision);
         let req = self
             .request(&ep, UPLOAD_TIMEOUT)

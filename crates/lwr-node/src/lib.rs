@@ -418,6 +418,19 @@ async fn register(client: &Client, config: &NodeConfig) -> Result<NodeId, NodeEr
 }
 
 impl Node {
+    /// A run's log with something in it becomes the run's (kept under its id, told to
+    /// the live-log registry); an empty one stays in the slot for the next job.
+    fn keep_run_log(&self, run: RunId, slot_log: &Path) {
+        let log_size = std::fs::metadata(slot_log).map_or(0, |m| m.len());
+        self.run_logs.ended(run, log_size);
+        if log_size > 0 {
+            let kept = exec::log_path(&self.config.work_dir, run);
+            if let Err(e) = std::fs::rename(slot_log, &kept) {
+                tracing::warn!("run {run}: cannot keep its log as {}: {e}", kept.display());
+            }
+        }
+    }
+
     /// Claims work while slots are free, until `stop` turns true.
     async fn claim_loop(self: Arc<Self>, slots: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::new();
@@ -655,19 +668,7 @@ impl Node {
         {
             tracing::warn!("run {}: cannot cut its log: {e}", a.run_id);
         }
-        // A log with something in it becomes the run's; an empty one stays for the next job.
-        let log_size = std::fs::metadata(&slot_log).map_or(0, |m| m.len());
-        self.run_logs.ended(a.run_id, log_size);
-        if log_size > 0 {
-            let kept = exec::log_path(&self.config.work_dir, a.run_id);
-            if let Err(e) = std::fs::rename(&slot_log, &kept) {
-                tracing::warn!(
-                    "run {}: cannot keep its log as {}: {e}",
-                    a.run_id,
-                    kept.display()
-                );
-            }
-        }
+        self.keep_run_log(a.run_id, &slot_log);
         self.reporter.submit(result, outputs);
         lock(&self.running).remove(&a.run_id);
         match kept {

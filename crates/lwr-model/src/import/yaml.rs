@@ -126,32 +126,9 @@ fn write_job(out: &mut String, job: &JobSpec) {
     if !job.requires.is_default() {
         field(out, "requires", job.requires.as_str());
     }
-    let node = &job.node;
-    if !node.properties.is_empty() {
-        out.push_str("    node: {");
-        for (i, (k, v)) in node.properties.iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            quoted(out, k);
-            out.push_str(": ");
-            quoted(out, v);
-        }
-        out.push_str("}\n");
-    }
-    if !job.env.is_empty() {
-        // One line: thousands of jobs with a dozen variables each must stay a small file.
-        out.push_str("    env: {");
-        for (i, (k, v)) in job.env.iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            quoted(out, k);
-            out.push_str(": ");
-            quoted(out, v);
-        }
-        out.push_str("}\n");
-    }
+    flow_map(out, "node", &job.node.properties);
+    // One line: thousands of jobs with a dozen variables each must stay a small file.
+    flow_map(out, "env", &job.env);
     if job.timeout_secs != crate::graph::DEFAULT_TIMEOUT_SECS {
         field(out, "timeout", &duration(job.timeout_secs));
     }
@@ -228,6 +205,25 @@ pub(crate) fn quoted(out: &mut String, s: &str) {
 fn printable(c: char) -> bool {
     matches!(c as u32, 0x20..=0x7e | 0xa0..=0xd7ff | 0xe000..=0xfffd | 0x10000..=0x10ffff)
         && !matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}')
+}
+
+/// `    KEY: {"k": "v", ...}` on one line, nothing for an empty map.
+fn flow_map(out: &mut String, key: &str, map: &std::collections::BTreeMap<String, String>) {
+    if map.is_empty() {
+        return;
+    }
+    out.push_str("    ");
+    out.push_str(key);
+    out.push_str(": {");
+    for (i, (k, v)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        quoted(out, k);
+        out.push_str(": ");
+        quoted(out, v);
+    }
+    out.push_str("}\n");
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 pub use rest::{BuildbotError, Credentials, Rest};
 
-use crate::{Backoff, Node, exec};
+use crate::{Backoff, Node};
 
 /// `lwr node --buildbot URL`, with the credentials from the environment.
 #[derive(Debug, Clone)]
@@ -173,18 +173,7 @@ impl Node {
         let (result, outputs) = self
             .collect_artifacts(result, &slot_dir, &extra_file, &[])
             .await;
-        let log_size = std::fs::metadata(&slot_log).map_or(0, |m| m.len());
-        self.run_logs.ended(a.run_id, log_size);
-        if log_size > 0 {
-            let kept = exec::log_path(&self.config.work_dir, a.run_id);
-            if let Err(e) = std::fs::rename(&slot_log, &kept) {
-                tracing::warn!(
-                    "run {}: cannot keep its log as {}: {e}",
-                    a.run_id,
-                    kept.display()
-                );
-            }
-        }
+        self.keep_run_log(a.run_id, &slot_log);
         // Recorded in the journal first: a restart in between finds the result, not the run.
         self.reporter.submit(result, outputs);
         if let Some(bridge) = &self.bridge {
