@@ -1,12 +1,12 @@
-//! Rolling upgrades: the latest release (the newest `v*` tag) and this build in one cluster
+//! Rolling upgrades: the latest release (the last line of `RELEASES`) and this build in one cluster
 //! on one PostgreSQL database. A server and a node of each, each node talking to the other
 //! release's server; graphs submitted by both CLIs while the old server runs, is stopped, is
 //! restarted on the database the new server migrated, and is finally replaced by the new
 //! build. Every job must succeed, once.
 //!
-//! The old release's binary is built from its tag once and cached (`LWR_UPGRADE_CACHE`,
-//! default /tmp/lwr-upgrade-cache, under the tag and its commit). While this build
-//! is the tagged release itself (no code changed since the tag), the "new release" is this
+//! The old release's binary is built from its commit once and cached (`LWR_UPGRADE_CACHE`,
+//! default /tmp/lwr-upgrade-cache, under its version and commit). While this build
+//! is the release itself (no code changed since the tag), the "new release" is this
 //! build with one extra additive migration (`LWR_TEST_SCHEMA_PROBE`), so the window is
 //! exercised before a second release exists. Needs `LWR_TEST_POSTGRES_URL`.
 
@@ -42,23 +42,40 @@ fn git(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The latest release before HEAD: its version and commit, from the checked-in `RELEASES`
+/// file (a clone made without tags still has it, and the commit in its history).
+fn latest_release() -> (String, String) {
+    let path = workspace().join("RELEASES");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let (version, commit) = l.split_once(char::is_whitespace)?;
+            Some((version.to_string(), commit.trim().to_string()))
+        })
+        // A release made on a branch this HEAD does not contain is not its predecessor.
+        .filter(|(_, commit)| git(&["merge-base", "--is-ancestor", commit, "HEAD"]).is_some())
+        .last()
+        .unwrap_or_else(|| {
+            panic!(
+                "no release in {} is an ancestor of HEAD (a shallow clone? fetch its history)",
+                path.display()
+            )
+        })
+}
+
 /// The previous release and the new one.
 fn releases() -> (Release, Release) {
-    let describe = || {
-        git(&["describe", "--tags", "--abbrev=0", "--match", "v*", "HEAD"])
-            .filter(|t| !t.is_empty())
-    };
-    // A clone made without tags gets them from where it came from.
-    let tag = describe()
-        .or_else(|| git(&["fetch", "-q", "--tags"]).and_then(|_| describe()))
-        .expect("no release tag (v*) before HEAD: tag the first release (CHANGELOG.md)");
+    let (version, commit) = latest_release();
     let this = PathBuf::from(bin());
-    // Compared as code: a tag on a commit whose sources are HEAD's is this build.
+    // Compared as code: a release whose sources are HEAD's is this build.
     let unchanged = Command::new("git")
         .args([
             "diff",
             "--quiet",
-            &tag,
+            &commit,
             "HEAD",
             "--",
             "crates",
@@ -70,21 +87,21 @@ fn releases() -> (Release, Release) {
         .is_ok_and(|s| s.success());
     if unchanged {
         let old = Release {
-            name: tag.clone(),
+            name: version.clone(),
             bin: this.clone(),
             env: Vec::new(),
         };
         let probe = lwr_store::SCHEMA_PROBE_ENV.to_string();
         let new = Release {
-            name: format!("{tag}+probe"),
+            name: format!("{version}+probe"),
             bin: this,
             env: vec![(probe, "1".into())],
         };
         return (old, new);
     }
     let old = Release {
-        name: tag.clone(),
-        bin: build_release(&tag),
+        name: version.clone(),
+        bin: build_release(&version, &commit),
         env: Vec::new(),
     };
     let new = Release {
@@ -95,20 +112,40 @@ fn releases() -> (Release, Release) {
     (old, new)
 }
 
-/// `lwr` of `tag`, built once into the cache (release profile, its own target dir).
-fn build_release(tag: &str) -> PathBuf {
+/// Hard links of every file under `from` at the same place under `to` (directories are made).
+fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            link_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::hard_link(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// `lwr` of a release, built once into the cache (`LWR_UPGRADE_CACHE`, keyed by commit).
+///
+/// A debug build in a target dir seeded with hard links to this build's compiled dependencies:
+/// the release's crates.io dependencies are mostly this build's, so only its own crates
+/// compile (a minute or two, where a cold release build takes five to nine). Cargo writes new
+/// files and never into existing ones, so the links never change this build's target dir.
+fn build_release(version: &str, commit: &str) -> PathBuf {
     let cache = std::env::var("LWR_UPGRADE_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from("/tmp/lwr-upgrade-cache"));
-    // Keyed by the tag's commit too: a tag moved (or a cache from another clone) never
-    // stands in for another build.
-    let commit = git(&["rev-parse", "--short=12", &format!("{tag}^{{commit}}")])
-        .unwrap_or_else(|| panic!("cannot resolve {tag}"));
-    let bin = cache.join(format!("{tag}-{commit}")).join("lwr");
+    let short = &commit[..commit.len().min(12)];
+    let bin = cache.join(format!("{version}-{short}")).join("lwr");
     if bin.exists() {
         return bin;
     }
-    let src = cache.join(format!("src-{tag}-{}", std::process::id()));
+    let job = format!("{version}-{}", std::process::id());
+    let src = cache.join(format!("src-{job}"));
+    let target = cache.join(format!("target-{job}"));
     std::fs::create_dir_all(&cache).expect("creating the upgrade cache");
     let run = |cmd: &mut Command, what: &str| {
         let out = cmd
@@ -124,23 +161,35 @@ fn build_release(tag: &str) -> PathBuf {
         Command::new("git")
             .args(["worktree", "add", "--detach"])
             .arg(&src)
-            .arg(tag)
+            .arg(commit)
             .current_dir(workspace()),
-        &format!("checking out {tag}"),
+        &format!("checking out {version} ({short})"),
     );
+    // This test's own binary is TARGET/debug/deps/upgrade-HASH: its profile dir holds the
+    // dependencies to seed from.
+    let profile = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()));
+    if let Some(profile) = profile {
+        for dir in ["deps", "build", ".fingerprint"] {
+            // Seeding only saves time: a failure just means a longer build.
+            let _ = link_tree(&profile.join(dir), &target.join("debug").join(dir));
+        }
+    }
     run(
         Command::new("cargo")
-            .args(["build", "--release", "--locked", "--bin", "lwr"])
-            .env("CARGO_TARGET_DIR", cache.join("target"))
+            .args(["build", "--locked", "--bin", "lwr"])
+            .env("CARGO_TARGET_DIR", &target)
             .current_dir(&src),
-        &format!("building {tag}"),
+        &format!("building {version} ({short})"),
     );
     let home = bin.parent().expect("the binary's cache dir");
     std::fs::create_dir_all(home).expect("creating the cache dir");
     // Another test run may be building too: the binary appears whole or not at all.
     let tmp = home.join(format!("lwr.{}", std::process::id()));
-    std::fs::copy(cache.join("target/release/lwr"), &tmp).expect("copying the built lwr");
+    std::fs::copy(target.join("debug/lwr"), &tmp).expect("copying the built lwr");
     std::fs::rename(&tmp, &bin).expect("placing the built lwr");
+    let _ = std::fs::remove_dir_all(&target);
     let _ = Command::new("git")
         .args(["worktree", "remove", "--force"])
         .arg(&src)
