@@ -10,9 +10,9 @@ use axum::extract::{Form, Path, State};
 use axum::http::Method;
 use axum::response::{IntoResponse, Redirect, Response};
 use lwr_model::api::RetriggerRequest;
-use lwr_model::{JobId, RunId, RunState};
+use lwr_model::{JobId, JobSpec, RunId, RunState};
 use lwr_server::AppState;
-use maud::html;
+use maud::{Markup, html};
 
 use crate::access::Viewer;
 use crate::page::{WebResult, frame, post_button, state_badge};
@@ -89,7 +89,7 @@ pub async fn page(
         h2 { "Spec" }
         dl.spec {
             @if let Some(t) = &spec.title { dt { "title" } dd { (t) } }
-            dt { "command" } dd { pre { (spec.run) } }
+            (what_runs(&spec))
             dt { "needs" } dd {
                 @if job.needs.is_empty() { "none" }
                 @for need in &job.needs {
@@ -199,8 +199,48 @@ pub async fn artifact(
     .await
 }
 
+/// What the job runs: its command, or the Buildbot builder a bridge node starts for it
+/// (a `buildbot:` job has no command of its own).
+fn what_runs(spec: &JobSpec) -> Markup {
+    match &spec.buildbot {
+        Some(bb) => html! {
+            dt { "Buildbot builder" } dd { code { (bb.builder) } }
+            @if !bb.properties.is_empty() {
+                dt { "build properties" } dd {
+                    @for (name, value) in &bb.properties { code { (name) "=" (value) } " " }
+                }
+            }
+        },
+        None => html! { dt { "command" } dd { pre { (spec.run) } } },
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use lwr_model::buildbot::BuildbotJob;
+
+    fn spec(yml: &str) -> lwr_model::JobSpec {
+        let graph = lwr_model::graph::parse(yml, "lwr.yml").expect("a valid lwr.yml");
+        graph.jobs.into_iter().next().expect("one job")
+    }
+
+    #[test]
+    fn a_job_shows_its_command_or_its_builder() {
+        let plain =
+            super::what_runs(&spec("version: 1\njobs:\n  a:\n    run: make check\n")).into_string();
+        assert!(plain.contains("<pre>make check</pre>"), "{plain}");
+        let bb = spec(
+            "version: 1\njobs:\n  t:\n    buildbot: {builder: linux64-test, properties: {suite: mochitest}}\n",
+        );
+        assert!(
+            matches!(&bb.buildbot, Some(BuildbotJob { builder, .. }) if builder == "linux64-test")
+        );
+        let shown = super::what_runs(&bb).into_string();
+        assert!(shown.contains("<code>linux64-test</code>"), "{shown}");
+        assert!(shown.contains("<code>suite=mochitest</code>"), "{shown}");
+        assert!(!shown.contains("command"), "no empty command: {shown}");
+    }
+
     #[test]
     fn sizes_read_well() {
         assert_eq!(super::size(512), "512 B");
