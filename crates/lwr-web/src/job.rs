@@ -89,7 +89,7 @@ pub async fn page(
         h2 { "Spec" }
         dl.spec {
             @if let Some(t) = &spec.title { dt { "title" } dd { (t) } }
-            (what_runs(&spec))
+            (what_runs(spec))
             dt { "needs" } dd {
                 @if job.needs.is_empty() { "none" }
                 @for need in &job.needs {
