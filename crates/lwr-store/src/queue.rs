@@ -243,75 +243,53 @@ impl Store {
         let mut assignments = Vec::with_capacity(picked.len());
         // Jobs of one graph claimed together share its row.
         let mut origins: HashMap<GraphId, GraphOrigin> = HashMap::new();
-        for (job_id, placement) in picked {
-            let row = sqlx::query(
-                "UPDATE jobs SET state = 'running', runs = runs + 1, node = $2, reason = NULL, \
-                 updated_at = $3 WHERE id = $1 AND state = 'pending' \
-                 RETURNING runs, graph_id, spec",
-            )
-            .bind(job_id.get())
-            .bind(node_name.clone())
-            .bind(now.get())
-            .fetch_one(&mut **tx)
-            .await
-            .op("marking job running")?;
-            let number: i64 = col(&row, "runs")?;
-            let graph_id: GraphId = typed(&row, "graph_id")?;
-            let spec: JobSpec = json(&col::<String>(&row, "spec")?, "job spec")?;
-            let run_id: RunId = typed(
-                &sqlx::query(
-                    "INSERT INTO runs (job_id, number, node_id, uid, state, started_at, \
-                     lease_expires, placement) VALUES ($1, $2, $3, $4, 'running', $5, $6, $7) \
-                     RETURNING id",
-                )
-                .bind(job_id.get())
-                .bind(number)
-                .bind(node_id.get())
-                .bind(uuid::Uuid::new_v4().to_string())
-                .bind(now.get())
-                .bind(now.plus(lease).get())
-                .bind(placement)
-                .fetch_one(&mut **tx)
-                .await
-                .op("creating run")?,
-                "id",
-            )?;
-            let origin = match origins.get(&graph_id) {
-                Some(origin) => origin,
-                None => {
-                    let origin = GraphOrigin::read(tx, graph_id).await?;
-                    origins.entry(graph_id).or_insert(origin)
-                }
-            };
-            let kept_dir = spec.keep_workdir.then(|| kept_dir(origin, &spec.name));
-            let source = origin.source(&spec.checkout);
-            // Dependents learn where their needs' manifests are, never guessing a URL.
-            let manifests = if spec.needs.is_empty() {
-                Default::default()
-            } else {
-                needs_manifests(tx, job_id).await?
-            };
-            assignments.push(Assignment {
-                run_id,
-                run_number: u32_of(number),
+        for chunk in picked.chunks(CLAIM_BATCH) {
+            let taken = take_jobs(tx, chunk, node_id, node_name, now, lease).await?;
+            for TakenJob {
                 job_id,
-                job_name: spec.name,
+                run_id,
+                number,
                 graph_id,
-                command: spec.run,
-                env: spec.env,
-                timeout_secs: spec.timeout_secs,
-                lease_secs: (lease.get() / 1000).max(1) as u64,
-                artifacts: spec.artifacts,
-                manifests,
-                kept_dir,
-                // The server adds it when it checks tokens.
-                token: None,
-                timestamps: spec.timestamps,
-                source,
-                buildbot: spec.buildbot,
-                // The server adds its limit.
-                max_log_bytes: None,
-            });
+                spec,
+            } in taken
+            {
+                let origin = match origins.get(&graph_id) {
+                    Some(origin) => origin,
+                    None => {
+                        let origin = GraphOrigin::read(tx, graph_id).await?;
+                        origins.entry(graph_id).or_insert(origin)
+                    }
+                };
+                let kept_dir = spec.keep_workdir.then(|| kept_dir(origin, &spec.name));
+                let source = origin.source(&spec.checkout);
+                // Dependents learn where their needs' manifests are, never guessing a URL.
+                let manifests = if spec.needs.is_empty() {
+                    Default::default()
+                } else {
+                    needs_manifests(tx, job_id).await?
+                };
+                assignments.push(Assignment {
+                    run_id,
+                    run_number: u32_of(number),
+                    job_id,
+                    job_name: spec.name,
+                    graph_id,
+                    command: spec.run,
+                    env: spec.env,
+                    timeout_secs: spec.timeout_secs,
+                    lease_secs: (lease.get() / 1000).max(1) as u64,
+                    artifacts: spec.artifacts,
+                    manifests,
+                    kept_dir,
+                    // The server adds it when it checks tokens.
+                    token: None,
+                    timestamps: spec.timestamps,
+                    source,
+                    buildbot: spec.buildbot,
+                    // The server adds its limit.
+                    max_log_bytes: None,
+                });
+            }
         }
         // Holds matter only when the node got nothing: otherwise it claims again soon.
         let retry_in = if assignments.is_empty() {
@@ -511,6 +489,123 @@ impl Store {
             .transpose()?
             .flatten())
     }
+}
+
+/// Jobs marked running and given a run per statement of a claim: each statement is a
+/// round trip to the database (on SQLite, to its connection's thread), and a claim's cost
+/// is mostly those round trips, so a node taking several jobs pays for two statements, not
+/// two per job. Bounded to keep each statement's parameters few.
+const CLAIM_BATCH: usize = 64;
+
+/// A job a claim took: its new run, and what the assignment is made of.
+struct TakenJob {
+    job_id: JobId,
+    run_id: RunId,
+    number: i64,
+    graph_id: GraphId,
+    spec: JobSpec,
+}
+
+/// `$first, $first+1, ...`: `n` numbered placeholders.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Marks the `picked` jobs (all pending: the claim's search just read them in this
+/// transaction, locked on PostgreSQL) running on the node and creates a run with a lease
+/// for each, in two statements; returns them in `picked`'s order.
+async fn take_jobs(
+    tx: &mut Tx,
+    picked: &[(JobId, String)],
+    node_id: NodeId,
+    node_name: &str,
+    now: Millis,
+    lease: DurationMs,
+) -> Result<Vec<TakenJob>> {
+    let mut update = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE jobs SET state = 'running', runs = runs + 1, node = $1, reason = NULL, \
+         updated_at = $2 WHERE state = 'pending' AND id IN ({}) \
+         RETURNING id, runs, graph_id, spec",
+        placeholders(3, picked.len())
+    )))
+    .bind(node_name.to_string())
+    .bind(now.get());
+    for (job_id, _) in picked {
+        update = update.bind(job_id.get());
+    }
+    let mut marked: HashMap<JobId, (i64, GraphId, JobSpec)> = HashMap::new();
+    for row in update
+        .fetch_all(&mut **tx)
+        .await
+        .op("marking jobs running")?
+    {
+        let spec: JobSpec = json(&col::<String>(&row, "spec")?, "job spec")?;
+        marked.insert(
+            typed(&row, "id")?,
+            (col(&row, "runs")?, typed(&row, "graph_id")?, spec),
+        );
+    }
+    if let Some((missing, _)) = picked.iter().find(|(id, _)| !marked.contains_key(id)) {
+        // Cannot happen while the search's rows are this transaction's to take; if it does,
+        // the whole claim rolls back rather than hand out less than it decided.
+        return Err(StoreError::Conflict(format!(
+            "job {missing} was no longer pending when claimed"
+        )));
+    }
+    // Shared values first, then four per run.
+    let rows = (0..picked.len())
+        .map(|i| {
+            let p = 4 + i * 4;
+            format!(
+                "(${p}, ${}, $1, ${}, 'running', $2, $3, ${})",
+                p + 1,
+                p + 2,
+                p + 3
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut insert = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO runs (job_id, number, node_id, uid, state, started_at, lease_expires, \
+         placement) VALUES {rows} RETURNING id, job_id"
+    )))
+    .bind(node_id.get())
+    .bind(now.get())
+    .bind(now.plus(lease).get());
+    for (job_id, placement) in picked {
+        let number = marked.get(job_id).map_or(0, |m| m.0);
+        insert = insert
+            .bind(job_id.get())
+            .bind(number)
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(placement.clone());
+    }
+    // RETURNING's order is not the VALUES' order on every database: matched by job.
+    let mut runs: HashMap<JobId, RunId> = HashMap::new();
+    for row in insert.fetch_all(&mut **tx).await.op("creating runs")? {
+        runs.insert(typed(&row, "job_id")?, typed(&row, "id")?);
+    }
+    picked
+        .iter()
+        .map(|(job_id, _)| {
+            let (number, graph_id, spec) = marked.remove(job_id).ok_or_else(|| {
+                StoreError::Conflict(format!("job {job_id} was claimed twice in one claim"))
+            })?;
+            let run_id = *runs.get(job_id).ok_or_else(|| {
+                StoreError::Conflict(format!("no run was created for job {job_id}"))
+            })?;
+            Ok(TakenJob {
+                job_id: *job_id,
+                run_id,
+                number,
+                graph_id,
+                spec,
+            })
+        })
+        .collect()
 }
 
 /// How soon a claim that passed over rows locked by another claim looks again.
@@ -726,6 +821,9 @@ async fn report_in(
     // The node's count of infrastructure errors in a row is known to be zero.
     mut clean: bool,
 ) -> Result<Reported> {
+    if let Some(reported) = report_successes(tx, node_id, results, now, clean).await? {
+        return Ok(reported);
+    }
     let mut effects = Effects::default();
     let mut acks = Vec::with_capacity(results.len());
     let (mut ended, mut quarantined) = (0, false);
@@ -791,6 +889,110 @@ async fn report_in(
         ended,
         quarantined,
         clean,
+    })
+}
+
+/// The common report, in three statements whatever its size: every result a success with
+/// one exit code, from a node with no infrastructure errors to count. Anything else
+/// (`None`) goes result by result, where the order of failures and successes matters to
+/// the node's count of errors in a row.
+async fn report_successes(
+    tx: &mut Tx,
+    node_id: NodeId,
+    results: &[RunResult],
+    now: Millis,
+    clean: bool,
+) -> Result<Option<Reported>> {
+    let Some(first) = results.first() else {
+        return Ok(None);
+    };
+    let uniform = results
+        .iter()
+        .all(|r| r.outcome == Outcome::Succeeded && r.exit_code == first.exit_code);
+    if !clean || !uniform || results.len() > CLAIM_BATCH {
+        return Ok(None);
+    }
+    let mut finish = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE runs SET state = 'succeeded', exit_code = $2, reason = NULL, finished_at = $3, \
+         lease_expires = NULL WHERE node_id = $1 AND state = 'running' AND id IN ({}) \
+         RETURNING id, job_id",
+        placeholders(4, results.len())
+    )))
+    .bind(node_id.get())
+    .bind(first.exit_code.map(i64::from))
+    .bind(now.get());
+    for r in results {
+        finish = finish.bind(r.run_id.get());
+    }
+    let mut finished: HashMap<RunId, JobId> = HashMap::new();
+    for row in finish.fetch_all(&mut **tx).await.op("finishing runs")? {
+        finished.insert(typed(&row, "id")?, typed(&row, "job_id")?);
+    }
+    let jobs: Vec<JobId> = finished.values().copied().collect();
+    let effects = if jobs.is_empty() {
+        Effects::default()
+    } else {
+        succeed_jobs(tx, &jobs, now).await?
+    };
+    let mut acks = Vec::with_capacity(results.len());
+    for result in results {
+        // A run reported twice in one batch ended once; the repeat is answered as a repeat.
+        if finished.remove(&result.run_id).is_some() {
+            acks.push(ResultAck {
+                run_id: result.run_id,
+                recorded: true,
+                note: None,
+            });
+        } else {
+            acks.push(refusal(tx, node_id, result).await?);
+        }
+    }
+    Ok(Some(Reported {
+        acks,
+        effects,
+        ended: jobs.len(),
+        quarantined: false,
+        clean: true,
+    }))
+}
+
+/// [`succeed_job`] for several jobs in two statements: each dependent loses one unmet need
+/// per job of `jobs` it needs.
+async fn succeed_jobs(tx: &mut Tx, jobs: &[JobId], now: Millis) -> Result<Effects> {
+    let ids = placeholders(2, jobs.len());
+    let mut succeed = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE jobs SET state = 'succeeded', reason = NULL, updated_at = $1 \
+         WHERE state = 'running' AND id IN ({ids})"
+    )))
+    .bind(now.get());
+    for job in jobs {
+        succeed = succeed.bind(job.get());
+    }
+    succeed
+        .execute(&mut **tx)
+        .await
+        .op("marking jobs succeeded")?;
+    let mut release = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE jobs SET unmet = unmet - (SELECT COUNT(*) FROM job_needs jn \
+         WHERE jn.job_id = jobs.id AND jn.need_id IN ({ids})), updated_at = $1 \
+         WHERE state = 'pending' AND id IN (SELECT job_id FROM job_needs WHERE need_id IN ({ids})) \
+         RETURNING unmet"
+    )))
+    .bind(now.get());
+    for job in jobs {
+        release = release.bind(job.get());
+    }
+    let mut ready = false;
+    for row in release
+        .fetch_all(&mut **tx)
+        .await
+        .op("releasing dependents")?
+    {
+        ready |= col::<i64>(&row, "unmet")? == 0;
+    }
+    Ok(Effects {
+        ready,
+        changed: true,
     })
 }
 

@@ -13,7 +13,8 @@
 //! cargo bench -p lwr --bench loadgen -- [--nodes 8] [--slots 4] [--jobs 20000]
 //!     [--rate 10000] [--batch 100] [--seconds 5] [--db postgres://...] [--servers 2]
 //! ```
-//! `--db` (or `LWR_BENCH_DB`) runs on PostgreSQL (give it an empty database); `--servers 2`
+//! `LWR_BENCH_BIN` runs another build's `lwr server` (to compare two builds under the same
+//! load). `--db` (or `LWR_BENCH_DB`) runs on PostgreSQL (give it an empty database); `--servers 2`
 //! runs two servers on it, the nodes spread over them.
 
 use std::collections::HashMap;
@@ -95,7 +96,10 @@ impl Server {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let log = std::fs::File::create(dir.join("server.log"))
             .map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lwr"));
+        // Another build's binary to compare with (A/B runs of one load generator).
+        let bin =
+            std::env::var("LWR_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_lwr").into());
+        let mut cmd = Command::new(bin);
         cmd.arg("server")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
