@@ -111,11 +111,22 @@ fn releases() -> (Release, Release) {
     (old, new)
 }
 
-/// Hard links of every file under `from` at the same place under `to` (directories are made).
+/// Hard links of every file under `from` at the same place under `to` (directories are made),
+/// except this workspace's own crates: cargo names a workspace crate's outputs the same in
+/// every checkout, so a linked one could pass for the release's (when the checkout's files
+/// look older) or be rewritten in place by its build, changing this build's target dir.
 fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if ["lwr-", "lwr_", "liblwr_", "lwr."]
+            .iter()
+            .any(|own| name.starts_with(own))
+            || name == "lwr"
+        {
+            continue;
+        }
         let target = to.join(entry.file_name());
         let kind = entry.file_type()?;
         if kind.is_dir() {
@@ -131,8 +142,7 @@ fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 ///
 /// A debug build in a target dir seeded with hard links to this build's compiled dependencies:
 /// the release's crates.io dependencies are mostly this build's, so only its own crates
-/// compile (a minute or two, where a cold release build takes five to nine). Cargo writes new
-/// files and never into existing ones, so the links never change this build's target dir.
+/// compile (a minute or two, where a cold release build takes five to nine).
 fn build_release(version: &str, commit: &str) -> PathBuf {
     let cache = std::env::var("LWR_UPGRADE_CACHE")
         .map(PathBuf::from)
