@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use lwr_model::api::ErrorBody;
 use lwr_store::StoreError;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub body: ErrorBody,

@@ -9,6 +9,7 @@ pub mod api;
 pub mod artifact;
 mod artifacts;
 mod error;
+pub mod followed;
 pub mod listen;
 pub mod live;
 pub mod logs;
