@@ -209,10 +209,25 @@ pub(crate) async fn list_jobs(
         graph: q.graph,
         states,
         name: q.name.filter(|n| !n.is_empty()),
-        limit: q.limit.map(|n| n.max(1)),
+        // One more than an answer holds, to know when more match.
+        limit: Some(
+            q.limit
+                .map_or(crate::MAX_LISTED_JOBS + 1, |n| n.clamp(1, crate::MAX_LISTED_JOBS)),
+        ),
     };
     let _turn = state.heavy_read().await?;
     let jobs = store.jobs_matching(&query).await?;
+    if jobs.len() > crate::MAX_LISTED_JOBS as usize {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit",
+            format!(
+                "more than {} jobs match, more than one answer holds: narrow them with graph, \
+                 state or name, or ask for the newest with limit",
+                crate::MAX_LISTED_JOBS
+            ),
+        ));
+    }
     if let Some(graph) = q.graph.filter(|_| jobs.is_empty()) {
         // No jobs: an unknown graph is an error, not an empty list (a graph has jobs, or
         // is a push whose decision job runs, which is a job too).
