@@ -56,7 +56,10 @@ fn forty_bulk_readers_do_not_delay_heartbeats_or_claims() {
         let jobs: Vec<_> = (0..4000)
             .map(|i| json!({"name": format!("job-{batch}-{i}-with-a-longer-name"), "run": "true"}))
             .collect();
-        let graph = post(&format!("{url}/v1/graphs"), json!({"graph": {"jobs": jobs}}));
+        let graph = post(
+            &format!("{url}/v1/graphs"),
+            json!({"graph": {"jobs": jobs}}),
+        );
         let id = graph["id"].as_i64().expect("a graph id");
         post(&format!("{url}/v1/graphs/{id}/cancel"), json!({}));
     }
@@ -103,12 +106,14 @@ fn forty_bulk_readers_do_not_delay_heartbeats_or_claims() {
         })
         .collect();
     // The readers are reading: the first listings are out.
-    wait_until("the first listing", Duration::from_secs(60), || {
-        match served.load(Ordering::Relaxed) {
+    wait_until(
+        "the first listing",
+        Duration::from_secs(60),
+        || match served.load(Ordering::Relaxed) {
             0 => Err("none yet".to_string()),
             n => Ok(n),
-        }
-    });
+        },
+    );
 
     let mut slowest = (Duration::ZERO, "");
     let started = Instant::now();
@@ -140,7 +145,10 @@ fn forty_bulk_readers_do_not_delay_heartbeats_or_claims() {
         .map(|r| r.join().expect("a reader panicked"))
         .max()
         .unwrap_or_default();
-    let (served, refused) = (served.load(Ordering::Relaxed), refused.load(Ordering::Relaxed));
+    let (served, refused) = (
+        served.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    );
     println!(
         "{looks} node requests, slowest {} ms ({}); {served} listings served, {refused} refused \
          (slowest refusal {} ms)",

@@ -16,8 +16,8 @@ use super::Bridge;
 use super::logs::LogFollower;
 use super::rest::{Build, BuildbotError};
 use super::watch::Failure;
-use std::io::Write as _;
 use crate::exec::Stop;
+use std::io::Write as _;
 
 /// How long the master may stay unreachable during a build before the run ends as an
 /// infrastructure error.
