@@ -6,10 +6,13 @@ use axum::response::{IntoResponse, Response};
 use lwr_model::api::ErrorBody;
 use lwr_store::StoreError;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub body: ErrorBody,
+    /// Seconds after which the request may succeed (`Retry-After`), for a 503 of a server
+    /// that is busy rather than broken.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -20,7 +23,14 @@ impl ApiError {
                 error: error.into(),
                 field: None,
             },
+            retry_after: None,
         }
+    }
+
+    /// The same error, saying when to try again.
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn field(status: StatusCode, field: &str, error: impl Into<String>) -> ApiError {
@@ -30,6 +40,7 @@ impl ApiError {
                 error: error.into(),
                 field: Some(field.into()),
             },
+            retry_after: None,
         }
     }
 
@@ -61,6 +72,12 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

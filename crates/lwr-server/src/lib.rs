@@ -9,6 +9,7 @@ pub mod api;
 pub mod artifact;
 mod artifacts;
 mod error;
+pub mod followed;
 pub mod listen;
 pub mod live;
 pub mod logs;
@@ -123,8 +124,16 @@ pub struct AppState {
 
 /// Large listings served at once; the rest wait (see [`AppState::heavy_reads`]).
 const HEAVY_READS: usize = 4;
-/// Longest a large listing waits for its turn before it is refused with 503.
-const HEAVY_READ_WAIT: Duration = Duration::from_secs(30);
+/// Longest a large listing waits for its turn before it is refused with 503 and
+/// `Retry-After`: long enough to smooth a burst, short enough that forty readers are told
+/// to come back instead of piling up (each waiting one holds a connection and a request).
+const HEAVY_READ_WAIT: Duration = Duration::from_secs(1);
+/// What such a 503 says in `Retry-After`, in seconds.
+const HEAVY_READ_RETRY: u64 = 2;
+/// Most jobs one `GET /v1/jobs` answers (a few megabytes): with [`HEAVY_READS`] served at
+/// once, what listings hold in memory is bounded. More matching jobs are refused, naming
+/// the filters that narrow them.
+pub(crate) const MAX_LISTED_JOBS: u32 = 20_000;
 
 impl AppState {
     /// A turn to serve a large listing.
@@ -134,9 +143,11 @@ impl AppState {
             _ => Err(ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 format!(
-                    "{HEAVY_READS} large listings are being served and more wait: try again shortly"
+                    "{HEAVY_READS} large listings are being served: try again in \
+                     {HEAVY_READ_RETRY} s"
                 ),
-            )),
+            )
+            .retry_after(HEAVY_READ_RETRY)),
         }
     }
 }

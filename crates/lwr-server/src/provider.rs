@@ -95,13 +95,14 @@ pub trait Provider: Send + Sync {
     fn start(&self, node: &NewNode) -> Result<(), ProviderError>;
     /// Stops node `name` (it finishes its running jobs first, as on SIGTERM).
     fn stop(&self, name: &str) -> Result<(), ProviderError>;
-    /// The server stops: so do the nodes it started itself (never blocks).
+    /// The server stops: so do the nodes it started itself (waits a few seconds at most).
     fn stop_all(&self) {}
 }
 
 /// `lwr node` processes on this machine, children of the server. They work outside the
 /// server's data dir (a job there could reach the database), as `--provider-user` when
-/// given, and stop with the server.
+/// given, and stop with the server. A node's work dir is removed once its process has
+/// exited; the provider's own dir once every node is gone (when the server stops).
 pub struct Local {
     bin: PathBuf,
     /// The server's, for the nodes' own logs (the server writes them).
@@ -111,7 +112,15 @@ pub struct Local {
     /// The uid and gid nodes run as, when not the server's.
     user: Option<(u32, u32)>,
     children: Mutex<BTreeMap<String, Child>>,
+    /// Nodes told to stop whose process has not exited yet (their reapers run).
+    stopping: Arc<(Mutex<usize>, std::sync::Condvar)>,
 }
+
+/// How long a stopping server waits for its provided nodes to exit before it leaves their
+/// work dirs behind: more than the 10 s an idle node may spend trying to report results to
+/// the server that just stopped (a node finishes its running jobs first, which may take
+/// longer still).
+const STOP_GRACE: Duration = Duration::from_secs(15);
 
 impl Local {
     pub fn new(bin: PathBuf, data_dir: &Path, user: Option<&str>) -> Result<Local, ProviderError> {
@@ -134,6 +143,7 @@ impl Local {
             work,
             user,
             children: Mutex::new(BTreeMap::new()),
+            stopping: Default::default(),
         })
     }
 
@@ -225,23 +235,70 @@ impl Provider for Local {
                 nix::unistd::Pid::from_raw(child.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
-            // Reaped off the scaler's path.
-            std::thread::spawn(move || child.wait());
+            // Reaped off the scaler's path; its work dir (checkouts, caches, outboxes) goes
+            // with it, since no later node of this server reuses the name.
+            let dir = self.work.join(name);
+            let stopping = self.stopping.clone();
+            *lock(&stopping.0) += 1;
+            std::thread::spawn(move || {
+                let _ = child.wait();
+                remove_dir(&dir);
+                *lock(&stopping.0) -= 1;
+                stopping.1.notify_all();
+            });
         }
         Ok(())
     }
 
+    /// Stops every node, then waits (at most [`STOP_GRACE`]) for them to exit and removes
+    /// the provider's dir; a node still running by then keeps its dir, and says so.
     fn stop_all(&self) {
         let names: Vec<String> = lock(&self.children).keys().cloned().collect();
         for name in names {
             let _ = self.stop(&name);
         }
+        let deadline = Instant::now() + STOP_GRACE;
+        let (count, exited) = &*self.stopping;
+        let mut left = lock(count);
+        while *left > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            left = match exited.wait_timeout(left, deadline - now) {
+                Ok((left, _)) => left,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        if *left == 0 {
+            remove_dir(&self.work);
+        } else {
+            tracing::warn!(
+                "provider: {} provided nodes still finishing their jobs; their work dirs stay \
+                 in {}",
+                *left,
+                self.work.display()
+            );
+        }
+    }
+}
+
+/// Removes a provided node's (or the provider's) dir; gone already is fine.
+fn remove_dir(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("provider: cannot remove {}: {e}", dir.display());
+        }
+        _ => {}
     }
 }
 
 impl Drop for Local {
     fn drop(&mut self) {
-        self.stop_all();
+        // Once: the server's stop has usually done it.
+        if !lock(&self.children).is_empty() {
+            self.stop_all();
+        }
     }
 }
 

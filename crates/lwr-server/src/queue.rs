@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
 use crate::AppState;
+use crate::followed::{Followed, JobFeed};
 
 pub use lwr_model::timing::MAX_WAIT;
 
@@ -31,6 +32,8 @@ pub struct Queue {
     changes: watch::Sender<i64>,
     /// Claims and graph waits parked on a counter now.
     waiting: AtomicUsize,
+    /// Jobs viewers follow, each read once per change for all of them.
+    followed: Followed,
 }
 
 /// Counts a parked waiter while it lives (a request dropped mid-wait stops counting too).
@@ -61,6 +64,7 @@ impl Queue {
             ready,
             changes,
             waiting: AtomicUsize::new(0),
+            followed: Followed::default(),
         }
     }
 
@@ -73,6 +77,16 @@ impl Queue {
     /// Moves whenever some job changes state.
     pub fn subscribe_changes(&self) -> watch::Receiver<i64> {
         self.changes.subscribe()
+    }
+
+    /// Job `id` as its followers see it: read once per change, whatever their number.
+    pub fn follow_job(&self, id: JobId) -> JobFeed {
+        self.followed.follow(id, &self.store, &self.changes)
+    }
+
+    /// Reads of followed jobs so far (one per change per followed job, not per follower).
+    pub fn followed_reads(&self) -> u64 {
+        self.followed.reads()
     }
 
     pub fn store(&self) -> &Store {

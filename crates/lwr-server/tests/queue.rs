@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use lwr_model::api::{Outcome, RegisterNode, RunResult, SubmitGraph};
-use lwr_model::{Graph, JobSpec, NodeId, NodeProperties, Requirements};
+use lwr_model::{Graph, JobSpec, JobState, NodeId, NodeProperties, Requirements};
 use lwr_server::Queue;
 use lwr_store::Store;
 
@@ -286,4 +286,49 @@ async fn two_servers_wake_each_other(url: String) {
     one_follower.abort();
     one.store().close().await;
     two.store().close().await;
+}
+
+/// Issue 22, item 8: 1,500 viewers following a pending job share one read of it per
+/// change, instead of 1,500 reads each time any job changes; and each of them still sees
+/// the change of its job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_of_a_job_share_one_read_per_change() {
+    let (queue, _node, _dir) = queue().await;
+    let info = queue
+        .submit(&graph(&[("a", &[]), ("b", &["a"])]))
+        .await
+        .unwrap();
+    let b = queue.store().job_by_name(info.id, "b").await.unwrap();
+    let mut feeds: Vec<_> = (0..1500).map(|_| queue.follow_job(b)).collect();
+    for feed in &mut feeds {
+        assert_eq!(feed.latest().await.unwrap().info.state, JobState::Pending);
+    }
+    let before = queue.followed_reads();
+    // Twenty changes of other jobs: each makes at most one read of b, for all 1,500.
+    let changes = 20;
+    for _ in 0..changes {
+        queue.submit(&graph(&[("other", &[])])).await.unwrap();
+    }
+    queue.cancel_job(b).await.unwrap();
+    for feed in &mut feeds {
+        let seen = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let job = feed.latest().await.unwrap();
+                if job.info.state.is_terminal() {
+                    return job.info.state;
+                }
+                feed.changed().await;
+            }
+        })
+        .await
+        .expect("a follower did not see its job cancelled");
+        assert_eq!(seen, JobState::Cancelled);
+    }
+    let reads = queue.followed_reads() - before;
+    // One per change at most, plus a recheck or two (every 2 s) on a slow machine.
+    assert!(
+        reads <= changes + 1 + 3,
+        "{reads} reads of the followed job for {} changes",
+        changes + 1
+    );
 }

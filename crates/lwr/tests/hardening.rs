@@ -537,3 +537,82 @@ fn idle_connections_cannot_exhaust_the_server() {
     assert_eq!(n, 0, "the oldest idle connection got {n} bytes");
     drop(idle);
 }
+
+/// Provided nodes leave nothing in the temp dir: a node the provider stops when idle takes
+/// its work dir with it, and the server's stop takes the provider's dir.
+#[test]
+fn provided_nodes_work_dirs_are_removed_when_they_stop() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let mut server = Server::start_with(
+        dir,
+        &[
+            "--provider",
+            "local",
+            "--provider-max",
+            "1",
+            "--provider-idle",
+            "1s",
+        ],
+        &[],
+    );
+    let repo = git_repo(
+        &dir.join("repo"),
+        "version: 1\njobs:\n  where:\n    run: echo \"cwd=$(pwd)\"\n",
+    );
+    let graph = server.push(&repo, false).assert_success().pushed_graph();
+    server.wait_finished(graph);
+    let job = server.job(graph, "where");
+    let log = server.api.log(job.info.id).expect("the log");
+    let cwd = log
+        .split("cwd=")
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("no cwd in {log}"));
+    // TMP/lwr-provided-X/NODE/jobs/SLOT
+    let node_dir = cwd
+        .ancestors()
+        .nth(2)
+        .unwrap_or_else(|| panic!("{} is too short", cwd.display()))
+        .to_path_buf();
+    let provider_dir = node_dir.parent().expect("a parent").to_path_buf();
+    assert!(
+        provider_dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("lwr-provided-")),
+        "the job worked in {}",
+        cwd.display()
+    );
+    // Idle for a second: the provider stops the node, and its dir goes with it.
+    wait_until(
+        "the idle provided node's work dir to be removed",
+        Duration::from_secs(30),
+        || match node_dir.exists() {
+            true => Err(format!("{} still exists", node_dir.display())),
+            false => Ok(()),
+        },
+    );
+    // A second job gets a new node; stopping the server removes everything.
+    let graph = server.push(&repo, false);
+    let graph = graph.assert_success().pushed_graph();
+    server.wait_finished(graph);
+    let left: Vec<_> = std::fs::read_dir(&provider_dir)
+        .expect("the provider's dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "one node's dir while it runs: {left:?}");
+    server.daemon.terminate(Duration::from_secs(30));
+    let logs: Vec<String> = std::fs::read_dir(server.data_dir.join("provided-nodes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        !provider_dir.exists(),
+        "{} was left behind by the stopped server; the nodes said {logs:#?}",
+        provider_dir.display()
+    );
+}

@@ -4,13 +4,16 @@
 //! where its log comes from (`logs.rs`), and that a restarted bridge resumes its runs
 //! instead of killing them: each run's assignment is kept in `WORK/buildbot/RUN.json` until
 //! its result is recorded, and the build it started carries the run in its buildset reason.
+//! One poller (`watch.rs`) follows all of the bridge's builds, whatever their number.
 
 mod logs;
 pub mod rest;
 mod run;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use lwr_model::RunId;
 use lwr_model::api::{Assignment, Outcome, RunResult};
@@ -33,6 +36,15 @@ pub(crate) struct Bridge {
     pub(crate) rest: Rest,
     /// `WORK/buildbot`: one file per run in progress.
     state_dir: PathBuf,
+    /// The build requests the runs follow, and the one task that polls them.
+    watched: Arc<watch::Watched>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
 }
 
 impl Bridge {
@@ -40,9 +52,14 @@ impl Bridge {
         config: &BridgeConfig,
         work_dir: &std::path::Path,
     ) -> Result<Bridge, BuildbotError> {
+        let rest = Rest::new(&config.url, config.credentials.clone())?;
+        let watched = Arc::new(watch::Watched::default());
+        let poller = tokio::spawn(watch::poll(rest.clone(), watched.clone()));
         Ok(Bridge {
-            rest: Rest::new(&config.url, config.credentials.clone())?,
+            rest,
             state_dir: work_dir.join("buildbot"),
+            watched,
+            poller,
         })
     }
 

@@ -104,6 +104,9 @@ pub struct Build {
     pub buildid: i64,
     pub number: i64,
     pub builderid: i64,
+    /// The build request it serves.
+    #[serde(default)]
+    pub buildrequestid: Option<i64>,
     #[serde(default)]
     pub workerid: Option<i64>,
     #[serde(default)]
@@ -391,6 +394,29 @@ impl Rest {
         Ok(builds)
     }
 
+    /// The builds of all the build requests `brids`, in one request, with the worker's name.
+    pub async fn builds_of_requests(&self, brids: &[i64]) -> Result<Vec<Build>> {
+        // `__in`, not the field's plain name: Buildbot's builds endpoint takes a plain
+        // `buildrequestid` with several values as no filter at all.
+        self.get(
+            &format!(
+                "builds?{}&property=workername",
+                any_of("buildrequestid__in", brids)
+            ),
+            "builds",
+        )
+        .await
+    }
+
+    /// The build requests `brids`, in one request.
+    pub async fn requests(&self, brids: &[i64]) -> Result<Vec<BuildRequest>> {
+        self.get(
+            &format!("buildrequests?{}", any_of("buildrequestid__in", brids)),
+            "buildrequests",
+        )
+        .await
+    }
+
     /// Builds of every builder, with the `revision` property (for `lwr graph diff`), newest
     /// first, `limit` at most.
     pub async fn recent_builds(&self, limit: u32) -> Result<Vec<Build>> {
@@ -455,6 +481,14 @@ impl Rest {
         .await
         .map(drop)
     }
+}
+
+/// `field=1&field=2...`.
+fn any_of(field: &str, ids: &[i64]) -> String {
+    ids.iter()
+        .map(|id| format!("{field}={id}"))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// `[bsid, {"builderid": brid, ...}]`.

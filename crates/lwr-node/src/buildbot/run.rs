@@ -1,6 +1,7 @@
-//! One run of a Buildbot job: force the build with lwr's properties, follow it (its logs
-//! into the run's log, the lease kept by the node's heartbeats since the run is in
-//! `Node::running`), and map how it ended to the run's result.
+//! One run of a Buildbot job: force the build with lwr's properties, follow it (what the
+//! bridge's poller sees of its request, its logs into the run's log, the lease kept by the
+//! node's heartbeats since the run is in `Node::running`), and map how it ended to the
+//! run's result.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,16 +15,15 @@ use tokio::sync::oneshot;
 use super::Bridge;
 use super::logs::LogFollower;
 use super::rest::{Build, BuildbotError};
+use super::watch::Failure;
 use crate::exec::Stop;
+use std::io::Write as _;
 
 /// How long the master may stay unreachable during a build before the run ends as an
 /// infrastructure error.
 const MASTER_GRACE: Duration = Duration::from_secs(60);
-/// Polling the build: quick at first (short builds end soon), then at most this often.
-const POLL_FIRST: Duration = Duration::from_millis(100);
-const POLL_MAX: Duration = Duration::from_secs(1);
-/// Every how many looks the build request is read even though no build of it completed.
-const ASK_REQUEST_EVERY: u32 = 5;
+/// A running build's logs are read at most this often (and once more when it ends).
+const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// The buildset reason that names a run, exact, so a restarted bridge finds its build.
 pub fn reason(a: &Assignment) -> String {
@@ -112,12 +112,15 @@ impl Bridge {
         let _ = std::io::Write::write_all(&mut out, header.as_bytes());
         let started = Instant::now();
         let timeout = Duration::from_secs(a.timeout_secs.max(1));
+        // The bridge's one poller tells this run what became of its request.
+        let mut seen_rx = self.watched.follow(brid);
         let mut follower = LogFollower::default();
         let mut current: Option<Build> = None;
-        let mut failing_since: Option<(Instant, BuildbotError)> = None;
-        let mut every = POLL_FIRST;
+        let mut failing_since: Option<(Instant, String)> = None;
+        // When the logs were last read, and the build whose logs were read whole.
+        let mut logs_read: Option<Instant> = None;
+        let mut whole: Option<i64> = None;
         let mut stop_open = true;
-        let mut looks = 0u32;
         loop {
             tokio::select! {
                 why = &mut stop, if stop_open => match why {
@@ -132,9 +135,11 @@ impl Bridge {
                     // The node dropped the handle without a word: nothing to stop for.
                     Err(_) => stop_open = false,
                 },
-                _ = tokio::time::sleep(every) => {}
+                changed = seen_rx.changed() => if changed.is_err() {
+                    return exception("the bridge stopped following Buildbot".into());
+                },
+                _ = tokio::time::sleep_until((started + timeout).into()) => {}
             }
-            every = (every * 2).min(POLL_MAX);
             if started.elapsed() > timeout {
                 self.stop(brid, current.as_ref(), "lwr: the job timed out")
                     .await;
@@ -148,19 +153,39 @@ impl Bridge {
                     ),
                 );
             }
-            looks += 1;
-            let ask = looks.is_multiple_of(ASK_REQUEST_EVERY);
-            match self
-                .look(brid, ask, &mut current, &mut follower, &mut out)
-                .await
+            let seen = seen_rx.borrow_and_update().clone();
+            let mut failure = seen.error.clone();
+            if failure.is_none()
+                && let Some(newest) = seen.builds.last()
             {
-                Ok(None) => failing_since = None,
-                Ok(Some(code)) => {
-                    let _ = std::io::Write::flush(&mut out);
-                    return self.ended(a, job, code, current.as_ref(), extra_file);
+                if current
+                    .as_ref()
+                    .is_some_and(|c| c.buildid != newest.buildid)
+                {
+                    // Buildbot retried the build: its logs follow the first one's.
+                    follower = LogFollower::default();
+                    let _ = writeln!(out, "lwr: Buildbot retried the build");
                 }
-                Err(e) if e.is_transient() => {
-                    let since = failing_since.get_or_insert((Instant::now(), e));
+                current = Some(newest.clone());
+                // Read once the build was seen complete, the logs are whole; while it runs,
+                // they are read every LOG_EVERY (the master answers every bridge's reads).
+                let due = match newest.complete {
+                    true => whole != Some(newest.buildid),
+                    false => logs_read.is_none_or(|t| t.elapsed() >= LOG_EVERY),
+                };
+                if due {
+                    logs_read = Some(Instant::now());
+                    match follower.poll(&self.rest, newest, &mut out).await {
+                        Ok(_) if newest.complete => whole = Some(newest.buildid),
+                        Ok(_) => {}
+                        Err(e) => failure = Some(Failure::from(&e)),
+                    }
+                }
+            }
+            match failure {
+                None => failing_since = None,
+                Some(f) if f.transient => {
+                    let since = failing_since.get_or_insert((Instant::now(), f.message));
                     if since.0.elapsed() > MASTER_GRACE {
                         return exception(format!(
                             "{} (for {} s during the build; its state is unknown)",
@@ -168,50 +193,18 @@ impl Bridge {
                             MASTER_GRACE.as_secs()
                         ));
                     }
+                    continue;
                 }
-                Err(e) => return exception(e.to_string()),
+                Some(f) => return exception(f.message),
             }
-        }
-    }
-
-    /// One look at the build request: the newest build's new log lines; `Some(results)`
-    /// once the request is complete. The request itself is read only when its newest build
-    /// is complete (the request then is, unless Buildbot retries it) or `ask` says so (a
-    /// request cancelled before any build started): one request per look at a queued
-    /// build, since the master answers every bridge's looks.
-    async fn look(
-        &self,
-        brid: i64,
-        ask: bool,
-        current: &mut Option<Build>,
-        follower: &mut LogFollower,
-        out: &mut impl std::io::Write,
-    ) -> Result<Option<i64>, BuildbotError> {
-        let builds = self.rest.builds_of(brid).await?;
-        let newest = builds.last();
-        if let Some(newest) = newest {
-            if current
-                .as_ref()
-                .is_some_and(|c| c.buildid != newest.buildid)
-            {
-                // Buildbot retried the build: its logs follow the first one's.
-                *follower = LogFollower::default();
-                let _ = writeln!(out, "lwr: Buildbot retried the build");
+            if let Some(code) = seen.complete {
+                if current.as_ref().is_some_and(|b| whole != Some(b.buildid)) {
+                    // Complete before the poller saw its build complete: a last read.
+                    let _ = follow_once(self, &mut follower, current.as_ref(), &mut out).await;
+                }
+                let _ = std::io::Write::flush(&mut out);
+                return self.ended(a, job, code, current.as_ref(), extra_file);
             }
-            *current = Some(newest.clone());
-            // Read after the build was seen complete, the logs are whole.
-            follower.poll(&self.rest, newest, out).await?;
-        }
-        if !ask && !newest.is_some_and(|b| b.complete) {
-            return Ok(None);
-        }
-        match self.rest.request(brid).await? {
-            Some(r) if r.complete => Ok(Some(r.results.unwrap_or(-1))),
-            Some(_) => Ok(None),
-            None => Err(BuildbotError::Decode {
-                url: self.rest.base().into(),
-                reason: format!("build request {brid} is gone"),
-            }),
         }
     }
 

@@ -18,12 +18,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::extract::ApiResult;
+use crate::followed::JobFeed;
 use crate::live::Viewer;
 use crate::{ApiError, AppState, logs};
 
 /// Most log bytes in one event to a viewer.
 const EVENT_BYTES: usize = 256 << 10;
-/// A viewer re-reads its run's state at least this often, in case a wake-up was missed.
+/// A viewer looks at its run's state at least this often, in case a wake-up was missed.
 const RECHECK: Duration = Duration::from_secs(2);
 // How long a run that ended without a result of its own (cancelled, lost) may take to get
 // its log to the server (see the contract in `lwr_model::timing`).
@@ -101,7 +102,14 @@ pub(crate) async fn sse(state: Arc<AppState>, job_id: JobId, start: Start) -> Ap
     }
     let (tx, rx) = mpsc::channel::<Event>(4);
     tokio::spawn(async move {
-        let mut follow = Follow { state, tx, job_id };
+        // The job as all its viewers see it: one read per change for all of them.
+        let feed = state.queue.follow_job(job_id);
+        let mut follow = Follow {
+            state,
+            tx,
+            job_id,
+            feed,
+        };
         if let Err(Stop::Failed(e)) = follow.run(start).await {
             let _ = follow
                 .tx
@@ -148,6 +156,7 @@ struct Follow {
     state: Arc<AppState>,
     tx: mpsc::Sender<Event>,
     job_id: JobId,
+    feed: JobFeed,
 }
 
 impl Follow {
@@ -195,10 +204,9 @@ impl Follow {
 
     async fn run(&mut self, start: Start) -> Result<(), Stop> {
         let store = self.state.queue.store().clone();
-        let mut changes = self.state.queue.subscribe_changes();
         // A job that has not started yet: wait for its run.
         let run = loop {
-            let job = store.job(self.job_id).await?;
+            let job = self.feed.latest().await?;
             let run = match start.run_id {
                 Some(id) => job.run_history.iter().find(|r| r.id == id),
                 None => pick_run(&job, start.run_number),
@@ -215,7 +223,7 @@ impl Follow {
                     ),
                 )));
             }
-            self.wait_change(&mut changes).await?;
+            self.wait_change().await?;
         };
         self.send_json(
             "run",
@@ -277,27 +285,26 @@ impl Follow {
             });
             tokio::select! {
                 r = held_rx.changed() => check |= r.is_err(),
-                r = self.wait_change(&mut changes) => { r?; check = true; }
+                r = self.wait_change() => { r?; check = true; }
                 _ = tokio::time::sleep(grace) => {}
             }
         }
     }
 
-    /// Waits for a change of any job (or [`RECHECK`]); fails when the viewer left.
-    async fn wait_change(
-        &self,
-        changes: &mut tokio::sync::watch::Receiver<i64>,
-    ) -> Result<(), Stop> {
+    /// Waits for a newer read of the job (one follows each change, and [`RECHECK`]);
+    /// fails when the viewer left.
+    async fn wait_change(&mut self) -> Result<(), Stop> {
+        let (feed, tx) = (&mut self.feed, &self.tx);
         tokio::select! {
-            _ = changes.changed() => Ok(()),
+            _ = feed.changed() => Ok(()),
             _ = tokio::time::sleep(RECHECK) => Ok(()),
-            _ = self.tx.closed() => Err(Stop::Gone),
+            _ = tx.closed() => Err(Stop::Gone),
         }
     }
 
-    /// The run's state and the size of its stored log.
-    async fn run_info(&self, run_id: RunId) -> Result<(RunState, u64), Stop> {
-        let job = self.state.queue.store().job(self.job_id).await?;
+    /// The run's state and the size of its stored log, as of the latest read of the job.
+    async fn run_info(&mut self, run_id: RunId) -> Result<(RunState, u64), Stop> {
+        let job = self.feed.latest().await?;
         Ok(job
             .run_history
             .iter()
@@ -308,24 +315,24 @@ impl Follow {
     /// The run's log is whole: the rest of it from the store (or, when its node could not
     /// store it, from the spool the viewer still holds), then the end with the run's state.
     async fn finish(
-        &self,
+        &mut self,
         run_id: RunId,
         mut offset: u64,
         viewer: Option<Viewer>,
     ) -> Result<(), Stop> {
         // The node uploads the log just before it reports the result: wait for the result
         // (briefly), so that `end` says how the run ended.
-        let mut changes = self.state.queue.subscribe_changes();
         let deadline = Instant::now() + UPLOAD_GRACE;
         let (state, log_size) = loop {
             let (state, size) = self.run_info(run_id).await?;
             if state != RunState::Running || Instant::now() >= deadline {
                 break (state, size);
             }
+            let (feed, tx) = (&mut self.feed, &self.tx);
             tokio::select! {
-                _ = changes.changed() => {}
+                _ = feed.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = self.tx.closed() => return Err(Stop::Gone),
+                _ = tx.closed() => return Err(Stop::Gone),
             }
         };
         let spool = viewer.as_ref().map(|v| v.run.clone());

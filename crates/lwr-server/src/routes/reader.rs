@@ -156,7 +156,8 @@ pub struct JobFilter {
     state: Option<String>,
     /// Only jobs whose name matches this glob (`build-*`).
     name: Option<String>,
-    /// Only the newest this many of the jobs that match (still oldest first).
+    /// Only the newest this many of the jobs that match (still oldest first); at most
+    /// 20,000.
     limit: Option<u32>,
 }
 
@@ -166,7 +167,8 @@ pub struct JobFilter {
         (status = 200, body = JobList),
         (status = 400, description = "an unknown state or a bad name pattern", body = ErrorBody),
         (status = 404, description = "no such graph", body = ErrorBody),
-        (status = 503, description = "too many large listings at once: try again shortly", body = ErrorBody),
+        (status = 422, description = "more jobs match than one answer holds (20,000): narrow them, or pass limit", body = ErrorBody),
+        (status = 503, description = "too many large listings at once: try again after Retry-After seconds", body = ErrorBody),
     )
 )]
 pub(crate) async fn list_jobs(
@@ -209,10 +211,24 @@ pub(crate) async fn list_jobs(
         graph: q.graph,
         states,
         name: q.name.filter(|n| !n.is_empty()),
-        limit: q.limit.map(|n| n.max(1)),
+        // One more than an answer holds, to know when more match.
+        limit: Some(q.limit.map_or(crate::MAX_LISTED_JOBS + 1, |n| {
+            n.clamp(1, crate::MAX_LISTED_JOBS)
+        })),
     };
     let _turn = state.heavy_read().await?;
     let jobs = store.jobs_matching(&query).await?;
+    if jobs.len() > crate::MAX_LISTED_JOBS as usize {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit",
+            format!(
+                "more than {} jobs match, more than one answer holds: narrow them with graph, \
+                 state or name, or ask for the newest with limit",
+                crate::MAX_LISTED_JOBS
+            ),
+        ));
+    }
     if let Some(graph) = q.graph.filter(|_| jobs.is_empty()) {
         // No jobs: an unknown graph is an error, not an empty list (a graph has jobs, or
         // is a push whose decision job runs, which is a job too).
