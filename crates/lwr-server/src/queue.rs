@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
 use crate::AppState;
+use crate::metrics::Metrics;
 
 pub use lwr_model::timing::MAX_WAIT;
 
@@ -31,6 +32,8 @@ pub struct Queue {
     changes: watch::Sender<i64>,
     /// Claims and graph waits parked on a counter now.
     waiting: AtomicUsize,
+    /// This server's counters for `GET /metrics`.
+    metrics: Arc<Metrics>,
 }
 
 /// Counts a parked waiter while it lives (a request dropped mid-wait stops counting too).
@@ -61,7 +64,13 @@ impl Queue {
             ready,
             changes,
             waiting: AtomicUsize::new(0),
+            metrics: Default::default(),
         }
+    }
+
+    /// This server's counters (claims, results, requests).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Claims and graph waits that looked, found nothing and now wait for a wake-up: once a
@@ -158,7 +167,9 @@ impl Queue {
                 .claim(node_id, max, results, now_ms(), self.lease_ms())
                 .await?;
             self.wake(claimed.effects);
+            self.metrics.claimed(&claimed.waited);
             if !results.is_empty() {
+                self.metrics.recorded(results, &claimed.acks);
                 acks = claimed.acks;
                 results = &[];
             }
@@ -168,6 +179,7 @@ impl Queue {
                     acks,
                     effects: claimed.effects,
                     retry_in_ms: None,
+                    waited: claimed.waited,
                 });
             }
             // A job held for a better node is looked at again when the hold runs out, so a
@@ -216,6 +228,7 @@ impl Queue {
     ) -> Result<Vec<ResultAck>, StoreError> {
         let (acks, effects) = self.store.report(node_id, results, now_ms()).await?;
         self.wake(effects);
+        self.metrics.recorded(results, &acks);
         Ok(acks)
     }
 
@@ -286,11 +299,15 @@ impl Queue {
     }
 }
 
-/// Ends runs whose node stopped renewing them. Runs beside the dispatch path, never in it.
+/// Ends runs whose node stopped renewing them. Runs beside the dispatch path, never in it,
+/// on the one server that holds the duty.
 pub(crate) async fn sweep_leases(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(timing::LEASE_SWEEP);
     loop {
         tick.tick().await;
+        if !state.duties.holds(crate::duty::Duty::LeaseSweep) {
+            continue;
+        }
         if let Err(e) = state.queue.expire_leases().await {
             tracing::warn!("lease sweep failed: {e}");
         }
