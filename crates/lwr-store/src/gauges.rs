@@ -36,6 +36,7 @@ pub struct PoolUse {
 impl Store {
     /// Counts for the metrics: a few aggregate reads on the read pool.
     pub async fn gauges(&self) -> Result<Gauges> {
+        // SUM is NUMERIC on PostgreSQL, which the Any driver does not read: cast it.
         let mut gauges = Gauges::default();
         for (sql, out) in [
             (
@@ -56,16 +57,17 @@ impl Store {
             }
         }
         gauges.ready = self.ready_jobs().await? as i64;
-        let row = sqlx::query("SELECT COALESCE(SUM(log_size), 0) AS n FROM runs")
+        let row = sqlx::query("SELECT CAST(COALESCE(SUM(log_size), 0) AS BIGINT) AS n FROM runs")
             .fetch_one(&self.read)
             .await
             .op("adding up log sizes")?;
         gauges.log_bytes = col(&row, "n")?;
-        let row =
-            sqlx::query("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM artifacts")
-                .fetch_one(&self.read)
-                .await
-                .op("adding up artifact sizes")?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes FROM artifacts",
+        )
+        .fetch_one(&self.read)
+        .await
+        .op("adding up artifact sizes")?;
         gauges.artifacts = col(&row, "n")?;
         gauges.artifact_bytes = col(&row, "bytes")?;
         Ok(gauges)
