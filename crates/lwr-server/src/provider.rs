@@ -392,6 +392,9 @@ pub(crate) async fn scale(state: Arc<AppState>, provider: Arc<dyn Provider>, ser
                     tracing::warn!("provider: {e}");
                 }
             }
+            if retiring.is_empty() {
+                continue; // nothing to look at until this server scales again
+            }
         }
         let (ready, pool) = match (store.ready_jobs().await, store.pool().await) {
             (Ok(ready), Ok(pool)) => (ready, pool),
