@@ -120,6 +120,19 @@ pub const CLIENT_POOL_IDLE: Duration = secs(50);
 /// How often expired artifacts (and stale staged uploads) are deleted (`--artifact-sweep`).
 pub const DEFAULT_ARTIFACT_SWEEP: Duration = secs(60);
 
+// ---- duties (one server of several at a time) ----
+
+/// How long a server holds a duty (provider, sweeps, polling) without renewing it: after a
+/// server dies without letting go, another takes its duties over within this long.
+pub const DUTY_LEASE: Duration = secs(10);
+/// How often the holder renews a duty, and how often the others try to take it.
+pub const DUTY_RENEW: Duration = secs(2);
+/// Longest a renewal may take before the holder counts it as failed.
+pub const DUTY_RENEW_TIMEOUT: Duration = secs(1);
+/// The holder stops doing a duty this long before its lease runs out in the database, so
+/// that a slow renewal and clocks a little apart never leave two servers doing it.
+pub const DUTY_MARGIN: Duration = secs(3);
+
 // The contracts. Each is an assumption some code makes about another part's timing.
 const _: () = assert!(
     AFFINITY_SILENCE.as_millis() >= 3 * heartbeat_every(secs(u64::MAX)).as_millis(),
@@ -162,6 +175,16 @@ const _: () = assert!(
 const _: () = assert!(
     NODE_RETRY.cap.as_millis() <= HEARTBEAT_MAX.as_millis(),
     "a node back from an outage claims and reports within a heartbeat"
+);
+
+const _: () = assert!(
+    DUTY_RENEW.as_millis() * 3 <= DUTY_LEASE.as_millis() - DUTY_MARGIN.as_millis(),
+    "a duty's holder renews it at least three times before it stops counting on it"
+);
+const _: () = assert!(
+    DUTY_MARGIN.as_millis() >= DUTY_RENEW_TIMEOUT.as_millis() + 1000,
+    "a holder notices a lost duty before its lease runs out: a renewal's timeout and 1 s of \
+     clock difference fit in the margin"
 );
 
 #[cfg(test)]

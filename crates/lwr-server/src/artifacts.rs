@@ -431,7 +431,12 @@ pub(crate) async fn sweep(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(state.config.artifact_sweep);
     loop {
         tick.tick().await;
+        // Staged uploads are this server's own; expired artifacts are the fleet's, deleted
+        // by the server that holds the duty.
         staged::abort(state.staged.take_stale(None, STAGE_TTL)).await;
+        if !state.duties.holds(crate::duty::Duty::ArtifactSweep) {
+            continue;
+        }
         if let Err(e) = sweep_once(&state.queue.store().clone(), state.artifacts.as_ref()).await {
             tracing::warn!("artifact sweep failed: {e}");
         }

@@ -8,11 +8,13 @@
 pub mod api;
 pub mod artifact;
 mod artifacts;
+pub mod duty;
 mod error;
 pub mod followed;
 pub mod listen;
 pub mod live;
 pub mod logs;
+pub mod metrics;
 mod openapi;
 pub mod poller;
 mod private;
@@ -120,6 +122,8 @@ pub struct AppState {
     /// Listings that may be large (every job, every push) served at once: each holds its
     /// whole answer in memory, so forty at once must queue, not take the server's memory.
     pub heavy_reads: tokio::sync::Semaphore,
+    /// Which of the once-per-fleet duties (provider, sweeps, polling) this server does now.
+    pub duties: Arc<duty::Duties>,
 }
 
 /// Large listings served at once; the rest wait (see [`AppState::heavy_reads`]).
@@ -244,8 +248,14 @@ pub async fn bind(
         }
     })?;
     tracing::info!("artifacts in {}", artifacts.describe());
+    let duties = Arc::new(duty::Duties::new(
+        store.clone(),
+        duty::holder_name(&config.data_dir),
+    ));
     let queue = Queue::new(store, config.lease);
     queue.on_start().await?;
+    // Before the tasks that do them: a lone server does its duties from its first moment.
+    let keeper = duties.start().await;
     let state = Arc::new(AppState {
         queue,
         config,
@@ -254,6 +264,7 @@ pub async fn bind(
         live: Arc::new(live),
         staged: Default::default(),
         heavy_reads: tokio::sync::Semaphore::new(HEAVY_READS),
+        duties,
     });
     let sweeper = tokio::spawn(queue::sweep_leases(state.clone()));
     let follower = events.map(|events| {
@@ -269,9 +280,11 @@ pub async fn bind(
     };
     let app = match state.config.web {
         Some(web) => router(state.clone()).merge(web(state.clone())),
-        None => router(state),
+        None => router(state.clone()),
     };
-    let mut tasks = vec![sweeper, artifact_sweeper, live_sweeper, poller];
+    // Outside the routes' own layers, so every request is counted with its route template.
+    let app = app.layer(axum::middleware::from_fn_with_state(state, metrics::track));
+    let mut tasks = vec![keeper, sweeper, artifact_sweeper, live_sweeper, poller];
     tasks.extend(follower);
     tasks.extend(provider);
     let serve = async move {

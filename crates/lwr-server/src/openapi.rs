@@ -162,6 +162,7 @@ impl Modify for Shared_ {
         stream_piece,
         set_live,
         stats,
+        metrics,
         put_bundle,
         has_bundle,
         get_run_bundle

@@ -75,8 +75,8 @@ struct Entry {
     recorded: Option<Vec<(String, String)>>,
 }
 
-/// Runs the poller until the server stops, starting it again should it ever panic: one bad
-/// repository must not end polling for all.
+/// Runs the poller while this server holds the polling duty, starting it again should it
+/// ever panic: one bad repository must not end polling for all.
 pub(crate) async fn supervise(state: Arc<AppState>) {
     /// Stops the poller when the supervisor is stopped.
     struct AbortOnDrop(tokio::task::AbortHandle);
@@ -85,16 +85,26 @@ pub(crate) async fn supervise(state: Arc<AppState>) {
             self.0.abort();
         }
     }
+    let mut held = state.duties.watch(crate::duty::Duty::Poll);
     loop {
-        let task = tokio::spawn(poll_repos(state.clone()));
+        let held_now = held.wait_for(|held| *held).await.is_ok();
+        if !held_now {
+            return;
+        }
+        let mut task = tokio::spawn(poll_repos(state.clone()));
         let _stop = AbortOnDrop(task.abort_handle());
-        match task.await {
-            Ok(()) => return,
-            Err(e) if e.is_cancelled() => return,
-            Err(e) => {
-                tracing::error!("the poller failed ({e}); starting it again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+        tokio::select! {
+            done = &mut task => match done {
+                Ok(()) => return,
+                Err(e) if e.is_cancelled() => return,
+                Err(e) => {
+                    tracing::error!("the poller failed ({e}); starting it again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+            // Another server polls now: a poll in flight here is dropped (pushes are
+            // deduplicated in the database should it have recorded heads meanwhile).
+            _ = async { held.wait_for(|held| !*held).await.is_ok() } => {}
         }
     }
 }

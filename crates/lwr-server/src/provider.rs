@@ -18,6 +18,7 @@ use lwr_model::sync::lock;
 use thiserror::Error;
 
 use crate::AppState;
+use crate::duty::Duty;
 
 #[derive(Debug, Error)]
 pub enum ProviderError {
@@ -401,7 +402,10 @@ struct Retiring {
 /// How long a stopped node keeps its token after it last held a run: time to report.
 const RETIRE_GRACE: Duration = Duration::from_secs(10);
 
-/// The scaler loop; runs until the server stops.
+/// The scaler loop; runs until the server stops, and scales while this server holds the
+/// provider duty (one scaler for all the servers sharing a database). Nodes are numbered by
+/// the duty's sequence in the database, so no two servers, nor one server before and after
+/// a restart, ever start two nodes of one name.
 pub(crate) async fn scale(state: Arc<AppState>, provider: Arc<dyn Provider>, server: String) {
     let config = state.config.provider.clone();
     tracing::info!(
@@ -418,11 +422,37 @@ pub(crate) async fn scale(state: Arc<AppState>, provider: Arc<dyn Provider>, ser
     };
     let mut retiring: Vec<Retiring> = Vec::new();
     let mut started: Vec<Started> = Vec::new();
-    let mut next = 1u64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let store = state.queue.store();
+        if !state.duties.holds(Duty::Provider) {
+            // Another server scales now and counts only its own nodes: ours stop (each
+            // finishes its jobs first), or the fleet could hold more than `max`.
+            if !started.is_empty() {
+                tracing::info!(
+                    "provider: another server scales now; stopping {} started here",
+                    lwr_model::words::count(started.len() as u64, "node", "nodes")
+                );
+            }
+            for gone in std::mem::take(&mut started) {
+                if let Some(token) = gone.token {
+                    retiring.push(Retiring {
+                        name: gone.name.clone(),
+                        token,
+                        since: Instant::now(),
+                    });
+                }
+                let p = provider.clone();
+                let name = gone.name.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || p.stop(&name)).await {
+                    tracing::warn!("provider: {e}");
+                }
+            }
+            if retiring.is_empty() {
+                continue; // nothing to look at until this server scales again
+            }
+        }
         let (ready, pool) = match (store.ready_jobs().await, store.pool().await) {
             (Ok(ready), Ok(pool)) => (ready, pool),
             (Err(e), _) | (_, Err(e)) => {
@@ -462,10 +492,21 @@ pub(crate) async fn scale(state: Arc<AppState>, provider: Arc<dyn Provider>, ser
         if let Some(tokens) = &tokens {
             tokens.revoke(&retired).await;
         }
-        let want = wanted(ready, held, config.slots, config.min, config.max) as usize;
+        let want = match state.duties.holds(Duty::Provider) {
+            true => wanted(ready, held, config.slots, config.min, config.max) as usize,
+            false => 0,
+        };
         while started.len() < want {
+            // Numbered in the database only while we still hold the duty there.
+            let next = match state.duties.next_number(Duty::Provider).await {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("provider: cannot number a new node: {e}");
+                    break;
+                }
+            };
             let name = format!("{}-{next}", provider_prefix(&config.kind));
-            next += 1;
             // One token per node: a node's token acts for that node only.
             let token = match &tokens {
                 Some(tokens) => match tokens.make(&name).await {
@@ -610,7 +651,7 @@ impl NodeTokens {
 
 /// This machine's name, for labels; two servers sharing a database may have the same data
 /// dir path on different machines.
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())

@@ -22,6 +22,7 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::AppState;
 use crate::followed::{Followed, JobFeed};
+use crate::metrics::Metrics;
 
 pub use lwr_model::timing::MAX_WAIT;
 
@@ -34,6 +35,8 @@ pub struct Queue {
     waiting: AtomicUsize,
     /// Jobs viewers follow, each read once per change for all of them.
     followed: Followed,
+    /// This server's counters for `GET /metrics`.
+    metrics: Arc<Metrics>,
 }
 
 /// Counts a parked waiter while it lives (a request dropped mid-wait stops counting too).
@@ -65,7 +68,13 @@ impl Queue {
             changes,
             waiting: AtomicUsize::new(0),
             followed: Followed::default(),
+            metrics: Default::default(),
         }
+    }
+
+    /// This server's counters (claims, results, requests).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Claims and graph waits that looked, found nothing and now wait for a wake-up: once a
@@ -172,7 +181,9 @@ impl Queue {
                 .claim(node_id, max, results, now_ms(), self.lease_ms())
                 .await?;
             self.wake(claimed.effects);
+            self.metrics.claimed(&claimed.waited);
             if !results.is_empty() {
+                self.metrics.recorded(results, &claimed.acks);
                 acks = claimed.acks;
                 results = &[];
             }
@@ -182,6 +193,7 @@ impl Queue {
                     acks,
                     effects: claimed.effects,
                     retry_in_ms: None,
+                    waited: claimed.waited,
                 });
             }
             // A job held for a better node is looked at again when the hold runs out, so a
@@ -230,6 +242,7 @@ impl Queue {
     ) -> Result<Vec<ResultAck>, StoreError> {
         let (acks, effects) = self.store.report(node_id, results, now_ms()).await?;
         self.wake(effects);
+        self.metrics.recorded(results, &acks);
         Ok(acks)
     }
 
@@ -300,11 +313,15 @@ impl Queue {
     }
 }
 
-/// Ends runs whose node stopped renewing them. Runs beside the dispatch path, never in it.
+/// Ends runs whose node stopped renewing them. Runs beside the dispatch path, never in it,
+/// on the one server that holds the duty.
 pub(crate) async fn sweep_leases(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(timing::LEASE_SWEEP);
     loop {
         tick.tick().await;
+        if !state.duties.holds(crate::duty::Duty::LeaseSweep) {
+            continue;
+        }
         if let Err(e) = state.queue.expire_leases().await {
             tracing::warn!("lease sweep failed: {e}");
         }

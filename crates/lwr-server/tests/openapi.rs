@@ -32,12 +32,19 @@ fn checked_in_openapi_matches_the_code() {
 fn every_route_is_documented_under_v1() {
     let doc = lwr_server::api::openapi();
     let paths: Vec<&String> = doc.paths.paths.keys().collect();
-    assert!(paths.iter().all(|p| p.starts_with("/v1/")), "{paths:?}");
+    // `/metrics` alone sits beside /v1, where Prometheus scrapers look by default.
+    assert!(
+        paths
+            .iter()
+            .all(|p| p.starts_with("/v1/") || p.as_str() == "/metrics"),
+        "{paths:?}"
+    );
     for needed in [
         "/v1/graphs",
         "/v1/jobs",
         "/v1/nodes/{id}/claim",
         "/v1/jobs/{id}/log",
+        "/metrics",
     ] {
         assert!(
             paths.iter().any(|p| *p == needed),

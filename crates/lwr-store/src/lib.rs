@@ -9,8 +9,10 @@
 
 mod artifacts;
 mod control;
+mod duties;
 mod error;
 mod events;
+mod gauges;
 mod graphs;
 mod invariants;
 mod migrate;
@@ -33,8 +35,10 @@ use sqlx::{AnyPool, Executor};
 
 pub use artifacts::{NewArtifact, StoredArtifact, UploadTarget, location};
 pub use control::Cancelled;
+pub use duties::DutyHolder;
 pub use error::StoreError;
 pub use events::{CHANNEL, Event, Events};
+pub use gauges::{Gauges, PoolUse};
 pub use graphs::JobQuery;
 pub use invariants::{InvariantError, Violation};
 pub use migrate::{OLDEST_SCHEMA, SCHEMA_PROBE_ENV, SCHEMA_VERSION, schema_version};

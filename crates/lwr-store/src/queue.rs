@@ -57,6 +57,8 @@ pub struct Claimed {
     /// The node left ready jobs to better nodes (see `lwr_model::pool`): it should look
     /// again after this long at the latest, when the first hold runs out.
     pub retry_in_ms: Option<DurationMs>,
+    /// How long each job handed out had been ready (for the ready-to-claimed metric).
+    pub waited: Vec<DurationMs>,
 }
 
 /// What recording a batch of results did.
@@ -103,8 +105,8 @@ impl Store {
         let mut tx = self.write.begin().await.op("starting claim")?;
         let reported = report_in(&mut tx, node_id, results, now, quarantine_after, clean).await?;
         let mut effects = reported.effects;
-        let (assignments, retry_in_ms) = if reported.quarantined {
-            (Vec::new(), None)
+        let (assignments, retry_in_ms, waited) = if reported.quarantined {
+            (Vec::new(), None, Vec::new())
         } else {
             self.claim_in(&mut tx, node_id, &node, max, now, lease)
                 .await?
@@ -122,6 +124,7 @@ impl Store {
             acks: reported.acks,
             effects,
             retry_in_ms,
+            waited,
         })
     }
 
@@ -133,10 +136,10 @@ impl Store {
         max: u32,
         now: Millis,
         lease: DurationMs,
-    ) -> Result<(Vec<Assignment>, Option<DurationMs>)> {
+    ) -> Result<(Vec<Assignment>, Option<DurationMs>, Vec<DurationMs>)> {
         let node_name = &node.name;
         if max == 0 {
-            return Ok((Vec::new(), None));
+            return Ok((Vec::new(), None, Vec::new()));
         }
         let claimer = self
             .pool
@@ -154,10 +157,11 @@ impl Store {
                 )
             });
         if claimer.state != NodeState::Enabled || claimer.health.is_some() {
-            return Ok((Vec::new(), None));
+            return Ok((Vec::new(), None, Vec::new()));
         }
         let select = claim_select(self.dialect);
         let mut picked: Vec<(JobId, String)> = Vec::new();
+        let mut waited: Vec<DurationMs> = Vec::new();
         let mut retry_in: Option<DurationMs> = None;
         let mut after = JobId(0);
         // First as many rows as the node can take: most nodes can run most jobs and most
@@ -202,6 +206,7 @@ impl Store {
                     match decide_with(&job, &claimer, pool, now, &mut memo) {
                         Decision::Take(reason) => {
                             picked.push((c.id, reason));
+                            waited.push(now.since(c.ready_since));
                             if picked.len() == max as usize {
                                 return true;
                             }
@@ -297,7 +302,7 @@ impl Store {
         } else {
             None
         };
-        Ok((assignments, retry_in))
+        Ok((assignments, retry_in, waited))
     }
 
     /// Renews the leases of the runs a node still holds. Returns the runs in `runs` that are

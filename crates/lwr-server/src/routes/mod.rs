@@ -268,6 +268,8 @@ pub fn table() -> Vec<Route> {
         ),
         reader(M::GET, "/v1/runs/{id}/manifest", reader::get_run_manifest),
         reader(M::GET, "/v1/stats", reader::stats),
+        // Beside /v1, where scrapers look; read-only, so a reader's token suffices.
+        reader(M::GET, "/metrics", reader::metrics),
     ]
 }
 

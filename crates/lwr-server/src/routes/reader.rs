@@ -480,3 +480,18 @@ pub(crate) async fn stats(_: Reader, State(state): Shared) -> Json<Stats> {
         logs: state.live.stats(),
     })
 }
+
+#[utoipa::path(
+    get, path = "/metrics",
+    responses((
+        status = 200,
+        description = "this server's counters and the fleet's gauges in the Prometheus text \
+            format 0.0.4 (docs/operations.md, \"Metrics scraping\")",
+        content_type = "text/plain",
+        body = String
+    ))
+)]
+pub(crate) async fn metrics(_: Reader, State(state): Shared) -> ApiResult<Response> {
+    let text = crate::metrics::render(&state).await?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+}

@@ -731,6 +731,35 @@ impl Server {
         })
     }
 
+    /// [`Server::start_on_db`] with extra arguments after the usual ones.
+    pub fn start_on_db_with(
+        dir: &Path,
+        label: &str,
+        db: &str,
+        lease: &str,
+        extra: &[&str],
+    ) -> Server {
+        let data_dir = dir.join(label);
+        let data = data_dir.display().to_string();
+        let (db, lease) = (db.to_string(), lease.to_string());
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Server::spawn(dir, label, data_dir, Vec::new(), None, move |listen| {
+            let mut args: Vec<String> = vec![
+                "server".into(),
+                "--listen".into(),
+                listen,
+                "--data-dir".into(),
+                data.clone(),
+                "--db".into(),
+                db.clone(),
+                "--lease".into(),
+                lease.clone(),
+            ];
+            args.extend(extra.iter().cloned());
+            args
+        })
+    }
+
     /// A server with extra arguments (after the usual ones) and environment.
     pub fn start_with(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let data_dir = dir.join("data");
