@@ -33,7 +33,7 @@ const PARSE_STACK_BYTES: usize = 16 << 20;
 
 /// Largest lwr.yml accepted: room for a graph of 10,000 jobs imported from a task graph with
 /// their environments (~8 MiB), small enough to parse in well under a second.
-pub const MAX_FILE_BYTES: usize = 16 << 20;
+pub const MAX_FILE_BYTES: usize = 48 << 20;
 
 const DURATION_HELP: &str = "use e.g. 90s, 30m, 1h, 2h30m or 1d; a bare number means seconds";
 
