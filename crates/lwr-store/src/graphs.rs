@@ -29,8 +29,12 @@ pub struct JobQuery {
     pub states: Vec<JobState>,
     /// A glob on the job's name (`build-*`), in the dialect of [`lwr_model::glob`].
     pub name: Option<String>,
-    /// The newest this many of the jobs that match (still listed oldest first).
+    /// The newest this many of the jobs that match (still listed oldest first); with
+    /// `after`, the oldest this many after it.
     pub limit: Option<u32>,
+    /// A page: only jobs with a larger id, oldest first (`limit` of them, scanned before
+    /// the name pattern is applied, so a page may hold fewer).
+    pub after: Option<JobId>,
 }
 
 /// Where a graph comes from: the push's repository, branch, revision, author and subject,
@@ -237,6 +241,12 @@ impl Store {
 
     /// The jobs `query` asks for, oldest first.
     pub async fn jobs_matching(&self, query: &JobQuery) -> Result<Vec<JobInfo>> {
+        Ok(self.jobs_page(query).await?.0)
+    }
+
+    /// The jobs `query` asks for, oldest first, and with `after`, the cursor of the next
+    /// page when this one was full (the last id scanned).
+    pub async fn jobs_page(&self, query: &JobQuery) -> Result<(Vec<JobInfo>, Option<JobId>)> {
         let name = match &query.name {
             Some(pattern) => {
                 Some(
@@ -263,10 +273,17 @@ impl Store {
                 .collect();
             conds.push(format!("state IN ({})", list.join(", ")));
         }
+        if let Some(after) = query.after {
+            // An integer, never the caller's text.
+            conds.push(format!("id > {}", after.get()));
+        }
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs");
         sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
-        // A name pattern is matched here, not in SQL: its limit applies after it.
+        // A name pattern is matched here, not in SQL: its limit applies after it (except on
+        // a page, which is a range of ids).
+        let paged = query.after.is_some();
         match (query.limit, &name) {
+            (Some(limit), _) if paged => sql.push_str(&format!(" ORDER BY id LIMIT {limit}")),
             (Some(limit), None) => sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}")),
             _ => sql.push_str(" ORDER BY id"),
         }
@@ -275,9 +292,14 @@ impl Store {
             q = q.bind(g.get());
         }
         let mut rows = q.fetch_all(&self.read).await.op("listing jobs")?;
-        if query.limit.is_some() && name.is_none() {
+        if query.limit.is_some() && name.is_none() && !paged {
             rows.reverse();
         }
+        let scanned_last: Option<JobId> = match rows.last() {
+            Some(row) if paged => Some(typed(row, "id")?),
+            _ => None,
+        };
+        let full_page = paged && query.limit.is_some_and(|l| rows.len() >= l as usize);
         if let Some(name) = &name {
             let mut kept = Vec::new();
             for row in rows {
@@ -285,7 +307,7 @@ impl Store {
                     kept.push(row);
                 }
             }
-            if let Some(limit) = query.limit {
+            if let Some(limit) = query.limit.filter(|_| !paged) {
                 let drop = kept.len().saturating_sub(limit as usize);
                 kept.drain(..drop);
             }
@@ -312,7 +334,7 @@ impl Store {
                 job.reason = Some("ready, waiting for a node".into());
             }
         }
-        Ok(jobs)
+        Ok((jobs, scanned_last.filter(|_| full_page)))
     }
 
     /// Gives each pending job that waits for needs a reason naming them (`waits for build,
@@ -333,9 +355,16 @@ impl Store {
                 .await
             }
             None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("{NEEDS}{ORDER}")))
-                    .fetch_all(&self.read)
-                    .await
+                // Only the listing's range of ids: a page, not every waiting job stored.
+                let low = jobs.iter().map(|j| j.id.get()).min().unwrap_or(0);
+                let high = jobs.iter().map(|j| j.id.get()).max().unwrap_or(0);
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{NEEDS} AND id BETWEEN $1 AND $2{ORDER}"
+                )))
+                .bind(low)
+                .bind(high)
+                .fetch_all(&self.read)
+                .await
             }
         }
         .op("listing the needs of pending jobs")?;

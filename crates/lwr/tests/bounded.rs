@@ -3,7 +3,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use lwr_model::api::SubmitGraph;
@@ -138,5 +138,131 @@ fn a_huge_submission_does_not_stall_a_running_chain() {
         "submission {took:?}; {ran} steps ran during it; largest gap {} ms, quiet baseline {} ms",
         gap / 1_000_000,
         baseline / 1_000_000
+    );
+}
+
+/// `GET /v1/jobs` in pages (`cursor`) lists every job exactly once while graphs are being
+/// submitted; without a cursor the listing is bounded to the newest 1000.
+#[test]
+fn paged_listing_sees_every_job_once_while_jobs_are_added() {
+    let tmp = tempdir();
+    let server = Server::start(tmp.path());
+    let small = |tag: usize| {
+        let jobs = (0..5)
+            .map(|i| {
+                spec(
+                    serde_json::json!({"name": format!("j{tag}-{i}"), "run": "true",
+                "node": {"os": "plan9"}}),
+                )
+            })
+            .collect();
+        SubmitGraph::new(Graph { jobs })
+    };
+    for g in 0..10 {
+        server.api.submit(&small(g)).expect("submitting");
+    }
+    // A writer that keeps adding graphs while the pages are read.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let added = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let stop = stop.clone();
+        let added = added.clone();
+        let url = server.url.clone();
+        std::thread::spawn(move || {
+            let api = Api::new(&url);
+            let mut n = 100;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let jobs = (0..5)
+                    .map(|i| {
+                        spec(
+                            serde_json::json!({"name": format!("k{n}-{i}"), "run": "true",
+                        "node": {"os": "plan9"}}),
+                        )
+                    })
+                    .collect();
+                api.submit(&SubmitGraph::new(Graph { jobs }))
+                    .expect("submitting");
+                added.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                n += 1;
+            }
+            n - 100
+        })
+    };
+    let mut seen = Vec::new();
+    let mut query = lwr_client::JobsQuery {
+        limit: Some(7),
+        cursor: Some("0".into()),
+        ..Default::default()
+    };
+    let mut pages = 0;
+    loop {
+        let page = server
+            .api
+            .block_on(server.api.client().jobs_matching(&query))
+            .expect("a page");
+        assert!(page.jobs.len() <= 7, "a page of {}", page.jobs.len());
+        seen.extend(page.jobs.iter().map(|j| j.id));
+        pages += 1;
+        // The first pages wait for the writer to add a graph: pages and graphs interleave.
+        if pages <= 10 {
+            let before = added.load(std::sync::atomic::Ordering::SeqCst);
+            wait_until("a graph added", DEADLINE, || {
+                let now = added.load(std::sync::atomic::Ordering::SeqCst);
+                if now > before {
+                    Ok(())
+                } else {
+                    Err(format!("{now} added"))
+                }
+            });
+        }
+        match page.next_cursor {
+            Some(next) if pages < 400 => query.cursor = Some(next),
+            _ => break,
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let graphs_added = writer.join().expect("the writer");
+    assert!(
+        graphs_added >= 10,
+        "{graphs_added} graphs added while paging"
+    );
+
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "a job was listed twice");
+    let last = *seen.iter().max().expect("jobs");
+    let everything = server
+        .api
+        .block_on(server.api.client().jobs_matching(&lwr_client::JobsQuery {
+            limit: Some(100_000),
+            ..Default::default()
+        }))
+        .expect("every job");
+    let expected: Vec<_> = everything
+        .jobs
+        .iter()
+        .map(|j| j.id)
+        .filter(|id| *id <= last)
+        .collect();
+    assert_eq!(
+        seen, expected,
+        "the pages hold every job up to the last one, once, in order"
+    );
+    assert!(everything.jobs.len() > 50, "{} jobs", everything.jobs.len());
+
+    // Without a cursor or a graph, the newest 1000 only.
+    for g in 0..200 {
+        server.api.submit(&small(1000 + g)).expect("submitting");
+    }
+    let recent = server.api.jobs(None).expect("jobs");
+    assert_eq!(recent.jobs.len(), 1000);
+    assert!(recent.next_cursor.is_none());
+    assert!(
+        recent
+            .jobs
+            .last()
+            .is_some_and(|j| j.name.starts_with("j1199-")),
+        "the newest job comes last"
     );
 }

@@ -62,17 +62,15 @@ where
                 "expected a JSON body with Content-Type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|r| {
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    // Say which limit: the one a huge graph meets first.
-                    let limit = MAX_JSON_BODY >> 20;
-                    let message = format!("the body is larger than the API's limit of {limit} MiB");
-                    return ApiError::field(r.status(), "body", message);
-                }
-                ApiError::field(r.status(), "body", r.body_text())
-            })?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                // Say which limit: the one a huge graph meets first.
+                let limit = MAX_JSON_BODY >> 20;
+                let message = format!("the body is larger than the API's limit of {limit} MiB");
+                return ApiError::field(r.status(), "body", message);
+            }
+            ApiError::field(r.status(), "body", r.body_text())
+        })?;
         // Decoding megabytes takes a while: off the async workers, so other requests
         // (heartbeats above all) are not held up behind a large graph.
         if bytes.len() > BLOCKING_DECODE_BYTES {
