@@ -132,6 +132,44 @@ pub(crate) async fn insert_rows<'j>(
     Ok(())
 }
 
+/// Deletes a staging graph that failed to be stored whole: its edges and jobs a transaction
+/// of at most `JOBS_PER_TRANSACTION` jobs at a time, then the graph. Its jobs never ran (no
+/// claim sees a staging graph), so nothing else refers to them.
+pub(crate) async fn discard_staged(write: &sqlx::AnyPool, graph_id: GraphId) -> Result<()> {
+    loop {
+        let mut tx = write.begin().await.op("discarding a staged graph")?;
+        let chunk = format!(
+            "SELECT id FROM jobs WHERE graph_id = $1 ORDER BY id LIMIT {JOBS_PER_TRANSACTION}"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM job_needs WHERE job_id IN ({chunk}) OR need_id IN ({chunk})"
+        )))
+        .bind(graph_id.get())
+        .execute(&mut *tx)
+        .await
+        .op("discarding staged edges")?;
+        let gone = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM jobs WHERE id IN ({chunk})"
+        )))
+        .bind(graph_id.get())
+        .execute(&mut *tx)
+        .await
+        .op("discarding staged jobs")?
+        .rows_affected();
+        if gone == 0 {
+            sqlx::query("DELETE FROM graphs WHERE id = $1 AND staging <> 0")
+                .bind(graph_id.get())
+                .execute(&mut *tx)
+                .await
+                .op("discarding a staged graph")?;
+        }
+        tx.commit().await.op("discarding a staged graph")?;
+        if gone == 0 {
+            return Ok(());
+        }
+    }
+}
+
 /// `jobs` with every job after its needs (needs outside `jobs` do not count), otherwise in
 /// the order given. A cycle (which validation rejects before) leaves its jobs at the end.
 pub(crate) fn topological<'j>(jobs: &[&'j JobSpec]) -> Vec<&'j JobSpec> {

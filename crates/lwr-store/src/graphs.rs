@@ -151,9 +151,17 @@ impl Store {
         let mut ids: HashMap<&str, JobId> = HashMap::with_capacity(jobs.len());
         let existing = HashMap::new();
         for chunk in ordered.chunks(batch::JOBS_PER_TRANSACTION) {
-            let mut tx = self.write.begin().await.op("staging jobs")?;
-            batch::insert_rows(&mut tx, graph_id, chunk, &mut ids, &existing, now).await?;
-            tx.commit().await.op("committing staged jobs")?;
+            let staged = async {
+                let mut tx = self.write.begin().await.op("staging jobs")?;
+                batch::insert_rows(&mut tx, graph_id, chunk, &mut ids, &existing, now).await?;
+                tx.commit().await.op("committing staged jobs")
+            };
+            if let Err(e) = staged.await {
+                // Nobody saw the graph: take back what was stored (best effort; a graph
+                // left staging is never listed or claimed).
+                let _ = batch::discard_staged(&self.write, graph_id).await;
+                return Err(e);
+            }
         }
         let mut tx = self.write.begin().await.op("showing graph")?;
         sqlx::query("UPDATE graphs SET staging = 0 WHERE id = $1")
