@@ -269,8 +269,10 @@ pub struct JobsQuery {
     pub states: Vec<lwr_model::JobState>,
     /// A glob on the name.
     pub name: Option<String>,
-    /// The newest this many that match.
+    /// The newest this many that match; with `cursor`, the size of a page.
     pub limit: Option<u32>,
+    /// A page, oldest first: `0` for the first, then the `next_cursor` of the one before.
+    pub cursor: Option<String>,
 }
 
 /// `text` as the URL of a server (http or https, a host, maybe a path; no query or
@@ -537,7 +539,8 @@ impl Client {
             .query_opt("graph", query.graph)
             .query_opt("state", Some(states.join(",")).filter(|s| !s.is_empty()))
             .query_opt("name", query.name.as_deref())
-            .query_opt("limit", query.limit);
+            .query_opt("limit", query.limit)
+            .query_opt("cursor", query.cursor.as_deref());
         self.get(ep).await
     }
 

@@ -133,6 +133,10 @@ pub struct RepoInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RepoList {
     pub repos: Vec<RepoInfo>,
+    /// The cursor of the next page (pass it as `cursor`); absent on the last page and on
+    /// answers to requests without `cursor`. Added in 0.2: older clients ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// A push: one new head of a polled branch, with the graph its decision job fills.
@@ -162,6 +166,10 @@ pub struct PushInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PushList {
     pub pushes: Vec<PushInfo>,
+    /// The cursor of the next page (pass it as `cursor`); absent on the last page and on
+    /// answers to requests without `cursor`. Added in 0.2: older clients ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /v1/pushes/{id}/trigger`: add a job the push's graph defines but did not run.
@@ -257,6 +265,10 @@ pub struct GraphInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GraphList {
     pub graphs: Vec<GraphInfo>,
+    /// The cursor of the next page (pass it as `cursor`); absent on the last page and on
+    /// answers to requests without `cursor`. Added in 0.2: older clients ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// A job in listings (`GET /v1/jobs`).
@@ -296,6 +308,10 @@ pub struct JobInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobList {
     pub jobs: Vec<JobInfo>,
+    /// The cursor of the next page (pass it as `cursor`); absent on the last page and on
+    /// answers to requests without `cursor`. Added in 0.2: older clients ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// One run (attempt) of a job.
@@ -385,6 +401,10 @@ pub struct LabelNode {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NodeList {
     pub nodes: Vec<NodeInfo>,
+    /// The cursor of the next page (pass it as `cursor`); absent on the last page and on
+    /// answers to requests without `cursor`. Added in 0.2: older clients ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /v1/nodes/{id}/claim`: ask for up to `max` jobs, waiting up to `wait_ms` for one.

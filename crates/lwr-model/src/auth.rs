@@ -169,6 +169,10 @@ pub struct CreatedToken {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenList {
     pub tokens: Vec<TokenInfo>,
+    /// The cursor of the next page (pass it as `cursor`); absent on the last page and on
+    /// answers to requests without `cursor`. Added in 0.2: older clients ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 #[cfg(test)]

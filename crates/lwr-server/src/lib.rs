@@ -135,8 +135,8 @@ const HEAVY_READ_WAIT: Duration = Duration::from_secs(1);
 /// What such a 503 says in `Retry-After`, in seconds.
 const HEAVY_READ_RETRY: u64 = 2;
 /// Most jobs one `GET /v1/jobs` answers (a few megabytes): with [`HEAVY_READS`] served at
-/// once, what listings hold in memory is bounded. More matching jobs are refused, naming
-/// the filters that narrow them.
+/// once, what listings hold in memory is bounded (`limit` is clamped to it; a graph's own
+/// listing is bounded by the graph's size limit).
 pub(crate) const MAX_LISTED_JOBS: u32 = 20_000;
 
 impl AppState {

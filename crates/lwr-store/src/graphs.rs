@@ -3,12 +3,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use lwr_model::api::{GraphInfo, JobDetail, JobInfo, RunInfo, StateCounts, SubmitGraph};
-use lwr_model::{GraphId, JobId, JobSpec, JobState, Millis, Requirements, Requires, RunState};
+use lwr_model::{GraphId, JobId, JobSpec, JobState, Millis, Requirements, RunState};
 use sqlx::any::AnyRow;
 
+use crate::batch;
 use crate::error::Op;
 use crate::queue::Tx;
-use crate::rows::{col, json, to_json, typed, typed_opt, u32_of};
+use crate::rows::{col, json, typed, typed_opt, u32_of};
 use crate::{Result, Store, StoreError, rfc3339};
 
 /// A job's columns for listings, with the placement and times of its latest run.
@@ -28,8 +29,12 @@ pub struct JobQuery {
     pub states: Vec<JobState>,
     /// A glob on the job's name (`build-*`), in the dialect of [`lwr_model::glob`].
     pub name: Option<String>,
-    /// The newest this many of the jobs that match (still listed oldest first).
+    /// The newest this many of the jobs that match (still listed oldest first); with
+    /// `after`, the oldest this many after it.
     pub limit: Option<u32>,
+    /// A page: only jobs with a larger id, oldest first (`limit` of them, scanned before
+    /// the name pattern is applied, so a page may hold fewer).
+    pub after: Option<JobId>,
 }
 
 /// Where a graph comes from: the push's repository, branch, revision, author and subject,
@@ -81,8 +86,8 @@ async fn previous_revision(tx: &mut Tx, repository: &str, branch: &str) -> Resul
 }
 
 /// Inserts `jobs` into graph `graph_id` as pending, each waiting for all its needs, with
-/// their edges; a need is one of `jobs` or a job of the graph in `existing` (name to id).
-/// Returns the new jobs' ids by name.
+/// their edges, in the caller's transaction; a need is one of `jobs` or a job of the graph in
+/// `existing` (name to id). Returns the new jobs' ids by name.
 pub(crate) async fn insert_jobs<'j>(
     tx: &mut Tx,
     graph_id: GraphId,
@@ -91,53 +96,8 @@ pub(crate) async fn insert_jobs<'j>(
     now: Millis,
 ) -> Result<HashMap<&'j str, JobId>> {
     let mut ids: HashMap<&str, JobId> = HashMap::with_capacity(jobs.len());
-    for job in jobs {
-        // With what `buildbot:` implies: placement reads only this column.
-        let requirements = job.requirements();
-        let requirements = if requirements.is_empty() {
-            None
-        } else {
-            Some(to_json(&requirements, "requirements")?)
-        };
-        let id: JobId = typed(
-            &sqlx::query(
-                "INSERT INTO jobs (graph_id, name, state, unmet, spec, requirements, \
-                 retries_left, updated_at, all_finished, placement) \
-                 VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-            )
-            .bind(graph_id.get())
-            .bind(job.name.clone())
-            .bind(job.needs.len() as i64)
-            .bind(to_json(job, "job spec")?)
-            .bind(requirements)
-            .bind(i64::from(job.retries))
-            .bind(now.get())
-            .bind(i64::from(job.requires == Requires::AllFinished))
-            .bind(crate::pool::Placement::column(job)?)
-            .fetch_one(&mut **tx)
-            .await
-            .op("inserting job")?,
-            "id",
-        )?;
-        ids.insert(job.name.as_str(), id);
-    }
-    for job in jobs {
-        for need in &job.needs {
-            // Callers guarantee every need names a job of the graph.
-            let need_id = ids
-                .get(need.as_str())
-                .or_else(|| existing.get(need.as_str()));
-            let (Some(job_id), Some(need_id)) = (ids.get(job.name.as_str()), need_id) else {
-                continue;
-            };
-            sqlx::query("INSERT INTO job_needs (job_id, need_id) VALUES ($1, $2)")
-                .bind(job_id.get())
-                .bind(need_id.get())
-                .execute(&mut **tx)
-                .await
-                .op("inserting job needs")?;
-        }
-    }
+    let ordered = batch::topological(jobs);
+    batch::insert_rows(tx, graph_id, &ordered, &mut ids, existing, now).await?;
     Ok(ids)
 }
 
@@ -173,7 +133,42 @@ impl Store {
         };
         let graph_id = insert_graph(&mut tx, origin, now).await?;
         let jobs: Vec<&JobSpec> = sub.graph.jobs.iter().collect();
-        insert_jobs(&mut tx, graph_id, &jobs, &HashMap::new(), now).await?;
+        if jobs.len() <= batch::JOBS_PER_TRANSACTION {
+            insert_jobs(&mut tx, graph_id, &jobs, &HashMap::new(), now).await?;
+            self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
+            tx.commit().await.op("committing graph")?;
+            return Ok(graph_id);
+        }
+        // A large graph: staged in transactions of a bounded size (see `batch`), each
+        // letting claims, heartbeats and results in between, then shown in one statement.
+        sqlx::query("UPDATE graphs SET staging = 1 WHERE id = $1")
+            .bind(graph_id.get())
+            .execute(&mut *tx)
+            .await
+            .op("staging graph")?;
+        tx.commit().await.op("committing staged graph")?;
+        let ordered = batch::topological(&jobs);
+        let mut ids: HashMap<&str, JobId> = HashMap::with_capacity(jobs.len());
+        let existing = HashMap::new();
+        for chunk in ordered.chunks(batch::JOBS_PER_TRANSACTION) {
+            let staged = async {
+                let mut tx = self.write.begin().await.op("staging jobs")?;
+                batch::insert_rows(&mut tx, graph_id, chunk, &mut ids, &existing, now).await?;
+                tx.commit().await.op("committing staged jobs")
+            };
+            if let Err(e) = staged.await {
+                // Nobody saw the graph: take back what was stored (best effort; a graph
+                // left staging is never listed or claimed).
+                let _ = batch::discard_staged(&self.write, graph_id).await;
+                return Err(e);
+            }
+        }
+        let mut tx = self.write.begin().await.op("showing graph")?;
+        sqlx::query("UPDATE graphs SET staging = 0 WHERE id = $1")
+            .bind(graph_id.get())
+            .execute(&mut *tx)
+            .await
+            .op("showing graph")?;
         self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
         tx.commit().await.op("committing graph")?;
         Ok(graph_id)
@@ -183,7 +178,7 @@ impl Store {
     pub async fn graph(&self, id: GraphId) -> Result<GraphInfo> {
         let row = sqlx::query(
             "SELECT id, repository, branch, revision, author, subject, created_at \
-             FROM graphs WHERE id = $1",
+             FROM graphs WHERE id = $1 AND staging = 0",
         )
         .bind(id.get())
         .fetch_optional(&self.read)
@@ -254,6 +249,12 @@ impl Store {
 
     /// The jobs `query` asks for, oldest first.
     pub async fn jobs_matching(&self, query: &JobQuery) -> Result<Vec<JobInfo>> {
+        Ok(self.jobs_page(query).await?.0)
+    }
+
+    /// The jobs `query` asks for, oldest first, and with `after`, the cursor of the next
+    /// page when this one was full (the last id scanned).
+    pub async fn jobs_page(&self, query: &JobQuery) -> Result<(Vec<JobInfo>, Option<JobId>)> {
         let name = match &query.name {
             Some(pattern) => {
                 Some(
@@ -265,7 +266,9 @@ impl Store {
             }
             None => None,
         };
-        let mut conds = Vec::new();
+        // A graph still being inserted is not listed until it is whole.
+        let mut conds =
+            vec!["graph_id NOT IN (SELECT id FROM graphs WHERE staging <> 0)".to_string()];
         if query.graph.is_some() {
             conds.push("graph_id = $1".to_string());
         }
@@ -278,12 +281,17 @@ impl Store {
                 .collect();
             conds.push(format!("state IN ({})", list.join(", ")));
         }
-        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs");
-        if !conds.is_empty() {
-            sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
+        if let Some(after) = query.after {
+            // An integer, never the caller's text.
+            conds.push(format!("id > {}", after.get()));
         }
-        // A name pattern is matched here, not in SQL: its limit applies after it.
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs");
+        sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
+        // A name pattern is matched here, not in SQL: its limit applies after it (except on
+        // a page, which is a range of ids).
+        let paged = query.after.is_some();
         match (query.limit, &name) {
+            (Some(limit), _) if paged => sql.push_str(&format!(" ORDER BY id LIMIT {limit}")),
             (Some(limit), None) => sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}")),
             _ => sql.push_str(" ORDER BY id"),
         }
@@ -292,9 +300,14 @@ impl Store {
             q = q.bind(g.get());
         }
         let mut rows = q.fetch_all(&self.read).await.op("listing jobs")?;
-        if query.limit.is_some() && name.is_none() {
+        if query.limit.is_some() && name.is_none() && !paged {
             rows.reverse();
         }
+        let scanned_last: Option<JobId> = match rows.last() {
+            Some(row) if paged => Some(typed(row, "id")?),
+            _ => None,
+        };
+        let full_page = paged && query.limit.is_some_and(|l| rows.len() >= l as usize);
         if let Some(name) = &name {
             let mut kept = Vec::new();
             for row in rows {
@@ -302,7 +315,7 @@ impl Store {
                     kept.push(row);
                 }
             }
-            if let Some(limit) = query.limit {
+            if let Some(limit) = query.limit.filter(|_| !paged) {
                 let drop = kept.len().saturating_sub(limit as usize);
                 kept.drain(..drop);
             }
@@ -329,7 +342,7 @@ impl Store {
                 job.reason = Some("ready, waiting for a node".into());
             }
         }
-        Ok(jobs)
+        Ok((jobs, scanned_last.filter(|_| full_page)))
     }
 
     /// Gives each pending job that waits for needs a reason naming them (`waits for build,
@@ -350,9 +363,16 @@ impl Store {
                 .await
             }
             None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("{NEEDS}{ORDER}")))
-                    .fetch_all(&self.read)
-                    .await
+                // Only the listing's range of ids: a page, not every waiting job stored.
+                let low = jobs.iter().map(|j| j.id.get()).min().unwrap_or(0);
+                let high = jobs.iter().map(|j| j.id.get()).max().unwrap_or(0);
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{NEEDS} AND id BETWEEN $1 AND $2{ORDER}"
+                )))
+                .bind(low)
+                .bind(high)
+                .fetch_all(&self.read)
+                .await
             }
         }
         .op("listing the needs of pending jobs")?;

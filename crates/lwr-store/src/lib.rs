@@ -8,6 +8,7 @@
 //! sqlx), so they are bound with `.get()` and read with `rows::typed`.
 
 mod artifacts;
+mod batch;
 mod control;
 mod duties;
 mod error;

@@ -6,7 +6,7 @@ use crate::error::Op;
 use crate::{Dialect, Result, Store, StoreError};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// The oldest schema this build migrates from: every migration since the first is embedded,
 /// so any older database is brought up to `SCHEMA_VERSION` on open.
@@ -66,6 +66,7 @@ const SQLITE: &[(i64, &str)] = &[
     (8, include_str!("../migrations/sqlite/0008_checkout.sql")),
     (9, include_str!("../migrations/sqlite/0009_node_tokens.sql")),
     (10, include_str!("../migrations/sqlite/0010_duties.sql")),
+    (11, include_str!("../migrations/sqlite/0011_bounded.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -84,6 +85,7 @@ const POSTGRES: &[(i64, &str)] = &[
         include_str!("../migrations/postgres/0009_node_tokens.sql"),
     ),
     (10, include_str!("../migrations/postgres/0010_duties.sql")),
+    (11, include_str!("../migrations/postgres/0011_bounded.sql")),
 ];
 
 fn steps(dialect: Dialect) -> Vec<Step> {

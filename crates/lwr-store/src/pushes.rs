@@ -256,26 +256,42 @@ impl Store {
     }
 
     /// Pushes, newest first, optionally of one repository; at most `limit`.
+    /// Pushes, newest first: at most `limit`, only those older than `before` (a page).
     pub async fn pushes(&self, repo: Option<i64>, limit: i64) -> Result<Vec<PushInfo>> {
-        let rows =
-            match repo {
-                Some(r) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {PUSH_COLUMNS} FROM pushes WHERE repo_id = $1 ORDER BY id DESC LIMIT $2"
+        self.pushes_before(repo, None, limit).await
+    }
+
+    /// [`Store::pushes`] from the page before push `before`.
+    pub async fn pushes_before(
+        &self,
+        repo: Option<i64>,
+        before: Option<PushId>,
+        limit: i64,
+    ) -> Result<Vec<PushInfo>> {
+        let before = before.map_or(i64::MAX, |b| b.get());
+        let rows = match repo {
+            Some(r) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {PUSH_COLUMNS} FROM pushes WHERE repo_id = $1 AND id < $2 \
+                     ORDER BY id DESC LIMIT $3"
                 )))
                 .bind(r)
+                .bind(before)
                 .bind(limit)
                 .fetch_all(&self.read)
-                .await,
-                None => {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "SELECT {PUSH_COLUMNS} FROM pushes ORDER BY id DESC LIMIT $1"
-                    )))
-                    .bind(limit)
-                    .fetch_all(&self.read)
-                    .await
-                }
+                .await
             }
-            .op("listing pushes")?;
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {PUSH_COLUMNS} FROM pushes WHERE id < $1 ORDER BY id DESC LIMIT $2"
+                )))
+                .bind(before)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await
+            }
+        }
+        .op("listing pushes")?;
         rows.iter().map(push_info).collect()
     }
 

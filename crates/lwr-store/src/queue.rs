@@ -638,7 +638,8 @@ fn claim_select(dialect: Dialect) -> &'static str {
                 "AND j2.state = 'succeeded' AND g2.repository = g.repository ",
                 "AND g2.branch = g.branch ORDER BY j2.id DESC LIMIT 1) AS affinity ",
                 "FROM jobs j WHERE j.state = 'pending' AND j.unmet = 0 ",
-                "AND j.id > $1 ORDER BY j.id LIMIT $2",
+                "AND j.id > $1 AND j.graph_id NOT IN ",
+                "(SELECT s.id FROM graphs s WHERE s.staging <> 0) ORDER BY j.id LIMIT $2",
                 $lock
             )
         };

@@ -73,7 +73,8 @@ impl Store {
             Int(i64),
             Text(String),
         }
-        let mut conds = Vec::new();
+        // A graph still being inserted is not shown until it is whole.
+        let mut conds = vec!["g.staging = 0".to_string()];
         let mut binds = Vec::new();
         let mut push = |cond: &str, bind: Bind| {
             binds.push(bind);

@@ -665,9 +665,12 @@ pub struct JobsArgs {
     /// Only jobs whose name matches this glob (`build-*`).
     #[arg(long, value_name = "GLOB")]
     pub name: Option<String>,
-    /// Only the newest N jobs that match.
-    #[arg(long, value_name = "N")]
+    /// Only the newest N jobs that match (default without --graph: 1000, the recent graphs).
+    #[arg(long, value_name = "N", conflicts_with = "all")]
     pub limit: Option<u32>,
+    /// Every job that matches, oldest first, read from the server a page at a time.
+    #[arg(long)]
+    pub all: bool,
     /// Print JSON (`{"jobs": [...]}`) instead of a table.
     #[arg(long)]
     pub json: bool,

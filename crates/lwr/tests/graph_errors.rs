@@ -419,3 +419,15 @@ fn graph_diff_names_exactly_the_changed_jobs() {
         .assert_clear_error(1)
         .assert_stderr_has(&["nosuchrev"]);
 }
+
+/// An lwr.yml over the size limit says which limit, not "YAML syntax error".
+#[test]
+fn an_oversized_file_names_the_size_limit() {
+    let tmp = tempdir();
+    let mut yml = String::from("version: 1\njobs:\n  a:\n    run: true\n");
+    yml.push_str(&"#".repeat(lwr_model::graph::MAX_FILE_BYTES));
+    let out = graph_of(tmp.path(), "big", &yml);
+    out.assert_failure()
+        .assert_stderr_has(&["lwr.yml", "size limit of 48 MiB"]);
+    assert!(!out.stderr.contains("YAML syntax"), "{}", out.stderr);
+}

@@ -213,6 +213,17 @@ pub enum GraphError {
         what: String,
         limit: usize,
     },
+
+    /// The file itself is larger than lwr reads (checked before parsing).
+    #[error(
+        "{file}: the file is {bytes} bytes, more than lwr.yml's size limit of {} MiB ({limit} bytes)",
+        limit >> 20
+    )]
+    FileTooLarge {
+        file: String,
+        bytes: usize,
+        limit: usize,
+    },
 }
 
 fn at(file: &str, line: &Option<usize>) -> String {
@@ -334,7 +345,8 @@ impl GraphError {
             | DuplicateArtifact { file, .. }
             | Cycle { file, .. }
             | MatrixTooLarge { file, .. }
-            | GraphTooLarge { file, .. } => file,
+            | GraphTooLarge { file, .. }
+            | FileTooLarge { file, .. } => file,
         }
     }
 
@@ -358,7 +370,7 @@ impl GraphError {
             | DuplicateArtifact { line, .. }
             | MatrixTooLarge { line, .. }
             | GraphTooLarge { line, .. } => *line,
-            Cycle { .. } => None,
+            Cycle { .. } | FileTooLarge { .. } => None,
         }
     }
 
@@ -380,7 +392,8 @@ impl GraphError {
             Yaml { .. }
             | DuplicateKey { .. }
             | UnsupportedVersion { .. }
-            | GraphTooLarge { .. } => None,
+            | GraphTooLarge { .. }
+            | FileTooLarge { .. } => None,
         }
     }
 
@@ -400,7 +413,7 @@ impl GraphError {
             }
             DuplicateArtifact { .. } => Some("artifacts"),
             GraphTooLarge { .. } => Some("jobs"),
-            Yaml { .. } | DuplicateKey { .. } => None,
+            Yaml { .. } | DuplicateKey { .. } | FileTooLarge { .. } => None,
         }
     }
 }

@@ -16,8 +16,9 @@ use crate::{ApiError, AppState};
 pub(crate) type Shared = State<Arc<AppState>>;
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
-/// Largest JSON body accepted (a 10,000-job graph is a few MB).
-pub(crate) const MAX_JSON_BODY: usize = 32 << 20;
+/// Largest JSON body accepted: a graph at lwr.yml's limits (100,000 jobs, a 48 MiB file) is
+/// about twice its YAML as JSON, with room for matrices that expand in the JSON only.
+pub(crate) const MAX_JSON_BODY: usize = 128 << 20;
 /// Bodies larger than this are decoded on a blocking thread.
 const BLOCKING_DECODE_BYTES: usize = 256 << 10;
 /// Most results or runs in one node request: a node has at most this many slots.
@@ -61,9 +62,15 @@ where
                 "expected a JSON body with Content-Type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|r| ApiError::field(r.status(), "body", r.body_text()))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                // Say which limit: the one a huge graph meets first.
+                let limit = MAX_JSON_BODY >> 20;
+                let message = format!("the body is larger than the API's limit of {limit} MiB");
+                return ApiError::field(r.status(), "body", message);
+            }
+            ApiError::field(r.status(), "body", r.body_text())
+        })?;
         // Decoding megabytes takes a while: off the async workers, so other requests
         // (heartbeats above all) are not held up behind a large graph.
         if bytes.len() > BLOCKING_DECODE_BYTES {

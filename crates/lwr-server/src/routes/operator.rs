@@ -355,10 +355,20 @@ pub(crate) async fn create_token(
     Ok((StatusCode::CREATED, Json(CreatedToken { info, token })))
 }
 
-#[utoipa::path(get, path = "/v1/tokens", responses((status = 200, body = TokenList)))]
-pub(crate) async fn list_tokens(_: Admin, State(state): Shared) -> ApiResult<Json<TokenList>> {
+#[utoipa::path(
+    get, path = "/v1/tokens", params(super::reader::PageQuery),
+    responses((status = 200, description = "tokens by id", body = TokenList))
+)]
+pub(crate) async fn list_tokens(
+    _: Admin,
+    State(state): Shared,
+    ApiQuery(q): ApiQuery<super::reader::PageQuery>,
+) -> ApiResult<Json<TokenList>> {
+    let tokens = state.queue.store().tokens(lwr_store::now_ms()).await?;
+    let (tokens, next_cursor) = super::reader::page_of(tokens, |t| t.id, q.cursor_id()?, q.limit());
     Ok(Json(TokenList {
-        tokens: state.queue.store().tokens(lwr_store::now_ms()).await?,
+        tokens,
+        next_cursor,
     }))
 }
 

@@ -64,13 +64,22 @@ pub(crate) async fn get_graph_spec(
     Ok(Json(state.queue.store().graph_spec(id).await?))
 }
 
-#[utoipa::path(get, path = "/v1/repos", responses((status = 200, body = RepoList)))]
-pub(crate) async fn list_repos(_: Reader, State(state): Shared) -> ApiResult<Json<RepoList>> {
-    let mut repos = state.queue.store().repos().await?;
+#[utoipa::path(
+    get, path = "/v1/repos", params(PageQuery),
+    responses((status = 200, description = "repositories by id", body = RepoList))
+)]
+pub(crate) async fn list_repos(
+    _: Reader,
+    State(state): Shared,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<RepoList>> {
+    let repos = state.queue.store().repos().await?;
+    let (mut repos, next_cursor) =
+        page_of(repos, |r| r.id, cursor(q.cursor.as_deref())?, q.limit());
     for repo in &mut repos {
         repo.polled_at = state.poll.polled_at(repo.id).map(lwr_store::rfc3339);
     }
-    Ok(Json(RepoList { repos }))
+    Ok(Json(RepoList { repos, next_cursor }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -80,6 +89,8 @@ pub struct PushFilter {
     repo: Option<i64>,
     /// At most this many, newest first (default 100).
     limit: Option<u32>,
+    /// The next page: `next_cursor` of the page before.
+    cursor: Option<String>,
 }
 
 #[utoipa::path(
@@ -91,8 +102,16 @@ pub(crate) async fn list_pushes(
     ApiQuery(q): ApiQuery<PushFilter>,
 ) -> ApiResult<Json<PushList>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let before = cursor(q.cursor.as_deref())?.map(PushId);
+    let pushes = state
+        .queue
+        .store()
+        .pushes_before(q.repo, before, i64::from(limit))
+        .await?;
+    let next_cursor = next_page(pushes.len(), limit, pushes.last().map(|p| p.id.get()));
     Ok(Json(PushList {
-        pushes: state.queue.store().pushes(q.repo, i64::from(limit)).await?,
+        pushes,
+        next_cursor,
     }))
 }
 
@@ -120,6 +139,8 @@ pub struct GraphListQuery {
     /// Only graphs older than this one (the next page).
     #[param(value_type = Option<i64>)]
     before: Option<GraphId>,
+    /// The next page: `next_cursor` of the page before (the same as `before`).
+    cursor: Option<String>,
 }
 
 #[utoipa::path(
@@ -132,18 +153,27 @@ pub(crate) async fn list_graphs(
     ApiQuery(q): ApiQuery<GraphListQuery>,
 ) -> ApiResult<Json<GraphList>> {
     let seq = *state.queue.subscribe_changes().borrow();
+    let before = match cursor(q.cursor.as_deref())? {
+        Some(id) => Some(GraphId(id)),
+        None => q.before,
+    };
+    let limit = q.limit.unwrap_or(20).clamp(1, 1000);
     let filter = lwr_store::GraphFilter {
-        before: q.before,
+        before,
         repository: q.repository,
         branch: q.branch,
-        limit: q.limit.unwrap_or(20).clamp(1, 1000),
+        limit,
         ..Default::default()
     };
     let mut graphs = state.queue.store().graph_infos(&filter).await?;
     for g in &mut graphs {
         g.seq = seq;
     }
-    Ok(Json(GraphList { graphs }))
+    let next_cursor = next_page(graphs.len(), limit, graphs.last().map(|g| g.id.get()));
+    Ok(Json(GraphList {
+        graphs,
+        next_cursor,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -156,9 +186,14 @@ pub struct JobFilter {
     state: Option<String>,
     /// Only jobs whose name matches this glob (`build-*`).
     name: Option<String>,
-    /// Only the newest this many of the jobs that match (still oldest first); at most
-    /// 20,000.
+    /// Only the newest this many of the jobs that match (still oldest first), at most
+    /// 20,000. Without `graph` or `cursor` the default is 1000: a listing of everything is
+    /// bounded.
     limit: Option<u32>,
+    /// Page through jobs oldest first: `0` starts at the oldest job, then `next_cursor` of
+    /// the page before. A page holds `limit` jobs (default 1000, at most 10,000) before the
+    /// `name` pattern is applied.
+    cursor: Option<String>,
 }
 
 #[utoipa::path(
@@ -211,30 +246,23 @@ pub(crate) async fn list_jobs(
         graph: q.graph,
         states,
         name: q.name.filter(|n| !n.is_empty()),
-        // One more than an answer holds, to know when more match.
-        limit: Some(q.limit.map_or(crate::MAX_LISTED_JOBS + 1, |n| {
-            n.clamp(1, crate::MAX_LISTED_JOBS)
-        })),
+        limit: match (&q.cursor, q.graph) {
+            (Some(_), _) => Some(q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)),
+            // A graph's jobs are bounded by the graph's own limit (100,000 jobs).
+            (None, Some(_)) => q.limit.map(|n| n.clamp(1, crate::MAX_LISTED_JOBS)),
+            (None, None) => Some(q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, crate::MAX_LISTED_JOBS)),
+        },
+        after: cursor(q.cursor.as_deref())?.map(JobId),
     };
     let _turn = state.heavy_read().await?;
-    let jobs = store.jobs_matching(&query).await?;
-    if jobs.len() > crate::MAX_LISTED_JOBS as usize {
-        return Err(ApiError::field(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "limit",
-            format!(
-                "more than {} jobs match, more than one answer holds: narrow them with graph, \
-                 state or name, or ask for the newest with limit",
-                crate::MAX_LISTED_JOBS
-            ),
-        ));
-    }
+    let (jobs, next) = store.jobs_page(&query).await?;
+    let next_cursor = next.map(|id| id.to_string());
     if let Some(graph) = q.graph.filter(|_| jobs.is_empty()) {
         // No jobs: an unknown graph is an error, not an empty list (a graph has jobs, or
         // is a push whose decision job runs, which is a job too).
         store.graph(graph).await?;
     }
-    Ok(Json(JobList { jobs }))
+    Ok(Json(JobList { jobs, next_cursor }))
 }
 
 #[utoipa::path(
@@ -423,11 +451,19 @@ pub(crate) async fn get_job_manifest(
     Ok(Json(m).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = NodeList)))]
-pub(crate) async fn list_nodes(_: Reader, State(state): Shared) -> ApiResult<Json<NodeList>> {
-    Ok(Json(NodeList {
-        nodes: state.queue.store().nodes(lwr_store::now_ms()).await?,
-    }))
+#[utoipa::path(
+    get, path = "/v1/nodes", params(PageQuery),
+    responses((status = 200, description = "nodes by name", body = NodeList))
+)]
+pub(crate) async fn list_nodes(
+    _: Reader,
+    State(state): Shared,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<NodeList>> {
+    let nodes = state.queue.store().nodes(lwr_store::now_ms()).await?;
+    let after = q.cursor.clone().filter(|c| !c.is_empty());
+    let (nodes, next_cursor) = page_of(nodes, |n| n.name.clone(), after, q.limit());
+    Ok(Json(NodeList { nodes, next_cursor }))
 }
 
 #[utoipa::path(
@@ -494,4 +530,78 @@ pub(crate) async fn stats(_: Reader, State(state): Shared) -> Json<Stats> {
 pub(crate) async fn metrics(_: Reader, State(state): Shared) -> ApiResult<Response> {
     let text = crate::metrics::render(&state).await?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+}
+
+/// Jobs in a page of `GET /v1/jobs` unless `limit` says otherwise, and in a listing without
+/// a graph or a cursor.
+const DEFAULT_PAGE: u32 = 1000;
+/// Most jobs in one page.
+const MAX_PAGE: u32 = 10_000;
+
+/// A `cursor` parameter: the id a page continues from (opaque to clients: only ever what a
+/// `next_cursor` said, or `0` to start).
+fn cursor(text: Option<&str>) -> ApiResult<Option<i64>> {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => t
+            .parse::<i64>()
+            .ok()
+            .filter(|&n| n >= 0)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::field(
+                    StatusCode::BAD_REQUEST,
+                    "cursor",
+                    format!("bad cursor '{t}': pass the next_cursor of the page before, or 0"),
+                )
+            }),
+    }
+}
+
+/// The `next_cursor` of a page listed newest first: its last id when it was full.
+fn next_page(len: usize, limit: u32, last: Option<i64>) -> Option<String> {
+    last.filter(|_| len >= limit as usize)
+        .map(|id| id.to_string())
+}
+
+/// `limit` and `cursor` of the short lists (nodes, repositories, tokens): a page of at most
+/// `limit` (default 1000), in the list's order, after the item `cursor` names.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// At most this many (default 1000, at most 10,000).
+    limit: Option<u32>,
+    /// The next page: `next_cursor` of the page before.
+    cursor: Option<String>,
+}
+
+impl PageQuery {
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE) as usize
+    }
+
+    pub(crate) fn cursor_id(&self) -> ApiResult<Option<i64>> {
+        cursor(self.cursor.as_deref())
+    }
+}
+
+/// One page of a short list the store reads whole: the items after `after` in the order of
+/// `key`, at most `limit`, and the next page's cursor when more follow.
+pub(crate) fn page_of<T, K: Ord + ToString>(
+    mut items: Vec<T>,
+    key: impl Fn(&T) -> K,
+    after: Option<K>,
+    limit: usize,
+) -> (Vec<T>, Option<String>) {
+    // Sorted here, not by the database's collation, so the cursor compares as the page did.
+    items.sort_by_key(|t| key(t));
+    if let Some(after) = after {
+        items.retain(|t| key(t) > after);
+    }
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = more
+        .then(|| items.last().map(|t| key(t).to_string()))
+        .flatten();
+    (items, next)
 }

@@ -15,13 +15,22 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
         Some(g) => Some(resolve_graph(&client, g).await?),
         None => None,
     };
-    let query = JobsQuery {
+    let mut query = JobsQuery {
         graph,
         states: args.state,
         name: args.name,
         limit: args.limit,
+        cursor: args.all.then(|| "0".to_string()),
     };
-    let list = client.jobs_matching(&query).await?;
+    let mut list = client.jobs_matching(&query).await?;
+    // --all: page through; each page continues where the one before ended, so jobs added
+    // meanwhile come in later pages and none is listed twice.
+    while let Some(next) = list.next_cursor.take().filter(|_| args.all) {
+        query.cursor = Some(next);
+        let page = client.jobs_matching(&query).await?;
+        list.jobs.extend(page.jobs);
+        list.next_cursor = page.next_cursor;
+    }
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
@@ -58,8 +67,17 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
         ]);
     }
     out!("{}", table.render());
+    let bounded = !args.all && args.limit.is_none() && graph.is_none();
+    if bounded && list.jobs.len() >= DEFAULT_JOBS {
+        eprintln!(
+            "(the newest {DEFAULT_JOBS} jobs: the recent graphs; --all for every job, --graph ID for one graph)"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
+
+/// What the server lists without a graph, a limit or a cursor.
+const DEFAULT_JOBS: usize = 1000;
 
 /// A graph named by id or `latest` (the newest on the server).
 pub async fn resolve_graph(client: &Client, graph: GraphRef) -> anyhow::Result<GraphId> {

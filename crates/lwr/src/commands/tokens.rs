@@ -56,7 +56,10 @@ pub async fn run(args: TokensArgs) -> anyhow::Result<ExitCode> {
                 None => client(&a.target)?.tokens().await?.tokens,
             };
             if a.json {
-                let list = lwr_model::auth::TokenList { tokens };
+                let list = lwr_model::auth::TokenList {
+                    tokens,
+                    next_cursor: None,
+                };
                 outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 outln!(

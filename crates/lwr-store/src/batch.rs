@@ -1,0 +1,226 @@
+//! Inserting many jobs at once: multi-row statements, and for a large graph, transactions
+//! of a bounded size so that claims, heartbeats and results get the writer between them.
+//!
+//! A graph submitted in several transactions is *staging* (`graphs.staging <> 0`) until its
+//! last job and edge are in: claims and listings leave staging graphs out, so readers and
+//! claimers see a graph whole or not at all. Clearing the flag is one row, whatever the size
+//! of the graph. A graph left staging by a server that died mid-submission is never claimed
+//! or listed, and the retention pass removes it.
+
+use std::collections::HashMap;
+
+use lwr_model::{GraphId, JobId, JobSpec, Millis, Requires};
+
+use crate::error::Op;
+use crate::queue::Tx;
+use crate::rows::{col, to_json, typed};
+use crate::{Result, StoreError};
+
+/// Jobs per multi-row INSERT: 9 bound values each, far below SQLite's bound of 32,766.
+const JOB_ROWS_PER_STATEMENT: usize = 250;
+/// Edges per multi-row INSERT (2 values each).
+const EDGE_ROWS_PER_STATEMENT: usize = 1_000;
+/// Jobs per transaction of a staged submission: small enough that one transaction holds the
+/// writer for a few tens of milliseconds (SQLite, debug build), large enough that a
+/// 100,000-job graph needs few of them.
+pub(crate) const JOBS_PER_TRANSACTION: usize = 2_000;
+
+/// Inserts `jobs` into graph `graph_id` as pending, each waiting for all its needs, with
+/// their edges; a need is one of `jobs`, one already in `ids` (inserted earlier, possibly in
+/// an earlier transaction of the same submission) or a job of the graph in `existing`.
+/// Adds the new jobs' ids to `ids`. Every need must come before the job that names it, in
+/// `jobs` or in `ids` (see [`topological`]); a need found nowhere is skipped (callers
+/// validate the graph first).
+pub(crate) async fn insert_rows<'j>(
+    tx: &mut Tx,
+    graph_id: GraphId,
+    jobs: &[&'j JobSpec],
+    ids: &mut HashMap<&'j str, JobId>,
+    existing: &HashMap<String, JobId>,
+    now: Millis,
+) -> Result<()> {
+    for chunk in jobs.chunks(JOB_ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO jobs (graph_id, name, state, unmet, spec, requirements, \
+             retries_left, updated_at, all_finished, placement) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 9;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, 'pending', ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9
+            ));
+        }
+        // Rows come back by name: neither database promises RETURNING in VALUES order.
+        sql.push_str(" RETURNING id, name");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for job in chunk {
+            // With what `buildbot:` implies: placement reads only this column.
+            let requirements = job.requirements();
+            let requirements = if requirements.is_empty() {
+                None
+            } else {
+                Some(to_json(&requirements, "requirements")?)
+            };
+            q = q
+                .bind(graph_id.get())
+                .bind(job.name.clone())
+                .bind(job.needs.len() as i64)
+                .bind(to_json(*job, "job spec")?)
+                .bind(requirements)
+                .bind(i64::from(job.retries))
+                .bind(now.get())
+                .bind(i64::from(job.requires == Requires::AllFinished))
+                .bind(crate::pool::Placement::column(job)?);
+        }
+        let rows = q.fetch_all(&mut **tx).await.op("inserting jobs")?;
+        let by_name: HashMap<String, JobId> = rows
+            .iter()
+            .map(|r| Ok((col::<String>(r, "name")?, typed::<JobId>(r, "id")?)))
+            .collect::<Result<_>>()?;
+        for job in chunk {
+            let id =
+                by_name
+                    .get(job.name.as_str())
+                    .copied()
+                    .ok_or_else(|| StoreError::Corrupt {
+                        what: "inserted job",
+                        detail: job.name.clone(),
+                    })?;
+            ids.insert(job.name.as_str(), id);
+        }
+    }
+    let mut edges: Vec<(JobId, JobId)> = Vec::new();
+    for job in jobs {
+        let Some(&job_id) = ids.get(job.name.as_str()) else {
+            continue;
+        };
+        for need in &job.needs {
+            let need_id = ids
+                .get(need.as_str())
+                .or_else(|| existing.get(need.as_str()));
+            if let Some(&need_id) = need_id {
+                edges.push((job_id, need_id));
+            }
+        }
+    }
+    for chunk in edges.chunks(EDGE_ROWS_PER_STATEMENT) {
+        let mut sql = String::from("INSERT INTO job_needs (job_id, need_id) VALUES ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
+        }
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (job, need) in chunk {
+            q = q.bind(job.get()).bind(need.get());
+        }
+        q.execute(&mut **tx).await.op("inserting job needs")?;
+    }
+    Ok(())
+}
+
+/// Deletes a staging graph that failed to be stored whole: its edges and jobs a transaction
+/// of at most `JOBS_PER_TRANSACTION` jobs at a time, then the graph. Its jobs never ran (no
+/// claim sees a staging graph), so nothing else refers to them.
+pub(crate) async fn discard_staged(write: &sqlx::AnyPool, graph_id: GraphId) -> Result<()> {
+    loop {
+        let mut tx = write.begin().await.op("discarding a staged graph")?;
+        let chunk = format!(
+            "SELECT id FROM jobs WHERE graph_id = $1 ORDER BY id LIMIT {JOBS_PER_TRANSACTION}"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM job_needs WHERE job_id IN ({chunk}) OR need_id IN ({chunk})"
+        )))
+        .bind(graph_id.get())
+        .execute(&mut *tx)
+        .await
+        .op("discarding staged edges")?;
+        let gone = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM jobs WHERE id IN ({chunk})"
+        )))
+        .bind(graph_id.get())
+        .execute(&mut *tx)
+        .await
+        .op("discarding staged jobs")?
+        .rows_affected();
+        if gone == 0 {
+            sqlx::query("DELETE FROM graphs WHERE id = $1 AND staging <> 0")
+                .bind(graph_id.get())
+                .execute(&mut *tx)
+                .await
+                .op("discarding a staged graph")?;
+        }
+        tx.commit().await.op("discarding a staged graph")?;
+        if gone == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// `jobs` with every job after its needs (needs outside `jobs` do not count), otherwise in
+/// the order given. A cycle (which validation rejects before) leaves its jobs at the end.
+pub(crate) fn topological<'j>(jobs: &[&'j JobSpec]) -> Vec<&'j JobSpec> {
+    let index: HashMap<&str, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.name.as_str(), i))
+        .collect();
+    let mut waiting = vec![0usize; jobs.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); jobs.len()];
+    for (i, job) in jobs.iter().enumerate() {
+        for need in &job.needs {
+            if let Some(&n) = index.get(need.as_str()) {
+                waiting[i] += 1;
+                dependents[n].push(i);
+            }
+        }
+    }
+    // Kahn's algorithm, taking ready jobs in the order given.
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..jobs.len()).filter(|&i| waiting[i] == 0).collect();
+    let mut order = Vec::with_capacity(jobs.len());
+    let mut placed = vec![false; jobs.len()];
+    while let Some(i) = ready.pop_first() {
+        order.push(jobs[i]);
+        placed[i] = true;
+        for &d in &dependents[i] {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                ready.insert(d);
+            }
+        }
+    }
+    order.extend((0..jobs.len()).filter(|&i| !placed[i]).map(|i| jobs[i]));
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, needs: &[&str]) -> JobSpec {
+        serde_json::from_value(serde_json::json!({"name": name, "run": "true", "needs": needs}))
+            .expect("a job spec")
+    }
+
+    #[test]
+    fn needs_come_first() {
+        let jobs = [job("c", &["b"]), job("a", &[]), job("b", &["a", "x"])];
+        let refs: Vec<&JobSpec> = jobs.iter().collect();
+        let names: Vec<&str> = topological(&refs).iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
+}
