@@ -4,7 +4,6 @@
 //! streams); the bookkeeping lives in [`crate::live`]; docs/logs.md tells the whole path.
 
 use std::convert::Infallible;
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -329,45 +328,33 @@ impl Follow {
             }
         };
         let spool = viewer.as_ref().map(|v| v.run.clone());
-        let stored = logs::path(&self.state.config.data_dir, run_id);
-        if log_size > 0 && spool.is_none() && !stored.exists() {
-            return Err(Stop::Failed(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "the log of run {run_id} ({log_size} bytes) was stored by another server; \
-                     servers sharing a database must share --data-dir"
-                ),
-            )));
-        }
         loop {
-            let path = stored.clone();
-            let spool = spool.clone();
-            let at = offset;
-            let read = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, u64)> {
-                match std::fs::File::open(&path) {
-                    Ok(mut file) => {
-                        let size = file.metadata()?.len();
-                        file.seek(SeekFrom::Start(at.min(size)))?;
-                        let mut buf =
-                            Vec::with_capacity(EVENT_BYTES.min((size - at.min(size)) as usize));
-                        file.by_ref()
-                            .take(EVENT_BYTES as u64)
-                            .read_to_end(&mut buf)?;
-                        Ok((buf, size))
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => match spool {
-                        Some(live) => {
-                            let size = live.held().size;
-                            Ok((live.read(at, EVENT_BYTES)?, size))
-                        }
-                        None => Ok((Vec::new(), 0)),
-                    },
-                    Err(e) => Err(e),
+            let read = match logs::read_at(&self.state, run_id, offset, EVENT_BYTES).await? {
+                Some(read) => read,
+                // No stored log (its node could not store it, or an earlier version stored
+                // it in another server's data dir): what the spool holds, if anything.
+                None if log_size > 0 && spool.is_none() => {
+                    return Err(Stop::Failed(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "the log of run {run_id} ({log_size} bytes) is neither in the \
+                             artifact store nor in this server's data dir"
+                        ),
+                    )));
                 }
-            })
-            .await
-            .map_err(|e| internal("reading the log", e))?
-            .map_err(|e| internal(&format!("reading the log of run {run_id}"), e))?;
+                None => match spool.clone() {
+                    Some(live) => {
+                        let size = live.held().size;
+                        let at = offset;
+                        tokio::task::spawn_blocking(move || live.read(at, EVENT_BYTES))
+                            .await
+                            .map_err(|e| internal("reading the spool", e))?
+                            .map(|bytes| (bytes, size))
+                            .map_err(|e| internal(&format!("reading the log of run {run_id}"), e))?
+                    }
+                    None => (Vec::new(), 0),
+                },
+            };
             let (bytes, size) = read;
             if bytes.is_empty() {
                 return self

@@ -285,7 +285,7 @@ pub(crate) async fn upload_log(
     let store = state.queue.store();
     artifacts::writable_run(&state, run, caller.node, artifacts::Part::Log).await?;
     let (size, sha256) = logs::store(
-        &state.config.data_dir,
+        state.artifacts.as_ref(),
         run,
         body,
         state.config.max_log_bytes,

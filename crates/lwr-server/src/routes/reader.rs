@@ -322,14 +322,14 @@ pub(crate) async fn get_log(
             ),
         ));
     }
-    let stored = logs::open(&state.config.data_dir, run.id, q.offset).await?;
+    let stored = logs::open(&state, run.id, q.offset).await?;
     if stored.is_none() && run.log_size > 0 {
-        // Uploaded through another server sharing the database, into its data dir.
+        // Stored by an earlier version into the data dir of another server.
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
-                "the log of run {} of job {id} ({} bytes) was stored by another server; \
-                 servers sharing a database must share --data-dir",
+                "the log of run {} of job {id} ({} bytes) is neither in the artifact store \
+                 nor in this server's data dir (an earlier version stored it in its own)",
                 run.number, run.log_size
             ),
         ));
@@ -357,7 +357,7 @@ pub(crate) async fn get_artifact(
                 format!("run {run} not found"),
             ));
         }
-        return Ok(text_body(logs::open(&state.config.data_dir, run, 0).await?));
+        return Ok(text_body(logs::open(&state, run, 0).await?));
     }
     let (content_type, size, sha256, stream) = artifacts::download(&state, run, &name).await?;
     Ok((
