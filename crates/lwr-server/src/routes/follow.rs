@@ -12,12 +12,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use lwr_model::api::{JobDetail, RunInfo};
 use lwr_model::logstream::{EndEvent, LogEvent, RunEvent, text_boundary};
-use lwr_model::{JobId, RunId, RunState};
+use lwr_model::{JobId, NodeId, RunId, RunState};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::extract::ApiResult;
 use crate::live::Viewer;
+use crate::shared_live::{self, SharedWant};
 use crate::{ApiError, AppState, logs};
 
 /// Most log bytes in one event to a viewer.
@@ -38,6 +39,9 @@ pub(crate) fn pick_run(job: &JobDetail, number: Option<u32>) -> Option<&RunInfo>
 
 /// Every minute, drops the spool of runs that ended while nobody watched them.
 pub(crate) async fn sweep(state: Arc<AppState>) {
+    if state.shared_live() {
+        return crate::shared_live::sweep(state.queue.store().clone()).await;
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
@@ -230,6 +234,9 @@ impl Follow {
             Some((node_id, true)) => node_id,
             _ => return self.finish(run.id, offset, None).await,
         };
+        if self.state.shared_live() {
+            return self.run_shared(run.id, node_id, offset).await;
+        }
         // Following makes the run wanted: its node starts streaming.
         let viewer = self.state.live.follow(run.id, node_id);
         let live = viewer.run.clone();
@@ -278,6 +285,52 @@ impl Follow {
                 r = held_rx.changed() => check |= r.is_err(),
                 r = self.wait_change(&mut changes) => { r?; check = true; }
                 _ = tokio::time::sleep(grace) => {}
+            }
+        }
+    }
+
+    /// [`Follow::run`] on servers sharing a database: the pieces come from the database,
+    /// whichever server received them, and the want that makes the node stream is a row
+    /// there ([`crate::shared_live`]).
+    async fn run_shared(
+        &mut self,
+        run_id: RunId,
+        node_id: NodeId,
+        mut offset: u64,
+    ) -> Result<(), Stop> {
+        let store = self.state.queue.store().clone();
+        let _want = SharedWant::start(&store, run_id, node_id).await?;
+        let mut changes = self.state.queue.subscribe_changes();
+        let mut ended: Option<(Instant, RunState)> = None;
+        loop {
+            if ended.is_none() {
+                let (state, _) = self.run_info(run_id).await?;
+                if state != RunState::Running {
+                    ended = Some((Instant::now(), state));
+                }
+            }
+            let (bytes, held) = store.live_read(run_id, offset, EVENT_BYTES).await?;
+            if !bytes.is_empty() {
+                let at_end = held.complete && offset + bytes.len() as u64 == held.size;
+                let sent = self.send_text(run_id, offset, &bytes, at_end).await?;
+                offset += sent as u64;
+                if sent > 0 {
+                    continue;
+                }
+            }
+            let done = match ended {
+                None => false,
+                // A result means the log, if any, was uploaded before it.
+                Some((_, RunState::Succeeded | RunState::Failed)) => true,
+                Some((since, _)) => held.complete || since.elapsed() >= UPLOAD_GRACE,
+            };
+            if done {
+                return self.finish(run_id, offset, None).await;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(shared_live::VIEWER_POLL) => {}
+                _ = self.tx.closed() => return Err(Stop::Gone),
             }
         }
     }

@@ -446,7 +446,11 @@ pub(crate) async fn set_live(
             format!("run {} of job {id} just ended", run.number),
         ));
     };
-    let viewers = state.live.set_live(run.id, node, toggle.live);
+    let viewers = if state.shared_live() {
+        crate::shared_live::set_live(store, run.id, node, toggle.live).await?
+    } else {
+        state.live.set_live(run.id, node, toggle.live)
+    };
     Ok(Json(LiveState {
         job_id: id,
         run_id: run.id,
