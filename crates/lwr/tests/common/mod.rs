@@ -731,6 +731,41 @@ impl Server {
         })
     }
 
+    /// [`Server::start_on_db`] with extra arguments (after the usual ones) and environment:
+    /// one server of a fleet (`--artifact-store s3://...` and the S3 variables).
+    pub fn start_on_db_with(
+        dir: &Path,
+        label: &str,
+        db: &str,
+        lease: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let data_dir = dir.join(label);
+        let data = data_dir.display().to_string();
+        let (db, lease) = (db.to_string(), lease.to_string());
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Server::spawn_env(dir, label, data_dir, Vec::new(), None, env, move |listen| {
+            let mut args: Vec<String> = vec![
+                "server".into(),
+                "--listen".into(),
+                listen,
+                "--data-dir".into(),
+                data.clone(),
+                "--db".into(),
+                db.clone(),
+                "--lease".into(),
+                lease.clone(),
+            ];
+            args.extend(extra.iter().cloned());
+            args
+        })
+    }
+
     /// A server with extra arguments (after the usual ones) and environment.
     pub fn start_with(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let data_dir = dir.join("data");
