@@ -367,6 +367,15 @@ impl LiveLogs {
             .collect()
     }
 
+    /// Counts a piece kept elsewhere (in the database, on PostgreSQL): `fresh` bytes kept,
+    /// `duplicate` received again and dropped.
+    pub fn count_streamed(&self, fresh: u64, duplicate: u64) {
+        let c = &self.counters;
+        c.streamed_bytes.fetch_add(fresh, Ordering::Relaxed);
+        c.duplicate_bytes.fetch_add(duplicate, Ordering::Relaxed);
+        c.streamed_chunks.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn count_viewer_bytes(&self, n: usize) {
         self.counters
             .viewer_bytes

@@ -25,9 +25,9 @@ pub struct LiveHeld {
 /// What became of an appended piece.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LiveAppend {
-    /// Kept (the bytes not held yet): the log is now `size` long; `wanted` says whether
-    /// anyone still wants more of it.
-    Kept { size: u64, wanted: bool },
+    /// Kept (the bytes not held yet, `fresh` of them): the log is now `size` long;
+    /// `wanted` says whether anyone still wants more of it.
+    Kept { size: u64, fresh: u64, wanted: bool },
     /// The piece starts beyond what is held: resend from `held`.
     Gap { held: u64 },
     /// Keeping it would make the log longer than the limit.
@@ -167,6 +167,7 @@ impl Store {
         if complete || col::<i64>(&row, "wants")? == 0 {
             return Ok(LiveAppend::Kept {
                 size: held,
+                fresh: 0,
                 wanted: false,
             });
         }
@@ -196,6 +197,7 @@ impl Store {
         tx.commit().await.op("committing a live log append")?;
         Ok(LiveAppend::Kept {
             size,
+            fresh: fresh.len() as u64,
             wanted: !last,
         })
     }

@@ -86,6 +86,7 @@ async fn pieces_are_kept_once_in_order_while_wanted(f: Fixture) {
         append(store, run, 0, b"early", false).await,
         LiveAppend::Kept {
             size: 0,
+            fresh: 0,
             wanted: false
         }
     );
@@ -108,6 +109,7 @@ async fn pieces_are_kept_once_in_order_while_wanted(f: Fixture) {
         append(store, run, 0, b"hello ", false).await,
         LiveAppend::Kept {
             size: 6,
+            fresh: 6,
             wanted: true
         }
     );
@@ -116,6 +118,7 @@ async fn pieces_are_kept_once_in_order_while_wanted(f: Fixture) {
         append(store, run, 3, b"lo world", false).await,
         LiveAppend::Kept {
             size: 11,
+            fresh: 5,
             wanted: true
         }
     );
@@ -146,6 +149,7 @@ async fn pieces_are_kept_once_in_order_while_wanted(f: Fixture) {
         append(store, run, 11, b"!", true).await,
         LiveAppend::Kept {
             size: 12,
+            fresh: 1,
             wanted: false
         }
     );
@@ -162,6 +166,7 @@ async fn pieces_are_kept_once_in_order_while_wanted(f: Fixture) {
         append(store, run, 12, b"more", false).await,
         LiveAppend::Kept {
             size: 12,
+            fresh: 0,
             wanted: false
         }
     );

@@ -480,10 +480,20 @@ pub(crate) async fn stream_piece(
             )
             .await?;
         return match kept {
-            lwr_store::LiveAppend::Kept { size, wanted } => Ok(Json(ChunkAck {
-                offset: size,
+            lwr_store::LiveAppend::Kept {
+                size,
+                fresh,
                 wanted,
-            })),
+            } => {
+                if wanted || fresh > 0 {
+                    let duplicate = (body.len() as u64).saturating_sub(fresh);
+                    state.live.count_streamed(fresh, duplicate);
+                }
+                Ok(Json(ChunkAck {
+                    offset: size,
+                    wanted,
+                }))
+            }
             // A gap: say where the node must resume.
             lwr_store::LiveAppend::Gap { held } => Ok(Json(ChunkAck {
                 offset: held,
