@@ -112,6 +112,21 @@ impl Store {
         Ok(out)
     }
 
+    /// How many running runs are wanted and not complete: the live logs streaming now.
+    pub async fn live_streams(&self, now: Millis) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT COUNT(DISTINCT w.run_id) AS n FROM live_log_wants w \
+             JOIN runs r ON r.id = w.run_id \
+             WHERE r.state = 'running' AND w.until_ms > $1 AND NOT EXISTS \
+               (SELECT 1 FROM live_log_pieces p WHERE p.run_id = w.run_id AND p.last = 1)",
+        )
+        .bind(now.get())
+        .fetch_one(&self.write)
+        .await
+        .op("counting live logs")?;
+        Ok(col::<i64>(&row, "n")?.max(0) as u64)
+    }
+
     /// What is held of the run's live log.
     pub async fn live_held(&self, run_id: RunId) -> Result<LiveHeld> {
         let row = sqlx::query(

@@ -120,6 +120,19 @@ pub(crate) async fn sse(state: Arc<AppState>, job_id: JobId, start: Start) -> Ap
         .into_response())
 }
 
+/// Runs `f` when dropped.
+struct Guard<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+fn scopeguard<F: FnMut()>(f: F) -> Guard<F> {
+    Guard(f)
+}
+
 /// Why a viewer's task ends early.
 enum Stop {
     /// The viewer closed its connection.
@@ -300,6 +313,9 @@ impl Follow {
     ) -> Result<(), Stop> {
         let store = self.state.queue.store().clone();
         let _want = SharedWant::start(&store, run_id, node_id).await?;
+        self.state.live.count_shared_viewer(true);
+        let live = self.state.live.clone();
+        let _counted = scopeguard(move || live.count_shared_viewer(false));
         let mut changes = self.state.queue.subscribe_changes();
         let mut ended: Option<(Instant, RunState)> = None;
         loop {

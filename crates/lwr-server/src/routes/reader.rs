@@ -463,8 +463,15 @@ pub(crate) async fn set_live(
     get, path = "/v1/stats",
     responses((status = 200, description = "counters of this server since it started", body = Stats))
 )]
-pub(crate) async fn stats(_: Reader, State(state): Shared) -> Json<Stats> {
-    Json(Stats {
-        logs: state.live.stats(),
-    })
+pub(crate) async fn stats(_: Reader, State(state): Shared) -> ApiResult<Json<Stats>> {
+    let mut logs = state.live.stats();
+    if state.shared_live() {
+        // Streams are the fleet's (wants live in the database); viewers are this server's.
+        logs.streams = state
+            .queue
+            .store()
+            .live_streams(lwr_store::now_ms())
+            .await?;
+    }
+    Ok(Json(Stats { logs }))
 }
