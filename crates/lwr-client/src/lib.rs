@@ -3,6 +3,8 @@
 mod follow;
 pub mod paths;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -26,6 +28,8 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7370";
 
 /// Time allowed for an ordinary request; long polls add their wait to it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for reaching a server: a dead one among several is left for the next soon.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for moving a log or an artifact.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -303,22 +307,68 @@ fn parse_server_url(text: &str) -> Result<(String, reqwest::Url)> {
     Ok((base, url))
 }
 
-#[derive(Clone)]
-pub struct Client {
-    http: reqwest::Client,
+/// Whether `url` is on the server at `ours`: the same scheme, host and port (parsed, not
+/// compared as text: `https://ci.example.com.evil.net` is not `https://ci.example.com`), and
+/// a path at or below the server's own, on a segment boundary.
+fn is_on(ours: &reqwest::Url, url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return false;
+    }
+    if url.scheme() != ours.scheme()
+        || url.host() != ours.host()
+        || url.port_or_known_default() != ours.port_or_known_default()
+    {
+        return false;
+    }
+    let below = ours.path().trim_end_matches('/');
+    url.path()
+        .strip_prefix(below)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// One server of a client's list: its URL as given and parsed.
+#[derive(Debug)]
+struct Server {
     base: String,
     /// `base` parsed: a URL on it (same scheme, host, port, and a path below its path) is
     /// this server's.
     origin: reqwest::Url,
-    /// Sent as `Authorization: Bearer` on every request to this server when set.
+}
+
+/// A client of one server, or of several that share a database (`--server A,B,C`): it talks
+/// to one at a time and goes on with the next when that one cannot be reached or answers
+/// with a server error (5xx), retrying the request there when its body can be sent again.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    servers: Arc<[Server]>,
+    /// Index in `servers` of the one in use, shared by the clones of this client so that a
+    /// node's claims, heartbeats and streams all move on together.
+    active: Arc<AtomicUsize>,
+    /// Sent as `Authorization: Bearer` on every request to these servers when set.
     token: Option<String>,
 }
 
 impl Client {
+    /// A client of `server`: one URL, or several separated by commas (tried in order).
     pub fn new(server: &str) -> Result<Client> {
-        let (base, origin) = parse_server_url(server)?;
+        let servers = server
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| parse_server_url(s).map(|(base, origin)| Server { base, origin }))
+            .collect::<Result<Vec<_>>>()?;
+        if servers.is_empty() {
+            return Err(ClientError::BadUrl {
+                url: server.to_string(),
+                reason: "no server URL given".into(),
+            });
+        }
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(lwr_model::timing::CLIENT_POOL_IDLE)
             .build()
             .map_err(|e| ClientError::BadUrl {
@@ -327,8 +377,8 @@ impl Client {
             })?;
         Ok(Client {
             http,
-            base,
-            origin,
+            servers: servers.into(),
+            active: Arc::new(AtomicUsize::new(0)),
             token: None,
         })
     }
@@ -339,8 +389,31 @@ impl Client {
         self
     }
 
+    /// The URL of the server in use.
     pub fn server(&self) -> &str {
-        &self.base
+        &self.current().base
+    }
+
+    /// Every server URL this client was given, comma-separated (what `LWR_SERVER` takes).
+    pub fn servers(&self) -> String {
+        let urls: Vec<&str> = self.servers.iter().map(|s| s.base.as_str()).collect();
+        urls.join(",")
+    }
+
+    fn current(&self) -> &Server {
+        &self.servers[self.active.load(Ordering::Relaxed) % self.servers.len()]
+    }
+
+    /// Which of the servers `url` is on, if any.
+    fn server_of(&self, url: &str) -> Option<usize> {
+        self.servers.iter().position(|s| is_on(&s.origin, url))
+    }
+
+    /// `url` (on server `from`) moved to server `to`.
+    fn moved(&self, url: &reqwest::Url, from: usize, to: usize) -> Option<reqwest::Url> {
+        let prefix = self.servers[from].origin.as_str().trim_end_matches('/');
+        let rest = url.as_str().strip_prefix(prefix)?;
+        reqwest::Url::parse(&format!("{}{rest}", self.servers[to].base)).ok()
     }
 
     /// A request to `ep` on this server.
@@ -361,27 +434,9 @@ impl Client {
         }
     }
 
-    /// Whether `url` is on this server: the same scheme, host and port (parsed, not
-    /// compared as text: `https://ci.example.com.evil.net` is not `https://ci.example.com`),
-    /// and a path at or below the server's own, on a segment boundary.
+    /// Whether `url` is on one of this client's servers.
     fn is_ours(&self, url: &str) -> bool {
-        let Ok(url) = reqwest::Url::parse(url) else {
-            return false;
-        };
-        let ours = &self.origin;
-        if !url.username().is_empty() || url.password().is_some() {
-            return false;
-        }
-        if url.scheme() != ours.scheme()
-            || url.host() != ours.host()
-            || url.port_or_known_default() != ours.port_or_known_default()
-        {
-            return false;
-        }
-        let below = ours.path().trim_end_matches('/');
-        url.path()
-            .strip_prefix(below)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        self.server_of(url).is_some()
     }
 
     /// `path` on this server, or `path` itself when it is already a URL (a manifest's
@@ -390,18 +445,65 @@ impl Client {
         if path.starts_with("http://") || path.starts_with("https://") {
             path.to_string()
         } else {
-            format!("{}{path}", self.base)
+            format!("{}{path}", self.current().base)
         }
     }
 
-    /// Sends `req` (`method` `what`); an answer other than a success is an error.
+    /// Sends `req` (`method` `what`); an answer other than a success is an error. With
+    /// several servers, a connection failure or a server error (5xx) moves the client on to
+    /// the next server, and the request is sent there again when its body can be (a streamed
+    /// upload cannot: its caller retries it, and then it goes to the next server).
     async fn send(
         &self,
         method: &Method,
         what: &str,
         req: RequestBuilder,
     ) -> Result<reqwest::Response> {
-        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let (http, req) = req.build_split();
+        let mut req = req.map_err(|e| self.unreachable_at(self.server(), e))?;
+        let n = self.servers.len();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let on = self.server_of(req.url().as_str());
+            let spare = match on {
+                Some(_) if tries < n => req.try_clone(),
+                _ => None,
+            };
+            let answer = http.execute(req).await;
+            let failed = match &answer {
+                Err(_) => true,
+                Ok(resp) => resp.status().is_server_error(),
+            };
+            if let (true, Some(from)) = (failed && n > 1, on) {
+                let to = (from + 1) % n;
+                // Only the first of several requests failing at once moves the client on.
+                let _ =
+                    self.active
+                        .compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed);
+                if let Some(next) = spare.and_then(|mut r| {
+                    let url = self.moved(r.url(), from, to)?;
+                    *r.url_mut() = url;
+                    Some(r)
+                }) {
+                    req = next;
+                    continue;
+                }
+            }
+            let base = on.map_or_else(|| self.server(), |i| &self.servers[i].base);
+            let resp = answer.map_err(|e| self.unreachable_at(base, e))?;
+            return self.answer(method, what, base, resp).await;
+        }
+    }
+
+    /// A received answer: itself when a success, else the error it says.
+    async fn answer(
+        &self,
+        method: &Method,
+        what: &str,
+        base: &str,
+        resp: reqwest::Response,
+    ) -> Result<reqwest::Response> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -414,7 +516,7 @@ impl Client {
             // from something else (a web server, a proxy's error page).
             Err(_) if is_html(&headers, &text) => {
                 return Err(ClientError::NotLwr {
-                    server: self.base.clone(),
+                    server: base.to_string(),
                     request: format!("{method} {what}"),
                     status,
                     answer: describe_answer(status, &headers),
@@ -432,6 +534,10 @@ impl Client {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> ClientError {
+        self.unreachable_at(self.server(), e)
+    }
+
+    fn unreachable_at(&self, base: &str, e: reqwest::Error) -> ClientError {
         let mut detail = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
@@ -439,7 +545,7 @@ impl Client {
             source = s.source();
         }
         ClientError::Unreachable {
-            server: self.base.clone(),
+            server: base.to_string(),
             detail,
         }
     }
@@ -462,7 +568,7 @@ impl Client {
                 }
             } else {
                 ClientError::NotLwr {
-                    server: self.base.clone(),
+                    server: self.server().to_string(),
                     request: format!("{method} {what}"),
                     status,
                     answer: describe_answer(status, &headers),
@@ -962,5 +1068,55 @@ mod tests {
         assert!(!root.is_ours("http://127.0.0.1:73700/v1/jobs"));
         assert!(!root.is_ours("http://127.0.0.1:7370@evil.net/v1/jobs"));
         assert!(!root.is_ours("http://someone@127.0.0.1:7370/v1/jobs"));
+    }
+
+    #[test]
+    fn a_list_of_servers_is_parsed_and_kept() {
+        let c = Client::new("http://a:1, http://b:2/ ,http://c:3").unwrap();
+        assert_eq!(c.server(), "http://a:1");
+        assert_eq!(c.servers(), "http://a:1,http://b:2,http://c:3");
+        assert!(c.is_ours("http://b:2/v1/jobs"));
+        assert!(Client::new("http://a:1,b:2").is_err());
+        assert!(Client::new(" , ").is_err());
+    }
+
+    /// A server that answers every request with `status` and an empty JSON object.
+    async fn answering(status: u16) -> (String, tokio::task::JoinHandle<()>) {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = vec![0; 4096];
+                let _ = conn.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn a_dead_or_failing_server_is_left_for_the_next() {
+        // A port nobody listens on: bound, then closed.
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (failing, _f) = answering(503).await;
+        let (good, _g) = answering(200).await;
+        let c = Client::new(&format!("{dead},{failing},{good}")).unwrap();
+        let got: serde_json::Value = c.get(paths::stats()).await.expect("the third answers");
+        assert_eq!(got, serde_json::json!({}));
+        // It stays with the one that answered, also for clones (a node's tasks).
+        assert_eq!(c.clone().server(), good);
+        let only_bad = Client::new(&format!("{dead},{failing}")).unwrap();
+        let e = only_bad.get::<serde_json::Value>(paths::stats()).await;
+        assert_eq!(
+            e.expect_err("none answers").status(),
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        );
     }
 }

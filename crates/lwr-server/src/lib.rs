@@ -21,6 +21,7 @@ mod private;
 pub mod provider;
 pub mod queue;
 pub mod routes;
+pub mod shared_live;
 mod staged;
 
 use std::net::SocketAddr;
@@ -140,6 +141,12 @@ const HEAVY_READ_RETRY: u64 = 2;
 pub(crate) const MAX_LISTED_JOBS: u32 = 20_000;
 
 impl AppState {
+    /// Whether live logs go through the database (PostgreSQL: servers may share it) instead
+    /// of this server's spool (SQLite: one server).
+    pub fn shared_live(&self) -> bool {
+        self.queue.store().dialect() == lwr_store::Dialect::Postgres
+    }
+
     /// A turn to serve a large listing.
     pub(crate) async fn heavy_read(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
         match tokio::time::timeout(HEAVY_READ_WAIT, self.heavy_reads.acquire()).await {

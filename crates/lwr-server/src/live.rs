@@ -90,6 +90,8 @@ struct Counters {
     streamed_chunks: AtomicU64,
     duplicate_bytes: AtomicU64,
     viewer_bytes: AtomicU64,
+    /// Viewers following through the database (PostgreSQL), not the spool.
+    shared_viewers: AtomicU64,
 }
 
 /// Every live log of this server.
@@ -367,6 +369,25 @@ impl LiveLogs {
             .collect()
     }
 
+    /// A viewer following through the database starts (`true`) or stops.
+    pub fn count_shared_viewer(&self, starts: bool) {
+        let v = &self.counters.shared_viewers;
+        if starts {
+            v.fetch_add(1, Ordering::Relaxed);
+        } else {
+            v.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a piece kept elsewhere (in the database, on PostgreSQL): `fresh` bytes kept,
+    /// `duplicate` received again and dropped.
+    pub fn count_streamed(&self, fresh: u64, duplicate: u64) {
+        let c = &self.counters;
+        c.streamed_bytes.fetch_add(fresh, Ordering::Relaxed);
+        c.duplicate_bytes.fetch_add(duplicate, Ordering::Relaxed);
+        c.streamed_chunks.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn count_viewer_bytes(&self, n: usize) {
         self.counters
             .viewer_bytes
@@ -392,7 +413,7 @@ impl LiveLogs {
             duplicate_bytes: c.duplicate_bytes.load(Ordering::Relaxed),
             viewer_bytes: c.viewer_bytes.load(Ordering::Relaxed),
             streams,
-            viewers,
+            viewers: viewers + c.shared_viewers.load(Ordering::Relaxed),
         }
     }
 }

@@ -1,71 +1,80 @@
-//! Stored run logs: one file per run under `<data-dir>/logs`.
+//! Stored run logs: in the artifact store (a directory or S3) under `RUN/log`, so that every
+//! server sharing the database serves every log. Logs stored by versions before 0.2 are
+//! files under `<data-dir>/logs/RUN.log`; they are read when the store has none.
 
 use std::path::{Path, PathBuf};
 
 use axum::body::Body;
 use axum::http::StatusCode;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use lwr_model::RunId;
 use lwr_model::logstream::truncation_marker;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use crate::ApiError;
+use crate::artifact::{ArtifactError, ArtifactStore, Upload};
+use crate::{ApiError, AppState};
 
+/// The key of a run's log in the artifact store (artifacts are `RUN/UUID`: no clash).
+pub fn key(run_id: RunId) -> String {
+    format!("{run_id}/log")
+}
+
+/// Where versions before 0.2 stored a run's log; also where a server keeps its copy of a
+/// stored log for the web app's random reads ([`local_copy`]).
 pub fn path(data_dir: &Path, run_id: RunId) -> PathBuf {
     data_dir.join("logs").join(format!("{run_id}.log"))
 }
 
-/// Streams an upload to the run's log file, never holding it whole in memory, and returns
-/// the size and SHA-256 of what it stored. The file appears under its final name only when
-/// complete and, if the node sent `expected` hash (of the whole upload), only when it
+fn store_err(run_id: RunId, what: &str, e: ArtifactError) -> ApiError {
+    tracing::error!("{what} the log of run {run_id}: {e}");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("cannot {what} the log of run {run_id}: {e}"),
+    )
+}
+
+/// Streams an upload into the store as the run's log, never holding it whole in memory,
+/// and returns the size and SHA-256 of what it stored. The log appears under its key only
+/// when complete and, if the node sent `expected` hash (of the whole upload), only when it
 /// matches. A log longer than `limit` is stored cut there, ending with a line that says so
 /// ([`truncation_marker`]): its start is what explains a runaway job, so it is not lost.
 pub(crate) async fn store(
-    data_dir: &Path,
+    artifacts: &dyn ArtifactStore,
     run_id: RunId,
     body: Body,
     limit: u64,
     expected: Option<&str>,
 ) -> Result<(u64, String), ApiError> {
-    let final_path = path(data_dir, run_id);
-    // Unique per upload: two uploads of one run at once never write the same file.
-    let tmp = final_path.with_extension(format!("{}.part", uuid::Uuid::new_v4().simple()));
-    let io_err = |e: std::io::Error| {
-        tracing::error!("writing log of run {run_id}: {e}");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot store log: {e}"),
-        )
-    };
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err)?;
-    let received = receive(&mut file, body, limit).await;
-    let (size, whole, kept) = match received {
+    let key = key(run_id);
+    let mut upload = artifacts
+        .begin(&key)
+        .await
+        .map_err(|e| store_err(run_id, "store", e))?;
+    let received = receive(upload.as_mut(), body, limit).await;
+    let (size, whole, mut kept, mut stored_size) = match received {
         Ok(sizes) => sizes,
         Err(e) => {
-            drop(file);
-            let _ = tokio::fs::remove_file(&tmp).await;
+            let _ = upload.abort().await;
             return Err(e);
         }
     };
-    let mut stored = kept;
     if size > limit {
         let marker = truncation_marker(limit, Some(size - limit));
-        let written = file.write_all(marker.as_bytes()).await;
-        if let Err(e) = written {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(io_err(e));
+        if let Err(e) = upload.write(Bytes::from(marker.clone().into_bytes())).await {
+            let _ = upload.abort().await;
+            return Err(store_err(run_id, "store", e));
         }
-        stored.update(marker.as_bytes());
+        kept.update(marker.as_bytes());
+        stored_size += marker.len() as u64;
         tracing::warn!("run {run_id}: log of {size} bytes stored cut at {limit}");
     }
-    file.flush().await.map_err(io_err)?;
-    drop(file);
     let sha256 = hex::encode(whole.finalize());
     if let Some(expected) = expected
         && expected != sha256
     {
-        let _ = tokio::fs::remove_file(&tmp).await;
+        let _ = upload.abort().await;
         return Err(ApiError::field(
             StatusCode::UNPROCESSABLE_ENTITY,
             "sha256",
@@ -74,22 +83,26 @@ pub(crate) async fn store(
             ),
         ));
     }
-    tokio::fs::rename(&tmp, &final_path).await.map_err(io_err)?;
-    let stored_size = tokio::fs::metadata(&final_path)
+    if let Err(e) = upload.finish().await {
+        let _ = upload.abort().await;
+        return Err(store_err(run_id, "store", e));
+    }
+    upload
+        .commit()
         .await
-        .map_err(io_err)?
-        .len();
-    Ok((stored_size, hex::encode(stored.finalize())))
+        .map_err(|e| store_err(run_id, "store", e))?;
+    Ok((stored_size, hex::encode(kept.finalize())))
 }
 
-/// Writes the body to `file` up to `limit` bytes, reading (and hashing) the rest: the
-/// whole size, the hash of the whole and the hash of what was written.
+/// Writes the body to `upload` up to `limit` bytes, reading (and hashing) the rest: the
+/// whole size, the hash of the whole, the hash of what was written and its size.
 async fn receive(
-    file: &mut tokio::fs::File,
+    upload: &mut dyn Upload,
     body: Body,
     limit: u64,
-) -> Result<(u64, Sha256, Sha256), ApiError> {
+) -> Result<(u64, Sha256, Sha256, u64), ApiError> {
     let mut size = 0u64;
+    let mut written = 0u64;
     let mut whole = Sha256::new();
     let mut kept = Sha256::new();
     let mut stream = body.into_data_stream();
@@ -101,7 +114,8 @@ async fn receive(
         size += chunk.len() as u64;
         if room > 0 {
             kept.update(&chunk[..room]);
-            file.write_all(&chunk[..room]).await.map_err(|e| {
+            written += room as u64;
+            upload.write(chunk.slice(..room)).await.map_err(|e| {
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("cannot store log: {e}"),
@@ -109,23 +123,29 @@ async fn receive(
             })?;
         }
     }
-    Ok((size, whole, kept))
+    Ok((size, whole, kept, written))
 }
 
 /// The run's stored log from byte `offset` on, as a stream that never holds it whole:
-/// `(size of the whole log, body)`; `None` when no log is stored here.
+/// `(size of the whole log, body)`; `None` when no log is stored. The store first, then
+/// the data dir (a log stored by an earlier version).
 pub async fn open(
-    data_dir: &Path,
+    state: &AppState,
     run_id: RunId,
     offset: u64,
 ) -> Result<Option<(u64, Body)>, ApiError> {
+    match state.artifacts.get_from(&key(run_id), offset).await {
+        Ok((size, stream)) => return Ok(Some((size, Body::from_stream(stream)))),
+        Err(ArtifactError::NotFound { .. }) => {}
+        Err(e) => return Err(store_err(run_id, "read", e)),
+    }
     let io_err = |e: std::io::Error| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot read the log of run {run_id}: {e}"),
         )
     };
-    let mut file = match tokio::fs::File::open(path(data_dir, run_id)).await {
+    let mut file = match tokio::fs::File::open(path(&state.config.data_dir, run_id)).await {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(e)),
@@ -135,6 +155,75 @@ pub async fn open(
         .await
         .map_err(io_err)?;
     Ok(Some((size, stream_file(file))))
+}
+
+/// Up to `max` bytes of the run's stored log from `offset`, and the log's size; `None` when
+/// no log is stored.
+pub async fn read_at(
+    state: &AppState,
+    run_id: RunId,
+    offset: u64,
+    max: usize,
+) -> Result<Option<(Vec<u8>, u64)>, ApiError> {
+    let Some((size, body)) = open(state, run_id, offset).await? else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    let mut stream = body.into_data_stream();
+    while out.len() < max {
+        match stream.next().await {
+            Some(Ok(chunk)) => out.extend_from_slice(&chunk),
+            Some(Err(e)) => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot read the log of run {run_id}: {e}"),
+                ));
+            }
+            None => break,
+        }
+    }
+    out.truncate(max);
+    Ok(Some((out, size)))
+}
+
+/// A file holding the run's whole stored log, for reads anywhere in it (the web app's
+/// pages): the data dir's own file (an earlier version's, or a copy made here before),
+/// else a copy of the store's made now. `None` when no log is stored. A stored log never
+/// changes once its run ended, so a copy stays true.
+pub async fn local_copy(state: &AppState, run_id: RunId) -> Result<Option<PathBuf>, ApiError> {
+    let dest = path(&state.config.data_dir, run_id);
+    if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
+        return Ok(Some(dest));
+    }
+    let stream = match state.artifacts.get(&key(run_id)).await {
+        Ok(stream) => stream,
+        Err(ArtifactError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(store_err(run_id, "read", e)),
+    };
+    let io_err = |e: std::io::Error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot copy the log of run {run_id}: {e}"),
+        )
+    };
+    // Unique per copy: two readers at once never write the same file.
+    let tmp = dest.with_extension(format!("{}.part", uuid::Uuid::new_v4().simple()));
+    let copied = async {
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err)?;
+        let mut stream = stream;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| store_err(run_id, "read", e))?;
+            file.write_all(&chunk).await.map_err(io_err)?;
+        }
+        file.flush().await.map_err(io_err)?;
+        tokio::fs::rename(&tmp, &dest).await.map_err(io_err)
+    }
+    .await;
+    if let Err(e) = copied {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
+    Ok(Some(dest))
 }
 
 /// A response body reading `file` from where it stands, piece by piece.

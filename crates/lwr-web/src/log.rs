@@ -170,17 +170,22 @@ pub async fn page(
         };
         return Err(WebError::new(StatusCode::NOT_FOUND, msg));
     };
-    let path = lwr_server::logs::path(&state.config.data_dir, run.id);
-    let stored = if run.state == RunState::Running {
-        None
-    } else {
-        let (p, r) = (path.clone(), run.id);
-        match tokio::task::spawn_blocking(move || read_tail(r, &p)).await {
-            Ok(Ok(tail)) => Some(tail),
-            // Not uploaded yet (a cancelled run's node sends it a little later): follow.
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Ok(Err(e)) => return Err(io_error("the log", e)),
-            Err(e) => return Err(io_error("the log", std::io::Error::other(e))),
+    let copy = match run.state {
+        RunState::Running => None,
+        _ => lwr_server::logs::local_copy(&state, run.id).await?,
+    };
+    let stored = match copy {
+        // Not uploaded yet (a cancelled run's node sends it a little later): follow.
+        None => None,
+        Some(p) => {
+            let r = run.id;
+            match tokio::task::spawn_blocking(move || read_tail(r, &p)).await {
+                Ok(Ok(tail)) => Some(tail),
+                // Not uploaded yet (a cancelled run's node sends it a little later): follow.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Ok(Err(e)) => return Err(io_error("the log", e)),
+                Err(e) => return Err(io_error("the log", std::io::Error::other(e))),
+            }
         }
     };
     let may_live =
@@ -250,7 +255,9 @@ pub async fn part(
     let Some(run) = pick_run(&job, q.run) else {
         return Err(WebError::new(StatusCode::NOT_FOUND, "no such run"));
     };
-    let path = lwr_server::logs::path(&state.config.data_dir, run.id);
+    let Some(path) = lwr_server::logs::local_copy(&state, run.id).await? else {
+        return Err(WebError::new(StatusCode::NOT_FOUND, "no stored log"));
+    };
     let end = q.end.unwrap_or(0);
     let part = tokio::task::spawn_blocking(move || -> std::io::Result<Part> {
         let mut file = std::fs::File::open(&path)?;

@@ -187,7 +187,8 @@ pub enum TokensAction {
 /// Where token commands act: the server (with an admin token), or the database directly.
 #[derive(Debug, Clone, Args)]
 pub struct TokenTarget {
-    /// The lwr server's URL.
+    /// The lwr server's URL, or several sharing a database separated by commas (the next is
+    /// used when one cannot be reached).
     #[arg(long, env = "LWR_SERVER", default_value = lwr_client::DEFAULT_SERVER)]
     pub server: String,
     /// Bearer token with the `admin` scope.
@@ -290,7 +291,8 @@ pub struct RetriggerArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServerConn {
-    /// The lwr server's URL.
+    /// The lwr server's URL, or several sharing a database separated by commas (the next is
+    /// used when one cannot be reached).
     #[arg(long, env = "LWR_SERVER", default_value = lwr_client::DEFAULT_SERVER, global = true)]
     pub server: String,
     /// Bearer token for a server that runs with --auth.

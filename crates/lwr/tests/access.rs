@@ -120,6 +120,15 @@ fn protected_endpoints_refuse_missing_bad_and_unscoped_tokens_and_change_nothing
             .unwrap_or(true),
         "no log was stored"
     );
+    assert!(
+        std::fs::read_dir(server.data_dir.join("artifacts"))
+            .map(|d| d
+                .filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != ".tmp"))
+                .count()
+                == 0)
+            .unwrap_or(true),
+        "no log was stored in the artifact store"
+    );
 
     // The CLI says so in one line, and exits non-zero.
     let repo = git_repo(
@@ -232,6 +241,14 @@ fn a_node_token_acts_only_for_its_own_node() {
             .data_dir
             .join("logs")
             .join(format!("{run}.log"))
+            .exists()
+    );
+    assert!(
+        !server
+            .data_dir
+            .join("artifacts")
+            .join(run.to_string())
+            .join("log")
             .exists()
     );
 

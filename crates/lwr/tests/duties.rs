@@ -70,7 +70,7 @@ fn three_servers_with_the_local_provider_start_at_most_its_maximum_of_distinct_n
     ];
     let mut servers: Vec<Server> = LABELS
         .iter()
-        .map(|label| Server::start_on_db_with(dir, label, &db.url, "30s", &provider))
+        .map(|label| Server::start_on_db_with(dir, label, &db.url, "30s", &provider, &[]))
         .collect();
 
     // Each duty is done by exactly one of the three.

@@ -347,6 +347,11 @@ fn bad_bodies_paths_and_queries_get_json_4xx_and_change_nothing() {
         .expect("logs")
         .count();
     assert_eq!(logs, 0, "no log written");
+    let stored = std::fs::read_dir(server.data_dir.join("artifacts")).map_or(0, |d| {
+        d.filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != ".tmp"))
+            .count()
+    });
+    assert_eq!(stored, 0, "no log or artifact stored");
     // A good graph still goes in.
     let a = http.call("POST", "/v1/graphs", t, Some(job(json!({}))));
     assert_eq!(a.status, 201, "{a:?}");

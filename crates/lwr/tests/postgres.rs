@@ -94,8 +94,10 @@ fn two_servers_on_one_database_run_a_2000_job_graph_once_each() {
     let seen_by_one = one.api.graph(graph).expect("graph on server 1");
     assert_eq!(seen_by_one.counts.succeeded, 2000);
 
-    // A log lives in the data dir of the server its node uploaded it to: that server serves
-    // it, the other says where it is instead of answering with an empty log.
+    // A log lives in the artifact store of the server its node uploaded it to: here each
+    // server has its own (the default, a directory in its data dir), so that server serves
+    // it and the other says what is missing instead of answering with an empty log (a fleet
+    // shares one store: tests/fleet.rs).
     let repo = git_repo(
         &dir.join("logs-repo"),
         "version: 1\njobs:\n  hello:\n    run: echo hello from a job\n",
@@ -109,7 +111,7 @@ fn two_servers_on_one_database_run_a_2000_job_graph_once_each() {
     assert!(served.stdout.contains("hello from a job"), "{served}");
     other
         .assert_clear_error(3)
-        .assert_stderr_has(&["another server", "--data-dir"]);
+        .assert_stderr_has(&["artifact store", "data dir"]);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use futures_util::stream;
 use std::io::Write;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{ArtifactError, ArtifactStore, BoxFuture, ByteStream, Upload, check_key};
 
@@ -95,9 +95,21 @@ impl ArtifactStore for DirStore {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ByteStream, ArtifactError>> {
+        Box::pin(async move { Ok(self.get_from(key, 0).await?.1) })
+    }
+
+    fn get_from<'a>(
+        &'a self,
+        key: &'a str,
+        offset: u64,
+    ) -> BoxFuture<'a, Result<(u64, ByteStream), ArtifactError>> {
         Box::pin(async move {
             check_key(key)?;
-            let file = tokio::fs::File::open(self.root.join(key))
+            let mut file = tokio::fs::File::open(self.root.join(key))
+                .await
+                .map_err(io(key))?;
+            let size = file.metadata().await.map_err(io(key))?.len();
+            file.seek(std::io::SeekFrom::Start(offset.min(size)))
                 .await
                 .map_err(io(key))?;
             let key = key.to_string();
@@ -110,7 +122,7 @@ impl ArtifactStore for DirStore {
                 buf.truncate(n);
                 Ok(Some((Bytes::from(buf), (file, key))))
             });
-            Ok(Box::pin(chunks) as ByteStream)
+            Ok((size, Box::pin(chunks) as ByteStream))
         })
     }
 

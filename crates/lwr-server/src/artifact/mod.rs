@@ -50,6 +50,13 @@ pub trait ArtifactStore: Send + Sync {
     fn begin<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Box<dyn Upload>, ArtifactError>>;
     /// Reads `key` as a stream.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ByteStream, ArtifactError>>;
+    /// Reads `key` from byte `offset` on: the size of the whole object and a stream of the
+    /// rest (empty when `offset` is at or past the end).
+    fn get_from<'a>(
+        &'a self,
+        key: &'a str,
+        offset: u64,
+    ) -> BoxFuture<'a, Result<(u64, ByteStream), ArtifactError>>;
     /// Deletes `key`; deleting what is not there is not an error.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ArtifactError>>;
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
 
 use super::{ArtifactError, ArtifactStore, BoxFuture, ByteStream, Upload, check_key};
 
@@ -99,6 +99,32 @@ impl ArtifactStore for S3Store {
                 .into_stream()
                 .map(move |chunk| chunk.map_err(|e| object(&key)(e)));
             Ok(Box::pin(chunks) as ByteStream)
+        })
+    }
+
+    fn get_from<'a>(
+        &'a self,
+        key: &'a str,
+        offset: u64,
+    ) -> BoxFuture<'a, Result<(u64, ByteStream), ArtifactError>> {
+        Box::pin(async move {
+            let path = self.path(key)?;
+            // A range at or past the end is an error in S3: ask for the size first.
+            let size = self.store.head(&path).await.map_err(object(key))?.size;
+            if offset >= size {
+                return Ok((size, Box::pin(futures_util::stream::empty()) as ByteStream));
+            }
+            let options = GetOptions::default().with_range(Some(GetRange::Offset(offset)));
+            let got = self
+                .store
+                .get_opts(&path, options)
+                .await
+                .map_err(object(key))?;
+            let key = key.to_string();
+            let chunks = got
+                .into_stream()
+                .map(move |chunk| chunk.map_err(|e| object(&key)(e)));
+            Ok((size, Box::pin(chunks) as ByteStream))
         })
     }
 

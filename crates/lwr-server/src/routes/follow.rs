@@ -4,7 +4,6 @@
 //! streams); the bookkeeping lives in [`crate::live`]; docs/logs.md tells the whole path.
 
 use std::convert::Infallible;
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +12,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use lwr_model::api::{JobDetail, RunInfo};
 use lwr_model::logstream::{EndEvent, LogEvent, RunEvent, text_boundary};
-use lwr_model::{JobId, RunId, RunState};
+use lwr_model::{JobId, NodeId, RunId, RunState};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::extract::ApiResult;
 use crate::followed::JobFeed;
 use crate::live::Viewer;
+use crate::shared_live::{self, SharedWant};
 use crate::{ApiError, AppState, logs};
 
 /// Most log bytes in one event to a viewer.
@@ -40,6 +40,9 @@ pub(crate) fn pick_run(job: &JobDetail, number: Option<u32>) -> Option<&RunInfo>
 
 /// Every minute, drops the spool of runs that ended while nobody watched them.
 pub(crate) async fn sweep(state: Arc<AppState>) {
+    if state.shared_live() {
+        return crate::shared_live::sweep(state.queue.store().clone()).await;
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
@@ -123,6 +126,19 @@ pub(crate) async fn sse(state: Arc<AppState>, job_id: JobId, start: Start) -> Ap
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(lwr_model::timing::SSE_KEEPALIVE))
         .into_response())
+}
+
+/// Runs `f` when dropped.
+struct Guard<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+fn scopeguard<F: FnMut()>(f: F) -> Guard<F> {
+    Guard(f)
 }
 
 /// Why a viewer's task ends early.
@@ -239,6 +255,9 @@ impl Follow {
             Some((node_id, true)) => node_id,
             _ => return self.finish(run.id, offset, None).await,
         };
+        if self.state.shared_live() {
+            return self.run_shared(run.id, node_id, offset).await;
+        }
         // Following makes the run wanted: its node starts streaming.
         let viewer = self.state.live.follow(run.id, node_id);
         let live = viewer.run.clone();
@@ -291,6 +310,55 @@ impl Follow {
         }
     }
 
+    /// [`Follow::run`] on servers sharing a database: the pieces come from the database,
+    /// whichever server received them, and the want that makes the node stream is a row
+    /// there ([`crate::shared_live`]).
+    async fn run_shared(
+        &mut self,
+        run_id: RunId,
+        node_id: NodeId,
+        mut offset: u64,
+    ) -> Result<(), Stop> {
+        let store = self.state.queue.store().clone();
+        let _want = SharedWant::start(&store, run_id, node_id).await?;
+        self.state.live.count_shared_viewer(true);
+        let live = self.state.live.clone();
+        let _counted = scopeguard(move || live.count_shared_viewer(false));
+        let mut changes = self.state.queue.subscribe_changes();
+        let mut ended: Option<(Instant, RunState)> = None;
+        loop {
+            if ended.is_none() {
+                let (state, _) = self.run_info(run_id).await?;
+                if state != RunState::Running {
+                    ended = Some((Instant::now(), state));
+                }
+            }
+            let (bytes, held) = store.live_read(run_id, offset, EVENT_BYTES).await?;
+            if !bytes.is_empty() {
+                let at_end = held.complete && offset + bytes.len() as u64 == held.size;
+                let sent = self.send_text(run_id, offset, &bytes, at_end).await?;
+                offset += sent as u64;
+                if sent > 0 {
+                    continue;
+                }
+            }
+            let done = match ended {
+                None => false,
+                // A result means the log, if any, was uploaded before it.
+                Some((_, RunState::Succeeded | RunState::Failed)) => true,
+                Some((since, _)) => held.complete || since.elapsed() >= UPLOAD_GRACE,
+            };
+            if done {
+                return self.finish(run_id, offset, None).await;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(shared_live::VIEWER_POLL) => {}
+                _ = self.tx.closed() => return Err(Stop::Gone),
+            }
+        }
+    }
+
     /// Waits for a newer read of the job (one follows each change, and [`RECHECK`]);
     /// fails when the viewer left.
     async fn wait_change(&mut self) -> Result<(), Stop> {
@@ -336,45 +404,33 @@ impl Follow {
             }
         };
         let spool = viewer.as_ref().map(|v| v.run.clone());
-        let stored = logs::path(&self.state.config.data_dir, run_id);
-        if log_size > 0 && spool.is_none() && !stored.exists() {
-            return Err(Stop::Failed(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "the log of run {run_id} ({log_size} bytes) was stored by another server; \
-                     servers sharing a database must share --data-dir"
-                ),
-            )));
-        }
         loop {
-            let path = stored.clone();
-            let spool = spool.clone();
-            let at = offset;
-            let read = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, u64)> {
-                match std::fs::File::open(&path) {
-                    Ok(mut file) => {
-                        let size = file.metadata()?.len();
-                        file.seek(SeekFrom::Start(at.min(size)))?;
-                        let mut buf =
-                            Vec::with_capacity(EVENT_BYTES.min((size - at.min(size)) as usize));
-                        file.by_ref()
-                            .take(EVENT_BYTES as u64)
-                            .read_to_end(&mut buf)?;
-                        Ok((buf, size))
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => match spool {
-                        Some(live) => {
-                            let size = live.held().size;
-                            Ok((live.read(at, EVENT_BYTES)?, size))
-                        }
-                        None => Ok((Vec::new(), 0)),
-                    },
-                    Err(e) => Err(e),
+            let read = match logs::read_at(&self.state, run_id, offset, EVENT_BYTES).await? {
+                Some(read) => read,
+                // No stored log (its node could not store it, or an earlier version stored
+                // it in another server's data dir): what the spool holds, if anything.
+                None if log_size > 0 && spool.is_none() => {
+                    return Err(Stop::Failed(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "the log of run {run_id} ({log_size} bytes) is neither in the \
+                             artifact store nor in this server's data dir"
+                        ),
+                    )));
                 }
-            })
-            .await
-            .map_err(|e| internal("reading the log", e))?
-            .map_err(|e| internal(&format!("reading the log of run {run_id}"), e))?;
+                None => match spool.clone() {
+                    Some(live) => {
+                        let size = live.held().size;
+                        let at = offset;
+                        tokio::task::spawn_blocking(move || live.read(at, EVENT_BYTES))
+                            .await
+                            .map_err(|e| internal("reading the spool", e))?
+                            .map(|bytes| (bytes, size))
+                            .map_err(|e| internal(&format!("reading the log of run {run_id}"), e))?
+                    }
+                    None => (Vec::new(), 0),
+                },
+            };
             let (bytes, size) = read;
             if bytes.is_empty() {
                 return self

@@ -245,6 +245,17 @@ pub(crate) async fn node_streams(
 ) -> ApiResult<Json<LogStreams>> {
     let wait = Duration::from_millis(q.wait_ms).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
+    if state.shared_live() {
+        let store = state.queue.store();
+        loop {
+            let now = crate::shared_live::wanted(store, node).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if q.version != Some(now.version) || left.is_zero() {
+                return Ok(Json(now));
+            }
+            tokio::time::sleep(left.min(crate::shared_live::STREAMS_POLL)).await;
+        }
+    }
     let mut changes = state.live.node_changes(node);
     loop {
         let now = state.live.wanted(node);
@@ -285,7 +296,7 @@ pub(crate) async fn upload_log(
     let store = state.queue.store();
     artifacts::writable_run(&state, run, caller.node, artifacts::Part::Log).await?;
     let (size, sha256) = logs::store(
-        &state.config.data_dir,
+        state.artifacts.as_ref(),
         run,
         body,
         state.config.max_log_bytes,
@@ -294,6 +305,9 @@ pub(crate) async fn upload_log(
     .await?;
     store.set_log_size(run, size, &sha256).await?;
     state.live.stored(run);
+    if state.shared_live() {
+        store.live_drop(run).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -452,6 +466,48 @@ pub(crate) async fn stream_piece(
         ));
     }
     caller.holds_run(&state).await?;
+    if state.shared_live() {
+        let kept = state
+            .queue
+            .store()
+            .live_append(
+                run,
+                q.offset,
+                &body,
+                q.end,
+                state.config.max_log_bytes,
+                lwr_store::now_ms(),
+            )
+            .await?;
+        return match kept {
+            lwr_store::LiveAppend::Kept {
+                size,
+                fresh,
+                wanted,
+            } => {
+                if wanted || fresh > 0 {
+                    let duplicate = (body.len() as u64).saturating_sub(fresh);
+                    state.live.count_streamed(fresh, duplicate);
+                }
+                Ok(Json(ChunkAck {
+                    offset: size,
+                    wanted,
+                }))
+            }
+            // A gap: say where the node must resume.
+            lwr_store::LiveAppend::Gap { held } => Ok(Json(ChunkAck {
+                offset: held,
+                wanted: true,
+            })),
+            lwr_store::LiveAppend::TooLarge => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "run {run}: the log is larger than the server's limit of {} bytes",
+                    state.config.max_log_bytes
+                ),
+            )),
+        };
+    }
     let live = state.live.clone();
     let appended =
         tokio::task::spawn_blocking(move || live.append(run, q.offset, &body, q.end)).await;

@@ -250,7 +250,11 @@ pub(crate) async fn list_jobs(
             (Some(_), _) => Some(q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)),
             // A graph's jobs are bounded by the graph's own limit (100,000 jobs).
             (None, Some(_)) => q.limit.map(|n| n.clamp(1, crate::MAX_LISTED_JOBS)),
-            (None, None) => Some(q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, crate::MAX_LISTED_JOBS)),
+            (None, None) => Some(
+                q.limit
+                    .unwrap_or(DEFAULT_PAGE)
+                    .clamp(1, crate::MAX_LISTED_JOBS),
+            ),
         },
         after: cursor(q.cursor.as_deref())?.map(JobId),
     };
@@ -366,14 +370,14 @@ pub(crate) async fn get_log(
             ),
         ));
     }
-    let stored = logs::open(&state.config.data_dir, run.id, q.offset).await?;
+    let stored = logs::open(&state, run.id, q.offset).await?;
     if stored.is_none() && run.log_size > 0 {
-        // Uploaded through another server sharing the database, into its data dir.
+        // Stored by an earlier version into the data dir of another server.
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
-                "the log of run {} of job {id} ({} bytes) was stored by another server; \
-                 servers sharing a database must share --data-dir",
+                "the log of run {} of job {id} ({} bytes) is neither in the artifact store \
+                 nor in this server's data dir (an earlier version stored it in its own)",
                 run.number, run.log_size
             ),
         ));
@@ -401,7 +405,7 @@ pub(crate) async fn get_artifact(
                 format!("run {run} not found"),
             ));
         }
-        return Ok(text_body(logs::open(&state.config.data_dir, run, 0).await?));
+        return Ok(text_body(logs::open(&state, run, 0).await?));
     }
     let (content_type, size, sha256, stream) = artifacts::download(&state, run, &name).await?;
     Ok((
@@ -498,7 +502,11 @@ pub(crate) async fn set_live(
             format!("run {} of job {id} just ended", run.number),
         ));
     };
-    let viewers = state.live.set_live(run.id, node, toggle.live);
+    let viewers = if state.shared_live() {
+        crate::shared_live::set_live(store, run.id, node, toggle.live).await?
+    } else {
+        state.live.set_live(run.id, node, toggle.live)
+    };
     Ok(Json(LiveState {
         job_id: id,
         run_id: run.id,
@@ -511,10 +519,17 @@ pub(crate) async fn set_live(
     get, path = "/v1/stats",
     responses((status = 200, description = "counters of this server since it started", body = Stats))
 )]
-pub(crate) async fn stats(_: Reader, State(state): Shared) -> Json<Stats> {
-    Json(Stats {
-        logs: state.live.stats(),
-    })
+pub(crate) async fn stats(_: Reader, State(state): Shared) -> ApiResult<Json<Stats>> {
+    let mut logs = state.live.stats();
+    if state.shared_live() {
+        // Streams are the fleet's (wants live in the database); viewers are this server's.
+        logs.streams = state
+            .queue
+            .store()
+            .live_streams(lwr_store::now_ms())
+            .await?;
+    }
+    Ok(Json(Stats { logs }))
 }
 
 #[utoipa::path(

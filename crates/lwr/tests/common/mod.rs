@@ -731,19 +731,25 @@ impl Server {
         })
     }
 
-    /// [`Server::start_on_db`] with extra arguments after the usual ones.
+    /// [`Server::start_on_db`] with extra arguments (after the usual ones) and environment:
+    /// one server of a fleet (`--artifact-store s3://...` and the S3 variables).
     pub fn start_on_db_with(
         dir: &Path,
         label: &str,
         db: &str,
         lease: &str,
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Server {
         let data_dir = dir.join(label);
         let data = data_dir.display().to_string();
         let (db, lease) = (db.to_string(), lease.to_string());
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Server::spawn(dir, label, data_dir, Vec::new(), None, move |listen| {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Server::spawn_env(dir, label, data_dir, Vec::new(), None, env, move |listen| {
             let mut args: Vec<String> = vec![
                 "server".into(),
                 "--listen".into(),
