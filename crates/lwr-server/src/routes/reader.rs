@@ -202,7 +202,6 @@ pub struct JobFilter {
         (status = 200, body = JobList),
         (status = 400, description = "an unknown state or a bad name pattern", body = ErrorBody),
         (status = 404, description = "no such graph", body = ErrorBody),
-        (status = 422, description = "more jobs match than one answer holds (20,000): narrow them, or pass limit", body = ErrorBody),
         (status = 503, description = "too many large listings at once: try again after Retry-After seconds", body = ErrorBody),
     )
 )]
