@@ -31,15 +31,21 @@ pub(crate) async fn store(
     let final_path = path(data_dir, run_id);
     // Unique per upload: two uploads of one run at once never write the same file.
     let tmp = final_path.with_extension(format!("{}.part", uuid::Uuid::new_v4().simple()));
-    let io_err = |e: std::io::Error| {
-        tracing::error!("writing log of run {run_id}: {e}");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot store log: {e}"),
-        )
+    let store_name = format!("log store ({})", data_dir.join("logs").display());
+    let what = format!("the log of run {run_id}");
+    let io_err = |e: std::io::Error| ApiError::storage(&store_name, &what, &e);
+    let mut file = match tokio::fs::File::create(&tmp).await {
+        Ok(file) => file,
+        Err(e) => {
+            let _ = receive(None, body, 0).await;
+            return Err(io_err(e));
+        }
     };
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err)?;
-    let received = receive(&mut file, body, limit).await;
+    let received = match receive(Some(&mut file), body, limit).await {
+        Ok(Err(e)) => Err(io_err(e)),
+        Ok(Ok(sizes)) => Ok(sizes),
+        Err(e) => Err(e),
+    };
     let (size, whole, kept) = match received {
         Ok(sizes) => sizes,
         Err(e) => {
@@ -59,7 +65,11 @@ pub(crate) async fn store(
         stored.update(marker.as_bytes());
         tracing::warn!("run {run_id}: log of {size} bytes stored cut at {limit}");
     }
-    file.flush().await.map_err(io_err)?;
+    if let Err(e) = file.flush().await {
+        drop(file);
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(io_err(e));
+    }
     drop(file);
     let sha256 = hex::encode(whole.finalize());
     if let Some(expected) = expected
@@ -74,7 +84,10 @@ pub(crate) async fn store(
             ),
         ));
     }
-    tokio::fs::rename(&tmp, &final_path).await.map_err(io_err)?;
+    if let Err(e) = tokio::fs::rename(&tmp, &final_path).await {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(io_err(e));
+    }
     let stored_size = tokio::fs::metadata(&final_path)
         .await
         .map_err(io_err)?
@@ -83,15 +96,20 @@ pub(crate) async fn store(
 }
 
 /// Writes the body to `file` up to `limit` bytes, reading (and hashing) the rest: the
-/// whole size, the hash of the whole and the hash of what was written.
+/// whole size, the hash of the whole and the hash of what was written. A failed write
+/// (a full disk) stops the writing, not the reading, so the uploader hears the answer
+/// rather than a broken pipe; it comes back as the inner error.
+type Received = (u64, Sha256, Sha256);
+
 async fn receive(
-    file: &mut tokio::fs::File,
+    mut file: Option<&mut tokio::fs::File>,
     body: Body,
     limit: u64,
-) -> Result<(u64, Sha256, Sha256), ApiError> {
+) -> Result<std::io::Result<Received>, ApiError> {
     let mut size = 0u64;
     let mut whole = Sha256::new();
     let mut kept = Sha256::new();
+    let mut failed = None;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk =
@@ -99,17 +117,20 @@ async fn receive(
         whole.update(&chunk);
         let room = limit.saturating_sub(size).min(chunk.len() as u64) as usize;
         size += chunk.len() as u64;
-        if room > 0 {
+        if room > 0
+            && let Some(f) = file.as_deref_mut()
+        {
             kept.update(&chunk[..room]);
-            file.write_all(&chunk[..room]).await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("cannot store log: {e}"),
-                )
-            })?;
+            if let Err(e) = f.write_all(&chunk[..room]).await {
+                failed = Some(e);
+                file = None;
+            }
         }
     }
-    Ok((size, whole, kept))
+    Ok(match failed {
+        Some(e) => Err(e),
+        None => Ok((size, whole, kept)),
+    })
 }
 
 /// The run's stored log from byte `offset` on, as a stream that never holds it whole:

@@ -6,7 +6,7 @@ use crate::error::Op;
 use crate::{Dialect, Result, Store, StoreError};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// The oldest schema this build migrates from: every migration since the first is embedded,
 /// so any older database is brought up to `SCHEMA_VERSION` on open.
@@ -65,6 +65,10 @@ const SQLITE: &[(i64, &str)] = &[
     (7, include_str!("../migrations/sqlite/0007_push_author.sql")),
     (8, include_str!("../migrations/sqlite/0008_checkout.sql")),
     (9, include_str!("../migrations/sqlite/0009_node_tokens.sql")),
+    (
+        10,
+        include_str!("../migrations/sqlite/0010_node_reimage.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -81,6 +85,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         9,
         include_str!("../migrations/postgres/0009_node_tokens.sql"),
+    ),
+    (
+        10,
+        include_str!("../migrations/postgres/0010_node_reimage.sql"),
     ),
 ];
 

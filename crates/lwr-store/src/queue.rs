@@ -751,7 +751,8 @@ async fn report_in(
         };
         let job_id: JobId = typed(&finished, "job_id")?;
         ended += 1;
-        let infra_error = result.outcome == Outcome::Exception;
+        // The server's own storage failing is not the node's fault: no count against it.
+        let infra_error = result.outcome == Outcome::Exception && !result.server_fault;
         let started_at: Millis = typed(&finished, "started_at")?;
         // Clearing a count known to be zero would cost a statement per run for nothing.
         let (now_quarantined, spot) = if clean && !infra_error {
@@ -761,6 +762,10 @@ async fn report_in(
         };
         clean = !infra_error;
         quarantined |= now_quarantined;
+        if let Some(why) = &result.node_bad {
+            mark_bad(tx, node_id, job_id, result.run_id, why).await?;
+            quarantined = true;
+        }
         let job_effects = match result.outcome {
             Outcome::Succeeded => succeed_job(tx, job_id, now).await?,
             Outcome::Failed => {
@@ -792,6 +797,32 @@ async fn report_in(
         quarantined,
         clean,
     })
+}
+
+/// Quarantines the node a job marked bad (`lwr node-bad`), naming the job and its reason.
+async fn mark_bad(
+    tx: &mut Tx,
+    node_id: NodeId,
+    job_id: JobId,
+    run: RunId,
+    why: &str,
+) -> Result<()> {
+    let job: Option<String> = sqlx::query_scalar("SELECT name FROM jobs WHERE id = $1")
+        .bind(job_id.get())
+        .fetch_optional(&mut **tx)
+        .await
+        .op("reading job name")?;
+    let reason = format!(
+        "job {} (run {run}) marked it bad: {why}",
+        job.as_deref().unwrap_or("?")
+    );
+    sqlx::query("UPDATE nodes SET state = 'quarantined', state_reason = $2 WHERE id = $1")
+        .bind(node_id.get())
+        .bind(reason)
+        .execute(&mut **tx)
+        .await
+        .op("quarantining node")?;
+    Ok(())
 }
 
 fn outcome_state(outcome: Outcome) -> &'static str {

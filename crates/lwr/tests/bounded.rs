@@ -1,0 +1,263 @@
+//! Months of service: full disks (the server's and the node's own), a job marking its node
+//! bad, reimaging a node, and the node's disk kept bounded.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use lwr_model::{GraphId, JobState};
+
+/// A tmpfs of `mb` MB mounted at `dir` for the test, unmounted when dropped (after
+/// everything declared later, which is dropped first). `None` without the permission.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &Path, mb: u32) -> Option<Mount> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}M"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        ok.then(|| Mount(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem of `dir` to the brim with one file, which it returns.
+fn fill(dir: &Path) -> PathBuf {
+    let file = dir.join("filler");
+    // dd stops at "No space left on device"; its failure is the point.
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M"])
+        .arg(format!("of={}", file.display()))
+        .output();
+    file
+}
+
+fn node_state(server: &Server, name: &str) -> (String, String) {
+    let nodes = server.api.nodes().unwrap();
+    let n = nodes
+        .nodes
+        .iter()
+        .find(|n| n.name == name)
+        .unwrap_or_else(|| panic!("no node {name}"));
+    (n.state.clone(), n.state_reason.clone().unwrap_or_default())
+}
+
+fn push(server: &Server, repo: &Path) -> GraphId {
+    let out = server.push(repo, false);
+    out.assert_success();
+    out.pushed_graph()
+}
+
+fn commit(repo: &Path, lwr_yml: &str) {
+    std::fs::write(repo.join("lwr.yml"), lwr_yml).unwrap();
+    git_commit_all(repo, "next");
+}
+
+#[test]
+fn a_full_server_disk_ends_the_run_naming_store_and_artifact_and_the_cluster_recovers() {
+    let dir = tempdir();
+    // The server's data dir (database, logs, artifacts) on 30 MB; the node's on the usual disk.
+    let small = dir.path().join("data");
+    let Some(_mount) = Mount::tmpfs(&small, 30) else {
+        eprintln!("skipped: cannot mount a tmpfs (not root)");
+        return;
+    };
+    // The usual lease: while an upload fills the disk, the database cannot record a
+    // heartbeat either, and the tests' 2 s lease would not ride that out.
+    let server = Server::start_with_lease(dir.path(), "30s");
+    let _node = server.node(dir.path(), "n1", 2, &[]);
+    server.wait_node("n1");
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  big:\n    run: head -c 40000000 /dev/zero > out.bin\n    \
+         retries: 0\n    artifacts:\n      - {name: blob, path: out.bin}\n  \
+         plain:\n    run: echo plain\n",
+    );
+    let g = push(&server, &repo);
+    server.wait_job(g, "plain", JobState::Succeeded, None);
+    let big = wait_until("job big to end", Duration::from_secs(120), || match server
+        .jobs(g)
+        .remove("big")
+    {
+        Some(j) if j.state == JobState::Exception => Ok(j),
+        other => Err(format!("{other:?}")),
+    });
+    let reason = big.reason.unwrap_or_default();
+    assert!(
+        reason.contains("artifact store") && reason.contains("'blob'") && reason.contains("full"),
+        "the reason names the store, the artifact and the cause: {reason}"
+    );
+    // Nothing half-written is listed: the run has no artifact.
+    let listed = server.lwr(&["artifacts", &format!("{g}/big"), "--json"]);
+    assert!(!listed.stdout.contains("\"blob\""), "{listed}");
+    // The server's storage failed, not the node: it is not held against it.
+    let (state, why) = node_state(&server, "n1");
+    assert!(state != "quarantined", "{state}: {why}");
+    assert_eq!(server.api.nodes().unwrap().nodes[0].infra_errors, 0);
+
+    // A second push runs while nothing was freed.
+    commit(&repo, "version: 1\njobs:\n  after:\n    run: echo after\n");
+    server.push(&repo, true).assert_success();
+
+    // The disk full to the brim: the database refuses clearly; freed, it works again with
+    // nothing restarted.
+    let filler = fill(&small);
+    commit(&repo, "version: 1\njobs:\n  again:\n    run: echo again\n");
+    let refused = server.push(&repo, false);
+    if !refused.success() {
+        refused.assert_stderr_has(&["full"]);
+    }
+    std::fs::remove_file(&filler).unwrap();
+    commit(&repo, "version: 1\njobs:\n  freed:\n    run: echo freed\n");
+    let g = wait_until("a push after space came back", DEADLINE, || {
+        let out = server.push(&repo, true);
+        match out.success() {
+            true => Ok(out.pushed_graph()),
+            false => Err(out.to_string()),
+        }
+    });
+    server.wait_job(g, "freed", JobState::Succeeded, Some("n1"));
+}
+
+#[test]
+fn a_node_whose_own_disk_is_full_claims_nothing_until_there_is_room() {
+    let dir = tempdir();
+    let work = dir.path().join("n1");
+    let Some(_mount) = Mount::tmpfs(&work, 20) else {
+        eprintln!("skipped: cannot mount a tmpfs (not root)");
+        return;
+    };
+    let server = Server::start(dir.path());
+    let _node = Node::start_with_args(dir.path(), &server.url, "n1", 1, &["--min-free-mb", "5"]);
+    server.wait_node("n1");
+    let filler = fill(&work);
+    wait_until(
+        "n1 to say its disk is full",
+        DEADLINE,
+        || match node_state(&server, "n1") {
+            (state, why) if state == "unhealthy" && why.contains("disk is full") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  work:\n    run: echo work\n",
+    );
+    let g = push(&server, &repo);
+    assert_eq!(server.jobs(g)["work"].state, JobState::Pending);
+    std::fs::remove_file(&filler).unwrap();
+    server.wait_job(g, "work", JobState::Succeeded, Some("n1"));
+    assert_eq!(node_state(&server, "n1").0, "idle");
+}
+
+#[test]
+fn a_job_calling_node_bad_quarantines_its_node_and_ends_as_it_ended() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let _n1 = server.node(dir.path(), "n1", 1, &[]);
+    server.wait_node("n1");
+    let repo = git_repo(
+        &dir.path().join("repo"),
+        "version: 1\njobs:\n  probe:\n    run: lwr node-bad \"gpu fell off the bus\"; echo done\n",
+    );
+    let g = push(&server, &repo);
+    server.wait_job(g, "probe", JobState::Succeeded, Some("n1"));
+    let (state, why) = node_state(&server, "n1");
+    assert_eq!(state, "quarantined", "{why}");
+    assert!(
+        why.contains("gpu fell off the bus") && why.contains("probe"),
+        "{why}"
+    );
+    // It gets no more work; another node does.
+    commit(&repo, "version: 1\njobs:\n  next:\n    run: echo next\n");
+    let g2 = push(&server, &repo);
+    let _n2 = server.node(dir.path(), "n2", 1, &[]);
+    server.wait_job(g2, "next", JobState::Succeeded, Some("n2"));
+    // Outside a job the command says what it is for.
+    let out = lwr(&["node-bad", "why"]);
+    out.assert_failure();
+    out.assert_stderr_has(&["LWR_NODE_BAD", "inside a job"]);
+    // An operator puts the node back.
+    server.lwr(&["nodes", "enable", "n1"]).assert_success();
+    assert_ne!(node_state(&server, "n1").0, "quarantined");
+}
+
+#[test]
+fn lwr_nodes_reimage_drains_the_node_and_runs_its_reimage_command() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let marker = dir.path().join("reimaged");
+    let rebooted = dir.path().join("rebooted");
+    let reimage = format!("touch {}", sh_quote(&marker));
+    let reboot = format!("touch {}", sh_quote(&rebooted));
+    let mut node = Node::start_with_args(
+        dir.path(),
+        &server.url,
+        "n1",
+        1,
+        &["--reimage-command", &reimage, "--reboot-command", &reboot],
+    );
+    server.wait_node("n1");
+    server
+        .lwr(&["nodes", "reimage", "n1", "--reason", "new image"])
+        .assert_success();
+    let status = wait_until("the node to drain and exit", DEADLINE, || {
+        node.daemon.exited().ok_or("still running".to_string())
+    });
+    assert!(status.success(), "{status:?}");
+    assert!(marker.exists(), "the reimage command ran");
+    assert!(!rebooted.exists(), "not the reboot command");
+    let (state, why) = node_state(&server, "n1");
+    assert_eq!((state.as_str(), why.as_str()), ("draining", "new image"));
+}
+
+#[test]
+fn the_node_keeps_no_logs_or_outboxes_of_reported_runs() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let node = server.node(dir.path(), "n1", 2, &[]);
+    server.wait_node("n1");
+    let mut jobs = String::from("version: 1\njobs:\n");
+    for i in 0..6 {
+        jobs.push_str(&format!(
+            "  j{i}:\n    run: echo hello {i}; echo {i} > a.txt\n    artifacts:\n      - {{name: a, path: a.txt}}\n"
+        ));
+    }
+    let repo = git_repo(&dir.path().join("repo"), &jobs);
+    let g = push(&server, &repo);
+    server.wait_finished(g);
+    let listing = |sub: &str| -> Vec<String> {
+        std::fs::read_dir(node.work_dir.join(sub))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_until("the node's copies to go", DEADLINE, || {
+        let logs: Vec<String> = listing("logs")
+            .into_iter()
+            .filter(|f| !f.starts_with("slot-"))
+            .collect();
+        let outbox = listing("outbox");
+        match logs.is_empty() && outbox.is_empty() && node.unreported_results().is_empty() {
+            true => Ok(()),
+            false => Err(format!("logs {logs:?}, outbox {outbox:?}")),
+        }
+    });
+    // The server has them.
+    let log = server.api.log(server.jobs(g)["j3"].id).unwrap();
+    assert!(log.contains("hello 3"), "{log}");
+}
