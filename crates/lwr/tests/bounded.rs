@@ -261,3 +261,67 @@ fn the_node_keeps_no_logs_or_outboxes_of_reported_runs() {
     let log = server.api.log(server.jobs(g)["j3"].id).unwrap();
     assert!(log.contains("hello 3"), "{log}");
 }
+
+/// The systemd units under packaging/ pass `systemd-analyze verify` (where it is installed),
+/// keep the token off the command line, restart on exit code 75, and their `lwr` command
+/// lines parse.
+#[test]
+fn the_systemd_units_verify_and_their_command_lines_parse() {
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/systemd");
+    let dir = tempdir();
+    for name in ["lwr-node.service", "lwr-server.service"] {
+        let text = std::fs::read_to_string(units.join(name)).unwrap();
+        for line in ["RestartForceExitStatus=75", "SuccessExitStatus=75", "Restart=on-failure"] {
+            assert!(text.lines().any(|l| l == line), "{name} lacks {line}");
+        }
+        assert!(!text.contains("--token "), "{name}: a token on the command line");
+        // The binary under test in place of the installed one: verify checks it exists.
+        let local = text.replace("/usr/local/bin/lwr", bin());
+        std::fs::write(dir.path().join(name), &local).unwrap();
+        // The command line as systemd runs it (%S state dir, %d credentials dir).
+        let exec = local
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap_or_else(|| panic!("{name} has no ExecStart"));
+        let state = dir.path().join("state");
+        let exec = exec
+            .replace("%S", &state.display().to_string())
+            .replace("%d", &dir.path().join("creds").display().to_string());
+        let mut args: Vec<&str> = exec.split_whitespace().skip(1).collect();
+        if name == "lwr-server.service" {
+            // Never start it: an invalid last flag shows every flag before it parsed.
+            args.extend(["--lease", "nonsense"]);
+        }
+        let out = Command::new(bin())
+            .args(&args)
+            .env_remove("LWR_TOKEN")
+            .env("LWR_SERVER", "http://127.0.0.1:9")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if name == "lwr-node.service" {
+            // It reads its token from the credential file, which is not there here.
+            assert!(
+                stderr.contains("--token-file") && stderr.contains("node-token"),
+                "{stderr}"
+            );
+        } else {
+            assert!(stderr.contains("'nonsense' for '--lease"), "{stderr}");
+        }
+    }
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(["lwr-node.service", "lwr-server.service"].map(|n| dir.path().join(n)))
+        .output();
+    match verify {
+        Err(_) => eprintln!("skipped systemd-analyze verify: not installed"),
+        Ok(out) => {
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success() && said.trim().is_empty(), "{said}");
+        }
+    }
+}
