@@ -188,6 +188,7 @@ pub async fn run(
         unreported.push(result);
     }
     drop_orphan_outboxes(&config.work_dir, &unreported);
+    drop_reported_logs(&config.work_dir, &unreported);
     let bridge = match &config.buildbot {
         Some(bb) => {
             let bridge = buildbot::Bridge::new(bb, &config.work_dir)?;
@@ -414,6 +415,26 @@ fn drop_orphan_outboxes(work_dir: &std::path::Path, unreported: &[RunResult]) {
             .and_then(|s| s.parse::<RunId>().ok());
         if run.is_none_or(|run| !unreported.iter().any(|r| r.run_id == run)) {
             let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Removes the logs of runs whose results the server has (`logs/RUN.log` with no result
+/// waiting; earlier versions kept every log): the node's disk holds only what is pending.
+fn drop_reported_logs(work_dir: &Path, unreported: &[RunResult]) {
+    let Ok(entries) = std::fs::read_dir(work_dir.join("logs")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let run = name
+            .to_str()
+            .and_then(|s| s.strip_suffix(".log"))
+            .and_then(|s| s.parse::<RunId>().ok());
+        if let Some(run) = run
+            && !unreported.iter().any(|r| r.run_id == run)
+        {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

@@ -271,10 +271,17 @@ fn the_systemd_units_verify_and_their_command_lines_parse() {
     let dir = tempdir();
     for name in ["lwr-node.service", "lwr-server.service"] {
         let text = std::fs::read_to_string(units.join(name)).unwrap();
-        for line in ["RestartForceExitStatus=75", "SuccessExitStatus=75", "Restart=on-failure"] {
+        for line in [
+            "RestartForceExitStatus=75",
+            "SuccessExitStatus=75",
+            "Restart=on-failure",
+        ] {
             assert!(text.lines().any(|l| l == line), "{name} lacks {line}");
         }
-        assert!(!text.contains("--token "), "{name}: a token on the command line");
+        assert!(
+            !text.contains("--token "),
+            "{name}: a token on the command line"
+        );
         // The binary under test in place of the installed one: verify checks it exists.
         let local = text.replace("/usr/local/bin/lwr", bin());
         std::fs::write(dir.path().join(name), &local).unwrap();
