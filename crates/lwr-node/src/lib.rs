@@ -575,7 +575,7 @@ impl Node {
             return None;
         }
         let free = match nix::sys::statvfs::statvfs(&self.config.work_dir) {
-            Ok(st) => st.blocks_available() as u64 * st.fragment_size() as u64,
+            Ok(st) => st.blocks_available().saturating_mul(st.fragment_size()),
             Err(e) => {
                 tracing::debug!("cannot read free space of the work dir: {e}");
                 return None;
@@ -606,7 +606,7 @@ impl Node {
                 .output(),
         )
         .await;
-        let failure = match outcome {
+        match outcome {
             Ok(Ok(out)) if out.status.success() => None,
             Ok(Ok(out)) => {
                 let said = String::from_utf8_lossy(&out.stderr);
@@ -626,8 +626,7 @@ impl Node {
                 "health check `{cmd}` took over {} s",
                 HEALTH_TIMEOUT.as_secs()
             )),
-        };
-        failure
+        }
     }
 
     async fn run_job(&self, a: Assignment) {

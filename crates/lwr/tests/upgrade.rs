@@ -56,8 +56,7 @@ fn latest_release() -> (String, String) {
             Some((version.to_string(), commit.trim().to_string()))
         })
         // A release made on a branch this HEAD does not contain is not its predecessor.
-        .filter(|(_, commit)| git(&["merge-base", "--is-ancestor", commit, "HEAD"]).is_some())
-        .last()
+        .rfind(|(_, commit)| git(&["merge-base", "--is-ancestor", commit, "HEAD"]).is_some())
         .unwrap_or_else(|| {
             panic!(
                 "no release in {} is an ancestor of HEAD (a shallow clone? fetch its history)",
