@@ -388,6 +388,10 @@ pub struct SetNodeState {
     /// Shown in listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// With `draining`: the node drains for a reimage (`lwr nodes reimage`) and then runs
+    /// its `--reimage-command` instead of its reboot command.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reimage: bool,
 }
 
 /// `POST /v1/nodes/{name}/labels`: set tags on a node, as an operator (`speed`, `instance`
@@ -584,6 +588,10 @@ pub struct HeartbeatResponse {
     /// supervisor to restart it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reboot: bool,
+    /// With `reboot`: the operator asked for a reimage (`lwr nodes reimage`): the node runs
+    /// its reimage command instead of its reboot command.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reimage: bool,
     /// Runs the node holds that are no longer its own (lease expired, cancelled): it must
     /// kill them and not report them.
     #[schema(value_type = Vec<i64>)]
@@ -612,6 +620,14 @@ pub struct RunResult {
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The job marked its node bad (`lwr node-bad REASON`): the server quarantines the node
+    /// with this reason when it records the result; the run ends as it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_bad: Option<String>,
+    /// An exception the server's side caused (its storage refused what the run left): it
+    /// does not count as the node's infrastructure error.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub server_fault: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

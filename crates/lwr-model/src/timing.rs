@@ -88,6 +88,16 @@ pub const WATCH_RETRY: Backoff = Backoff {
     floor: millis(250),
     cap: secs(10),
 };
+/// A node uploading a finished run's artifacts or log that the server answers with an
+/// error (507: its storage is full; 500) tries this many times in all, then ends the run
+/// as an infrastructure error with the server's words (its artifacts) or reports it
+/// without its log. A server that does not answer at all is retried without end.
+pub const UPLOAD_TRIES: u32 = 5;
+/// The pauses between those tries; meanwhile the node heartbeats and claims as usual.
+pub const UPLOAD_RETRY: Backoff = Backoff {
+    floor: secs(1),
+    cap: secs(10),
+};
 /// Longest pause between polls of a failing repository; the floor is its poll interval.
 pub const POLL_RETRY_CAP: Duration = secs(15 * 60);
 /// Default time between two polls of a repository.
@@ -185,6 +195,10 @@ const _: () = assert!(
     DUTY_MARGIN.as_millis() >= DUTY_RENEW_TIMEOUT.as_millis() + 1000,
     "a holder notices a lost duty before its lease runs out: a renewal's timeout and 1 s of \
      clock difference fit in the margin"
+);
+const _: () = assert!(
+    UPLOAD_RETRY.cap.as_millis() * (UPLOAD_TRIES as u128) < 2 * DEFAULT_NODE_LOST_AFTER.as_millis(),
+    "a run whose uploads keep failing ends within a couple of minutes"
 );
 
 #[cfg(test)]

@@ -370,6 +370,8 @@ mod tests {
 
     fn ok(run: RunId) -> RunResult {
         RunResult {
+            node_bad: None,
+            server_fault: false,
             run_id: run,
             outcome: Outcome::Succeeded,
             exit_code: Some(0),

@@ -49,6 +49,8 @@ pub async fn run(
 ) -> RunResult {
     let run_id = launch.run_id;
     let exception = |reason: String| RunResult {
+        node_bad: None,
+        server_fault: false,
         run_id,
         outcome: Outcome::Exception,
         exit_code: None,
@@ -92,6 +94,8 @@ async fn wait(
 ) -> RunResult {
     let run_id = launch.run_id;
     let exception = |reason: String| RunResult {
+        node_bad: None,
+        server_fault: false,
         run_id,
         outcome: Outcome::Exception,
         exit_code: None,
@@ -111,18 +115,24 @@ async fn wait(
             }
             match status.code() {
                 Some(0) => RunResult {
+                    node_bad: None,
+                    server_fault: false,
                     run_id,
                     outcome: Outcome::Succeeded,
                     exit_code: Some(0),
                     reason: None,
                 },
                 Some(code) => RunResult {
+                    node_bad: None,
+                    server_fault: false,
                     run_id,
                     outcome: Outcome::Failed,
                     exit_code: Some(code),
                     reason: Some(format!("exit code {code}")),
                 },
                 None => RunResult {
+                    node_bad: None,
+                    server_fault: false,
                     run_id,
                     outcome: Outcome::Failed,
                     exit_code: None,
@@ -134,6 +144,8 @@ async fn wait(
         Ended::TimedOut => {
             terminate(&mut child, pgid).await;
             RunResult {
+                node_bad: None,
+                server_fault: false,
                 run_id,
                 outcome: Outcome::Failed,
                 exit_code: None,
@@ -143,6 +155,8 @@ async fn wait(
         Ended::LogTooLong(limit) => {
             terminate(&mut child, pgid).await;
             RunResult {
+                node_bad: None,
+                server_fault: false,
                 run_id,
                 outcome: Outcome::Failed,
                 exit_code: None,
@@ -224,6 +238,8 @@ fn not_started(launch: &Launch, run_id: RunId, e: std::io::Error) -> RunResult {
         std::io::ErrorKind::PermissionDenied => 126,
         _ => {
             return RunResult {
+                node_bad: None,
+                server_fault: false,
                 run_id,
                 outcome: Outcome::Exception,
                 exit_code: None,
@@ -236,6 +252,8 @@ fn not_started(launch: &Launch, run_id: RunId, e: std::io::Error) -> RunResult {
         format!("lwr: cannot start `{}`: {e}\n", launch.command),
     );
     RunResult {
+        node_bad: None,
+        server_fault: false,
         run_id,
         outcome: Outcome::Failed,
         exit_code: Some(code),
@@ -469,6 +487,8 @@ mod tests {
     #[test]
     fn a_failure_the_log_cannot_show_is_noted() {
         let r = |outcome, exit_code, reason: Option<&str>| RunResult {
+            node_bad: None,
+            server_fault: false,
             run_id: RunId(1),
             outcome,
             exit_code,

@@ -4,9 +4,12 @@
 //! One file instead of a file per run: thousands of short jobs would otherwise create and
 //! delete thousands of files, and some filesystems (ext4) slow down badly under that churn.
 //! A line torn by a crash is skipped when the journal is read back. The file is emptied
-//! whenever nothing is running or waiting to be reported.
+//! whenever nothing is running or waiting to be reported, and rewritten with only what
+//! still matters once it grows past [`COMPACT_AT`], so a node that is never idle keeps it
+//! small too. Results are synced to disk ([`Journal::sync`]) before they are reported: the
+//! server never holds a result its node could forget.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -16,6 +19,9 @@ use lwr_model::RunId;
 use lwr_model::api::{Outcome, RunResult};
 use lwr_model::sync::lock;
 use serde::{Deserialize, Serialize};
+
+/// Size past which the journal is rewritten with only its live entries.
+const COMPACT_AT: u64 = 256 * 1024;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,10 +47,14 @@ pub(crate) struct Journal {
 
 struct State {
     file: File,
-    /// Runs started and not ended.
-    live: HashSet<RunId>,
-    /// Runs ended and not acknowledged.
-    unreported: HashSet<RunId>,
+    /// Bytes in the file.
+    size: u64,
+    /// Results written since the last sync.
+    unsynced: bool,
+    /// Runs started and not ended, with their process groups.
+    live: HashMap<RunId, i32>,
+    /// Runs ended and not acknowledged, with their results.
+    unreported: HashMap<RunId, RunResult>,
 }
 
 impl Journal {
@@ -58,9 +68,15 @@ impl Journal {
         };
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let state = State {
+            size: file.metadata()?.len(),
             file,
-            live: recovered.leftovers.iter().map(|(run, _)| *run).collect(),
-            unreported: recovered.unreported.iter().map(|r| r.run_id).collect(),
+            unsynced: false,
+            live: recovered.leftovers.iter().copied().collect(),
+            unreported: recovered
+                .unreported
+                .iter()
+                .map(|r| (r.run_id, r.clone()))
+                .collect(),
         };
         Ok((
             Journal {
@@ -73,7 +89,7 @@ impl Journal {
 
     pub(crate) fn started(&self, run: RunId, pgid: i32) {
         self.append(&Entry::Started { run, pgid }, |s| {
-            s.live.insert(run);
+            s.live.insert(run, pgid);
         });
     }
 
@@ -85,7 +101,8 @@ impl Journal {
             },
             |s| {
                 s.live.remove(&run);
-                s.unreported.insert(run);
+                s.unreported.insert(run, result.clone());
+                s.unsynced = true;
             },
         );
     }
@@ -97,38 +114,105 @@ impl Journal {
         }
         if state.live.is_empty() && state.unreported.is_empty() {
             // Nothing in the file matters any more: start it afresh.
-            if let Err(e) = state.file.set_len(0) {
-                tracing::warn!("cannot empty {}: {e}", self.path.display());
+            match state.file.set_len(0) {
+                Ok(()) => state.size = 0,
+                Err(e) => tracing::warn!("cannot empty {}: {e}", self.path.display()),
             }
             return;
         }
         for &run in runs {
-            write_entry(&mut state.file, &Entry::Reported { run }, &self.path);
+            let n = write_entry(&mut state.file, &Entry::Reported { run }, &self.path);
+            state.size += n;
+        }
+        if state.size > COMPACT_AT {
+            self.compact(&mut state);
+        }
+    }
+
+    /// Runs ended and not yet acknowledged by the server.
+    pub(crate) fn unreported(&self) -> Vec<RunId> {
+        lock(&self.state).unreported.keys().copied().collect()
+    }
+
+    /// Makes the results written so far durable; a no-op when none were written since.
+    pub(crate) fn sync(&self) {
+        let mut state = lock(&self.state);
+        if !state.unsynced {
+            return;
+        }
+        match state.file.sync_data() {
+            Ok(()) => state.unsynced = false,
+            Err(e) => tracing::error!("cannot sync {}: {e}", self.path.display()),
+        }
+    }
+
+    /// Rewrites the file with only the runs still going and the results not acknowledged:
+    /// written beside it, synced, then renamed over it, so a crash leaves one or the other.
+    fn compact(&self, state: &mut State) {
+        let tmp = self.path.with_extension("jsonl.new");
+        let written = (|| -> std::io::Result<(File, u64)> {
+            let mut file = File::create(&tmp)?;
+            let mut size = 0;
+            let entries = state
+                .live
+                .iter()
+                .map(|(&run, &pgid)| Entry::Started { run, pgid })
+                .chain(
+                    state
+                        .unreported
+                        .values()
+                        .map(|r| Entry::Ended { result: r.clone() }),
+                );
+            for entry in entries {
+                size += write_entry(&mut file, &entry, &tmp);
+            }
+            file.sync_data()?;
+            std::fs::rename(&tmp, &self.path)?;
+            let file = OpenOptions::new().append(true).open(&self.path)?;
+            Ok((file, size))
+        })();
+        match written {
+            Ok((file, size)) => {
+                tracing::debug!("journal compacted from {} to {size} bytes", state.size);
+                state.file = file;
+                state.size = size;
+                state.unsynced = false;
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                tracing::warn!("cannot compact {}: {e}", self.path.display());
+            }
         }
     }
 
     fn append(&self, entry: &Entry, update: impl FnOnce(&mut State)) {
         let mut state = lock(&self.state);
-        write_entry(&mut state.file, entry, &self.path);
+        let n = write_entry(&mut state.file, entry, &self.path);
+        state.size += n;
         update(&mut state);
     }
 }
 
-fn write_entry(file: &mut File, entry: &Entry, path: &Path) {
+/// Appends one entry as a line; returns the bytes written.
+fn write_entry(file: &mut File, entry: &Entry, path: &Path) -> u64 {
     let mut line = match serde_json::to_vec(entry) {
         Ok(line) => line,
         Err(e) => {
             tracing::error!("cannot encode a journal entry: {e}");
-            return;
+            return 0;
         }
     };
     line.push(b'\n');
     // One write of the whole line, so a crash tears at most the last line.
-    if let Err(e) = file.write_all(&line) {
-        tracing::error!(
-            "cannot write {}: {e}; a restart may not know about this run",
-            path.display()
-        );
+    match file.write_all(&line) {
+        Ok(()) => line.len() as u64,
+        Err(e) => {
+            tracing::error!(
+                "cannot write {}: {e}; a restart may not know about this run",
+                path.display()
+            );
+            0
+        }
     }
 }
 
@@ -161,6 +245,8 @@ fn read_back(file: File) -> std::io::Result<Recovered> {
 /// The result recorded for a run its node's previous life left going.
 pub(crate) fn restarted(run_id: RunId) -> RunResult {
     RunResult {
+        node_bad: None,
+        server_fault: false,
         run_id,
         outcome: Outcome::Exception,
         exit_code: None,
@@ -174,6 +260,8 @@ mod tests {
 
     fn ok(run: RunId) -> RunResult {
         RunResult {
+            node_bad: None,
+            server_fault: false,
             run_id: run,
             outcome: Outcome::Succeeded,
             exit_code: Some(0),
@@ -204,6 +292,34 @@ mod tests {
             rec.unreported.iter().map(|r| r.run_id).collect::<Vec<_>>(),
             vec![RunId(1)]
         );
+    }
+
+    #[test]
+    fn a_busy_journal_compacts_and_keeps_what_matters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        // One run stays going and one result stays unreported the whole time: the node is
+        // never idle, so the file is never simply emptied.
+        j.started(RunId(1), 111);
+        j.started(RunId(2), 222);
+        j.ended(&ok(RunId(2)));
+        let mut largest = 0;
+        for run in 10..5_000 {
+            j.started(RunId(run), 1);
+            j.ended(&ok(RunId(run)));
+            j.reported(&[RunId(run)]);
+            largest = largest.max(std::fs::metadata(&path).unwrap().len());
+        }
+        assert!(
+            largest <= COMPACT_AT + 1024,
+            "journal grew to {largest} bytes"
+        );
+        drop(j);
+        let (_, rec) = Journal::open(dir.path()).unwrap();
+        assert_eq!(rec.leftovers, vec![(RunId(1), 111)]);
+        let unreported: Vec<RunId> = rec.unreported.iter().map(|r| r.run_id).collect();
+        assert_eq!(unreported, vec![RunId(2)]);
     }
 
     #[test]

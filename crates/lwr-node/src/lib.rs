@@ -37,6 +37,8 @@ use crate::exec::{Launch, Stop};
 use crate::journal::Journal;
 use crate::report::Reporter;
 
+/// Most runs one heartbeat names (the server's limit for a batch).
+const MAX_HEARTBEAT_RUNS: usize = 4096;
 /// How often a node whose health check fails runs it again.
 const HEALTH_RETRY: Duration = Duration::from_secs(2);
 /// Longest a health check may take before it counts as failed.
@@ -57,6 +59,11 @@ pub struct NodeConfig {
     pub health_check: Option<String>,
     /// Shell command run once the node drained for a reboot (`lwr nodes reboot`).
     pub reboot_command: Option<String>,
+    /// Shell command run once the node drained for a reimage (`lwr nodes reimage`).
+    pub reimage_command: Option<String>,
+    /// Least free space on the work dir's disk: below it the node claims nothing (and says
+    /// so) until there is room again.
+    pub min_free_bytes: u64,
     /// `--buildbot URL`: the node is a bridge whose jobs are builds on that master.
     pub buildbot: Option<buildbot::BridgeConfig>,
 }
@@ -72,6 +79,12 @@ pub enum Stopped {
     /// The node drained and ran its reboot command.
     Rebooting,
 }
+
+/// The variable naming the file a job writes a reason to (`lwr node-bad REASON`) to have
+/// its node quarantined when it ends.
+pub const NODE_BAD_ENV: &str = "LWR_NODE_BAD";
+/// Longest reason read from that file.
+const MAX_NODE_BAD: u64 = 1000;
 
 /// Exit code of `lwr node` that drained for a reboot and has no reboot command.
 pub const REBOOT_EXIT_CODE: u8 = 75;
@@ -111,8 +124,10 @@ struct Node {
     /// Job directories and log files not in use: one pair per slot, reused job after job,
     /// so thousands of short jobs do not create and delete thousands of files.
     free_dirs: Mutex<Vec<(PathBuf, PathBuf)>>,
-    /// Turns true when the server asks for a reboot.
+    /// Turns true when the server asks for a reboot (or a reimage).
     reboot: watch::Sender<bool>,
+    /// The reboot asked for is a reimage: run the reimage command.
+    reimage: std::sync::atomic::AtomicBool,
     /// Why the health check fails, told to the server with each heartbeat; `None`: healthy.
     unhealthy: Mutex<Option<String>>,
     /// Kept job directories (`keep_workdir`) a run uses now.
@@ -173,6 +188,7 @@ pub async fn run(
         unreported.push(result);
     }
     drop_orphan_outboxes(&config.work_dir, &unreported);
+    drop_reported_logs(&config.work_dir, &unreported);
     let bridge = match &config.buildbot {
         Some(bb) => {
             let bridge = buildbot::Bridge::new(bb, &config.work_dir)?;
@@ -217,6 +233,7 @@ pub async fn run(
         kept_in_use: Mutex::new(Default::default()),
         unhealthy: Mutex::new(None),
         reboot: watch::channel(false).0,
+        reimage: Default::default(),
         journal,
         reporter,
         lwr_bin: lwr_binary(),
@@ -318,7 +335,18 @@ pub async fn run(
     if !rebooting {
         return Ok(Stopped::Shutdown);
     }
-    let Some(cmd) = &node.config.reboot_command else {
+    let reimage = node.reimage.load(Ordering::SeqCst);
+    let command = match reimage {
+        true => &node.config.reimage_command,
+        false => &node.config.reboot_command,
+    };
+    let Some(cmd) = command else {
+        if reimage {
+            tracing::warn!(
+                "node {} drained for a reimage but has no --reimage-command; exiting for its supervisor",
+                node.config.name
+            );
+        }
         return Ok(Stopped::Reboot);
     };
     tracing::info!("node {} drained; running `{cmd}`", node.config.name);
@@ -329,8 +357,8 @@ pub async fn run(
         .await
     {
         Ok(status) if status.success() => {}
-        Ok(status) => tracing::error!("reboot command `{cmd}` failed ({status})"),
-        Err(e) => tracing::error!("cannot run reboot command `{cmd}`: {e}"),
+        Ok(status) => tracing::error!("command `{cmd}` failed ({status})"),
+        Err(e) => tracing::error!("cannot run command `{cmd}`: {e}"),
     }
     Ok(Stopped::Rebooting)
 }
@@ -387,6 +415,26 @@ fn drop_orphan_outboxes(work_dir: &std::path::Path, unreported: &[RunResult]) {
             .and_then(|s| s.parse::<RunId>().ok());
         if run.is_none_or(|run| !unreported.iter().any(|r| r.run_id == run)) {
             let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Removes the logs of runs whose results the server has (`logs/RUN.log` with no result
+/// waiting; earlier versions kept every log): the node's disk holds only what is pending.
+fn drop_reported_logs(work_dir: &Path, unreported: &[RunResult]) {
+    let Ok(entries) = std::fs::read_dir(work_dir.join("logs")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let run = name
+            .to_str()
+            .and_then(|s| s.strip_suffix(".log"))
+            .and_then(|s| s.parse::<RunId>().ok());
+        if let Some(run) = run
+            && !unreported.iter().any(|r| r.run_id == run)
+        {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }
@@ -451,13 +499,7 @@ impl Node {
             while let Ok(p) = slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
-            let results = match self.reporter.begin_claim().await {
-                Ok(results) => results,
-                Err(e) => {
-                    backoff.wait(&format!("uploading logs: {e}")).await;
-                    continue;
-                }
-            };
+            let results = self.reporter.begin_claim().await;
             let req = ClaimRequest {
                 max: permits.len() as u32,
                 wait_ms: timing::CLAIM_WAIT.as_millis() as u64,
@@ -507,10 +549,52 @@ impl Node {
         }
     }
 
-    /// Runs the health check, if any; remembers (and logs, on a change) why it fails.
+    /// Checks the work dir's free space and runs the health check, if any; remembers (and
+    /// logs, on a change) why the node is unhealthy.
     async fn healthy(&self) -> bool {
+        let failure = match self.disk_short() {
+            Some(why) => Some(why),
+            None => self.check_health().await,
+        };
+        let mut current = lock(&self.unhealthy);
+        if *current != failure {
+            match &failure {
+                Some(why) => tracing::warn!("{why}; claiming nothing until that changes"),
+                None => tracing::info!("healthy again; claiming work"),
+            }
+            *current = failure;
+        }
+        current.is_none()
+    }
+
+    /// Why the work dir's disk is too full to take another job, if it is: a job there
+    /// would fail for the node's own lack of room, not its own fault.
+    fn disk_short(&self) -> Option<String> {
+        let min = self.config.min_free_bytes;
+        if min == 0 {
+            return None;
+        }
+        let free = match nix::sys::statvfs::statvfs(&self.config.work_dir) {
+            Ok(st) => st.blocks_available().saturating_mul(st.fragment_size()),
+            Err(e) => {
+                tracing::debug!("cannot read free space of the work dir: {e}");
+                return None;
+            }
+        };
+        (free < min).then(|| {
+            format!(
+                "the node's disk is full: work dir {} has {} MB free, below the {} MB it keeps                  free (--min-free-mb)",
+                self.config.work_dir.display(),
+                free >> 20,
+                min >> 20
+            )
+        })
+    }
+
+    /// Runs the health check, if any: why it fails, or `None`.
+    async fn check_health(&self) -> Option<String> {
         let Some(cmd) = &self.config.health_check else {
-            return true;
+            return None;
         };
         let outcome = tokio::time::timeout(
             HEALTH_TIMEOUT,
@@ -522,7 +606,7 @@ impl Node {
                 .output(),
         )
         .await;
-        let failure = match outcome {
+        match outcome {
             Ok(Ok(out)) if out.status.success() => None,
             Ok(Ok(out)) => {
                 let said = String::from_utf8_lossy(&out.stderr);
@@ -542,16 +626,7 @@ impl Node {
                 "health check `{cmd}` took over {} s",
                 HEALTH_TIMEOUT.as_secs()
             )),
-        };
-        let mut current = lock(&self.unhealthy);
-        if *current != failure {
-            match &failure {
-                Some(why) => tracing::warn!("{why}; claiming nothing until it passes"),
-                None => tracing::info!("health check passes again; claiming work"),
-            }
-            *current = failure;
         }
-        current.is_none()
     }
 
     async fn run_job(&self, a: Assignment) {
@@ -588,6 +663,9 @@ impl Node {
         let extra_file = dir.with_extension("extra.json");
         let _ = std::fs::remove_file(&extra_file);
         env.insert("LWR_EXTRA".into(), extra_file.display().to_string());
+        let bad_file = dir.with_extension("node-bad");
+        let _ = std::fs::remove_file(&bad_file);
+        env.insert(NODE_BAD_ENV.into(), bad_file.display().to_string());
         let mut cannot_start = None;
         if !a.manifests.is_empty() {
             let file = dir.with_extension("manifests.json");
@@ -640,12 +718,23 @@ impl Node {
         let result = match cannot_start {
             None => exec::run(launch, stop_rx, |pgid| self.journal.started(a.run_id, pgid)).await,
             Some(reason) => RunResult {
+                node_bad: None,
+                server_fault: false,
                 run_id: a.run_id,
                 outcome: Outcome::Exception,
                 exit_code: None,
                 reason: Some(reason),
             },
         };
+        let mut result = result;
+        result.node_bad = take_node_bad(&bad_file);
+        if let Some(why) = &result.node_bad {
+            tracing::warn!(
+                "run {} of {} marked this node bad: {why}; the server quarantines it",
+                a.run_id,
+                a.job_name
+            );
+        }
         let ran = result.clone();
         let (result, outputs) = self
             .collect_artifacts(result, &dir, &extra_file, &a.artifacts)
@@ -850,6 +939,8 @@ impl Node {
         collected.unwrap_or_else(|e| {
             (
                 RunResult {
+                    node_bad: None,
+                    server_fault: false,
                     run_id: run,
                     outcome: Outcome::Exception,
                     exit_code: None,
@@ -866,7 +957,12 @@ impl Node {
             let lease = Duration::from_secs(self.lease_secs.load(Ordering::Relaxed));
             let every = timing::heartbeat_every(lease);
             tokio::time::sleep(every).await;
-            let runs: Vec<RunId> = lock(&self.running).keys().copied().collect();
+            // Runs that ended here and wait for their uploads and report stay this node's.
+            let mut runs: Vec<RunId> = lock(&self.running).keys().copied().collect();
+            runs.extend(self.reporter.unreported());
+            runs.sort_unstable();
+            runs.dedup();
+            runs.truncate(MAX_HEARTBEAT_RUNS);
             let unhealthy = lock(&self.unhealthy).clone();
             match self
                 .client
@@ -877,7 +973,12 @@ impl Node {
                     self.lease_secs
                         .store(resp.lease_secs.max(1), Ordering::Relaxed);
                     if resp.reboot && !*self.reboot.borrow() {
-                        tracing::info!("the server asks this node to reboot");
+                        let what = match resp.reimage {
+                            true => "reimage",
+                            false => "reboot",
+                        };
+                        tracing::info!("the server asks this node to {what}");
+                        self.reimage.store(resp.reimage, Ordering::SeqCst);
                         self.reboot.send_replace(true);
                     }
                     for run in resp.abandon {
@@ -893,6 +994,23 @@ impl Node {
             }
         }
     }
+}
+
+/// The reason a job wrote to `$LWR_NODE_BAD`, if it did (the file is removed).
+fn take_node_bad(file: &Path) -> Option<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(file).ok()?;
+    let mut text = String::new();
+    let read = f.take(MAX_NODE_BAD).read_to_string(&mut text);
+    let _ = std::fs::remove_file(file);
+    if let Err(e) = read {
+        text = format!("(its reason could not be read: {e})");
+    }
+    let text: String = text.trim().chars().filter(|c| !c.is_control()).collect();
+    Some(match text.is_empty() {
+        true => "no reason given".into(),
+        false => text,
+    })
 }
 
 /// The node's own binary, for jobs that run lwr (decision jobs); `None` when the OS does

@@ -5,15 +5,22 @@
 //! ended, so a slot is free and a claim follows at once), which saves a request per job. If a
 //! claim is already in flight (it may be held open for a while), the reporting task sends
 //! them on their own instead, so no result waits for a long poll to end.
+//!
+//! An upload the server answers with an error (507: its storage is full) does not hold up
+//! claims, heartbeats or other results: its result waits aside and is tried again after a
+//! pause, [`timing::UPLOAD_TRIES`] times in all; then a run whose artifacts could not be
+//! stored ends as an infrastructure error with the server's words, and a log that could
+//! not be stored is left out. Meanwhile the run's lease is renewed by the heartbeats
+//! ([`Reporter::unreported`]), so the server does not give the job away.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lwr_client::{Client, ClientError};
-use lwr_model::NodeId;
-use lwr_model::api::{ReportResults, ResultAck, RunResult};
+use lwr_model::api::{Outcome, ReportResults, ResultAck, RunResult};
+use lwr_model::{NodeId, RunId, timing};
 use tokio::sync::Notify;
 
 use crate::journal::Journal;
@@ -23,6 +30,8 @@ use crate::{Backoff, artifact, exec};
 
 /// Most results sent in one request.
 const MAX_BATCH: usize = 500;
+/// Pause before uploading again to a server that could not be reached.
+const UNREACHABLE_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub(crate) struct Reporter {
@@ -49,6 +58,8 @@ struct Outbox {
     claiming: bool,
     /// No claim will follow (the node is stopping): everything goes out on its own.
     direct: bool,
+    /// A result whose upload failed is due again: the reporting task tries it now.
+    retry: bool,
 }
 
 struct Pending {
@@ -56,6 +67,36 @@ struct Pending {
     log_sent: bool,
     /// The run has an outbox of artifacts to upload before its result.
     outputs: bool,
+    /// Failed tries of its current upload that the server answered.
+    tries: u32,
+    /// Its last upload failed: not tried again before then.
+    not_before: Option<Instant>,
+}
+
+impl Pending {
+    fn new(result: RunResult, log_sent: bool, outputs: bool) -> Pending {
+        Pending {
+            result,
+            log_sent,
+            outputs,
+            tries: 0,
+            not_before: None,
+        }
+    }
+}
+
+/// Takes up to `max` results that are due (no failed upload waiting out its pause).
+fn take_due(results: &mut Vec<Pending>, max: usize) -> Vec<Pending> {
+    let now = Instant::now();
+    let mut taken = Vec::new();
+    for p in std::mem::take(results) {
+        if taken.len() < max && p.not_before.is_none_or(|t| t <= now) {
+            taken.push(p);
+        } else {
+            results.push(p);
+        }
+    }
+    taken
 }
 
 impl Reporter {
@@ -101,14 +142,16 @@ impl Reporter {
         self.queue(result, outputs);
     }
 
+    /// Runs that ended here and whose results the server has not taken yet: their leases
+    /// are still the node's to renew.
+    pub(crate) fn unreported(&self) -> Vec<RunId> {
+        self.shared.journal.unreported()
+    }
+
     fn queue(&self, result: RunResult, outputs: bool) {
         self.shared.pending.fetch_add(1, Ordering::SeqCst);
         let mut outbox = lock(&self.shared.outbox);
-        outbox.results.push(Pending {
-            result,
-            log_sent: false,
-            outputs,
-        });
+        outbox.results.push(Pending::new(result, false, outputs));
         if outbox.claiming || outbox.direct {
             self.shared.send_now.notify_one();
         }
@@ -116,19 +159,18 @@ impl Reporter {
 
     /// Called by the claim loop before it claims: takes the waiting results, with their logs
     /// uploaded, to send with the claim. Until [`Reporter::end_claim`], new results go out on
-    /// their own.
-    pub(crate) async fn begin_claim(&self) -> Result<Vec<RunResult>, ClientError> {
-        let mut taken = {
+    /// their own. A result whose uploads fail stays behind (see the module documentation).
+    pub(crate) async fn begin_claim(&self) -> Vec<RunResult> {
+        let taken = {
             let mut outbox = lock(&self.shared.outbox);
             outbox.claiming = true;
-            let n = outbox.results.len().min(MAX_BATCH);
-            outbox.results.drain(..n).collect::<Vec<_>>()
+            take_due(&mut outbox.results, MAX_BATCH)
         };
-        if let Err(e) = self.shared.upload_logs(&mut taken).await {
-            self.put_back(taken);
-            return Err(e);
+        let ready = self.shared.prepare(taken).await;
+        if !ready.is_empty() {
+            self.shared.journal.sync();
         }
-        Ok(taken.into_iter().map(|p| p.result).collect())
+        ready.into_iter().map(|p| p.result).collect()
     }
 
     /// Called by the claim loop when its claim is answered (`acks`) or failed (`None`: the
@@ -138,11 +180,7 @@ impl Reporter {
             Some(acks) => self.shared.acked(acks),
             None => self.put_back(
                 sent.into_iter()
-                    .map(|result| Pending {
-                        result,
-                        log_sent: true,
-                        outputs: false,
-                    })
+                    .map(|result| Pending::new(result, true, false))
                     .collect(),
             ),
         }
@@ -182,30 +220,43 @@ impl Reporter {
 }
 
 impl Shared {
-    /// The reporting task: sends the outbox whenever no claim will carry it.
+    /// The reporting task: sends the outbox whenever no claim will carry it, and retries
+    /// uploads that failed once their pause is over.
     async fn run(self: Arc<Self>) {
         let mut backoff = Backoff::new();
         loop {
             self.send_now.notified().await;
             loop {
-                let mut batch = {
+                let batch = {
                     let mut outbox = lock(&self.outbox);
-                    if !(outbox.claiming || outbox.direct) || outbox.results.is_empty() {
+                    if !(outbox.claiming || outbox.direct || outbox.retry) {
                         break;
                     }
-                    let n = outbox.results.len().min(MAX_BATCH);
-                    outbox.results.drain(..n).collect::<Vec<_>>()
+                    outbox.retry = false;
+                    take_due(&mut outbox.results, MAX_BATCH)
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let batch = self.prepare(batch).await;
+                if batch.is_empty() {
+                    continue;
+                }
+                self.journal.sync();
+                let report = ReportResults {
+                    results: batch.into_iter().map(|p| p.result).collect(),
                 };
                 // Until the server answers, this batch is ours: retry it, adding nothing.
                 loop {
-                    match self.send(&mut batch).await {
-                        Ok(()) => {
+                    match self.client.report(self.node, &report).await {
+                        Ok(ack) => {
+                            self.acked(&ack.acks);
                             backoff.reset();
                             break;
                         }
                         Err(e) => {
                             backoff
-                                .wait(&format!("reporting {} results: {e}", batch.len()))
+                                .wait(&format!("reporting {} results: {e}", report.results.len()))
                                 .await
                         }
                     }
@@ -214,56 +265,137 @@ impl Shared {
         }
     }
 
-    async fn send(&self, batch: &mut [Pending]) -> Result<(), ClientError> {
-        self.upload_logs(batch).await?;
-        let report = ReportResults {
-            results: batch.iter().map(|p| p.result.clone()).collect(),
-        };
-        let ack = self.client.report(self.node, &report).await?;
-        self.acked(&ack.acks);
-        Ok(())
+    /// Uploads what each result's run left; returns the results ready to report and puts
+    /// the others back to wait out a pause.
+    async fn prepare(self: &Arc<Self>, batch: Vec<Pending>) -> Vec<Pending> {
+        let (mut ready, mut later) = (Vec::with_capacity(batch.len()), Vec::new());
+        for mut p in batch {
+            loop {
+                let Err(e) = self.upload(&mut p).await else {
+                    ready.push(p);
+                    break;
+                };
+                let run = p.result.run_id;
+                if e.is_unreachable() {
+                    // The server is away, not refusing: no try is counted.
+                    p.not_before = Some(Instant::now() + UNREACHABLE_PAUSE);
+                    later.push(p);
+                    break;
+                }
+                p.tries += 1;
+                let what = match p.outputs {
+                    true => "its artifacts",
+                    false => "its log",
+                };
+                if p.tries < timing::UPLOAD_TRIES {
+                    let pause = timing::UPLOAD_RETRY.pause(p.tries);
+                    tracing::warn!(
+                        "run {run}: uploading {what} failed (try {} of {}): {e}; trying again in {:.1} s",
+                        p.tries,
+                        timing::UPLOAD_TRIES,
+                        pause.as_secs_f64()
+                    );
+                    p.not_before = Some(Instant::now() + pause);
+                    later.push(p);
+                    break;
+                }
+                p.tries = 0;
+                if p.outputs {
+                    self.give_up_outputs(&mut p, &e);
+                    continue; // the log is still to send
+                }
+                tracing::error!(
+                    "run {run}: its log was not stored after {} tries: {e}; reporting the result without it",
+                    timing::UPLOAD_TRIES
+                );
+                p.log_sent = true;
+                ready.push(p);
+                break;
+            }
+        }
+        self.defer(later);
+        ready
     }
 
-    /// Uploads what finished runs leave besides their result: artifacts and manifest (from
-    /// the run's outbox, when it has one), then the log (when the job wrote one).
-    async fn upload_logs(&self, batch: &mut [Pending]) -> Result<(), ClientError> {
-        for p in batch.iter_mut().filter(|p| !p.log_sent) {
-            if p.outputs {
-                artifact::upload(&self.client, &self.work_dir, self.node, &mut p.result).await?;
-                p.outputs = false;
-            }
-            let log = exec::log_path(&self.work_dir, p.result.run_id);
-            let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-            if size > 0 {
-                let path = log.clone();
-                let hashed = tokio::task::spawn_blocking(move || artifact::sha256_file(&path))
-                    .await
-                    .map_err(std::io::Error::other)
-                    .and_then(|r| r);
-                let sha256 = match hashed {
-                    Ok((sha256, _)) => sha256,
-                    Err(e) => {
-                        tracing::warn!("run {}: cannot read its log: {e}", p.result.run_id);
-                        p.log_sent = true;
-                        continue;
-                    }
-                };
-                match self
-                    .client
-                    .upload_log(p.result.run_id, self.node, &log, &sha256)
-                    .await
-                {
-                    Ok(()) => {}
-                    // The server will not take it (not our run any more, too large): the
-                    // result report says what the server thinks of the run.
-                    Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
-                        tracing::warn!("run {}: log not stored: {e}", p.result.run_id);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            p.log_sent = true;
+    /// The run's artifacts could not be stored: the run ends as an infrastructure error
+    /// saying why (so it is retried, or shows), and its outbox goes.
+    fn give_up_outputs(&self, p: &mut Pending, e: &ClientError) {
+        let run = p.result.run_id;
+        let reason = format!(
+            "the run's artifacts could not be stored after {} tries: {e}",
+            timing::UPLOAD_TRIES
+        );
+        tracing::error!("run {run}: {reason}");
+        p.result.outcome = Outcome::Exception;
+        p.result.reason = Some(reason);
+        // The server's storage failed, not this node.
+        p.result.server_fault = e.status().is_some_and(|s| s.is_server_error());
+        p.outputs = false;
+        let dir = artifact::outbox(&self.work_dir, run);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("run {run}: cannot remove {}: {e}", dir.display());
         }
+    }
+
+    /// Puts results whose uploads failed back in the outbox, and wakes the reporting task
+    /// when the first is due again.
+    fn defer(self: &Arc<Self>, later: Vec<Pending>) {
+        let Some(due) = later.iter().filter_map(|p| p.not_before).min() else {
+            return;
+        };
+        lock(&self.outbox).results.extend(later);
+        let shared = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(due.into()).await;
+            lock(&shared.outbox).retry = true;
+            shared.send_now.notify_one();
+        });
+    }
+
+    /// Uploads what a finished run leaves besides its result: artifacts and manifest (from
+    /// the run's outbox, when it has one), then the log (when the job wrote one).
+    async fn upload(&self, p: &mut Pending) -> Result<(), ClientError> {
+        if p.log_sent {
+            return Ok(());
+        }
+        if p.outputs {
+            artifact::upload(&self.client, &self.work_dir, self.node, &mut p.result).await?;
+            p.outputs = false;
+            p.tries = 0;
+        }
+        let log = exec::log_path(&self.work_dir, p.result.run_id);
+        let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        if size > 0 {
+            let path = log.clone();
+            let hashed = tokio::task::spawn_blocking(move || artifact::sha256_file(&path))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+            let sha256 = match hashed {
+                Ok((sha256, _)) => sha256,
+                Err(e) => {
+                    tracing::warn!("run {}: cannot read its log: {e}", p.result.run_id);
+                    p.log_sent = true;
+                    return Ok(());
+                }
+            };
+            match self
+                .client
+                .upload_log(p.result.run_id, self.node, &log, &sha256)
+                .await
+            {
+                Ok(()) => {}
+                // The server will not take it (not our run any more, too large): the
+                // result report says what the server thinks of the run.
+                Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
+                    tracing::warn!("run {}: log not stored: {e}", p.result.run_id);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        p.log_sent = true;
         Ok(())
     }
 
@@ -278,6 +410,14 @@ impl Shared {
                 );
             }
             done.push(a.run_id);
+            // The server has the result and the log: the node's copy of the log goes, so
+            // its disk holds only logs of runs going or waiting to be reported.
+            let log = exec::log_path(&self.work_dir, a.run_id);
+            if let Err(e) = std::fs::remove_file(&log)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("run {}: cannot remove {}: {e}", a.run_id, log.display());
+            }
         }
         self.journal.reported(&done);
         let n = done.len();

@@ -44,6 +44,30 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
+/// An artifact store's failure to keep `what`: 507 naming the store and `what` when its
+/// disk is full, 500 otherwise.
+fn storage_error(state: &AppState, what: &str, e: ArtifactError) -> ApiError {
+    match &e {
+        ArtifactError::Io { source, .. } => ApiError::storage(
+            &format!("artifact store ({})", state.artifacts.describe()),
+            what,
+            source,
+        ),
+        _ => internal(e),
+    }
+}
+
+/// Reads and drops what is left of a refused upload's body, up to `limit` bytes.
+async fn drain(stream: &mut axum::body::BodyDataStream, limit: u64) {
+    let mut left = limit;
+    while let Some(Ok(chunk)) = stream.next().await {
+        left = left.saturating_sub(chunk.len() as u64);
+        if left == 0 {
+            break;
+        }
+    }
+}
+
 /// Checks what an upload claims before reading its body.
 fn check_info(info: &UploadInfo, limit: u64) -> Result<String, ApiError> {
     manifest::check_artifact_name(&info.name).map_err(|m| bad("name", m))?;
@@ -185,10 +209,17 @@ pub(crate) async fn upload(
         })?),
     };
     let key = format!("{run}/{}", uuid::Uuid::new_v4());
-    let mut upload = state.artifacts.begin(&key).await.map_err(internal)?;
+    let what = format!("artifact '{}' of run {run}", info.name);
+    let mut stream = body.into_data_stream();
+    let mut upload = match state.artifacts.begin(&key).await {
+        Ok(upload) => upload,
+        Err(e) => {
+            drain(&mut stream, limit).await;
+            return Err(storage_error(state, &what, e));
+        }
+    };
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    let mut stream = body.into_data_stream();
     let refused = loop {
         let chunk = match stream.next().await {
             None => break None,
@@ -201,11 +232,17 @@ pub(crate) async fn upload(
         }
         hasher.update(&chunk);
         if let Err(e) = upload.write(chunk).await {
-            break Some(internal(e));
+            // Read the rest, so the uploader hears the answer rather than a broken pipe.
+            drain(&mut stream, limit.saturating_sub(size)).await;
+            break Some(storage_error(state, &what, e));
         }
     };
     let refused = match refused {
-        None => upload.finish().await.err().map(internal),
+        None => upload
+            .finish()
+            .await
+            .err()
+            .map(|e| storage_error(state, &what, e)),
         refused => refused,
     };
     if let Some(err) = refused {
@@ -307,7 +344,10 @@ async fn store_staged(
             ),
         ));
     }
-    upload.commit().await.map_err(internal)?;
+    upload
+        .commit()
+        .await
+        .map_err(|e| storage_error(state, &format!("artifact '{name}' of run {run}"), e))?;
     let now = now_ms();
     let expires_at = now.plus(DurationMs::from_std(expires));
     let row = NewArtifact {

@@ -49,6 +49,33 @@ impl ApiError {
     }
 }
 
+/// True when an I/O error means the disk (or the quota) is full.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(28 | 122)) // ENOSPC, EDQUOT
+}
+
+impl ApiError {
+    /// A storage failure while keeping `what`: 507 naming the store when its disk is full
+    /// (the uploader may try again once there is room), 500 otherwise.
+    pub fn storage(store: &str, what: &str, e: &std::io::Error) -> ApiError {
+        if is_disk_full(e) {
+            tracing::error!("{store} is full: cannot store {what}: {e}");
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("the server's {store} is full: cannot store {what} ({e})"),
+            )
+        } else {
+            tracing::error!("{store}: cannot store {what}: {e}");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the server's {store} cannot store {what}: {e}"),
+            )
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match &err {
@@ -61,6 +88,16 @@ impl From<StoreError> for ApiError {
             }
             StoreError::InvalidGraph(e) => {
                 ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, "graph", e.to_string())
+            }
+            _ if err.is_disk_full() => {
+                tracing::error!("the database's disk is full: {err}");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!(
+                        "the server's database is full (no space left on its disk); nothing \
+                         was changed: try again once there is room ({err})"
+                    ),
+                )
             }
             _ => {
                 tracing::error!("{err}");

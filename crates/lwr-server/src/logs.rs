@@ -35,6 +35,19 @@ fn store_err(run_id: RunId, what: &str, e: ArtifactError) -> ApiError {
     )
 }
 
+/// A failure to keep a run's log: 507 naming the store and the log when its disk is full
+/// (the node ends the run as an infrastructure error after a few tries), 500 otherwise.
+fn keep_err(artifacts: &dyn ArtifactStore, run_id: RunId, e: ArtifactError) -> ApiError {
+    match &e {
+        ArtifactError::Io { source, .. } => ApiError::storage(
+            &format!("artifact store ({})", artifacts.describe()),
+            &format!("the log of run {run_id}"),
+            source,
+        ),
+        _ => store_err(run_id, "store", e),
+    }
+}
+
 /// Streams an upload into the store as the run's log, never holding it whole in memory,
 /// and returns the size and SHA-256 of what it stored. The log appears under its key only
 /// when complete and, if the node sent `expected` hash (of the whole upload), only when it
@@ -48,11 +61,19 @@ pub(crate) async fn store(
     expected: Option<&str>,
 ) -> Result<(u64, String), ApiError> {
     let key = key(run_id);
-    let mut upload = artifacts
-        .begin(&key)
-        .await
-        .map_err(|e| store_err(run_id, "store", e))?;
-    let received = receive(upload.as_mut(), body, limit).await;
+    let mut upload = match artifacts.begin(&key).await {
+        Ok(upload) => upload,
+        Err(e) => {
+            // Read the body all the same, so the node hears why rather than a broken pipe.
+            let _ = receive(None, body, 0).await;
+            return Err(keep_err(artifacts, run_id, e));
+        }
+    };
+    let received = match receive(Some(upload.as_mut()), body, limit).await {
+        Ok(Ok(sizes)) => Ok(sizes),
+        Ok(Err(e)) => Err(keep_err(artifacts, run_id, e)),
+        Err(e) => Err(e),
+    };
     let (size, whole, mut kept, mut stored_size) = match received {
         Ok(sizes) => sizes,
         Err(e) => {
@@ -64,7 +85,7 @@ pub(crate) async fn store(
         let marker = truncation_marker(limit, Some(size - limit));
         if let Err(e) = upload.write(Bytes::from(marker.clone().into_bytes())).await {
             let _ = upload.abort().await;
-            return Err(store_err(run_id, "store", e));
+            return Err(keep_err(artifacts, run_id, e));
         }
         kept.update(marker.as_bytes());
         stored_size += marker.len() as u64;
@@ -85,26 +106,28 @@ pub(crate) async fn store(
     }
     if let Err(e) = upload.finish().await {
         let _ = upload.abort().await;
-        return Err(store_err(run_id, "store", e));
+        return Err(keep_err(artifacts, run_id, e));
     }
     upload
         .commit()
         .await
-        .map_err(|e| store_err(run_id, "store", e))?;
+        .map_err(|e| keep_err(artifacts, run_id, e))?;
     Ok((stored_size, hex::encode(kept.finalize())))
 }
 
 /// Writes the body to `upload` up to `limit` bytes, reading (and hashing) the rest: the
-/// whole size, the hash of the whole, the hash of what was written and its size.
+/// whole size, the hash of the whole, the hash of what was written and its size. When the
+/// store fails, the rest of the body is still read, and the store's error returned after.
 async fn receive(
-    upload: &mut dyn Upload,
+    mut upload: Option<&mut dyn Upload>,
     body: Body,
     limit: u64,
-) -> Result<(u64, Sha256, Sha256, u64), ApiError> {
+) -> Result<Result<(u64, Sha256, Sha256, u64), ArtifactError>, ApiError> {
     let mut size = 0u64;
     let mut written = 0u64;
     let mut whole = Sha256::new();
     let mut kept = Sha256::new();
+    let mut failed = None;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk =
@@ -112,18 +135,21 @@ async fn receive(
         whole.update(&chunk);
         let room = limit.saturating_sub(size).min(chunk.len() as u64) as usize;
         size += chunk.len() as u64;
-        if room > 0 {
+        if room > 0
+            && failed.is_none()
+            && let Some(upload) = upload.as_mut()
+        {
             kept.update(&chunk[..room]);
             written += room as u64;
-            upload.write(chunk.slice(..room)).await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("cannot store log: {e}"),
-                )
-            })?;
+            if let Err(e) = upload.write(chunk.slice(..room)).await {
+                failed = Some(e);
+            }
         }
     }
-    Ok((size, whole, kept, written))
+    Ok(match failed {
+        Some(e) => Err(e),
+        None => Ok((size, whole, kept, written)),
+    })
 }
 
 /// The run's stored log from byte `offset` on, as a stream that never holds it whole:

@@ -570,7 +570,12 @@ pub(crate) async fn scale(state: Arc<AppState>, provider: Arc<dyn Provider>, ser
             // of that name register later.
             if let Ok(id) = store.find_node(&gone.name).await
                 && let Err(e) = store
-                    .set_node_state(id, NodeState::Draining, Some("stopped by the provider"))
+                    .set_node_state(
+                        id,
+                        NodeState::Draining,
+                        Some("stopped by the provider"),
+                        false,
+                    )
                     .await
             {
                 tracing::warn!("provider: {e}");

@@ -110,6 +110,8 @@ async fn a_waiting_claim_wakes_when_a_job_becomes_ready() {
     };
     parked(&queue, 1).await;
     let result = RunResult {
+        node_bad: None,
+        server_fault: false,
         run_id: got[0].run_id,
         outcome: Outcome::Succeeded,
         exit_code: Some(0),
@@ -157,6 +159,8 @@ async fn a_graph_wait_answers_on_the_next_change() {
     assert!(running.seq > info.seq);
     assert_eq!(running.counts.running, 1);
     let result = RunResult {
+        node_bad: None,
+        server_fault: false,
         run_id: got[0].run_id,
         outcome: Outcome::Succeeded,
         exit_code: Some(0),
@@ -184,6 +188,8 @@ async fn results_sent_with_a_claim_are_recorded_and_release_dependents() {
         .unwrap()
         .assignments;
     let done = RunResult {
+        node_bad: None,
+        server_fault: false,
         run_id: a[0].run_id,
         outcome: Outcome::Succeeded,
         exit_code: Some(0),
@@ -272,6 +278,8 @@ async fn two_servers_wake_each_other(url: String) {
         })
     };
     let result = RunResult {
+        node_bad: None,
+        server_fault: false,
         run_id: got[0].run_id,
         outcome: Outcome::Succeeded,
         exit_code: Some(0),

@@ -65,3 +65,27 @@ impl<T> Op<T> for Result<T, sqlx::Error> {
         self.map_err(|source| StoreError::Db { op, source })
     }
 }
+
+impl StoreError {
+    /// True when the database failed because its disk (or quota) is full: SQLite's
+    /// `SQLITE_FULL`, PostgreSQL's `disk_full` (53100), or the OS saying so. Nothing was
+    /// written (the transaction rolled back), and the same request works once there is room.
+    pub fn is_disk_full(&self) -> bool {
+        let source = match self {
+            StoreError::Db { source, .. } | StoreError::Migrate { source, .. } => source,
+            StoreError::Connect { source, .. } => source,
+            _ => return false,
+        };
+        match source {
+            sqlx::Error::Database(e) => {
+                let code = e.code();
+                matches!(code.as_deref(), Some("13" | "53100"))
+                    || e.message().contains("database or disk is full")
+            }
+            sqlx::Error::Io(e) => {
+                e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
+            }
+            _ => false,
+        }
+    }
+}

@@ -6,7 +6,7 @@ use crate::error::Op;
 use crate::{Dialect, Result, Store, StoreError};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 12;
+pub const SCHEMA_VERSION: i64 = 13;
 
 /// The oldest schema this build migrates from: every migration since the first is embedded,
 /// so any older database is brought up to `SCHEMA_VERSION` on open.
@@ -68,6 +68,10 @@ const SQLITE: &[(i64, &str)] = &[
     (10, include_str!("../migrations/sqlite/0010_duties.sql")),
     (11, include_str!("../migrations/sqlite/0011_bounded.sql")),
     (12, include_str!("../migrations/sqlite/0012_live_logs.sql")),
+    (
+        13,
+        include_str!("../migrations/sqlite/0013_node_reimage.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -90,6 +94,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         12,
         include_str!("../migrations/postgres/0012_live_logs.sql"),
+    ),
+    (
+        13,
+        include_str!("../migrations/postgres/0013_node_reimage.sql"),
     ),
 ];
 

@@ -81,6 +81,7 @@ impl Store {
              state = CASE WHEN nodes.state = 'draining' THEN 'enabled' ELSE nodes.state END, \
              state_reason = CASE WHEN nodes.state = 'draining' THEN NULL \
                  ELSE nodes.state_reason END, \
+             reimage = 0, \
              token_id = excluded.token_id \
              RETURNING id",
         )

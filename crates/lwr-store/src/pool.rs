@@ -258,22 +258,26 @@ impl Store {
 
     /// Sets a node's state (`lwr nodes disable|enable|quarantine`); enabling also forgets its
     /// infrastructure errors. A disabled node finishes what it runs and claims no more.
+    /// `reimage` (with `draining`) has the node run its reimage command once drained.
     pub async fn set_node_state(
         &self,
         id: NodeId,
         state: NodeState,
         reason: Option<&str>,
+        reimage: bool,
     ) -> Result<()> {
         let enable = i64::from(state == NodeState::Enabled);
+        let reimage = i64::from(reimage && state == NodeState::Draining);
         sqlx::query(
             "UPDATE nodes SET state = $2, state_reason = $3, \
-             infra_errors = CASE WHEN $4 = 1 THEN 0 ELSE infra_errors END \
+             infra_errors = CASE WHEN $4 = 1 THEN 0 ELSE infra_errors END, reimage = $5 \
              WHERE id = $1 RETURNING id",
         )
         .bind(id.get())
         .bind(state.as_str())
         .bind(reason.map(str::to_string))
         .bind(enable)
+        .bind(reimage)
         .fetch_optional(&self.write)
         .await
         .op("setting node state")?
@@ -338,6 +342,16 @@ impl Store {
                 .await
                 .op("counting ready jobs")?;
         Ok(col::<i64>(&row, "n")?.max(0) as u64)
+    }
+
+    /// Whether an operator asked node `node_id` to drain for a reimage (not a reboot).
+    pub async fn node_reimage(&self, node_id: NodeId) -> Result<bool> {
+        let reimage: Option<i64> = sqlx::query_scalar("SELECT reimage FROM nodes WHERE id = $1")
+            .bind(node_id.get())
+            .fetch_optional(&self.read)
+            .await
+            .op("reading node")?;
+        Ok(reimage.unwrap_or(0) != 0)
     }
 
     /// A node's state as the pool snapshot has it (fresh within [`POOL_TTL`]).

@@ -855,7 +855,8 @@ async fn report_in(
         };
         let job_id: JobId = typed(&finished, "job_id")?;
         ended += 1;
-        let infra_error = result.outcome == Outcome::Exception;
+        // The server's own storage failing is not the node's fault: no count against it.
+        let infra_error = result.outcome == Outcome::Exception && !result.server_fault;
         let started_at: Millis = typed(&finished, "started_at")?;
         // Clearing a count known to be zero would cost a statement per run for nothing.
         let (now_quarantined, spot) = if clean && !infra_error {
@@ -865,6 +866,10 @@ async fn report_in(
         };
         clean = !infra_error;
         quarantined |= now_quarantined;
+        if let Some(why) = &result.node_bad {
+            mark_bad(tx, node_id, job_id, result.run_id, why).await?;
+            quarantined = true;
+        }
         let job_effects = match result.outcome {
             Outcome::Succeeded => succeed_job(tx, job_id, now).await?,
             Outcome::Failed => {
@@ -899,7 +904,8 @@ async fn report_in(
 }
 
 /// The common report, in three statements whatever its size: every result a success with
-/// one exit code, from a node with no infrastructure errors to count. Anything else
+/// one exit code, none marking the node bad, from a node with no infrastructure errors to
+/// count. Anything else
 /// (`None`) goes result by result, where the order of failures and successes matters to
 /// the node's count of errors in a row.
 async fn report_successes(
@@ -912,9 +918,9 @@ async fn report_successes(
     let Some(first) = results.first() else {
         return Ok(None);
     };
-    let uniform = results
-        .iter()
-        .all(|r| r.outcome == Outcome::Succeeded && r.exit_code == first.exit_code);
+    let uniform = results.iter().all(|r| {
+        r.outcome == Outcome::Succeeded && r.exit_code == first.exit_code && r.node_bad.is_none()
+    });
     if !clean || !uniform || results.len() > CLAIM_BATCH {
         return Ok(None);
     }
@@ -1000,6 +1006,32 @@ async fn succeed_jobs(tx: &mut Tx, jobs: &[JobId], now: Millis) -> Result<Effect
         ready,
         changed: true,
     })
+}
+
+/// Quarantines the node a job marked bad (`lwr node-bad`), naming the job and its reason.
+async fn mark_bad(
+    tx: &mut Tx,
+    node_id: NodeId,
+    job_id: JobId,
+    run: RunId,
+    why: &str,
+) -> Result<()> {
+    let job: Option<String> = sqlx::query_scalar("SELECT name FROM jobs WHERE id = $1")
+        .bind(job_id.get())
+        .fetch_optional(&mut **tx)
+        .await
+        .op("reading job name")?;
+    let reason = format!(
+        "job {} (run {run}) marked it bad: {why}",
+        job.as_deref().unwrap_or("?")
+    );
+    sqlx::query("UPDATE nodes SET state = 'quarantined', state_reason = $2 WHERE id = $1")
+        .bind(node_id.get())
+        .bind(reason)
+        .execute(&mut **tx)
+        .await
+        .op("quarantining node")?;
+    Ok(())
 }
 
 fn outcome_state(outcome: Outcome) -> &'static str {

@@ -248,6 +248,8 @@ fn model_refusal(e: IterationError) -> &'static str {
 
 fn result(run_id: RunId, outcome: Outcome) -> RunResult {
     RunResult {
+        node_bad: None,
+        server_fault: false,
         run_id,
         outcome,
         exit_code: match outcome {

@@ -90,6 +90,8 @@ async fn jobs_and_graphs_are_found_by_what_a_user_knows(f: Fixture) {
     let results: Vec<RunResult> = claimed
         .iter()
         .map(|a| RunResult {
+            node_bad: None,
+            server_fault: false,
             run_id: a.run_id,
             outcome: match a.job_name.as_str() {
                 "lint" => Outcome::Failed,

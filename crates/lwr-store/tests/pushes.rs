@@ -80,6 +80,8 @@ async fn run_ready(
             .unwrap_or(Outcome::Succeeded);
         names.push(a.job_name.clone());
         results.push(RunResult {
+            node_bad: None,
+            server_fault: false,
             run_id: a.run_id,
             outcome,
             exit_code: (outcome != Outcome::Exception)
@@ -275,6 +277,8 @@ async fn all_finished_waits_for_every_need_and_counts_cancelled_and_exception(f:
             .report(
                 n,
                 &[RunResult {
+                    node_bad: None,
+                    server_fault: false,
                     run_id: a.run_id,
                     outcome: Outcome::Exception,
                     exit_code: None,
@@ -470,6 +474,8 @@ async fn a_retriggered_need_is_waited_for_again(f: Fixture) {
         .report(
             n,
             &[RunResult {
+                node_bad: None,
+                server_fault: false,
                 run_id: a.run_id,
                 outcome: Outcome::Succeeded,
                 exit_code: Some(0),
@@ -491,6 +497,8 @@ async fn a_retriggered_need_is_waited_for_again(f: Fixture) {
         .report(
             n,
             &[RunResult {
+                node_bad: None,
+                server_fault: false,
                 run_id: slow,
                 outcome: Outcome::Succeeded,
                 exit_code: Some(0),

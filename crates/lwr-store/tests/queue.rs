@@ -75,6 +75,8 @@ fn result(run_id: RunId, outcome: Outcome) -> RunResult {
         Outcome::Exception => None,
     };
     RunResult {
+        node_bad: None,
+        server_fault: false,
         run_id,
         outcome,
         exit_code,
@@ -838,6 +840,8 @@ async fn cancelling_a_running_job_ends_its_run_and_blocks_dependents(f: Fixture)
         .unwrap();
     assert_eq!(abandon, [got[0].run_id]);
     let ok = RunResult {
+        node_bad: None,
+        server_fault: false,
         run_id: got[0].run_id,
         outcome: Outcome::Succeeded,
         exit_code: Some(0),
@@ -902,6 +906,8 @@ async fn retrigger_runs_a_job_again_with_its_dependents(f: Fixture) {
         .unwrap()
         .assignments;
     let failed = RunResult {
+        node_bad: None,
+        server_fault: false,
         run_id: got[0].run_id,
         outcome: Outcome::Failed,
         exit_code: Some(1),
@@ -947,6 +953,8 @@ async fn retrigger_runs_a_job_again_with_its_dependents(f: Fixture) {
         ("flaky", 2)
     );
     let ok = RunResult {
+        node_bad: None,
+        server_fault: false,
         run_id: again[0].run_id,
         outcome: Outcome::Succeeded,
         exit_code: Some(0),

@@ -101,12 +101,16 @@ async fn make(url: &str) {
     };
     let results = [
         RunResult {
+            node_bad: None,
+            server_fault: false,
             run_id: run("build"),
             outcome: Outcome::Succeeded,
             exit_code: Some(0),
             reason: None,
         },
         RunResult {
+            node_bad: None,
+            server_fault: false,
             run_id: run("lint"),
             outcome: Outcome::Failed,
             exit_code: Some(3),

@@ -106,7 +106,11 @@ pub async fn node_state(
     api.ok(
         Method::POST,
         &format!("/v1/nodes/{path}/state"),
-        Some(&SetNodeState { state: to, reason }),
+        Some(&SetNodeState {
+            state: to,
+            reason,
+            reimage: false,
+        }),
     )
     .await?;
     Ok(Redirect::to("/nodes").into_response())

@@ -218,6 +218,8 @@ async fn node(client: Client, id: NodeId, slots: u32, seen: Arc<Seen>, stop: Arc
             outcome: Outcome::Succeeded,
             exit_code: Some(0),
             reason: None,
+            node_bad: None,
+            server_fault: false,
         }));
     }
 }

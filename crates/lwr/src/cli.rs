@@ -86,6 +86,17 @@ pub enum Command {
     Tokens(TokensArgs),
     /// Write an lwr.yml from another CI system's graph (a TaskCluster task graph).
     Import(ImportArgs),
+    /// Inside a job: mark the node running it bad. When the job ends (as it ends), the
+    /// server quarantines the node with REASON; an operator enables it again.
+    #[command(name = "node-bad")]
+    NodeBad(NodeBadArgs),
+}
+
+/// `lwr node-bad REASON`: writes REASON to the file `$LWR_NODE_BAD` names.
+#[derive(Debug, Args)]
+pub struct NodeBadArgs {
+    /// Why the node is bad, shown as its quarantine reason.
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]
@@ -424,6 +435,14 @@ pub struct NodeArgs {
     /// without one the node exits with code 75 for its supervisor to restart it.
     #[arg(long, value_name = "CMD")]
     pub reboot_command: Option<String>,
+    /// Shell command run after `lwr nodes reimage` drained the node (e.g. a script that
+    /// reinstalls the machine); without one the node exits with code 75 as for a reboot.
+    #[arg(long, value_name = "CMD")]
+    pub reimage_command: Option<String>,
+    /// Keep this much space free on the work dir's disk: below it the node claims no jobs
+    /// (and shows unhealthy, saying so) until there is room again; 0 turns the check off.
+    #[arg(long, value_name = "MB", default_value_t = 100)]
+    pub min_free_mb: u64,
     /// Bridge to the Buildbot master at URL: the node runs only `buildbot:` jobs, as builds
     /// forced through its `lwr` scheduler (packaging/buildbot/lwr.cfg). Credentials come from
     /// LWR_BUILDBOT_USER and LWR_BUILDBOT_PASSWORD, never from the command line. Slots
@@ -742,6 +761,9 @@ pub enum NodesAction {
     /// Drain the node (finish running jobs, claim no more), then have it run its
     /// --reboot-command or exit for its supervisor to restart it.
     Reboot(NodeStateArgs),
+    /// Drain the node (finish running jobs, claim no more), then have it run its
+    /// --reimage-command or exit for its supervisor to restart it.
+    Reimage(NodeStateArgs),
 }
 
 #[derive(Debug, Args)]

@@ -21,6 +21,7 @@ const EXAMPLES: &[(&str, &str)] = &[
         "node",
         "lwr node --server http://ci:7370 --token T --tag gpu --slots 4\n  \
          lwr node --work-dir /var/lib/lwr-node --health-check 'df -h / | grep -qv 9[0-9]%'\n  \
+         lwr node --token-file /etc/lwr/node.token --reimage-command /usr/local/sbin/reimage\n  \
          lwr node --buildbot http://buildbot:8010 --name bb-bridge   a Buildbot bridge (docs/buildbot.md)",
     ),
     (
@@ -85,6 +86,14 @@ const EXAMPLES: &[(&str, &str)] = &[
     (
         "nodes reboot",
         "lwr nodes reboot build-7 --reason 'kernel update'",
+    ),
+    (
+        "nodes reimage",
+        "lwr nodes reimage build-7 --reason 'toolchain image v42'",
+    ),
+    (
+        "node-bad",
+        "lwr node-bad 'gpu fell off the bus'           inside a job: quarantine its node after it",
     ),
     (
         "fetch",

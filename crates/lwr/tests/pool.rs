@@ -288,6 +288,8 @@ fn a_node_whose_runs_keep_failing_for_infrastructure_reasons_is_quarantined() {
             .unwrap();
         let run = claimed.assignments.first().expect("flaky gets the job");
         results.push(RunResult {
+            node_bad: None,
+            server_fault: false,
             run_id: run.run_id,
             outcome: Outcome::Exception,
             exit_code: None,

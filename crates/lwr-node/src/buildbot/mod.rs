@@ -159,6 +159,8 @@ impl Node {
         let _ = std::fs::remove_file(&extra_file);
         let result = match &self.bridge {
             None => RunResult {
+                node_bad: None,
+                server_fault: false,
                 run_id: a.run_id,
                 outcome: Outcome::Exception,
                 exit_code: None,
@@ -166,6 +168,8 @@ impl Node {
             },
             Some(bridge) => match bridge.save(&a) {
                 Err(e) => RunResult {
+                    node_bad: None,
+                    server_fault: false,
                     run_id: a.run_id,
                     outcome: Outcome::Exception,
                     exit_code: None,

@@ -35,6 +35,8 @@ pub fn reason(a: &Assignment) -> String {
 
 fn result(a: &Assignment, outcome: Outcome, reason: String) -> RunResult {
     RunResult {
+        node_bad: None,
+        server_fault: false,
         run_id: a.run_id,
         outcome,
         exit_code: None,
@@ -244,6 +246,8 @@ impl Bridge {
         };
         match BuildResult::of(code) {
             BuildResult::Succeeded => RunResult {
+                node_bad: None,
+                server_fault: false,
                 run_id: a.run_id,
                 outcome: Outcome::Succeeded,
                 exit_code: Some(0),

@@ -198,10 +198,13 @@ pub(crate) async fn heartbeat(
         .await?;
     let reboot =
         state.queue.store().node_state(node).await? == Some(lwr_model::NodeState::Draining);
+    // Read only for a draining node: the common heartbeat costs no statement for it.
+    let reimage = reboot && state.queue.store().node_reimage(node).await?;
     Ok(Json(HeartbeatResponse {
         lease_secs: state.queue.lease().as_secs(),
         abandon,
         reboot,
+        reimage,
     }))
 }
 
@@ -546,6 +549,9 @@ fn check_results(results: &[RunResult]) -> Result<(), ApiError> {
     for (i, r) in results.iter().enumerate() {
         if let Some(reason) = &r.reason {
             check_len(&format!("results[{i}].reason"), reason, MAX_REASON)?;
+        }
+        if let Some(why) = &r.node_bad {
+            check_len(&format!("results[{i}].node_bad"), why, MAX_REASON)?;
         }
     }
     Ok(())

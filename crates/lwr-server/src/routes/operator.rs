@@ -229,10 +229,17 @@ pub(crate) async fn set_node_state(
     if let Some(reason) = &req.reason {
         check_text("reason", reason)?;
     }
+    if req.reimage && req.state != lwr_model::NodeState::Draining {
+        return Err(ApiError::field(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reimage",
+            "reimage goes with state draining",
+        ));
+    }
     let store = state.queue.store();
     let id = store.find_node(&node).await?;
     store
-        .set_node_state(id, req.state, req.reason.as_deref())
+        .set_node_state(id, req.state, req.reason.as_deref(), req.reimage)
         .await?;
     // Jobs held for this node, and the node itself when enabled again, look again now.
     state.queue.wake(Effects::NEW_WORK);

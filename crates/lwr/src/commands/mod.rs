@@ -45,6 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Checkout(args) => checkout::run(args),
         Command::Tokens(args) => tokens::run(args).await,
         Command::Import(args) => import::run(args),
+        Command::NodeBad(args) => nodes::node_bad(&args.reason),
         Command::Stamp(args) => {
             let code = lwr_node::stamp::run(&args.command)?;
             // Exit codes are 0..=255; 128 + signal fits.

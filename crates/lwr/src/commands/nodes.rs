@@ -1,4 +1,4 @@
-//! `lwr nodes disable|enable|quarantine|reboot|label`: an operator's changes to one node.
+//! `lwr nodes disable|enable|quarantine|reboot|reimage|label`: an operator's changes to one node.
 
 use std::process::ExitCode;
 
@@ -26,6 +26,19 @@ pub async fn act(client: &Client, action: NodesAction, json: bool) -> anyhow::Re
                 &a.name,
                 NodeState::Draining,
                 a.reason.or(Some("reboot requested".into())),
+            )
+            .await?,
+        ),
+        NodesAction::Reimage(a) => (
+            a.name.clone(),
+            set(
+                client,
+                &a.name,
+                SetNodeState {
+                    state: NodeState::Draining,
+                    reason: a.reason.or(Some("reimage requested".into())),
+                    reimage: true,
+                },
             )
             .await?,
         ),
@@ -70,8 +83,41 @@ async fn state(
     state: NodeState,
     reason: Option<String>,
 ) -> anyhow::Result<NodeInfo> {
+    let req = SetNodeState {
+        state,
+        reason,
+        reimage: false,
+    };
+    set(client, name, req).await
+}
+
+async fn set(client: &Client, name: &str, req: SetNodeState) -> anyhow::Result<NodeInfo> {
     client
-        .set_node_state(name, &SetNodeState { state, reason })
+        .set_node_state(name, &req)
         .await
-        .with_context(|| format!("setting node {name} {}", state.as_str()))
+        .with_context(|| format!("setting node {name} {}", req.state.as_str()))
+}
+
+/// `lwr node-bad REASON`, inside a job: tells the job's node, through the file its node
+/// named in `$LWR_NODE_BAD`, to have itself quarantined when the job ends.
+pub fn node_bad(reason: &str) -> anyhow::Result<ExitCode> {
+    let Some(file) = std::env::var_os(lwr_node::NODE_BAD_ENV) else {
+        anyhow::bail!(
+            "${} is not set: lwr node-bad marks the node of the job it runs in; run it inside a job",
+            lwr_node::NODE_BAD_ENV
+        );
+    };
+    let reason = match reason.trim() {
+        "" => "no reason given",
+        r => r,
+    };
+    std::fs::write(&file, reason).with_context(|| {
+        format!(
+            "cannot write {} (${})",
+            std::path::Path::new(&file).display(),
+            lwr_node::NODE_BAD_ENV
+        )
+    })?;
+    eprintln!("lwr: this node will be quarantined when the job ends: {reason}");
+    Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,9 @@ use lwr_server::Config;
 use lwr_store::Store;
 use tokio::sync::watch;
 
+/// Free space the nodes of `lwr dev` keep on their disk (as `lwr node --min-free-mb 100`).
+const DEV_MIN_FREE: u64 = 100 << 20;
+
 use crate::cli::{DevArgs, NodeArgs, ServeArgs, ServerArgs};
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -81,6 +84,8 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
         timestamps: args.timestamps,
         health_check: args.health_check,
         reboot_command: args.reboot_command,
+        reimage_command: args.reimage_command,
+        min_free_bytes: args.min_free_mb.saturating_mul(1 << 20),
         buildbot: args.buildbot.map(|url| lwr_node::buildbot::BridgeConfig {
             url,
             credentials: lwr_node::buildbot::Credentials::from_env(),
@@ -119,6 +124,8 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
             timestamps: args.timestamps,
             health_check: None,
             reboot_command: None,
+            reimage_command: None,
+            min_free_bytes: DEV_MIN_FREE,
             buildbot: None,
         };
         nodes.push(tokio::spawn(dev_node(config, stop_rx.clone())));
