@@ -179,16 +179,18 @@ pub(crate) enum Uploaded {
     Staged(StagedArtifact),
 }
 
-/// Receives one artifact of run `run` from `body`, checking its size and hashing it. With
-/// the `sha256` given, it is verified and stored; without, it is staged for a commit.
-pub(crate) async fn upload(
-    state: &AppState,
+/// Most of a refused upload's body read before answering (see [`upload`]).
+const REFUSED_DRAIN: u64 = 1 << 20;
+
+/// The checks of an upload before its body is read: its content type, its expiry, and its
+/// place among the staged uploads (held until it is staged or refused).
+async fn admit<'a>(
+    state: &'a AppState,
     run: RunId,
-    info: UploadInfo,
-    body: Body,
-) -> Result<Uploaded, ApiError> {
-    let limit = state.config.max_artifact_bytes;
-    let content_type = check_info(&info, limit)?;
+    info: &UploadInfo,
+    limit: u64,
+) -> Result<(String, Duration, Option<crate::staged::Reserved<'a>>), ApiError> {
+    let content_type = check_info(info, limit)?;
     let expires = writable_run(state, run, info.node, Part::Artifact)
         .await?
         .expires_secs
@@ -199,7 +201,7 @@ pub(crate) async fn upload(
         return Err(duplicate(run, &info.name));
     }
     // Held until the upload is staged (or refused): uploads being received count too.
-    let _slot = match info.sha256 {
+    let slot = match info.sha256 {
         Some(_) => None,
         None => Some(state.staged.reserve(run, info.node).map_err(|why| {
             ApiError::new(
@@ -208,9 +210,31 @@ pub(crate) async fn upload(
             )
         })?),
     };
+    Ok((content_type, expires, slot))
+}
+
+/// Receives one artifact of run `run` from `body`, checking its size and hashing it. With
+/// the `sha256` given, it is verified and stored; without, it is staged for a commit.
+pub(crate) async fn upload(
+    state: &AppState,
+    run: RunId,
+    info: UploadInfo,
+    body: Body,
+) -> Result<Uploaded, ApiError> {
+    let limit = state.config.max_artifact_bytes;
+    let mut stream = body.into_data_stream();
+    let admitted = admit(state, run, &info, limit).await;
+    let (content_type, expires, _slot) = match admitted {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            // Read a small body all the same: an uploader still sending it would hear a
+            // broken pipe instead of the answer. A big one is cut off.
+            drain(&mut stream, REFUSED_DRAIN).await;
+            return Err(e);
+        }
+    };
     let key = format!("{run}/{}", uuid::Uuid::new_v4());
     let what = format!("artifact '{}' of run {run}", info.name);
-    let mut stream = body.into_data_stream();
     let mut upload = match state.artifacts.begin(&key).await {
         Ok(upload) => upload,
         Err(e) => {
