@@ -29,7 +29,7 @@ use crate::duty::Duty;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
-    /// The route's template (`/v1/jobs/{id}`), never the raw path: bounded cardinality.
+    /// The route's template (`/v1/jobs/:id`), never the raw path: bounded cardinality.
     route: String,
     method: String,
     status: String,
@@ -118,6 +118,7 @@ impl Metrics {
     }
 
     fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        let route = &route_label(route);
         self.http_requests
             .get_or_create(&HttpLabels {
                 route: route.to_string(),
@@ -190,6 +191,13 @@ impl Metrics {
             self.artifact_uploaded.clone(),
         );
     }
+}
+
+/// A route template as a label value: `/v1/jobs/:id`, not `/v1/jobs/{id}`. Braces are
+/// legal in a label value, but scrapers and checkers that split the label set at the first
+/// `}` are common.
+fn route_label(template: &str) -> String {
+    template.replace('{', ":").replace('}', "")
 }
 
 /// Counts every request by its route's template, method and status, with its duration;
@@ -339,3 +347,18 @@ pub(crate) async fn render(state: &AppState) -> Result<String, lwr_store::StoreE
 
 /// The `Content-Type` of the answer.
 pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn route_labels_have_no_braces() {
+        assert_eq!(
+            super::route_label("/v1/nodes/{id}/claim"),
+            "/v1/nodes/:id/claim"
+        );
+        assert_eq!(
+            super::route_label("/v1/runs/{id}/artifacts/{*name}"),
+            "/v1/runs/:id/artifacts/:*name"
+        );
+    }
+}

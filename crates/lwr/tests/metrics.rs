@@ -159,7 +159,7 @@ fn metrics_parse_as_prometheus_text_and_their_counters_match_the_jobs_run() {
     let claims = get(
         "lwr_http_requests_total",
         &[
-            ("route", "/v1/nodes/{id}/claim"),
+            ("route", "/v1/nodes/:id/claim"),
             ("method", "POST"),
             ("status", "200"),
         ],
@@ -168,7 +168,7 @@ fn metrics_parse_as_prometheus_text_and_their_counters_match_the_jobs_run() {
     assert!(
         get(
             "lwr_http_request_duration_seconds_count",
-            &[("route", "/v1/nodes/{id}/claim"), ("method", "POST")]
+            &[("route", "/v1/nodes/:id/claim"), ("method", "POST")]
         ) >= claims
     );
     for s in samples
