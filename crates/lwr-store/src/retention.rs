@@ -2,22 +2,34 @@
 //! the rows of their artifacts, a few graphs per transaction. The artifact store's bytes are
 //! the server's to delete once the rows are gone (`Removed::artifact_keys`, `Removed::runs`).
 
-use lwr_model::{GraphId, Millis, RunId};
+use lwr_model::{DurationMs, GraphId, Millis, RunId};
 
 use crate::error::Op;
 use crate::rows::typed;
 use crate::{Result, Store};
 
-/// What a graph must be to go: not staging, not marked keep, no job marked keep, every job
-/// ended, no activity since `$1`, and not the newest push of its branch (the poller tells a
-/// new head from the pushes it has, so removing that one would build the head again).
-const ELIGIBLE: &str = "g.staging = 0 AND g.keep = 0 \
+/// What a graph must be to go: not marked keep, no job marked keep, every job ended, no
+/// activity since `$1`, and not the newest push of its branch (the poller tells a new head
+/// from the pushes it has, so removing that one would build the head again). Or staging
+/// since before `$2`: a submission its server died in, or a removal that stopped half-way.
+const ELIGIBLE: &str = "((g.staging <> 0 AND g.created_at <= $2) OR (g.staging = 0 AND g.keep = 0 \
      AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.graph_id = g.id \
          AND (j.keep <> 0 OR j.state IN ('pending', 'running') OR j.updated_at > $1)) \
      AND g.created_at <= $1 \
      AND NOT EXISTS (SELECT 1 FROM pushes p WHERE p.graph_id = g.id AND NOT EXISTS \
          (SELECT 1 FROM pushes q WHERE q.repository = p.repository AND q.branch = p.branch \
-          AND q.id > p.id))";
+          AND q.id > p.id))))";
+
+/// Jobs removed per transaction.
+const JOBS_PER_TRANSACTION: usize = 1000;
+
+/// A graph staging for longer than this is not being submitted any more.
+const STAGING_STALE: DurationMs = DurationMs(3600 * 1000);
+
+/// Before when a graph still staging was left so (never later than `before`).
+fn stale_staging(before: Millis) -> Millis {
+    before.min(crate::now_ms().minus(STAGING_STALE))
+}
 
 /// What removing some graphs took (or would take).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,9 +61,10 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<GraphId>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT g.id FROM graphs g WHERE g.id > $2 AND {ELIGIBLE} ORDER BY g.id LIMIT $3"
+            "SELECT g.id FROM graphs g WHERE g.id > $3 AND {ELIGIBLE} ORDER BY g.id LIMIT $4"
         )))
         .bind(before.get())
+        .bind(stale_staging(before).get())
         .bind(after.map_or(0, GraphId::get))
         .bind(limit)
         .fetch_all(&self.read)
@@ -100,7 +113,11 @@ impl Store {
     }
 
     /// Removes those of `graphs` still eligible (see [`ELIGIBLE`]) with everything that
-    /// refers to them, in one transaction: the caller passes a few at a time.
+    /// refers to them. A first transaction checks them again and marks them staging (no
+    /// claim or listing sees them from then on); then their jobs go at most
+    /// [`JOBS_PER_TRANSACTION`] a transaction, with their runs and artifact rows, so a huge
+    /// graph never holds the writer long; the pushes and graph rows go last. A pass that
+    /// stops half-way leaves staging graphs, which a later pass removes.
     pub async fn remove_graphs(&self, graphs: &[GraphId], before: Millis) -> Result<Removed> {
         if graphs.is_empty() {
             return Ok(Removed::default());
@@ -109,91 +126,101 @@ impl Store {
         // Checked again under the write: a graph marked keep (which writes its graph row)
         // or retriggered since it was listed stays. On PostgreSQL this also locks the rows.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE graphs SET keep = 0 WHERE id IN ({}) AND id IN \
+            "UPDATE graphs SET staging = 2 WHERE id IN ({}) AND id IN \
              (SELECT g.id FROM graphs g WHERE {ELIGIBLE}) RETURNING id",
             id_list(graphs)
         )))
         .bind(before.get())
+        .bind(stale_staging(before).get())
         .fetch_all(&mut *tx)
         .await
         .op("checking graphs to remove")?;
+        tx.commit().await.op("marking graphs to remove")?;
         let mut ids: Vec<GraphId> = rows.iter().map(|r| typed(r, "id")).collect::<Result<_>>()?;
         ids.sort();
+        let mut out = Removed::default();
         if ids.is_empty() {
-            return Ok(Removed::default());
+            return Ok(out);
         }
         let list = id_list(&ids);
-        let jobs = format!("SELECT id FROM jobs WHERE graph_id IN ({list})");
-        let runs = format!("SELECT id FROM runs WHERE job_id IN ({jobs})");
-        let run_ids: Vec<RunId> = sqlx::query(sqlx::AssertSqlSafe(runs.clone()))
+        loop {
+            let mut tx = self.write.begin().await.op("starting retention")?;
+            let jobs = format!(
+                "SELECT id FROM jobs WHERE graph_id IN ({list}) ORDER BY id \
+                 LIMIT {JOBS_PER_TRANSACTION}"
+            );
+            // Materialized once: the statements below must all see the same chunk.
+            let chunk: Vec<i64> = sqlx::query(sqlx::AssertSqlSafe(jobs))
+                .fetch_all(&mut *tx)
+                .await
+                .op("listing jobs to remove")?
+                .iter()
+                .map(|r| crate::rows::col(r, "id"))
+                .collect::<Result<_>>()?;
+            if chunk.is_empty() {
+                break;
+            }
+            let jobs = chunk
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let runs = format!("SELECT id FROM runs WHERE job_id IN ({jobs})");
+            let run_ids: Vec<RunId> = sqlx::query(sqlx::AssertSqlSafe(runs.clone()))
+                .fetch_all(&mut *tx)
+                .await
+                .op("listing runs to remove")?
+                .iter()
+                .map(|r| typed(r, "id"))
+                .collect::<Result<_>>()?;
+            let keys: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT storage_key FROM artifacts WHERE run_id IN ({runs})"
+            )))
             .fetch_all(&mut *tx)
             .await
-            .op("listing runs to remove")?
+            .op("listing artifacts to remove")?
             .iter()
-            .map(|r| typed(r, "id"))
+            .map(|r| crate::rows::col(r, "storage_key"))
             .collect::<Result<_>>()?;
-        let artifact_keys: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT storage_key FROM artifacts WHERE run_id IN ({runs})"
-        )))
-        .fetch_all(&mut *tx)
-        .await
-        .op("listing artifacts to remove")?
-        .iter()
-        .map(|r| crate::rows::col(r, "storage_key"))
-        .collect::<Result<_>>()?;
-        let mut counts = [0u64; 3];
-        // Children first: the foreign keys point from them to what is removed last.
-        for (i, sql) in [
-            (
-                None,
+            // Children first: the foreign keys point from them to what is removed last.
+            for sql in [
                 format!("DELETE FROM artifacts WHERE run_id IN ({runs})"),
-            ),
-            (
-                None,
                 format!("DELETE FROM manifests WHERE run_id IN ({runs})"),
-            ),
-            (
-                None,
                 format!("DELETE FROM live_log_pieces WHERE run_id IN ({runs})"),
-            ),
-            (
-                None,
                 format!("DELETE FROM live_log_wants WHERE run_id IN ({runs})"),
-            ),
-            (None, format!("DELETE FROM runs WHERE job_id IN ({jobs})")),
-            (
-                None,
+                format!("DELETE FROM runs WHERE job_id IN ({jobs})"),
                 format!("DELETE FROM job_needs WHERE job_id IN ({jobs}) OR need_id IN ({jobs})"),
-            ),
-            (
-                Some(0),
-                format!("DELETE FROM jobs WHERE graph_id IN ({list})"),
-            ),
-            (
-                Some(1),
-                format!("DELETE FROM pushes WHERE graph_id IN ({list})"),
-            ),
-            (Some(2), format!("DELETE FROM graphs WHERE id IN ({list})")),
-        ] {
-            let n = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&mut *tx)
-                .await
-                .op("removing old graphs")?
-                .rows_affected();
-            if let Some(i) = i {
-                counts[i] = n;
+                format!("DELETE FROM jobs WHERE id IN ({jobs})"),
+            ] {
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut *tx)
+                    .await
+                    .op("removing old jobs")?;
             }
+            tx.commit().await.op("committing retention")?;
+            out.jobs += chunk.len() as u64;
+            out.runs += run_ids.len() as u64;
+            out.artifacts += keys.len() as u64;
+            out.run_ids.extend(run_ids);
+            out.artifact_keys.extend(keys);
         }
+        let mut tx = self.write.begin().await.op("starting retention")?;
+        out.pushes = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM pushes WHERE graph_id IN ({list})"
+        )))
+        .execute(&mut *tx)
+        .await
+        .op("removing old pushes")?
+        .rows_affected();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM graphs WHERE id IN ({list}) AND staging <> 0"
+        )))
+        .execute(&mut *tx)
+        .await
+        .op("removing old graphs")?;
         tx.commit().await.op("committing retention")?;
-        Ok(Removed {
-            graphs: ids,
-            jobs: counts[0],
-            runs: run_ids.len() as u64,
-            pushes: counts[1],
-            artifacts: artifact_keys.len() as u64,
-            run_ids,
-            artifact_keys,
-        })
+        out.graphs = ids;
+        Ok(out)
     }
 
     /// Marks a graph to keep (or not).

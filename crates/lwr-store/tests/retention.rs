@@ -183,6 +183,55 @@ async fn old_graphs_go_and_marked_ones_stay(f: Fixture) {
         vec![kept],
         "only what is still eligible under the write goes"
     );
+
+    // A graph larger than one transaction's share goes whole, over several.
+    let names: Vec<String> = (0..2500).map(|i| format!("j{i}")).collect();
+    let big = submit(
+        &store,
+        names.iter().map(|n| job(n, &[])).collect(),
+        Millis(40),
+    )
+    .await;
+    store.cancel_graph(big, Millis(41)).await.unwrap();
+    assert_eq!(
+        store.retention_candidates(before, None, 10).await.unwrap(),
+        vec![big]
+    );
+    let removed = store.remove_graphs(&[big], before).await.unwrap();
+    assert_eq!((removed.graphs, removed.jobs), (vec![big], 2500));
+    assert!(store.graph(big).await.is_err());
+    assert!(store.jobs(Some(big)).await.unwrap_or_default().is_empty());
+
+    // A graph left staging (its submitter died, or a removal stopped half-way) goes once
+    // it is old, whatever its jobs' states.
+    let left = submit(&store, vec![job("s1", &[]), job("s2", &["s1"])], Millis(50)).await;
+    let sqlite = store.dialect() == lwr_store::Dialect::Sqlite;
+    let raw = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if sqlite {
+                    use sqlx::Executor;
+                    conn.execute("PRAGMA busy_timeout = 10000;").await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(&f.url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE graphs SET staging = 1 WHERE id = $1")
+        .bind(left.get())
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+    assert_eq!(
+        store.retention_candidates(before, None, 10).await.unwrap(),
+        vec![left]
+    );
+    let removed = store.remove_graphs(&[left], before).await.unwrap();
+    assert_eq!((removed.graphs, removed.jobs), (vec![left], 2));
 }
 
 on_both_backends!(old_graphs_go_and_marked_ones_stay);
