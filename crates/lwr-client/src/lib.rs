@@ -699,6 +699,31 @@ impl Client {
         self.post(paths::cancel_graph(graph), &()).await
     }
 
+    /// Removes (or, a dry run, lists) old graphs now; the pass may take a while.
+    pub async fn gc(&self, req: &GcRequest) -> Result<GcResult> {
+        self.json(&paths::gc(), Some(req), UPLOAD_TIMEOUT).await
+    }
+
+    /// Marks a graph for retention to leave (or not).
+    pub async fn keep_graph(&self, graph: GraphId, keep: bool) -> Result<KeepRequest> {
+        self.json(
+            &paths::keep_graph(graph),
+            Some(&KeepRequest { keep }),
+            REQUEST_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Marks a job, and so its graph, for retention to leave (or not).
+    pub async fn keep_job(&self, job: JobId, keep: bool) -> Result<KeepRequest> {
+        self.json(
+            &paths::keep_job(job),
+            Some(&KeepRequest { keep }),
+            REQUEST_TIMEOUT,
+        )
+        .await
+    }
+
     pub async fn retrigger(&self, job: JobId, with_dependents: bool) -> Result<RetriggerResult> {
         self.post(paths::retrigger(job), &RetriggerRequest { with_dependents })
             .await

@@ -84,6 +84,8 @@ routes! {
     graph: GET "/v1/graphs/{id}" (id);
     graph_spec: GET "/v1/graphs/{id}/spec" (id);
     cancel_graph: POST "/v1/graphs/{id}/cancel" (id);
+    keep_graph: PUT "/v1/graphs/{id}/keep" (id);
+    gc: POST "/v1/gc" ();
     job_by_name: GET "/v1/graphs/{id}/jobs/{name}" (id, name);
     jobs: GET "/v1/jobs" ();
     job: GET "/v1/jobs/{id}" (id);
@@ -92,6 +94,7 @@ routes! {
     job_manifest: GET "/v1/jobs/{id}/manifest" (id);
     cancel_job: POST "/v1/jobs/{id}/cancel" (id);
     retrigger: POST "/v1/jobs/{id}/retrigger" (id);
+    keep_job: PUT "/v1/jobs/{id}/keep" (id);
     tokens: GET "/v1/tokens" ();
     create_token: POST "/v1/tokens" ();
     revoke_token: POST "/v1/tokens/{id}/revoke" (id);

@@ -662,6 +662,44 @@ pub struct CancelResult {
     pub runs: u64,
 }
 
+/// `POST /v1/gc`: remove (or list) the graphs retention would remove now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct GcRequest {
+    /// Only say what would be removed.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Remove graphs with no activity for this many seconds; the server's `--keep` when
+    /// left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_secs: Option<u64>,
+}
+
+/// What `POST /v1/gc` removed (or, a dry run, would remove).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct GcResult {
+    pub dry_run: bool,
+    /// Graphs with no activity since this time (ms since the Unix epoch) went (or would go).
+    pub before_ms: i64,
+    /// Graphs removed; `graph_ids` lists the first [`GC_LISTED`] of them.
+    pub graphs: u64,
+    #[schema(value_type = Vec<i64>)]
+    pub graph_ids: Vec<GraphId>,
+    pub jobs: u64,
+    pub runs: u64,
+    pub pushes: u64,
+    pub artifacts: u64,
+}
+
+/// Most graph ids a [`GcResult`] lists.
+pub const GC_LISTED: usize = 1000;
+
+/// `PUT /v1/graphs/{id}/keep` and `PUT /v1/jobs/{id}/keep`: whether retention leaves the
+/// graph (or the job's graph) alone.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KeepRequest {
+    pub keep: bool,
+}
+
 /// `POST /v1/jobs/{id}/retrigger`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct RetriggerRequest {

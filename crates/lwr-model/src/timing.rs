@@ -129,6 +129,10 @@ pub const CLIENT_POOL_IDLE: Duration = secs(50);
 
 /// How often expired artifacts (and stale staged uploads) are deleted (`--artifact-sweep`).
 pub const DEFAULT_ARTIFACT_SWEEP: Duration = secs(60);
+/// How long a graph is kept after its last activity (`lwr server --keep`).
+pub const DEFAULT_KEEP: Duration = secs(90 * 24 * 3600);
+/// How often the retention pass runs.
+pub const RETENTION_SWEEP: Duration = secs(3600);
 
 // ---- duties (one server of several at a time) ----
 

@@ -1,5 +1,5 @@
 //! Duties: what one server of those sharing a database does at a time. The provider's
-//! scaler, the lease sweeper, the artifact expiry sweep and repository polling each run on
+//! scaler, the lease sweeper, the artifact expiry sweep, repository polling and retention each run on
 //! the server that holds their lease row (`lwr_store`'s `duties` table), renewed every
 //! [`timing::DUTY_RENEW`]; another server takes a duty over once its lease has run out.
 //!
@@ -27,14 +27,17 @@ pub enum Duty {
     ArtifactSweep,
     /// Polling repositories for new heads.
     Poll,
+    /// Removing old graphs (`--keep`).
+    Retention,
 }
 
 impl Duty {
-    pub const ALL: [Duty; 4] = [
+    pub const ALL: [Duty; 5] = [
         Duty::Provider,
         Duty::LeaseSweep,
         Duty::ArtifactSweep,
         Duty::Poll,
+        Duty::Retention,
     ];
 
     /// Its row's name in the database and its label in the metrics.
@@ -44,6 +47,7 @@ impl Duty {
             Duty::LeaseSweep => "lease-sweep",
             Duty::ArtifactSweep => "artifact-sweep",
             Duty::Poll => "poll",
+            Duty::Retention => "retention",
         }
     }
 
@@ -56,7 +60,7 @@ impl Duty {
 pub struct Duties {
     store: Store,
     holder: String,
-    held: [watch::Sender<bool>; 4],
+    held: [watch::Sender<bool>; 5],
 }
 
 impl Duties {
@@ -95,7 +99,7 @@ impl Duties {
 
     /// Tries to take or renew every duty once; returns until when this server may count on
     /// those it holds.
-    async fn renew(&self, deadlines: &mut [Option<Instant>; 4]) {
+    async fn renew(&self, deadlines: &mut [Option<Instant>; 5]) {
         let lease = DurationMs::from_std(timing::DUTY_LEASE);
         for duty in Duty::ALL {
             // From before the statement: the database's lease starts no earlier than this.
@@ -126,7 +130,7 @@ impl Duties {
     }
 
     /// Tells the duties' tasks whether they run, by the deadlines.
-    fn publish(&self, deadlines: &mut [Option<Instant>; 4]) {
+    fn publish(&self, deadlines: &mut [Option<Instant>; 5]) {
         let now = Instant::now();
         for duty in Duty::ALL {
             let slot = &mut deadlines[duty.index()];
@@ -153,7 +157,7 @@ impl Duties {
     /// Takes the duties it can now, before the tasks that do them start, so that a single
     /// server starts them at once.
     pub async fn start(self: &Arc<Duties>) -> tokio::task::JoinHandle<()> {
-        let mut deadlines = [None; 4];
+        let mut deadlines = [None; 5];
         self.renew(&mut deadlines).await;
         let duties = self.clone();
         tokio::spawn(async move { duties.keep(deadlines).await })
@@ -161,7 +165,7 @@ impl Duties {
 
     /// Renews the duties it holds and tries to take the others, until stopped; a duty whose
     /// renewal fails is given up by its deadline at the latest.
-    async fn keep(&self, mut deadlines: [Option<Instant>; 4]) {
+    async fn keep(&self, mut deadlines: [Option<Instant>; 5]) {
         let mut next = Instant::now() + timing::DUTY_RENEW;
         loop {
             let first_deadline = deadlines.iter().flatten().min().copied();

@@ -20,6 +20,7 @@ pub mod poller;
 mod private;
 pub mod provider;
 pub mod queue;
+pub mod retention;
 pub mod routes;
 pub mod shared_live;
 mod staged;
@@ -53,6 +54,8 @@ pub struct Config {
     pub artifact_expiry: Duration,
     /// How often expired artifacts are deleted.
     pub artifact_sweep: Duration,
+    /// Graphs with no activity for this long are removed (`--keep`); `None`: never.
+    pub keep: Option<Duration>,
     /// Where artifacts live: `dir` (under the data dir), `dir:///path` or `s3://bucket/prefix`.
     pub artifact_store: String,
     /// Check a bearer token on every request but the public ones.
@@ -77,6 +80,7 @@ impl Config {
             max_artifact_bytes: 10 << 30,
             artifact_expiry: Duration::from_secs(30 * 24 * 3600),
             artifact_sweep: timing::DEFAULT_ARTIFACT_SWEEP,
+            keep: Some(timing::DEFAULT_KEEP),
             artifact_store: "dir".into(),
             auth: false,
             provider: Default::default(),
@@ -280,6 +284,7 @@ pub async fn bind(
     });
     let artifact_sweeper = tokio::spawn(artifacts::sweep(state.clone()));
     let live_sweeper = tokio::spawn(routes::follow::sweep(state.clone()));
+    let retainer = tokio::spawn(retention::sweep(state.clone()));
     let poller = tokio::spawn(poller::supervise(state.clone()));
     let (provider, provided) = match start_provider(&state, local)? {
         Some((task, provider)) => (Some(task), Some(provider)),
@@ -291,7 +296,14 @@ pub async fn bind(
     };
     // Outside the routes' own layers, so every request is counted with its route template.
     let app = app.layer(axum::middleware::from_fn_with_state(state, metrics::track));
-    let mut tasks = vec![keeper, sweeper, artifact_sweeper, live_sweeper, poller];
+    let mut tasks = vec![
+        keeper,
+        sweeper,
+        artifact_sweeper,
+        live_sweeper,
+        retainer,
+        poller,
+    ];
     tasks.extend(follower);
     tasks.extend(provider);
     let serve = async move {

@@ -22,6 +22,7 @@ mod nodes;
 mod pool;
 mod pushes;
 mod queue;
+mod retention;
 mod rows;
 pub mod scratch;
 mod tokens;
@@ -49,6 +50,7 @@ pub use nodes::LOST_AFTER_MS;
 pub use pool::PoolConfig;
 pub use pushes::{DEFAULT_EVERY_MS, PollTarget};
 pub use queue::{Claimed, Effects};
+pub use retention::Removed;
 pub use tokens::{Caller, TokenCheck, hash_secret, new_secret};
 pub use views::{GraphFilter, GraphSummary, JobCell};
 

@@ -68,6 +68,11 @@ pub enum Command {
     Artifacts(ArtifactsArgs),
     /// Stop a job (or every job of a graph) that has not ended; dependents are blocked.
     Cancel(CancelArgs),
+    /// Remove graphs with no activity for a while (the server's --keep, or --older-than)
+    /// now, with their jobs, runs, pushes, logs and artifacts; --dry-run lists them.
+    Gc(GcArgs),
+    /// Mark a job (and so its graph), or a graph, for retention to leave alone.
+    Keep(KeepArgs),
     /// Run an ended job again as a new run, optionally with everything that depends on it.
     Retrigger(RetriggerArgs),
     /// List, add and remove the repositories the server polls for new heads.
@@ -290,6 +295,37 @@ pub struct CancelArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// Only list what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove graphs with no activity for this long (default: the server's --keep); 0s:
+    /// every ended graph not marked keep.
+    #[arg(long, value_parser = parse_age)]
+    pub older_than: Option<Duration>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeepArgs {
+    #[command(flatten)]
+    pub conn: ServerConn,
+    /// Job id, or GRAPH/NAME.
+    #[arg(required_unless_present = "graph", conflicts_with = "graph")]
+    pub job: Option<String>,
+    /// Keep this graph.
+    #[arg(long)]
+    pub graph: Option<GraphId>,
+    /// Remove the mark: retention may remove it again.
+    #[arg(long)]
+    pub off: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct RetriggerArgs {
     #[command(flatten)]
     pub conn: ServerConn,
@@ -381,6 +417,10 @@ pub struct ServeArgs {
     /// How often expired artifacts are deleted.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub artifact_sweep: Duration,
+    /// Remove graphs (with their jobs, runs, pushes, logs and artifacts) after this long
+    /// without activity, unless marked with `lwr keep`; 0 or off: never.
+    #[arg(long, default_value = "90d", value_parser = parse_keep)]
+    pub keep: Duration,
     /// Largest artifact a node may upload: bytes, or with a K, M or G suffix.
     #[arg(long, default_value = "10G", value_parser = parse_size)]
     pub max_artifact_size: u64,
@@ -856,6 +896,23 @@ fn parse_scope(s: &str) -> Result<lwr_model::Scope, String> {
     s.parse()
 }
 
+/// `--keep`: an age (below), or `off` (as 0: never remove).
+fn parse_keep(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "off" => Ok(Duration::ZERO),
+        other => parse_age(other),
+    }
+}
+
+/// `--older-than`: a duration, zero allowed (`0s`: everything ended so far).
+fn parse_age(s: &str) -> Result<Duration, String> {
+    let digits = s.trim().trim_end_matches(['s', 'm', 'h', 'd']);
+    match !digits.is_empty() && digits.bytes().all(|b| b == b'0') {
+        true => Ok(Duration::ZERO),
+        false => parse_duration(s),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     lwr_model::graph::parse_duration(s).map(Duration::from_secs)
 }
@@ -914,5 +971,10 @@ mod tests {
         assert_eq!(args.lease, timing::DEFAULT_LEASE);
         assert_eq!(args.node_lost_after, timing::DEFAULT_NODE_LOST_AFTER);
         assert_eq!(args.artifact_sweep, timing::DEFAULT_ARTIFACT_SWEEP);
+        assert_eq!(args.keep, timing::DEFAULT_KEEP);
+        for (text, secs) in [("off", 0), ("0", 0), ("0s", 0), ("00d", 0), ("2d", 172_800)] {
+            assert_eq!(parse_keep(text), Ok(Duration::from_secs(secs)), "{text}");
+        }
+        assert!(parse_age("s").is_err() && parse_age("-1d").is_err());
     }
 }

@@ -109,6 +109,17 @@ const EXAMPLES: &[(&str, &str)] = &[
         "lwr artifacts 3/build\n  lwr artifacts 42 --json",
     ),
     (
+        "gc",
+        "lwr gc --dry-run                             what the server's --keep would remove now\n  \
+         lwr gc --older-than 30d                      remove graphs idle for 30 days",
+    ),
+    (
+        "keep",
+        "lwr keep 3/build                             keep job build of graph 3, and so graph 3\n  \
+         lwr keep --graph 3                           keep graph 3\n  \
+         lwr keep --graph 3 --off                     let retention remove it again",
+    ),
+    (
         "cancel",
         "lwr cancel 3/build                           one job; what needs it is blocked\n  \
          lwr cancel --graph 3                         every job of graph 3 not ended yet",

@@ -75,7 +75,13 @@ fn three_servers_with_the_local_provider_start_at_most_its_maximum_of_distinct_n
 
     // Each duty is done by exactly one of the three.
     let held: Vec<BTreeMap<String, u32>> = servers.iter().map(duties_held).collect();
-    for duty in ["provider", "lease-sweep", "artifact-sweep", "poll"] {
+    for duty in [
+        "provider",
+        "lease-sweep",
+        "artifact-sweep",
+        "poll",
+        "retention",
+    ] {
         let holders: u32 = held.iter().map(|h| h.get(duty).copied().unwrap_or(0)).sum();
         assert_eq!(
             holders, 1,

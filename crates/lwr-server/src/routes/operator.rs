@@ -399,3 +399,73 @@ pub(crate) async fn revoke_token(
             .await?,
     ))
 }
+
+#[utoipa::path(
+    post, path = "/v1/gc", request_body = GcRequest,
+    responses(
+        (status = 200, description = "what was removed (or, a dry run, would be)", body = GcResult),
+        (status = 409, description = "retention is off on this server and no keep_secs was given", body = ErrorBody),
+    )
+)]
+pub(crate) async fn gc(
+    _: Admin,
+    State(state): Shared,
+    ApiJson(req): ApiJson<GcRequest>,
+) -> ApiResult<Json<GcResult>> {
+    let keep = match (req.keep_secs, state.config.keep) {
+        (Some(secs), _) => std::time::Duration::from_secs(secs.min(i64::MAX as u64 / 1000)),
+        (None, Some(keep)) => keep,
+        (None, None) => {
+            return Err(ApiError::field(
+                StatusCode::CONFLICT,
+                "keep_secs",
+                "retention is off on this server (--keep off): say how old a graph must be",
+            ));
+        }
+    };
+    let store = state.queue.store().clone();
+    let result = crate::retention::collect(
+        &store,
+        state.artifacts.as_ref(),
+        &state.config.data_dir,
+        keep,
+        req.dry_run,
+    )
+    .await?;
+    Ok(Json(result))
+}
+
+#[utoipa::path(
+    put, path = "/v1/graphs/{id}/keep", params(("id" = i64, Path)), request_body = KeepRequest,
+    responses((status = 200, body = KeepRequest), (status = 404, body = ErrorBody))
+)]
+pub(crate) async fn keep_graph(
+    _: Operator,
+    State(state): Shared,
+    ApiPath(id): ApiPath<GraphId>,
+    ApiJson(req): ApiJson<KeepRequest>,
+) -> ApiResult<Json<KeepRequest>> {
+    match state.queue.store().set_graph_keep(id, req.keep).await? {
+        true => Ok(Json(req)),
+        false => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no graph {id}"),
+        )),
+    }
+}
+
+#[utoipa::path(
+    put, path = "/v1/jobs/{id}/keep", params(("id" = i64, Path)), request_body = KeepRequest,
+    responses((status = 200, body = KeepRequest), (status = 404, body = ErrorBody))
+)]
+pub(crate) async fn keep_job(
+    _: Operator,
+    State(state): Shared,
+    ApiPath(id): ApiPath<JobId>,
+    ApiJson(req): ApiJson<KeepRequest>,
+) -> ApiResult<Json<KeepRequest>> {
+    match state.queue.store().set_job_keep(id, req.keep).await? {
+        true => Ok(Json(req)),
+        false => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}"))),
+    }
+}

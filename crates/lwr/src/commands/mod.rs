@@ -36,6 +36,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Nodes(args) => query::nodes(args).await,
         Command::Cancel(args) => control::cancel(args).await,
         Command::Retrigger(args) => control::retrigger(args).await,
+        Command::Gc(args) => control::gc(args).await,
+        Command::Keep(args) => control::keep(args).await,
         Command::Fetch(args) => artifacts::fetch(args).await,
         Command::Manifest(args) => artifacts::manifest(args).await,
         Command::Artifacts(args) => artifacts::list(args).await,

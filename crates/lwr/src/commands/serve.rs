@@ -278,6 +278,7 @@ async fn start_server(
     config.artifact_store = args.artifact_store.clone();
     config.artifact_expiry = args.artifact_expires;
     config.artifact_sweep = args.artifact_sweep;
+    config.keep = (!args.keep.is_zero()).then_some(args.keep);
     config.max_artifact_bytes = args.max_artifact_size;
     config.max_log_bytes = args.max_log_size.max(1024);
     config.auth = args.auth;
