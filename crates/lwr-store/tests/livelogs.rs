@@ -4,45 +4,22 @@
 use std::collections::BTreeMap;
 
 use lwr_model::api::{RegisterNode, SubmitGraph};
-use lwr_model::{DurationMs, Graph, JobSpec, Millis, NodeId, NodeProperties, Requirements, RunId};
+use lwr_model::{DurationMs, Graph, Millis, NodeId, NodeProperties, RunId};
 use lwr_store::{LiveAppend, LiveHeld, Store};
 
 #[macro_use]
 mod common;
-use common::Fixture;
+use common::{Fixture, job};
 
 const LEASE: DurationMs = DurationMs(30_000);
 const LIMIT: u64 = 1000;
-
-fn job(name: &str) -> JobSpec {
-    JobSpec {
-        name: name.into(),
-        title: None,
-        run: format!("echo {name}"),
-        needs: Vec::new(),
-        node: Requirements::default(),
-        artifacts: vec![],
-        retries: 2,
-        timeout_secs: 60,
-        expires_secs: None,
-        env: BTreeMap::new(),
-        requires: Default::default(),
-        when: None,
-        prefer: Vec::new(),
-        affinity_wait_secs: None,
-        keep_workdir: false,
-        timestamps: false,
-        checkout: Default::default(),
-        buildbot: None,
-    }
-}
 
 /// A node holding one running run.
 async fn running(store: &Store) -> (NodeId, RunId) {
     store
         .submit_graph(
             &SubmitGraph::new(Graph {
-                jobs: vec![job("talk")],
+                jobs: vec![job("talk", &[])],
             }),
             Millis(0),
         )

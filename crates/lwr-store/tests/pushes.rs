@@ -13,20 +13,12 @@ use lwr_store::{Store, StoreError};
 
 #[macro_use]
 mod common;
-use common::Fixture;
+use common::{Fixture, job_as_written};
 
 const LEASE: DurationMs = DurationMs(30_000);
 
-fn job(name: &str, needs: &[&str]) -> JobSpec {
-    let mut j: JobSpec =
-        serde_json::from_value(serde_json::json!({"name": name, "run": format!("echo {name}")}))
-            .unwrap();
-    j.needs = needs.iter().map(|n| n.to_string()).collect();
-    j
-}
-
 fn all_finished(name: &str, needs: &[&str]) -> JobSpec {
-    let mut j = job(name, needs);
+    let mut j = job_as_written(name, needs);
     j.requires = Requires::AllFinished;
     j
 }
@@ -213,12 +205,12 @@ async fn all_finished_jobs_run_whatever_their_needs_did(f: Fixture) {
         .submit_graph(
             &SubmitGraph::new(Graph {
                 jobs: vec![
-                    job("a", &[]),
-                    job("ok", &[]),
-                    job("b", &["a"]),
-                    job("c", &["b"]),
+                    job_as_written("a", &[]),
+                    job_as_written("ok", &[]),
+                    job_as_written("b", &["a"]),
+                    job_as_written("c", &["b"]),
                     all_finished("summary", &["a", "b", "ok"]),
-                    job("after", &["summary"]),
+                    job_as_written("after", &["summary"]),
                 ],
             }),
             Millis(0),
@@ -252,9 +244,9 @@ async fn all_finished_waits_for_every_need_and_counts_cancelled_and_exception(f:
         .submit_graph(
             &SubmitGraph::new(Graph {
                 jobs: vec![
-                    job("a", &[]),
-                    job("slow", &[]),
-                    job("x", &["slow"]),
+                    job_as_written("a", &[]),
+                    job_as_written("slow", &[]),
+                    job_as_written("x", &["slow"]),
                     all_finished("report", &["a", "x"]),
                 ],
             }),
@@ -312,9 +304,9 @@ async fn all_finished_waits_for_every_need_and_counts_cancelled_and_exception(f:
 fn push_graph(push: PushId, left_out: &[&str]) -> SubmitGraph {
     let mut sub = SubmitGraph::new(Graph {
         jobs: vec![
-            job("build", &[]),
-            job("docs", &[]),
-            job("publish", &["docs", "build"]),
+            job_as_written("build", &[]),
+            job_as_written("docs", &[]),
+            job_as_written("publish", &["docs", "build"]),
         ],
     });
     sub.push = Some(push);
@@ -359,7 +351,7 @@ async fn push_graphs_keep_left_out_jobs_for_trigger(f: Fixture) {
     ));
     // The decision job's name is taken.
     let mut taken = push_graph(push, &[]);
-    taken.graph.jobs.push(job("decision", &[]));
+    taken.graph.jobs.push(job_as_written("decision", &[]));
     assert!(matches!(
         store.submit_graph(&taken, Millis(3)).await,
         Err(StoreError::InvalidGraph(_))
@@ -452,9 +444,9 @@ async fn a_retriggered_need_is_waited_for_again(f: Fixture) {
         .submit_graph(
             &SubmitGraph::new(Graph {
                 jobs: vec![
-                    job("a", &[]),
-                    job("slow", &[]),
-                    job("both", &["a", "slow"]),
+                    job_as_written("a", &[]),
+                    job_as_written("slow", &[]),
+                    job_as_written("both", &["a", "slow"]),
                     all_finished("report", &["a", "slow"]),
                 ],
             }),
@@ -521,10 +513,10 @@ async fn a_dependent_run_again_with_a_failed_need_is_blocked_not_stuck(f: Fixtur
         .submit_graph(
             &SubmitGraph::new(Graph {
                 jobs: vec![
-                    job("a", &[]),
-                    job("bad", &[]),
-                    job("both", &["a", "bad"]),
-                    job("after", &["both"]),
+                    job_as_written("a", &[]),
+                    job_as_written("bad", &[]),
+                    job_as_written("both", &["a", "bad"]),
+                    job_as_written("after", &["both"]),
                     all_finished("report", &["both"]),
                 ],
             }),

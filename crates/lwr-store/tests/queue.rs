@@ -4,40 +4,16 @@ use std::collections::BTreeMap;
 
 use lwr_model::api::{Outcome, RegisterNode, RunResult, SubmitGraph};
 use lwr_model::{
-    DurationMs, Graph, GraphId, JobSpec, JobState, Millis, NodeId, NodeProperties, Requirements,
-    RunId, RunState,
+    DurationMs, Graph, GraphId, JobSpec, JobState, Millis, NodeId, NodeProperties, RunId, RunState,
 };
 use lwr_store::scratch::{POSTGRES_URL_VAR, ScratchDb};
 use lwr_store::{Effects, Event, Store, StoreError};
 
 #[macro_use]
 mod common;
-use common::Fixture;
+use common::{Fixture, job};
 
 const LEASE: DurationMs = DurationMs(30_000);
-
-fn job(name: &str, needs: &[&str]) -> JobSpec {
-    JobSpec {
-        name: name.into(),
-        title: None,
-        run: format!("echo {name}"),
-        needs: needs.iter().map(|n| n.to_string()).collect(),
-        node: Requirements::default(),
-        artifacts: vec![],
-        retries: 2,
-        timeout_secs: 60,
-        expires_secs: None,
-        env: BTreeMap::new(),
-        requires: Default::default(),
-        when: None,
-        prefer: Vec::new(),
-        affinity_wait_secs: None,
-        keep_workdir: false,
-        timestamps: false,
-        checkout: Default::default(),
-        buildbot: None,
-    }
-}
 
 fn graph(jobs: Vec<JobSpec>) -> SubmitGraph {
     SubmitGraph::new(Graph { jobs })

@@ -8,17 +8,9 @@ use lwr_store::{NewArtifact, Store};
 
 #[macro_use]
 mod common;
-use common::Fixture;
+use common::{Fixture, job_as_written};
 
 const LEASE: DurationMs = DurationMs(30_000);
-
-fn job(name: &str, needs: &[&str]) -> JobSpec {
-    let mut j: JobSpec =
-        serde_json::from_value(serde_json::json!({"name": name, "run": format!("echo {name}")}))
-            .unwrap();
-    j.needs = needs.iter().map(|n| n.to_string()).collect();
-    j
-}
 
 async fn node(store: &Store) -> NodeId {
     store
@@ -100,13 +92,23 @@ async fn old_graphs_go_and_marked_ones_stay(f: Fixture) {
         .record_heads(repo.id, &heads("a2"), Millis(2))
         .await
         .unwrap()[0];
-    let old = submit(&store, vec![job("a", &[]), job("b", &["a"])], Millis(3)).await;
-    let kept = submit(&store, vec![job("k", &[])], Millis(3)).await;
-    let job_kept = submit(&store, vec![job("j1", &[]), job("j2", &[])], Millis(3)).await;
+    let old = submit(
+        &store,
+        vec![job_as_written("a", &[]), job_as_written("b", &["a"])],
+        Millis(3),
+    )
+    .await;
+    let kept = submit(&store, vec![job_as_written("k", &[])], Millis(3)).await;
+    let job_kept = submit(
+        &store,
+        vec![job_as_written("j1", &[]), job_as_written("j2", &[])],
+        Millis(3),
+    )
+    .await;
     // Ends every job above (the decision jobs too), `b` after `a`.
     assert!(run_ready(&store, n, Millis(10)).await >= 5);
     assert_eq!(run_ready(&store, n, Millis(20)).await, 1);
-    let live = submit(&store, vec![job("l", &[])], Millis(30)).await;
+    let live = submit(&store, vec![job_as_written("l", &[])], Millis(30)).await;
     assert!(store.set_graph_keep(kept, true).await.unwrap());
     let j1 = store.job_by_name(job_kept, "j1").await.unwrap();
     assert!(store.set_job_keep(j1, true).await.unwrap());
@@ -188,7 +190,7 @@ async fn old_graphs_go_and_marked_ones_stay(f: Fixture) {
     let names: Vec<String> = (0..2500).map(|i| format!("j{i}")).collect();
     let big = submit(
         &store,
-        names.iter().map(|n| job(n, &[])).collect(),
+        names.iter().map(|n| job_as_written(n, &[])).collect(),
         Millis(40),
     )
     .await;
@@ -204,7 +206,12 @@ async fn old_graphs_go_and_marked_ones_stay(f: Fixture) {
 
     // A graph left staging (its submitter died, or a removal stopped half-way) goes once
     // it is old, whatever its jobs' states.
-    let left = submit(&store, vec![job("s1", &[]), job("s2", &["s1"])], Millis(50)).await;
+    let left = submit(
+        &store,
+        vec![job_as_written("s1", &[]), job_as_written("s2", &["s1"])],
+        Millis(50),
+    )
+    .await;
     let sqlite = store.dialect() == lwr_store::Dialect::Sqlite;
     let raw = sqlx::any::AnyPoolOptions::new()
         .max_connections(1)

@@ -10,39 +10,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use lwr_model::api::{Outcome, RegisterNode, RunResult, SubmitGraph};
-use lwr_model::{
-    DurationMs, Graph, GraphId, JobSpec, JobState, Millis, NodeProperties, Requirements, RunState,
-};
+use lwr_model::{DurationMs, Graph, GraphId, JobState, Millis, NodeProperties, RunState};
 use lwr_store::Store;
 
 mod common;
-use common::Fixture;
+use common::{Fixture, job};
 
 fn stored() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/schema-1.db")
-}
-
-fn job(name: &str, needs: &[&str]) -> JobSpec {
-    JobSpec {
-        name: name.into(),
-        title: None,
-        run: format!("echo {name}"),
-        needs: needs.iter().map(|n| n.to_string()).collect(),
-        node: Requirements::default(),
-        artifacts: vec![],
-        retries: 2,
-        timeout_secs: 60,
-        env: BTreeMap::from([("K".to_string(), "v".to_string())]),
-        expires_secs: None,
-        requires: Default::default(),
-        when: None,
-        prefer: Vec::new(),
-        affinity_wait_secs: None,
-        keep_workdir: false,
-        timestamps: false,
-        checkout: Default::default(),
-        buildbot: None,
-    }
 }
 
 /// Writes the database the test reads; run once, by the version the file is named after.

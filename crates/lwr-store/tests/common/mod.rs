@@ -123,3 +123,24 @@ macro_rules! on_postgres {
         }
     };
 }
+
+/// A job running `echo NAME` after `needs`, with 2 retries and a 60 s timeout: the job most
+/// store tests submit.
+pub fn job(name: &str, needs: &[&str]) -> lwr_model::JobSpec {
+    lwr_model::JobSpec {
+        needs: needs.iter().map(|n| n.to_string()).collect(),
+        retries: 2,
+        timeout_secs: 60,
+        ..job_as_written(name, &[])
+    }
+}
+
+/// A job as an lwr.yml or API body gives it with only `name`, `run: echo NAME` and `needs`:
+/// every other field at its wire default.
+pub fn job_as_written(name: &str, needs: &[&str]) -> lwr_model::JobSpec {
+    let mut j: lwr_model::JobSpec =
+        serde_json::from_value(serde_json::json!({"name": name, "run": format!("echo {name}")}))
+            .expect("a job with a name and a command");
+    j.needs = needs.iter().map(|n| n.to_string()).collect();
+    j
+}
