@@ -74,8 +74,7 @@ pub(crate) async fn list_repos(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<RepoList>> {
     let repos = state.queue.store().repos().await?;
-    let (mut repos, next_cursor) =
-        page_of(repos, |r| r.id, cursor(q.cursor.as_deref())?, q.limit());
+    let (mut repos, next_cursor) = page_of(repos, |r| r.id, q.cursor_id()?, q.limit());
     for repo in &mut repos {
         repo.polled_at = state.poll.polled_at(repo.id).map(lwr_store::rfc3339);
     }
