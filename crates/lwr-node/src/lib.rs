@@ -499,14 +499,20 @@ impl Node {
             while let Ok(p) = slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
-            let results = self.reporter.begin_claim().await;
+            let (results, synced) = self.reporter.begin_claim().await;
             let req = ClaimRequest {
                 max: permits.len() as u32,
                 wait_ms: timing::CLAIM_WAIT.as_millis() as u64,
                 results,
             };
+            // The results' sync runs beside the request; their acknowledgement is taken
+            // after both.
+            let claimed = async {
+                let (answer, ()) = tokio::join!(self.client.claim(self.id, &req), synced.wait());
+                answer
+            };
             let answer = tokio::select! {
-                answer = self.client.claim(self.id, &req) => answer,
+                answer = claimed => answer,
                 _ = stop.wait_for(|s| *s) => {
                     // Results go back to the outbox; a job the server handed out just now
                     // is retried after its lease runs out.

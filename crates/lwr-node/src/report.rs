@@ -23,7 +23,7 @@ use lwr_model::api::{Outcome, ReportResults, ResultAck, RunResult};
 use lwr_model::{NodeId, RunId, timing};
 use tokio::sync::Notify;
 
-use crate::journal::Journal;
+use crate::journal::{Journal, Synced};
 use lwr_model::sync::lock;
 
 use crate::{Backoff, artifact, exec};
@@ -158,19 +158,21 @@ impl Reporter {
     }
 
     /// Called by the claim loop before it claims: takes the waiting results, with their logs
-    /// uploaded, to send with the claim. Until [`Reporter::end_claim`], new results go out on
-    /// their own. A result whose uploads fail stays behind (see the module documentation).
-    pub(crate) async fn begin_claim(&self) -> Vec<RunResult> {
+    /// uploaded, to send with the claim, and starts the journal's sync, to be waited for
+    /// before [`Reporter::end_claim`]. Until then, new results go out on their own. A result
+    /// whose uploads fail stays behind (see the module documentation).
+    pub(crate) async fn begin_claim(&self) -> (Vec<RunResult>, Synced) {
         let taken = {
             let mut outbox = lock(&self.shared.outbox);
             outbox.claiming = true;
             take_due(&mut outbox.results, MAX_BATCH)
         };
         let ready = self.shared.prepare(taken).await;
-        if !ready.is_empty() {
-            self.shared.journal.sync();
-        }
-        ready.into_iter().map(|p| p.result).collect()
+        let synced = match ready.is_empty() {
+            true => Synced::NOTHING,
+            false => self.shared.journal.start_sync(),
+        };
+        (ready.into_iter().map(|p| p.result).collect(), synced)
     }
 
     /// Called by the claim loop when its claim is answered (`acks`) or failed (`None`: the
@@ -242,14 +244,18 @@ impl Shared {
                 if batch.is_empty() {
                     continue;
                 }
-                self.journal.sync();
+                let synced = self.journal.start_sync();
                 let report = ReportResults {
                     results: batch.into_iter().map(|p| p.result).collect(),
                 };
                 // Until the server answers, this batch is ours: retry it, adding nothing.
+                let mut synced = Some(synced);
                 loop {
                     match self.client.report(self.node, &report).await {
                         Ok(ack) => {
+                            if let Some(synced) = synced.take() {
+                                synced.wait().await;
+                            }
                             self.acked(&ack.acks);
                             backoff.reset();
                             break;

@@ -124,6 +124,11 @@ impl Store {
             AnyPoolOptions::new()
                 .max_connections(max)
                 .acquire_timeout(Duration::from_secs(30))
+                // A SQLite connection is a file in this process: the ping sqlx sends before
+                // handing one out is a round trip to its thread that cannot fail, on every
+                // statement a node's request makes. A PostgreSQL connection may have been
+                // cut, and is checked.
+                .test_before_acquire(dialect == Dialect::Postgres)
                 .after_connect(move |conn, _meta| {
                     Box::pin(async move {
                         if dialect == Dialect::Sqlite {
