@@ -1264,6 +1264,11 @@ impl PgDb {
         }
     }
 
+    /// The database's name on its server.
+    pub fn name(&self) -> &str {
+        &self.scratch.name
+    }
+
     /// Runs SQL on the database (for what a test does behind the server's back).
     pub fn execute(&self, sql: &str) {
         use sqlx::Connection;
