@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use lwr_model::Millis;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 
 pub use artifacts::{NewArtifact, StoredArtifact, UploadTarget, location};
 pub use control::Cancelled;
@@ -139,6 +139,27 @@ impl Store {
                             .await?;
                         }
                         Ok(())
+                    })
+                })
+                // A connection that still counts a transaction when the pool hands it out
+                // is out of step with its database: close it (a new one replaces it).
+                // SQLite rolls a transaction back by itself when its COMMIT fails with
+                // SQLITE_FULL (a full disk); sqlx's ROLLBACK then fails ("no transaction is
+                // active") and its count stays at 1. The next `begin` is then a SAVEPOINT,
+                // which opens a real transaction; once that savepoint is rolled back (another
+                // commit refused, an error returned mid-transaction) the transaction stays
+                // open and every later commit only releases an inner savepoint: writes seen
+                // by this connection alone.
+                .before_acquire(|conn, _meta| {
+                    Box::pin(async move {
+                        let stale = conn.is_in_transaction();
+                        if stale {
+                            tracing::warn!(
+                                "closing a database connection left in a transaction by a \
+                                 failed commit or rollback; a new one replaces it"
+                            );
+                        }
+                        Ok(!stale)
                     })
                 })
         };
@@ -280,6 +301,46 @@ mod tests {
             Dialect::Postgres
         );
         assert!("mysql://h/db".parse::<Dialect>().is_err());
+    }
+
+    /// SQLite ends a transaction by itself when its COMMIT fails with SQLITE_FULL (the
+    /// database's disk full), and sqlx's ROLLBACK after it fails. Commits after that, even
+    /// after a request that failed mid-transaction, must reach the database: other
+    /// connections (the read pool) see them.
+    #[tokio::test]
+    async fn commits_after_sqlite_ended_a_transaction_by_itself_are_seen_by_readers() {
+        use lwr_model::api::SubmitGraph;
+        use lwr_model::{Graph, JobId, JobSpec};
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("lwr.db").display());
+        let store = Store::open(&url).await.unwrap();
+        // `OR ROLLBACK` ends the transaction as a COMMIT refused for a full disk does,
+        // without filling a disk.
+        let mut tx = store.write.begin().await.unwrap();
+        sqlx::query(
+            "INSERT OR ROLLBACK INTO settings (name, value) VALUES ('probe', 'a'), ('probe', 'b')",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+        assert!(tx.commit().await.is_err(), "SQLite ended the transaction");
+        // A request that fails on its own: its transaction is dropped, not committed.
+        let missing = store.cancel_job(JobId(999), now_ms()).await.unwrap_err();
+        assert!(matches!(missing, StoreError::NotFound { .. }), "{missing}");
+        for i in 0..3 {
+            let job: JobSpec =
+                serde_json::from_value(serde_json::json!({"name": format!("j{i}"), "run": "true"}))
+                    .unwrap();
+            let id = store
+                .submit_graph(&SubmitGraph::new(Graph { jobs: vec![job] }), now_ms())
+                .await
+                .unwrap();
+            // `graph` reads on the read pool, other connections than the writer's.
+            let seen = store.graph(id).await;
+            assert!(seen.is_ok(), "graph {id} committed but not seen: {seen:?}");
+        }
+        store.close().await;
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //!
 //! Waits poll a condition with a deadline ([`wait_until`]) and never stand in for it with a
 //! bare sleep.
+//!
+//! To look into a failure: `LWR_TEST_LOG=debug` sets the processes' log filter (`info`
+//! otherwise), and `LWR_TEST_KEEP=1` keeps each test's temp dir (`/tmp/lwr-it-*`: the
+//! processes' logs, data and work dirs) instead of removing it.
 
 #![allow(dead_code)]
 
@@ -52,12 +56,14 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
-/// A fresh temp dir for one test.
+/// A fresh temp dir for one test, removed afterwards unless `LWR_TEST_KEEP` is set.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
+    let mut dir = tempfile::Builder::new()
         .prefix("lwr-it-")
         .tempdir()
-        .expect("creating a temp dir")
+        .expect("creating a temp dir");
+    dir.disable_cleanup(std::env::var_os("LWR_TEST_KEEP").is_some());
+    dir
 }
 
 /// Polls `probe` every 50 ms until it returns `Ok` or `timeout` passes; then panics naming
@@ -418,7 +424,10 @@ impl Daemon {
             .env_remove("LWR_ARTIFACT_STORE")
             .env("PATH", path_with_bin())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("LWR_LOG", "info")
+            .env(
+                "LWR_LOG",
+                std::env::var("LWR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -1253,6 +1262,11 @@ impl PgDb {
             url: scratch.url.clone(),
             scratch,
         }
+    }
+
+    /// The database's name on its server.
+    pub fn name(&self) -> &str {
+        &self.scratch.name
     }
 
     /// Runs SQL on the database (for what a test does behind the server's back).
