@@ -44,16 +44,56 @@ impl LogFollower {
         let asks: Vec<_> = steps.iter().map(|s| rest.logs(s.stepid)).collect();
         let logs: Vec<Result<Vec<Log>, BuildbotError>> =
             stream::iter(asks).buffered(AT_ONCE).collect().await;
-        // Each step's logs with lines not taken yet, in the order of the steps.
-        let mut steps_logs = Vec::with_capacity(steps.len());
+        let mut known = Vec::new();
         for (step, logs) in steps.iter().zip(logs) {
-            let new: Vec<(Log, i64)> = logs?
-                .into_iter()
+            known.extend(logs?.into_iter().map(|log| Log {
+                stepid: step.stepid,
+                ..log
+            }));
+        }
+        self.read(rest, &steps, &known, out).await
+    }
+
+    /// Like [`LogFollower::poll`] for a build whose `steps` and `logs` are all known
+    /// already (the master's event stream told of each): only their lines are asked.
+    pub async fn poll_known(
+        &mut self,
+        rest: &Rest,
+        build: &Build,
+        steps: &[Step],
+        logs: &[Log],
+        out: &mut impl Write,
+    ) -> Result<u64, BuildbotError> {
+        let mut steps: Vec<Step> = steps
+            .iter()
+            .filter(|s| s.buildid == build.buildid && !self.done.contains(&s.stepid))
+            .cloned()
+            .collect();
+        steps.sort_by_key(|s| s.number);
+        self.read(rest, &steps, logs, out).await
+    }
+
+    /// Appends the lines of `logs` (of any step; those of `steps` are read) not taken yet,
+    /// step by step, log by log.
+    async fn read(
+        &mut self,
+        rest: &Rest,
+        steps: &[Step],
+        logs: &[Log],
+        out: &mut impl Write,
+    ) -> Result<u64, BuildbotError> {
+        // Each step's logs with lines not taken yet, in the order of the steps and logs.
+        let mut steps_logs = Vec::with_capacity(steps.len());
+        for step in steps {
+            let mut new: Vec<(&Log, i64)> = logs
+                .iter()
+                .filter(|log| log.stepid == step.stepid)
                 .filter_map(|log| {
                     let taken = self.taken.get(&log.logid).copied().unwrap_or(0);
                     (log.num_lines > taken).then_some((log, taken))
                 })
                 .collect();
+            new.sort_by_key(|(log, _)| log.logid);
             steps_logs.push((step, new));
         }
         let asks: Vec<_> = steps_logs

@@ -128,6 +128,9 @@ pub struct Build {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Step {
     pub stepid: i64,
+    /// The build it is a step of.
+    #[serde(default)]
+    pub buildid: i64,
     pub number: i64,
     pub name: String,
     #[serde(default)]
@@ -137,6 +140,9 @@ pub struct Step {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Log {
     pub logid: i64,
+    /// The step it is a log of.
+    #[serde(default)]
+    pub stepid: i64,
     pub name: String,
     #[serde(default)]
     pub num_lines: i64,

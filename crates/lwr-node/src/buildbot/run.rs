@@ -75,6 +75,8 @@ impl Bridge {
             mut wanted,
         } = signals;
         let exception = |reason: String| result(a, Outcome::Exception, reason);
+        // For the debug line that says where a run's time went.
+        let begun = Instant::now();
         let Some(job) = a.buildbot.as_ref() else {
             return exception("not a Buildbot job (it has no buildbot:)".into());
         };
@@ -127,6 +129,8 @@ impl Bridge {
                 }
             }
         };
+        let forced_ms = begun.elapsed().as_millis();
+        let mut read_ms = None;
         let header = format!(
             "lwr: build request {brid} of builder {} on Buildbot {}\n",
             job.builder,
@@ -219,13 +223,27 @@ impl Bridge {
                             _ => None,
                         }
                     };
-                    let (read, name) =
-                        tokio::join!(follower.poll(&self.rest, newest, &mut out), name);
+                    // A trusted request's finished build has all its steps and logs known
+                    // from the event stream: only their lines are asked.
+                    let read = async {
+                        if newest.complete && seen.trusted {
+                            let (steps, logs) = (&seen.steps, &seen.logs);
+                            follower
+                                .poll_known(&self.rest, newest, steps, logs, &mut out)
+                                .await
+                        } else {
+                            follower.poll(&self.rest, newest, &mut out).await
+                        }
+                    };
+                    let (read, name) = tokio::join!(read, name);
                     if name.is_some() {
                         worker = name;
                     }
                     match read {
-                        Ok(_) if newest.complete => whole = Some(newest.buildid),
+                        Ok(_) if newest.complete => {
+                            whole = Some(newest.buildid);
+                            read_ms = Some(begun.elapsed().as_millis());
+                        }
                         Ok(_) => {}
                         Err(e) => failure = Some(Failure::from(&e)),
                     }
@@ -255,6 +273,12 @@ impl Bridge {
                     worker = self.worker_of(b).await;
                 }
                 let _ = std::io::Write::flush(&mut out);
+                tracing::debug!(
+                    "run {}: build request {brid} forced after {forced_ms} ms, the finished \
+                     build's logs read after {read_ms:?} ms, the request complete after {} ms",
+                    a.run_id,
+                    begun.elapsed().as_millis()
+                );
                 return self.ended(a, job, code, current.as_ref(), worker, extra_file);
             }
         }

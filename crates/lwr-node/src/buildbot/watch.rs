@@ -22,7 +22,7 @@ use lwr_model::sync::lock;
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
 
-use super::rest::{Build, BuildRequest, BuildbotError, Event, Rest};
+use super::rest::{Build, BuildRequest, BuildbotError, Event, Log, Rest, Step};
 
 /// How often the master is asked about the followed builds while its event stream is down:
 /// short builds end soon, and the bridge's latency is then this plus the requests after a
@@ -33,8 +33,9 @@ pub(crate) const POLL_STREAMING: Duration = Duration::from_secs(1);
 /// Every how many looks the requests are read although none of their builds ended (a
 /// request cancelled before a build started has no build to say so).
 const ASK_EVERY: u32 = 10;
-/// The event paths followed: every change of every build request and build.
-const EVENT_PATHS: [&str; 2] = ["buildrequests/*/*", "builds/*/*"];
+/// The event paths followed: every change of every build request, build, step and log
+/// (the steps and logs of a build ended are then known without asking).
+const EVENT_PATHS: [&str; 4] = ["buildrequests/*/*", "builds/*/*", "steps/*/*", "logs/*/*"];
 /// Pauses before opening the event stream again: after it broke, and at most (a master
 /// without one, say behind a proxy that buffers answers, is asked again this rarely).
 const STREAM_RETRY: Duration = Duration::from_secs(1);
@@ -42,6 +43,9 @@ const STREAM_RETRY_MAX: Duration = Duration::from_secs(60);
 /// Requests nobody follows yet whose events are kept: a build may start between the
 /// force's answer and the run's [`Watched::follow`].
 const EARLY_KEPT: usize = 256;
+/// Builds and steps whose request is remembered, to place the events of their steps and
+/// logs (the newest ones: ids only grow).
+const OWNERS_KEPT: usize = 4096;
 
 /// What the poller last saw of one build request.
 #[derive(Debug, Clone, Default)]
@@ -54,9 +58,29 @@ pub(crate) struct Seen {
     pub error: Option<Failure>,
     /// Looks so far, so that a failing look after a failing look is news too.
     pub looks: u64,
+    /// Every event of the request since it was forced came on the stream: its builds'
+    /// `steps` and `logs` are all known.
+    pub trusted: bool,
+    /// The steps and logs of its builds, as the stream told of them.
+    pub steps: Vec<Step>,
+    pub logs: Vec<Log>,
 }
 
 impl Seen {
+    fn merge_step(&mut self, step: Step) {
+        match self.steps.iter_mut().find(|s| s.stepid == step.stepid) {
+            Some(known) => known.complete |= step.complete,
+            None => self.steps.push(step),
+        }
+    }
+
+    fn merge_log(&mut self, log: Log) {
+        match self.logs.iter_mut().find(|l| l.logid == log.logid) {
+            Some(known) => known.num_lines = known.num_lines.max(log.num_lines),
+            None => self.logs.push(log),
+        }
+    }
+
     /// Adds what is now known of one build; a build's end and properties are never unseen
     /// (a REST answer may be older than an event published before it).
     fn merge(&mut self, build: Build) {
@@ -95,27 +119,18 @@ impl From<&BuildbotError> for Failure {
     }
 }
 
-struct Followed {
-    tx: watch::Sender<Seen>,
-    /// Every event of the request since it was forced came on the stream.
-    trusted: bool,
-}
-
-/// What the stream said of a request nobody followed yet.
-#[derive(Default)]
-struct Early {
-    builds: Vec<Build>,
-    complete: Option<i64>,
-}
-
 /// The followed build requests, what the event stream said, and the poller's wake-ups.
 #[derive(Default)]
 pub(crate) struct Watched {
-    requests: Mutex<HashMap<i64, Followed>>,
+    requests: Mutex<HashMap<i64, watch::Sender<Seen>>>,
     added: Notify,
     /// When the event stream last came up, while it is up.
     stream_up: Mutex<Option<Instant>>,
-    early: Mutex<BTreeMap<i64, Early>>,
+    /// What the stream said of requests nobody follows yet.
+    early: Mutex<BTreeMap<i64, Seen>>,
+    /// The request of each recent build, and the build of each recent step.
+    build_request: Mutex<BTreeMap<i64, i64>>,
+    step_build: Mutex<BTreeMap<i64, i64>>,
     /// Requests to look at now (an event said one completed); `poke_all`: every one.
     poked: Mutex<BTreeSet<i64>>,
     poke_all: std::sync::atomic::AtomicBool,
@@ -131,16 +146,11 @@ impl Watched {
             (Some(up), Some(forced)) => up <= forced,
             _ => false,
         };
-        let mut seen = Seen::default();
-        if let Some(early) = lock(&self.early).remove(&brid) {
-            for build in early.builds {
-                seen.merge(build);
-            }
-            seen.complete = early.complete;
-        }
+        let mut seen = lock(&self.early).remove(&brid).unwrap_or_default();
+        seen.trusted = trusted;
         let untrusted_end = !trusted && seen.complete.is_some();
         let (tx, rx) = watch::channel(seen);
-        lock(&self.requests).insert(brid, Followed { tx, trusted });
+        lock(&self.requests).insert(brid, tx);
         self.added.notify_one();
         if untrusted_end {
             self.poke(brid);
@@ -151,7 +161,7 @@ impl Watched {
     /// The requests someone still follows (forgetting the others).
     fn followed(&self) -> Vec<i64> {
         let mut requests = lock(&self.requests);
-        requests.retain(|_, f| !f.tx.is_closed());
+        requests.retain(|_, tx| !tx.is_closed());
         let mut ids: Vec<i64> = requests.keys().copied().collect();
         ids.sort_unstable();
         ids
@@ -162,11 +172,28 @@ impl Watched {
     }
 
     fn publish(&self, brid: i64, update: impl FnOnce(&mut Seen)) {
-        if let Some(f) = lock(&self.requests).get(&brid) {
-            f.tx.send_modify(|seen| {
+        if let Some(tx) = lock(&self.requests).get(&brid) {
+            tx.send_modify(|seen| {
                 seen.looks += 1;
                 update(seen);
             });
+        }
+    }
+
+    /// Applies `update` to what is known of request `brid`, followed or not yet.
+    fn tell(&self, brid: i64, update: impl FnOnce(&mut Seen)) {
+        if let Some(tx) = lock(&self.requests).get(&brid) {
+            // Not a look: the run wakes only for what it acts on (builds, the end).
+            tx.send_if_modified(|seen| {
+                update(seen);
+                false
+            });
+            return;
+        }
+        let mut early = lock(&self.early);
+        update(early.entry(brid).or_default());
+        while early.len() > EARLY_KEPT {
+            early.pop_first();
         }
     }
 
@@ -197,8 +224,8 @@ impl Watched {
         *lock(&self.stream_up) = up.then(Instant::now);
         if !up {
             // What happens while it is down is not told: nothing followed is trusted.
-            for f in lock(&self.requests).values_mut() {
-                f.trusted = false;
+            for tx in lock(&self.requests).values() {
+                tx.send_modify(|seen| seen.trusted = false);
             }
             lock(&self.early).clear();
         }
@@ -216,17 +243,32 @@ impl Watched {
                 let Some(brid) = build.buildrequestid else {
                     return;
                 };
+                remember(&self.build_request, build.buildid, brid);
                 if lock(&self.requests).contains_key(&brid) {
                     self.publish(brid, |seen| seen.merge(build));
                 } else {
-                    self.early(brid, |e| {
-                        let mut seen = Seen {
-                            builds: std::mem::take(&mut e.builds),
-                            ..Seen::default()
-                        };
-                        seen.merge(build);
-                        e.builds = seen.builds;
-                    });
+                    self.tell(brid, |seen| seen.merge(build));
+                }
+            }
+            [kind, _, _] if kind == "steps" => {
+                let Ok(step) = serde_json::from_value::<Step>(message) else {
+                    return;
+                };
+                let Some(brid) = lock(&self.build_request).get(&step.buildid).copied() else {
+                    return;
+                };
+                remember(&self.step_build, step.stepid, step.buildid);
+                self.tell(brid, |seen| seen.merge_step(step));
+            }
+            [kind, _, _] if kind == "logs" => {
+                let Ok(log) = serde_json::from_value::<Log>(message) else {
+                    return;
+                };
+                let brid = lock(&self.step_build)
+                    .get(&log.stepid)
+                    .and_then(|b| lock(&self.build_request).get(b).copied());
+                if let Some(brid) = brid {
+                    self.tell(brid, |seen| seen.merge_log(log));
                 }
             }
             [kind, brid, what] if kind == "buildrequests" && what == "complete" => {
@@ -237,7 +279,9 @@ impl Watched {
                     return;
                 };
                 let results = request.results.unwrap_or(-1);
-                let trusted = lock(&self.requests).get(&brid).map(|f| f.trusted);
+                let trusted = lock(&self.requests)
+                    .get(&brid)
+                    .map(|tx| tx.borrow().trusted);
                 match trusted {
                     // Its builds came on the stream too: it ended with what is known.
                     Some(true) => self.publish(brid, |seen| {
@@ -246,19 +290,20 @@ impl Watched {
                     }),
                     // Its builds may not all have: a look says which they are.
                     Some(false) => self.poke(brid),
-                    None => self.early(brid, |e| e.complete = Some(results)),
+                    None => self.tell(brid, |seen| seen.complete = Some(results)),
                 }
             }
             _ => {}
         }
     }
+}
 
-    fn early(&self, brid: i64, update: impl FnOnce(&mut Early)) {
-        let mut early = lock(&self.early);
-        update(early.entry(brid).or_default());
-        while early.len() > EARLY_KEPT {
-            early.pop_first();
-        }
+/// Keeps `owner` as the owner of `id`, forgetting the oldest beyond [`OWNERS_KEPT`].
+fn remember(map: &Mutex<BTreeMap<i64, i64>>, id: i64, owner: i64) {
+    let mut map = lock(map);
+    map.insert(id, owner);
+    while map.len() > OWNERS_KEPT {
+        map.pop_first();
     }
 }
 
@@ -494,6 +539,44 @@ mod tests {
         );
         assert_eq!(rx.borrow().complete, None);
         assert_eq!(w.take_poked(), Some(vec![7]));
+    }
+
+    #[test]
+    fn the_steps_and_logs_of_a_followed_build_are_known_from_its_events() {
+        let w = Watched::default();
+        up(&w);
+        let forced = Instant::now();
+        // The build starts before the run follows its request.
+        w.event(&key("builds/3/new"), build(3, 7, false));
+        w.event(
+            &key("steps/20/new"),
+            json!({"stepid": 20, "buildid": 3, "number": 0, "name": "worker_preparation", "complete": false}),
+        );
+        let rx = w.follow(7, Some(forced));
+        w.event(
+            &key("steps/21/new"),
+            json!({"stepid": 21, "buildid": 3, "number": 1, "name": "run", "complete": false}),
+        );
+        w.event(
+            &key("steps/99/new"),
+            json!({"stepid": 99, "buildid": 4, "number": 0, "name": "other", "complete": false}),
+        );
+        let log = |lines| json!({"logid": 5, "stepid": 21, "name": "stdio", "num_lines": lines, "type": "s"});
+        w.event(&key("logs/5/new"), log(0));
+        w.event(&key("logs/5/append"), log(12));
+        w.event(&key("logs/5/finished"), log(12));
+        w.event(
+            &key("steps/21/finished"),
+            json!({"stepid": 21, "buildid": 3, "number": 1, "name": "run", "complete": true}),
+        );
+        let seen = rx.borrow().clone();
+        assert!(seen.trusted);
+        let steps: Vec<(i64, bool)> = seen.steps.iter().map(|s| (s.stepid, s.complete)).collect();
+        assert_eq!(steps, [(20, false), (21, true)]);
+        assert_eq!(seen.logs.len(), 1);
+        assert_eq!((seen.logs[0].stepid, seen.logs[0].num_lines), (21, 12));
+        w.stream_changed(false);
+        assert!(!rx.borrow().trusted);
     }
 
     #[test]
