@@ -7,7 +7,7 @@
 //! the server holds, so after a broken connection the streamer resends from there: the
 //! server keeps each byte once. When the server no longer wants a log the streamer stops.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -35,24 +35,44 @@ const UNWANTED_PAUSE: Duration = Duration::from_millis(200);
 #[derive(Default)]
 pub(crate) struct RunLogs {
     runs: Mutex<HashMap<RunId, RunLog>>,
+    /// The runs whose log the server last said it wants.
+    wanted: Mutex<HashSet<RunId>>,
 }
 
 struct RunLog {
     path: PathBuf,
     /// The log's final size, once the run has ended.
     ended: watch::Sender<Option<u64>>,
+    /// Whether the server wants its log now (someone follows it).
+    wanted: watch::Sender<bool>,
 }
 
 impl RunLogs {
-    /// A run starts writing its log to `path`.
-    pub(crate) fn started(&self, run: RunId, path: &Path) {
+    /// A run starts writing its log to `path`. The answer says whether the server wants
+    /// the log while the run goes: a run whose log costs to gather (a Buildbot build's)
+    /// gathers it while someone follows, and once at its end otherwise.
+    pub(crate) fn started(&self, run: RunId, path: &Path) -> watch::Receiver<bool> {
+        let (wanted, wanted_rx) = watch::channel(lock(&self.wanted).contains(&run));
         lock(&self.runs).insert(
             run,
             RunLog {
                 path: path.to_path_buf(),
                 ended: watch::channel(None).0,
+                wanted,
             },
         );
+        wanted_rx
+    }
+
+    /// The server wants the logs of `runs` now, and no others.
+    fn set_wanted(&self, runs: HashSet<RunId>) {
+        for (run, log) in lock(&self.runs).iter() {
+            log.wanted.send_if_modified(|w| {
+                let now = runs.contains(run);
+                std::mem::replace(w, now) != now
+            });
+        }
+        *lock(&self.wanted) = runs;
     }
 
     /// The run ended with a log of `size` bytes; streamers send up to there and stop.
@@ -109,6 +129,7 @@ pub(crate) async fn serve(client: Client, node: NodeId, work_dir: PathBuf, logs:
             }
         };
         version = Some(wanted.version);
+        logs.set_wanted(wanted.streams.iter().map(|s| s.run_id).collect());
         streamers.retain(|run, task| {
             let keep = !task.is_finished() && wanted.streams.iter().any(|s| s.run_id == *run);
             if !keep {

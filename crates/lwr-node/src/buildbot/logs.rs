@@ -5,7 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
-use super::rest::{Build, BuildbotError, Rest};
+use futures_util::{StreamExt, stream};
+
+use super::rest::{Build, BuildbotError, Log, Rest, Step};
+
+/// Requests to the master at once while reading one build's logs.
+const AT_ONCE: usize = 4;
 
 /// What of a build's logs is in the file already.
 #[derive(Default)]
@@ -19,27 +24,97 @@ pub struct LogFollower {
 }
 
 impl LogFollower {
-    /// Appends what `build`'s logs gained to `out`; returns the bytes written.
+    /// Appends what `build`'s logs gained to `out`; returns the bytes written. The logs of
+    /// its steps, then their new lines, are asked side by side ([`AT_ONCE`] at a time): a
+    /// build's end waits on these reads.
     pub async fn poll(
         &mut self,
         rest: &Rest,
         build: &Build,
         out: &mut impl Write,
     ) -> Result<u64, BuildbotError> {
+        let steps: Vec<Step> = rest
+            .steps(build.buildid)
+            .await?
+            .into_iter()
+            .filter(|s| !self.done.contains(&s.stepid))
+            .collect();
+        // The futures gathered first: a stream over a borrowing closure is not Send enough
+        // for the task that runs this.
+        let asks: Vec<_> = steps.iter().map(|s| rest.logs(s.stepid)).collect();
+        let logs: Vec<Result<Vec<Log>, BuildbotError>> =
+            stream::iter(asks).buffered(AT_ONCE).collect().await;
+        let mut known = Vec::new();
+        for (step, logs) in steps.iter().zip(logs) {
+            known.extend(logs?.into_iter().map(|log| Log {
+                stepid: step.stepid,
+                ..log
+            }));
+        }
+        self.read(rest, &steps, &known, out).await
+    }
+
+    /// Like [`LogFollower::poll`] for a build whose `steps` and `logs` are all known
+    /// already (the master's event stream told of each): only their lines are asked.
+    pub async fn poll_known(
+        &mut self,
+        rest: &Rest,
+        build: &Build,
+        steps: &[Step],
+        logs: &[Log],
+        out: &mut impl Write,
+    ) -> Result<u64, BuildbotError> {
+        let mut steps: Vec<Step> = steps
+            .iter()
+            .filter(|s| s.buildid == build.buildid && !self.done.contains(&s.stepid))
+            .cloned()
+            .collect();
+        steps.sort_by_key(|s| s.number);
+        self.read(rest, &steps, logs, out).await
+    }
+
+    /// Appends the lines of `logs` (of any step; those of `steps` are read) not taken yet,
+    /// step by step, log by log.
+    async fn read(
+        &mut self,
+        rest: &Rest,
+        steps: &[Step],
+        logs: &[Log],
+        out: &mut impl Write,
+    ) -> Result<u64, BuildbotError> {
+        // Each step's logs with lines not taken yet, in the order of the steps and logs.
+        let mut steps_logs = Vec::with_capacity(steps.len());
+        for step in steps {
+            let mut new: Vec<(&Log, i64)> = logs
+                .iter()
+                .filter(|log| log.stepid == step.stepid)
+                .filter_map(|log| {
+                    let taken = self.taken.get(&log.logid).copied().unwrap_or(0);
+                    (log.num_lines > taken).then_some((log, taken))
+                })
+                .collect();
+            new.sort_by_key(|(log, _)| log.logid);
+            steps_logs.push((step, new));
+        }
+        let asks: Vec<_> = steps_logs
+            .iter()
+            .flat_map(|(_, logs)| logs)
+            .map(|(log, taken)| rest.log_lines(log.logid, *taken, log.num_lines - taken))
+            .collect();
+        let texts: Vec<Result<String, BuildbotError>> =
+            stream::iter(asks).buffered(AT_ONCE).collect().await;
+        let mut texts = texts.into_iter();
         let mut written = 0u64;
-        for step in rest.steps(build.buildid).await? {
-            if self.done.contains(&step.stepid) {
-                continue;
-            }
-            let logs = rest.logs(step.stepid).await?;
-            for log in logs {
-                let taken = self.taken.get(&log.logid).copied().unwrap_or(0);
-                if log.num_lines <= taken {
-                    continue;
-                }
-                let text = rest
-                    .log_lines(log.logid, taken, log.num_lines - taken)
-                    .await?;
+        for (step, logs) in steps_logs {
+            for (log, _) in logs {
+                let Some(text) = texts.next() else { break };
+                let text = match text {
+                    Ok(text) => text,
+                    Err(e) => {
+                        let _ = out.flush();
+                        return Err(e);
+                    }
+                };
                 if self.headed.insert(step.stepid) {
                     written += emit(
                         out,

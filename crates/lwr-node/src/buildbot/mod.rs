@@ -4,7 +4,8 @@
 //! where its log comes from (`logs.rs`), and that a restarted bridge resumes its runs
 //! instead of killing them: each run's assignment is kept in `WORK/buildbot/RUN.json` until
 //! its result is recorded, and the build it started carries the run in its buildset reason.
-//! One poller (`watch.rs`) follows all of the bridge's builds, whatever their number.
+//! The master's event stream and one poller (`watch.rs`) follow all of the bridge's builds,
+//! whatever their number.
 
 mod logs;
 pub mod rest;
@@ -36,14 +37,17 @@ pub(crate) struct Bridge {
     pub(crate) rest: Rest,
     /// `WORK/buildbot`: one file per run in progress.
     state_dir: PathBuf,
-    /// The build requests the runs follow, and the one task that polls them.
+    /// The build requests the runs follow, the task that polls them and the one that
+    /// follows the master's event stream.
     watched: Arc<watch::Watched>,
     poller: tokio::task::JoinHandle<()>,
+    events: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Bridge {
     fn drop(&mut self) {
         self.poller.abort();
+        self.events.abort();
     }
 }
 
@@ -55,11 +59,13 @@ impl Bridge {
         let rest = Rest::new(&config.url, config.credentials.clone())?;
         let watched = Arc::new(watch::Watched::default());
         let poller = tokio::spawn(watch::poll(rest.clone(), watched.clone()));
+        let events = tokio::spawn(watch::follow_events(rest.clone(), watched.clone()));
         Ok(Bridge {
             rest,
             state_dir: work_dir.join("buildbot"),
             watched,
             poller,
+            events,
         })
     }
 
@@ -154,7 +160,7 @@ impl Node {
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         lock(&self.running).insert(a.run_id, stop_tx);
-        self.run_logs.started(a.run_id, &slot_log);
+        let wanted = self.run_logs.started(a.run_id, &slot_log);
         let extra_file = slot_dir.with_extension("extra.json");
         let _ = std::fs::remove_file(&extra_file);
         let result = match &self.bridge {
@@ -180,7 +186,17 @@ impl Node {
                 },
                 Ok(()) => {
                     bridge
-                        .run(&self.client, &a, &slot_log, &extra_file, stop_rx, resumed)
+                        .run(
+                            &self.client,
+                            &a,
+                            &slot_log,
+                            &extra_file,
+                            run::Signals {
+                                stop: stop_rx,
+                                wanted,
+                            },
+                            resumed,
+                        )
                         .await
                 }
             },

@@ -1,7 +1,9 @@
 //! A small client for the parts of Buildbot's REST API (`/api/v2`) the bridge uses: the
 //! force scheduler lwr may start (`packaging/buildbot/lwr.cfg`), buildsets, build requests,
-//! builds, steps and logs, and the stop and cancel actions. Every request has a timeout, so
-//! a master that hangs is an error, not a hang.
+//! builds, steps and logs, and the stop and cancel actions; and for its event stream
+//! (`/sse`, server-sent events), which tells of each build and build request as it changes.
+//! Every request has a timeout, so a master that hangs is an error, not a hang (the event
+//! stream, which lasts, is only a hint: the bridge's REST poll stays the safety net).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -86,6 +88,9 @@ pub struct Rest {
     credentials: Credentials,
     /// The session cookie after a login.
     cookie: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Worker ids to names: a build's worker is in the manifest, and a build seen only
+    /// through events has its worker's id, not its name.
+    workers: std::sync::Arc<std::sync::Mutex<BTreeMap<i64, String>>>,
 }
 
 /// A build request of a buildset.
@@ -123,6 +128,9 @@ pub struct Build {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Step {
     pub stepid: i64,
+    /// The build it is a step of.
+    #[serde(default)]
+    pub buildid: i64,
     pub number: i64,
     pub name: String,
     #[serde(default)]
@@ -132,6 +140,9 @@ pub struct Step {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Log {
     pub logid: i64,
+    /// The step it is a log of.
+    #[serde(default)]
+    pub stepid: i64,
     pub name: String,
     #[serde(default)]
     pub num_lines: i64,
@@ -172,6 +183,7 @@ impl Rest {
             base,
             credentials,
             cookie: Default::default(),
+            workers: Default::default(),
         })
     }
 
@@ -462,6 +474,100 @@ impl Rest {
         Ok(chunks.into_iter().map(|c| c.content).collect())
     }
 
+    /// The name of worker `workerid`, asked once per worker (a worker's id never changes
+    /// its name).
+    pub async fn worker_name(&self, workerid: i64) -> Result<Option<String>> {
+        if let Some(name) = lwr_model::sync::lock(&self.workers).get(&workerid) {
+            return Ok(Some(name.clone()));
+        }
+        #[derive(Deserialize)]
+        struct Worker {
+            name: String,
+        }
+        let found: Vec<Worker> = self.get(&format!("workers/{workerid}"), "workers").await?;
+        let name = found.into_iter().next().map(|w| w.name);
+        if let Some(name) = &name {
+            lwr_model::sync::lock(&self.workers).insert(workerid, name.clone());
+        }
+        Ok(name)
+    }
+
+    /// Opens the master's event stream on the event `paths` (`builds/*/*`: every event of
+    /// every build): Buildbot's `/sse/listen/PATH` for the first, `/sse/add/ID/PATH` for the
+    /// others. Answers once every path is registered.
+    pub async fn events(&self, paths: &[&str]) -> Result<Events> {
+        let Some((first, others)) = paths.split_first() else {
+            return Err(BuildbotError::BadUrl {
+                url: self.base.clone(),
+                reason: "an event stream needs a path".into(),
+            });
+        };
+        if self.credentials.user.is_some() && lwr_model::sync::lock(&self.cookie).is_none() {
+            self.login().await?;
+        }
+        let url = format!("{}/sse/listen/{first}", self.base);
+        // No request timeout: the answer lasts as long as the stream.
+        let resp = self
+            .with_cookie(self.http.get(&url))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&url, e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let body: String = text.chars().take(300).collect();
+            return Err(BuildbotError::Status { url, status, body });
+        }
+        let mut events = Events {
+            url: url.clone(),
+            resp,
+            parser: SseParser::default(),
+        };
+        let id = match tokio::time::timeout(REQUEST_TIMEOUT, events.next()).await {
+            Ok(Ok(Some(Event::Handshake(id)))) => id,
+            Ok(Ok(other)) => {
+                return Err(BuildbotError::Decode {
+                    url,
+                    reason: format!("the event stream began with {other:?}, not its handshake"),
+                });
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(BuildbotError::Unreachable {
+                    url: self.base.clone(),
+                    reason: format!("no handshake on {url} in {} s", REQUEST_TIMEOUT.as_secs()),
+                });
+            }
+        };
+        for path in others {
+            let add = format!("{}/sse/add/{id}/{path}", self.base);
+            let resp = self
+                .with_cookie(self.http.get(&add))
+                .timeout(REQUEST_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| self.unreachable(&add, e))?;
+            let status = resp.status();
+            if !status.is_success() {
+                let text = resp.text().await.unwrap_or_default();
+                let body: String = text.chars().take(300).collect();
+                return Err(BuildbotError::Status {
+                    url: add,
+                    status,
+                    body,
+                });
+            }
+        }
+        Ok(events)
+    }
+
+    fn with_cookie(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match lwr_model::sync::lock(&self.cookie).clone() {
+            Some(cookie) => req.header(reqwest::header::COOKIE, cookie),
+            None => req,
+        }
+    }
+
     pub async fn stop_build(&self, buildid: i64, reason: &str) -> Result<()> {
         self.control(
             &format!("builds/{buildid}"),
@@ -480,6 +586,141 @@ impl Rest {
         )
         .await
         .map(drop)
+    }
+}
+
+/// One event of the master's event stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The stream's id, its first event.
+    Handshake(String),
+    /// Something changed: `key` is its routing key (`["builds", "12", "finished"]`),
+    /// `message` the thing as it is now (the build, the build request).
+    Message { key: Vec<String>, message: Value },
+}
+
+/// The master's event stream (see [`Rest::events`]).
+pub struct Events {
+    url: String,
+    resp: reqwest::Response,
+    parser: SseParser,
+}
+
+impl Events {
+    /// The next event; `None` when the master closed the stream.
+    pub async fn next(&mut self) -> Result<Option<Event>> {
+        loop {
+            if let Some(block) = self.parser.next_block() {
+                match parse_event(&block) {
+                    Ok(Some(event)) => return Ok(Some(event)),
+                    // A comment, or a kind of event the bridge does not know.
+                    Ok(None) => continue,
+                    Err(reason) => {
+                        return Err(BuildbotError::Decode {
+                            url: self.url.clone(),
+                            reason,
+                        });
+                    }
+                }
+            }
+            match self.resp.chunk().await {
+                Ok(Some(bytes)) => {
+                    self.parser
+                        .push(&bytes)
+                        .map_err(|reason| BuildbotError::Decode {
+                            url: self.url.clone(),
+                            reason,
+                        })?
+                }
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    return Err(BuildbotError::Unreachable {
+                        url: self.url.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Longest event block kept while waiting for its end: a stream that never ends a block is
+/// broken, not an event worth the memory.
+const MAX_EVENT_BLOCK: usize = 16 << 20;
+
+/// Splits a `text/event-stream` into its blocks (lines up to an empty line).
+#[derive(Default)]
+struct SseParser {
+    buf: Vec<u8>,
+}
+
+impl SseParser {
+    fn push(&mut self, bytes: &[u8]) -> std::result::Result<(), String> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() > MAX_EVENT_BLOCK {
+            return Err(format!("an event of over {} MiB", MAX_EVENT_BLOCK >> 20));
+        }
+        Ok(())
+    }
+
+    /// The next whole block, its lines without their ends.
+    fn next_block(&mut self) -> Option<Vec<String>> {
+        let mut lines = Vec::new();
+        let mut start = 0;
+        while let Some(n) = self.buf[start..].iter().position(|&b| b == b'\n') {
+            let line = &self.buf[start..start + n];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            start += n + 1;
+            if line.is_empty() {
+                if lines.is_empty() {
+                    // Blank lines between blocks.
+                    continue;
+                }
+                self.buf.drain(..start);
+                return Some(lines);
+            }
+            lines.push(String::from_utf8_lossy(line).into_owned());
+        }
+        None
+    }
+}
+
+/// An event from its block: Buildbot's are `event: handshake` with the stream's id as
+/// data, and `event: event` with `{"key": [...], "message": {...}}`.
+fn parse_event(lines: &[String]) -> std::result::Result<Option<Event>, String> {
+    let mut kind = "message";
+    let mut data = String::new();
+    for line in lines {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => kind = value,
+            "data" => {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(value);
+            }
+            _ => {}
+        }
+    }
+    match kind {
+        "handshake" => Ok(Some(Event::Handshake(data))),
+        "event" => {
+            #[derive(Deserialize)]
+            struct Raw {
+                key: Vec<String>,
+                #[serde(default)]
+                message: Value,
+            }
+            let raw: Raw = serde_json::from_str(&data)
+                .map_err(|e| format!("an event that is not {{key, message}}: {e}"))?;
+            Ok(Some(Event::Message {
+                key: raw.key,
+                message: raw.message,
+            }))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -531,6 +772,47 @@ mod tests {
             )),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_event_stream_is_read_in_whatever_pieces_it_comes() {
+        // As Buildbot 4.3 writes it (www/sse.py), cut at every byte.
+        let stream = "event: handshake\ndata: 5b1c\n\n\
+            event: event\ndata: {\"key\": [\"builds\", \"7\", \"finished\"], \"message\": {\"buildid\": 7}}\n\n\
+            : a comment\n\n\
+            event: event\r\ndata: {\"key\": [\"buildrequests\", \"3\", \"complete\"], \"message\": {\"results\": 0}}\r\n\r\n";
+        let want = vec![
+            Event::Handshake("5b1c".into()),
+            Event::Message {
+                key: vec!["builds".into(), "7".into(), "finished".into()],
+                message: json!({"buildid": 7}),
+            },
+            Event::Message {
+                key: vec!["buildrequests".into(), "3".into(), "complete".into()],
+                message: json!({"results": 0}),
+            },
+        ];
+        for cut in 0..stream.len() {
+            let mut parser = SseParser::default();
+            let mut got = Vec::new();
+            for piece in [&stream.as_bytes()[..cut], &stream.as_bytes()[cut..]] {
+                parser.push(piece).unwrap();
+                while let Some(block) = parser.next_block() {
+                    if let Some(event) = parse_event(&block).unwrap() {
+                        got.push(event);
+                    }
+                }
+            }
+            assert_eq!(got, want, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn an_event_that_is_not_buildbots_is_an_error() {
+        let block = vec!["event: event".to_string(), "data: [1, 2]".to_string()];
+        assert!(parse_event(&block).is_err());
+        let unknown = vec!["event: ping".to_string(), "data: x".to_string()];
+        assert_eq!(parse_event(&unknown), Ok(None));
     }
 
     #[test]

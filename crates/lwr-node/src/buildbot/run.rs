@@ -1,7 +1,12 @@
 //! One run of a Buildbot job: force the build with lwr's properties, follow it (what the
-//! bridge's poller sees of its request, its logs into the run's log, the lease kept by the
-//! node's heartbeats since the run is in `Node::running`), and map how it ended to the
-//! run's result.
+//! bridge's event stream and poller see of its request, its logs into the run's log, the
+//! lease kept by the node's heartbeats since the run is in `Node::running`), and map how it
+//! ended to the run's result.
+//!
+//! Reading a build's logs costs the master a few requests (its steps, their logs, their
+//! lines), so they are read while the build runs only when the server wants the run's log
+//! (someone follows it), and once when the build ends: as soon as its build is seen
+//! finished, which comes a moment before its request completes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,7 +27,8 @@ use std::io::Write as _;
 /// How long the master may stay unreachable during a build before the run ends as an
 /// infrastructure error.
 const MASTER_GRACE: Duration = Duration::from_secs(60);
-/// A running build's logs are read at most this often (and once more when it ends).
+/// A running build's logs are read at most this often while someone follows them (and
+/// once more when it ends).
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// The buildset reason that names a run, exact, so a restarted bridge finds its build.
@@ -44,6 +50,14 @@ fn result(a: &Assignment, outcome: Outcome, reason: String) -> RunResult {
     }
 }
 
+/// What the node tells a run while it goes.
+pub(crate) struct Signals {
+    /// Stop the build, and why.
+    pub stop: oneshot::Receiver<Stop>,
+    /// Whether the server wants the run's log now (see `RunLogs::started`).
+    pub wanted: tokio::sync::watch::Receiver<bool>,
+}
+
 impl Bridge {
     /// Runs `a` (a Buildbot job) to its end: starts its build, or, when `resumed` (a
     /// previous life of the bridge claimed it), first looks for the build that life started.
@@ -53,10 +67,16 @@ impl Bridge {
         a: &Assignment,
         log: &Path,
         extra_file: &Path,
-        mut stop: oneshot::Receiver<Stop>,
+        signals: Signals,
         resumed: bool,
     ) -> RunResult {
+        let Signals {
+            mut stop,
+            mut wanted,
+        } = signals;
         let exception = |reason: String| result(a, Outcome::Exception, reason);
+        // For the debug line that says where a run's time went.
+        let begun = Instant::now();
         let Some(job) = a.buildbot.as_ref() else {
             return exception("not a Buildbot job (it has no buildbot:)".into());
         };
@@ -73,6 +93,8 @@ impl Bridge {
         } else {
             None
         };
+        // When its build was forced: the event stream tells of it if it was up by then.
+        let mut forced_at = None;
         let brid = match found {
             Some(bsid) => match self.rest.requests_of(bsid).await {
                 Ok(reqs) if !reqs.is_empty() => {
@@ -88,6 +110,7 @@ impl Bridge {
                     Err(e) => return exception(e),
                 };
                 let revision = a.source.as_ref().and_then(|s| s.revision.as_deref());
+                forced_at = Some(Instant::now());
                 match self
                     .rest
                     .force(&job.builder, &reason, revision, &properties)
@@ -106,6 +129,8 @@ impl Bridge {
                 }
             }
         };
+        let forced_ms = begun.elapsed().as_millis();
+        let mut read_ms = None;
         let header = format!(
             "lwr: build request {brid} of builder {} on Buildbot {}\n",
             job.builder,
@@ -115,14 +140,17 @@ impl Bridge {
         let started = Instant::now();
         let timeout = Duration::from_secs(a.timeout_secs.max(1));
         // The bridge's one poller tells this run what became of its request.
-        let mut seen_rx = self.watched.follow(brid);
+        let mut seen_rx = self.watched.follow(brid, forced_at);
         let mut follower = LogFollower::default();
         let mut current: Option<Build> = None;
         let mut failing_since: Option<(Instant, String)> = None;
         // When the logs were last read, and the build whose logs were read whole.
         let mut logs_read: Option<Instant> = None;
         let mut whole: Option<i64> = None;
+        // The name of the newest build's worker, asked when its build ends if unknown.
+        let mut worker: Option<String> = None;
         let mut stop_open = true;
+        let mut wanted_open = true;
         loop {
             tokio::select! {
                 why = &mut stop, if stop_open => match why {
@@ -140,6 +168,12 @@ impl Bridge {
                 changed = seen_rx.changed() => if changed.is_err() {
                     return exception("the bridge stopped following Buildbot".into());
                 },
+                // Someone started following the log: read it now, not at the build's end.
+                changed = wanted.changed(), if wanted_open => if changed.is_err() {
+                    wanted_open = false;
+                },
+                // Followed, the running build's logs are read every LOG_EVERY.
+                _ = tokio::time::sleep(LOG_EVERY), if *wanted.borrow() => {}
                 _ = tokio::time::sleep_until((started + timeout).into()) => {}
             }
             if started.elapsed() > timeout {
@@ -156,6 +190,7 @@ impl Bridge {
                 );
             }
             let seen = seen_rx.borrow_and_update().clone();
+            let followed = *wanted.borrow_and_update();
             let mut failure = seen.error.clone();
             if failure.is_none()
                 && let Some(newest) = seen.builds.last()
@@ -168,17 +203,47 @@ impl Bridge {
                     follower = LogFollower::default();
                     let _ = writeln!(out, "lwr: Buildbot retried the build");
                 }
+                if current.as_ref().is_none_or(|c| c.buildid != newest.buildid) {
+                    worker = None;
+                }
                 current = Some(newest.clone());
                 // Read once the build was seen complete, the logs are whole; while it runs,
-                // they are read every LOG_EVERY (the master answers every bridge's reads).
+                // they are read every LOG_EVERY while someone follows them (the master
+                // answers every bridge's reads).
                 let due = match newest.complete {
                     true => whole != Some(newest.buildid),
-                    false => logs_read.is_none_or(|t| t.elapsed() >= LOG_EVERY),
+                    false => followed && logs_read.is_none_or(|t| t.elapsed() >= LOG_EVERY),
                 };
                 if due {
                     logs_read = Some(Instant::now());
-                    match follower.poll(&self.rest, newest, &mut out).await {
-                        Ok(_) if newest.complete => whole = Some(newest.buildid),
+                    // The worker's name is asked beside the last read, not after it.
+                    let name = async {
+                        match worker {
+                            None if newest.complete => self.worker_of(newest).await,
+                            _ => None,
+                        }
+                    };
+                    // A trusted request's finished build has all its steps and logs known
+                    // from the event stream: only their lines are asked.
+                    let read = async {
+                        if newest.complete && seen.trusted {
+                            let (steps, logs) = (&seen.steps, &seen.logs);
+                            follower
+                                .poll_known(&self.rest, newest, steps, logs, &mut out)
+                                .await
+                        } else {
+                            follower.poll(&self.rest, newest, &mut out).await
+                        }
+                    };
+                    let (read, name) = tokio::join!(read, name);
+                    if name.is_some() {
+                        worker = name;
+                    }
+                    match read {
+                        Ok(_) if newest.complete => {
+                            whole = Some(newest.buildid);
+                            read_ms = Some(begun.elapsed().as_millis());
+                        }
                         Ok(_) => {}
                         Err(e) => failure = Some(Failure::from(&e)),
                     }
@@ -201,11 +266,20 @@ impl Bridge {
             }
             if let Some(code) = seen.complete {
                 if current.as_ref().is_some_and(|b| whole != Some(b.buildid)) {
-                    // Complete before the poller saw its build complete: a last read.
+                    // Complete before its build was seen complete: a last read.
                     let _ = follow_once(self, &mut follower, current.as_ref(), &mut out).await;
                 }
+                if let (None, Some(b)) = (&worker, &current) {
+                    worker = self.worker_of(b).await;
+                }
                 let _ = std::io::Write::flush(&mut out);
-                return self.ended(a, job, code, current.as_ref(), extra_file);
+                tracing::debug!(
+                    "run {}: build request {brid} forced after {forced_ms} ms, the finished \
+                     build's logs read after {read_ms:?} ms, the request complete after {} ms",
+                    a.run_id,
+                    begun.elapsed().as_millis()
+                );
+                return self.ended(a, job, code, current.as_ref(), worker, extra_file);
             }
         }
     }
@@ -218,6 +292,7 @@ impl Bridge {
         job: &BuildbotJob,
         code: i64,
         build: Option<&Build>,
+        worker: Option<String>,
         extra_file: &Path,
     ) -> RunResult {
         let name = BuildResult::name(code);
@@ -228,8 +303,8 @@ impl Bridge {
             extra.insert("url".into(), self.rest.build_url(b).into());
             extra.insert("number".into(), b.number.into());
             extra.insert("buildid".into(), b.buildid.into());
-            if let Some((worker, _)) = b.properties.get("workername") {
-                extra.insert("worker".into(), worker.clone());
+            if let Some(worker) = worker {
+                extra.insert("worker".into(), worker.into());
             }
         }
         let doc = serde_json::json!({ "buildbot": extra });
@@ -255,6 +330,21 @@ impl Bridge {
             },
             BuildResult::Failed => result(a, Outcome::Failed, format!("{what}: {name}")),
             BuildResult::Infrastructure => result(a, Outcome::Exception, format!("{what}: {name}")),
+        }
+    }
+
+    /// The name of the worker of `build`: its `workername` property when the poller read
+    /// it, otherwise asked (once per worker) by the worker's id; `None` when unknown.
+    async fn worker_of(&self, build: &Build) -> Option<String> {
+        if let Some((name, _)) = build.properties.get("workername") {
+            return name.as_str().map(str::to_string);
+        }
+        match self.rest.worker_name(build.workerid?).await {
+            Ok(name) => name,
+            Err(e) => {
+                tracing::warn!("cannot read the name of worker {:?}: {e}", build.workerid);
+                None
+            }
         }
     }
 
