@@ -19,12 +19,16 @@ pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
     if let Some(revision) = &sub.revision {
         upload_commit(&client, &args.repo, revision).await;
     }
-    let info = client.submit_graph(&sub).await?;
+    // The graph is dropped once it is JSON: a 100,000-job push holds one of the two.
+    let body = lwr_client::json_body(&sub)?;
+    let revision = sub.revision.clone();
+    drop(sub);
+    let info = client.submit_graph_json(body).await?;
     outln!(
         "pushed graph {} ({}{})",
         info.id,
         lwr_model::words::count(info.counts.total(), "job", "jobs"),
-        sub.revision
+        revision
             .as_deref()
             .map(|r| format!(" at {}", short(r)))
             .unwrap_or_default()
