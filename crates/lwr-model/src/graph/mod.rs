@@ -17,6 +17,7 @@ mod diff;
 mod parse;
 mod select;
 mod validate;
+mod yaml;
 
 pub use diff::{GraphDiff, JobChange, MovedOff, diff};
 pub use parse::{MAX_FILE_BYTES, parse, parse_duration};

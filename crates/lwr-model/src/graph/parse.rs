@@ -6,8 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
-use marked_yaml::{LoadError, LoaderOptions, Marker, Node};
+use super::yaml::{self, LoadError, Mapping, Node, Scalar};
 
 use super::validate::{
     JobLines, MAX_CHECKOUT_DEPTH, MAX_JOBS, MAX_NEEDS, TOP_KEYS, check, did_you_mean,
@@ -75,11 +74,36 @@ pub fn parse(text: &str, file: &str) -> Result<Graph, GraphError> {
 }
 
 fn parse_here(text: &str, file: &str) -> Result<Graph, GraphError> {
-    let root = load(text, file)?;
+    check_indentation(text, file)?;
+    // The lines of each job's fields serve only the messages of the checks after reading, and
+    // for 100,000 jobs they would take some 25 MB: the first reading keeps none, and a file
+    // the checks refuse is read again with them (reading is deterministic: the same error).
+    let jobs = read(text, file, false)?;
+    let checked = expand(file, jobs).and_then(|(graph, lines)| {
+        check(&graph, file, &lines)?;
+        Ok(graph)
+    });
+    if checked.is_ok() {
+        return checked;
+    }
+    drop(checked);
+    let (graph, lines) = expand(file, read(text, file, true)?)?;
+    check(&graph, file, &lines)?;
+    Ok(graph)
+}
+
+/// The jobs of `text`, read and checked one by one, with the file's default checkout applied;
+/// with the lines of their fields when `keep_lines`.
+fn read(text: &str, file: &str, keep_lines: bool) -> Result<RawJobs, GraphError> {
+    // Each job is read as soon as the loader has its tree, which is then dropped: the tree of
+    // the whole file would be several times the size of the jobs read from it.
+    let mut reader = JobReader::new(file, keep_lines);
+    let root =
+        yaml::load(text, |key, value| reader.entry(key, value)).map_err(|e| load_error(file, e))?;
     let cx = Cx { file, job: None };
     let Some(top) = root.as_mapping() else {
         let expected = "a mapping with 'version' and 'jobs'";
-        return Err(cx.wrong_type(line_of(&root), None, expected, &root));
+        return Err(cx.wrong_type(root.line(), None, expected, &root));
     };
     // Version first: a file for a later format should say so, not trip on its new keys.
     check_version(&cx, top)?;
@@ -92,17 +116,19 @@ fn parse_here(text: &str, file: &str) -> Result<Graph, GraphError> {
         Some((key, value)) => Some((read_checkout(&cx, key_line(key), value)?, key_line(key))),
         None => None,
     };
-    let mut jobs = read_jobs(&cx, top)?;
+    let mut jobs = read_jobs(&cx, top, reader)?;
     // A job's own `checkout:` replaces the file's default as a whole.
     if let Some((checkout, line)) = default_checkout {
-        for job in jobs.iter_mut().filter(|j| j.checkout_line.is_none()) {
-            job.checkout = checkout.clone();
-            job.checkout_line = line;
+        for (i, spec) in jobs.specs.iter_mut().enumerate() {
+            if !jobs.extra[i].own_checkout {
+                spec.checkout = checkout.clone();
+                if let Some(lines) = jobs.lines.get_mut(i) {
+                    lines.checkout = line;
+                }
+            }
         }
     }
-    let (graph, lines) = expand(file, &jobs)?;
-    check(&graph, file, &lines)?;
-    Ok(graph)
+    Ok(jobs)
 }
 
 /// Seconds in a duration: `90s`, `30m`, `1h`, `2h30m`, `1d`, or a bare number of seconds.
@@ -154,41 +180,62 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
     Ok(total)
 }
 
-/// A job as the file declares it, before matrix expansion.
+/// A job as the file declares it, before matrix expansion: its spec and lines as read (the
+/// spec and lines of the job itself when it has no matrix).
 struct RawJob {
-    /// The name as written (shown in errors), and normalized.
+    spec: JobSpec,
+    lines: JobLines,
+    /// The name as written (shown in errors).
     written: String,
-    name: String,
-    line: Option<usize>,
-    title: Option<String>,
-    run: String,
-    run_line: Option<usize>,
-    /// (normalized need, line, need as written)
-    needs: Vec<(String, Option<usize>, String)>,
-    node: Requirements,
-    artifacts: Vec<ArtifactDecl>,
-    artifact_lines: Vec<Option<usize>>,
-    retries: u32,
-    timeout_secs: u64,
-    timeout_line: Option<usize>,
-    expires_secs: Option<u64>,
-    expires_line: Option<usize>,
-    env: BTreeMap<String, String>,
-    /// Keys in file order, each with its values in list order.
-    matrix: Vec<(String, Vec<String>)>,
-    requires: Requires,
-    when: Option<When>,
-    when_line: Option<usize>,
-    prefer: Vec<Prefer>,
-    prefer_line: Option<usize>,
-    affinity_wait_secs: Option<u64>,
-    affinity_wait_line: Option<usize>,
-    keep_workdir: bool,
-    timestamps: bool,
-    checkout: Checkout,
-    checkout_line: Option<usize>,
-    buildbot: Option<BuildbotJob>,
-    buildbot_line: Option<usize>,
+    matrix: Matrix,
+}
+
+/// A job's matrix: keys in file order, each with its values in list order.
+type Matrix = Vec<(String, Vec<String>)>;
+
+/// The jobs of a file, before matrix expansion, as parallel lists: a file without matrices
+/// becomes its graph (and lines) as they are, without a copy.
+#[derive(Default)]
+struct RawJobs {
+    specs: Vec<JobSpec>,
+    /// Empty unless lines are kept.
+    lines: Vec<JobLines>,
+    extra: Vec<Extra>,
+}
+
+/// What a job's spec does not say.
+struct Extra {
+    /// The name as written (shown in errors).
+    written: String,
+    matrix: Matrix,
+    /// Whether the job has a `checkout:` of its own.
+    own_checkout: bool,
+}
+
+impl RawJobs {
+    fn push(&mut self, job: RawJob, keep_lines: bool) {
+        self.specs.push(job.spec);
+        self.extra.push(Extra {
+            written: job.written,
+            matrix: job.matrix,
+            own_checkout: job.lines.checkout.is_some(),
+        });
+        if keep_lines {
+            self.lines.push(job.lines);
+        }
+    }
+
+    fn written(&self, i: usize) -> &str {
+        &self.extra[i].written
+    }
+
+    fn matrix(&self, i: usize) -> &[(String, Vec<String>)] {
+        &self.extra[i].matrix
+    }
+
+    fn line(&self, i: usize) -> Option<usize> {
+        self.lines.get(i).and_then(|l| l.job)
+    }
 }
 
 /// Error context: the file, and the job being read (as written) if any.
@@ -234,7 +281,7 @@ impl Cx<'_> {
     }
 
     /// The allowed keys are implied by where the key is (see `GraphError::UnknownKey`).
-    fn unknown_key(&self, key: &MarkedScalarNode, field: Option<&str>) -> GraphError {
+    fn unknown_key(&self, key: &Scalar, field: Option<&str>) -> GraphError {
         GraphError::UnknownKey {
             file: self.file.into(),
             line: key_line(key),
@@ -287,7 +334,7 @@ impl Cx<'_> {
         field: &str,
         node: &'n Node,
         expected: &str,
-    ) -> Result<Option<&'n MarkedMappingNode>, GraphError> {
+    ) -> Result<Option<&'n Mapping>, GraphError> {
         match node {
             Node::Mapping(map) => Ok(Some(map)),
             Node::Scalar(s) if is_null(s) => Ok(None),
@@ -296,37 +343,38 @@ impl Cx<'_> {
     }
 }
 
-/// YAML text → node tree.
-fn load(text: &str, file: &str) -> Result<Node, GraphError> {
-    check_indentation(text, file)?;
-    let options = LoaderOptions::default()
-        .error_on_duplicate_keys(true)
-        .prevent_coercion(true);
-    marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| load_error(file, e))
-}
-
 fn load_error(file: &str, error: LoadError) -> GraphError {
-    let yaml = |mark: &Marker, message: &str| GraphError::Yaml {
+    let yaml = |mark: yaml::Mark, message: &str| GraphError::Yaml {
         file: file.into(),
-        line: Some(mark.line()),
-        column: Some(mark.column()),
+        line: Some(mark.line),
+        column: Some(mark.column),
         message: message.into(),
     };
     match error {
-        LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => {
-            yaml(&m, "the file must be a mapping with 'version' and 'jobs'")
+        LoadError::TopLevelMustBeMapping(m) => {
+            yaml(m, "the file must be a mapping with 'version' and 'jobs'")
         }
         LoadError::UnexpectedAnchor(m) => {
-            yaml(&m, "anchors and aliases (&name, *name) are not supported")
+            yaml(m, "anchors and aliases (&name, *name) are not supported")
         }
-        LoadError::MappingKeyMustBeScalar(m) => yaml(&m, "mapping keys must be plain strings"),
-        LoadError::UnexpectedTag(m) => yaml(&m, "YAML tags (!tag) are not supported"),
-        LoadError::ScanError(m, e) => yaml(&m, &show(e.info())),
-        LoadError::DuplicateKey(inner) => GraphError::DuplicateKey {
+        LoadError::MappingKeyMustBeScalar(m) => yaml(m, "mapping keys must be plain strings"),
+        LoadError::UnexpectedTag(m) => yaml(m, "YAML tags (!tag) are not supported"),
+        LoadError::Syntax(m, message) => yaml(m, &show(&message)),
+        LoadError::DuplicateKey {
+            key,
+            line,
+            first_line,
+        } => GraphError::DuplicateKey {
             file: file.into(),
-            line: key_line(&inner.key),
-            key: show(inner.key.as_str()),
-            first_line: key_line(&inner.prev_key),
+            line: Some(line),
+            key: show(&key),
+            first_line: Some(first_line),
+        },
+        LoadError::Unfinished => GraphError::Yaml {
+            file: file.into(),
+            line: None,
+            column: None,
+            message: "the YAML parser failed on this input".into(),
         },
     }
 }
@@ -378,14 +426,14 @@ fn structural_prefix(line: &str) -> usize {
 
 /// A top-level key that misspells `field` (`verison:`), reported as the unknown key it is
 /// rather than as `field` missing.
-fn misspelled(cx: &Cx, top: &MarkedMappingNode, field: &str) -> Option<GraphError> {
+fn misspelled(cx: &Cx, top: &Mapping, field: &str) -> Option<GraphError> {
     top.keys()
         .filter(|k| !TOP_KEYS.contains(&k.as_str()))
         .find(|k| crate::words::closest(k.as_str(), [field]).is_some())
         .map(|k| cx.unknown_key(k, None))
 }
 
-fn check_version(cx: &Cx, top: &MarkedMappingNode) -> Result<(), GraphError> {
+fn check_version(cx: &Cx, top: &Mapping) -> Result<(), GraphError> {
     let Some((key, node)) = top.get_key_value("version") else {
         return Err(misspelled(cx, top, "version").unwrap_or_else(|| cx.missing(None, "version")));
     };
@@ -402,7 +450,7 @@ fn check_version(cx: &Cx, top: &MarkedMappingNode) -> Result<(), GraphError> {
     }
 }
 
-fn read_jobs(cx: &Cx, top: &MarkedMappingNode) -> Result<Vec<RawJob>, GraphError> {
+fn read_jobs(cx: &Cx, top: &Mapping, reader: JobReader) -> Result<RawJobs, GraphError> {
     let Some((key, node)) = top.get_key_value("jobs") else {
         return Err(misspelled(cx, top, "jobs").unwrap_or_else(|| cx.missing(None, "jobs")));
     };
@@ -410,10 +458,12 @@ fn read_jobs(cx: &Cx, top: &MarkedMappingNode) -> Result<Vec<RawJob>, GraphError
     let Some(map) = cx.mapping(line, "jobs", node, "a mapping of job name to job")? else {
         return Err(cx.missing(line, "jobs"));
     };
-    if map.is_empty() {
+    // A mapping under the top-level `jobs` is the one whose entries went to `reader`.
+    debug_assert!(map.streamed());
+    if reader.count == 0 {
         return Err(cx.invalid(line, "jobs", "has no jobs; declare at least one".into()));
     }
-    if map.len() > MAX_JOBS {
+    if reader.count > MAX_JOBS {
         let (what, limit) = ("jobs".to_string(), MAX_JOBS);
         return Err(GraphError::GraphTooLarge {
             file: cx.file.into(),
@@ -422,15 +472,55 @@ fn read_jobs(cx: &Cx, top: &MarkedMappingNode) -> Result<Vec<RawJob>, GraphError
             limit,
         });
     }
-    // normalized name → (name as written) of the job that took it
-    let mut taken: HashMap<String, String> = HashMap::with_capacity(map.len());
-    let mut jobs = Vec::with_capacity(map.len());
-    for (key, value) in map.iter() {
+    match reader.error {
+        Some(e) => Err(e),
+        None => Ok(reader.jobs),
+    }
+}
+
+/// Reads the entries of the top-level `jobs:` mapping as the YAML loader hands them over, in
+/// file order. Errors wait for the rest of the file to load (a YAML error, a bad version or a
+/// misplaced key anywhere is reported first, as when the whole tree was read first).
+struct JobReader<'f> {
+    file: &'f str,
+    keep_lines: bool,
+    /// Entries handed over, read or not.
+    count: usize,
+    /// normalized name → the job that took it
+    taken: HashMap<String, usize>,
+    jobs: RawJobs,
+    /// The first error; entries after it (or past `MAX_JOBS`) are counted, not read.
+    error: Option<GraphError>,
+}
+
+impl<'f> JobReader<'f> {
+    fn new(file: &'f str, keep_lines: bool) -> JobReader<'f> {
+        JobReader {
+            file,
+            keep_lines,
+            count: 0,
+            taken: HashMap::new(),
+            jobs: RawJobs::default(),
+            error: None,
+        }
+    }
+
+    fn entry(&mut self, key: Scalar, value: Node) {
+        self.count += 1;
+        if self.error.is_some() || self.count > MAX_JOBS {
+            return;
+        }
+        if let Err(e) = self.read(&key, &value) {
+            self.error = Some(e);
+        }
+    }
+
+    fn read(&mut self, key: &Scalar, value: &Node) -> Result<(), GraphError> {
         let (written, line) = (key.as_str(), key_line(key));
         let name = normalize_name(written);
         if name.is_empty() {
             return Err(GraphError::EmptyName {
-                file: cx.file.into(),
+                file: self.file.into(),
                 line,
                 name: show(written),
             });
@@ -442,30 +532,31 @@ fn read_jobs(cx: &Cx, top: &MarkedMappingNode) -> Result<Vec<RawJob>, GraphError
                  rename the job (e.g. decide)"
                 .to_string();
             return Err(GraphError::InvalidValue {
-                file: cx.file.into(),
+                file: self.file.into(),
                 line,
                 job: Some(show(written)),
                 field: Some("name".into()),
                 message,
             });
         }
-        if let Some(first) = taken.get(&name) {
+        if let Some(&first) = self.taken.get(&name) {
             return Err(GraphError::DuplicateName {
-                file: cx.file.into(),
+                file: self.file.into(),
                 line,
-                first: first.clone(),
+                first: self.jobs.written(first).to_string(),
                 second: show(written),
                 normalized: show(&name),
             });
         }
-        taken.insert(name.clone(), show(written));
+        self.taken.insert(name.clone(), self.jobs.specs.len());
         let job_cx = Cx {
-            file: cx.file,
+            file: self.file,
             job: Some(show(written)),
         };
-        jobs.push(read_job(&job_cx, written, name, line, value)?);
+        let job = read_job(&job_cx, written, name, line, value)?;
+        self.jobs.push(job, self.keep_lines);
+        Ok(())
     }
-    Ok(jobs)
 }
 
 fn read_job(
@@ -482,41 +573,37 @@ fn read_job(
         _ => return Err(cx.wrong_type(line, None, expected, node)),
     };
     let mut job = RawJob {
+        spec: JobSpec {
+            name,
+            title: None,
+            run: String::new(),
+            needs: Vec::new(),
+            node: Requirements::default(),
+            artifacts: Vec::new(),
+            retries: DEFAULT_RETRIES,
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
+            expires_secs: None,
+            env: BTreeMap::new(),
+            requires: Requires::default(),
+            when: None,
+            prefer: Vec::new(),
+            affinity_wait_secs: None,
+            keep_workdir: false,
+            timestamps: false,
+            checkout: Checkout::default(),
+            buildbot: None,
+        },
+        lines: JobLines {
+            job: line,
+            ..JobLines::default()
+        },
         written: show(written),
-        name,
-        line,
-        title: None,
-        run: String::new(),
-        run_line: None,
-        needs: Vec::new(),
-        node: Requirements::default(),
-        artifacts: Vec::new(),
-        artifact_lines: Vec::new(),
-        retries: DEFAULT_RETRIES,
-        timeout_secs: DEFAULT_TIMEOUT_SECS,
-        timeout_line: None,
-        expires_secs: None,
-        expires_line: None,
-        env: BTreeMap::new(),
         matrix: Vec::new(),
-        requires: Requires::default(),
-        when: None,
-        prefer: Vec::new(),
-        prefer_line: None,
-        when_line: None,
-        affinity_wait_secs: None,
-        affinity_wait_line: None,
-        keep_workdir: false,
-        timestamps: false,
-        checkout: Checkout::default(),
-        checkout_line: None,
-        buildbot: None,
-        buildbot_line: None,
     };
     for (key, value) in map.iter() {
         read_field(cx, &mut job, key, value)?;
     }
-    match (job.run_line, job.buildbot_line) {
+    match (job.lines.run, job.lines.buildbot) {
         (None, None) => return Err(cx.missing(line, "run")),
         (Some(_), Some(buildbot_line)) => {
             let message = "a job has either run (a shell command) or buildbot (a build on \
@@ -531,16 +618,11 @@ fn read_job(
 }
 
 /// Reads one `key: value` of a job into `job`.
-fn read_field(
-    cx: &Cx,
-    job: &mut RawJob,
-    key: &MarkedScalarNode,
-    value: &Node,
-) -> Result<(), GraphError> {
+fn read_field(cx: &Cx, job: &mut RawJob, key: &Scalar, value: &Node) -> Result<(), GraphError> {
     let line = key_line(key);
     match key.as_str() {
         "run" => {
-            job.run = match value {
+            job.spec.run = match value {
                 // `run:` with nothing: empty, reported by the shared checks.
                 Node::Scalar(s) if is_null(s) => String::new(),
                 Node::Scalar(s) => s.as_str().to_string(),
@@ -553,37 +635,36 @@ fn read_field(
                     ));
                 }
             };
-            job.run_line = line;
+            job.lines.run = line;
         }
-        "title" => job.title = Some(cx.scalar(line, "title", value)?.to_string()),
+        "title" => job.spec.title = Some(cx.scalar(line, "title", value)?.to_string()),
         "needs" => {
             let needs = cx.string_list(line, "needs", value)?;
-            job.needs = needs
-                .into_iter()
-                .map(|(n, l)| (normalize_name(&n), l, show(&n)))
-                .collect();
+            job.spec.needs = needs.iter().map(|(n, _)| normalize_name(n)).collect();
+            job.lines.needs = needs.into_iter().map(|(n, l)| (l, show(&n))).collect();
         }
-        "node" => job.node = read_node(cx, line, value)?,
+        "node" => job.spec.node = read_node(cx, line, value)?,
         "artifacts" => {
-            (job.artifacts, job.artifact_lines) =
+            (job.spec.artifacts, job.lines.artifacts) =
                 read_artifacts(cx, line, value)?.into_iter().unzip()
         }
-        "retries" => job.retries = read_retries(cx, line, value)?,
+        "retries" => job.spec.retries = read_retries(cx, line, value)?,
         "timeout" => {
             let text = cx.scalar(line, "timeout", value)?;
-            job.timeout_secs = parse_duration(text).map_err(|e| cx.invalid(line, "timeout", e))?;
-            job.timeout_line = line;
+            job.spec.timeout_secs =
+                parse_duration(text).map_err(|e| cx.invalid(line, "timeout", e))?;
+            job.lines.timeout = line;
         }
         "expires" => {
             let text = cx.scalar(line, "expires", value)?;
             let secs = parse_duration(text).map_err(|e| cx.invalid(line, "expires", e))?;
-            job.expires_secs = Some(secs);
-            job.expires_line = line;
+            job.spec.expires_secs = Some(secs);
+            job.lines.expires = line;
         }
-        "env" => job.env = read_env(cx, line, value)?,
+        "env" => job.spec.env = read_env(cx, line, value)?,
         "matrix" => job.matrix = read_matrix(cx, line, value)?,
         "requires" => {
-            job.requires = match cx.scalar(line, "requires", value)?.trim() {
+            job.spec.requires = match cx.scalar(line, "requires", value)?.trim() {
                 "all-succeeded" => Requires::AllSucceeded,
                 "all-finished" => Requires::AllFinished,
                 other => {
@@ -597,12 +678,12 @@ fn read_field(
             }
         }
         "when" => {
-            job.when = Some(read_when(cx, line, value)?);
-            job.when_line = line;
+            job.spec.when = Some(read_when(cx, line, value)?);
+            job.lines.when = line;
         }
         "prefer" => {
-            job.prefer = read_prefer(cx, line, value)?;
-            job.prefer_line = line;
+            job.spec.prefer = read_prefer(cx, line, value)?;
+            job.lines.prefer = line;
         }
         "affinity_wait" => {
             let text = cx.scalar(line, "affinity_wait", value)?.trim();
@@ -612,18 +693,18 @@ fn read_field(
             } else {
                 parse_duration(text).map_err(|e| cx.invalid(line, "affinity_wait", e))?
             };
-            job.affinity_wait_secs = Some(secs);
-            job.affinity_wait_line = line;
+            job.spec.affinity_wait_secs = Some(secs);
+            job.lines.affinity_wait = line;
         }
-        "keep_workdir" => job.keep_workdir = read_bool(cx, line, "keep_workdir", value)?,
-        "timestamps" => job.timestamps = read_bool(cx, line, "timestamps", value)?,
+        "keep_workdir" => job.spec.keep_workdir = read_bool(cx, line, "keep_workdir", value)?,
+        "timestamps" => job.spec.timestamps = read_bool(cx, line, "timestamps", value)?,
         "checkout" => {
-            job.checkout = read_checkout(cx, line, value)?;
-            job.checkout_line = line;
+            job.spec.checkout = read_checkout(cx, line, value)?;
+            job.lines.checkout = line;
         }
         "buildbot" => {
-            job.buildbot = Some(read_buildbot(cx, line, value)?);
-            job.buildbot_line = line;
+            job.spec.buildbot = Some(read_buildbot(cx, line, value)?);
+            job.lines.buildbot = line;
         }
         _ => return Err(cx.unknown_key(key, None)),
     }
@@ -985,7 +1066,7 @@ fn matrix_env_name(key: &str) -> String {
 /// Every `${matrix.KEY}` in `run` must name a key of the job's matrix.
 fn check_matrix_refs(cx: &Cx, job: &RawJob) -> Result<(), GraphError> {
     let known = |key: &str| job.matrix.iter().any(|(k, _)| k == key).then_some("");
-    substitute(&job.run, known).map(|_| ()).map_err(|key| {
+    substitute(&job.spec.run, known).map(|_| ()).map_err(|key| {
         let message = if job.matrix.is_empty() {
             format!("uses ${{matrix.{}}} but the job has no matrix", show(&key))
         } else {
@@ -995,7 +1076,7 @@ fn check_matrix_refs(cx: &Cx, job: &RawJob) -> Result<(), GraphError> {
                 show(&key)
             )
         };
-        cx.invalid(job.run_line, "run", message)
+        cx.invalid(job.lines.run, "run", message)
     })
 }
 
@@ -1024,12 +1105,12 @@ struct Expansion<'a> {
 }
 
 /// The combinations of a job's matrix in order (first key slowest), or the job itself.
-fn expansions(job: &RawJob) -> Vec<Expansion<'_>> {
+fn expansions<'m>(name: &str, matrix: &'m [(String, Vec<String>)]) -> Vec<Expansion<'m>> {
     let mut out = vec![Expansion {
-        name: job.name.clone(),
+        name: name.to_string(),
         values: Vec::new(),
     }];
-    for (_, values) in &job.matrix {
+    for (_, values) in matrix {
         out = out
             .iter()
             .flat_map(|e| {
@@ -1044,24 +1125,31 @@ fn expansions(job: &RawJob) -> Vec<Expansion<'_>> {
             })
             .collect();
     }
-    if !job.matrix.is_empty() {
+    if !matrix.is_empty() {
         for e in &mut out {
-            e.name = normalize_name(&format!("{}-{}", job.name, e.values.join("-")));
+            e.name = normalize_name(&format!("{}-{}", name, e.values.join("-")));
         }
     }
     out
 }
 
 /// Expands matrices and resolves needs: the graph and, parallel to it, the source lines.
-fn expand(file: &str, jobs: &[RawJob]) -> Result<(Graph, Vec<JobLines>), GraphError> {
+fn expand(file: &str, jobs: RawJobs) -> Result<(Graph, Vec<JobLines>), GraphError> {
     // Count before building: many jobs of big matrices must not be materialized to be refused.
-    let count = |job: &RawJob| {
-        job.matrix
+    let count = |extra: &Extra| {
+        extra
+            .matrix
             .iter()
             .map(|(_, v)| v.len())
             .fold(1usize, usize::saturating_mul)
     };
-    if jobs.iter().map(count).fold(0usize, usize::saturating_add) > MAX_JOBS {
+    if jobs
+        .extra
+        .iter()
+        .map(count)
+        .fold(0usize, usize::saturating_add)
+        > MAX_JOBS
+    {
         let (what, limit) = ("jobs".to_string(), MAX_JOBS);
         return Err(GraphError::GraphTooLarge {
             file: file.into(),
@@ -1070,9 +1158,72 @@ fn expand(file: &str, jobs: &[RawJob]) -> Result<(Graph, Vec<JobLines>), GraphEr
             limit,
         });
     }
-    let all: Vec<Vec<Expansion>> = jobs.iter().map(expansions).collect();
+    if jobs.extra.iter().all(|e| e.matrix.is_empty()) {
+        expand_plain(file, jobs)
+    } else {
+        expand_matrices(file, &jobs)
+    }
+}
+
+/// `expand` for a file without matrices, in place: each job is itself, names are unique
+/// (`JobReader` saw to it) and a need names one job, so resolving needs only drops repeats.
+fn expand_plain(file: &str, jobs: RawJobs) -> Result<(Graph, Vec<JobLines>), GraphError> {
+    let RawJobs {
+        mut specs,
+        mut lines,
+        extra,
+    } = jobs;
+    drop(extra);
+    let mut edges = 0usize;
+    for (i, spec) in specs.iter_mut().enumerate() {
+        let job_lines = lines.get_mut(i);
+        let line = job_lines.as_ref().and_then(|l| l.job);
+        drop_repeated_needs(spec, job_lines);
+        edges = edges.saturating_add(spec.needs.len());
+        if edges > MAX_NEEDS {
+            let (what, limit) = ("needs".to_string(), MAX_NEEDS);
+            return Err(GraphError::GraphTooLarge {
+                file: file.into(),
+                line,
+                what,
+                limit,
+            });
+        }
+    }
+    Ok((Graph { jobs: specs }, lines))
+}
+
+/// Keeps the first of each need (with its line), in order, as `resolve_needs` does.
+fn drop_repeated_needs(spec: &mut JobSpec, lines: Option<&mut JobLines>) {
+    let needs = &spec.needs;
+    // Most jobs have a few needs: compare them pairwise rather than hash them.
+    let repeats = if needs.len() <= 16 {
+        (1..needs.len()).any(|i| needs[..i].contains(&needs[i]))
+    } else {
+        let mut seen = HashSet::with_capacity(needs.len());
+        !needs.iter().all(|n| seen.insert(n.as_str()))
+    };
+    if !repeats {
+        return;
+    }
+    let mut seen = HashSet::new();
+    let keep: Vec<bool> = needs.iter().map(|n| seen.insert(n.as_str())).collect();
+    let mut kept = keep.iter().copied();
+    spec.needs.retain(|_| kept.next().unwrap_or(true));
+    if let Some(lines) = lines {
+        let mut kept = keep.iter().copied();
+        lines.needs.retain(|_| kept.next().unwrap_or(true));
+    }
+}
+
+/// `expand` for a file with matrices: expanded jobs are copies of their job.
+fn expand_matrices(file: &str, jobs: &RawJobs) -> Result<(Graph, Vec<JobLines>), GraphError> {
+    let all: Vec<Vec<Expansion>> = (jobs.specs.iter().zip(&jobs.extra))
+        .map(|(spec, extra)| expansions(&spec.name, &extra.matrix))
+        .collect();
     check_expanded_names(file, jobs, &all)?;
     let declared: HashMap<&str, usize> = jobs
+        .specs
         .iter()
         .enumerate()
         .map(|(i, j)| (j.name.as_str(), i))
@@ -1082,33 +1233,30 @@ fn expand(file: &str, jobs: &[RawJob]) -> Result<(Graph, Vec<JobLines>), GraphEr
     };
     let mut lines = Vec::with_capacity(graph.jobs.capacity());
     let mut edges = 0usize;
-    for (job, exps) in jobs.iter().zip(&all) {
-        let needs = resolve_needs(job, &declared, &all);
+    for (i, exps) in all.iter().enumerate() {
+        let (spec, job_lines) = (&jobs.specs[i], jobs.lines.get(i));
+        let needs = resolve_needs(spec, job_lines, &declared, &all);
         edges = edges.saturating_add(needs.len().saturating_mul(exps.len()));
         if edges > MAX_NEEDS {
             let (what, limit) = ("needs".to_string(), MAX_NEEDS);
             return Err(GraphError::GraphTooLarge {
                 file: file.into(),
-                line: job.line,
+                line: jobs.line(i),
                 what,
                 limit,
             });
         }
         for e in exps {
-            graph.jobs.push(expanded_job(job, e, &needs));
-            lines.push(JobLines {
-                job: job.line,
-                run: job.run_line,
-                timeout: job.timeout_line,
-                expires: job.expires_line,
-                affinity_wait: job.affinity_wait_line,
-                prefer: job.prefer_line,
-                when: job.when_line,
-                checkout: job.checkout_line,
-                buildbot: job.buildbot_line,
-                needs: needs.iter().map(|n| (n.1, n.2.clone())).collect(),
-                artifacts: job.artifact_lines.clone(),
-            });
+            graph
+                .jobs
+                .push(expanded_job(spec, jobs.matrix(i), e, &needs));
+            if let Some(job_lines) = job_lines {
+                lines.push(JobLines {
+                    needs: needs.iter().map(|n| (n.1, n.2.clone())).collect(),
+                    artifacts: job_lines.artifacts.clone(),
+                    ..*job_lines
+                });
+            }
         }
     }
     Ok((graph, lines))
@@ -1118,11 +1266,12 @@ fn expand(file: &str, jobs: &[RawJob]) -> Result<(Graph, Vec<JobLines>), GraphEr
 /// it would be ambiguous).
 fn check_expanded_names(
     file: &str,
-    jobs: &[RawJob],
+    jobs: &RawJobs,
     all: &[Vec<Expansion>],
 ) -> Result<(), GraphError> {
     let total = all.iter().map(Vec::len).sum();
     let declared: HashMap<&str, usize> = jobs
+        .specs
         .iter()
         .enumerate()
         .map(|(i, j)| (j.name.as_str(), i))
@@ -1137,10 +1286,10 @@ fn check_expanded_names(
             if let Some(other) = clash {
                 return Err(GraphError::NameCollision {
                     file: file.into(),
-                    line: jobs[i].line,
+                    line: jobs.line(i),
                     name: show(&e.name),
-                    first: jobs[other].written.clone(),
-                    second: jobs[i].written.clone(),
+                    first: jobs.written(other).to_string(),
+                    second: jobs.written(i).to_string(),
                 });
             }
         }
@@ -1151,14 +1300,19 @@ fn check_expanded_names(
 /// A job's needs with matrix jobs replaced by their expansions, duplicates dropped, order
 /// kept; unknown names pass through for the shared checks to report with their line.
 fn resolve_needs(
-    job: &RawJob,
+    spec: &JobSpec,
+    lines: Option<&JobLines>,
     declared: &HashMap<&str, usize>,
     all: &[Vec<Expansion>],
 ) -> Vec<(String, Option<usize>, String)> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     let mut expanded = HashSet::new();
-    for (need, line, written) in &job.needs {
+    for (k, need) in spec.needs.iter().enumerate() {
+        let (line, written) = match lines.and_then(|l| l.needs.get(k)) {
+            Some((line, written)) => (line, written.as_str()),
+            None => (&None, ""),
+        };
         let names: Vec<&str> = match declared.get(need.as_str()) {
             // A repeated matrix need is skipped whole, so `[t, t, t, ...]` stays cheap.
             Some(&i) if !expanded.insert(i) => continue,
@@ -1167,21 +1321,26 @@ fn resolve_needs(
         };
         for name in names {
             if seen.insert(name) {
-                out.push((name.to_string(), *line, written.clone()));
+                out.push((name.to_string(), *line, written.to_string()));
             }
         }
     }
     out
 }
 
-fn expanded_job(job: &RawJob, e: &Expansion, needs: &[(String, Option<usize>, String)]) -> JobSpec {
+fn expanded_job(
+    job: &JobSpec,
+    matrix: &[(String, Vec<String>)],
+    e: &Expansion,
+    needs: &[(String, Option<usize>, String)],
+) -> JobSpec {
     let mut env = job.env.clone();
     // The matrix variables win over a same-named `env` entry: they define the expansion.
-    for ((key, _), value) in job.matrix.iter().zip(&e.values) {
+    for ((key, _), value) in matrix.iter().zip(&e.values) {
         env.insert(matrix_env_name(key), value.to_string());
     }
     let value = |key: &str| {
-        job.matrix
+        matrix
             .iter()
             .position(|(k, _)| k == key)
             .and_then(|i| e.values.get(i).copied())
@@ -1214,16 +1373,16 @@ fn expanded_job(job: &RawJob, e: &Expansion, needs: &[(String, Option<usize>, St
 }
 
 /// A null scalar: `~`, `null` or nothing, unquoted.
-fn is_null(s: &MarkedScalarNode) -> bool {
+fn is_null(s: &Scalar) -> bool {
     s.may_coerce() && matches!(s.as_str(), "" | "~" | "null" | "Null" | "NULL")
 }
 
 fn line_of(node: &Node) -> Option<usize> {
-    node.span().start().map(Marker::line)
+    node.line()
 }
 
-fn key_line(key: &MarkedScalarNode) -> Option<usize> {
-    key.span().start().map(Marker::line)
+fn key_line(key: &Scalar) -> Option<usize> {
+    key.line()
 }
 
 /// What a node is, for "expected X, found Y".
@@ -1981,6 +2140,183 @@ jobs:
             text.push_str(&format!("      - w{i}\n"));
         }
         text
+    }
+
+    /// `n` jobs in every style the reader meets: block and flow mappings, block and flow
+    /// lists, quoted and plain scalars, comments; one line per job in flow style. Job `i`
+    /// starts on line `first_line(i)`.
+    fn mixed(n: usize) -> String {
+        let mut text = String::from("# generated\njobs:\n");
+        for i in 0..n {
+            match i % 4 {
+                0 if i == 0 => text.push_str("  j0: {run: 'echo 0', node: {os: plan9}}\n"),
+                0 => text.push_str(&format!(
+                    "  j{i}: {{run: 'echo {i}', node: {{os: plan9}}, needs: [j{}]}}\n",
+                    i - 1
+                )),
+                1 => text.push_str(&format!(
+                    "  \"J {i}\":  # a comment\n    run: \"echo {i}\"\n    needs:\n      - j{}\n      - j{}\n",
+                    i - 1,
+                    i - 1
+                )),
+                2 => text.push_str(&format!(
+                    "  j{i}:\n    run: |\n      echo {i}\n    env: {{N: \"{i}\"}}\n"
+                )),
+                _ => text.push_str(&format!("  j{i}: {{run: echo {i}, retries: 0}}\n")),
+            }
+        }
+        text.push_str("version: 1\n");
+        text
+    }
+
+    fn first_line(i: usize) -> usize {
+        // Each group of four jobs takes 1 + 5 + 4 + 1 lines.
+        3 + (i / 4) * 11 + [0, 1, 6, 10][i % 4]
+    }
+
+    #[test]
+    fn a_big_file_in_every_style_is_read_job_by_job() {
+        let n = 20_000;
+        let text = mixed(n);
+        let g = parse(&text, "lwr.yml").unwrap();
+        assert_eq!(g.jobs.len(), n);
+        for (i, job) in g.jobs.iter().enumerate() {
+            let previous = format!("j{}", i.saturating_sub(1));
+            let (name, run, needs) = match i % 4 {
+                0 if i == 0 => (format!("j{i}"), format!("echo {i}"), vec![]),
+                0 => (format!("j{i}"), format!("echo {i}"), vec![previous]),
+                // Listed twice, needed once.
+                1 => (format!("j-{i}"), format!("echo {i}"), vec![previous]),
+                2 => (format!("j{i}"), format!("echo {i}\n"), vec![]),
+                _ => (format!("j{i}"), format!("echo {i}"), vec![]),
+            };
+            assert_eq!(
+                (&job.name, &job.run, &job.needs),
+                (&name, &run, &needs),
+                "job {i}"
+            );
+            assert_eq!(job.node.os.is_some(), i % 4 == 0, "job {i}");
+            assert_eq!(job.retries, if i % 4 == 3 { 0 } else { DEFAULT_RETRIES });
+            let env: Vec<_> = job.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let want = if i % 4 == 2 {
+                vec![format!("N={i}")]
+            } else {
+                vec![]
+            };
+            assert_eq!(env, want, "job {i}");
+        }
+        // Lines are kept only when the checks need them for a message.
+        let jobs = read(&text, "lwr.yml", false).unwrap();
+        assert_eq!((jobs.specs.len(), jobs.lines.len()), (n, 0));
+        let jobs = read(&text, "lwr.yml", true).unwrap();
+        assert_eq!(jobs.lines.len(), n);
+        assert_eq!(jobs.lines[12_345].job, Some(first_line(12_345)));
+        assert_eq!(jobs.lines[12_345].run, Some(first_line(12_345) + 1));
+        // The lines are right deep in the file too.
+        for i in [0, 1, 2, 3, 12_345, 12_346, 12_347, 19_999] {
+            let line = first_line(i);
+            let name = if i % 4 == 1 {
+                format!("J {i}")
+            } else {
+                format!("j{i}")
+            };
+            assert!(
+                text.lines().nth(line - 1).unwrap().contains(name.as_str()),
+                "job {i} is not on line {line}"
+            );
+            // A key no job has, put in that job's own style.
+            let (bad, at) = match i % 4 {
+                1 => {
+                    let key = format!("  \"J {i}\":  # a comment\n");
+                    (
+                        text.replacen(&key, &format!("{key}    bogus: 1\n"), 1),
+                        line + 1,
+                    )
+                }
+                2 => {
+                    let key = format!("  j{i}:\n");
+                    (
+                        text.replacen(&key, &format!("{key}    bogus: 1\n"), 1),
+                        line + 1,
+                    )
+                }
+                _ => {
+                    let key = format!("  j{i}: {{");
+                    (text.replacen(&key, &format!("{key}bogus: 1, "), 1), line)
+                }
+            };
+            let e = err(&bad);
+            assert_eq!((e.line(), e.job()), (Some(at), Some(name.as_str())), "{e}");
+            assert!(e.to_string().contains("unknown key 'bogus'"), "{e}");
+        }
+    }
+
+    #[test]
+    fn errors_deep_in_a_big_file_keep_their_order_and_lines() {
+        let n = 20_000;
+        let text = mixed(n);
+        let job = |i: usize| format!("  j{i}: {{run: echo {i}, retries: 0}}\n");
+        // A job given twice: the YAML error names both lines.
+        let twice = text.replacen("version: 1\n", &format!("{}version: 1\n", job(15_003)), 1);
+        match err(&twice) {
+            GraphError::DuplicateKey {
+                line,
+                first_line: first,
+                key,
+                ..
+            } => {
+                assert_eq!(key, "j15003");
+                assert_eq!(first, Some(first_line(15_003)));
+                assert_eq!(line, Some(text.lines().count()));
+            }
+            other => panic!("{other}"),
+        }
+        // Two names that normalize alike: the second is refused with its line.
+        let alike = text.replacen("  j15003:", "  J15003:", 1).replacen(
+            "version: 1\n",
+            &format!("{}version: 1\n", job(15_003)),
+            1,
+        );
+        match err(&alike) {
+            GraphError::DuplicateName { line, first, .. } => {
+                assert_eq!(
+                    (line, first.as_str()),
+                    (Some(text.lines().count()), "J15003")
+                );
+            }
+            other => panic!("{other}"),
+        }
+        // The first bad job is reported, not a later one.
+        let two_bad = text
+            .replacen("echo 15003, retries: 0", "echo 15003, retries: -1", 1)
+            .replacen("echo 17003, retries: 0", "echo 17003, retries: x", 1);
+        let e = err(&two_bad);
+        assert_eq!(
+            (e.line(), e.job()),
+            (Some(first_line(15_003)), Some("j15003")),
+            "{e}"
+        );
+        // A YAML error after it wins (the file is not YAML), and so does a wrong version
+        // at the very end (the file is for another lwr).
+        let e = err(&format!("{two_bad}extra: [\n"));
+        assert!(matches!(e, GraphError::Yaml { .. }), "{e}");
+        let e = err(&two_bad.replacen("version: 1\n", "version: 2\n", 1));
+        assert!(matches!(e, GraphError::UnsupportedVersion { .. }), "{e}");
+        let e = err(&two_bad.replacen("version: 1\n", "version: 1\nnope: 1\n", 1));
+        assert!(matches!(e, GraphError::UnknownKey { .. }), "{e}");
+        // An error of the checks after reading (which read the file again for the lines).
+        let e = err(&text.replacen("needs: [j15003]", "needs: [j15003x]", 1));
+        assert_eq!(
+            (e.line(), e.job()),
+            (Some(first_line(15_004)), Some("j15004")),
+            "{e}"
+        );
+        assert!(e.to_string().contains("did you mean 'j15003'"), "{e}");
+        // Anchors are refused even far down.
+        let anchored = text.replacen("  j17003: {", "  j17003: &a {", 1);
+        let e = err(&anchored);
+        assert_eq!(e.line(), Some(first_line(17_003)), "{e}");
+        assert!(e.to_string().contains("anchors and aliases"), "{e}");
     }
 
     #[test]

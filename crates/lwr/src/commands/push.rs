@@ -19,12 +19,17 @@ pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
     if let Some(revision) = &sub.revision {
         upload_commit(&client, &args.repo, revision).await;
     }
-    let info = client.submit_graph(&sub).await?;
+    // The graph is dropped once it is JSON: a 100,000-job push holds one of the two.
+    release_freed_memory();
+    let body = lwr_client::json_body(&sub)?;
+    let revision = sub.revision.clone();
+    drop(sub);
+    let info = client.submit_graph_json(body).await?;
     outln!(
         "pushed graph {} ({}{})",
         info.id,
         lwr_model::words::count(info.counts.total(), "job", "jobs"),
-        sub.revision
+        revision
             .as_deref()
             .map(|r| format!(" at {}", short(r)))
             .unwrap_or_default()
@@ -33,6 +38,17 @@ pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     Ok(super::watch::watch(&client, info, &args.watch).await)
+}
+
+/// Hands the memory freed by reading lwr.yml back to the system before the request's JSON is
+/// made: glibc keeps what the parse thread freed (its own arena) otherwise, ~25 MB of a
+/// 100,000-job push's peak.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's heaps to the system.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
 }
 
 /// The graph in `repo`'s lwr.yml as committed at `rev` (HEAD when `None`), with the push's
