@@ -338,19 +338,22 @@ impl Store {
              WHERE j.state <> 'succeeded' AND n.job_id IN \
              (SELECT id FROM jobs WHERE state = 'pending' AND unmet > 0";
         const ORDER: &str = ") ORDER BY n.job_id, n.need_id";
+        // Only the listing's range of ids: a page, not every waiting job stored (nor every
+        // one of a 100,000-job graph when a page of it is listed).
+        let low = jobs.iter().map(|j| j.id.get()).min().unwrap_or(0);
+        let high = jobs.iter().map(|j| j.id.get()).max().unwrap_or(0);
         let rows = match graph {
             Some(g) => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{NEEDS} AND graph_id = $1{ORDER}"
+                    "{NEEDS} AND graph_id = $3 AND id BETWEEN $1 AND $2{ORDER}"
                 )))
+                .bind(low)
+                .bind(high)
                 .bind(g.get())
                 .fetch_all(&self.read)
                 .await
             }
             None => {
-                // Only the listing's range of ids: a page, not every waiting job stored.
-                let low = jobs.iter().map(|j| j.id.get()).min().unwrap_or(0);
-                let high = jobs.iter().map(|j| j.id.get()).max().unwrap_or(0);
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "{NEEDS} AND id BETWEEN $1 AND $2{ORDER}"
                 )))
