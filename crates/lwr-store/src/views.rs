@@ -115,9 +115,10 @@ impl Store {
         let sql = format!(
             "SELECT g.id, g.repository, g.branch, g.revision, g.author, g.subject, g.created_at, \
              (SELECT p.id FROM pushes p WHERE p.graph_id = g.id) AS push_id, {} \
-             FROM graphs g LEFT JOIN graph_counts c ON c.graph_id = g.id \
+             FROM graphs g LEFT JOIN {} c ON c.graph_id = g.id \
              WHERE {} ORDER BY g.id DESC LIMIT {}",
             crate::graphs::COUNT_COLUMNS,
+            crate::graphs::KEPT,
             conds.join(" AND "),
             filter.limit.clamp(1, 1000)
         );

@@ -17,6 +17,25 @@ CREATE TABLE graph_counts (
     last_end     BIGINT
 );
 
+-- What a transaction could not add to a graph's row without waiting: another transaction
+-- holds that row until it commits (a claim, a result). Waiting on it mid-transaction, while
+-- holding job rows, deadlocks against claims and results of other servers; so a trigger takes
+-- the row only if it is free (SKIP LOCKED), and otherwise appends its change here. Whoever
+-- holds the row next folds these in. A graph's counts are its row plus its deltas.
+CREATE TABLE graph_count_deltas (
+    graph_id     BIGINT NOT NULL,
+    pending      BIGINT NOT NULL,
+    running      BIGINT NOT NULL,
+    succeeded    BIGINT NOT NULL,
+    failed       BIGINT NOT NULL,
+    exception    BIGINT NOT NULL,
+    blocked      BIGINT NOT NULL,
+    cancelled    BIGINT NOT NULL,
+    first_start  BIGINT,
+    last_end     BIGINT
+);
+CREATE INDEX graph_count_deltas_graph ON graph_count_deltas (graph_id);
+
 INSERT INTO graph_counts (graph_id, pending, running, succeeded, failed, exception, blocked,
     cancelled, first_start, last_end)
 SELECT g.id,
@@ -33,6 +52,35 @@ SELECT g.id,
         WHERE j2.graph_id = g.id)
 FROM graphs g LEFT JOIN jobs j ON j.graph_id = g.id GROUP BY g.id;
 
+-- Adds a change to graph g: to its row when this transaction can take it without waiting,
+-- folding in the deltas others left; else as a delta row.
+CREATE FUNCTION lwr_graph_counts_add(g BIGINT, dp BIGINT, dr BIGINT, ds BIGINT, df BIGINT,
+    de BIGINT, db BIGINT, dc BIGINT, fs BIGINT, le BIGINT) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    f RECORD;
+BEGIN
+    PERFORM 1 FROM graph_counts WHERE graph_id = g FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT 1 FROM graph_counts WHERE graph_id = g) THEN
+            INSERT INTO graph_count_deltas VALUES (g, dp, dr, ds, df, de, db, dc, fs, le);
+        END IF;
+        RETURN;
+    END IF;
+    WITH folded AS (DELETE FROM graph_count_deltas WHERE graph_id = g RETURNING *)
+    SELECT COALESCE(SUM(pending), 0) AS p, COALESCE(SUM(running), 0) AS r,
+        COALESCE(SUM(succeeded), 0) AS s, COALESCE(SUM(failed), 0) AS f,
+        COALESCE(SUM(exception), 0) AS e, COALESCE(SUM(blocked), 0) AS b,
+        COALESCE(SUM(cancelled), 0) AS c, MIN(first_start) AS fs, MAX(last_end) AS le
+    INTO f FROM folded;
+    UPDATE graph_counts SET
+        pending = pending + dp + f.p, running = running + dr + f.r,
+        succeeded = succeeded + ds + f.s, failed = failed + df + f.f,
+        exception = exception + de + f.e, blocked = blocked + db + f.b,
+        cancelled = cancelled + dc + f.c,
+        first_start = LEAST(first_start, fs, f.fs), last_end = GREATEST(last_end, le, f.le)
+    WHERE graph_id = g;
+END $$;
+
 CREATE FUNCTION lwr_graph_counts_graph_in() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO graph_counts (graph_id) VALUES (NEW.id);
@@ -44,31 +92,30 @@ CREATE TRIGGER graph_counts_graph_in AFTER INSERT ON graphs
 CREATE FUNCTION lwr_graph_counts_graph_out() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM graph_counts WHERE graph_id = OLD.id;
+    DELETE FROM graph_count_deltas WHERE graph_id = OLD.id;
     RETURN NULL;
 END $$;
 CREATE TRIGGER graph_counts_graph_out AFTER DELETE ON graphs
     FOR EACH ROW EXECUTE FUNCTION lwr_graph_counts_graph_out();
 
 -- Jobs change many rows a statement (a graph's insert, a claim, a cancel): one trigger call
--- per statement, adding up its rows by graph (transition tables), writes each graph's row
--- once.
+-- per statement adds up its rows by graph (transition tables).
 CREATE FUNCTION lwr_graph_counts_jobs_in() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    d RECORD;
 BEGIN
-    UPDATE graph_counts c SET
-        pending = c.pending + d.pending, running = c.running + d.running,
-        succeeded = c.succeeded + d.succeeded, failed = c.failed + d.failed,
-        exception = c.exception + d.exception, blocked = c.blocked + d.blocked,
-        cancelled = c.cancelled + d.cancelled
-    FROM (SELECT graph_id,
-            COUNT(*) FILTER (WHERE state = 'pending') AS pending,
-            COUNT(*) FILTER (WHERE state = 'running') AS running,
-            COUNT(*) FILTER (WHERE state = 'succeeded') AS succeeded,
-            COUNT(*) FILTER (WHERE state = 'failed') AS failed,
-            COUNT(*) FILTER (WHERE state = 'exception') AS exception,
-            COUNT(*) FILTER (WHERE state = 'blocked') AS blocked,
-            COUNT(*) FILTER (WHERE state = 'cancelled') AS cancelled
-        FROM added GROUP BY graph_id) d
-    WHERE c.graph_id = d.graph_id;
+    FOR d IN SELECT graph_id,
+            COUNT(*) FILTER (WHERE state = 'pending') AS p,
+            COUNT(*) FILTER (WHERE state = 'running') AS r,
+            COUNT(*) FILTER (WHERE state = 'succeeded') AS s,
+            COUNT(*) FILTER (WHERE state = 'failed') AS f,
+            COUNT(*) FILTER (WHERE state = 'exception') AS e,
+            COUNT(*) FILTER (WHERE state = 'blocked') AS b,
+            COUNT(*) FILTER (WHERE state = 'cancelled') AS c
+        FROM added GROUP BY graph_id ORDER BY graph_id
+    LOOP
+        PERFORM lwr_graph_counts_add(d.graph_id, d.p, d.r, d.s, d.f, d.e, d.b, d.c, NULL, NULL);
+    END LOOP;
     RETURN NULL;
 END $$;
 CREATE TRIGGER graph_counts_jobs_in AFTER INSERT ON jobs
@@ -76,22 +123,22 @@ CREATE TRIGGER graph_counts_jobs_in AFTER INSERT ON jobs
     FOR EACH STATEMENT EXECUTE FUNCTION lwr_graph_counts_jobs_in();
 
 CREATE FUNCTION lwr_graph_counts_jobs_out() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    d RECORD;
 BEGIN
-    UPDATE graph_counts c SET
-        pending = c.pending - d.pending, running = c.running - d.running,
-        succeeded = c.succeeded - d.succeeded, failed = c.failed - d.failed,
-        exception = c.exception - d.exception, blocked = c.blocked - d.blocked,
-        cancelled = c.cancelled - d.cancelled
-    FROM (SELECT graph_id,
-            COUNT(*) FILTER (WHERE state = 'pending') AS pending,
-            COUNT(*) FILTER (WHERE state = 'running') AS running,
-            COUNT(*) FILTER (WHERE state = 'succeeded') AS succeeded,
-            COUNT(*) FILTER (WHERE state = 'failed') AS failed,
-            COUNT(*) FILTER (WHERE state = 'exception') AS exception,
-            COUNT(*) FILTER (WHERE state = 'blocked') AS blocked,
-            COUNT(*) FILTER (WHERE state = 'cancelled') AS cancelled
-        FROM removed GROUP BY graph_id) d
-    WHERE c.graph_id = d.graph_id;
+    FOR d IN SELECT graph_id,
+            COUNT(*) FILTER (WHERE state = 'pending') AS p,
+            COUNT(*) FILTER (WHERE state = 'running') AS r,
+            COUNT(*) FILTER (WHERE state = 'succeeded') AS s,
+            COUNT(*) FILTER (WHERE state = 'failed') AS f,
+            COUNT(*) FILTER (WHERE state = 'exception') AS e,
+            COUNT(*) FILTER (WHERE state = 'blocked') AS b,
+            COUNT(*) FILTER (WHERE state = 'cancelled') AS c
+        FROM removed GROUP BY graph_id ORDER BY graph_id
+    LOOP
+        PERFORM lwr_graph_counts_add(d.graph_id, -d.p, -d.r, -d.s, -d.f, -d.e, -d.b, -d.c,
+            NULL, NULL);
+    END LOOP;
     RETURN NULL;
 END $$;
 CREATE TRIGGER graph_counts_jobs_out AFTER DELETE ON jobs
@@ -99,49 +146,46 @@ CREATE TRIGGER graph_counts_jobs_out AFTER DELETE ON jobs
     FOR EACH STATEMENT EXECUTE FUNCTION lwr_graph_counts_jobs_out();
 
 -- Transition tables rule out `UPDATE OF state`: every update of jobs calls this, and one
--- that changes no state (`unmet`, `keep`) finds nothing to write.
+-- that changes no state (`unmet`, `keep`) finds nothing to add.
 CREATE FUNCTION lwr_graph_counts_jobs_state() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    d RECORD;
 BEGIN
-    UPDATE graph_counts c SET
-        pending = c.pending + d.pending, running = c.running + d.running,
-        succeeded = c.succeeded + d.succeeded, failed = c.failed + d.failed,
-        exception = c.exception + d.exception, blocked = c.blocked + d.blocked,
-        cancelled = c.cancelled + d.cancelled
-    FROM (SELECT n.graph_id,
+    FOR d IN SELECT n.graph_id,
             COUNT(*) FILTER (WHERE n.state = 'pending')
-                - COUNT(*) FILTER (WHERE o.state = 'pending') AS pending,
+                - COUNT(*) FILTER (WHERE o.state = 'pending') AS p,
             COUNT(*) FILTER (WHERE n.state = 'running')
-                - COUNT(*) FILTER (WHERE o.state = 'running') AS running,
+                - COUNT(*) FILTER (WHERE o.state = 'running') AS r,
             COUNT(*) FILTER (WHERE n.state = 'succeeded')
-                - COUNT(*) FILTER (WHERE o.state = 'succeeded') AS succeeded,
+                - COUNT(*) FILTER (WHERE o.state = 'succeeded') AS s,
             COUNT(*) FILTER (WHERE n.state = 'failed')
-                - COUNT(*) FILTER (WHERE o.state = 'failed') AS failed,
+                - COUNT(*) FILTER (WHERE o.state = 'failed') AS f,
             COUNT(*) FILTER (WHERE n.state = 'exception')
-                - COUNT(*) FILTER (WHERE o.state = 'exception') AS exception,
+                - COUNT(*) FILTER (WHERE o.state = 'exception') AS e,
             COUNT(*) FILTER (WHERE n.state = 'blocked')
-                - COUNT(*) FILTER (WHERE o.state = 'blocked') AS blocked,
+                - COUNT(*) FILTER (WHERE o.state = 'blocked') AS b,
             COUNT(*) FILTER (WHERE n.state = 'cancelled')
-                - COUNT(*) FILTER (WHERE o.state = 'cancelled') AS cancelled
+                - COUNT(*) FILTER (WHERE o.state = 'cancelled') AS c
         FROM after_rows n JOIN before_rows o ON o.id = n.id
-        WHERE n.state <> o.state GROUP BY n.graph_id) d
-    WHERE c.graph_id = d.graph_id;
+        WHERE n.state <> o.state GROUP BY n.graph_id ORDER BY n.graph_id
+    LOOP
+        PERFORM lwr_graph_counts_add(d.graph_id, d.p, d.r, d.s, d.f, d.e, d.b, d.c, NULL, NULL);
+    END LOOP;
     RETURN NULL;
 END $$;
 CREATE TRIGGER graph_counts_jobs_state AFTER UPDATE ON jobs
     REFERENCING OLD TABLE AS before_rows NEW TABLE AS after_rows
     FOR EACH STATEMENT EXECUTE FUNCTION lwr_graph_counts_jobs_state();
 
--- The row is written only when a time moves: a graph's later runs start after its first.
 CREATE FUNCTION lwr_graph_counts_runs_in() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    d RECORD;
 BEGIN
-    UPDATE graph_counts c SET
-        first_start = LEAST(c.first_start, d.first_start),
-        last_end = GREATEST(c.last_end, d.last_end)
-    FROM (SELECT j.graph_id, MIN(r.started_at) AS first_start, MAX(r.finished_at) AS last_end
-        FROM added r JOIN jobs j ON j.id = r.job_id GROUP BY j.graph_id) d
-    WHERE c.graph_id = d.graph_id
-        AND (c.first_start IS DISTINCT FROM LEAST(c.first_start, d.first_start)
-            OR c.last_end IS DISTINCT FROM GREATEST(c.last_end, d.last_end));
+    FOR d IN SELECT j.graph_id, MIN(r.started_at) AS fs, MAX(r.finished_at) AS le
+        FROM added r JOIN jobs j ON j.id = r.job_id GROUP BY j.graph_id ORDER BY j.graph_id
+    LOOP
+        PERFORM lwr_graph_counts_add(d.graph_id, 0, 0, 0, 0, 0, 0, 0, d.fs, d.le);
+    END LOOP;
     RETURN NULL;
 END $$;
 CREATE TRIGGER graph_counts_runs_in AFTER INSERT ON runs
@@ -151,9 +195,8 @@ CREATE TRIGGER graph_counts_runs_in AFTER INSERT ON runs
 -- A row trigger with a column list: heartbeats (which update leases) never call it.
 CREATE FUNCTION lwr_graph_counts_run_end() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE graph_counts SET last_end = NEW.finished_at
-    WHERE graph_id = (SELECT graph_id FROM jobs WHERE id = NEW.job_id)
-        AND (last_end IS NULL OR last_end < NEW.finished_at);
+    PERFORM lwr_graph_counts_add((SELECT graph_id FROM jobs WHERE id = NEW.job_id),
+        0, 0, 0, 0, 0, 0, 0, NULL, NEW.finished_at);
     RETURN NULL;
 END $$;
 CREATE TRIGGER graph_counts_run_end AFTER UPDATE OF finished_at ON runs
