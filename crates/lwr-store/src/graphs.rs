@@ -174,12 +174,14 @@ impl Store {
         Ok(graph_id)
     }
 
-    /// A graph with its job counts; `seq` is left 0 for the caller to fill.
+    /// A graph with its job counts; `seq` is left 0 for the caller to fill. One row: the
+    /// counts and times are kept with the graph (`graph_counts`), never recounted here.
     pub async fn graph(&self, id: GraphId) -> Result<GraphInfo> {
-        let row = sqlx::query(
-            "SELECT id, repository, branch, revision, author, subject, created_at \
-             FROM graphs WHERE id = $1 AND staging = 0",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT g.id, g.repository, g.branch, g.revision, g.author, g.subject, \
+             g.created_at, {COUNT_COLUMNS} FROM graphs g \
+             LEFT JOIN {KEPT} c ON c.graph_id = g.id WHERE g.id = $1 AND g.staging = 0"
+        )))
         .bind(id.get())
         .fetch_optional(&self.read)
         .await
@@ -188,54 +190,43 @@ impl Store {
             what: "graph",
             id: id.to_string(),
         })?;
-        let counts = self.counts(Some(id)).await?;
-        let times = self.graph_times(id).await?;
-        graph_info(&row, counts, times)
-    }
-
-    /// When a graph's first run started and its last ended (milliseconds); `None` before
-    /// any run.
-    async fn graph_times(&self, id: GraphId) -> Result<Option<(i64, Option<i64>)>> {
-        let row = sqlx::query(
-            "SELECT MIN(r.started_at) AS first_start, MAX(r.finished_at) AS last_end \
-             FROM runs r JOIN jobs j ON j.id = r.job_id WHERE j.graph_id = $1",
+        let (counts, first, last) = kept_counts(&row)?;
+        graph_info(
+            &row,
+            counts,
+            first.map(|start| (start.get(), last.map(Millis::get))),
         )
-        .bind(id.get())
-        .fetch_one(&self.read)
-        .await
-        .op("reading the times of a graph")?;
-        let start: Option<i64> = col(&row, "first_start")?;
-        Ok(match start {
-            Some(start) => Some((start, col(&row, "last_end")?)),
-            None => None,
-        })
     }
 
-    /// Job counts by state, for one graph or all.
+    /// Job counts by state, for one graph or all (graphs still staging included), as
+    /// `graph_counts` keeps them.
     pub async fn counts(&self, graph: Option<GraphId>) -> Result<StateCounts> {
-        let rows = match graph {
+        let sums = format!(
+            "SELECT CAST(COALESCE(SUM(c.pending), 0) AS BIGINT) AS c_pending, \
+             CAST(COALESCE(SUM(c.running), 0) AS BIGINT) AS c_running, \
+             CAST(COALESCE(SUM(c.succeeded), 0) AS BIGINT) AS c_succeeded, \
+             CAST(COALESCE(SUM(c.failed), 0) AS BIGINT) AS c_failed, \
+             CAST(COALESCE(SUM(c.exception), 0) AS BIGINT) AS c_exception, \
+             CAST(COALESCE(SUM(c.blocked), 0) AS BIGINT) AS c_blocked, \
+             CAST(COALESCE(SUM(c.cancelled), 0) AS BIGINT) AS c_cancelled, \
+             MIN(c.first_start) AS c_first_start, MAX(c.last_end) AS c_last_end \
+             FROM {KEPT} c"
+        );
+        let row = match graph {
             Some(g) => {
-                sqlx::query(
-                    "SELECT state, COUNT(*) AS n FROM jobs WHERE graph_id = $1 GROUP BY state",
-                )
-                .bind(g.get())
-                .fetch_all(&self.read)
-                .await
+                sqlx::query(sqlx::AssertSqlSafe(format!("{sums} WHERE c.graph_id = $1")))
+                    .bind(g.get())
+                    .fetch_one(&self.read)
+                    .await
             }
             None => {
-                sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
-                    .fetch_all(&self.read)
+                sqlx::query(sqlx::AssertSqlSafe(sums))
+                    .fetch_one(&self.read)
                     .await
             }
         }
         .op("counting jobs")?;
-        let mut counts = StateCounts::default();
-        for row in rows {
-            let state: String = col(&row, "state")?;
-            let n: i64 = col(&row, "n")?;
-            counts.add(parse_job_state(&state)?, n.max(0) as u64);
-        }
-        Ok(counts)
+        Ok(kept_counts(&row)?.0)
     }
 
     /// Jobs, oldest first, optionally of one graph.
@@ -353,19 +344,22 @@ impl Store {
              WHERE j.state <> 'succeeded' AND n.job_id IN \
              (SELECT id FROM jobs WHERE state = 'pending' AND unmet > 0";
         const ORDER: &str = ") ORDER BY n.job_id, n.need_id";
+        // Only the listing's range of ids: a page, not every waiting job stored (nor every
+        // one of a 100,000-job graph when a page of it is listed).
+        let low = jobs.iter().map(|j| j.id.get()).min().unwrap_or(0);
+        let high = jobs.iter().map(|j| j.id.get()).max().unwrap_or(0);
         let rows = match graph {
             Some(g) => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{NEEDS} AND graph_id = $1{ORDER}"
+                    "{NEEDS} AND graph_id = $3 AND id BETWEEN $1 AND $2{ORDER}"
                 )))
+                .bind(low)
+                .bind(high)
                 .bind(g.get())
                 .fetch_all(&self.read)
                 .await
             }
             None => {
-                // Only the listing's range of ids: a page, not every waiting job stored.
-                let low = jobs.iter().map(|j| j.id.get()).min().unwrap_or(0);
-                let high = jobs.iter().map(|j| j.id.get()).max().unwrap_or(0);
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "{NEEDS} AND id BETWEEN $1 AND $2{ORDER}"
                 )))
@@ -478,6 +472,48 @@ impl Store {
             run_history,
         })
     }
+}
+
+/// Each graph's kept counts and times: its row of `graph_counts` plus the deltas that
+/// PostgreSQL's triggers left beside it (`graph_count_deltas`, a few rows at most, folded into
+/// the row by the next transaction that takes it; always empty on SQLite).
+pub(crate) const KEPT: &str = "(SELECT k.graph_id, k.pending + COALESCE(d.pending, 0) AS pending, k.running + COALESCE(d.running, 0) AS running, k.succeeded + COALESCE(d.succeeded, 0) AS succeeded, k.failed + COALESCE(d.failed, 0) AS failed, k.exception + COALESCE(d.exception, 0) AS exception, k.blocked + COALESCE(d.blocked, 0) AS blocked, k.cancelled + COALESCE(d.cancelled, 0) AS cancelled, \
+     CASE WHEN d.first_start IS NULL OR k.first_start < d.first_start THEN k.first_start \
+         ELSE d.first_start END AS first_start, \
+     CASE WHEN d.last_end IS NULL OR k.last_end > d.last_end THEN k.last_end \
+         ELSE d.last_end END AS last_end \
+     FROM graph_counts k LEFT JOIN (SELECT graph_id, CAST(SUM(pending) AS BIGINT) AS pending, CAST(SUM(running) AS BIGINT) AS running, CAST(SUM(succeeded) AS BIGINT) AS succeeded, CAST(SUM(failed) AS BIGINT) AS failed, CAST(SUM(exception) AS BIGINT) AS exception, CAST(SUM(blocked) AS BIGINT) AS blocked, CAST(SUM(cancelled) AS BIGINT) AS cancelled, \
+         MIN(first_start) AS first_start, MAX(last_end) AS last_end \
+         FROM graph_count_deltas GROUP BY graph_id) d ON d.graph_id = k.graph_id)";
+
+/// The columns of [`KEPT`] `c` that [`kept_counts`] reads (a graph without its row
+/// reads as no jobs and no runs).
+pub(crate) const COUNT_COLUMNS: &str = "COALESCE(c.pending, 0) AS c_pending, \
+     COALESCE(c.running, 0) AS c_running, COALESCE(c.succeeded, 0) AS c_succeeded, \
+     COALESCE(c.failed, 0) AS c_failed, COALESCE(c.exception, 0) AS c_exception, \
+     COALESCE(c.blocked, 0) AS c_blocked, COALESCE(c.cancelled, 0) AS c_cancelled, \
+     c.first_start AS c_first_start, c.last_end AS c_last_end";
+
+/// A graph's kept counts, first start and last end, from [`COUNT_COLUMNS`].
+pub(crate) fn kept_counts(row: &AnyRow) -> Result<(StateCounts, Option<Millis>, Option<Millis>)> {
+    let mut counts = StateCounts::default();
+    for (state, column) in [
+        (JobState::Pending, "c_pending"),
+        (JobState::Running, "c_running"),
+        (JobState::Succeeded, "c_succeeded"),
+        (JobState::Failed, "c_failed"),
+        (JobState::Exception, "c_exception"),
+        (JobState::Blocked, "c_blocked"),
+        (JobState::Cancelled, "c_cancelled"),
+    ] {
+        let n: i64 = col(row, column)?;
+        counts.add(state, n.max(0) as u64);
+    }
+    Ok((
+        counts,
+        typed_opt(row, "c_first_start")?,
+        typed_opt(row, "c_last_end")?,
+    ))
 }
 
 /// A graph's row as [`GraphInfo`], with its counts and the times of its runs.

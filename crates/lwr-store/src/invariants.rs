@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use lwr_model::{JobId, JobState, NodeId, RunId, RunState};
+use lwr_model::{GraphId, JobId, JobState, NodeId, RunId, RunState};
 use sqlx::any::AnyRow;
 
 use crate::error::Op;
@@ -193,6 +193,34 @@ pub enum Violation {
     /// **A job's needs are jobs of its own graph.**
     #[error("job {job} needs job {need} of another graph")]
     NeedInAnotherGraph { job: JobId, need: JobId },
+    /// **Every graph has one row of kept counts (`graph_counts`), and no row outlives its
+    /// graph**: the triggers on `graphs` add and remove it with the graph.
+    #[error("graph {graph} {}", if *missing { "has no row of kept counts" } else { "is gone, but its row of kept counts is left" })]
+    GraphCountsRow { graph: GraphId, missing: bool },
+    /// **A graph's kept counts are its jobs' recount by state** (in the order of
+    /// `JobState::ALL`). The triggers on `jobs` keep them in the statements that insert,
+    /// change the state of, or delete jobs; listings read them instead of counting.
+    #[error(
+        "graph {graph} keeps the counts {kept:?} of its jobs by state, but they count {recount:?}"
+    )]
+    GraphCounts {
+        graph: GraphId,
+        kept: [i64; 7],
+        recount: [i64; 7],
+    },
+    /// **A shown graph's kept first start and last end are the earliest start and the
+    /// latest finish of its jobs' runs** (kept by the triggers on `runs`; a graph being
+    /// removed, which nobody sees, loses its runs a chunk at a time).
+    #[error(
+        "graph {graph} keeps first start {kept_start:?} and last end {kept_end:?}, but its runs say {start:?} and {end:?}"
+    )]
+    GraphTimes {
+        graph: GraphId,
+        kept_start: Option<i64>,
+        kept_end: Option<i64>,
+        start: Option<i64>,
+        end: Option<i64>,
+    },
 }
 
 /// One job row, as far as the invariants look.
@@ -224,6 +252,26 @@ pub(crate) struct RunRow {
     pub finished: Option<i64>,
     pub node: NodeId,
     pub node_name: Option<String>,
+    pub started: i64,
+}
+
+/// A graph's kept counts and times (`graph_counts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Kept {
+    /// Jobs by state, in the order of `JobState::ALL`.
+    pub counts: [i64; 7],
+    pub first_start: Option<i64>,
+    pub last_end: Option<i64>,
+}
+
+/// One graph, as far as the invariants look.
+#[derive(Debug, Clone)]
+pub(crate) struct GraphRow {
+    pub id: GraphId,
+    /// Still being inserted or being removed: not shown.
+    pub staging: bool,
+    /// `None`: it has no row of kept counts.
+    pub kept: Option<Kept>,
 }
 
 /// The tables the invariants relate, read in one snapshot.
@@ -233,6 +281,9 @@ pub(crate) struct Snapshot {
     /// `(job, need)` edges.
     pub needs: Vec<(JobId, JobId)>,
     pub runs: Vec<RunRow>,
+    pub graphs: Vec<GraphRow>,
+    /// Graphs that have a row of kept counts but no row of their own.
+    pub orphan_counts: Vec<GraphId>,
 }
 
 impl Store {
@@ -252,7 +303,8 @@ impl Store {
         // One statement, so one snapshot of the three tables on either database without a
         // transaction (three reads could straddle a change and see a broken queue). Each
         // part fills the columns it has; `kind` says which.
-        const SNAPSHOT: &str = "\
+        let snapshot = format!(
+            "\
             SELECT 'job' AS kind, id AS a, graph_id AS b, unmet AS c, runs AS d, \
                 retries_left AS e, all_finished AS f, updated_at AS g, name AS s1, \
                 state AS s2, node AS s3, spec AS s4 FROM jobs \
@@ -261,9 +313,28 @@ impl Store {
                 CAST(NULL AS BIGINT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), \
                 CAST(NULL AS TEXT), CAST(NULL AS TEXT) FROM job_needs \
             UNION ALL SELECT 'run', r.id, r.job_id, r.number, r.lease_expires, r.finished_at, \
-                r.node_id, CAST(NULL AS BIGINT), n.name, r.state, CAST(NULL AS TEXT), \
-                CAST(NULL AS TEXT) FROM runs r LEFT JOIN nodes n ON n.id = r.node_id";
-        let rows = sqlx::query(SNAPSHOT)
+                r.node_id, r.started_at, n.name, r.state, CAST(NULL AS TEXT), \
+                CAST(NULL AS TEXT) FROM runs r LEFT JOIN nodes n ON n.id = r.node_id \
+            UNION ALL SELECT 'graph', g.id, c.graph_id, c.first_start, c.last_end, \
+                CAST(g.staging AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
+                CAST(c.pending AS TEXT) || ',' || CAST(c.running AS TEXT) || ',' || \
+                CAST(c.succeeded AS TEXT) || ',' || CAST(c.failed AS TEXT) || ',' || \
+                CAST(c.exception AS TEXT) || ',' || CAST(c.blocked AS TEXT) || ',' || \
+                CAST(c.cancelled AS TEXT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), \
+                CAST(NULL AS TEXT) FROM graphs g LEFT JOIN {} c ON c.graph_id = g.id \
+            UNION ALL SELECT 'orphan', c.graph_id, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
+                CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
+                CAST(NULL AS BIGINT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), \
+                CAST(NULL AS TEXT), CAST(NULL AS TEXT) FROM graph_counts c \
+                WHERE NOT EXISTS (SELECT 1 FROM graphs g WHERE g.id = c.graph_id) \
+            UNION ALL SELECT 'orphan', c.graph_id, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
+                CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
+                CAST(NULL AS BIGINT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), \
+                CAST(NULL AS TEXT), CAST(NULL AS TEXT) FROM graph_count_deltas c \
+                WHERE NOT EXISTS (SELECT 1 FROM graphs g WHERE g.id = c.graph_id)",
+            crate::graphs::KEPT
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(snapshot))
             .fetch_all(&self.read)
             .await
             .op("reading the queue for the invariant check")?;
@@ -277,6 +348,8 @@ impl Store {
                 "need" => snapshot
                     .needs
                     .push((JobId(col(row, "a")?), JobId(col(row, "b")?))),
+                "graph" => snapshot.graphs.push(graph_row(row)?),
+                "orphan" => snapshot.orphan_counts.push(GraphId(col(row, "a")?)),
                 _ => snapshot.runs.push(run_row(row)?),
             }
         }
@@ -319,6 +392,38 @@ fn run_row(row: &AnyRow) -> Result<RunRow, StoreError> {
         finished: col(row, "e")?,
         node: NodeId(col(row, "f")?),
         node_name: col(row, "s1")?,
+        started: col(row, "g")?,
+    })
+}
+
+fn graph_row(row: &AnyRow) -> Result<GraphRow, StoreError> {
+    let kept = match col::<Option<i64>>(row, "b")? {
+        None => None,
+        Some(_) => {
+            let text: String = col(row, "s1")?;
+            let corrupt = || StoreError::Corrupt {
+                what: "graph counts",
+                detail: text.clone(),
+            };
+            let mut counts = [0i64; 7];
+            let mut parts = text.split(',');
+            for slot in &mut counts {
+                *slot = parts
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(corrupt)?;
+            }
+            Some(Kept {
+                counts,
+                first_start: col(row, "c")?,
+                last_end: col(row, "d")?,
+            })
+        }
+    };
+    Ok(GraphRow {
+        id: GraphId(col(row, "a")?),
+        staging: col::<i64>(row, "e")? != 0,
+        kept,
     })
 }
 
@@ -384,7 +489,64 @@ pub(crate) fn violations(s: &Snapshot) -> Vec<Violation> {
     for run in &s.runs {
         check_run(run, &mut found);
     }
+    check_graphs(s, &mut found);
     found
+}
+
+/// The kept counts and times of each graph against a recount of its jobs and runs.
+fn check_graphs(s: &Snapshot, found: &mut Vec<Violation>) {
+    let mut recount: BTreeMap<i64, [i64; 7]> = BTreeMap::new();
+    for job in s.jobs.values() {
+        let slot = JobState::ALL
+            .iter()
+            .position(|st| *st == job.state)
+            .unwrap_or(0);
+        recount.entry(job.graph).or_default()[slot] += 1;
+    }
+    let mut times: BTreeMap<i64, (Option<i64>, Option<i64>)> = BTreeMap::new();
+    for run in &s.runs {
+        let Some(job) = s.jobs.get(&run.job) else {
+            continue;
+        };
+        let (start, end) = times.entry(job.graph).or_default();
+        *start = Some(start.map_or(run.started, |s| s.min(run.started)));
+        if let Some(f) = run.finished {
+            *end = Some(end.map_or(f, |e| e.max(f)));
+        }
+    }
+    for graph in &s.graphs {
+        let Some(kept) = &graph.kept else {
+            found.push(Violation::GraphCountsRow {
+                graph: graph.id,
+                missing: true,
+            });
+            continue;
+        };
+        let counted = recount.get(&graph.id.get()).copied().unwrap_or_default();
+        if kept.counts != counted {
+            found.push(Violation::GraphCounts {
+                graph: graph.id,
+                kept: kept.counts,
+                recount: counted,
+            });
+        }
+        let (start, end) = times.get(&graph.id.get()).copied().unwrap_or_default();
+        if !graph.staging && (kept.first_start, kept.last_end) != (start, end) {
+            found.push(Violation::GraphTimes {
+                graph: graph.id,
+                kept_start: kept.first_start,
+                kept_end: kept.last_end,
+                start,
+                end,
+            });
+        }
+    }
+    for graph in &s.orphan_counts {
+        found.push(Violation::GraphCountsRow {
+            graph: *graph,
+            missing: false,
+        });
+    }
 }
 
 /// The invariants between a job and its needs.
@@ -584,6 +746,7 @@ mod tests {
             finished: (!live).then_some(50),
             node: NodeId(1),
             node_name: Some("n1".into()),
+            started: 40,
         }
     }
 
@@ -592,6 +755,7 @@ mod tests {
             jobs: jobs.into_iter().map(|j| (j.id, j)).collect(),
             needs: needs.iter().map(|(a, b)| (JobId(*a), JobId(*b))).collect(),
             runs,
+            ..Snapshot::default()
         }
     }
 
@@ -741,6 +905,75 @@ mod tests {
                 need_name: "a".into(),
                 need_state: JobState::Failed,
             }]
+        );
+    }
+
+    #[test]
+    fn kept_graph_counts_and_times_must_be_a_recount() {
+        let kept = |counts: [i64; 7], first_start, last_end| {
+            Some(Kept {
+                counts,
+                first_start,
+                last_end,
+            })
+        };
+        let graph = |id, staging, kept| GraphRow {
+            id: GraphId(id),
+            staging,
+            kept,
+        };
+        // Graph 1 holds a (succeeded, run 1 from 40 to 50), b (running, run 2 from 40) and
+        // c (pending).
+        let mut s = snapshot(
+            vec![
+                job(1, "a", JobState::Succeeded, 0, 1),
+                job(2, "b", JobState::Running, 0, 1),
+                job(3, "c", JobState::Pending, 1, 0),
+            ],
+            &[(3, 2)],
+            vec![
+                run(1, 1, 1, RunState::Succeeded),
+                run(2, 2, 1, RunState::Running),
+            ],
+        );
+        s.graphs = vec![graph(
+            1,
+            false,
+            kept([1, 1, 1, 0, 0, 0, 0], Some(40), Some(50)),
+        )];
+        assert_eq!(violations(&s), []);
+
+        s.graphs = vec![
+            graph(1, false, kept([2, 1, 0, 0, 0, 0, 0], Some(40), None)),
+            graph(2, false, None),
+            // Nothing in it, and being removed: its times are not looked at.
+            graph(3, true, kept([0; 7], Some(1), Some(2))),
+        ];
+        s.orphan_counts = vec![GraphId(4)];
+        assert_eq!(
+            violations(&s),
+            [
+                Violation::GraphCounts {
+                    graph: GraphId(1),
+                    kept: [2, 1, 0, 0, 0, 0, 0],
+                    recount: [1, 1, 1, 0, 0, 0, 0],
+                },
+                Violation::GraphTimes {
+                    graph: GraphId(1),
+                    kept_start: Some(40),
+                    kept_end: None,
+                    start: Some(40),
+                    end: Some(50),
+                },
+                Violation::GraphCountsRow {
+                    graph: GraphId(2),
+                    missing: true,
+                },
+                Violation::GraphCountsRow {
+                    graph: GraphId(4),
+                    missing: false,
+                },
+            ]
         );
     }
 }

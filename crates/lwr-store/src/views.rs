@@ -1,9 +1,7 @@
 //! Read-only views for pages that show many graphs or jobs at once (the web app): one
 //! query per page instead of one per graph or per job. Nothing here changes state.
 
-use std::collections::HashMap;
-
-use lwr_model::api::{GraphInfo, StateCounts};
+use lwr_model::api::GraphInfo;
 use lwr_model::{GraphId, JobId, JobState, Millis, PushId};
 
 use crate::error::Op;
@@ -66,9 +64,24 @@ fn like_pattern(x: &str) -> String {
     out
 }
 
+/// The column of `graph_counts` that counts jobs in `state`.
+fn count_column(state: JobState) -> &'static str {
+    match state {
+        JobState::Pending => "c.pending",
+        JobState::Running => "c.running",
+        JobState::Succeeded => "c.succeeded",
+        JobState::Failed => "c.failed",
+        JobState::Exception => "c.exception",
+        JobState::Blocked => "c.blocked",
+        JobState::Cancelled => "c.cancelled",
+    }
+}
+
 impl Store {
-    /// Graphs, newest first, that pass `filter`: one query.
-    pub async fn graph_summaries(&self, filter: &GraphFilter) -> Result<Vec<GraphSummary>> {
+    /// The rows of the graphs, newest first, that pass `filter`, each with its kept counts
+    /// ([`crate::graphs::COUNT_COLUMNS`]): one query, reading one row per graph listed
+    /// however many jobs the graphs hold (but a `job` filter looks at their names).
+    async fn graph_rows(&self, filter: &GraphFilter) -> Result<Vec<sqlx::any::AnyRow>> {
         enum Bind {
             Int(i64),
             Text(String),
@@ -89,27 +102,24 @@ impl Store {
         if let Some(branch) = &filter.branch {
             push("g.branch = ?", Bind::Text(branch.clone()));
         }
-        if let Some(state) = filter.state {
-            push(
-                "EXISTS (SELECT 1 FROM jobs j WHERE j.graph_id = g.id AND j.state = ?)",
-                Bind::Text(state.to_string()),
-            );
-        }
         if let Some(job) = filter.job.as_deref().filter(|j| !j.is_empty()) {
             push(
                 "EXISTS (SELECT 1 FROM jobs j WHERE j.graph_id = g.id AND j.name LIKE ? ESCAPE '\\')",
                 Bind::Text(like_pattern(job)),
             );
         }
-        let filter_sql = if conds.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conds.join(" AND "))
-        };
+        if let Some(state) = filter.state {
+            // A column named by the enum, never the caller's text.
+            conds.push(format!("{} > 0", count_column(state)));
+        }
         let sql = format!(
             "SELECT g.id, g.repository, g.branch, g.revision, g.author, g.subject, g.created_at, \
-             (SELECT p.id FROM pushes p WHERE p.graph_id = g.id) AS push_id \
-             FROM graphs g {filter_sql} ORDER BY g.id DESC LIMIT {}",
+             (SELECT p.id FROM pushes p WHERE p.graph_id = g.id) AS push_id, {} \
+             FROM graphs g LEFT JOIN {} c ON c.graph_id = g.id \
+             WHERE {} ORDER BY g.id DESC LIMIT {}",
+            crate::graphs::COUNT_COLUMNS,
+            crate::graphs::KEPT,
+            conds.join(" AND "),
             filter.limit.clamp(1, 1000)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -119,47 +129,24 @@ impl Store {
                 Bind::Text(v) => query.bind(v),
             };
         }
-        let rows = query.fetch_all(&self.read).await.op("listing graphs")?;
-        rows.iter()
-            .map(|row| {
-                Ok(GraphSummary {
-                    id: typed(row, "id")?,
-                    repository: col(row, "repository")?,
-                    branch: col(row, "branch")?,
-                    revision: col(row, "revision")?,
-                    author: col(row, "author")?,
-                    subject: col(row, "subject")?,
-                    created_at: typed(row, "created_at")?,
-                    push: typed_opt(row, "push_id")?,
-                })
-            })
-            .collect()
+        query.fetch_all(&self.read).await.op("listing graphs")
+    }
+
+    /// Graphs, newest first, that pass `filter`: one query.
+    pub async fn graph_summaries(&self, filter: &GraphFilter) -> Result<Vec<GraphSummary>> {
+        self.graph_rows(filter).await?.iter().map(summary).collect()
     }
 
     /// Graphs, newest first, that pass `filter`, each with its counts and the times of its
-    /// runs (`GET /v1/graphs`): two queries; `seq` is left 0.
+    /// runs (`GET /v1/graphs`): one query; `seq` is left 0.
     pub async fn graph_infos(&self, filter: &GraphFilter) -> Result<Vec<GraphInfo>> {
-        let graphs = self.graph_summaries(filter).await?;
-        let ids: Vec<GraphId> = graphs.iter().map(|g| g.id).collect();
-        // Counts, first start and last end, by graph.
-        let mut seen: HashMap<GraphId, (StateCounts, Option<Millis>, Option<Millis>)> =
-            HashMap::new();
-        for cell in self.job_cells(&ids).await? {
-            let (counts, first, last) = seen.entry(cell.graph_id).or_default();
-            counts.add(cell.state, 1);
-            if let Some(start) = cell.started_at {
-                *first = Some(first.map_or(start, |f| f.min(start)));
-            }
-            if let Some(end) = cell.finished_at {
-                *last = Some(last.map_or(end, |l| l.max(end)));
-            }
-        }
-        Ok(graphs
-            .into_iter()
-            .map(|g| {
-                let (counts, first, last) = seen.remove(&g.id).unwrap_or_default();
+        let rows = self.graph_rows(filter).await?;
+        rows.iter()
+            .map(|row| {
+                let g = summary(row)?;
+                let (counts, first, last) = crate::graphs::kept_counts(row)?;
                 let finished = counts.finished();
-                GraphInfo {
+                Ok(GraphInfo {
                     id: g.id,
                     repository: g.repository,
                     branch: g.branch,
@@ -172,9 +159,9 @@ impl Store {
                     seq: 0,
                     started_at: first.map(crate::rfc3339),
                     finished_at: last.filter(|_| finished).map(crate::rfc3339),
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// The jobs of `graphs`, oldest first, with their latest run's times: one query.
@@ -230,6 +217,19 @@ impl Store {
             .map(|row| Ok((typed(row, "need_id")?, typed(row, "job_id")?)))
             .collect()
     }
+}
+
+fn summary(row: &sqlx::any::AnyRow) -> Result<GraphSummary> {
+    Ok(GraphSummary {
+        id: typed(row, "id")?,
+        repository: col(row, "repository")?,
+        branch: col(row, "branch")?,
+        revision: col(row, "revision")?,
+        author: col(row, "author")?,
+        subject: col(row, "subject")?,
+        created_at: typed(row, "created_at")?,
+        push: typed_opt(row, "push_id")?,
+    })
 }
 
 fn job_cell(row: &sqlx::any::AnyRow) -> Result<JobCell> {

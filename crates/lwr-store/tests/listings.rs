@@ -259,7 +259,153 @@ async fn a_staged_graph_comes_out_whole_and_pages_cover_it(f: Fixture) {
     assert_eq!(ready, [format!("j{:05}", N - 1)]);
 }
 
+/// A graph's counts, first start and last end are kept with it (`graph_counts`) and follow
+/// every way a job changes state: claims, results, a retry, a retrigger, a cancel. The
+/// first start is the earliest start of any run of the graph (a retried job's first run),
+/// the last end the latest finish of any run, shown once nothing is pending or running.
+async fn kept_counts_follow_retries_retriggers_and_cancels(f: Fixture) {
+    let s = &f.store;
+    let mut flaky = job("flaky", &[]);
+    flaky.retries = 1;
+    let g = s
+        .submit_graph(
+            &SubmitGraph::new(Graph {
+                jobs: vec![flaky, job("after", &["flaky"]), job("solo", &[])],
+            }),
+            Millis(0),
+        )
+        .await
+        .unwrap();
+    let node = s
+        .register_node(
+            &RegisterNode {
+                name: "n1".into(),
+                properties: NodeProperties {
+                    os: "linux".into(),
+                    arch: "x86_64".into(),
+                    hostname: "n1".into(),
+                    cores: 2,
+                    memory_mb: 1024,
+                    tags: BTreeMap::new(),
+                },
+                slots: 4,
+            },
+            Millis(0),
+        )
+        .await
+        .unwrap();
+    let lease = DurationMs(30_000);
+    let claim = |at: i64| async move {
+        s.claim(node, 1, &[], Millis(at), lease)
+            .await
+            .unwrap()
+            .assignments
+    };
+    let report = |run, outcome, at: i64| async move {
+        let result = RunResult {
+            node_bad: None,
+            server_fault: false,
+            run_id: run,
+            outcome,
+            exit_code: (outcome != Outcome::Exception)
+                .then_some(i32::from(outcome == Outcome::Failed)),
+            reason: None,
+        };
+        s.report(node, &[result], Millis(at)).await.unwrap();
+    };
+    let listed = || async move {
+        let all = s
+            .graph_infos(&GraphFilter {
+                limit: 10,
+                ..GraphFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 1);
+        let one = s.graph(g).await.unwrap();
+        let listed = &all[0];
+        assert_eq!(
+            (
+                &listed.counts,
+                listed.finished,
+                &listed.started_at,
+                &listed.finished_at
+            ),
+            (&one.counts, one.finished, &one.started_at, &one.finished_at),
+            "the listing and the graph agree"
+        );
+        one
+    };
+    let with_state = |state| async move {
+        s.graph_infos(&GraphFilter {
+            state: Some(state),
+            limit: 10,
+            ..GraphFilter::default()
+        })
+        .await
+        .unwrap()
+        .len()
+    };
+    let at = |ms: i64| Some(lwr_store::rfc3339(Millis(ms)));
+
+    let info = listed().await;
+    assert_eq!((info.counts.pending, info.counts.total()), (3, 3));
+    assert_eq!((info.started_at.clone(), info.finished), (None, false));
+    assert_eq!(with_state(JobState::Running).await, 0);
+
+    // flaky runs from 100 and ends in an infrastructure error: back to pending for its retry.
+    let first = claim(100).await;
+    assert_eq!(first[0].job_name, "flaky");
+    assert_eq!(listed().await.counts.running, 1);
+    assert_eq!(with_state(JobState::Running).await, 1);
+    report(first[0].run_id, Outcome::Exception, 200).await;
+    let retry = claim(250).await;
+    assert_eq!(retry[0].job_name, "flaky", "its retry comes first");
+    let solo = claim(260).await;
+    assert_eq!(solo[0].job_name, "solo");
+    report(solo[0].run_id, Outcome::Succeeded, 270).await;
+    report(retry[0].run_id, Outcome::Succeeded, 300).await;
+    let after = claim(400).await;
+    assert_eq!(after[0].job_name, "after");
+    report(after[0].run_id, Outcome::Failed, 500).await;
+    let info = listed().await;
+    assert_eq!(
+        (info.counts.succeeded, info.counts.failed, info.finished),
+        (2, 1, true)
+    );
+    assert_eq!(info.started_at, at(100), "the retried job's first run");
+    assert_eq!(info.finished_at, at(500));
+    assert_eq!(with_state(JobState::Failed).await, 1);
+    assert_eq!(with_state(JobState::Pending).await, 0);
+
+    // A retrigger puts it back: pending, not finished, no end shown.
+    let again = s.job_by_name(g, "after").await.unwrap();
+    s.retrigger(again, false, Millis(600)).await.unwrap();
+    let info = listed().await;
+    assert_eq!(
+        (info.counts.pending, info.counts.failed, info.finished),
+        (1, 0, false)
+    );
+    assert_eq!(info.finished_at, None);
+    assert_eq!(with_state(JobState::Pending).await, 1);
+
+    // Cancelled: finished again, and the end is still the last run's.
+    s.cancel_graph(g, Millis(700)).await.unwrap();
+    let info = listed().await;
+    assert_eq!(
+        (
+            info.counts.pending,
+            info.counts.cancelled,
+            info.counts.total()
+        ),
+        (0, 1, 3)
+    );
+    assert_eq!((info.finished, info.finished_at), (true, at(500)));
+    assert_eq!(with_state(JobState::Cancelled).await, 1);
+}
+
 on_both_backends!(
     jobs_and_graphs_are_found_by_what_a_user_knows,
-    a_staged_graph_comes_out_whole_and_pages_cover_it
+    a_staged_graph_comes_out_whole_and_pages_cover_it,
+    kept_counts_follow_retries_retriggers_and_cancels
 );
