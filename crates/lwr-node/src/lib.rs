@@ -803,7 +803,7 @@ impl Node {
             None => dir.to_path_buf(),
         };
         let started = std::time::Instant::now();
-        self.check_out(run, source, revision, tree)
+        self.check_out(run, source, revision, tree, !keep)
             .await
             .map_err(|e| {
                 format!(
@@ -823,13 +823,39 @@ impl Node {
     /// Checks `revision` out into `tree` from the node's clone cache, fetching what the
     /// cache lacks from the repository or, when the node cannot read the repository (a
     /// path on the machine `lwr push` ran on), from the bundle `lwr push` left on the server.
+    /// `fresh`: the tree is an emptied job dir, which a copy of a kept pristine tree of the
+    /// same revision can fill ([`checkout::template_path`]); a kept dir is checked out over.
     async fn check_out(
         &self,
         run: RunId,
         source: &JobSource,
         revision: &str,
         tree: PathBuf,
+        fresh: bool,
     ) -> Result<(), String> {
+        let template = fresh.then(|| {
+            checkout::template_path(
+                &self.cache_dir,
+                &source.repository,
+                revision,
+                &source.checkout,
+            )
+        });
+        if let Some(template) = template.clone() {
+            let dst = tree.clone();
+            match blocking(move || checkout::copy_template(&template, &dst)).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                // Removed while copied (only the least recently used go): start afresh.
+                Err(e) => {
+                    tracing::debug!("run {run}: copying the kept tree failed ({e}); checking out");
+                    let dst = tree.clone();
+                    blocking(move || exec::fresh_dir(&dst))
+                        .await
+                        .map_err(|e| format!("cannot empty {}: {e}", tree.display()))?;
+                }
+            }
+        }
         let (cache, url, rev) = (
             self.cache_dir.clone(),
             source.repository.clone(),
@@ -851,9 +877,18 @@ impl Node {
             },
         };
         let (rev, how) = (revision.to_string(), source.checkout.clone());
-        blocking(move || checkout::check_out(&mirror, &rev, &tree, &how))
-            .await
-            .map_err(|e| e.to_string())
+        blocking(move || {
+            checkout::check_out(&mirror, &rev, &tree, &how)?;
+            if let Some(template) = template
+                && let Err(e) = checkout::keep_template(&tree, &template)
+            {
+                // The next job checks out again: slower, not wrong.
+                tracing::warn!("cannot keep a copy of the checked-out tree: {e}");
+            }
+            Ok::<_, checkout::CheckoutError>(())
+        })
+        .await
+        .map_err(|e| e.to_string())
     }
 
     /// Fetches `revision` into the repository's mirror from the server's bundle of it;

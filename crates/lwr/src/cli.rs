@@ -726,7 +726,8 @@ pub struct JobsArgs {
     /// Only jobs whose name matches this glob (`build-*`).
     #[arg(long, value_name = "GLOB")]
     pub name: Option<String>,
-    /// Only the newest N jobs that match (default without --graph: 1000, the recent graphs).
+    /// Only the newest N jobs that match (default without --graph: the recent graphs, whole:
+    /// about the newest 1000 jobs).
     #[arg(long, value_name = "N", conflicts_with = "all")]
     pub limit: Option<u32>,
     /// Every job that matches, oldest first, read from the server a page at a time.

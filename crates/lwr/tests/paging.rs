@@ -267,3 +267,57 @@ fn paged_listing_sees_every_job_once_while_jobs_are_added() {
         "the newest job comes last"
     );
 }
+
+/// Plain `lwr jobs` shows the recent graphs whole: a newest graph bigger than the server's
+/// default page of 1000 jobs, and an older graph the page begins inside, are listed entire.
+#[test]
+fn lwr_jobs_shows_the_recent_graphs_whole() {
+    let tmp = tempdir();
+    let server = Server::start(tmp.path());
+    let graph = |tag: &str, n: usize| {
+        let jobs = (0..n)
+            .map(|i| {
+                spec(
+                    serde_json::json!({"name": format!("{tag}{i}"), "run": "true",
+                    "node": {"os": "plan9"}}),
+                )
+            })
+            .collect();
+        SubmitGraph::new(Graph { jobs })
+    };
+    let listed = |server: &Server| -> Vec<(i64, String)> {
+        let out = server.lwr(&["jobs", "--json"]);
+        out.assert_success();
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+        v["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .map(|j| {
+                (
+                    j["graph_id"].as_i64().unwrap(),
+                    j["name"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    server.api.submit(&graph("old", 50)).expect("submitting");
+    let big = server
+        .api
+        .submit(&graph("big", 1500))
+        .expect("submitting")
+        .id;
+    let jobs = listed(&server);
+    assert_eq!(jobs.len(), 1500, "the newest graph, whole and alone");
+    assert!(jobs.iter().all(|(g, _)| *g == big.get()));
+    // Now the newest 1000 jobs begin inside the big graph: it is still shown whole, with
+    // the two newer graphs, and the oldest graph not at all.
+    server.api.submit(&graph("a", 300)).expect("submitting");
+    server.api.submit(&graph("b", 300)).expect("submitting");
+    let jobs = listed(&server);
+    assert_eq!(jobs.len(), 2100, "{:?}", &jobs[..3]);
+    assert!(!jobs.iter().any(|(_, name)| name.starts_with("old")));
+    assert!(jobs.windows(2).all(|w| w[0].0 <= w[1].0), "oldest first");
+    // The server's own default stays bounded.
+    assert_eq!(server.api.jobs(None).expect("jobs").jobs.len(), 1000);
+}

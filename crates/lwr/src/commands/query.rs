@@ -31,6 +31,23 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
         list.jobs.extend(page.jobs);
         list.next_cursor = page.next_cursor;
     }
+    let bounded = !args.all && args.limit.is_none() && graph.is_none();
+    if bounded
+        && list.jobs.len() >= DEFAULT_JOBS
+        && let Some(cut) = list.jobs.first().map(|j| j.graph_id)
+    {
+        // The server's newest jobs may begin inside a graph (or hold only part of one
+        // bigger than the page): the recent graphs are shown whole, never a cut one.
+        let whole = client
+            .jobs_matching(&JobsQuery {
+                graph: Some(cut),
+                ..query.clone()
+            })
+            .await?;
+        list.jobs.retain(|j| j.graph_id != cut);
+        list.jobs.extend(whole.jobs);
+        list.jobs.sort_by_key(|j| j.id);
+    }
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
@@ -67,10 +84,9 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
         ]);
     }
     out!("{}", table.render());
-    let bounded = !args.all && args.limit.is_none() && graph.is_none();
     if bounded && list.jobs.len() >= DEFAULT_JOBS {
         eprintln!(
-            "(the newest {DEFAULT_JOBS} jobs: the recent graphs; --all for every job, --graph ID for one graph)"
+            "(the recent graphs, whole: about the newest {DEFAULT_JOBS} jobs; --all for every job, --graph ID for one graph)"
         );
     }
     Ok(ExitCode::SUCCESS)
