@@ -254,11 +254,28 @@ pub fn keep_template(tree: &Path, template: &Path) -> Result<()> {
 /// for every job, and ext4 makes each new inode dearer the more were deleted lately: a fresh
 /// `.git` is some 35 inodes, this leaves about 12.
 fn trim_git_dir(git: &Path) {
-    for dir in ["hooks", "logs", "branches", "info"] {
+    for dir in ["logs", "branches"] {
         let _ = std::fs::remove_dir_all(git.join(dir));
     }
     for file in ["description", "FETCH_HEAD", "ORIG_HEAD"] {
         let _ = std::fs::remove_file(git.join(file));
+    }
+    // Hooks something installed (git lfs) stay; git's samples go.
+    if let Ok(hooks) = std::fs::read_dir(git.join("hooks")) {
+        for hook in hooks.flatten() {
+            if hook.file_name().to_string_lossy().ends_with(".sample") {
+                let _ = std::fs::remove_file(hook.path());
+            }
+        }
+    }
+    // `info/exclude` as `git init` writes it says nothing but comments.
+    let exclude = git.join("info").join("exclude");
+    if std::fs::read_to_string(&exclude).is_ok_and(|text| {
+        text.lines()
+            .all(|l| l.trim().is_empty() || l.starts_with('#'))
+    }) {
+        let _ = std::fs::remove_file(&exclude);
+        let _ = std::fs::remove_dir(git.join("info"));
     }
 }
 
@@ -500,6 +517,12 @@ mod tests {
         let tree = tmp.path().join("job");
         std::fs::create_dir_all(tree.join(".git/refs")).unwrap();
         std::fs::write(tree.join(".git/HEAD"), "abc\n").unwrap();
+        std::fs::create_dir_all(tree.join(".git/hooks")).unwrap();
+        std::fs::write(tree.join(".git/hooks/pre-push.sample"), "#!/bin/sh\n").unwrap();
+        std::fs::write(tree.join(".git/hooks/pre-push"), "git lfs pre-push\n").unwrap();
+        std::fs::create_dir_all(tree.join(".git/info")).unwrap();
+        std::fs::write(tree.join(".git/info/exclude"), "# git ls-files\n\n").unwrap();
+        std::fs::write(tree.join(".git/description"), "Unnamed\n").unwrap();
         std::fs::write(tree.join("run.sh"), "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(tree.join("run.sh"), std::fs::Permissions::from_mode(0o755))
             .unwrap();
@@ -545,6 +568,11 @@ mod tests {
             std::fs::read_to_string(copy.join(".git/HEAD")).unwrap(),
             "abc\n"
         );
+        // What git never needs is left out; an installed hook is not.
+        assert!(copy.join(".git/hooks/pre-push").exists());
+        assert!(!copy.join(".git/hooks/pre-push.sample").exists());
+        assert!(!copy.join(".git/info").exists());
+        assert!(!copy.join(".git/description").exists());
         // Keeping it again (another job raced) leaves one whole template.
         keep_template(&tree, &template).unwrap();
         assert_eq!(
