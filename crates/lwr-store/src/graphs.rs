@@ -190,12 +190,7 @@ impl Store {
             what: "graph",
             id: id.to_string(),
         })?;
-        let (counts, first, last) = kept_counts(&row)?;
-        graph_info(
-            &row,
-            counts,
-            first.map(|start| (start.get(), last.map(Millis::get))),
-        )
+        graph_info(&row)
     }
 
     /// Job counts by state, for one graph or all (graphs still staging included), as
@@ -516,12 +511,10 @@ pub(crate) fn kept_counts(row: &AnyRow) -> Result<(StateCounts, Option<Millis>, 
     ))
 }
 
-/// A graph's row as [`GraphInfo`], with its counts and the times of its runs.
-fn graph_info(
-    row: &AnyRow,
-    counts: StateCounts,
-    times: Option<(i64, Option<i64>)>,
-) -> Result<GraphInfo> {
+/// A graph's row with its kept counts ([`COUNT_COLUMNS`]) as [`GraphInfo`]; `seq` is 0.
+/// The end is shown only once the graph finished.
+pub(crate) fn graph_info(row: &AnyRow) -> Result<GraphInfo> {
+    let (counts, first, last) = kept_counts(row)?;
     let finished = counts.finished();
     Ok(GraphInfo {
         id: typed(row, "id")?,
@@ -534,11 +527,8 @@ fn graph_info(
         finished,
         counts,
         seq: 0,
-        started_at: times.map(|(start, _)| rfc3339(Millis(start))),
-        finished_at: times
-            .and_then(|(_, end)| end)
-            .filter(|_| finished)
-            .map(|end| rfc3339(Millis(end))),
+        started_at: first.map(rfc3339),
+        finished_at: last.filter(|_| finished).map(rfc3339),
     })
 }
 

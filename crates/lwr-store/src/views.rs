@@ -141,27 +141,7 @@ impl Store {
     /// runs (`GET /v1/graphs`): one query; `seq` is left 0.
     pub async fn graph_infos(&self, filter: &GraphFilter) -> Result<Vec<GraphInfo>> {
         let rows = self.graph_rows(filter).await?;
-        rows.iter()
-            .map(|row| {
-                let g = summary(row)?;
-                let (counts, first, last) = crate::graphs::kept_counts(row)?;
-                let finished = counts.finished();
-                Ok(GraphInfo {
-                    id: g.id,
-                    repository: g.repository,
-                    branch: g.branch,
-                    revision: g.revision,
-                    author: g.author,
-                    subject: g.subject,
-                    created_at: crate::rfc3339(g.created_at),
-                    counts,
-                    finished,
-                    seq: 0,
-                    started_at: first.map(crate::rfc3339),
-                    finished_at: last.filter(|_| finished).map(crate::rfc3339),
-                })
-            })
-            .collect()
+        rows.iter().map(crate::graphs::graph_info).collect()
     }
 
     /// The jobs of `graphs`, oldest first, with their latest run's times: one query.

@@ -4,16 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use lwr_model::api::{AddRepo, EditRepo, Outcome, RegisterNode, RunResult, SubmitGraph};
+use lwr_model::api::{AddRepo, EditRepo, Outcome, RunResult, SubmitGraph};
 use lwr_model::graph::LeftOut;
-use lwr_model::{
-    DurationMs, Graph, GraphId, JobSpec, JobState, Millis, NodeId, NodeProperties, PushId, Requires,
-};
+use lwr_model::{DurationMs, Graph, GraphId, JobSpec, JobState, Millis, NodeId, PushId, Requires};
 use lwr_store::{Store, StoreError};
 
 #[macro_use]
 mod common;
-use common::{Fixture, job_as_written};
+use common::{Fixture, job_as_written, node_n1};
 
 const LEASE: DurationMs = DurationMs(30_000);
 
@@ -21,20 +19,6 @@ fn all_finished(name: &str, needs: &[&str]) -> JobSpec {
     let mut j = job_as_written(name, needs);
     j.requires = Requires::AllFinished;
     j
-}
-
-async fn node(store: &Store) -> NodeId {
-    store
-        .register_node(
-            &RegisterNode {
-                name: "n1".into(),
-                properties: NodeProperties::default(),
-                slots: 8,
-            },
-            Millis(0),
-        )
-        .await
-        .unwrap()
 }
 
 fn heads(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -149,7 +133,7 @@ async fn one_push_per_head_across_polls_and_restarts(f: Fixture) {
     let detail = store.job(decision).await.unwrap();
     assert_eq!(detail.info.state, JobState::Pending);
     assert!(!p2.decided);
-    let n = node(&store).await;
+    let n = node_n1(&store).await;
     let claimed = store
         .claim(n, 10, &[], Millis(4), LEASE)
         .await
@@ -197,7 +181,7 @@ async fn one_push_per_head_across_polls_and_restarts(f: Fixture) {
 
 async fn all_finished_jobs_run_whatever_their_needs_did(f: Fixture) {
     let store = f.store.clone();
-    let n = node(&store).await;
+    let n = node_n1(&store).await;
     // a fails: b and c (ordinary dependents) are blocked; summary (all-finished, needing a,
     // b and ok) runs once ok ends too; after (ordinary, needing summary) runs after it:
     // blocking does not go through an all-finished job.
@@ -239,7 +223,7 @@ async fn all_finished_waits_for_every_need_and_counts_cancelled_and_exception(f:
         quarantine_after: 0,
         ..Default::default()
     });
-    let n = node(&store).await;
+    let n = node_n1(&store).await;
     let g = store
         .submit_graph(
             &SubmitGraph::new(Graph {
@@ -322,7 +306,7 @@ fn push_graph(push: PushId, left_out: &[&str]) -> SubmitGraph {
 
 async fn push_graphs_keep_left_out_jobs_for_trigger(f: Fixture) {
     let store = f.store.clone();
-    let n = node(&store).await;
+    let n = node_n1(&store).await;
     let repo = store
         .add_repo(
             &AddRepo {
@@ -405,7 +389,7 @@ async fn push_graphs_keep_left_out_jobs_for_trigger(f: Fixture) {
 
 async fn trigger_refuses_a_job_whose_need_failed(f: Fixture) {
     let store = f.store.clone();
-    let n = node(&store).await;
+    let n = node_n1(&store).await;
     let repo = store
         .add_repo(
             &AddRepo {
@@ -439,7 +423,7 @@ async fn a_retriggered_need_is_waited_for_again(f: Fixture) {
         quarantine_after: 0,
         ..Default::default()
     });
-    let n = node(&store).await;
+    let n = node_n1(&store).await;
     let g = store
         .submit_graph(
             &SubmitGraph::new(Graph {
@@ -508,7 +492,7 @@ async fn a_retriggered_need_is_waited_for_again(f: Fixture) {
 
 async fn a_dependent_run_again_with_a_failed_need_is_blocked_not_stuck(f: Fixture) {
     let store = f.store.clone();
-    let n = node(&store).await;
+    let n = node_n1(&store).await;
     let g = store
         .submit_graph(
             &SubmitGraph::new(Graph {

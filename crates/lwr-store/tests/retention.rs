@@ -2,29 +2,15 @@
 //! artifact rows; graphs or jobs marked keep, live graphs, recent ones and the newest push
 //! of a branch stay.
 
-use lwr_model::api::{AddRepo, Outcome, RegisterNode, RunResult, SubmitGraph};
-use lwr_model::{DurationMs, Graph, GraphId, JobSpec, Millis, NodeId, NodeProperties};
+use lwr_model::api::{AddRepo, Outcome, RunResult, SubmitGraph};
+use lwr_model::{DurationMs, Graph, GraphId, JobSpec, Millis, NodeId};
 use lwr_store::{NewArtifact, Store};
 
 #[macro_use]
 mod common;
-use common::{Fixture, job_as_written};
+use common::{Fixture, job_as_written, node_n1};
 
 const LEASE: DurationMs = DurationMs(30_000);
-
-async fn node(store: &Store) -> NodeId {
-    store
-        .register_node(
-            &RegisterNode {
-                name: "n1".into(),
-                properties: NodeProperties::default(),
-                slots: 8,
-            },
-            Millis(0),
-        )
-        .await
-        .unwrap()
-}
 
 /// Claims every ready job and ends it succeeded, with an artifact on each run.
 async fn run_ready(store: &Store, node: NodeId, now: Millis) -> usize {
@@ -71,7 +57,7 @@ async fn submit(store: &Store, jobs: Vec<JobSpec>, now: Millis) -> GraphId {
 
 async fn old_graphs_go_and_marked_ones_stay(f: Fixture) {
     let store = f.store.clone();
-    let n = node(&store).await;
+    let n = node_n1(&store).await;
     let repo = store
         .add_repo(
             &AddRepo {

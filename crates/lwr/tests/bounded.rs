@@ -137,15 +137,27 @@ fn a_database_disk_full_to_the_brim_recovers_without_a_restart() {
     // The disk full to the brim: the database refuses pushes clearly (one may still fit in
     // space its files already hold).
     let filler = fill(&small);
+    refused_twice_then_recovers(&server, &repo, &filler, &["full"], |n| {
+        format!("version: 1\njobs:\n  full{n}:\n    run: echo full\n")
+    });
+}
+
+/// Pushes the lwr.yml `yml(n)` makes until the server has refused two, each naming `says`;
+/// then frees the disk (removes `filler`) and checks a push runs to success, with nothing
+/// restarted.
+fn refused_twice_then_recovers(
+    server: &Server,
+    repo: &Path,
+    filler: &Path,
+    says: &[&str],
+    yml: impl Fn(usize) -> String,
+) {
     let mut refused = 0;
     for n in 0..10 {
-        commit(
-            &repo,
-            &format!("version: 1\njobs:\n  full{n}:\n    run: echo full\n"),
-        );
-        let out = server.push(&repo, false);
+        commit(repo, &yml(n));
+        let out = server.push(repo, false);
         if !out.success() {
-            out.assert_stderr_has(&["full"]);
+            out.assert_stderr_has(says);
             refused += 1;
             if refused == 2 {
                 break;
@@ -153,11 +165,10 @@ fn a_database_disk_full_to_the_brim_recovers_without_a_restart() {
         }
     }
     assert_eq!(refused, 2, "pushes refused while the disk was full");
-    // Freed: it works again with nothing restarted.
-    std::fs::remove_file(&filler).unwrap();
-    commit(&repo, "version: 1\njobs:\n  freed:\n    run: echo freed\n");
+    std::fs::remove_file(filler).unwrap();
+    commit(repo, "version: 1\njobs:\n  freed:\n    run: echo freed\n");
     let g = wait_until("a push after space came back", DEADLINE, || {
-        let out = server.push(&repo, true);
+        let out = server.push(repo, true);
         match out.success() {
             true => Ok(out.pushed_graph()),
             false => Err(out.to_string()),
@@ -270,33 +281,14 @@ fn a_postgresql_database_disk_full_to_the_brim_recovers_without_a_restart() {
     server.push(&repo, true).assert_success();
     let filler = fill(&small);
     // Graphs of a few hundred jobs: small rows still fit in the tables' free space.
-    let mut refused = 0;
-    for n in 0..10 {
+    let says = ["full", "No space left on device"];
+    refused_twice_then_recovers(&server, &repo, &filler, &says, |n| {
         let mut yml = String::from("version: 1\njobs:\n");
         for j in 0..300 {
             yml.push_str(&format!("  j{n}_{j}:\n    run: echo {}\n", "x".repeat(300)));
         }
-        commit(&repo, &yml);
-        let out = server.push(&repo, false);
-        if !out.success() {
-            out.assert_stderr_has(&["full", "No space left on device"]);
-            refused += 1;
-            if refused == 2 {
-                break;
-            }
-        }
-    }
-    assert_eq!(refused, 2, "pushes refused while the disk was full");
-    std::fs::remove_file(&filler).unwrap();
-    commit(&repo, "version: 1\njobs:\n  freed:\n    run: echo freed\n");
-    let g = wait_until("a push after space came back", DEADLINE, || {
-        let out = server.push(&repo, true);
-        match out.success() {
-            true => Ok(out.pushed_graph()),
-            false => Err(out.to_string()),
-        }
+        yml
     });
-    server.wait_job(g, "freed", JobState::Succeeded, Some("n1"));
 }
 
 #[test]

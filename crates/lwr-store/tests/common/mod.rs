@@ -144,3 +144,18 @@ pub fn job_as_written(name: &str, needs: &[&str]) -> lwr_model::JobSpec {
     j.needs = needs.iter().map(|n| n.to_string()).collect();
     j
 }
+
+/// Registers node `n1` (default properties, 8 slots) at time 0; returns its id.
+pub async fn node_n1(store: &Store) -> lwr_model::NodeId {
+    store
+        .register_node(
+            &lwr_model::api::RegisterNode {
+                name: "n1".into(),
+                properties: lwr_model::NodeProperties::default(),
+                slots: 8,
+            },
+            lwr_model::Millis(0),
+        )
+        .await
+        .expect("registering n1")
+}
