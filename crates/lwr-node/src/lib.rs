@@ -31,7 +31,7 @@ use lwr_model::sync::lock;
 use lwr_model::timing;
 use lwr_model::{NodeId, RunId};
 use thiserror::Error;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::exec::{Launch, Stop};
 use crate::journal::Journal;
@@ -142,6 +142,38 @@ struct Node {
     run_logs: Arc<stream::RunLogs>,
     /// The Buildbot master this node bridges to, if it is a bridge.
     bridge: Option<buildbot::Bridge>,
+}
+
+/// The node's free slots as the reporting task takes jobs for them ([`report::Taker`]).
+struct SlotTaker {
+    /// Weak: the node holds the reporter, which holds this.
+    node: std::sync::Weak<Node>,
+    slots: Arc<Semaphore>,
+    /// Turns true when the node stops claiming.
+    stop: watch::Receiver<bool>,
+}
+
+impl report::Taker for SlotTaker {
+    fn slots(&self) -> Option<Arc<Semaphore>> {
+        let node = self.node.upgrade()?;
+        // As the claim loop: nothing while stopping, draining or unhealthy (as last checked).
+        let busy = *self.stop.borrow() || *node.reboot.borrow() || lock(&node.unhealthy).is_some();
+        (!busy).then(|| self.slots.clone())
+    }
+
+    fn start(&self, jobs: Vec<Assignment>, slots: Vec<OwnedSemaphorePermit>) {
+        match self.node.upgrade() {
+            Some(node) => node.start_jobs(jobs, slots),
+            None => {
+                for a in jobs {
+                    tracing::error!(
+                        "run {}: node gone before it started; left to expire",
+                        a.run_id
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Runs the node until `shutdown` resolves; then it claims nothing more, lets its running
@@ -281,6 +313,11 @@ pub async fn run(
         });
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    node.reporter.set_taker(Arc::new(SlotTaker {
+        node: Arc::downgrade(&node),
+        slots: permits.clone(),
+        stop: stop_rx.clone(),
+    }));
     let claims = tokio::spawn(node.clone().claim_loop(permits.clone(), stop_rx));
     let mut reboot = node.reboot.subscribe();
     let rebooting = tokio::select! {
@@ -525,22 +562,7 @@ impl Node {
             match answer {
                 Ok(resp) => {
                     backoff.reset();
-                    for assignment in resp.assignments {
-                        let Some(permit) = permits.pop() else {
-                            tracing::error!(
-                                "server sent more jobs than asked for; run {} left to expire",
-                                assignment.run_id
-                            );
-                            continue;
-                        };
-                        self.lease_secs
-                            .store(assignment.lease_secs, Ordering::Relaxed);
-                        let node = self.clone();
-                        tokio::spawn(async move {
-                            node.run_job(assignment).await;
-                            drop(permit);
-                        });
-                    }
+                    self.start_jobs(resp.assignments, permits);
                 }
                 // The server lost its database: nothing this node holds means anything there.
                 Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
@@ -552,6 +574,27 @@ impl Node {
                 }
                 Err(e) => backoff.wait(&format!("claiming work: {e}")).await,
             }
+        }
+    }
+
+    /// Runs the jobs a claim handed out, each in a slot of `permits` (released when its job
+    /// ends); the slots left over are freed now.
+    fn start_jobs(self: &Arc<Self>, jobs: Vec<Assignment>, mut permits: Vec<OwnedSemaphorePermit>) {
+        for assignment in jobs {
+            let Some(permit) = permits.pop() else {
+                tracing::error!(
+                    "server sent more jobs than asked for; run {} left to expire",
+                    assignment.run_id
+                );
+                continue;
+            };
+            self.lease_secs
+                .store(assignment.lease_secs, Ordering::Relaxed);
+            let node = self.clone();
+            tokio::spawn(async move {
+                node.run_job(assignment).await;
+                drop(permit);
+            });
         }
     }
 

@@ -4,7 +4,11 @@
 //! Results wait in an outbox. The claim loop takes them along with its next claim (a job just
 //! ended, so a slot is free and a claim follows at once), which saves a request per job. If a
 //! claim is already in flight (it may be held open for a while), the reporting task sends
-//! them on their own instead, so no result waits for a long poll to end.
+//! them at once instead, so no result waits for a long poll to end: as a claim that does not
+//! wait, for the slots free now (the ones these results' jobs just left, see [`Taker`]), so
+//! the server records them and hands out the next jobs in one request and one transaction
+//! rather than a report and a claim; as a plain report when no slot is free or the node is
+//! stopping.
 //!
 //! An upload the server answers with an error (507: its storage is full) does not hold up
 //! claims, heartbeats or other results: its result waits aside and is tried again after a
@@ -18,10 +22,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::sync::OnceLock;
+
 use lwr_client::{Client, ClientError};
-use lwr_model::api::{Outcome, ReportResults, ResultAck, RunResult};
+use lwr_model::api::{Assignment, ClaimRequest, Outcome, ReportResults, ResultAck, RunResult};
 use lwr_model::{NodeId, RunId, timing};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::journal::{Journal, Synced};
 use lwr_model::sync::lock;
@@ -38,6 +44,18 @@ pub(crate) struct Reporter {
     shared: Arc<Shared>,
 }
 
+/// Lets the reporting task take jobs for the node's free slots with the results it sends.
+pub(crate) trait Taker: Send + Sync {
+    /// The node's slots, when it may take jobs now (not stopping, draining or unhealthy).
+    fn slots(&self) -> Option<Arc<Semaphore>>;
+    /// Starts the jobs a claim handed out, each holding one of `slots`; the rest are freed.
+    fn start(&self, jobs: Vec<Assignment>, slots: Vec<OwnedSemaphorePermit>);
+}
+
+/// How long the reporting task waits for a slot to take jobs for: the slot a result's job
+/// leaves is freed a moment after the result is queued (its directory is emptied first).
+const SLOT_WAIT: Duration = Duration::from_millis(20);
+
 struct Shared {
     client: Client,
     journal: Arc<Journal>,
@@ -49,6 +67,8 @@ struct Shared {
     /// Results not yet taken by the server.
     pending: AtomicUsize,
     drained: Notify,
+    /// Set once the node exists: takes jobs with the results sent on their own.
+    taker: OnceLock<Arc<dyn Taker>>,
 }
 
 #[derive(Default)]
@@ -119,6 +139,7 @@ impl Reporter {
                 send_now: Notify::new(),
                 pending: AtomicUsize::new(0),
                 drained: Notify::new(),
+                taker: OnceLock::new(),
             }),
         };
         if !unreported.is_empty() {
@@ -133,6 +154,11 @@ impl Reporter {
         }
         tokio::spawn(reporter.shared.clone().run());
         reporter
+    }
+
+    /// From now on, results sent while a claim is in flight take jobs for free slots.
+    pub(crate) fn set_taker(&self, taker: Arc<dyn Taker>) {
+        let _ = self.shared.taker.set(taker);
     }
 
     /// Records a result in the journal and queues it for reporting; `outputs` says the run
@@ -229,13 +255,13 @@ impl Shared {
         loop {
             self.send_now.notified().await;
             loop {
-                let batch = {
+                let (batch, stopping) = {
                     let mut outbox = lock(&self.outbox);
                     if !(outbox.claiming || outbox.direct || outbox.retry) {
                         break;
                     }
                     outbox.retry = false;
-                    take_due(&mut outbox.results, MAX_BATCH)
+                    (take_due(&mut outbox.results, MAX_BATCH), outbox.direct)
                 };
                 if batch.is_empty() {
                     break;
@@ -247,6 +273,13 @@ impl Shared {
                 let synced = self.journal.start_sync();
                 let report = ReportResults {
                     results: batch.into_iter().map(|p| p.result).collect(),
+                };
+                let synced = match self.take_jobs(&report, synced, stopping).await {
+                    Ok(()) => {
+                        backoff.reset();
+                        continue;
+                    }
+                    Err(synced) => synced,
                 };
                 // Until the server answers, this batch is ours: retry it, adding nothing.
                 let mut synced = Some(synced);
@@ -267,6 +300,47 @@ impl Shared {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Sends `report`'s results as a claim that does not wait, for the slots free now, and
+    /// starts the jobs it gets. `Err` gives the sync back when that was not done: no free
+    /// slot, the node stopping, or the request failed (the results then go as a report,
+    /// where a repeat of a result the server took is harmless).
+    async fn take_jobs(
+        &self,
+        report: &ReportResults,
+        synced: Synced,
+        stopping: bool,
+    ) -> Result<(), Synced> {
+        let Some(taker) = self.taker.get().filter(|_| !stopping) else {
+            return Err(synced);
+        };
+        let Some(free) = taker.slots() else {
+            return Err(synced);
+        };
+        let Ok(Ok(first)) = tokio::time::timeout(SLOT_WAIT, free.clone().acquire_owned()).await
+        else {
+            return Err(synced);
+        };
+        let mut slots = vec![first];
+        slots.extend(std::iter::from_fn(|| free.clone().try_acquire_owned().ok()));
+        let req = ClaimRequest {
+            max: slots.len() as u32,
+            wait_ms: 0,
+            results: report.results.clone(),
+        };
+        match self.client.claim(self.node, &req).await {
+            Ok(answer) => {
+                synced.wait().await;
+                self.acked(&answer.acks);
+                taker.start(answer.assignments, slots);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!("sending results with a claim failed: {e}; reporting them");
+                Err(synced)
             }
         }
     }

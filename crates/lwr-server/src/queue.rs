@@ -1,8 +1,12 @@
 //! The queue as the server runs it: store transactions plus in-memory wake-ups.
 //!
-//! Two counters live in `watch` channels. `ready` moves when a job may have become
-//! claimable; nodes waiting in a long-poll claim wake on it, so an idle node gets new work
-//! within milliseconds and nothing in the dispatch path sleeps. `changes` moves when any job
+//! Two counters live in `watch` channels. `ready` moves when jobs may have become claimable
+//! in numbers not counted (a submission, a retry); nodes waiting in a long-poll claim wake on
+//! it, so an idle node gets new work within milliseconds and nothing in the dispatch path
+//! sleeps. A job released by its need's success is counted instead, and wakes one waiting
+//! claim (`one`): waking them all would have every one of them search again for a job only
+//! one can take. A claim woken that way that takes nothing wakes them all, so a job the
+//! first waiter cannot run still reaches the one that can. `changes` moves when any job
 //! changes state; `push --wait` long-polls on it.
 //!
 //! Servers sharing a PostgreSQL database hear each other's changes through LISTEN/NOTIFY
@@ -17,7 +21,7 @@ use lwr_model::api::{GraphInfo, ResultAck, RunResult, SubmitGraph};
 use lwr_model::timing;
 use lwr_model::{DurationMs, GraphId, JobId, NodeId, PushId, RunId};
 use lwr_store::{Cancelled, Claimed, Effects, Event, Events, Store, StoreError, now_ms};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, timeout_at};
 
 use crate::AppState;
@@ -30,6 +34,8 @@ pub struct Queue {
     store: Store,
     lease: Duration,
     ready: watch::Sender<u64>,
+    /// Wakes one waiting claim per counted job released (see the module documentation).
+    one: Notify,
     changes: watch::Sender<i64>,
     /// Claims and graph waits parked on a counter now.
     waiting: AtomicUsize,
@@ -65,6 +71,7 @@ impl Queue {
             store,
             lease,
             ready,
+            one: Notify::new(),
             changes,
             waiting: AtomicUsize::new(0),
             followed: Followed::default(),
@@ -110,6 +117,13 @@ impl Queue {
     pub fn wake(&self, effects: Effects) {
         if effects.ready {
             self.ready.send_modify(|n| *n += 1);
+        } else if effects.released > 0 {
+            // No more than are waiting, and one for a claim about to wait (`notify_one`
+            // keeps one wake-up for the next waiter when nobody waits).
+            let waiting = u32::try_from(self.waiting()).unwrap_or(u32::MAX);
+            for _ in 0..effects.released.min(waiting.saturating_add(1)) {
+                self.one.notify_one();
+            }
         }
         if effects.changed {
             // At least the clock, so counters of servers sharing a database stay close and
@@ -131,7 +145,12 @@ impl Queue {
 
     pub async fn submit(&self, sub: &SubmitGraph) -> Result<GraphInfo, StoreError> {
         let id = self.store.submit_graph(sub, now_ms()).await?;
-        self.wake(Effects::NEW_WORK);
+        // Its jobs without needs are ready: as many waiting claims look, not all of them.
+        let roots = sub.graph.jobs.iter().filter(|j| j.needs.is_empty()).count();
+        self.wake(Effects {
+            released: u32::try_from(roots).unwrap_or(u32::MAX),
+            ..Effects::changed(false)
+        });
         self.graph(id, None, Duration::ZERO).await
     }
 
@@ -172,6 +191,8 @@ impl Queue {
         let mut rx = self.ready.subscribe();
         let mut results = results;
         let mut acks = Vec::new();
+        // Woken for one counted job: taking nothing then passes the wake-up on to everyone.
+        let mut woken_for_one = false;
         loop {
             // Mark the counter seen before looking, so a job made ready while we look
             // wakes us instead of being missed.
@@ -196,6 +217,13 @@ impl Queue {
                     waited: claimed.waited,
                 });
             }
+            if std::mem::take(&mut woken_for_one) {
+                // The job this claim was woken for is not one it can run (or another claim
+                // took it): the others look. This claim then looks once more itself, as the
+                // wake-up it sends marks its own counter too; marking it seen could swallow
+                // another wake-up sent meanwhile.
+                self.ready.send_modify(|n| *n += 1);
+            }
             // A job held for a better node is looked at again when the hold runs out, so a
             // preferred node that never claims cannot leave it waiting.
             let until = match claimed.retry_in_ms {
@@ -203,10 +231,21 @@ impl Queue {
                 None => deadline,
             };
             let parked = Parked::new(&self.waiting);
-            let woken = timeout_at(until, rx.changed()).await;
+            // A `notify_one` given to this wait and dropped unfinished (the other branch won,
+            // the time ran out, the node hung up) passes to the next waiter: none is lost.
+            let woken = timeout_at(until, async {
+                tokio::select! {
+                    changed = rx.changed() => changed.is_ok(),
+                    () = self.one.notified() => {
+                        woken_for_one = true;
+                        true
+                    }
+                }
+            })
+            .await;
             drop(parked);
             match woken {
-                Ok(Ok(())) => continue,
+                Ok(true) => continue,
                 _ if until < deadline => continue,
                 _ => {
                     return Ok(Claimed {

@@ -46,10 +46,7 @@ impl Store {
             now,
         )
         .await?;
-        let effects = Effects {
-            ready,
-            changed: true,
-        };
+        let effects = Effects::changed(ready);
         self.notify_in(&mut tx, effects).await?;
         tx.commit().await.op("committing cancel")?;
         Ok(Cancelled {
@@ -91,8 +88,8 @@ impl Store {
         .op("cancelling graph")?
         .rows_affected();
         let effects = Effects {
-            ready: false,
             changed: jobs > 0,
+            ..Effects::default()
         };
         self.notify_in(&mut tx, effects).await?;
         tx.commit().await.op("committing cancel")?;

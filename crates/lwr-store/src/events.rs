@@ -31,7 +31,8 @@ pub enum Event {
 /// (a job changed state), or `n<id>` (node `id` registered again).
 pub(crate) fn payload(instance: &str, effects: Effects) -> Option<String> {
     let mut flags = String::new();
-    if effects.ready {
+    // Other servers wake all their waiting claims: they cannot tell their own from ours.
+    if effects.wakes_claims() {
         flags.push('r');
     }
     if effects.changed {
@@ -165,6 +166,7 @@ impl Events {
         }
         Some(Event::Wake(Effects {
             ready: flags.contains('r'),
+            released: 0,
             changed: flags.contains('c'),
         }))
     }
@@ -176,11 +178,12 @@ mod tests {
 
     #[test]
     fn payloads_name_their_store_and_effects() {
-        let both = Effects {
-            ready: true,
-            changed: true,
+        assert_eq!(payload("s1", Effects::NEW_WORK).as_deref(), Some("s1 rc"));
+        let counted = Effects {
+            released: 2,
+            ..Effects::default()
         };
-        assert_eq!(payload("s1", both).as_deref(), Some("s1 rc"));
+        assert_eq!(payload("s1", counted).as_deref(), Some("s1 r"));
         assert_eq!(payload("s1", Effects::default()), None);
     }
 }

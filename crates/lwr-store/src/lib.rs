@@ -106,6 +106,8 @@ pub struct Store {
     nodes: nodes::NodeCache,
     /// The pool snapshot the claim decides with.
     pool: pool::PoolCache,
+    /// Where recently claimed graphs came from (never changes once a graph is stored).
+    origins: queue::OriginCache,
     /// Names this store in notifications, so a server skips its own.
     instance: Arc<str>,
     /// For listening to other servers (PostgreSQL only).
@@ -212,6 +214,7 @@ impl Store {
             dialect,
             nodes: Default::default(),
             pool: Default::default(),
+            origins: Default::default(),
             instance: uuid::Uuid::new_v4().simple().to_string().into(),
             postgres_url: (dialect == Dialect::Postgres).then(|| url.to_string()),
             job_key: Default::default(),

@@ -5,6 +5,7 @@
 //! result that causes them, so no crash can leave a graph half-updated.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use lwr_model::api::{Assignment, JobSource, Outcome, ResultAck, RunResult};
 use lwr_model::pool::{
@@ -26,8 +27,13 @@ const SCAN_PAGE: i64 = 256;
 /// What a transaction changed, so the server knows whom to wake.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Effects {
-    /// A job became ready to claim: wake the waiting nodes.
+    /// Jobs became ready, how many is not counted (a submission, a retry, a block ending
+    /// at an all-finished job): wake every waiting claim.
     pub ready: bool,
+    /// Jobs that became ready because their last need succeeded, counted, less those a
+    /// claim of the same transaction took: wake this many waiting claims, one each, not
+    /// all of them (each woken claim runs the search again, and only one can take a job).
+    pub released: u32,
     /// Some job changed state: wake those watching graphs.
     pub changed: bool,
 }
@@ -36,12 +42,28 @@ impl Effects {
     /// Jobs became ready (and so changed state): a submission, a push, a retrigger.
     pub const NEW_WORK: Effects = Effects {
         ready: true,
+        released: 0,
         changed: true,
     };
 
+    /// A job changed state, and `ready` says whether jobs became ready (uncounted).
+    pub fn changed(ready: bool) -> Effects {
+        Effects {
+            ready,
+            released: 0,
+            changed: true,
+        }
+    }
+
     pub fn merge(&mut self, other: Effects) {
         self.ready |= other.ready;
+        self.released = self.released.saturating_add(other.released);
         self.changed |= other.changed;
+    }
+
+    /// Whether waiting claims have anything new to look at.
+    pub fn wakes_claims(&self) -> bool {
+        self.ready || self.released > 0
     }
 }
 
@@ -65,6 +87,8 @@ pub struct Claimed {
 struct Reported {
     acks: Vec<ResultAck>,
     effects: Effects,
+    /// Jobs that became ready through these results (counted in `effects.released`).
+    released: Vec<JobId>,
     /// Live runs of the node that ended.
     ended: usize,
     /// The node was quarantined by these results.
@@ -112,6 +136,12 @@ impl Store {
                 .await?
         };
         effects.changed |= !assignments.is_empty();
+        // Jobs this claim released and took itself need nobody woken for them.
+        let took = assignments
+            .iter()
+            .filter(|a| reported.released.contains(&a.job_id))
+            .count();
+        effects.released = effects.released.saturating_sub(took as u32);
         self.notify_in(&mut tx, effects).await?;
         tx.commit().await.op("committing claim")?;
         self.pool.set_erring(node_id, !reported.clean);
@@ -246,8 +276,8 @@ impl Store {
             }
         }
         let mut assignments = Vec::with_capacity(picked.len());
-        // Jobs of one graph claimed together share its row.
-        let mut origins: HashMap<GraphId, GraphOrigin> = HashMap::new();
+        // Jobs of one graph share its row, read once per graph while it is claimed from.
+        let mut origins: HashMap<GraphId, Arc<GraphOrigin>> = HashMap::new();
         for chunk in picked.chunks(CLAIM_BATCH) {
             let taken = take_jobs(tx, chunk, node_id, node_name, now, lease).await?;
             for TakenJob {
@@ -261,7 +291,14 @@ impl Store {
                 let origin = match origins.get(&graph_id) {
                     Some(origin) => origin,
                     None => {
-                        let origin = GraphOrigin::read(tx, graph_id).await?;
+                        let origin = match self.origins.get(graph_id) {
+                            Some(origin) => origin,
+                            None => {
+                                let origin = Arc::new(GraphOrigin::read(tx, graph_id).await?);
+                                self.origins.put(graph_id, origin.clone());
+                                origin
+                            }
+                        };
                         origins.entry(graph_id).or_insert(origin)
                     }
                 };
@@ -728,9 +765,33 @@ fn kept_dir(origin: &GraphOrigin, name: &str) -> String {
     format!("{readable}-{hash}")
 }
 
+/// Graphs' origins by id, kept for the claims of their jobs: a graph's repository, branch,
+/// revisions and push are written with it and never change, so a kept one is never stale
+/// (a graph removed by retention has no jobs left to claim). Bounded: emptied when full.
+#[derive(Clone, Default)]
+pub(crate) struct OriginCache(Arc<Mutex<HashMap<GraphId, Arc<GraphOrigin>>>>);
+
+/// Graphs kept in [`OriginCache`]; jobs are claimed from a few graphs at a time.
+const ORIGINS_KEPT: usize = 1024;
+
+impl OriginCache {
+    fn get(&self, id: GraphId) -> Option<Arc<GraphOrigin>> {
+        self.0.lock().ok()?.get(&id).cloned()
+    }
+
+    fn put(&self, id: GraphId, origin: Arc<GraphOrigin>) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= ORIGINS_KEPT {
+                map.clear();
+            }
+            map.insert(id, origin);
+        }
+    }
+}
+
 /// Where a graph came from: what its jobs' sources are made of.
 #[derive(Debug, Clone, Default)]
-struct GraphOrigin {
+pub(crate) struct GraphOrigin {
     repository: Option<String>,
     branch: Option<String>,
     revision: Option<String>,
@@ -834,6 +895,7 @@ async fn report_in(
         return Ok(reported);
     }
     let mut effects = Effects::default();
+    let mut released = Vec::new();
     let mut acks = Vec::with_capacity(results.len());
     let (mut ended, mut quarantined) = (0, false);
     for result in results {
@@ -874,7 +936,7 @@ async fn report_in(
             quarantined = true;
         }
         let job_effects = match result.outcome {
-            Outcome::Succeeded => succeed_job(tx, job_id, now).await?,
+            Outcome::Succeeded => succeed_jobs(tx, &[job_id], now, &mut released).await?,
             Outcome::Failed => {
                 let reason = result
                     .reason
@@ -900,6 +962,7 @@ async fn report_in(
     Ok(Reported {
         acks,
         effects,
+        released,
         ended,
         quarantined,
         clean,
@@ -944,10 +1007,11 @@ async fn report_successes(
         finished.insert(typed(&row, "id")?, typed(&row, "job_id")?);
     }
     let jobs: Vec<JobId> = finished.values().copied().collect();
+    let mut released = Vec::new();
     let effects = if jobs.is_empty() {
         Effects::default()
     } else {
-        succeed_jobs(tx, &jobs, now).await?
+        succeed_jobs(tx, &jobs, now, &mut released).await?
     };
     let mut acks = Vec::with_capacity(results.len());
     for result in results {
@@ -965,15 +1029,21 @@ async fn report_successes(
     Ok(Some(Reported {
         acks,
         effects,
+        released,
         ended: jobs.len(),
         quarantined: false,
         clean: true,
     }))
 }
 
-/// [`succeed_job`] for several jobs in two statements: each dependent loses one unmet need
-/// per job of `jobs` it needs.
-async fn succeed_jobs(tx: &mut Tx, jobs: &[JobId], now: Millis) -> Result<Effects> {
+/// The `jobs` succeeded, in two statements: each dependent loses one unmet need per job of
+/// `jobs` it needs; those at zero become ready and are added to `released`.
+async fn succeed_jobs(
+    tx: &mut Tx,
+    jobs: &[JobId],
+    now: Millis,
+    released: &mut Vec<JobId>,
+) -> Result<Effects> {
     let ids = placeholders(2, jobs.len());
     let mut succeed = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE jobs SET state = 'succeeded', reason = NULL, updated_at = $1 \
@@ -991,22 +1061,25 @@ async fn succeed_jobs(tx: &mut Tx, jobs: &[JobId], now: Millis) -> Result<Effect
         "UPDATE jobs SET unmet = unmet - (SELECT COUNT(*) FROM job_needs jn \
          WHERE jn.job_id = jobs.id AND jn.need_id IN ({ids})), updated_at = $1 \
          WHERE state = 'pending' AND id IN (SELECT job_id FROM job_needs WHERE need_id IN ({ids})) \
-         RETURNING unmet"
+         RETURNING id, unmet"
     )))
     .bind(now.get());
     for job in jobs {
         release = release.bind(job.get());
     }
-    let mut ready = false;
+    let before = released.len();
     for row in release
         .fetch_all(&mut **tx)
         .await
         .op("releasing dependents")?
     {
-        ready |= col::<i64>(&row, "unmet")? == 0;
+        if col::<i64>(&row, "unmet")? == 0 {
+            released.push(typed(&row, "id")?);
+        }
     }
     Ok(Effects {
-        ready,
+        ready: false,
+        released: (released.len() - before) as u32,
         changed: true,
     })
 }
@@ -1045,36 +1118,6 @@ fn outcome_state(outcome: Outcome) -> &'static str {
     }
 }
 
-/// The job succeeded: each dependent has one unmet need fewer; those at zero become ready.
-async fn succeed_job(tx: &mut Tx, job_id: JobId, now: Millis) -> Result<Effects> {
-    sqlx::query(
-        "UPDATE jobs SET state = 'succeeded', reason = NULL, updated_at = $2 \
-         WHERE id = $1 AND state = 'running'",
-    )
-    .bind(job_id.get())
-    .bind(now.get())
-    .execute(&mut **tx)
-    .await
-    .op("marking job succeeded")?;
-    let rows = sqlx::query(
-        "UPDATE jobs SET unmet = unmet - 1, updated_at = $2 WHERE state = 'pending' \
-         AND id IN (SELECT job_id FROM job_needs WHERE need_id = $1) RETURNING unmet",
-    )
-    .bind(job_id.get())
-    .bind(now.get())
-    .fetch_all(&mut **tx)
-    .await
-    .op("releasing dependents")?;
-    let mut ready = false;
-    for row in rows {
-        ready |= col::<i64>(&row, "unmet")? == 0;
-    }
-    Ok(Effects {
-        ready,
-        changed: true,
-    })
-}
-
 /// An infrastructure error: run the job again while it has retries, else end it. After an
 /// error on a spot node (`spot`), the retry goes to a non-spot node when one matches.
 async fn retry_or_end(
@@ -1108,10 +1151,7 @@ async fn retry_or_end(
         crate::control::count_unmet(tx, job_id).await?;
         let (blocked, ready) = crate::control::block_if_stuck(tx, job_id, now).await?;
         return Ok(if blocked {
-            Effects {
-                ready,
-                changed: true,
-            }
+            Effects::changed(ready)
         } else {
             Effects::NEW_WORK
         });
@@ -1156,10 +1196,7 @@ async fn end_job(
         )
         .await?;
     }
-    Ok(Effects {
-        ready,
-        changed: true,
-    })
+    Ok(Effects::changed(ready))
 }
 
 /// `job_id` ended without success: marks every pending job that transitively needs it as

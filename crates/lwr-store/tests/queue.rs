@@ -106,7 +106,12 @@ async fn only_ready_jobs_are_claimed_and_success_releases_dependents(f: Fixture)
         .await
         .unwrap();
     assert!(acks[0].recorded);
-    assert!(effects.ready && effects.changed);
+    assert!(effects.changed);
+    assert_eq!(
+        (effects.ready, effects.released),
+        (false, 1),
+        "b released, counted: one waiting claim is woken for it"
+    );
     let got = f
         .store
         .claim(n, 10, &[], Millis(4), LEASE)
@@ -129,6 +134,84 @@ async fn only_ready_jobs_are_claimed_and_success_releases_dependents(f: Fixture)
         .unwrap()
         .assignments;
     assert_eq!(got[0].job_name, "c");
+}
+
+/// The server wakes one waiting claim per job a success released, less those the claim
+/// carrying the success took itself: so a claim's effects count exactly those.
+async fn a_claim_counts_the_jobs_it_released_and_did_not_take(f: Fixture) {
+    f.store
+        .submit_graph(
+            &graph(vec![
+                job("a", &[]),
+                job("b", &["a"]),
+                job("c", &["a"]),
+                job("d", &["b", "c"]),
+            ]),
+            Millis(0),
+        )
+        .await
+        .unwrap();
+    let n = node(&f.store, "n1", &[]).await;
+    let a = f.store.claim(n, 1, &[], Millis(1), LEASE).await.unwrap();
+    assert_eq!(a.assignments[0].job_name, "a");
+    // a's success releases b and c; the claim carrying it takes one of them.
+    let bc = f
+        .store
+        .claim(
+            n,
+            1,
+            &[result(a.assignments[0].run_id, Outcome::Succeeded)],
+            Millis(2),
+            LEASE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(bc.assignments.len(), 1);
+    assert_eq!(
+        (bc.effects.ready, bc.effects.released),
+        (false, 1),
+        "two released, one taken by the claim itself"
+    );
+    let other = f.store.claim(n, 1, &[], Millis(3), LEASE).await.unwrap();
+    assert_eq!(other.assignments.len(), 1);
+    // b's success releases nothing (d still needs c); c's releases d, taken at once.
+    let results: Vec<RunResult> = [&bc, &other]
+        .iter()
+        .map(|c| result(c.assignments[0].run_id, Outcome::Succeeded))
+        .collect();
+    let first = f
+        .store
+        .claim(n, 1, &results[..1], Millis(4), LEASE)
+        .await
+        .unwrap();
+    assert!(first.assignments.is_empty());
+    assert!(!first.effects.wakes_claims(), "nothing became ready");
+    let last = f
+        .store
+        .claim(n, 1, &results[1..], Millis(5), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(last.assignments[0].job_name, "d");
+    assert!(
+        !last.effects.wakes_claims(),
+        "d was taken by the claim that released it: nobody to wake"
+    );
+    // A plain report takes nothing, so what it releases is counted for the others.
+    f.store
+        .submit_graph(&graph(vec![job("e", &[]), job("f", &["e"])]), Millis(6))
+        .await
+        .unwrap();
+    let e = f.store.claim(n, 1, &[], Millis(7), LEASE).await.unwrap();
+    let (_, effects) = f
+        .store
+        .report(
+            n,
+            &[result(e.assignments[0].run_id, Outcome::Succeeded)],
+            Millis(8),
+        )
+        .await
+        .unwrap();
+    assert_eq!(effects.released, 1, "f released by a plain report");
 }
 
 async fn concurrent_claims_never_hand_a_job_twice(f: Fixture) {
@@ -659,13 +742,7 @@ async fn changes_on_one_server_wake_the_other(f: Fixture) {
     let ev = tokio::time::timeout(wait, events.next(retry))
         .await
         .unwrap();
-    assert_eq!(
-        ev,
-        Event::Wake(Effects {
-            ready: true,
-            changed: true
-        })
-    );
+    assert_eq!(ev, Event::Wake(Effects::NEW_WORK));
     let n = node(&f.store, "n1", &[]).await;
     let got = f.store.claim(n, 1, &[], Millis(1), LEASE).await.unwrap();
     let ev = tokio::time::timeout(wait, events.next(retry))
@@ -673,10 +750,7 @@ async fn changes_on_one_server_wake_the_other(f: Fixture) {
         .unwrap();
     assert_eq!(
         ev,
-        Event::Wake(Effects {
-            ready: false,
-            changed: true
-        }),
+        Event::Wake(Effects::changed(false)),
         "a claim changes a job's state"
     );
     f.store
@@ -692,10 +766,7 @@ async fn changes_on_one_server_wake_the_other(f: Fixture) {
         .unwrap();
     assert_eq!(
         ev,
-        Event::Wake(Effects {
-            ready: true,
-            changed: true
-        }),
+        Event::Wake(Effects::NEW_WORK),
         "a's success made b ready"
     );
     // A server does not hear itself: its own waiters were woken in memory.
@@ -1298,6 +1369,7 @@ on_both_backends!(
     tokens_are_revoked_by_label_prefix_as_plain_text,
     only_infrastructure_errors_in_a_row_quarantine_a_node,
     only_ready_jobs_are_claimed_and_success_releases_dependents,
+    a_claim_counts_the_jobs_it_released_and_did_not_take,
     concurrent_claims_never_hand_a_job_twice,
     failure_blocks_every_transitive_dependent_but_not_others,
     expired_leases_retry_then_end_in_exception,
