@@ -104,6 +104,24 @@ pub fn canonical_repo_url(url: &str) -> String {
     }
 }
 
+/// Whether a graph's `repository` says where a node can fetch it from: a URL
+/// (`https://...`, `file:///...`), git's scp-like `host:path`, or an absolute path (what
+/// polling and `lwr push` name). Anything else (`bench`, `tools/x`) is a label a graph
+/// submitted over the API carries for people and listings: its jobs have nothing to check
+/// out and start in an empty directory, rather than fail to fetch from a path relative to
+/// wherever the node runs.
+pub fn is_repository_location(repository: &str) -> bool {
+    let r = repository.trim();
+    if r.starts_with('/') || r.contains("://") {
+        return true;
+    }
+    // scp-like: `[user@]host:path`, a colon before any slash (git's own rule).
+    match r.find(':') {
+        Some(colon) => colon > 0 && !r[..colon].contains('/'),
+        None => false,
+    }
+}
+
 /// Whether a branch pattern names one branch (no glob characters), which must then exist.
 pub fn is_literal_branch(pattern: &str) -> bool {
     !pattern.contains(['*', '?', '['])
@@ -111,6 +129,24 @@ pub fn is_literal_branch(pattern: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_urls_scp_paths_and_absolute_paths_are_repository_locations() {
+        for place in [
+            "https://example.org/r.git",
+            "file:///srv/r",
+            "ssh://git@host/r",
+            "git@github.com:org/r.git",
+            "host:r",
+            "/srv/repos/r",
+        ] {
+            assert!(is_repository_location(place), "{place}");
+        }
+        for label in ["bench", "tools/x", "./r", "../r", "", ":r", "a/b:c"] {
+            assert!(!is_repository_location(label), "{label}");
+        }
+    }
+
     use super::*;
 
     #[test]

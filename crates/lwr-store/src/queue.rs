@@ -821,13 +821,17 @@ impl GraphOrigin {
 
     /// A job's source: `None` when the graph came from no repository.
     fn source(&self, checkout: &lwr_model::Checkout) -> Option<JobSource> {
+        let repository = self.repository.clone()?;
+        let mut checkout = checkout.clone();
+        // A repository named by a label only (a graph from the API) is nowhere to fetch.
+        checkout.enabled &= lwr_model::push::is_repository_location(&repository);
         Some(JobSource {
-            repository: self.repository.clone()?,
+            repository,
             branch: self.branch.clone(),
             revision: self.revision.clone(),
             base_revision: self.base.clone(),
             push_id: self.push_id,
-            checkout: checkout.clone(),
+            checkout,
         })
     }
 }

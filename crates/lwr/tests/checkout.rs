@@ -264,6 +264,47 @@ fn a_commit_nobody_has_fails_the_job_saying_why() {
 }
 
 #[test]
+fn a_graph_naming_its_repository_by_a_label_runs_its_jobs_without_a_checkout() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let _n1 = server.node(dir.path(), "n1", 1, &[]);
+    server.wait_node("n1");
+    let sub = |repository: &str| {
+        lwr_model::api::SubmitGraph {
+        repository: Some(repository.into()),
+        branch: Some("main".into()),
+        revision: Some("0".repeat(40)),
+        author: None,
+        subject: None,
+        graph: lwr_model::graph::parse(
+            "version: 1\njobs:\n  a:\n    run: ls -A; echo \"repo=$LWR_REPOSITORY\"\n    retries: 0\n",
+            "lwr.yml",
+        )
+        .unwrap(),
+        push: None,
+        left_out: Vec::new(),
+    }
+    };
+    // `bench` is no place to fetch from: the job starts in an empty dir, told the label.
+    let g = server.api.submit(&sub("bench")).unwrap().id;
+    server.wait_finished(g);
+    assert_eq!(server.job(g, "a").info.state, JobState::Succeeded);
+    assert_eq!(log_of(&server, g, "a").trim(), "repo=bench");
+    // An scp-like location is one: the node tries it, and says why it failed.
+    let g = server.api.submit(&sub("nohost.invalid:r.git")).unwrap().id;
+    server.wait_finished(g);
+    let job = server.job(g, "a");
+    assert_eq!(job.info.state, JobState::Exception);
+    assert!(
+        job.info
+            .reason
+            .unwrap_or_default()
+            .contains("cannot check out 000000000000"),
+        "the location was fetched from"
+    );
+}
+
+#[test]
 fn with_tokens_the_pusher_uploads_the_commit_and_only_a_node_holding_its_run_fetches_it() {
     let dir = tempdir();
     let server = Server::start_auth(dir.path());
