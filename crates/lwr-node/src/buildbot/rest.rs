@@ -248,6 +248,8 @@ impl Rest {
     /// One request to `/api/v2/{path}`; logs in again once on 401 or 403.
     async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
         let url = format!("{}/api/v2/{path}", self.base);
+        // Each request costs the master CPU: `LWR_LOG=lwr_node::buildbot=trace` counts them.
+        tracing::trace!("Buildbot request: {method} {path}");
         if self.credentials.user.is_some() && lwr_model::sync::lock(&self.cookie).is_none() {
             self.login().await?;
         }
