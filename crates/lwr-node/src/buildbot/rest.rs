@@ -408,15 +408,14 @@ impl Rest {
         Ok(builds)
     }
 
-    /// The builds of all the build requests `brids`, in one request, with the worker's name.
+    /// The builds of all the build requests `brids`, in one request, without their
+    /// properties: the master reads each build's properties for a `property=` (the worker's
+    /// name is asked once per worker instead, `worker_name`).
     pub async fn builds_of_requests(&self, brids: &[i64]) -> Result<Vec<Build>> {
         // `__in`, not the field's plain name: Buildbot's builds endpoint takes a plain
         // `buildrequestid` with several values as no filter at all.
         self.get(
-            &format!(
-                "builds?{}&property=workername",
-                any_of("buildrequestid__in", brids)
-            ),
+            &format!("builds?{}", any_of("buildrequestid__in", brids)),
             "builds",
         )
         .await
