@@ -248,6 +248,8 @@ impl Rest {
     /// One request to `/api/v2/{path}`; logs in again once on 401 or 403.
     async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
         let url = format!("{}/api/v2/{path}", self.base);
+        // Each request costs the master CPU: `LWR_LOG=lwr_node::buildbot=trace` counts them.
+        tracing::trace!("Buildbot request: {method} {path}");
         if self.credentials.user.is_some() && lwr_model::sync::lock(&self.cookie).is_none() {
             self.login().await?;
         }
@@ -406,15 +408,14 @@ impl Rest {
         Ok(builds)
     }
 
-    /// The builds of all the build requests `brids`, in one request, with the worker's name.
+    /// The builds of all the build requests `brids`, in one request, without their
+    /// properties: the master reads each build's properties for a `property=` (the worker's
+    /// name is asked once per worker instead, `worker_name`).
     pub async fn builds_of_requests(&self, brids: &[i64]) -> Result<Vec<Build>> {
         // `__in`, not the field's plain name: Buildbot's builds endpoint takes a plain
         // `buildrequestid` with several values as no filter at all.
         self.get(
-            &format!(
-                "builds?{}&property=workername",
-                any_of("buildrequestid__in", brids)
-            ),
+            &format!("builds?{}", any_of("buildrequestid__in", brids)),
             "builds",
         )
         .await

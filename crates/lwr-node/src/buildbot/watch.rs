@@ -10,9 +10,12 @@
 //! forced and stayed up since ("trusted"); any other request hears of its end from a REST
 //! look at its builds and request, done at once when an event says it completed.
 //!
-//! One poller ([`poll`]) still asks the master about every followed request, in one request
-//! whatever their number: every [`POLL_STREAMING`] while the stream is up (what the stream
-//! missed, a master that stopped answering), every [`POLL`] while it is down.
+//! One poller ([`poll`]) still asks the master about the followed requests, in one request
+//! whatever their number: while the stream is up, every [`POLL_STREAMING`] about those it
+//! does not trust and every [`TRUSTED_EVERY`] ticks about all of them (a master that stopped
+//! answering with its stream open); every [`POLL`] about all of them while it is down. Every
+//! request costs the master CPU that builds forced directly do not spend, so trusted builds
+//! are not looked at every second.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -28,8 +31,13 @@ use super::rest::{Build, BuildRequest, BuildbotError, Event, Log, Rest, Step};
 /// short builds end soon, and the bridge's latency is then this plus the requests after a
 /// build ends. One request a tick whatever the number of builds (two when one ended).
 pub(crate) const POLL: Duration = Duration::from_millis(100);
-/// How often while the event stream is up: the safety net only.
+/// How often while the event stream is up: requests it does not trust (forced before it came
+/// up, resumed).
 pub(crate) const POLL_STREAMING: Duration = Duration::from_secs(1);
+/// Every how many ticks while the stream is up the trusted requests are looked at too: the
+/// safety net for a master that hangs with its stream open (noticed within this plus
+/// `MASTER_GRACE`).
+const TRUSTED_EVERY: u32 = 10;
 /// Every how many looks the requests are read although none of their builds ended (a
 /// request cancelled before a build started has no build to say so).
 const ASK_EVERY: u32 = 10;
@@ -165,6 +173,15 @@ impl Watched {
         let mut ids: Vec<i64> = requests.keys().copied().collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// Of `brids`, those whose events are not all known to have come on the stream.
+    fn untrusted(&self, brids: Vec<i64>) -> Vec<i64> {
+        let requests = lock(&self.requests);
+        brids
+            .into_iter()
+            .filter(|b| requests.get(b).is_some_and(|tx| !tx.borrow().trusted))
+            .collect()
     }
 
     fn streaming(&self) -> bool {
@@ -350,15 +367,17 @@ pub(crate) async fn poll(rest: Rest, watched: std::sync::Arc<Watched>) {
             watched.added.notified().await;
             continue;
         }
-        let tick = if watched.streaming() {
-            POLL_STREAMING
-        } else {
-            POLL
-        };
+        let streaming = watched.streaming();
+        let tick = if streaming { POLL_STREAMING } else { POLL };
         let (brids, ask_all) = tokio::select! {
             _ = tokio::time::sleep(tick) => {
                 looks = looks.wrapping_add(1);
-                (followed, looks.is_multiple_of(ASK_EVERY))
+                let brids = if streaming && !looks.is_multiple_of(TRUSTED_EVERY) {
+                    watched.untrusted(followed)
+                } else {
+                    followed
+                };
+                (brids, looks.is_multiple_of(ASK_EVERY))
             }
             _ = watched.poke.notified() => match watched.take_poked() {
                 None => (followed, true),
