@@ -6,7 +6,7 @@ use crate::error::Op;
 use crate::{Dialect, Result, Store, StoreError};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 14;
+pub const SCHEMA_VERSION: i64 = 15;
 
 /// The oldest schema this build migrates from: every migration since the first is embedded,
 /// so any older database is brought up to `SCHEMA_VERSION` on open.
@@ -76,6 +76,10 @@ const SQLITE: &[(i64, &str)] = &[
         14,
         include_str!("../migrations/sqlite/0014_graph_counts.sql"),
     ),
+    (
+        15,
+        include_str!("../migrations/sqlite/0015_cheaper_counts.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -106,6 +110,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         14,
         include_str!("../migrations/postgres/0014_graph_counts.sql"),
+    ),
+    (
+        15,
+        include_str!("../migrations/postgres/0015_cheaper_counts.sql"),
     ),
 ];
 
