@@ -243,14 +243,30 @@ async fn insert_rows_postgres<'j>(
             rows.push_str(&format!("[{},{}]", job.get(), need.get()));
         }
         rows.push(']');
-        sqlx::query(
+        // Only edges whose two jobs exist (schema 16 has no foreign keys here): one short
+        // of the count means a job vanished, and the submission is refused.
+        let inserted = sqlx::query(
             "INSERT INTO job_needs (job_id, need_id) \
-             SELECT (e->>0)::BIGINT, (e->>1)::BIGINT FROM json_array_elements($1::json) e",
+             SELECT e.j, e.n FROM (SELECT (e->>0)::BIGINT AS j, (e->>1)::BIGINT AS n \
+             FROM json_array_elements($1::json) e) e \
+             WHERE EXISTS (SELECT 1 FROM jobs WHERE id = e.j) \
+             AND EXISTS (SELECT 1 FROM jobs WHERE id = e.n)",
         )
         .bind(rows)
         .execute(&mut **tx)
         .await
-        .op("inserting job needs")?;
+        .op("inserting job needs")?
+        .rows_affected();
+        if inserted != edges.len() as u64 {
+            return Err(StoreError::Corrupt {
+                what: "job needs",
+                detail: format!(
+                    "{} of {} edges name a job that is not stored",
+                    edges.len() as u64 - inserted,
+                    edges.len()
+                ),
+            });
+        }
     }
     Ok(())
 }
