@@ -243,30 +243,52 @@ async fn insert_rows_postgres<'j>(
             rows.push_str(&format!("[{},{}]", job.get(), need.get()));
         }
         rows.push(']');
-        // Only edges whose two jobs exist (schema 16 has no foreign keys here): one short
-        // of the count means a job vanished, and the submission is refused.
-        let inserted = sqlx::query(
+        // Schema 16 has no foreign keys here: the needs stored before this statement's jobs
+        // (an earlier chunk, the push's graph) are looked up once each, and a missing one
+        // refuses the submission. This call's own jobs are in this transaction, which no
+        // other one can delete.
+        let own: std::collections::HashSet<JobId> = jobs
+            .iter()
+            .filter_map(|j| ids.get(j.name.as_str()).copied())
+            .collect();
+        let outside: std::collections::BTreeSet<i64> = edges
+            .iter()
+            .flat_map(|(job, need)| [*job, *need])
+            .filter(|id| !own.contains(id))
+            .map(|id| id.get())
+            .collect();
+        if !outside.is_empty() {
+            let list = to_json(&outside, "job ids")?;
+            let found: i64 = col(
+                &sqlx::query(
+                    "SELECT COUNT(*) AS n FROM jobs WHERE id IN \
+                     (SELECT e::BIGINT FROM json_array_elements_text($1::json) e)",
+                )
+                .bind(list)
+                .fetch_one(&mut **tx)
+                .await
+                .op("finding needed jobs")?,
+                "n",
+            )?;
+            if found != outside.len() as i64 {
+                return Err(StoreError::Corrupt {
+                    what: "job needs",
+                    detail: format!(
+                        "{} of the {} needed jobs stored before are gone",
+                        outside.len() as i64 - found,
+                        outside.len()
+                    ),
+                });
+            }
+        }
+        sqlx::query(
             "INSERT INTO job_needs (job_id, need_id) \
-             SELECT e.j, e.n FROM (SELECT (e->>0)::BIGINT AS j, (e->>1)::BIGINT AS n \
-             FROM json_array_elements($1::json) e) e \
-             WHERE EXISTS (SELECT 1 FROM jobs WHERE id = e.j) \
-             AND EXISTS (SELECT 1 FROM jobs WHERE id = e.n)",
+             SELECT (e->>0)::BIGINT, (e->>1)::BIGINT FROM json_array_elements($1::json) e",
         )
         .bind(rows)
         .execute(&mut **tx)
         .await
-        .op("inserting job needs")?
-        .rows_affected();
-        if inserted != edges.len() as u64 {
-            return Err(StoreError::Corrupt {
-                what: "job needs",
-                detail: format!(
-                    "{} of {} edges name a job that is not stored",
-                    edges.len() as u64 - inserted,
-                    edges.len()
-                ),
-            });
-        }
+        .op("inserting job needs")?;
     }
     Ok(())
 }
