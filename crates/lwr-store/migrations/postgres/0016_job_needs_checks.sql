@@ -2,8 +2,9 @@
 -- half of PostgreSQL's time for a 100,000-job graph: each of its ~200,000 edges ran two
 -- key checks that each lock a job row (FOR KEY SHARE, a WAL record). What they guarded
 -- is kept another way:
--- - an edge names only jobs that exist: the store inserts edges in a statement that takes
---   only edges whose two jobs it finds, and refuses the submission if one is missing;
+-- - an edge names only jobs that exist: the store inserts a job's edges in the transaction
+--   that inserts the job, after looking up the needed jobs stored before it, and refuses
+--   the submission if one is missing;
 -- - a job named by an edge is not deleted: the statement trigger below refuses, as the
 --   foreign keys did (retention and a failed staging delete a job's edges first).
 -- Additive for older releases: they never relied on the keys, and get the same refusal.
