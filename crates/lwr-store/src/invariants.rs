@@ -193,6 +193,10 @@ pub enum Violation {
     /// **A job's needs are jobs of its own graph.**
     #[error("job {job} needs job {need} of another graph")]
     NeedInAnotherGraph { job: JobId, need: JobId },
+    /// **An edge names two stored jobs** (SQLite's foreign keys; on PostgreSQL, since
+    /// schema 16, the edges' insert and a trigger on deleting jobs).
+    #[error("job {job} needs job {need}, and one of them is not stored")]
+    DanglingNeed { job: JobId, need: JobId },
     /// **Every graph has one row of kept counts (`graph_counts`), and no row outlives its
     /// graph**: the triggers on `graphs` add and remove it with the graph.
     #[error("graph {graph} {}", if *missing { "has no row of kept counts" } else { "is gone, but its row of kept counts is left" })]
@@ -450,7 +454,10 @@ pub(crate) fn violations(s: &Snapshot) -> Vec<Violation> {
     let mut needs: BTreeMap<JobId, Vec<&JobRow>> = BTreeMap::new();
     for (job, need) in &s.needs {
         let (Some(j), Some(n)) = (s.jobs.get(job), s.jobs.get(need)) else {
-            // The foreign keys keep edges to rows that exist.
+            found.push(Violation::DanglingNeed {
+                job: *job,
+                need: *need,
+            });
             continue;
         };
         if j.graph != n.graph {

@@ -6,7 +6,7 @@ use crate::error::Op;
 use crate::{Dialect, Result, Store, StoreError};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 14;
+pub const SCHEMA_VERSION: i64 = 16;
 
 /// The oldest schema this build migrates from: every migration since the first is embedded,
 /// so any older database is brought up to `SCHEMA_VERSION` on open.
@@ -76,6 +76,14 @@ const SQLITE: &[(i64, &str)] = &[
         14,
         include_str!("../migrations/sqlite/0014_graph_counts.sql"),
     ),
+    (
+        15,
+        include_str!("../migrations/sqlite/0015_cheaper_counts.sql"),
+    ),
+    (
+        16,
+        include_str!("../migrations/sqlite/0016_job_needs_checks.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -106,6 +114,14 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         14,
         include_str!("../migrations/postgres/0014_graph_counts.sql"),
+    ),
+    (
+        15,
+        include_str!("../migrations/postgres/0015_cheaper_counts.sql"),
+    ),
+    (
+        16,
+        include_str!("../migrations/postgres/0016_job_needs_checks.sql"),
     ),
 ];
 
