@@ -19,7 +19,7 @@ pub struct Launch {
     pub run_id: RunId,
     pub command: String,
     pub env: BTreeMap<String, String>,
-    /// Made ready by [`prepare_dir`] (and the checkout) before.
+    /// Made ready (emptied or kept, and checked out into) before.
     pub dir: PathBuf,
     pub log: PathBuf,
     pub timeout: Duration,
@@ -446,15 +446,6 @@ pub fn kill_group(pgid: i32) {
     }
 }
 
-/// Makes a job's directory ready: a kept one (`keep_workdir`) is used as it is, any other
-/// is emptied.
-pub fn prepare_dir(dir: &Path, keep: bool) -> std::io::Result<()> {
-    match keep {
-        true => std::fs::create_dir_all(dir),
-        false => fresh_dir(dir),
-    }
-}
-
 /// Makes `dir` an empty directory, reusing it when it exists: a slot's directory serves
 /// job after job, so short jobs do not create and delete a directory each.
 pub fn fresh_dir(dir: &Path) -> std::io::Result<()> {
@@ -576,7 +567,7 @@ mod tests {
             log_limit: None,
         };
         let log = launch.log.clone();
-        prepare_dir(&launch.dir, false).unwrap();
+        fresh_dir(&launch.dir).unwrap();
         let (_tx, rx) = oneshot::channel();
         let result = run(launch, rx, |_| {}).await;
         (result, std::fs::read_to_string(log).unwrap_or_default())

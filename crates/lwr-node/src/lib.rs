@@ -14,6 +14,7 @@ mod glob;
 mod journal;
 pub mod props;
 mod report;
+mod slot;
 pub mod stamp;
 mod stream;
 
@@ -124,6 +125,11 @@ struct Node {
     /// Job directories and log files not in use: one pair per slot, reused job after job,
     /// so thousands of short jobs do not create and delete thousands of files.
     free_dirs: Mutex<Vec<(PathBuf, PathBuf)>>,
+    /// The checkouts copied into slot dirs from kept trees, recorded, by slot dir, while
+    /// the dir may still hold them: the next job of the same revision on that slot uses it
+    /// as it is, if a walk finds it unchanged. A previous life's dirs are emptied for their
+    /// first job: nothing tells what happened to them meanwhile.
+    trees: Mutex<HashMap<PathBuf, slot::Snapshot>>,
     /// Turns true when the server asks for a reboot (or a reimage).
     reboot: watch::Sender<bool>,
     /// The reboot asked for is a reimage: run the reimage command.
@@ -262,6 +268,7 @@ pub async fn run(
         lease_secs: AtomicU64::new(1),
         running: Mutex::new(HashMap::new()),
         free_dirs: Mutex::new(free_dirs),
+        trees: Mutex::default(),
         kept_in_use: Mutex::new(Default::default()),
         unhealthy: Mutex::new(None),
         reboot: watch::channel(false).0,
@@ -698,6 +705,7 @@ impl Node {
             Some(name) => self.config.work_dir.join("kept").join(name),
             None => slot_dir.clone(),
         };
+        let mut held = lock(&self.trees).remove(&slot_dir);
         let mut env = a.env.clone();
         for (key, value) in a.source.iter().flat_map(JobSource::env) {
             env.insert(key.into(), value);
@@ -757,7 +765,7 @@ impl Node {
         tracing::debug!("run {} of {} started", a.run_id, a.job_name);
         if cannot_start.is_none()
             && let Err(reason) = self
-                .prepare(a.run_id, &dir, kept.is_some(), a.source.as_ref())
+                .prepare(a.run_id, &dir, kept.is_some(), &mut held, a.source.as_ref())
                 .await
         {
             // In the log too: that is where a person looks first.
@@ -813,40 +821,77 @@ impl Node {
             Some(name) => {
                 lock(&self.kept_in_use).remove(&name);
             }
-            None => {
-                if let Err(e) = exec::fresh_dir(&dir) {
-                    tracing::warn!("cannot empty job dir {}: {e}", dir.display());
-                }
-            }
+            // On this thread, as emptying it was: a small tree's walk is some tens of
+            // microseconds, and a big tree's no slower than removing it.
+            None => match slot::clean_up(&dir, held.take()) {
+                Ok(tree) => held = tree,
+                Err(e) => tracing::warn!("cannot empty job dir {}: {e}", dir.display()),
+            },
+        }
+        if let Some(tree) = held {
+            lock(&self.trees).insert(slot_dir.clone(), tree);
         }
         lock(&self.free_dirs).push((slot_dir, slot_log));
     }
 
     /// Makes the job dir ready: emptied (unless kept) and, for a job of a push, with the
-    /// push's revision checked out into it.
+    /// push's revision checked out into it. A slot's dir that holds the copy of the same
+    /// kept tree an earlier job got, unchanged, is used as it is ([`slot::fill`]).
     async fn prepare(
         &self,
         run: RunId,
         dir: &Path,
         keep: bool,
+        held: &mut Option<slot::Snapshot>,
         source: Option<&JobSource>,
     ) -> Result<(), String> {
-        let owned = dir.to_path_buf();
-        blocking(move || exec::prepare_dir(&owned, keep))
-            .await
-            .map_err(|e| format!("cannot prepare job dir {}: {e}", dir.display()))?;
-        let Some(source) = source.filter(|s| s.checkout.enabled) else {
-            return Ok(());
+        let wanted = source
+            .filter(|s| s.checkout.enabled)
+            .and_then(|s| Some((s, s.revision.as_deref()?)));
+        let at = wanted
+            .and_then(|(s, _)| s.checkout.path.as_deref())
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let tree = match at.as_os_str().is_empty() {
+            true => dir.to_path_buf(),
+            false => dir.join(&at),
         };
-        let Some(revision) = source.revision.as_deref() else {
-            return Ok(());
-        };
-        let tree = match &source.checkout.path {
-            Some(path) => dir.join(path),
-            None => dir.to_path_buf(),
-        };
+        let cannot_prepare = |e| format!("cannot prepare job dir {}: {e}", dir.display());
         let started = std::time::Instant::now();
-        self.check_out(run, source, revision, tree, !keep)
+        let template = match keep {
+            // A kept dir is checked out over.
+            true => {
+                let owned = dir.to_path_buf();
+                blocking(move || std::fs::create_dir_all(&owned))
+                    .await
+                    .map_err(cannot_prepare)?;
+                None
+            }
+            false => {
+                let template = wanted.map(|(s, revision)| {
+                    checkout::template_path(&self.cache_dir, &s.repository, revision, &s.checkout)
+                });
+                let (owned, marker, snapshot) =
+                    (dir.to_path_buf(), dir.with_extension("stamp"), held.take());
+                let kept_tree = template.clone();
+                let filled = blocking(move || {
+                    slot::fill(&owned, &marker, snapshot, kept_tree.as_deref(), &at)
+                })
+                .await
+                .map_err(cannot_prepare)?;
+                match filled {
+                    slot::Filled::Ready(tree) => {
+                        *held = tree;
+                        return Ok(());
+                    }
+                    slot::Filled::Empty => template,
+                }
+            }
+        };
+        let Some((source, revision)) = wanted else {
+            return Ok(());
+        };
+        self.check_out(run, source, revision, tree, template)
             .await
             .map_err(|e| {
                 format!(
@@ -866,39 +911,16 @@ impl Node {
     /// Checks `revision` out into `tree` from the node's clone cache, fetching what the
     /// cache lacks from the repository or, when the node cannot read the repository (a
     /// path on the machine `lwr push` ran on), from the bundle `lwr push` left on the server.
-    /// `fresh`: the tree is an emptied job dir, which a copy of a kept pristine tree of the
-    /// same revision can fill ([`checkout::template_path`]); a kept dir is checked out over.
+    /// `template`: where to keep a copy of the tree for the next jobs of the revision
+    /// ([`checkout::template_path`]); `None` for a kept dir, checked out over.
     async fn check_out(
         &self,
         run: RunId,
         source: &JobSource,
         revision: &str,
         tree: PathBuf,
-        fresh: bool,
+        template: Option<PathBuf>,
     ) -> Result<(), String> {
-        let template = fresh.then(|| {
-            checkout::template_path(
-                &self.cache_dir,
-                &source.repository,
-                revision,
-                &source.checkout,
-            )
-        });
-        if let Some(template) = template.clone() {
-            let dst = tree.clone();
-            match blocking(move || checkout::copy_template(&template, &dst)).await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                // Removed while copied (only the least recently used go): start afresh.
-                Err(e) => {
-                    tracing::debug!("run {run}: copying the kept tree failed ({e}); checking out");
-                    let dst = tree.clone();
-                    blocking(move || exec::fresh_dir(&dst))
-                        .await
-                        .map_err(|e| format!("cannot empty {}: {e}", tree.display()))?;
-                }
-            }
-        }
         let (cache, url, rev) = (
             self.cache_dir.clone(),
             source.repository.clone(),

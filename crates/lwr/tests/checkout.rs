@@ -132,6 +132,36 @@ fn a_kept_tree_follows_the_commit_and_keeps_untracked_files() {
 }
 
 #[test]
+fn a_slot_keeps_an_unchanged_checkout_for_the_next_job_and_never_a_changed_one() {
+    let dir = tempdir();
+    let server = Server::start(dir.path());
+    let _n1 = server.node(dir.path(), "n1", 1, &[]);
+    server.wait_node("n1");
+    // One slot, one job after another: `first` checks out (and keeps the pristine tree),
+    // `dirty` gets a copy and changes it in place, `clean` must get a new copy, `again` the
+    // very same one (the same inode), and `bare` an empty dir.
+    let yml = "version: 1\njobs:\n  \
+               first:\n    run: cat version.txt\n  \
+               dirty:\n    needs: [first]\n    \
+               run: sh -c 'echo x > leftover; printf eno > version.txt; chmod +x lwr.yml'\n  \
+               clean:\n    needs: [dirty]\n    \
+               run: sh -c 'test ! -e leftover && test ! -x lwr.yml && echo \"content=$(cat version.txt) inode=$(stat -c %i version.txt)\"'\n  \
+               again:\n    needs: [clean]\n    \
+               run: sh -c 'echo \"content=$(cat version.txt) inode=$(stat -c %i version.txt)\"'\n  \
+               bare:\n    needs: [again]\n    checkout: false\n    run: sh -c 'echo entries=$(ls -A | wc -l)'\n";
+    let repo = repo_with(&dir.path().join("repo"), yml, "one");
+    let g = push_wait(&server, &repo, &[]);
+    let clean = log_of(&server, g, "clean");
+    assert!(clean.starts_with("content=one inode="), "{clean}");
+    assert_eq!(
+        log_of(&server, g, "again"),
+        clean,
+        "the unchanged copy was kept"
+    );
+    assert_eq!(log_of(&server, g, "bare").trim(), "entries=0");
+}
+
+#[test]
 fn a_polled_push_builds_the_polled_revision() {
     let dir = tempdir();
     let server = Server::start(dir.path());
