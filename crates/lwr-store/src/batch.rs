@@ -14,7 +14,7 @@ use lwr_model::{GraphId, JobId, JobSpec, Millis, Requires};
 use crate::error::Op;
 use crate::queue::Tx;
 use crate::rows::{col, to_json, typed};
-use crate::{Result, StoreError};
+use crate::{Dialect, Result, StoreError};
 
 /// Jobs per multi-row INSERT: 9 bound values each. Kept to a few hundred values: sqlx
 /// binds each SQLite parameter by looking its name up in a list, so a statement's binding
@@ -35,13 +35,14 @@ pub(crate) const JOBS_PER_TRANSACTION: usize = 2_000;
 /// validate the graph first).
 pub(crate) async fn insert_rows<'j>(
     tx: &mut Tx,
+    dialect: Dialect,
     graph_id: GraphId,
     jobs: &[&'j JobSpec],
     ids: &mut HashMap<&'j str, JobId>,
     existing: &HashMap<String, JobId>,
     now: Millis,
 ) -> Result<()> {
-    if tx.backend_name() == POSTGRES {
+    if dialect == Dialect::Postgres {
         return insert_rows_postgres(tx, graph_id, jobs, ids, existing, now).await;
     }
     for chunk in jobs.chunks(JOB_ROWS_PER_STATEMENT) {
@@ -103,9 +104,6 @@ pub(crate) async fn insert_rows<'j>(
     }
     Ok(())
 }
-
-/// What `AnyConnection::backend_name` says of PostgreSQL.
-const POSTGRES: &str = "PostgreSQL";
 
 /// A job's computed columns, as stored.
 struct JobRow {

@@ -10,7 +10,7 @@ use crate::batch;
 use crate::error::Op;
 use crate::queue::Tx;
 use crate::rows::{col, json, typed, typed_opt, u32_of};
-use crate::{Result, Store, StoreError, rfc3339};
+use crate::{Dialect, Result, Store, StoreError, rfc3339};
 
 /// A job's columns for listings, with the placement and times of its latest run.
 const JOB_COLUMNS: &str = "id, graph_id, name, state, node, runs, reason, unmet, requirements, \
@@ -90,6 +90,7 @@ async fn previous_revision(tx: &mut Tx, repository: &str, branch: &str) -> Resul
 /// `existing` (name to id). Returns the new jobs' ids by name.
 pub(crate) async fn insert_jobs<'j>(
     tx: &mut Tx,
+    dialect: Dialect,
     graph_id: GraphId,
     jobs: &[&'j JobSpec],
     existing: &HashMap<String, JobId>,
@@ -97,7 +98,7 @@ pub(crate) async fn insert_jobs<'j>(
 ) -> Result<HashMap<&'j str, JobId>> {
     let mut ids: HashMap<&str, JobId> = HashMap::with_capacity(jobs.len());
     let ordered = batch::topological(jobs);
-    batch::insert_rows(tx, graph_id, &ordered, &mut ids, existing, now).await?;
+    batch::insert_rows(tx, dialect, graph_id, &ordered, &mut ids, existing, now).await?;
     Ok(ids)
 }
 
@@ -134,7 +135,7 @@ impl Store {
         let graph_id = insert_graph(&mut tx, origin, now).await?;
         let jobs: Vec<&JobSpec> = sub.graph.jobs.iter().collect();
         if jobs.len() <= batch::JOBS_PER_TRANSACTION {
-            insert_jobs(&mut tx, graph_id, &jobs, &HashMap::new(), now).await?;
+            insert_jobs(&mut tx, self.dialect, graph_id, &jobs, &HashMap::new(), now).await?;
             self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
             tx.commit().await.op("committing graph")?;
             return Ok(graph_id);
@@ -153,7 +154,16 @@ impl Store {
         for chunk in ordered.chunks(batch::JOBS_PER_TRANSACTION) {
             let staged = async {
                 let mut tx = self.write.begin().await.op("staging jobs")?;
-                batch::insert_rows(&mut tx, graph_id, chunk, &mut ids, &existing, now).await?;
+                batch::insert_rows(
+                    &mut tx,
+                    self.dialect,
+                    graph_id,
+                    chunk,
+                    &mut ids,
+                    &existing,
+                    now,
+                )
+                .await?;
                 tx.commit().await.op("committing staged jobs")
             };
             if let Err(e) = staged.await {

@@ -16,7 +16,7 @@ use crate::error::Op;
 use crate::graphs::{Origin, insert_graph, insert_jobs};
 use crate::queue::Tx;
 use crate::rows::{col, json, to_json, typed, typed_opt, u32_of};
-use crate::{Result, Store, StoreError, rfc3339};
+use crate::{Dialect, Result, Store, StoreError, rfc3339};
 
 /// Default time between two polls of a repository
 /// ([`lwr_model::timing::DEFAULT_POLL_EVERY`]).
@@ -216,8 +216,16 @@ impl Store {
         let url: String = col(&row, "url")?;
         let mut pushes = Vec::new();
         for (branch, revision) in heads {
-            if let Some(id) =
-                create_push(&mut tx, Some(repo_id), &url, branch, revision, now).await?
+            if let Some(id) = create_push(
+                &mut tx,
+                self.dialect,
+                Some(repo_id),
+                &url,
+                branch,
+                revision,
+                now,
+            )
+            .await?
             {
                 pushes.push(id);
             }
@@ -425,7 +433,15 @@ impl Store {
                 "push {push_id} already has a different graph (graph {graph_id})"
             )));
         }
-        insert_jobs(&mut tx, graph_id, &scheduled, &HashMap::new(), now).await?;
+        insert_jobs(
+            &mut tx,
+            self.dialect,
+            graph_id,
+            &scheduled,
+            &HashMap::new(),
+            now,
+        )
+        .await?;
         // The decision job read the commit: it knows who made it and what it says.
         sqlx::query(
             "UPDATE graphs SET author = COALESCE($2, author), subject = COALESCE($3, subject) \
@@ -528,7 +544,7 @@ impl Store {
             .iter()
             .map(|(n, (id, _))| (n.clone(), *id))
             .collect();
-        let ids = insert_jobs(&mut tx, graph_id, &adding, &ids_by_name, now).await?;
+        let ids = insert_jobs(&mut tx, self.dialect, graph_id, &adding, &ids_by_name, now).await?;
         let mut added = Vec::with_capacity(ids.len());
         added.extend(ids.get(name.as_str()).copied());
         for job in &adding {
@@ -552,6 +568,7 @@ impl Store {
 /// and decision job, in the caller's transaction. Returns the new push's id.
 async fn create_push(
     tx: &mut Tx,
+    dialect: Dialect,
     repo_id: Option<i64>,
     url: &str,
     branch: &str,
@@ -613,7 +630,7 @@ async fn create_push(
         "id",
     )?;
     let job = decision_job();
-    insert_jobs(tx, graph_id, &[&job], &HashMap::new(), now).await?;
+    insert_jobs(tx, dialect, graph_id, &[&job], &HashMap::new(), now).await?;
     Ok(Some(push_id))
 }
 

@@ -276,24 +276,7 @@ async fn kept_counts_follow_retries_retriggers_and_cancels(f: Fixture) {
         )
         .await
         .unwrap();
-    let node = s
-        .register_node(
-            &RegisterNode {
-                name: "n1".into(),
-                properties: NodeProperties {
-                    os: "linux".into(),
-                    arch: "x86_64".into(),
-                    hostname: "n1".into(),
-                    cores: 2,
-                    memory_mb: 1024,
-                    tags: BTreeMap::new(),
-                },
-                slots: 4,
-            },
-            Millis(0),
-        )
-        .await
-        .unwrap();
+    let node = common::node_n1(s).await;
     let lease = DurationMs(30_000);
     let claim = |at: i64| async move {
         s.claim(node, 1, &[], Millis(at), lease)
