@@ -16,15 +16,82 @@ use crate::queue::Tx;
 use crate::rows::{col, to_json, typed};
 use crate::{Dialect, Result, StoreError};
 
-/// Jobs per multi-row INSERT on SQLite: 9 bound values each, well under SQLite's limit of
-/// 32,766 values a statement. Each statement is a round trip to sqlx's SQLite thread.
-const JOB_ROWS_PER_STATEMENT: usize = 200;
-/// Edges per multi-row INSERT on SQLite (2 values each).
-const EDGE_ROWS_PER_STATEMENT: usize = 1_000;
+/// Jobs per multi-row INSERT: 9 bound values each. Each statement is a round trip (to sqlx's
+/// SQLite thread, or to PostgreSQL, where it also runs the statement-level count trigger
+/// once); the bounds are SQLite's 32,766 values a statement and PostgreSQL's 65,535.
+const fn job_rows_per_statement(dialect: Dialect) -> usize {
+    match dialect {
+        Dialect::Sqlite => 200,
+        Dialect::Postgres => JOBS_PER_TRANSACTION,
+    }
+}
+
+/// Edges per multi-row INSERT (2 values each).
+const fn edge_rows_per_statement(dialect: Dialect) -> usize {
+    match dialect {
+        Dialect::Sqlite => 1_000,
+        Dialect::Postgres => 10_000,
+    }
+}
+
+/// `rows` groups of `per_row` placeholders, `(…), (…)`, the row's fixed SQL (`'pending'`)
+/// spliced in at `fixed.0` as `fixed.1`. SQLite gets anonymous `?`: sqlx looks a named `$n`
+/// up by its name, and SQLite finds a name by scanning the statement's list of names, so a
+/// statement of V named values cost V^2/2 string comparisons to bind (a quarter of a
+/// 100,000-job submission). PostgreSQL needs `$n`, bound by position.
+fn placeholders(
+    dialect: Dialect,
+    rows: usize,
+    per_row: usize,
+    fixed: Option<(usize, &str)>,
+) -> String {
+    let mut sql = String::with_capacity(rows * per_row * 7);
+    let mut n = 0;
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for i in 0..per_row {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            if let Some((at, text)) = fixed
+                && at == i
+            {
+                sql.push_str(text);
+                sql.push_str(", ");
+            }
+            n += 1;
+            match dialect {
+                Dialect::Sqlite => sql.push('?'),
+                Dialect::Postgres => {
+                    sql.push('$');
+                    sql.push_str(&n.to_string());
+                }
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// Jobs per transaction of a staged submission: small enough that one transaction holds the
 /// writer for a few tens of milliseconds (SQLite, debug build), large enough that a
 /// 100,000-job graph needs few of them.
 pub(crate) const JOBS_PER_TRANSACTION: usize = 2_000;
+
+/// A transaction of a staged submission. On PostgreSQL its commit does not wait for the WAL
+/// to reach the disk: nobody sees a staging graph, and the transaction that shows it commits
+/// synchronously, which flushes all WAL written before it, these chunks included. A crash
+/// before that loses at most a graph still staging, which the retention pass removes.
+pub(crate) async fn begin_staged(write: &sqlx::AnyPool, dialect: Dialect) -> Result<Tx> {
+    let mut tx = write.begin().await.op("staging jobs")?;
+    if dialect == Dialect::Postgres {
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .op("staging jobs")?;
+    }
+    Ok(tx)
+}
 
 /// Inserts `jobs` into graph `graph_id` as pending, each waiting for all its needs, with
 /// their edges; a need is one of `jobs`, one already in `ids` (inserted earlier, possibly in
@@ -41,19 +108,17 @@ pub(crate) async fn insert_rows<'j>(
     existing: &HashMap<String, JobId>,
     now: Millis,
 ) -> Result<()> {
-    if dialect == Dialect::Postgres {
-        return insert_rows_postgres(tx, graph_id, jobs, ids, existing, now).await;
-    }
-    // Anonymous `?` parameters: sqlx looks a named one (`$n`) up by its name, and SQLite
-    // finds a name by scanning the statement's list of names, so a statement of V named
-    // values cost V^2/2 string comparisons to bind (a quarter of a 100,000-job submission).
-    let job_values = "(?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)";
-    for chunk in jobs.chunks(JOB_ROWS_PER_STATEMENT) {
+    for chunk in jobs.chunks(job_rows_per_statement(dialect)) {
         let mut sql = String::from(
             "INSERT INTO jobs (graph_id, name, state, unmet, spec, requirements, \
              retries_left, updated_at, all_finished, placement) VALUES ",
         );
-        sql.push_str(&vec![job_values; chunk.len()].join(", "));
+        sql.push_str(&placeholders(
+            dialect,
+            chunk.len(),
+            9,
+            Some((2, "'pending'")),
+        ));
         // Rows come back by name: neither database promises RETURNING in VALUES order.
         sql.push_str(" RETURNING id, name");
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -74,9 +139,12 @@ pub(crate) async fn insert_rows<'j>(
         note_ids(&rows, chunk, ids)?;
     }
     let edges = edges_of(jobs, ids, existing);
-    for chunk in edges.chunks(EDGE_ROWS_PER_STATEMENT) {
+    if dialect == Dialect::Postgres {
+        check_needs_stored(tx, jobs, ids, &edges).await?;
+    }
+    for chunk in edges.chunks(edge_rows_per_statement(dialect)) {
         let mut sql = String::from("INSERT INTO job_needs (job_id, need_id) VALUES ");
-        sql.push_str(&vec!["(?, ?)"; chunk.len()].join(", "));
+        sql.push_str(&placeholders(dialect, chunk.len(), 2, None));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (job, need) in chunk {
             q = q.bind(job.get()).bind(need.get());
@@ -157,117 +225,51 @@ fn edges_of(
     edges
 }
 
-/// [`insert_rows`] on PostgreSQL: the jobs in one statement and their edges in another,
-/// each passed as one JSON text that `json_to_recordset` turns into rows. Per-row VALUES
-/// cost a round trip and a statement-level trigger call (`graph_counts`) per 40 jobs; a
-/// 100,000-job graph spent most of its submission there.
-async fn insert_rows_postgres<'j>(
+/// On PostgreSQL (schema 16), `job_needs` has no foreign keys: their key check per edge
+/// locked a job row and cost more than half of a big submission. The needs stored before
+/// `jobs` (an earlier chunk of the submission, the push's graph) are looked up once each
+/// instead, and a missing one refuses the submission; `jobs` themselves are in this
+/// transaction, which no other one can delete.
+async fn check_needs_stored(
     tx: &mut Tx,
-    graph_id: GraphId,
-    jobs: &[&'j JobSpec],
-    ids: &mut HashMap<&'j str, JobId>,
-    existing: &HashMap<String, JobId>,
-    now: Millis,
+    jobs: &[&JobSpec],
+    ids: &HashMap<&str, JobId>,
+    edges: &[(JobId, JobId)],
 ) -> Result<()> {
-    if !jobs.is_empty() {
-        // The JSON texts of the spec, requirements and placement go in as they are (as
-        // `json` values, whose text PostgreSQL keeps verbatim), not escaped into strings.
-        let mut rows = String::with_capacity(jobs.len() * 256);
-        rows.push('[');
-        for (i, job) in jobs.iter().enumerate() {
-            let row = JobRow::of(job)?;
-            if i > 0 {
-                rows.push(',');
-            }
-            rows.push_str("{\"n\":");
-            rows.push_str(&to_json(&job.name, "job name")?);
-            rows.push_str(&format!(
-                ",\"u\":{},\"r\":{},\"a\":{},\"s\":",
-                job.needs.len(),
-                job.retries,
-                i64::from(job.requires == Requires::AllFinished)
-            ));
-            rows.push_str(&row.spec);
-            rows.push_str(",\"q\":");
-            rows.push_str(row.requirements.as_deref().unwrap_or("null"));
-            rows.push_str(",\"p\":");
-            rows.push_str(row.placement.as_deref().unwrap_or("null"));
-            rows.push('}');
-        }
-        rows.push(']');
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (graph_id, name, state, unmet, spec, requirements, \
-             retries_left, updated_at, all_finished, placement) \
-             SELECT $1, x.n, 'pending', x.u, x.s::text, x.q::text, x.r, $2, x.a, x.p::text \
-             FROM json_to_recordset($3::json) \
-             AS x(n TEXT, u BIGINT, s JSON, q JSON, r BIGINT, a BIGINT, p JSON) \
-             RETURNING id, name",
-        )
-        .bind(graph_id.get())
-        .bind(now.get())
-        .bind(rows)
-        .fetch_all(&mut **tx)
-        .await
-        .op("inserting jobs")?;
-        note_ids(&inserted, jobs, ids)?;
+    let own: std::collections::HashSet<JobId> = jobs
+        .iter()
+        .filter_map(|j| ids.get(j.name.as_str()).copied())
+        .collect();
+    let outside: std::collections::BTreeSet<i64> = edges
+        .iter()
+        .flat_map(|(job, need)| [*job, *need])
+        .filter(|id| !own.contains(id))
+        .map(|id| id.get())
+        .collect();
+    if outside.is_empty() {
+        return Ok(());
     }
-    let edges = edges_of(jobs, ids, existing);
-    if !edges.is_empty() {
-        let mut rows = String::with_capacity(edges.len() * 32);
-        rows.push('[');
-        for (i, (job, need)) in edges.iter().enumerate() {
-            if i > 0 {
-                rows.push(',');
-            }
-            rows.push_str(&format!("[{},{}]", job.get(), need.get()));
-        }
-        rows.push(']');
-        // Schema 16 has no foreign keys here: the needs stored before this statement's jobs
-        // (an earlier chunk, the push's graph) are looked up once each, and a missing one
-        // refuses the submission. This call's own jobs are in this transaction, which no
-        // other one can delete.
-        let own: std::collections::HashSet<JobId> = jobs
-            .iter()
-            .filter_map(|j| ids.get(j.name.as_str()).copied())
-            .collect();
-        let outside: std::collections::BTreeSet<i64> = edges
-            .iter()
-            .flat_map(|(job, need)| [*job, *need])
-            .filter(|id| !own.contains(id))
-            .map(|id| id.get())
-            .collect();
-        if !outside.is_empty() {
-            let list = to_json(&outside, "job ids")?;
-            let found: i64 = col(
-                &sqlx::query(
-                    "SELECT COUNT(*) AS n FROM jobs WHERE id IN \
-                     (SELECT e::BIGINT FROM json_array_elements_text($1::json) e)",
-                )
-                .bind(list)
-                .fetch_one(&mut **tx)
-                .await
-                .op("finding needed jobs")?,
-                "n",
-            )?;
-            if found != outside.len() as i64 {
-                return Err(StoreError::Corrupt {
-                    what: "job needs",
-                    detail: format!(
-                        "{} of the {} needed jobs stored before are gone",
-                        outside.len() as i64 - found,
-                        outside.len()
-                    ),
-                });
-            }
-        }
-        sqlx::query(
-            "INSERT INTO job_needs (job_id, need_id) \
-             SELECT (e->>0)::BIGINT, (e->>1)::BIGINT FROM json_array_elements($1::json) e",
+    let list = to_json(&outside, "job ids")?;
+    let found: i64 = col(
+        &sqlx::query(
+            "SELECT COUNT(*) AS n FROM jobs WHERE id IN \
+             (SELECT e::BIGINT FROM json_array_elements_text($1::json) e)",
         )
-        .bind(rows)
-        .execute(&mut **tx)
+        .bind(list)
+        .fetch_one(&mut **tx)
         .await
-        .op("inserting job needs")?;
+        .op("finding needed jobs")?,
+        "n",
+    )?;
+    if found != outside.len() as i64 {
+        return Err(StoreError::Corrupt {
+            what: "job needs",
+            detail: format!(
+                "{} of the {} needed jobs stored before are gone",
+                outside.len() as i64 - found,
+                outside.len()
+            ),
+        });
     }
     Ok(())
 }
@@ -354,6 +356,28 @@ mod tests {
     fn job(name: &str, needs: &[&str]) -> JobSpec {
         serde_json::from_value(serde_json::json!({"name": name, "run": "true", "needs": needs}))
             .expect("a job spec")
+    }
+
+    #[test]
+    fn placeholders_are_anonymous_on_sqlite_and_numbered_on_postgres() {
+        let fixed = Some((1, "'pending'"));
+        assert_eq!(
+            placeholders(Dialect::Sqlite, 2, 2, fixed),
+            "(?, 'pending', ?), (?, 'pending', ?)"
+        );
+        assert_eq!(
+            placeholders(Dialect::Postgres, 2, 2, fixed),
+            "($1, 'pending', $2), ($3, 'pending', $4)"
+        );
+        assert_eq!(placeholders(Dialect::Postgres, 1, 3, None), "($1, $2, $3)");
+    }
+
+    #[test]
+    fn statements_stay_within_the_databases_bound_values() {
+        for (dialect, most) in [(Dialect::Sqlite, 32_766), (Dialect::Postgres, 65_535)] {
+            assert!(job_rows_per_statement(dialect) * 9 <= most);
+            assert!(edge_rows_per_statement(dialect) * 2 <= most);
+        }
     }
 
     #[test]

@@ -153,7 +153,7 @@ impl Store {
         let existing = HashMap::new();
         for chunk in ordered.chunks(batch::JOBS_PER_TRANSACTION) {
             let staged = async {
-                let mut tx = self.write.begin().await.op("staging jobs")?;
+                let mut tx = batch::begin_staged(&self.write, self.dialect).await?;
                 batch::insert_rows(
                     &mut tx,
                     self.dialect,
