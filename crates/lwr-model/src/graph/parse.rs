@@ -13,7 +13,7 @@ use super::validate::{
     env_name_message, is_env_name, show,
 };
 use super::{
-    ArtifactDecl, Checkout, DEFAULT_RETRIES, DEFAULT_TIMEOUT_SECS, Graph, GraphError, JobSpec,
+    ArtifactDecl, Checkout, DEFAULT_RETRIES, DEFAULT_TIMEOUT_SECS, Env, Graph, GraphError, JobSpec,
     Requires, When,
 };
 use crate::buildbot::BuildbotJob;
@@ -583,7 +583,7 @@ fn read_job(
             retries: DEFAULT_RETRIES,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             expires_secs: None,
-            env: BTreeMap::new(),
+            env: Env::new(),
             requires: Requires::default(),
             when: None,
             prefer: Vec::new(),
@@ -969,24 +969,21 @@ fn read_retries(cx: &Cx, line: Option<usize>, node: &Node) -> Result<u32, GraphE
     })
 }
 
-fn read_env(
-    cx: &Cx,
-    line: Option<usize>,
-    node: &Node,
-) -> Result<BTreeMap<String, String>, GraphError> {
-    let mut env = BTreeMap::new();
+fn read_env(cx: &Cx, line: Option<usize>, node: &Node) -> Result<Env, GraphError> {
     let Some(map) = cx.mapping(line, "env", node, "a mapping of variable name to value")? else {
-        return Ok(env);
+        return Ok(Env::new());
     };
+    // Names are unique (the YAML loader refuses a repeated key); `Env` sorts them.
+    let mut env = Vec::with_capacity(map.len());
     for (key, value) in map.iter() {
         let (k, line) = (key.as_str(), key_line(key));
         let field = format!("env.{k}");
         if !is_env_name(k) {
             return Err(cx.invalid(line, &field, env_name_message(&show(k))));
         }
-        env.insert(k.to_string(), cx.scalar(line, &field, value)?.to_string());
+        env.push((k.to_string(), cx.scalar(line, &field, value)?.to_string()));
     }
-    Ok(env)
+    Ok(env.into_iter().collect())
 }
 
 fn read_matrix(

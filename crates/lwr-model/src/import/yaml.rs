@@ -208,14 +208,19 @@ fn printable(c: char) -> bool {
 }
 
 /// `    KEY: {"k": "v", ...}` on one line, nothing for an empty map.
-fn flow_map(out: &mut String, key: &str, map: &std::collections::BTreeMap<String, String>) {
-    if map.is_empty() {
+fn flow_map<'a>(
+    out: &mut String,
+    key: &str,
+    map: impl IntoIterator<Item = (&'a String, &'a String)>,
+) {
+    let mut map = map.into_iter().peekable();
+    if map.peek().is_none() {
         return;
     }
     out.push_str("    ");
     out.push_str(key);
     out.push_str(": {");
-    for (i, (k, v)) in map.iter().enumerate() {
+    for (i, (k, v)) in map.enumerate() {
         if i > 0 {
             out.push_str(", ");
         }

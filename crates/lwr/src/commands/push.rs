@@ -236,9 +236,9 @@ pub(super) fn git(repo: &Path, args: &[&str]) -> Option<String> {
     if !out.status.success() {
         return None;
     }
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .trim_end_matches('\n')
-            .to_string(),
-    )
+    // In place: the output may be a 30 MiB lwr.yml, not to be held twice.
+    let mut text = String::from_utf8(out.stdout)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    text.truncate(text.trim_end_matches('\n').len());
+    Some(text)
 }
