@@ -20,7 +20,7 @@ mod yaml;
 
 pub use diff::{GraphDiff, JobChange, MovedOff, diff};
 pub use env::Env;
-pub use parse::{MAX_FILE_BYTES, parse, parse_duration};
+pub use parse::{MAX_FILE_BYTES, parse, parse_duration, parse_stream};
 pub use select::{LeftOut, select};
 pub use validate::{
     GraphError, MAX_CHECKOUT_DEPTH, MAX_TITLE_CHARS, checkout_path_problem, title_problem,
