@@ -11,70 +11,86 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// once. It reads and writes exactly as a `BTreeMap<String, String>` does (a JSON object in
 /// name order; a repeated name keeps its last value), so specs stored or sent before it
 /// existed read back the same; it only takes less memory. A 100,000-job graph has 100,000 of
-/// them, mostly of a few variables: a BTreeMap puts even one pair in a 544-byte node, this
-/// a vector of exactly the pairs (96 bytes for two).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Env(Vec<(String, String)>);
+/// them, mostly of a few variables: a BTreeMap puts even one pair in a 544-byte node, and a
+/// vector of string pairs makes an allocation of each string; this is one allocation of the
+/// pairs' text, `{length}:{name}{length}:{value}` after each other (lengths in bytes).
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Env(Box<str>);
 
 impl Env {
     pub fn new() -> Env {
-        Env(Vec::new())
+        Env::default()
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.iter().count()
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    fn find(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
-    }
-
     /// The value of `name`, if set.
-    pub fn get(&self, name: &str) -> Option<&String> {
-        self.find(name).ok().map(|i| &self.0[i].1)
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
     }
 
     pub fn contains_key(&self, name: &str) -> bool {
-        self.find(name).is_ok()
+        self.get(name).is_some()
     }
 
     /// Sets `name` to `value`, in its place by name; the value it replaces, if any.
     pub fn insert(&mut self, name: String, value: String) -> Option<String> {
-        match self.find(&name) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
-            Err(i) => {
-                self.0.insert(i, (name, value));
-                None
-            }
-        }
+        let old = self.get(&name).map(str::to_string);
+        let mut pairs: Vec<(&str, &str)> = self.iter().filter(|(k, _)| *k != name).collect();
+        let at = pairs.partition_point(|(k, _)| *k < name.as_str());
+        pairs.insert(at, (&name, &value));
+        let env = Env::encode(&pairs);
+        *self = env;
+        old
     }
 
     /// Unsets `name`; its value, if it was set.
     pub fn remove(&mut self, name: &str) -> Option<String> {
-        self.find(name).ok().map(|i| self.0.remove(i).1)
+        let old = self.get(name)?.to_string();
+        let pairs: Vec<(&str, &str)> = self.iter().filter(|(k, _)| *k != name).collect();
+        *self = Env::encode(&pairs);
+        Some(old)
     }
 
     /// The pairs in name order.
     pub fn iter(&self) -> Iter<'_> {
-        Iter(self.0.iter())
+        Iter(&self.0)
     }
 
     /// The names in order.
-    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &String> + ExactSizeIterator {
-        self.0.iter().map(|(k, _)| k)
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.iter().map(|(k, _)| k)
     }
 
     /// The values in the order of their names.
-    pub fn values(&self) -> impl DoubleEndedIterator<Item = &String> + ExactSizeIterator {
-        self.0.iter().map(|(_, v)| v)
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.iter().map(|(_, v)| v)
+    }
+
+    /// Pairs already in name order, each name once.
+    fn encode(pairs: &[(&str, &str)]) -> Env {
+        use std::fmt::Write;
+        let digits = |n: usize| n.checked_ilog10().unwrap_or(0) as usize + 1;
+        let size = pairs
+            .iter()
+            .map(|(k, v)| digits(k.len()) + k.len() + digits(v.len()) + v.len() + 2)
+            .sum();
+        let mut text = String::with_capacity(size);
+        for (k, v) in pairs {
+            // Writing to a String cannot fail.
+            let _ = write!(text, "{}:{k}{}:{v}", k.len(), v.len());
+        }
+        Env(text.into_boxed_str())
     }
 
     /// `pairs` in name order with each name once (the last of a repeated name wins, as
-    /// inserting them into a map one by one would do), in a vector of exactly their number.
+    /// inserting them into a map one by one would do).
     fn from_pairs(mut pairs: Vec<(String, String)>) -> Env {
         // Stable, so a repeated name's pairs stay in the order given.
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
@@ -87,37 +103,48 @@ impl Env {
             }
             same
         });
-        pairs.shrink_to_fit();
-        Env(pairs)
+        let pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Env::encode(&pairs)
     }
 }
 
-/// The pairs of an [`Env`] in name order, as `(&name, &value)` like a map's.
+impl fmt::Debug for Env {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// The pairs of an [`Env`] in name order, as `(name, value)`.
 #[derive(Clone, Debug)]
-pub struct Iter<'a>(std::slice::Iter<'a, (String, String)>);
+pub struct Iter<'a>(&'a str);
+
+impl<'a> Iter<'a> {
+    /// The next `{length}:{text}` of the encoding; `None` at its end (or were it not one of
+    /// `Env::encode`'s, which it always is).
+    fn field(&mut self) -> Option<&'a str> {
+        let (len, rest) = self.0.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        let field = rest.get(..len)?;
+        self.0 = &rest[len..];
+        Some(field)
+    }
+}
 
 impl<'a> Iterator for Iter<'a> {
-    type Item = (&'a String, &'a String);
+    type Item = (&'a str, &'a str);
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.0.next().map(|(k, v)| (k, v))
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.0.size_hint()
+        let name = self.field()?;
+        let value = self.field()?;
+        Some((name, value))
     }
 }
-
-impl DoubleEndedIterator for Iter<'_> {
-    fn next_back(&mut self) -> Option<Self::Item> {
-        self.0.next_back().map(|(k, v)| (k, v))
-    }
-}
-
-impl ExactSizeIterator for Iter<'_> {}
 
 impl<'a> IntoIterator for &'a Env {
-    type Item = (&'a String, &'a String);
+    type Item = (&'a str, &'a str);
     type IntoIter = Iter<'a>;
 
     fn into_iter(self) -> Iter<'a> {
@@ -130,7 +157,11 @@ impl IntoIterator for Env {
     type IntoIter = std::vec::IntoIter<(String, String)>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        let pairs: Vec<(String, String)> = self
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        pairs.into_iter()
     }
 }
 
@@ -142,9 +173,9 @@ impl FromIterator<(String, String)> for Env {
 
 impl Extend<(String, String)> for Env {
     fn extend<I: IntoIterator<Item = (String, String)>>(&mut self, iter: I) {
-        for (k, v) in iter {
-            self.insert(k, v);
-        }
+        let mut pairs: Vec<(String, String)> = std::mem::take(self).into_iter().collect();
+        pairs.extend(iter);
+        *self = Env::from_pairs(pairs);
     }
 }
 
@@ -157,21 +188,22 @@ impl<const N: usize> From<[(String, String); N]> for Env {
 impl From<BTreeMap<String, String>> for Env {
     fn from(map: BTreeMap<String, String>) -> Env {
         // Already sorted and unique.
-        Env(map.into_iter().collect())
+        let pairs: Vec<(&str, &str)> = map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Env::encode(&pairs)
     }
 }
 
 impl From<Env> for BTreeMap<String, String> {
     fn from(env: Env) -> BTreeMap<String, String> {
-        env.0.into_iter().collect()
+        env.into_iter().collect()
     }
 }
 
 impl std::ops::Index<&str> for Env {
-    type Output = String;
+    type Output = str;
 
     /// The value of `name`; panics when it is not set, as a map's index does.
-    fn index(&self, name: &str) -> &String {
+    fn index(&self, name: &str) -> &str {
         match self.get(name) {
             Some(v) => v,
             None => panic!("no variable {name:?} in the environment"),
@@ -181,8 +213,8 @@ impl std::ops::Index<&str> for Env {
 
 impl Serialize for Env {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (k, v) in self {
             map.serialize_entry(k, v)?;
         }
         map.end()
@@ -229,12 +261,12 @@ mod tests {
         let env: Env = pairs(&[("b", "2"), ("a", "1"), ("B", "3"), ("ab", "4")])
             .into_iter()
             .collect();
-        let names: Vec<&String> = env.keys().collect();
+        let names: Vec<&str> = env.keys().collect();
         assert_eq!(names, ["B", "a", "ab", "b"]);
         assert_eq!(env.len(), 4);
-        assert_eq!(env.get("ab").map(String::as_str), Some("4"));
+        assert_eq!(env.get("ab"), Some("4"));
         assert_eq!(env.get("c"), None);
-        assert_eq!(env["b"], "2");
+        assert_eq!(&env["b"], "2");
         assert!(env.contains_key("B") && !env.contains_key("A"));
     }
 
@@ -245,10 +277,10 @@ mod tests {
         let map: BTreeMap<String, String> = given.into_iter().collect();
         assert_eq!(env, Env::from(map.clone()));
         assert_eq!(BTreeMap::from(env.clone()), map);
-        assert_eq!(env["x"], "4");
+        assert_eq!(&env["x"], "4");
         assert_eq!(env.len(), 2);
-        // Exactly the pairs: no room kept for more.
-        assert_eq!(env.0.capacity(), 2);
+        // One string of exactly the pairs.
+        assert_eq!(&*env.0, "1:x1:41:y1:5");
     }
 
     #[test]
@@ -259,21 +291,34 @@ mod tests {
         assert_eq!(env.insert("a".into(), "2".into()), None);
         assert_eq!(env.insert("z".into(), "3".into()), None);
         assert_eq!(env.insert("m".into(), "4".into()), Some("1".into()));
-        let all: Vec<(&String, &String)> = env.iter().collect();
-        assert_eq!(
-            all,
-            [
-                (&"a".to_string(), &"2".to_string()),
-                (&"m".to_string(), &"4".to_string()),
-                (&"z".to_string(), &"3".to_string())
-            ]
-        );
+        let all: Vec<(&str, &str)> = env.iter().collect();
+        assert_eq!(all, [("a", "2"), ("m", "4"), ("z", "3")]);
         assert_eq!(env.remove("m"), Some("4".into()));
         assert_eq!(env.remove("m"), None);
         env.extend(pairs(&[("b", "5"), ("a", "6")]));
-        let names: Vec<&String> = env.keys().collect();
+        let names: Vec<&str> = env.keys().collect();
         assert_eq!(names, ["a", "b", "z"]);
         assert_eq!(env.values().collect::<Vec<_>>(), ["6", "5", "3"]);
+        assert_eq!(env.len(), 3);
+    }
+
+    #[test]
+    fn any_names_and_values_read_back_as_given() {
+        // Digits, colons, empty strings and long values: the lengths delimit, not the text.
+        let given = pairs(&[
+            ("", ""),
+            ("1:", "2:3"),
+            (":", ""),
+            ("k", &"v:".repeat(1000)),
+            ("é∑😀", "10:x"),
+        ]);
+        let env: Env = given.clone().into_iter().collect();
+        let map: BTreeMap<String, String> = given.into_iter().collect();
+        assert_eq!(BTreeMap::from(env.clone()), map);
+        assert_eq!(env.len(), 5);
+        assert_eq!(env.get("1:"), Some("2:3"));
+        assert_eq!(env.get(""), Some(""));
+        assert_eq!(format!("{env:?}"), format!("{map:?}"));
     }
 
     #[test]

@@ -348,8 +348,9 @@ struct RawJobs {
 
 /// What a job's spec does not say.
 struct Extra {
-    /// The name as written (shown in errors).
-    written: String,
+    /// The name as written (shown in errors), when it is not the spec's name: most are,
+    /// and 100,000 copies would outlive the reading among the graph's own strings.
+    written: Option<String>,
     matrix: Matrix,
     /// Whether the job has a `checkout:` of its own.
     own_checkout: bool,
@@ -357,9 +358,10 @@ struct Extra {
 
 impl RawJobs {
     fn push(&mut self, job: RawJob, keep_lines: bool) {
+        let written = (job.written != job.spec.name).then_some(job.written);
         self.specs.push(job.spec);
         self.extra.push(Extra {
-            written: job.written,
+            written,
             matrix: job.matrix,
             own_checkout: job.lines.checkout.is_some(),
         });
@@ -369,7 +371,10 @@ impl RawJobs {
     }
 
     fn written(&self, i: usize) -> &str {
-        &self.extra[i].written
+        self.extra[i]
+            .written
+            .as_deref()
+            .unwrap_or(&self.specs[i].name)
     }
 
     fn matrix(&self, i: usize) -> &[(String, Vec<String>)] {
@@ -1627,11 +1632,7 @@ jobs:
         assert_eq!(build.timeout_secs, 1800);
         assert_eq!(build.expires_secs, Some(7 * 24 * 3600));
         assert_eq!(g.jobs[1].expires_secs, None);
-        let env: Vec<(&str, &str)> = build
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let env: Vec<(&str, &str)> = build.env.iter().collect();
         assert_eq!(env, [("FLAG", "false"), ("KEY", "value"), ("N", "3")]);
 
         let test = &g.jobs[1];
@@ -2017,10 +2018,7 @@ jobs:
         let g = parse(text, "lwr.yml").unwrap();
         assert_eq!(names(&g), ["build", "test-1", "test-2", "test-3", "report"]);
         assert_eq!(g.jobs[2].run, "make test CHUNK=2");
-        assert_eq!(
-            g.jobs[2].env.get("LWR_MATRIX_CHUNK").map(String::as_str),
-            Some("2")
-        );
+        assert_eq!(g.jobs[2].env.get("LWR_MATRIX_CHUNK"), Some("2"));
         assert_eq!(g.jobs[2].needs, ["build"]);
         assert_eq!(g.jobs[4].needs, ["test-1", "test-2", "test-3", "build"]);
     }
@@ -2041,11 +2039,7 @@ jobs:
         );
         let mac2 = &g.jobs[3];
         assert_eq!(mac2.run, "run Mac 2 Mac");
-        let env: Vec<(&str, &str)> = mac2
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let env: Vec<(&str, &str)> = mac2.env.iter().collect();
         assert_eq!(
             env,
             [

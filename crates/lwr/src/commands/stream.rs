@@ -13,10 +13,15 @@ use lwr_model::Graph;
 /// Bytes read from the pipe at a time.
 const READ_CHUNK: usize = 64 << 10;
 
+/// `read_to_string`'s words for a file that is not UTF-8.
+const NOT_UTF8: &str = "stream did not contain valid UTF-8";
+
 /// The characters of a byte stream, invalid UTF-8 replaced as `String::from_utf8_lossy`
-/// replaces it in the whole text; a read error ends them and is kept in `failure`.
+/// replaces it in the whole text (or, when `strict`, a failure as `read_to_string`'s); a read
+/// error ends them and is kept in `failure`.
 struct LossyChars<R> {
     reader: R,
+    strict: bool,
     bytes: Vec<u8>,
     /// Bytes at the end of `bytes` that may begin a character the next read completes.
     tail: usize,
@@ -30,6 +35,7 @@ impl<R: Read> LossyChars<R> {
     fn new(reader: R, failure: Arc<Mutex<Option<String>>>) -> Self {
         LossyChars {
             reader,
+            strict: false,
             bytes: vec![0; READ_CHUNK],
             tail: 0,
             text: String::with_capacity(READ_CHUNK),
@@ -58,6 +64,10 @@ impl<R: Read> LossyChars<R> {
             if n == 0 {
                 // The end: an unfinished character at it is replaced, as a whole text's is.
                 self.done = true;
+                if self.tail > 0 && self.strict {
+                    fail(&self.failure, NOT_UTF8.into());
+                    break;
+                }
                 self.text
                     .push_str(&String::from_utf8_lossy(&self.bytes[..self.tail]));
                 self.tail = 0;
@@ -78,6 +88,12 @@ impl<R: Read> LossyChars<R> {
                             std::str::from_utf8(&self.bytes[start..valid]).unwrap_or_default(),
                         );
                         match e.error_len() {
+                            Some(_) if self.strict => {
+                                fail(&self.failure, NOT_UTF8.into());
+                                self.done = true;
+                                start = end;
+                                break;
+                            }
                             Some(bad) => {
                                 self.text.push(char::REPLACEMENT_CHARACTER);
                                 start = valid + bad;
@@ -220,6 +236,41 @@ pub(super) fn parse_committed(
     Ok(parsed?)
 }
 
+/// The graph of the file at `path` (an lwr.yml in a working tree), read as it streams:
+/// errors as `std::fs::read_to_string` then [`lwr_model::graph::parse`] would give them.
+pub(super) fn parse_file(path: &Path) -> anyhow::Result<Graph> {
+    let cannot_read = || format!("cannot read {}", path.display());
+    let file = std::fs::File::open(path).with_context(cannot_read)?;
+    let bytes = file.metadata().with_context(cannot_read)?.len();
+    let failure = Arc::new(Mutex::new(None));
+    let mut first = Some(file);
+    // The first reading uses the file opened above, a second one (for the lines of an error)
+    // opens it again.
+    let open = || {
+        let file = first
+            .take()
+            .map_or_else(|| std::fs::File::open(path), Ok)
+            .map_err(|e| fail(&failure, e.to_string()))
+            .ok();
+        let mut chars = file.map(|f| LossyChars::new(f, failure.clone()));
+        if let Some(chars) = &mut chars {
+            chars.strict = true;
+        }
+        chars.into_iter().flatten()
+    };
+    let label = path.display().to_string();
+    let parsed = lwr_model::graph::parse_stream(
+        Some(usize::try_from(bytes).unwrap_or(usize::MAX)),
+        open,
+        &label,
+    );
+    let failed = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(failed) = failed {
+        return Err(anyhow::anyhow!(failed)).with_context(cannot_read);
+    }
+    Ok(parsed?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +304,18 @@ mod tests {
             let got: String = LossyChars::new(Trickle(&bytes, step), failure.clone()).collect();
             assert_eq!(got, want, "reads of {step} bytes");
             assert!(failure.lock().unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn strict_characters_stop_at_invalid_utf8_as_read_to_string_refuses_it() {
+        for bytes in [&b"ok \x80 no"[..], b"ok \xe2\x88", "ok ∑".as_bytes()] {
+            let failure = Arc::new(Mutex::new(None));
+            let mut chars = LossyChars::new(Trickle(bytes, 2), failure.clone());
+            chars.strict = true;
+            let _: String = chars.collect();
+            let want = std::str::from_utf8(bytes).err().map(|_| NOT_UTF8);
+            assert_eq!(failure.lock().unwrap().as_deref(), want, "{bytes:?}");
         }
     }
 
