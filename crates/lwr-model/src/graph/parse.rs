@@ -640,8 +640,11 @@ struct JobReader<'f> {
     keep_lines: bool,
     /// Entries handed over, read or not.
     count: usize,
-    /// normalized name → the job that took it
-    taken: HashMap<String, usize>,
+    /// The hash of a normalized name → the first job with a name of that hash: the names
+    /// are the specs' own, not copies that would outlive the reading among the graph's
+    /// strings (100,000 of them, with their table, ~7 MB).
+    taken: HashMap<u64, usize>,
+    hasher: std::hash::RandomState,
     jobs: RawJobs,
     /// The first error; entries after it (or past `MAX_JOBS`) are counted, not read.
     error: Option<GraphError>,
@@ -654,6 +657,7 @@ impl<'f> JobReader<'f> {
             keep_lines,
             count: 0,
             taken: HashMap::new(),
+            hasher: std::hash::RandomState::new(),
             jobs: RawJobs::default(),
             error: None,
         }
@@ -693,7 +697,15 @@ impl<'f> JobReader<'f> {
                 message,
             });
         }
-        if let Some(&first) = self.taken.get(&name) {
+        let hash = std::hash::BuildHasher::hash_one(&self.hasher, &name);
+        let specs = &self.jobs.specs;
+        let taken = match self.taken.get(&hash) {
+            Some(&first) if specs[first].name == name => Some(first),
+            // Another name of the same hash (as good as never): look for it in full.
+            Some(_) => specs.iter().position(|s| s.name == name),
+            None => None,
+        };
+        if let Some(first) = taken {
             return Err(GraphError::DuplicateName {
                 file: self.file.into(),
                 line,
@@ -702,12 +714,12 @@ impl<'f> JobReader<'f> {
                 normalized: show(&name),
             });
         }
-        self.taken.insert(name.clone(), self.jobs.specs.len());
         let job_cx = Cx {
             file: self.file,
             job: Some(show(written)),
         };
         let job = read_job(&job_cx, written, name, line, value)?;
+        self.taken.entry(hash).or_insert(self.jobs.specs.len());
         self.jobs.push(job, self.keep_lines);
         Ok(())
     }
