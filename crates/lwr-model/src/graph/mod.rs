@@ -66,7 +66,7 @@ pub struct JobSpec {
     /// How long the server keeps the job's artifacts; `None` means the server's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_secs: Option<u64>,
-    /// Variables set for the job (an object of strings on the wire, in name order).
+    // An object of strings on the wire and in the API's document, as the map it was.
     #[serde(default)]
     #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub env: Env,
