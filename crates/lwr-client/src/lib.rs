@@ -300,12 +300,16 @@ impl std::io::Write for ByteCount {
 const JSON_CHUNK: usize = 64 << 10;
 const JSON_QUEUE: usize = 4;
 
-/// `value` as a streamed JSON request body, written a chunk at a time on a blocking thread
-/// (never whole in memory), with its length (a first pass counts it, as for [`json_body`],
-/// so the request has a Content-Length and a server's size limit answers before the upload).
+/// `value` as the chunks of a streamed JSON request body, written a chunk at a time on a
+/// blocking thread (never whole in memory), with its length (a first pass counts it, as for
+/// [`json_body`], so the request has a Content-Length and a server's size limit answers
+/// before the upload).
 fn json_stream<T: Serialize + Send + Sync + 'static>(
     value: Arc<T>,
-) -> Result<(reqwest::Body, u64)> {
+) -> Result<(
+    impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>>,
+    u64,
+)> {
     let mut size = ByteCount(0);
     serde_json::to_writer(&mut size, &*value).map_err(|e| ClientError::Encode {
         detail: e.to_string(),
@@ -330,7 +334,7 @@ fn json_stream<T: Serialize + Send + Sync + 'static>(
     let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
     });
-    Ok((reqwest::Body::wrap_stream(chunks), size.0 as u64))
+    Ok((chunks, size.0 as u64))
 }
 
 /// A writer that sends what it is given in chunks of [`JSON_CHUNK`] bytes.
@@ -739,12 +743,12 @@ impl Client {
         let mut tries = 0;
         loop {
             tries += 1;
-            let (body, len) = json_stream(sub.clone())?;
+            let (chunks, len) = json_stream(sub.clone())?;
             let req = self
                 .request(&ep, REQUEST_TIMEOUT)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header(reqwest::header::CONTENT_LENGTH, len)
-                .body(body);
+                .body(reqwest::Body::wrap_stream(chunks));
             // `send` has moved the client on to the next server after such a failure.
             match self.send_ep(&ep, req).await {
                 Err(e)
@@ -1206,6 +1210,37 @@ mod tests {
         let body = json_body(&sub).unwrap();
         assert_eq!(body, serde_json::to_vec(&sub).unwrap());
         assert_eq!(body.capacity(), body.len());
+    }
+
+    #[tokio::test]
+    async fn a_streamed_json_body_is_the_json_in_chunks_of_its_length() {
+        let job = |i: usize| lwr_model::JobSpec {
+            needs: (0..i % 3).map(|n| format!("j{n}")).collect(),
+            ..serde_json::from_str(&format!(r#"{{"name": "j{i}", "run": "echo é {i}"}}"#)).unwrap()
+        };
+        for n in [1, 3000] {
+            let sub = Arc::new(SubmitGraph::new(lwr_model::Graph {
+                jobs: (0..n).map(job).collect(),
+            }));
+            let (chunks, len) = json_stream(sub.clone()).unwrap();
+            let chunks: Vec<bytes::Bytes> = chunks.map(|c| c.unwrap()).collect().await;
+            assert!(chunks.iter().all(|c| c.len() <= 2 * JSON_CHUNK));
+            let body = chunks.concat();
+            assert_eq!(body, serde_json::to_vec(&*sub).unwrap());
+            assert_eq!(body.len() as u64, len);
+        }
+        // A body dropped unread ends the writing thread, which holds the graph until then.
+        let sub = Arc::new(SubmitGraph::new(lwr_model::Graph {
+            jobs: (0..3000).map(job).collect(),
+        }));
+        drop(json_stream(sub.clone()).unwrap());
+        for _ in 0..500 {
+            if Arc::strong_count(&sub) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the writing thread still holds the graph");
     }
 
     #[test]

@@ -262,9 +262,9 @@ fn read(
     let mut jobs = read_jobs(&cx, top, reader)?;
     // A job's own `checkout:` replaces the file's default as a whole.
     if let Some((checkout, line)) = default_checkout {
-        for (i, spec) in jobs.specs.iter_mut().enumerate() {
-            if !jobs.extra[i].own_checkout {
-                spec.checkout = checkout.clone();
+        for i in 0..jobs.specs.len() {
+            if !jobs.own_checkout(i) {
+                jobs.specs[i].checkout = checkout.clone();
                 if let Some(lines) = jobs.lines.get_mut(i) {
                     lines.checkout = line;
                 }
@@ -343,13 +343,14 @@ struct RawJobs {
     specs: Vec<JobSpec>,
     /// Empty unless lines are kept.
     lines: Vec<JobLines>,
-    extra: Vec<Extra>,
+    /// By job, in job order: only the jobs that have one (few do, and 100,000 of them
+    /// would be 5.6 MB at the peak of a big file's reading).
+    extra: Vec<(usize, Extra)>,
 }
 
-/// What a job's spec does not say.
+/// What a job's spec does not say, when it says something.
 struct Extra {
-    /// The name as written (shown in errors), when it is not the spec's name: most are,
-    /// and 100,000 copies would outlive the reading among the graph's own strings.
+    /// The name as written (shown in errors), when it is not the spec's name.
     written: Option<String>,
     matrix: Matrix,
     /// Whether the job has a `checkout:` of its own.
@@ -358,27 +359,37 @@ struct Extra {
 
 impl RawJobs {
     fn push(&mut self, job: RawJob, keep_lines: bool) {
-        let written = (job.written != job.spec.name).then_some(job.written);
-        self.specs.push(job.spec);
-        self.extra.push(Extra {
-            written,
+        let extra = Extra {
+            written: (job.written != job.spec.name).then_some(job.written),
             matrix: job.matrix,
             own_checkout: job.lines.checkout.is_some(),
-        });
+        };
+        if extra.written.is_some() || !extra.matrix.is_empty() || extra.own_checkout {
+            self.extra.push((self.specs.len(), extra));
+        }
+        self.specs.push(job.spec);
         if keep_lines {
             self.lines.push(job.lines);
         }
     }
 
+    fn extra(&self, i: usize) -> Option<&Extra> {
+        let at = self.extra.binary_search_by_key(&i, |(j, _)| *j).ok()?;
+        Some(&self.extra[at].1)
+    }
+
     fn written(&self, i: usize) -> &str {
-        self.extra[i]
-            .written
-            .as_deref()
+        self.extra(i)
+            .and_then(|e| e.written.as_deref())
             .unwrap_or(&self.specs[i].name)
     }
 
     fn matrix(&self, i: usize) -> &[(String, Vec<String>)] {
-        &self.extra[i].matrix
+        self.extra(i).map_or(&[], |e| &e.matrix)
+    }
+
+    fn own_checkout(&self, i: usize) -> bool {
+        self.extra(i).is_some_and(|e| e.own_checkout)
     }
 
     fn line(&self, i: usize) -> Option<usize> {
@@ -1306,11 +1317,13 @@ fn expand(file: &str, jobs: RawJobs) -> Result<(Graph, Vec<JobLines>), GraphErro
             .map(|(_, v)| v.len())
             .fold(1usize, usize::saturating_mul)
     };
+    // A job without an `Extra` has no matrix: it is one job.
+    let plain = jobs.specs.len() - jobs.extra.len();
     if jobs
         .extra
         .iter()
-        .map(count)
-        .fold(0usize, usize::saturating_add)
+        .map(|(_, extra)| count(extra))
+        .fold(plain, usize::saturating_add)
         > MAX_JOBS
     {
         let (what, limit) = ("jobs".to_string(), MAX_JOBS);
@@ -1321,7 +1334,7 @@ fn expand(file: &str, jobs: RawJobs) -> Result<(Graph, Vec<JobLines>), GraphErro
             limit,
         });
     }
-    if jobs.extra.iter().all(|e| e.matrix.is_empty()) {
+    if jobs.extra.iter().all(|(_, e)| e.matrix.is_empty()) {
         expand_plain(file, jobs)
     } else {
         expand_matrices(file, &jobs)
@@ -1381,8 +1394,8 @@ fn drop_repeated_needs(spec: &mut JobSpec, lines: Option<&mut JobLines>) {
 
 /// `expand` for a file with matrices: expanded jobs are copies of their job.
 fn expand_matrices(file: &str, jobs: &RawJobs) -> Result<(Graph, Vec<JobLines>), GraphError> {
-    let all: Vec<Vec<Expansion>> = (jobs.specs.iter().zip(&jobs.extra))
-        .map(|(spec, extra)| expansions(&spec.name, &extra.matrix))
+    let all: Vec<Vec<Expansion>> = (0..jobs.specs.len())
+        .map(|i| expansions(&jobs.specs[i].name, jobs.matrix(i)))
         .collect();
     check_expanded_names(file, jobs, &all)?;
     let declared: HashMap<&str, usize> = jobs
