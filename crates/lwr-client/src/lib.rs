@@ -295,6 +295,81 @@ impl std::io::Write for ByteCount {
     }
 }
 
+/// Bytes of JSON per chunk of a streamed request body, and chunks in flight: a 35 MB graph
+/// body is sent with a few hundred KB of it in memory.
+const JSON_CHUNK: usize = 64 << 10;
+const JSON_QUEUE: usize = 4;
+
+/// `value` as the chunks of a streamed JSON request body, written a chunk at a time on a
+/// blocking thread (never whole in memory), with its length (a first pass counts it, as for
+/// [`json_body`], so the request has a Content-Length and a server's size limit answers
+/// before the upload).
+fn json_stream<T: Serialize + Send + Sync + 'static>(
+    value: Arc<T>,
+) -> Result<(
+    impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>>,
+    u64,
+)> {
+    let mut size = ByteCount(0);
+    serde_json::to_writer(&mut size, &*value).map_err(|e| ClientError::Encode {
+        detail: e.to_string(),
+    })?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(JSON_QUEUE);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkSender {
+            chunk: Vec::with_capacity(JSON_CHUNK),
+            tx,
+        };
+        let sent = serde_json::to_writer(&mut out, &*value)
+            .map_err(std::io::Error::other)
+            .and_then(|()| out.send());
+        // A body dropped before its end (the request failed) needs no error; any other
+        // failure ends the body with it, so the request fails rather than sends half.
+        if let Err(e) = sent
+            && e.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            let _ = out.tx.blocking_send(Err(e));
+        }
+    });
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    Ok((chunks, size.0 as u64))
+}
+
+/// A writer that sends what it is given in chunks of [`JSON_CHUNK`] bytes.
+struct ChunkSender {
+    chunk: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+}
+
+impl ChunkSender {
+    /// Sends the chunk so far; `BrokenPipe` when the body was dropped.
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(JSON_CHUNK));
+        self.tx
+            .blocking_send(Ok(bytes::Bytes::from(chunk)))
+            .map_err(|_| std::io::ErrorKind::BrokenPipe.into())
+    }
+}
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.chunk.extend_from_slice(buf);
+        if self.chunk.len() >= JSON_CHUNK {
+            self.send()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Which jobs [`Client::jobs_matching`] asks for; every condition given must hold.
 #[derive(Debug, Clone, Default)]
 pub struct JobsQuery {
@@ -658,6 +733,34 @@ impl Client {
             .body(body);
         let resp = self.send_ep(&ep, req).await?;
         self.decode(&ep.method, &ep.path, resp).await
+    }
+
+    /// [`Client::submit_graph`] with the body streamed from `sub` as it is written: a
+    /// 100,000-job graph is never held twice (as itself and as JSON). A streamed body cannot
+    /// be sent again, so with several servers the next one gets a body of its own.
+    pub async fn submit_graph_streamed(&self, sub: Arc<SubmitGraph>) -> Result<GraphInfo> {
+        let ep = paths::submit_graph();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (chunks, len) = json_stream(sub.clone())?;
+            let req = self
+                .request(&ep, REQUEST_TIMEOUT)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap_stream(chunks));
+            // `send` has moved the client on to the next server after such a failure.
+            match self.send_ep(&ep, req).await {
+                Err(e)
+                    if tries < self.servers.len()
+                        && (e.is_unreachable()
+                            || e.status().is_some_and(|s| s.is_server_error())) =>
+                {
+                    continue;
+                }
+                answer => return self.decode(&ep.method, &ep.path, answer?).await,
+            }
+        }
     }
 
     /// A graph's state; with `after`, the server holds the answer up to `wait` for a change.
@@ -1107,6 +1210,37 @@ mod tests {
         let body = json_body(&sub).unwrap();
         assert_eq!(body, serde_json::to_vec(&sub).unwrap());
         assert_eq!(body.capacity(), body.len());
+    }
+
+    #[tokio::test]
+    async fn a_streamed_json_body_is_the_json_in_chunks_of_its_length() {
+        let job = |i: usize| lwr_model::JobSpec {
+            needs: (0..i % 3).map(|n| format!("j{n}")).collect(),
+            ..serde_json::from_str(&format!(r#"{{"name": "j{i}", "run": "echo é {i}"}}"#)).unwrap()
+        };
+        for n in [1, 3000] {
+            let sub = Arc::new(SubmitGraph::new(lwr_model::Graph {
+                jobs: (0..n).map(job).collect(),
+            }));
+            let (chunks, len) = json_stream(sub.clone()).unwrap();
+            let chunks: Vec<bytes::Bytes> = chunks.map(|c| c.unwrap()).collect().await;
+            assert!(chunks.iter().all(|c| c.len() <= 2 * JSON_CHUNK));
+            let body = chunks.concat();
+            assert_eq!(body, serde_json::to_vec(&*sub).unwrap());
+            assert_eq!(body.len() as u64, len);
+        }
+        // A body dropped unread ends the writing thread, which holds the graph until then.
+        let sub = Arc::new(SubmitGraph::new(lwr_model::Graph {
+            jobs: (0..3000).map(job).collect(),
+        }));
+        drop(json_stream(sub.clone()).unwrap());
+        for _ in 0..500 {
+            if Arc::strong_count(&sub) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the writing thread still holds the graph");
     }
 
     #[test]

@@ -436,7 +436,8 @@ pub struct Assignment {
     #[schema(value_type = i64)]
     pub graph_id: GraphId,
     pub command: String,
-    pub env: BTreeMap<String, String>,
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub env: crate::graph::Env,
     pub timeout_secs: u64,
     pub lease_secs: u64,
     #[serde(default)]

@@ -26,7 +26,7 @@ pub mod words;
 
 pub use auth::{Scope, Scopes};
 pub use graph::{
-    ArtifactDecl, Checkout, Graph, GraphError, JobSpec, Requires, When, normalize_name,
+    ArtifactDecl, Checkout, Env, Graph, GraphError, JobSpec, Requires, When, normalize_name,
 };
 pub use ids::{DurationMs, GraphId, JobId, Millis, NodeId, PushId, RunId};
 pub use job::{JobState, RunState};

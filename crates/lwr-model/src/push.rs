@@ -1,9 +1,7 @@
 //! Pushes: which branches of a polled repository count, and the decision job each push gets.
 
-use std::collections::BTreeMap;
-
 use crate::glob::{self, glob_match};
-use crate::graph::{JobSpec, Requires};
+use crate::graph::{Env, JobSpec, Requires};
 use crate::node::Requirements;
 
 /// The name of a push's decision job; a graph submitted for a push may not use it.
@@ -32,7 +30,7 @@ pub fn decision_job() -> JobSpec {
         artifacts: Vec::new(),
         retries: crate::graph::DEFAULT_RETRIES,
         timeout_secs: DECISION_TIMEOUT_SECS,
-        env: BTreeMap::new(),
+        env: Env::new(),
         expires_secs: None,
         requires: Requires::default(),
         when: None,

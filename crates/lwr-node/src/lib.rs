@@ -706,7 +706,7 @@ impl Node {
             None => slot_dir.clone(),
         };
         let mut held = lock(&self.trees).remove(&slot_dir);
-        let mut env = a.env.clone();
+        let mut env: BTreeMap<String, String> = a.env.clone().into();
         for (key, value) in a.source.iter().flat_map(JobSource::env) {
             env.insert(key.into(), value);
         }

@@ -1,6 +1,5 @@
 //! The server's queue without sockets: long-poll claims and graph waits wake on changes.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use lwr_model::api::{Outcome, RegisterNode, RunResult, SubmitGraph};
@@ -60,7 +59,7 @@ fn graph(names: &[(&str, &[&str])]) -> SubmitGraph {
             retries: 2,
             timeout_secs: 60,
             expires_secs: None,
-            env: BTreeMap::new(),
+            env: Default::default(),
             requires: Default::default(),
             when: None,
             prefer: Vec::new(),

@@ -22,7 +22,7 @@ fn job(name: &str, needs: &[&str]) -> JobSpec {
         retries: 0,
         timeout_secs: 60,
         expires_secs: None,
-        env: BTreeMap::new(),
+        env: Default::default(),
         requires: Default::default(),
         when: None,
         prefer: Vec::new(),

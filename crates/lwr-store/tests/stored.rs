@@ -146,7 +146,7 @@ async fn reads_back_as_written(f: Fixture) {
         .job(store.job_by_name(GraphId(1), "build").await.unwrap())
         .await
         .unwrap();
-    assert_eq!(build.spec.env["K"], "v");
+    assert_eq!(&build.spec.env["K"], "v");
     assert_eq!(build.run_history.len(), 1);
     assert_eq!(build.run_history[0].state, RunState::Succeeded);
     assert_eq!(build.run_history[0].node, "old-node");

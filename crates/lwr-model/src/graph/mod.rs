@@ -4,8 +4,6 @@
 //! names and resolves `needs`; `Graph::validate` checks an already expanded graph (what the
 //! server does with a submitted graph, because it trusts no client).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -14,13 +12,15 @@ use crate::node::Requirements;
 use crate::pool::Prefer;
 
 mod diff;
+mod env;
 mod parse;
 mod select;
 mod validate;
 mod yaml;
 
 pub use diff::{GraphDiff, JobChange, MovedOff, diff};
-pub use parse::{MAX_FILE_BYTES, parse, parse_duration};
+pub use env::Env;
+pub use parse::{MAX_FILE_BYTES, parse, parse_duration, parse_stream};
 pub use select::{LeftOut, select};
 pub use validate::{
     GraphError, MAX_CHECKOUT_DEPTH, MAX_TITLE_CHARS, checkout_path_problem, title_problem,
@@ -66,8 +66,10 @@ pub struct JobSpec {
     /// How long the server keeps the job's artifacts; `None` means the server's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_secs: Option<u64>,
+    // An object of strings on the wire and in the API's document, as the map it was.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub env: Env,
     /// When the job may start: after its needs succeeded (default), or once they all
     /// finished whatever their result (`all-finished`, for summaries).
     #[serde(default, skip_serializing_if = "Requires::is_default")]

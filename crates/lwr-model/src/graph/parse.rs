@@ -13,7 +13,7 @@ use super::validate::{
     env_name_message, is_env_name, show,
 };
 use super::{
-    ArtifactDecl, Checkout, DEFAULT_RETRIES, DEFAULT_TIMEOUT_SECS, Graph, GraphError, JobSpec,
+    ArtifactDecl, Checkout, DEFAULT_RETRIES, DEFAULT_TIMEOUT_SECS, Env, Graph, GraphError, JobSpec,
     Requires, When,
 };
 use crate::buildbot::BuildbotJob;
@@ -41,13 +41,43 @@ const DURATION_HELP: &str = "use e.g. 90s, 30m, 1h, 2h30m or 1d; a bare number m
 /// checks the result. `file` only names the file in errors (e.g. `lwr.yml`).
 pub fn parse(text: &str, file: &str) -> Result<Graph, GraphError> {
     // Checked before any parsing, so a huge file costs nothing but this comparison.
-    if text.len() > MAX_FILE_BYTES {
+    check_size(text.len(), file)?;
+    on_parse_stack(file, || parse_here(text, file))
+}
+
+/// [`parse`] of a file read as it streams (`git show`'s output, say), so that its text is
+/// never whole in memory: `open` gives its characters from the start each time it is called,
+/// once, and once more when the checks refuse the graph (the file is read again for the
+/// lines of its fields). `size`, the file's length in bytes when known before reading, is
+/// checked against the limit first. The limits and errors are those of [`parse`] (what the
+/// stream does not deliver, an I/O error say, is the caller's to report).
+pub fn parse_stream<I, O>(size: Option<usize>, open: O, file: &str) -> Result<Graph, GraphError>
+where
+    I: Iterator<Item = char>,
+    O: FnMut() -> I + Send,
+{
+    if let Some(size) = size {
+        check_size(size, file)?;
+    }
+    on_parse_stack(file, move || parse_stream_here(open, file))
+}
+
+fn check_size(bytes: usize, file: &str) -> Result<(), GraphError> {
+    if bytes > MAX_FILE_BYTES {
         return Err(GraphError::FileTooLarge {
             file: file.into(),
-            bytes: text.len(),
+            bytes,
             limit: MAX_FILE_BYTES,
         });
     }
+    Ok(())
+}
+
+/// Runs `parse` (a parse of `file`).
+fn on_parse_stack(
+    file: &str,
+    parse: impl FnOnce() -> Result<Graph, GraphError> + Send,
+) -> Result<Graph, GraphError> {
     // The YAML parser recurses once per nesting level, with big frames in debug builds. Run it
     // on a stack sized for the deepest nesting `check_indentation` lets through, so that the
     // caller's stack (a 2 MiB tokio worker, say) does not matter; a panic in the YAML crate
@@ -58,19 +88,24 @@ pub fn parse(text: &str, file: &str) -> Result<Graph, GraphError> {
         column: None,
         message: "the YAML parser failed on this input".into(),
     };
-    std::thread::scope(|scope| {
-        let thread = std::thread::Builder::new()
+    // Taken by whichever of the two ways below runs it.
+    let mut parse = Some(parse);
+    let mut run = || parse.take().map_or_else(|| Err(failed()), |parse| parse());
+    let thread = std::thread::scope(|scope| {
+        std::thread::Builder::new()
             .name("lwr-graph-parse".into())
             .stack_size(PARSE_STACK_BYTES)
-            .spawn_scoped(scope, || parse_here(text, file));
-        match thread {
-            Ok(thread) => thread.join().unwrap_or_else(|_| Err(failed())),
-            // No thread to be had: parse here, which the indentation limit keeps within a
-            // usual stack.
-            Err(_) => std::panic::catch_unwind(|| parse_here(text, file))
-                .unwrap_or_else(|_| Err(failed())),
-        }
-    })
+            .spawn_scoped(scope, &mut run)
+            .map(|thread| thread.join().unwrap_or_else(|_| Err(failed())))
+            .ok()
+    });
+    match thread {
+        Some(result) => result,
+        // No thread to be had: parse here, which the indentation limit keeps within a usual
+        // stack.
+        None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+            .unwrap_or_else(|_| Err(failed())),
+    }
 }
 
 fn parse_here(text: &str, file: &str) -> Result<Graph, GraphError> {
@@ -78,7 +113,7 @@ fn parse_here(text: &str, file: &str) -> Result<Graph, GraphError> {
     // The lines of each job's fields serve only the messages of the checks after reading, and
     // for 100,000 jobs they would take some 25 MB: the first reading keeps none, and a file
     // the checks refuse is read again with them (reading is deterministic: the same error).
-    let jobs = read(text, file, false)?;
+    let jobs = read(text.chars(), file, false)?;
     let checked = expand(file, jobs).and_then(|(graph, lines)| {
         check(&graph, file, &lines)?;
         Ok(graph)
@@ -87,14 +122,122 @@ fn parse_here(text: &str, file: &str) -> Result<Graph, GraphError> {
         return checked;
     }
     drop(checked);
-    let (graph, lines) = expand(file, read(text, file, true)?)?;
+    let (graph, lines) = expand(file, read(text.chars(), file, true)?)?;
     check(&graph, file, &lines)?;
     Ok(graph)
 }
 
+/// [`parse_here`] of a stream: the size and indentation limits are checked line by line as
+/// the parser reads, and come first as they do for a whole text.
+fn parse_stream_here<I: Iterator<Item = char>>(
+    mut open: impl FnMut() -> I,
+    file: &str,
+) -> Result<Graph, GraphError> {
+    let mut input = CheckedLines::new(open(), file);
+    let jobs = read(&mut input, file, false);
+    input.finish()?;
+    let checked = expand(file, jobs?).and_then(|(graph, lines)| {
+        check(&graph, file, &lines)?;
+        Ok(graph)
+    });
+    if checked.is_ok() {
+        return checked;
+    }
+    drop(checked);
+    let mut input = CheckedLines::new(open(), file);
+    let jobs = read(&mut input, file, true);
+    input.finish()?;
+    let (graph, lines) = expand(file, jobs?)?;
+    check(&graph, file, &lines)?;
+    Ok(graph)
+}
+
+/// The characters of a streamed file, a line at a time, each line checked against the
+/// indentation limit and the running size against the file-size limit before the parser
+/// sees it: the first line that breaks one ends the input, and its error is kept.
+struct CheckedLines<'f, I> {
+    chars: I,
+    file: &'f str,
+    /// The line being handed out, with its `\n`, and how much of it was.
+    line: String,
+    at: usize,
+    /// Lines read so far.
+    number: usize,
+    bytes: usize,
+    error: Option<GraphError>,
+}
+
+impl<'f, I: Iterator<Item = char>> CheckedLines<'f, I> {
+    fn new(chars: I, file: &'f str) -> Self {
+        CheckedLines {
+            chars,
+            file,
+            line: String::new(),
+            at: 0,
+            number: 0,
+            bytes: 0,
+            error: None,
+        }
+    }
+
+    /// Reads the next line; false at the end of the input or after an error.
+    fn next_line(&mut self) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        self.line.clear();
+        self.at = 0;
+        for c in self.chars.by_ref() {
+            self.line.push(c);
+            if c == '\n' {
+                break;
+            }
+        }
+        if self.line.is_empty() {
+            return false;
+        }
+        self.number += 1;
+        self.bytes += self.line.len();
+        if self.bytes > MAX_FILE_BYTES {
+            // The size it has, as for a whole text: the rest is counted, not kept.
+            let rest: usize = self.chars.by_ref().map(char::len_utf8).sum();
+            self.error = check_size(self.bytes + rest, self.file).err();
+            return false;
+        }
+        let text = self.line.strip_suffix('\n').unwrap_or(&self.line);
+        self.error = check_line_indentation(text, self.number, self.file).err();
+        self.error.is_none()
+    }
+
+    /// Reads the rest of the input (after the parser stopped, at its end or at an error of
+    /// its own): the error of a line too deep or of a file too big wins, as it would have
+    /// been found before parsing a whole text.
+    fn finish(mut self) -> Result<(), GraphError> {
+        while self.next_line() {}
+        self.error.map_or(Ok(()), Err)
+    }
+}
+
+impl<I: Iterator<Item = char>> Iterator for CheckedLines<'_, I> {
+    type Item = char;
+
+    fn next(&mut self) -> Option<char> {
+        if self.at == self.line.len() && !self.next_line() {
+            return None;
+        }
+        let c = self.line[self.at..].chars().next()?;
+        self.at += c.len_utf8();
+        Some(c)
+    }
+}
+
 /// The jobs of `text`, read and checked one by one, with the file's default checkout applied;
 /// with the lines of their fields when `keep_lines`.
-fn read(text: &str, file: &str, keep_lines: bool) -> Result<RawJobs, GraphError> {
+fn read(
+    text: impl Iterator<Item = char>,
+    file: &str,
+    keep_lines: bool,
+) -> Result<RawJobs, GraphError> {
     // Each job is read as soon as the loader has its tree, which is then dropped: the tree of
     // the whole file would be several times the size of the jobs read from it.
     let mut reader = JobReader::new(file, keep_lines);
@@ -119,9 +262,9 @@ fn read(text: &str, file: &str, keep_lines: bool) -> Result<RawJobs, GraphError>
     let mut jobs = read_jobs(&cx, top, reader)?;
     // A job's own `checkout:` replaces the file's default as a whole.
     if let Some((checkout, line)) = default_checkout {
-        for (i, spec) in jobs.specs.iter_mut().enumerate() {
-            if !jobs.extra[i].own_checkout {
-                spec.checkout = checkout.clone();
+        for i in 0..jobs.specs.len() {
+            if !jobs.own_checkout(i) {
+                jobs.specs[i].checkout = checkout.clone();
                 if let Some(lines) = jobs.lines.get_mut(i) {
                     lines.checkout = line;
                 }
@@ -200,13 +343,15 @@ struct RawJobs {
     specs: Vec<JobSpec>,
     /// Empty unless lines are kept.
     lines: Vec<JobLines>,
-    extra: Vec<Extra>,
+    /// By job, in job order: only the jobs that have one (few do, and 100,000 of them
+    /// would be 5.6 MB at the peak of a big file's reading).
+    extra: Vec<(usize, Extra)>,
 }
 
-/// What a job's spec does not say.
+/// What a job's spec does not say, when it says something.
 struct Extra {
-    /// The name as written (shown in errors).
-    written: String,
+    /// The name as written (shown in errors), when it is not the spec's name.
+    written: Option<String>,
     matrix: Matrix,
     /// Whether the job has a `checkout:` of its own.
     own_checkout: bool,
@@ -214,23 +359,37 @@ struct Extra {
 
 impl RawJobs {
     fn push(&mut self, job: RawJob, keep_lines: bool) {
-        self.specs.push(job.spec);
-        self.extra.push(Extra {
-            written: job.written,
+        let extra = Extra {
+            written: (job.written != job.spec.name).then_some(job.written),
             matrix: job.matrix,
             own_checkout: job.lines.checkout.is_some(),
-        });
+        };
+        if extra.written.is_some() || !extra.matrix.is_empty() || extra.own_checkout {
+            self.extra.push((self.specs.len(), extra));
+        }
+        self.specs.push(job.spec);
         if keep_lines {
             self.lines.push(job.lines);
         }
     }
 
+    fn extra(&self, i: usize) -> Option<&Extra> {
+        let at = self.extra.binary_search_by_key(&i, |(j, _)| *j).ok()?;
+        Some(&self.extra[at].1)
+    }
+
     fn written(&self, i: usize) -> &str {
-        &self.extra[i].written
+        self.extra(i)
+            .and_then(|e| e.written.as_deref())
+            .unwrap_or(&self.specs[i].name)
     }
 
     fn matrix(&self, i: usize) -> &[(String, Vec<String>)] {
-        &self.extra[i].matrix
+        self.extra(i).map_or(&[], |e| &e.matrix)
+    }
+
+    fn own_checkout(&self, i: usize) -> bool {
+        self.extra(i).is_some_and(|e| e.own_checkout)
     }
 
     fn line(&self, i: usize) -> Option<usize> {
@@ -384,17 +543,23 @@ fn load_error(file: &str, error: LoadError) -> GraphError {
 /// the parser, so bounding this prefix bounds the depth.
 fn check_indentation(text: &str, file: &str) -> Result<(), GraphError> {
     for (number, line) in text.split('\n').enumerate() {
-        // A lone `\r` also ends a line for YAML.
-        for part in line.split('\r') {
-            let prefix = structural_prefix(part);
-            if prefix > MAX_INDENT {
-                return Err(GraphError::Yaml {
-                    file: file.into(),
-                    line: Some(number + 1),
-                    column: Some(prefix + 1),
-                    message: format!("nested deeper than {MAX_INDENT} columns of indentation"),
-                });
-            }
+        check_line_indentation(line, number + 1, file)?;
+    }
+    Ok(())
+}
+
+/// [`check_indentation`] of line `number` (from 1), without its `\n`.
+fn check_line_indentation(line: &str, number: usize, file: &str) -> Result<(), GraphError> {
+    // A lone `\r` also ends a line for YAML.
+    for part in line.split('\r') {
+        let prefix = structural_prefix(part);
+        if prefix > MAX_INDENT {
+            return Err(GraphError::Yaml {
+                file: file.into(),
+                line: Some(number),
+                column: Some(prefix + 1),
+                message: format!("nested deeper than {MAX_INDENT} columns of indentation"),
+            });
         }
     }
     Ok(())
@@ -486,8 +651,11 @@ struct JobReader<'f> {
     keep_lines: bool,
     /// Entries handed over, read or not.
     count: usize,
-    /// normalized name → the job that took it
-    taken: HashMap<String, usize>,
+    /// The hash of a normalized name → the first job with a name of that hash: the names
+    /// are the specs' own, not copies that would outlive the reading among the graph's
+    /// strings (100,000 of them, with their table, ~7 MB).
+    taken: HashMap<u64, usize>,
+    hasher: std::hash::RandomState,
     jobs: RawJobs,
     /// The first error; entries after it (or past `MAX_JOBS`) are counted, not read.
     error: Option<GraphError>,
@@ -500,6 +668,7 @@ impl<'f> JobReader<'f> {
             keep_lines,
             count: 0,
             taken: HashMap::new(),
+            hasher: std::hash::RandomState::new(),
             jobs: RawJobs::default(),
             error: None,
         }
@@ -539,7 +708,15 @@ impl<'f> JobReader<'f> {
                 message,
             });
         }
-        if let Some(&first) = self.taken.get(&name) {
+        let hash = std::hash::BuildHasher::hash_one(&self.hasher, &name);
+        let specs = &self.jobs.specs;
+        let taken = match self.taken.get(&hash) {
+            Some(&first) if specs[first].name == name => Some(first),
+            // Another name of the same hash (as good as never): look for it in full.
+            Some(_) => specs.iter().position(|s| s.name == name),
+            None => None,
+        };
+        if let Some(first) = taken {
             return Err(GraphError::DuplicateName {
                 file: self.file.into(),
                 line,
@@ -548,12 +725,12 @@ impl<'f> JobReader<'f> {
                 normalized: show(&name),
             });
         }
-        self.taken.insert(name.clone(), self.jobs.specs.len());
         let job_cx = Cx {
             file: self.file,
             job: Some(show(written)),
         };
         let job = read_job(&job_cx, written, name, line, value)?;
+        self.taken.entry(hash).or_insert(self.jobs.specs.len());
         self.jobs.push(job, self.keep_lines);
         Ok(())
     }
@@ -583,7 +760,7 @@ fn read_job(
             retries: DEFAULT_RETRIES,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             expires_secs: None,
-            env: BTreeMap::new(),
+            env: Env::new(),
             requires: Requires::default(),
             when: None,
             prefer: Vec::new(),
@@ -969,24 +1146,21 @@ fn read_retries(cx: &Cx, line: Option<usize>, node: &Node) -> Result<u32, GraphE
     })
 }
 
-fn read_env(
-    cx: &Cx,
-    line: Option<usize>,
-    node: &Node,
-) -> Result<BTreeMap<String, String>, GraphError> {
-    let mut env = BTreeMap::new();
+fn read_env(cx: &Cx, line: Option<usize>, node: &Node) -> Result<Env, GraphError> {
     let Some(map) = cx.mapping(line, "env", node, "a mapping of variable name to value")? else {
-        return Ok(env);
+        return Ok(Env::new());
     };
+    // Names are unique (the YAML loader refuses a repeated key); `Env` sorts them.
+    let mut env = Vec::with_capacity(map.len());
     for (key, value) in map.iter() {
         let (k, line) = (key.as_str(), key_line(key));
         let field = format!("env.{k}");
         if !is_env_name(k) {
             return Err(cx.invalid(line, &field, env_name_message(&show(k))));
         }
-        env.insert(k.to_string(), cx.scalar(line, &field, value)?.to_string());
+        env.push((k.to_string(), cx.scalar(line, &field, value)?.to_string()));
     }
-    Ok(env)
+    Ok(env.into_iter().collect())
 }
 
 fn read_matrix(
@@ -1143,11 +1317,13 @@ fn expand(file: &str, jobs: RawJobs) -> Result<(Graph, Vec<JobLines>), GraphErro
             .map(|(_, v)| v.len())
             .fold(1usize, usize::saturating_mul)
     };
+    // A job without an `Extra` has no matrix: it is one job.
+    let plain = jobs.specs.len() - jobs.extra.len();
     if jobs
         .extra
         .iter()
-        .map(count)
-        .fold(0usize, usize::saturating_add)
+        .map(|(_, extra)| count(extra))
+        .fold(plain, usize::saturating_add)
         > MAX_JOBS
     {
         let (what, limit) = ("jobs".to_string(), MAX_JOBS);
@@ -1158,7 +1334,7 @@ fn expand(file: &str, jobs: RawJobs) -> Result<(Graph, Vec<JobLines>), GraphErro
             limit,
         });
     }
-    if jobs.extra.iter().all(|e| e.matrix.is_empty()) {
+    if jobs.extra.iter().all(|(_, e)| e.matrix.is_empty()) {
         expand_plain(file, jobs)
     } else {
         expand_matrices(file, &jobs)
@@ -1218,8 +1394,8 @@ fn drop_repeated_needs(spec: &mut JobSpec, lines: Option<&mut JobLines>) {
 
 /// `expand` for a file with matrices: expanded jobs are copies of their job.
 fn expand_matrices(file: &str, jobs: &RawJobs) -> Result<(Graph, Vec<JobLines>), GraphError> {
-    let all: Vec<Vec<Expansion>> = (jobs.specs.iter().zip(&jobs.extra))
-        .map(|(spec, extra)| expansions(&spec.name, &extra.matrix))
+    let all: Vec<Vec<Expansion>> = (0..jobs.specs.len())
+        .map(|i| expansions(&jobs.specs[i].name, jobs.matrix(i)))
         .collect();
     check_expanded_names(file, jobs, &all)?;
     let declared: HashMap<&str, usize> = jobs
@@ -1481,11 +1657,7 @@ jobs:
         assert_eq!(build.timeout_secs, 1800);
         assert_eq!(build.expires_secs, Some(7 * 24 * 3600));
         assert_eq!(g.jobs[1].expires_secs, None);
-        let env: Vec<(&str, &str)> = build
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let env: Vec<(&str, &str)> = build.env.iter().collect();
         assert_eq!(env, [("FLAG", "false"), ("KEY", "value"), ("N", "3")]);
 
         let test = &g.jobs[1];
@@ -1871,10 +2043,7 @@ jobs:
         let g = parse(text, "lwr.yml").unwrap();
         assert_eq!(names(&g), ["build", "test-1", "test-2", "test-3", "report"]);
         assert_eq!(g.jobs[2].run, "make test CHUNK=2");
-        assert_eq!(
-            g.jobs[2].env.get("LWR_MATRIX_CHUNK").map(String::as_str),
-            Some("2")
-        );
+        assert_eq!(g.jobs[2].env.get("LWR_MATRIX_CHUNK"), Some("2"));
         assert_eq!(g.jobs[2].needs, ["build"]);
         assert_eq!(g.jobs[4].needs, ["test-1", "test-2", "test-3", "build"]);
     }
@@ -1895,11 +2064,7 @@ jobs:
         );
         let mac2 = &g.jobs[3];
         assert_eq!(mac2.run, "run Mac 2 Mac");
-        let env: Vec<(&str, &str)> = mac2
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let env: Vec<(&str, &str)> = mac2.env.iter().collect();
         assert_eq!(
             env,
             [
@@ -2031,6 +2196,91 @@ jobs:
         assert_eq!(e.to_string().lines().count(), 1, "{e}");
         let e = err("version: \"2\\n3\"\njobs: {}\n");
         assert_eq!(e.to_string().lines().count(), 1, "{e}");
+    }
+
+    /// `text` parsed as a stream, by reads of a few characters (checking that the file is
+    /// read twice at most, and again only when the checks refuse it).
+    fn streamed(text: &str, size: Option<usize>) -> Result<Graph, GraphError> {
+        let opened = std::sync::atomic::AtomicUsize::new(0);
+        let got = parse_stream(
+            size,
+            || {
+                opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                text.chars()
+            },
+            "lwr.yml",
+        );
+        let opened = opened.into_inner();
+        assert!(opened <= 2, "read {opened} times");
+        if opened == 2 {
+            assert!(got.is_err());
+        }
+        got
+    }
+
+    #[test]
+    fn a_streamed_file_reads_as_its_whole_text() {
+        let mut texts = vec![
+            FULL.to_string(),
+            chain(300),
+            wide(40),
+            mixed(200),
+            String::new(),
+            "\n\r\n".into(),
+            "version: 1\njobs:\n  a: {run: x, needs: [nope]}\n".into(),
+            "version: 1\njobs:\n  a: {run: x}\n  b: {run: y, needs: [a, a]}\n".into(),
+            format!("a:\n{}b: 1\n", " ".repeat(MAX_INDENT + 1)),
+            // A syntax error before a line too deep: the depth is reported, as for a text.
+            format!("a: [\n]]\nb:\n{}c: 1\n", " ".repeat(MAX_INDENT + 1)),
+            format!("a: {}\n", "[".repeat(100_000)),
+            format!("a:\n{}x\n", "- ".repeat(100_000)),
+            "\r ".repeat(10_000),
+            format!(
+                "version: 1\njobs:\n  a:\n    run: |\n      x\n{}\n      y\n",
+                " ".repeat(1000)
+            ),
+        ];
+        texts.extend(
+            (0..FULL.len())
+                .step_by(7)
+                .filter(|&cut| FULL.is_char_boundary(cut))
+                .map(|cut| FULL[..cut].to_string()),
+        );
+        let alphabet: Vec<char> = "ab1 :-[]{},\n\t'\"&*!|>?#%@`~\\$.\r é".chars().collect();
+        let mut rng = Rng(0x5eed);
+        for _ in 0..500 {
+            let len = (rng.next() % 80) as usize;
+            texts.push(
+                (0..len)
+                    .map(|_| alphabet[(rng.next() % alphabet.len() as u64) as usize])
+                    .collect(),
+            );
+        }
+        for text in &texts {
+            let whole = parse(text, "lwr.yml");
+            assert_eq!(streamed(text, Some(text.len())), whole, "{text:?}");
+            assert_eq!(streamed(text, None), whole, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_streamed_file_over_the_size_limit_is_refused_with_its_size() {
+        let mut text = String::from("version: 1\njobs:\n  a:\n    run: true\n");
+        text.push_str(&"#".repeat(MAX_FILE_BYTES));
+        text.push_str("\nmore: 1\n");
+        let whole = parse(&text, "lwr.yml");
+        assert!(
+            matches!(whole, Err(GraphError::FileTooLarge { bytes, .. }) if bytes == text.len())
+        );
+        // Known before reading: not read at all.
+        let refused = parse_stream(
+            Some(text.len()),
+            || -> std::iter::Empty<char> { unreachable!() },
+            "lwr.yml",
+        );
+        assert_eq!(refused, whole);
+        // Found while reading.
+        assert_eq!(streamed(&text, None), whole);
     }
 
     #[test]
@@ -2206,9 +2456,9 @@ jobs:
             assert_eq!(env, want, "job {i}");
         }
         // Lines are kept only when the checks need them for a message.
-        let jobs = read(&text, "lwr.yml", false).unwrap();
+        let jobs = read(text.chars(), "lwr.yml", false).unwrap();
         assert_eq!((jobs.specs.len(), jobs.lines.len()), (n, 0));
-        let jobs = read(&text, "lwr.yml", true).unwrap();
+        let jobs = read(text.chars(), "lwr.yml", true).unwrap();
         assert_eq!(jobs.lines.len(), n);
         assert_eq!(jobs.lines[12_345].job, Some(first_line(12_345)));
         assert_eq!(jobs.lines[12_345].run, Some(first_line(12_345) + 1));

@@ -193,12 +193,15 @@ struct Loader<F> {
 /// given to `sink` one by one, in file order, as each was complete. The first error wins; a
 /// syntax error anywhere wins over the others (it is what the user must fix first), as the
 /// parser reports it after the rest.
-pub(super) fn load(text: &str, sink: impl FnMut(Scalar, Node)) -> Result<Node, LoadError> {
+pub(super) fn load(
+    text: impl Iterator<Item = char>,
+    sink: impl FnMut(Scalar, Node),
+) -> Result<Node, LoadError> {
     let mut loader = Loader {
         state: State::Start,
         sink,
     };
-    let mut parser = Parser::new_from_str(text);
+    let mut parser = Parser::new(text);
     parser
         .load(&mut loader, false)
         .map_err(|e| LoadError::Syntax((*e.marker()).into(), e.info().to_string()))?;
@@ -427,7 +430,7 @@ mod tests {
     /// The tree, and the streamed entries as (key, value).
     fn read(text: &str) -> Result<(Node, Vec<(Scalar, Node)>), LoadError> {
         let mut streamed = Vec::new();
-        let root = load(text, |k, v| streamed.push((k, v)))?;
+        let root = load(text.chars(), |k, v| streamed.push((k, v)))?;
         Ok((root, streamed))
     }
 

@@ -21,7 +21,7 @@ const DOCKER_WORKDIR: &str = "/builds/worker/";
 pub(crate) struct Converted {
     /// `None` when the payload names no command (docker-worker then runs the image's own).
     pub run: Option<String>,
-    pub env: BTreeMap<String, String>,
+    pub env: crate::graph::Env,
     pub timeout_secs: Option<u64>,
     pub artifacts: Vec<ArtifactDecl>,
     /// The image, as a node requirement value.

@@ -70,7 +70,7 @@ fn tasks_become_jobs_with_their_fields() {
     assert_eq!(build.node.properties["queue"], "proj-x/b-linux");
     assert_eq!(build.node.properties["image"], "ubuntu:24.04");
     assert_eq!((build.retries, build.timeout_secs), (5, 1800));
-    assert_eq!(build.env["N"], "3");
+    assert_eq!(&build.env["N"], "3");
     assert_eq!(build.artifacts[0].path, "artifacts/**");
     assert_eq!(build.expires_secs, Some(365 * 86_400));
     assert_eq!(build.requires, Requires::AllSucceeded);
@@ -168,12 +168,12 @@ fn awkward_labels_and_strings_survive() {
         i.graph
             .jobs
             .iter()
-            .find(|j| j.env["LABEL"] == label)
+            .find(|j| &j.env["LABEL"] == label)
             .unwrap_or_else(|| panic!("no job for {label}"))
     };
     assert_eq!(job("a-b").title.as_deref(), Some("a-b"));
     assert_eq!(job("  ").title, None, "a blank label makes no title");
-    assert_eq!(job("yes").env["WEIRD"], "a: b\n- c #d\u{2028}\u{85}");
+    assert_eq!(&job("yes").env["WEIRD"], "a: b\n- c #d\u{2028}\u{85}");
     assert!(job("lint: flake8.py").run.contains("# x\nprintf"));
 }
 
@@ -284,8 +284,8 @@ fn a_graph_keyed_by_task_id_uses_labels_and_drops_optimized_dependencies() {
     let i = run(&json!({"Tid1": a, "Tid2": b}));
     let test = i.graph.job("test-linux").expect("test job");
     assert_eq!(test.needs, vec!["build-linux".to_string()]);
-    assert_eq!(test.env["MOZ_FETCHES"], "[{\"task\": \"build-linux\"}]");
-    assert_eq!(test.env["PARENT"], "<decision>");
+    assert_eq!(&test.env["MOZ_FETCHES"], "[{\"task\": \"build-linux\"}]");
+    assert_eq!(&test.env["PARENT"], "<decision>");
     assert!(!test.env.contains_key("WHEN"));
     let notes = i.notes["test-linux"].notes.join("\n");
     assert!(

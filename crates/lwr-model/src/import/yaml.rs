@@ -126,7 +126,14 @@ fn write_job(out: &mut String, job: &JobSpec) {
     if !job.requires.is_default() {
         field(out, "requires", job.requires.as_str());
     }
-    flow_map(out, "node", &job.node.properties);
+    flow_map(
+        out,
+        "node",
+        job.node
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     // One line: thousands of jobs with a dozen variables each must stay a small file.
     flow_map(out, "env", &job.env);
     if job.timeout_secs != crate::graph::DEFAULT_TIMEOUT_SECS {
@@ -208,14 +215,15 @@ fn printable(c: char) -> bool {
 }
 
 /// `    KEY: {"k": "v", ...}` on one line, nothing for an empty map.
-fn flow_map(out: &mut String, key: &str, map: &std::collections::BTreeMap<String, String>) {
-    if map.is_empty() {
+fn flow_map<'a>(out: &mut String, key: &str, map: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    let mut map = map.into_iter().peekable();
+    if map.peek().is_none() {
         return;
     }
     out.push_str("    ");
     out.push_str(key);
     out.push_str(": {");
-    for (i, (k, v)) in map.iter().enumerate() {
+    for (i, (k, v)) in map.enumerate() {
         if i > 0 {
             out.push_str(", ");
         }

@@ -207,10 +207,8 @@ pub(super) fn load(what: &str, repo: &Path) -> anyhow::Result<Graph> {
 
 /// Parses and validates `<repo>/lwr.yml` as it is on disk.
 pub fn read_working_tree(repo: &Path) -> anyhow::Result<Graph> {
-    let path = repo.join(GRAPH_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(lwr_model::graph::parse(&text, &path.display().to_string())?)
+    // Streamed: a 100,000-job file is 30 MiB of text not to hold beside its graph.
+    super::stream::parse_file(&repo.join(GRAPH_FILE))
 }
 
 /// A graph for people: one line per job with what it needs and where it runs.

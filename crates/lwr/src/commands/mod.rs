@@ -14,6 +14,7 @@ mod pushes;
 mod query;
 mod serve;
 mod show;
+mod stream;
 mod tokens;
 mod watch;
 

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
 
 use anyhow::Context;
 use lwr_client::Client;
@@ -19,12 +20,10 @@ pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
     if let Some(revision) = &sub.revision {
         upload_commit(&client, &args.repo, revision).await;
     }
-    // The graph is dropped once it is JSON: a 100,000-job push holds one of the two.
     release_freed_memory();
-    let body = lwr_client::json_body(&sub)?;
     let revision = sub.revision.clone();
-    drop(sub);
-    let info = client.submit_graph_json(body).await?;
+    // Sent as it is written: a 100,000-job graph's JSON (~35 MB) never exists whole.
+    let info = client.submit_graph_streamed(Arc::new(sub)).await?;
     outln!(
         "pushed graph {} ({}{})",
         info.id,
@@ -159,15 +158,19 @@ fn at_revision(
     rev: &str,
     branch: Option<String>,
 ) -> anyhow::Result<SubmitGraph> {
-    let text = git(repo, &["show", &format!("{revision}:./{GRAPH_FILE}")]).with_context(|| {
-        format!(
-            "{rev} ({}) of {} has no {GRAPH_FILE}; commit one first",
-            short(&revision),
-            repo.display()
-        )
-    })?;
+    let spec = format!("{revision}:./{GRAPH_FILE}");
+    // Its size says it is there (and whether it is too big) before it is read.
+    let bytes = git(repo, &["cat-file", "-s", &spec])
+        .and_then(|size| size.trim().parse::<usize>().ok())
+        .with_context(|| {
+            format!(
+                "{rev} ({}) of {} has no {GRAPH_FILE}; commit one first",
+                short(&revision),
+                repo.display()
+            )
+        })?;
     let label = format!("{GRAPH_FILE}@{}", short(&revision));
-    let graph = lwr_model::graph::parse(&text, &label)?;
+    let graph = super::stream::parse_committed(repo, &spec, bytes, &label)?;
     let (author, subject) = commit_author(repo, &revision);
     Ok(SubmitGraph {
         repository: Some(repository),
@@ -236,9 +239,9 @@ pub(super) fn git(repo: &Path, args: &[&str]) -> Option<String> {
     if !out.status.success() {
         return None;
     }
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .trim_end_matches('\n')
-            .to_string(),
-    )
+    // In place: the output may be a 30 MiB lwr.yml, not to be held twice.
+    let mut text = String::from_utf8(out.stdout)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    text.truncate(text.trim_end_matches('\n').len());
+    Some(text)
 }
