@@ -114,7 +114,35 @@ impl Store {
     /// run, each as a new run with a lease until `now + lease`; one transaction. A job is
     /// handed to one node only: SQLite has a single writer, and PostgreSQL locks the rows it
     /// takes (`FOR UPDATE SKIP LOCKED`).
+    ///
+    /// Claims whose results are all plain successes go through the store's combiner
+    /// ([`crate::combine`]): those that arrive while another transaction runs share the next
+    /// one, each still answered as if it had been alone.
     pub async fn claim(
+        &self,
+        node_id: NodeId,
+        max: u32,
+        results: &[RunResult],
+        now: Millis,
+        lease: DurationMs,
+    ) -> Result<Claimed> {
+        if combinable(results) {
+            let request = crate::combine::Request {
+                node_id,
+                max,
+                results: results.to_vec(),
+                now,
+                lease,
+            };
+            if let Some(answered) = self.combiner.submit(self, request) {
+                return crate::combine::answer(answered).await;
+            }
+        }
+        self.claim_alone(node_id, max, results, now, lease).await
+    }
+
+    /// [`Store::claim`] in a transaction of its own.
+    pub(crate) async fn claim_alone(
         &self,
         node_id: NodeId,
         max: u32,
@@ -132,8 +160,10 @@ impl Store {
         let (assignments, retry_in_ms, waited) = if reported.quarantined {
             (Vec::new(), None, Vec::new())
         } else {
-            self.claim_in(&mut tx, node_id, &node, max, now, lease)
-                .await?
+            let mut claimers = [self.claimer(node_id, node, max, lease, now)];
+            self.take_for(&mut tx, &mut claimers, now).await?;
+            let [claimer] = claimers;
+            (claimer.assignments, claimer.retry_in, claimer.waited)
         };
         effects.changed |= !assignments.is_empty();
         // Jobs this claim released and took itself need nobody woken for them.
@@ -158,47 +188,75 @@ impl Store {
         })
     }
 
-    async fn claim_in(
+    /// One node's share of a claim transaction, before the search.
+    pub(crate) fn claimer(
+        &self,
+        node_id: NodeId,
+        node: Arc<KnownNode>,
+        max: u32,
+        lease: DurationMs,
+        now: Millis,
+    ) -> Claimer {
+        let pool_node = if max == 0 {
+            None
+        } else {
+            let pool_node = self
+                .pool
+                .with(|p| p.get(node_id).cloned())
+                .unwrap_or_else(|| {
+                    // Registered through another server since the snapshot was read.
+                    PoolNode::new(
+                        node_id,
+                        node.name.clone(),
+                        node.properties.clone(),
+                        NodeState::Enabled,
+                        1,
+                        0,
+                        now,
+                    )
+                });
+            (pool_node.state == NodeState::Enabled && pool_node.health.is_none())
+                .then_some(pool_node)
+        };
+        Claimer {
+            node_id,
+            node,
+            max,
+            lease,
+            pool_node,
+            picked: Vec::new(),
+            waited: Vec::new(),
+            retry_in: None,
+            assignments: Vec::new(),
+        }
+    }
+
+    /// The claim's search and take for every claimer of one transaction: reads ready jobs
+    /// page by page, offers each to the claimers in turn (the first that takes it gets it),
+    /// marks the jobs taken running and gives each a run, and fills each claimer's
+    /// assignments. A job goes to one claimer only.
+    pub(crate) async fn take_for(
         &self,
         tx: &mut Tx,
-        node_id: NodeId,
-        node: &KnownNode,
-        max: u32,
+        claimers: &mut [Claimer],
         now: Millis,
-        lease: DurationMs,
-    ) -> Result<(Vec<Assignment>, Option<DurationMs>, Vec<DurationMs>)> {
-        let node_name = &node.name;
-        if max == 0 {
-            return Ok((Vec::new(), None, Vec::new()));
-        }
-        let claimer = self
-            .pool
-            .with(|p| p.get(node_id).cloned())
-            .unwrap_or_else(|| {
-                // Registered through another server since the snapshot was read.
-                PoolNode::new(
-                    node_id,
-                    node.name.clone(),
-                    node.properties.clone(),
-                    NodeState::Enabled,
-                    1,
-                    0,
-                    now,
-                )
-            });
-        if claimer.state != NodeState::Enabled || claimer.health.is_some() {
-            return Ok((Vec::new(), None, Vec::new()));
+    ) -> Result<()> {
+        let open = |c: &Claimer| c.pool_node.is_some() && c.picked.len() < c.max as usize;
+        let wanted: u32 = claimers
+            .iter()
+            .filter(|c| c.pool_node.is_some())
+            .map(|c| c.max)
+            .sum();
+        if wanted == 0 {
+            return Ok(());
         }
         let select = claim_select(self.dialect);
-        let mut picked: Vec<(JobId, String)> = Vec::new();
-        let mut waited: Vec<DurationMs> = Vec::new();
-        let mut retry_in: Option<DurationMs> = None;
         let mut after = JobId(0);
-        // First as many rows as the node can take: most nodes can run most jobs and most
+        // First as many rows as the nodes can take: most nodes can run most jobs and most
         // jobs are not held, and every row read costs its graph and affinity lookups.
-        let mut page = i64::from(max).clamp(1, SCAN_PAGE);
+        let mut page = i64::from(wanted).clamp(1, SCAN_PAGE);
         let mut seen = 0usize;
-        'scan: while picked.len() < max as usize {
+        loop {
             let rows = sqlx::query(select)
                 .bind(after.get())
                 .bind(page)
@@ -214,9 +272,9 @@ impl Store {
                 candidates.push(candidate);
             }
             let full = self.pool.with(|pool| {
-                // One per page: the snapshot stays the same while it is locked here, and
-                // another claim may refresh it between pages.
-                let mut memo = Memo::default();
+                // One per claimer and page: the snapshot stays the same while it is locked
+                // here, and another claim may refresh it between pages.
+                let mut memos: Vec<Memo> = claimers.iter().map(|_| Memo::default()).collect();
                 for c in &candidates {
                     let job = ReadyJob {
                         name: &c.name,
@@ -233,31 +291,40 @@ impl Store {
                         ready_for_ms: now.since(c.ready_since),
                         avoid_spot: c.avoid_spot,
                     };
-                    match decide_with(&job, &claimer, pool, now, &mut memo) {
-                        Decision::Take(reason) => {
-                            picked.push((c.id, reason));
-                            waited.push(now.since(c.ready_since));
-                            if picked.len() == max as usize {
-                                return true;
+                    for (claimer, memo) in claimers.iter_mut().zip(memos.iter_mut()) {
+                        if !open(claimer) {
+                            continue;
+                        }
+                        let Some(node) = &claimer.pool_node else {
+                            continue;
+                        };
+                        match decide_with(&job, node, pool, now, memo) {
+                            Decision::Take(reason) => {
+                                claimer.picked.push((c.id, reason));
+                                claimer.waited.push(now.since(c.ready_since));
+                                break;
                             }
+                            Decision::Hold { retry_in_ms, .. } => {
+                                claimer.retry_in = Some(
+                                    claimer.retry_in.map_or(retry_in_ms, |r| r.min(retry_in_ms)),
+                                );
+                            }
+                            Decision::Unmet(_) => {}
                         }
-                        Decision::Hold { retry_in_ms, .. } => {
-                            retry_in = Some(retry_in.map_or(retry_in_ms, |r| r.min(retry_in_ms)));
-                        }
-                        Decision::Unmet(_) => {}
+                    }
+                    if !claimers.iter().any(open) {
+                        return true;
                     }
                 }
                 false
             });
-            if full {
-                break 'scan;
-            }
-            if page_len < page as usize {
+            if full || page_len < page as usize {
                 break;
             }
             page = SCAN_PAGE;
         }
-        if picked.is_empty() && self.dialect == Dialect::Postgres {
+        let empty = |c: &Claimer| c.pool_node.is_some() && c.picked.is_empty();
+        if self.dialect == Dialect::Postgres && claimers.iter().any(empty) {
             // SKIP LOCKED passed over rows another claim had locked, and that claim may be
             // holding them for this very node (affinity): nobody would wake us for them.
             // Look again shortly when there are more ready rows than we saw.
@@ -272,20 +339,36 @@ impl Store {
             .op("counting ready jobs")
             .and_then(|row| col(&row, "n"))?;
             if ready > seen as i64 {
-                retry_in = Some(retry_in.map_or(SKIPPED_RETRY_MS, |r| r.min(SKIPPED_RETRY_MS)));
+                for c in claimers.iter_mut().filter(|c| empty(c)) {
+                    c.retry_in = Some(
+                        c.retry_in
+                            .map_or(SKIPPED_RETRY_MS, |r| r.min(SKIPPED_RETRY_MS)),
+                    );
+                }
             }
         }
-        let mut assignments = Vec::with_capacity(picked.len());
-        // Jobs of one graph share its row, read once per graph while it is claimed from.
+        let picked: Vec<Pick> = claimers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                c.picked.iter().map(move |(job, reason)| Pick {
+                    job: *job,
+                    reason: reason.clone(),
+                    claimer: i,
+                })
+            })
+            .collect();
+        // Jobs of one graph share its origin, kept in memory once read.
         let mut origins: HashMap<GraphId, Arc<GraphOrigin>> = HashMap::new();
         for chunk in picked.chunks(CLAIM_BATCH) {
-            let taken = take_jobs(tx, chunk, node_id, node_name, now, lease).await?;
+            let taken = take_jobs(tx, chunk, claimers, now).await?;
             for TakenJob {
                 job_id,
                 run_id,
                 number,
                 graph_id,
                 spec,
+                claimer,
             } in taken
             {
                 let origin = match origins.get(&graph_id) {
@@ -310,7 +393,8 @@ impl Store {
                 } else {
                     needs_manifests(tx, job_id).await?
                 };
-                assignments.push(Assignment {
+                let claimer = &mut claimers[claimer];
+                claimer.assignments.push(Assignment {
                     run_id,
                     run_number: u32_of(number),
                     job_id,
@@ -319,7 +403,7 @@ impl Store {
                     command: spec.run,
                     env: spec.env,
                     timeout_secs: spec.timeout_secs,
-                    lease_secs: (lease.get() / 1000).max(1) as u64,
+                    lease_secs: (claimer.lease.get() / 1000).max(1) as u64,
                     artifacts: spec.artifacts,
                     manifests,
                     kept_dir,
@@ -333,13 +417,13 @@ impl Store {
                 });
             }
         }
-        // Holds matter only when the node got nothing: otherwise it claims again soon.
-        let retry_in = if assignments.is_empty() {
-            retry_in
-        } else {
-            None
-        };
-        Ok((assignments, retry_in, waited))
+        for c in claimers.iter_mut() {
+            // Holds matter only when the node got nothing: otherwise it claims again soon.
+            if !c.assignments.is_empty() {
+                c.retry_in = None;
+            }
+        }
+        Ok(())
     }
 
     /// Renews the leases of the runs a node still holds. Returns the runs in `runs` that are
@@ -546,6 +630,32 @@ struct TakenJob {
     number: i64,
     graph_id: GraphId,
     spec: JobSpec,
+    /// Index of the claimer that took it.
+    claimer: usize,
+}
+
+/// A job the search decided a claimer takes, and why (recorded with the run).
+struct Pick {
+    job: JobId,
+    reason: String,
+    claimer: usize,
+}
+
+/// One node's share of a claim transaction: what it asked for, then what it got.
+pub(crate) struct Claimer {
+    pub(crate) node_id: NodeId,
+    node: Arc<KnownNode>,
+    max: u32,
+    lease: DurationMs,
+    /// The node as the pool snapshot has it; `None` when it takes nothing (it asked for
+    /// none, or it is not enabled or not healthy).
+    pool_node: Option<PoolNode>,
+    picked: Vec<(JobId, String)>,
+    /// How long each job picked had been ready.
+    pub(crate) waited: Vec<DurationMs>,
+    /// When to look again at jobs held for better nodes, if the node got nothing.
+    pub(crate) retry_in: Option<DurationMs>,
+    pub(crate) assignments: Vec<Assignment>,
 }
 
 /// `$first, $first+1, ...`: `n` numbered placeholders.
@@ -557,26 +667,52 @@ fn placeholders(first: usize, n: usize) -> String {
 }
 
 /// Marks the `picked` jobs (all pending: the claim's search just read them in this
-/// transaction, locked on PostgreSQL) running on the node and creates a run with a lease
-/// for each, in two statements; returns them in `picked`'s order.
+/// transaction, locked on PostgreSQL) running on their claimers' nodes and creates a run
+/// with a lease for each, in two statements; returns them in `picked`'s order.
 async fn take_jobs(
     tx: &mut Tx,
-    picked: &[(JobId, String)],
-    node_id: NodeId,
-    node_name: &str,
+    picked: &[Pick],
+    claimers: &[Claimer],
     now: Millis,
-    lease: DurationMs,
 ) -> Result<Vec<TakenJob>> {
+    let Some(first) = picked.first() else {
+        return Ok(Vec::new());
+    };
+    // One node: its name once. Several (a combined claim): each job's by its id, the ids'
+    // own placeholders reused in the CASE.
+    let one = picked.iter().all(|p| p.claimer == first.claimer);
+    let ids_from = if one { 3 } else { 2 };
+    let node = if one {
+        "$2".to_string()
+    } else {
+        let whens: String = (0..picked.len())
+            .map(|i| {
+                format!(
+                    " WHEN ${} THEN ${}",
+                    ids_from + i,
+                    ids_from + picked.len() + i
+                )
+            })
+            .collect();
+        format!("CASE id{whens} END")
+    };
     let mut update = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE jobs SET state = 'running', runs = runs + 1, node = $1, reason = NULL, \
-         updated_at = $2 WHERE state = 'pending' AND id IN ({}) \
+        "UPDATE jobs SET state = 'running', runs = runs + 1, node = {node}, reason = NULL, \
+         updated_at = $1 WHERE state = 'pending' AND id IN ({}) \
          RETURNING id, runs, graph_id, spec",
-        placeholders(3, picked.len())
+        placeholders(ids_from, picked.len())
     )))
-    .bind(node_name.to_string())
     .bind(now.get());
-    for (job_id, _) in picked {
-        update = update.bind(job_id.get());
+    if one {
+        update = update.bind(claimers[first.claimer].node.name.clone());
+    }
+    for p in picked {
+        update = update.bind(p.job.get());
+    }
+    if !one {
+        for p in picked {
+            update = update.bind(claimers[p.claimer].node.name.clone());
+        }
     }
     let mut marked: HashMap<JobId, (i64, GraphId, JobSpec)> = HashMap::new();
     for row in update
@@ -590,22 +726,25 @@ async fn take_jobs(
             (col(&row, "runs")?, typed(&row, "graph_id")?, spec),
         );
     }
-    if let Some((missing, _)) = picked.iter().find(|(id, _)| !marked.contains_key(id)) {
+    if let Some(missing) = picked.iter().find(|p| !marked.contains_key(&p.job)) {
         // Cannot happen while the search's rows are this transaction's to take; if it does,
         // the whole claim rolls back rather than hand out less than it decided.
         return Err(StoreError::Conflict(format!(
-            "job {missing} was no longer pending when claimed"
+            "job {} was no longer pending when claimed",
+            missing.job
         )));
     }
-    // Shared values first, then four per run.
+    // The start first, then six per run.
     let rows = (0..picked.len())
         .map(|i| {
-            let p = 4 + i * 4;
+            let p = 2 + i * 6;
             format!(
-                "(${p}, ${}, $1, ${}, 'running', $2, $3, ${})",
+                "(${p}, ${}, ${}, ${}, 'running', $1, ${}, ${})",
                 p + 1,
                 p + 2,
-                p + 3
+                p + 3,
+                p + 4,
+                p + 5
             )
         })
         .collect::<Vec<_>>()
@@ -614,16 +753,17 @@ async fn take_jobs(
         "INSERT INTO runs (job_id, number, node_id, uid, state, started_at, lease_expires, \
          placement) VALUES {rows} RETURNING id, job_id"
     )))
-    .bind(node_id.get())
-    .bind(now.get())
-    .bind(now.plus(lease).get());
-    for (job_id, placement) in picked {
-        let number = marked.get(job_id).map_or(0, |m| m.0);
+    .bind(now.get());
+    for p in picked {
+        let claimer = &claimers[p.claimer];
+        let number = marked.get(&p.job).map_or(0, |m| m.0);
         insert = insert
-            .bind(job_id.get())
+            .bind(p.job.get())
             .bind(number)
+            .bind(claimer.node_id.get())
             .bind(uuid::Uuid::new_v4().to_string())
-            .bind(placement.clone());
+            .bind(now.plus(claimer.lease).get())
+            .bind(p.reason.clone());
     }
     // RETURNING's order is not the VALUES' order on every database: matched by job.
     let mut runs: HashMap<JobId, RunId> = HashMap::new();
@@ -632,19 +772,21 @@ async fn take_jobs(
     }
     picked
         .iter()
-        .map(|(job_id, _)| {
-            let (number, graph_id, spec) = marked.remove(job_id).ok_or_else(|| {
+        .map(|p| {
+            let job_id = p.job;
+            let (number, graph_id, spec) = marked.remove(&job_id).ok_or_else(|| {
                 StoreError::Conflict(format!("job {job_id} was claimed twice in one claim"))
             })?;
-            let run_id = *runs.get(job_id).ok_or_else(|| {
+            let run_id = *runs.get(&job_id).ok_or_else(|| {
                 StoreError::Conflict(format!("no run was created for job {job_id}"))
             })?;
             Ok(TakenJob {
-                job_id: *job_id,
+                job_id,
                 run_id,
                 number,
                 graph_id,
                 spec,
+                claimer: p.claimer,
             })
         })
         .collect()
@@ -1248,4 +1390,78 @@ pub(crate) async fn block_dependents(
     .await
     .op("blocking dependents")?;
     Ok(ready)
+}
+
+/// Whether a claim's results can share a transaction with other claims': plain successes
+/// only (a failure or an exception blocks, retries and counts against the node, result by
+/// result), few enough for one statement.
+fn combinable(results: &[RunResult]) -> bool {
+    results.len() <= CLAIM_BATCH
+        && results
+            .iter()
+            .all(|r| r.outcome == Outcome::Succeeded && r.node_bad.is_none())
+}
+
+/// Ends the live runs that `results` name as succeeded, each only if it is the live run of
+/// the node that sent it (`results` pairs a node with each result), in one statement per
+/// [`CLAIM_BATCH`] results. Returns the runs ended, with their job and node.
+pub(crate) async fn finish_successes(
+    tx: &mut Tx,
+    results: &[(NodeId, &RunResult)],
+    now: Millis,
+) -> Result<HashMap<RunId, (JobId, NodeId)>> {
+    let mut finished = HashMap::with_capacity(results.len());
+    for chunk in results.chunks(CLAIM_BATCH) {
+        // Each run's node and exit code by its id; a run named twice takes its first.
+        let n = chunk.len();
+        let by_id = |offset: usize| -> String {
+            (0..n)
+                .map(|i| format!(" WHEN ${} THEN ${}", 2 + i, 2 + offset * n + i))
+                .collect()
+        };
+        let mut finish = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE runs SET state = 'succeeded', exit_code = CASE id{} END, reason = NULL, \
+             finished_at = $1, lease_expires = NULL WHERE state = 'running' AND id IN ({}) \
+             AND node_id = CASE id{} END RETURNING id, job_id, node_id",
+            by_id(1),
+            placeholders(2, n),
+            by_id(2)
+        )))
+        .bind(now.get());
+        for (_, r) in chunk {
+            finish = finish.bind(r.run_id.get());
+        }
+        for (_, r) in chunk {
+            finish = finish.bind(r.exit_code.map(i64::from));
+        }
+        for (node, _) in chunk {
+            finish = finish.bind(node.get());
+        }
+        for row in finish.fetch_all(&mut **tx).await.op("finishing runs")? {
+            finished.insert(
+                typed(&row, "id")?,
+                (typed(&row, "job_id")?, typed(&row, "node_id")?),
+            );
+        }
+    }
+    Ok(finished)
+}
+
+/// [`succeed_jobs`] for any number of jobs, [`CLAIM_BATCH`] per statement pair.
+pub(crate) async fn succeed_all(
+    tx: &mut Tx,
+    jobs: &[JobId],
+    now: Millis,
+    released: &mut Vec<JobId>,
+) -> Result<Effects> {
+    let mut effects = Effects::default();
+    for chunk in jobs.chunks(CLAIM_BATCH) {
+        effects.merge(succeed_jobs(tx, chunk, now, released).await?);
+    }
+    Ok(effects)
+}
+
+/// The answer for a result [`finish_successes`] did not end for `node_id`.
+pub(crate) async fn refused(tx: &mut Tx, node_id: NodeId, result: &RunResult) -> Result<ResultAck> {
+    refusal(tx, node_id, result).await
 }
