@@ -132,7 +132,24 @@ impl Store {
     /// Serves claims that queued together; answers each.
     async fn serve(&self, batch: Vec<Pending>) {
         let mut together = Vec::with_capacity(batch.len());
+        // Claims that name a run another node's claim of this batch names too: the
+        // combined statement checks one node per run, so they go alone, after it.
+        let mut later = Vec::new();
+        let mut named: HashMap<RunId, NodeId> = HashMap::new();
         for p in batch {
+            let node_id = p.request.node_id;
+            let clash = p
+                .request
+                .results
+                .iter()
+                .any(|r| named.get(&r.run_id).is_some_and(|n| *n != node_id));
+            if clash {
+                later.push(p);
+                continue;
+            }
+            for r in &p.request.results {
+                named.entry(r.run_id).or_insert(node_id);
+            }
             // Read outside the transaction (and cached); an unknown node is its own error.
             let node = match self.node_properties(p.request.node_id).await {
                 Ok(node) => node,
@@ -152,9 +169,20 @@ impl Store {
             }
             together.push((p, node));
         }
-        if together.is_empty() {
-            return;
+        if !together.is_empty() {
+            self.serve_together(together).await;
         }
+        for p in later {
+            let r = &p.request;
+            let claimed = self
+                .claim_alone(r.node_id, r.max, &r.results, r.now, r.lease)
+                .await;
+            let _ = p.answer.send(claimed);
+        }
+    }
+
+    /// Serves claims in one transaction, or each alone if that fails.
+    async fn serve_together(&self, mut together: Vec<(Pending, Arc<KnownNode>)>) {
         let requests: Vec<(&Request, Arc<KnownNode>)> = together
             .iter()
             .map(|(p, node)| (&p.request, node.clone()))
