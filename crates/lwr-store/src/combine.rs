@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Op;
 use crate::nodes::KnownNode;
-use crate::queue::{Claimed, Claimer, Effects, finish_successes, refused, succeed_all};
+use crate::queue::{Claimed, Claimer, Effects, Succeeded, refused, succeed_runs};
 use crate::{Result, Store, StoreError};
 
 /// Claims served by one transaction at most, so that a burst does not hold the writer
@@ -230,19 +230,18 @@ impl Store {
             .iter()
             .flat_map(|(r, _)| r.results.iter().map(|res| (r.node_id, res)))
             .collect();
-        let mut finished = if sent.is_empty() {
-            HashMap::new()
+        let Succeeded {
+            mut finished,
+            released,
+            mut effects,
+        } = if sent.is_empty() {
+            Succeeded {
+                finished: HashMap::new(),
+                released: Vec::new(),
+                effects: Effects::default(),
+            }
         } else {
-            finish_successes(&mut tx, &sent, now).await?
-        };
-        let mut jobs: Vec<JobId> = finished.values().map(|(job, _)| *job).collect();
-        jobs.sort_unstable();
-        jobs.dedup();
-        let mut released = Vec::new();
-        let mut effects = if jobs.is_empty() {
-            Effects::default()
-        } else {
-            succeed_all(&mut tx, &jobs, now, &mut released).await?
+            succeed_runs(&mut tx, self.dialect, &sent, now).await?
         };
         let mut acks: Vec<Vec<ResultAck>> = Vec::with_capacity(requests.len());
         let mut ended: Vec<usize> = Vec::with_capacity(requests.len());

@@ -361,7 +361,7 @@ impl Store {
         // Jobs of one graph share its origin, kept in memory once read.
         let mut origins: HashMap<GraphId, Arc<GraphOrigin>> = HashMap::new();
         for chunk in picked.chunks(CLAIM_BATCH) {
-            let taken = take_jobs(tx, chunk, claimers, now).await?;
+            let taken = take_jobs(tx, self.dialect, chunk, claimers, now).await?;
             for TakenJob {
                 job_id,
                 run_id,
@@ -668,9 +668,11 @@ fn placeholders(first: usize, n: usize) -> String {
 
 /// Marks the `picked` jobs (all pending: the claim's search just read them in this
 /// transaction, locked on PostgreSQL) running on their claimers' nodes and creates a run
-/// with a lease for each, in two statements; returns them in `picked`'s order.
+/// with a lease for each, in two statements (on SQLite sent together, one round trip to
+/// the connection's thread); returns them in `picked`'s order.
 async fn take_jobs(
     tx: &mut Tx,
+    dialect: Dialect,
     picked: &[Pick],
     claimers: &[Claimer],
     now: Millis,
@@ -678,48 +680,103 @@ async fn take_jobs(
     let Some(first) = picked.first() else {
         return Ok(Vec::new());
     };
-    // One node: its name once. Several (a combined claim): each job's by its id, the ids'
-    // own placeholders reused in the CASE.
+    let n = picked.len();
+    // $1 the time; $2 the node's name when one node takes them all; then the jobs' ids;
+    // with several nodes (a combined claim), each job's node name by its id, the ids' own
+    // placeholders reused in the CASE.
     let one = picked.iter().all(|p| p.claimer == first.claimer);
     let ids_from = if one { 3 } else { 2 };
+    let names_from = ids_from + n;
     let node = if one {
         "$2".to_string()
     } else {
-        let whens: String = (0..picked.len())
-            .map(|i| {
-                format!(
-                    " WHEN ${} THEN ${}",
-                    ids_from + i,
-                    ids_from + picked.len() + i
-                )
-            })
+        let whens: String = (0..n)
+            .map(|i| format!(" WHEN ${} THEN ${}", ids_from + i, names_from + i))
             .collect();
         format!("CASE id{whens} END")
     };
-    let mut update = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let update = format!(
         "UPDATE jobs SET state = 'running', runs = runs + 1, node = {node}, reason = NULL, \
          updated_at = $1 WHERE state = 'pending' AND id IN ({}) \
          RETURNING id, runs, graph_id, spec",
-        placeholders(ids_from, picked.len())
-    )))
-    .bind(now.get());
-    if one {
-        update = update.bind(claimers[first.claimer].node.name.clone());
-    }
-    for p in picked {
-        update = update.bind(p.job.get());
-    }
-    if !one {
-        for p in picked {
-            update = update.bind(claimers[p.claimer].node.name.clone());
+        placeholders(ids_from, n)
+    );
+    // Then four per run: uid, node id, lease end, placement. Together with the update
+    // (SQLite), a run's number is its job's count of runs, just raised; apart (PostgreSQL,
+    // whose prepared statements hold one statement each), the update's answer.
+    let runs_from = if one { names_from } else { names_from + n };
+    let together = dialect == Dialect::Sqlite;
+    let rows = (0..n)
+        .map(|i| {
+            let (job, p) = (ids_from + i, runs_from + i * 4);
+            let number = if together {
+                format!("(SELECT runs FROM jobs WHERE id = ${job})")
+            } else {
+                format!("${}", runs_from + n * 4 + i)
+            };
+            format!(
+                "(${job}, {number}, ${}, ${p}, 'running', $1, ${}, ${})",
+                p + 1,
+                p + 2,
+                p + 3
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let insert = format!(
+        "INSERT INTO runs (job_id, number, node_id, uid, state, started_at, lease_expires, \
+         placement) VALUES {rows} RETURNING id, job_id"
+    );
+    let bind_shared = |mut q: AnyQuery| {
+        q = q.bind(now.get());
+        if one {
+            q = q.bind(claimers[first.claimer].node.name.clone());
         }
-    }
+        for p in picked {
+            q = q.bind(p.job.get());
+        }
+        if !one {
+            for p in picked {
+                q = q.bind(claimers[p.claimer].node.name.clone());
+            }
+        }
+        q
+    };
+    let bind_runs = |mut q: AnyQuery| {
+        for p in picked {
+            let claimer = &claimers[p.claimer];
+            q = q
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(claimer.node_id.get())
+                .bind(now.plus(claimer.lease).get())
+                .bind(p.reason.clone());
+        }
+        q
+    };
+    let (marked_rows, run_rows) = if together {
+        let both = format!("{update}; {insert}");
+        let query = bind_runs(bind_shared(sqlx::query(sqlx::AssertSqlSafe(both))));
+        let mut each = rows_by_statement(tx, query, "taking jobs").await?;
+        let runs = each.pop().unwrap_or_default();
+        (each.pop().unwrap_or_default(), runs)
+    } else {
+        let marked = bind_shared(sqlx::query(sqlx::AssertSqlSafe(update)))
+            .fetch_all(&mut **tx)
+            .await
+            .op("marking jobs running")?;
+        let mut numbers: HashMap<JobId, i64> = HashMap::new();
+        for row in &marked {
+            numbers.insert(typed(row, "id")?, col(row, "runs")?);
+        }
+        let mut query = bind_runs(bind_shared(sqlx::query(sqlx::AssertSqlSafe(insert))));
+        for p in picked {
+            query = query.bind(numbers.get(&p.job).copied().unwrap_or(0));
+        }
+        let runs = query.fetch_all(&mut **tx).await.op("creating runs")?;
+        (marked, runs)
+    };
     let mut marked: HashMap<JobId, (i64, GraphId, JobSpec)> = HashMap::new();
-    for row in update
-        .fetch_all(&mut **tx)
-        .await
-        .op("marking jobs running")?
-    {
+    for row in marked_rows {
         let spec: JobSpec = json(&col::<String>(&row, "spec")?, "job spec")?;
         marked.insert(
             typed(&row, "id")?,
@@ -734,40 +791,9 @@ async fn take_jobs(
             missing.job
         )));
     }
-    // The start first, then six per run.
-    let rows = (0..picked.len())
-        .map(|i| {
-            let p = 2 + i * 6;
-            format!(
-                "(${p}, ${}, ${}, ${}, 'running', $1, ${}, ${})",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut insert = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO runs (job_id, number, node_id, uid, state, started_at, lease_expires, \
-         placement) VALUES {rows} RETURNING id, job_id"
-    )))
-    .bind(now.get());
-    for p in picked {
-        let claimer = &claimers[p.claimer];
-        let number = marked.get(&p.job).map_or(0, |m| m.0);
-        insert = insert
-            .bind(p.job.get())
-            .bind(number)
-            .bind(claimer.node_id.get())
-            .bind(uuid::Uuid::new_v4().to_string())
-            .bind(now.plus(claimer.lease).get())
-            .bind(p.reason.clone());
-    }
     // RETURNING's order is not the VALUES' order on every database: matched by job.
     let mut runs: HashMap<JobId, RunId> = HashMap::new();
-    for row in insert.fetch_all(&mut **tx).await.op("creating runs")? {
+    for row in run_rows {
         runs.insert(typed(&row, "job_id")?, typed(&row, "id")?);
     }
     picked
@@ -790,6 +816,37 @@ async fn take_jobs(
             })
         })
         .collect()
+}
+
+/// A query of the `Any` driver with its arguments.
+type AnyQuery = sqlx::query::Query<'static, Any, sqlx::any::AnyArguments>;
+
+/// Runs several statements in one request to SQLite's connection thread (its driver runs
+/// a text of several statements, each with the same numbered arguments), and returns each
+/// statement's rows. SQLite only: PostgreSQL prepares one statement at a time.
+pub(crate) async fn rows_by_statement(
+    tx: &mut Tx,
+    query: AnyQuery,
+    op: &'static str,
+) -> Result<Vec<Vec<sqlx::any::AnyRow>>> {
+    use futures_util::TryStreamExt;
+    use sqlx::Executor;
+    let mut each = vec![Vec::new()];
+    let mut stream = (&mut **tx).fetch_many(query);
+    while let Some(step) = stream.try_next().await.op(op)? {
+        match step {
+            // A statement ended: the next rows are the next statement's.
+            sqlx::Either::Left(_) => each.push(Vec::new()),
+            sqlx::Either::Right(row) => {
+                if let Some(rows) = each.last_mut() {
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    // After the last statement's end.
+    each.pop();
+    Ok(each)
 }
 
 /// How soon a claim that passed over rows locked by another claim looks again.
@@ -1402,66 +1459,117 @@ fn combinable(results: &[RunResult]) -> bool {
             .all(|r| r.outcome == Outcome::Succeeded && r.node_bad.is_none())
 }
 
+/// What [`succeed_runs`] did.
+pub(crate) struct Succeeded {
+    /// The runs ended, with their job and node.
+    pub finished: HashMap<RunId, (JobId, NodeId)>,
+    /// Jobs that became ready (their last need succeeded).
+    pub released: Vec<JobId>,
+    pub effects: Effects,
+}
+
 /// Ends the live runs that `results` name as succeeded, each only if it is the live run of
-/// the node that sent it (`results` pairs a node with each result), in one statement per
-/// [`CLAIM_BATCH`] results. Returns the runs ended, with their job and node.
-pub(crate) async fn finish_successes(
+/// the node that sent it (`results` pairs a node with each result), marks their jobs
+/// succeeded and releases their dependents: three statements per [`CLAIM_BATCH`] results,
+/// on SQLite sent together (one round trip to the connection's thread).
+pub(crate) async fn succeed_runs(
     tx: &mut Tx,
+    dialect: Dialect,
     results: &[(NodeId, &RunResult)],
     now: Millis,
-) -> Result<HashMap<RunId, (JobId, NodeId)>> {
-    let mut finished = HashMap::with_capacity(results.len());
+) -> Result<Succeeded> {
+    let mut done = Succeeded {
+        finished: HashMap::with_capacity(results.len()),
+        released: Vec::new(),
+        effects: Effects::default(),
+    };
     for chunk in results.chunks(CLAIM_BATCH) {
-        // Each run's node and exit code by its id; a run named twice takes its first.
+        // $1 the time, then the runs' ids; each run's exit code and node by its id (a run
+        // named twice takes its first).
         let n = chunk.len();
+        let runs = placeholders(2, n);
         let by_id = |offset: usize| -> String {
             (0..n)
                 .map(|i| format!(" WHEN ${} THEN ${}", 2 + i, 2 + offset * n + i))
                 .collect()
         };
-        let mut finish = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let finish = format!(
             "UPDATE runs SET state = 'succeeded', exit_code = CASE id{} END, reason = NULL, \
-             finished_at = $1, lease_expires = NULL WHERE state = 'running' AND id IN ({}) \
+             finished_at = $1, lease_expires = NULL WHERE state = 'running' AND id IN ({runs}) \
              AND node_id = CASE id{} END RETURNING id, job_id, node_id",
             by_id(1),
-            placeholders(2, n),
             by_id(2)
-        )))
-        .bind(now.get());
-        for (_, r) in chunk {
-            finish = finish.bind(r.run_id.get());
-        }
-        for (_, r) in chunk {
-            finish = finish.bind(r.exit_code.map(i64::from));
-        }
-        for (node, _) in chunk {
-            finish = finish.bind(node.get());
-        }
-        for row in finish.fetch_all(&mut **tx).await.op("finishing runs")? {
-            finished.insert(
-                typed(&row, "id")?,
-                (typed(&row, "job_id")?, typed(&row, "node_id")?),
+        );
+        let bind = |mut q: AnyQuery| {
+            q = q.bind(now.get());
+            for (_, r) in chunk {
+                q = q.bind(r.run_id.get());
+            }
+            for (_, r) in chunk {
+                q = q.bind(r.exit_code.map(i64::from));
+            }
+            for (node, _) in chunk {
+                q = q.bind(node.get());
+            }
+            q
+        };
+        if dialect == Dialect::Sqlite {
+            // The jobs whose runs the first statement just ended: a running job's latest
+            // run was live before it, and only it ends a live run here. Dependents are
+            // released while these are still running, then they succeed.
+            let ended = format!(
+                "SELECT j.id FROM runs r JOIN jobs j ON j.id = r.job_id WHERE r.id IN ({runs}) \
+                 AND r.state = 'succeeded' AND r.number = j.runs AND j.state = 'running'"
             );
+            let all = format!(
+                "{finish}; \
+                 UPDATE jobs SET unmet = unmet - (SELECT COUNT(*) FROM job_needs jn \
+                 WHERE jn.job_id = jobs.id AND jn.need_id IN ({ended})), updated_at = $1 \
+                 WHERE state = 'pending' AND id IN \
+                 (SELECT job_id FROM job_needs WHERE need_id IN ({ended})) RETURNING id, unmet; \
+                 UPDATE jobs SET state = 'succeeded', reason = NULL, updated_at = $1 \
+                 WHERE state = 'running' AND id IN ({ended})"
+            );
+            let query = bind(sqlx::query(sqlx::AssertSqlSafe(all)));
+            let mut each = rows_by_statement(tx, query, "finishing runs")
+                .await?
+                .into_iter();
+            for row in each.next().unwrap_or_default() {
+                done.finished.insert(
+                    typed(&row, "id")?,
+                    (typed(&row, "job_id")?, typed(&row, "node_id")?),
+                );
+            }
+            let before = done.released.len();
+            for row in each.next().unwrap_or_default() {
+                if col::<i64>(&row, "unmet")? == 0 {
+                    done.released.push(typed(&row, "id")?);
+                }
+            }
+            done.effects.released = done
+                .effects
+                .released
+                .saturating_add((done.released.len() - before) as u32);
+        } else {
+            let mut jobs = Vec::with_capacity(n);
+            let query = bind(sqlx::query(sqlx::AssertSqlSafe(finish)));
+            for row in query.fetch_all(&mut **tx).await.op("finishing runs")? {
+                let job: JobId = typed(&row, "job_id")?;
+                done.finished
+                    .insert(typed(&row, "id")?, (job, typed(&row, "node_id")?));
+                jobs.push(job);
+            }
+            if !jobs.is_empty() {
+                let effects = succeed_jobs(tx, &jobs, now, &mut done.released).await?;
+                done.effects.merge(effects);
+            }
         }
     }
-    Ok(finished)
+    done.effects.changed = !done.finished.is_empty();
+    Ok(done)
 }
 
-/// [`succeed_jobs`] for any number of jobs, [`CLAIM_BATCH`] per statement pair.
-pub(crate) async fn succeed_all(
-    tx: &mut Tx,
-    jobs: &[JobId],
-    now: Millis,
-    released: &mut Vec<JobId>,
-) -> Result<Effects> {
-    let mut effects = Effects::default();
-    for chunk in jobs.chunks(CLAIM_BATCH) {
-        effects.merge(succeed_jobs(tx, chunk, now, released).await?);
-    }
-    Ok(effects)
-}
-
-/// The answer for a result [`finish_successes`] did not end for `node_id`.
+/// The answer for a result [`succeed_runs`] did not end for `node_id`.
 pub(crate) async fn refused(tx: &mut Tx, node_id: NodeId, result: &RunResult) -> Result<ResultAck> {
     refusal(tx, node_id, result).await
 }
