@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Op;
 use crate::nodes::KnownNode;
-use crate::queue::{Claimed, Claimer, Effects, Succeeded, refused, succeed_runs};
+use crate::queue::{Claimed, Claimer, Effects, Succeeded, first_page_len, refused, succeed_runs};
 use crate::{Result, Store, StoreError};
 
 /// Claims served by one transaction at most, so that a burst does not hold the writer
@@ -230,18 +230,29 @@ impl Store {
             .iter()
             .flat_map(|(r, _)| r.results.iter().map(|res| (r.node_id, res)))
             .collect();
+        let mut claimers: Vec<Claimer> = requests
+            .iter()
+            .map(|(r, node)| self.claimer(r.node_id, node.clone(), r.max, r.lease, now))
+            .collect();
         let Succeeded {
             mut finished,
             released,
             mut effects,
+            first_page,
         } = if sent.is_empty() {
             Succeeded {
                 finished: HashMap::new(),
                 released: Vec::new(),
                 effects: Effects::default(),
+                first_page: None,
             }
         } else {
-            succeed_runs(&mut tx, self.dialect, &sent, now).await?
+            // On SQLite the search goes along (one round trip less).
+            let search = claimers
+                .iter()
+                .any(Claimer::takes)
+                .then(|| first_page_len(&claimers));
+            succeed_runs(&mut tx, self.dialect, &sent, now, search).await?
         };
         let mut acks: Vec<Vec<ResultAck>> = Vec::with_capacity(requests.len());
         let mut ended: Vec<usize> = Vec::with_capacity(requests.len());
@@ -264,11 +275,8 @@ impl Store {
             acks.push(mine);
             ended.push(count);
         }
-        let mut claimers: Vec<Claimer> = requests
-            .iter()
-            .map(|(r, node)| self.claimer(r.node_id, node.clone(), r.max, r.lease, now))
-            .collect();
-        self.take_for(&mut tx, &mut claimers, now).await?;
+        self.take_for(&mut tx, &mut claimers, now, first_page)
+            .await?;
         // Jobs these claims released and took themselves need nobody woken for them.
         let took = claimers
             .iter()

@@ -161,7 +161,7 @@ impl Store {
             (Vec::new(), None, Vec::new())
         } else {
             let mut claimers = [self.claimer(node_id, node, max, lease, now)];
-            self.take_for(&mut tx, &mut claimers, now).await?;
+            self.take_for(&mut tx, &mut claimers, now, None).await?;
             let [claimer] = claimers;
             (claimer.assignments, claimer.retry_in, claimer.waited)
         };
@@ -235,11 +235,15 @@ impl Store {
     /// page by page, offers each to the claimers in turn (the first that takes it gets it),
     /// marks the jobs taken running and gives each a run, and fills each claimer's
     /// assignments. A job goes to one claimer only.
+    ///
+    /// `first_page`: the search's first page when it was read already (with the results,
+    /// see [`succeed_runs`]), for [`first_page`] rows.
     pub(crate) async fn take_for(
         &self,
         tx: &mut Tx,
         claimers: &mut [Claimer],
         now: Millis,
+        mut first_page: Option<Vec<sqlx::any::AnyRow>>,
     ) -> Result<()> {
         let open = |c: &Claimer| c.pool_node.is_some() && c.picked.len() < c.max as usize;
         let wanted: u32 = claimers
@@ -252,17 +256,18 @@ impl Store {
         }
         let select = claim_select(self.dialect);
         let mut after = JobId(0);
-        // First as many rows as the nodes can take: most nodes can run most jobs and most
-        // jobs are not held, and every row read costs its graph and affinity lookups.
-        let mut page = i64::from(wanted).clamp(1, SCAN_PAGE);
+        let mut page = first_page_len(claimers);
         let mut seen = 0usize;
         loop {
-            let rows = sqlx::query(select)
-                .bind(after.get())
-                .bind(page)
-                .fetch_all(&mut **tx)
-                .await
-                .op("finding ready jobs")?;
+            let rows = match first_page.take() {
+                Some(rows) => rows,
+                None => sqlx::query(select)
+                    .bind(after.get())
+                    .bind(page)
+                    .fetch_all(&mut **tx)
+                    .await
+                    .op("finding ready jobs")?,
+            };
             let page_len = rows.len();
             seen += page_len;
             let mut candidates = Vec::with_capacity(page_len);
@@ -634,6 +639,13 @@ struct TakenJob {
     claimer: usize,
 }
 
+impl Claimer {
+    /// Whether the node takes jobs in this claim at all.
+    pub(crate) fn takes(&self) -> bool {
+        self.pool_node.is_some() && self.max > 0
+    }
+}
+
 /// A job the search decided a claimer takes, and why (recorded with the run).
 struct Pick {
     job: JobId,
@@ -847,6 +859,18 @@ pub(crate) async fn rows_by_statement(
     // After the last statement's end.
     each.pop();
     Ok(each)
+}
+
+/// Rows of the claim's first page for these claimers: as many as they can take (most nodes
+/// can run most jobs and most jobs are not held, and every row read costs its graph and
+/// affinity lookups), at most [`SCAN_PAGE`].
+pub(crate) fn first_page_len(claimers: &[Claimer]) -> i64 {
+    let wanted: u32 = claimers
+        .iter()
+        .filter(|c| c.pool_node.is_some())
+        .map(|c| c.max)
+        .sum();
+    i64::from(wanted).clamp(1, SCAN_PAGE)
 }
 
 /// How soon a claim that passed over rows locked by another claim looks again.
@@ -1466,24 +1490,33 @@ pub(crate) struct Succeeded {
     /// Jobs that became ready (their last need succeeded).
     pub released: Vec<JobId>,
     pub effects: Effects,
+    /// The claim's first page of ready jobs, when asked for.
+    pub first_page: Option<Vec<sqlx::any::AnyRow>>,
 }
 
 /// Ends the live runs that `results` name as succeeded, each only if it is the live run of
 /// the node that sent it (`results` pairs a node with each result), marks their jobs
 /// succeeded and releases their dependents: three statements per [`CLAIM_BATCH`] results,
 /// on SQLite sent together (one round trip to the connection's thread).
+///
+/// With `search` (SQLite), the claim's search for its first page of `search` rows goes
+/// with the last of them, after the releases; its rows come back in `first_page`.
 pub(crate) async fn succeed_runs(
     tx: &mut Tx,
     dialect: Dialect,
     results: &[(NodeId, &RunResult)],
     now: Millis,
+    search: Option<i64>,
 ) -> Result<Succeeded> {
     let mut done = Succeeded {
         finished: HashMap::with_capacity(results.len()),
         released: Vec::new(),
         effects: Effects::default(),
+        first_page: None,
     };
-    for chunk in results.chunks(CLAIM_BATCH) {
+    let chunks = results.len().div_ceil(CLAIM_BATCH);
+    for (c, chunk) in results.chunks(CLAIM_BATCH).enumerate() {
+        let search = search.filter(|_| c + 1 == chunks && dialect == Dialect::Sqlite);
         // $1 the time, then the runs' ids; each run's exit code and node by its id (a run
         // named twice takes its first).
         let n = chunk.len();
@@ -1530,7 +1563,22 @@ pub(crate) async fn succeed_runs(
                  UPDATE jobs SET state = 'succeeded', reason = NULL, updated_at = $1 \
                  WHERE state = 'running' AND id IN ({ended})"
             );
-            let query = bind(sqlx::query(sqlx::AssertSqlSafe(all)));
+            // The search's after-job and page size follow the results' arguments.
+            let (after, page) = (2 + 3 * n, 3 + 3 * n);
+            let all = match search {
+                Some(_) => format!(
+                    "{all}; {}",
+                    claim_select(dialect)
+                        .replace("$2", "{page}")
+                        .replace("$1", &format!("${after}"))
+                        .replace("{page}", &format!("${page}"))
+                ),
+                None => all,
+            };
+            let mut query = bind(sqlx::query(sqlx::AssertSqlSafe(all)));
+            if let Some(rows) = search {
+                query = query.bind(0i64).bind(rows);
+            }
             let mut each = rows_by_statement(tx, query, "finishing runs")
                 .await?
                 .into_iter();
@@ -1550,6 +1598,10 @@ pub(crate) async fn succeed_runs(
                 .effects
                 .released
                 .saturating_add((done.released.len() - before) as u32);
+            // The succeed statement returns nothing; then the search's rows.
+            if search.is_some() {
+                done.first_page = Some(each.nth(1).unwrap_or_default());
+            }
         } else {
             let mut jobs = Vec::with_capacity(n);
             let query = bind(sqlx::query(sqlx::AssertSqlSafe(finish)));
