@@ -278,11 +278,6 @@ pub async fn bind(
         duties,
     });
     let sweeper = tokio::spawn(queue::sweep_leases(state.clone()));
-    let checkpointer = if state.queue.store().checkpoint_in_background().await? {
-        Some(tokio::spawn(queue::checkpoint_wal(state.clone())))
-    } else {
-        None
-    };
     let follower = events.map(|events| {
         let state = state.clone();
         tokio::spawn(async move { state.queue.follow(events).await })
@@ -310,7 +305,6 @@ pub async fn bind(
         poller,
     ];
     tasks.extend(follower);
-    tasks.extend(checkpointer);
     tasks.extend(provider);
     let serve = async move {
         // Whether serving ends or its future is dropped (the binary stops on a signal by

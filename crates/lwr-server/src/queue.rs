@@ -366,16 +366,3 @@ pub(crate) async fn sweep_leases(state: Arc<AppState>) {
         }
     }
 }
-
-/// Checkpoints the SQLite write-ahead log beside the dispatch path (see
-/// [`Store::checkpoint_in_background`]), on every server: each has its own database file.
-pub(crate) async fn checkpoint_wal(state: Arc<AppState>) {
-    let mut tick = tokio::time::interval(lwr_store::CHECKPOINT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = state.queue.store().checkpoint().await {
-            tracing::warn!("checkpoint failed: {e}");
-        }
-    }
-}

@@ -37,8 +37,6 @@ use lwr_model::Millis;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Connection, Executor};
 
-use crate::error::Op;
-
 pub use artifacts::{NewArtifact, StoredArtifact, UploadTarget, location};
 pub use control::Cancelled;
 pub use duties::DutyHolder;
@@ -58,11 +56,6 @@ pub use tokens::{Caller, TokenCheck, hash_secret, new_secret};
 pub use views::{GraphFilter, GraphSummary, JobCell};
 
 pub type Result<T> = std::result::Result<T, StoreError>;
-
-/// How often a server on SQLite checkpoints the write-ahead log ([`Store::checkpoint`]):
-/// often enough that the log stays small (a few thousand pages at the most a claim load
-/// writes), rarely enough that its fsyncs cost little.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,37 +229,6 @@ impl Store {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
-    }
-
-    /// SQLite: the writer stops checkpointing the write-ahead log itself, and the caller
-    /// calls [`Store::checkpoint`] every [`CHECKPOINT_EVERY`] while it uses the store.
-    /// SQLite's automatic checkpoint runs in the committing connection, so one commit in a
-    /// thousand pages waited for the copy into the database file and its two fsyncs (5 to
-    /// 20 ms here) with every claim queued behind it; a checkpoint on another connection
-    /// runs beside the writer (WAL mode lets it). Returns whether the caller must
-    /// checkpoint (`false` on PostgreSQL). A new write connection (one replaced after an
-    /// error) checkpoints itself again, as SQLite does by default.
-    pub async fn checkpoint_in_background(&self) -> Result<bool> {
-        if self.dialect != Dialect::Sqlite {
-            return Ok(false);
-        }
-        sqlx::query("PRAGMA wal_autocheckpoint = 0")
-            .execute(&self.write)
-            .await
-            .op("handing checkpoints to a background task")?;
-        Ok(true)
-    }
-
-    /// SQLite: copies what the write-ahead log holds into the database file, as far as
-    /// readers allow, without waiting for the writer (`PASSIVE`); on a reading connection.
-    pub async fn checkpoint(&self) -> Result<()> {
-        if self.dialect == Dialect::Sqlite {
-            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&self.read)
-                .await
-                .op("checkpointing the write-ahead log")?;
-        }
-        Ok(())
     }
 
     pub async fn close(&self) {
