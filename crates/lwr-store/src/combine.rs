@@ -13,7 +13,9 @@
 //!
 //! When a combined transaction fails, each of its claims runs again alone, so one claim's
 //! error is its own. Claims with failures, exceptions or a node marked bad, and nodes
-//! counting infrastructure errors, always go alone ([`Store::claim_alone`]).
+//! counting infrastructure errors, always go alone ([`Store::claim_alone`]), and so does
+//! every claim where no combiner runs (the first claim starts it on its multi-thread
+//! runtime; on a current-thread runtime none is started).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -58,7 +60,8 @@ pub(crate) struct Combiner(Arc<Mutex<Option<mpsc::UnboundedSender<Pending>>>>);
 
 impl Combiner {
     /// Queues `request`; the answer comes on the receiver (see [`answer`]). `None` when no
-    /// combiner can run (no tokio runtime here), and the caller claims alone.
+    /// combiner can run (no multi-thread tokio runtime here to start it on), and the caller
+    /// claims alone.
     pub(crate) fn submit(
         &self,
         store: &Store,
@@ -78,7 +81,13 @@ impl Combiner {
                 Err(mpsc::error::SendError(back)) => pending = back,
             }
         }
+        // Only on a runtime whose workers drive the task whatever its callers do: on a
+        // current-thread runtime (tests, tools) it would run only while that thread waits
+        // in the runtime, and claims from elsewhere could wait for it indefinitely.
         let runtime = tokio::runtime::Handle::try_current().ok()?;
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return None;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         runtime.spawn(run(rx));
         tx.send(pending).ok()?;
