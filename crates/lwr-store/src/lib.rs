@@ -9,6 +9,7 @@
 
 mod artifacts;
 mod batch;
+mod combine;
 mod control;
 mod duties;
 mod error;
@@ -108,6 +109,8 @@ pub struct Store {
     pool: pool::PoolCache,
     /// Where recently claimed graphs came from (never changes once a graph is stored).
     origins: queue::OriginCache,
+    /// Serves claims that arrive together in one transaction.
+    combiner: combine::Combiner,
     /// Names this store in notifications, so a server skips its own.
     instance: Arc<str>,
     /// For listening to other servers (PostgreSQL only).
@@ -215,6 +218,7 @@ impl Store {
             nodes: Default::default(),
             pool: Default::default(),
             origins: Default::default(),
+            combiner: Default::default(),
             instance: uuid::Uuid::new_v4().simple().to_string().into(),
             postgres_url: (dialect == Dialect::Postgres).then(|| url.to_string()),
             job_key: Default::default(),

@@ -114,7 +114,35 @@ impl Store {
     /// run, each as a new run with a lease until `now + lease`; one transaction. A job is
     /// handed to one node only: SQLite has a single writer, and PostgreSQL locks the rows it
     /// takes (`FOR UPDATE SKIP LOCKED`).
+    ///
+    /// Claims whose results are all plain successes go through the store's combiner
+    /// ([`crate::combine`]): those that arrive while another transaction runs share the next
+    /// one, each still answered as if it had been alone.
     pub async fn claim(
+        &self,
+        node_id: NodeId,
+        max: u32,
+        results: &[RunResult],
+        now: Millis,
+        lease: DurationMs,
+    ) -> Result<Claimed> {
+        if combinable(results) {
+            let request = crate::combine::Request {
+                node_id,
+                max,
+                results: results.to_vec(),
+                now,
+                lease,
+            };
+            if let Some(answered) = self.combiner.submit(self, request) {
+                return crate::combine::answer(answered).await;
+            }
+        }
+        self.claim_alone(node_id, max, results, now, lease).await
+    }
+
+    /// [`Store::claim`] in a transaction of its own.
+    pub(crate) async fn claim_alone(
         &self,
         node_id: NodeId,
         max: u32,
@@ -132,8 +160,10 @@ impl Store {
         let (assignments, retry_in_ms, waited) = if reported.quarantined {
             (Vec::new(), None, Vec::new())
         } else {
-            self.claim_in(&mut tx, node_id, &node, max, now, lease)
-                .await?
+            let mut claimers = [self.claimer(node_id, node, max, lease, now)];
+            self.take_for(&mut tx, &mut claimers, now, None).await?;
+            let [claimer] = claimers;
+            (claimer.assignments, claimer.retry_in, claimer.waited)
         };
         effects.changed |= !assignments.is_empty();
         // Jobs this claim released and took itself need nobody woken for them.
@@ -158,53 +188,86 @@ impl Store {
         })
     }
 
-    async fn claim_in(
+    /// One node's share of a claim transaction, before the search.
+    pub(crate) fn claimer(
+        &self,
+        node_id: NodeId,
+        node: Arc<KnownNode>,
+        max: u32,
+        lease: DurationMs,
+        now: Millis,
+    ) -> Claimer {
+        let pool_node = if max == 0 {
+            None
+        } else {
+            let pool_node = self
+                .pool
+                .with(|p| p.get(node_id).cloned())
+                .unwrap_or_else(|| {
+                    // Registered through another server since the snapshot was read.
+                    PoolNode::new(
+                        node_id,
+                        node.name.clone(),
+                        node.properties.clone(),
+                        NodeState::Enabled,
+                        1,
+                        0,
+                        now,
+                    )
+                });
+            (pool_node.state == NodeState::Enabled && pool_node.health.is_none())
+                .then_some(pool_node)
+        };
+        Claimer {
+            node_id,
+            node,
+            max,
+            lease,
+            pool_node,
+            picked: Vec::new(),
+            waited: Vec::new(),
+            retry_in: None,
+            assignments: Vec::new(),
+        }
+    }
+
+    /// The claim's search and take for every claimer of one transaction: reads ready jobs
+    /// page by page, offers each to the claimers in turn (the first that takes it gets it),
+    /// marks the jobs taken running and gives each a run, and fills each claimer's
+    /// assignments. A job goes to one claimer only.
+    ///
+    /// `first_page`: the search's first page when it was read already (with the results,
+    /// see [`succeed_runs`]), for [`first_page`] rows.
+    pub(crate) async fn take_for(
         &self,
         tx: &mut Tx,
-        node_id: NodeId,
-        node: &KnownNode,
-        max: u32,
+        claimers: &mut [Claimer],
         now: Millis,
-        lease: DurationMs,
-    ) -> Result<(Vec<Assignment>, Option<DurationMs>, Vec<DurationMs>)> {
-        let node_name = &node.name;
-        if max == 0 {
-            return Ok((Vec::new(), None, Vec::new()));
-        }
-        let claimer = self
-            .pool
-            .with(|p| p.get(node_id).cloned())
-            .unwrap_or_else(|| {
-                // Registered through another server since the snapshot was read.
-                PoolNode::new(
-                    node_id,
-                    node.name.clone(),
-                    node.properties.clone(),
-                    NodeState::Enabled,
-                    1,
-                    0,
-                    now,
-                )
-            });
-        if claimer.state != NodeState::Enabled || claimer.health.is_some() {
-            return Ok((Vec::new(), None, Vec::new()));
+        mut first_page: Option<Vec<sqlx::any::AnyRow>>,
+    ) -> Result<()> {
+        let open = |c: &Claimer| c.pool_node.is_some() && c.picked.len() < c.max as usize;
+        let wanted: u32 = claimers
+            .iter()
+            .filter(|c| c.pool_node.is_some())
+            .map(|c| c.max)
+            .sum();
+        if wanted == 0 {
+            return Ok(());
         }
         let select = claim_select(self.dialect);
-        let mut picked: Vec<(JobId, String)> = Vec::new();
-        let mut waited: Vec<DurationMs> = Vec::new();
-        let mut retry_in: Option<DurationMs> = None;
         let mut after = JobId(0);
-        // First as many rows as the node can take: most nodes can run most jobs and most
-        // jobs are not held, and every row read costs its graph and affinity lookups.
-        let mut page = i64::from(max).clamp(1, SCAN_PAGE);
+        let mut page = first_page_len(claimers);
         let mut seen = 0usize;
-        'scan: while picked.len() < max as usize {
-            let rows = sqlx::query(select)
-                .bind(after.get())
-                .bind(page)
-                .fetch_all(&mut **tx)
-                .await
-                .op("finding ready jobs")?;
+        loop {
+            let rows = match first_page.take() {
+                Some(rows) => rows,
+                None => sqlx::query(select)
+                    .bind(after.get())
+                    .bind(page)
+                    .fetch_all(&mut **tx)
+                    .await
+                    .op("finding ready jobs")?,
+            };
             let page_len = rows.len();
             seen += page_len;
             let mut candidates = Vec::with_capacity(page_len);
@@ -214,9 +277,9 @@ impl Store {
                 candidates.push(candidate);
             }
             let full = self.pool.with(|pool| {
-                // One per page: the snapshot stays the same while it is locked here, and
-                // another claim may refresh it between pages.
-                let mut memo = Memo::default();
+                // One per claimer and page: the snapshot stays the same while it is locked
+                // here, and another claim may refresh it between pages.
+                let mut memos: Vec<Memo> = claimers.iter().map(|_| Memo::default()).collect();
                 for c in &candidates {
                     let job = ReadyJob {
                         name: &c.name,
@@ -233,31 +296,40 @@ impl Store {
                         ready_for_ms: now.since(c.ready_since),
                         avoid_spot: c.avoid_spot,
                     };
-                    match decide_with(&job, &claimer, pool, now, &mut memo) {
-                        Decision::Take(reason) => {
-                            picked.push((c.id, reason));
-                            waited.push(now.since(c.ready_since));
-                            if picked.len() == max as usize {
-                                return true;
+                    for (claimer, memo) in claimers.iter_mut().zip(memos.iter_mut()) {
+                        if !open(claimer) {
+                            continue;
+                        }
+                        let Some(node) = &claimer.pool_node else {
+                            continue;
+                        };
+                        match decide_with(&job, node, pool, now, memo) {
+                            Decision::Take(reason) => {
+                                claimer.picked.push((c.id, reason));
+                                claimer.waited.push(now.since(c.ready_since));
+                                break;
                             }
+                            Decision::Hold { retry_in_ms, .. } => {
+                                claimer.retry_in = Some(
+                                    claimer.retry_in.map_or(retry_in_ms, |r| r.min(retry_in_ms)),
+                                );
+                            }
+                            Decision::Unmet(_) => {}
                         }
-                        Decision::Hold { retry_in_ms, .. } => {
-                            retry_in = Some(retry_in.map_or(retry_in_ms, |r| r.min(retry_in_ms)));
-                        }
-                        Decision::Unmet(_) => {}
+                    }
+                    if !claimers.iter().any(open) {
+                        return true;
                     }
                 }
                 false
             });
-            if full {
-                break 'scan;
-            }
-            if page_len < page as usize {
+            if full || page_len < page as usize {
                 break;
             }
             page = SCAN_PAGE;
         }
-        if picked.is_empty() && self.dialect == Dialect::Postgres {
+        let empty = |c: &Claimer| c.pool_node.is_some() && c.picked.is_empty();
+        if self.dialect == Dialect::Postgres && claimers.iter().any(empty) {
             // SKIP LOCKED passed over rows another claim had locked, and that claim may be
             // holding them for this very node (affinity): nobody would wake us for them.
             // Look again shortly when there are more ready rows than we saw.
@@ -272,20 +344,36 @@ impl Store {
             .op("counting ready jobs")
             .and_then(|row| col(&row, "n"))?;
             if ready > seen as i64 {
-                retry_in = Some(retry_in.map_or(SKIPPED_RETRY_MS, |r| r.min(SKIPPED_RETRY_MS)));
+                for c in claimers.iter_mut().filter(|c| empty(c)) {
+                    c.retry_in = Some(
+                        c.retry_in
+                            .map_or(SKIPPED_RETRY_MS, |r| r.min(SKIPPED_RETRY_MS)),
+                    );
+                }
             }
         }
-        let mut assignments = Vec::with_capacity(picked.len());
-        // Jobs of one graph share its row, read once per graph while it is claimed from.
+        let picked: Vec<Pick> = claimers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                c.picked.iter().map(move |(job, reason)| Pick {
+                    job: *job,
+                    reason: reason.clone(),
+                    claimer: i,
+                })
+            })
+            .collect();
+        // Jobs of one graph share its origin, kept in memory once read.
         let mut origins: HashMap<GraphId, Arc<GraphOrigin>> = HashMap::new();
         for chunk in picked.chunks(CLAIM_BATCH) {
-            let taken = take_jobs(tx, chunk, node_id, node_name, now, lease).await?;
+            let taken = take_jobs(tx, self.dialect, chunk, claimers, now).await?;
             for TakenJob {
                 job_id,
                 run_id,
                 number,
                 graph_id,
                 spec,
+                claimer,
             } in taken
             {
                 let origin = match origins.get(&graph_id) {
@@ -310,7 +398,8 @@ impl Store {
                 } else {
                     needs_manifests(tx, job_id).await?
                 };
-                assignments.push(Assignment {
+                let claimer = &mut claimers[claimer];
+                claimer.assignments.push(Assignment {
                     run_id,
                     run_number: u32_of(number),
                     job_id,
@@ -319,7 +408,7 @@ impl Store {
                     command: spec.run,
                     env: spec.env,
                     timeout_secs: spec.timeout_secs,
-                    lease_secs: (lease.get() / 1000).max(1) as u64,
+                    lease_secs: (claimer.lease.get() / 1000).max(1) as u64,
                     artifacts: spec.artifacts,
                     manifests,
                     kept_dir,
@@ -333,13 +422,13 @@ impl Store {
                 });
             }
         }
-        // Holds matter only when the node got nothing: otherwise it claims again soon.
-        let retry_in = if assignments.is_empty() {
-            retry_in
-        } else {
-            None
-        };
-        Ok((assignments, retry_in, waited))
+        for c in claimers.iter_mut() {
+            // Holds matter only when the node got nothing: otherwise it claims again soon.
+            if !c.assignments.is_empty() {
+                c.retry_in = None;
+            }
+        }
+        Ok(())
     }
 
     /// Renews the leases of the runs a node still holds. Returns the runs in `runs` that are
@@ -546,6 +635,39 @@ struct TakenJob {
     number: i64,
     graph_id: GraphId,
     spec: JobSpec,
+    /// Index of the claimer that took it.
+    claimer: usize,
+}
+
+impl Claimer {
+    /// Whether the node takes jobs in this claim at all.
+    pub(crate) fn takes(&self) -> bool {
+        self.pool_node.is_some() && self.max > 0
+    }
+}
+
+/// A job the search decided a claimer takes, and why (recorded with the run).
+struct Pick {
+    job: JobId,
+    reason: String,
+    claimer: usize,
+}
+
+/// One node's share of a claim transaction: what it asked for, then what it got.
+pub(crate) struct Claimer {
+    pub(crate) node_id: NodeId,
+    node: Arc<KnownNode>,
+    max: u32,
+    lease: DurationMs,
+    /// The node as the pool snapshot has it; `None` when it takes nothing (it asked for
+    /// none, or it is not enabled or not healthy).
+    pool_node: Option<PoolNode>,
+    picked: Vec<(JobId, String)>,
+    /// How long each job picked had been ready.
+    pub(crate) waited: Vec<DurationMs>,
+    /// When to look again at jobs held for better nodes, if the node got nothing.
+    pub(crate) retry_in: Option<DurationMs>,
+    pub(crate) assignments: Vec<Assignment>,
 }
 
 /// `$first, $first+1, ...`: `n` numbered placeholders.
@@ -557,52 +679,55 @@ fn placeholders(first: usize, n: usize) -> String {
 }
 
 /// Marks the `picked` jobs (all pending: the claim's search just read them in this
-/// transaction, locked on PostgreSQL) running on the node and creates a run with a lease
-/// for each, in two statements; returns them in `picked`'s order.
+/// transaction, locked on PostgreSQL) running on their claimers' nodes and creates a run
+/// with a lease for each, in two statements (on SQLite sent together, one round trip to
+/// the connection's thread); returns them in `picked`'s order.
 async fn take_jobs(
     tx: &mut Tx,
-    picked: &[(JobId, String)],
-    node_id: NodeId,
-    node_name: &str,
+    dialect: Dialect,
+    picked: &[Pick],
+    claimers: &[Claimer],
     now: Millis,
-    lease: DurationMs,
 ) -> Result<Vec<TakenJob>> {
-    let mut update = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE jobs SET state = 'running', runs = runs + 1, node = $1, reason = NULL, \
-         updated_at = $2 WHERE state = 'pending' AND id IN ({}) \
+    let Some(first) = picked.first() else {
+        return Ok(Vec::new());
+    };
+    let n = picked.len();
+    // $1 the time; $2 the node's name when one node takes them all; then the jobs' ids;
+    // with several nodes (a combined claim), each job's node name by its id, the ids' own
+    // placeholders reused in the CASE.
+    let one = picked.iter().all(|p| p.claimer == first.claimer);
+    let ids_from = if one { 3 } else { 2 };
+    let names_from = ids_from + n;
+    let node = if one {
+        "$2".to_string()
+    } else {
+        let whens: String = (0..n)
+            .map(|i| format!(" WHEN ${} THEN ${}", ids_from + i, names_from + i))
+            .collect();
+        format!("CASE id{whens} END")
+    };
+    let update = format!(
+        "UPDATE jobs SET state = 'running', runs = runs + 1, node = {node}, reason = NULL, \
+         updated_at = $1 WHERE state = 'pending' AND id IN ({}) \
          RETURNING id, runs, graph_id, spec",
-        placeholders(3, picked.len())
-    )))
-    .bind(node_name.to_string())
-    .bind(now.get());
-    for (job_id, _) in picked {
-        update = update.bind(job_id.get());
-    }
-    let mut marked: HashMap<JobId, (i64, GraphId, JobSpec)> = HashMap::new();
-    for row in update
-        .fetch_all(&mut **tx)
-        .await
-        .op("marking jobs running")?
-    {
-        let spec: JobSpec = json(&col::<String>(&row, "spec")?, "job spec")?;
-        marked.insert(
-            typed(&row, "id")?,
-            (col(&row, "runs")?, typed(&row, "graph_id")?, spec),
-        );
-    }
-    if let Some((missing, _)) = picked.iter().find(|(id, _)| !marked.contains_key(id)) {
-        // Cannot happen while the search's rows are this transaction's to take; if it does,
-        // the whole claim rolls back rather than hand out less than it decided.
-        return Err(StoreError::Conflict(format!(
-            "job {missing} was no longer pending when claimed"
-        )));
-    }
-    // Shared values first, then four per run.
-    let rows = (0..picked.len())
+        placeholders(ids_from, n)
+    );
+    // Then four per run: uid, node id, lease end, placement. Together with the update
+    // (SQLite), a run's number is its job's count of runs, just raised; apart (PostgreSQL,
+    // whose prepared statements hold one statement each), the update's answer.
+    let runs_from = if one { names_from } else { names_from + n };
+    let together = dialect == Dialect::Sqlite;
+    let rows = (0..n)
         .map(|i| {
-            let p = 4 + i * 4;
+            let (job, p) = (ids_from + i, runs_from + i * 4);
+            let number = if together {
+                format!("(SELECT runs FROM jobs WHERE id = ${job})")
+            } else {
+                format!("${}", runs_from + n * 4 + i)
+            };
             format!(
-                "(${p}, ${}, $1, ${}, 'running', $2, $3, ${})",
+                "(${job}, {number}, ${}, ${p}, 'running', $1, ${}, ${})",
                 p + 1,
                 p + 2,
                 p + 3
@@ -610,44 +735,142 @@ async fn take_jobs(
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let mut insert = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let insert = format!(
         "INSERT INTO runs (job_id, number, node_id, uid, state, started_at, lease_expires, \
          placement) VALUES {rows} RETURNING id, job_id"
-    )))
-    .bind(node_id.get())
-    .bind(now.get())
-    .bind(now.plus(lease).get());
-    for (job_id, placement) in picked {
-        let number = marked.get(job_id).map_or(0, |m| m.0);
-        insert = insert
-            .bind(job_id.get())
-            .bind(number)
-            .bind(uuid::Uuid::new_v4().to_string())
-            .bind(placement.clone());
+    );
+    let bind_shared = |mut q: AnyQuery| {
+        q = q.bind(now.get());
+        if one {
+            q = q.bind(claimers[first.claimer].node.name.clone());
+        }
+        for p in picked {
+            q = q.bind(p.job.get());
+        }
+        if !one {
+            for p in picked {
+                q = q.bind(claimers[p.claimer].node.name.clone());
+            }
+        }
+        q
+    };
+    let bind_runs = |mut q: AnyQuery| {
+        for p in picked {
+            let claimer = &claimers[p.claimer];
+            q = q
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(claimer.node_id.get())
+                .bind(now.plus(claimer.lease).get())
+                .bind(p.reason.clone());
+        }
+        q
+    };
+    let (marked_rows, run_rows) = if together {
+        let both = format!("{update}; {insert}");
+        let query = bind_runs(bind_shared(sqlx::query(sqlx::AssertSqlSafe(both))));
+        let mut each = rows_by_statement(tx, query, "taking jobs").await?;
+        let runs = each.pop().unwrap_or_default();
+        (each.pop().unwrap_or_default(), runs)
+    } else {
+        let marked = bind_shared(sqlx::query(sqlx::AssertSqlSafe(update)))
+            .fetch_all(&mut **tx)
+            .await
+            .op("marking jobs running")?;
+        let mut numbers: HashMap<JobId, i64> = HashMap::new();
+        for row in &marked {
+            numbers.insert(typed(row, "id")?, col(row, "runs")?);
+        }
+        let mut query = bind_runs(bind_shared(sqlx::query(sqlx::AssertSqlSafe(insert))));
+        for p in picked {
+            query = query.bind(numbers.get(&p.job).copied().unwrap_or(0));
+        }
+        let runs = query.fetch_all(&mut **tx).await.op("creating runs")?;
+        (marked, runs)
+    };
+    let mut marked: HashMap<JobId, (i64, GraphId, JobSpec)> = HashMap::new();
+    for row in marked_rows {
+        let spec: JobSpec = json(&col::<String>(&row, "spec")?, "job spec")?;
+        marked.insert(
+            typed(&row, "id")?,
+            (col(&row, "runs")?, typed(&row, "graph_id")?, spec),
+        );
+    }
+    if let Some(missing) = picked.iter().find(|p| !marked.contains_key(&p.job)) {
+        // Cannot happen while the search's rows are this transaction's to take; if it does,
+        // the whole claim rolls back rather than hand out less than it decided.
+        return Err(StoreError::Conflict(format!(
+            "job {} was no longer pending when claimed",
+            missing.job
+        )));
     }
     // RETURNING's order is not the VALUES' order on every database: matched by job.
     let mut runs: HashMap<JobId, RunId> = HashMap::new();
-    for row in insert.fetch_all(&mut **tx).await.op("creating runs")? {
+    for row in run_rows {
         runs.insert(typed(&row, "job_id")?, typed(&row, "id")?);
     }
     picked
         .iter()
-        .map(|(job_id, _)| {
-            let (number, graph_id, spec) = marked.remove(job_id).ok_or_else(|| {
+        .map(|p| {
+            let job_id = p.job;
+            let (number, graph_id, spec) = marked.remove(&job_id).ok_or_else(|| {
                 StoreError::Conflict(format!("job {job_id} was claimed twice in one claim"))
             })?;
-            let run_id = *runs.get(job_id).ok_or_else(|| {
+            let run_id = *runs.get(&job_id).ok_or_else(|| {
                 StoreError::Conflict(format!("no run was created for job {job_id}"))
             })?;
             Ok(TakenJob {
-                job_id: *job_id,
+                job_id,
                 run_id,
                 number,
                 graph_id,
                 spec,
+                claimer: p.claimer,
             })
         })
         .collect()
+}
+
+/// A query of the `Any` driver with its arguments.
+type AnyQuery = sqlx::query::Query<'static, Any, sqlx::any::AnyArguments>;
+
+/// Runs several statements in one request to SQLite's connection thread (its driver runs
+/// a text of several statements, each with the same numbered arguments), and returns each
+/// statement's rows. SQLite only: PostgreSQL prepares one statement at a time.
+pub(crate) async fn rows_by_statement(
+    tx: &mut Tx,
+    query: AnyQuery,
+    op: &'static str,
+) -> Result<Vec<Vec<sqlx::any::AnyRow>>> {
+    use futures_util::TryStreamExt;
+    use sqlx::Executor;
+    let mut each = vec![Vec::new()];
+    let mut stream = (&mut **tx).fetch_many(query);
+    while let Some(step) = stream.try_next().await.op(op)? {
+        match step {
+            // A statement ended: the next rows are the next statement's.
+            sqlx::Either::Left(_) => each.push(Vec::new()),
+            sqlx::Either::Right(row) => {
+                if let Some(rows) = each.last_mut() {
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    // After the last statement's end.
+    each.pop();
+    Ok(each)
+}
+
+/// Rows of the claim's first page for these claimers: as many as they can take (most nodes
+/// can run most jobs and most jobs are not held, and every row read costs its graph and
+/// affinity lookups), at most [`SCAN_PAGE`].
+pub(crate) fn first_page_len(claimers: &[Claimer]) -> i64 {
+    let wanted: u32 = claimers
+        .iter()
+        .filter(|c| c.pool_node.is_some())
+        .map(|c| c.max)
+        .sum();
+    i64::from(wanted).clamp(1, SCAN_PAGE)
 }
 
 /// How soon a claim that passed over rows locked by another claim looks again.
@@ -1248,4 +1471,157 @@ pub(crate) async fn block_dependents(
     .await
     .op("blocking dependents")?;
     Ok(ready)
+}
+
+/// Whether a claim's results can share a transaction with other claims': plain successes
+/// only (a failure or an exception blocks, retries and counts against the node, result by
+/// result), few enough for one statement.
+fn combinable(results: &[RunResult]) -> bool {
+    results.len() <= CLAIM_BATCH
+        && results
+            .iter()
+            .all(|r| r.outcome == Outcome::Succeeded && r.node_bad.is_none())
+}
+
+/// What [`succeed_runs`] did.
+pub(crate) struct Succeeded {
+    /// The runs ended, with their job and node.
+    pub finished: HashMap<RunId, (JobId, NodeId)>,
+    /// Jobs that became ready (their last need succeeded).
+    pub released: Vec<JobId>,
+    pub effects: Effects,
+    /// The claim's first page of ready jobs, when asked for.
+    pub first_page: Option<Vec<sqlx::any::AnyRow>>,
+}
+
+/// Ends the live runs that `results` name as succeeded, each only if it is the live run of
+/// the node that sent it (`results` pairs a node with each result), marks their jobs
+/// succeeded and releases their dependents: three statements per [`CLAIM_BATCH`] results,
+/// on SQLite sent together (one round trip to the connection's thread).
+///
+/// With `search` (SQLite), the claim's search for its first page of `search` rows goes
+/// with the last of them, after the releases; its rows come back in `first_page`.
+pub(crate) async fn succeed_runs(
+    tx: &mut Tx,
+    dialect: Dialect,
+    results: &[(NodeId, &RunResult)],
+    now: Millis,
+    search: Option<i64>,
+) -> Result<Succeeded> {
+    let mut done = Succeeded {
+        finished: HashMap::with_capacity(results.len()),
+        released: Vec::new(),
+        effects: Effects::default(),
+        first_page: None,
+    };
+    let chunks = results.len().div_ceil(CLAIM_BATCH);
+    for (c, chunk) in results.chunks(CLAIM_BATCH).enumerate() {
+        let search = search.filter(|_| c + 1 == chunks && dialect == Dialect::Sqlite);
+        // $1 the time, then the runs' ids; each run's exit code and node by its id (a run
+        // named twice takes its first).
+        let n = chunk.len();
+        let runs = placeholders(2, n);
+        let by_id = |offset: usize| -> String {
+            (0..n)
+                .map(|i| format!(" WHEN ${} THEN ${}", 2 + i, 2 + offset * n + i))
+                .collect()
+        };
+        let finish = format!(
+            "UPDATE runs SET state = 'succeeded', exit_code = CASE id{} END, reason = NULL, \
+             finished_at = $1, lease_expires = NULL WHERE state = 'running' AND id IN ({runs}) \
+             AND node_id = CASE id{} END RETURNING id, job_id, node_id",
+            by_id(1),
+            by_id(2)
+        );
+        let bind = |mut q: AnyQuery| {
+            q = q.bind(now.get());
+            for (_, r) in chunk {
+                q = q.bind(r.run_id.get());
+            }
+            for (_, r) in chunk {
+                q = q.bind(r.exit_code.map(i64::from));
+            }
+            for (node, _) in chunk {
+                q = q.bind(node.get());
+            }
+            q
+        };
+        if dialect == Dialect::Sqlite {
+            // The jobs whose runs the first statement just ended: a running job's latest
+            // run was live before it, and only it ends a live run here. Dependents are
+            // released while these are still running, then they succeed.
+            let ended = format!(
+                "SELECT j.id FROM runs r JOIN jobs j ON j.id = r.job_id WHERE r.id IN ({runs}) \
+                 AND r.state = 'succeeded' AND r.number = j.runs AND j.state = 'running'"
+            );
+            let all = format!(
+                "{finish}; \
+                 UPDATE jobs SET unmet = unmet - (SELECT COUNT(*) FROM job_needs jn \
+                 WHERE jn.job_id = jobs.id AND jn.need_id IN ({ended})), updated_at = $1 \
+                 WHERE state = 'pending' AND id IN \
+                 (SELECT job_id FROM job_needs WHERE need_id IN ({ended})) RETURNING id, unmet; \
+                 UPDATE jobs SET state = 'succeeded', reason = NULL, updated_at = $1 \
+                 WHERE state = 'running' AND id IN ({ended})"
+            );
+            // The search's after-job and page size follow the results' arguments.
+            let (after, page) = (2 + 3 * n, 3 + 3 * n);
+            let all = match search {
+                Some(_) => format!(
+                    "{all}; {}",
+                    claim_select(dialect)
+                        .replace("$2", "{page}")
+                        .replace("$1", &format!("${after}"))
+                        .replace("{page}", &format!("${page}"))
+                ),
+                None => all,
+            };
+            let mut query = bind(sqlx::query(sqlx::AssertSqlSafe(all)));
+            if let Some(rows) = search {
+                query = query.bind(0i64).bind(rows);
+            }
+            let mut each = rows_by_statement(tx, query, "finishing runs")
+                .await?
+                .into_iter();
+            for row in each.next().unwrap_or_default() {
+                done.finished.insert(
+                    typed(&row, "id")?,
+                    (typed(&row, "job_id")?, typed(&row, "node_id")?),
+                );
+            }
+            let before = done.released.len();
+            for row in each.next().unwrap_or_default() {
+                if col::<i64>(&row, "unmet")? == 0 {
+                    done.released.push(typed(&row, "id")?);
+                }
+            }
+            done.effects.released = done
+                .effects
+                .released
+                .saturating_add((done.released.len() - before) as u32);
+            // The succeed statement returns nothing; then the search's rows.
+            if search.is_some() {
+                done.first_page = Some(each.nth(1).unwrap_or_default());
+            }
+        } else {
+            let mut jobs = Vec::with_capacity(n);
+            let query = bind(sqlx::query(sqlx::AssertSqlSafe(finish)));
+            for row in query.fetch_all(&mut **tx).await.op("finishing runs")? {
+                let job: JobId = typed(&row, "job_id")?;
+                done.finished
+                    .insert(typed(&row, "id")?, (job, typed(&row, "node_id")?));
+                jobs.push(job);
+            }
+            if !jobs.is_empty() {
+                let effects = succeed_jobs(tx, &jobs, now, &mut done.released).await?;
+                done.effects.merge(effects);
+            }
+        }
+    }
+    done.effects.changed = !done.finished.is_empty();
+    Ok(done)
+}
+
+/// The answer for a result [`succeed_runs`] did not end for `node_id`.
+pub(crate) async fn refused(tx: &mut Tx, node_id: NodeId, result: &RunResult) -> Result<ResultAck> {
+    refusal(tx, node_id, result).await
 }

@@ -370,6 +370,114 @@ async fn expired_leases_retry_then_end_in_exception(f: Fixture) {
     );
 }
 
+/// Claims that arrive together share a transaction (the store's combiner); each is still
+/// answered as if it had been alone: no job twice, a job only to a node that can run it,
+/// each result acknowledged to its own node only, a repeat as a repeat.
+async fn claims_arriving_together_are_each_answered_as_if_alone(f: Fixture) {
+    let mut jobs: Vec<JobSpec> = (0..40).map(|i| job(&format!("j{i}"), &[])).collect();
+    let mut gpu = job("gpu", &[]);
+    gpu.node.properties.insert("gpu".into(), "yes".into());
+    jobs.push(gpu);
+    jobs.push(job("after", &["j0", "j1", "j2"]));
+    f.store.submit_graph(&graph(jobs), Millis(0)).await.unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        nodes.push(node(&f.store, &format!("n{i}"), &[]).await);
+    }
+    let g = node(&f.store, "g", &[("gpu", "yes")]).await;
+    // Every claim at once, several times over: most share a transaction with others.
+    let claim_all = |requests: Vec<(NodeId, u32, Vec<RunResult>)>| {
+        let store = f.store.clone();
+        async move {
+            let tasks: Vec<_> = requests
+                .into_iter()
+                .map(|(n, max, results)| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let claimed = store.claim(n, max, &results, Millis(5), LEASE).await;
+                        (n, results, claimed.unwrap())
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        }
+    };
+    let mut first = vec![(g, 41, Vec::new())];
+    first.extend(nodes.iter().map(|n| (*n, 10, Vec::new())));
+    let answers = claim_all(first).await;
+    let mut held: BTreeMap<NodeId, Vec<(RunId, String)>> = BTreeMap::new();
+    for (n, _, claimed) in &answers {
+        for a in &claimed.assignments {
+            held.entry(*n)
+                .or_default()
+                .push((a.run_id, a.job_name.clone()));
+        }
+    }
+    let mut names: Vec<&str> = held.values().flatten().map(|(_, j)| j.as_str()).collect();
+    names.sort();
+    let count = names.len();
+    names.dedup();
+    assert_eq!(count, 41, "every ready job handed out once: {names:?}");
+    assert_eq!(names.len(), 41, "no job handed out twice");
+    assert!(
+        held[&g].iter().any(|(_, j)| j == "gpu"),
+        "the gpu job went to the gpu node: {held:?}"
+    );
+    assert!(
+        held.iter()
+            .all(|(n, jobs)| *n == g || jobs.iter().all(|(_, j)| j != "gpu")),
+        "and to no other"
+    );
+    // All report at once. n1 also names another node's run (refused: not its run), and n2
+    // names each of its runs twice (the repeat acknowledged, recorded once).
+    let n0_run = held
+        .iter()
+        .find(|(n, _)| **n != nodes[1])
+        .map(|(_, jobs)| jobs[0].0)
+        .unwrap();
+    let mut second = Vec::new();
+    for n in nodes.iter().chain([&g]) {
+        let mut results: Vec<RunResult> = held
+            .get(n)
+            .into_iter()
+            .flatten()
+            .map(|(run, _)| result(*run, Outcome::Succeeded))
+            .collect();
+        if *n == nodes[1] {
+            results.insert(0, result(n0_run, Outcome::Succeeded));
+        }
+        if *n == nodes[2] {
+            let again = results.clone();
+            results.extend(again);
+        }
+        second.push((*n, 10, results));
+    }
+    let answers = claim_all(second).await;
+    let mut taken = Vec::new();
+    for (n, results, claimed) in &answers {
+        assert_eq!(claimed.acks.len(), results.len(), "one ack per result");
+        for (ack, sent) in claimed.acks.iter().zip(results) {
+            assert_eq!(ack.run_id, sent.run_id, "acks in the results' order");
+            let theirs = *n == nodes[1] && sent.run_id == n0_run;
+            assert_eq!(ack.recorded, !theirs, "{n}: {ack:?}");
+        }
+        taken.extend(claimed.assignments.iter().map(|a| a.job_name.clone()));
+    }
+    assert_eq!(taken, ["after"], "the released job handed out once");
+    let states = states(&f.store).await;
+    assert_eq!(states["after"], JobState::Running);
+    assert!(
+        states
+            .iter()
+            .all(|(name, state)| name == "after" || *state == JobState::Succeeded),
+        "{states:?}"
+    );
+}
+
 async fn a_result_is_recorded_once_and_only_from_its_node(f: Fixture) {
     f.store
         .submit_graph(&graph(vec![job("a", &[])]), Millis(0))
@@ -1371,6 +1479,7 @@ on_both_backends!(
     only_ready_jobs_are_claimed_and_success_releases_dependents,
     a_claim_counts_the_jobs_it_released_and_did_not_take,
     concurrent_claims_never_hand_a_job_twice,
+    claims_arriving_together_are_each_answered_as_if_alone,
     failure_blocks_every_transitive_dependent_but_not_others,
     expired_leases_retry_then_end_in_exception,
     a_result_is_recorded_once_and_only_from_its_node,
