@@ -270,15 +270,22 @@ type Result<T> = std::result::Result<T, ClientError>;
 
 /// `value` as JSON in one allocation of its exact size, measured by a first pass: the body of
 /// a 100,000-job graph is some 15 MB, and a buffer grown by doubling could take twice that.
-pub fn json_body(value: &impl Serialize) -> Result<Vec<u8>> {
+fn json_body(value: &impl Serialize) -> Result<Vec<u8>> {
     let encode = |e: serde_json::Error| ClientError::Encode {
         detail: e.to_string(),
     };
-    let mut size = ByteCount(0);
-    serde_json::to_writer(&mut size, value).map_err(encode)?;
-    let mut body = Vec::with_capacity(size.0);
+    let mut body = Vec::with_capacity(json_len(value)?);
     serde_json::to_writer(&mut body, value).map_err(encode)?;
     Ok(body)
+}
+
+/// The length of `value` as JSON, measured by writing it to a counter.
+fn json_len(value: &impl Serialize) -> Result<usize> {
+    let mut size = ByteCount(0);
+    serde_json::to_writer(&mut size, value).map_err(|e| ClientError::Encode {
+        detail: e.to_string(),
+    })?;
+    Ok(size.0)
 }
 
 /// A writer that only counts.
@@ -310,10 +317,7 @@ fn json_stream<T: Serialize + Send + Sync + 'static>(
     impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>>,
     u64,
 )> {
-    let mut size = ByteCount(0);
-    serde_json::to_writer(&mut size, &*value).map_err(|e| ClientError::Encode {
-        detail: e.to_string(),
-    })?;
+    let size = json_len(&*value)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(JSON_QUEUE);
     tokio::task::spawn_blocking(move || {
         let mut out = ChunkSender {
@@ -334,7 +338,7 @@ fn json_stream<T: Serialize + Send + Sync + 'static>(
     let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
     });
-    Ok((chunks, size.0 as u64))
+    Ok((chunks, size as u64))
 }
 
 /// A writer that sends what it is given in chunks of [`JSON_CHUNK`] bytes.
@@ -720,17 +724,11 @@ impl Client {
     }
 
     pub async fn submit_graph(&self, sub: &SubmitGraph) -> Result<GraphInfo> {
-        self.submit_graph_json(json_body(sub)?).await
-    }
-
-    /// [`Client::submit_graph`] of a body made by [`json_body`]: the caller can drop its
-    /// graph before sending, so a push holds one form of a big graph at a time.
-    pub async fn submit_graph_json(&self, body: Vec<u8>) -> Result<GraphInfo> {
         let ep = paths::submit_graph();
         let req = self
             .request(&ep, REQUEST_TIMEOUT)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
+            .body(json_body(sub)?);
         let resp = self.send_ep(&ep, req).await?;
         self.decode(&ep.method, &ep.path, resp).await
     }

@@ -53,6 +53,18 @@ struct Pending {
     answer: oneshot::Sender<Result<Claimed>>,
 }
 
+impl Pending {
+    /// Serves this claim in a transaction of its own and answers it.
+    async fn serve_alone(self) {
+        let r = &self.request;
+        let claimed = self
+            .store
+            .claim_alone(r.node_id, r.max, &r.results, r.now, r.lease)
+            .await;
+        let _ = self.answer.send(claimed);
+    }
+}
+
 /// The way to the combiner task, started by the first claim on a runtime. It holds no
 /// store itself (each claim brings one), so it ends when the last store clone is dropped.
 #[derive(Clone, Default)]
@@ -169,11 +181,7 @@ impl Store {
             };
             if self.pool.erring(p.request.node_id) {
                 // Its next run that ends clears its count of errors: a statement of its own.
-                let r = &p.request;
-                let claimed = self
-                    .claim_alone(r.node_id, r.max, &r.results, r.now, r.lease)
-                    .await;
-                let _ = p.answer.send(claimed);
+                p.serve_alone().await;
                 continue;
             }
             together.push((p, node));
@@ -182,11 +190,7 @@ impl Store {
             self.serve_together(together).await;
         }
         for p in later {
-            let r = &p.request;
-            let claimed = self
-                .claim_alone(r.node_id, r.max, &r.results, r.now, r.lease)
-                .await;
-            let _ = p.answer.send(claimed);
+            p.serve_alone().await;
         }
     }
 
@@ -211,11 +215,7 @@ impl Store {
                 // Which claim caused it is unknown: each runs alone, its error its own.
                 tracing::debug!("a combined claim failed ({e}); its claims run alone");
                 for (p, _) in together {
-                    let r = &p.request;
-                    let claimed = self
-                        .claim_alone(r.node_id, r.max, &r.results, r.now, r.lease)
-                        .await;
-                    let _ = p.answer.send(claimed);
+                    p.serve_alone().await;
                 }
             }
         }

@@ -129,8 +129,7 @@ impl<R: Read> Iterator for LossyChars<R> {
 }
 
 fn fail(failure: &Mutex<Option<String>>, message: String) {
-    let mut failure = failure.lock().unwrap_or_else(|e| e.into_inner());
-    failure.get_or_insert(message);
+    lwr_model::sync::lock(failure).get_or_insert(message);
 }
 
 /// A running `git show`'s output as characters; at its end, a git that failed is a failure.
@@ -229,7 +228,7 @@ pub(super) fn parse_committed(
     let open = || GitShow::start(repo, spec, failure.clone());
     let parsed = lwr_model::graph::parse_stream(Some(bytes), open, label);
     // What the parser saw is not the file when git could not deliver it: that comes first.
-    let failed = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let failed = lwr_model::sync::lock(&failure).take();
     if let Some(failed) = failed {
         return Err(anyhow::anyhow!(failed)).with_context(|| format!("cannot read {label}"));
     }
@@ -264,7 +263,7 @@ pub(super) fn parse_file(path: &Path) -> anyhow::Result<Graph> {
         open,
         &label,
     );
-    let failed = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let failed = lwr_model::sync::lock(&failure).take();
     if let Some(failed) = failed {
         return Err(anyhow::anyhow!(failed)).with_context(cannot_read);
     }
