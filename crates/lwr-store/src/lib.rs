@@ -170,6 +170,7 @@ impl Store {
         };
         let (write, read, node) = match dialect {
             Dialect::Sqlite => {
+                sqlite_without_memory_statistics();
                 create_private(url);
                 let url = sqlite_create_url(url);
                 let write =
@@ -243,6 +244,28 @@ impl Store {
 /// are signed with, and SQLite gives its -wal and -shm files the database file's mode. An
 /// existing file is left as it is (the server checks data dir modes at start); failures are
 /// left for SQLite to report.
+/// Turns off SQLite's memory statistics, once per process, before its first connection.
+/// With them on (SQLite's default), every allocation and free inside SQLite takes one
+/// process-wide mutex to count bytes: each row sqlx reads copies every column value
+/// (`sqlite3_value_dup`) and frees it again on another thread, so the claim path and
+/// listings paid that mutex per column. Nothing here reads the statistics or sets a soft
+/// heap limit, the only features that need them.
+fn sqlite_without_memory_statistics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `sqlite3_config` is called before any connection of this process exists
+        // (this runs before the first pool connects; SQLite initializes on first open). Had
+        // SQLite been initialized already, it would refuse with SQLITE_MISUSE and change
+        // nothing, which is harmless: the statistics stay on.
+        let rc = unsafe {
+            libsqlite3_sys::sqlite3_config(libsqlite3_sys::SQLITE_CONFIG_MEMSTATUS, 0i32)
+        };
+        if rc != libsqlite3_sys::SQLITE_OK {
+            tracing::debug!("SQLite memory statistics stay on (sqlite3_config: {rc})");
+        }
+    });
+}
+
 fn create_private(url: &str) {
     use std::os::unix::fs::OpenOptionsExt;
     let Some(rest) = url.strip_prefix("sqlite://") else {
