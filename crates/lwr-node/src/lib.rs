@@ -543,20 +543,14 @@ impl Node {
             while let Ok(p) = slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
-            let (results, synced) = self.reporter.begin_claim().await;
+            let results = self.reporter.begin_claim().await;
             let req = ClaimRequest {
                 max: permits.len() as u32,
                 wait_ms: timing::CLAIM_WAIT.as_millis() as u64,
                 results,
             };
-            // The results' sync runs beside the request; their acknowledgement is taken
-            // after both.
-            let claimed = async {
-                let (answer, ()) = tokio::join!(self.client.claim(self.id, &req), synced.wait());
-                answer
-            };
             let answer = tokio::select! {
-                answer = claimed => answer,
+                answer = self.client.claim(self.id, &req) => answer,
                 _ = stop.wait_for(|s| *s) => {
                     // Results go back to the outbox; a job the server handed out just now
                     // is retried after its lease runs out.
@@ -871,14 +865,21 @@ impl Node {
                 let template = wanted.map(|(s, revision)| {
                     checkout::template_path(&self.cache_dir, &s.repository, revision, &s.checkout)
                 });
-                let (owned, marker, snapshot) =
-                    (dir.to_path_buf(), dir.with_extension("stamp"), held.take());
-                let kept_tree = template.clone();
-                let filled = blocking(move || {
-                    slot::fill(&owned, &marker, snapshot, kept_tree.as_deref(), &at)
-                })
-                .await
-                .map_err(cannot_prepare)?;
+                let mut snapshot = held.take();
+                let in_place = slot::fill_in_place(dir, &mut snapshot, template.as_deref(), &at)
+                    .map_err(|e| cannot_prepare(e.to_string()))?;
+                let filled = match in_place {
+                    Some(filled) => filled,
+                    None => {
+                        let (owned, marker) = (dir.to_path_buf(), dir.with_extension("stamp"));
+                        let kept_tree = template.clone();
+                        blocking(move || {
+                            slot::fill(&owned, &marker, snapshot, kept_tree.as_deref(), &at)
+                        })
+                        .await
+                        .map_err(cannot_prepare)?
+                    }
+                };
                 match filled {
                     slot::Filled::Ready(tree) => {
                         *held = tree;

@@ -29,7 +29,7 @@ use lwr_model::api::{Assignment, ClaimRequest, Outcome, ReportResults, ResultAck
 use lwr_model::{NodeId, RunId, timing};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::journal::{Journal, Synced};
+use crate::journal::Journal;
 use lwr_model::sync::lock;
 
 use crate::{Backoff, artifact, exec};
@@ -184,21 +184,16 @@ impl Reporter {
     }
 
     /// Called by the claim loop before it claims: takes the waiting results, with their logs
-    /// uploaded, to send with the claim, and starts the journal's sync, to be waited for
-    /// before [`Reporter::end_claim`]. Until then, new results go out on their own. A result
-    /// whose uploads fail stays behind (see the module documentation).
-    pub(crate) async fn begin_claim(&self) -> (Vec<RunResult>, Synced) {
+    /// uploaded, to send with the claim. Until [`Reporter::end_claim`], new results go out on
+    /// their own. A result whose uploads fail stays behind (see the module documentation).
+    pub(crate) async fn begin_claim(&self) -> Vec<RunResult> {
         let taken = {
             let mut outbox = lock(&self.shared.outbox);
             outbox.claiming = true;
             take_due(&mut outbox.results, MAX_BATCH)
         };
         let ready = self.shared.prepare(taken).await;
-        let synced = match ready.is_empty() {
-            true => Synced::NOTHING,
-            false => self.shared.journal.start_sync(),
-        };
-        (ready.into_iter().map(|p| p.result).collect(), synced)
+        ready.into_iter().map(|p| p.result).collect()
     }
 
     /// Called by the claim loop when its claim is answered (`acks`) or failed (`None`: the
@@ -270,25 +265,17 @@ impl Shared {
                 if batch.is_empty() {
                     continue;
                 }
-                let synced = self.journal.start_sync();
                 let report = ReportResults {
                     results: batch.into_iter().map(|p| p.result).collect(),
                 };
-                let synced = match self.take_jobs(&report, synced, stopping).await {
-                    Ok(()) => {
-                        backoff.reset();
-                        continue;
-                    }
-                    Err(synced) => synced,
-                };
+                if self.take_jobs(&report, stopping).await {
+                    backoff.reset();
+                    continue;
+                }
                 // Until the server answers, this batch is ours: retry it, adding nothing.
-                let mut synced = Some(synced);
                 loop {
                     match self.client.report(self.node, &report).await {
                         Ok(ack) => {
-                            if let Some(synced) = synced.take() {
-                                synced.wait().await;
-                            }
                             self.acked(&ack.acks);
                             backoff.reset();
                             break;
@@ -305,24 +292,19 @@ impl Shared {
     }
 
     /// Sends `report`'s results as a claim that does not wait, for the slots free now, and
-    /// starts the jobs it gets. `Err` gives the sync back when that was not done: no free
-    /// slot, the node stopping, or the request failed (the results then go as a report,
-    /// where a repeat of a result the server took is harmless).
-    async fn take_jobs(
-        &self,
-        report: &ReportResults,
-        synced: Synced,
-        stopping: bool,
-    ) -> Result<(), Synced> {
+    /// starts the jobs it gets. `false` when that was not done: no free slot, the node
+    /// stopping, or the request failed (the results then go as a report, where a repeat of
+    /// a result the server took is harmless).
+    async fn take_jobs(&self, report: &ReportResults, stopping: bool) -> bool {
         let Some(taker) = self.taker.get().filter(|_| !stopping) else {
-            return Err(synced);
+            return false;
         };
         let Some(free) = taker.slots() else {
-            return Err(synced);
+            return false;
         };
         let Ok(Ok(first)) = tokio::time::timeout(SLOT_WAIT, free.clone().acquire_owned()).await
         else {
-            return Err(synced);
+            return false;
         };
         let mut slots = vec![first];
         slots.extend(std::iter::from_fn(|| free.clone().try_acquire_owned().ok()));
@@ -333,14 +315,13 @@ impl Shared {
         };
         match self.client.claim(self.node, &req).await {
             Ok(answer) => {
-                synced.wait().await;
                 self.acked(&answer.acks);
                 taker.start(answer.assignments, slots);
-                Ok(())
+                true
             }
             Err(e) => {
                 tracing::debug!("sending results with a claim failed: {e}; reporting them");
-                Err(synced)
+                false
             }
         }
     }

@@ -194,15 +194,12 @@ pub enum Filled {
 pub fn fill(
     dir: &Path,
     marker: &Path,
-    held: Option<Snapshot>,
+    mut held: Option<Snapshot>,
     template: Option<&Path>,
     tree: &Path,
 ) -> std::io::Result<Filled> {
-    if let (Some(mut snapshot), Some(template)) = (held, template)
-        && snapshot.is_of(template, tree)
-        && snapshot.still_holds(dir)
-    {
-        return Ok(Filled::Ready(Some(snapshot)));
+    if let Some(filled) = fill_in_place(dir, &mut held, template, tree)? {
+        return Ok(filled);
     }
     crate::exec::fresh_dir(dir)?;
     let Some(template) = template else {
@@ -228,6 +225,32 @@ pub fn fill(
         .inspect_err(|e| tracing::debug!("cannot record the job dir {}: {e}", dir.display()))
         .ok();
     Ok(Filled::Ready(snapshot))
+}
+
+/// The cases of [`fill`] that copy nothing, cheap enough for the caller's own thread (as
+/// [`clean_up`]'s walk is): the dir still holds `held`'s copy of `template`, or a job without
+/// a checkout gets the slot's dir, which the last job's clean-up left empty. `None`: the dir
+/// must be emptied of another tree or filled by a copy; `held` is then spent (`None`) and
+/// [`fill`] does the rest, on a blocking thread.
+pub fn fill_in_place(
+    dir: &Path,
+    held: &mut Option<Snapshot>,
+    template: Option<&Path>,
+    tree: &Path,
+) -> std::io::Result<Option<Filled>> {
+    if let (Some(snapshot), Some(template)) = (held.as_mut(), template)
+        && snapshot.is_of(template, tree)
+        && snapshot.still_holds(dir)
+    {
+        return Ok(Some(Filled::Ready(held.take())));
+    }
+    match (held.take(), template) {
+        (None, None) => {
+            crate::exec::fresh_dir(dir)?;
+            Ok(Some(Filled::Ready(None)))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// After a job: keeps the slot's dir when it still holds the checkout `held` records, for
