@@ -276,14 +276,26 @@ pub enum Decision {
     Unmet(String),
 }
 
-/// What [`decide_with`] found out about the pool that holds for every job of one claim: the
-/// first faster free node able to run jobs with given requirements. Valid for one claimer,
-/// one snapshot and one `now`: make a new one per claim.
+/// What [`decide_with`] found out that holds for every job of one claim: the first faster
+/// free node able to run jobs with given requirements (valid for one snapshot of the pool:
+/// see [`Memo::new_snapshot`]), and how many jobs it left waiting for each node they have
+/// affinity to. Valid for one claimer and one `now`: make a new one per claim.
 #[derive(Debug, Default)]
 pub struct Memo {
     /// For jobs without requirements: index of the faster node, if any.
     faster_any: Option<Option<usize>>,
     faster: HashMap<Requirements, Option<usize>>,
+    /// Jobs this claim left waiting for each node they have affinity to.
+    affinity_holds: HashMap<NodeId, u32>,
+}
+
+impl Memo {
+    /// Forgets what depends on the pool's snapshot (it may be read again between two pages
+    /// of one claim's search); the jobs already left waiting stay counted.
+    pub fn new_snapshot(&mut self) {
+        self.faster_any = None;
+        self.faster.clear();
+    }
 }
 
 /// Decides whether `claimer` takes `job`, given the rest of the `pool` at time `now`.
@@ -344,6 +356,8 @@ pub fn decide_with(
         job.prefer
     };
     let mut affinity_expired = false;
+    // The node this job has affinity to, when earlier jobs wait for it already.
+    let mut crowded: Option<&str> = None;
     for pref in prefer {
         match pref {
             Prefer::Affinity => match job.affinity {
@@ -359,14 +373,17 @@ pub fn decide_with(
                     // off): it is not waited for, long before it counts as lost.
                     let heard_of = |n: &PoolNode| now.since(n.last_seen) <= AFFINITY_SILENCE_MS;
                     if let Some(n) = pool.get(id).filter(|n| fits(n) && heard_of(n)) {
-                        if job.ready_for_ms < job.affinity_wait_ms {
+                        if job.ready_for_ms >= job.affinity_wait_ms {
+                            affinity_expired = true;
+                        } else if holds_more(memo, n) {
                             let how = if n.has_free_slot() { "" } else { ", busy" };
                             return hold(
                                 format!("waiting for {} (affinity{how})", n.name),
                                 job.affinity_wait_ms,
                             );
+                        } else {
+                            crowded = Some(&n.name);
                         }
-                        affinity_expired = true;
                     }
                 }
                 None => {}
@@ -451,11 +468,31 @@ pub fn decide_with(
             secs(job.affinity_wait_ms)
         ));
     }
+    if let Some(name) = crowded {
+        return Decision::Take(format!(
+            "{name}, which last ran it, has as many jobs waiting as it can take"
+        ));
+    }
     if pool.nodes.iter().any(fits) {
         Decision::Take("first free matching node".into())
     } else {
         Decision::Take("only matching node".into())
     }
+}
+
+/// Whether one more job of this claim's search may wait for node `n` (its affinity): as
+/// many as `n` can take when it next claims, its free slots or one when it is busy. The
+/// jobs after those are decided as if they had no affinity: a queue of jobs that one node
+/// ran last (the same job in many pushes) would otherwise leave every other node idle for
+/// the whole wait, while that node takes them one at a time.
+fn holds_more(memo: &mut Memo, n: &PoolNode) -> bool {
+    let room = n.slots.saturating_sub(n.running).max(1);
+    let held = memo.affinity_holds.entry(n.id).or_default();
+    if *held >= room {
+        return false;
+    }
+    *held += 1;
+    true
 }
 
 /// `30 s`, `1.5 s`.
@@ -686,6 +723,53 @@ mod tests {
             taken(decide(&short, &fast, &p_busy, NOW)),
             "affinity wait expired after 2 s"
         );
+    }
+
+    #[test]
+    fn a_node_is_waited_for_by_as_many_jobs_as_it_can_take_and_the_rest_go_elsewhere() {
+        // The same job of many pushes, all last run on `a`: one claim's search by `b`.
+        let j = ReadyJob {
+            affinity: Some(NodeId(1)),
+            ..job()
+        };
+        let decide_all = |a: &PoolNode, b: &PoolNode| {
+            let p = pool(&[a.clone(), b.clone()]);
+            let mut memo = Memo::default();
+            (0..4)
+                .map(|_| decide_with(&j, b, &p, NOW, &mut memo))
+                .collect::<Vec<_>>()
+        };
+        let b = node(2, "b", &[]);
+        // Busy with its one slot: the next job waits for it, the others are b's.
+        let mut busy = node(1, "a", &[]);
+        busy.running = 1;
+        let d = decide_all(&busy, &b);
+        assert_eq!(held(d[0].clone()), "waiting for a (affinity, busy)");
+        for d in &d[1..] {
+            assert_eq!(
+                taken(d.clone()),
+                "a, which last ran it, has as many jobs waiting as it can take"
+            );
+        }
+        // Two free slots of three: two wait for it.
+        let mut free = node(1, "a", &[]);
+        free.slots = 3;
+        free.running = 1;
+        let d = decide_all(&free, &b);
+        assert!(matches!(d[0], Decision::Hold { .. }) && matches!(d[1], Decision::Hold { .. }));
+        assert!(matches!(d[2], Decision::Take(_)) && matches!(d[3], Decision::Take(_)));
+        // A new snapshot of the pool between pages keeps the count.
+        let p = pool(&[busy.clone(), b.clone()]);
+        let mut memo = Memo::default();
+        assert!(matches!(
+            decide_with(&j, &b, &p, NOW, &mut memo),
+            Decision::Hold { .. }
+        ));
+        memo.new_snapshot();
+        assert!(matches!(
+            decide_with(&j, &b, &p, NOW, &mut memo),
+            Decision::Take(_)
+        ));
     }
 
     #[test]

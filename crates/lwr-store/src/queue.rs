@@ -258,6 +258,8 @@ impl Store {
         let mut after = JobId(0);
         let mut page = first_page_len(claimers);
         let mut seen = 0usize;
+        // One per claimer, for the whole search: what its earlier jobs decided.
+        let mut memos: Vec<Memo> = claimers.iter().map(|_| Memo::default()).collect();
         loop {
             let rows = match first_page.take() {
                 Some(rows) => rows,
@@ -277,9 +279,9 @@ impl Store {
                 candidates.push(candidate);
             }
             let full = self.pool.with(|pool| {
-                // One per claimer and page: the snapshot stays the same while it is locked
-                // here, and another claim may refresh it between pages.
-                let mut memos: Vec<Memo> = claimers.iter().map(|_| Memo::default()).collect();
+                // The snapshot stays the same while it is locked here, and another claim may
+                // refresh it between pages.
+                memos.iter_mut().for_each(Memo::new_snapshot);
                 for c in &candidates {
                     let job = ReadyJob {
                         name: &c.name,
