@@ -309,12 +309,12 @@ impl Store {
             rows.reverse();
         }
         let scanned_last: Option<JobId> = match rows.last() {
-            Some(row) if paged => Some(JobId::from(row.0)),
+            Some(row) if paged => Some(JobId::from(row.id)),
             _ => None,
         };
         let full_page = paged && query.limit.is_some_and(|l| rows.len() >= l as usize);
         if let Some(name) = &name {
-            rows.retain(|row| name.is_match(&row.2));
+            rows.retain(|row| name.is_match(&row.name));
             if let Some(limit) = query.limit.filter(|_| !paged) {
                 let drop = rows.len().saturating_sub(limit as usize);
                 rows.drain(..drop);
@@ -558,57 +558,45 @@ fn waits_for(names: &[String]) -> String {
     )
 }
 
-/// One job of a listing: [`JOB_COLUMNS`] in their order, as a JSON array (see
-/// [`listed_as_json`]) or read from a row ([`job_row`]).
+/// One job of a listing: [`JOB_COLUMNS`], in their order when read from the JSON array of
+/// [`listed_as_json`] (serde reads a struct from an array field by field), or by name from
+/// a row ([`job_row`]).
 #[derive(Debug, serde::Deserialize)]
-struct ListedJob(
-    i64,
-    i64,
-    String,
-    String,
-    Option<String>,
-    i64,
-    Option<String>,
-    i64,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    Option<i64>,
-);
+struct ListedJob {
+    id: i64,
+    graph_id: i64,
+    name: String,
+    state: String,
+    node: Option<String>,
+    runs: i64,
+    reason: Option<String>,
+    unmet: i64,
+    requirements: Option<String>,
+    placement: Option<String>,
+    run_started: Option<i64>,
+    run_finished: Option<i64>,
+}
 
 impl ListedJob {
     /// The job as the API shows it, the requirements of a ready job (to say why no node
     /// takes it) and its count of unmet needs.
     fn into_info(self) -> Result<(JobInfo, Option<Requirements>, i64)> {
-        let ListedJob(
-            id,
-            graph_id,
-            name,
-            state,
-            node,
-            runs,
-            reason,
-            unmet,
-            requirements,
-            placement,
-            started,
-            finished,
-        ) = self;
         let info = JobInfo {
-            id: JobId::from(id),
-            graph_id: GraphId::from(graph_id),
-            name,
-            state: parse_job_state(&state)?,
-            node,
-            runs: u32_of(runs),
-            reason,
-            placement,
-            started_at: started.map(|t| rfc3339(Millis::from(t))),
-            finished_at: finished.map(|t| rfc3339(Millis::from(t))),
+            id: JobId::from(self.id),
+            graph_id: GraphId::from(self.graph_id),
+            name: self.name,
+            state: parse_job_state(&self.state)?,
+            node: self.node,
+            runs: u32_of(self.runs),
+            reason: self.reason,
+            placement: self.placement,
+            started_at: self.run_started.map(|t| rfc3339(Millis::from(t))),
+            finished_at: self.run_finished.map(|t| rfc3339(Millis::from(t))),
             cannot_start: None,
         };
+        let unmet = self.unmet;
         let ready = info.state == JobState::Pending && unmet == 0;
-        let requirements = match requirements {
+        let requirements = match self.requirements {
             Some(text) if ready => Some(json::<Requirements>(&text, "requirements")?),
             _ => None,
         };
@@ -641,20 +629,20 @@ fn listed_as_json(dialect: Dialect, select: &str, desc: bool) -> String {
 }
 
 fn job_row(row: &AnyRow) -> Result<(JobInfo, Option<Requirements>)> {
-    let listed = ListedJob(
-        col(row, "id")?,
-        col(row, "graph_id")?,
-        col(row, "name")?,
-        col(row, "state")?,
-        col(row, "node")?,
-        col(row, "runs")?,
-        col(row, "reason")?,
-        col(row, "unmet")?,
-        col(row, "requirements")?,
-        col(row, "placement")?,
-        col(row, "run_started")?,
-        col(row, "run_finished")?,
-    );
+    let listed = ListedJob {
+        id: col(row, "id")?,
+        graph_id: col(row, "graph_id")?,
+        name: col(row, "name")?,
+        state: col(row, "state")?,
+        node: col(row, "node")?,
+        runs: col(row, "runs")?,
+        reason: col(row, "reason")?,
+        unmet: col(row, "unmet")?,
+        requirements: col(row, "requirements")?,
+        placement: col(row, "placement")?,
+        run_started: col(row, "run_started")?,
+        run_finished: col(row, "run_finished")?,
+    };
     let (info, requirements, _) = listed.into_info()?;
     Ok((info, requirements))
 }
