@@ -830,7 +830,7 @@ impl Node {
 
     /// Makes the job dir ready: emptied (unless kept) and, for a job of a push, with the
     /// push's revision checked out into it. A slot's dir that holds the copy of the same
-    /// kept tree an earlier job got, unchanged, is used as it is ([`slot::fill`]).
+    /// kept tree an earlier job got, unchanged, is used as it is ([`slot::fill_in_place`]).
     async fn prepare(
         &self,
         run: RunId,
@@ -865,19 +865,16 @@ impl Node {
                 let template = wanted.map(|(s, revision)| {
                     checkout::template_path(&self.cache_dir, &s.repository, revision, &s.checkout)
                 });
-                let mut snapshot = held.take();
-                let in_place = slot::fill_in_place(dir, &mut snapshot, template.as_deref(), &at)
+                let in_place = slot::fill_in_place(dir, held.take(), template.as_deref(), &at)
                     .map_err(|e| cannot_prepare(e.to_string()))?;
                 let filled = match in_place {
                     Some(filled) => filled,
                     None => {
                         let (owned, marker) = (dir.to_path_buf(), dir.with_extension("stamp"));
                         let kept_tree = template.clone();
-                        blocking(move || {
-                            slot::fill(&owned, &marker, snapshot, kept_tree.as_deref(), &at)
-                        })
-                        .await
-                        .map_err(cannot_prepare)?
+                        blocking(move || slot::refill(&owned, &marker, kept_tree.as_deref(), &at))
+                            .await
+                            .map_err(cannot_prepare)?
                     }
                 };
                 match filled {

@@ -177,7 +177,7 @@ impl Snapshot {
     }
 }
 
-/// How [`fill`] left a slot's dir.
+/// How [`fill_in_place`] or [`refill`] left a slot's dir.
 #[derive(Debug)]
 pub enum Filled {
     /// Ready for the job: it holds the same checkout as before, a new copy of the kept tree
@@ -188,19 +188,14 @@ pub enum Filled {
 }
 
 /// Makes a slot's dir ready for a job whose checkout is a copy of `template` at `tree`
-/// (`None`: a job without a checkout): the dir is used as it is when `held`, its record,
-/// says it holds just that copy, unchanged; else it is emptied and the kept tree copied in.
-/// `marker`: the slot's marker file.
-pub fn fill(
+/// (`None`: a job without a checkout) when [`fill_in_place`] could not: the dir is emptied
+/// and the kept tree copied in. `marker`: the slot's marker file.
+pub fn refill(
     dir: &Path,
     marker: &Path,
-    mut held: Option<Snapshot>,
     template: Option<&Path>,
     tree: &Path,
 ) -> std::io::Result<Filled> {
-    if let Some(filled) = fill_in_place(dir, &mut held, template, tree)? {
-        return Ok(filled);
-    }
     crate::exec::fresh_dir(dir)?;
     let Some(template) = template else {
         return Ok(Filled::Ready(None));
@@ -227,14 +222,15 @@ pub fn fill(
     Ok(Filled::Ready(snapshot))
 }
 
-/// The cases of [`fill`] that copy nothing, cheap enough for the caller's own thread (as
-/// [`clean_up`]'s walk is): the dir still holds `held`'s copy of `template`, or a job without
-/// a checkout gets the slot's dir, which the last job's clean-up left empty. `None`: the dir
-/// must be emptied of another tree or filled by a copy; `held` is then spent (`None`) and
-/// [`fill`] does the rest, on a blocking thread.
+/// Makes a slot's dir ready for a job whose checkout is a copy of `template` at `tree`
+/// (`None`: a job without a checkout) where that copies nothing, cheap enough for the
+/// caller's own thread (as [`clean_up`]'s walk is): the dir is used as it is when `held`, its
+/// record, says it holds just that copy, unchanged; a job without a checkout gets the slot's
+/// dir, which the last job's clean-up left empty. `None`: the dir must be emptied of another
+/// tree or filled by a copy, by [`refill`] on a blocking thread.
 pub fn fill_in_place(
     dir: &Path,
-    held: &mut Option<Snapshot>,
+    mut held: Option<Snapshot>,
     template: Option<&Path>,
     tree: &Path,
 ) -> std::io::Result<Option<Filled>> {
@@ -242,9 +238,9 @@ pub fn fill_in_place(
         && snapshot.is_of(template, tree)
         && snapshot.still_holds(dir)
     {
-        return Ok(Some(Filled::Ready(held.take())));
+        return Ok(Some(Filled::Ready(held)));
     }
-    match (held.take(), template) {
+    match (held, template) {
         (None, None) => {
             crate::exec::fresh_dir(dir)?;
             Ok(Some(Filled::Ready(None)))
