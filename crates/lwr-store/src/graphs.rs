@@ -190,8 +190,8 @@ impl Store {
     pub async fn graph(&self, id: GraphId) -> Result<GraphInfo> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT g.id, g.repository, g.branch, g.revision, g.author, g.subject, \
-             g.created_at, {COUNT_COLUMNS} FROM graphs g \
-             LEFT JOIN {KEPT} c ON c.graph_id = g.id WHERE g.id = $1 AND g.staging = 0"
+             g.created_at, {COUNT_COLUMNS} FROM graphs g {COUNTS_JOIN} \
+             WHERE g.id = $1 AND g.staging = 0"
         )))
         .bind(id.get())
         .fetch_optional(&self.read)
@@ -482,25 +482,110 @@ impl Store {
     }
 }
 
-/// Each graph's kept counts and times: its row of `graph_counts` plus the deltas that
-/// PostgreSQL's triggers left beside it (`graph_count_deltas`, a few rows at most, folded into
-/// the row by the next transaction that takes it; always empty on SQLite).
-pub(crate) const KEPT: &str = "(SELECT k.graph_id, k.pending + COALESCE(d.pending, 0) AS pending, k.running + COALESCE(d.running, 0) AS running, k.succeeded + COALESCE(d.succeeded, 0) AS succeeded, k.failed + COALESCE(d.failed, 0) AS failed, k.exception + COALESCE(d.exception, 0) AS exception, k.blocked + COALESCE(d.blocked, 0) AS blocked, k.cancelled + COALESCE(d.cancelled, 0) AS cancelled, \
-     CASE WHEN d.first_start IS NULL OR k.first_start < d.first_start THEN k.first_start \
-         ELSE d.first_start END AS first_start, \
-     CASE WHEN d.last_end IS NULL OR k.last_end > d.last_end THEN k.last_end \
-         ELSE d.last_end END AS last_end \
-     FROM graph_counts k LEFT JOIN (SELECT graph_id, CAST(SUM(pending) AS BIGINT) AS pending, CAST(SUM(running) AS BIGINT) AS running, CAST(SUM(succeeded) AS BIGINT) AS succeeded, CAST(SUM(failed) AS BIGINT) AS failed, CAST(SUM(exception) AS BIGINT) AS exception, CAST(SUM(blocked) AS BIGINT) AS blocked, CAST(SUM(cancelled) AS BIGINT) AS cancelled, \
-         MIN(first_start) AS first_start, MAX(last_end) AS last_end \
-         FROM graph_count_deltas GROUP BY graph_id) d ON d.graph_id = k.graph_id)";
+/// A kept count of `graph_counts k` with the deltas beside it (`d`, see [`KEPT`]).
+macro_rules! kept_count {
+    ($column:literal) => {
+        concat!("k.", $column, " + COALESCE(d.", $column, ", 0)")
+    };
+}
 
-/// The columns of [`KEPT`] `c` that [`kept_counts`] reads (a graph without its row
+/// The first start and last end of `graph_counts k` with the deltas beside it.
+macro_rules! kept_times {
+    ($first:literal, $last:literal) => {
+        concat!(
+            "CASE WHEN d.first_start IS NULL OR k.first_start < d.first_start ",
+            "THEN k.first_start ELSE d.first_start END AS ",
+            $first,
+            ", CASE WHEN d.last_end IS NULL OR k.last_end > d.last_end ",
+            "THEN k.last_end ELSE d.last_end END AS ",
+            $last
+        )
+    };
+}
+
+/// The deltas that PostgreSQL's triggers left beside `graph_counts`, summed by graph
+/// (`graph_count_deltas`, a few rows at most, folded into the row by the next transaction
+/// that takes it; always empty on SQLite).
+macro_rules! deltas {
+    () => {
+        concat!(
+            "(SELECT graph_id, CAST(SUM(pending) AS BIGINT) AS pending, ",
+            "CAST(SUM(running) AS BIGINT) AS running, CAST(SUM(succeeded) AS BIGINT) AS succeeded, ",
+            "CAST(SUM(failed) AS BIGINT) AS failed, CAST(SUM(exception) AS BIGINT) AS exception, ",
+            "CAST(SUM(blocked) AS BIGINT) AS blocked, CAST(SUM(cancelled) AS BIGINT) AS cancelled, ",
+            "MIN(first_start) AS first_start, MAX(last_end) AS last_end ",
+            "FROM graph_count_deltas GROUP BY graph_id)"
+        )
+    };
+}
+
+/// Every graph's kept counts and times, as a table `(graph_id, pending, ..., first_start,
+/// last_end)`: its row of `graph_counts` plus its deltas. For reading them all (sums, the
+/// invariant check); a query about some graphs joins [`COUNTS_JOIN`] instead, which the
+/// database looks up by key rather than building this table whole for each query.
+pub(crate) const KEPT: &str = concat!(
+    "(SELECT k.graph_id, ",
+    kept_count!("pending"),
+    " AS pending, ",
+    kept_count!("running"),
+    " AS running, ",
+    kept_count!("succeeded"),
+    " AS succeeded, ",
+    kept_count!("failed"),
+    " AS failed, ",
+    kept_count!("exception"),
+    " AS exception, ",
+    kept_count!("blocked"),
+    " AS blocked, ",
+    kept_count!("cancelled"),
+    " AS cancelled, ",
+    kept_times!("first_start", "last_end"),
+    " FROM graph_counts k LEFT JOIN ",
+    deltas!(),
+    " d ON d.graph_id = k.graph_id)"
+);
+
+/// Joined to `graphs g`, each graph's kept counts: `k` its row of `graph_counts` (by key)
+/// and `d` its deltas, read by [`COUNT_COLUMNS`].
+pub(crate) const COUNTS_JOIN: &str = concat!(
+    "LEFT JOIN graph_counts k ON k.graph_id = g.id LEFT JOIN ",
+    deltas!(),
+    " d ON d.graph_id = k.graph_id"
+);
+
+/// A graph's kept count of jobs in `state` under [`COUNTS_JOIN`] (NULL without its row).
+pub(crate) fn kept_count(state: JobState) -> &'static str {
+    match state {
+        JobState::Pending => concat!("(", kept_count!("pending"), ")"),
+        JobState::Running => concat!("(", kept_count!("running"), ")"),
+        JobState::Succeeded => concat!("(", kept_count!("succeeded"), ")"),
+        JobState::Failed => concat!("(", kept_count!("failed"), ")"),
+        JobState::Exception => concat!("(", kept_count!("exception"), ")"),
+        JobState::Blocked => concat!("(", kept_count!("blocked"), ")"),
+        JobState::Cancelled => concat!("(", kept_count!("cancelled"), ")"),
+    }
+}
+
+/// The columns of [`COUNTS_JOIN`] that [`kept_counts`] reads (a graph without its row
 /// reads as no jobs and no runs).
-pub(crate) const COUNT_COLUMNS: &str = "COALESCE(c.pending, 0) AS c_pending, \
-     COALESCE(c.running, 0) AS c_running, COALESCE(c.succeeded, 0) AS c_succeeded, \
-     COALESCE(c.failed, 0) AS c_failed, COALESCE(c.exception, 0) AS c_exception, \
-     COALESCE(c.blocked, 0) AS c_blocked, COALESCE(c.cancelled, 0) AS c_cancelled, \
-     c.first_start AS c_first_start, c.last_end AS c_last_end";
+pub(crate) const COUNT_COLUMNS: &str = concat!(
+    "COALESCE(",
+    kept_count!("pending"),
+    ", 0) AS c_pending, COALESCE(",
+    kept_count!("running"),
+    ", 0) AS c_running, COALESCE(",
+    kept_count!("succeeded"),
+    ", 0) AS c_succeeded, COALESCE(",
+    kept_count!("failed"),
+    ", 0) AS c_failed, COALESCE(",
+    kept_count!("exception"),
+    ", 0) AS c_exception, COALESCE(",
+    kept_count!("blocked"),
+    ", 0) AS c_blocked, COALESCE(",
+    kept_count!("cancelled"),
+    ", 0) AS c_cancelled, ",
+    kept_times!("c_first_start", "c_last_end")
+);
 
 /// A graph's kept counts, first start and last end, from [`COUNT_COLUMNS`].
 pub(crate) fn kept_counts(row: &AnyRow) -> Result<(StateCounts, Option<Millis>, Option<Millis>)> {

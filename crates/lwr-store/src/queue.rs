@@ -20,9 +20,14 @@ use crate::pool::{Placement, count_end};
 use crate::rows::{col, json, typed, typed_opt, u32_of};
 use crate::{Dialect, Result, Store, StoreError};
 
-/// Jobs looked at per step while searching for ones a node can run, after a first small
-/// step (most nodes can run most jobs, so the first few usually do).
+/// Jobs looked at per step at most while searching for ones a node can run. The first
+/// step is as many as the claimers can take (most nodes can run most jobs, so the first few
+/// usually do) and each next one [`PAGE_GROWTH`] times the last, up to this: a job held
+/// for another node (affinity) is passed over by reading a few more rows, not a full page.
 const SCAN_PAGE: i64 = 256;
+
+/// How much each page of the claim's search grows over the one before.
+const PAGE_GROWTH: i64 = 4;
 
 /// What a transaction changed, so the server knows whom to wake.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -328,7 +333,7 @@ impl Store {
             if full || page_len < page as usize {
                 break;
             }
-            page = SCAN_PAGE;
+            page = (page * PAGE_GROWTH).min(SCAN_PAGE);
         }
         let empty = |c: &Claimer| c.pool_node.is_some() && c.picked.is_empty();
         if self.dialect == Dialect::Postgres && claimers.iter().any(empty) {
@@ -886,7 +891,7 @@ const SKIPPED_RETRY_MS: DurationMs = DurationMs(25);
 ///
 /// For the pool's policy each row also carries the branch of its graph and the node that
 /// last ran the job successfully there (affinity): the newest succeeded job of the same name
-/// in a graph of the same repository and branch (index `jobs_name`, walked newest first),
+/// in a graph of the same repository and branch (index `jobs_succeeded_name`, walked newest first),
 /// looked up only for the rows read.
 fn claim_select(dialect: Dialect) -> &'static str {
     // One text for both; PostgreSQL adds the row locks. `LIMIT $2 + 0`, not `LIMIT $2`:

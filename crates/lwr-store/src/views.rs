@@ -64,19 +64,6 @@ fn like_pattern(x: &str) -> String {
     out
 }
 
-/// The column of `graph_counts` that counts jobs in `state`.
-fn count_column(state: JobState) -> &'static str {
-    match state {
-        JobState::Pending => "c.pending",
-        JobState::Running => "c.running",
-        JobState::Succeeded => "c.succeeded",
-        JobState::Failed => "c.failed",
-        JobState::Exception => "c.exception",
-        JobState::Blocked => "c.blocked",
-        JobState::Cancelled => "c.cancelled",
-    }
-}
-
 impl Store {
     /// The rows of the graphs, newest first, that pass `filter`, each with its kept counts
     /// ([`crate::graphs::COUNT_COLUMNS`]): one query, reading one row per graph listed
@@ -110,15 +97,15 @@ impl Store {
         }
         if let Some(state) = filter.state {
             // A column named by the enum, never the caller's text.
-            conds.push(format!("{} > 0", count_column(state)));
+            conds.push(format!("{} > 0", crate::graphs::kept_count(state)));
         }
         let sql = format!(
             "SELECT g.id, g.repository, g.branch, g.revision, g.author, g.subject, g.created_at, \
              (SELECT p.id FROM pushes p WHERE p.graph_id = g.id) AS push_id, {} \
-             FROM graphs g LEFT JOIN {} c ON c.graph_id = g.id \
+             FROM graphs g {} \
              WHERE {} ORDER BY g.id DESC LIMIT {}",
             crate::graphs::COUNT_COLUMNS,
-            crate::graphs::KEPT,
+            crate::graphs::COUNTS_JOIN,
             conds.join(" AND "),
             filter.limit.clamp(1, 1000)
         );
