@@ -144,14 +144,22 @@ impl Queue {
     }
 
     pub async fn submit(&self, sub: &SubmitGraph) -> Result<GraphInfo, StoreError> {
-        let id = self.store.submit_graph(sub, now_ms()).await?;
+        let now = now_ms();
+        let id = self.store.submit_graph(sub, now).await?;
         // Its jobs without needs are ready: as many waiting claims look, not all of them.
         let roots = sub.graph.jobs.iter().filter(|j| j.needs.is_empty()).count();
         self.wake(Effects {
             released: u32::try_from(roots).unwrap_or(u32::MAX),
             ..Effects::changed(false)
         });
-        self.graph(id, None, Duration::ZERO).await
+        // A new graph is known without reading it back; a push's graph had jobs before.
+        match lwr_store::submitted_graph(id, sub, now) {
+            Some(mut info) => {
+                info.seq = *self.changes.borrow();
+                Ok(info)
+            }
+            None => self.graph(id, None, Duration::ZERO).await,
+        }
     }
 
     /// A graph's state. With `after`, waits up to `wait` for a change newer than `after`.

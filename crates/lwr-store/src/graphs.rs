@@ -48,42 +48,37 @@ pub(crate) struct Origin<'a> {
     pub author: Option<&'a str>,
     pub subject: Option<&'a str>,
     pub base: Option<&'a str>,
+    /// Without `base`: the revision of the latest graph of the repository and branch that
+    /// has one, looked up by the insert itself.
+    pub base_is_previous: bool,
 }
 
 /// Inserts a graph row; returns its id.
 pub(crate) async fn insert_graph(tx: &mut Tx, origin: Origin<'_>, now: Millis) -> Result<GraphId> {
+    // The previous revision is found by the insert: one statement, not two, per graph.
+    let sql = if origin.base_is_previous {
+        "INSERT INTO graphs (repository, branch, revision, author, subject, base, created_at) \
+         VALUES ($1, $2, $3, $4, $5, COALESCE($6, (SELECT p.revision FROM graphs p \
+         WHERE p.repository = $1 AND p.branch = $2 AND p.revision IS NOT NULL \
+         ORDER BY p.id DESC LIMIT 1)), $7) RETURNING id"
+    } else {
+        "INSERT INTO graphs (repository, branch, revision, author, subject, base, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id"
+    };
     typed(
-        &sqlx::query(
-            "INSERT INTO graphs (repository, branch, revision, author, subject, base, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        )
-        .bind(origin.repository.map(str::to_string))
-        .bind(origin.branch.map(str::to_string))
-        .bind(origin.revision.map(str::to_string))
-        .bind(origin.author.map(str::to_string))
-        .bind(origin.subject.map(str::to_string))
-        .bind(origin.base.map(str::to_string))
-        .bind(now.get())
-        .fetch_one(&mut **tx)
-        .await
-        .op("inserting graph")?,
+        &sqlx::query(sql)
+            .bind(origin.repository.map(str::to_string))
+            .bind(origin.branch.map(str::to_string))
+            .bind(origin.revision.map(str::to_string))
+            .bind(origin.author.map(str::to_string))
+            .bind(origin.subject.map(str::to_string))
+            .bind(origin.base.map(str::to_string))
+            .bind(now.get())
+            .fetch_one(&mut **tx)
+            .await
+            .op("inserting graph")?,
         "id",
     )
-}
-
-/// The revision of the latest graph of `repository` and `branch` that has one: for a graph
-/// `lwr push` submits, the previous push's revision on the branch.
-async fn previous_revision(tx: &mut Tx, repository: &str, branch: &str) -> Result<Option<String>> {
-    let row = sqlx::query(
-        "SELECT revision FROM graphs WHERE repository = $1 AND branch = $2 \
-         AND revision IS NOT NULL ORDER BY id DESC LIMIT 1",
-    )
-    .bind(repository.to_string())
-    .bind(branch.to_string())
-    .fetch_optional(&mut **tx)
-    .await
-    .op("finding the previous push's revision")?;
-    row.map(|r| col(&r, "revision")).transpose()
 }
 
 /// Inserts `jobs` into graph `graph_id` as pending, each waiting for all its needs, with
@@ -119,19 +114,17 @@ impl Store {
             });
         }
         let mut tx = self.write.begin().await.op("starting graph submission")?;
-        let base = match (&sub.repository, &sub.branch, &sub.revision) {
-            (Some(repository), Some(branch), Some(_)) => {
-                previous_revision(&mut tx, repository, branch).await?
-            }
-            _ => None,
-        };
         let origin = Origin {
             repository: sub.repository.as_deref(),
             branch: sub.branch.as_deref(),
             revision: sub.revision.as_deref(),
             author: sub.author.as_deref(),
             subject: sub.subject.as_deref(),
-            base: base.as_deref(),
+            base: None,
+            // A graph of a pushed revision records the branch's previous one.
+            base_is_previous: sub.repository.is_some()
+                && sub.branch.is_some()
+                && sub.revision.is_some(),
         };
         let graph_id = insert_graph(&mut tx, origin, now).await?;
         let jobs: Vec<&JobSpec> = sub.graph.jobs.iter().collect();
@@ -627,6 +620,32 @@ pub(crate) fn graph_info(row: &AnyRow) -> Result<GraphInfo> {
         seq: 0,
         started_at: first.map(rfc3339),
         finished_at: last.filter(|_| finished).map(rfc3339),
+    })
+}
+
+/// The graph [`Store::submit_graph`] stored for `sub` (not a push's: those join a graph
+/// that has jobs already) as `id` at `now`, as [`Store::graph`] reads it right after the
+/// commit: every job pending, none started. What `POST /v1/graphs` answers, without reading
+/// the graph back. `seq` is left 0 for the caller to fill.
+pub fn submitted_graph(id: GraphId, sub: &SubmitGraph, now: Millis) -> Option<GraphInfo> {
+    if sub.push.is_some() {
+        return None;
+    }
+    let mut counts = StateCounts::default();
+    counts.add(JobState::Pending, sub.graph.jobs.len() as u64);
+    Some(GraphInfo {
+        id,
+        repository: sub.repository.clone(),
+        branch: sub.branch.clone(),
+        revision: sub.revision.clone(),
+        author: sub.author.clone(),
+        subject: sub.subject.clone(),
+        created_at: rfc3339(now),
+        finished: counts.finished(),
+        counts,
+        seq: 0,
+        started_at: None,
+        finished_at: None,
     })
 }
 

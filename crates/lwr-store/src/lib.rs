@@ -43,7 +43,7 @@ pub use duties::DutyHolder;
 pub use error::StoreError;
 pub use events::{CHANNEL, Event, Events};
 pub use gauges::{Gauges, PoolUse};
-pub use graphs::JobQuery;
+pub use graphs::{JobQuery, submitted_graph};
 pub use invariants::{InvariantError, Violation};
 pub use livelogs::{LiveAppend, LiveHeld};
 pub use migrate::{OLDEST_SCHEMA, SCHEMA_PROBE_ENV, SCHEMA_VERSION, schema_version};

@@ -387,8 +387,63 @@ async fn kept_counts_follow_retries_retriggers_and_cancels(f: Fixture) {
     assert_eq!(with_state(JobState::Cancelled).await, 1);
 }
 
+/// `POST /v1/graphs` answers with [`lwr_store::submitted_graph`] instead of reading the
+/// graph back: both must say the same. A graph of a pushed revision records the branch's
+/// previous revision as its base, found by the insert itself.
+async fn a_submitted_graph_is_answered_as_read_back_with_its_base(f: Fixture) {
+    let s = &f.store;
+    let pushed = |revision: &str, at: i64| {
+        let mut sub = SubmitGraph::new(Graph {
+            jobs: vec![job("build", &[]), job("test", &["build"])],
+        });
+        sub.repository = Some("https://example.com/r.git".into());
+        sub.branch = Some("main".into());
+        sub.revision = Some(revision.into());
+        sub.author = Some("A U Thor <a@example.com>".into());
+        sub.subject = Some("the change".into());
+        (sub, Millis(at))
+    };
+    let plain = SubmitGraph::new(Graph {
+        jobs: vec![job("lint", &[])],
+    });
+    let (first, t1) = pushed(&"1".repeat(40), 1_700_000_000_123);
+    let (second, t2) = pushed(&"2".repeat(40), 1_700_000_000_456);
+    for (sub, at) in [(&first, t1), (&plain, Millis(5)), (&second, t2)] {
+        let id = s.submit_graph(sub, at).await.unwrap();
+        let answered = lwr_store::submitted_graph(id, sub, at).expect("not a push's graph");
+        let read = s.graph(id).await.unwrap();
+        assert_eq!(
+            serde_json::to_value(&answered).unwrap(),
+            serde_json::to_value(&read).unwrap(),
+            "graph {id}"
+        );
+    }
+    // Each claimed job names its graph's base: none for the first push of the branch,
+    // the first push's revision for the second.
+    let node = common::node_n1(s).await;
+    let claimed = s
+        .claim(node, 10, &[], lwr_store::now_ms(), DurationMs(30_000))
+        .await
+        .unwrap()
+        .assignments;
+    let mut bases: Vec<(Option<String>, Option<String>)> = claimed
+        .iter()
+        .filter_map(|a| a.source.as_ref())
+        .map(|src| (src.revision.clone(), src.base_revision.clone()))
+        .collect();
+    bases.sort();
+    assert_eq!(
+        bases,
+        vec![
+            (Some("1".repeat(40)), None),
+            (Some("2".repeat(40)), Some("1".repeat(40))),
+        ]
+    );
+}
+
 on_both_backends!(
     jobs_and_graphs_are_found_by_what_a_user_knows,
+    a_submitted_graph_is_answered_as_read_back_with_its_base,
     a_staged_graph_comes_out_whole_and_pages_cover_it,
     kept_counts_follow_retries_retriggers_and_cancels
 );
