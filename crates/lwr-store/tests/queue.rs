@@ -793,6 +793,34 @@ async fn the_claim_reads_the_ready_index_not_every_job(f: Fixture) {
     assert_eq!(got.assignments.len(), 5);
 }
 
+async fn a_claim_finds_a_job_far_behind_jobs_it_cannot_run(f: Fixture) {
+    // 300 ready jobs no node here can run, then one it can: the search's pages grow (1, 4,
+    // 16, ...) until they reach it, for a claim of one slot as for a claim of many.
+    let mut jobs: Vec<JobSpec> = (0..300)
+        .map(|i| {
+            let mut j = job(&format!("plan9-{i}"), &[]);
+            j.node.os = Some("plan9".into());
+            j
+        })
+        .collect();
+    jobs.push(job("last", &[]));
+    f.store.submit_graph(&graph(jobs), Millis(0)).await.unwrap();
+    let n = node(&f.store, "n1", &[]).await;
+    let got = f.store.claim(n, 1, &[], Millis(1), LEASE).await.unwrap();
+    assert_eq!(
+        got.assignments
+            .iter()
+            .map(|a| a.job_name.as_str())
+            .collect::<Vec<_>>(),
+        ["last"]
+    );
+    // Affinity is looked up among succeeded jobs only (schema 17), not every job of a name.
+    if f.store.dialect() == lwr_store::Dialect::Sqlite {
+        let plan = f.store.explain_claim().await.unwrap().join("\n");
+        assert!(plan.contains("jobs_succeeded_name"), "{plan}");
+    }
+}
+
 /// Ends all jobs but the last `keep`, behind the store's back: cancelled, as a job that never
 /// ran may end (succeeded would need a run).
 async fn finish_all_but(url: &str, keep: i64) {
@@ -1489,6 +1517,7 @@ on_both_backends!(
     a_database_from_a_newer_lwr_is_refused,
     a_newer_schema_inside_the_window_is_run_on,
     the_claim_reads_the_ready_index_not_every_job,
+    a_claim_finds_a_job_far_behind_jobs_it_cannot_run,
     cancelling_a_running_job_ends_its_run_and_blocks_dependents,
     cancelling_a_graph_stops_everything_not_ended,
     retrigger_runs_a_job_again_with_its_dependents,
