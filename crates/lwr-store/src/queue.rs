@@ -373,7 +373,12 @@ impl Store {
         // Jobs of one graph share its origin, kept in memory once read.
         let mut origins: HashMap<GraphId, Arc<GraphOrigin>> = HashMap::new();
         for chunk in picked.chunks(CLAIM_BATCH) {
-            let taken = take_jobs(tx, self.dialect, chunk, claimers, now).await?;
+            let (taken, read) = take_jobs(tx, self.dialect, chunk, claimers, now).await?;
+            for (graph_id, origin) in read {
+                let origin = Arc::new(origin);
+                self.origins.put(graph_id, origin.clone());
+                origins.insert(graph_id, origin);
+            }
             for TakenJob {
                 job_id,
                 run_id,
@@ -687,17 +692,19 @@ fn placeholders(first: usize, n: usize) -> String {
 
 /// Marks the `picked` jobs (all pending: the claim's search just read them in this
 /// transaction, locked on PostgreSQL) running on their claimers' nodes and creates a run
-/// with a lease for each, in two statements (on SQLite sent together, one round trip to
-/// the connection's thread); returns them in `picked`'s order.
+/// with a lease for each, in two statements; returns them in `picked`'s order. On SQLite
+/// the two go together, one round trip to the connection's thread, with a third that
+/// reads their graphs' origins (most claims of new graphs' jobs would read them next);
+/// those are returned too, and none on PostgreSQL.
 async fn take_jobs(
     tx: &mut Tx,
     dialect: Dialect,
     picked: &[Pick],
     claimers: &[Claimer],
     now: Millis,
-) -> Result<Vec<TakenJob>> {
+) -> Result<(Vec<TakenJob>, Vec<(GraphId, GraphOrigin)>)> {
     let Some(first) = picked.first() else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
     let n = picked.len();
     // $1 the time; $2 the node's name when one node takes them all; then the jobs' ids;
@@ -772,10 +779,18 @@ async fn take_jobs(
         }
         q
     };
+    let mut origins = Vec::new();
     let (marked_rows, run_rows) = if together {
-        let both = format!("{update}; {insert}");
-        let query = bind_runs(bind_shared(sqlx::query(sqlx::AssertSqlSafe(both))));
+        let all = format!(
+            "{update}; {insert}; {ORIGIN_SELECT} WHERE g.id IN \
+             (SELECT graph_id FROM jobs WHERE id IN ({}))",
+            placeholders(ids_from, n)
+        );
+        let query = bind_runs(bind_shared(sqlx::query(sqlx::AssertSqlSafe(all))));
         let mut each = rows_by_statement(tx, query, "taking jobs").await?;
+        for row in each.pop().unwrap_or_default() {
+            origins.push((typed(&row, "id")?, GraphOrigin::of_row(&row)?));
+        }
         let runs = each.pop().unwrap_or_default();
         (each.pop().unwrap_or_default(), runs)
     } else {
@@ -815,7 +830,7 @@ async fn take_jobs(
     for row in run_rows {
         runs.insert(typed(&row, "job_id")?, typed(&row, "id")?);
     }
-    picked
+    let taken = picked
         .iter()
         .map(|p| {
             let job_id = p.job;
@@ -834,7 +849,8 @@ async fn take_jobs(
                 claimer: p.claimer,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((taken, origins))
 }
 
 /// A query of the `Any` driver with its arguments.
@@ -1029,23 +1045,30 @@ pub(crate) struct GraphOrigin {
     push_id: Option<PushId>,
 }
 
+/// A graph's origin, by `g.id`.
+const ORIGIN_SELECT: &str = "SELECT g.id, g.repository, g.branch, g.revision, g.base, \
+     (SELECT p.id FROM pushes p WHERE p.graph_id = g.id) AS push_id FROM graphs g";
+
 impl GraphOrigin {
     async fn read(tx: &mut Tx, graph_id: GraphId) -> Result<GraphOrigin> {
-        let row = sqlx::query(
-            "SELECT g.repository, g.branch, g.revision, g.base, \
-             (SELECT p.id FROM pushes p WHERE p.graph_id = g.id) AS push_id \
-             FROM graphs g WHERE g.id = $1",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{ORIGIN_SELECT} WHERE g.id = $1"
+        )))
         .bind(graph_id.get())
         .fetch_one(&mut **tx)
         .await
         .op("reading graph")?;
+        GraphOrigin::of_row(&row)
+    }
+
+    /// A row of [`ORIGIN_SELECT`].
+    fn of_row(row: &sqlx::any::AnyRow) -> Result<GraphOrigin> {
         Ok(GraphOrigin {
-            repository: col(&row, "repository")?,
-            branch: col(&row, "branch")?,
-            revision: col(&row, "revision")?,
-            base: col(&row, "base")?,
-            push_id: typed_opt(&row, "push_id")?,
+            repository: col(row, "repository")?,
+            branch: col(row, "branch")?,
+            revision: col(row, "revision")?,
+            base: col(row, "base")?,
+            push_id: typed_opt(row, "push_id")?,
         })
     }
 
