@@ -105,6 +105,7 @@ struct Reported {
 /// A ready job as the claim's search reads it.
 struct Candidate {
     id: JobId,
+    graph_id: GraphId,
     name: String,
     requirements: Option<Requirements>,
     placement: Placement,
@@ -265,6 +266,8 @@ impl Store {
         let mut seen = 0usize;
         // One per claimer, for the whole search: what its earlier jobs decided.
         let mut memos: Vec<Memo> = claimers.iter().map(|_| Memo::default()).collect();
+        // Whether a job taken is of a graph whose origin is not in memory yet.
+        let mut uncached = false;
         loop {
             let rows = match first_page.take() {
                 Some(rows) => rows,
@@ -313,6 +316,7 @@ impl Store {
                         match decide_with(&job, node, pool, now, memo) {
                             Decision::Take(reason) => {
                                 claimer.picked.push((c.id, reason));
+                                uncached |= self.origins.get(c.graph_id).is_none();
                                 claimer.waited.push(now.since(c.ready_since));
                                 break;
                             }
@@ -373,7 +377,7 @@ impl Store {
         // Jobs of one graph share its origin, kept in memory once read.
         let mut origins: HashMap<GraphId, Arc<GraphOrigin>> = HashMap::new();
         for chunk in picked.chunks(CLAIM_BATCH) {
-            let (taken, read) = take_jobs(tx, self.dialect, chunk, claimers, now).await?;
+            let (taken, read) = take_jobs(tx, self.dialect, chunk, claimers, now, uncached).await?;
             for (graph_id, origin) in read {
                 let origin = Arc::new(origin);
                 self.origins.put(graph_id, origin.clone());
@@ -693,15 +697,16 @@ fn placeholders(first: usize, n: usize) -> String {
 /// Marks the `picked` jobs (all pending: the claim's search just read them in this
 /// transaction, locked on PostgreSQL) running on their claimers' nodes and creates a run
 /// with a lease for each, in two statements; returns them in `picked`'s order. On SQLite
-/// the two go together, one round trip to the connection's thread, with a third that
-/// reads their graphs' origins (most claims of new graphs' jobs would read them next);
-/// those are returned too, and none on PostgreSQL.
+/// the two go together, one round trip to the connection's thread, and with
+/// `read_origins` (a job's graph origin is not in memory) a third reads the jobs' graphs'
+/// origins, which the claim would read next; those are returned too (none on PostgreSQL).
 async fn take_jobs(
     tx: &mut Tx,
     dialect: Dialect,
     picked: &[Pick],
     claimers: &[Claimer],
     now: Millis,
+    read_origins: bool,
 ) -> Result<(Vec<TakenJob>, Vec<(GraphId, GraphOrigin)>)> {
     let Some(first) = picked.first() else {
         return Ok((Vec::new(), Vec::new()));
@@ -781,15 +786,21 @@ async fn take_jobs(
     };
     let mut origins = Vec::new();
     let (marked_rows, run_rows) = if together {
-        let all = format!(
-            "{update}; {insert}; {ORIGIN_SELECT} WHERE g.id IN \
-             (SELECT graph_id FROM jobs WHERE id IN ({}))",
-            placeholders(ids_from, n)
-        );
+        let all = if read_origins {
+            format!(
+                "{update}; {insert}; {ORIGIN_SELECT} WHERE g.id IN \
+                 (SELECT graph_id FROM jobs WHERE id IN ({}))",
+                placeholders(ids_from, n)
+            )
+        } else {
+            format!("{update}; {insert}")
+        };
         let query = bind_runs(bind_shared(sqlx::query(sqlx::AssertSqlSafe(all))));
         let mut each = rows_by_statement(tx, query, "taking jobs").await?;
-        for row in each.pop().unwrap_or_default() {
-            origins.push((typed(&row, "id")?, GraphOrigin::of_row(&row)?));
+        if read_origins {
+            for row in each.pop().unwrap_or_default() {
+                origins.push((typed(&row, "id")?, GraphOrigin::of_row(&row)?));
+            }
         }
         let runs = each.pop().unwrap_or_default();
         (each.pop().unwrap_or_default(), runs)
@@ -917,7 +928,7 @@ fn claim_select(dialect: Dialect) -> &'static str {
     macro_rules! select {
         ($lock:literal) => {
             concat!(
-                "SELECT j.id, j.name, j.requirements, j.placement, j.avoid_spot, j.updated_at, ",
+                "SELECT j.id, j.graph_id, j.name, j.requirements, j.placement, j.avoid_spot, j.updated_at, ",
                 "(SELECT g.branch FROM graphs g WHERE g.id = j.graph_id) AS branch, ",
                 "(SELECT n.id FROM graphs g, jobs j2 JOIN graphs g2 ON g2.id = j2.graph_id ",
                 "JOIN nodes n ON n.name = j2.node WHERE g.id = j.graph_id AND j2.name = j.name ",
@@ -940,6 +951,7 @@ fn claim_select(dialect: Dialect) -> &'static str {
 fn candidate(row: &sqlx::any::AnyRow) -> Result<Candidate> {
     Ok(Candidate {
         id: typed(row, "id")?,
+        graph_id: typed(row, "graph_id")?,
         name: col(row, "name")?,
         requirements: col::<Option<String>>(row, "requirements")?
             .map(|text| json::<Requirements>(&text, "requirements"))
