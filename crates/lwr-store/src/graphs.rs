@@ -47,36 +47,48 @@ pub(crate) struct Origin<'a> {
     pub revision: Option<&'a str>,
     pub author: Option<&'a str>,
     pub subject: Option<&'a str>,
-    pub base: Option<&'a str>,
-    /// Without `base`: the revision of the latest graph of the repository and branch that
-    /// has one, looked up by the insert itself.
-    pub base_is_previous: bool,
+    pub base: Base<'a>,
+}
+
+/// A graph's base revision.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) enum Base<'a> {
+    #[default]
+    None,
+    /// As the caller found it (a polled push's previous revision).
+    Given(&'a str),
+    /// The revision of the latest graph of the repository and branch that has one, looked
+    /// up by the insert itself.
+    Previous,
 }
 
 /// Inserts a graph row; returns its id.
 pub(crate) async fn insert_graph(tx: &mut Tx, origin: Origin<'_>, now: Millis) -> Result<GraphId> {
     // The previous revision is found by the insert: one statement, not two, per graph.
-    let sql = if origin.base_is_previous {
-        "INSERT INTO graphs (repository, branch, revision, author, subject, base, created_at) \
-         VALUES ($1, $2, $3, $4, $5, COALESCE($6, (SELECT p.revision FROM graphs p \
-         WHERE p.repository = $1 AND p.branch = $2 AND p.revision IS NOT NULL \
-         ORDER BY p.id DESC LIMIT 1)), $7) RETURNING id"
-    } else {
-        "INSERT INTO graphs (repository, branch, revision, author, subject, base, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id"
+    let base = match origin.base {
+        Base::Previous => {
+            "(SELECT p.revision FROM graphs p WHERE p.repository = $1 AND p.branch = $2 \
+             AND p.revision IS NOT NULL ORDER BY p.id DESC LIMIT 1)"
+        }
+        Base::None | Base::Given(_) => "$7",
     };
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO graphs (repository, branch, revision, author, subject, created_at, base) \
+         VALUES ($1, $2, $3, $4, $5, $6, {base}) RETURNING id"
+    )))
+    .bind(origin.repository.map(str::to_string))
+    .bind(origin.branch.map(str::to_string))
+    .bind(origin.revision.map(str::to_string))
+    .bind(origin.author.map(str::to_string))
+    .bind(origin.subject.map(str::to_string))
+    .bind(now.get());
+    match origin.base {
+        Base::Previous => {}
+        Base::None => query = query.bind(None::<String>),
+        Base::Given(base) => query = query.bind(Some(base.to_string())),
+    }
     typed(
-        &sqlx::query(sql)
-            .bind(origin.repository.map(str::to_string))
-            .bind(origin.branch.map(str::to_string))
-            .bind(origin.revision.map(str::to_string))
-            .bind(origin.author.map(str::to_string))
-            .bind(origin.subject.map(str::to_string))
-            .bind(origin.base.map(str::to_string))
-            .bind(now.get())
-            .fetch_one(&mut **tx)
-            .await
-            .op("inserting graph")?,
+        &query.fetch_one(&mut **tx).await.op("inserting graph")?,
         "id",
     )
 }
@@ -120,11 +132,12 @@ impl Store {
             revision: sub.revision.as_deref(),
             author: sub.author.as_deref(),
             subject: sub.subject.as_deref(),
-            base: None,
             // A graph of a pushed revision records the branch's previous one.
-            base_is_previous: sub.repository.is_some()
-                && sub.branch.is_some()
-                && sub.revision.is_some(),
+            base: if sub.repository.is_some() && sub.branch.is_some() && sub.revision.is_some() {
+                Base::Previous
+            } else {
+                Base::None
+            },
         };
         let graph_id = insert_graph(&mut tx, origin, now).await?;
         let jobs: Vec<&JobSpec> = sub.graph.jobs.iter().collect();
@@ -195,37 +208,6 @@ impl Store {
             id: id.to_string(),
         })?;
         graph_info(&row)
-    }
-
-    /// Job counts by state, for one graph or all (graphs still staging included), as
-    /// `graph_counts` keeps them.
-    pub async fn counts(&self, graph: Option<GraphId>) -> Result<StateCounts> {
-        let sums = format!(
-            "SELECT CAST(COALESCE(SUM(c.pending), 0) AS BIGINT) AS c_pending, \
-             CAST(COALESCE(SUM(c.running), 0) AS BIGINT) AS c_running, \
-             CAST(COALESCE(SUM(c.succeeded), 0) AS BIGINT) AS c_succeeded, \
-             CAST(COALESCE(SUM(c.failed), 0) AS BIGINT) AS c_failed, \
-             CAST(COALESCE(SUM(c.exception), 0) AS BIGINT) AS c_exception, \
-             CAST(COALESCE(SUM(c.blocked), 0) AS BIGINT) AS c_blocked, \
-             CAST(COALESCE(SUM(c.cancelled), 0) AS BIGINT) AS c_cancelled, \
-             MIN(c.first_start) AS c_first_start, MAX(c.last_end) AS c_last_end \
-             FROM {KEPT} c"
-        );
-        let row = match graph {
-            Some(g) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("{sums} WHERE c.graph_id = $1")))
-                    .bind(g.get())
-                    .fetch_one(&self.read)
-                    .await
-            }
-            None => {
-                sqlx::query(sqlx::AssertSqlSafe(sums))
-                    .fetch_one(&self.read)
-                    .await
-            }
-        }
-        .op("counting jobs")?;
-        Ok(kept_counts(&row)?.0)
     }
 
     /// Jobs, oldest first, optionally of one graph.
@@ -513,7 +495,7 @@ macro_rules! deltas {
 }
 
 /// Every graph's kept counts and times, as a table `(graph_id, pending, ..., first_start,
-/// last_end)`: its row of `graph_counts` plus its deltas. For reading them all (sums, the
+/// last_end)`: its row of `graph_counts` plus its deltas. For reading them all (the
 /// invariant check); a query about some graphs joins [`COUNTS_JOIN`] instead, which the
 /// database looks up by key rather than building this table whole for each query.
 pub(crate) const KEPT: &str = concat!(

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 
 use crate::error::Op;
-use crate::graphs::{Origin, insert_graph, insert_jobs};
+use crate::graphs::{Base, Origin, insert_graph, insert_jobs};
 use crate::queue::Tx;
 use crate::rows::{col, json, to_json, typed, typed_opt, u32_of};
 use crate::{Dialect, Result, Store, StoreError, rfc3339};
@@ -607,7 +607,7 @@ async fn create_push(
         repository: Some(url),
         branch: Some(branch),
         revision: Some(revision),
-        base: base.as_deref(),
+        base: base.as_deref().map_or(Base::None, Base::Given),
         ..Origin::default()
     };
     let graph_id = insert_graph(tx, origin, now).await?;

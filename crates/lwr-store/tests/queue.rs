@@ -794,8 +794,8 @@ async fn the_claim_reads_the_ready_index_not_every_job(f: Fixture) {
 }
 
 async fn a_claim_finds_a_job_far_behind_jobs_it_cannot_run(f: Fixture) {
-    // 300 ready jobs no node here can run, then one it can: the search's pages grow (1, 4,
-    // 16, ...) until they reach it, for a claim of one slot as for a claim of many.
+    // 300 ready jobs no node here can run, then one it can: a claim of one slot reads page
+    // after page (each larger than the last) until it reaches it.
     let mut jobs: Vec<JobSpec> = (0..300)
         .map(|i| {
             let mut j = job(&format!("plan9-{i}"), &[]);

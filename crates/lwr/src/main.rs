@@ -72,14 +72,9 @@ fn main() -> ExitCode {
 /// logs at once, and gets a thread per core. Blocking work goes to tokio's blocking threads
 /// either way.
 fn one_thread(command: &Command) -> bool {
-    match command {
-        // Not a Buildbot bridge: its slots are builds it follows, many by default.
-        Command::Node(args) if args.buildbot.is_none() => args.slots.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get()) <= 1,
-            |slots| slots <= 1,
-        ),
-        _ => false,
-    }
+    // A Buildbot bridge's slots are builds it follows, not processes of its own.
+    matches!(command, Command::Node(args)
+        if args.buildbot.is_none() && commands::node_slots(args) <= 1)
 }
 
 /// The client error behind `e`, if a request to the server failed.

@@ -22,6 +22,8 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
+pub(crate) use serve::node_slots;
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Server(args) => serve::server(args).await,

@@ -69,17 +69,14 @@ fn provider_config(args: &ServeArgs) -> anyhow::Result<lwr_server::provider::Pro
 }
 
 pub async fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let slots = node_slots(&args);
     let client_token = args.conn.bearer()?;
     let config = NodeConfig {
         token: client_token,
         server: args.conn.server,
         name: args.name.unwrap_or_else(lwr_node::props::hostname),
         tags: parse_tags(&args.tags)?,
-        // A bridge's slots are builds it follows, not processes: the workers do the work.
-        slots: args.slots.unwrap_or_else(|| match args.buildbot {
-            Some(_) => BRIDGE_SLOTS,
-            None => default_slots(),
-        }),
+        slots,
         work_dir: args.work_dir,
         timestamps: args.timestamps,
         health_check: args.health_check,
@@ -355,6 +352,15 @@ fn parse_tags(tags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 
 /// Slots of a Buildbot bridge without `--slots`: builds followed at once.
 const BRIDGE_SLOTS: u32 = 32;
+
+/// The slots `lwr node` runs with: `--slots`, else one per core, or for a Buildbot bridge
+/// [`BRIDGE_SLOTS`] (its slots are builds it follows, not processes: the workers do the work).
+pub(crate) fn node_slots(args: &NodeArgs) -> u32 {
+    args.slots.unwrap_or_else(|| match args.buildbot {
+        Some(_) => BRIDGE_SLOTS,
+        None => default_slots(),
+    })
+}
 
 fn default_slots() -> u32 {
     std::thread::available_parallelism()
