@@ -6,7 +6,7 @@ use crate::error::Op;
 use crate::{Dialect, Result, Store, StoreError};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 17;
+pub const SCHEMA_VERSION: i64 = 18;
 
 /// The oldest schema this build migrates from: every migration since the first is embedded,
 /// so any older database is brought up to `SCHEMA_VERSION` on open.
@@ -88,6 +88,10 @@ const SQLITE: &[(i64, &str)] = &[
         17,
         include_str!("../migrations/sqlite/0017_affinity_index.sql"),
     ),
+    (
+        18,
+        include_str!("../migrations/sqlite/0018_job_affinity.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -130,6 +134,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         17,
         include_str!("../migrations/postgres/0017_affinity_index.sql"),
+    ),
+    (
+        18,
+        include_str!("../migrations/postgres/0018_job_affinity.sql"),
     ),
 ];
 

@@ -917,9 +917,9 @@ const SKIPPED_RETRY_MS: DurationMs = DurationMs(25);
 /// the rows read, in Rust: nothing a graph says is pasted into SQL.
 ///
 /// For the pool's policy each row also carries the branch of its graph and the node that
-/// last ran the job successfully there (affinity): the newest succeeded job of the same name
-/// in a graph of the same repository and branch (index `jobs_succeeded_name`, walked newest first),
-/// looked up only for the rows read.
+/// last ran the job successfully there (affinity): the node of the newest succeeded job of
+/// the same name in a graph of the same repository and branch, one row of `job_affinity`
+/// (kept by triggers) read by key, only for the rows read.
 fn claim_select(dialect: Dialect) -> &'static str {
     // One text for both; PostgreSQL adds the row locks. `LIMIT $2 + 0`, not `LIMIT $2`:
     // SQLite (3.46 and later) plans a bare bound LIMIT as a constant and so prepares the
@@ -930,10 +930,9 @@ fn claim_select(dialect: Dialect) -> &'static str {
             concat!(
                 "SELECT j.id, j.graph_id, j.name, j.requirements, j.placement, j.avoid_spot, j.updated_at, ",
                 "(SELECT g.branch FROM graphs g WHERE g.id = j.graph_id) AS branch, ",
-                "(SELECT n.id FROM graphs g, jobs j2 JOIN graphs g2 ON g2.id = j2.graph_id ",
-                "JOIN nodes n ON n.name = j2.node WHERE g.id = j.graph_id AND j2.name = j.name ",
-                "AND j2.state = 'succeeded' AND g2.repository = g.repository ",
-                "AND g2.branch = g.branch ORDER BY j2.id DESC LIMIT 1) AS affinity ",
+                "(SELECT n.id FROM graphs g JOIN job_affinity a ON a.repository = g.repository ",
+                "AND a.branch = g.branch AND a.name = j.name JOIN nodes n ON n.name = a.node ",
+                "WHERE g.id = j.graph_id) AS affinity ",
                 "FROM jobs j WHERE j.state = 'pending' AND j.unmet = 0 ",
                 "AND j.id > $1 AND j.graph_id NOT IN ",
                 "(SELECT s.id FROM graphs s WHERE s.staging <> 0) ORDER BY j.id LIMIT $2 + 0",

@@ -814,11 +814,125 @@ async fn a_claim_finds_a_job_far_behind_jobs_it_cannot_run(f: Fixture) {
             .collect::<Vec<_>>(),
         ["last"]
     );
-    // Affinity is looked up among succeeded jobs only (schema 17), not every job of a name.
+    // Affinity is one row read by key (schema 18), not a walk over a name's successes.
     if f.store.dialect() == lwr_store::Dialect::Sqlite {
         let plan = f.store.explain_claim().await.unwrap().join("\n");
-        assert!(plan.contains("jobs_succeeded_name"), "{plan}");
+        assert!(plan.contains("SEARCH a USING INDEX"), "{plan}");
+        assert!(!plan.contains("jobs_succeeded_name"), "{plan}");
     }
+}
+
+/// A graph of one job `build` (no retries) on `branch` of repository `r`.
+fn pushed(branch: &str) -> SubmitGraph {
+    SubmitGraph {
+        repository: Some("r".into()),
+        branch: Some(branch.into()),
+        revision: Some("0".repeat(40)),
+        ..graph(vec![JobSpec {
+            retries: 0,
+            ..job("build", &[])
+        }])
+    }
+}
+
+/// Claims one job on `node` at `at` and ends its run as `outcome`; returns the job's graph
+/// and why the run went to the node.
+async fn build_once(f: &Fixture, node: NodeId, outcome: Outcome, at: i64) -> (GraphId, String) {
+    let got = f
+        .store
+        .claim(node, 1, &[], Millis(at), LEASE)
+        .await
+        .unwrap();
+    let a = got.assignments.first().expect("a job to claim");
+    f.store
+        .report(node, &[result(a.run_id, outcome)], Millis(at + 1))
+        .await
+        .unwrap();
+    let detail = f.store.job(a.job_id).await.unwrap();
+    let placement = detail.run_history.last().and_then(|r| r.placement.clone());
+    (a.graph_id, placement.unwrap_or_default())
+}
+
+async fn nothing_for(f: &Fixture, node: NodeId, at: i64) -> bool {
+    let got = f
+        .store
+        .claim(node, 1, &[], Millis(at), LEASE)
+        .await
+        .unwrap();
+    got.assignments.is_empty()
+}
+
+async fn affinity_is_the_newest_success_of_the_name_on_the_branch(f: Fixture) {
+    const AFFINITY: &str = "affinity: last success of build on main";
+    let wait = lwr_model::pool::DEFAULT_AFFINITY_WAIT_MS.get();
+    let (n1, n2) = (
+        node(&f.store, "n1", &[]).await,
+        node(&f.store, "n2", &[]).await,
+    );
+    f.store
+        .submit_graph(&pushed("main"), Millis(0))
+        .await
+        .unwrap();
+    let (first, _) = build_once(&f, n1, Outcome::Succeeded, 10).await;
+    // The same name on another branch is not main's affinity.
+    f.store
+        .submit_graph(&pushed("dev"), Millis(20))
+        .await
+        .unwrap();
+    let (_, why) = build_once(&f, n2, Outcome::Succeeded, 30).await;
+    assert_ne!(why, AFFINITY);
+    // Main's next build waits for n1; a failure there changes nothing.
+    f.store
+        .submit_graph(&pushed("main"), Millis(40))
+        .await
+        .unwrap();
+    assert!(nothing_for(&f, n2, 50).await, "main's build waits for n1");
+    assert_eq!(build_once(&f, n1, Outcome::Failed, 60).await.1, AFFINITY);
+    f.store
+        .submit_graph(&pushed("main"), Millis(70))
+        .await
+        .unwrap();
+    assert!(
+        nothing_for(&f, n2, 80).await,
+        "still n1's after its failure"
+    );
+    // Past the wait n2 builds main: the newest success is n2's, and n1 now waits for it.
+    let late = 70 + wait + 10;
+    build_once(&f, n2, Outcome::Succeeded, late).await;
+    f.store
+        .submit_graph(&pushed("main"), Millis(late + 10))
+        .await
+        .unwrap();
+    assert!(
+        nothing_for(&f, n1, late + 20).await,
+        "main's build waits for n2"
+    );
+    let (newest, why) = build_once(&f, n2, Outcome::Succeeded, late + 30).await;
+    assert_eq!(why, AFFINITY);
+    // A success retention removed is no one's affinity: the next build goes to whoever asks.
+    let mut graphs: Vec<GraphId> = f
+        .store
+        .jobs(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.graph_id)
+        .collect();
+    graphs.dedup();
+    let removed = f
+        .store
+        .remove_graphs(&graphs, Millis(late + 100))
+        .await
+        .unwrap();
+    assert!(removed.graphs.contains(&newest) && removed.graphs.contains(&first));
+    f.store
+        .submit_graph(&pushed("main"), Millis(late + 200))
+        .await
+        .unwrap();
+    assert_ne!(
+        build_once(&f, n1, Outcome::Succeeded, late + 210).await.1,
+        AFFINITY
+    );
 }
 
 /// Ends all jobs but the last `keep`, behind the store's back: cancelled, as a job that never
@@ -1518,6 +1632,7 @@ on_both_backends!(
     a_newer_schema_inside_the_window_is_run_on,
     the_claim_reads_the_ready_index_not_every_job,
     a_claim_finds_a_job_far_behind_jobs_it_cannot_run,
+    affinity_is_the_newest_success_of_the_name_on_the_branch,
     cancelling_a_running_job_ends_its_run_and_blocks_dependents,
     cancelling_a_graph_stops_everything_not_ended,
     retrigger_runs_a_job_again_with_its_dependents,

@@ -321,6 +321,7 @@ async fn run(a: Args) -> Result<(), String> {
     let count = (graphs_per_sec * a.seconds as f64).ceil() as usize;
     let template = graph("l", a.batch)?;
     let submits: Arc<Mutex<Vec<(GraphId, Instant)>>> = Arc::default();
+    let cpu0: f64 = servers.iter().filter_map(Server::cpu_secs).sum();
     let start = Instant::now();
     let mut pending = Vec::new();
     for i in 0..count {
@@ -347,6 +348,7 @@ async fn run(a: Args) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let wall = start.elapsed();
+    let cpu = servers.iter().filter_map(Server::cpu_secs).sum::<f64>() - cpu0;
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::with_capacity(total as usize);
     {
@@ -360,7 +362,8 @@ async fn run(a: Args) -> Result<(), String> {
     latencies.sort();
     println!(
         "latency: {} graphs of {} jobs offered at {} jobs/s over {:.2} s, all done in {:.2} s \
-         ({:.0} jobs/s); submit-to-claimed ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1} ({} jobs)",
+         ({:.0} jobs/s); submit-to-claimed ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1} ({} jobs); \
+         server CPU {:.2} s, {:.3} ms per job",
         count,
         a.batch,
         a.rate,
@@ -371,7 +374,9 @@ async fn run(a: Args) -> Result<(), String> {
         ms(percentile(&latencies, 0.9)),
         ms(percentile(&latencies, 0.99)),
         ms(latencies.last().copied().unwrap_or_default()),
-        latencies.len()
+        latencies.len(),
+        cpu,
+        cpu * 1000.0 / total as f64
     );
     for t in tasks {
         let _ = t.await;
