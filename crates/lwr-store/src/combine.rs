@@ -26,7 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Op;
 use crate::nodes::KnownNode;
-use crate::queue::{Claimed, Claimer, Effects, Succeeded, first_page_len, refused, succeed_runs};
+use crate::queue::{
+    Claimed, Claimer, Effects, Succeeded, Tx, first_page_len, refused, succeed_runs,
+};
 use crate::{Result, Store, StoreError};
 
 /// Claims served by one transaction at most, so that a burst does not hold the writer
@@ -234,7 +236,12 @@ impl Store {
             .map(|(r, _)| r.now)
             .max()
             .unwrap_or_else(crate::now_ms);
-        let mut tx = self.write.begin().await.op("starting claim")?;
+        // On SQLite the BEGIN goes with the first statement: the search, or the results'.
+        let begun = match self.dialect {
+            crate::Dialect::Sqlite => Tx::begin_along(&self.write).await,
+            crate::Dialect::Postgres => Tx::begin(&self.write).await,
+        };
+        let mut tx = begun.op("starting claim")?;
         let sent: Vec<(NodeId, &RunResult)> = requests
             .iter()
             .flat_map(|(r, _)| r.results.iter().map(|res| (r.node_id, res)))

@@ -22,7 +22,7 @@ impl Store {
     /// Cancels a job that has not ended. A live run ends `cancelled` (its node learns at its
     /// next heartbeat and kills the process group) and every job depending on it is blocked.
     pub async fn cancel_job(&self, job_id: JobId, now: Millis) -> Result<Cancelled> {
-        let mut tx = self.write.begin().await.op("starting cancel")?;
+        let mut tx = Tx::begin(&self.write).await.op("starting cancel")?;
         let (name, state) = job_state(&mut tx, job_id).await?;
         if state.is_terminal() {
             return Err(StoreError::Conflict(format!(
@@ -58,7 +58,7 @@ impl Store {
 
     /// Cancels every job of a graph that has not ended.
     pub async fn cancel_graph(&self, graph_id: GraphId, now: Millis) -> Result<Cancelled> {
-        let mut tx = self.write.begin().await.op("starting cancel")?;
+        let mut tx = Tx::begin(&self.write).await.op("starting cancel")?;
         let exists = sqlx::query("SELECT id FROM graphs WHERE id = $1")
             .bind(graph_id.get())
             .fetch_optional(&mut *tx)
@@ -110,7 +110,7 @@ impl Store {
         with_dependents: bool,
         now: Millis,
     ) -> Result<Vec<JobId>> {
-        let mut tx = self.write.begin().await.op("starting retrigger")?;
+        let mut tx = Tx::begin(&self.write).await.op("starting retrigger")?;
         let (name, state) = job_state(&mut tx, job_id).await?;
         if !state.is_terminal() {
             return Err(StoreError::Conflict(format!(

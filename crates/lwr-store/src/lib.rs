@@ -27,6 +27,7 @@ mod retention;
 mod rows;
 pub mod scratch;
 mod tokens;
+mod tx;
 mod views;
 
 use std::str::FromStr;
@@ -347,7 +348,7 @@ mod tests {
         let store = Store::open(&url).await.unwrap();
         // `OR ROLLBACK` ends the transaction as a COMMIT refused for a full disk does,
         // without filling a disk.
-        let mut tx = store.write.begin().await.unwrap();
+        let mut tx = crate::tx::Tx::begin(&store.write).await.unwrap();
         sqlx::query(
             "INSERT OR ROLLBACK INTO settings (name, value) VALUES ('probe', 'a'), ('probe', 'b')",
         )

@@ -8,6 +8,7 @@ use sqlx::Row;
 
 use crate::error::Op;
 use crate::rows::{col, typed};
+use crate::tx::Tx;
 use crate::{Dialect, Result, Store};
 
 /// Advisory lock class of a run's live log (the second key is the run id), so that two
@@ -156,7 +157,9 @@ impl Store {
         max_bytes: u64,
         now: Millis,
     ) -> Result<LiveAppend> {
-        let mut tx = self.write.begin().await.op("starting a live log append")?;
+        let mut tx = Tx::begin(&self.write)
+            .await
+            .op("starting a live log append")?;
         if self.dialect == Dialect::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1, $2)::text AS locked")
                 .bind(PIECE_LOCK_CLASS)
@@ -256,7 +259,9 @@ impl Store {
 
     /// Drops what is held of the run's live log and who wants it: its log is stored.
     pub async fn live_drop(&self, run_id: RunId) -> Result<()> {
-        let mut tx = self.write.begin().await.op("starting a live log drop")?;
+        let mut tx = Tx::begin(&self.write)
+            .await
+            .op("starting a live log drop")?;
         for sql in [
             "DELETE FROM live_log_pieces WHERE run_id = $1",
             "DELETE FROM live_log_wants WHERE run_id = $1",

@@ -3,6 +3,7 @@
 use sqlx::Row;
 
 use crate::error::Op;
+use crate::tx::Tx;
 use crate::{Dialect, Result, Store, StoreError};
 
 /// The schema version this build writes and understands.
@@ -167,7 +168,7 @@ fn steps(dialect: Dialect) -> Vec<Step> {
 pub(crate) async fn run(store: &Store) -> Result<()> {
     let steps = steps(store.dialect);
     let ours = schema_version();
-    let mut tx = store.write.begin().await.op("starting migration")?;
+    let mut tx = Tx::begin(&store.write).await.op("starting migration")?;
     if store.dialect == Dialect::Postgres {
         // Two servers starting on one database must not migrate at the same time: the
         // second waits here until the first commits, then finds the schema current. The

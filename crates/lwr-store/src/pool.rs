@@ -291,7 +291,7 @@ impl Store {
     /// Adds, changes (`key=value`) or removes (`key=`) tags of a node, as an operator's
     /// labels: `lwr nodes label NAME speed=10`. Labels survive the node registering again.
     pub async fn label_node(&self, id: NodeId, labels: &[(String, String)]) -> Result<()> {
-        let mut tx = self.write.begin().await.op("starting label")?;
+        let mut tx = Tx::begin(&self.write).await.op("starting label")?;
         let row = sqlx::query("SELECT id, labels FROM nodes WHERE id = $1")
             .bind(id.get())
             .fetch_optional(&mut *tx)

@@ -203,7 +203,7 @@ impl Store {
         heads: &[(String, String)],
         now: Millis,
     ) -> Result<Vec<PushId>> {
-        let mut tx = self.write.begin().await.op("starting poll record")?;
+        let mut tx = Tx::begin(&self.write).await.op("starting poll record")?;
         let row = sqlx::query("SELECT url FROM repos WHERE id = $1")
             .bind(repo_id)
             .fetch_optional(&mut *tx)
@@ -414,7 +414,7 @@ impl Store {
             },
             "push graph",
         )?;
-        let mut tx = self.write.begin().await.op("starting push graph")?;
+        let mut tx = Tx::begin(&self.write).await.op("starting push graph")?;
         let row = sqlx::query("SELECT graph_id, spec FROM pushes WHERE id = $1")
             .bind(push_id.get())
             .fetch_optional(&mut *tx)
@@ -471,7 +471,7 @@ impl Store {
     /// so is a need that already ended without success (retrigger the need first).
     pub async fn trigger(&self, push_id: PushId, name: &str, now: Millis) -> Result<Vec<JobId>> {
         let name = normalize_name(name);
-        let mut tx = self.write.begin().await.op("starting trigger")?;
+        let mut tx = Tx::begin(&self.write).await.op("starting trigger")?;
         let row = sqlx::query("SELECT graph_id, spec FROM pushes WHERE id = $1")
             .bind(push_id.get())
             .fetch_optional(&mut *tx)

@@ -12,7 +12,7 @@ use lwr_model::pool::{
     DEFAULT_AFFINITY_WAIT_MS, Decision, Memo, NodeState, PoolNode, ReadyJob, decide_with,
 };
 use lwr_model::{DurationMs, GraphId, JobId, JobSpec, Millis, NodeId, PushId, Requirements, RunId};
-use sqlx::{Any, Transaction};
+use sqlx::Any;
 
 use crate::error::Op;
 use crate::nodes::KnownNode;
@@ -72,7 +72,7 @@ impl Effects {
     }
 }
 
-pub(crate) type Tx = Transaction<'static, Any>;
+pub(crate) use crate::tx::Tx;
 
 /// What a claim did: the jobs handed out, the answers to the results sent along, and whom
 /// to wake.
@@ -160,7 +160,7 @@ impl Store {
         self.refresh_pool().await?;
         let quarantine_after = self.pool_config().quarantine_after;
         let clean = !self.pool.erring(node_id);
-        let mut tx = self.write.begin().await.op("starting claim")?;
+        let mut tx = Tx::begin(&self.write).await.op("starting claim")?;
         let reported = report_in(&mut tx, node_id, results, now, quarantine_after, clean).await?;
         let mut effects = reported.effects;
         let (assignments, retry_in_ms, waited) = if reported.quarantined {
@@ -271,6 +271,12 @@ impl Store {
         loop {
             let rows = match first_page.take() {
                 Some(rows) => rows,
+                // A combined claim's transaction on SQLite begins with its search.
+                None if !tx.lead().is_empty() => {
+                    let query = sqlx::query(LED_CLAIM_SELECT).bind(after.get()).bind(page);
+                    let mut each = rows_by_statement(tx, query, "finding ready jobs").await?;
+                    each.pop().unwrap_or_default()
+                }
                 None => sqlx::query(select)
                     .bind(after.get())
                     .bind(page)
@@ -469,7 +475,7 @@ impl Store {
         lease: DurationMs,
         unhealthy: Option<&str>,
     ) -> Result<Vec<RunId>> {
-        let mut tx = self.write.begin().await.op("starting heartbeat")?;
+        let mut tx = Tx::begin(&self.write).await.op("starting heartbeat")?;
         let known = sqlx::query("UPDATE nodes SET last_seen = $1, health = $3 WHERE id = $2")
             .bind(now.get())
             .bind(node_id.get())
@@ -517,7 +523,7 @@ impl Store {
     ) -> Result<(Vec<ResultAck>, Effects)> {
         let quarantine_after = self.pool_config().quarantine_after;
         let clean = !self.pool.erring(node_id);
-        let mut tx = self.write.begin().await.op("starting report")?;
+        let mut tx = Tx::begin(&self.write).await.op("starting report")?;
         let reported = report_in(&mut tx, node_id, results, now, quarantine_after, clean).await?;
         self.notify_in(&mut tx, reported.effects).await?;
         tx.commit().await.op("committing report")?;
@@ -532,7 +538,7 @@ impl Store {
     /// Ends every run whose lease ran out before `now` as `exception` (claim-expired) and
     /// puts its job back in the queue while it has retries left.
     pub async fn expire_leases(&self, now: Millis) -> Result<Effects> {
-        let mut tx = self.write.begin().await.op("starting lease expiry")?;
+        let mut tx = Tx::begin(&self.write).await.op("starting lease expiry")?;
         let quarantine_after = self.pool_config().quarantine_after;
         let expired = sqlx::query(
             "SELECT id, job_id, node_id, started_at FROM runs \
@@ -910,6 +916,27 @@ pub(crate) fn first_page_len(claimers: &[Claimer]) -> i64 {
 /// How soon a claim that passed over rows locked by another claim looks again.
 const SKIPPED_RETRY_MS: DurationMs = DurationMs(25);
 
+// One text for both dialects; PostgreSQL adds the row locks. `LIMIT $2 + 0`, not `LIMIT $2`:
+// SQLite (3.46 and later) plans a bare bound LIMIT as a constant and so prepares the
+// statement again after every new binding; this statement runs on every claim, and its
+// preparation was 8% of the server's time.
+macro_rules! claim_select {
+    ($lead:literal, $lock:literal) => {
+        concat!(
+            $lead,
+            "SELECT j.id, j.graph_id, j.name, j.requirements, j.placement, j.avoid_spot, j.updated_at, ",
+            "(SELECT g.branch FROM graphs g WHERE g.id = j.graph_id) AS branch, ",
+            "(SELECT n.id FROM graphs g JOIN job_affinity a ON a.repository = g.repository ",
+            "AND a.branch = g.branch AND a.name = j.name JOIN nodes n ON n.name = a.node ",
+            "WHERE g.id = j.graph_id) AS affinity ",
+            "FROM jobs j WHERE j.state = 'pending' AND j.unmet = 0 ",
+            "AND j.id > $1 AND j.graph_id NOT IN ",
+            "(SELECT s.id FROM graphs s WHERE s.staging <> 0) ORDER BY j.id LIMIT $2 + 0",
+            $lock
+        )
+    };
+}
+
 /// The claim's search for ready jobs, after job `$1`, at most `$2`: the partial index
 /// `jobs_ready` holds exactly these rows, so the search never reads finished jobs. On
 /// PostgreSQL the rows are locked and rows another claim holds are skipped, so two servers
@@ -921,30 +948,14 @@ const SKIPPED_RETRY_MS: DurationMs = DurationMs(25);
 /// the same name in a graph of the same repository and branch, one row of `job_affinity`
 /// (kept by triggers) read by key, only for the rows read.
 fn claim_select(dialect: Dialect) -> &'static str {
-    // One text for both; PostgreSQL adds the row locks. `LIMIT $2 + 0`, not `LIMIT $2`:
-    // SQLite (3.46 and later) plans a bare bound LIMIT as a constant and so prepares the
-    // statement again after every new binding; this statement runs on every claim, and its
-    // preparation was 8% of the server's time.
-    macro_rules! select {
-        ($lock:literal) => {
-            concat!(
-                "SELECT j.id, j.graph_id, j.name, j.requirements, j.placement, j.avoid_spot, j.updated_at, ",
-                "(SELECT g.branch FROM graphs g WHERE g.id = j.graph_id) AS branch, ",
-                "(SELECT n.id FROM graphs g JOIN job_affinity a ON a.repository = g.repository ",
-                "AND a.branch = g.branch AND a.name = j.name JOIN nodes n ON n.name = a.node ",
-                "WHERE g.id = j.graph_id) AS affinity ",
-                "FROM jobs j WHERE j.state = 'pending' AND j.unmet = 0 ",
-                "AND j.id > $1 AND j.graph_id NOT IN ",
-                "(SELECT s.id FROM graphs s WHERE s.staging <> 0) ORDER BY j.id LIMIT $2 + 0",
-                $lock
-            )
-        };
-    }
     match dialect {
-        Dialect::Sqlite => select!(""),
-        Dialect::Postgres => select!(" FOR UPDATE OF j SKIP LOCKED"),
+        Dialect::Sqlite => claim_select!("", ""),
+        Dialect::Postgres => claim_select!("", " FOR UPDATE OF j SKIP LOCKED"),
     }
 }
+
+/// The claim's search as a SQLite transaction's first statement (see [`Tx::lead`]).
+const LED_CLAIM_SELECT: &str = claim_select!("BEGIN; ", "");
 
 /// One row of the claim's search.
 fn candidate(row: &sqlx::any::AnyRow) -> Result<Candidate> {
@@ -1595,8 +1606,10 @@ pub(crate) async fn succeed_runs(
                 "SELECT j.id FROM runs r JOIN jobs j ON j.id = r.job_id WHERE r.id IN ({runs}) \
                  AND r.state = 'succeeded' AND r.number = j.runs AND j.state = 'running'"
             );
+            // A combined claim's transaction on SQLite begins with these.
+            let lead = tx.lead();
             let all = format!(
-                "{finish}; \
+                "{lead}{finish}; \
                  UPDATE jobs SET unmet = unmet - (SELECT COUNT(*) FROM job_needs jn \
                  WHERE jn.job_id = jobs.id AND jn.need_id IN ({ended})), updated_at = $1 \
                  WHERE state = 'pending' AND id IN \
@@ -1623,6 +1636,10 @@ pub(crate) async fn succeed_runs(
             let mut each = rows_by_statement(tx, query, "finishing runs")
                 .await?
                 .into_iter();
+            if !lead.is_empty() {
+                // BEGIN's (no rows).
+                each.next();
+            }
             for row in each.next().unwrap_or_default() {
                 done.finished.insert(
                     typed(&row, "id")?,

@@ -6,6 +6,7 @@ use lwr_model::{DurationMs, GraphId, Millis, RunId};
 
 use crate::error::Op;
 use crate::rows::typed;
+use crate::tx::Tx;
 use crate::{Result, Store};
 
 /// What a graph must be to go: not marked keep, no job marked keep, every job ended, no
@@ -122,7 +123,7 @@ impl Store {
         if graphs.is_empty() {
             return Ok(Removed::default());
         }
-        let mut tx = self.write.begin().await.op("starting retention")?;
+        let mut tx = Tx::begin(&self.write).await.op("starting retention")?;
         // Checked again under the write: a graph marked keep (which writes its graph row)
         // or retriggered since it was listed stays. On PostgreSQL this also locks the rows.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -144,7 +145,7 @@ impl Store {
         }
         let list = id_list(&ids);
         loop {
-            let mut tx = self.write.begin().await.op("starting retention")?;
+            let mut tx = Tx::begin(&self.write).await.op("starting retention")?;
             let jobs = format!(
                 "SELECT id FROM jobs WHERE graph_id IN ({list}) ORDER BY id \
                  LIMIT {JOBS_PER_TRANSACTION}"
@@ -204,7 +205,7 @@ impl Store {
             out.run_ids.extend(run_ids);
             out.artifact_keys.extend(keys);
         }
-        let mut tx = self.write.begin().await.op("starting retention")?;
+        let mut tx = Tx::begin(&self.write).await.op("starting retention")?;
         out.pushes = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM pushes WHERE graph_id IN ({list})"
         )))
@@ -238,7 +239,7 @@ impl Store {
     /// Marks a job to keep (or not), and so its graph; writes the graph's row too, so that
     /// a removal deciding on the graph at the same time waits for it (or it for the removal).
     pub async fn set_job_keep(&self, job: lwr_model::JobId, keep: bool) -> Result<bool> {
-        let mut tx = self.write.begin().await.op("marking a job to keep")?;
+        let mut tx = Tx::begin(&self.write).await.op("marking a job to keep")?;
         let n = sqlx::query("UPDATE jobs SET keep = $2 WHERE id = $1")
             .bind(job.get())
             .bind(i32::from(keep))
