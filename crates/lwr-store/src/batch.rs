@@ -83,7 +83,7 @@ pub(crate) const JOBS_PER_TRANSACTION: usize = 2_000;
 /// synchronously, which flushes all WAL written before it, these chunks included. A crash
 /// before that loses at most a graph still staging, which the retention pass removes.
 pub(crate) async fn begin_staged(write: &sqlx::AnyPool, dialect: Dialect) -> Result<Tx> {
-    let mut tx = Tx::begin(&write).await.op("staging jobs")?;
+    let mut tx = Tx::begin(write).await.op("staging jobs")?;
     if dialect == Dialect::Postgres {
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
@@ -279,7 +279,7 @@ async fn check_needs_stored(
 /// claim sees a staging graph), so nothing else refers to them.
 pub(crate) async fn discard_staged(write: &sqlx::AnyPool, graph_id: GraphId) -> Result<()> {
     loop {
-        let mut tx = Tx::begin(&write).await.op("discarding a staged graph")?;
+        let mut tx = Tx::begin(write).await.op("discarding a staged graph")?;
         let chunk = format!(
             "SELECT id FROM jobs WHERE graph_id = $1 ORDER BY id LIMIT {JOBS_PER_TRANSACTION}"
         );
