@@ -777,6 +777,21 @@ impl Client {
         self.json(&ep, None::<&()>, REQUEST_TIMEOUT + wait).await
     }
 
+    /// The graph once it is finished, or after `wait` with its state then. A server from
+    /// before 2026-12 answers at its first change instead, as [`Client::graph`] does.
+    pub async fn graph_finished(
+        &self,
+        id: GraphId,
+        after: i64,
+        wait: Duration,
+    ) -> Result<GraphInfo> {
+        let ep = paths::graph(id)
+            .query("after", after)
+            .query("wait_ms", wait.as_millis())
+            .query("finished", true);
+        self.json(&ep, None::<&()>, REQUEST_TIMEOUT + wait).await
+    }
+
     pub async fn jobs(&self, graph: Option<GraphId>) -> Result<JobList> {
         self.get(paths::jobs().query_opt("graph", graph)).await
     }

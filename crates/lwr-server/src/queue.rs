@@ -30,6 +30,10 @@ use crate::metrics::Metrics;
 
 pub use lwr_model::timing::MAX_WAIT;
 
+/// How often a wait for a graph's end reads the graph again at most, however many changes
+/// the server sees meanwhile.
+const FINISHED_RECHECK: Duration = Duration::from_millis(5);
+
 pub struct Queue {
     store: Store,
     lease: Duration,
@@ -184,6 +188,32 @@ impl Queue {
         let mut info = self.store.graph(id).await?;
         info.seq = seq;
         Ok(info)
+    }
+
+    /// A graph's state once it is finished, or after `wait` if it is not by then (the
+    /// state then). `lwr watch` waits with this between its reads of the graph's jobs, so
+    /// the graph's end is heard at once however seldom it reads them. A change anywhere
+    /// reads the graph again, at most every [`FINISHED_RECHECK`].
+    pub async fn graph_finished(
+        &self,
+        id: GraphId,
+        wait: Duration,
+    ) -> Result<GraphInfo, StoreError> {
+        let deadline = Instant::now() + wait.min(MAX_WAIT);
+        let mut rx = self.changes.subscribe();
+        let _parked = Parked::new(&self.waiting);
+        loop {
+            // Marked seen before the read, so a change during it is waited for no longer.
+            let seq = *rx.borrow_and_update();
+            let mut info = self.store.graph(id).await?;
+            info.seq = seq;
+            if info.finished || Instant::now() >= deadline {
+                return Ok(info);
+            }
+            let next = deadline.min(Instant::now() + FINISHED_RECHECK);
+            let _ = timeout_at(deadline, rx.changed()).await;
+            tokio::time::sleep_until(next.min(deadline)).await;
+        }
     }
 
     /// Records the results a node sends along, then claims up to `max` jobs for it, waiting

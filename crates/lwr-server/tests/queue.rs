@@ -175,6 +175,58 @@ async fn a_graph_wait_answers_on_the_next_change() {
 }
 
 #[tokio::test]
+async fn a_wait_for_a_graphs_end_passes_over_other_changes() {
+    let (queue, node, _dir) = queue().await;
+    let queue = std::sync::Arc::new(queue);
+    let info = queue
+        .submit(&graph(&[("a", &[]), ("b", &["a"])]))
+        .await
+        .unwrap();
+    let waiter = {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            queue
+                .graph_finished(info.id, Duration::from_secs(30))
+                .await
+                .unwrap()
+        })
+    };
+    parked(&queue, 1).await;
+    // Each job's claim and success is a change; only the last finishes the graph.
+    for name in ["a", "b"] {
+        let got = queue
+            .claim(node, 1, &[], Duration::ZERO)
+            .await
+            .unwrap()
+            .assignments;
+        assert_eq!(got[0].job_name, name);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "answered before the graph finished");
+        let result = RunResult {
+            node_bad: None,
+            server_fault: false,
+            run_id: got[0].run_id,
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            reason: None,
+        };
+        queue.report(node, &[result]).await.unwrap();
+    }
+    let done = woken(waiter).await;
+    assert!(done.finished);
+    assert_eq!(done.counts.succeeded, 2);
+    assert!(done.seq > info.seq);
+    // An unfinished graph is answered when the wait runs out, as it stands then.
+    let other = queue.submit(&graph(&[("c", &[])])).await.unwrap();
+    let waited = queue
+        .graph_finished(other.id, Duration::from_millis(30))
+        .await
+        .unwrap();
+    assert!(!waited.finished);
+    assert_eq!(waited.counts.pending, 1);
+}
+
+#[tokio::test]
 async fn results_sent_with_a_claim_are_recorded_and_release_dependents() {
     let (queue, node, _dir) = queue().await;
     queue

@@ -28,6 +28,10 @@ pub struct GraphWait {
     /// How long to wait for it, in milliseconds (at most 60000).
     #[serde(default)]
     wait_ms: u64,
+    /// Wait for the graph to finish rather than for any change: the answer comes once it
+    /// is finished, or after `wait_ms` with its state then (`after` is then not needed).
+    #[serde(default)]
+    finished: bool,
 }
 
 #[utoipa::path(
@@ -40,10 +44,12 @@ pub(crate) async fn get_graph(
     ApiPath(id): ApiPath<GraphId>,
     ApiQuery(q): ApiQuery<GraphWait>,
 ) -> ApiResult<Json<GraphInfo>> {
-    let info = state
-        .queue
-        .graph(id, q.after, Duration::from_millis(q.wait_ms))
-        .await?;
+    let wait = Duration::from_millis(q.wait_ms);
+    let info = if q.finished {
+        state.queue.graph_finished(id, wait).await?
+    } else {
+        state.queue.graph(id, q.after, wait).await?
+    };
     Ok(Json(info))
 }
 

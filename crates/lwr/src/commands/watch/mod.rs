@@ -203,8 +203,15 @@ impl Watch<'_> {
                 // A big graph's read costs the server more: read it less often.
                 let gap = MIN_GAP.max(took * 10).min(MAX_GAP);
                 let until = at + gap;
-                if until > Instant::now() {
-                    self.guard(tokio::time::sleep_until(until), &jobs).await?;
+                let now = Instant::now();
+                if until > now {
+                    // Until the next read, only the graph's end is waited for: heard at
+                    // once, not up to a gap late.
+                    let (client, id, seq) = (self.client, self.id, info.seq);
+                    info = self
+                        .ask(|| client.graph_finished(id, seq, until - now), &jobs)
+                        .await?;
+                    continue;
                 }
             }
             let (client, id, seq) = (self.client, self.id, info.seq);
