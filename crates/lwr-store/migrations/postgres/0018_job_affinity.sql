@@ -16,7 +16,6 @@ CREATE TABLE job_affinity (
     node        TEXT NOT NULL,
     PRIMARY KEY (repository, branch, name)
 );
-CREATE INDEX job_affinity_job ON job_affinity (job_id);
 
 -- A hint, not a record: a row another transaction holds is left to it (whichever commits
 -- last of two successes of one name at once may win), so a claim never waits on another.
@@ -46,9 +45,12 @@ CREATE TRIGGER job_affinity_succeeded AFTER UPDATE OF state ON jobs FOR EACH ROW
     WHEN (NEW.state = 'succeeded' AND OLD.state <> 'succeeded' AND NEW.node IS NOT NULL)
     EXECUTE FUNCTION lwr_job_affinity_succeeded();
 
+-- Found by its key: retention removes a graph's jobs before the graph.
 CREATE FUNCTION lwr_job_affinity_job_out() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    DELETE FROM job_affinity WHERE job_id = OLD.id;
+    DELETE FROM job_affinity a USING graphs g
+    WHERE g.id = OLD.graph_id AND a.repository = g.repository AND a.branch = g.branch
+        AND a.name = OLD.name AND a.job_id = OLD.id;
     RETURN NULL;
 END $$;
 CREATE TRIGGER job_affinity_job_out AFTER DELETE ON jobs FOR EACH ROW

@@ -8,6 +8,7 @@
 -- server too) keeps it. The newest job wins, as before: a retriggered older job that
 -- succeeds does not displace a newer one's node. A row goes when its job goes (retention).
 -- Additive: older releases do not read it, and their lookup keeps jobs_succeeded_name.
+-- One B-tree, written once per success: no rowid, no second index.
 CREATE TABLE job_affinity (
     repository  TEXT NOT NULL,
     branch      TEXT NOT NULL,
@@ -15,8 +16,7 @@ CREATE TABLE job_affinity (
     job_id      INTEGER NOT NULL,
     node        TEXT NOT NULL,
     PRIMARY KEY (repository, branch, name)
-);
-CREATE INDEX job_affinity_job ON job_affinity (job_id);
+) WITHOUT ROWID;
 
 -- Only the change to succeeded of a job that has run (its node) in a graph of a branch.
 CREATE TRIGGER job_affinity_succeeded AFTER UPDATE OF state ON jobs
@@ -29,8 +29,11 @@ WHEN NEW.state = 'succeeded' AND OLD.state <> 'succeeded' AND NEW.node IS NOT NU
     WHERE excluded.job_id >= job_affinity.job_id;
 END;
 
+-- Found by its key: retention removes a graph's jobs before the graph.
 CREATE TRIGGER job_affinity_job_out AFTER DELETE ON jobs WHEN OLD.state = 'succeeded' BEGIN
-    DELETE FROM job_affinity WHERE job_id = OLD.id;
+    DELETE FROM job_affinity WHERE name = OLD.name AND job_id = OLD.id
+        AND (repository, branch) IN (SELECT g.repository, g.branch FROM graphs g
+            WHERE g.id = OLD.graph_id);
 END;
 
 -- What is stored already: for each repository, branch and name, its newest success (SQLite
