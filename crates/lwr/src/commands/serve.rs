@@ -290,6 +290,9 @@ async fn start_server(
     Ok((format!("http://{addr}"), store, serve))
 }
 
+/// How long a server waits for the data dir's lock before it says who holds it.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Takes the data dir's lock file (`lock`, holding the owner's pid), or says who holds it:
 /// two servers on one data dir would share its SQLite database, spool and artifacts while
 /// each believes it is alone. The lock goes with the process, so a killed server never
@@ -304,7 +307,17 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
         .truncate(false)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    match file.try_lock() {
+    // A server killed a moment ago may hold the lock until the kernel has torn it down
+    // (its threads first): a supervisor's restart right after a kill waits for that.
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    let mut taken = file.try_lock();
+    while matches!(taken, Err(std::fs::TryLockError::WouldBlock))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        taken = file.try_lock();
+    }
+    match taken {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut pid = String::new();
