@@ -225,6 +225,37 @@ pub enum Violation {
         start: Option<i64>,
         end: Option<i64>,
     },
+    /// **A row of affinity (`job_affinity`) names a stored job of its repository, branch and
+    /// name, and while that job is succeeded, the node that ran it** (the triggers on `jobs`
+    /// write it when a job succeeds and remove it with the job).
+    #[error("affinity of {name} on {repository} {branch} names job {job}, {why}")]
+    AffinityRow {
+        repository: String,
+        branch: String,
+        name: String,
+        job: JobId,
+        why: String,
+    },
+    /// **Every succeeded job of a repository's branch is its name's affinity there, or a
+    /// newer job is.**
+    #[error("job {job} ({name}) succeeded on {repository} {branch}, but affinity names {named:?}")]
+    AffinityBehind {
+        repository: String,
+        branch: String,
+        name: String,
+        job: JobId,
+        named: Option<JobId>,
+    },
+}
+
+/// One row of `job_affinity`.
+#[derive(Debug, Clone)]
+pub(crate) struct AffinityRow {
+    pub repository: String,
+    pub branch: String,
+    pub name: String,
+    pub job: JobId,
+    pub node: String,
 }
 
 /// One job row, as far as the invariants look.
@@ -288,6 +319,9 @@ pub(crate) struct Snapshot {
     pub graphs: Vec<GraphRow>,
     /// Graphs that have a row of kept counts but no row of their own.
     pub orphan_counts: Vec<GraphId>,
+    /// The repository and branch of each graph that has both.
+    pub branches: BTreeMap<i64, (String, String)>,
+    pub affinity: Vec<AffinityRow>,
 }
 
 impl Store {
@@ -335,7 +369,16 @@ impl Store {
                 CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
                 CAST(NULL AS BIGINT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), \
                 CAST(NULL AS TEXT), CAST(NULL AS TEXT) FROM graph_count_deltas c \
-                WHERE NOT EXISTS (SELECT 1 FROM graphs g WHERE g.id = c.graph_id)",
+                WHERE NOT EXISTS (SELECT 1 FROM graphs g WHERE g.id = c.graph_id) \
+            UNION ALL SELECT 'branch', g.id, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
+                CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
+                CAST(NULL AS BIGINT), g.repository, g.branch, CAST(NULL AS TEXT), \
+                CAST(NULL AS TEXT) FROM graphs g \
+                WHERE g.repository IS NOT NULL AND g.branch IS NOT NULL \
+            UNION ALL SELECT 'affinity', a.job_id, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
+                CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
+                CAST(NULL AS BIGINT), a.repository, a.branch, a.name, a.node \
+                FROM job_affinity a",
             crate::graphs::KEPT
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(snapshot))
@@ -354,6 +397,18 @@ impl Store {
                     .push((JobId(col(row, "a")?), JobId(col(row, "b")?))),
                 "graph" => snapshot.graphs.push(graph_row(row)?),
                 "orphan" => snapshot.orphan_counts.push(GraphId(col(row, "a")?)),
+                "branch" => {
+                    snapshot
+                        .branches
+                        .insert(col(row, "a")?, (col(row, "s1")?, col(row, "s2")?));
+                }
+                "affinity" => snapshot.affinity.push(AffinityRow {
+                    job: JobId(col(row, "a")?),
+                    repository: col(row, "s1")?,
+                    branch: col(row, "s2")?,
+                    name: col(row, "s3")?,
+                    node: col(row, "s4")?,
+                }),
                 _ => snapshot.runs.push(run_row(row)?),
             }
         }
@@ -497,6 +552,7 @@ pub(crate) fn violations(s: &Snapshot) -> Vec<Violation> {
         check_run(run, &mut found);
     }
     check_graphs(s, &mut found);
+    check_affinity(s, &mut found);
     found
 }
 
@@ -553,6 +609,56 @@ fn check_graphs(s: &Snapshot, found: &mut Vec<Violation>) {
             graph: *graph,
             missing: false,
         });
+    }
+}
+
+/// The rows of affinity against the jobs they name and the jobs that succeeded.
+fn check_affinity(s: &Snapshot, found: &mut Vec<Violation>) {
+    type Key<'a> = (&'a str, &'a str, &'a str);
+    let mut named: BTreeMap<Key, JobId> = BTreeMap::new();
+    for a in &s.affinity {
+        named.insert((&a.repository, &a.branch, &a.name), a.job);
+        let row = |why: String| Violation::AffinityRow {
+            repository: a.repository.clone(),
+            branch: a.branch.clone(),
+            name: a.name.clone(),
+            job: a.job,
+            why,
+        };
+        let Some(job) = s.jobs.get(&a.job) else {
+            found.push(row("which is not stored".into()));
+            continue;
+        };
+        let origin = s
+            .branches
+            .get(&job.graph)
+            .map(|(r, b)| (r.as_str(), b.as_str()));
+        if job.name != a.name || origin != Some((a.repository.as_str(), a.branch.as_str())) {
+            found.push(row(format!("which is {} of graph {}", job.name, job.graph)));
+        } else if job.state == JobState::Succeeded && job.node.as_deref() != Some(&a.node) {
+            found.push(row(format!(
+                "which succeeded on {:?}, not on {}",
+                job.node, a.node
+            )));
+        }
+    }
+    for job in s.jobs.values() {
+        let Some((repository, branch)) = s.branches.get(&job.graph) else {
+            continue;
+        };
+        if job.state != JobState::Succeeded || job.node.is_none() {
+            continue;
+        }
+        let current = named.get(&(repository.as_str(), branch.as_str(), job.name.as_str()));
+        if current.is_none_or(|id| *id < job.id) {
+            found.push(Violation::AffinityBehind {
+                repository: repository.clone(),
+                branch: branch.clone(),
+                name: job.name.clone(),
+                job: job.id,
+                named: current.copied(),
+            });
+        }
     }
 }
 
@@ -913,6 +1019,55 @@ mod tests {
                 need_state: JobState::Failed,
             }]
         );
+    }
+
+    #[test]
+    fn affinity_names_the_newest_success_of_its_key() {
+        let mut ok = job(1, "build", JobState::Succeeded, 0, 1);
+        ok.node = Some("n1".into());
+        let mut newer = job(2, "build", JobState::Succeeded, 0, 1);
+        newer.node = Some("n2".into());
+        let runs = vec![
+            run(1, 1, 1, RunState::Succeeded),
+            run(2, 2, 1, RunState::Succeeded),
+        ];
+        let mut s = snapshot(vec![ok, newer], &[], runs);
+        s.branches.insert(1, ("r".into(), "main".into()));
+        let row = |job: i64, node: &str| AffinityRow {
+            repository: "r".into(),
+            branch: "main".into(),
+            name: "build".into(),
+            job: JobId(job),
+            node: node.into(),
+        };
+        s.affinity = vec![row(2, "n2")];
+        assert_eq!(violations(&s), []);
+        // Behind the newest success, on another node than the job's, a job not stored.
+        s.affinity = vec![row(1, "n1")];
+        assert!(matches!(
+            violations(&s)[..],
+            [Violation::AffinityBehind {
+                job: JobId(2),
+                named: Some(JobId(1)),
+                ..
+            }]
+        ));
+        s.affinity = vec![row(2, "n1")];
+        assert!(matches!(
+            violations(&s)[..],
+            [Violation::AffinityRow { .. }]
+        ));
+        s.affinity = vec![
+            row(2, "n2"),
+            AffinityRow {
+                name: "test".into(),
+                ..row(9, "n1")
+            },
+        ];
+        assert!(matches!(
+            violations(&s)[..],
+            [Violation::AffinityRow { job: JobId(9), .. }]
+        ));
     }
 
     #[test]
