@@ -112,6 +112,7 @@ async fn only_ready_jobs_are_claimed_and_success_releases_dependents(f: Fixture)
         (false, 1),
         "b released, counted: one waiting claim is woken for it"
     );
+    let a_run = got[0].run_id;
     let got = f
         .store
         .claim(n, 10, &[], Millis(4), LEASE)
@@ -123,17 +124,33 @@ async fn only_ready_jobs_are_claimed_and_success_releases_dependents(f: Fixture)
         ["b"],
         "c still needs b"
     );
-    f.store
-        .report(n, &[result(got[0].run_id, Outcome::Succeeded)], Millis(5))
-        .await
-        .unwrap();
+    let manifest = |run: RunId| format!("/v1/runs/{run}/manifest");
+    assert_eq!(
+        got[0].manifests,
+        BTreeMap::from([("a".to_string(), manifest(a_run))])
+    );
+    // c's result rides on the claim that takes c, with its two needs' manifests.
+    let b_run = got[0].run_id;
     let got = f
         .store
-        .claim(n, 10, &[], Millis(6), LEASE)
+        .claim(
+            n,
+            10,
+            &[result(b_run, Outcome::Succeeded)],
+            Millis(6),
+            LEASE,
+        )
         .await
         .unwrap()
         .assignments;
     assert_eq!(got[0].job_name, "c");
+    assert_eq!(
+        got[0].manifests,
+        BTreeMap::from([
+            ("a".to_string(), manifest(a_run)),
+            ("b".to_string(), manifest(b_run)),
+        ])
+    );
 }
 
 /// The server wakes one waiting claim per job a success released, less those the claim
