@@ -212,7 +212,7 @@ impl Queue {
             }
             let next = deadline.min(Instant::now() + FINISHED_RECHECK);
             let _ = timeout_at(deadline, rx.changed()).await;
-            tokio::time::sleep_until(next.min(deadline)).await;
+            tokio::time::sleep_until(next).await;
         }
     }
 

@@ -271,18 +271,7 @@ impl Store {
         loop {
             let rows = match first_page.take() {
                 Some(rows) => rows,
-                // A combined claim's transaction on SQLite begins with its search.
-                None if !tx.lead().is_empty() => {
-                    let query = sqlx::query(LED_CLAIM_SELECT).bind(after.get()).bind(page);
-                    let mut each = rows_by_statement(tx, query, "finding ready jobs").await?;
-                    each.pop().unwrap_or_default()
-                }
-                None => sqlx::query(select)
-                    .bind(after.get())
-                    .bind(page)
-                    .fetch_all(&mut **tx)
-                    .await
-                    .op("finding ready jobs")?,
+                None => search_page(tx, select, after, page).await?,
             };
             let page_len = rows.len();
             seen += page_len;
@@ -956,6 +945,27 @@ fn claim_select(dialect: Dialect) -> &'static str {
 
 /// The claim's search as a SQLite transaction's first statement (see [`Tx::lead`]).
 const LED_CLAIM_SELECT: &str = claim_select!("BEGIN; ", "");
+
+/// One page of the claim's search (`select`, after job `after`, at most `page` rows). A
+/// combined claim's transaction on SQLite begins with it (see [`Tx::lead`]).
+async fn search_page(
+    tx: &mut Tx,
+    select: &'static str,
+    after: JobId,
+    page: i64,
+) -> Result<Vec<sqlx::any::AnyRow>> {
+    if tx.lead().is_empty() {
+        return sqlx::query(select)
+            .bind(after.get())
+            .bind(page)
+            .fetch_all(&mut **tx)
+            .await
+            .op("finding ready jobs");
+    }
+    let query = sqlx::query(LED_CLAIM_SELECT).bind(after.get()).bind(page);
+    let mut each = rows_by_statement(tx, query, "finding ready jobs").await?;
+    Ok(each.pop().unwrap_or_default())
+}
 
 /// One row of the claim's search.
 fn candidate(row: &sqlx::any::AnyRow) -> Result<Candidate> {
