@@ -237,10 +237,12 @@ impl Store {
             .max()
             .unwrap_or_else(crate::now_ms);
         // On SQLite the BEGIN goes with the first statement: the search, or the results'.
+        let waiting = self.turns.claim();
         let begun = match self.dialect {
             crate::Dialect::Sqlite => Tx::begin_along(&self.write).await,
             crate::Dialect::Postgres => Tx::begin(&self.write).await,
         };
+        drop(waiting);
         let mut tx = begun.op("starting claim")?;
         let sent: Vec<(NodeId, &RunResult)> = requests
             .iter()

@@ -129,6 +129,11 @@ impl Store {
     /// jobs join the push's graph (see [`Store::submit_push_graph`]).
     pub async fn submit_graph(&self, sub: &SubmitGraph, now: Millis) -> Result<GraphId> {
         sub.graph.validate()?;
+        // On SQLite's one writer, after any claim waiting for it (see `WriterTurns`).
+        let _turn = match self.dialect {
+            Dialect::Sqlite => self.turns.submission().await,
+            Dialect::Postgres => None,
+        };
         if let Some(push) = sub.push {
             return self.submit_push_graph(push, sub, now).await;
         }

@@ -112,6 +112,8 @@ pub struct Store {
     origins: queue::OriginCache,
     /// Serves claims that arrive together in one transaction.
     combiner: combine::Combiner,
+    /// A claim before a submission for SQLite's writer.
+    turns: Arc<tx::WriterTurns>,
     /// Names this store in notifications, so a server skips its own.
     instance: Arc<str>,
     /// For listening to other servers (PostgreSQL only).
@@ -221,6 +223,7 @@ impl Store {
             pool: Default::default(),
             origins: Default::default(),
             combiner: Default::default(),
+            turns: Arc::new(tx::WriterTurns::new()),
             instance: uuid::Uuid::new_v4().simple().to_string().into(),
             postgres_url: (dialect == Dialect::Postgres).then(|| url.to_string()),
             job_key: Default::default(),

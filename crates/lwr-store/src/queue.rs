@@ -160,7 +160,10 @@ impl Store {
         self.refresh_pool().await?;
         let quarantine_after = self.pool_config().quarantine_after;
         let clean = !self.pool.erring(node_id);
-        let mut tx = Tx::begin(&self.write).await.op("starting claim")?;
+        let waiting = self.turns.claim();
+        let begun = Tx::begin(&self.write).await;
+        drop(waiting);
+        let mut tx = begun.op("starting claim")?;
         let reported = report_in(&mut tx, node_id, results, now, quarantine_after, clean).await?;
         let mut effects = reported.effects;
         let (assignments, retry_in_ms, waited) = if reported.quarantined {
