@@ -237,7 +237,9 @@ pub enum Violation {
         why: String,
     },
     /// **Every succeeded job of a repository's branch is its name's affinity there, or a
-    /// newer job is.**
+    /// newer job is.** (On PostgreSQL the trigger never waits for a row another transaction
+    /// holds, so two successes of one name committed at the same moment may leave the older
+    /// one's: a hint may lag there, never point elsewhere.)
     #[error("job {job} ({name}) succeeded on {repository} {branch}, but affinity names {named:?}")]
     AffinityBehind {
         repository: String,
