@@ -28,7 +28,7 @@ enum Stage {
     /// `BEGIN` was sent (or handed to a statement that may not have run: a rollback that
     /// finds no transaction is then only a connection closed).
     Open,
-    /// Committed, or ended by the database itself; nothing to roll back.
+    /// Committed (or never begun and dropped); nothing to roll back.
     Over,
 }
 
