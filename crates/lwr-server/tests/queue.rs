@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use lwr_model::api::{Outcome, RegisterNode, RunResult, SubmitGraph};
-use lwr_model::{Graph, JobSpec, JobState, NodeId, NodeProperties, Requirements};
+use lwr_model::{Graph, JobSpec, JobState, NodeId, NodeProperties, Requirements, RunId};
 use lwr_server::Queue;
 use lwr_store::Store;
 
@@ -44,6 +44,18 @@ async fn woken<T>(waiter: tokio::task::JoinHandle<T>) -> T {
         .await
         .expect("the waiter was not woken (it would have waited 30 s)")
         .unwrap()
+}
+
+/// A run's result: it succeeded.
+fn succeeded(run_id: RunId) -> RunResult {
+    RunResult {
+        node_bad: None,
+        server_fault: false,
+        run_id,
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+    }
 }
 
 fn graph(names: &[(&str, &[&str])]) -> SubmitGraph {
@@ -108,14 +120,7 @@ async fn a_waiting_claim_wakes_when_a_job_becomes_ready() {
         })
     };
     parked(&queue, 1).await;
-    let result = RunResult {
-        node_bad: None,
-        server_fault: false,
-        run_id: got[0].run_id,
-        outcome: Outcome::Succeeded,
-        exit_code: Some(0),
-        reason: None,
-    };
+    let result = succeeded(got[0].run_id);
     queue.report(node, &[result]).await.unwrap();
     let got = woken(waiting).await;
     assert_eq!(got[0].job_name, "b");
@@ -157,14 +162,7 @@ async fn a_graph_wait_answers_on_the_next_change() {
     let running = woken(waiter).await;
     assert!(running.seq > info.seq);
     assert_eq!(running.counts.running, 1);
-    let result = RunResult {
-        node_bad: None,
-        server_fault: false,
-        run_id: got[0].run_id,
-        outcome: Outcome::Succeeded,
-        exit_code: Some(0),
-        reason: None,
-    };
+    let result = succeeded(got[0].run_id);
     queue.report(node, &[result]).await.unwrap();
     let done = queue
         .graph(info.id, Some(running.seq), Duration::from_secs(30))
@@ -182,7 +180,7 @@ async fn a_wait_for_a_graphs_end_passes_over_other_changes() {
         .submit(&graph(&[("a", &[]), ("b", &["a"])]))
         .await
         .unwrap();
-    let waiter = {
+    let mut waiter = {
         let queue = queue.clone();
         tokio::spawn(async move {
             queue
@@ -200,16 +198,13 @@ async fn a_wait_for_a_graphs_end_passes_over_other_changes() {
             .unwrap()
             .assignments;
         assert_eq!(got[0].job_name, name);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiter.is_finished(), "answered before the graph finished");
-        let result = RunResult {
-            node_bad: None,
-            server_fault: false,
-            run_id: got[0].run_id,
-            outcome: Outcome::Succeeded,
-            exit_code: Some(0),
-            reason: None,
-        };
+        // The change is read again within 5 ms; no answer comes of it.
+        let early = tokio::time::timeout(Duration::from_millis(50), &mut waiter).await;
+        assert!(
+            early.is_err(),
+            "answered before the graph finished: {early:?}"
+        );
+        let result = succeeded(got[0].run_id);
         queue.report(node, &[result]).await.unwrap();
     }
     let done = woken(waiter).await;
@@ -238,14 +233,7 @@ async fn results_sent_with_a_claim_are_recorded_and_release_dependents() {
         .await
         .unwrap()
         .assignments;
-    let done = RunResult {
-        node_bad: None,
-        server_fault: false,
-        run_id: a[0].run_id,
-        outcome: Outcome::Succeeded,
-        exit_code: Some(0),
-        reason: None,
-    };
+    let done = succeeded(a[0].run_id);
     let claimed = queue
         .claim(node, 1, &[done], Duration::from_secs(30))
         .await
@@ -328,14 +316,7 @@ async fn two_servers_wake_each_other(url: String) {
                 .unwrap()
         })
     };
-    let result = RunResult {
-        node_bad: None,
-        server_fault: false,
-        run_id: got[0].run_id,
-        outcome: Outcome::Succeeded,
-        exit_code: Some(0),
-        reason: None,
-    };
+    let result = succeeded(got[0].run_id);
     parked(&one, 1).await;
     two.report(node, &[result]).await.unwrap();
     let seen = woken(watcher).await;

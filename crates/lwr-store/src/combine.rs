@@ -26,9 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Op;
 use crate::nodes::KnownNode;
-use crate::queue::{
-    Claimed, Claimer, Effects, Succeeded, Tx, first_page_len, refused, succeed_runs,
-};
+use crate::queue::{Claimed, Claimer, Effects, Succeeded, first_page_len, refused, succeed_runs};
 use crate::{Result, Store, StoreError};
 
 /// Claims served by one transaction at most, so that a burst does not hold the writer
@@ -237,13 +235,7 @@ impl Store {
             .max()
             .unwrap_or_else(crate::now_ms);
         // On SQLite the BEGIN goes with the first statement: the search, or the results'.
-        let waiting = self.turns.claim();
-        let begun = match self.dialect {
-            crate::Dialect::Sqlite => Tx::begin_along(&self.write).await,
-            crate::Dialect::Postgres => Tx::begin(&self.write).await,
-        };
-        drop(waiting);
-        let mut tx = begun.op("starting claim")?;
+        let mut tx = self.begin_claim(true).await.op("starting claim")?;
         let sent: Vec<(NodeId, &RunResult)> = requests
             .iter()
             .flat_map(|(r, _)| r.results.iter().map(|res| (r.node_id, res)))

@@ -89,12 +89,7 @@ pub(crate) async fn insert_graph(tx: &mut Tx, origin: Origin<'_>, now: Millis) -
         Base::None => query = query.bind(None::<String>),
         Base::Given(base) => query = query.bind(Some(base.to_string())),
     }
-    if lead.is_empty() {
-        return typed(
-            &query.fetch_one(&mut **tx).await.op("inserting graph")?,
-            "id",
-        );
-    }
+    // The insert's rows are the last statement's, with or without the BEGIN.
     let mut each = crate::queue::rows_by_statement(tx, query, "inserting graph").await?;
     let row = each.pop().and_then(|rows| rows.into_iter().next());
     typed(

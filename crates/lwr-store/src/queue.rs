@@ -160,10 +160,7 @@ impl Store {
         self.refresh_pool().await?;
         let quarantine_after = self.pool_config().quarantine_after;
         let clean = !self.pool.erring(node_id);
-        let waiting = self.turns.claim();
-        let begun = Tx::begin(&self.write).await;
-        drop(waiting);
-        let mut tx = begun.op("starting claim")?;
+        let mut tx = self.begin_claim(false).await.op("starting claim")?;
         let reported = report_in(&mut tx, node_id, results, now, quarantine_after, clean).await?;
         let mut effects = reported.effects;
         let (assignments, retry_in_ms, waited) = if reported.quarantined {
@@ -247,6 +244,17 @@ impl Store {
     ///
     /// `first_page`: the search's first page when it was read already (with the results,
     /// see [`succeed_runs`]), for [`first_page`] rows.
+    /// A claim's transaction on the writer, which a waiting claim gets before a graph's
+    /// submission (see `WriterTurns`). With `along` (SQLite) its BEGIN goes with its first
+    /// statement.
+    pub(crate) async fn begin_claim(&self, along: bool) -> sqlx::Result<Tx> {
+        let _waiting = self.turns.claim();
+        match self.dialect {
+            Dialect::Sqlite if along => Tx::begin_along(&self.write).await,
+            _ => Tx::begin(&self.write).await,
+        }
+    }
+
     pub(crate) async fn take_for(
         &self,
         tx: &mut Tx,
@@ -957,15 +965,13 @@ async fn search_page(
     after: JobId,
     page: i64,
 ) -> Result<Vec<sqlx::any::AnyRow>> {
-    if tx.lead().is_empty() {
-        return sqlx::query(select)
-            .bind(after.get())
-            .bind(page)
-            .fetch_all(&mut **tx)
-            .await
-            .op("finding ready jobs");
-    }
-    let query = sqlx::query(LED_CLAIM_SELECT).bind(after.get()).bind(page);
+    let text = if tx.lead().is_empty() {
+        select
+    } else {
+        LED_CLAIM_SELECT
+    };
+    let query = sqlx::query(text).bind(after.get()).bind(page);
+    // The search's rows are the last statement's, with or without the BEGIN.
     let mut each = rows_by_statement(tx, query, "finding ready jobs").await?;
     Ok(each.pop().unwrap_or_default())
 }
