@@ -7,7 +7,7 @@ use crate::tx::Tx;
 use crate::{Dialect, Result, Store, StoreError};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 18;
+pub const SCHEMA_VERSION: i64 = 19;
 
 /// The oldest schema this build migrates from: every migration since the first is embedded,
 /// so any older database is brought up to `SCHEMA_VERSION` on open.
@@ -93,6 +93,10 @@ const SQLITE: &[(i64, &str)] = &[
         18,
         include_str!("../migrations/sqlite/0018_job_affinity.sql"),
     ),
+    (
+        19,
+        include_str!("../migrations/sqlite/0019_linear_counts.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -139,6 +143,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         18,
         include_str!("../migrations/postgres/0018_job_affinity.sql"),
+    ),
+    (
+        19,
+        include_str!("../migrations/postgres/0019_linear_counts.sql"),
     ),
 ];
 

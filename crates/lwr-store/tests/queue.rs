@@ -153,6 +153,75 @@ async fn only_ready_jobs_are_claimed_and_success_releases_dependents(f: Fixture)
     );
 }
 
+/// A claim that takes several jobs gets each its own needs' manifests (read for all of them
+/// at once), whether the claim is alone or combined with another node's.
+async fn every_job_a_claim_takes_gets_its_own_needs_manifests(f: Fixture) {
+    f.store
+        .submit_graph(
+            &graph(vec![
+                job("a", &[]),
+                job("b", &[]),
+                job("c", &["a"]),
+                job("d", &["a", "b"]),
+                job("e", &["b"]),
+                job("f", &[]),
+                job("g", &["c", "d"]),
+                job("h", &["f"]),
+            ]),
+            Millis(0),
+        )
+        .await
+        .unwrap();
+    let n1 = node(&f.store, "n1", &[]).await;
+    let n2 = node(&f.store, "n2", &[]).await;
+    let manifest = |run: RunId| format!("/v1/runs/{run}/manifest");
+    let by_name = |got: &[lwr_model::api::Assignment]| {
+        got.iter()
+            .map(|a| (a.job_name.clone(), (a.run_id, a.manifests.clone())))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let roots = f.store.claim(n1, 2, &[], Millis(1), LEASE).await.unwrap();
+    let roots = by_name(&roots.assignments);
+    let (a, b) = (roots["a"].0, roots["b"].0);
+    let done = [result(a, Outcome::Succeeded), result(b, Outcome::Succeeded)];
+    let got = f.store.claim(n1, 3, &done, Millis(2), LEASE).await.unwrap();
+    let got = by_name(&got.assignments);
+    let names: Vec<&str> = got.keys().map(String::as_str).collect();
+    assert_eq!(names, ["c", "d", "e"]);
+    assert_eq!(got["c"].1, BTreeMap::from([("a".into(), manifest(a))]));
+    assert_eq!(
+        got["d"].1,
+        BTreeMap::from([("a".into(), manifest(a)), ("b".into(), manifest(b))])
+    );
+    assert_eq!(got["e"].1, BTreeMap::from([("b".into(), manifest(b))]));
+    let other = f.store.claim(n2, 1, &[], Millis(2), LEASE).await.unwrap();
+    let other = by_name(&other.assignments);
+    assert!(
+        other["f"].1.is_empty(),
+        "a job without needs has no manifests"
+    );
+
+    // Both nodes' claims at once, each carrying the results that release one job.
+    let (c, d, f_run) = (got["c"].0, got["d"].0, other["f"].0);
+    let mine = [result(c, Outcome::Succeeded), result(d, Outcome::Succeeded)];
+    let theirs = [result(f_run, Outcome::Succeeded)];
+    let (one, two) = tokio::join!(
+        f.store.claim(n1, 4, &mine, Millis(3), LEASE),
+        f.store.claim(n2, 4, &theirs, Millis(3), LEASE),
+    );
+    let (one, two) = (one.unwrap(), two.unwrap());
+    assert!(one.acks.iter().chain(&two.acks).all(|a| a.recorded));
+    let mut both = by_name(&one.assignments);
+    both.extend(by_name(&two.assignments));
+    let names: Vec<&str> = both.keys().map(String::as_str).collect();
+    assert_eq!(names, ["g", "h"]);
+    assert_eq!(
+        both["g"].1,
+        BTreeMap::from([("c".into(), manifest(c)), ("d".into(), manifest(d))])
+    );
+    assert_eq!(both["h"].1, BTreeMap::from([("f".into(), manifest(f_run))]));
+}
+
 /// The server wakes one waiting claim per job a success released, less those the claim
 /// carrying the success took itself: so a claim's effects count exactly those.
 async fn a_claim_counts_the_jobs_it_released_and_did_not_take(f: Fixture) {
@@ -1639,6 +1708,7 @@ on_both_backends!(
     tokens_are_revoked_by_label_prefix_as_plain_text,
     only_infrastructure_errors_in_a_row_quarantine_a_node,
     only_ready_jobs_are_claimed_and_success_releases_dependents,
+    every_job_a_claim_takes_gets_its_own_needs_manifests,
     a_claim_counts_the_jobs_it_released_and_did_not_take,
     concurrent_claims_never_hand_a_job_twice,
     claims_arriving_together_are_each_answered_as_if_alone,

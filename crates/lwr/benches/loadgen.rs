@@ -12,7 +12,10 @@
 //! ```text
 //! cargo bench -p lwr --bench loadgen -- [--nodes 8] [--slots 4] [--jobs 20000]
 //!     [--rate 10000] [--batch 100] [--seconds 5] [--db postgres://...] [--servers 2]
+//!     [--shape independent|fan-out]
 //! ```
+//! `--shape fan-out` makes every graph a build and its tests: every job but the first needs
+//! the first, so each job handed out carries its need's manifest.
 //! `LWR_BENCH_BIN` runs another build's `lwr server` (to compare two builds under the same
 //! load). `--db` (or `LWR_BENCH_DB`) runs on PostgreSQL (give it an empty database); `--servers 2`
 //! runs two servers on it, the nodes spread over them.
@@ -37,6 +40,8 @@ struct Args {
     seconds: u64,
     db: Option<String>,
     servers: usize,
+    /// Every job but the first of a graph needs the first.
+    fan_out: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -49,6 +54,7 @@ fn args() -> Result<Args, String> {
         seconds: 5,
         db: std::env::var("LWR_BENCH_DB").ok().filter(|s| !s.is_empty()),
         servers: 1,
+        fan_out: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,6 +73,13 @@ fn args() -> Result<Args, String> {
             "--seconds" => a.seconds = num(&value)?,
             "--db" => a.db = Some(value),
             "--servers" => a.servers = num(&value)? as usize,
+            "--shape" => {
+                a.fan_out = match value.as_str() {
+                    "independent" => false,
+                    "fan-out" => true,
+                    _ => return Err(format!("--shape {value}: independent or fan-out")),
+                }
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -150,10 +163,13 @@ async fn wait_ready(client: &Client) -> Result<(), String> {
     }
 }
 
-fn graph(prefix: &str, jobs: usize) -> Result<SubmitGraph, String> {
+fn graph(prefix: &str, jobs: usize, fan_out: bool) -> Result<SubmitGraph, String> {
     let mut yml = String::from("version: 1\ncheckout: false\njobs:\n");
     for i in 0..jobs {
         yml.push_str(&format!("  {prefix}{i}:\n    run: \"true\"\n"));
+        if fan_out && i > 0 {
+            yml.push_str(&format!("    needs: [{prefix}0]\n"));
+        }
     }
     let graph = lwr_model::graph::parse(&yml, "loadgen.yml").map_err(|e| e.to_string())?;
     Ok(SubmitGraph {
@@ -286,7 +302,7 @@ async fn run(a: Args) -> Result<(), String> {
     }
 
     // Phase 1: throughput.
-    let big = graph("t", a.jobs)?;
+    let big = graph("t", a.jobs, a.fan_out)?;
     let cpu0: f64 = servers.iter().filter_map(Server::cpu_secs).sum();
     let start = Instant::now();
     clients[0]
@@ -319,7 +335,7 @@ async fn run(a: Args) -> Result<(), String> {
     let graphs_per_sec = (a.rate as f64 / a.batch as f64).max(0.1);
     let interval = Duration::from_secs_f64(1.0 / graphs_per_sec);
     let count = (graphs_per_sec * a.seconds as f64).ceil() as usize;
-    let template = graph("l", a.batch)?;
+    let template = graph("l", a.batch, a.fan_out)?;
     let submits: Arc<Mutex<Vec<(GraphId, Instant)>>> = Arc::default();
     let cpu0: f64 = servers.iter().filter_map(Server::cpu_secs).sum();
     let start = Instant::now();
