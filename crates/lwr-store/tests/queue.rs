@@ -201,13 +201,16 @@ async fn every_job_a_claim_takes_gets_its_own_needs_manifests(f: Fixture) {
         "a job without needs has no manifests"
     );
 
-    // Both nodes' claims at once, each carrying the results that release one job.
+    // Both nodes' claims at once, each carrying the results that release one job, through
+    // a store that has not seen the graph: its take reads the graph's origin and the needs'
+    // manifests together (one text on SQLite, each statement's rows apart).
+    let fresh = Store::open(&f.url).await.unwrap();
     let (c, d, f_run) = (got["c"].0, got["d"].0, other["f"].0);
     let mine = [result(c, Outcome::Succeeded), result(d, Outcome::Succeeded)];
     let theirs = [result(f_run, Outcome::Succeeded)];
     let (one, two) = tokio::join!(
-        f.store.claim(n1, 4, &mine, Millis(3), LEASE),
-        f.store.claim(n2, 4, &theirs, Millis(3), LEASE),
+        fresh.claim(n1, 4, &mine, Millis(3), LEASE),
+        fresh.claim(n2, 4, &theirs, Millis(3), LEASE),
     );
     let (one, two) = (one.unwrap(), two.unwrap());
     assert!(one.acks.iter().chain(&two.acks).all(|a| a.recorded));
