@@ -12,10 +12,11 @@
 //! ```text
 //! cargo bench -p lwr --bench loadgen -- [--nodes 8] [--slots 4] [--jobs 20000]
 //!     [--rate 10000] [--batch 100] [--seconds 5] [--db postgres://...] [--servers 2]
-//!     [--shape independent|fan-out]
+//!     [--shape independent|fan-out|fan-in]
 //! ```
 //! `--shape fan-out` makes every graph a build and its tests: every job but the first needs
-//! the first, so each job handed out carries its need's manifest.
+//! the first, so each job handed out carries its need's manifest. `--shape fan-in` makes it
+//! tests and their report: the last job needs every other.
 //! `LWR_BENCH_BIN` runs another build's `lwr server` (to compare two builds under the same
 //! load). `--db` (or `LWR_BENCH_DB`) runs on PostgreSQL (give it an empty database); `--servers 2`
 //! runs two servers on it, the nodes spread over them.
@@ -40,8 +41,8 @@ struct Args {
     seconds: u64,
     db: Option<String>,
     servers: usize,
-    /// Every job but the first of a graph needs the first.
-    fan_out: bool,
+    /// How a graph's jobs need each other.
+    shape: Shape,
 }
 
 fn args() -> Result<Args, String> {
@@ -54,7 +55,7 @@ fn args() -> Result<Args, String> {
         seconds: 5,
         db: std::env::var("LWR_BENCH_DB").ok().filter(|s| !s.is_empty()),
         servers: 1,
-        fan_out: false,
+        shape: Shape::Independent,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -74,10 +75,13 @@ fn args() -> Result<Args, String> {
             "--db" => a.db = Some(value),
             "--servers" => a.servers = num(&value)? as usize,
             "--shape" => {
-                a.fan_out = match value.as_str() {
-                    "independent" => false,
-                    "fan-out" => true,
-                    _ => return Err(format!("--shape {value}: independent or fan-out")),
+                a.shape = match value.as_str() {
+                    "independent" => Shape::Independent,
+                    "fan-out" => Shape::FanOut,
+                    "fan-in" => Shape::FanIn,
+                    _ => {
+                        return Err(format!("--shape {value}: independent, fan-out or fan-in"));
+                    }
                 }
             }
             _ => return Err(format!("unknown flag {flag}")),
@@ -163,12 +167,28 @@ async fn wait_ready(client: &Client) -> Result<(), String> {
     }
 }
 
-fn graph(prefix: &str, jobs: usize, fan_out: bool) -> Result<SubmitGraph, String> {
+/// How a graph's jobs need each other.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// No needs.
+    Independent,
+    /// Every job but the first needs the first (a build and its tests).
+    FanOut,
+    /// The last job needs every other (tests and their report).
+    FanIn,
+}
+
+fn graph(prefix: &str, jobs: usize, shape: Shape) -> Result<SubmitGraph, String> {
     let mut yml = String::from("version: 1\ncheckout: false\njobs:\n");
     for i in 0..jobs {
         yml.push_str(&format!("  {prefix}{i}:\n    run: \"true\"\n"));
-        if fan_out && i > 0 {
-            yml.push_str(&format!("    needs: [{prefix}0]\n"));
+        match shape {
+            Shape::FanOut if i > 0 => yml.push_str(&format!("    needs: [{prefix}0]\n")),
+            Shape::FanIn if i > 0 && i + 1 == jobs => {
+                let all: Vec<String> = (0..i).map(|k| format!("{prefix}{k}")).collect();
+                yml.push_str(&format!("    needs: [{}]\n", all.join(", ")));
+            }
+            _ => {}
         }
     }
     let graph = lwr_model::graph::parse(&yml, "loadgen.yml").map_err(|e| e.to_string())?;
@@ -302,7 +322,7 @@ async fn run(a: Args) -> Result<(), String> {
     }
 
     // Phase 1: throughput.
-    let big = graph("t", a.jobs, a.fan_out)?;
+    let big = graph("t", a.jobs, a.shape)?;
     let cpu0: f64 = servers.iter().filter_map(Server::cpu_secs).sum();
     let start = Instant::now();
     clients[0]
@@ -335,7 +355,7 @@ async fn run(a: Args) -> Result<(), String> {
     let graphs_per_sec = (a.rate as f64 / a.batch as f64).max(0.1);
     let interval = Duration::from_secs_f64(1.0 / graphs_per_sec);
     let count = (graphs_per_sec * a.seconds as f64).ceil() as usize;
-    let template = graph("l", a.batch, a.fan_out)?;
+    let template = graph("l", a.batch, a.shape)?;
     let submits: Arc<Mutex<Vec<(GraphId, Instant)>>> = Arc::default();
     let cpu0: f64 = servers.iter().filter_map(Server::cpu_secs).sum();
     let start = Instant::now();
