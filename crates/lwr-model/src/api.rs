@@ -631,6 +631,20 @@ pub struct RunResult {
     pub server_fault: bool,
 }
 
+impl RunResult {
+    /// The result of `run_id` that exited 0.
+    pub fn succeeded(run_id: RunId) -> RunResult {
+        RunResult {
+            run_id,
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            reason: None,
+            node_bad: None,
+            server_fault: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReportResults {
     pub results: Vec<RunResult>,

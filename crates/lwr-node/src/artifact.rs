@@ -368,17 +368,6 @@ mod tests {
         }
     }
 
-    fn ok(run: RunId) -> RunResult {
-        RunResult {
-            node_bad: None,
-            server_fault: false,
-            run_id: run,
-            outcome: Outcome::Succeeded,
-            exit_code: Some(0),
-            reason: None,
-        }
-    }
-
     #[test]
     fn hashes_stream_through_a_buffer() {
         let tmp = tempfile::tempdir().unwrap();
@@ -408,7 +397,7 @@ mod tests {
             decl("symbols", "dist/*.sym", false),
             decl("notes", "NOTES.txt", true),
         ];
-        let mut result = ok(RunId(5));
+        let mut result = RunResult::succeeded(RunId(5));
         assert!(collect(&work, &job, &decls, Default::default(), &mut result).unwrap());
         assert_eq!(result.outcome, Outcome::Succeeded);
         assert!(!job.join("dist/app-1.2.3.tar.gz").exists(), "moved out");
@@ -426,7 +415,7 @@ mod tests {
         assert_eq!(plan.missing.len(), 1);
         assert!(plan.missing[0].optional);
 
-        let mut result = ok(RunId(6));
+        let mut result = RunResult::succeeded(RunId(6));
         collect(
             &work,
             &job,
@@ -452,7 +441,7 @@ mod tests {
         std::fs::write(tmp.path().join("secret"), "s").unwrap();
         std::os::unix::fs::symlink(tmp.path().join("secret"), job.join("link")).unwrap();
         for path in ["../secret", "/etc/passwd", "link"] {
-            let mut result = ok(RunId(7));
+            let mut result = RunResult::succeeded(RunId(7));
             collect(
                 &work,
                 &job,

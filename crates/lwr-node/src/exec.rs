@@ -114,14 +114,7 @@ async fn wait(
                 let _ = killpg(pgid, Signal::SIGKILL);
             }
             match status.code() {
-                Some(0) => RunResult {
-                    node_bad: None,
-                    server_fault: false,
-                    run_id,
-                    outcome: Outcome::Succeeded,
-                    exit_code: Some(0),
-                    reason: None,
-                },
+                Some(0) => RunResult::succeeded(run_id),
                 Some(code) => RunResult {
                     node_bad: None,
                     server_fault: false,

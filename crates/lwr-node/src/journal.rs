@@ -317,17 +317,6 @@ pub(crate) fn restarted(run_id: RunId) -> RunResult {
 mod tests {
     use super::*;
 
-    fn ok(run: RunId) -> RunResult {
-        RunResult {
-            node_bad: None,
-            server_fault: false,
-            run_id: run,
-            outcome: Outcome::Succeeded,
-            exit_code: Some(0),
-            reason: None,
-        }
-    }
-
     #[test]
     fn a_restart_finds_leftovers_and_unreported_results() {
         let dir = tempfile::tempdir().unwrap();
@@ -338,8 +327,8 @@ mod tests {
             j.started(RunId(1), 100);
             j.started(RunId(2), 200);
             j.started(RunId(3), 300);
-            j.ended(&ok(RunId(1)));
-            j.ended(&ok(RunId(2)));
+            j.ended(&RunResult::succeeded(RunId(1)));
+            j.ended(&RunResult::succeeded(RunId(2)));
             j.reported(&[RunId(2)]);
         }
         // A crash tears the last line.
@@ -361,8 +350,8 @@ mod tests {
         let j = Arc::new(j);
         j.started(RunId(1), 100);
         assert!(j.all_synced(), "a start alone needs no sync");
-        j.ended(&ok(RunId(1)));
-        j.ended(&ok(RunId(2)));
+        j.ended(&RunResult::succeeded(RunId(1)));
+        j.ended(&RunResult::succeeded(RunId(2)));
         assert!(!j.all_synced(), "not synced at once");
         assert!(lock(&j.state).sync_due, "one sync due for both");
         tokio::time::sleep(SYNC_WITHIN).await;
@@ -375,7 +364,7 @@ mod tests {
         assert!(j.all_synced(), "both synced after the delay");
         assert!(!lock(&j.state).sync_due);
         // Written later: a sync of its own.
-        j.ended(&ok(RunId(3)));
+        j.ended(&RunResult::succeeded(RunId(3)));
         assert!(lock(&j.state).sync_due && !j.all_synced());
     }
 
@@ -384,7 +373,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(dir.path()).unwrap();
         let j = Arc::new(j);
-        j.ended(&ok(RunId(1)));
+        j.ended(&RunResult::succeeded(RunId(1)));
         assert!(j.all_synced());
     }
 
@@ -399,11 +388,11 @@ mod tests {
         // never idle, so the file is never simply emptied.
         j.started(RunId(1), 111);
         j.started(RunId(2), 222);
-        j.ended(&ok(RunId(2)));
+        j.ended(&RunResult::succeeded(RunId(2)));
         let mut largest = 0;
         for run in 10..5_000 {
             j.started(RunId(run), 1);
-            j.ended(&ok(RunId(run)));
+            j.ended(&RunResult::succeeded(RunId(run)));
             j.reported(&[RunId(run)]);
             largest = largest.max(std::fs::metadata(&path).unwrap().len());
         }
@@ -424,7 +413,7 @@ mod tests {
         let (j, _) = Journal::open(dir.path()).unwrap();
         let j = Arc::new(j);
         j.started(RunId(1), 100);
-        j.ended(&ok(RunId(1)));
+        j.ended(&RunResult::succeeded(RunId(1)));
         j.reported(&[RunId(1)]);
         assert_eq!(
             std::fs::metadata(dir.path().join("journal.jsonl"))

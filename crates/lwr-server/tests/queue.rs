@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use lwr_model::api::{Outcome, RegisterNode, RunResult, SubmitGraph};
-use lwr_model::{Graph, JobSpec, JobState, NodeId, NodeProperties, Requirements, RunId};
+use lwr_model::api::{RegisterNode, RunResult, SubmitGraph};
+use lwr_model::{Graph, JobSpec, JobState, NodeId, NodeProperties, Requirements};
 use lwr_server::Queue;
 use lwr_store::Store;
 
@@ -44,18 +44,6 @@ async fn woken<T>(waiter: tokio::task::JoinHandle<T>) -> T {
         .await
         .expect("the waiter was not woken (it would have waited 30 s)")
         .unwrap()
-}
-
-/// A run's result: it succeeded.
-fn succeeded(run_id: RunId) -> RunResult {
-    RunResult {
-        node_bad: None,
-        server_fault: false,
-        run_id,
-        outcome: Outcome::Succeeded,
-        exit_code: Some(0),
-        reason: None,
-    }
 }
 
 fn graph(names: &[(&str, &[&str])]) -> SubmitGraph {
@@ -120,7 +108,7 @@ async fn a_waiting_claim_wakes_when_a_job_becomes_ready() {
         })
     };
     parked(&queue, 1).await;
-    let result = succeeded(got[0].run_id);
+    let result = RunResult::succeeded(got[0].run_id);
     queue.report(node, &[result]).await.unwrap();
     let got = woken(waiting).await;
     assert_eq!(got[0].job_name, "b");
@@ -162,7 +150,7 @@ async fn a_graph_wait_answers_on_the_next_change() {
     let running = woken(waiter).await;
     assert!(running.seq > info.seq);
     assert_eq!(running.counts.running, 1);
-    let result = succeeded(got[0].run_id);
+    let result = RunResult::succeeded(got[0].run_id);
     queue.report(node, &[result]).await.unwrap();
     let done = queue
         .graph(info.id, Some(running.seq), Duration::from_secs(30))
@@ -204,7 +192,7 @@ async fn a_wait_for_a_graphs_end_passes_over_other_changes() {
             early.is_err(),
             "answered before the graph finished: {early:?}"
         );
-        let result = succeeded(got[0].run_id);
+        let result = RunResult::succeeded(got[0].run_id);
         queue.report(node, &[result]).await.unwrap();
     }
     let done = woken(waiter).await;
@@ -233,7 +221,7 @@ async fn results_sent_with_a_claim_are_recorded_and_release_dependents() {
         .await
         .unwrap()
         .assignments;
-    let done = succeeded(a[0].run_id);
+    let done = RunResult::succeeded(a[0].run_id);
     let claimed = queue
         .claim(node, 1, &[done], Duration::from_secs(30))
         .await
@@ -316,7 +304,7 @@ async fn two_servers_wake_each_other(url: String) {
                 .unwrap()
         })
     };
-    let result = succeeded(got[0].run_id);
+    let result = RunResult::succeeded(got[0].run_id);
     parked(&one, 1).await;
     two.report(node, &[result]).await.unwrap();
     let seen = woken(watcher).await;

@@ -866,9 +866,9 @@ async fn take_jobs(
     }
     let manifest_rows = match manifest_rows {
         Some(rows) => rows,
-        None if !read.needs => Vec::new(),
         None => {
-            // One statement for every job taken that has needs, not one per job.
+            // One statement for every job taken that has needs, not one per job (the
+            // search does not say which have: see `claim_select!`).
             let with_needs: Vec<i64> = marked
                 .iter()
                 .filter(|(_, (_, _, spec))| !spec.needs.is_empty())

@@ -447,18 +447,7 @@ async fn a_retriggered_need_is_waited_for_again(f: Fixture) {
     let a = got.iter().find(|x| x.job_name == "a").unwrap();
     let slow = got.iter().find(|x| x.job_name == "slow").unwrap().run_id;
     store
-        .report(
-            n,
-            &[RunResult {
-                node_bad: None,
-                server_fault: false,
-                run_id: a.run_id,
-                outcome: Outcome::Succeeded,
-                exit_code: Some(0),
-                reason: None,
-            }],
-            Millis(11),
-        )
+        .report(n, &[RunResult::succeeded(a.run_id)], Millis(11))
         .await
         .unwrap();
     // a runs again and succeeds again: both and report still wait for slow.
@@ -470,18 +459,7 @@ async fn a_retriggered_need_is_waited_for_again(f: Fixture) {
         (JobState::Pending, JobState::Pending)
     );
     store
-        .report(
-            n,
-            &[RunResult {
-                node_bad: None,
-                server_fault: false,
-                run_id: slow,
-                outcome: Outcome::Succeeded,
-                exit_code: Some(0),
-                reason: None,
-            }],
-            Millis(40),
-        )
+        .report(n, &[RunResult::succeeded(slow)], Millis(40))
         .await
         .unwrap();
     assert_eq!(

@@ -1228,14 +1228,7 @@ async fn cancelling_a_running_job_ends_its_run_and_blocks_dependents(f: Fixture)
         .await
         .unwrap();
     assert_eq!(abandon, [got[0].run_id]);
-    let ok = RunResult {
-        node_bad: None,
-        server_fault: false,
-        run_id: got[0].run_id,
-        outcome: Outcome::Succeeded,
-        exit_code: Some(0),
-        reason: None,
-    };
+    let ok = RunResult::succeeded(got[0].run_id);
     let (acks, _) = f.store.report(n, &[ok], Millis(4)).await.unwrap();
     assert!(!acks[0].recorded);
     // An ended job cannot be cancelled again.
@@ -1341,14 +1334,7 @@ async fn retrigger_runs_a_job_again_with_its_dependents(f: Fixture) {
         (again[0].job_name.as_str(), again[0].run_number),
         ("flaky", 2)
     );
-    let ok = RunResult {
-        node_bad: None,
-        server_fault: false,
-        run_id: again[0].run_id,
-        outcome: Outcome::Succeeded,
-        exit_code: Some(0),
-        reason: None,
-    };
+    let ok = RunResult::succeeded(again[0].run_id);
     let claimed = f.store.claim(n, 10, &[ok], Millis(6), LEASE).await.unwrap();
     assert_eq!(claimed.assignments[0].job_name, "after");
     // A pending or running job is not retriggered.

@@ -2,7 +2,7 @@
 //! artifact rows; graphs or jobs marked keep, live graphs, recent ones and the newest push
 //! of a branch stay.
 
-use lwr_model::api::{AddRepo, Outcome, RunResult, SubmitGraph};
+use lwr_model::api::{AddRepo, RunResult, SubmitGraph};
 use lwr_model::{DurationMs, Graph, GraphId, JobSpec, Millis, NodeId};
 use lwr_store::{NewArtifact, Store};
 
@@ -32,14 +32,7 @@ async fn run_ready(store: &Store, node: NodeId, now: Millis) -> usize {
             })
             .await
             .unwrap();
-        results.push(RunResult {
-            node_bad: None,
-            server_fault: false,
-            run_id: a.run_id,
-            outcome: Outcome::Succeeded,
-            exit_code: Some(0),
-            reason: None,
-        });
+        results.push(RunResult::succeeded(a.run_id));
     }
     store
         .report(node, &results, now.plus(DurationMs(1)))

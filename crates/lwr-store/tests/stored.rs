@@ -75,14 +75,7 @@ async fn make(url: &str) {
             .run_id
     };
     let results = [
-        RunResult {
-            node_bad: None,
-            server_fault: false,
-            run_id: run("build"),
-            outcome: Outcome::Succeeded,
-            exit_code: Some(0),
-            reason: None,
-        },
+        RunResult::succeeded(run("build")),
         RunResult {
             node_bad: None,
             server_fault: false,

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lwr_client::Client;
-use lwr_model::api::{ClaimRequest, Outcome, RegisterNode, RunResult, SubmitGraph};
+use lwr_model::api::{ClaimRequest, RegisterNode, RunResult, SubmitGraph};
 use lwr_model::{GraphId, NodeId, NodeProperties};
 
 struct Args {
@@ -249,14 +249,12 @@ async fn node(client: Client, id: NodeId, slots: u32, seen: Arc<Seen>, stop: Arc
                 claimed.entry(a.graph_id).or_default().push(now);
             }
         }
-        results.extend(answer.assignments.iter().map(|a| RunResult {
-            run_id: a.run_id,
-            outcome: Outcome::Succeeded,
-            exit_code: Some(0),
-            reason: None,
-            node_bad: None,
-            server_fault: false,
-        }));
+        results.extend(
+            answer
+                .assignments
+                .iter()
+                .map(|a| RunResult::succeeded(a.run_id)),
+        );
     }
 }
 
