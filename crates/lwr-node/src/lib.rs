@@ -127,7 +127,7 @@ struct Node {
     free_dirs: Mutex<Vec<(PathBuf, PathBuf)>>,
     /// The checkouts copied into slot dirs from kept trees, recorded, by slot dir, while
     /// the dir may still hold them: the next job of the same revision on that slot uses it
-    /// as it is, if a walk finds it unchanged. A previous life's dirs are emptied for their
+    /// as it is, if a check finds it unchanged. A previous life's dirs are emptied for their
     /// first job: nothing tells what happened to them meanwhile.
     trees: Mutex<HashMap<PathBuf, slot::Snapshot>>,
     /// Turns true when the server asks for a reboot (or a reimage).
@@ -815,8 +815,8 @@ impl Node {
             Some(name) => {
                 lock(&self.kept_in_use).remove(&name);
             }
-            // On this thread, as emptying it was: a small tree's walk is some tens of
-            // microseconds, and a big tree's no slower than removing it.
+            // On this thread, as emptying it was: a small tree's check is some
+            // microseconds (a stat an entry), and a big tree's no slower than removing it.
             None => match slot::clean_up(&dir, held.take()) {
                 Ok(tree) => held = tree,
                 Err(e) => tracing::warn!("cannot empty job dir {}: {e}", dir.display()),

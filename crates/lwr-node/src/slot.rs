@@ -3,7 +3,7 @@
 //! A job dir filled with a copy of a kept tree ([`crate::checkout::copy_template`]) is
 //! recorded as git's index records a work tree: every entry's path, type and mode, device and
 //! inode, link count, owner, size, and modification and change times. The next job of the same
-//! revision on that slot gets the dir as it is when a walk finds it the same: no entry new,
+//! revision on that slot gets the dir as it is when a check finds it the same: no entry new,
 //! missing or different. Emptying and refilling it would create every inode again, and ext4's
 //! inode allocator makes each new inode dearer the more were deleted lately.
 //!
@@ -11,16 +11,20 @@
 //! inode, size and times). As git does with "racily clean" entries, an entry whose change or
 //! modification time is not older than the moment its record was taken (`since`) is compared
 //! by content with the kept tree it was copied from. `since` is the change time the kernel
-//! gives a marker file just before the walk, so it is on the file system's own clock and
-//! granularity: anything changed after the walk gets a change time at or past it, and no one
+//! gives a marker file just before the check, so it is on the file system's own clock and
+//! granularity: anything changed after the check gets a change time at or past it, and no one
 //! can set a change time back.
 //!
 //! Checking a record needs no directory listing: creating, removing or renaming an entry
 //! changes its directory's modification and change times, as git's untracked cache relies
 //! on, so a directory whose `stat` is as recorded (and not racy) holds the same names. Only a
 //! racy directory is listed and its names compared with the record's. Each recorded entry is
-//! then one `fstatat` from the job dir's handle: a check costs a third of a walk (which opens,
-//! lists and closes every directory), and a slot's dir is checked twice a job.
+//! then one `fstatat` from the job dir's handle, where a walk opened, listed and closed every
+//! directory too; a slot's dir is checked twice a job. Entries are checked in the record's
+//! order, a directory before what is in it, so every directory a path goes through was
+//! found the same directory (not a link) before the path is looked up. Directory times are
+//! trusted only on the local file systems known to keep them (and with the marker on the
+//! same one, for the clock); elsewhere every directory is listed, as a walk did.
 
 use std::fs::{File, Metadata};
 use std::io::Read;
@@ -34,7 +38,7 @@ struct Stamp {
     nsec: i64,
 }
 
-/// What a walk compares of an entry: everything `stat` tells but the access time.
+/// What a check compares of an entry: everything `stat` tells but the access time.
 #[derive(Debug, PartialEq, Eq)]
 struct Stat {
     dev: u64,
@@ -49,23 +53,26 @@ struct Stat {
 }
 
 impl Stat {
+    // The raw fields' widths differ between targets (`nlink_t` is 32 bits on aarch64 and
+    // riscv64, times are 32 bits on 32-bit ones): widened alike everywhere.
+    #[allow(clippy::useless_conversion)]
     fn from_raw(m: &nix::sys::stat::FileStat) -> Stat {
         Stat {
-            dev: m.st_dev,
-            ino: m.st_ino,
-            mode: m.st_mode,
-            nlink: m.st_nlink,
+            dev: u64::from(m.st_dev),
+            ino: u64::from(m.st_ino),
+            mode: u32::from(m.st_mode),
+            nlink: u64::from(m.st_nlink),
             uid: m.st_uid,
             gid: m.st_gid,
-            // A size or time the kernel gives is never negative.
+            // A size the kernel gives is never negative.
             size: u64::try_from(m.st_size).unwrap_or_default(),
             mtime: Stamp {
-                sec: m.st_mtime,
-                nsec: m.st_mtime_nsec,
+                sec: i64::from(m.st_mtime),
+                nsec: i64::from(m.st_mtime_nsec),
             },
             ctime: Stamp {
-                sec: m.st_ctime,
-                nsec: m.st_ctime_nsec,
+                sec: i64::from(m.st_ctime),
+                nsec: i64::from(m.st_ctime_nsec),
             },
         }
     }
@@ -123,7 +130,7 @@ struct Entry {
     stat: Stat,
 }
 
-/// What a job dir looked like right after a kept tree was copied into it (or when a walk
+/// What a job dir looked like right after a kept tree was copied into it (or when a check
 /// last found it unchanged).
 #[derive(Debug)]
 pub struct Snapshot {
@@ -133,10 +140,13 @@ pub struct Snapshot {
     tree: PathBuf,
     /// In walk order: a directory, then its entries sorted by name.
     entries: Vec<Entry>,
-    /// Stamped before each walk, for its change time.
+    /// Stamped before each check, for its change time.
     marker: File,
     /// Entries changed at or after this may have changed again unseen, within the tick.
     since: Stamp,
+    /// Whether a directory's times tell its names (see the module's comment); if not,
+    /// every directory is listed.
+    dir_times: bool,
 }
 
 impl Snapshot {
@@ -154,6 +164,7 @@ impl Snapshot {
         marker: File,
         since: Stamp,
     ) -> std::io::Result<Snapshot> {
+        let dir_times = dir_times_tell_names(dir, &marker);
         let mut entries = Vec::new();
         walk(dir, &mut |path, meta| {
             entries.push(Entry {
@@ -168,6 +179,7 @@ impl Snapshot {
             entries,
             marker,
             since,
+            dir_times,
         })
     }
 
@@ -177,10 +189,10 @@ impl Snapshot {
     }
 
     /// Whether `dir` is still exactly as recorded: the same entries, none changed. When it
-    /// is, the record is renewed, so that entries older than this walk need no more than a
+    /// is, the record is renewed, so that entries older than this check need no more than a
     /// `stat` the next time.
     pub fn still_holds(&mut self, dir: &Path) -> bool {
-        // Stamped before the walk: whatever the walk finds equal was so at this time or later.
+        // Stamped before the check: whatever it finds equal was so at this time or later.
         let Ok(now) = stamp_now(&self.marker) else {
             return false;
         };
@@ -199,7 +211,7 @@ impl Snapshot {
         let Ok(root) = open(dir, flags, Mode::empty()) else {
             return false;
         };
-        self.entries.iter().all(|entry| {
+        self.entries.iter().enumerate().all(|(i, entry)| {
             let path: &Path = match entry.path.as_os_str().is_empty() {
                 true => Path::new("."),
                 false => &entry.path,
@@ -212,16 +224,16 @@ impl Snapshot {
                 return false;
             }
             let racy = stat.ctime >= self.since || stat.mtime >= self.since;
-            !racy || self.racy_entry_holds(dir, &entry.path, stat.kind())
+            match stat.kind() {
+                Kind::Dir if racy || !self.dir_times => self.holds_names(dir, i),
+                kind => !racy || self.racy_entry_holds(dir, &entry.path, kind),
+            }
         })
     }
 
-    /// Whether an entry changed too recently for its `stat` to tell still is as recorded:
-    /// a directory holds the recorded names, a file or link has its original's content.
+    /// Whether a file or link changed too recently for its `stat` to tell still has its
+    /// original's content.
     fn racy_entry_holds(&self, dir: &Path, rel: &Path, kind: Kind) -> bool {
-        if kind == Kind::Dir {
-            return self.holds_names(&dir.join(rel), rel);
-        }
         // Only the tree's own entries are files; the dirs leading to it are made here.
         let Ok(inside) = rel.strip_prefix(&self.tree) else {
             return false;
@@ -237,10 +249,11 @@ impl Snapshot {
         }
     }
 
-    /// Whether the directory at `path` (`rel` in the job dir) holds exactly the entries
-    /// recorded in it.
-    fn holds_names(&self, path: &Path, rel: &Path) -> bool {
-        let Ok(listed) = std::fs::read_dir(path) else {
+    /// Whether the directory of the record's entry `at` holds exactly the names recorded in
+    /// it.
+    fn holds_names(&self, dir: &Path, at: usize) -> bool {
+        let rel = &self.entries[at].path;
+        let Ok(listed) = std::fs::read_dir(dir.join(rel)) else {
             return false;
         };
         let Ok(mut found) = listed
@@ -249,10 +262,11 @@ impl Snapshot {
         else {
             return false;
         };
-        let mut recorded: Vec<_> = self
-            .entries
+        // What is in it follows it in the record, up to the first entry outside it.
+        let mut recorded: Vec<_> = self.entries[at + 1..]
             .iter()
-            .filter(|e| !e.path.as_os_str().is_empty() && e.path.parent() == Some(rel))
+            .take_while(|e| e.path.starts_with(rel))
+            .filter(|e| e.path.parent() == Some(rel.as_path()))
             .filter_map(|e| e.path.file_name().map(ToOwned::to_owned))
             .collect();
         found.sort();
@@ -308,7 +322,7 @@ pub fn refill(
 
 /// Makes a slot's dir ready for a job whose checkout is a copy of `template` at `tree`
 /// (`None`: a job without a checkout) where that copies nothing, cheap enough for the
-/// caller's own thread (as [`clean_up`]'s walk is): the dir is used as it is when `held`, its
+/// caller's own thread (as [`clean_up`]'s check is): the dir is used as it is when `held`, its
 /// record, says it holds just that copy, unchanged; a job without a checkout gets the slot's
 /// dir, which the last job's clean-up left empty. `None`: the dir must be emptied of another
 /// tree or filled by a copy, by [`refill`] on a blocking thread.
@@ -343,6 +357,30 @@ pub fn clean_up(dir: &Path, held: Option<Snapshot>) -> std::io::Result<Option<Sn
     }
     crate::exec::fresh_dir(dir)?;
     Ok(None)
+}
+
+/// Whether directories under `dir` change their times whenever a name in them is added,
+/// removed or renamed, on the clock `marker`'s change time is read from: a local file
+/// system known to (attribute caching on a network or FUSE one could show old times), and
+/// the marker on the same one.
+fn dir_times_tell_names(dir: &Path, marker: &File) -> bool {
+    use nix::sys::statfs::{
+        BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC,
+        statfs,
+    };
+    // ext2 and ext3 report ext4's magic number too.
+    let local = [
+        EXT4_SUPER_MAGIC,
+        XFS_SUPER_MAGIC,
+        BTRFS_SUPER_MAGIC,
+        TMPFS_MAGIC,
+        OVERLAYFS_SUPER_MAGIC,
+    ];
+    let same_device = match (std::fs::symlink_metadata(dir), marker.metadata()) {
+        (Ok(d), Ok(m)) => d.dev() == m.dev(),
+        _ => false,
+    };
+    same_device && statfs(dir).is_ok_and(|fs| local.contains(&fs.filesystem_type()))
 }
 
 /// Stamps `marker` and returns the change time the kernel gave it.
@@ -488,7 +526,7 @@ mod tests {
         for _ in 0..3 {
             assert!(snap.still_holds(&f.dir));
         }
-        // Reading files changes nothing a walk looks at.
+        // Reading files changes nothing a check looks at.
         assert_eq!(
             std::fs::read_to_string(f.dir.join("run.sh")).unwrap(),
             "#!/bin/sh\n"
@@ -552,8 +590,29 @@ mod tests {
         trusted
             .entries
             .retain(|e| e.path != Path::new("src/unseen.o"));
-        // Every entry older than the record: nothing is listed (nor compared by content).
+        // Every entry older than the record: nothing is listed (nor compared by content)...
+        trusted.dir_times = true;
         assert!(trusted.still_holds(&f.dir));
+        // ...unless the file system's directory times are not trusted: then every
+        // directory is listed, as a walk did.
+        trusted.dir_times = false;
+        assert!(!trusted.still_holds(&f.dir));
+    }
+
+    /// A directory on the way to recorded entries, replaced by a link to a copy of it, is
+    /// seen at its own entry, before any path is looked up through it.
+    #[test]
+    fn a_directory_swapped_for_a_link_to_its_copy_is_seen() {
+        assert!(!holds_after("", |d| {
+            let moved = d.parent().unwrap().join("moved");
+            std::fs::rename(d.join("src"), &moved).unwrap();
+            std::os::unix::fs::symlink(&moved, d.join("src")).unwrap();
+        }));
+        assert!(!holds_after("sub/app", |d| {
+            let moved = d.parent().unwrap().join("moved");
+            std::fs::rename(d.join("sub"), &moved).unwrap();
+            std::os::unix::fs::symlink(&moved, d.join("sub")).unwrap();
+        }));
     }
 
     #[test]
@@ -647,7 +706,7 @@ mod tests {
     }
 
     /// A change within the clock's tick keeps every stat field. Recorded after the change
-    /// with a `since` that makes every entry racy, the walk must compare contents.
+    /// with a `since` that makes every entry racy, the check must compare contents.
     #[test]
     fn a_racily_clean_entry_is_compared_by_content() {
         let f = fixture("");
