@@ -93,22 +93,40 @@ pub(crate) async fn begin_staged(write: &sqlx::AnyPool, dialect: Dialect) -> Res
     Ok(tx)
 }
 
+/// Where [`insert_rows`] inserts, and when.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InsertAt {
+    pub dialect: Dialect,
+    pub graph_id: GraphId,
+    pub now: Millis,
+}
+
 /// Inserts `jobs` into graph `graph_id` as pending, each waiting for all its needs, with
 /// their edges; a need is one of `jobs`, one already in `ids` (inserted earlier, possibly in
 /// an earlier transaction of the same submission) or a job of the graph in `existing`.
 /// Adds the new jobs' ids to `ids`. Every need must come before the job that names it, in
 /// `jobs` or in `ids` (see [`topological`]); a need found nowhere is skipped (callers
-/// validate the graph first).
+/// validate the graph first). With `commit` (SQLite only) the transaction commits with the
+/// last statement, one round trip less; the caller then ends it with [`Tx::committed_along`].
 pub(crate) async fn insert_rows<'j>(
     tx: &mut Tx,
-    dialect: Dialect,
-    graph_id: GraphId,
+    into: InsertAt,
     jobs: &[&'j JobSpec],
     ids: &mut HashMap<&'j str, JobId>,
     existing: &HashMap<String, JobId>,
-    now: Millis,
+    commit: bool,
 ) -> Result<()> {
-    for chunk in jobs.chunks(job_rows_per_statement(dialect)) {
+    let InsertAt {
+        dialect,
+        graph_id,
+        now,
+    } = into;
+    // With `commit`, the COMMIT goes with the last statement: the last jobs' insert when no
+    // job needs another, else the last edges'.
+    let without_edges = jobs.iter().all(|j| j.needs.is_empty());
+    let job_chunks = jobs.len().div_ceil(job_rows_per_statement(dialect));
+    let mut committed = false;
+    for (n, chunk) in jobs.chunks(job_rows_per_statement(dialect)).enumerate() {
         let mut sql = String::from(
             "INSERT INTO jobs (graph_id, name, state, unmet, spec, requirements, \
              retries_left, updated_at, all_finished, placement) VALUES ",
@@ -121,6 +139,10 @@ pub(crate) async fn insert_rows<'j>(
         ));
         // Rows come back by name: neither database promises RETURNING in VALUES order.
         sql.push_str(" RETURNING id, name");
+        if commit && without_edges && n + 1 == job_chunks {
+            sql.push_str(Tx::COMMIT_ALONG);
+            committed = true;
+        }
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for job in chunk {
             let row = JobRow::of(job)?;
@@ -142,14 +164,26 @@ pub(crate) async fn insert_rows<'j>(
     if dialect == Dialect::Postgres {
         check_needs_stored(tx, jobs, ids, &edges).await?;
     }
-    for chunk in edges.chunks(edge_rows_per_statement(dialect)) {
+    let edge_chunks = edges.len().div_ceil(edge_rows_per_statement(dialect));
+    for (n, chunk) in edges.chunks(edge_rows_per_statement(dialect)).enumerate() {
         let mut sql = String::from("INSERT INTO job_needs (job_id, need_id) VALUES ");
         sql.push_str(&placeholders(dialect, chunk.len(), 2, None));
+        if commit && !committed && n + 1 == edge_chunks {
+            sql.push_str(Tx::COMMIT_ALONG);
+            committed = true;
+        }
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (job, need) in chunk {
             q = q.bind(job.get()).bind(need.get());
         }
         q.execute(&mut **tx).await.op("inserting job needs")?;
+    }
+    if commit && !committed {
+        // Nothing carried it (no jobs, or needs that named none of them).
+        sqlx::query("COMMIT")
+            .execute(&mut **tx)
+            .await
+            .op("committing jobs")?;
     }
     Ok(())
 }

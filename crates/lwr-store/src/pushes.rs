@@ -440,6 +440,7 @@ impl Store {
             &scheduled,
             &HashMap::new(),
             now,
+            false,
         )
         .await?;
         // The decision job read the commit: it knows who made it and what it says.
@@ -544,7 +545,16 @@ impl Store {
             .iter()
             .map(|(n, (id, _))| (n.clone(), *id))
             .collect();
-        let ids = insert_jobs(&mut tx, self.dialect, graph_id, &adding, &ids_by_name, now).await?;
+        let ids = insert_jobs(
+            &mut tx,
+            self.dialect,
+            graph_id,
+            &adding,
+            &ids_by_name,
+            now,
+            false,
+        )
+        .await?;
         let mut added = Vec::with_capacity(ids.len());
         added.extend(ids.get(name.as_str()).copied());
         for job in &adding {
@@ -630,7 +640,7 @@ async fn create_push(
         "id",
     )?;
     let job = decision_job();
-    insert_jobs(tx, dialect, graph_id, &[&job], &HashMap::new(), now).await?;
+    insert_jobs(tx, dialect, graph_id, &[&job], &HashMap::new(), now, false).await?;
     Ok(Some(push_id))
 }
 

@@ -71,6 +71,19 @@ impl Tx {
         }
     }
 
+    /// What the transaction's last statement's text ends with to commit in the same round
+    /// trip (SQLite's multi-statement texts only). SQLite stops at the first statement that
+    /// fails, so the COMMIT runs only if everything before it did; once the text has run
+    /// without an error, [`Tx::committed_along`] says so. Until then the transaction counts
+    /// as open, and dropping it rolls back whatever is left (nothing, if the COMMIT ran).
+    pub(crate) const COMMIT_ALONG: &'static str = "; COMMIT";
+
+    /// Ends a transaction whose last statement carried [`Tx::COMMIT_ALONG`] and ran.
+    pub(crate) fn committed_along(mut self) {
+        debug_assert_eq!(self.stage, Stage::Open, "committed along before it began");
+        self.stage = Stage::Over;
+    }
+
     /// Commits. A transaction in which nothing ran commits nothing.
     pub(crate) async fn commit(mut self) -> sqlx::Result<()> {
         if self.stage == Stage::Unbegun {

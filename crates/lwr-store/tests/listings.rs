@@ -441,7 +441,46 @@ async fn a_submitted_graph_is_answered_as_read_back_with_its_base(f: Fixture) {
     );
 }
 
+/// A small graph's transaction commits with its last insert on SQLite (the jobs', or the
+/// edges' when a job needs another): once the submission returns, a store that did not
+/// make it sees every job and edge, and the writer's next transaction is a new one.
+async fn a_small_graph_is_committed_when_its_submission_returns(f: Fixture) {
+    let graphs = [
+        vec![job("alone", &[])],
+        vec![job("a", &[]), job("b", &[])],
+        vec![job("build", &[]), job("test", &["build"]), job("lint", &[])],
+    ];
+    let mut ids = Vec::new();
+    for jobs in graphs {
+        let sub = SubmitGraph::new(Graph { jobs });
+        ids.push(f.store.submit_graph(&sub, Millis(1)).await.unwrap());
+    }
+    let other = lwr_store::Store::open(&f.url).await.unwrap();
+    let mut pending = Vec::new();
+    for id in &ids {
+        let info = other.graph(*id).await.unwrap();
+        pending.push(info.counts.pending);
+    }
+    assert_eq!(pending, [1, 2, 3]);
+    // `test` waits for `build`: its edge was committed with the rest.
+    let node = common::node_n1(&f.store).await;
+    let claimed = f
+        .store
+        .claim(node, 10, &[], Millis(2), DurationMs(30_000))
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = claimed
+        .assignments
+        .iter()
+        .map(|a| a.job_name.as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["a", "alone", "b", "build", "lint"]);
+    other.close().await;
+}
+
 on_both_backends!(
+    a_small_graph_is_committed_when_its_submission_returns,
     jobs_and_graphs_are_found_by_what_a_user_knows,
     a_submitted_graph_is_answered_as_read_back_with_its_base,
     a_staged_graph_comes_out_whole_and_pages_cover_it,
