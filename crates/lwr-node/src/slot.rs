@@ -78,10 +78,11 @@ impl Stat {
     }
 
     fn kind(&self) -> Kind {
-        match self.mode & libc_mode::S_IFMT {
-            libc_mode::S_IFDIR => Kind::Dir,
-            libc_mode::S_IFLNK => Kind::Link,
-            libc_mode::S_IFREG => Kind::File,
+        use nix::sys::stat::SFlag;
+        match SFlag::from_bits_truncate(self.mode) & SFlag::S_IFMT {
+            SFlag::S_IFDIR => Kind::Dir,
+            SFlag::S_IFLNK => Kind::Link,
+            SFlag::S_IFREG => Kind::File,
             _ => Kind::Other,
         }
     }
@@ -105,14 +106,6 @@ impl Stat {
             },
         }
     }
-}
-
-/// The file type bits of `st_mode` (POSIX values, as Linux has them).
-mod libc_mode {
-    pub const S_IFMT: u32 = 0o170000;
-    pub const S_IFDIR: u32 = 0o040000;
-    pub const S_IFLNK: u32 = 0o120000;
-    pub const S_IFREG: u32 = 0o100000;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +197,7 @@ impl Snapshot {
     }
 
     fn matches(&self, dir: &Path) -> bool {
-        use nix::fcntl::{OFlag, open};
+        use nix::fcntl::{AtFlags, OFlag, open};
         use nix::sys::stat::{Mode, fstatat};
         // The job dir's own entry is first; the dir itself must not be a link.
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -216,7 +209,7 @@ impl Snapshot {
                 true => Path::new("."),
                 false => &entry.path,
             };
-            let Ok(raw) = fstatat(&root, path, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) else {
+            let Ok(raw) = fstatat(&root, path, AtFlags::AT_SYMLINK_NOFOLLOW) else {
                 return false;
             };
             let stat = Stat::from_raw(&raw);
@@ -502,6 +495,14 @@ mod tests {
         Snapshot::take(&f.dir, Path::new(tree), &f.template, f.marker()).unwrap()
     }
 
+    /// Every entry changed since the start of 1970: all racy.
+    const RACY: Stamp = Stamp { sec: 0, nsec: 0 };
+
+    /// A record of the fixture's dir taken as if at `since`.
+    fn snapshot_since(f: &Fixture, since: Stamp) -> Snapshot {
+        Snapshot::take_since(&f.dir, Path::new(""), &f.template, f.marker(), since).unwrap()
+    }
+
     /// Long enough for the file system's clock to tick (jiffies: 10 ms at HZ=100), so the
     /// next change has a later change time than the record.
     fn tick() {
@@ -573,20 +574,16 @@ mod tests {
     fn a_racy_directory_is_listed() {
         let f = fixture("");
         std::fs::write(f.dir.join("src/unseen.o"), "").unwrap();
-        let racy = Stamp { sec: 0, nsec: 0 };
         // Recorded after the new file, then the file taken out of the record: only a
         // listing of `src` can tell.
-        let mut snap =
-            Snapshot::take_since(&f.dir, Path::new(""), &f.template, f.marker(), racy).unwrap();
+        let mut snap = snapshot_since(&f, RACY);
         snap.entries.retain(|e| e.path != Path::new("src/unseen.o"));
         assert!(!snap.still_holds(&f.dir));
         let far_future = Stamp {
             sec: i64::MAX,
             nsec: 0,
         };
-        let mut trusted =
-            Snapshot::take_since(&f.dir, Path::new(""), &f.template, f.marker(), far_future)
-                .unwrap();
+        let mut trusted = snapshot_since(&f, far_future);
         trusted
             .entries
             .retain(|e| e.path != Path::new("src/unseen.o"));
@@ -711,34 +708,26 @@ mod tests {
     fn a_racily_clean_entry_is_compared_by_content() {
         let f = fixture("");
         std::fs::write(f.dir.join(".git/HEAD"), "3210dcba\n").unwrap();
-        // Every entry changed since the start of 1970.
-        let racy = Stamp { sec: 0, nsec: 0 };
-        let mut snap =
-            Snapshot::take_since(&f.dir, Path::new(""), &f.template, f.marker(), racy).unwrap();
+        let mut snap = snapshot_since(&f, RACY);
         assert!(!snap.still_holds(&f.dir));
 
         // A link replaced within the tick.
         let f = fixture("");
         std::fs::remove_file(f.dir.join("link")).unwrap();
         std::os::unix::fs::symlink("src", f.dir.join("link")).unwrap();
-        let mut snap =
-            Snapshot::take_since(&f.dir, Path::new(""), &f.template, f.marker(), racy).unwrap();
+        let mut snap = snapshot_since(&f, RACY);
         assert!(!snap.still_holds(&f.dir));
 
         // Unchanged and racy: the contents are the same.
         let f = fixture("");
-        let mut snap =
-            Snapshot::take_since(&f.dir, Path::new(""), &f.template, f.marker(), racy).unwrap();
+        let mut snap = snapshot_since(&f, RACY);
         assert!(snap.still_holds(&f.dir));
     }
 
     #[test]
     fn a_racy_entry_without_its_kept_tree_does_not_hold_and_an_old_one_needs_none() {
         let f = fixture("");
-        // Every entry changed since the start of 1970.
-        let racy = Stamp { sec: 0, nsec: 0 };
-        let mut all_racy =
-            Snapshot::take_since(&f.dir, Path::new(""), &f.template, f.marker(), racy).unwrap();
+        let mut all_racy = snapshot_since(&f, RACY);
         let mut snap = snapshot(&f, "");
         tick();
         // Renewed after a tick: every entry is older than the record now.

@@ -106,8 +106,9 @@ pub(crate) struct InsertAt {
 /// an earlier transaction of the same submission) or a job of the graph in `existing`.
 /// Adds the new jobs' ids to `ids`. Every need must come before the job that names it, in
 /// `jobs` or in `ids` (see [`topological`]); a need found nowhere is skipped (callers
-/// validate the graph first). With `commit` (SQLite only) the transaction commits with the
-/// last statement, one round trip less; the caller then ends it with [`Tx::committed_along`].
+/// validate the graph first). With `commit` (SQLite only) the last statement carries the
+/// transaction's COMMIT ([`Tx::commit_along`]), one round trip less; the caller's
+/// [`Tx::commit`] then sends none.
 pub(crate) async fn insert_rows<'j>(
     tx: &mut Tx,
     into: InsertAt,
@@ -125,7 +126,6 @@ pub(crate) async fn insert_rows<'j>(
     // job needs another, else the last edges'.
     let without_edges = jobs.iter().all(|j| j.needs.is_empty());
     let job_chunks = jobs.len().div_ceil(job_rows_per_statement(dialect));
-    let mut committed = false;
     for (n, chunk) in jobs.chunks(job_rows_per_statement(dialect)).enumerate() {
         let mut sql = String::from(
             "INSERT INTO jobs (graph_id, name, state, unmet, spec, requirements, \
@@ -140,8 +140,7 @@ pub(crate) async fn insert_rows<'j>(
         // Rows come back by name: neither database promises RETURNING in VALUES order.
         sql.push_str(" RETURNING id, name");
         if commit && without_edges && n + 1 == job_chunks {
-            sql.push_str(Tx::COMMIT_ALONG);
-            committed = true;
+            sql.push_str(tx.commit_along());
         }
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for job in chunk {
@@ -168,9 +167,8 @@ pub(crate) async fn insert_rows<'j>(
     for (n, chunk) in edges.chunks(edge_rows_per_statement(dialect)).enumerate() {
         let mut sql = String::from("INSERT INTO job_needs (job_id, need_id) VALUES ");
         sql.push_str(&placeholders(dialect, chunk.len(), 2, None));
-        if commit && !committed && n + 1 == edge_chunks {
-            sql.push_str(Tx::COMMIT_ALONG);
-            committed = true;
+        if commit && n + 1 == edge_chunks {
+            sql.push_str(tx.commit_along());
         }
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (job, need) in chunk {
@@ -178,13 +176,7 @@ pub(crate) async fn insert_rows<'j>(
         }
         q.execute(&mut **tx).await.op("inserting job needs")?;
     }
-    if commit && !committed {
-        // Nothing carried it (no jobs, or needs that named none of them).
-        sqlx::query("COMMIT")
-            .execute(&mut **tx)
-            .await
-            .op("committing jobs")?;
-    }
+    // Nothing carried it (no jobs, or needs that named none): the caller's commit sends it.
     Ok(())
 }
 

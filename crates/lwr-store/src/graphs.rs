@@ -167,17 +167,14 @@ impl Store {
         let graph_id = insert_graph(&mut tx, origin, now).await?;
         let jobs: Vec<&JobSpec> = sub.graph.jobs.iter().collect();
         if small {
-            // On SQLite (where other servers are not notified) the COMMIT goes with the last
-            // insert: a one-job graph is two round trips to the database's thread, not three.
+            // On SQLite the COMMIT goes with the last insert: a one-job graph is two round
+            // trips to the database's thread, not three. (Only PostgreSQL notifies, within
+            // the transaction, and there it is committed apart.)
             let along = self.dialect == Dialect::Sqlite;
             let none = HashMap::new();
             insert_jobs(&mut tx, self.dialect, graph_id, &jobs, &none, now, along).await?;
-            if along {
-                tx.committed_along();
-            } else {
-                self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
-                tx.commit().await.op("committing graph")?;
-            }
+            self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
+            tx.commit().await.op("committing graph")?;
             return Ok(graph_id);
         }
         // A large graph: staged in transactions of a bounded size (see `batch`), each

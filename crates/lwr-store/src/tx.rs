@@ -37,6 +37,8 @@ pub(crate) struct Tx {
     /// `None` only while being dropped.
     conn: Option<PoolConnection<Any>>,
     stage: Stage,
+    /// A statement's text ends with the `COMMIT` ([`Tx::commit_along`]).
+    commit_sent: bool,
 }
 
 impl Tx {
@@ -45,6 +47,7 @@ impl Tx {
         let mut tx = Tx {
             conn: Some(pool.acquire().await?),
             stage: Stage::Open,
+            commit_sent: false,
         };
         tx.execute("BEGIN").await?;
         Ok(tx)
@@ -56,6 +59,7 @@ impl Tx {
         Ok(Tx {
             conn: Some(pool.acquire().await?),
             stage: Stage::Unbegun,
+            commit_sent: false,
         })
     }
 
@@ -72,21 +76,20 @@ impl Tx {
     }
 
     /// What the transaction's last statement's text ends with to commit in the same round
-    /// trip (SQLite's multi-statement texts only). SQLite stops at the first statement that
-    /// fails, so the COMMIT runs only if everything before it did; once the text has run
-    /// without an error, [`Tx::committed_along`] says so. Until then the transaction counts
-    /// as open, and dropping it rolls back whatever is left (nothing, if the COMMIT ran).
-    pub(crate) const COMMIT_ALONG: &'static str = "; COMMIT";
-
-    /// Ends a transaction whose last statement carried [`Tx::COMMIT_ALONG`] and ran.
-    pub(crate) fn committed_along(mut self) {
-        debug_assert_eq!(self.stage, Stage::Open, "committed along before it began");
-        self.stage = Stage::Over;
+    /// trip (SQLite's multi-statement texts only): `; COMMIT`, after which no statement may
+    /// follow. SQLite stops at the first statement that fails, so the COMMIT runs only if
+    /// everything before it did. [`Tx::commit`] then sends nothing; a text that failed leaves
+    /// the transaction open, and dropping it rolls back whatever is left.
+    pub(crate) fn commit_along(&mut self) -> &'static str {
+        debug_assert_eq!(self.stage, Stage::Open, "a commit sent along before BEGIN");
+        self.commit_sent = true;
+        "; COMMIT"
     }
 
-    /// Commits. A transaction in which nothing ran commits nothing.
+    /// Commits (or, after [`Tx::commit_along`], records that the statement carrying the
+    /// COMMIT ran). A transaction in which nothing ran commits nothing.
     pub(crate) async fn commit(mut self) -> sqlx::Result<()> {
-        if self.stage == Stage::Unbegun {
+        if self.stage == Stage::Unbegun || self.commit_sent {
             self.stage = Stage::Over;
             return Ok(());
         }

@@ -120,6 +120,8 @@ async fn claim(
     Json(c): Json<Claim>,
 ) -> Result<Json<Answer>, StatusCode> {
     let mut ended = c.ended;
+    // Written once, with the first answer's record (a claim may wait for a job after it).
+    let mut unrecorded = c.ended;
     loop {
         let wake = floor.wake.notified();
         let (job, over) = {
@@ -134,11 +136,11 @@ async fn claim(
             (g.ready.pop_front(), g.ended == g.jobs)
         };
         if let Some(db) = &floor.db
-            && (job.is_some() || c.ended.is_some())
+            && (job.is_some() || unrecorded.is_some())
         {
             sqlx::query("INSERT INTO steps (node, ended, taken) VALUES ($1, $2, $3)")
                 .bind(c.node as i64)
-                .bind(c.ended.map(|j| j as i64))
+                .bind(unrecorded.take().map(|j| j as i64))
                 .bind(job.map(|j| j as i64))
                 .execute(db)
                 .await
