@@ -285,7 +285,8 @@ impl Store {
             acks.push(mine);
             ended.push(count);
         }
-        self.take_for(&mut tx, &mut claimers, now, first_page)
+        let along = self.dialect == crate::Dialect::Sqlite;
+        self.take_for(&mut tx, &mut claimers, now, first_page, along)
             .await?;
         // Jobs these claims released and took themselves need nobody woken for them.
         let took = claimers

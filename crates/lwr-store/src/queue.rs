@@ -170,7 +170,9 @@ impl Store {
             (Vec::new(), None, Vec::new())
         } else {
             let mut claimers = [self.claimer(node_id, node, max, lease, now)];
-            self.take_for(&mut tx, &mut claimers, now, None).await?;
+            let along = self.dialect == Dialect::Sqlite;
+            self.take_for(&mut tx, &mut claimers, now, None, along)
+                .await?;
             let [claimer] = claimers;
             (claimer.assignments, claimer.retry_in, claimer.waited)
         };
@@ -245,8 +247,6 @@ impl Store {
     /// marks the jobs taken running and gives each a run, and fills each claimer's
     /// assignments. A job goes to one claimer only.
     ///
-    /// `first_page`: the search's first page when it was read already (with the results,
-    /// see [`succeed_runs`]), for [`first_page`] rows.
     /// A claim's transaction on the writer, which a waiting claim gets before a graph's
     /// submission (see `WriterTurns`). With `along` (SQLite) its BEGIN goes with its first
     /// statement.
@@ -258,12 +258,22 @@ impl Store {
         }
     }
 
+    ///
+    /// `first_page`: the search's first page when it was read already (with the results,
+    /// see [`succeed_runs`]), for [`first_page`] rows.
+    ///
+    /// With `commit` (SQLite), the last take carries the transaction's COMMIT
+    /// ([`Tx::commit_along`]): one round trip less for every claim that takes a job. The
+    /// take then checks in SQL that it marked every job it decided on, so that a claim that
+    /// would hand out less than it decided stops before its COMMIT and rolls back, as it
+    /// does when the check after the take fails. Nothing may write in `tx` afterwards.
     pub(crate) async fn take_for(
         &self,
         tx: &mut Tx,
         claimers: &mut [Claimer],
         now: Millis,
         mut first_page: Option<Vec<sqlx::any::AnyRow>>,
+        commit: bool,
     ) -> Result<()> {
         let open = |c: &Claimer| c.pool_node.is_some() && c.picked.len() < c.max as usize;
         let wanted: u32 = claimers
@@ -390,11 +400,13 @@ impl Store {
             .collect();
         // Jobs of one graph share its origin, kept in memory once read.
         let mut origins: HashMap<GraphId, Arc<GraphOrigin>> = HashMap::new();
-        for chunk in picked.chunks(CLAIM_BATCH) {
+        let chunks = picked.len().div_ceil(CLAIM_BATCH);
+        for (c, chunk) in picked.chunks(CLAIM_BATCH).enumerate() {
             let needs = chunk.iter().any(|p| with_needs.contains(&p.job));
             let read = Reads {
                 origins: uncached,
                 needs,
+                commit: commit && c + 1 == chunks,
             };
             let (taken, read) = take_jobs(tx, self.dialect, chunk, claimers, now, read).await?;
             for (graph_id, origin) in read {
@@ -717,6 +729,8 @@ fn placeholders(first: usize, n: usize) -> String {
 /// the two go together, one round trip to the connection's thread, and with
 /// `read_origins` (a job's graph origin is not in memory) a third reads the jobs' graphs'
 /// origins, which the claim would read next; those are returned too (none on PostgreSQL).
+/// With `read.commit` (SQLite) the transaction's COMMIT goes last, after an SQL check that
+/// the update marked every job picked (see [`Store::take_for`]).
 async fn take_jobs(
     tx: &mut Tx,
     dialect: Dialect,
@@ -758,7 +772,11 @@ async fn take_jobs(
         .map(|i| {
             let (job, p) = (ids_from + i, runs_from + i * 4);
             let number = if together {
-                format!("(SELECT runs FROM jobs WHERE id = ${job})")
+                // NULL, which runs.number refuses, unless the update just marked every job:
+                // the statements after it (the COMMIT too) then do not run.
+                format!(
+                    "CASE WHEN changes() = {n} THEN (SELECT runs FROM jobs WHERE id = ${job}) END"
+                )
             } else {
                 format!("${}", runs_from + n * 4 + i)
             };
@@ -818,8 +836,15 @@ async fn take_jobs(
                 placeholders(ids_from, n)
             ));
         }
+        if read.commit {
+            all.push_str(tx.commit_along());
+        }
         let query = bind_runs(bind_shared(sqlx::query(sqlx::AssertSqlSafe(all))));
         let mut each = rows_by_statement(tx, query, "taking jobs").await?;
+        if read.commit {
+            // The COMMIT's (no rows).
+            each.pop();
+        }
         if read.origins {
             for row in each.pop().unwrap_or_default() {
                 origins.push((typed(&row, "id")?, GraphOrigin::of_row(&row)?));
@@ -939,6 +964,8 @@ struct Reads {
     origins: bool,
     /// The needs' manifests (some of the jobs have needs).
     needs: bool,
+    /// The transaction's COMMIT goes along (SQLite; see [`Store::take_for`]).
+    commit: bool,
 }
 
 /// A query of the `Any` driver with its arguments.
@@ -1783,4 +1810,92 @@ pub(crate) async fn succeed_runs(
 /// The answer for a result [`succeed_runs`] did not end for `node_id`.
 pub(crate) async fn refused(tx: &mut Tx, node_id: NodeId, result: &RunResult) -> Result<ResultAck> {
     refusal(tx, node_id, result).await
+}
+
+#[cfg(test)]
+mod tests {
+    use lwr_model::api::{RegisterNode, SubmitGraph};
+    use lwr_model::{Graph, NodeProperties};
+
+    use super::*;
+
+    /// A take that marks fewer jobs than were picked must not commit, even when its COMMIT
+    /// goes along with it (SQLite): the claim rolls back whole. A claim's search and take
+    /// share one transaction on the one writer, so nothing can take a picked job in between;
+    /// the job marked running here inside the transaction stands in for a bug that would.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_take_that_misses_a_picked_job_commits_nothing() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let url = format!("sqlite://{}", dir.path().join("lwr.db").display());
+        let store = Store::open(&url).await.expect("opening the store");
+        let register = RegisterNode {
+            name: "n1".into(),
+            properties: NodeProperties::default(),
+            slots: 2,
+        };
+        let node = store.register_node(&register, Millis(0)).await.unwrap();
+        let jobs = ["a", "b"]
+            .map(|name| {
+                serde_json::from_value(serde_json::json!({ "name": name, "run": "true" }))
+                    .expect("a job spec")
+            })
+            .to_vec();
+        let sub = SubmitGraph::new(Graph { jobs });
+        store.submit_graph(&sub, Millis(1)).await.unwrap();
+        let known = store.node_properties(node).await.unwrap();
+        let lease = DurationMs(30_000);
+
+        let mut tx = store.begin_claim(false).await.unwrap();
+        let ids: Vec<JobId> = sqlx::query("SELECT id FROM jobs ORDER BY id")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| typed(row, "id").unwrap())
+            .collect();
+        sqlx::query("UPDATE jobs SET state = 'running' WHERE id = $1")
+            .bind(ids[0].get())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let claimers = [store.claimer(node, known, 2, lease, Millis(2))];
+        let picked: Vec<Pick> = ids
+            .iter()
+            .map(|&job| Pick {
+                job,
+                reason: "any node".into(),
+                claimer: 0,
+            })
+            .collect();
+        let read = Reads {
+            origins: true,
+            needs: false,
+            commit: true,
+        };
+        let taken = take_jobs(
+            &mut tx,
+            Dialect::Sqlite,
+            &picked,
+            &claimers,
+            Millis(2),
+            read,
+        )
+        .await;
+        assert!(
+            taken.is_err(),
+            "a take that missed a job it picked succeeded"
+        );
+        drop(tx);
+
+        // Nothing of it stayed: both jobs are there to take, each for its first run.
+        let claimed = store.claim(node, 2, &[], Millis(3), lease).await.unwrap();
+        let mut got: Vec<(&str, u32)> = claimed
+            .assignments
+            .iter()
+            .map(|a| (a.job_name.as_str(), a.run_number))
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, [("a", 1), ("b", 1)]);
+        store.close().await;
+    }
 }

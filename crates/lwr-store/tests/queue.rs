@@ -1690,7 +1690,84 @@ async fn views_list_graphs_jobs_and_edges(f: Fixture) {
     assert!(f.store.job_cells(&[]).await.unwrap().is_empty());
 }
 
+/// A claim is durable once answered: its results and the runs it hands out are seen by a
+/// second store on the same database. On SQLite the COMMIT goes along with the take; this
+/// holds for a claim alone (its first, or with a failure) and for one through the combiner
+/// (plain successes).
+async fn a_claim_is_committed_when_it_is_answered(f: Fixture) {
+    let g = f
+        .store
+        .submit_graph(
+            &graph(vec![job("a", &[]), job("b", &["a"]), job("c", &["b"])]),
+            Millis(1),
+        )
+        .await
+        .unwrap();
+    let n1 = node(&f.store, "n1", &[]).await;
+    let other = Store::open(&f.url).await.unwrap();
+    let seen = async || -> BTreeMap<String, JobState> {
+        let jobs = other.jobs(Some(g)).await.unwrap();
+        jobs.into_iter().map(|j| (j.name, j.state)).collect()
+    };
+    let want = |states: [(&str, JobState); 3]| -> BTreeMap<String, JobState> {
+        states
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s))
+            .collect()
+    };
+    use JobState::{Failed, Pending, Running, Succeeded};
+    // Alone: the node's first claim.
+    let first = f.store.claim(n1, 1, &[], Millis(2), LEASE).await.unwrap();
+    assert_eq!(first.assignments[0].job_name, "a");
+    assert_eq!(
+        seen().await,
+        want([("a", Running), ("b", Pending), ("c", Pending)])
+    );
+    // Combined: a plain success along with the next claim.
+    let ok = RunResult::succeeded(first.assignments[0].run_id);
+    let second = f.store.claim(n1, 1, &[ok], Millis(3), LEASE).await.unwrap();
+    assert!(second.acks.iter().all(|a| a.recorded), "{:?}", second.acks);
+    assert_eq!(second.assignments[0].job_name, "b");
+    assert_eq!(
+        seen().await,
+        want([("a", Succeeded), ("b", Running), ("c", Pending)])
+    );
+    // Alone again: a failure without retries left goes through a transaction of its own.
+    let failed = RunResult {
+        outcome: Outcome::Failed,
+        exit_code: Some(1),
+        reason: Some("exit code 1".into()),
+        ..RunResult::succeeded(second.assignments[0].run_id)
+    };
+    let mut result = failed;
+    let mut at = 4;
+    loop {
+        let next = f
+            .store
+            .claim(n1, 1, &[result.clone()], Millis(at), LEASE)
+            .await
+            .unwrap();
+        assert!(next.acks.iter().all(|a| a.recorded), "{:?}", next.acks);
+        at += 1;
+        // `b` runs again while it has retries left, each run seen running.
+        match next.assignments.first() {
+            Some(again) => {
+                assert_eq!(again.job_name, "b");
+                assert_eq!(
+                    seen().await,
+                    want([("a", Succeeded), ("b", Running), ("c", Pending)])
+                );
+                result.run_id = again.run_id;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen().await["b"], Failed);
+    other.close().await;
+}
+
 on_both_backends!(
+    a_claim_is_committed_when_it_is_answered,
     views_list_graphs_jobs_and_edges,
     a_job_token_reads_only_while_its_run_runs,
     pending_jobs_say_what_they_wait_for,
