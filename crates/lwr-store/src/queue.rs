@@ -4,6 +4,7 @@
 //! and retries after an infrastructure error are decided in the same transaction as the
 //! result that causes them, so no crash can leave a graph half-updated.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -242,11 +243,6 @@ impl Store {
         }
     }
 
-    /// The claim's search and take for every claimer of one transaction: reads ready jobs
-    /// page by page, offers each to the claimers in turn (the first that takes it gets it),
-    /// marks the jobs taken running and gives each a run, and fills each claimer's
-    /// assignments. A job goes to one claimer only.
-    ///
     /// A claim's transaction on the writer, which a waiting claim gets before a graph's
     /// submission (see `WriterTurns`). With `along` (SQLite) its BEGIN goes with its first
     /// statement.
@@ -258,6 +254,10 @@ impl Store {
         }
     }
 
+    /// The claim's search and take for every claimer of one transaction: reads ready jobs
+    /// page by page, offers each to the claimers in turn (the first that takes it gets it),
+    /// marks the jobs taken running and gives each a run, and fills each claimer's
+    /// assignments. A job goes to one claimer only.
     ///
     /// `first_page`: the search's first page when it was read already (with the results,
     /// see [`succeed_runs`]), for [`first_page`] rows.
@@ -290,8 +290,11 @@ impl Store {
         let mut seen = 0usize;
         // One per claimer, for the whole search: what its earlier jobs decided.
         let mut memos: Vec<Memo> = claimers.iter().map(|_| Memo::default()).collect();
-        // Whether a job taken is of a graph whose origin is not in memory yet.
-        let mut uncached = false;
+        // Jobs of one graph share its origin, kept in memory once read: those in memory are
+        // held from the moment their job is picked, so that nothing is read after a take
+        // that carried the COMMIT (see `commit`); the jobs of the others read them along.
+        let mut origins: HashMap<GraphId, Arc<GraphOrigin>> = HashMap::new();
+        let mut uncached: HashSet<JobId> = HashSet::new();
         // The jobs taken that have needs.
         let mut with_needs: HashSet<JobId> = HashSet::new();
         loop {
@@ -337,7 +340,16 @@ impl Store {
                         match decide_with(&job, node, pool, now, memo) {
                             Decision::Take(reason) => {
                                 claimer.picked.push((c.id, reason));
-                                uncached |= self.origins.get(c.graph_id).is_none();
+                                if let Entry::Vacant(held) = origins.entry(c.graph_id) {
+                                    match self.origins.get(c.graph_id) {
+                                        Some(origin) => {
+                                            held.insert(origin);
+                                        }
+                                        None => {
+                                            uncached.insert(c.id);
+                                        }
+                                    }
+                                }
                                 if c.has_needs {
                                     with_needs.insert(c.id);
                                 }
@@ -398,13 +410,11 @@ impl Store {
                 })
             })
             .collect();
-        // Jobs of one graph share its origin, kept in memory once read.
-        let mut origins: HashMap<GraphId, Arc<GraphOrigin>> = HashMap::new();
         let chunks = picked.len().div_ceil(CLAIM_BATCH);
         for (c, chunk) in picked.chunks(CLAIM_BATCH).enumerate() {
             let needs = chunk.iter().any(|p| with_needs.contains(&p.job));
             let read = Reads {
-                origins: uncached,
+                origins: chunk.iter().any(|p| uncached.contains(&p.job)),
                 needs,
                 commit: commit && c + 1 == chunks,
             };
@@ -426,6 +436,7 @@ impl Store {
             {
                 let origin = match origins.get(&graph_id) {
                     Some(origin) => origin,
+                    // PostgreSQL, where origins are not read along.
                     None => {
                         let origin = match self.origins.get(graph_id) {
                             Some(origin) => origin,
@@ -842,8 +853,9 @@ async fn take_jobs(
         let query = bind_runs(bind_shared(sqlx::query(sqlx::AssertSqlSafe(all))));
         let mut each = rows_by_statement(tx, query, "taking jobs").await?;
         if read.commit {
-            // The COMMIT's (no rows).
+            // The COMMIT's (no rows). It ran: an error found in the rows now comes after it.
             each.pop();
+            tx.commit_ran();
         }
         if read.origins {
             for row in each.pop().unwrap_or_default() {
@@ -883,7 +895,8 @@ async fn take_jobs(
     }
     if let Some(missing) = picked.iter().find(|p| !marked.contains_key(&p.job)) {
         // Cannot happen while the search's rows are this transaction's to take; if it does,
-        // the whole claim rolls back rather than hand out less than it decided.
+        // the whole claim rolls back rather than hand out less than it decided (with the
+        // COMMIT along, the take's own check stopped it before the COMMIT).
         return Err(StoreError::Conflict(format!(
             "job {} was no longer pending when claimed",
             missing.job

@@ -86,6 +86,17 @@ impl Tx {
         "; COMMIT"
     }
 
+    /// Records that the statement carrying the COMMIT ([`Tx::commit_along`]) ran: the
+    /// transaction is over, so dropping it rolls nothing back (an error found afterwards in
+    /// the rows the statement returned comes after the commit).
+    pub(crate) fn commit_ran(&mut self) {
+        debug_assert!(
+            self.commit_sent,
+            "a commit recorded that was not sent along"
+        );
+        self.stage = Stage::Over;
+    }
+
     /// Commits (or, after [`Tx::commit_along`], records that the statement carrying the
     /// COMMIT ran). A transaction in which nothing ran commits nothing.
     pub(crate) async fn commit(mut self) -> sqlx::Result<()> {

@@ -1692,8 +1692,8 @@ async fn views_list_graphs_jobs_and_edges(f: Fixture) {
 
 /// A claim is durable once answered: its results and the runs it hands out are seen by a
 /// second store on the same database. On SQLite the COMMIT goes along with the take; this
-/// holds for a claim alone (its first, or with a failure) and for one through the combiner
-/// (plain successes).
+/// holds for claims through the combiner (none or plain successes sent along), for a claim
+/// alone (a failure sent along), and for a take of more jobs than one statement marks.
 async fn a_claim_is_committed_when_it_is_answered(f: Fixture) {
     let g = f
         .store
@@ -1716,14 +1716,14 @@ async fn a_claim_is_committed_when_it_is_answered(f: Fixture) {
             .collect()
     };
     use JobState::{Failed, Pending, Running, Succeeded};
-    // Alone: the node's first claim.
+    // No results: through the combiner (the test's runtime has several threads).
     let first = f.store.claim(n1, 1, &[], Millis(2), LEASE).await.unwrap();
     assert_eq!(first.assignments[0].job_name, "a");
     assert_eq!(
         seen().await,
         want([("a", Running), ("b", Pending), ("c", Pending)])
     );
-    // Combined: a plain success along with the next claim.
+    // A plain success along with the next claim: through the combiner too.
     let ok = RunResult::succeeded(first.assignments[0].run_id);
     let second = f.store.claim(n1, 1, &[ok], Millis(3), LEASE).await.unwrap();
     assert!(second.acks.iter().all(|a| a.recorded), "{:?}", second.acks);
@@ -1763,6 +1763,31 @@ async fn a_claim_is_committed_when_it_is_answered(f: Fixture) {
         }
     }
     assert_eq!(seen().await["b"], Failed);
+
+    // A take of more jobs than one statement marks (64): every one committed.
+    let wide: Vec<JobSpec> = (0..100).map(|i| job(&format!("w{i}"), &[])).collect();
+    let g = f
+        .store
+        .submit_graph(&graph(wide), Millis(at))
+        .await
+        .unwrap();
+    let n2 = node(&f.store, "n2", &[]).await;
+    let many = f
+        .store
+        .claim(n2, 100, &[], Millis(at + 1), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(many.assignments.len(), 100);
+    let running = other.jobs(Some(g)).await.unwrap();
+    assert!(
+        running.iter().all(|j| j.state == Running),
+        "{:?}",
+        running
+            .iter()
+            .filter(|j| j.state != Running)
+            .map(|j| &j.name)
+            .collect::<Vec<_>>()
+    );
     other.close().await;
 }
 
