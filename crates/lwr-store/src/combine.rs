@@ -285,8 +285,7 @@ impl Store {
             acks.push(mine);
             ended.push(count);
         }
-        let along = self.dialect == crate::Dialect::Sqlite;
-        self.take_for(&mut tx, &mut claimers, now, first_page, along)
+        self.take_for(&mut tx, &mut claimers, now, first_page)
             .await?;
         // Jobs these claims released and took themselves need nobody woken for them.
         let took = claimers

@@ -171,9 +171,7 @@ impl Store {
             (Vec::new(), None, Vec::new())
         } else {
             let mut claimers = [self.claimer(node_id, node, max, lease, now)];
-            let along = self.dialect == Dialect::Sqlite;
-            self.take_for(&mut tx, &mut claimers, now, None, along)
-                .await?;
+            self.take_for(&mut tx, &mut claimers, now, None).await?;
             let [claimer] = claimers;
             (claimer.assignments, claimer.retry_in, claimer.waited)
         };
@@ -262,18 +260,17 @@ impl Store {
     /// `first_page`: the search's first page when it was read already (with the results,
     /// see [`succeed_runs`]), for [`first_page`] rows.
     ///
-    /// With `commit` (SQLite), the last take carries the transaction's COMMIT
-    /// ([`Tx::commit_along`]): one round trip less for every claim that takes a job. The
-    /// take then checks in SQL that it marked every job it decided on, so that a claim that
-    /// would hand out less than it decided stops before its COMMIT and rolls back, as it
-    /// does when the check after the take fails. Nothing may write in `tx` afterwards.
+    /// On SQLite the last take carries the transaction's COMMIT ([`Tx::commit_along`]): one
+    /// round trip less for every claim that takes a job. The take then checks in SQL that
+    /// it marked every job it decided on, so that a claim that would hand out less than it
+    /// decided stops before its COMMIT and rolls back, as it does when the check after the
+    /// take fails. Nothing may write in `tx` afterwards.
     pub(crate) async fn take_for(
         &self,
         tx: &mut Tx,
         claimers: &mut [Claimer],
         now: Millis,
         mut first_page: Option<Vec<sqlx::any::AnyRow>>,
-        commit: bool,
     ) -> Result<()> {
         let open = |c: &Claimer| c.pool_node.is_some() && c.picked.len() < c.max as usize;
         let wanted: u32 = claimers
@@ -292,7 +289,7 @@ impl Store {
         let mut memos: Vec<Memo> = claimers.iter().map(|_| Memo::default()).collect();
         // Jobs of one graph share its origin, kept in memory once read: those in memory are
         // held from the moment their job is picked, so that nothing is read after a take
-        // that carried the COMMIT (see `commit`); the jobs of the others read them along.
+        // that carried the COMMIT; the jobs of the others read them along.
         let mut origins: HashMap<GraphId, Arc<GraphOrigin>> = HashMap::new();
         let mut uncached: HashSet<JobId> = HashSet::new();
         // The jobs taken that have needs.
@@ -411,6 +408,7 @@ impl Store {
             })
             .collect();
         let chunks = picked.len().div_ceil(CLAIM_BATCH);
+        let commit = self.dialect == Dialect::Sqlite;
         for (c, chunk) in picked.chunks(CLAIM_BATCH).enumerate() {
             let needs = chunk.iter().any(|p| with_needs.contains(&p.job));
             let read = Reads {
