@@ -131,7 +131,7 @@ impl Client {
             .query("offset", offset)
             .query_opt("run", run);
         let mut req = self
-            .request(&ep, FOLLOW_TIMEOUT)
+            .request(&ep, FOLLOW_TIMEOUT)?
             .header(reqwest::header::ACCEPT, "text/event-stream");
         if let Some((run, offset)) = resume {
             req = req.header("Last-Event-ID", format!("{run}:{offset}"));
@@ -187,7 +187,7 @@ impl Client {
             .query("offset", offset)
             .query("end", end);
         let req = self
-            .request(&ep, REQUEST_TIMEOUT)
+            .request(&ep, REQUEST_TIMEOUT)?
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(bytes);
         let resp = self.send_ep(&ep, req).await?;

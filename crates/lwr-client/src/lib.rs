@@ -3,8 +3,8 @@
 mod follow;
 pub mod paths;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -144,6 +144,8 @@ fn temp_beside(dest: &std::path::Path) -> std::path::PathBuf {
 pub enum ClientError {
     #[error("bad server URL '{url}': {reason}")]
     BadUrl { url: String, reason: String },
+    #[error("cannot make https requests (for {url}): {reason}")]
+    Tls { url: String, reason: String },
     #[error(
         "cannot reach the lwr server at {server}: {detail} (is `lwr server` or `lwr dev` running there?)"
     )]
@@ -438,6 +440,69 @@ fn is_on(ours: &reqwest::Url, url: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// How a [`Client`] sends. Loading the system's TLS roots reads and parses every certificate
+/// in /etc/ssl/certs: about 4 ms of CPU, a third of what a small `lwr push` costs itself, and
+/// before its first request. So a client whose servers are all plain http talks to them with
+/// a client that has no roots, and makes the one with roots only when it first needs it: for
+/// an https URL, or a URL elsewhere (a manifest's location), which may redirect to one.
+struct Transport {
+    /// For the client's own servers, when none of them is https.
+    plain: Option<reqwest::Client>,
+    /// For everything else; made on first use unless a server is https.
+    tls: OnceLock<std::result::Result<reqwest::Client, String>>,
+}
+
+impl Transport {
+    fn new(all_plain: bool) -> reqwest::Result<Transport> {
+        let tls = OnceLock::new();
+        let plain = match all_plain {
+            true => Some(
+                transport()
+                    .tls_certs_only(std::iter::empty())
+                    .redirect(stay_plain())
+                    .build()?,
+            ),
+            // Made now, so that a client that cannot do TLS says so before any request.
+            false => {
+                let _ = tls.set(Ok(transport().build()?));
+                None
+            }
+        };
+        Ok(Transport { plain, tls })
+    }
+
+    fn tls(&self) -> std::result::Result<&reqwest::Client, &str> {
+        self.tls
+            .get_or_init(|| transport().build().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(String::as_str)
+    }
+}
+
+fn transport() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(lwr_model::timing::CLIENT_POOL_IDLE)
+}
+
+/// The redirects the plain client follows: to http URLs only (it cannot check a
+/// certificate), at most 10 as reqwest's default. A server that moved to https is to be
+/// named by its https URL.
+fn stay_plain() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.url().scheme() != "http" {
+            let to = attempt.url().to_string();
+            attempt.error(format!(
+                "the server redirected to {to}: give lwr its https URL (--server or LWR_SERVER)"
+            ))
+        } else if attempt.previous().len() >= 10 {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 /// One server of a client's list: its URL as given and parsed.
 #[derive(Debug)]
 struct Server {
@@ -452,7 +517,7 @@ struct Server {
 /// with a server error (5xx), retrying the request there when its body can be sent again.
 #[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    http: Arc<Transport>,
     servers: Arc<[Server]>,
     /// Index in `servers` of the one in use, shared by the clones of this client so that a
     /// node's claims, heartbeats and streams all move on together.
@@ -476,16 +541,13 @@ impl Client {
                 reason: "no server URL given".into(),
             });
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(lwr_model::timing::CLIENT_POOL_IDLE)
-            .build()
-            .map_err(|e| ClientError::BadUrl {
-                url: server.to_string(),
-                reason: e.to_string(),
-            })?;
+        let all_plain = servers.iter().all(|s| s.origin.scheme() == "http");
+        let http = Transport::new(all_plain).map_err(|e| ClientError::BadUrl {
+            url: server.to_string(),
+            reason: e.to_string(),
+        })?;
         Ok(Client {
-            http,
+            http: Arc::new(http),
             servers: servers.into(),
             active: Arc::new(AtomicUsize::new(0)),
             token: None,
@@ -526,21 +588,33 @@ impl Client {
     }
 
     /// A request to `ep` on this server.
-    fn request(&self, ep: &Endpoint, timeout: Duration) -> RequestBuilder {
+    fn request(&self, ep: &Endpoint, timeout: Duration) -> Result<RequestBuilder> {
         self.request_at(ep.method.clone(), &ep.path, timeout)
     }
 
     /// A request to `location`: a path on this server, or a URL (a manifest's locations
     /// are), which may be anywhere.
-    fn request_at(&self, method: Method, location: &str, timeout: Duration) -> RequestBuilder {
+    fn request_at(
+        &self,
+        method: Method,
+        location: &str,
+        timeout: Duration,
+    ) -> Result<RequestBuilder> {
         let url = self.url(location);
         // The token goes only to this server, never to a URL a manifest names elsewhere.
         let ours = self.is_ours(&url);
-        let req = self.http.request(method, url).timeout(timeout);
-        match &self.token {
+        let http = match (&self.http.plain, ours) {
+            (Some(plain), true) => plain,
+            _ => self.http.tls().map_err(|reason| ClientError::Tls {
+                url: url.clone(),
+                reason: reason.to_string(),
+            })?,
+        };
+        let req = http.request(method, url).timeout(timeout);
+        Ok(match &self.token {
             Some(token) if ours => req.bearer_auth(token),
             _ => req,
-        }
+        })
     }
 
     /// Whether `url` is on one of this client's servers.
@@ -697,7 +771,7 @@ impl Client {
         body: Option<&(impl Serialize + ?Sized)>,
         timeout: Duration,
     ) -> Result<T> {
-        let mut req = self.request(ep, timeout);
+        let mut req = self.request(ep, timeout)?;
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -726,7 +800,7 @@ impl Client {
     pub async fn submit_graph(&self, sub: &SubmitGraph) -> Result<GraphInfo> {
         let ep = paths::submit_graph();
         let req = self
-            .request(&ep, REQUEST_TIMEOUT)
+            .request(&ep, REQUEST_TIMEOUT)?
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(json_body(sub)?);
         let resp = self.send_ep(&ep, req).await?;
@@ -743,7 +817,7 @@ impl Client {
             tries += 1;
             let (chunks, len) = json_stream(sub.clone())?;
             let req = self
-                .request(&ep, REQUEST_TIMEOUT)
+                .request(&ep, REQUEST_TIMEOUT)?
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header(reqwest::header::CONTENT_LENGTH, len)
                 .body(reqwest::Body::wrap_stream(chunks));
@@ -831,7 +905,7 @@ impl Client {
         let ep = paths::job_log(job)
             .query_opt("run", run)
             .query_opt("offset", Some(offset).filter(|o| *o > 0));
-        let req = self.request(&ep, REQUEST_TIMEOUT);
+        let req = self.request(&ep, REQUEST_TIMEOUT)?;
         let resp = self.send_ep(&ep, req).await?;
         let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         Ok(bytes.to_vec())
@@ -908,7 +982,7 @@ impl Client {
 
     pub async fn remove_repo(&self, id: i64) -> Result<()> {
         let ep = paths::remove_repo(id);
-        let req = self.request(&ep, REQUEST_TIMEOUT);
+        let req = self.request(&ep, REQUEST_TIMEOUT)?;
         self.call(ep, req).await
     }
 
@@ -970,7 +1044,7 @@ impl Client {
         let ep = paths::upload_log(run)
             .query("node", node)
             .query("sha256", sha256);
-        let req = self.request(&ep, UPLOAD_TIMEOUT).body(file_body(f));
+        let req = self.request(&ep, UPLOAD_TIMEOUT)?.body(file_body(f));
         self.call(ep, req).await
     }
 
@@ -1001,7 +1075,7 @@ impl Client {
         let (f, len) = open_sized(file).await?;
         let ep = Client::artifact_upload(run, node, meta, Some(&meta.sha256));
         let req = self
-            .request(&ep, UPLOAD_TIMEOUT)
+            .request(&ep, UPLOAD_TIMEOUT)?
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(file_body(f));
         self.call(ep, req).await
@@ -1030,7 +1104,7 @@ impl Client {
             let (body, hashed) = hashing_body(f);
             let ep = Client::artifact_upload(run, node, meta, None);
             let req = self
-                .request(&ep, UPLOAD_TIMEOUT)
+                .request(&ep, UPLOAD_TIMEOUT)?
                 .header(reqwest::header::CONTENT_LENGTH, len)
                 .body(body);
             let sent = match self.send_ep(&ep, req).await {
@@ -1077,7 +1151,7 @@ impl Client {
     /// Whether the server holds a bundle of `revision` (`lwr push` asks before uploading).
     pub async fn has_bundle(&self, revision: &str) -> Result<bool> {
         let ep = paths::has_bundle(revision);
-        let req = self.request(&ep, REQUEST_TIMEOUT);
+        let req = self.request(&ep, REQUEST_TIMEOUT)?;
         match self.send_ep(&ep, req).await {
             Ok(_) => Ok(true),
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(false),
@@ -1095,7 +1169,7 @@ impl Client {
         let (f, len) = open_sized(file).await?;
         let ep = paths::upload_bundle(revision);
         let req = self
-            .request(&ep, UPLOAD_TIMEOUT)
+            .request(&ep, UPLOAD_TIMEOUT)?
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(file_body(f));
         let resp = self.send_ep(&ep, req).await?;
@@ -1115,7 +1189,7 @@ impl Client {
             source,
         };
         let ep = paths::run_bundle(run).query("node", node);
-        let req = self.request(&ep, UPLOAD_TIMEOUT);
+        let req = self.request(&ep, UPLOAD_TIMEOUT)?;
         let resp = match self.send_ep(&ep, req).await {
             Ok(resp) => resp,
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Ok(false),
@@ -1134,13 +1208,13 @@ impl Client {
     /// Sends the node's part of a run's manifest, after its artifacts.
     pub async fn put_manifest(&self, run: RunId, node: NodeId, m: &ManifestUpload) -> Result<()> {
         let ep = paths::put_manifest(run).query("node", node);
-        let req = self.request(&ep, REQUEST_TIMEOUT).json(m);
+        let req = self.request(&ep, REQUEST_TIMEOUT)?.json(m);
         self.call(ep, req).await
     }
 
     /// The manifest at `location` (a URL or a path on this server), read by the v1 reader.
     pub async fn manifest_at(&self, location: &str) -> Result<Manifest> {
-        let req = self.request_at(Method::GET, location, REQUEST_TIMEOUT);
+        let req = self.request_at(Method::GET, location, REQUEST_TIMEOUT)?;
         self.read_manifest(location, req).await
     }
 
@@ -1156,7 +1230,7 @@ impl Client {
     /// The manifest of a job's latest run (or of run `run`).
     pub async fn job_manifest(&self, job: JobId, run: Option<u32>) -> Result<Manifest> {
         let ep = paths::job_manifest(job).query_opt("run", run);
-        let req = self.request(&ep, REQUEST_TIMEOUT);
+        let req = self.request(&ep, REQUEST_TIMEOUT)?;
         self.read_manifest(&ep.path, req).await
     }
 
@@ -1173,7 +1247,7 @@ impl Client {
             path: dest.display().to_string(),
             source,
         };
-        let req = self.request_at(Method::GET, location, UPLOAD_TIMEOUT);
+        let req = self.request_at(Method::GET, location, UPLOAD_TIMEOUT)?;
         let resp = self.send(&Method::GET, location, req).await?;
         let tmp = temp_beside(dest);
         let mut file = tokio::fs::File::create(&tmp).await.map_err(file_err)?;
@@ -1308,8 +1382,53 @@ mod tests {
         assert!(Client::new(" , ").is_err());
     }
 
+    #[test]
+    fn plain_servers_are_asked_without_loading_tls_roots() {
+        let c = Client::new("http://a:1,http://b:2").unwrap();
+        assert!(c.http.plain.is_some());
+        let ask = |location: &str| {
+            let req = c.request_at(Method::GET, location, REQUEST_TIMEOUT);
+            req.unwrap().build().unwrap().url().to_string()
+        };
+        assert_eq!(ask("/v1/jobs"), "http://a:1/v1/jobs");
+        assert_eq!(ask("http://b:2/v1/jobs"), "http://b:2/v1/jobs");
+        assert!(c.http.tls.get().is_none(), "its servers need no roots");
+        // A URL elsewhere may be https or redirect to it: the client with roots is made.
+        assert_eq!(ask("http://c:3/m.json"), "http://c:3/m.json");
+        assert!(c.http.tls.get().is_some_and(|t| t.is_ok()));
+        // With an https server it is made at once, and used for everything.
+        let tls = Client::new("http://a:1,https://b:2").unwrap();
+        assert!(tls.http.plain.is_none());
+        assert!(tls.http.tls.get().is_some_and(|t| t.is_ok()));
+    }
+
+    #[tokio::test]
+    async fn a_plain_server_that_moved_to_https_says_so() {
+        let (url, _task) =
+            answering_with(301, "location: https://ci.example.com/v1/stats\r\n").await;
+        let c = Client::new(&url).unwrap();
+        let e = c
+            .get::<serde_json::Value>(paths::stats())
+            .await
+            .expect_err("the plain client does not follow to https");
+        let text = e.to_string();
+        assert!(
+            text.contains("redirected to https://ci.example.com/v1/stats")
+                && text.contains("its https URL"),
+            "{text}"
+        );
+    }
+
     /// A server that answers every request with `status` and an empty JSON object.
     async fn answering(status: u16) -> (String, tokio::task::JoinHandle<()>) {
+        answering_with(status, "").await
+    }
+
+    /// [`answering`], with `headers` (each line ending in CRLF) added to the answer.
+    async fn answering_with(
+        status: u16,
+        headers: &'static str,
+    ) -> (String, tokio::task::JoinHandle<()>) {
         use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1318,7 +1437,7 @@ mod tests {
                 let mut buf = vec![0; 4096];
                 let _ = conn.read(&mut buf).await;
                 let answer = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\n{headers}connection: close\r\n\r\n{{}}"
                 );
                 let _ = conn.write_all(answer.as_bytes()).await;
             }

@@ -334,7 +334,11 @@ pub fn make_bundle(repo: &Path, revision: &str, scratch: &Path, dest: &Path) -> 
             "objects",
         ],
     )?;
-    git(None, &["init", "--quiet", "--bare", &show(scratch)])?;
+    // No templates: their sample hooks are a dozen files nobody runs here.
+    git(
+        None,
+        &["init", "--quiet", "--bare", "--template=", &show(scratch)],
+    )?;
     let alternates = scratch.join("objects/info/alternates");
     std::fs::write(&alternates, format!("{objects}\n")).map_err(io(&alternates))?;
     git(Some(scratch), &["update-ref", BUNDLE_REF, revision])?;

@@ -2,12 +2,13 @@
 //! for it. The commit goes to the server too, as a git bundle, for nodes that cannot read
 //! the repository's directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 
 use anyhow::Context;
 use lwr_client::Client;
+use lwr_model::Graph;
 use lwr_model::api::SubmitGraph;
 
 use super::graph::{GRAPH_FILE, read_working_tree};
@@ -15,10 +16,32 @@ use crate::cli::PushArgs;
 use crate::output::short;
 
 pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
-    let sub = read_head(&args.repo, args.rev.as_deref())?;
     let client = args.conn.client()?;
-    if let Some(revision) = &sub.revision {
-        upload_commit(&client, &args.repo, revision).await;
+    let (repo, rev) = (args.repo.clone(), args.rev.clone());
+    let (for_bundle, runtime) = (client.clone(), tokio::runtime::Handle::current());
+    // The commit's bundle is made while its lwr.yml is read: both are git's work (a few
+    // processes each, some milliseconds apiece), which a push would otherwise wait for in turn.
+    let read = tokio::task::spawn_blocking(move || {
+        let mut bundle = None;
+        let sub = read_head(&repo, rev.as_deref(), |revision| {
+            let (repo, revision) = (repo.clone(), revision.to_string());
+            bundle = Some(runtime.spawn(make_bundle(for_bundle, repo, revision)));
+        });
+        (sub, bundle)
+    });
+    let (sub, bundle) = read.await.context("reading the graph failed")?;
+    let sub = match sub {
+        Ok(sub) => sub,
+        Err(e) => {
+            if let Some(bundle) = bundle {
+                bundle.abort();
+            }
+            return Err(e);
+        }
+    };
+    // Before the graph: a node on another machine may claim its first job at once.
+    if let (Some(bundle), Some(revision)) = (bundle, &sub.revision) {
+        upload_commit(&client, &args.repo, revision, bundle).await;
     }
     release_freed_memory();
     let revision = sub.revision.clone();
@@ -52,15 +75,19 @@ fn release_freed_memory() {
 
 /// The graph in `repo`'s lwr.yml as committed at `rev` (HEAD when `None`), with the push's
 /// revision and branch. A directory that is not a git repository is pushed from its
-/// working tree.
-fn read_head(repo: &Path, rev: Option<&str>) -> anyhow::Result<SubmitGraph> {
+/// working tree. `resolved` learns the revision as soon as it is known.
+fn read_head(
+    repo: &Path,
+    rev: Option<&str>,
+    resolved: impl FnOnce(&str),
+) -> anyhow::Result<SubmitGraph> {
     let repository = std::fs::canonicalize(repo)
         .with_context(|| format!("cannot find repository {}", repo.display()))?
         .display()
         .to_string();
     let head = git(repo, &["rev-parse", "--verify", "--quiet", "HEAD^{commit}"]);
     if let Some(rev) = rev {
-        return read_revision(repo, repository, rev, head.as_deref());
+        return read_revision(repo, repository, rev, head.as_deref(), resolved);
     }
     let Some(revision) = head else {
         eprintln!(
@@ -79,9 +106,14 @@ fn read_head(repo: &Path, rev: Option<&str>) -> anyhow::Result<SubmitGraph> {
             left_out: Vec::new(),
         });
     };
-    warn_uncommitted(repo);
-    let branch = head_branch(repo);
-    at_revision(repo, repository, revision, "HEAD", branch)
+    resolved(&revision);
+    let at = Revision {
+        repository,
+        revision,
+        rev: "HEAD",
+        is_head: true,
+    };
+    at_revision(repo, at, || head_branch(repo))
 }
 
 /// The graph of `rev` (a branch, tag or commit): its branch is `rev` when that is a branch,
@@ -91,6 +123,7 @@ fn read_revision(
     repository: String,
     rev: &str,
     head: Option<&str>,
+    resolved: impl FnOnce(&str),
 ) -> anyhow::Result<SubmitGraph> {
     let revision = git(
         repo,
@@ -102,25 +135,31 @@ fn read_revision(
         ],
     )
     .with_context(|| format!("{} has no commit '{rev}'", repo.display()))?;
-    if head == Some(revision.as_str()) {
-        warn_uncommitted(repo);
-    }
+    resolved(&revision);
     let name = rev.strip_prefix("refs/heads/").unwrap_or(rev);
-    let is_branch = git(
-        repo,
-        &[
-            "rev-parse",
-            "--verify",
-            "--quiet",
-            &format!("refs/heads/{name}"),
-        ],
-    )
-    .is_some();
-    let branch = match is_branch {
-        true => Some(name.to_string()),
-        false => head_branch(repo),
+    let branch = || {
+        let is_branch = git(
+            repo,
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("refs/heads/{name}"),
+            ],
+        )
+        .is_some();
+        match is_branch {
+            true => Some(name.to_string()),
+            false => head_branch(repo),
+        }
     };
-    at_revision(repo, repository, revision, rev, branch)
+    let at = Revision {
+        repository,
+        is_head: head == Some(revision.as_str()),
+        revision,
+        rev,
+    };
+    at_revision(repo, at, branch)
 }
 
 /// The branch HEAD is on; `None` when it is detached.
@@ -150,14 +189,63 @@ fn warn_uncommitted(repo: &Path) {
     }
 }
 
-/// The push of `revision` (named `rev` in messages) with its committed lwr.yml.
-fn at_revision(
-    repo: &Path,
+/// The commit a push reads its graph from.
+struct Revision<'a> {
+    /// The repository's directory, canonical.
     repository: String,
     revision: String,
-    rev: &str,
-    branch: Option<String>,
+    /// What the user named it, for messages.
+    rev: &'a str,
+    /// Whether it is the commit checked out (whose lwr.yml may differ from the file's).
+    is_head: bool,
+}
+
+/// The push of `at` with its committed lwr.yml, on the branch `branch` finds. What else git
+/// is asked (the branch, the author, whether lwr.yml has uncommitted changes) is asked beside
+/// the read, each a process of its own: one after another they were most of a small push's
+/// wait.
+fn at_revision(
+    repo: &Path,
+    at: Revision<'_>,
+    branch: impl FnOnce() -> Option<String> + Send,
 ) -> anyhow::Result<SubmitGraph> {
+    let Revision {
+        repository,
+        revision,
+        rev,
+        is_head,
+    } = at;
+    let (branch, (author, subject), graph) = std::thread::scope(|s| {
+        let warned = is_head.then(|| s.spawn(|| warn_uncommitted(repo)));
+        let branch = s.spawn(branch);
+        let author = s.spawn(|| commit_author(repo, &revision));
+        let graph = committed_graph(repo, &revision, rev);
+        if let Some(warned) = warned {
+            joined(warned);
+        }
+        (joined(branch), joined(author), graph)
+    });
+    Ok(SubmitGraph {
+        repository: Some(repository),
+        branch,
+        revision: Some(revision),
+        author,
+        subject,
+        graph: graph?,
+        push: None,
+        left_out: Vec::new(),
+    })
+}
+
+/// A scoped thread's answer; its panic goes on in the caller.
+fn joined<T>(thread: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    thread
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// The graph of lwr.yml as committed at `revision` (named `rev` in messages).
+fn committed_graph(repo: &Path, revision: &str, rev: &str) -> anyhow::Result<Graph> {
     let spec = format!("{revision}:./{GRAPH_FILE}");
     // Its size says it is there (and whether it is too big) before it is read.
     let bytes = git(repo, &["cat-file", "-s", &spec])
@@ -165,23 +253,12 @@ fn at_revision(
         .with_context(|| {
             format!(
                 "{rev} ({}) of {} has no {GRAPH_FILE}; commit one first",
-                short(&revision),
+                short(revision),
                 repo.display()
             )
         })?;
-    let label = format!("{GRAPH_FILE}@{}", short(&revision));
-    let graph = super::stream::parse_committed(repo, &spec, bytes, &label)?;
-    let (author, subject) = commit_author(repo, &revision);
-    Ok(SubmitGraph {
-        repository: Some(repository),
-        branch,
-        revision: Some(revision),
-        author,
-        subject,
-        graph,
-        push: None,
-        left_out: Vec::new(),
-    })
+    let label = format!("{GRAPH_FILE}@{}", short(revision));
+    super::stream::parse_committed(repo, &spec, bytes, &label)
 }
 
 /// A commit's author (`Name <email>`) and message subject, for the pushes page.
@@ -195,29 +272,55 @@ pub(super) fn commit_author(repo: &Path, revision: &str) -> (Option<String>, Opt
     (lines.next().flatten(), lines.next().flatten())
 }
 
-/// Uploads a bundle of `revision` unless the server has one: nodes that cannot read the
-/// repository's directory (on another machine) fetch the commit from it. A failure is only
-/// a warning, since nodes that can read the directory do not need it.
-async fn upload_commit(client: &Client, repo: &Path, revision: &str) {
-    // A server that cannot be asked (down, or the token is refused) refuses the push just
-    // after, with the error that matters.
-    if client.has_bundle(revision).await.unwrap_or(true) {
-        return;
+/// A bundle of the pushed commit, made unless the server has one already.
+enum Bundle {
+    /// The server has one, or cannot be asked (a server that is down, or refuses the token,
+    /// refuses the push just after, with the error that matters).
+    NotNeeded,
+    /// In its temp dir, which goes when it is dropped.
+    Made(tempfile::TempDir, PathBuf),
+    Failed(anyhow::Error),
+}
+
+/// Makes a bundle of `revision` unless the server has one: nodes that cannot read the
+/// repository's directory (on another machine) fetch the commit from it.
+async fn make_bundle(client: Client, repo: PathBuf, revision: String) -> Bundle {
+    if client.has_bundle(&revision).await.unwrap_or(true) {
+        return Bundle::NotNeeded;
     }
-    let made = tempfile::tempdir()
-        .map_err(anyhow::Error::from)
-        .and_then(|tmp| {
-            let bundle = tmp.path().join("push.bundle");
-            lwr_node::checkout::make_bundle(repo, revision, &tmp.path().join("scratch"), &bundle)?;
-            Ok((tmp, bundle))
-        });
+    let made = tokio::task::spawn_blocking(move || {
+        let tmp = tempfile::tempdir()?;
+        let bundle = tmp.path().join("push.bundle");
+        lwr_node::checkout::make_bundle(&repo, &revision, &tmp.path().join("scratch"), &bundle)?;
+        Ok((tmp, bundle))
+    })
+    .await;
+    match made {
+        Ok(Ok((tmp, bundle))) => Bundle::Made(tmp, bundle),
+        Ok(Err(e)) => Bundle::Failed(e),
+        Err(e) => Bundle::Failed(anyhow::anyhow!("making it failed: {e}")),
+    }
+}
+
+/// Uploads the bundle `making` makes. A failure is only a warning, since nodes that can read
+/// the directory do not need it.
+async fn upload_commit(
+    client: &Client,
+    repo: &Path,
+    revision: &str,
+    making: tokio::task::JoinHandle<Bundle>,
+) {
+    let made = making
+        .await
+        .unwrap_or_else(|e| Bundle::Failed(anyhow::anyhow!("making it failed: {e}")));
     let uploaded = match made {
-        Ok((_tmp, bundle)) => client
+        Bundle::NotNeeded => return,
+        Bundle::Made(_tmp, bundle) => client
             .upload_bundle(revision, &bundle)
             .await
             .map(drop)
             .map_err(anyhow::Error::from),
-        Err(e) => Err(e),
+        Bundle::Failed(e) => Err(e),
     };
     if let Err(e) = uploaded {
         eprintln!(
