@@ -629,6 +629,12 @@ pub struct RunResult {
     /// does not count as the node's infrastructure error.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub server_fault: bool,
+    /// With an exception: the node never started the run. It claimed the job ahead, for
+    /// the next slot to free, and gives it back because none freed in time (or the node is
+    /// stopping). The job goes back to the queue without spending a retry, and the node is
+    /// not counted an infrastructure error. Ignored with any other outcome.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unstarted: bool,
 }
 
 impl RunResult {
@@ -641,6 +647,7 @@ impl RunResult {
             reason: None,
             node_bad: None,
             server_fault: false,
+            unstarted: false,
         }
     }
 }

@@ -51,6 +51,7 @@ pub async fn run(
     let exception = |reason: String| RunResult {
         node_bad: None,
         server_fault: false,
+        unstarted: false,
         run_id,
         outcome: Outcome::Exception,
         exit_code: None,
@@ -96,6 +97,7 @@ async fn wait(
     let exception = |reason: String| RunResult {
         node_bad: None,
         server_fault: false,
+        unstarted: false,
         run_id,
         outcome: Outcome::Exception,
         exit_code: None,
@@ -118,6 +120,7 @@ async fn wait(
                 Some(code) => RunResult {
                     node_bad: None,
                     server_fault: false,
+                    unstarted: false,
                     run_id,
                     outcome: Outcome::Failed,
                     exit_code: Some(code),
@@ -126,6 +129,7 @@ async fn wait(
                 None => RunResult {
                     node_bad: None,
                     server_fault: false,
+                    unstarted: false,
                     run_id,
                     outcome: Outcome::Failed,
                     exit_code: None,
@@ -139,6 +143,7 @@ async fn wait(
             RunResult {
                 node_bad: None,
                 server_fault: false,
+                unstarted: false,
                 run_id,
                 outcome: Outcome::Failed,
                 exit_code: None,
@@ -150,6 +155,7 @@ async fn wait(
             RunResult {
                 node_bad: None,
                 server_fault: false,
+                unstarted: false,
                 run_id,
                 outcome: Outcome::Failed,
                 exit_code: None,
@@ -233,6 +239,7 @@ fn not_started(launch: &Launch, run_id: RunId, e: std::io::Error) -> RunResult {
             return RunResult {
                 node_bad: None,
                 server_fault: false,
+                unstarted: false,
                 run_id,
                 outcome: Outcome::Exception,
                 exit_code: None,
@@ -247,6 +254,7 @@ fn not_started(launch: &Launch, run_id: RunId, e: std::io::Error) -> RunResult {
     RunResult {
         node_bad: None,
         server_fault: false,
+        unstarted: false,
         run_id,
         outcome: Outcome::Failed,
         exit_code: Some(code),
@@ -473,6 +481,7 @@ mod tests {
         let r = |outcome, exit_code, reason: Option<&str>| RunResult {
             node_bad: None,
             server_fault: false,
+            unstarted: false,
             run_id: RunId(1),
             outcome,
             exit_code,

@@ -306,6 +306,7 @@ pub(crate) fn restarted(run_id: RunId) -> RunResult {
     RunResult {
         node_bad: None,
         server_fault: false,
+        unstarted: false,
         run_id,
         outcome: Outcome::Exception,
         exit_code: None,

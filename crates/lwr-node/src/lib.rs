@@ -9,6 +9,7 @@
 mod artifact;
 pub mod buildbot;
 pub mod checkout;
+mod deck;
 mod exec;
 mod glob;
 mod journal;
@@ -22,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lwr_client::{Client, ClientError, StatusCode};
 use lwr_model::api::{
@@ -34,6 +35,7 @@ use lwr_model::{NodeId, RunId};
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
+use crate::deck::Deck;
 use crate::exec::{Launch, Stop};
 use crate::journal::Journal;
 use crate::report::Reporter;
@@ -148,6 +150,10 @@ struct Node {
     run_logs: Arc<stream::RunLogs>,
     /// The Buildbot master this node bridges to, if it is a bridge.
     bridge: Option<buildbot::Bridge>,
+    /// The node's slots: a job runs holding one.
+    slots: Arc<Semaphore>,
+    /// Jobs claimed ahead of a free slot ([`deck`]).
+    deck: Deck,
 }
 
 /// The node's free slots as the reporting task takes jobs for them ([`report::Taker`]).
@@ -165,6 +171,10 @@ impl report::Taker for SlotTaker {
         // As the claim loop: nothing while stopping, draining or unhealthy (as last checked).
         let busy = *self.stop.borrow() || *node.reboot.borrow() || lock(&node.unhealthy).is_some();
         (!busy).then(|| self.slots.clone())
+    }
+
+    fn ahead(&self) -> usize {
+        self.node.upgrade().map_or(0, |node| node.deck.room())
     }
 
     fn start(&self, jobs: Vec<Assignment>, slots: Vec<OwnedSemaphorePermit>) {
@@ -281,6 +291,12 @@ pub async fn run(
             .unwrap_or_else(|_| config.work_dir.join("cache")),
         run_logs: Arc::default(),
         bridge,
+        slots: Arc::new(Semaphore::new(slots as usize)),
+        // A bridge's slots are builds it follows: a build waits on Buildbot, not here.
+        deck: Deck::new(match config.buildbot {
+            Some(_) => 0,
+            None => slots as usize,
+        }),
         config,
     });
     tracing::info!(
@@ -291,13 +307,14 @@ pub async fn run(
         node.config.work_dir.display()
     );
     let heartbeat = tokio::spawn(node.clone().heartbeat_loop());
+    let deck_watch = tokio::spawn(node.clone().deck_watch());
     let streams = tokio::spawn(stream::serve(
         node.client.clone(),
         node.id,
         node.config.work_dir.clone(),
         node.run_logs.clone(),
     ));
-    let permits = Arc::new(Semaphore::new(slots as usize));
+    let permits = node.slots.clone();
     for a in resumed {
         tracing::info!(
             "run {} of {}: resuming its Buildbot build",
@@ -342,10 +359,15 @@ pub async fn run(
     );
     let _ = stop_tx.send(true);
     let _ = claims.await;
+    // Jobs claimed ahead go back at once rather than wait for this node's slots.
+    for a in node.deck.close() {
+        node.give_back(&a, "the node is stopping");
+    }
     if node.bridge.is_some() && !rebooting {
         // A bridge's builds go on on Buildbot without it, and its next start follows them
         // again (WORK/buildbot): a restart need not wait for hours of builds.
         heartbeat.abort();
+        deck_watch.abort();
         streams.abort();
         node.reporter.flush(Duration::from_secs(10)).await;
         return Ok(Stopped::Shutdown);
@@ -374,6 +396,7 @@ pub async fn run(
     // Every permit back means every job has ended and its result is queued.
     let _all = permits.acquire_many(slots).await;
     heartbeat.abort();
+    deck_watch.abort();
     streams.abort();
     node.reporter.flush(Duration::from_secs(10)).await;
     if !rebooting {
@@ -543,9 +566,19 @@ impl Node {
             while let Ok(p) = slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
+            // The jobs on the deck are already this node's: they go first.
+            while !permits.is_empty() {
+                let Some(a) = self.deck.pop() else { break };
+                if let Some(permit) = permits.pop() {
+                    self.run_in_slot(a, permit);
+                }
+            }
+            if permits.is_empty() {
+                continue;
+            }
             let results = self.reporter.begin_claim().await;
             let req = ClaimRequest {
-                max: permits.len() as u32,
+                max: (permits.len() + self.deck.room()) as u32,
                 wait_ms: timing::CLAIM_WAIT.as_millis() as u64,
                 results,
             };
@@ -582,21 +615,88 @@ impl Node {
     /// ends); the slots left over are freed now.
     fn start_jobs(self: &Arc<Self>, jobs: Vec<Assignment>, mut permits: Vec<OwnedSemaphorePermit>) {
         for assignment in jobs {
-            let Some(permit) = permits.pop() else {
-                tracing::error!(
-                    "server sent more jobs than asked for; run {} left to expire",
-                    assignment.run_id
-                );
-                continue;
-            };
             self.lease_secs
                 .store(assignment.lease_secs, Ordering::Relaxed);
-            let node = self.clone();
-            tokio::spawn(async move {
-                node.run_job(assignment).await;
-                drop(permit);
-            });
+            match permits.pop() {
+                Some(permit) => self.run_in_slot(assignment, permit),
+                // Claimed ahead: it starts in the next slot to free.
+                None => self.deck.push(assignment, Instant::now()),
+            }
         }
+        // A slot freed while the claim was out takes a job from the deck now.
+        drop(permits);
+        self.start_from_deck();
+    }
+
+    /// Runs `a` in the slot `permit` holds, then jobs from the deck while there are any:
+    /// the slot goes from one to the next without waiting for a claim's answer.
+    fn run_in_slot(self: &Arc<Self>, a: Assignment, permit: OwnedSemaphorePermit) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut next = Some(a);
+            while let Some(a) = next {
+                node.run_job(a).await;
+                next = node.next_from_deck();
+            }
+            drop(permit);
+            // A job may have come onto the deck after the last look, when no slot was free.
+            node.start_from_deck();
+        });
+    }
+
+    /// Starts jobs from the deck in the slots free now.
+    fn start_from_deck(self: &Arc<Self>) {
+        while !self.deck.is_empty() {
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                return;
+            };
+            let Some(a) = self.next_from_deck() else {
+                return;
+            };
+            self.run_in_slot(a, permit);
+        }
+    }
+
+    /// The deck's next job, unless the node turned unhealthy (its disk short, its health
+    /// check failing) since it claimed it: it claims nothing then, and starts nothing
+    /// claimed ahead either; the deck goes back.
+    fn next_from_deck(&self) -> Option<Assignment> {
+        let unhealthy = lock(&self.unhealthy).clone();
+        match unhealthy {
+            None => self.deck.pop(),
+            Some(why) => {
+                for a in self.deck.stale(Instant::now(), Duration::ZERO) {
+                    self.give_back(&a, &format!("the node is unhealthy: {why}"));
+                }
+                None
+            }
+        }
+    }
+
+    /// Gives the deck's jobs that waited [`deck::DECK_WAIT`] back to the server, so that
+    /// a job does not wait behind long ones while other nodes could run it.
+    async fn deck_watch(self: Arc<Self>) {
+        loop {
+            match self.deck.oldest() {
+                None => self.deck.wait_filled().await,
+                Some(at) => {
+                    tokio::time::sleep_until((at + deck::DECK_WAIT).into()).await;
+                    for a in self.deck.stale(Instant::now(), deck::DECK_WAIT) {
+                        self.give_back(&a, "no slot of the node freed in time");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reports `a` as given back unstarted: the server queues its job again, no retry spent.
+    fn give_back(&self, a: &Assignment, why: &str) {
+        tracing::debug!(
+            "run {} of {}: given back unstarted: {why}",
+            a.run_id,
+            a.job_name
+        );
+        self.reporter.submit_now(deck::given_back(a.run_id, why));
     }
 
     /// Checks the work dir's free space and runs the health check, if any; remembers (and
@@ -767,10 +867,17 @@ impl Node {
             cannot_start = Some(reason);
         }
         let result = match cannot_start {
-            None => exec::run(launch, stop_rx, |pgid| self.journal.started(a.run_id, pgid)).await,
+            None => {
+                let began = Instant::now();
+                let ran = exec::run(launch, stop_rx, |pgid| self.journal.started(a.run_id, pgid));
+                let ran = ran.await;
+                self.deck.ran(began.elapsed());
+                ran
+            }
             Some(reason) => RunResult {
                 node_bad: None,
                 server_fault: false,
+                unstarted: false,
                 run_id: a.run_id,
                 outcome: Outcome::Exception,
                 exit_code: None,
@@ -1045,6 +1152,7 @@ impl Node {
                 RunResult {
                     node_bad: None,
                     server_fault: false,
+                    unstarted: false,
                     run_id: run,
                     outcome: Outcome::Exception,
                     exit_code: None,
@@ -1063,6 +1171,7 @@ impl Node {
             tokio::time::sleep(every).await;
             // Runs that ended here and wait for their uploads and report stay this node's.
             let mut runs: Vec<RunId> = lock(&self.running).keys().copied().collect();
+            runs.extend(self.deck.runs());
             runs.extend(self.reporter.unreported());
             runs.sort_unstable();
             runs.dedup();
@@ -1086,6 +1195,11 @@ impl Node {
                         self.reboot.send_replace(true);
                     }
                     for run in resp.abandon {
+                        if self.deck.remove(run) {
+                            tracing::warn!(
+                                "run {run}: the server no longer holds it for this node; not starting it"
+                            );
+                        }
                         if let Some(stop) = lock(&self.running).remove(&run) {
                             tracing::warn!(
                                 "run {run}: the server no longer holds it for this node; stopping it"

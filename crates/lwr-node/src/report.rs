@@ -49,7 +49,10 @@ pub(crate) trait Taker: Send + Sync {
     /// The node's slots, when it may take jobs now (not stopping, draining or unhealthy).
     fn slots(&self) -> Option<Arc<Semaphore>>;
     /// Starts the jobs a claim handed out, each holding one of `slots`; the rest are freed.
+    /// Jobs beyond `slots` wait on the node's deck for the next slot that frees.
     fn start(&self, jobs: Vec<Assignment>, slots: Vec<OwnedSemaphorePermit>);
+    /// How many jobs the node would take now beyond its free slots, on its deck.
+    fn ahead(&self) -> usize;
 }
 
 /// How long the reporting task waits for a slot to take jobs for: the slot a result's job
@@ -78,8 +81,9 @@ struct Outbox {
     claiming: bool,
     /// No claim will follow (the node is stopping): everything goes out on its own.
     direct: bool,
-    /// A result whose upload failed is due again: the reporting task tries it now.
-    retry: bool,
+    /// Results are due now, not with the next claim (an upload that failed is due again,
+    /// a run given back): the reporting task sends them.
+    due_now: bool,
 }
 
 struct Pending {
@@ -168,6 +172,16 @@ impl Reporter {
         self.queue(result, outputs);
     }
 
+    /// Queues `result` to go out at once rather than with the next claim: a run given back
+    /// unstarted must reach the server while the node's slots stay busy and no claim
+    /// follows.
+    pub(crate) fn submit_now(&self, result: RunResult) {
+        self.shared.journal.ended(&result);
+        self.queue(result, false);
+        lock(&self.shared.outbox).due_now = true;
+        self.shared.send_now.notify_one();
+    }
+
     /// Runs that ended here and whose results the server has not taken yet: their leases
     /// are still the node's to renew.
     pub(crate) fn unreported(&self) -> Vec<RunId> {
@@ -252,10 +266,10 @@ impl Shared {
             loop {
                 let (batch, stopping) = {
                     let mut outbox = lock(&self.outbox);
-                    if !(outbox.claiming || outbox.direct || outbox.retry) {
+                    if !(outbox.claiming || outbox.direct || outbox.due_now) {
                         break;
                     }
-                    outbox.retry = false;
+                    outbox.due_now = false;
                     (take_due(&mut outbox.results, MAX_BATCH), outbox.direct)
                 };
                 if batch.is_empty() {
@@ -302,14 +316,18 @@ impl Shared {
         let Some(free) = taker.slots() else {
             return false;
         };
-        let Ok(Ok(first)) = tokio::time::timeout(SLOT_WAIT, free.clone().acquire_owned()).await
-        else {
-            return false;
-        };
-        let mut slots = vec![first];
+        let ahead = taker.ahead();
+        let mut slots = Vec::new();
+        if ahead == 0 {
+            let Ok(Ok(first)) = tokio::time::timeout(SLOT_WAIT, free.clone().acquire_owned()).await
+            else {
+                return false;
+            };
+            slots.push(first);
+        }
         slots.extend(std::iter::from_fn(|| free.clone().try_acquire_owned().ok()));
         let req = ClaimRequest {
-            max: slots.len() as u32,
+            max: (slots.len() + ahead) as u32,
             wait_ms: 0,
             results: report.results.clone(),
         };
@@ -410,7 +428,7 @@ impl Shared {
         let shared = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(due.into()).await;
-            lock(&shared.outbox).retry = true;
+            lock(&shared.outbox).due_now = true;
             shared.send_now.notify_one();
         });
     }

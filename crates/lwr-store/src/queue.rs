@@ -1335,8 +1335,11 @@ async fn report_in(
         };
         let job_id: JobId = typed(&finished, "job_id")?;
         ended += 1;
-        // The server's own storage failing is not the node's fault: no count against it.
-        let infra_error = result.outcome == Outcome::Exception && !result.server_fault;
+        // A run given back unstarted never ran, and the server's own storage failing is
+        // not the node's fault: neither counts against it.
+        let unstarted = result.outcome == Outcome::Exception && result.unstarted;
+        let infra_error =
+            result.outcome == Outcome::Exception && !result.server_fault && !unstarted;
         let started_at: Millis = typed(&finished, "started_at")?;
         // Clearing a count known to be zero would cost a statement per run for nothing.
         let (now_quarantined, spot) = if clean && !infra_error {
@@ -1362,6 +1365,7 @@ async fn report_in(
                     });
                 end_job(tx, job_id, "failed", &reason, now).await?
             }
+            Outcome::Exception if unstarted => requeue_unstarted(tx, job_id, now).await?,
             Outcome::Exception => {
                 let reason = result.reason.clone().unwrap_or_else(|| "exception".into());
                 retry_or_end(tx, job_id, &reason, spot, now).await?
@@ -1534,6 +1538,29 @@ fn outcome_state(outcome: Outcome) -> &'static str {
         Outcome::Failed => "failed",
         Outcome::Exception => "exception",
     }
+}
+
+/// A run its node gave back without starting it (it was claimed ahead of a free slot):
+/// the job goes back to the queue as it was, its retries untouched.
+async fn requeue_unstarted(tx: &mut Tx, job_id: JobId, now: Millis) -> Result<Effects> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'pending', reason = $2, updated_at = $3 \
+         WHERE id = $1 AND state = 'running'",
+    )
+    .bind(job_id.get())
+    .bind("given back unstarted by its node (its slots stayed busy); waiting for another")
+    .bind(now.get())
+    .execute(&mut **tx)
+    .await
+    .op("requeueing an unstarted job")?;
+    // As for a retry: a need run again meanwhile may have changed what the job waits for.
+    crate::control::count_unmet(tx, job_id).await?;
+    let (blocked, ready) = crate::control::block_if_stuck(tx, job_id, now).await?;
+    Ok(if blocked {
+        Effects::changed(ready)
+    } else {
+        Effects::NEW_WORK
+    })
 }
 
 /// An infrastructure error: run the job again while it has retries, else end it. After an

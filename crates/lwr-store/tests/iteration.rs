@@ -250,6 +250,7 @@ fn result(run_id: RunId, outcome: Outcome) -> RunResult {
     RunResult {
         node_bad: None,
         server_fault: false,
+        unstarted: false,
         run_id,
         outcome,
         exit_code: match outcome {

@@ -92,6 +92,7 @@ async fn jobs_and_graphs_are_found_by_what_a_user_knows(f: Fixture) {
         .map(|a| RunResult {
             node_bad: None,
             server_fault: false,
+            unstarted: false,
             run_id: a.run_id,
             outcome: match a.job_name.as_str() {
                 "lint" => Outcome::Failed,
@@ -288,6 +289,7 @@ async fn kept_counts_follow_retries_retriggers_and_cancels(f: Fixture) {
         let result = RunResult {
             node_bad: None,
             server_fault: false,
+            unstarted: false,
             run_id: run,
             outcome,
             exit_code: (outcome != Outcome::Exception)

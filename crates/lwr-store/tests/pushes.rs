@@ -58,6 +58,7 @@ async fn run_ready(
         results.push(RunResult {
             node_bad: None,
             server_fault: false,
+            unstarted: false,
             run_id: a.run_id,
             outcome,
             exit_code: (outcome != Outcome::Exception)
@@ -255,6 +256,7 @@ async fn all_finished_waits_for_every_need_and_counts_cancelled_and_exception(f:
                 &[RunResult {
                     node_bad: None,
                     server_fault: false,
+                    unstarted: false,
                     run_id: a.run_id,
                     outcome: Outcome::Exception,
                     exit_code: None,

@@ -53,6 +53,7 @@ fn result(run_id: RunId, outcome: Outcome) -> RunResult {
     RunResult {
         node_bad: None,
         server_fault: false,
+        unstarted: false,
         run_id,
         outcome,
         exit_code,
@@ -1290,6 +1291,7 @@ async fn retrigger_runs_a_job_again_with_its_dependents(f: Fixture) {
     let failed = RunResult {
         node_bad: None,
         server_fault: false,
+        unstarted: false,
         run_id: got[0].run_id,
         outcome: Outcome::Failed,
         exit_code: Some(1),
@@ -1408,6 +1410,73 @@ async fn a_retried_job_waits_for_a_need_that_runs_again(f: Fixture) {
     assert!(none.is_empty());
     let s = states(&f.store).await;
     assert_eq!((s["b"], s["c"]), (JobState::Blocked, JobState::Blocked));
+}
+
+/// A run its node gave back unstarted (claimed ahead of a slot that did not free) sends its
+/// job back to the queue as it was: no retry spent, no infrastructure error counted.
+async fn a_run_given_back_unstarted_spends_no_retry(f: Fixture) {
+    // No retries: an exception ends a job, unless its run was given back unstarted.
+    let no_retries = |name: &str, needs: &[&str]| JobSpec {
+        retries: 0,
+        ..job(name, needs)
+    };
+    let jobs = vec![no_retries("a", &[]), job("b", &["a"]), no_retries("c", &[])];
+    f.store.submit_graph(&graph(jobs), Millis(0)).await.unwrap();
+    let n = node(&f.store, "n1", &[]).await;
+    let got = f.store.claim(n, 2, &[], Millis(1), LEASE).await.unwrap();
+    let run = |name: &str| {
+        got.assignments
+            .iter()
+            .find(|a| a.job_name == name)
+            .map(|a| a.run_id)
+            .unwrap()
+    };
+    let given_back = RunResult {
+        unstarted: true,
+        reason: Some("given back unstarted: no slot freed".into()),
+        ..result(run("a"), Outcome::Exception)
+    };
+    // c's exception ends it, as before.
+    let (acks, effects) = f
+        .store
+        .report(
+            n,
+            &[given_back, result(run("c"), Outcome::Exception)],
+            Millis(2),
+        )
+        .await
+        .unwrap();
+    assert!(acks.iter().all(|a| a.recorded), "{acks:?}");
+    assert!(effects.ready, "a is back in the queue");
+    let s = states(&f.store).await;
+    assert_eq!((s["a"], s["c"]), (JobState::Pending, JobState::Exception));
+    let a = f.store.jobs(None).await.unwrap();
+    let a = a.iter().find(|j| j.name == "a").unwrap();
+    assert!(
+        a.reason
+            .as_deref()
+            .unwrap()
+            .contains("given back unstarted")
+    );
+    // The exception of c counts against the node; the run given back does not.
+    assert_eq!(f.store.node(n, Millis(2)).await.unwrap().infra_errors, 1);
+    let again = f.store.claim(n, 2, &[], Millis(3), LEASE).await.unwrap();
+    assert_eq!(again.assignments.len(), 1);
+    assert_eq!(
+        (
+            again.assignments[0].job_name.as_str(),
+            again.assignments[0].run_number
+        ),
+        ("a", 2)
+    );
+    // The flag means nothing with another outcome.
+    let done = RunResult {
+        unstarted: true,
+        ..result(again.assignments[0].run_id, Outcome::Succeeded)
+    };
+    f.store.report(n, &[done], Millis(4)).await.unwrap();
+    let s = states(&f.store).await;
+    assert_eq!((s["a"], s["b"]), (JobState::Succeeded, JobState::Pending));
 }
 
 /// Claims one job on `node` at `now` and reports `outcome` for it; the node's state after.
@@ -1798,6 +1867,7 @@ on_both_backends!(
     pending_jobs_say_what_they_wait_for,
     tokens_are_revoked_by_label_prefix_as_plain_text,
     only_infrastructure_errors_in_a_row_quarantine_a_node,
+    a_run_given_back_unstarted_spends_no_retry,
     only_ready_jobs_are_claimed_and_success_releases_dependents,
     every_job_a_claim_takes_gets_its_own_needs_manifests,
     a_claim_counts_the_jobs_it_released_and_did_not_take,

@@ -79,6 +79,7 @@ async fn make(url: &str) {
         RunResult {
             node_bad: None,
             server_fault: false,
+            unstarted: false,
             run_id: run("lint"),
             outcome: Outcome::Failed,
             exit_code: Some(3),

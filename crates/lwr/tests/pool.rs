@@ -290,6 +290,7 @@ fn a_node_whose_runs_keep_failing_for_infrastructure_reasons_is_quarantined() {
         results.push(RunResult {
             node_bad: None,
             server_fault: false,
+            unstarted: false,
             run_id: run.run_id,
             outcome: Outcome::Exception,
             exit_code: None,

@@ -535,3 +535,58 @@ jobs:
     assert_eq!(jobs["slow"].runs, 2, "{table}");
     assert_eq!(jobs["after"].state, JobState::Succeeded, "{table}");
 }
+
+/// After a short job a node claims one job ahead per slot, to start it the moment a slot
+/// frees; one that waits two seconds for a slot goes back to the queue unstarted, without
+/// spending a retry, and another node runs it.
+#[test]
+fn a_job_claimed_ahead_goes_back_when_no_slot_frees() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(dir);
+    let _a = server.node(dir, "a", 1, &[]);
+    server.wait_node("a");
+    // A short run first: after it, a claims ahead.
+    let warm = git_repo(
+        &dir.join("warm"),
+        "version: 1\ncheckout: false\njobs:\n  warm:\n    run: \"true\"\n",
+    );
+    server.push(&warm, true).assert_success();
+    // Two long jobs, no retries: a takes both, runs one and keeps the other on its deck.
+    let repo = git_repo(
+        &dir.join("long"),
+        "version: 1\ncheckout: false\njobs:\n  long-1:\n    run: sleep 4\n    retries: 0\n  \
+         long-2:\n    run: sleep 4\n    retries: 0\n",
+    );
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let graph = out.pushed_graph();
+    server.wait_job(graph, "long-1", JobState::Running, Some("a"));
+    server.wait_job(graph, "long-2", JobState::Running, Some("a"));
+    let _b = server.node(dir, "b", 1, &[]);
+    let info = server.wait_finished(graph);
+    let table = server.describe(Some(graph));
+    assert_eq!(info.counts.succeeded, 2, "{table}");
+    let details: Vec<_> = ["long-1", "long-2"]
+        .iter()
+        .map(|name| server.job(graph, name))
+        .collect();
+    let moved: Vec<_> = details
+        .iter()
+        .filter(|d| d.run_history.len() == 2)
+        .collect();
+    assert_eq!(moved.len(), 1, "one job went back: {table}");
+    let runs = &moved[0].run_history;
+    assert_eq!(
+        (runs[0].state, runs[0].node.as_str()),
+        (RunState::Exception, "a"),
+        "{runs:?}"
+    );
+    let why = runs[0].reason.as_deref().unwrap_or_default();
+    assert!(why.contains("given back unstarted"), "{why}");
+    assert_eq!(
+        (runs[1].state, runs[1].node.as_str()),
+        (RunState::Succeeded, "b"),
+        "{runs:?}"
+    );
+}

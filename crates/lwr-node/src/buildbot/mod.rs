@@ -167,6 +167,7 @@ impl Node {
             None => RunResult {
                 node_bad: None,
                 server_fault: false,
+                unstarted: false,
                 run_id: a.run_id,
                 outcome: Outcome::Exception,
                 exit_code: None,
@@ -176,6 +177,7 @@ impl Node {
                 Err(e) => RunResult {
                     node_bad: None,
                     server_fault: false,
+                    unstarted: false,
                     run_id: a.run_id,
                     outcome: Outcome::Exception,
                     exit_code: None,

@@ -43,6 +43,7 @@ fn result(a: &Assignment, outcome: Outcome, reason: String) -> RunResult {
     RunResult {
         node_bad: None,
         server_fault: false,
+        unstarted: false,
         run_id: a.run_id,
         outcome,
         exit_code: None,
@@ -323,6 +324,7 @@ impl Bridge {
             BuildResult::Succeeded => RunResult {
                 node_bad: None,
                 server_fault: false,
+                unstarted: false,
                 run_id: a.run_id,
                 outcome: Outcome::Succeeded,
                 exit_code: Some(0),

@@ -1,0 +1,224 @@
+//! The deck: jobs a node claimed ahead of a free slot, each started by the next slot that
+//! frees.
+//!
+//! Between two short jobs a slot waits for a round trip to the server (the result goes out
+//! with a claim, the next job comes back), a millisecond or two that a `true` job does not
+//! fill: with all slots waiting at once the machine idles. A node whose last run was short
+//! therefore asks for up to one job per slot more than it has free, keeps them here, and
+//! starts one the moment a slot frees while the claim that refills the deck is on its way.
+//!
+//! A job on the deck is the node's on the server (running, under the node's lease) though
+//! no process runs it yet. So that it does not wait behind long jobs while other nodes are
+//! free, one that waited [`DECK_WAIT`] goes back unstarted ([`given_back`]): the server
+//! queues it again without spending a retry. A stopping node gives back its whole deck.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lwr_model::RunId;
+use lwr_model::api::{Assignment, Outcome, RunResult};
+use lwr_model::sync::lock;
+use tokio::sync::Notify;
+
+/// A node claims ahead only after a run shorter than this: for longer jobs the round trip
+/// between two of them is a small share of their time, and a job on the deck would wait
+/// long for a slot.
+pub(crate) const AHEAD_IF_UNDER: Duration = Duration::from_millis(250);
+
+/// How long a job may wait on the deck before it goes back to the server.
+pub(crate) const DECK_WAIT: Duration = Duration::from_secs(2);
+
+pub(crate) struct Deck {
+    jobs: Mutex<VecDeque<(Assignment, Instant)>>,
+    /// At most this many jobs (the node's slots; none for a Buildbot bridge).
+    cap: usize,
+    /// How long the last run to end here took, in ms; `u64::MAX` before the first.
+    last_run_ms: AtomicU64,
+    closed: AtomicBool,
+    /// Wakes the watch ([`Deck::wait_filled`]) when a job is put on an empty deck.
+    filled: Notify,
+}
+
+impl Deck {
+    pub(crate) fn new(cap: usize) -> Deck {
+        Deck {
+            jobs: Mutex::default(),
+            cap,
+            last_run_ms: AtomicU64::new(u64::MAX),
+            closed: AtomicBool::new(false),
+            filled: Notify::new(),
+        }
+    }
+
+    /// How many jobs to claim now beyond the free slots: room on the deck, if the last run
+    /// was short and the deck is open.
+    pub(crate) fn room(&self) -> usize {
+        let short = self.last_run_ms.load(Ordering::Relaxed) < AHEAD_IF_UNDER.as_millis() as u64;
+        if !short || self.closed.load(Ordering::Relaxed) {
+            return 0;
+        }
+        self.cap.saturating_sub(lock(&self.jobs).len())
+    }
+
+    /// A run here took `took`.
+    pub(crate) fn ran(&self, took: Duration) {
+        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_run_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn push(&self, a: Assignment, now: Instant) {
+        let mut jobs = lock(&self.jobs);
+        if jobs.is_empty() {
+            self.filled.notify_one();
+        }
+        jobs.push_back((a, now));
+    }
+
+    /// The job to start next; `None` when there is none or the deck is closed.
+    pub(crate) fn pop(&self) -> Option<Assignment> {
+        if self.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        lock(&self.jobs).pop_front().map(|(a, _)| a)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        lock(&self.jobs).is_empty()
+    }
+
+    /// The runs on the deck: their leases are the node's to renew.
+    pub(crate) fn runs(&self) -> Vec<RunId> {
+        lock(&self.jobs).iter().map(|(a, _)| a.run_id).collect()
+    }
+
+    /// Takes `run` off the deck (the server no longer holds it for the node); whether it
+    /// was there.
+    pub(crate) fn remove(&self, run: RunId) -> bool {
+        let mut jobs = lock(&self.jobs);
+        let before = jobs.len();
+        jobs.retain(|(a, _)| a.run_id != run);
+        jobs.len() != before
+    }
+
+    /// Takes the jobs that have waited `wait` or longer at `now`. Then the node claims
+    /// nothing ahead until a run ends: its slots are held by long runs, and a claim ahead
+    /// would take back the very jobs it gives back.
+    pub(crate) fn stale(&self, now: Instant, wait: Duration) -> Vec<Assignment> {
+        let mut jobs = lock(&self.jobs);
+        let mut stale = Vec::new();
+        while jobs
+            .front()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= wait)
+        {
+            if let Some((a, _)) = jobs.pop_front() {
+                stale.push(a);
+            }
+        }
+        if !stale.is_empty() {
+            self.last_run_ms.store(u64::MAX, Ordering::Relaxed);
+        }
+        stale
+    }
+
+    /// When the job that has waited longest was put on the deck.
+    pub(crate) fn oldest(&self) -> Option<Instant> {
+        lock(&self.jobs).front().map(|(_, at)| *at)
+    }
+
+    /// Resolves once a job is put on the deck (at once if one was since the last time).
+    pub(crate) async fn wait_filled(&self) {
+        self.filled.notified().await;
+    }
+
+    /// Closes the deck (the node stops taking jobs) and takes every job on it.
+    pub(crate) fn close(&self) -> Vec<Assignment> {
+        self.closed.store(true, Ordering::Relaxed);
+        lock(&self.jobs).drain(..).map(|(a, _)| a).collect()
+    }
+}
+
+/// The result that gives `run` back to the server unstarted.
+pub(crate) fn given_back(run: RunId, why: &str) -> RunResult {
+    RunResult {
+        run_id: run,
+        outcome: Outcome::Exception,
+        exit_code: None,
+        reason: Some(format!("given back unstarted: {why}")),
+        node_bad: None,
+        server_fault: false,
+        unstarted: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(run: i64) -> Assignment {
+        serde_json::from_value(serde_json::json!({
+            "run_id": run, "job_id": run, "graph_id": 1, "job_name": format!("j{run}"),
+            "run_number": 1, "command": "true", "env": {}, "timeout_secs": 60, "lease_secs": 30
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_node_claims_ahead_only_after_a_short_run() {
+        let deck = Deck::new(2);
+        assert_eq!(deck.room(), 0, "nothing ran yet");
+        deck.ran(Duration::from_secs(3));
+        assert_eq!(deck.room(), 0, "a long run");
+        deck.ran(Duration::from_millis(1));
+        assert_eq!(deck.room(), 2);
+        deck.push(job(1), Instant::now());
+        assert_eq!(deck.room(), 1);
+        assert_eq!(Deck::new(0).room(), 0, "a bridge has no deck");
+    }
+
+    #[test]
+    fn jobs_leave_the_deck_in_order_and_not_after_it_closed() {
+        let deck = Deck::new(3);
+        let now = Instant::now();
+        for run in 1..=3 {
+            deck.push(job(run), now);
+        }
+        assert_eq!(deck.runs().len(), 3);
+        assert!(deck.remove(RunId(2)));
+        assert!(!deck.remove(RunId(2)));
+        assert_eq!(deck.pop().map(|a| a.run_id.get()), Some(1));
+        deck.ran(Duration::from_millis(1));
+        let left: Vec<i64> = deck.close().iter().map(|a| a.run_id.get()).collect();
+        assert_eq!(left, [3]);
+        deck.push(job(4), now);
+        assert!(deck.pop().is_none(), "a closed deck starts nothing");
+        assert_eq!(deck.room(), 0, "and claims nothing ahead");
+    }
+
+    #[test]
+    fn jobs_that_waited_too_long_are_taken_oldest_first() {
+        let deck = Deck::new(3);
+        deck.ran(Duration::from_millis(1));
+        let start = Instant::now();
+        deck.push(job(1), start);
+        deck.push(job(2), start + Duration::from_secs(1));
+        assert_eq!(deck.oldest(), Some(start));
+        assert!(
+            deck.stale(start + Duration::from_millis(1999), DECK_WAIT)
+                .is_empty()
+        );
+        assert_eq!(deck.room(), 1);
+        let stale = deck.stale(start + DECK_WAIT, DECK_WAIT);
+        assert_eq!(
+            stale.iter().map(|a| a.run_id.get()).collect::<Vec<_>>(),
+            [1]
+        );
+        assert_eq!(deck.oldest(), Some(start + Duration::from_secs(1)));
+        assert_eq!(deck.room(), 0, "no claim ahead takes it back");
+        deck.ran(Duration::from_millis(1));
+        assert_eq!(deck.room(), 2, "until a short run ends");
+        let given = given_back(RunId(2), "its slots stayed busy");
+        assert!(given.unstarted && given.outcome == Outcome::Exception);
+    }
+}
