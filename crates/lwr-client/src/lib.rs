@@ -495,7 +495,7 @@ fn stay_plain() -> reqwest::redirect::Policy {
             attempt.error(format!(
                 "the server redirected to {to}: give lwr its https URL (--server or LWR_SERVER)"
             ))
-        } else if attempt.previous().len() >= 10 {
+        } else if attempt.previous().len() > 10 {
             attempt.error("too many redirects")
         } else {
             attempt.follow()

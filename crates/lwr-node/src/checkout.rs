@@ -320,11 +320,12 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a git bundle of `revision` (its whole history) of the repository at `repo` to
-/// `dest`, as `lwr push` uploads it. `scratch` is an empty directory for a throwaway
-/// repository that borrows `repo`'s objects: a bundle needs a ref to name its head, and
-/// the user's repository is not the place for one.
-pub fn make_bundle(repo: &Path, revision: &str, scratch: &Path, dest: &Path) -> Result<()> {
+/// Prepares a git bundle of `revision` (its whole history) of the repository at `repo`, as
+/// `lwr push` uploads it; [`write_bundle`] writes it. `scratch` is an empty directory for a
+/// throwaway repository that borrows `repo`'s objects: a bundle needs a ref to name its
+/// head, and the user's repository is not the place for one. A few quick git commands; the
+/// packing is [`write_bundle`]'s.
+pub fn prepare_bundle(repo: &Path, revision: &str, scratch: &Path) -> Result<()> {
     let objects = git_output(
         Some(repo),
         &[
@@ -341,7 +342,11 @@ pub fn make_bundle(repo: &Path, revision: &str, scratch: &Path, dest: &Path) -> 
     )?;
     let alternates = scratch.join("objects/info/alternates");
     std::fs::write(&alternates, format!("{objects}\n")).map_err(io(&alternates))?;
-    git(Some(scratch), &["update-ref", BUNDLE_REF, revision])?;
+    git(Some(scratch), &["update-ref", BUNDLE_REF, revision])
+}
+
+/// Packs the bundle [`prepare_bundle`] prepared in `scratch` (the whole history) into `dest`.
+pub fn write_bundle(scratch: &Path, dest: &Path) -> Result<()> {
     git(
         Some(scratch),
         &["bundle", "create", "--quiet", &show(dest), BUNDLE_REF],

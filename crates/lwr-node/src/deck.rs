@@ -68,12 +68,20 @@ impl Deck {
         self.last_run_ms.store(ms, Ordering::Relaxed);
     }
 
-    pub(crate) fn push(&self, a: Assignment, now: Instant) {
+    /// Puts `a` on the deck; hands it back (`Some`) when the deck is closed (the node
+    /// stops), to give back to the server.
+    #[must_use]
+    pub(crate) fn push(&self, a: Assignment, now: Instant) -> Option<Assignment> {
         let mut jobs = lock(&self.jobs);
+        // Under the lock, as `close` sets it: nothing goes on a deck already emptied.
+        if self.closed.load(Ordering::Relaxed) {
+            return Some(a);
+        }
         if jobs.is_empty() {
             self.filled.notify_one();
         }
         jobs.push_back((a, now));
+        None
     }
 
     /// The job to start next; `None` when there is none or the deck is closed.
@@ -134,8 +142,9 @@ impl Deck {
 
     /// Closes the deck (the node stops taking jobs) and takes every job on it.
     pub(crate) fn close(&self) -> Vec<Assignment> {
+        let mut jobs = lock(&self.jobs);
         self.closed.store(true, Ordering::Relaxed);
-        lock(&self.jobs).drain(..).map(|(a, _)| a).collect()
+        jobs.drain(..).map(|(a, _)| a).collect()
     }
 }
 
@@ -172,7 +181,7 @@ mod tests {
         assert_eq!(deck.room(), 0, "a long run");
         deck.ran(Duration::from_millis(1));
         assert_eq!(deck.room(), 2);
-        deck.push(job(1), Instant::now());
+        assert!(deck.push(job(1), Instant::now()).is_none());
         assert_eq!(deck.room(), 1);
         assert_eq!(Deck::new(0).room(), 0, "a bridge has no deck");
     }
@@ -182,7 +191,7 @@ mod tests {
         let deck = Deck::new(3);
         let now = Instant::now();
         for run in 1..=3 {
-            deck.push(job(run), now);
+            assert!(deck.push(job(run), now).is_none());
         }
         assert_eq!(deck.runs().len(), 3);
         assert!(deck.remove(RunId(2)));
@@ -191,8 +200,11 @@ mod tests {
         deck.ran(Duration::from_millis(1));
         let left: Vec<i64> = deck.close().iter().map(|a| a.run_id.get()).collect();
         assert_eq!(left, [3]);
-        deck.push(job(4), now);
-        assert!(deck.pop().is_none(), "a closed deck starts nothing");
+        assert!(
+            deck.push(job(4), now).is_some(),
+            "a closed deck takes nothing"
+        );
+        assert!(deck.pop().is_none(), "and starts nothing");
         assert_eq!(deck.room(), 0, "and claims nothing ahead");
     }
 
@@ -201,8 +213,8 @@ mod tests {
         let deck = Deck::new(3);
         deck.ran(Duration::from_millis(1));
         let start = Instant::now();
-        deck.push(job(1), start);
-        deck.push(job(2), start + Duration::from_secs(1));
+        assert!(deck.push(job(1), start).is_none());
+        assert!(deck.push(job(2), start + Duration::from_secs(1)).is_none());
         assert_eq!(deck.oldest(), Some(start));
         assert!(
             deck.stale(start + Duration::from_millis(1999), DECK_WAIT)

@@ -357,12 +357,13 @@ pub async fn run(
             "stopping"
         }
     );
-    let _ = stop_tx.send(true);
-    let _ = claims.await;
-    // Jobs claimed ahead go back at once rather than wait for this node's slots.
+    // Jobs claimed ahead go back at once rather than wait for this node's slots; the deck
+    // takes no more (an answer still on its way gives its jobs back too).
     for a in node.deck.close() {
         node.give_back(&a, "the node is stopping");
     }
+    let _ = stop_tx.send(true);
+    let _ = claims.await;
     if node.bridge.is_some() && !rebooting {
         // A bridge's builds go on on Buildbot without it, and its next start follows them
         // again (WORK/buildbot): a restart need not wait for hours of builds.
@@ -557,6 +558,10 @@ impl Node {
             let Ok(first) = first else { return };
             if !self.healthy().await {
                 drop(first);
+                // Nothing claimed ahead starts on an unhealthy node: it goes back.
+                if let Some(why) = lock(&self.unhealthy).clone() {
+                    self.give_back_deck(&format!("the node is unhealthy: {why}"));
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(HEALTH_RETRY) => continue,
                     _ = stop.wait_for(|s| *s) => return,
@@ -613,18 +618,25 @@ impl Node {
 
     /// Runs the jobs a claim handed out, each in a slot of `permits` (released when its job
     /// ends); the slots left over are freed now.
-    fn start_jobs(self: &Arc<Self>, jobs: Vec<Assignment>, mut permits: Vec<OwnedSemaphorePermit>) {
+    fn start_jobs(self: &Arc<Self>, jobs: Vec<Assignment>, permits: Vec<OwnedSemaphorePermit>) {
+        let now = Instant::now();
         for assignment in jobs {
             self.lease_secs
                 .store(assignment.lease_secs, Ordering::Relaxed);
-            match permits.pop() {
-                Some(permit) => self.run_in_slot(assignment, permit),
-                // Claimed ahead: it starts in the next slot to free.
-                None => self.deck.push(assignment, Instant::now()),
+            // Behind the jobs already waiting, which go first.
+            if let Some(a) = self.deck.push(assignment, now) {
+                self.give_back(&a, "the node is stopping");
+            }
+        }
+        // The free slots take jobs from the deck; what is left waits for the next slot to
+        // free (claimed ahead).
+        for permit in permits {
+            match self.next_from_deck() {
+                Some(a) => self.run_in_slot(a, permit),
+                None => break,
             }
         }
         // A slot freed while the claim was out takes a job from the deck now.
-        drop(permits);
         self.start_from_deck();
     }
 
@@ -637,6 +649,11 @@ impl Node {
             while let Some(a) = next {
                 node.run_job(a).await;
                 next = node.next_from_deck();
+                if next.is_some() {
+                    // No claim follows this job's end: its result goes out on its own (with
+                    // a claim that refills the deck).
+                    node.reporter.send_soon();
+                }
             }
             drop(permit);
             // A job may have come onto the deck after the last look, when no slot was free.
@@ -665,11 +682,16 @@ impl Node {
         match unhealthy {
             None => self.deck.pop(),
             Some(why) => {
-                for a in self.deck.stale(Instant::now(), Duration::ZERO) {
-                    self.give_back(&a, &format!("the node is unhealthy: {why}"));
-                }
+                self.give_back_deck(&format!("the node is unhealthy: {why}"));
                 None
             }
+        }
+    }
+
+    /// Gives back every job on the deck.
+    fn give_back_deck(&self, why: &str) {
+        for a in self.deck.stale(Instant::now(), Duration::ZERO) {
+            self.give_back(&a, why);
         }
     }
 

@@ -182,6 +182,16 @@ impl Reporter {
         self.shared.send_now.notify_one();
     }
 
+    /// Has the results waiting go out now rather than with the next claim: a slot that
+    /// takes its next job from the deck makes no claim.
+    pub(crate) fn send_soon(&self) {
+        let mut outbox = lock(&self.shared.outbox);
+        if !outbox.results.is_empty() {
+            outbox.due_now = true;
+            self.shared.send_now.notify_one();
+        }
+    }
+
     /// Runs that ended here and whose results the server has not taken yet: their leases
     /// are still the node's to renew.
     pub(crate) fn unreported(&self) -> Vec<RunId> {
@@ -316,7 +326,11 @@ impl Shared {
         let Some(free) = taker.slots() else {
             return false;
         };
-        let ahead = taker.ahead();
+        // While the claim loop waits on the server with the free slots, jobs this claim
+        // gets beyond the slot its result left go to that claim instead of the deck, to
+        // start at once in those slots.
+        let parked = lock(&self.outbox).claiming;
+        let ahead = if parked { 0 } else { taker.ahead() };
         let mut slots = Vec::new();
         if ahead == 0 {
             let Ok(Ok(first)) = tokio::time::timeout(SLOT_WAIT, free.clone().acquire_owned()).await

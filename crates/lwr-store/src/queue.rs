@@ -1341,13 +1341,16 @@ async fn report_in(
         let infra_error =
             result.outcome == Outcome::Exception && !result.server_fault && !unstarted;
         let started_at: Millis = typed(&finished, "started_at")?;
-        // Clearing a count known to be zero would cost a statement per run for nothing.
-        let (now_quarantined, spot) = if clean && !infra_error {
+        // Clearing a count known to be zero would cost a statement per run for nothing. A
+        // run given back neither adds to the node's errors in a row nor ends them.
+        let (now_quarantined, spot) = if unstarted || (clean && !infra_error) {
             (false, false)
         } else {
             count_end(tx, node_id, started_at, infra_error, quarantine_after).await?
         };
-        clean = !infra_error;
+        if !unstarted {
+            clean = !infra_error;
+        }
         quarantined |= now_quarantined;
         if let Some(why) = &result.node_bad {
             mark_bad(tx, node_id, job_id, result.run_id, why).await?;
@@ -1365,7 +1368,9 @@ async fn report_in(
                     });
                 end_job(tx, job_id, "failed", &reason, now).await?
             }
-            Outcome::Exception if unstarted => requeue_unstarted(tx, job_id, now).await?,
+            Outcome::Exception if unstarted => {
+                requeue_unstarted(tx, job_id, started_at, now).await?
+            }
             Outcome::Exception => {
                 let reason = result.reason.clone().unwrap_or_else(|| "exception".into());
                 retry_or_end(tx, job_id, &reason, spot, now).await?
@@ -1541,15 +1546,22 @@ fn outcome_state(outcome: Outcome) -> &'static str {
 }
 
 /// A run its node gave back without starting it (it was claimed ahead of a free slot):
-/// the job goes back to the queue as it was, its retries untouched.
-async fn requeue_unstarted(tx: &mut Tx, job_id: JobId, now: Millis) -> Result<Effects> {
+/// the job goes back to the queue as it was, its retries untouched. Its `updated_at`, from
+/// which placement counts how long a ready job has waited for a preferred node, is the
+/// claim's time (`claimed`): the wait on the node's deck counts as waited.
+async fn requeue_unstarted(
+    tx: &mut Tx,
+    job_id: JobId,
+    claimed: Millis,
+    now: Millis,
+) -> Result<Effects> {
     sqlx::query(
         "UPDATE jobs SET state = 'pending', reason = $2, updated_at = $3 \
          WHERE id = $1 AND state = 'running'",
     )
     .bind(job_id.get())
-    .bind("given back unstarted by its node (its slots stayed busy); waiting for another")
-    .bind(now.get())
+    .bind("given back unstarted by the node that claimed it ahead; waiting for a node")
+    .bind(claimed.get())
     .execute(&mut **tx)
     .await
     .op("requeueing an unstarted job")?;

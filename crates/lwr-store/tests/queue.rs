@@ -1436,12 +1436,12 @@ async fn a_run_given_back_unstarted_spends_no_retry(f: Fixture) {
         reason: Some("given back unstarted: no slot freed".into()),
         ..result(run("a"), Outcome::Exception)
     };
-    // c's exception ends it, as before.
+    // c's exception ends it, as before, and counts against the node.
     let (acks, effects) = f
         .store
         .report(
             n,
-            &[given_back, result(run("c"), Outcome::Exception)],
+            &[result(run("c"), Outcome::Exception), given_back],
             Millis(2),
         )
         .await
@@ -1458,7 +1458,7 @@ async fn a_run_given_back_unstarted_spends_no_retry(f: Fixture) {
             .unwrap()
             .contains("given back unstarted")
     );
-    // The exception of c counts against the node; the run given back does not.
+    // The run given back neither counts against the node nor ends its errors in a row.
     assert_eq!(f.store.node(n, Millis(2)).await.unwrap().infra_errors, 1);
     let again = f.store.claim(n, 2, &[], Millis(3), LEASE).await.unwrap();
     assert_eq!(again.assignments.len(), 1);

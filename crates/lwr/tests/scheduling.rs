@@ -555,8 +555,8 @@ fn a_job_claimed_ahead_goes_back_when_no_slot_frees() {
     // Two long jobs, no retries: a takes both, runs one and keeps the other on its deck.
     let repo = git_repo(
         &dir.join("long"),
-        "version: 1\ncheckout: false\njobs:\n  long-1:\n    run: sleep 4\n    retries: 0\n  \
-         long-2:\n    run: sleep 4\n    retries: 0\n",
+        "version: 1\ncheckout: false\njobs:\n  long-1:\n    run: sleep 6\n    retries: 0\n  \
+         long-2:\n    run: sleep 6\n    retries: 0\n",
     );
     let out = server.push(&repo, false);
     out.assert_success();
@@ -588,5 +588,83 @@ fn a_job_claimed_ahead_goes_back_when_no_slot_frees() {
         (runs[1].state, runs[1].node.as_str()),
         (RunState::Succeeded, "b"),
         "{runs:?}"
+    );
+}
+
+/// A slot that goes from a job straight to the next on the deck makes no claim: the ended
+/// job's result still reaches the server at once, not when the next job ends.
+#[test]
+fn a_result_is_reported_while_its_slot_runs_the_next_job_from_the_deck() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(dir);
+    let _a = server.node(dir, "a", 1, &[]);
+    server.wait_node("a");
+    let warm = git_repo(
+        &dir.join("warm"),
+        "version: 1\ncheckout: false\njobs:\n  warm:\n    run: \"true\"\n",
+    );
+    server.push(&warm, true).assert_success();
+    // a takes both: quick (first, so into the slot) and slow (onto the deck).
+    let repo = git_repo(
+        &dir.join("two"),
+        "version: 1\ncheckout: false\njobs:\n  quick:\n    run: \"true\"\n  \
+         slow:\n    run: sleep 6\n",
+    );
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let graph = out.pushed_graph();
+    server.wait_job(graph, "slow", JobState::Running, Some("a"));
+    let started = Instant::now();
+    server.wait_job(graph, "quick", JobState::Succeeded, Some("a"));
+    let table = server.describe(Some(graph));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "quick's result waited for slow: {table}"
+    );
+    assert_eq!(
+        server.jobs(graph)["slow"].state,
+        JobState::Running,
+        "{table}"
+    );
+}
+
+/// Jobs a result releases go to the node's free slots before its deck: with one slot
+/// waiting in a claim, the two jobs a short job releases run side by side, not one after
+/// the other in the slot the short job left.
+#[test]
+fn released_jobs_fill_free_slots_before_the_deck() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let order = dir.join("order.txt");
+    let server = Server::start(dir);
+    let _a = server.node(dir, "a", 2, &[]);
+    server.wait_node("a");
+    let warm = git_repo(
+        &dir.join("warm"),
+        "version: 1\ncheckout: false\njobs:\n  warm:\n    run: \"true\"\n",
+    );
+    server.push(&warm, true).assert_success();
+    let step = |name: &str| {
+        let file = sh_quote(&order);
+        format!("echo start {name} >> {file}; sleep 2; echo end {name} >> {file}")
+    };
+    let yml = format!(
+        "version: 1\ncheckout: false\njobs:\n  root:\n    run: \"true\"\n  \
+         f1:\n    needs: [root]\n    run: {:?}\n  f2:\n    needs: [root]\n    run: {:?}\n",
+        step("f1"),
+        step("f2")
+    );
+    let repo = git_repo(&dir.join("fan"), &yml);
+    server.push(&repo, true).assert_success();
+    let lines = read_lines(&order);
+    assert_eq!(
+        lines
+            .iter()
+            .take(2)
+            .filter(|l| l.starts_with("start"))
+            .count(),
+        2,
+        "f1 and f2 ran one after the other: {lines:?}"
     );
 }

@@ -21,26 +21,22 @@ pub async fn run(args: PushArgs) -> anyhow::Result<ExitCode> {
     let (for_bundle, runtime) = (client.clone(), tokio::runtime::Handle::current());
     // The commit's bundle is made while its lwr.yml is read: both are git's work (a few
     // processes each, some milliseconds apiece), which a push would otherwise wait for in turn.
+    // Only its quick first part: the packing waits until the graph was read without error
+    // (`go`), so that a push refused for its lwr.yml does not wait for it.
+    let (go, packing) = tokio::sync::oneshot::channel();
     let read = tokio::task::spawn_blocking(move || {
         let mut bundle = None;
         let sub = read_head(&repo, rev.as_deref(), |revision| {
             let (repo, revision) = (repo.clone(), revision.to_string());
-            bundle = Some(runtime.spawn(make_bundle(for_bundle, repo, revision)));
+            bundle = Some(runtime.spawn(make_bundle(for_bundle, repo, revision, packing)));
         });
         (sub, bundle)
     });
     let (sub, bundle) = read.await.context("reading the graph failed")?;
-    let sub = match sub {
-        Ok(sub) => sub,
-        Err(e) => {
-            if let Some(bundle) = bundle {
-                bundle.abort();
-            }
-            return Err(e);
-        }
-    };
+    let sub = sub?;
     // Before the graph: a node on another machine may claim its first job at once.
     if let (Some(bundle), Some(revision)) = (bundle, &sub.revision) {
+        let _ = go.send(());
         upload_commit(&client, &args.repo, revision, bundle).await;
     }
     release_freed_memory();
@@ -283,22 +279,44 @@ enum Bundle {
 }
 
 /// Makes a bundle of `revision` unless the server has one: nodes that cannot read the
-/// repository's directory (on another machine) fetch the commit from it.
-async fn make_bundle(client: Client, repo: PathBuf, revision: String) -> Bundle {
+/// repository's directory (on another machine) fetch the commit from it. The packing of
+/// its history waits for `go`; without it (the push failed) there is no bundle.
+async fn make_bundle(
+    client: Client,
+    repo: PathBuf,
+    revision: String,
+    go: tokio::sync::oneshot::Receiver<()>,
+) -> Bundle {
+    use lwr_node::checkout::{prepare_bundle, write_bundle};
     if client.has_bundle(&revision).await.unwrap_or(true) {
         return Bundle::NotNeeded;
     }
-    let made = tokio::task::spawn_blocking(move || {
+    let failed =
+        |e: tokio::task::JoinError| Bundle::Failed(anyhow::anyhow!("making it failed: {e}"));
+    let prepared = tokio::task::spawn_blocking(move || {
         let tmp = tempfile::tempdir()?;
-        let bundle = tmp.path().join("push.bundle");
-        lwr_node::checkout::make_bundle(&repo, &revision, &tmp.path().join("scratch"), &bundle)?;
-        Ok((tmp, bundle))
+        prepare_bundle(&repo, &revision, &tmp.path().join("scratch"))?;
+        anyhow::Ok(tmp)
     })
     .await;
-    match made {
+    let tmp = match prepared {
+        Ok(Ok(tmp)) => tmp,
+        Ok(Err(e)) => return Bundle::Failed(e),
+        Err(e) => return failed(e),
+    };
+    if go.await.is_err() {
+        return Bundle::NotNeeded;
+    }
+    let written = tokio::task::spawn_blocking(move || {
+        let bundle = tmp.path().join("push.bundle");
+        write_bundle(&tmp.path().join("scratch"), &bundle)?;
+        anyhow::Ok((tmp, bundle))
+    })
+    .await;
+    match written {
         Ok(Ok((tmp, bundle))) => Bundle::Made(tmp, bundle),
         Ok(Err(e)) => Bundle::Failed(e),
-        Err(e) => Bundle::Failed(anyhow::anyhow!("making it failed: {e}")),
+        Err(e) => failed(e),
     }
 }
 
