@@ -879,6 +879,8 @@ impl Node {
         lock(&self.running).insert(a.run_id, stop_tx);
         self.run_logs.started(a.run_id, &slot_log);
         tracing::debug!("run {} of {} started", a.run_id, a.job_name);
+        // A job is short (worth claiming ahead for) by all a slot spends on it.
+        let began = Instant::now();
         if cannot_start.is_none()
             && let Err(reason) = self
                 .prepare(a.run_id, &dir, kept.is_some(), &mut held, a.source.as_ref())
@@ -890,7 +892,6 @@ impl Node {
         }
         let result = match cannot_start {
             None => {
-                let began = Instant::now();
                 let ran = exec::run(launch, stop_rx, |pgid| self.journal.started(a.run_id, pgid));
                 let ran = ran.await;
                 self.deck.ran(began.elapsed());

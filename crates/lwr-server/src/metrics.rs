@@ -110,6 +110,8 @@ impl Metrics {
                 let outcome = match result.outcome {
                     Outcome::Succeeded => "succeeded",
                     Outcome::Failed => "failed",
+                    // Claimed ahead and never started: no trouble to alert on.
+                    Outcome::Exception if result.unstarted => "given-back",
                     Outcome::Exception => "exception",
                 };
                 self.results.get_or_create(&OutcomeLabels { outcome }).inc();
