@@ -1,5 +1,6 @@
 //! The node's journal: an append-only file recording each run's start (with its process
-//! group), its result, and the server's acknowledgement of that result.
+//! group), its result, and the server's acknowledgement of that result; and the runs the
+//! node claimed ahead and holds on its deck unstarted, which a restart gives back.
 //!
 //! One file instead of a file per run: thousands of short jobs would otherwise create and
 //! delete thousands of files, and some filesystems (ext4) slow down badly under that churn.
@@ -17,7 +18,7 @@
 //! docs/architecture.md). A sync per result, waited for before the acknowledgement was taken,
 //! was an eighth of the node's CPU with thousands of short jobs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -39,9 +40,22 @@ const SYNC_WITHIN: Duration = Duration::from_millis(50);
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Entry {
-    Started { run: RunId, pgid: i32 },
-    Ended { result: RunResult },
-    Reported { run: RunId },
+    Started {
+        run: RunId,
+        pgid: i32,
+    },
+    Ended {
+        result: RunResult,
+    },
+    /// Also: a run on the deck that the node dropped (the server gave it up).
+    Reported {
+        run: RunId,
+    },
+    /// Claimed ahead, on the deck, not started. (A node from before this entry skips it,
+    /// as it skips a torn line: the run then waits out its lease, as it did then.)
+    Decked {
+        run: RunId,
+    },
 }
 
 /// What a previous life of the node left behind.
@@ -51,6 +65,8 @@ pub(crate) struct Recovered {
     pub leftovers: Vec<(RunId, i32)>,
     /// Results the server has not acknowledged.
     pub unreported: Vec<RunResult>,
+    /// Runs that were on the deck, never started.
+    pub decked: Vec<RunId>,
 }
 
 pub(crate) struct Journal {
@@ -72,6 +88,8 @@ struct State {
     live: HashMap<RunId, i32>,
     /// Runs ended and not acknowledged, with their results.
     unreported: HashMap<RunId, RunResult>,
+    /// Runs on the deck.
+    decked: HashSet<RunId>,
 }
 
 impl Journal {
@@ -96,6 +114,7 @@ impl Journal {
                 .iter()
                 .map(|r| (r.run_id, r.clone()))
                 .collect(),
+            decked: recovered.decked.iter().copied().collect(),
         };
         Ok((
             Journal {
@@ -108,8 +127,25 @@ impl Journal {
 
     pub(crate) fn started(&self, run: RunId, pgid: i32) {
         self.append(&Entry::Started { run, pgid }, |s| {
+            s.decked.remove(&run);
             s.live.insert(run, pgid);
         });
+    }
+
+    /// Records a run put on the deck, claimed ahead: a restart gives it back.
+    pub(crate) fn decked(&self, run: RunId) {
+        self.append(&Entry::Decked { run }, |s| {
+            s.decked.insert(run);
+        });
+    }
+
+    /// Records that a run on the deck was dropped (the server no longer holds it for the
+    /// node): nothing to give back.
+    pub(crate) fn dropped(&self, run: RunId) {
+        let mut state = lock(&self.state);
+        if state.decked.remove(&run) {
+            state.size += write_entry(&state.file, &Entry::Reported { run }, &self.path);
+        }
     }
 
     /// Records a run's result; it reaches the disk within [`SYNC_WITHIN`].
@@ -121,6 +157,7 @@ impl Journal {
             },
             |s| {
                 s.live.remove(&run);
+                s.decked.remove(&run);
                 s.unreported.insert(run, result.clone());
                 s.written += 1;
             },
@@ -133,7 +170,7 @@ impl Journal {
         for &run in runs {
             state.unreported.remove(&run);
         }
-        if state.live.is_empty() && state.unreported.is_empty() {
+        if state.live.is_empty() && state.unreported.is_empty() && state.decked.is_empty() {
             // Nothing in the file matters any more: start it afresh.
             match state.file.set_len(0) {
                 Ok(()) => state.size = 0,
@@ -220,7 +257,8 @@ impl Journal {
                         .unreported
                         .values()
                         .map(|r| Entry::Ended { result: r.clone() }),
-                );
+                )
+                .chain(state.decked.iter().map(|&run| Entry::Decked { run }));
             for entry in entries {
                 size += write_entry(&file, &entry, &tmp);
             }
@@ -278,26 +316,34 @@ fn write_entry(mut file: &File, entry: &Entry, path: &Path) -> u64 {
 fn read_back(file: File) -> std::io::Result<Recovered> {
     let mut started: BTreeMap<RunId, i32> = BTreeMap::new();
     let mut ended: BTreeMap<RunId, RunResult> = BTreeMap::new();
+    let mut decked: BTreeSet<RunId> = BTreeSet::new();
     for line in BufReader::new(file).split(b'\n') {
         let Ok(entry) = serde_json::from_slice::<Entry>(&line?) else {
             continue; // a line torn by a crash
         };
         match entry {
             Entry::Started { run, pgid } => {
+                decked.remove(&run);
                 started.insert(run, pgid);
             }
             Entry::Ended { result } => {
+                decked.remove(&result.run_id);
                 started.remove(&result.run_id);
                 ended.insert(result.run_id, result);
             }
             Entry::Reported { run } => {
+                decked.remove(&run);
                 ended.remove(&run);
+            }
+            Entry::Decked { run } => {
+                decked.insert(run);
             }
         }
     }
     Ok(Recovered {
         leftovers: started.into_iter().collect(),
         unreported: ended.into_values().collect(),
+        decked: decked.into_iter().collect(),
     })
 }
 
@@ -317,6 +363,7 @@ pub(crate) fn restarted(run_id: RunId) -> RunResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deck;
 
     #[test]
     fn a_restart_finds_leftovers_and_unreported_results() {
@@ -406,6 +453,43 @@ mod tests {
         assert_eq!(rec.leftovers, vec![(RunId(1), 111)]);
         let unreported: Vec<RunId> = rec.unreported.iter().map(|r| r.run_id).collect();
         assert_eq!(unreported, vec![RunId(2)]);
+    }
+
+    #[test]
+    fn a_restart_finds_the_runs_left_on_the_deck() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (j, _) = Journal::open(dir.path()).unwrap();
+            let j = Arc::new(j);
+            for run in 1..=4 {
+                j.decked(RunId(run));
+            }
+            j.started(RunId(1), 100); // left the deck for a slot
+            j.ended(&deck::given_back(RunId(2), "no slot freed")); // given back
+            j.dropped(RunId(3)); // the server gave it up
+            // A busy journal compacts: what is on the deck stays.
+            j.started(RunId(9), 900);
+            j.ended(&RunResult::succeeded(RunId(9)));
+            for run in 10..5_000 {
+                j.started(RunId(run), 1);
+                j.ended(&RunResult::succeeded(RunId(run)));
+                j.reported(&[RunId(run)]);
+            }
+        }
+        let (_, rec) = Journal::open(dir.path()).unwrap();
+        assert_eq!(rec.decked, vec![RunId(4)]);
+        assert_eq!(rec.leftovers, vec![(RunId(1), 100)]);
+        // Nothing else pending but a run on the deck: the file is not emptied.
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let j = Arc::new(j);
+        j.decked(RunId(7));
+        j.started(RunId(1), 100);
+        j.ended(&RunResult::succeeded(RunId(1)));
+        j.reported(&[RunId(1)]);
+        drop(j);
+        let (_, rec) = Journal::open(dir.path()).unwrap();
+        assert_eq!(rec.decked, vec![RunId(7)]);
     }
 
     #[test]

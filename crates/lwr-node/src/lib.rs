@@ -235,6 +235,12 @@ pub async fn run(
         journal.ended(&result);
         unreported.push(result);
     }
+    // Jobs it had claimed ahead and not started go back, no retry spent.
+    for run in recovered.decked {
+        let result = deck::given_back(run, "the node restarted before starting it");
+        journal.ended(&result);
+        unreported.push(result);
+    }
     drop_orphan_outboxes(&config.work_dir, &unreported);
     drop_reported_logs(&config.work_dir, &unreported);
     let bridge = match &config.buildbot {
@@ -619,21 +625,24 @@ impl Node {
     /// Runs the jobs a claim handed out, each in a slot of `permits` (released when its job
     /// ends); the slots left over are freed now.
     fn start_jobs(self: &Arc<Self>, jobs: Vec<Assignment>, permits: Vec<OwnedSemaphorePermit>) {
-        let now = Instant::now();
-        for assignment in jobs {
-            self.lease_secs
-                .store(assignment.lease_secs, Ordering::Relaxed);
-            // Behind the jobs already waiting, which go first.
-            if let Some(a) = self.deck.push(assignment, now) {
-                self.give_back(&a, "the node is stopping");
-            }
+        if let Some(a) = jobs.first() {
+            self.lease_secs.store(a.lease_secs, Ordering::Relaxed);
         }
-        // The free slots take jobs from the deck; what is left waits for the next slot to
-        // free (claimed ahead).
+        // The free slots take the jobs already waiting on the deck first, then these.
+        let mut jobs = jobs.into_iter();
         for permit in permits {
-            match self.next_from_deck() {
+            match self.next_from_deck().or_else(|| jobs.next()) {
                 Some(a) => self.run_in_slot(a, permit),
                 None => break,
+            }
+        }
+        // The rest were claimed ahead: on the deck (and in the journal, for a restart to
+        // give back) until a slot frees.
+        let now = Instant::now();
+        for a in jobs {
+            self.journal.decked(a.run_id);
+            if let Some(a) = self.deck.push(a, now) {
+                self.give_back(&a, "the node is stopping");
             }
         }
         // A slot freed while the claim was out takes a job from the deck now.
@@ -1219,6 +1228,7 @@ impl Node {
                     }
                     for run in resp.abandon {
                         if self.deck.remove(run) {
+                            self.journal.dropped(run);
                             tracing::warn!(
                                 "run {run}: the server no longer holds it for this node; not starting it"
                             );

@@ -349,3 +349,62 @@ fn a_result_kept_on_disk_survives_a_node_restart() {
     log.assert_success();
     assert!(log.stdout.contains("done"), "{log}");
 }
+
+/// A node killed with a job on its deck (claimed ahead, not started) gives it back when it
+/// starts again, from its journal: the job runs without spending a retry, not after its
+/// lease runs out.
+#[test]
+fn a_node_killed_with_a_job_claimed_ahead_gives_it_back_when_it_restarts() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(dir);
+    let mut a = server.node(dir, "a", 1, &[]);
+    server.wait_node("a");
+    // After a short run the node claims ahead.
+    let warm = git_repo(
+        &dir.join("warm"),
+        "version: 1\ncheckout: false\njobs:\n  warm:\n    run: \"true\"\n",
+    );
+    server.push(&warm, true).assert_success();
+    let repo = git_repo(
+        &dir.join("two"),
+        "version: 1\ncheckout: false\njobs:\n  one:\n    run: sleep 3\n    retries: 0\n  \
+         two:\n    run: sleep 3\n    retries: 0\n",
+    );
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let graph = out.pushed_graph();
+    server.wait_job(graph, "one", JobState::Running, Some("a"));
+    server.wait_job(graph, "two", JobState::Running, Some("a"));
+    a.kill();
+    // The journal names the run on the deck, not given back (that takes 2 s).
+    let entries = journal(&a.work_dir);
+    let decked: Vec<i64> = entries
+        .iter()
+        .filter_map(|e| e["decked"]["run"].as_i64())
+        .collect();
+    let ended: Vec<i64> = entries
+        .iter()
+        .filter_map(|e| e["ended"]["result"]["run_id"].as_i64())
+        .collect();
+    assert!(
+        decked.len() == 1 && !ended.contains(&decked[0]),
+        "one run on the deck: {entries:#?}"
+    );
+    a.daemon.start();
+    server.wait_finished(graph);
+    let table = server.describe(Some(graph));
+    let given = server.job(graph, "two");
+    let runs = &given.run_history;
+    assert_eq!(runs[0].id.get(), decked[0], "{table}");
+    assert_eq!(given.info.state, JobState::Succeeded, "{runs:#?}");
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    let why = runs[0].reason.as_deref().unwrap_or_default();
+    assert!(why.contains("given back unstarted"), "{why}");
+    // The job that was running ends as before: the restart killed it, no retries left.
+    assert_eq!(
+        server.job(graph, "one").info.state,
+        JobState::Exception,
+        "{table}"
+    );
+}
