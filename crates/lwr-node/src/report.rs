@@ -8,7 +8,8 @@
 //! wait, for the slots free now (the ones these results' jobs just left, see [`Taker`]), so
 //! the server records them and hands out the next jobs in one request and one transaction
 //! rather than a report and a claim; as a plain report when no slot is free or the node is
-//! stopping.
+//! stopping. A slot that goes on to a job claimed ahead ([`crate::deck`]) makes no claim:
+//! its result goes out at once too, as a claim for the deck's room, which refills it.
 //!
 //! An upload the server answers with an error (507: its storage is full) does not hold up
 //! claims, heartbeats or other results: its result waits aside and is tried again after a
