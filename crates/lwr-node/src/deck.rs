@@ -130,6 +130,12 @@ impl Deck {
         stale
     }
 
+    /// Takes every job on the deck, to give back (the node turned unhealthy); as with
+    /// [`Deck::stale`], nothing is claimed ahead until a run ends.
+    pub(crate) fn take_all(&self) -> Vec<Assignment> {
+        self.stale(Instant::now(), Duration::ZERO)
+    }
+
     /// When the job that has waited longest was put on the deck.
     pub(crate) fn oldest(&self) -> Option<Instant> {
         lock(&self.jobs).front().map(|(_, at)| *at)

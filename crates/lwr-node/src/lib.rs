@@ -312,14 +312,17 @@ pub async fn run(
         lwr_model::words::count(slots, "slot", "slots"),
         node.config.work_dir.display()
     );
-    let heartbeat = tokio::spawn(node.clone().heartbeat_loop());
-    let deck_watch = tokio::spawn(node.clone().deck_watch());
-    let streams = tokio::spawn(stream::serve(
-        node.client.clone(),
-        node.id,
-        node.config.work_dir.clone(),
-        node.run_logs.clone(),
-    ));
+    // Stopped together once the node's jobs are done.
+    let background = [
+        tokio::spawn(node.clone().heartbeat_loop()),
+        tokio::spawn(node.clone().deck_watch()),
+        tokio::spawn(stream::serve(
+            node.client.clone(),
+            node.id,
+            node.config.work_dir.clone(),
+            node.run_logs.clone(),
+        )),
+    ];
     let permits = node.slots.clone();
     for a in resumed {
         tracing::info!(
@@ -373,9 +376,7 @@ pub async fn run(
     if node.bridge.is_some() && !rebooting {
         // A bridge's builds go on on Buildbot without it, and its next start follows them
         // again (WORK/buildbot): a restart need not wait for hours of builds.
-        heartbeat.abort();
-        deck_watch.abort();
-        streams.abort();
+        background.iter().for_each(|task| task.abort());
         node.reporter.flush(Duration::from_secs(10)).await;
         return Ok(Stopped::Shutdown);
     }
@@ -402,9 +403,7 @@ pub async fn run(
     }
     // Every permit back means every job has ended and its result is queued.
     let _all = permits.acquire_many(slots).await;
-    heartbeat.abort();
-    deck_watch.abort();
-    streams.abort();
+    background.iter().for_each(|task| task.abort());
     node.reporter.flush(Duration::from_secs(10)).await;
     if !rebooting {
         return Ok(Stopped::Shutdown);
@@ -578,12 +577,7 @@ impl Node {
                 permits.push(p);
             }
             // The jobs on the deck are already this node's: they go first.
-            while !permits.is_empty() {
-                let Some(a) = self.deck.pop() else { break };
-                if let Some(permit) = permits.pop() {
-                    self.run_in_slot(a, permit);
-                }
-            }
+            self.fill_from_deck(&mut permits);
             if permits.is_empty() {
                 continue;
             }
@@ -624,17 +618,15 @@ impl Node {
 
     /// Runs the jobs a claim handed out, each in a slot of `permits` (released when its job
     /// ends); the slots left over are freed now.
-    fn start_jobs(self: &Arc<Self>, jobs: Vec<Assignment>, permits: Vec<OwnedSemaphorePermit>) {
+    fn start_jobs(self: &Arc<Self>, jobs: Vec<Assignment>, mut permits: Vec<OwnedSemaphorePermit>) {
         if let Some(a) = jobs.first() {
             self.lease_secs.store(a.lease_secs, Ordering::Relaxed);
         }
         // The free slots take the jobs already waiting on the deck first, then these.
+        self.fill_from_deck(&mut permits);
         let mut jobs = jobs.into_iter();
-        for permit in permits {
-            match self.next_from_deck().or_else(|| jobs.next()) {
-                Some(a) => self.run_in_slot(a, permit),
-                None => break,
-            }
+        for (permit, a) in permits.into_iter().zip(jobs.by_ref()) {
+            self.run_in_slot(a, permit);
         }
         // The rest were claimed ahead: on the deck (and in the journal, for a restart to
         // give back) until a slot frees.
@@ -670,6 +662,17 @@ impl Node {
         });
     }
 
+    /// Starts jobs from the deck in the slots of `permits`; the slots left over stay there.
+    fn fill_from_deck(self: &Arc<Self>, permits: &mut Vec<OwnedSemaphorePermit>) {
+        while let Some(permit) = permits.pop() {
+            let Some(a) = self.next_from_deck() else {
+                permits.push(permit);
+                return;
+            };
+            self.run_in_slot(a, permit);
+        }
+    }
+
     /// Starts jobs from the deck in the slots free now.
     fn start_from_deck(self: &Arc<Self>) {
         while !self.deck.is_empty() {
@@ -699,7 +702,7 @@ impl Node {
 
     /// Gives back every job on the deck.
     fn give_back_deck(&self, why: &str) {
-        for a in self.deck.stale(Instant::now(), Duration::ZERO) {
+        for a in self.deck.take_all() {
             self.give_back(&a, why);
         }
     }

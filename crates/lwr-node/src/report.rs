@@ -177,10 +177,8 @@ impl Reporter {
     /// unstarted must reach the server while the node's slots stay busy and no claim
     /// follows.
     pub(crate) fn submit_now(&self, result: RunResult) {
-        self.shared.journal.ended(&result);
-        self.queue(result, false);
-        lock(&self.shared.outbox).due_now = true;
-        self.shared.send_now.notify_one();
+        self.submit(result, false);
+        self.send_soon();
     }
 
     /// Has the results waiting go out now rather than with the next claim: a slot that

@@ -1565,7 +1565,14 @@ async fn requeue_unstarted(
     .execute(&mut **tx)
     .await
     .op("requeueing an unstarted job")?;
-    // As for a retry: a need run again meanwhile may have changed what the job waits for.
+    requeued(tx, job_id, now).await
+}
+
+/// What a job put back in the queue (pending again, by a retry or a give-back) does. A need
+/// run again on its own while the job ran (retrigger without dependents) left the count it
+/// was claimed with stale: it waits for the need's new run, and is blocked if that ended
+/// without success.
+async fn requeued(tx: &mut Tx, job_id: JobId, now: Millis) -> Result<Effects> {
     crate::control::count_unmet(tx, job_id).await?;
     let (blocked, ready) = crate::control::block_if_stuck(tx, job_id, now).await?;
     Ok(if blocked {
@@ -1602,16 +1609,7 @@ async fn retry_or_end(
     .op("requeueing job")?
     .rows_affected();
     if retried > 0 {
-        // A need run again on its own while this job ran (retrigger without dependents)
-        // left the count it was claimed with stale: the retry waits for the need's new run,
-        // and is blocked if that ended without success.
-        crate::control::count_unmet(tx, job_id).await?;
-        let (blocked, ready) = crate::control::block_if_stuck(tx, job_id, now).await?;
-        return Ok(if blocked {
-            Effects::changed(ready)
-        } else {
-            Effects::NEW_WORK
-        });
+        return requeued(tx, job_id, now).await;
     }
     end_job(
         tx,

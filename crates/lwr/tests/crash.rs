@@ -358,14 +358,7 @@ fn a_node_killed_with_a_job_claimed_ahead_gives_it_back_when_it_restarts() {
     let tmp = tempdir();
     let dir = tmp.path();
     let server = Server::start(dir);
-    let mut a = server.node(dir, "a", 1, &[]);
-    server.wait_node("a");
-    // After a short run the node claims ahead.
-    let warm = git_repo(
-        &dir.join("warm"),
-        "version: 1\ncheckout: false\njobs:\n  warm:\n    run: \"true\"\n",
-    );
-    server.push(&warm, true).assert_success();
+    let mut a = server.node_claiming_ahead(dir, "a", 1);
     let repo = git_repo(
         &dir.join("two"),
         "version: 1\ncheckout: false\njobs:\n  one:\n    run: sleep 3\n    retries: 0\n  \

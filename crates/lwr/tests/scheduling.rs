@@ -544,14 +544,7 @@ fn a_job_claimed_ahead_goes_back_when_no_slot_frees() {
     let tmp = tempdir();
     let dir = tmp.path();
     let server = Server::start(dir);
-    let _a = server.node(dir, "a", 1, &[]);
-    server.wait_node("a");
-    // A short run first: after it, a claims ahead.
-    let warm = git_repo(
-        &dir.join("warm"),
-        "version: 1\ncheckout: false\njobs:\n  warm:\n    run: \"true\"\n",
-    );
-    server.push(&warm, true).assert_success();
+    let _a = server.node_claiming_ahead(dir, "a", 1);
     // Two long jobs, no retries: a takes both, runs one and keeps the other on its deck.
     let repo = git_repo(
         &dir.join("long"),
@@ -598,13 +591,7 @@ fn a_result_is_reported_while_its_slot_runs_the_next_job_from_the_deck() {
     let tmp = tempdir();
     let dir = tmp.path();
     let server = Server::start(dir);
-    let _a = server.node(dir, "a", 1, &[]);
-    server.wait_node("a");
-    let warm = git_repo(
-        &dir.join("warm"),
-        "version: 1\ncheckout: false\njobs:\n  warm:\n    run: \"true\"\n",
-    );
-    server.push(&warm, true).assert_success();
+    let _a = server.node_claiming_ahead(dir, "a", 1);
     // a takes both: quick (first, so into the slot) and slow (onto the deck).
     let repo = git_repo(
         &dir.join("two"),
@@ -638,13 +625,7 @@ fn released_jobs_fill_free_slots_before_the_deck() {
     let dir = tmp.path();
     let order = dir.join("order.txt");
     let server = Server::start(dir);
-    let _a = server.node(dir, "a", 2, &[]);
-    server.wait_node("a");
-    let warm = git_repo(
-        &dir.join("warm"),
-        "version: 1\ncheckout: false\njobs:\n  warm:\n    run: \"true\"\n",
-    );
-    server.push(&warm, true).assert_success();
+    let _a = server.node_claiming_ahead(dir, "a", 2);
     let step = |name: &str| {
         let file = sh_quote(&order);
         format!("echo start {name} >> {file}; sleep 2; echo end {name} >> {file}")

@@ -268,56 +268,40 @@ pub(super) fn commit_author(repo: &Path, revision: &str) -> (Option<String>, Opt
     (lines.next().flatten(), lines.next().flatten())
 }
 
-/// A bundle of the pushed commit, made unless the server has one already.
-enum Bundle {
-    /// The server has one, or cannot be asked (a server that is down, or refuses the token,
-    /// refuses the push just after, with the error that matters).
-    NotNeeded,
-    /// In its temp dir, which goes when it is dropped.
-    Made(tempfile::TempDir, PathBuf),
-    Failed(anyhow::Error),
-}
+/// A bundle of the pushed commit in its temp dir (which goes when it is dropped).
+type Bundle = (tempfile::TempDir, PathBuf);
 
 /// Makes a bundle of `revision` unless the server has one: nodes that cannot read the
-/// repository's directory (on another machine) fetch the commit from it. The packing of
-/// its history waits for `go`; without it (the push failed) there is no bundle.
+/// repository's directory (on another machine) fetch the commit from it. `None` when the
+/// server has one or cannot be asked (a server that is down, or refuses the token, refuses
+/// the push just after, with the error that matters). The packing of its history waits
+/// for `go`; without it (the push failed) there is no bundle.
 async fn make_bundle(
     client: Client,
     repo: PathBuf,
     revision: String,
     go: tokio::sync::oneshot::Receiver<()>,
-) -> Bundle {
+) -> anyhow::Result<Option<Bundle>> {
     use lwr_node::checkout::{prepare_bundle, write_bundle};
     if client.has_bundle(&revision).await.unwrap_or(true) {
-        return Bundle::NotNeeded;
+        return Ok(None);
     }
-    let failed =
-        |e: tokio::task::JoinError| Bundle::Failed(anyhow::anyhow!("making it failed: {e}"));
-    let prepared = tokio::task::spawn_blocking(move || {
+    let tmp = tokio::task::spawn_blocking(move || {
         let tmp = tempfile::tempdir()?;
         prepare_bundle(&repo, &revision, &tmp.path().join("scratch"))?;
         anyhow::Ok(tmp)
     })
-    .await;
-    let tmp = match prepared {
-        Ok(Ok(tmp)) => tmp,
-        Ok(Err(e)) => return Bundle::Failed(e),
-        Err(e) => return failed(e),
-    };
+    .await??;
     if go.await.is_err() {
-        return Bundle::NotNeeded;
+        return Ok(None);
     }
-    let written = tokio::task::spawn_blocking(move || {
+    let made = tokio::task::spawn_blocking(move || {
         let bundle = tmp.path().join("push.bundle");
         write_bundle(&tmp.path().join("scratch"), &bundle)?;
         anyhow::Ok((tmp, bundle))
     })
-    .await;
-    match written {
-        Ok(Ok((tmp, bundle))) => Bundle::Made(tmp, bundle),
-        Ok(Err(e)) => Bundle::Failed(e),
-        Err(e) => failed(e),
-    }
+    .await??;
+    Ok(Some(made))
 }
 
 /// Uploads the bundle `making` makes. A failure is only a warning, since nodes that can read
@@ -326,21 +310,16 @@ async fn upload_commit(
     client: &Client,
     repo: &Path,
     revision: &str,
-    making: tokio::task::JoinHandle<Bundle>,
+    making: tokio::task::JoinHandle<anyhow::Result<Option<Bundle>>>,
 ) {
-    let made = making
-        .await
-        .unwrap_or_else(|e| Bundle::Failed(anyhow::anyhow!("making it failed: {e}")));
-    let uploaded = match made {
-        Bundle::NotNeeded => return,
-        Bundle::Made(_tmp, bundle) => client
-            .upload_bundle(revision, &bundle)
-            .await
-            .map(drop)
-            .map_err(anyhow::Error::from),
-        Bundle::Failed(e) => Err(e),
+    let uploaded = async {
+        let Some((_tmp, bundle)) = making.await?? else {
+            return Ok(());
+        };
+        client.upload_bundle(revision, &bundle).await?;
+        anyhow::Ok(())
     };
-    if let Err(e) = uploaded {
+    if let Err(e) = uploaded.await {
         eprintln!(
             "warning: cannot upload the commit for nodes on other machines ({e}); nodes \
              must be able to read {}",

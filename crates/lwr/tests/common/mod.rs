@@ -1034,6 +1034,19 @@ impl Server {
         Node::start(dir, &self.url, name, slots, tags)
     }
 
+    /// Starts node `name` of `slots` slots (as [`Server::node`]) and has it run one short
+    /// job: after a short run a node claims ahead (crates/lwr-node/src/deck.rs).
+    pub fn node_claiming_ahead(&self, dir: &Path, name: &str, slots: u32) -> Node {
+        let node = self.node(dir, name, slots, &[]);
+        self.wait_node(name);
+        let warm = git_repo(
+            &dir.join(format!("warm-{name}")),
+            "version: 1\ncheckout: false\njobs:\n  warm:\n    run: \"true\"\n",
+        );
+        self.push(&warm, true).assert_success();
+        node
+    }
+
     /// The jobs of a graph (or all), as a table for messages.
     pub fn describe(&self, graph: Option<GraphId>) -> String {
         match self.api.jobs(graph) {
