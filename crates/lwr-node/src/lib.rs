@@ -154,6 +154,8 @@ struct Node {
     slots: Arc<Semaphore>,
     /// Jobs claimed ahead of a free slot ([`deck`]).
     deck: Deck,
+    /// The slots the claim loop's claim asks for while it waits on the server.
+    parked: Mutex<Vec<OwnedSemaphorePermit>>,
 }
 
 /// The node's free slots as the reporting task takes jobs for them ([`report::Taker`]).
@@ -303,6 +305,7 @@ pub async fn run(
             Some(_) => 0,
             None => slots as usize,
         }),
+        parked: Mutex::default(),
         config,
     });
     tracing::info!(
@@ -587,15 +590,20 @@ impl Node {
                 wait_ms: timing::CLAIM_WAIT.as_millis() as u64,
                 results,
             };
+            // While the claim waits on the server, its slots are lent to the deck: a job a
+            // result's claim put there meanwhile starts in one of them, not after the wait.
+            *lock(&self.parked) = permits;
             let answer = tokio::select! {
                 answer = self.client.claim(self.id, &req) => answer,
                 _ = stop.wait_for(|s| *s) => {
                     // Results go back to the outbox; a job the server handed out just now
                     // is retried after its lease runs out.
+                    lock(&self.parked).clear();
                     self.reporter.end_claim(req.results, None);
                     return;
                 }
             };
+            let permits = std::mem::take(&mut *lock(&self.parked));
             self.reporter
                 .end_claim(req.results, answer.as_ref().ok().map(|r| r.acks.as_slice()));
             match answer {
@@ -673,10 +681,12 @@ impl Node {
         }
     }
 
-    /// Starts jobs from the deck in the slots free now.
+    /// Starts jobs from the deck in the slots free now, or lent by the claim loop's waiting
+    /// claim (whose jobs, when it gets some, go on the deck in turn).
     fn start_from_deck(self: &Arc<Self>) {
         while !self.deck.is_empty() {
-            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            let free = self.slots.clone().try_acquire_owned().ok();
+            let Some(permit) = free.or_else(|| lock(&self.parked).pop()) else {
                 return;
             };
             let Some(a) = self.next_from_deck() else {
