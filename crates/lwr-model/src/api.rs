@@ -421,6 +421,17 @@ pub struct ClaimRequest {
     pub wait_ms: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<RunResult>,
+    /// How many of `max` are beyond the node's free slots: jobs it would keep until a slot
+    /// frees (claiming ahead). A claim that found nothing and waited takes only its free
+    /// slots' worth (at least one) while another node's claim waits too, so that a job does
+    /// not wait behind this node's running jobs while that node idles. Added in 0.2; 0 when
+    /// absent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ahead: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Work handed to a node: one run of one job. The node holds a lease on it that it must

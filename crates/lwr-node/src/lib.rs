@@ -585,10 +585,12 @@ impl Node {
                 continue;
             }
             let results = self.reporter.begin_claim().await;
+            let ahead = self.deck.room();
             let req = ClaimRequest {
-                max: (permits.len() + self.deck.room()) as u32,
+                max: (permits.len() + ahead) as u32,
                 wait_ms: timing::CLAIM_WAIT.as_millis() as u64,
                 results,
+                ahead: ahead as u32,
             };
             // While the claim waits on the server, its slots are lent to the deck: a job a
             // result's claim put there meanwhile starts in one of them, not after the wait.

@@ -343,6 +343,7 @@ impl Shared {
             max: (slots.len() + ahead) as u32,
             wait_ms: 0,
             results: report.results.clone(),
+            ahead: ahead as u32,
         };
         match self.client.claim(self.node, &req).await {
             Ok(answer) => {

@@ -38,7 +38,7 @@ use tokio::net::TcpListener;
 pub use api::{openapi, router};
 pub use artifacts::sweep_once;
 pub use error::ApiError;
-pub use queue::Queue;
+pub use queue::{Queue, Want};
 
 /// How the server runs.
 #[derive(Debug, Clone)]

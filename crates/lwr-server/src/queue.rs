@@ -43,10 +43,27 @@ pub struct Queue {
     changes: watch::Sender<i64>,
     /// Claims and graph waits parked on a counter now.
     waiting: AtomicUsize,
+    /// Claims parked now, or woken and not done looking again.
+    claims_waiting: AtomicUsize,
     /// Jobs viewers follow, each read once per change for all of them.
     followed: Followed,
     /// This server's counters for `GET /metrics`.
     metrics: Arc<Metrics>,
+}
+
+/// What a claim asks for: up to `max` jobs, of which `ahead` beyond the node's free slots
+/// (see [`lwr_model::api::ClaimRequest::ahead`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Want {
+    pub max: u32,
+    pub ahead: u32,
+}
+
+impl Want {
+    /// Up to `max` jobs, all for free slots.
+    pub fn free(max: u32) -> Want {
+        Want { max, ahead: 0 }
+    }
 }
 
 /// Counts a parked waiter while it lives (a request dropped mid-wait stops counting too).
@@ -78,6 +95,7 @@ impl Queue {
             one: Notify::new(),
             changes,
             waiting: AtomicUsize::new(0),
+            claims_waiting: AtomicUsize::new(0),
             followed: Followed::default(),
             metrics: Default::default(),
         }
@@ -216,29 +234,44 @@ impl Queue {
         }
     }
 
-    /// Records the results a node sends along, then claims up to `max` jobs for it, waiting
-    /// up to `wait` for one to become ready.
+    /// Records the results a node sends along, then claims up to `want.max` jobs for it,
+    /// waiting up to `wait` for one to become ready.
     pub async fn claim(
         &self,
         node_id: NodeId,
-        max: u32,
+        want: Want,
         results: &[RunResult],
         wait: Duration,
     ) -> Result<Claimed, StoreError> {
+        let Want { max, ahead } = want;
         let deadline = Instant::now() + wait.min(MAX_WAIT);
         let mut rx = self.ready.subscribe();
         let mut results = results;
         let mut acks = Vec::new();
         // Woken for one counted job: taking nothing then passes the wake-up on to everyone.
         let mut woken_for_one = false;
+        // This claim's place among the waiting claims, from its wait until it has looked
+        // again: two claims woken together each see the other.
+        let mut waited: Option<Parked> = None;
         loop {
             // Mark the counter seen before looking, so a job made ready while we look
             // wakes us instead of being missed.
             rx.borrow_and_update();
+            // Work that came while this claim waited goes to the waiting nodes' free slots
+            // first: a job this node took ahead would wait behind its running jobs while
+            // another node idles (its deck gives it back only after a while).
+            let take = match waited {
+                Some(_) if self.claims_waiting.load(Ordering::SeqCst) > 1 => {
+                    max - ahead.min(max.saturating_sub(1))
+                }
+                _ => max,
+            };
             let claimed = self
                 .store
-                .claim(node_id, max, results, now_ms(), self.lease_ms())
-                .await?;
+                .claim(node_id, take, results, now_ms(), self.lease_ms())
+                .await;
+            drop(waited.take());
+            let claimed = claimed?;
             self.wake(claimed.effects);
             self.metrics.claimed(&claimed.waited);
             if !results.is_empty() {
@@ -269,6 +302,7 @@ impl Queue {
                 None => deadline,
             };
             let parked = Parked::new(&self.waiting);
+            waited = Some(Parked::new(&self.claims_waiting));
             // A `notify_one` given to this wait and dropped unfinished (the other branch won,
             // the time ran out, the node hung up) passes to the next waiter: none is lost.
             let woken = timeout_at(until, async {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use lwr_model::api::{RegisterNode, RunResult, SubmitGraph};
 use lwr_model::{Graph, JobSpec, JobState, NodeId, NodeProperties, Requirements};
-use lwr_server::Queue;
+use lwr_server::{Queue, Want};
 use lwr_store::Store;
 
 async fn queue() -> (Queue, NodeId, tempfile::TempDir) {
@@ -81,7 +81,7 @@ async fn a_waiting_claim_wakes_when_a_job_becomes_ready() {
         let queue = queue.clone();
         tokio::spawn(async move {
             queue
-                .claim(node, 1, &[], Duration::from_secs(30))
+                .claim(node, Want::free(1), &[], Duration::from_secs(30))
                 .await
                 .unwrap()
                 .assignments
@@ -101,7 +101,7 @@ async fn a_waiting_claim_wakes_when_a_job_becomes_ready() {
         let queue = queue.clone();
         tokio::spawn(async move {
             queue
-                .claim(node, 1, &[], Duration::from_secs(30))
+                .claim(node, Want::free(1), &[], Duration::from_secs(30))
                 .await
                 .unwrap()
                 .assignments
@@ -114,11 +114,76 @@ async fn a_waiting_claim_wakes_when_a_job_becomes_ready() {
     assert_eq!(got[0].job_name, "b");
 }
 
+/// A node's claim that waited, woken by new work, takes only its free slots while another
+/// node's claim waits too: the job it would have taken ahead goes to that node instead of
+/// waiting behind the first node's running job.
+#[tokio::test]
+async fn a_woken_claim_leaves_what_it_would_take_ahead_to_another_waiting_node() {
+    let (queue, first, _dir) = queue().await;
+    let second = register(&queue, "second").await;
+    let queue = std::sync::Arc::new(queue);
+    // Parked in this order, woken in this order: the node claiming ahead looks first.
+    let ahead = claim_in_background(&queue, first, Want { max: 2, ahead: 1 });
+    parked(&queue, 1).await;
+    let free = claim_in_background(&queue, second, Want::free(1));
+    parked(&queue, 2).await;
+    queue
+        .submit(&graph(&[("a", &[]), ("b", &[])]))
+        .await
+        .unwrap();
+    assert_eq!(woken(ahead).await.len(), 1, "the first node took ahead");
+    assert_eq!(woken(free).await.len(), 1, "the second node got nothing");
+}
+
+/// With no other node waiting, a woken claim takes ahead as it asked: nobody else would
+/// run the job sooner.
+#[tokio::test]
+async fn a_woken_claim_alone_takes_ahead() {
+    let (queue, node, _dir) = queue().await;
+    let queue = std::sync::Arc::new(queue);
+    let ahead = claim_in_background(&queue, node, Want { max: 2, ahead: 1 });
+    parked(&queue, 1).await;
+    queue
+        .submit(&graph(&[("a", &[]), ("b", &[])]))
+        .await
+        .unwrap();
+    assert_eq!(woken(ahead).await.len(), 2);
+}
+
+async fn register(queue: &Queue, name: &str) -> NodeId {
+    let reg = RegisterNode {
+        name: name.into(),
+        properties: NodeProperties::default(),
+        slots: 1,
+    };
+    queue
+        .store()
+        .register_node(&reg, lwr_store::now_ms())
+        .await
+        .unwrap()
+}
+
+/// A claim waiting up to 30 s in a task of its own; its jobs are the task's answer.
+fn claim_in_background(
+    queue: &std::sync::Arc<Queue>,
+    node: NodeId,
+    want: Want,
+) -> tokio::task::JoinHandle<Vec<lwr_model::api::Assignment>> {
+    let queue = queue.clone();
+    tokio::spawn(async move {
+        queue
+            .claim(node, want, &[], Duration::from_secs(30))
+            .await
+            .unwrap()
+            .assignments
+    })
+}
+
 #[tokio::test]
 async fn a_claim_with_nothing_to_do_returns_empty_after_its_wait() {
     let (queue, node, _dir) = queue().await;
     let got = queue
-        .claim(node, 4, &[], Duration::from_millis(50))
+        .claim(node, Want::free(4), &[], Duration::from_millis(50))
         .await
         .unwrap()
         .assignments;
@@ -143,7 +208,7 @@ async fn a_graph_wait_answers_on_the_next_change() {
     };
     parked(&queue, 1).await;
     let got = queue
-        .claim(node, 1, &[], Duration::ZERO)
+        .claim(node, Want::free(1), &[], Duration::ZERO)
         .await
         .unwrap()
         .assignments;
@@ -181,7 +246,7 @@ async fn a_wait_for_a_graphs_end_passes_over_other_changes() {
     // Each job's claim and success is a change; only the last finishes the graph.
     for name in ["a", "b"] {
         let got = queue
-            .claim(node, 1, &[], Duration::ZERO)
+            .claim(node, Want::free(1), &[], Duration::ZERO)
             .await
             .unwrap()
             .assignments;
@@ -217,13 +282,13 @@ async fn results_sent_with_a_claim_are_recorded_and_release_dependents() {
         .await
         .unwrap();
     let a = queue
-        .claim(node, 1, &[], Duration::ZERO)
+        .claim(node, Want::free(1), &[], Duration::ZERO)
         .await
         .unwrap()
         .assignments;
     let done = RunResult::succeeded(a[0].run_id);
     let claimed = queue
-        .claim(node, 1, &[done], Duration::from_secs(30))
+        .claim(node, Want::free(1), &[done], Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(claimed.acks.len(), 1);
@@ -277,7 +342,7 @@ async fn two_servers_wake_each_other(url: String) {
     let waiting = {
         let two = two.clone();
         tokio::spawn(async move {
-            two.claim(node, 1, &[], Duration::from_secs(30))
+            two.claim(node, Want::free(1), &[], Duration::from_secs(30))
                 .await
                 .unwrap()
                 .assignments

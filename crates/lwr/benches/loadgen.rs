@@ -223,6 +223,7 @@ async fn node(client: Client, id: NodeId, slots: u32, seen: Arc<Seen>, stop: Arc
             max: slots,
             wait_ms: 200,
             results: std::mem::take(&mut results),
+            ahead: 0,
         };
         let sent = req.results.len() as u64;
         let answer = match client.claim(id, &req).await {

@@ -194,6 +194,7 @@ fn hold_a_run(server: &Server) -> HeldRun {
         max: 1,
         wait_ms: 5000,
         results: vec![],
+        ahead: 0,
     };
     let claimed = server.api.block_on(client.claim(node, &req)).unwrap();
     HeldRun {

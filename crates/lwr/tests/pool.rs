@@ -283,6 +283,7 @@ fn a_node_whose_runs_keep_failing_for_infrastructure_reasons_is_quarantined() {
                     max: 1,
                     wait_ms: 5000,
                     results: std::mem::take(&mut results),
+                    ahead: 0,
                 },
             ))
             .unwrap();
@@ -325,6 +326,7 @@ fn a_node_whose_runs_keep_failing_for_infrastructure_reasons_is_quarantined() {
                 max: 1,
                 wait_ms: 0,
                 results: Vec::new(),
+                ahead: 0,
             },
         ))
         .unwrap();

@@ -584,6 +584,32 @@ fn a_job_claimed_ahead_goes_back_when_no_slot_frees() {
     );
 }
 
+/// Two nodes wait for work and two jobs come: the node that claims ahead takes one, not
+/// both, so the other does not wait on its deck while the second node idles.
+#[test]
+fn waiting_nodes_share_new_work_before_one_claims_ahead() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let server = Server::start(dir);
+    // a's claim waits first, so the server looks for it first when the jobs come.
+    let _a = server.node_claiming_ahead(dir, "a", 1);
+    let _b = server.node(dir, "b", 1, &[]);
+    server.wait_node("b");
+    std::thread::sleep(Duration::from_millis(500));
+    let repo = git_repo(
+        &dir.join("two"),
+        "version: 1\ncheckout: false\njobs:\n  one:\n    run: sleep 4\n  \
+         two:\n    run: sleep 4\n",
+    );
+    let out = server.push(&repo, false);
+    out.assert_success();
+    let graph = out.pushed_graph();
+    let one = server.wait_job(graph, "one", JobState::Running, None);
+    let two = server.wait_job(graph, "two", JobState::Running, None);
+    let table = server.describe(Some(graph));
+    assert_ne!(one.node, two.node, "one node took both: {table}");
+}
+
 /// A slot that goes from a job straight to the next on the deck makes no claim: the ended
 /// job's result still reaches the server at once, not when the next job ends.
 #[test]

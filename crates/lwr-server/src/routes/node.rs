@@ -18,7 +18,7 @@ use utoipa::IntoParams;
 use super::access::{NewNode, NodeCaller, RunCaller};
 use super::extract::*;
 use crate::live::AppendError;
-use crate::queue::MAX_WAIT;
+use crate::queue::{MAX_WAIT, Want};
 use crate::{ApiError, artifacts, logs};
 
 #[utoipa::path(
@@ -153,10 +153,11 @@ pub(crate) async fn claim(
 ) -> ApiResult<Json<ClaimResponse>> {
     check_results(&req.results)?;
     let wait = Duration::from_millis(req.wait_ms);
-    let mut claimed = state
-        .queue
-        .claim(node, req.max.min(256), &req.results, wait)
-        .await?;
+    let want = Want {
+        max: req.max.min(256),
+        ahead: req.ahead,
+    };
+    let mut claimed = state.queue.claim(node, want, &req.results, wait).await?;
     for a in &mut claimed.assignments {
         a.max_log_bytes = Some(state.config.max_log_bytes);
     }
