@@ -124,7 +124,7 @@ impl Store {
         .bind(a.storage_key.clone())
         .bind(a.created_at.get())
         .bind(a.expires_at.get())
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await
         .op("recording artifact")?
         .rows_affected();
@@ -171,7 +171,7 @@ impl Store {
         .bind(to_json(&missing, "missing artifacts")?)
         .bind(to_json(extra, "manifest extra")?)
         .bind(now.get())
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await
         .op("recording manifest")?
         .rows_affected();
@@ -331,7 +331,7 @@ impl Store {
     pub async fn delete_artifact(&self, id: i64) -> Result<()> {
         sqlx::query("DELETE FROM artifacts WHERE id = $1")
             .bind(id)
-            .execute(&self.write)
+            .execute(&mut *self.writer().await?)
             .await
             .op("deleting artifact")?;
         Ok(())

@@ -14,6 +14,7 @@ use lwr_model::{GraphId, JobId, JobSpec, Millis, Requires};
 use crate::error::Op;
 use crate::queue::Tx;
 use crate::rows::{col, to_json, typed};
+use crate::writer::Writer;
 use crate::{Dialect, Result, StoreError};
 
 /// Jobs per multi-row INSERT: 9 bound values each. Each statement is a round trip (to sqlx's
@@ -82,7 +83,7 @@ pub(crate) const JOBS_PER_TRANSACTION: usize = 2_000;
 /// to reach the disk: nobody sees a staging graph, and the transaction that shows it commits
 /// synchronously, which flushes all WAL written before it, these chunks included. A crash
 /// before that loses at most a graph still staging, which the retention pass removes.
-pub(crate) async fn begin_staged(write: &sqlx::AnyPool, dialect: Dialect) -> Result<Tx> {
+pub(crate) async fn begin_staged(write: &Writer, dialect: Dialect) -> Result<Tx> {
     let mut tx = Tx::begin(write).await.op("staging jobs")?;
     if dialect == Dialect::Postgres {
         sqlx::query("SET LOCAL synchronous_commit = off")
@@ -303,7 +304,7 @@ async fn check_needs_stored(
 /// Deletes a staging graph that failed to be stored whole: its edges and jobs a transaction
 /// of at most `JOBS_PER_TRANSACTION` jobs at a time, then the graph. Its jobs never ran (no
 /// claim sees a staging graph), so nothing else refers to them.
-pub(crate) async fn discard_staged(write: &sqlx::AnyPool, graph_id: GraphId) -> Result<()> {
+pub(crate) async fn discard_staged(write: &Writer, graph_id: GraphId) -> Result<()> {
     loop {
         let mut tx = Tx::begin(write).await.op("discarding a staged graph")?;
         let chunk = format!(

@@ -45,7 +45,7 @@ impl Store {
         .bind(holder)
         .bind(now.plus(lease).get())
         .bind(now.get())
-        .fetch_optional(&self.write)
+        .fetch_optional(&mut *self.writer().await?)
         .await
         .op("holding a duty")?;
         row.map(|row| col(&row, "epoch")).transpose()
@@ -57,7 +57,7 @@ impl Store {
         sqlx::query("UPDATE duties SET expires_at = 0 WHERE name = $1 AND holder = $2")
             .bind(name)
             .bind(holder)
-            .execute(&self.write)
+            .execute(&mut *self.writer().await?)
             .await
             .op("releasing a duty")?;
         Ok(())
@@ -74,7 +74,7 @@ impl Store {
         .bind(name)
         .bind(holder)
         .bind(now.get())
-        .fetch_optional(&self.write)
+        .fetch_optional(&mut *self.writer().await?)
         .await
         .op("numbering in a duty")?;
         row.map(|row| col(&row, "counter")).transpose()

@@ -81,7 +81,13 @@ impl Store {
             idle: p.num_idle() as u32,
             max: p.options().get_max_connections(),
         };
-        let mut all = vec![of("write", &self.write), of("read", &self.read)];
+        let (open, idle) = self.write.open_idle();
+        let write = PoolUse {
+            open,
+            idle,
+            ..of("write", self.write.pool())
+        };
+        let mut all = vec![write, of("read", &self.read)];
         if self.dialect == crate::Dialect::Sqlite {
             all.push(of("node", &self.node));
         }

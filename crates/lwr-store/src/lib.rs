@@ -29,6 +29,7 @@ pub mod scratch;
 mod tokens;
 mod tx;
 mod views;
+mod writer;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -93,9 +94,9 @@ impl FromStr for Dialect {
 /// The database handle. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    /// All writes go here. For SQLite it holds one connection, so writers queue in the pool
-    /// instead of failing with `SQLITE_BUSY`.
-    write: AnyPool,
+    /// All writes go here. For SQLite it is one connection, so writers queue for it
+    /// instead of failing with `SQLITE_BUSY` (kept out of its pool: see `writer`).
+    write: writer::Writer,
     /// Reads; for SQLite in WAL mode they never block the writer.
     read: AnyPool,
     /// What nodes and token checks read (claims' pool snapshot, node and run owners,
@@ -200,7 +201,7 @@ impl Store {
                             url: url.clone(),
                             source,
                         })?;
-                (write, read, node)
+                (writer::Writer::new(write, true), read, node)
             }
             Dialect::Postgres => {
                 let pool = |max: u32| connect(max).connect(url);
@@ -211,7 +212,7 @@ impl Store {
                 // Sixteen connections as before, but readers take at most six of them.
                 let write = pool(10).await.map_err(failed)?;
                 let read = pool(6).await.map_err(failed)?;
-                (write.clone(), read, write)
+                (writer::Writer::new(write.clone(), false), read, write)
             }
         };
         let store = Store {
@@ -234,6 +235,15 @@ impl Store {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// The connection to write with, for a statement outside a transaction (see `writer`).
+    async fn writer(&self) -> Result<writer::WriterConn> {
+        use crate::error::Op;
+        self.write
+            .acquire()
+            .await
+            .op("waiting for the database writer")
     }
 
     pub async fn close(&self) {

@@ -53,7 +53,7 @@ impl Store {
         .bind(run_id.get())
         .bind(node_id.get())
         .bind(until.get())
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await
         .op("wanting a live log")?;
         Ok(())
@@ -63,7 +63,7 @@ impl Store {
     pub async fn live_unwant(&self, id: &str) -> Result<()> {
         sqlx::query("DELETE FROM live_log_wants WHERE id = $1")
             .bind(id.to_string())
-            .execute(&self.write)
+            .execute(&mut *self.writer().await?)
             .await
             .op("unwanting a live log")?;
         Ok(())
@@ -76,7 +76,7 @@ impl Store {
         )
         .bind(run_id.get())
         .bind(now.get())
-        .fetch_one(&self.write)
+        .fetch_one(&mut *self.writer().await?)
         .await
         .op("counting live log wants")?;
         Ok(col::<i64>(&row, "n")?.max(0) as u32)
@@ -98,7 +98,7 @@ impl Store {
         )
         .bind(node_id.get())
         .bind(now.get())
-        .fetch_all(&self.write)
+        .fetch_all(&mut *self.writer().await?)
         .await
         .op("reading wanted live logs")?;
         let mut out = Vec::new();
@@ -122,7 +122,7 @@ impl Store {
                (SELECT 1 FROM live_log_pieces p WHERE p.run_id = w.run_id AND p.last = 1)",
         )
         .bind(now.get())
-        .fetch_one(&self.write)
+        .fetch_one(&mut *self.writer().await?)
         .await
         .op("counting live logs")?;
         Ok(col::<i64>(&row, "n")?.max(0) as u64)
@@ -136,7 +136,7 @@ impl Store {
              FROM live_log_pieces WHERE run_id = $1",
         )
         .bind(run_id.get())
-        .fetch_one(&self.write)
+        .fetch_one(&mut *self.writer().await?)
         .await
         .op("reading a live log's size")?;
         Ok(LiveHeld {
@@ -236,7 +236,7 @@ impl Store {
         )
         .bind(run_id.get())
         .bind(offset as i64)
-        .fetch_all(&self.write)
+        .fetch_all(&mut *self.writer().await?)
         .await
         .op("reading a live log")?;
         let mut out = Vec::new();
@@ -282,7 +282,7 @@ impl Store {
     pub async fn live_sweep(&self, now: Millis, ended_before: Millis) -> Result<u64> {
         sqlx::query("DELETE FROM live_log_wants WHERE until_ms <= $1")
             .bind(now.get())
-            .execute(&self.write)
+            .execute(&mut *self.writer().await?)
             .await
             .op("sweeping live log wants")?;
         let done = sqlx::query(
@@ -290,7 +290,7 @@ impl Store {
              (SELECT id FROM runs WHERE state <> 'running' AND finished_at < $1)",
         )
         .bind(ended_before.get())
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await
         .op("sweeping live logs")?;
         Ok(done.rows_affected())

@@ -90,7 +90,7 @@ impl Store {
         .bind(i64::from(reg.slots))
         .bind(now.get())
         .bind(token_id)
-        .fetch_one(&self.write)
+        .fetch_one(&mut *self.writer().await?)
         .await
         .op("registering node")?;
         let id = typed(&row, "id")?;

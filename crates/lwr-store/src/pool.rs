@@ -278,7 +278,7 @@ impl Store {
         .bind(reason.map(str::to_string))
         .bind(enable)
         .bind(reimage)
-        .fetch_optional(&self.write)
+        .fetch_optional(&mut *self.writer().await?)
         .await
         .op("setting node state")?
         .ok_or_else(|| StoreError::NotFound {

@@ -69,7 +69,7 @@ impl Store {
         };
         let existing = sqlx::query("SELECT id FROM repos WHERE url = $1")
             .bind(url.to_string())
-            .fetch_optional(&self.write)
+            .fetch_optional(&mut *self.writer().await?)
             .await
             .op("looking for the repository")?;
         if let Some(row) = existing {
@@ -87,7 +87,7 @@ impl Store {
             .bind(to_json(&add.branches, "branch patterns")?)
             .bind(every_ms.get())
             .bind(now.get())
-            .fetch_one(&self.write)
+            .fetch_one(&mut *self.writer().await?)
             .await
             .op("adding repository")?,
             "id",
@@ -100,7 +100,7 @@ impl Store {
             "SELECT {REPO_COLUMNS} FROM repos r WHERE r.id = $1"
         )))
         .bind(id)
-        .fetch_optional(&self.write)
+        .fetch_optional(&mut *self.writer().await?)
         .await
         .op("reading repository")?
         .ok_or_else(|| StoreError::NotFound {
@@ -139,7 +139,7 @@ impl Store {
         .bind(branches)
         .bind(every_ms.map(DurationMs::get))
         .bind(id)
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await
         .op("changing repository")?
         .rows_affected();
@@ -156,7 +156,7 @@ impl Store {
     pub async fn remove_repo(&self, id: i64) -> Result<()> {
         let n = sqlx::query("DELETE FROM repos WHERE id = $1")
             .bind(id)
-            .execute(&self.write)
+            .execute(&mut *self.writer().await?)
             .await
             .op("removing repository")?
             .rows_affected();
@@ -257,7 +257,7 @@ impl Store {
             .bind(i64::from(failures))
             .bind(error.to_string())
             .bind(retry_at.get())
-            .execute(&self.write)
+            .execute(&mut *self.writer().await?)
             .await
             .op("recording poll failure")?;
         Ok(())

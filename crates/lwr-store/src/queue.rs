@@ -621,7 +621,7 @@ impl Store {
             "UPDATE runs SET lease_expires = $1 WHERE state = 'running' AND lease_expires < $1",
         )
         .bind(now.plus(lease).get())
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await
         .op("extending leases")?
         .rows_affected();
@@ -634,7 +634,7 @@ impl Store {
             .bind(run_id.get())
             .bind(size as i64)
             .bind(sha256.to_string())
-            .execute(&self.write)
+            .execute(&mut *self.writer().await?)
             .await
             .op("recording log size")?;
         Ok(())
@@ -1148,7 +1148,7 @@ impl Store {
     /// Updates the planner's statistics (PostgreSQL `ANALYZE`, SQLite `ANALYZE`).
     pub async fn analyze(&self) -> Result<()> {
         sqlx::raw_sql("ANALYZE")
-            .execute(&self.write)
+            .execute(&mut *self.writer().await?)
             .await
             .op("analyzing tables")?;
         Ok(())

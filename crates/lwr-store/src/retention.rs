@@ -229,7 +229,7 @@ impl Store {
         let n = sqlx::query("UPDATE graphs SET keep = $2 WHERE id = $1")
             .bind(graph.get())
             .bind(i32::from(keep))
-            .execute(&self.write)
+            .execute(&mut *self.writer().await?)
             .await
             .op("marking a graph to keep")?
             .rows_affected();

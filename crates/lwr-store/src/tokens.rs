@@ -125,7 +125,7 @@ impl Store {
         .bind(label.map(str::to_string))
         .bind(now.get())
         .bind(expires_at.map(Millis::get))
-        .fetch_one(&self.write)
+        .fetch_one(&mut *self.writer().await?)
         .await
         .op("creating token")?;
         Ok((token_info(&row, now)?, secret))
@@ -146,14 +146,14 @@ impl Store {
         sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
             .bind(id)
             .bind(now.get())
-            .execute(&self.write)
+            .execute(&mut *self.writer().await?)
             .await
             .op("revoking token")?;
         let row = sqlx::query(
             "SELECT id, scopes, label, created_at, expires_at, revoked_at FROM tokens WHERE id = $1",
         )
             .bind(id)
-            .fetch_optional(&self.write)
+            .fetch_optional(&mut *self.writer().await?)
             .await
             .op("reading token")?
             .ok_or_else(|| StoreError::NotFound {
@@ -172,7 +172,7 @@ impl Store {
         )
         .bind(prefix)
         .bind(now.get())
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await
         .op("revoking tokens")?
         .rows_affected();
@@ -192,11 +192,11 @@ impl Store {
                      ON CONFLICT (name) DO NOTHING",
                 )
                 .bind(hex::encode(fresh))
-                .execute(&self.write)
+                .execute(&mut *self.writer().await?)
                 .await
                 .op("making the job token key")?;
                 let row = sqlx::query("SELECT value FROM settings WHERE name = 'job_token_key'")
-                    .fetch_one(&self.write)
+                    .fetch_one(&mut *self.writer().await?)
                     .await
                     .op("reading the job token key")?;
                 let text: String = col(&row, "value")?;
@@ -303,12 +303,12 @@ impl Store {
         .bind(id)
         .bind(name.to_string())
         .bind(claims.map(str::to_string))
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await
         .op("binding token to its node")?;
         let row = sqlx::query("SELECT node_name, node_claims FROM tokens WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.write)
+            .fetch_optional(&mut *self.writer().await?)
             .await
             .op("reading token binding")?
             .ok_or_else(|| StoreError::NotFound {

@@ -17,8 +17,9 @@
 
 use std::ops::{Deref, DerefMut};
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, Executor};
+use sqlx::{AnyConnection, Executor};
+
+use crate::writer::{Writer, WriterConn};
 
 /// Where a transaction is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +36,7 @@ enum Stage {
 /// A write transaction on one pooled connection (see the module's comment).
 pub(crate) struct Tx {
     /// `None` only while being dropped.
-    conn: Option<PoolConnection<Any>>,
+    conn: Option<WriterConn>,
     stage: Stage,
     /// A statement's text ends with the `COMMIT` ([`Tx::commit_along`]).
     commit_sent: bool,
@@ -43,9 +44,9 @@ pub(crate) struct Tx {
 
 impl Tx {
     /// Takes a connection and begins a transaction on it now.
-    pub(crate) async fn begin(pool: &AnyPool) -> sqlx::Result<Tx> {
+    pub(crate) async fn begin(writer: &Writer) -> sqlx::Result<Tx> {
         let mut tx = Tx {
-            conn: Some(pool.acquire().await?),
+            conn: Some(writer.acquire().await?),
             stage: Stage::Open,
             commit_sent: false,
         };
@@ -55,9 +56,9 @@ impl Tx {
 
     /// Takes a connection; the transaction begins with the first statement, whose text
     /// must start with [`Tx::lead`] (SQLite's multi-statement texts only).
-    pub(crate) async fn begin_along(pool: &AnyPool) -> sqlx::Result<Tx> {
+    pub(crate) async fn begin_along(writer: &Writer) -> sqlx::Result<Tx> {
         Ok(Tx {
-            conn: Some(pool.acquire().await?),
+            conn: Some(writer.acquire().await?),
             stage: Stage::Unbegun,
             commit_sent: false,
         })
@@ -147,12 +148,12 @@ impl Drop for Tx {
                             // No transaction (SQLite ended it, or a BEGIN sent along never
                             // ran), or a broken connection: closing it is safe either way.
                             tracing::debug!("rolling back a dropped transaction: {e}");
-                            conn.close_on_drop();
+                            conn.discard();
                         }
                     });
                 }
                 // No runtime to roll back on: closing the connection rolls it back.
-                Err(_) => conn.close_on_drop(),
+                Err(_) => conn.discard(),
             },
         }
     }
