@@ -259,7 +259,9 @@ impl Queue {
             rx.borrow_and_update();
             // Work that came while this claim waited goes to the waiting nodes' free slots
             // first: a job this node took ahead would wait behind its running jobs while
-            // another node idles (its deck gives it back only after a while).
+            // another node idles (its deck gives it back only after a while). The other
+            // waiting claims are this server's, and may be of nodes that cannot run the
+            // job: a job left for them then waits for this node's next claim, a round trip.
             let take = match waited {
                 Some(_) if self.claims_waiting.load(Ordering::SeqCst) > 1 => {
                     max - ahead.min(max.saturating_sub(1))
@@ -302,7 +304,10 @@ impl Queue {
                 None => deadline,
             };
             let parked = Parked::new(&self.waiting);
-            waited = Some(Parked::new(&self.claims_waiting));
+            // A claim that does not wait (its time is up) is no node waiting for work.
+            if until > Instant::now() {
+                waited = Some(Parked::new(&self.claims_waiting));
+            }
             // A `notify_one` given to this wait and dropped unfinished (the other branch won,
             // the time ran out, the node hung up) passes to the next waiter: none is lost.
             let woken = timeout_at(until, async {

@@ -45,8 +45,10 @@ pub(crate) struct Tx {
 impl Tx {
     /// Takes a connection and begins a transaction on it now.
     pub(crate) async fn begin(writer: &Writer) -> sqlx::Result<Tx> {
+        let mut conn = writer.acquire().await?;
+        conn.set_in_transaction(true);
         let mut tx = Tx {
-            conn: Some(writer.acquire().await?),
+            conn: Some(conn),
             stage: Stage::Open,
             commit_sent: false,
         };
@@ -69,7 +71,7 @@ impl Tx {
     pub(crate) fn lead(&mut self) -> &'static str {
         match self.stage {
             Stage::Unbegun => {
-                self.stage = Stage::Open;
+                self.set_stage(Stage::Open);
                 "BEGIN; "
             }
             Stage::Open | Stage::Over => "",
@@ -95,23 +97,34 @@ impl Tx {
             self.commit_sent,
             "a commit recorded that was not sent along"
         );
-        self.stage = Stage::Over;
+        self.set_stage(Stage::Over);
     }
 
     /// Commits (or, after [`Tx::commit_along`], records that the statement carrying the
     /// COMMIT ran). A transaction in which nothing ran commits nothing.
     pub(crate) async fn commit(mut self) -> sqlx::Result<()> {
         if self.stage == Stage::Unbegun || self.commit_sent {
-            self.stage = Stage::Over;
+            self.set_stage(Stage::Over);
             return Ok(());
         }
         let done = self.execute("COMMIT").await.map(|_| ());
         if done.is_ok() {
-            self.stage = Stage::Over;
+            self.set_stage(Stage::Over);
         }
         // Else the drop rolls back what is left: a COMMIT refused (a full disk) may have
         // ended the transaction or not.
         done
+    }
+}
+
+impl Tx {
+    /// Moves the transaction to `stage`; the connection knows whether one may be open on
+    /// it, so that it is closed if dropped before a rollback ran.
+    fn set_stage(&mut self, stage: Stage) {
+        self.stage = stage;
+        if let Some(conn) = self.conn.as_mut() {
+            conn.set_in_transaction(stage == Stage::Open);
+        }
     }
 }
 
@@ -143,12 +156,17 @@ impl Drop for Tx {
             Stage::Over | Stage::Unbegun => {}
             Stage::Open => match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
+                    // If this task never runs (its runtime is shutting down), dropping it
+                    // drops the connection marked inside a transaction, which closes it.
                     runtime.spawn(async move {
-                        if let Err(e) = conn.execute("ROLLBACK").await {
+                        match conn.execute("ROLLBACK").await {
+                            Ok(_) => conn.set_in_transaction(false),
                             // No transaction (SQLite ended it, or a BEGIN sent along never
                             // ran), or a broken connection: closing it is safe either way.
-                            tracing::debug!("rolling back a dropped transaction: {e}");
-                            conn.discard();
+                            Err(e) => {
+                                tracing::debug!("rolling back a dropped transaction: {e}");
+                                conn.discard();
+                            }
                         }
                     });
                 }

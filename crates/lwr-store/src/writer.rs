@@ -7,15 +7,23 @@
 //! claim's transaction a third round trip. On SQLite the store therefore keeps its writer
 //! out of the pool once taken and hands it out itself, one holder at a time in the order
 //! asked (a fair lock, as the pool's queue was); it goes back to the pool only to be closed.
+//! It is still tested before it is handed out, once a second at most, and a connection that
+//! may be inside a transaction whose rollback never ran is closed rather than handed on.
 //! PostgreSQL's writers stay pooled: several write at once, and the test there checks a
 //! connection the network may have cut.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// How often a kept connection is tested (a `ping`) before it is handed out: a connection
+/// whose thread died fails every statement, and the pool's test after each use used to
+/// close it. Once a second costs nothing next to the writes between.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Where writes get their connection (see the module's comment).
 #[derive(Clone)]
@@ -25,15 +33,29 @@ pub(crate) enum Writer {
     /// The pool's one connection, kept once taken (SQLite).
     Kept {
         pool: AnyPool,
-        conn: Arc<Mutex<Option<PoolConnection<Any>>>>,
+        kept: Arc<Mutex<Option<Kept>>>,
     },
 }
 
-/// A connection to write with, held until dropped.
-pub(crate) enum WriterConn {
+/// SQLite's writer connection while the store keeps it.
+pub(crate) struct Kept {
+    conn: PoolConnection<Any>,
+    /// When it was last tested.
+    checked: Instant,
+}
+
+/// A connection to write with, held until dropped. One dropped while a transaction may be
+/// open on it ([`WriterConn::set_in_transaction`]) is closed, not handed to the next writer:
+/// its rollback never ran (the task meant to run it was dropped with its runtime).
+pub(crate) struct WriterConn {
+    held: Held,
+    in_transaction: bool,
+}
+
+enum Held {
     Pooled(PoolConnection<Any>),
     /// Always `Some` while handed out: [`Writer::acquire`] fills it.
-    Kept(OwnedMutexGuard<Option<PoolConnection<Any>>>),
+    Kept(OwnedMutexGuard<Option<Kept>>),
 }
 
 impl Writer {
@@ -42,7 +64,7 @@ impl Writer {
         match keep {
             true => Writer::Kept {
                 pool,
-                conn: Arc::new(Mutex::new(None)),
+                kept: Arc::new(Mutex::new(None)),
             },
             false => Writer::Pooled(pool),
         }
@@ -54,36 +76,51 @@ impl Writer {
         }
     }
 
-    /// Waits for the connection to write with.
+    /// Waits for the connection to write with, as long as the pool would have let a writer
+    /// wait for its connection.
     pub(crate) async fn acquire(&self) -> sqlx::Result<WriterConn> {
-        match self {
-            Writer::Pooled(pool) => Ok(WriterConn::Pooled(pool.acquire().await?)),
-            Writer::Kept { pool, conn } => {
-                let mut kept = conn.clone().lock_owned().await;
-                // As the pool's `before_acquire` does: a connection that still counts a
-                // transaction of sqlx's is out of step with its database.
-                if kept.as_ref().is_some_and(|c| c.is_in_transaction()) {
-                    tracing::warn!(
-                        "closing the database writer left in a transaction by a failed \
-                         commit or rollback; a new one replaces it"
-                    );
-                    if let Some(mut stale) = kept.take() {
-                        stale.close_on_drop();
+        let held = match self {
+            Writer::Pooled(pool) => Held::Pooled(pool.acquire().await?),
+            Writer::Kept { pool, kept } => {
+                let timeout = pool.options().get_acquire_timeout();
+                let deadline = tokio::time::Instant::now() + timeout;
+                let mut slot = tokio::time::timeout_at(deadline, kept.clone().lock_owned())
+                    .await
+                    .map_err(|_| sqlx::Error::PoolTimedOut)?;
+                if let Some(k) = slot.as_mut()
+                    && k.checked.elapsed() >= CHECK_EVERY
+                {
+                    match k.conn.ping().await {
+                        Ok(()) => k.checked = Instant::now(),
+                        Err(e) => {
+                            tracing::warn!("closing the database writer, which failed a test: {e}");
+                            close(slot.take());
+                        }
                     }
                 }
-                if kept.is_none() {
-                    *kept = Some(pool.acquire().await?);
+                if slot.is_none() {
+                    let conn = tokio::time::timeout_at(deadline, pool.acquire())
+                        .await
+                        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+                    *slot = Some(Kept {
+                        conn,
+                        checked: Instant::now(),
+                    });
                 }
-                Ok(WriterConn::Kept(kept))
+                Held::Kept(slot)
             }
-        }
+        };
+        Ok(WriterConn {
+            held,
+            in_transaction: false,
+        })
     }
 
     /// Closes the writer's connections (waits for a holder to finish).
     pub(crate) async fn close(&self) {
-        if let Writer::Kept { conn, .. } = self {
+        if let Writer::Kept { kept, .. } = self {
             // Back to the pool, which then closes it.
-            drop(conn.lock().await.take());
+            drop(kept.lock().await.take());
         }
         self.pool().close().await;
     }
@@ -93,25 +130,44 @@ impl Writer {
     pub(crate) fn open_idle(&self) -> (u32, u32) {
         match self {
             Writer::Pooled(pool) => (pool.size(), pool.num_idle() as u32),
-            Writer::Kept { pool, conn } => {
-                let idle_kept = conn.try_lock().is_ok_and(|kept| kept.is_some());
+            Writer::Kept { pool, kept } => {
+                let idle_kept = kept.try_lock().is_ok_and(|slot| slot.is_some());
                 (pool.size(), pool.num_idle() as u32 + u32::from(idle_kept))
             }
         }
     }
 }
 
+/// Closes a connection taken from the writer: it goes to the pool to be closed, and the
+/// pool opens a new one for the next writer.
+fn close(kept: Option<Kept>) {
+    if let Some(mut k) = kept {
+        k.conn.close_on_drop();
+    }
+}
+
 impl WriterConn {
+    /// Marks a transaction begun (`true`) or ended (`false`) on this connection; while one
+    /// may be open, dropping the connection closes it.
+    pub(crate) fn set_in_transaction(&mut self, open: bool) {
+        self.in_transaction = open;
+    }
+
     /// Closes the connection instead of handing it to the next writer (it may be inside a
     /// transaction that could not be rolled back): the next writer gets a new one.
-    pub(crate) fn discard(self) {
-        match self {
-            WriterConn::Pooled(mut conn) => conn.close_on_drop(),
-            WriterConn::Kept(mut kept) => {
-                if let Some(mut conn) = kept.take() {
-                    conn.close_on_drop();
-                }
-            }
+    pub(crate) fn discard(mut self) {
+        self.in_transaction = true;
+    }
+}
+
+impl Drop for WriterConn {
+    fn drop(&mut self) {
+        if !self.in_transaction {
+            return;
+        }
+        match &mut self.held {
+            Held::Pooled(conn) => conn.close_on_drop(),
+            Held::Kept(slot) => close(slot.take()),
         }
     }
 }
@@ -120,18 +176,18 @@ impl Deref for WriterConn {
     type Target = AnyConnection;
 
     fn deref(&self) -> &AnyConnection {
-        match self {
-            WriterConn::Pooled(conn) => conn,
-            WriterConn::Kept(kept) => kept.as_deref().expect("a kept writer connection"),
+        match &self.held {
+            Held::Pooled(conn) => conn,
+            Held::Kept(slot) => &slot.as_ref().expect("a kept writer connection").conn,
         }
     }
 }
 
 impl DerefMut for WriterConn {
     fn deref_mut(&mut self) -> &mut AnyConnection {
-        match self {
-            WriterConn::Pooled(conn) => conn,
-            WriterConn::Kept(kept) => kept.as_deref_mut().expect("a kept writer connection"),
+        match &mut self.held {
+            Held::Pooled(conn) => conn,
+            Held::Kept(slot) => &mut slot.as_mut().expect("a kept writer connection").conn,
         }
     }
 }
@@ -149,6 +205,7 @@ mod tests {
         let url = format!("sqlite://{}?mode=rwc", dir.join("w.db").display());
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(1)
+            .acquire_timeout(Duration::from_millis(200))
             .connect(&url)
             .await
             .unwrap();
@@ -170,12 +227,50 @@ mod tests {
         assert_eq!(writer.open_idle(), (1, 0), "held");
         let mut second = Box::pin(writer.acquire());
         let waited = tokio::time::timeout(Duration::from_millis(50), &mut second).await;
-        assert!(waited.is_err(), "a second writer got in while the first held it");
+        assert!(
+            waited.is_err(),
+            "a second writer got in while the first held it"
+        );
         drop(first);
         let mut second = second.await.unwrap();
-        assert!(has_mark(&mut second).await, "a new connection, not the kept one");
+        assert!(
+            has_mark(&mut second).await,
+            "a new connection, not the kept one"
+        );
         drop(second);
         assert_eq!(writer.open_idle(), (1, 1), "idle once dropped");
+    }
+
+    #[tokio::test]
+    async fn a_connection_dropped_inside_a_transaction_is_not_handed_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = kept_writer(dir.path()).await;
+        let mut first = writer.acquire().await.unwrap();
+        first.execute("CREATE TEMP TABLE mark (x)").await.unwrap();
+        first.execute("BEGIN").await.unwrap();
+        first.set_in_transaction(true);
+        drop(first);
+        let mut next = writer.acquire().await.unwrap();
+        assert!(
+            !has_mark(&mut next).await,
+            "handed on inside its transaction"
+        );
+        next.execute("BEGIN; CREATE TABLE t (x); COMMIT")
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_writer_waits_no_longer_than_the_pools_acquire_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = kept_writer(dir.path()).await;
+        let _held = writer.acquire().await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(5), writer.acquire()).await;
+        assert!(
+            matches!(waited, Ok(Err(sqlx::Error::PoolTimedOut))),
+            "{:?}",
+            waited.map(|r| r.map(|_| ()))
+        );
     }
 
     #[tokio::test]
@@ -186,7 +281,10 @@ mod tests {
         first.execute("CREATE TEMP TABLE mark (x)").await.unwrap();
         first.discard();
         let mut next = writer.acquire().await.unwrap();
-        assert!(!has_mark(&mut next).await, "the discarded connection came back");
+        assert!(
+            !has_mark(&mut next).await,
+            "the discarded connection came back"
+        );
         next.execute("CREATE TABLE t (x)").await.unwrap();
         drop(next);
         writer.close().await;
