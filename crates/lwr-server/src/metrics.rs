@@ -259,6 +259,13 @@ pub(crate) async fn render(state: &AppState) -> Result<String, lwr_store::StoreE
         "Jobs ready to be claimed: the queue's depth (the fleet's)",
         ready,
     );
+    let waiting = Gauge::<i64>::default();
+    waiting.set(i64::try_from(state.queue.claims_waiting()).unwrap_or(i64::MAX));
+    registry.register(
+        "claims_waiting",
+        "Nodes' claims waiting for work on this server: nodes with free slots and nothing to run (this server's)",
+        waiting,
+    );
     registry.register(
         "runs",
         "Runs by state: running, or how they ended (the fleet's)",

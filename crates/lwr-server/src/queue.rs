@@ -112,6 +112,12 @@ impl Queue {
         self.waiting.load(Ordering::SeqCst)
     }
 
+    /// Nodes' claims waiting on this server for work now (or woken and looking again):
+    /// nodes with free slots and nothing to run.
+    pub fn claims_waiting(&self) -> usize {
+        self.claims_waiting.load(Ordering::SeqCst)
+    }
+
     /// Moves whenever some job changes state.
     pub fn subscribe_changes(&self) -> watch::Receiver<i64> {
         self.changes.subscribe()
@@ -262,11 +268,10 @@ impl Queue {
             // another node idles (its deck gives it back only after a while). The other
             // waiting claims are this server's, and may be of nodes that cannot run the
             // job: a job left for them then waits for this node's next claim, a round trip.
-            let take = match waited {
-                Some(_) if self.claims_waiting.load(Ordering::SeqCst) > 1 => {
-                    max - ahead.min(max.saturating_sub(1))
-                }
-                _ => max,
+            let take = if waited.is_some() && self.claims_waiting() > 1 {
+                max - ahead.min(max.saturating_sub(1))
+            } else {
+                max
             };
             let claimed = self
                 .store

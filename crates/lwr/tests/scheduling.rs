@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::browser::http;
 use common::*;
 use lwr_model::JobState;
 use lwr_model::job::RunState;
@@ -585,7 +586,9 @@ fn a_job_claimed_ahead_goes_back_when_no_slot_frees() {
 }
 
 /// Two nodes wait for work and two jobs come: the node that claims ahead takes one, not
-/// both, so the other does not wait on its deck while the second node idles.
+/// both, so the other does not wait on its deck while the second node idles. (Which woken
+/// claim looks first is up to the server's threads, so without the rule this fails most
+/// runs, not all; `crates/lwr-server/tests/queue.rs` checks the rule itself every time.)
 #[test]
 fn waiting_nodes_share_new_work_before_one_claims_ahead() {
     let tmp = tempdir();
@@ -593,9 +596,9 @@ fn waiting_nodes_share_new_work_before_one_claims_ahead() {
     let server = Server::start(dir);
     // a's claim waits first, so the server looks for it first when the jobs come.
     let _a = server.node_claiming_ahead(dir, "a", 1);
+    wait_claims_waiting(&server, 1);
     let _b = server.node(dir, "b", 1, &[]);
-    server.wait_node("b");
-    std::thread::sleep(Duration::from_millis(500));
+    wait_claims_waiting(&server, 2);
     let repo = git_repo(
         &dir.join("two"),
         "version: 1\ncheckout: false\njobs:\n  one:\n    run: sleep 4\n  \
@@ -674,4 +677,20 @@ fn released_jobs_fill_free_slots_before_the_deck() {
         2,
         "f1 and f2 ran one after the other: {lines:?}"
     );
+}
+
+/// Waits until `n` nodes' claims wait for work on the server (its `GET /metrics`).
+fn wait_claims_waiting(server: &Server, n: u32) {
+    wait_until(&format!("{n} claims waiting"), DEADLINE, || {
+        let answer = http("GET", &format!("{}/metrics", server.url), &[], "");
+        let waiting = answer
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix("lwr_claims_waiting "))
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        match waiting {
+            Some(w) if w == n => Ok(()),
+            other => Err(format!("lwr_claims_waiting: {other:?}")),
+        }
+    });
 }
