@@ -649,6 +649,20 @@ pub struct RunResult {
 }
 
 impl RunResult {
+    /// The result of `run_id` that ended in an exception (the node's trouble, not the
+    /// job's) for `reason`.
+    pub fn exception(run_id: RunId, reason: impl Into<String>) -> RunResult {
+        RunResult {
+            run_id,
+            outcome: Outcome::Exception,
+            exit_code: None,
+            reason: Some(reason.into()),
+            node_bad: None,
+            server_fault: false,
+            unstarted: false,
+        }
+    }
+
     /// The result of `run_id` that exited 0.
     pub fn succeeded(run_id: RunId) -> RunResult {
         RunResult {

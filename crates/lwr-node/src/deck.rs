@@ -14,11 +14,11 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lwr_model::RunId;
-use lwr_model::api::{Assignment, Outcome, RunResult};
+use lwr_model::api::{Assignment, RunResult};
 use lwr_model::sync::lock;
 use tokio::sync::Notify;
 
@@ -34,8 +34,8 @@ pub(crate) struct Deck {
     jobs: Mutex<VecDeque<(Assignment, Instant)>>,
     /// At most this many jobs (the node's slots; none for a Buildbot bridge).
     cap: usize,
-    /// How long the last run to end here took, in ms; `u64::MAX` before the first.
-    last_run_ms: AtomicU64,
+    /// The last run to end here was short (under [`AHEAD_IF_UNDER`]); not before the first.
+    short: AtomicBool,
     closed: AtomicBool,
     /// Wakes the watch ([`Deck::wait_filled`]) when a job is put on an empty deck.
     filled: Notify,
@@ -46,7 +46,7 @@ impl Deck {
         Deck {
             jobs: Mutex::default(),
             cap,
-            last_run_ms: AtomicU64::new(u64::MAX),
+            short: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             filled: Notify::new(),
         }
@@ -55,8 +55,7 @@ impl Deck {
     /// How many jobs to claim now beyond the free slots: room on the deck, if the last run
     /// was short and the deck is open.
     pub(crate) fn room(&self) -> usize {
-        let short = self.last_run_ms.load(Ordering::Relaxed) < AHEAD_IF_UNDER.as_millis() as u64;
-        if !short || self.closed.load(Ordering::Relaxed) {
+        if !self.short.load(Ordering::Relaxed) || self.closed.load(Ordering::Relaxed) {
             return 0;
         }
         self.cap.saturating_sub(lock(&self.jobs).len())
@@ -64,8 +63,7 @@ impl Deck {
 
     /// A run here took `took`.
     pub(crate) fn ran(&self, took: Duration) {
-        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX - 1);
-        self.last_run_ms.store(ms, Ordering::Relaxed);
+        self.short.store(took < AHEAD_IF_UNDER, Ordering::Relaxed);
     }
 
     /// Puts `a` on the deck; hands it back (`Some`) when the deck is closed (the node
@@ -84,11 +82,8 @@ impl Deck {
         None
     }
 
-    /// The job to start next; `None` when there is none or the deck is closed.
+    /// The job to start next (a closed deck is empty: see [`Deck::close`]).
     pub(crate) fn pop(&self) -> Option<Assignment> {
-        if self.closed.load(Ordering::Relaxed) {
-            return None;
-        }
         lock(&self.jobs).pop_front().map(|(a, _)| a)
     }
 
@@ -125,7 +120,7 @@ impl Deck {
             }
         }
         if !stale.is_empty() {
-            self.last_run_ms.store(u64::MAX, Ordering::Relaxed);
+            self.short.store(false, Ordering::Relaxed);
         }
         stale
     }
@@ -157,13 +152,8 @@ impl Deck {
 /// The result that gives `run` back to the server unstarted.
 pub(crate) fn given_back(run: RunId, why: &str) -> RunResult {
     RunResult {
-        run_id: run,
-        outcome: Outcome::Exception,
-        exit_code: None,
-        reason: Some(format!("given back unstarted: {why}")),
-        node_bad: None,
-        server_fault: false,
         unstarted: true,
+        ..RunResult::exception(run, format!("given back unstarted: {why}"))
     }
 }
 
@@ -189,7 +179,9 @@ mod tests {
         assert_eq!(deck.room(), 2);
         assert!(deck.push(job(1), Instant::now()).is_none());
         assert_eq!(deck.room(), 1);
-        assert_eq!(Deck::new(0).room(), 0, "a bridge has no deck");
+        let bridge = Deck::new(0);
+        bridge.ran(Duration::from_millis(1));
+        assert_eq!(bridge.room(), 0, "a bridge has no deck");
     }
 
     #[test]
@@ -210,7 +202,6 @@ mod tests {
             deck.push(job(4), now).is_some(),
             "a closed deck takes nothing"
         );
-        assert!(deck.pop().is_none(), "and starts nothing");
         assert_eq!(deck.room(), 0, "and claims nothing ahead");
     }
 
@@ -237,6 +228,6 @@ mod tests {
         deck.ran(Duration::from_millis(1));
         assert_eq!(deck.room(), 2, "until a short run ends");
         let given = given_back(RunId(2), "its slots stayed busy");
-        assert!(given.unstarted && given.outcome == Outcome::Exception);
+        assert!(given.unstarted && given.outcome == lwr_model::api::Outcome::Exception);
     }
 }

@@ -48,15 +48,7 @@ pub async fn run(
     started: impl FnOnce(i32),
 ) -> RunResult {
     let run_id = launch.run_id;
-    let exception = |reason: String| RunResult {
-        node_bad: None,
-        server_fault: false,
-        unstarted: false,
-        run_id,
-        outcome: Outcome::Exception,
-        exit_code: None,
-        reason: Some(reason),
-    };
+    let exception = |reason: String| RunResult::exception(run_id, reason);
     let log = match std::fs::File::create(&launch.log) {
         Ok(f) => f,
         Err(e) => return exception(format!("cannot create log {}: {e}", launch.log.display())),
@@ -94,15 +86,7 @@ async fn wait(
     stop: oneshot::Receiver<Stop>,
 ) -> RunResult {
     let run_id = launch.run_id;
-    let exception = |reason: String| RunResult {
-        node_bad: None,
-        server_fault: false,
-        unstarted: false,
-        run_id,
-        outcome: Outcome::Exception,
-        exit_code: None,
-        reason: Some(reason),
-    };
+    let exception = |reason: String| RunResult::exception(run_id, reason);
     let ended = tokio::select! {
         status = child.wait() => Ended::Exited(status),
         _ = tokio::time::sleep(launch.timeout) => Ended::TimedOut,
@@ -236,15 +220,7 @@ fn not_started(launch: &Launch, run_id: RunId, e: std::io::Error) -> RunResult {
         std::io::ErrorKind::NotFound => 127,
         std::io::ErrorKind::PermissionDenied => 126,
         _ => {
-            return RunResult {
-                node_bad: None,
-                server_fault: false,
-                unstarted: false,
-                run_id,
-                outcome: Outcome::Exception,
-                exit_code: None,
-                reason: Some(format!("cannot start `{}`: {e}", launch.command)),
-            };
+            return RunResult::exception(run_id, format!("cannot start `{}`: {e}", launch.command));
         }
     };
     let _ = std::fs::write(

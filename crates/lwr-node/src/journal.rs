@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lwr_model::RunId;
-use lwr_model::api::{Outcome, RunResult};
+use lwr_model::api::RunResult;
 use lwr_model::sync::lock;
 use serde::{Deserialize, Serialize};
 
@@ -349,15 +349,7 @@ fn read_back(file: File) -> std::io::Result<Recovered> {
 
 /// The result recorded for a run its node's previous life left going.
 pub(crate) fn restarted(run_id: RunId) -> RunResult {
-    RunResult {
-        node_bad: None,
-        server_fault: false,
-        unstarted: false,
-        run_id,
-        outcome: Outcome::Exception,
-        exit_code: None,
-        reason: Some("the node restarted while the job ran".into()),
-    }
+    RunResult::exception(run_id, "the node restarted while the job ran")
 }
 
 #[cfg(test)]

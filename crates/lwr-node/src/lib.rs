@@ -162,7 +162,6 @@ struct Node {
 struct SlotTaker {
     /// Weak: the node holds the reporter, which holds this.
     node: std::sync::Weak<Node>,
-    slots: Arc<Semaphore>,
     /// Turns true when the node stops claiming.
     stop: watch::Receiver<bool>,
 }
@@ -172,7 +171,7 @@ impl report::Taker for SlotTaker {
         let node = self.node.upgrade()?;
         // As the claim loop: nothing while stopping, draining or unhealthy (as last checked).
         let busy = *self.stop.borrow() || *node.reboot.borrow() || lock(&node.unhealthy).is_some();
-        (!busy).then(|| self.slots.clone())
+        (!busy).then(|| node.slots.clone())
     }
 
     fn ahead(&self) -> usize {
@@ -351,10 +350,9 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     node.reporter.set_taker(Arc::new(SlotTaker {
         node: Arc::downgrade(&node),
-        slots: permits.clone(),
         stop: stop_rx.clone(),
     }));
-    let claims = tokio::spawn(node.clone().claim_loop(permits.clone(), stop_rx));
+    let claims = tokio::spawn(node.clone().claim_loop(stop_rx));
     let mut reboot = node.reboot.subscribe();
     let rebooting = tokio::select! {
         _ = shutdown => false,
@@ -556,7 +554,8 @@ impl Node {
     }
 
     /// Claims work while slots are free, until `stop` turns true.
-    async fn claim_loop(self: Arc<Self>, slots: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
+    async fn claim_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let slots = self.slots.clone();
         let mut backoff = Backoff::new();
         loop {
             let first = tokio::select! {
@@ -567,9 +566,7 @@ impl Node {
             if !self.healthy().await {
                 drop(first);
                 // Nothing claimed ahead starts on an unhealthy node: it goes back.
-                if let Some(why) = lock(&self.unhealthy).clone() {
-                    self.give_back_deck(&format!("the node is unhealthy: {why}"));
-                }
+                self.give_back_deck_if_unhealthy();
                 tokio::select! {
                     _ = tokio::time::sleep(HEALTH_RETRY) => continue,
                     _ = stop.wait_for(|s| *s) => return,
@@ -702,14 +699,20 @@ impl Node {
     /// check failing) since it claimed it: it claims nothing then, and starts nothing
     /// claimed ahead either; the deck goes back.
     fn next_from_deck(&self) -> Option<Assignment> {
-        let unhealthy = lock(&self.unhealthy).clone();
-        match unhealthy {
-            None => self.deck.pop(),
-            Some(why) => {
-                self.give_back_deck(&format!("the node is unhealthy: {why}"));
-                None
-            }
+        match self.give_back_deck_if_unhealthy() {
+            true => None,
+            false => self.deck.pop(),
         }
+    }
+
+    /// Gives back every job on the deck if the node is unhealthy (as last checked);
+    /// whether it was.
+    fn give_back_deck_if_unhealthy(&self) -> bool {
+        let Some(why) = lock(&self.unhealthy).clone() else {
+            return false;
+        };
+        self.give_back_deck(&format!("the node is unhealthy: {why}"));
+        true
     }
 
     /// Gives back every job on the deck.
@@ -921,15 +924,7 @@ impl Node {
                 self.deck.ran(began.elapsed());
                 ran
             }
-            Some(reason) => RunResult {
-                node_bad: None,
-                server_fault: false,
-                unstarted: false,
-                run_id: a.run_id,
-                outcome: Outcome::Exception,
-                exit_code: None,
-                reason: Some(reason),
-            },
+            Some(reason) => RunResult::exception(a.run_id, reason),
         };
         let mut result = result;
         result.node_bad = take_node_bad(&bad_file);
@@ -1196,15 +1191,7 @@ impl Node {
         .await;
         collected.unwrap_or_else(|e| {
             (
-                RunResult {
-                    node_bad: None,
-                    server_fault: false,
-                    unstarted: false,
-                    run_id: run,
-                    outcome: Outcome::Exception,
-                    exit_code: None,
-                    reason: Some(format!("collecting artifacts failed: {e}")),
-                },
+                RunResult::exception(run, format!("collecting artifacts failed: {e}")),
                 false,
             )
         })

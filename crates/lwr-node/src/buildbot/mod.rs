@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use lwr_model::RunId;
-use lwr_model::api::{Assignment, Outcome, RunResult};
+use lwr_model::api::{Assignment, RunResult};
 use lwr_model::buildbot::{BRIDGE_TAG, builder_tag};
 use lwr_model::sync::lock;
 use tokio::sync::oneshot;
@@ -164,28 +164,15 @@ impl Node {
         let extra_file = slot_dir.with_extension("extra.json");
         let _ = std::fs::remove_file(&extra_file);
         let result = match &self.bridge {
-            None => RunResult {
-                node_bad: None,
-                server_fault: false,
-                unstarted: false,
-                run_id: a.run_id,
-                outcome: Outcome::Exception,
-                exit_code: None,
-                reason: Some("this node is no Buildbot bridge (lwr node --buildbot URL)".into()),
-            },
+            None => RunResult::exception(
+                a.run_id,
+                "this node is no Buildbot bridge (lwr node --buildbot URL)",
+            ),
             Some(bridge) => match bridge.save(&a) {
-                Err(e) => RunResult {
-                    node_bad: None,
-                    server_fault: false,
-                    unstarted: false,
-                    run_id: a.run_id,
-                    outcome: Outcome::Exception,
-                    exit_code: None,
-                    reason: Some(format!(
-                        "cannot keep the run in {}: {e}",
-                        bridge.state_dir.display()
-                    )),
-                },
+                Err(e) => RunResult::exception(
+                    a.run_id,
+                    format!("cannot keep the run in {}: {e}", bridge.state_dir.display()),
+                ),
                 Ok(()) => {
                     bridge
                         .run(
