@@ -157,7 +157,14 @@ pub(crate) async fn insert_rows<'j>(
                 .bind(i64::from(job.requires == Requires::AllFinished))
                 .bind(row.placement);
         }
-        let rows = q.fetch_all(&mut **tx).await.op("inserting jobs")?;
+        // The jobs' rows (a COMMIT sent along has none).
+        let rows: Vec<_> = tx
+            .rows(q)
+            .await
+            .op("inserting jobs")?
+            .into_iter()
+            .flatten()
+            .collect();
         note_ids(&rows, chunk, ids)?;
     }
     let edges = edges_of(jobs, ids, existing);
@@ -175,7 +182,7 @@ pub(crate) async fn insert_rows<'j>(
         for (job, need) in chunk {
             q = q.bind(job.get()).bind(need.get());
         }
-        q.execute(&mut **tx).await.op("inserting job needs")?;
+        tx.rows(q).await.op("inserting job needs")?;
     }
     // Nothing carried it (no jobs, or needs that named none): the caller's commit sends it.
     Ok(())

@@ -146,8 +146,9 @@ impl Store {
         }
         let small = sub.graph.jobs.len() <= batch::JOBS_PER_TRANSACTION;
         let begun = match self.dialect {
-            // Its BEGIN goes with the graph's insert: one round trip less.
-            Dialect::Sqlite if small => Tx::begin_along(&self.write).await,
+            // On the writer's direct connection (no hand-off per statement), its BEGIN
+            // going with the graph's insert.
+            Dialect::Sqlite if small => Tx::begin_direct(&self.write).await,
             _ => Tx::begin(&self.write).await,
         };
         let mut tx = begun.op("starting graph submission")?;

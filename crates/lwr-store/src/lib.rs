@@ -11,6 +11,7 @@ mod artifacts;
 mod batch;
 mod combine;
 mod control;
+mod direct;
 mod duties;
 mod error;
 mod events;
@@ -201,7 +202,12 @@ impl Store {
                             url: url.clone(),
                             source,
                         })?;
-                (writer::Writer::new(write, true), read, node)
+                let write = match sqlite_file(&url) {
+                    // Claims run on a connection of their own to the file (`direct`).
+                    Some(file) => writer::Writer::kept_with_direct(write, file),
+                    None => writer::Writer::new(write, true),
+                };
+                (write, read, node)
             }
             Dialect::Postgres => {
                 let pool = |max: u32| connect(max).connect(url);
@@ -282,18 +288,24 @@ fn sqlite_without_memory_statistics() {
 
 fn create_private(url: &str) {
     use std::os::unix::fs::OpenOptionsExt;
-    let Some(rest) = url.strip_prefix("sqlite://") else {
+    let Some(path) = sqlite_file(url) else {
         return;
     };
-    let path = rest.split('?').next().unwrap_or(rest);
-    if path.is_empty() || path.contains(":memory:") {
-        return;
-    }
     let _ = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path);
+}
+
+/// The file of a `sqlite://` URL; `None` for an in-memory database.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://")?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path.contains(":memory:") {
+        return None;
+    }
+    Some(path.into())
 }
 
 fn sqlite_create_url(url: &str) -> String {

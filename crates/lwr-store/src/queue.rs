@@ -247,7 +247,9 @@ impl Store {
     pub(crate) async fn begin_claim(&self, along: bool) -> sqlx::Result<Tx> {
         let _waiting = self.turns.claim();
         match self.dialect {
-            Dialect::Sqlite if along => Tx::begin_along(&self.write).await,
+            // No hand-off per statement (`direct`): only the combined claim's path, whose
+            // statements all go through `Tx::rows` and `Tx::fetch_optional`.
+            Dialect::Sqlite if along => Tx::begin_direct(&self.write).await,
             _ => Tx::begin(&self.write).await,
         }
     }
@@ -980,7 +982,7 @@ struct Reads {
 }
 
 /// A query of the `Any` driver with its arguments.
-type AnyQuery = sqlx::query::Query<'static, Any, sqlx::any::AnyArguments>;
+pub(crate) type AnyQuery = sqlx::query::Query<'static, Any, sqlx::any::AnyArguments>;
 
 /// Runs several statements in one request to SQLite's connection thread (its driver runs
 /// a text of several statements, each with the same numbered arguments), and returns each
@@ -990,24 +992,7 @@ pub(crate) async fn rows_by_statement(
     query: AnyQuery,
     op: &'static str,
 ) -> Result<Vec<Vec<sqlx::any::AnyRow>>> {
-    use futures_util::TryStreamExt;
-    use sqlx::Executor;
-    let mut each = vec![Vec::new()];
-    let mut stream = (&mut **tx).fetch_many(query);
-    while let Some(step) = stream.try_next().await.op(op)? {
-        match step {
-            // A statement ended: the next rows are the next statement's.
-            sqlx::Either::Left(_) => each.push(Vec::new()),
-            sqlx::Either::Right(row) => {
-                if let Some(rows) = each.last_mut() {
-                    rows.push(row);
-                }
-            }
-        }
-    }
-    // After the last statement's end.
-    each.pop();
-    Ok(each)
+    tx.rows(query).await.op(op)
 }
 
 /// Rows of the claim's first page for these claimers: as many as they can take (most nodes
@@ -1269,11 +1254,9 @@ const NEEDS_MANIFESTS_SELECT: &str = "SELECT jn.job_id, j.name, \
 /// The answer for a result that did not end a live run of the node: a repeat of the
 /// recorded result is acknowledged; anything else is refused, saying why.
 async fn refusal(tx: &mut Tx, node_id: NodeId, result: &RunResult) -> Result<ResultAck> {
-    let row = sqlx::query("SELECT node_id, state, reason FROM runs WHERE id = $1")
-        .bind(result.run_id.get())
-        .fetch_optional(&mut **tx)
-        .await
-        .op("reading run")?;
+    let query = sqlx::query("SELECT node_id, state, reason FROM runs WHERE id = $1")
+        .bind(result.run_id.get());
+    let row = tx.fetch_optional(query).await.op("reading run")?;
     let (recorded, note) = match row {
         None => (false, "no such run".to_string()),
         Some(row) if typed::<NodeId>(&row, "node_id")? != node_id => {

@@ -4,7 +4,7 @@
 //! Every statement on SQLite is a round trip to the connection's own thread (a hand-off
 //! and a wake-up each way). sqlx sends `BEGIN` as a statement of its own, one round trip of
 //! the four of a claim or a small graph's submission. A transaction begun with
-//! [`Tx::begin_along`] sends nothing until its first statement, whose text starts with
+//! [`Tx::begin_direct`] sends nothing until its first statement, whose text starts with
 //! [`Tx::lead`]. SQLite runs a multi-statement text as one command on its thread and stops
 //! at the first statement that fails, so a failure there leaves the transaction open, to be
 //! rolled back here.
@@ -14,11 +14,17 @@
 //! own; the connection goes back to its pool only once that has succeeded, and is closed
 //! otherwise (closing rolls back too). A connection is never handed out inside a
 //! transaction it did not begin.
+//!
+//! A combined claim's transaction on SQLite runs on the writer's direct connection
+//! ([`crate::direct`], [`Tx::begin_direct`]): its statements go through [`Tx::rows`] and
+//! [`Tx::fetch_optional`], never through the sqlx connection the transaction derefs to,
+//! which is not in it; a rollback on drop runs at once.
 
 use std::ops::{Deref, DerefMut};
 
 use sqlx::{AnyConnection, Executor};
 
+use crate::direct::Direct;
 use crate::writer::{Writer, WriterConn};
 
 /// Where a transaction is.
@@ -40,6 +46,8 @@ pub(crate) struct Tx {
     stage: Stage,
     /// A statement's text ends with the `COMMIT` ([`Tx::commit_along`]).
     commit_sent: bool,
+    /// Statements run on the writer's direct connection ([`Tx::begin_direct`]).
+    direct: bool,
 }
 
 impl Tx {
@@ -51,19 +59,82 @@ impl Tx {
             conn: Some(conn),
             stage: Stage::Open,
             commit_sent: false,
+            direct: false,
         };
         tx.execute("BEGIN").await?;
         Ok(tx)
     }
 
     /// Takes a connection; the transaction begins with the first statement, whose text
-    /// must start with [`Tx::lead`] (SQLite's multi-statement texts only).
-    pub(crate) async fn begin_along(writer: &Writer) -> sqlx::Result<Tx> {
+    /// must start with [`Tx::lead`] (SQLite's multi-statement texts only). It runs on the
+    /// writer's direct connection when it has one (SQLite's file): every statement must
+    /// then go through [`Tx::rows`] or [`Tx::fetch_optional`].
+    pub(crate) async fn begin_direct(writer: &Writer) -> sqlx::Result<Tx> {
+        let (conn, direct) = writer.acquire_direct().await?;
         Ok(Tx {
-            conn: Some(writer.acquire().await?),
+            conn: Some(conn),
             stage: Stage::Unbegun,
             commit_sent: false,
+            direct,
         })
+    }
+
+    /// The direct connection, when this transaction runs on it.
+    fn direct(&mut self) -> Option<&mut Direct> {
+        if !self.direct {
+            return None;
+        }
+        self.conn.as_mut().and_then(WriterConn::direct)
+    }
+
+    /// Runs `query` (a text of one or several statements on SQLite) in the transaction;
+    /// each statement's rows.
+    pub(crate) async fn rows(
+        &mut self,
+        query: crate::queue::AnyQuery,
+    ) -> sqlx::Result<Vec<Vec<sqlx::any::AnyRow>>> {
+        use futures_util::TryStreamExt;
+        if let Some(direct) = self.direct() {
+            return direct.run(query);
+        }
+        let mut each = vec![Vec::new()];
+        let mut stream = (&mut **self).fetch_many(query);
+        while let Some(step) = stream.try_next().await? {
+            match step {
+                // A statement ended: the next rows are the next statement's.
+                sqlx::Either::Left(_) => each.push(Vec::new()),
+                sqlx::Either::Right(row) => {
+                    if let Some(rows) = each.last_mut() {
+                        rows.push(row);
+                    }
+                }
+            }
+        }
+        // After the last statement's end.
+        each.pop();
+        Ok(each)
+    }
+
+    /// The first row of a one-statement `query`, if any.
+    pub(crate) async fn fetch_optional(
+        &mut self,
+        query: crate::queue::AnyQuery,
+    ) -> sqlx::Result<Option<sqlx::any::AnyRow>> {
+        if let Some(direct) = self.direct() {
+            return Ok(direct
+                .run(query)?
+                .pop()
+                .and_then(|rows| rows.into_iter().next()));
+        }
+        query.fetch_optional(&mut **self).await
+    }
+
+    /// Runs a statement without arguments or rows (`BEGIN`, `COMMIT`).
+    async fn plain(&mut self, sql: &'static str) -> sqlx::Result<()> {
+        if let Some(direct) = self.direct() {
+            return direct.plain(sql);
+        }
+        self.execute(sql).await.map(|_| ())
     }
 
     /// What the next statement's text starts with: `BEGIN; ` if the transaction has not
@@ -107,7 +178,7 @@ impl Tx {
             self.set_stage(Stage::Over);
             return Ok(());
         }
-        let done = self.execute("COMMIT").await.map(|_| ());
+        let done = self.plain("COMMIT").await;
         if done.is_ok() {
             self.set_stage(Stage::Over);
         }
@@ -132,6 +203,12 @@ impl Deref for Tx {
     type Target = AnyConnection;
 
     fn deref(&self) -> &AnyConnection {
+        // sqlx's connection is not in a direct transaction: a statement there would run
+        // outside it (and wait for SQLite's write lock, which the transaction holds).
+        assert!(
+            !self.direct,
+            "a direct transaction's statement sent through sqlx"
+        );
         // Set from construction until the drop takes it.
         self.conn.as_deref().expect("a transaction's connection")
     }
@@ -141,6 +218,10 @@ impl DerefMut for Tx {
     fn deref_mut(&mut self) -> &mut AnyConnection {
         // A statement sent before the transaction began would run outside it.
         debug_assert_ne!(self.stage, Stage::Unbegun, "a statement before BEGIN");
+        assert!(
+            !self.direct,
+            "a direct transaction's statement sent through sqlx"
+        );
         self.conn
             .as_deref_mut()
             .expect("a transaction's connection")
@@ -154,6 +235,16 @@ impl Drop for Tx {
         };
         match self.stage {
             Stage::Over | Stage::Unbegun => {}
+            // Rolled back here and now: no hand-off to wait for.
+            Stage::Open if self.direct => {
+                let rolled_back = conn
+                    .direct()
+                    .is_some_and(|d| d.plain("ROLLBACK").is_ok() || !d.in_transaction());
+                match rolled_back {
+                    true => conn.set_in_transaction(false),
+                    false => conn.discard(),
+                }
+            }
             Stage::Open => match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
                     // If this task never runs (its runtime is shutting down), dropping it

@@ -11,14 +11,21 @@
 //! may be inside a transaction whose rollback never ran is closed rather than handed on.
 //! PostgreSQL's writers stay pooled: several write at once, and the test there checks a
 //! connection the network may have cut.
+//!
+//! Beside sqlx's connection the kept writer holds a second one to the same file, opened
+//! on first use for a claim's transaction ([`crate::direct`]); both are used only by the
+//! lock's holder, so SQLite never sees two writers of this store at once.
 
 use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::direct::Direct;
 
 /// How often a kept connection is tested (a `ping`) before it is handed out: a connection
 /// whose thread died fails every statement, and the pool's test after each use used to
@@ -34,6 +41,9 @@ pub(crate) enum Writer {
     Kept {
         pool: AnyPool,
         kept: Arc<Mutex<Option<Kept>>>,
+        /// The database file, for the direct connection; `None` when there is none to
+        /// open (an in-memory database) or opening it failed once.
+        direct: Arc<std::sync::Mutex<Option<PathBuf>>>,
     },
 }
 
@@ -42,6 +52,8 @@ pub(crate) struct Kept {
     conn: PoolConnection<Any>,
     /// When it was last tested.
     checked: Instant,
+    /// The direct connection, once opened (see the module's comment).
+    direct: Option<Direct>,
 }
 
 /// A connection to write with, held until dropped. One dropped while a transaction may be
@@ -65,9 +77,50 @@ impl Writer {
             true => Writer::Kept {
                 pool,
                 kept: Arc::new(Mutex::new(None)),
+                direct: Arc::new(std::sync::Mutex::new(None)),
             },
             false => Writer::Pooled(pool),
         }
+    }
+
+    /// A kept writer (SQLite) whose claims run on a direct connection to `file`.
+    pub(crate) fn kept_with_direct(pool: AnyPool, file: PathBuf) -> Writer {
+        Writer::Kept {
+            pool,
+            kept: Arc::new(Mutex::new(None)),
+            direct: Arc::new(std::sync::Mutex::new(Some(file))),
+        }
+    }
+
+    /// Waits for the writer, as [`Writer::acquire`], with its direct connection open if it
+    /// has one (SQLite's file); `false` when there is none and the caller goes through sqlx.
+    pub(crate) async fn acquire_direct(&self) -> sqlx::Result<(WriterConn, bool)> {
+        let mut conn = self.acquire().await?;
+        let (Writer::Kept { direct: file, .. }, Held::Kept(slot)) = (self, &mut conn.held) else {
+            return Ok((conn, false));
+        };
+        let Some(kept) = slot.as_mut() else {
+            return Ok((conn, false));
+        };
+        if kept.direct.is_none() {
+            let mut file = lwr_model::sync::lock(file);
+            let Some(path) = file.clone() else {
+                return Ok((conn, false));
+            };
+            match Direct::open(&path) {
+                Ok(direct) => kept.direct = Some(direct),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot open {} for claims without sqlx's thread ({e}); claims go \
+                         through sqlx",
+                        path.display()
+                    );
+                    *file = None;
+                    return Ok((conn, false));
+                }
+            }
+        }
+        Ok((conn, true))
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {
@@ -81,7 +134,7 @@ impl Writer {
     pub(crate) async fn acquire(&self) -> sqlx::Result<WriterConn> {
         let held = match self {
             Writer::Pooled(pool) => Held::Pooled(pool.acquire().await?),
-            Writer::Kept { pool, kept } => {
+            Writer::Kept { pool, kept, .. } => {
                 let timeout = pool.options().get_acquire_timeout();
                 let deadline = tokio::time::Instant::now() + timeout;
                 let mut slot = tokio::time::timeout_at(deadline, kept.clone().lock_owned())
@@ -105,6 +158,7 @@ impl Writer {
                     *slot = Some(Kept {
                         conn,
                         checked: Instant::now(),
+                        direct: None,
                     });
                 }
                 Held::Kept(slot)
@@ -130,7 +184,7 @@ impl Writer {
     pub(crate) fn open_idle(&self) -> (u32, u32) {
         match self {
             Writer::Pooled(pool) => (pool.size(), pool.num_idle() as u32),
-            Writer::Kept { pool, kept } => {
+            Writer::Kept { pool, kept, .. } => {
                 let idle_kept = kept.try_lock().is_ok_and(|slot| slot.is_some());
                 (pool.size(), pool.num_idle() as u32 + u32::from(idle_kept))
             }
@@ -151,6 +205,14 @@ impl WriterConn {
     /// may be open, dropping the connection closes it.
     pub(crate) fn set_in_transaction(&mut self, open: bool) {
         self.in_transaction = open;
+    }
+
+    /// The direct connection ([`Writer::acquire_direct`]), if open.
+    pub(crate) fn direct(&mut self) -> Option<&mut Direct> {
+        match &mut self.held {
+            Held::Kept(slot) => slot.as_mut().and_then(|k| k.direct.as_mut()),
+            Held::Pooled(_) => None,
+        }
     }
 
     /// Closes the connection instead of handing it to the next writer (it may be inside a

@@ -11,11 +11,14 @@
 //! cannot skip: before a claim is answered, the result it carries and the job it hands out
 //! are written to SQLite (WAL, `synchronous = NORMAL`, as `lwr server`) in one committed
 //! statement, so a claim is never given twice and an acknowledged result is never lost.
-//! `--memory` drops that too, leaving HTTP and process creation.
+//! `--memory` drops that too, leaving HTTP and process creation. `--direct` commits through
+//! rusqlite on the claim's own thread instead of through sqlx's SQLite connection thread
+//! (a round trip there and back, and sqlx's test of the connection when it returns to its
+//! pool): the difference is what those hand-offs cost a step.
 //!
 //! ```text
 //! cargo bench -p lwr --bench skeleton_floor -- [--wide 2000] [--chain 200] [--nodes 2]
-//!     [--slots 2] [--memory]
+//!     [--slots 2] [--memory | --direct]
 //! LWR_BENCH_FLOOR=1 bench/skeleton [WIDE] [CHAIN]
 //! ```
 //! Prints the same table as `bench/skeleton`: wall time, `make -j2`'s, and their ratio.
@@ -39,6 +42,7 @@ struct Args {
     nodes: usize,
     slots: usize,
     durable: bool,
+    direct: bool,
 }
 
 fn args() -> Result<Args> {
@@ -48,6 +52,7 @@ fn args() -> Result<Args> {
         nodes: 2,
         slots: 2,
         durable: true,
+        direct: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,6 +61,10 @@ fn args() -> Result<Args> {
             "--bench" => continue,
             "--memory" => {
                 a.durable = false;
+                continue;
+            }
+            "--direct" => {
+                a.direct = true;
                 continue;
             }
             _ => {}
@@ -70,7 +79,7 @@ fn args() -> Result<Args> {
             "--nodes" => a.nodes = n,
             "--slots" => a.slots = n,
             _ => bail!(
-                "unknown flag {flag} ([--wide N] [--chain M] [--nodes N] [--slots S] [--memory])"
+                "unknown flag {flag} ([--wide N] [--chain M] [--nodes N] [--slots S] [--memory | --direct])"
             ),
         }
     }
@@ -92,6 +101,7 @@ struct Floor {
     graph: Mutex<Graph>,
     wake: Notify,
     db: Option<SqlitePool>,
+    direct: Option<Mutex<rusqlite::Connection>>,
 }
 
 impl Floor {
@@ -146,6 +156,20 @@ async fn claim(
                 .await
                 .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
         }
+        if let Some(db) = &floor.direct
+            && (job.is_some() || unrecorded.is_some())
+        {
+            let db = db.lock().unwrap_or_else(|e| e.into_inner());
+            db.prepare_cached("INSERT INTO steps (node, ended, taken) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| {
+                    s.execute((
+                        c.node as i64,
+                        unrecorded.take().map(|j| j as i64),
+                        job.map(|j| j as i64),
+                    ))
+                })
+                .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+        }
         if over {
             floor.wake.notify_waiters();
         }
@@ -186,7 +210,15 @@ async fn slot(http: reqwest::Client, url: String, node: usize) -> Result<()> {
 
 /// Runs one graph through the floor and says how long it took.
 async fn run(args: &Args, dir: &Path, chain: bool, jobs: usize) -> Result<f64> {
-    let db = if args.durable {
+    let direct = if args.durable && args.direct {
+        let c = rusqlite::Connection::open(dir.join(if chain { "chain.db" } else { "wide.db" }))?;
+        c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+            CREATE TABLE steps (id INTEGER PRIMARY KEY, node INTEGER, ended INTEGER, taken INTEGER)")?;
+        Some(Mutex::new(c))
+    } else {
+        None
+    };
+    let db = if args.durable && !args.direct {
         let options = SqliteConnectOptions::new()
             .filename(dir.join(if chain { "chain.db" } else { "wide.db" }))
             .create_if_missing(true)
@@ -218,6 +250,7 @@ async fn run(args: &Args, dir: &Path, chain: bool, jobs: usize) -> Result<f64> {
         }),
         wake: Notify::new(),
         db,
+        direct,
     });
     let app = Router::new()
         .route("/claim", post(claim))
@@ -279,7 +312,9 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     println!(
         "floor: {} ({} nodes of {} slots)",
-        if args.durable {
+        if args.durable && args.direct {
+            "every step committed to SQLite before its answer, on the claim's thread"
+        } else if args.durable {
             "every step committed to SQLite before its answer"
         } else {
             "in memory"
