@@ -1856,6 +1856,17 @@ mod tests {
     /// the job marked running here inside the transaction stands in for a bug that would.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_take_that_misses_a_picked_job_commits_nothing() {
+        a_take_that_misses_a_picked_job_commits_nothing_on(false).await;
+    }
+
+    /// The same on the writer's direct connection (a combined claim's), whose rollback of
+    /// the dropped transaction runs at once, and whose writer serves sqlx's path after it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_direct_take_that_misses_a_picked_job_commits_nothing() {
+        a_take_that_misses_a_picked_job_commits_nothing_on(true).await;
+    }
+
+    async fn a_take_that_misses_a_picked_job_commits_nothing_on(direct: bool) {
         let dir = tempfile::tempdir().expect("a temp dir");
         let url = format!("sqlite://{}", dir.path().join("lwr.db").display());
         let store = Store::open(&url).await.expect("opening the store");
@@ -1876,19 +1887,21 @@ mod tests {
         let known = store.node_properties(node).await.unwrap();
         let lease = DurationMs(30_000);
 
-        let mut tx = store.begin_claim(false).await.unwrap();
-        let ids: Vec<JobId> = sqlx::query("SELECT id FROM jobs ORDER BY id")
-            .fetch_all(&mut *tx)
+        let mut tx = store.begin_claim(direct).await.unwrap();
+        let lead = tx.lead();
+        let select = format!("{lead}SELECT id FROM jobs ORDER BY id");
+        let ids: Vec<JobId> = tx
+            .rows(sqlx::query(sqlx::AssertSqlSafe(select)))
             .await
             .unwrap()
+            .pop()
+            .unwrap_or_default()
             .iter()
             .map(|row| typed(row, "id").unwrap())
             .collect();
-        sqlx::query("UPDATE jobs SET state = 'running' WHERE id = $1")
-            .bind(ids[0].get())
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let mark =
+            sqlx::query("UPDATE jobs SET state = 'running' WHERE id = $1").bind(ids[0].get());
+        tx.rows(mark).await.unwrap();
         let claimers = [store.claimer(node, known, 2, lease, Millis(2))];
         let picked: Vec<Pick> = ids
             .iter()
@@ -1918,8 +1931,12 @@ mod tests {
         );
         drop(tx);
 
-        // Nothing of it stayed: both jobs are there to take, each for its first run.
-        let claimed = store.claim(node, 2, &[], Millis(3), lease).await.unwrap();
+        // Nothing of it stayed: both jobs are there to take, each for its first run, and the
+        // writer is free for sqlx's path too (a claim alone).
+        let claimed = store
+            .claim_alone(node, 2, &[], Millis(3), lease)
+            .await
+            .unwrap();
         let mut got: Vec<(&str, u32)> = claimed
             .assignments
             .iter()
