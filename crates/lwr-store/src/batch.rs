@@ -79,6 +79,10 @@ fn placeholders(
 /// 100,000-job graph needs few of them.
 pub(crate) const JOBS_PER_TRANSACTION: usize = 2_000;
 
+/// Jobs of a graph whose submission runs on SQLite's direct connection, on the runtime's
+/// thread (`crate::direct`): one jobs statement's worth, a millisecond or two.
+pub(crate) const DIRECT_JOBS: usize = job_rows_per_statement(Dialect::Sqlite);
+
 /// A transaction of a staged submission. On PostgreSQL its commit does not wait for the WAL
 /// to reach the disk: nobody sees a staging graph, and the transaction that shows it commits
 /// synchronously, which flushes all WAL written before it, these chunks included. A crash

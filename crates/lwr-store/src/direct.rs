@@ -64,6 +64,8 @@ impl Direct {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db_error)?;
+        // As sqlx's: a busy wait here is another process's write (a CLI with `--data-dir`),
+        // milliseconds long, on the runtime's thread.
         conn.execute_batch(
             "PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; \
              PRAGMA foreign_keys = ON;",
@@ -119,8 +121,10 @@ impl Direct {
             return Ok(Vec::new());
         };
         let mut each = Vec::with_capacity(pieces.len());
+        // Anonymous parameters (`?`) are counted across the text's statements, as sqlx does.
+        let mut anonymous = 0;
         for piece in pieces.iter_mut() {
-            each.push(run_piece(&self.conn, piece, args)?);
+            each.push(run_piece(&self.conn, piece, args, &mut anonymous)?);
         }
         Ok(each)
     }
@@ -132,6 +136,7 @@ fn run_piece(
     conn: &rusqlite::Connection,
     piece: &mut Piece,
     args: &AnyArguments,
+    anonymous: &mut usize,
 ) -> Result<Vec<AnyRow>, sqlx::Error> {
     let mut stmt = conn.prepare_cached(&piece.sql).map_err(db_error)?;
     for i in 1..=stmt.parameter_count() {
@@ -149,7 +154,10 @@ fn run_piece(
                     })?;
                 args.values.0.get(n.wrapping_sub(1))
             }
-            None => args.values.0.get(i - 1),
+            None => {
+                *anonymous += 1;
+                args.values.0.get(*anonymous - 1)
+            }
         };
         let value = value.map_or(Ok(ToSqlOutput::Borrowed(ValueRef::Null)), argument)?;
         stmt.raw_bind_parameter(i, value).map_err(db_error)?;
@@ -402,6 +410,23 @@ mod tests {
             .run(sqlx::query::<Any>("SELECT COUNT(*) AS c FROM t"))
             .expect("runs");
         assert_eq!(rows[0][0].try_get::<i64, _>("c").ok(), Some(0));
+    }
+
+    #[test]
+    fn anonymous_parameters_are_counted_across_the_texts_statements() {
+        let (_dir, mut d) = open();
+        let query = sqlx::query::<Any>(
+            "INSERT INTO t (name, n) VALUES (?, ?); SELECT name, n FROM t WHERE n = ?",
+        )
+        .bind("x")
+        .bind(7i64)
+        .bind(7i64);
+        let each = d.run(query).expect("runs");
+        assert_eq!(each[1].len(), 1, "the select's `?` is the third argument");
+        assert_eq!(
+            each[1][0].try_get::<String, _>("name").ok().as_deref(),
+            Some("x")
+        );
     }
 
     #[test]

@@ -146,9 +146,13 @@ impl Store {
         }
         let small = sub.graph.jobs.len() <= batch::JOBS_PER_TRANSACTION;
         let begun = match self.dialect {
-            // On the writer's direct connection (no hand-off per statement), its BEGIN
-            // going with the graph's insert.
-            Dialect::Sqlite if small => Tx::begin_direct(&self.write).await,
+            // Its BEGIN goes with the graph's insert; a graph of one statement's jobs runs
+            // on the writer's direct connection (no hand-off per statement, and short
+            // enough for the runtime's thread it runs on).
+            Dialect::Sqlite if small => {
+                let direct = sub.graph.jobs.len() <= batch::DIRECT_JOBS;
+                Tx::begin_along(&self.write, direct).await
+            }
             _ => Tx::begin(&self.write).await,
         };
         let mut tx = begun.op("starting graph submission")?;

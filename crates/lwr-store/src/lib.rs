@@ -202,8 +202,9 @@ impl Store {
                             url: url.clone(),
                             source,
                         })?;
-                let write = match sqlite_file(&url) {
-                    // Claims run on a connection of their own to the file (`direct`).
+                let write = match direct_file(&url) {
+                    // Claims and small graphs run on a connection of their own to the file
+                    // (`direct`).
                     Some(file) => writer::Writer::kept_with_direct(write, file),
                     None => writer::Writer::new(write, true),
                 };
@@ -308,6 +309,23 @@ fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     Some(path.into())
 }
 
+/// The file a direct connection ([`direct`]) opens for `url`, as sqlx decodes it: only for
+/// a plain read-write file (no in-memory, read-only, immutable or VFS option), where both
+/// connections are sure to reach the same database.
+fn direct_file(url: &str) -> Option<std::path::PathBuf> {
+    use std::str::FromStr;
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let plain = query
+        .split('&')
+        .all(|option| matches!(option, "" | "mode=rw" | "mode=rwc"));
+    if !plain {
+        return None;
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    let file = options.get_filename();
+    (file.is_file() && !file.to_string_lossy().contains(":memory:")).then(|| file.to_path_buf())
+}
+
 fn sqlite_create_url(url: &str) -> String {
     if url.contains('?') {
         url.to_string()
@@ -345,6 +363,36 @@ pub fn now_ms() -> Millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The direct connection opens the file sqlx opened, and none where the URL's options
+    /// could make the two reach different databases.
+    #[test]
+    fn the_direct_connection_opens_only_the_plain_file_sqlx_reaches() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = dir.path().join("a b.db");
+        std::fs::write(&file, b"").expect("a file");
+        let url = format!("sqlite://{}", dir.path().join("a%20b.db").display());
+        assert_eq!(
+            direct_file(&url).as_deref(),
+            Some(file.as_path()),
+            "decoded as sqlx does"
+        );
+        assert_eq!(
+            direct_file(&format!("{url}?mode=rwc")).as_deref(),
+            Some(file.as_path())
+        );
+        for options in [
+            "mode=memory",
+            "mode=ro",
+            "immutable=true",
+            "vfs=unix-dotfile",
+        ] {
+            assert_eq!(direct_file(&format!("{url}?{options}")), None, "{options}");
+        }
+        let missing = format!("sqlite://{}", dir.path().join("none.db").display());
+        assert_eq!(direct_file(&missing), None);
+        assert_eq!(direct_file("sqlite::memory:"), None);
+    }
 
     #[test]
     fn urls_pick_the_dialect() {

@@ -249,7 +249,7 @@ impl Store {
         match self.dialect {
             // No hand-off per statement (`direct`): only the combined claim's path, whose
             // statements all go through `Tx::rows` and `Tx::fetch_optional`.
-            Dialect::Sqlite if along => Tx::begin_direct(&self.write).await,
+            Dialect::Sqlite if along => Tx::begin_along(&self.write, true).await,
             _ => Tx::begin(&self.write).await,
         }
     }

@@ -4,7 +4,7 @@
 //! Every statement on SQLite is a round trip to the connection's own thread (a hand-off
 //! and a wake-up each way). sqlx sends `BEGIN` as a statement of its own, one round trip of
 //! the four of a claim or a small graph's submission. A transaction begun with
-//! [`Tx::begin_direct`] sends nothing until its first statement, whose text starts with
+//! [`Tx::begin_along`] sends nothing until its first statement, whose text starts with
 //! [`Tx::lead`]. SQLite runs a multi-statement text as one command on its thread and stops
 //! at the first statement that fails, so a failure there leaves the transaction open, to be
 //! rolled back here.
@@ -15,10 +15,11 @@
 //! otherwise (closing rolls back too). A connection is never handed out inside a
 //! transaction it did not begin.
 //!
-//! A combined claim's transaction on SQLite runs on the writer's direct connection
-//! ([`crate::direct`], [`Tx::begin_direct`]): its statements go through [`Tx::rows`] and
-//! [`Tx::fetch_optional`], never through the sqlx connection the transaction derefs to,
-//! which is not in it; a rollback on drop runs at once.
+//! A combined claim's and a small graph's transaction on SQLite run on the writer's
+//! direct connection ([`crate::direct`], [`Tx::begin_along`] with `direct`): their
+//! statements go through [`Tx::rows`] and [`Tx::fetch_optional`], never through the sqlx
+//! connection the transaction derefs to, which is not in it; a rollback on drop runs at
+//! once.
 
 use std::ops::{Deref, DerefMut};
 
@@ -46,7 +47,7 @@ pub(crate) struct Tx {
     stage: Stage,
     /// A statement's text ends with the `COMMIT` ([`Tx::commit_along`]).
     commit_sent: bool,
-    /// Statements run on the writer's direct connection ([`Tx::begin_direct`]).
+    /// Statements run on the writer's direct connection ([`Tx::begin_along`]).
     direct: bool,
 }
 
@@ -66,11 +67,15 @@ impl Tx {
     }
 
     /// Takes a connection; the transaction begins with the first statement, whose text
-    /// must start with [`Tx::lead`] (SQLite's multi-statement texts only). It runs on the
-    /// writer's direct connection when it has one (SQLite's file): every statement must
-    /// then go through [`Tx::rows`] or [`Tx::fetch_optional`].
-    pub(crate) async fn begin_direct(writer: &Writer) -> sqlx::Result<Tx> {
-        let (conn, direct) = writer.acquire_direct().await?;
+    /// must start with [`Tx::lead`] (SQLite's multi-statement texts only). With `direct` it
+    /// runs on the writer's direct connection when it has one (SQLite's file): every
+    /// statement must then go through [`Tx::rows`] or [`Tx::fetch_optional`], and it must
+    /// be short, since it runs on the caller's thread.
+    pub(crate) async fn begin_along(writer: &Writer, direct: bool) -> sqlx::Result<Tx> {
+        let (conn, direct) = match direct {
+            true => writer.acquire_direct().await?,
+            false => (writer.acquire().await?, false),
+        };
         Ok(Tx {
             conn: Some(conn),
             stage: Stage::Unbegun,
@@ -94,6 +99,8 @@ impl Tx {
         query: crate::queue::AnyQuery,
     ) -> sqlx::Result<Vec<Vec<sqlx::any::AnyRow>>> {
         use futures_util::TryStreamExt;
+        // A statement sent before the transaction began would run outside it.
+        debug_assert_ne!(self.stage, Stage::Unbegun, "a statement before BEGIN");
         if let Some(direct) = self.direct() {
             return direct.run(query);
         }
@@ -120,6 +127,7 @@ impl Tx {
         &mut self,
         query: crate::queue::AnyQuery,
     ) -> sqlx::Result<Option<sqlx::any::AnyRow>> {
+        debug_assert_ne!(self.stage, Stage::Unbegun, "a statement before BEGIN");
         if let Some(direct) = self.direct() {
             return Ok(direct
                 .run(query)?
@@ -141,6 +149,11 @@ impl Tx {
     /// begun yet (it is taken as begun from now on), else nothing.
     pub(crate) fn lead(&mut self) -> &'static str {
         match self.stage {
+            // On the direct connection the write lock is taken at once (see `writer`).
+            Stage::Unbegun if self.direct => {
+                self.set_stage(Stage::Open);
+                "BEGIN IMMEDIATE; "
+            }
             Stage::Unbegun => {
                 self.set_stage(Stage::Open);
                 "BEGIN; "

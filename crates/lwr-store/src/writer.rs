@@ -13,8 +13,11 @@
 //! connection the network may have cut.
 //!
 //! Beside sqlx's connection the kept writer holds a second one to the same file, opened
-//! on first use for a claim's transaction ([`crate::direct`]); both are used only by the
-//! lock's holder, so SQLite never sees two writers of this store at once.
+//! on first use for a combined claim's or a small graph's transaction ([`crate::direct`]);
+//! both are used only by the lock's holder, so SQLite never sees two writers of this store
+//! at once. (A sqlx statement whose caller went away still runs to its end on sqlx's
+//! thread after the lock is released: a direct transaction begins `IMMEDIATE`, so it waits
+//! for that statement at its BEGIN instead of failing at its first write.)
 
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
@@ -42,10 +45,20 @@ pub(crate) enum Writer {
         pool: AnyPool,
         kept: Arc<Mutex<Option<Kept>>>,
         /// The database file, for the direct connection; `None` when there is none to
-        /// open (an in-memory database) or opening it failed once.
-        direct: Arc<std::sync::Mutex<Option<PathBuf>>>,
+        /// open (an in-memory database, a URL with options).
+        direct: Arc<std::sync::Mutex<Option<DirectFile>>>,
     },
 }
+
+/// Where the direct connection is opened, and when to try again after a failure.
+pub(crate) struct DirectFile {
+    path: PathBuf,
+    /// After a failed open (too many open files...), the writes go through sqlx until then.
+    retry_at: Option<Instant>,
+}
+
+/// How long the writes go through sqlx after the direct connection failed to open.
+const DIRECT_RETRY: Duration = Duration::from_secs(60);
 
 /// SQLite's writer connection while the store keeps it.
 pub(crate) struct Kept {
@@ -83,12 +96,16 @@ impl Writer {
         }
     }
 
-    /// A kept writer (SQLite) whose claims run on a direct connection to `file`.
-    pub(crate) fn kept_with_direct(pool: AnyPool, file: PathBuf) -> Writer {
+    /// A kept writer (SQLite) whose claims and small graphs run on a direct connection to
+    /// `path`.
+    pub(crate) fn kept_with_direct(pool: AnyPool, path: PathBuf) -> Writer {
         Writer::Kept {
             pool,
             kept: Arc::new(Mutex::new(None)),
-            direct: Arc::new(std::sync::Mutex::new(Some(file))),
+            direct: Arc::new(std::sync::Mutex::new(Some(DirectFile {
+                path,
+                retry_at: None,
+            }))),
         }
     }
 
@@ -104,18 +121,24 @@ impl Writer {
         };
         if kept.direct.is_none() {
             let mut file = lwr_model::sync::lock(file);
-            let Some(path) = file.clone() else {
+            let Some(file) = file.as_mut() else {
                 return Ok((conn, false));
             };
-            match Direct::open(&path) {
-                Ok(direct) => kept.direct = Some(direct),
+            if file.retry_at.is_some_and(|at| Instant::now() < at) {
+                return Ok((conn, false));
+            }
+            match Direct::open(&file.path) {
+                Ok(direct) => {
+                    kept.direct = Some(direct);
+                    file.retry_at = None;
+                }
                 Err(e) => {
                     tracing::warn!(
-                        "cannot open {} for claims without sqlx's thread ({e}); claims go \
-                         through sqlx",
-                        path.display()
+                        "cannot open {} for claims and graphs without sqlx's thread ({e}); \
+                         they go through sqlx for a minute",
+                        file.path.display()
                     );
-                    *file = None;
+                    file.retry_at = Some(Instant::now() + DIRECT_RETRY);
                     return Ok((conn, false));
                 }
             }
