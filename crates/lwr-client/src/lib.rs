@@ -1419,6 +1419,39 @@ mod tests {
         );
     }
 
+    /// A server that redirects to itself forever is followed 10 times, as reqwest's own
+    /// policy would, then named as such: no endless loop, no silent cap at 9.
+    #[tokio::test]
+    async fn a_redirect_loop_is_followed_ten_times_then_refused() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counted = asked.clone();
+        let _task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = vec![0; 4096];
+                let _ = conn.read(&mut buf).await;
+                counted.fetch_add(1, Ordering::SeqCst);
+                let answer = "HTTP/1.1 302 X\r\nlocation: /v1/stats\r\ncontent-length: 0\r\n\
+                              connection: close\r\n\r\n";
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        let c = Client::new(&url).unwrap();
+        let e = c
+            .get::<serde_json::Value>(paths::stats())
+            .await
+            .expect_err("a loop never answers");
+        assert!(e.to_string().contains("too many redirects"), "{e}");
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            11,
+            "the request and ten redirects"
+        );
+    }
+
     /// A server that answers every request with `status` and an empty JSON object.
     async fn answering(status: u16) -> (String, tokio::task::JoinHandle<()>) {
         answering_with(status, "").await
