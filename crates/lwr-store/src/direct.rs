@@ -35,7 +35,6 @@ const TEXTS_KEPT: usize = 256;
 const STATEMENTS_KEPT: usize = 128;
 
 /// The columns of a statement's rows, as sqlx's rows name them.
-#[derive(Clone)]
 struct Columns {
     names: Arc<sqlx_core::HashMap<UStr, usize>>,
     columns: Vec<AnyColumn>,
@@ -163,30 +162,16 @@ fn run_piece(
         stmt.raw_bind_parameter(i, value).map_err(db_error)?;
     }
     let count = stmt.column_count();
-    let columns = match &piece.columns {
-        Some(c) if c.columns.len() == count => c.clone(),
-        _ => {
-            let mut names = sqlx_core::HashMap::default();
-            let mut columns = Vec::with_capacity(count);
-            for (ordinal, name) in stmt.column_names().into_iter().enumerate() {
-                let name = UStr::new(name);
-                names.insert(name.clone(), ordinal);
-                columns.push(AnyColumn {
-                    ordinal,
-                    name,
-                    type_info: AnyTypeInfo {
-                        kind: AnyTypeInfoKind::Null,
-                    },
-                });
-            }
-            let c = Columns {
-                names: Arc::new(names),
-                columns,
-            };
-            piece.columns = Some(c.clone());
-            c
-        }
-    };
+    // Known after the first run; a statement prepared again after a schema change may
+    // have other columns.
+    if piece
+        .columns
+        .as_ref()
+        .is_some_and(|c| c.columns.len() != count)
+    {
+        piece.columns = None;
+    }
+    let columns = piece.columns.get_or_insert_with(|| columns_of(&stmt));
     let mut out = Vec::new();
     let mut rows = stmt.raw_query();
     while let Some(row) = rows.next().map_err(db_error)? {
@@ -203,6 +188,27 @@ fn run_piece(
         });
     }
     Ok(out)
+}
+
+/// A statement's columns, named as sqlx names them.
+fn columns_of(stmt: &rusqlite::Statement<'_>) -> Columns {
+    let mut names = sqlx_core::HashMap::default();
+    let mut columns = Vec::with_capacity(stmt.column_count());
+    for (ordinal, name) in stmt.column_names().into_iter().enumerate() {
+        let name = UStr::new(name);
+        names.insert(name.clone(), ordinal);
+        columns.push(AnyColumn {
+            ordinal,
+            name,
+            type_info: AnyTypeInfo {
+                kind: AnyTypeInfoKind::Null,
+            },
+        });
+    }
+    Columns {
+        names: Arc::new(names),
+        columns,
+    }
 }
 
 /// An argument as SQLite binds it, as sqlx's SQLite driver maps it.

@@ -90,7 +90,7 @@ pub(crate) async fn insert_graph(tx: &mut Tx, origin: Origin<'_>, now: Millis) -
         Base::Given(base) => query = query.bind(Some(base.to_string())),
     }
     // The insert's rows are the last statement's, with or without the BEGIN.
-    let mut each = crate::queue::rows_by_statement(tx, query, "inserting graph").await?;
+    let mut each = tx.rows(query).await.op("inserting graph")?;
     let row = each.pop().and_then(|rows| rows.into_iter().next());
     typed(
         &row.ok_or_else(|| StoreError::Corrupt {

@@ -202,12 +202,9 @@ impl Store {
                             url: url.clone(),
                             source,
                         })?;
-                let write = match direct_file(&url) {
-                    // Claims and small graphs run on a connection of their own to the file
-                    // (`direct`).
-                    Some(file) => writer::Writer::kept_with_direct(write, file),
-                    None => writer::Writer::new(write, true),
-                };
+                // Claims and small graphs run on a connection of their own to the file
+                // (`direct`).
+                let write = writer::Writer::kept(write, direct_file(&url));
                 (write, read, node)
             }
             Dialect::Postgres => {
@@ -219,7 +216,7 @@ impl Store {
                 // Sixteen connections as before, but readers take at most six of them.
                 let write = pool(10).await.map_err(failed)?;
                 let read = pool(6).await.map_err(failed)?;
-                (writer::Writer::new(write.clone(), false), read, write)
+                (writer::Writer::pooled(write.clone()), read, write)
             }
         };
         let store = Store {
@@ -299,21 +296,19 @@ fn create_private(url: &str) {
         .open(path);
 }
 
-/// The file of a `sqlite://` URL; `None` for an in-memory database.
+/// The file of a `sqlite://` URL as sqlx decodes it; `None` for an in-memory database.
 fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
-    let rest = url.strip_prefix("sqlite://")?;
-    let path = rest.split('?').next().unwrap_or(rest);
-    if path.is_empty() || path.contains(":memory:") {
-        return None;
-    }
-    Some(path.into())
+    use std::str::FromStr;
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    let file = options.get_filename();
+    let name = file.to_string_lossy();
+    (!name.is_empty() && !name.contains(":memory:")).then(|| file.to_path_buf())
 }
 
 /// The file a direct connection ([`direct`]) opens for `url`, as sqlx decodes it: only for
 /// a plain read-write file (no in-memory, read-only, immutable or VFS option), where both
 /// connections are sure to reach the same database.
 fn direct_file(url: &str) -> Option<std::path::PathBuf> {
-    use std::str::FromStr;
     let query = url.split_once('?').map_or("", |(_, q)| q);
     let plain = query
         .split('&')
@@ -321,9 +316,7 @@ fn direct_file(url: &str) -> Option<std::path::PathBuf> {
     if !plain {
         return None;
     }
-    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
-    let file = options.get_filename();
-    (file.is_file() && !file.to_string_lossy().contains(":memory:")).then(|| file.to_path_buf())
+    sqlite_file(url).filter(|file| file.is_file())
 }
 
 fn sqlite_create_url(url: &str) -> String {

@@ -851,7 +851,7 @@ async fn take_jobs(
             all.push_str(tx.commit_along());
         }
         let query = bind_runs(bind_shared(sqlx::query(sqlx::AssertSqlSafe(all))));
-        let mut each = rows_by_statement(tx, query, "taking jobs").await?;
+        let mut each = tx.rows(query).await.op("taking jobs")?;
         if read.commit {
             // The COMMIT's (no rows). It ran: an error found in the rows now comes after it.
             each.pop();
@@ -984,17 +984,6 @@ struct Reads {
 /// A query of the `Any` driver with its arguments.
 pub(crate) type AnyQuery = sqlx::query::Query<'static, Any, sqlx::any::AnyArguments>;
 
-/// Runs several statements in one request to SQLite's connection thread (its driver runs
-/// a text of several statements, each with the same numbered arguments), and returns each
-/// statement's rows. SQLite only: PostgreSQL prepares one statement at a time.
-pub(crate) async fn rows_by_statement(
-    tx: &mut Tx,
-    query: AnyQuery,
-    op: &'static str,
-) -> Result<Vec<Vec<sqlx::any::AnyRow>>> {
-    tx.rows(query).await.op(op)
-}
-
 /// Rows of the claim's first page for these claimers: as many as they can take (most nodes
 /// can run most jobs and most jobs are not held, and every row read costs its graph and
 /// affinity lookups), at most [`SCAN_PAGE`].
@@ -1083,7 +1072,7 @@ async fn search_page(
     };
     let query = sqlx::query(text).bind(after.get()).bind(page);
     // The search's rows are the last statement's, with or without the BEGIN.
-    let mut each = rows_by_statement(tx, query, "finding ready jobs").await?;
+    let mut each = tx.rows(query).await.op("finding ready jobs")?;
     Ok(each.pop().unwrap_or_default())
 }
 
@@ -1792,9 +1781,7 @@ pub(crate) async fn succeed_runs(
             if let Some(rows) = search {
                 query = query.bind(0i64).bind(rows);
             }
-            let mut each = rows_by_statement(tx, query, "finishing runs")
-                .await?
-                .into_iter();
+            let mut each = tx.rows(query).await.op("finishing runs")?.into_iter();
             if !lead.is_empty() {
                 // BEGIN's (no rows).
                 each.next();

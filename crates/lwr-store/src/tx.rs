@@ -92,8 +92,10 @@ impl Tx {
         self.conn.as_mut().and_then(WriterConn::direct)
     }
 
-    /// Runs `query` (a text of one or several statements on SQLite) in the transaction;
-    /// each statement's rows.
+    /// Runs `query` in the transaction and returns each statement's rows. On SQLite the
+    /// text may hold several statements, each with the same numbered arguments: through
+    /// sqlx one request to the connection's thread, on the direct connection one call.
+    /// PostgreSQL prepares one statement at a time.
     pub(crate) async fn rows(
         &mut self,
         query: crate::queue::AnyQuery,

@@ -84,28 +84,22 @@ enum Held {
 }
 
 impl Writer {
-    /// A writer on `pool`; `keep` for a pool of one connection that every write shares.
-    pub(crate) fn new(pool: AnyPool, keep: bool) -> Writer {
-        match keep {
-            true => Writer::Kept {
-                pool,
-                kept: Arc::new(Mutex::new(None)),
-                direct: Arc::new(std::sync::Mutex::new(None)),
-            },
-            false => Writer::Pooled(pool),
-        }
+    /// A writer taking a connection from `pool` for each write (PostgreSQL).
+    pub(crate) fn pooled(pool: AnyPool) -> Writer {
+        Writer::Pooled(pool)
     }
 
-    /// A kept writer (SQLite) whose claims and small graphs run on a direct connection to
-    /// `path`.
-    pub(crate) fn kept_with_direct(pool: AnyPool, path: PathBuf) -> Writer {
+    /// A writer keeping `pool`'s one connection, which every write shares (SQLite); with
+    /// `direct`, the database file that claims and small graphs write to directly.
+    pub(crate) fn kept(pool: AnyPool, direct: Option<PathBuf>) -> Writer {
+        let direct = direct.map(|path| DirectFile {
+            path,
+            retry_at: None,
+        });
         Writer::Kept {
             pool,
             kept: Arc::new(Mutex::new(None)),
-            direct: Arc::new(std::sync::Mutex::new(Some(DirectFile {
-                path,
-                retry_at: None,
-            }))),
+            direct: Arc::new(std::sync::Mutex::new(direct)),
         }
     }
 
@@ -294,7 +288,15 @@ mod tests {
             .connect(&url)
             .await
             .unwrap();
-        Writer::new(pool, true)
+        Writer::kept(pool, None)
+    }
+
+    /// A kept writer and its connection, held, marked with the temporary table `mark`.
+    async fn marked_writer(dir: &std::path::Path) -> (Writer, WriterConn) {
+        let writer = kept_writer(dir).await;
+        let mut first = writer.acquire().await.unwrap();
+        first.execute("CREATE TEMP TABLE mark (x)").await.unwrap();
+        (writer, first)
     }
 
     /// Whether `conn` is the connection that made the temporary table `mark` (a temporary
@@ -306,9 +308,7 @@ mod tests {
     #[tokio::test]
     async fn the_kept_connection_serves_one_writer_at_a_time_and_stays() {
         let dir = tempfile::tempdir().unwrap();
-        let writer = kept_writer(dir.path()).await;
-        let mut first = writer.acquire().await.unwrap();
-        first.execute("CREATE TEMP TABLE mark (x)").await.unwrap();
+        let (writer, first) = marked_writer(dir.path()).await;
         assert_eq!(writer.open_idle(), (1, 0), "held");
         let mut second = Box::pin(writer.acquire());
         let waited = tokio::time::timeout(Duration::from_millis(50), &mut second).await;
@@ -329,9 +329,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_dropped_inside_a_transaction_is_not_handed_on() {
         let dir = tempfile::tempdir().unwrap();
-        let writer = kept_writer(dir.path()).await;
-        let mut first = writer.acquire().await.unwrap();
-        first.execute("CREATE TEMP TABLE mark (x)").await.unwrap();
+        let (writer, mut first) = marked_writer(dir.path()).await;
         first.execute("BEGIN").await.unwrap();
         first.set_in_transaction(true);
         drop(first);
@@ -361,9 +359,7 @@ mod tests {
     #[tokio::test]
     async fn a_discarded_connection_is_replaced_by_a_new_one() {
         let dir = tempfile::tempdir().unwrap();
-        let writer = kept_writer(dir.path()).await;
-        let mut first = writer.acquire().await.unwrap();
-        first.execute("CREATE TEMP TABLE mark (x)").await.unwrap();
+        let (writer, first) = marked_writer(dir.path()).await;
         first.discard();
         let mut next = writer.acquire().await.unwrap();
         assert!(
