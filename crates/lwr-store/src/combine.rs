@@ -295,8 +295,8 @@ impl Store {
             .count();
         effects.released = effects.released.saturating_sub(took as u32);
         effects.changed |= claimers.iter().any(|c| !c.assignments.is_empty());
-        self.notify_in(&mut tx, effects).await?;
-        tx.commit().await.op("committing claim")?;
+        self.commit_notifying(tx, effects, "committing claim")
+            .await?;
         let mut answers = Vec::with_capacity(requests.len());
         for (i, ((claimer, acks), ended)) in claimers.into_iter().zip(acks).zip(ended).enumerate() {
             self.pool.set_erring(claimer.node_id, false);

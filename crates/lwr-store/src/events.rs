@@ -57,6 +57,29 @@ impl Store {
         Ok(())
     }
 
+    /// Sends the effects of a transaction to the other servers, as [`Store::notify_in`], and
+    /// commits it: on PostgreSQL the notification and the COMMIT are one round trip (a
+    /// claim's last two, on a database across a network a millisecond or more each).
+    pub(crate) async fn commit_notifying(
+        &self,
+        tx: crate::queue::Tx,
+        effects: Effects,
+        what: &'static str,
+    ) -> Result<()> {
+        match payload(&self.instance, effects) {
+            Some(text) if self.dialect == Dialect::Postgres => {
+                // A literal, not an argument: the simple protocol takes none. The payload is
+                // this store's id and flag letters; quoted all the same.
+                let sql = format!(
+                    "SELECT pg_notify('{CHANNEL}', '{}')",
+                    text.replace('\'', "''")
+                );
+                tx.commit_after(&sql).await.op(what)
+            }
+            _ => tx.commit().await.op(what),
+        }
+    }
+
     /// Tells other servers that node `id` registered again, so they drop their cached view.
     pub(crate) async fn notify_node(&self, id: lwr_model::NodeId) -> Result<()> {
         if self.dialect == Dialect::Postgres {

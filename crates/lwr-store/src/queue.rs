@@ -774,23 +774,18 @@ async fn take_jobs(
          RETURNING id, runs, graph_id, spec",
         placeholders(ids_from, n)
     );
-    // Then four per run: uid, node id, lease end, placement. Together with the update
-    // (SQLite), a run's number is its job's count of runs, just raised; apart (PostgreSQL,
-    // whose prepared statements hold one statement each), the update's answer.
+    // Then four per run: uid, node id, lease end, placement. A run's number is its job's
+    // count of runs as the update left it.
     let runs_from = if one { names_from } else { names_from + n };
     let together = dialect == Dialect::Sqlite;
+    // SQLite's insert, sent with the update: NULL, which runs.number refuses, unless the
+    // update just marked every job (the statements after it, the COMMIT too, then do not run).
     let rows = (0..n)
         .map(|i| {
             let (job, p) = (ids_from + i, runs_from + i * 4);
-            let number = if together {
-                // NULL, which runs.number refuses, unless the update just marked every job:
-                // the statements after it (the COMMIT too) then do not run.
-                format!(
-                    "CASE WHEN changes() = {n} THEN (SELECT runs FROM jobs WHERE id = ${job}) END"
-                )
-            } else {
-                format!("${}", runs_from + n * 4 + i)
-            };
+            let number = format!(
+                "CASE WHEN changes() = {n} THEN (SELECT runs FROM jobs WHERE id = ${job}) END"
+            );
             format!(
                 "(${job}, {number}, ${}, ${p}, 'running', $1, ${}, ${})",
                 p + 1,
@@ -867,23 +862,60 @@ async fn take_jobs(
             false => Vec::new(),
         };
         let runs = each.pop().unwrap_or_default();
-        (each.pop().unwrap_or_default(), runs, Some(manifests))
+        (each.pop().unwrap_or_default(), runs, manifests)
     } else {
-        let marked = bind_shared(sqlx::query(sqlx::AssertSqlSafe(update)))
+        // One statement, one round trip: the jobs are marked, and each gets its run, numbered
+        // by its count of runs as the update left it (a remote database costs a round trip
+        // more per statement; see `succeed_runs`). A job the update did not mark gets no
+        // run, and the check below rolls the claim back.
+        let values = (0..n)
+            .map(|i| {
+                let (job, p) = (ids_from + i, runs_from + i * 4);
+                format!(
+                    "(CAST(${job} AS BIGINT), CAST(${p} AS TEXT), CAST(${} AS BIGINT), \
+                     CAST(${} AS BIGINT), CAST(${} AS TEXT))",
+                    p + 1,
+                    p + 2,
+                    p + 3
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        // And as needed the needs' manifests of the jobs taken (their rows: a need's run
+        // as `id`, the dependent as `job_id`, the need's `name`).
+        let (needs, needs_rows) = match read.needs {
+            true => (
+                format!(
+                    ", needs AS ({NEEDS_MANIFESTS_SELECT} \
+                     WHERE jn.job_id IN (SELECT id FROM marked))"
+                ),
+                " UNION ALL SELECT 'need', id, 0, 0, NULL, job_id, name FROM needs",
+            ),
+            false => (String::new(), ""),
+        };
+        let text = format!(
+            "WITH marked AS ({update}), made AS (INSERT INTO runs (job_id, number, node_id, uid, \
+             state, started_at, lease_expires, placement) SELECT v.job_id, m.runs, v.node_id, \
+             v.uid, 'running', $1, v.lease, v.placement FROM (VALUES {values}) \
+             AS v (job_id, uid, node_id, lease, placement) JOIN marked m ON m.id = v.job_id \
+             RETURNING id, job_id){needs} \
+             SELECT 'marked' AS kind, id, runs, graph_id, spec, 0 AS job_id, NULL AS name \
+             FROM marked UNION ALL SELECT 'run', id, 0, 0, NULL, job_id, NULL FROM made\
+             {needs_rows}"
+        );
+        let rows = bind_runs(bind_shared(sqlx::query(sqlx::AssertSqlSafe(text))))
             .fetch_all(&mut **tx)
             .await
-            .op("marking jobs running")?;
-        let mut numbers: HashMap<JobId, i64> = HashMap::new();
-        for row in &marked {
-            numbers.insert(typed(row, "id")?, col(row, "runs")?);
+            .op("taking jobs")?;
+        let (mut marked, mut runs, mut manifests) = (Vec::new(), Vec::new(), Vec::new());
+        for row in rows {
+            match col::<String>(&row, "kind")?.as_str() {
+                "marked" => marked.push(row),
+                "run" => runs.push(row),
+                _ => manifests.push(row),
+            }
         }
-        let mut query = bind_runs(bind_shared(sqlx::query(sqlx::AssertSqlSafe(insert))));
-        for p in picked {
-            query = query.bind(numbers.get(&p.job).copied().unwrap_or(0));
-        }
-        let runs = query.fetch_all(&mut **tx).await.op("creating runs")?;
-        // Read below, once the jobs' specs say which have needs.
-        (marked, runs, None)
+        (marked, runs, manifests)
     };
     let mut marked: HashMap<JobId, (i64, GraphId, JobSpec)> = HashMap::new();
     for row in marked_rows {
@@ -902,34 +934,6 @@ async fn take_jobs(
             missing.job
         )));
     }
-    let manifest_rows = match manifest_rows {
-        Some(rows) => rows,
-        None => {
-            // One statement for every job taken that has needs, not one per job (the
-            // search does not say which have: see `claim_select!`).
-            let with_needs: Vec<i64> = marked
-                .iter()
-                .filter(|(_, (_, _, spec))| !spec.needs.is_empty())
-                .map(|(id, _)| id.get())
-                .collect();
-            if with_needs.is_empty() {
-                Vec::new()
-            } else {
-                let text = format!(
-                    "{NEEDS_MANIFESTS_SELECT} WHERE jn.job_id IN ({})",
-                    placeholders(1, with_needs.len())
-                );
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(text));
-                for id in with_needs {
-                    query = query.bind(id);
-                }
-                query
-                    .fetch_all(&mut **tx)
-                    .await
-                    .op("finding needs' manifests")?
-            }
-        }
-    };
     let mut manifests: HashMap<JobId, BTreeMap<String, String>> = HashMap::new();
     for row in manifest_rows {
         // A need that succeeded has a run; none would leave its manifest out, as a join did.
@@ -1696,8 +1700,8 @@ pub(crate) struct Succeeded {
 
 /// Ends the live runs that `results` name as succeeded, each only if it is the live run of
 /// the node that sent it (`results` pairs a node with each result), marks their jobs
-/// succeeded and releases their dependents: three statements per [`CLAIM_BATCH`] results,
-/// on SQLite sent together (one round trip to the connection's thread).
+/// succeeded and releases their dependents: per [`CLAIM_BATCH`] results, three statements
+/// sent together on SQLite (one round trip to the connection's thread), one on PostgreSQL.
 ///
 /// With `search` (SQLite), the claim's search for its first page of `search` rows goes
 /// with the last of them, after the releases; its rows come back in `first_page`.
@@ -1807,18 +1811,46 @@ pub(crate) async fn succeed_runs(
                 done.first_page = Some(each.nth(1).unwrap_or_default());
             }
         } else {
-            let mut jobs = Vec::with_capacity(n);
-            let query = bind(sqlx::query(sqlx::AssertSqlSafe(finish)));
+            // One statement, one round trip instead of three (each a millisecond or more
+            // to a database across a network), and the statement trigger that keeps the
+            // graphs' counts runs once for both changes of `jobs` (PostgreSQL merges them
+            // into one transition table); apart, the release that finds no dependent (every
+            // job of a wide graph) paid a round trip and the trigger for nothing. The two
+            // updates of `jobs` touch different rows (running jobs, their pending
+            // dependents), as one statement must.
+            let all = format!(
+                "WITH finished AS ({finish}), \
+                 succeeded AS (UPDATE jobs SET state = 'succeeded', reason = NULL, \
+                 updated_at = $1 WHERE state = 'running' \
+                 AND id IN (SELECT job_id FROM finished) RETURNING id), \
+                 released AS (UPDATE jobs SET unmet = unmet - d.n, updated_at = $1 \
+                 FROM (SELECT job_id, COUNT(*) AS n FROM job_needs \
+                 WHERE need_id IN (SELECT id FROM succeeded) GROUP BY job_id) d \
+                 WHERE jobs.id = d.job_id AND jobs.state = 'pending' \
+                 RETURNING jobs.id, jobs.unmet) \
+                 SELECT 'finished' AS kind, id, job_id, node_id, 0 AS unmet FROM finished \
+                 UNION ALL SELECT 'released', id, 0, 0, unmet FROM released"
+            );
+            let query = bind(sqlx::query(sqlx::AssertSqlSafe(all)));
+            let before = done.released.len();
             for row in query.fetch_all(&mut **tx).await.op("finishing runs")? {
-                let job: JobId = typed(&row, "job_id")?;
-                done.finished
-                    .insert(typed(&row, "id")?, (job, typed(&row, "node_id")?));
-                jobs.push(job);
+                match col::<String>(&row, "kind")?.as_str() {
+                    "finished" => {
+                        done.finished.insert(
+                            typed(&row, "id")?,
+                            (typed(&row, "job_id")?, typed(&row, "node_id")?),
+                        );
+                    }
+                    _ if col::<i64>(&row, "unmet")? == 0 => {
+                        done.released.push(typed(&row, "id")?);
+                    }
+                    _ => {}
+                }
             }
-            if !jobs.is_empty() {
-                let effects = succeed_jobs(tx, &jobs, now, &mut done.released).await?;
-                done.effects.merge(effects);
-            }
+            done.effects.released = done
+                .effects
+                .released
+                .saturating_add((done.released.len() - before) as u32);
         }
     }
     done.effects.changed = !done.finished.is_empty();

@@ -201,6 +201,25 @@ impl Tx {
         // ended the transaction or not.
         done
     }
+
+    /// PostgreSQL: runs `sql`, a text without arguments, and the COMMIT in one round trip
+    /// (the simple protocol takes several statements at once). If `sql` fails the COMMIT
+    /// does not run, and the drop rolls back.
+    pub(crate) async fn commit_after(mut self, sql: &str) -> sqlx::Result<()> {
+        let text = match self.stage == Stage::Open && !self.commit_sent {
+            true => format!("{sql}; COMMIT"),
+            // Nothing to commit: nothing ran yet, or the COMMIT went along already.
+            false => sql.to_string(),
+        };
+        // Through sqlx's connection: never a direct transaction's (`DerefMut` checks).
+        let done = sqlx::raw_sql(sqlx::AssertSqlSafe(text))
+            .execute(&mut *self)
+            .await;
+        if done.is_ok() {
+            self.set_stage(Stage::Over);
+        }
+        done.map(|_| ())
+    }
 }
 
 impl Tx {
