@@ -5,8 +5,9 @@
 //! writer connection anyway. So claims whose results are plain successes go to one task,
 //! the combiner, which takes every claim that queued while its last transaction ran and
 //! serves them all in the next: one BEGIN and COMMIT, one statement ending all their runs,
-//! two releasing dependents, one search, two statements taking the jobs, whatever the
-//! number of nodes. Each claim is still answered as if it had been alone: its own acks,
+//! two releasing dependents, one search, two statements taking the jobs (on PostgreSQL one
+//! statement for the results, one for the take, and the notification with the COMMIT),
+//! whatever the number of nodes. Each claim is still answered as if it had been alone: its own acks,
 //! assignments and holds, and nothing of it is acknowledged before the commit. A job goes
 //! to one claimer only: the search offers each job read to the claimers in turn, and the
 //! first that takes it gets it.

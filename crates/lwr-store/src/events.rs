@@ -71,7 +71,7 @@ impl Store {
                 // A literal, not an argument: the simple protocol takes none. The payload is
                 // this store's id and flag letters; quoted all the same.
                 let sql = format!(
-                    "SELECT pg_notify('{CHANNEL}', '{}')",
+                    "SELECT pg_notify('{CHANNEL}', '{}')::text",
                     text.replace('\'', "''")
                 );
                 tx.commit_after(&sql).await.op(what)

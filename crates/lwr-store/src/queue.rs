@@ -115,7 +115,7 @@ struct Candidate {
     branch: Option<String>,
     affinity: Option<NodeId>,
     /// Whether it has needs, whose manifests its assignment carries (on PostgreSQL: may
-    /// have; the take reads the job's spec).
+    /// have; the take reads the manifests of every job it takes, none for a job without).
     has_needs: bool,
 }
 
@@ -678,8 +678,8 @@ impl Store {
 
 /// Jobs marked running and given a run per statement of a claim: each statement is a
 /// round trip to the database (on SQLite, to its connection's thread), and a claim's cost
-/// is mostly those round trips, so a node taking several jobs pays for two statements, not
-/// two per job. Bounded to keep each statement's parameters few.
+/// is mostly those round trips, so a node taking several jobs pays for one round trip, not
+/// one per job. Bounded to keep each statement's parameters few.
 const CLAIM_BATCH: usize = 64;
 
 /// A job a claim took: its new run, and what the assignment is made of.
@@ -735,11 +735,12 @@ fn placeholders(first: usize, n: usize) -> String {
 }
 
 /// Marks the `picked` jobs (all pending: the claim's search just read them in this
-/// transaction, locked on PostgreSQL) running on their claimers' nodes and creates a run
-/// with a lease for each, in two statements; returns them in `picked`'s order. On SQLite
-/// the two go together, one round trip to the connection's thread, and with
-/// `read_origins` (a job's graph origin is not in memory) a third reads the jobs' graphs'
-/// origins, which the claim would read next; those are returned too (none on PostgreSQL).
+/// transaction, locked on PostgreSQL) running on their claimers' nodes, creates a run with
+/// a lease for each and, with `read.needs`, reads their needs' manifests; returns them in
+/// `picked`'s order. One round trip: on SQLite the statements go together to the
+/// connection's thread, and with `read.origins` (a job's graph origin is not in memory)
+/// one more reads the jobs' graphs' origins, which the claim would read next; those are
+/// returned too (none on PostgreSQL). On PostgreSQL they are one statement.
 /// With `read.commit` (SQLite) the transaction's COMMIT goes last, after an SQL check that
 /// the update marked every job picked (see [`Store::take_for`]).
 async fn take_jobs(
@@ -882,12 +883,16 @@ async fn take_jobs(
             .collect::<Vec<_>>()
             .join(", ");
         // And as needed the needs' manifests of the jobs taken (their rows: a need's run
-        // as `id`, the dependent as `job_id`, the need's `name`).
+        // as `id`, the dependent as `job_id`, the need's `name`), by the jobs' ids as the
+        // separate read had them: `IN (SELECT id FROM marked)` would leave the plan to the
+        // estimate of `marked`, and a generic plan made while `job_needs` was small could
+        // scan every edge (see `claim_select!`). A job picked but not marked rolls the
+        // claim back below.
         let (needs, needs_rows) = match read.needs {
             true => (
                 format!(
-                    ", needs AS ({NEEDS_MANIFESTS_SELECT} \
-                     WHERE jn.job_id IN (SELECT id FROM marked))"
+                    ", needs AS ({NEEDS_MANIFESTS_SELECT} WHERE jn.job_id IN ({}))",
+                    placeholders(ids_from, n)
                 ),
                 " UNION ALL SELECT 'need', id, 0, 0, NULL, job_id, name FROM needs",
             ),
@@ -1009,9 +1014,10 @@ const SKIPPED_RETRY_MS: DurationMs = DurationMs(25);
 // preparation was 8% of the server's time.
 //
 // `has_needs` tells the take whether to read the needs' manifests (SQLite: one probe of
-// `job_needs` by key). PostgreSQL says 1 and the take reads the jobs' specs instead: there
-// the probe's generic plan, made while `job_needs` was small, scanned every edge for each
-// row (13 ms a search once a graph of 10,000 edges was stored).
+// `job_needs` by key). PostgreSQL says 1 and the take reads them for every job it takes
+// (none for a job without needs), in its one statement: there the probe's generic plan,
+// made while `job_needs` was small, scanned every edge for each row (13 ms a search once a
+// graph of 10,000 edges was stored).
 macro_rules! claim_select {
     ($lead:literal, sqlite) => {
         claim_select!(

@@ -206,13 +206,16 @@ impl Tx {
     /// (the simple protocol takes several statements at once). If `sql` fails the COMMIT
     /// does not run, and the drop rolls back.
     pub(crate) async fn commit_after(mut self, sql: &str) -> sqlx::Result<()> {
-        let text = match self.stage == Stage::Open && !self.commit_sent {
-            true => format!("{sql}; COMMIT"),
-            // Nothing to commit: nothing ran yet, or the COMMIT went along already.
-            false => sql.to_string(),
-        };
+        debug_assert!(
+            self.stage == Stage::Open && !self.commit_sent,
+            "a statement sent with a COMMIT that is not due"
+        );
+        if self.stage != Stage::Open || self.commit_sent {
+            // Nothing ran yet, or the COMMIT went along already: nothing to send it with.
+            return self.commit().await;
+        }
         // Through sqlx's connection: never a direct transaction's (`DerefMut` checks).
-        let done = sqlx::raw_sql(sqlx::AssertSqlSafe(text))
+        let done = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{sql}; COMMIT")))
             .execute(&mut *self)
             .await;
         if done.is_ok() {
