@@ -47,8 +47,8 @@ impl Store {
         )
         .await?;
         let effects = Effects::changed(ready);
-        self.notify_in(&mut tx, effects).await?;
-        tx.commit().await.op("committing cancel")?;
+        self.commit_notifying(tx, effects, "committing cancel")
+            .await?;
         Ok(Cancelled {
             jobs: 1,
             runs,
@@ -91,8 +91,8 @@ impl Store {
             changed: jobs > 0,
             ..Effects::default()
         };
-        self.notify_in(&mut tx, effects).await?;
-        tx.commit().await.op("committing cancel")?;
+        self.commit_notifying(tx, effects, "committing cancel")
+            .await?;
         Ok(Cancelled {
             jobs,
             runs,
@@ -209,8 +209,8 @@ impl Store {
                 }
             }
         }
-        self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
-        tx.commit().await.op("committing retrigger")?;
+        self.commit_notifying(tx, crate::Effects::NEW_WORK, "committing retrigger")
+            .await?;
         Ok(targets)
     }
 }

@@ -42,24 +42,10 @@ pub(crate) fn payload(instance: &str, effects: Effects) -> Option<String> {
 }
 
 impl Store {
-    /// Sends the effects of a transaction to the other servers; delivered on commit.
-    pub(crate) async fn notify_in(
-        &self,
-        tx: &mut crate::queue::Tx,
-        effects: Effects,
-    ) -> Result<()> {
-        if self.dialect != Dialect::Postgres {
-            return Ok(());
-        }
-        if let Some(text) = payload(&self.instance, effects) {
-            notify(&mut **tx, text).await?;
-        }
-        Ok(())
-    }
-
-    /// Sends the effects of a transaction to the other servers, as [`Store::notify_in`], and
-    /// commits it: on PostgreSQL the notification and the COMMIT are one round trip (a
-    /// claim's last two, on a database across a network a millisecond or more each).
+    /// Commits a transaction and sends its effects to the other servers (PostgreSQL: the
+    /// notification is delivered on commit, so no server wakes before the change is
+    /// visible). The notification and the COMMIT are one round trip: a transaction's last
+    /// two were a millisecond or more each on a database across a network.
     pub(crate) async fn commit_notifying(
         &self,
         tx: crate::queue::Tx,

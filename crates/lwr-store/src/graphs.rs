@@ -178,8 +178,8 @@ impl Store {
             let along = self.dialect == Dialect::Sqlite;
             let none = HashMap::new();
             insert_jobs(&mut tx, self.dialect, graph_id, &jobs, &none, now, along).await?;
-            self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
-            tx.commit().await.op("committing graph")?;
+            self.commit_notifying(tx, crate::Effects::NEW_WORK, "committing graph")
+                .await?;
             return Ok(graph_id);
         }
         // A large graph: staged in transactions of a bounded size (see `batch`), each
@@ -217,8 +217,8 @@ impl Store {
             .execute(&mut *tx)
             .await
             .op("showing graph")?;
-        self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
-        tx.commit().await.op("committing graph")?;
+        self.commit_notifying(tx, crate::Effects::NEW_WORK, "committing graph")
+            .await?;
         Ok(graph_id)
     }
 

@@ -239,8 +239,8 @@ impl Store {
         .await
         .op("marking repository healthy")?;
         // Servers sharing the database wake their waiting nodes too.
-        self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
-        tx.commit().await.op("committing poll record")?;
+        self.commit_notifying(tx, crate::Effects::NEW_WORK, "committing poll record")
+            .await?;
         Ok(pushes)
     }
 
@@ -461,8 +461,8 @@ impl Store {
             .await
             .op("recording push graph")?;
         // Servers sharing the database wake their waiting nodes too.
-        self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
-        tx.commit().await.op("committing push graph")?;
+        self.commit_notifying(tx, crate::Effects::NEW_WORK, "committing push graph")
+            .await?;
         Ok(graph_id)
     }
 
@@ -568,8 +568,8 @@ impl Store {
             crate::control::count_unmet(&mut tx, id).await?;
         }
         // Servers sharing the database wake their waiting nodes too.
-        self.notify_in(&mut tx, crate::Effects::NEW_WORK).await?;
-        tx.commit().await.op("committing trigger")?;
+        self.commit_notifying(tx, crate::Effects::NEW_WORK, "committing trigger")
+            .await?;
         Ok(added)
     }
 }

@@ -182,8 +182,8 @@ impl Store {
             .filter(|a| reported.released.contains(&a.job_id))
             .count();
         effects.released = effects.released.saturating_sub(took as u32);
-        self.notify_in(&mut tx, effects).await?;
-        tx.commit().await.op("committing claim")?;
+        self.commit_notifying(tx, effects, "committing claim")
+            .await?;
         self.pool.set_erring(node_id, !reported.clean);
         self.note_claim(node_id, assignments.len(), reported.ended, now);
         if reported.quarantined {
@@ -557,8 +557,8 @@ impl Store {
         let clean = !self.pool.erring(node_id);
         let mut tx = Tx::begin(&self.write).await.op("starting report")?;
         let reported = report_in(&mut tx, node_id, results, now, quarantine_after, clean).await?;
-        self.notify_in(&mut tx, reported.effects).await?;
-        tx.commit().await.op("committing report")?;
+        self.commit_notifying(tx, reported.effects, "committing report")
+            .await?;
         self.pool.set_erring(node_id, !reported.clean);
         self.note_claim(node_id, 0, reported.ended, now);
         if reported.quarantined {
@@ -605,8 +605,8 @@ impl Store {
             erring.push(node_id);
             effects.merge(retry_or_end(&mut tx, job_id, "claim-expired", spot, now).await?);
         }
-        self.notify_in(&mut tx, effects).await?;
-        tx.commit().await.op("committing lease expiry")?;
+        self.commit_notifying(tx, effects, "committing lease expiry")
+            .await?;
         for node in erring {
             self.pool.set_erring(node, true);
         }

@@ -206,12 +206,9 @@ impl Tx {
     /// (the simple protocol takes several statements at once). If `sql` fails the COMMIT
     /// does not run, and the drop rolls back.
     pub(crate) async fn commit_after(mut self, sql: &str) -> sqlx::Result<()> {
-        debug_assert!(
-            self.stage == Stage::Open && !self.commit_sent,
-            "a statement sent with a COMMIT that is not due"
-        );
         if self.stage != Stage::Open || self.commit_sent {
-            // Nothing ran yet, or the COMMIT went along already: nothing to send it with.
+            // Nothing ran yet, so nothing to tell (or the COMMIT went along already, which
+            // only SQLite does, and SQLite has no one to tell).
             return self.commit().await;
         }
         // Through sqlx's connection: never a direct transaction's (`DerefMut` checks).
