@@ -165,7 +165,16 @@ impl Store {
         let quarantine_after = self.pool_config().quarantine_after;
         let clean = !self.pool.erring(node_id);
         let mut tx = self.begin_claim(false).await.op("starting claim")?;
-        let reported = report_in(&mut tx, node_id, results, now, quarantine_after, clean).await?;
+        let reported = report_in(
+            &mut tx,
+            self.dialect,
+            node_id,
+            results,
+            now,
+            quarantine_after,
+            clean,
+        )
+        .await?;
         let mut effects = reported.effects;
         let (assignments, retry_in_ms, waited) = if reported.quarantined {
             (Vec::new(), None, Vec::new())
@@ -556,7 +565,16 @@ impl Store {
         let quarantine_after = self.pool_config().quarantine_after;
         let clean = !self.pool.erring(node_id);
         let mut tx = Tx::begin(&self.write).await.op("starting report")?;
-        let reported = report_in(&mut tx, node_id, results, now, quarantine_after, clean).await?;
+        let reported = report_in(
+            &mut tx,
+            self.dialect,
+            node_id,
+            results,
+            now,
+            quarantine_after,
+            clean,
+        )
+        .await?;
         self.commit_notifying(tx, reported.effects, "committing report")
             .await?;
         self.pool.set_erring(node_id, !reported.clean);
@@ -779,27 +797,6 @@ async fn take_jobs(
     // count of runs as the update left it.
     let runs_from = if one { names_from } else { names_from + n };
     let together = dialect == Dialect::Sqlite;
-    // SQLite's insert, sent with the update: NULL, which runs.number refuses, unless the
-    // update just marked every job (the statements after it, the COMMIT too, then do not run).
-    let rows = (0..n)
-        .map(|i| {
-            let (job, p) = (ids_from + i, runs_from + i * 4);
-            let number = format!(
-                "CASE WHEN changes() = {n} THEN (SELECT runs FROM jobs WHERE id = ${job}) END"
-            );
-            format!(
-                "(${job}, {number}, ${}, ${p}, 'running', $1, ${}, ${})",
-                p + 1,
-                p + 2,
-                p + 3
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let insert = format!(
-        "INSERT INTO runs (job_id, number, node_id, uid, state, started_at, lease_expires, \
-         placement) VALUES {rows} RETURNING id, job_id"
-    );
     let bind_shared = |mut q: AnyQuery| {
         q = q.bind(now.get());
         if one {
@@ -827,15 +824,42 @@ async fn take_jobs(
         q
     };
     let mut origins = Vec::new();
+    // The needs' manifests of the jobs taken, by the picked jobs' ids (a job without needs
+    // has no rows; one picked but not marked rolls the claim back below).
+    let needs = read.needs.then(|| {
+        format!(
+            "{NEEDS_MANIFESTS_SELECT} WHERE jn.job_id IN ({})",
+            placeholders(ids_from, n)
+        )
+    });
     let (marked_rows, run_rows, manifest_rows) = if together {
+        // The insert goes with the update: a run's number is NULL, which runs.number
+        // refuses, unless the update just marked every job (the statements after it, the
+        // COMMIT too, then do not run).
+        let rows = (0..n)
+            .map(|i| {
+                let (job, p) = (ids_from + i, runs_from + i * 4);
+                let number = format!(
+                    "CASE WHEN changes() = {n} THEN (SELECT runs FROM jobs WHERE id = ${job}) END"
+                );
+                format!(
+                    "(${job}, {number}, ${}, ${p}, 'running', $1, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let insert = format!(
+            "INSERT INTO runs (job_id, number, node_id, uid, state, started_at, lease_expires, \
+             placement) VALUES {rows} RETURNING id, job_id"
+        );
         // One round trip: the take, then as needed the needs' manifests of the jobs taken
         // (a job without needs has no rows) and the origins not in memory yet.
         let mut all = format!("{update}; {insert}");
-        if read.needs {
-            all.push_str(&format!(
-                "; {NEEDS_MANIFESTS_SELECT} WHERE jn.job_id IN ({})",
-                placeholders(ids_from, n)
-            ));
+        if let Some(needs) = &needs {
+            all.push_str(&format!("; {needs}"));
         }
         if read.origins {
             all.push_str(&format!(
@@ -882,21 +906,17 @@ async fn take_jobs(
             })
             .collect::<Vec<_>>()
             .join(", ");
-        // And as needed the needs' manifests of the jobs taken (their rows: a need's run
-        // as `id`, the dependent as `job_id`, the need's `name`), by the jobs' ids as the
-        // separate read had them: `IN (SELECT id FROM marked)` would leave the plan to the
-        // estimate of `marked`, and a generic plan made while `job_needs` was small could
-        // scan every edge (see `claim_select!`). A job picked but not marked rolls the
-        // claim back below.
-        let (needs, needs_rows) = match read.needs {
-            true => (
-                format!(
-                    ", needs AS ({NEEDS_MANIFESTS_SELECT} WHERE jn.job_id IN ({}))",
-                    placeholders(ids_from, n)
-                ),
+        // And as needed the needs' manifests (their rows: a need's run as `id`, the
+        // dependent as `job_id`, the need's `name`), by the picked ids as the separate read
+        // had them: `IN (SELECT id FROM marked)` would leave the plan to the estimate of
+        // `marked`, and a generic plan made while `job_needs` was small could scan every
+        // edge (see `claim_select!`).
+        let (needs, needs_rows) = match &needs {
+            Some(needs) => (
+                format!(", needs AS ({needs})"),
                 " UNION ALL SELECT 'need', id, 0, 0, NULL, job_id, name FROM needs",
             ),
-            false => (String::new(), ""),
+            None => (String::new(), ""),
         };
         let text = format!(
             "WITH marked AS ({update}), made AS (INSERT INTO runs (job_id, number, node_id, uid, \
@@ -1281,6 +1301,7 @@ async fn refusal(tx: &mut Tx, node_id: NodeId, result: &RunResult) -> Result<Res
 /// Records results inside a transaction; see [`Store::report`].
 async fn report_in(
     tx: &mut Tx,
+    dialect: Dialect,
     node_id: NodeId,
     results: &[RunResult],
     now: Millis,
@@ -1288,7 +1309,7 @@ async fn report_in(
     // The node's count of infrastructure errors in a row is known to be zero.
     mut clean: bool,
 ) -> Result<Reported> {
-    if let Some(reported) = report_successes(tx, node_id, results, now, clean).await? {
+    if let Some(reported) = report_successes(tx, dialect, node_id, results, now, clean).await? {
         return Ok(reported);
     }
     let mut effects = Effects::default();
@@ -1382,6 +1403,7 @@ async fn report_in(
 /// the node's count of errors in a row.
 async fn report_successes(
     tx: &mut Tx,
+    dialect: Dialect,
     node_id: NodeId,
     results: &[RunResult],
     now: Millis,
@@ -1396,29 +1418,41 @@ async fn report_successes(
     if !clean || !uniform || results.len() > CLAIM_BATCH {
         return Ok(None);
     }
-    let mut finish = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let finish = format!(
         "UPDATE runs SET state = 'succeeded', exit_code = $2, reason = NULL, finished_at = $3, \
          lease_expires = NULL WHERE node_id = $1 AND state = 'running' AND id IN ({}) \
-         RETURNING id, job_id",
+         RETURNING id, job_id, node_id",
         placeholders(4, results.len())
-    )))
-    .bind(node_id.get())
-    .bind(first.exit_code.map(i64::from))
-    .bind(now.get());
-    for r in results {
-        finish = finish.bind(r.run_id.get());
-    }
-    let mut finished: HashMap<RunId, JobId> = HashMap::new();
-    for row in finish.fetch_all(&mut **tx).await.op("finishing runs")? {
-        finished.insert(typed(&row, "id")?, typed(&row, "job_id")?);
-    }
-    let jobs: Vec<JobId> = finished.values().copied().collect();
-    let mut released = Vec::new();
-    let effects = if jobs.is_empty() {
-        Effects::default()
-    } else {
-        succeed_jobs(tx, &jobs, now, &mut released).await?
+    );
+    let postgres = dialect == Dialect::Postgres;
+    let text = match postgres {
+        true => finish_succeed_release(&finish),
+        false => finish,
     };
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(text))
+        .bind(node_id.get())
+        .bind(first.exit_code.map(i64::from))
+        .bind(now.get());
+    for r in results {
+        query = query.bind(r.run_id.get());
+    }
+    let mut released = Vec::new();
+    let (mut finished, effects) = match postgres {
+        true => finished_and_released(tx, query, &mut released).await?,
+        false => {
+            let mut finished = HashMap::new();
+            for row in query.fetch_all(&mut **tx).await.op("finishing runs")? {
+                finished.insert(typed(&row, "id")?, (typed(&row, "job_id")?, node_id));
+            }
+            let jobs: Vec<JobId> = finished.values().map(|(job, _)| *job).collect();
+            let effects = match jobs.is_empty() {
+                true => Effects::default(),
+                false => succeed_jobs(tx, &jobs, now, &mut released).await?,
+            };
+            (finished, effects)
+        }
+    };
+    let ended = finished.len();
     let mut acks = Vec::with_capacity(results.len());
     for result in results {
         // A run reported twice in one batch ended once; the repeat is answered as a repeat.
@@ -1436,7 +1470,7 @@ async fn report_successes(
         acks,
         effects,
         released,
-        ended: jobs.len(),
+        ended,
         quarantined: false,
         clean: true,
     }))
@@ -1451,11 +1485,7 @@ async fn succeed_jobs(
     released: &mut Vec<JobId>,
 ) -> Result<Effects> {
     let ids = placeholders(2, jobs.len());
-    let mut succeed = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE jobs SET state = 'succeeded', reason = NULL, updated_at = $1 \
-         WHERE state = 'running' AND id IN ({ids})"
-    )))
-    .bind(now.get());
+    let mut succeed = sqlx::query(sqlx::AssertSqlSafe(succeed_sql(&ids))).bind(now.get());
     for job in jobs {
         succeed = succeed.bind(job.get());
     }
@@ -1463,16 +1493,7 @@ async fn succeed_jobs(
         .execute(&mut **tx)
         .await
         .op("marking jobs succeeded")?;
-    // The dependents' counts first, from the edges of the jobs that succeeded, then joined
-    // to their rows by key: a plan that starts from the edges whatever the statistics
-    // know of a new graph (no subquery per row).
-    let mut release = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE jobs SET unmet = unmet - d.n, updated_at = $1 \
-         FROM (SELECT job_id, COUNT(*) AS n FROM job_needs WHERE need_id IN ({ids}) \
-         GROUP BY job_id) d WHERE jobs.id = d.job_id AND jobs.state = 'pending' \
-         RETURNING id, unmet"
-    )))
-    .bind(now.get());
+    let mut release = sqlx::query(sqlx::AssertSqlSafe(release_sql(&ids))).bind(now.get());
     for job in jobs {
         release = release.bind(job.get());
     }
@@ -1491,6 +1512,76 @@ async fn succeed_jobs(
         released: (released.len() - before) as u32,
         changed: true,
     })
+}
+
+/// Marks the jobs `ids` (a list of placeholders, or a subquery) succeeded if they still
+/// run; `$1` is the time.
+fn succeed_sql(ids: &str) -> String {
+    format!(
+        "UPDATE jobs SET state = 'succeeded', reason = NULL, updated_at = $1 \
+         WHERE state = 'running' AND id IN ({ids})"
+    )
+}
+
+/// Each pending dependent of the jobs `needs` (placeholders or a subquery) loses one unmet
+/// need per job of them it needs, `RETURNING id, unmet`; `$1` is the time. The dependents'
+/// counts first, from the edges of the jobs that succeeded, then joined to their rows by
+/// key: a plan that starts from the edges whatever the statistics know of a new graph (no
+/// subquery per row).
+fn release_sql(needs: &str) -> String {
+    format!(
+        "UPDATE jobs SET unmet = unmet - d.n, updated_at = $1 \
+         FROM (SELECT job_id, COUNT(*) AS n FROM job_needs WHERE need_id IN ({needs}) \
+         GROUP BY job_id) d WHERE jobs.id = d.job_id AND jobs.state = 'pending' \
+         RETURNING id, unmet"
+    )
+}
+
+/// PostgreSQL: `finish` (an update ending runs as succeeded, `RETURNING id, job_id,
+/// node_id`), their jobs' success and their dependents' release as one statement: one
+/// round trip instead of three (each a millisecond or more to a database across a
+/// network), and the statement trigger that keeps the graphs' counts runs once for both
+/// changes of `jobs` (PostgreSQL merges them into one transition table); apart, the
+/// release that finds no dependent (every job of a wide graph) paid a round trip and the
+/// trigger for nothing. The two updates of `jobs` touch different rows (running jobs,
+/// their pending dependents), as one statement must. Its rows: [`finished_and_released`].
+fn finish_succeed_release(finish: &str) -> String {
+    format!(
+        "WITH finished AS ({finish}), succeeded AS ({} RETURNING id), released AS ({}) \
+         SELECT 'finished' AS kind, id, job_id, node_id, 0 AS unmet FROM finished \
+         UNION ALL SELECT 'released', id, 0, 0, unmet FROM released",
+        succeed_sql("SELECT job_id FROM finished"),
+        release_sql("SELECT id FROM succeeded")
+    )
+}
+
+/// Runs a [`finish_succeed_release`] statement: the runs it ended, with their job and
+/// node, and its effects; the jobs it made ready are added to `released`.
+async fn finished_and_released(
+    tx: &mut Tx,
+    query: AnyQuery,
+    released: &mut Vec<JobId>,
+) -> Result<(HashMap<RunId, (JobId, NodeId)>, Effects)> {
+    let mut finished = HashMap::new();
+    let before = released.len();
+    for row in query.fetch_all(&mut **tx).await.op("finishing runs")? {
+        match col::<String>(&row, "kind")?.as_str() {
+            "finished" => {
+                finished.insert(
+                    typed(&row, "id")?,
+                    (typed(&row, "job_id")?, typed(&row, "node_id")?),
+                );
+            }
+            _ if col::<i64>(&row, "unmet")? == 0 => released.push(typed(&row, "id")?),
+            _ => {}
+        }
+    }
+    let effects = Effects {
+        ready: false,
+        released: (released.len() - before) as u32,
+        changed: !finished.is_empty(),
+    };
+    Ok((finished, effects))
 }
 
 /// Quarantines the node a job marked bad (`lwr node-bad`), naming the job and its reason.
@@ -1817,46 +1908,12 @@ pub(crate) async fn succeed_runs(
                 done.first_page = Some(each.nth(1).unwrap_or_default());
             }
         } else {
-            // One statement, one round trip instead of three (each a millisecond or more
-            // to a database across a network), and the statement trigger that keeps the
-            // graphs' counts runs once for both changes of `jobs` (PostgreSQL merges them
-            // into one transition table); apart, the release that finds no dependent (every
-            // job of a wide graph) paid a round trip and the trigger for nothing. The two
-            // updates of `jobs` touch different rows (running jobs, their pending
-            // dependents), as one statement must.
-            let all = format!(
-                "WITH finished AS ({finish}), \
-                 succeeded AS (UPDATE jobs SET state = 'succeeded', reason = NULL, \
-                 updated_at = $1 WHERE state = 'running' \
-                 AND id IN (SELECT job_id FROM finished) RETURNING id), \
-                 released AS (UPDATE jobs SET unmet = unmet - d.n, updated_at = $1 \
-                 FROM (SELECT job_id, COUNT(*) AS n FROM job_needs \
-                 WHERE need_id IN (SELECT id FROM succeeded) GROUP BY job_id) d \
-                 WHERE jobs.id = d.job_id AND jobs.state = 'pending' \
-                 RETURNING jobs.id, jobs.unmet) \
-                 SELECT 'finished' AS kind, id, job_id, node_id, 0 AS unmet FROM finished \
-                 UNION ALL SELECT 'released', id, 0, 0, unmet FROM released"
-            );
-            let query = bind(sqlx::query(sqlx::AssertSqlSafe(all)));
-            let before = done.released.len();
-            for row in query.fetch_all(&mut **tx).await.op("finishing runs")? {
-                match col::<String>(&row, "kind")?.as_str() {
-                    "finished" => {
-                        done.finished.insert(
-                            typed(&row, "id")?,
-                            (typed(&row, "job_id")?, typed(&row, "node_id")?),
-                        );
-                    }
-                    _ if col::<i64>(&row, "unmet")? == 0 => {
-                        done.released.push(typed(&row, "id")?);
-                    }
-                    _ => {}
-                }
-            }
-            done.effects.released = done
-                .effects
-                .released
-                .saturating_add((done.released.len() - before) as u32);
+            let query = bind(sqlx::query(sqlx::AssertSqlSafe(finish_succeed_release(
+                &finish,
+            ))));
+            let (finished, effects) = finished_and_released(tx, query, &mut done.released).await?;
+            done.finished.extend(finished);
+            done.effects.merge(effects);
         }
     }
     done.effects.changed = !done.finished.is_empty();
