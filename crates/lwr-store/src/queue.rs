@@ -162,19 +162,8 @@ impl Store {
     ) -> Result<Claimed> {
         let node = self.node_properties(node_id).await?;
         self.refresh_pool().await?;
-        let quarantine_after = self.pool_config().quarantine_after;
-        let clean = !self.pool.erring(node_id);
         let mut tx = self.begin_claim(false).await.op("starting claim")?;
-        let reported = report_in(
-            &mut tx,
-            self.dialect,
-            node_id,
-            results,
-            now,
-            quarantine_after,
-            clean,
-        )
-        .await?;
+        let reported = self.report_in(&mut tx, node_id, results, now).await?;
         let mut effects = reported.effects;
         let (assignments, retry_in_ms, waited) = if reported.quarantined {
             (Vec::new(), None, Vec::new())
@@ -248,6 +237,29 @@ impl Store {
             retry_in: None,
             assignments: Vec::new(),
         }
+    }
+
+    /// Records a node's `results` in `tx` ([`report_in`]), with the pool's quarantine
+    /// setting and what this server knows of the node's errors in a row.
+    async fn report_in(
+        &self,
+        tx: &mut Tx,
+        node_id: NodeId,
+        results: &[RunResult],
+        now: Millis,
+    ) -> Result<Reported> {
+        let quarantine_after = self.pool_config().quarantine_after;
+        let clean = !self.pool.erring(node_id);
+        report_in(
+            tx,
+            self.dialect,
+            node_id,
+            results,
+            now,
+            quarantine_after,
+            clean,
+        )
+        .await
     }
 
     /// A claim's transaction on the writer, which a waiting claim gets before a graph's
@@ -562,19 +574,8 @@ impl Store {
         results: &[RunResult],
         now: Millis,
     ) -> Result<(Vec<ResultAck>, Effects)> {
-        let quarantine_after = self.pool_config().quarantine_after;
-        let clean = !self.pool.erring(node_id);
         let mut tx = Tx::begin(&self.write).await.op("starting report")?;
-        let reported = report_in(
-            &mut tx,
-            self.dialect,
-            node_id,
-            results,
-            now,
-            quarantine_after,
-            clean,
-        )
-        .await?;
+        let reported = self.report_in(&mut tx, node_id, results, now).await?;
         self.commit_notifying(tx, reported.effects, "committing report")
             .await?;
         self.pool.set_erring(node_id, !reported.clean);
