@@ -32,3 +32,9 @@ pub use ids::{DurationMs, GraphId, JobId, Millis, NodeId, PushId, RunId};
 pub use job::{JobState, RunState};
 pub use node::{NodeProperties, Requirements};
 pub use pool::{NodeState, Prefer};
+
+/// The log target of the events that mark a job's way through a node and the server, one
+/// line each (`step <what> <run id>`), shown with `LWR_LOG=info,lwr_step=trace`:
+/// `bench/steps` reads them to say where a chain step's time goes. Off (the default), each
+/// costs one check of the log filter.
+pub const STEP_LOG: &str = "lwr_step";

@@ -592,6 +592,7 @@ impl Node {
             // While the claim waits on the server, its slots are lent to the deck: a job a
             // result's claim put there meanwhile starts in one of them, not after the wait.
             *lock(&self.parked) = permits;
+            tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "claim", req.results.first().map_or(0, |r| r.run_id.get()));
             let answer = tokio::select! {
                 answer = self.client.claim(self.id, &req) => answer,
                 _ = stop.wait_for(|s| *s) => {
@@ -607,6 +608,7 @@ impl Node {
                 .end_claim(req.results, answer.as_ref().ok().map(|r| r.acks.as_slice()));
             match answer {
                 Ok(resp) => {
+                    tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "answered", resp.assignments.first().map_or(0, |a| a.run_id.get()));
                     backoff.reset();
                     self.start_jobs(resp.assignments, permits);
                 }
@@ -848,6 +850,7 @@ impl Node {
             Some(name) => self.config.work_dir.join("kept").join(name),
             None => slot_dir.clone(),
         };
+        tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "prepare", a.run_id);
         let mut held = lock(&self.trees).remove(&slot_dir);
         let mut env: BTreeMap<String, String> = a.env.clone().into();
         for (key, value) in a.source.iter().flat_map(JobSource::env) {
@@ -958,6 +961,7 @@ impl Node {
             tracing::warn!("run {}: cannot cut its log: {e}", a.run_id);
         }
         self.keep_run_log(a.run_id, &slot_log);
+        tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "ended", a.run_id);
         self.reporter.submit(result, outputs);
         lock(&self.running).remove(&a.run_id);
         match kept {
@@ -975,6 +979,7 @@ impl Node {
             lock(&self.trees).insert(slot_dir.clone(), tree);
         }
         lock(&self.free_dirs).push((slot_dir, slot_log));
+        tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "freed", a.run_id);
     }
 
     /// Makes the job dir ready: emptied (unless kept) and, for a job of a push, with the

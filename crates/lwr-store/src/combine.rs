@@ -145,7 +145,11 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Pending>) {
         // the node sends them again.
         batch.retain(|p| !p.answer.is_closed());
         if !batch.is_empty() {
+            // The turn's size in place of a run.
+            let claims = batch.len();
+            tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "turn", claims);
             store.serve(batch).await;
+            tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "turned", claims);
         }
     }
 }

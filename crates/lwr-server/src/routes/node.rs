@@ -151,6 +151,7 @@ pub(crate) async fn claim(
     State(state): Shared,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> ApiResult<Json<ClaimResponse>> {
+    tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "received", req.results.first().map_or(0, |r| r.run_id.get()));
     check_results(&req.results)?;
     let wait = Duration::from_millis(req.wait_ms);
     let want = Want {
@@ -168,6 +169,7 @@ pub(crate) async fn claim(
             a.token = Some(state.queue.store().job_token(a.run_id).await?);
         }
     }
+    tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "answer", claimed.assignments.first().map_or(0, |a| a.run_id.get()));
     Ok(Json(ClaimResponse {
         assignments: claimed.assignments,
         acks: claimed.acks,
