@@ -201,3 +201,115 @@ fn metrics_need_a_readers_token_on_a_server_with_auth() {
     assert_eq!(status, 200, "{body}");
     assert!(!parse(&body).is_empty());
 }
+
+/// The events of one run in a log (`step <what> <run>` lines of `LWR_LOG=lwr_step=trace`),
+/// in the order written, as (what, run).
+fn step_events(log: &std::path::Path) -> Vec<(String, i64)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.split(" TRACE step ").nth(1)?;
+            let (what, run) = rest.trim().split_once(' ')?;
+            Some((what.to_string(), run.parse().ok()?))
+        })
+        .collect()
+}
+
+/// What `bench/steps` reads: with `lwr_step=trace`, a node and its server log each event
+/// of a job's way through them, in order, with the run's id.
+#[test]
+fn step_events_follow_a_chain_through_the_node_and_the_server() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let trace = [("LWR_LOG", "info,lwr_step=trace")];
+    let server = Server::start_with(dir, &[], &trace);
+    let work_dir = dir.join("steps");
+    let mut node = Daemon::new(
+        "node steps",
+        [
+            "node",
+            "--server",
+            &server.url,
+            "--name",
+            "steps",
+            "--slots",
+            "1",
+            "--work-dir",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([work_dir.display().to_string()])
+        .collect(),
+        dir.join("node-steps.log"),
+        vec![work_dir],
+    );
+    node.env = trace
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    node.start();
+    server.wait_node("steps");
+    let repo = git_repo(
+        &dir.join("repo"),
+        "version: 1\ncheckout: false\njobs:\n  a:\n    run: \"true\"\n  b:\n    run: \"true\"\n    needs: [a]\n",
+    );
+    let out = server.push(&repo, true);
+    out.assert_success();
+    let graph = out.pushed_graph();
+    let run = |name: &str| server.job(graph, name).run_history[0].id.get();
+    let (a, b) = (run("a"), run("b"));
+
+    let on_node = step_events(&node.log);
+    let on_server = step_events(&server.daemon.log);
+    let whats = |events: &[(String, i64)], run: i64| -> Vec<String> {
+        events
+            .iter()
+            .filter(|(_, r)| *r == run)
+            .map(|(w, _)| w.clone())
+            .collect()
+    };
+    let job_steps = [
+        "prepare", "launch", "spawn", "spawned", "exited", "ended", "freed",
+    ];
+    for r in [a, b] {
+        let seen = whats(&on_node, r);
+        let in_order: Vec<&String> = seen
+            .iter()
+            .filter(|w| job_steps.contains(&w.as_str()))
+            .collect();
+        assert_eq!(
+            in_order, job_steps,
+            "run {r}'s events on the node: {on_node:?}"
+        );
+    }
+    // a's result went with a claim that b's answer came back to.
+    assert!(
+        whats(&on_node, a).contains(&"claim".to_string()),
+        "{on_node:?}"
+    );
+    assert!(
+        whats(&on_server, a).contains(&"received".to_string()),
+        "{on_server:?}"
+    );
+    assert!(
+        whats(&on_server, b).contains(&"answer".to_string()),
+        "{on_server:?}"
+    );
+    assert!(
+        whats(&on_node, b).contains(&"answered".to_string()),
+        "{on_node:?}"
+    );
+    // The last turn's end is logged after its answers went out: read again until it is.
+    wait_until("each combined turn to begin and end", DEADLINE, || {
+        let on_server = step_events(&server.daemon.log);
+        let turns: Vec<&str> = on_server
+            .iter()
+            .map(|(w, _)| w.as_str())
+            .filter(|w| *w == "turn" || *w == "turned")
+            .collect();
+        match !turns.is_empty() && turns.chunks(2).all(|p| p == ["turn", "turned"]) {
+            true => Ok(()),
+            false => Err(format!("{on_server:?}")),
+        }
+    });
+}

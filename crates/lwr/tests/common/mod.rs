@@ -423,11 +423,12 @@ impl Daemon {
             .env_remove("LWR_DB")
             .env_remove("LWR_ARTIFACT_STORE")
             .env("PATH", path_with_bin())
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "LWR_LOG",
                 std::env::var("LWR_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // After the defaults: a test's own LWR_LOG wins.
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
