@@ -34,7 +34,8 @@ pub use node::{NodeProperties, Requirements};
 pub use pool::{NodeState, Prefer};
 
 /// The log target of the events that mark a job's way through a node and the server, one
-/// line each (`step <what> <run id>`), shown with `LWR_LOG=info,lwr_step=trace`:
-/// `bench/steps` reads them to say where a chain step's time goes. Off (the default), each
-/// costs one check of the log filter.
+/// line each (`step <what> <run id>`; the combiner's `turn` and `turned` give the turn's
+/// number of claims instead), shown with `LWR_LOG=info,lwr_step=trace`: `bench/steps` reads
+/// them to say where a chain step's time goes. Off (the default), each costs one check of
+/// the log filter.
 pub const STEP_LOG: &str = "lwr_step";

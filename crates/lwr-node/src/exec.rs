@@ -48,7 +48,7 @@ pub async fn run(
     started: impl FnOnce(i32),
 ) -> RunResult {
     let run_id = launch.run_id;
-    tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "launch", run_id);
+    crate::step("launch", run_id);
     let exception = |reason: String| RunResult::exception(run_id, reason);
     let log = match std::fs::File::create(&launch.log) {
         Ok(f) => f,
@@ -69,12 +69,12 @@ pub async fn run(
         .stderr(Stdio::from(log_err))
         .process_group(0)
         .kill_on_drop(false);
-    tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "spawn", run_id);
+    crate::step("spawn", run_id);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return not_started(&launch, run_id, e),
     };
-    tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "spawned", run_id);
+    crate::step("spawned", run_id);
     let pgid = child.id().map(|pid| Pid::from_raw(pid as i32));
     if let Some(pgid) = pgid {
         started(pgid.as_raw());
@@ -98,7 +98,7 @@ async fn wait(
     };
     match ended {
         Ended::Exited(Ok(status)) => {
-            tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "exited", run_id);
+            crate::step("exited", run_id);
             // The job's own process is gone; anything it left running in its group goes too.
             if let Some(pgid) = pgid {
                 let _ = killpg(pgid, Signal::SIGKILL);

@@ -592,7 +592,7 @@ impl Node {
             // While the claim waits on the server, its slots are lent to the deck: a job a
             // result's claim put there meanwhile starts in one of them, not after the wait.
             *lock(&self.parked) = permits;
-            tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "claim", req.results.first().map_or(0, |r| r.run_id.get()));
+            step("claim", first_result(&req.results));
             let answer = tokio::select! {
                 answer = self.client.claim(self.id, &req) => answer,
                 _ = stop.wait_for(|s| *s) => {
@@ -603,12 +603,14 @@ impl Node {
                     return;
                 }
             };
+            if let Ok(resp) = &answer {
+                step("answered", first_run(&resp.assignments));
+            }
             let permits = std::mem::take(&mut *lock(&self.parked));
             self.reporter
                 .end_claim(req.results, answer.as_ref().ok().map(|r| r.acks.as_slice()));
             match answer {
                 Ok(resp) => {
-                    tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "answered", resp.assignments.first().map_or(0, |a| a.run_id.get()));
                     backoff.reset();
                     self.start_jobs(resp.assignments, permits);
                 }
@@ -850,7 +852,7 @@ impl Node {
             Some(name) => self.config.work_dir.join("kept").join(name),
             None => slot_dir.clone(),
         };
-        tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "prepare", a.run_id);
+        step("prepare", a.run_id);
         let mut held = lock(&self.trees).remove(&slot_dir);
         let mut env: BTreeMap<String, String> = a.env.clone().into();
         for (key, value) in a.source.iter().flat_map(JobSource::env) {
@@ -961,7 +963,7 @@ impl Node {
             tracing::warn!("run {}: cannot cut its log: {e}", a.run_id);
         }
         self.keep_run_log(a.run_id, &slot_log);
-        tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "ended", a.run_id);
+        step("ended", a.run_id);
         self.reporter.submit(result, outputs);
         lock(&self.running).remove(&a.run_id);
         match kept {
@@ -979,7 +981,7 @@ impl Node {
             lock(&self.trees).insert(slot_dir.clone(), tree);
         }
         lock(&self.free_dirs).push((slot_dir, slot_log));
-        tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "freed", a.run_id);
+        step("freed", a.run_id);
     }
 
     /// Makes the job dir ready: emptied (unless kept) and, for a job of a push, with the
@@ -1252,6 +1254,22 @@ impl Node {
             }
         }
     }
+}
+
+/// Logs where a job is on its way through this node ([`lwr_model::STEP_LOG`]): one line,
+/// `step <what> <run>`, read by `bench/steps`.
+pub(crate) fn step(what: &str, run: impl std::fmt::Display) {
+    tracing::trace!(target: lwr_model::STEP_LOG, "step {what} {run}");
+}
+
+/// The run of a claim's first result, for [`step`] (0: none).
+pub(crate) fn first_result(results: &[RunResult]) -> i64 {
+    results.first().map_or(0, |r| r.run_id.get())
+}
+
+/// The run of a claim answer's first job, for [`step`] (0: none).
+pub(crate) fn first_run(jobs: &[Assignment]) -> i64 {
+    jobs.first().map_or(0, |a| a.run_id.get())
 }
 
 /// The reason a job wrote to `$LWR_NODE_BAD`, if it did (the file is removed).

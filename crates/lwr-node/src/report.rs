@@ -345,10 +345,10 @@ impl Shared {
             results: report.results.clone(),
             ahead: ahead as u32,
         };
-        tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "claim", req.results.first().map_or(0, |r| r.run_id.get()));
+        crate::step("claim", crate::first_result(&req.results));
         match self.client.claim(self.node, &req).await {
             Ok(answer) => {
-                tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "answered", answer.assignments.first().map_or(0, |a| a.run_id.get()));
+                crate::step("answered", crate::first_run(&answer.assignments));
                 self.acked(&answer.acks);
                 taker.start(answer.assignments, slots);
                 true

@@ -145,11 +145,12 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Pending>) {
         // the node sends them again.
         batch.retain(|p| !p.answer.is_closed());
         if !batch.is_empty() {
-            // The turn's size in place of a run.
+            // The turn's number of claims in place of a run. `turned` comes once the turn
+            // has committed and its answers went out.
             let claims = batch.len();
-            tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "turn", claims);
+            tracing::trace!(target: lwr_model::STEP_LOG, "step turn {claims}");
             store.serve(batch).await;
-            tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "turned", claims);
+            tracing::trace!(target: lwr_model::STEP_LOG, "step turned {claims}");
         }
     }
 }

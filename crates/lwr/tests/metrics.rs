@@ -202,7 +202,7 @@ fn metrics_need_a_readers_token_on_a_server_with_auth() {
     assert!(!parse(&body).is_empty());
 }
 
-/// The events of one run in a log (`step <what> <run>` lines of `LWR_LOG=lwr_step=trace`),
+/// The step events in a log (`step <what> <run>` lines of `LWR_LOG=info,lwr_step=trace`),
 /// in the order written, as (what, run).
 fn step_events(log: &std::path::Path) -> Vec<(String, i64)> {
     let text = std::fs::read_to_string(log).unwrap_or_default();

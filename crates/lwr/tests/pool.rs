@@ -169,20 +169,34 @@ fn affinity_waits_for_its_node_within_the_window_and_falls_back_after() {
 
 /// A fast spot node and a slow reserved one; a job `work` whose first run lasts until its
 /// node goes (a second one ends at once) runs on the spot node. Returns both nodes and the
-/// graph.
+/// graph once the first run's process has started there: the server counts a job running
+/// from its claim, before the node has the answer.
 fn work_running_on_spot(server: &Server, dir: &Path) -> (Node, Node, GraphId) {
     let spot = server.node(dir, "spot", 1, &["instance=spot", "speed=10"]);
     let res = server.node(dir, "res", 1, &["instance=reserved", "speed=1"]);
     server.wait_node("spot");
     server.wait_node("res");
+    // A temp dir's path needs no quoting in the shell or in YAML's single quotes.
+    let started = dir.join("work-started");
     let repo = git_repo(
         &dir.join("repo"),
-        "version: 1\njobs:\n  work:\n    run: 'if [ \"$LWR_RUN\" = 1 ]; then sleep 60; fi'\n",
+        &format!(
+            "version: 1\njobs:\n  work:\n    run: 'if [ \"$LWR_RUN\" = 1 ]; then touch {}; sleep 60; fi'\n",
+            started.display()
+        ),
     );
     let out = server.push(&repo, false);
     out.assert_success();
     let g = out.pushed_graph();
     server.wait_job(g, "work", JobState::Running, Some("spot"));
+    wait_until(
+        "the first run's process to start on the spot node",
+        DEADLINE,
+        || match started.exists() {
+            true => Ok(()),
+            false => Err(server.describe(Some(g))),
+        },
+    );
     (spot, res, g)
 }
 

@@ -151,7 +151,8 @@ pub(crate) async fn claim(
     State(state): Shared,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> ApiResult<Json<ClaimResponse>> {
-    tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "received", req.results.first().map_or(0, |r| r.run_id.get()));
+    let first = req.results.first().map_or(0, |r| r.run_id.get());
+    tracing::trace!(target: lwr_model::STEP_LOG, "step received {first}");
     check_results(&req.results)?;
     let wait = Duration::from_millis(req.wait_ms);
     let want = Want {
@@ -169,7 +170,8 @@ pub(crate) async fn claim(
             a.token = Some(state.queue.store().job_token(a.run_id).await?);
         }
     }
-    tracing::trace!(target: lwr_model::STEP_LOG, "step {} {}", "answer", claimed.assignments.first().map_or(0, |a| a.run_id.get()));
+    let first = claimed.assignments.first().map_or(0, |a| a.run_id.get());
+    tracing::trace!(target: lwr_model::STEP_LOG, "step answer {first}");
     Ok(Json(ClaimResponse {
         assignments: claimed.assignments,
         acks: claimed.acks,

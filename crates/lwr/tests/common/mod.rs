@@ -10,7 +10,7 @@
 //! bare sleep.
 //!
 //! To look into a failure: `LWR_TEST_LOG=debug` sets the processes' log filter (`info`
-//! otherwise), and `LWR_TEST_KEEP=1` keeps each test's temp dir (`/tmp/lwr-it-*`: the
+//! otherwise; a test that gives a process its own `LWR_LOG` keeps it), and `LWR_TEST_KEEP=1` keeps each test's temp dir (`/tmp/lwr-it-*`: the
 //! processes' logs, data and work dirs) instead of removing it.
 
 #![allow(dead_code)]
