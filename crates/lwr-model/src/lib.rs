@@ -39,3 +39,8 @@ pub use pool::{NodeState, Prefer};
 /// them to say where a chain step's time goes. Off (the default), each costs one check of
 /// the log filter.
 pub const STEP_LOG: &str = "lwr_step";
+
+/// The run a step event names for a claim or its answer: the first of `runs` (0: none).
+pub fn step_run(mut runs: impl Iterator<Item = RunId>) -> i64 {
+    runs.next().map_or(0, RunId::get)
+}

@@ -31,7 +31,7 @@ use lwr_model::api::{
 };
 use lwr_model::sync::lock;
 use lwr_model::timing;
-use lwr_model::{NodeId, RunId};
+use lwr_model::{NodeId, RunId, step_run};
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
@@ -592,7 +592,7 @@ impl Node {
             // While the claim waits on the server, its slots are lent to the deck: a job a
             // result's claim put there meanwhile starts in one of them, not after the wait.
             *lock(&self.parked) = permits;
-            step("claim", first_result(&req.results));
+            step("claim", step_run(req.results.iter().map(|r| r.run_id)));
             let answer = tokio::select! {
                 answer = self.client.claim(self.id, &req) => answer,
                 _ = stop.wait_for(|s| *s) => {
@@ -604,7 +604,10 @@ impl Node {
                 }
             };
             if let Ok(resp) = &answer {
-                step("answered", first_run(&resp.assignments));
+                step(
+                    "answered",
+                    step_run(resp.assignments.iter().map(|a| a.run_id)),
+                );
             }
             let permits = std::mem::take(&mut *lock(&self.parked));
             self.reporter
@@ -1260,16 +1263,6 @@ impl Node {
 /// `step <what> <run>`, read by `bench/steps`.
 pub(crate) fn step(what: &str, run: impl std::fmt::Display) {
     tracing::trace!(target: lwr_model::STEP_LOG, "step {what} {run}");
-}
-
-/// The run of a claim's first result, for [`step`] (0: none).
-pub(crate) fn first_result(results: &[RunResult]) -> i64 {
-    results.first().map_or(0, |r| r.run_id.get())
-}
-
-/// The run of a claim answer's first job, for [`step`] (0: none).
-pub(crate) fn first_run(jobs: &[Assignment]) -> i64 {
-    jobs.first().map_or(0, |a| a.run_id.get())
 }
 
 /// The reason a job wrote to `$LWR_NODE_BAD`, if it did (the file is removed).

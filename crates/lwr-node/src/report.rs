@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 
 use lwr_client::{Client, ClientError};
 use lwr_model::api::{Assignment, ClaimRequest, Outcome, ReportResults, ResultAck, RunResult};
-use lwr_model::{NodeId, RunId, timing};
+use lwr_model::{NodeId, RunId, step_run, timing};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::journal::Journal;
@@ -345,10 +345,13 @@ impl Shared {
             results: report.results.clone(),
             ahead: ahead as u32,
         };
-        crate::step("claim", crate::first_result(&req.results));
+        crate::step("claim", step_run(req.results.iter().map(|r| r.run_id)));
         match self.client.claim(self.node, &req).await {
             Ok(answer) => {
-                crate::step("answered", crate::first_run(&answer.assignments));
+                crate::step(
+                    "answered",
+                    step_run(answer.assignments.iter().map(|a| a.run_id)),
+                );
                 self.acked(&answer.acks);
                 taker.start(answer.assignments, slots);
                 true

@@ -223,31 +223,7 @@ fn step_events_follow_a_chain_through_the_node_and_the_server() {
     let dir = tmp.path();
     let trace = [("LWR_LOG", "info,lwr_step=trace")];
     let server = Server::start_with(dir, &[], &trace);
-    let work_dir = dir.join("steps");
-    let mut node = Daemon::new(
-        "node steps",
-        [
-            "node",
-            "--server",
-            &server.url,
-            "--name",
-            "steps",
-            "--slots",
-            "1",
-            "--work-dir",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .chain([work_dir.display().to_string()])
-        .collect(),
-        dir.join("node-steps.log"),
-        vec![work_dir],
-    );
-    node.env = trace
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    node.start();
+    let node = Node::start_with_env(dir, &server.url, "steps", 1, &[], &trace);
     server.wait_node("steps");
     let repo = git_repo(
         &dir.join("repo"),
@@ -259,7 +235,7 @@ fn step_events_follow_a_chain_through_the_node_and_the_server() {
     let run = |name: &str| server.job(graph, name).run_history[0].id.get();
     let (a, b) = (run("a"), run("b"));
 
-    let on_node = step_events(&node.log);
+    let on_node = step_events(&node.daemon.log);
     let on_server = step_events(&server.daemon.log);
     let whats = |events: &[(String, i64)], run: i64| -> Vec<String> {
         events
@@ -283,22 +259,17 @@ fn step_events_follow_a_chain_through_the_node_and_the_server() {
         );
     }
     // a's result went with a claim that b's answer came back to.
-    assert!(
-        whats(&on_node, a).contains(&"claim".to_string()),
-        "{on_node:?}"
-    );
-    assert!(
-        whats(&on_server, a).contains(&"received".to_string()),
-        "{on_server:?}"
-    );
-    assert!(
-        whats(&on_server, b).contains(&"answer".to_string()),
-        "{on_server:?}"
-    );
-    assert!(
-        whats(&on_node, b).contains(&"answered".to_string()),
-        "{on_node:?}"
-    );
+    for (events, run, what) in [
+        (&on_node, a, "claim"),
+        (&on_server, a, "received"),
+        (&on_server, b, "answer"),
+        (&on_node, b, "answered"),
+    ] {
+        assert!(
+            whats(events, run).iter().any(|w| w == what),
+            "no `{what}` for run {run}: {events:?}"
+        );
+    }
     // The last turn's end is logged after its answers went out: read again until it is.
     wait_until("each combined turn to begin and end", DEADLINE, || {
         let on_server = step_events(&server.daemon.log);

@@ -151,8 +151,11 @@ pub(crate) async fn claim(
     State(state): Shared,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> ApiResult<Json<ClaimResponse>> {
-    let first = req.results.first().map_or(0, |r| r.run_id.get());
-    tracing::trace!(target: lwr_model::STEP_LOG, "step received {first}");
+    tracing::trace!(
+        target: lwr_model::STEP_LOG,
+        "step received {}",
+        lwr_model::step_run(req.results.iter().map(|r| r.run_id))
+    );
     check_results(&req.results)?;
     let wait = Duration::from_millis(req.wait_ms);
     let want = Want {
@@ -170,8 +173,11 @@ pub(crate) async fn claim(
             a.token = Some(state.queue.store().job_token(a.run_id).await?);
         }
     }
-    let first = claimed.assignments.first().map_or(0, |a| a.run_id.get());
-    tracing::trace!(target: lwr_model::STEP_LOG, "step answer {first}");
+    tracing::trace!(
+        target: lwr_model::STEP_LOG,
+        "step answer {}",
+        lwr_model::step_run(claimed.assignments.iter().map(|a| a.run_id))
+    );
     Ok(Json(ClaimResponse {
         assignments: claimed.assignments,
         acks: claimed.acks,

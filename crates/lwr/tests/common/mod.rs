@@ -1200,6 +1200,19 @@ impl Node {
         slots: u32,
         extra: &[&str],
     ) -> Node {
+        Node::start_with_env(dir, server, name, slots, extra, &[])
+    }
+
+    /// A node with extra arguments and extra environment (`LWR_LOG`, which wins over the
+    /// harness's own).
+    pub fn start_with_env(
+        dir: &Path,
+        server: &str,
+        name: &str,
+        slots: u32,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
         let work_dir = dir.join(name);
         let mut args = vec![
             "node".to_string(),
@@ -1213,12 +1226,22 @@ impl Node {
             work_dir.display().to_string(),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
-        Node::spawn(dir, name, work_dir, args)
+        Node::spawn(dir, name, work_dir, args, env)
     }
 
-    fn spawn(dir: &Path, name: &str, work_dir: PathBuf, args: Vec<String>) -> Node {
+    fn spawn(
+        dir: &Path,
+        name: &str,
+        work_dir: PathBuf,
+        args: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Node {
         let log = dir.join(format!("node-{name}.log"));
         let mut daemon = Daemon::new(&format!("node {name}"), args, log, vec![work_dir.clone()]);
+        daemon.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         daemon.start();
         Node {
             name: name.to_string(),
