@@ -49,6 +49,9 @@ pub enum StoreError {
         field: &'static str,
         message: String,
     },
+    /// Work handed to a blocking thread did not finish (it panicked, or the runtime stops).
+    #[error("{what} was interrupted: {detail}")]
+    Interrupted { what: &'static str, detail: String },
     #[error("cannot get random bytes for a token: {0}")]
     Random(String),
     #[error("invalid graph: {0}")]

@@ -9,7 +9,7 @@ use sqlx::any::AnyRow;
 use crate::batch;
 use crate::error::Op;
 use crate::queue::Tx;
-use crate::rows::{col, json, typed, typed_opt, u32_of};
+use crate::rows::{col, json, off_workers, typed, typed_opt, u32_of};
 use crate::{Dialect, Result, Store, StoreError, rfc3339};
 
 /// A job's columns for listings, with the placement and times of its latest run: read from
@@ -309,9 +309,15 @@ impl Store {
             .await
             .op("listing jobs")
             .and_then(|row| col(&row, "listed"))?;
-        let mut rows: Vec<ListedJob> = json(text.as_deref().unwrap_or("[]"), "job listing")?;
-        // Oldest first, whichever end the select read from.
-        rows.sort_unstable_by_key(|row| row.id);
+        // Parsing thousands of rows is CPU work of tens of milliseconds: off the async
+        // workers, which must stay free for heartbeats and claims while listings are read.
+        let mut rows: Vec<ListedJob> = off_workers("decoding a job listing", move || {
+            let mut rows: Vec<ListedJob> = json(text.as_deref().unwrap_or("[]"), "job listing")?;
+            // Oldest first, whichever end the select read from.
+            rows.sort_unstable_by_key(|row| row.id);
+            Ok(rows)
+        })
+        .await?;
         let scanned_last: Option<JobId> = match rows.last() {
             Some(row) if paged => Some(JobId::from(row.id)),
             _ => None,

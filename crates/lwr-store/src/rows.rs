@@ -32,6 +32,20 @@ pub(crate) fn json<T: DeserializeOwned>(text: &str, what: &'static str) -> Resul
     })
 }
 
+/// Runs CPU-heavy work (decoding a large listing) on the blocking pool, so that the async
+/// workers keep answering small requests meanwhile.
+pub(crate) async fn off_workers<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(StoreError::Interrupted {
+            what,
+            detail: e.to_string(),
+        })
+    })
+}
+
 pub(crate) fn to_json<T: serde::Serialize>(value: &T, what: &'static str) -> Result<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
         what,
