@@ -71,6 +71,9 @@ pub const UPLOAD_GRACE: Duration = secs(15);
 pub const MAX_WAIT: Duration = secs(60);
 /// How long one node claim waits on the server for a job before asking again.
 pub const CLAIM_WAIT: Duration = secs(20);
+/// Longest a stopping node waits for the answer to its claim in flight, once it told the
+/// server that it stops (which ends the claim's wait at once on the server it told).
+pub const STOP_CLAIM_WAIT: Duration = secs(5);
 /// How long a node's question "which logs do you want?" waits for an answer.
 pub const STREAMS_WAIT: Duration = secs(20);
 /// How long `lwr push --wait` waits for a change of the graph per request.

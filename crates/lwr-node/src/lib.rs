@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use lwr_client::{Client, ClientError, StatusCode};
 use lwr_model::api::{
-    Assignment, ClaimRequest, Heartbeat, JobSource, Outcome, RegisterNode, RunResult,
+    Assignment, ClaimRequest, ClaimResponse, Heartbeat, JobSource, Outcome, RegisterNode, RunResult,
 };
 use lwr_model::sync::lock;
 use lwr_model::timing;
@@ -593,25 +593,43 @@ impl Node {
             // result's claim put there meanwhile starts in one of them, not after the wait.
             *lock(&self.parked) = permits;
             step("claim", step_run(req.results.iter().map(|r| r.run_id)));
-            let answer = tokio::select! {
-                answer = self.client.claim(self.id, &req) => answer,
-                _ = stop.wait_for(|s| *s) => {
-                    // Results go back to the outbox; a job the server handed out just now
-                    // is retried after its lease runs out.
-                    lock(&self.parked).clear();
-                    self.reporter.end_claim(req.results, None);
-                    return;
+            let (answer, stopping) = {
+                let claim = self.client.claim(self.id, &req);
+                tokio::pin!(claim);
+                let answered = tokio::select! {
+                    answer = &mut claim => Some(answer),
+                    _ = stop.wait_for(|s| *s) => None,
+                };
+                match answered {
+                    Some(answer) => (Some(answer), false),
+                    None => (self.answer_while_stopping(claim).await, true),
                 }
             };
-            if let Ok(resp) = &answer {
+            if let Some(Ok(resp)) = &answer {
                 step(
                     "answered",
                     step_run(resp.assignments.iter().map(|a| a.run_id)),
                 );
             }
             let permits = std::mem::take(&mut *lock(&self.parked));
-            self.reporter
-                .end_claim(req.results, answer.as_ref().ok().map(|r| r.acks.as_slice()));
+            let acks = match &answer {
+                Some(Ok(resp)) => Some(resp.acks.as_slice()),
+                _ => None,
+            };
+            // Results without an answer go back to the outbox.
+            self.reporter.end_claim(req.results, acks);
+            if stopping {
+                // No new job starts on a stopping node: what the answer brought goes back
+                // unstarted, at once (the reporter is flushed before the node exits).
+                drop(permits);
+                if let Some(Ok(resp)) = answer {
+                    for a in &resp.assignments {
+                        self.give_back(a, "the node is stopping");
+                    }
+                }
+                return;
+            }
+            let Some(answer) = answer else { return };
             match answer {
                 Ok(resp) => {
                     backoff.reset();
@@ -628,6 +646,50 @@ impl Node {
                 Err(e) => backoff.wait(&format!("claiming work: {e}")).await,
             }
         }
+    }
+
+    /// The answer to the claim in flight when the node began to stop. The server may be
+    /// handing it jobs at this very moment: hung up on, those would wait out their lease.
+    /// So the server is told that this node stops, which ends the claim's wait at once with
+    /// no job, and the answer is awaited, for [`timing::STOP_CLAIM_WAIT`] at most (a server
+    /// older than 0.2, or another one behind a balancer, goes on waiting for work). `None`
+    /// when it did not come in that time.
+    async fn answer_while_stopping(
+        &self,
+        claim: std::pin::Pin<&mut impl Future<Output = Result<ClaimResponse, ClientError>>>,
+    ) -> Option<Result<ClaimResponse, ClientError>> {
+        let said = async {
+            let hb = Heartbeat {
+                runs: self.held_runs(),
+                unhealthy: lock(&self.unhealthy).clone(),
+                stopping: true,
+            };
+            if let Err(e) = self.client.heartbeat(self.id, &hb).await {
+                tracing::debug!("cannot tell the server that this node stops: {e}");
+            }
+        };
+        let answered = tokio::time::timeout(timing::STOP_CLAIM_WAIT, claim);
+        let (answer, ()) = tokio::join!(answered, said);
+        if answer.is_err() {
+            tracing::info!(
+                "the server did not end this node's claim within {} s of its stop; a job it \
+                 hands out now waits for its lease to run out",
+                timing::STOP_CLAIM_WAIT.as_secs()
+            );
+        }
+        answer.ok()
+    }
+
+    /// The runs this node holds, as a heartbeat lists them: running, on the deck, or ended
+    /// here and waiting for their uploads and report.
+    fn held_runs(&self) -> Vec<RunId> {
+        let mut runs: Vec<RunId> = lock(&self.running).keys().copied().collect();
+        runs.extend(self.deck.runs());
+        runs.extend(self.reporter.unreported());
+        runs.sort_unstable();
+        runs.dedup();
+        runs.truncate(MAX_HEARTBEAT_RUNS);
+        runs
     }
 
     /// Runs the jobs a claim handed out, each in a slot of `permits` (released when its job
@@ -1214,18 +1276,12 @@ impl Node {
             let every = timing::heartbeat_every(lease);
             tokio::time::sleep(every).await;
             // Runs that ended here and wait for their uploads and report stay this node's.
-            let mut runs: Vec<RunId> = lock(&self.running).keys().copied().collect();
-            runs.extend(self.deck.runs());
-            runs.extend(self.reporter.unreported());
-            runs.sort_unstable();
-            runs.dedup();
-            runs.truncate(MAX_HEARTBEAT_RUNS);
-            let unhealthy = lock(&self.unhealthy).clone();
-            match self
-                .client
-                .heartbeat(self.id, &Heartbeat { runs, unhealthy })
-                .await
-            {
+            let hb = Heartbeat {
+                runs: self.held_runs(),
+                unhealthy: lock(&self.unhealthy).clone(),
+                stopping: false,
+            };
+            match self.client.heartbeat(self.id, &hb).await {
                 Ok(resp) => {
                     self.lease_secs
                         .store(resp.lease_secs.max(1), Ordering::Relaxed);

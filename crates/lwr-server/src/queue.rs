@@ -7,14 +7,16 @@
 //! claim (`one`): waking them all would have every one of them search again for a job only
 //! one can take. A claim woken that way that takes nothing wakes them all, so a job the
 //! first waiter cannot run still reaches the one that can. `changes` moves when any job
-//! changes state; `push --wait` long-polls on it.
+//! changes state; `push --wait` long-polls on it. A third, `stops`, moves when a node says
+//! it is stopping, so that its waiting claim ends at once with no job (see [`Queue::stopping`]).
 //!
 //! Servers sharing a PostgreSQL database hear each other's changes through LISTEN/NOTIFY
 //! ([`Queue::follow`]) and move the same counters, so a node waiting on one server
 //! wakes when a job is made ready through another.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lwr_model::api::{GraphInfo, ResultAck, RunResult, SubmitGraph};
@@ -49,6 +51,11 @@ pub struct Queue {
     followed: Followed,
     /// This server's counters for `GET /metrics`.
     metrics: Arc<Metrics>,
+    /// Nodes that said they are stopping, and until when that holds (a stopping node's
+    /// claims take no job; it registers again when it starts, which ends it sooner).
+    stopping: Mutex<HashMap<NodeId, Instant>>,
+    /// Moves when a node is added to `stopping`: waiting claims look whether it is theirs.
+    stops: watch::Sender<u64>,
 }
 
 /// What a claim asks for: up to `max` jobs, of which `ahead` beyond the node's free slots
@@ -88,6 +95,7 @@ impl Queue {
         // holding a counter from before a restart still sees the next change.
         let (changes, _) = watch::channel(now_ms().get() * 1000);
         let (ready, _) = watch::channel(0);
+        let (stops, _) = watch::channel(0);
         Queue {
             store,
             lease,
@@ -98,7 +106,50 @@ impl Queue {
             claims_waiting: AtomicUsize::new(0),
             followed: Followed::default(),
             metrics: Default::default(),
+            stopping: Mutex::new(HashMap::new()),
+            stops,
         }
+    }
+
+    /// Node `id` is stopping: its claim waiting here ends now with no job, and its claims
+    /// until it registers again take none. The node waits for that answer rather than
+    /// hanging up mid-claim, which would leave a job handed out in that moment to wait out
+    /// its lease. Held for [`MAX_WAIT`] at most, the longest a claim sent before it waits.
+    pub fn stopping(&self, id: NodeId) {
+        let now = Instant::now();
+        let mut stopping = self.stopping.lock().unwrap_or_else(|e| e.into_inner());
+        stopping.retain(|_, until| *until > now);
+        stopping.insert(id, now + MAX_WAIT);
+        drop(stopping);
+        self.stops.send_modify(|n| *n += 1);
+    }
+
+    /// Node `id` registered: it is running again, whatever it said before.
+    pub fn registered(&self, id: NodeId) {
+        let mut stopping = self.stopping.lock().unwrap_or_else(|e| e.into_inner());
+        stopping.remove(&id);
+    }
+
+    /// Returns once node `id` is stopping, as `stops` tells; other nodes' stops wake no
+    /// claim but their own.
+    async fn until_stopping(&self, id: NodeId, stops: &mut watch::Receiver<u64>) {
+        loop {
+            if stops.changed().await.is_err() {
+                // The queue, which holds the sender, is gone: nothing moves it again.
+                std::future::pending::<()>().await;
+            }
+            if self.is_stopping(id) {
+                return;
+            }
+        }
+    }
+
+    /// Whether node `id` said it is stopping (and has not registered since).
+    fn is_stopping(&self, id: NodeId) -> bool {
+        let stopping = self.stopping.lock().unwrap_or_else(|e| e.into_inner());
+        stopping
+            .get(&id)
+            .is_some_and(|until| *until > Instant::now())
     }
 
     /// This server's counters (claims, results, requests).
@@ -252,6 +303,7 @@ impl Queue {
         let Want { max, ahead } = want;
         let deadline = Instant::now() + wait.min(MAX_WAIT);
         let mut rx = self.ready.subscribe();
+        let mut stops = self.stops.subscribe();
         let mut results = results;
         let mut acks = Vec::new();
         // Woken for one counted job: taking nothing then passes the wake-up on to everyone.
@@ -263,12 +315,17 @@ impl Queue {
             // Mark the counter seen before looking, so a job made ready while we look
             // wakes us instead of being missed.
             rx.borrow_and_update();
+            stops.borrow_and_update();
+            // A stopping node takes nothing; what it reports is still recorded.
+            let stopping = self.is_stopping(node_id);
             // Work that came while this claim waited goes to the waiting nodes' free slots
             // first: a job this node took ahead would wait behind its running jobs while
             // another node idles (its deck gives it back only after a while). The other
             // waiting claims are this server's, and may be of nodes that cannot run the
             // job: a job left for them then waits for this node's next claim, a round trip.
-            let take = if waited.is_some() && self.claims_waiting() > 1 {
+            let take = if stopping {
+                0
+            } else if waited.is_some() && self.claims_waiting() > 1 {
                 max - ahead.min(max.saturating_sub(1))
             } else {
                 max
@@ -286,7 +343,7 @@ impl Queue {
                 acks = claimed.acks;
                 results = &[];
             }
-            if !claimed.assignments.is_empty() || max == 0 {
+            if !claimed.assignments.is_empty() || max == 0 || stopping {
                 return Ok(Claimed {
                     assignments: claimed.assignments,
                     acks,
@@ -318,6 +375,7 @@ impl Queue {
             let woken = timeout_at(until, async {
                 tokio::select! {
                     changed = rx.changed() => changed.is_ok(),
+                    () = self.until_stopping(node_id, &mut stops) => true,
                     () = self.one.notified() => {
                         woken_for_one = true;
                         true

@@ -191,6 +191,38 @@ async fn a_claim_with_nothing_to_do_returns_empty_after_its_wait() {
 }
 
 #[tokio::test]
+async fn a_stopping_node_s_waiting_claim_ends_at_once_and_takes_nothing_until_it_registers() {
+    let (queue, node, _dir) = queue().await;
+    let queue = std::sync::Arc::new(queue);
+    let other = register(&queue, "other").await;
+    let (mine, theirs) = (
+        claim_in_background(&queue, node, Want::free(1)),
+        claim_in_background(&queue, other, Want::free(1)),
+    );
+    parked(&queue, 2).await;
+    queue.stopping(node);
+    assert!(woken(mine).await.is_empty());
+    // Another node's stop wakes no claim but its own.
+    parked(&queue, 1).await;
+    // Ready work goes to the running node, not to the stopping one that asks again.
+    queue.submit(&graph(&[("build", &[])])).await.unwrap();
+    assert_eq!(woken(theirs).await.len(), 1);
+    queue.submit(&graph(&[("test", &[])])).await.unwrap();
+    let asked_again = queue
+        .claim(node, Want::free(1), &[], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(asked_again.assignments.is_empty());
+    // Registered again (its restart), it takes work as before.
+    queue.registered(node);
+    let restarted = queue
+        .claim(node, Want::free(1), &[], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(restarted.assignments.len(), 1);
+}
+
+#[tokio::test]
 async fn a_graph_wait_answers_on_the_next_change() {
     let (queue, node, _dir) = queue().await;
     let queue = std::sync::Arc::new(queue);

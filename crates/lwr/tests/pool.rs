@@ -643,3 +643,66 @@ fn the_local_provider_scales_nodes_from_zero_for_a_burst_and_back_to_zero() {
         }
     });
 }
+
+/// A node stopped while the server hands it a job gives that job back at once: it neither
+/// starts it nor hangs up on the claim's answer, which left the job running on a node
+/// that had exited until its lease ran out. SIGTERM goes out a few milliseconds after each
+/// submission, a different few each try, so that some tries stop the node while the
+/// answer is on its way (before the fix, about one try in seven lost its job).
+#[test]
+fn a_node_stopped_while_a_job_is_handed_to_it_gives_the_job_back() {
+    const TRIES: u64 = 24;
+    let dir = tempdir();
+    let server = Server::start_with_lease(dir.path(), "30s");
+    let sub: lwr_model::api::SubmitGraph = serde_json::from_value(serde_json::json!(
+        {"graph": {"jobs": [{"name": "j", "run": "sleep 0.2"}]}}
+    ))
+    .expect("a graph");
+    let (mut given_back, mut ran) = (0, 0);
+    for i in 0..TRIES {
+        let name = format!("n{i}");
+        let mut node = server.node(dir.path(), &name, 1, &[]);
+        server.wait_node(&name);
+        let pid = node.daemon.pid().expect("the node runs");
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(i % 10));
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        });
+        let graph = server.api.submit(&sub).expect("submitting").id;
+        stopper.join().expect("the stopper");
+        wait_until(&format!("{name} to exit"), DEADLINE, || {
+            node.daemon
+                .exited()
+                .ok_or_else(|| format!("{name} still running"))
+        });
+        let job = server.job(graph, "j");
+        match job.info.state {
+            JobState::Running => panic!(
+                "try {i}: the job is left running on {name}, which exited:\n{}\n{}",
+                server.describe(Some(graph)),
+                node.daemon.log_tail(20)
+            ),
+            JobState::Succeeded => ran += 1,
+            JobState::Pending => {
+                given_back += usize::from(job.run_history.iter().any(|r| {
+                    r.reason
+                        .as_deref()
+                        .is_some_and(|why| why.contains("given back"))
+                }));
+                // Not for the next try's node.
+                server
+                    .lwr(&["cancel", "--graph", &graph.to_string()])
+                    .assert_success();
+            }
+            other => panic!(
+                "try {i}: the job is {other:?}\n{}",
+                server.describe(Some(graph))
+            ),
+        }
+    }
+    println!(
+        "{TRIES} tries: {given_back} jobs given back by a stopping node, {ran} run before it stopped"
+    );
+}

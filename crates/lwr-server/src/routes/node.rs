@@ -84,6 +84,7 @@ pub(crate) async fn register_node(
         bind_token(store, caller.token_id, &reg).await?;
     }
     let id = store.register_node_for(&reg, now, auth.token_id()).await?;
+    state.queue.registered(id);
     Ok(Json(store.node(id, now).await?))
 }
 
@@ -207,6 +208,9 @@ pub(crate) async fn heartbeat(
         .queue
         .heartbeat(node, &hb.runs, hb.unhealthy.as_deref())
         .await?;
+    if hb.stopping {
+        state.queue.stopping(node);
+    }
     let reboot =
         state.queue.store().node_state(node).await? == Some(lwr_model::NodeState::Draining);
     // Read only for a draining node: the common heartbeat costs no statement for it.
