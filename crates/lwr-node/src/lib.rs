@@ -653,23 +653,22 @@ impl Node {
     /// So the server is told that this node stops, which ends the claim's wait at once with
     /// no job, and the answer is awaited, for [`timing::STOP_CLAIM_WAIT`] at most (a server
     /// older than 0.2, or another one behind a balancer, goes on waiting for work). `None`
-    /// when it did not come in that time.
+    /// when it did not come in that time, or when the server could not be told (it is
+    /// going away, or out of reach: its claim could hang on for its whole wait).
     async fn answer_while_stopping(
         &self,
         claim: std::pin::Pin<&mut impl Future<Output = Result<ClaimResponse, ClientError>>>,
     ) -> Option<Result<ClaimResponse, ClientError>> {
-        let said = async {
-            let hb = Heartbeat {
-                runs: self.held_runs(),
-                unhealthy: lock(&self.unhealthy).clone(),
-                stopping: true,
-            };
-            if let Err(e) = self.client.heartbeat(self.id, &hb).await {
-                tracing::debug!("cannot tell the server that this node stops: {e}");
-            }
+        let hb = Heartbeat {
+            runs: self.held_runs(),
+            unhealthy: lock(&self.unhealthy).clone(),
+            stopping: true,
         };
-        let answered = tokio::time::timeout(timing::STOP_CLAIM_WAIT, claim);
-        let (answer, ()) = tokio::join!(answered, said);
+        if let Err(e) = self.client.heartbeat(self.id, &hb).await {
+            tracing::debug!("cannot tell the server that this node stops: {e}");
+            return None;
+        }
+        let answer = tokio::time::timeout(timing::STOP_CLAIM_WAIT, claim).await;
         if answer.is_err() {
             tracing::info!(
                 "the server did not end this node's claim within {} s of its stop; a job it \

@@ -7,14 +7,38 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use lwr_model::JobState;
 use lwr_model::job::RunState;
+use lwr_model::{GraphId, JobState};
 
 fn one_job_repo(dir: &Path, run: &str) -> std::path::PathBuf {
     git_repo(
         &dir.join("repo"),
         &format!("version: 1\njobs:\n  slow:\n    run: {run}\n"),
     )
+}
+
+/// A repository whose one job, `slow`, first touches `dir/started`, then runs `run`.
+fn marked_job_repo(dir: &Path, run: &str) -> std::path::PathBuf {
+    one_job_repo(
+        dir,
+        &format!("touch {}; {run}", dir.join("started").display()),
+    )
+}
+
+/// Waits until the job of [`marked_job_repo`] runs on its node. The server counts a job
+/// running from its claim's commit, before the node has the answer: a server killed in
+/// between takes the answer with it, and the run waits out its lease (as documented), which
+/// is not what a test of a server dying mid-job means to check.
+fn wait_started(server: &Server, dir: &Path, graph: GraphId) {
+    server.wait_job(graph, "slow", JobState::Running, Some("a"));
+    wait_until(
+        "the job's process to start on its node",
+        DEADLINE,
+        || match dir.join("started").exists() {
+            true => Ok(()),
+            false => Err(server.describe(Some(graph))),
+        },
+    );
 }
 
 #[test]
@@ -204,7 +228,7 @@ fn a_server_killed_and_restarted_mid_job_records_the_result_exactly_once() {
     let dir = tmp.path();
     let mut server = Server::start(dir);
     let _a = server.node(dir, "a", 1, &[]);
-    let repo = one_job_repo(dir, "sleep 3; echo done");
+    let repo = marked_job_repo(dir, "sleep 3; echo done");
 
     // `push --wait` rides out the restart.
     let push_log = dir.join("push.log");
@@ -226,7 +250,7 @@ fn a_server_killed_and_restarted_mid_job_records_the_result_exactly_once() {
         parse_pushed_graph(&tail(&push_log, 50)).ok_or_else(|| tail(&push_log, 20))
     });
 
-    server.wait_job(graph, "slow", JobState::Running, Some("a"));
+    wait_started(&server, dir, graph);
     server.kill();
     // The outage itself: the server stays down for a second while the job runs on.
     std::thread::sleep(Duration::from_secs(1));
@@ -261,12 +285,12 @@ fn a_job_that_ends_while_the_server_is_down_is_reported_after_the_restart() {
     let dir = tmp.path();
     let mut server = Server::start(dir); // lease 2s: the outage below outlasts it
     let a = server.node(dir, "a", 1, &[]);
-    let repo = one_job_repo(dir, "sleep 2; echo done");
+    let repo = marked_job_repo(dir, "sleep 2; echo done");
     let out = server.push(&repo, false);
     out.assert_success();
     let graph = out.pushed_graph();
 
-    server.wait_job(graph, "slow", JobState::Running, Some("a"));
+    wait_started(&server, dir, graph);
     server.kill();
     let down = Instant::now();
     // The job ends with no server to tell: the node keeps the result on disk.
@@ -313,12 +337,12 @@ fn a_result_kept_on_disk_survives_a_node_restart() {
     let dir = tmp.path();
     let mut server = Server::start(dir);
     let mut a = server.node(dir, "a", 1, &[]);
-    let repo = one_job_repo(dir, "sleep 1; echo done");
+    let repo = marked_job_repo(dir, "sleep 1; echo done");
     let out = server.push(&repo, false);
     out.assert_success();
     let graph = out.pushed_graph();
 
-    server.wait_job(graph, "slow", JobState::Running, Some("a"));
+    wait_started(&server, dir, graph);
     server.kill();
     wait_until("the node to keep the result on disk", DEADLINE, || {
         let files = a.unreported_results();

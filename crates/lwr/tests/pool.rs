@@ -665,7 +665,7 @@ fn a_node_stopped_while_a_job_is_handed_to_it_gives_the_job_back() {
         server.wait_node(&name);
         let pid = node.daemon.pid().expect("the node runs");
         let stopper = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(i % 10));
+            std::thread::sleep(Duration::from_millis(i % 6));
             let _ = Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
                 .status();
