@@ -591,7 +591,7 @@ pub struct Heartbeat {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unhealthy: Option<String>,
     /// The node is stopping: its claim waiting on this server ends now, answered with no
-    /// job, and its claims take none until it registers again. A stopping node waits for
+    /// job, and its claims take none for 10 s or until it registers again. A stopping node waits for
     /// that answer instead of hanging up on it, so that no job the server hands out in that
     /// moment is left to wait out its lease. Added in 0.2; false when absent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -582,6 +582,13 @@ impl Node {
                 continue;
             }
             let results = self.reporter.begin_claim().await;
+            if *stop.borrow() {
+                // Stopped meanwhile: no claim goes out (a server that did not hear of the
+                // stop would hold it open); the results go back to the outbox, which the
+                // node flushes before it exits.
+                self.reporter.end_claim(results, None);
+                return;
+            }
             let ahead = self.deck.room();
             let req = ClaimRequest {
                 max: (permits.len() + ahead) as u32,
@@ -593,6 +600,7 @@ impl Node {
             // result's claim put there meanwhile starts in one of them, not after the wait.
             *lock(&self.parked) = permits;
             step("claim", step_run(req.results.iter().map(|r| r.run_id)));
+            let sent = Instant::now();
             let (answer, stopping) = {
                 let claim = self.client.claim(self.id, &req);
                 tokio::pin!(claim);
@@ -633,7 +641,18 @@ impl Node {
             match answer {
                 Ok(resp) => {
                     backoff.reset();
+                    // Empty long before its wait: a server that still takes this node for
+                    // a stopping one (another server than the one it registered with, for
+                    // a few seconds after a quick restart). Asking again at once would spin.
+                    let early =
+                        resp.assignments.is_empty() && sent.elapsed() < timing::CLAIM_WAIT / 2;
                     self.start_jobs(resp.assignments, permits);
+                    if early {
+                        tokio::select! {
+                            _ = tokio::time::sleep(HEALTH_RETRY) => {}
+                            _ = stop.wait_for(|s| *s) => return,
+                        }
+                    }
                 }
                 // The server lost its database: nothing this node holds means anything there.
                 Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
@@ -664,19 +683,27 @@ impl Node {
             unhealthy: lock(&self.unhealthy).clone(),
             stopping: true,
         };
-        if let Err(e) = self.client.heartbeat(self.id, &hb).await {
-            tracing::debug!("cannot tell the server that this node stops: {e}");
-            return None;
+        let told_then_answered = async {
+            match self.client.heartbeat(self.id, &hb).await {
+                Ok(_) => Some(claim.await),
+                Err(e) => {
+                    tracing::debug!("cannot tell the server that this node stops: {e}");
+                    None
+                }
+            }
+        };
+        // One bound for both: a hung server holds the stop no longer than this.
+        match tokio::time::timeout(timing::STOP_CLAIM_WAIT, told_then_answered).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                tracing::info!(
+                    "the server did not end this node's claim within {} s of its stop; a job \
+                     it hands out now waits for its lease to run out",
+                    timing::STOP_CLAIM_WAIT.as_secs()
+                );
+                None
+            }
         }
-        let answer = tokio::time::timeout(timing::STOP_CLAIM_WAIT, claim).await;
-        if answer.is_err() {
-            tracing::info!(
-                "the server did not end this node's claim within {} s of its stop; a job it \
-                 hands out now waits for its lease to run out",
-                timing::STOP_CLAIM_WAIT.as_secs()
-            );
-        }
-        answer.ok()
     }
 
     /// The runs this node holds, as a heartbeat lists them: running, on the deck, or ended

@@ -36,6 +36,10 @@ pub use lwr_model::timing::MAX_WAIT;
 /// the server sees meanwhile.
 const FINISHED_RECHECK: Duration = Duration::from_millis(5);
 
+/// How long a node that said it stops takes no job here, unless it registers first: twice
+/// what it waits for its claim's answer after saying so.
+const STOPPING_HOLD: Duration = Duration::from_secs(2 * timing::STOP_CLAIM_WAIT.as_secs());
+
 pub struct Queue {
     store: Store,
     lease: Duration,
@@ -114,12 +118,13 @@ impl Queue {
     /// Node `id` is stopping: its claim waiting here ends now with no job, and its claims
     /// until it registers again take none. The node waits for that answer rather than
     /// hanging up mid-claim, which would leave a job handed out in that moment to wait out
-    /// its lease. Held for [`MAX_WAIT`] at most, the longest a claim sent before it waits.
+    /// its lease. Held for [`STOPPING_HOLD`]: the node hangs up on its claim
+    /// [`timing::STOP_CLAIM_WAIT`] after saying it stops, so nothing of it comes later.
     pub fn stopping(&self, id: NodeId) {
         let now = Instant::now();
         let mut stopping = self.stopping.lock().unwrap_or_else(|e| e.into_inner());
         stopping.retain(|_, until| *until > now);
-        stopping.insert(id, now + MAX_WAIT);
+        stopping.insert(id, now + STOPPING_HOLD);
         drop(stopping);
         self.stops.send_modify(|n| *n += 1);
     }

@@ -309,39 +309,43 @@ impl Store {
             .await
             .op("listing jobs")
             .and_then(|row| col(&row, "listed"))?;
-        // Parsing thousands of rows is CPU work of tens of milliseconds: off the async
+        // Decoding thousands of rows is CPU work of tens of milliseconds: off the async
         // workers, which must stay free for heartbeats and claims while listings are read.
-        let mut rows: Vec<ListedJob> = off_workers("decoding a job listing", move || {
-            let mut rows: Vec<ListedJob> = json(text.as_deref().unwrap_or("[]"), "job listing")?;
-            // Oldest first, whichever end the select read from.
-            rows.sort_unstable_by_key(|row| row.id);
-            Ok(rows)
-        })
-        .await?;
-        let scanned_last: Option<JobId> = match rows.last() {
-            Some(row) if paged => Some(JobId::from(row.id)),
-            _ => None,
-        };
-        let full_page = paged && query.limit.is_some_and(|l| rows.len() >= l as usize);
-        if let Some(name) = &name {
-            rows.retain(|row| name.is_match(&row.name));
-            if let Some(limit) = query.limit.filter(|_| !paged) {
-                let drop = rows.len().saturating_sub(limit as usize);
-                rows.drain(..drop);
-            }
-        }
+        let limit = query.limit;
+        let (jobs, waiting, any_needs, scanned_last, full_page) =
+            off_workers("decoding a job listing", move || {
+                let mut rows: Vec<ListedJob> =
+                    json(text.as_deref().unwrap_or("[]"), "job listing")?;
+                // Oldest first, whichever end the select read from.
+                rows.sort_unstable_by_key(|row| row.id);
+                let scanned_last: Option<JobId> = match rows.last() {
+                    Some(row) if paged => Some(JobId::from(row.id)),
+                    _ => None,
+                };
+                let full_page = paged && limit.is_some_and(|l| rows.len() >= l as usize);
+                if let Some(name) = &name {
+                    rows.retain(|row| name.is_match(&row.name));
+                    if let Some(limit) = limit.filter(|_| !paged) {
+                        let drop = rows.len().saturating_sub(limit as usize);
+                        rows.drain(..drop);
+                    }
+                }
+                let mut jobs = Vec::with_capacity(rows.len());
+                let mut waiting = Vec::new();
+                let mut any_needs = false;
+                for row in rows {
+                    let (info, requirements, unmet) = row.into_info()?;
+                    if let Some(req) = requirements {
+                        waiting.push((jobs.len(), req));
+                    }
+                    any_needs |= info.state == JobState::Pending && unmet > 0;
+                    jobs.push(info);
+                }
+                Ok((jobs, waiting, any_needs, scanned_last, full_page))
+            })
+            .await?;
+        let mut jobs = jobs;
         let graph = query.graph;
-        let mut jobs = Vec::with_capacity(rows.len());
-        let mut waiting = Vec::new();
-        let mut any_needs = false;
-        for row in rows {
-            let (info, requirements, unmet) = row.into_info()?;
-            if let Some(req) = requirements {
-                waiting.push((jobs.len(), req));
-            }
-            any_needs |= info.state == JobState::Pending && unmet > 0;
-            jobs.push(info);
-        }
         self.explain_unmet(&mut jobs, waiting).await?;
         if any_needs {
             self.explain_needs(&mut jobs, graph).await?;

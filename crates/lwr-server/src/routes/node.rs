@@ -204,13 +204,15 @@ pub(crate) async fn heartbeat(
     if let Some(why) = &hb.unhealthy {
         check_len("unhealthy", why, MAX_REASON)?;
     }
+    // Before the write, which may fail (a full disk): the node hangs up on its claim when
+    // this request fails, so its waiting claim must have ended by then.
+    if hb.stopping {
+        state.queue.stopping(node);
+    }
     let abandon = state
         .queue
         .heartbeat(node, &hb.runs, hb.unhealthy.as_deref())
         .await?;
-    if hb.stopping {
-        state.queue.stopping(node);
-    }
     let reboot =
         state.queue.store().node_state(node).await? == Some(lwr_model::NodeState::Draining);
     // Read only for a draining node: the common heartbeat costs no statement for it.
