@@ -153,12 +153,14 @@ fn a_killed_affinity_node_is_not_waited_for() {
     let mut a = server.node(dir, "a", 1, &[]);
     server.wait_node("a");
     let marker = dir.join("second");
+    let hung = dir.join("hung");
     // The first graph succeeds on a, the only node: a becomes the job's affinity node.
     let repo = one_job_repo(
         dir,
         &format!(
-            "if [ -e {m} ]; then sleep 30; fi; touch {m}",
-            m = sh_quote(&marker)
+            "if [ -e {m} ]; then touch {h}; sleep 30; fi; touch {m}",
+            m = sh_quote(&marker),
+            h = sh_quote(&hung)
         ),
     );
     let first = server.push(&repo, true);
@@ -168,6 +170,12 @@ fn a_killed_affinity_node_is_not_waited_for() {
     // The second graph's job goes to a (affinity) and hangs there; a is killed.
     let graph = server.push(&repo, false).pushed_graph();
     server.wait_job(graph, "slow", JobState::Running, Some("a"));
+    // Hung on a for real: its shell has seen the marker (removed below before it looked,
+    // the run would end at once and leave the marker for b's run to hang on).
+    wait_until("the job to hang on a", DEADLINE, || match hung.exists() {
+        true => Ok(()),
+        false => Err(server.describe(Some(graph))),
+    });
     let killed = Instant::now();
     a.kill();
     std::fs::remove_file(&marker).expect("the marker");
