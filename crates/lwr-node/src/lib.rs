@@ -193,6 +193,15 @@ impl report::Taker for SlotTaker {
     }
 }
 
+/// How a claim of the claim loop ended.
+enum ClaimEnd {
+    /// The server answered (or the request failed) while the node ran.
+    Answered(Result<ClaimResponse, ClientError>),
+    /// The node began to stop meanwhile: the answer, if it came in time (see
+    /// [`Node::answer_while_stopping`]).
+    Stopped(Option<Result<ClaimResponse, ClientError>>),
+}
+
 /// Runs the node until `shutdown` resolves; then it claims nothing more, lets its running
 /// jobs finish (a spot node, tagged `instance=spot`, stops them as interrupted) and reports
 /// their results.
@@ -601,7 +610,7 @@ impl Node {
             *lock(&self.parked) = permits;
             step("claim", step_run(req.results.iter().map(|r| r.run_id)));
             let sent = Instant::now();
-            let (answer, stopping) = {
+            let end = {
                 let claim = self.client.claim(self.id, &req);
                 tokio::pin!(claim);
                 let answered = tokio::select! {
@@ -609,41 +618,42 @@ impl Node {
                     _ = stop.wait_for(|s| *s) => None,
                 };
                 match answered {
-                    Some(answer) => (Some(answer), false),
-                    None => (self.answer_while_stopping(claim).await, true),
+                    Some(answer) => ClaimEnd::Answered(answer),
+                    None => ClaimEnd::Stopped(self.answer_while_stopping(claim).await),
                 }
             };
-            if let Some(Ok(resp)) = &answer {
+            let received = match &end {
+                ClaimEnd::Answered(Ok(resp)) | ClaimEnd::Stopped(Some(Ok(resp))) => Some(resp),
+                _ => None,
+            };
+            if let Some(resp) = received {
                 step(
                     "answered",
                     step_run(resp.assignments.iter().map(|a| a.run_id)),
                 );
             }
             let permits = std::mem::take(&mut *lock(&self.parked));
-            let acks = match &answer {
-                Some(Ok(resp)) => Some(resp.acks.as_slice()),
-                _ => None,
-            };
             // Results without an answer go back to the outbox.
-            self.reporter.end_claim(req.results, acks);
-            if stopping {
-                // No new job starts on a stopping node: what the answer brought goes back
-                // unstarted, at once (the reporter is flushed before the node exits).
-                drop(permits);
-                if let Some(Ok(resp)) = answer {
-                    for a in &resp.assignments {
+            self.reporter
+                .end_claim(req.results, received.map(|r| r.acks.as_slice()));
+            let answer = match end {
+                ClaimEnd::Answered(answer) => answer,
+                ClaimEnd::Stopped(answer) => {
+                    // No new job starts on a stopping node: what the answer brought goes
+                    // back unstarted, at once (the reporter is flushed before it exits).
+                    drop(permits);
+                    for a in answer.iter().flatten().flat_map(|r| &r.assignments) {
                         self.give_back(a, "the node is stopping");
                     }
+                    return;
                 }
-                return;
-            }
-            let Some(answer) = answer else { return };
+            };
             match answer {
                 Ok(resp) => {
                     backoff.reset();
-                    // Empty long before its wait: a server that still takes this node for
-                    // a stopping one (another server than the one it registered with, for
-                    // a few seconds after a quick restart). Asking again at once would spin.
+                    // Empty long before its wait is never a server's normal answer (one
+                    // that still takes this node for a stopping one, for a few seconds after
+                    // a quick restart, gives it): asking again at once would spin.
                     let early =
                         resp.assignments.is_empty() && sent.elapsed() < timing::CLAIM_WAIT / 2;
                     self.start_jobs(resp.assignments, permits);

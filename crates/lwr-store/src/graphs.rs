@@ -12,6 +12,61 @@ use crate::queue::Tx;
 use crate::rows::{col, json, off_workers, typed, typed_opt, u32_of};
 use crate::{Dialect, Result, Store, StoreError, rfc3339};
 
+/// A job listing as [`Store::jobs_page`] decodes it.
+struct Decoded {
+    /// Oldest first.
+    jobs: Vec<JobInfo>,
+    /// The ready jobs' requirements, by their place in `jobs`, for `explain_unmet`.
+    waiting: Vec<(usize, Requirements)>,
+    /// Whether a pending job waits for needs (its reason names them).
+    any_needs: bool,
+    /// The last id a page scanned (before any name filter).
+    scanned_last: Option<JobId>,
+    /// Whether the page was full: another may follow.
+    full_page: bool,
+}
+
+/// Decodes the listing's JSON text, oldest first, keeps the names `name` matches (the
+/// newest `limit` of them, unless it is a page) and converts the rows: CPU work only.
+fn decode_listing(
+    text: Option<&str>,
+    name: Option<impl Fn(&str) -> bool>,
+    limit: Option<u32>,
+    paged: bool,
+) -> Result<Decoded> {
+    let mut rows: Vec<ListedJob> = json(text.unwrap_or("[]"), "job listing")?;
+    // Oldest first, whichever end the select read from.
+    rows.sort_unstable_by_key(|row| row.id);
+    let scanned_last = match rows.last() {
+        Some(row) if paged => Some(JobId::from(row.id)),
+        _ => None,
+    };
+    let full_page = paged && limit.is_some_and(|l| rows.len() >= l as usize);
+    if let Some(name) = name {
+        rows.retain(|row| name(&row.name));
+        if let Some(limit) = limit.filter(|_| !paged) {
+            let drop = rows.len().saturating_sub(limit as usize);
+            rows.drain(..drop);
+        }
+    }
+    let mut decoded = Decoded {
+        jobs: Vec::with_capacity(rows.len()),
+        waiting: Vec::new(),
+        any_needs: false,
+        scanned_last,
+        full_page,
+    };
+    for row in rows {
+        let (info, requirements, unmet) = row.into_info()?;
+        if let Some(req) = requirements {
+            decoded.waiting.push((decoded.jobs.len(), req));
+        }
+        decoded.any_needs |= info.state == JobState::Pending && unmet > 0;
+        decoded.jobs.push(info);
+    }
+    Ok(decoded)
+}
+
 /// A job's columns for listings, with the placement and times of its latest run: read from
 /// [`JOB_FROM`], whose one join finds that run (three subqueries, one per column, looked the
 /// run up three times for every job listed).
@@ -312,39 +367,17 @@ impl Store {
         // Decoding thousands of rows is CPU work of tens of milliseconds: off the async
         // workers, which must stay free for heartbeats and claims while listings are read.
         let limit = query.limit;
-        let (jobs, waiting, any_needs, scanned_last, full_page) =
-            off_workers("decoding a job listing", move || {
-                let mut rows: Vec<ListedJob> =
-                    json(text.as_deref().unwrap_or("[]"), "job listing")?;
-                // Oldest first, whichever end the select read from.
-                rows.sort_unstable_by_key(|row| row.id);
-                let scanned_last: Option<JobId> = match rows.last() {
-                    Some(row) if paged => Some(JobId::from(row.id)),
-                    _ => None,
-                };
-                let full_page = paged && limit.is_some_and(|l| rows.len() >= l as usize);
-                if let Some(name) = &name {
-                    rows.retain(|row| name.is_match(&row.name));
-                    if let Some(limit) = limit.filter(|_| !paged) {
-                        let drop = rows.len().saturating_sub(limit as usize);
-                        rows.drain(..drop);
-                    }
-                }
-                let mut jobs = Vec::with_capacity(rows.len());
-                let mut waiting = Vec::new();
-                let mut any_needs = false;
-                for row in rows {
-                    let (info, requirements, unmet) = row.into_info()?;
-                    if let Some(req) = requirements {
-                        waiting.push((jobs.len(), req));
-                    }
-                    any_needs |= info.state == JobState::Pending && unmet > 0;
-                    jobs.push(info);
-                }
-                Ok((jobs, waiting, any_needs, scanned_last, full_page))
-            })
-            .await?;
-        let mut jobs = jobs;
+        let Decoded {
+            mut jobs,
+            waiting,
+            any_needs,
+            scanned_last,
+            full_page,
+        } = off_workers("decoding a job listing", move || {
+            let matches = name.as_ref().map(|glob| |n: &str| glob.is_match(n));
+            decode_listing(text.as_deref(), matches, limit, paged)
+        })
+        .await?;
         let graph = query.graph;
         self.explain_unmet(&mut jobs, waiting).await?;
         if any_needs {

@@ -31,13 +31,10 @@ fn marked_job_repo(dir: &Path, run: &str) -> std::path::PathBuf {
 /// is not what a test of a server dying mid-job means to check.
 fn wait_started(server: &Server, dir: &Path, graph: GraphId) {
     server.wait_job(graph, "slow", JobState::Running, Some("a"));
-    wait_until(
+    server.wait_file(
         "the job's process to start on its node",
-        DEADLINE,
-        || match dir.join("started").exists() {
-            true => Ok(()),
-            false => Err(server.describe(Some(graph))),
-        },
+        &dir.join("started"),
+        graph,
     );
 }
 
@@ -172,10 +169,7 @@ fn a_killed_affinity_node_is_not_waited_for() {
     server.wait_job(graph, "slow", JobState::Running, Some("a"));
     // Hung on a for real: its shell has seen the marker (removed below before it looked,
     // the run would end at once and leave the marker for b's run to hang on).
-    wait_until("the job to hang on a", DEADLINE, || match hung.exists() {
-        true => Ok(()),
-        false => Err(server.describe(Some(graph))),
-    });
+    server.wait_file("the job to hang on a", &hung, graph);
     let killed = Instant::now();
     a.kill();
     std::fs::remove_file(&marker).expect("the marker");

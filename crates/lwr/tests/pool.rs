@@ -189,13 +189,10 @@ fn work_running_on_spot(server: &Server, dir: &Path) -> (Node, Node, GraphId) {
     out.assert_success();
     let g = out.pushed_graph();
     server.wait_job(g, "work", JobState::Running, Some("spot"));
-    wait_until(
+    server.wait_file(
         "the first run's process to start on the spot node",
-        DEADLINE,
-        || match started.exists() {
-            true => Ok(()),
-            false => Err(server.describe(Some(g))),
-        },
+        &started,
+        g,
     );
     (spot, res, g)
 }

@@ -1116,6 +1116,16 @@ impl Server {
         })
     }
 
+    /// Waits until `path`, which a job's process writes, exists: the job runs on its node,
+    /// not only in the server's eyes (it counts a job running from its claim's commit,
+    /// before the node has the answer). Shows `graph`'s jobs while it does not.
+    pub fn wait_file(&self, what: &str, path: &Path, graph: GraphId) {
+        wait_until(what, DEADLINE, || match path.exists() {
+            true => Ok(()),
+            false => Err(self.describe(Some(graph))),
+        });
+    }
+
     /// Waits until the server knows a node named `name`.
     pub fn wait_node(&self, name: &str) {
         wait_until(&format!("node {name} to register"), DEADLINE, || {
